@@ -1,0 +1,229 @@
+"""Configuration: every tunable of a node, a gateway and the cluster, as dataclasses.
+
+Configuration is data, loaded once at process start by `load_config` and passed down.
+Sources, later ones winning:
+
+1. the defaults below;
+2. a TOML file (`--config FILE`) with the sections `[cluster]`, `[node]`, `[gateway]`;
+3. environment variables `CARGOHOLD_<SECTION>_<FIELD>` (for example
+   `CARGOHOLD_NODE_ID=n1`, `CARGOHOLD_GATEWAY_NODES=node1:7001,node2:7001`); lists are
+   comma-separated, booleans `1/0/true/false`;
+4. explicit overrides from the command line (a dict of dotted keys).
+
+Every limit the system enforces (sizes, timeouts, rates) is named here with its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cargohold.errors import ConfigError
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+@dataclass
+class ClusterConfig:
+    """Settings every node and gateway of one cluster must agree on."""
+
+    # Shared secret: the Raft port's password and the key that signs upload ids.
+    secret: str = "cargohold-dev-secret-change-me"
+    # How many copies of each chunk are kept (R) and how many fsynced copies
+    # acknowledge a write (W).
+    replicas: int = 3
+    write_quorum: int = 2
+    # Fixed-size chunking of blob bodies.
+    chunk_size: int = 4 * MiB
+    # TLS for gateway<->node gRPC: PEM paths; empty means plaintext.
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass
+class NodeConfig:
+    """One storage node: chunk store, Raft member, gRPC server."""
+
+    id: str = "n1"
+    data_dir: str = "./data/n1"
+    grpc_listen: str = "127.0.0.1:7001"
+    # Address gateways and other nodes use to reach this node's gRPC port.
+    grpc_advertise: str = ""
+    # Raft (pysyncobj) port: bound to the cluster network only, password-protected.
+    raft_listen: str = "127.0.0.1:7101"
+    raft_advertise: str = ""
+    # Raft addresses (advertised form) of the other initial members.
+    peers: list[str] = field(default_factory=list)
+    # LMDB map size: the most chunk bytes this node can hold.
+    lmdb_map_size: int = 64 * GiB
+    # Group commit: at most this many puts or bytes per LMDB transaction.
+    commit_batch_max_items: int = 64
+    commit_batch_max_bytes: int = 64 * MiB
+    # Raft timings (see shared raft.md for why these values).
+    raft_min_timeout: float = 0.3
+    raft_max_timeout: float = 0.9
+    raft_connection_retry: float = 0.5
+    raft_leader_fallback_timeout: float = 2.0
+    raft_compaction_min_entries: int = 50_000
+    raft_compaction_min_time: float = 600.0
+    # How long a metadata command or barrier may wait for Raft before failing.
+    raft_command_timeout: float = 10.0
+    # Background roles.
+    repair_interval: float = 30.0
+    repair_rate_bytes: int = 200 * MiB
+    scrub_interval: float = 3600.0
+    scrub_rate_bytes: int = 50 * MiB
+    # gRPC message limit (a chunk plus headroom).
+    grpc_max_message: int = 64 * MiB
+
+    def __post_init__(self) -> None:
+        if not self.grpc_advertise:
+            self.grpc_advertise = self.grpc_listen
+        if not self.raft_advertise:
+            self.raft_advertise = self.raft_listen
+
+
+@dataclass
+class GatewayConfig:
+    """One stateless HTTP gateway."""
+
+    listen: str = "127.0.0.1:5000"
+    # gRPC addresses of some nodes; the full member list is learned from the cluster.
+    nodes: list[str] = field(default_factory=lambda: ["127.0.0.1:7001"])
+    max_manifest_size: int = 4 * MiB
+    # Upload sessions not touched for this long are forgotten.
+    upload_expiry_seconds: int = 24 * 3600
+    # Chunk reads in flight ahead of the client on a blob GET.
+    read_ahead_chunks: int = 4
+    # A replica slower than this gets a hedged request to the next one.
+    hedge_after_seconds: float = 0.5
+    # Per-RPC deadline towards nodes.
+    rpc_timeout_seconds: float = 30.0
+    # Tag/catalog page size when the client sends no `n`, and the largest `n` allowed.
+    default_page_size: int = 1000
+    max_page_size: int = 10_000
+    # Deletes of manifests and blobs (405 UNSUPPORTED when off).
+    delete_enabled: bool = True
+    # TLS for the HTTP listener: PEM paths; empty means plain HTTP.
+    tls_cert: str = ""
+    tls_key: str = ""
+    access_log: bool = False
+
+
+@dataclass
+class Config:
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    log_level: str = "warning"
+
+
+_SECTIONS = ("cluster", "node", "gateway")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a TOML/env/CLI value into the field's declared type."""
+    origin = typing.get_origin(annotation)
+    try:
+        if origin is list:
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            return [str(v) for v in value]
+        if annotation is bool or annotation == "bool":
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if annotation is int or annotation == "int":
+            return int(value)
+        if annotation is float or annotation == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad value for {key}: {value!r}") from exc
+
+
+def _apply(section_obj: Any, section: str, values: dict[str, Any]) -> None:
+    hints = typing.get_type_hints(type(section_obj))
+    names = {f.name for f in dataclasses.fields(section_obj)}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"unknown setting {section}.{key}")
+        setattr(section_obj, key, _coerce(value, hints[key], f"{section}.{key}"))
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Build the one Config of this process from defaults, file, environment, overrides."""
+    cfg = Config()
+    # Advertise addresses default to the listen addresses: resolved after all sources.
+    cfg.node.grpc_advertise = cfg.node.raft_advertise = ""
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        for section, values in data.items():
+            if section == "log_level":
+                cfg.log_level = str(values)
+                continue
+            if section not in _SECTIONS or not isinstance(values, dict):
+                raise ConfigError(f"unknown config section {section!r}")
+            _apply(getattr(cfg, section), section, values)
+    env = os.environ if environ is None else environ
+    for name, value in env.items():
+        if not name.startswith("CARGOHOLD_"):
+            continue
+        rest = name[len("CARGOHOLD_"):].lower()
+        if rest == "log_level":
+            cfg.log_level = value
+            continue
+        section, _, key = rest.partition("_")
+        if section in _SECTIONS and key:
+            _apply(getattr(cfg, section), section, {key: value})
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown override {dotted}")
+        _apply(getattr(cfg, section), section, {key: value})
+    cfg.node.__post_init__()
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    c = cfg.cluster
+    if c.replicas < 1:
+        raise ConfigError("cluster.replicas must be >= 1")
+    if not 1 <= c.write_quorum <= c.replicas:
+        raise ConfigError("cluster.write_quorum must be between 1 and cluster.replicas")
+    if c.chunk_size < 64 * 1024 or c.chunk_size > 32 * MiB:
+        raise ConfigError("cluster.chunk_size must be between 64 KiB and 32 MiB")
+    if cfg.node.grpc_max_message < c.chunk_size + MiB:
+        raise ConfigError("node.grpc_max_message must exceed cluster.chunk_size by 1 MiB")
+    if cfg.gateway.max_manifest_size < 1024:
+        raise ConfigError("gateway.max_manifest_size is too small")
+
+
+def split_hostport(address: str) -> tuple[str, int]:
+    """'host:port' -> (host, port); IPv6 in brackets is accepted."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"bad address {address!r}: want host:port")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,1 @@
+"""gRPC contracts (registry.proto) and their generated stubs (make protos)."""

@@ -1,0 +1,119 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PutChunkRequest(_message.Message):
+    __slots__ = ("id", "data", "checksum")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    id: bytes
+    data: bytes
+    checksum: bytes
+    def __init__(self, id: _Optional[bytes] = ..., data: _Optional[bytes] = ..., checksum: _Optional[bytes] = ...) -> None: ...
+
+class PutChunkReply(_message.Message):
+    __slots__ = ("existed",)
+    EXISTED_FIELD_NUMBER: _ClassVar[int]
+    existed: bool
+    def __init__(self, existed: _Optional[bool] = ...) -> None: ...
+
+class GetChunkRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: bytes
+    def __init__(self, id: _Optional[bytes] = ...) -> None: ...
+
+class GetChunkReply(_message.Message):
+    __slots__ = ("data", "checksum")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    checksum: bytes
+    def __init__(self, data: _Optional[bytes] = ..., checksum: _Optional[bytes] = ...) -> None: ...
+
+class HasChunksRequest(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class HasChunksReply(_message.Message):
+    __slots__ = ("present",)
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    present: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, present: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class DeleteChunksRequest(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class DeleteChunksReply(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class ListChunksRequest(_message.Message):
+    __slots__ = ("after", "page_size")
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    after: bytes
+    page_size: int
+    def __init__(self, after: _Optional[bytes] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class ListChunksReply(_message.Message):
+    __slots__ = ("ids", "sizes")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    SIZES_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[bytes]
+    sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[bytes]] = ..., sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class MetadataRequest(_message.Message):
+    __slots__ = ("op", "args", "linearizable")
+    OP_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    LINEARIZABLE_FIELD_NUMBER: _ClassVar[int]
+    op: str
+    args: bytes
+    linearizable: bool
+    def __init__(self, op: _Optional[str] = ..., args: _Optional[bytes] = ..., linearizable: _Optional[bool] = ...) -> None: ...
+
+class MetadataReply(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: bytes
+    def __init__(self, result: _Optional[bytes] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("node_id", "raft_address", "leader_raft_address", "is_leader", "raft_commit_index", "raft_last_applied", "chunk_count", "chunk_bytes", "extra")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RAFT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_RAFT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    IS_LEADER_FIELD_NUMBER: _ClassVar[int]
+    RAFT_COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    RAFT_LAST_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    raft_address: str
+    leader_raft_address: str
+    is_leader: bool
+    raft_commit_index: int
+    raft_last_applied: int
+    chunk_count: int
+    chunk_bytes: int
+    extra: bytes
+    def __init__(self, node_id: _Optional[str] = ..., raft_address: _Optional[str] = ..., leader_raft_address: _Optional[str] = ..., is_leader: _Optional[bool] = ..., raft_commit_index: _Optional[int] = ..., raft_last_applied: _Optional[int] = ..., chunk_count: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., extra: _Optional[bytes] = ...) -> None: ...
