@@ -66,6 +66,11 @@ Unavailable = _error("Unavailable", "UNAVAILABLE", 503,
                      "the storage cluster cannot serve this request now; retry later")
 Conflict = _error("Conflict", "BLOB_UPLOAD_INVALID", 409, "concurrent change; retry")
 NotFound = _error("NotFound", "NOT_FOUND", 404, "not found")
+# Chunk store (node side): a chunk this node does not hold, a stored copy that failed its
+# checksum (quarantined, to be repaired from another replica), a full LMDB map.
+ChunkMissing = _error("ChunkMissing", "BLOB_UNKNOWN", 404, "chunk not held by this node")
+ChunkCorrupt = _error("ChunkCorrupt", "UNKNOWN", 500, "stored chunk failed its checksum")
+StorageFull = _error("StorageFull", "UNKNOWN", 507, "node storage is full")
 
 _BY_NAME: dict[str, type[RegistryError]] = {
     cls.__name__: cls for cls in RegistryError.__subclasses__()
