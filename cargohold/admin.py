@@ -1,0 +1,82 @@
+"""Admin operations against a running cluster, over the nodes' gRPC Admin/Metadata services.
+
+`cluster_status` asks every member it can find (starting from the given addresses) for its
+`Admin.Status` and the replicated member list, and returns one plain dict; `format_status`
+renders it for a terminal. Synchronous on purpose: this is a CLI path.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from protos import registry_pb2, registry_pb2_grpc
+
+
+def _status(address: str, timeout: float) -> dict[str, Any]:
+    with grpc.insecure_channel(address) as channel:
+        reply = registry_pb2_grpc.AdminStub(channel).Status(registry_pb2.StatusRequest(),
+                                                            timeout=timeout)
+    extra = json.loads(reply.extra) if reply.extra else {}
+    return {"address": address, "id": reply.node_id, "raft": reply.raft_address,
+            "leader_raft": reply.leader_raft_address, "is_leader": reply.is_leader,
+            "commit_index": reply.raft_commit_index, "last_applied": reply.raft_last_applied,
+            "chunks": reply.chunk_count, "chunk_bytes": reply.chunk_bytes, "extra": extra}
+
+
+def _members(address: str, timeout: float) -> list[dict[str, Any]]:
+    with grpc.insecure_channel(address) as channel:
+        reply = registry_pb2_grpc.MetadataStub(channel).Query(
+            registry_pb2.MetadataRequest(op="members", args=b"{}"), timeout=timeout)
+    return list(json.loads(reply.result))
+
+
+def cluster_status(addresses: list[str], timeout: float = 3.0) -> dict[str, Any]:
+    members: list[dict[str, Any]] = []
+    for address in addresses:
+        try:
+            members = _members(address, timeout)
+            break
+        except grpc.RpcError:
+            continue
+    to_ask = list(dict.fromkeys([*(m["grpc"] for m in members), *addresses]))
+    nodes: list[dict[str, Any]] = []
+    for address in to_ask:
+        try:
+            nodes.append(_status(address, timeout))
+        except grpc.RpcError as exc:
+            nodes.append({"address": address, "error": exc.code().name})
+    leader = next((n for n in nodes if n.get("is_leader")), None)
+    return {"members": members, "nodes": nodes,
+            "leader": leader["id"] if leader else None}
+
+
+def _human(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return str(n)
+
+
+def format_status(status: dict[str, Any]) -> str:
+    state_of = {m["id"]: m.get("state", "?") for m in status["members"]}
+    lines = [f"leader: {status['leader'] or 'NONE (no quorum?)'}",
+             f"{'node':<6} {'state':<9} {'grpc':<22} {'raft role':<9} {'applied':>9} "
+             f"{'chunks':>8} {'bytes':>11}"]
+    for node in status["nodes"]:
+        if "error" in node:
+            lines.append(f"{'?':<6} {'down':<9} {node['address']:<22} {node['error']}")
+            continue
+        role = "leader" if node["is_leader"] else "follower"
+        lines.append(f"{node['id']:<6} {state_of.get(node['id'], 'unjoined'):<9} "
+                     f"{node['address']:<22} {role:<9} {node['last_applied']:>9} "
+                     f"{node['chunks']:>8} {_human(node['chunk_bytes']):>11}")
+        for key, value in sorted(node["extra"].items()):
+            if isinstance(value, dict):
+                detail = " ".join(f"{k}={v}" for k, v in value.items())
+                lines.append(f"{'':<6} {key}: {detail}")
+    return "\n".join(lines)

@@ -1,0 +1,373 @@
+"""A local cluster of real processes: N storage nodes and M gateways on 127.0.0.1.
+
+`LocalCluster` is what `cargohold dev` (and so `make run`) starts, and what the test suite
+and the benchmark harness use to get a real cluster: every node and gateway is its own
+`python -m cargohold.cli ...` process with its own TOML config file, so tests exercise
+the same code paths as a deployment.
+
+Layout under `base_dir`:
+
+    cluster.toml              what was chosen on first start (ports, secret, R/W); reused
+                              on later starts so Raft identities and data stay valid
+    config/node-<i>.toml      one config file per process
+    config/gateway-<j>.toml
+    nodes/n<i>/               each node's data directory (LMDB, Raft journal and dump)
+    logs/<name>.log           each process's stderr/stdout
+
+Process control (kill with any signal, restart, stop) is by index, for chaos tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from protos import registry_pb2, registry_pb2_grpc
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ClusterLayout:
+    """Addresses and cluster-wide settings, persisted as cluster.toml."""
+
+    host: str = "127.0.0.1"
+    secret: str = ""
+    replicas: int = 3
+    write_quorum: int = 2
+    chunk_size: int = 4 * 1024 * 1024
+    node_grpc_ports: list[int] = field(default_factory=list)
+    node_raft_ports: list[int] = field(default_factory=list)
+    gateway_ports: list[int] = field(default_factory=list)
+    # Extra settings per section merged into every process's config ({"node": {...}}).
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """A tiny TOML writer for flat sections of scalars and lists (all our configs are)."""
+    lines: list[str] = []
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines.append(f"\n[{key}]")
+            for sub, subvalue in value.items():
+                if isinstance(subvalue, dict):
+                    continue
+                lines.append(f"{sub} = {_toml_value(subvalue)}")
+    return "\n".join(lines) + "\n"
+
+
+class LocalCluster:
+    """Start, inspect, kill and restart a cluster of real node and gateway processes."""
+
+    def __init__(
+        self,
+        base_dir: str | os.PathLike[str],
+        nodes: int = 3,
+        gateways: int = 1,
+        replicas: int | None = None,
+        write_quorum: int | None = None,
+        gateway_port: int | None = None,
+        node_base_port: int | None = None,
+        chunk_size: int | None = None,
+        extra: dict[str, dict[str, Any]] | None = None,
+        log_level: str = "warning",
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.base_dir = Path(base_dir).resolve()
+        self.log_level = log_level
+        self.layout = self._load_or_create_layout(
+            nodes, gateways, replicas, write_quorum, gateway_port, node_base_port,
+            chunk_size, extra or {}, host)
+        self.node_procs: list[subprocess.Popen[bytes] | None] = [None] * self.node_count
+        self.gateway_procs: list[subprocess.Popen[bytes] | None] = [None] * self.gateway_count
+
+    # -- layout -----------------------------------------------------------------------
+    def _load_or_create_layout(self, nodes: int, gateways: int, replicas: int | None,
+                               write_quorum: int | None, gateway_port: int | None,
+                               node_base_port: int | None, chunk_size: int | None,
+                               extra: dict[str, dict[str, Any]], host: str) -> ClusterLayout:
+        path = self.base_dir / "cluster.toml"
+        if path.exists():
+            data = tomllib.loads(path.read_text())
+            layout = ClusterLayout(**data)
+            # Gateways are stateless: their count and ports may change between starts.
+            if gateway_port is not None:
+                layout.gateway_ports = [gateway_port + j for j in range(gateways)]
+            return layout
+        r = replicas if replicas is not None else min(3, nodes)
+        w = write_quorum if write_quorum is not None else min(2, r)
+        if node_base_port is not None:
+            grpc_ports = [node_base_port + i for i in range(nodes)]
+            raft_ports = [node_base_port + 100 + i for i in range(nodes)]
+        else:
+            grpc_ports = [free_port(host) for _ in range(nodes)]
+            raft_ports = [free_port(host) for _ in range(nodes)]
+        if gateway_port is not None:
+            gw_ports = [gateway_port + j for j in range(gateways)]
+        else:
+            gw_ports = [free_port(host) for _ in range(gateways)]
+        layout = ClusterLayout(host=host, secret=secrets.token_hex(16), replicas=r,
+                               write_quorum=w, node_grpc_ports=grpc_ports,
+                               node_raft_ports=raft_ports, gateway_ports=gw_ports,
+                               extra=extra)
+        if chunk_size:
+            layout.chunk_size = chunk_size
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        flat = {k: v for k, v in asdict(layout).items() if k != "extra"}
+        path.write_text(to_toml(flat) + self._extra_toml(extra))
+        return layout
+
+    @staticmethod
+    def _extra_toml(extra: dict[str, dict[str, Any]]) -> str:
+        if not extra:
+            return ""
+        return "\n[extra]\n" + "".join(
+            f"{section} = {{ {', '.join(f'{k} = {_toml_value(v)}' for k, v in vals.items())} }}\n"
+            for section, vals in extra.items())
+
+    @property
+    def node_count(self) -> int:
+        return len(self.layout.node_grpc_ports)
+
+    @property
+    def gateway_count(self) -> int:
+        return len(self.layout.gateway_ports)
+
+    def node_grpc(self, i: int) -> str:
+        return f"{self.layout.host}:{self.layout.node_grpc_ports[i]}"
+
+    def node_raft(self, i: int) -> str:
+        return f"{self.layout.host}:{self.layout.node_raft_ports[i]}"
+
+    def node_id(self, i: int) -> str:
+        return f"n{i + 1}"
+
+    def node_data_dir(self, i: int) -> Path:
+        return self.base_dir / "nodes" / self.node_id(i)
+
+    @property
+    def gateway_urls(self) -> list[str]:
+        return [f"http://{self.layout.host}:{p}" for p in self.layout.gateway_ports]
+
+    @property
+    def gateway_url(self) -> str:
+        return self.gateway_urls[0]
+
+    @property
+    def node_grpc_addresses(self) -> list[str]:
+        return [self.node_grpc(i) for i in range(self.node_count)]
+
+    def _cluster_section(self) -> dict[str, Any]:
+        section = {"secret": self.layout.secret, "replicas": self.layout.replicas,
+                   "write_quorum": self.layout.write_quorum,
+                   "chunk_size": self.layout.chunk_size}
+        section.update(self.layout.extra.get("cluster", {}))
+        return section
+
+    def node_config_path(self, i: int) -> Path:
+        path = self.base_dir / "config" / f"node-{i + 1}.toml"
+        node = {"id": self.node_id(i), "data_dir": str(self.node_data_dir(i)),
+                "grpc_listen": self.node_grpc(i), "raft_listen": self.node_raft(i),
+                "peers": [self.node_raft(k) for k in range(self.node_count) if k != i]}
+        node.update(self.layout.extra.get("node", {}))
+        self._write_config(path, {"log_level": self.log_level,
+                                  "cluster": self._cluster_section(), "node": node})
+        return path
+
+    def gateway_config_path(self, j: int) -> Path:
+        path = self.base_dir / "config" / f"gateway-{j + 1}.toml"
+        gateway = {"listen": f"{self.layout.host}:{self.layout.gateway_ports[j]}",
+                   "nodes": self.node_grpc_addresses}
+        gateway.update(self.layout.extra.get("gateway", {}))
+        self._write_config(path, {"log_level": self.log_level,
+                                  "cluster": self._cluster_section(), "gateway": gateway})
+        return path
+
+    @staticmethod
+    def _write_config(path: Path, data: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(to_toml(data))
+
+    # -- processes ----------------------------------------------------------------------
+    def _spawn(self, role: str, config: Path, name: str) -> subprocess.Popen[bytes]:
+        logs = self.base_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = open(logs / f"{name}.log", "ab")
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cargohold.cli", role, "--config", str(config)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True)
+        log.close()
+        return proc
+
+    def start_node(self, i: int) -> None:
+        proc = self.node_procs[i]
+        if proc is not None and proc.poll() is None:
+            return
+        self.node_procs[i] = self._spawn("node", self.node_config_path(i), self.node_id(i))
+
+    def start_gateway(self, j: int) -> None:
+        proc = self.gateway_procs[j]
+        if proc is not None and proc.poll() is None:
+            return
+        self.gateway_procs[j] = self._spawn("gateway", self.gateway_config_path(j),
+                                            f"gateway-{j + 1}")
+
+    def start(self, timeout: float = 60.0) -> LocalCluster:
+        for i in range(self.node_count):
+            self.start_node(i)
+        for j in range(self.gateway_count):
+            self.start_gateway(j)
+        self.wait_ready(timeout)
+        return self
+
+    def kill_node(self, i: int, sig: int = signal.SIGKILL) -> None:
+        self._signal(self.node_procs[i], sig)
+
+    def kill_gateway(self, j: int, sig: int = signal.SIGKILL) -> None:
+        self._signal(self.gateway_procs[j], sig)
+
+    def restart_node(self, i: int, sig: int = signal.SIGTERM) -> None:
+        self.kill_node(i, sig)
+        self.start_node(i)
+
+    def restart_gateway(self, j: int, sig: int = signal.SIGTERM) -> None:
+        self.kill_gateway(j, sig)
+        self.start_gateway(j)
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen[bytes] | None, sig: int, wait: float = 15.0) -> None:
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout=wait)
+
+    def stop(self) -> None:
+        """SIGTERM everything (gateways first), SIGKILL what does not exit in time."""
+        for proc in [*self.gateway_procs, *self.node_procs]:
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+        for proc in [*self.gateway_procs, *self.node_procs]:
+            self._signal(proc, signal.SIGTERM, wait=10.0)
+
+    def kill_all(self) -> None:
+        for proc in [*self.gateway_procs, *self.node_procs]:
+            self._signal(proc, signal.SIGKILL)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- readiness and inspection ---------------------------------------------------------
+    def node_status(self, i: int, timeout: float = 2.0) -> registry_pb2.StatusReply:
+        with grpc.insecure_channel(self.node_grpc(i)) as channel:
+            stub = registry_pb2_grpc.AdminStub(channel)
+            return stub.Status(registry_pb2.StatusRequest(), timeout=timeout)
+
+    def members(self, i: int = 0, timeout: float = 2.0) -> list[dict[str, Any]]:
+        with grpc.insecure_channel(self.node_grpc(i)) as channel:
+            stub = registry_pb2_grpc.MetadataStub(channel)
+            reply = stub.Query(registry_pb2.MetadataRequest(op="members", args=b"{}"),
+                               timeout=timeout)
+            return list(json.loads(reply.result))
+
+    def leader_index(self) -> int | None:
+        """Index of the node that reports itself Raft leader, if one answers."""
+        for i in range(self.node_count):
+            proc = self.node_procs[i]
+            if proc is None or proc.poll() is not None:
+                continue
+            with contextlib.suppress(grpc.RpcError):
+                if self.node_status(i).is_leader:
+                    return i
+        return None
+
+    def running_nodes(self) -> list[int]:
+        return [i for i, p in enumerate(self.node_procs) if p is not None and p.poll() is None]
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until a leader exists, every running node joined, and every gateway answers /v2/."""
+        deadline = time.monotonic() + timeout
+        last_error = "not started"
+        while time.monotonic() < deadline:
+            self._raise_if_exited()
+            try:
+                self._check_ready()
+                return
+            except (grpc.RpcError, OSError, urllib.error.URLError, AssertionError) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.2)
+        raise TimeoutError(f"cluster not ready after {timeout}s: {last_error}\n{self.tail_logs()}")
+
+    def _check_ready(self) -> None:
+        running = self.running_nodes()
+        assert running, "no node running"
+        assert self.leader_index() is not None, "no raft leader"
+        joined = {m["id"] for m in self.members(running[0]) if m.get("state") == "active"}
+        wanted = {self.node_id(i) for i in running}
+        assert wanted <= joined, f"members joined {sorted(joined)}, want {sorted(wanted)}"
+        for j, proc in enumerate(self.gateway_procs):
+            if proc is None or proc.poll() is not None:
+                continue
+            with urllib.request.urlopen(f"{self.gateway_urls[j]}/v2/", timeout=2) as resp:
+                assert resp.status == 200, f"gateway {j} answered {resp.status}"
+
+    def _raise_if_exited(self) -> None:
+        for name, proc in self._named_procs():
+            if proc is not None and proc.poll() is not None and proc.returncode not in (
+                    0, -signal.SIGKILL, -signal.SIGTERM):
+                raise RuntimeError(f"{name} exited with {proc.returncode}\n{self.tail_logs()}")
+
+    def _named_procs(self) -> list[tuple[str, subprocess.Popen[bytes] | None]]:
+        return ([(self.node_id(i), p) for i, p in enumerate(self.node_procs)]
+                + [(f"gateway-{j + 1}", p) for j, p in enumerate(self.gateway_procs)])
+
+    def tail_logs(self, lines: int = 30) -> str:
+        out = []
+        for path in sorted((self.base_dir / "logs").glob("*.log")):
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path.name}\n" + "\n".join(text))
+        return "\n".join(out)
