@@ -115,6 +115,12 @@ class GatewayConfig:
     tls_cert: str = ""
     tls_key: str = ""
     access_log: bool = False
+    # Manifest bodies are immutable by digest: an LRU of this many bytes in each gateway.
+    manifest_cache_bytes: int = 64 * MiB
+    # `Retry-After` seconds sent with 503 and 429 when the error names none.
+    retry_after_seconds: int = 1
+    # Seconds a SIGTERM'd gateway lets in-flight requests finish before closing them.
+    shutdown_grace_seconds: float = 10.0
 
 
 @dataclass
