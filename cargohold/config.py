@@ -115,6 +115,26 @@ class GatewayConfig:
     tls_cert: str = ""
     tls_key: str = ""
     access_log: bool = False
+    # Data path (gateway/cluster.py, gateway/uploads.py):
+    # how often the member list and the Raft leader are re-learned from the cluster.
+    members_refresh_seconds: float = 5.0
+    # Metadata command/query attempts across nodes on UNAVAILABLE, and the first backoff
+    # (doubled per attempt, capped at 1 s).
+    metadata_attempts: int = 6
+    retry_backoff_seconds: float = 0.05
+    # Chunk writes in flight per upload while more of the body is read (memory bound:
+    # about (this + 1) * cluster.chunk_size per upload).
+    upload_writes_in_flight: int = 4
+    # Chunks at least this large are offered with Chunks.Has first, so a node that
+    # already holds one is not sent the bytes again.
+    has_check_min_bytes: int = 1024 * 1024
+    # Running upload hashes kept per gateway (an LRU; a miss rebuilds from stored bytes).
+    upload_hash_cache_entries: int = 1024
+    # How a gateway verifies chunk bytes read from a node: "sha256" (re-hash against the
+    # chunk id, end to end) or "xxh3" (the node's stored checksum, ~30x cheaper).
+    verify_reads: str = "sha256"
+    # Largest blob an upload may commit (bytes); 0 means no limit.
+    max_blob_size: int = 0
     # Manifest bodies are immutable by digest: an LRU of this many bytes in each gateway.
     manifest_cache_bytes: int = 64 * MiB
     # `Retry-After` seconds sent with 503 and 429 when the error names none.
@@ -225,6 +245,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("node.grpc_max_message must exceed cluster.chunk_size by 1 MiB")
     if cfg.gateway.max_manifest_size < 1024:
         raise ConfigError("gateway.max_manifest_size is too small")
+    if cfg.gateway.verify_reads not in ("sha256", "xxh3"):
+        raise ConfigError("gateway.verify_reads must be sha256 or xxh3")
+    if cfg.gateway.upload_writes_in_flight < 1 or cfg.gateway.metadata_attempts < 1:
+        raise ConfigError("gateway.upload_writes_in_flight and metadata_attempts must be >= 1")
 
 
 def split_hostport(address: str) -> tuple[str, int]:
