@@ -71,6 +71,8 @@ NotFound = _error("NotFound", "NOT_FOUND", 404, "not found")
 ChunkMissing = _error("ChunkMissing", "BLOB_UNKNOWN", 404, "chunk not held by this node")
 ChunkCorrupt = _error("ChunkCorrupt", "UNKNOWN", 500, "stored chunk failed its checksum")
 StorageFull = _error("StorageFull", "UNKNOWN", 507, "node storage is full")
+# A metadata command or query whose arguments are malformed (a caller bug, not a client's).
+RequestInvalid = _error("RequestInvalid", "UNSUPPORTED", 400, "malformed metadata request")
 
 _BY_NAME: dict[str, type[RegistryError]] = {
     cls.__name__: cls for cls in RegistryError.__subclasses__()
@@ -94,3 +96,28 @@ def from_grpc_details(details: str | None) -> RegistryError | None:
     name, _, message = details.partition(":")
     cls = _BY_NAME.get(name)
     return cls(message) if cls else None
+
+
+def grpc_status_name(err: RegistryError) -> str:
+    """The gRPC status code name (grpc.StatusCode member) a node answers `err` with.
+
+    The table of protos/README.md: NOT_FOUND for ...Unknown and NotFound, FAILED_PRECONDITION
+    for Conflict and RangeInvalid, INVALID_ARGUMENT for ...Invalid, UNAVAILABLE for
+    Unavailable (outcome unknown, retry), DATA_LOSS for a corrupt chunk copy.
+    """
+    name = type(err).__name__
+    if name in ("Conflict", "RangeInvalid"):
+        return "FAILED_PRECONDITION"
+    if name == "Unavailable":
+        return "UNAVAILABLE"
+    if name == "ChunkCorrupt":
+        return "DATA_LOSS"
+    if name == "StorageFull":
+        return "RESOURCE_EXHAUSTED"
+    if name.endswith("Unknown") or name in ("NotFound", "ChunkMissing"):
+        return "NOT_FOUND"
+    if name.endswith("Invalid") or name == "ManifestTooLarge":
+        return "INVALID_ARGUMENT"
+    if name in ("Unauthorized", "Denied"):
+        return "PERMISSION_DENIED"
+    return "UNKNOWN"
