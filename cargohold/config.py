@@ -75,6 +75,12 @@ class NodeConfig:
     raft_compaction_min_time: float = 600.0
     # How long a metadata command or barrier may wait for Raft before failing.
     raft_command_timeout: float = 10.0
+    # Leader housekeeping: every `housekeeping_interval` seconds, upload sessions (open,
+    # closed or cancelled) untouched for `upload_expire_after` seconds are forgotten.
+    housekeeping_interval: float = 300.0
+    upload_expire_after: float = 24 * 3600.0
+    # SIGTERM: seconds in-flight gRPC calls get to finish before the node exits.
+    shutdown_grace: float = 5.0
     # Background roles.
     repair_interval: float = 30.0
     repair_rate_bytes: int = 200 * MiB
