@@ -58,6 +58,8 @@ class ClusterLayout:
     node_grpc_ports: list[int] = field(default_factory=list)
     node_raft_ports: list[int] = field(default_factory=list)
     gateway_ports: list[int] = field(default_factory=list)
+    # Per-node host addresses (test hosts in network namespaces); empty = all on `host`.
+    node_hosts: list[str] = field(default_factory=list)
     # Extra settings per section merged into every process's config ({"node": {...}}).
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -104,12 +106,16 @@ class LocalCluster:
         extra: dict[str, dict[str, Any]] | None = None,
         log_level: str = "warning",
         host: str = "127.0.0.1",
+        node_hosts: list[str] | None = None,
+        node_exec_prefixes: list[list[str]] | None = None,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.log_level = log_level
         self.layout = self._load_or_create_layout(
             nodes, gateways, replicas, write_quorum, gateway_port, node_base_port,
-            chunk_size, extra or {}, host)
+            chunk_size, extra or {}, host, node_hosts or [])
+        # Commands that wrap a node's process (e.g. `ip netns exec <ns>`); not persisted.
+        self.node_exec_prefixes = node_exec_prefixes or [[] for _ in range(self.node_count)]
         self.node_procs: list[subprocess.Popen[bytes] | None] = [None] * self.node_count
         self.gateway_procs: list[subprocess.Popen[bytes] | None] = [None] * self.gateway_count
 
@@ -117,7 +123,8 @@ class LocalCluster:
     def _load_or_create_layout(self, nodes: int, gateways: int, replicas: int | None,
                                write_quorum: int | None, gateway_port: int | None,
                                node_base_port: int | None, chunk_size: int | None,
-                               extra: dict[str, dict[str, Any]], host: str) -> ClusterLayout:
+                               extra: dict[str, dict[str, Any]], host: str,
+                               node_hosts: list[str]) -> ClusterLayout:
         path = self.base_dir / "cluster.toml"
         if path.exists():
             data = tomllib.loads(path.read_text())
@@ -131,6 +138,10 @@ class LocalCluster:
         if node_base_port is not None:
             grpc_ports = [node_base_port + i for i in range(nodes)]
             raft_ports = [node_base_port + 100 + i for i in range(nodes)]
+        elif node_hosts:
+            # Each node has its own address: the same well-known ports everywhere.
+            grpc_ports = [7001] * nodes
+            raft_ports = [7101] * nodes
         else:
             grpc_ports = [free_port(host) for _ in range(nodes)]
             raft_ports = [free_port(host) for _ in range(nodes)]
@@ -141,7 +152,7 @@ class LocalCluster:
         layout = ClusterLayout(host=host, secret=secrets.token_hex(16), replicas=r,
                                write_quorum=w, node_grpc_ports=grpc_ports,
                                node_raft_ports=raft_ports, gateway_ports=gw_ports,
-                               extra=extra)
+                               node_hosts=list(node_hosts), extra=extra)
         if chunk_size:
             layout.chunk_size = chunk_size
         self.base_dir.mkdir(parents=True, exist_ok=True)
@@ -165,11 +176,14 @@ class LocalCluster:
     def gateway_count(self) -> int:
         return len(self.layout.gateway_ports)
 
+    def node_host(self, i: int) -> str:
+        return self.layout.node_hosts[i] if self.layout.node_hosts else self.layout.host
+
     def node_grpc(self, i: int) -> str:
-        return f"{self.layout.host}:{self.layout.node_grpc_ports[i]}"
+        return f"{self.node_host(i)}:{self.layout.node_grpc_ports[i]}"
 
     def node_raft(self, i: int) -> str:
-        return f"{self.layout.host}:{self.layout.node_raft_ports[i]}"
+        return f"{self.node_host(i)}:{self.layout.node_raft_ports[i]}"
 
     def node_id(self, i: int) -> str:
         return f"n{i + 1}"
@@ -221,14 +235,16 @@ class LocalCluster:
         path.write_text(to_toml(data))
 
     # -- processes ----------------------------------------------------------------------
-    def _spawn(self, role: str, config: Path, name: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, role: str, config: Path, name: str,
+               prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
         logs = self.base_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = open(logs / f"{name}.log", "ab")
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cargohold.cli", role, "--config", str(config)],
+            [*(prefix or []), sys.executable, "-m", "cargohold.cli", role, "--config",
+             str(config)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True)
         log.close()
@@ -238,7 +254,8 @@ class LocalCluster:
         proc = self.node_procs[i]
         if proc is not None and proc.poll() is None:
             return
-        self.node_procs[i] = self._spawn("node", self.node_config_path(i), self.node_id(i))
+        self.node_procs[i] = self._spawn("node", self.node_config_path(i), self.node_id(i),
+                                         self.node_exec_prefixes[i])
 
     def start_gateway(self, j: int) -> None:
         proc = self.gateway_procs[j]
