@@ -1,0 +1,437 @@
+"""The node's chunk store: the `ChunkStore` contract and its LMDB implementation.
+
+Key layout of the one LMDB environment per node, `<data_dir>/chunks/` (named DBs)::
+
+    chunks/                          LMDB env: sync=True, metasync=True, writemap=False
+    ├── db "chunks"                  the healthy copies this node serves
+    │     key   chunk id             32 B, sha256(data): addressing, dedup, key order = list order
+    │     value checksum || data     16 B xxh3-128(data), then the chunk's bytes (0 B allowed)
+    ├── db "quarantine"              copies that failed their checksum, kept for forensics,
+    │     key   chunk id             never served; the id is gone from "chunks", so has() says
+    │     value checksum || data     False and repair puts a fresh copy from another replica
+    └── db "meta"                    counters, updated in the same write txn as the data
+          key   b"count"             u64 big-endian: entries in "chunks"
+          key   b"bytes"             u64 big-endian: sum of data lengths in "chunks"
+          key   b"quarantined"       u64 big-endian: entries in "quarantine"
+
+Writes go through one writer thread that drains a queue: concurrent puts, deletes and
+quarantine moves are grouped into one write transaction (group commit, at most
+`batch_max_items` ops / `batch_max_bytes` bytes) whose fsynced commit acknowledges all of
+them. Reads run in executor threads inside read transactions (`buffers=True`): the checksum
+is checked on the mapped bytes and the data copied out once. sha256 of incoming data is
+computed in an executor thread too, so the event loop never hashes megabytes.
+
+A full map raises `StorageFull` for the puts that did not fit; the store keeps serving reads
+and deletes. `node/memstore.py` holds `MemoryChunkStore`, the in-memory implementation of
+the same contract for tests of other parts; `tests/node/test_chunkstore_suite.py` is the
+conformance suite both must pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import logging
+import os
+import queue
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import lmdb
+
+from cargohold.digests import checksum_of
+from cargohold.errors import (
+    ChunkCorrupt,
+    ChunkMissing,
+    DigestInvalid,
+    RegistryError,
+    StorageFull,
+    Unavailable,
+)
+from cargohold.log import log_event
+
+logger = logging.getLogger("cargohold.node.chunkstore")
+
+CHECKSUM_LEN = 16
+CHUNK_ID_LEN = 32
+# Below this size sha256 is cheaper inline than a hop to an executor thread.
+_INLINE_HASH_BYTES = 64 * 1024
+_U64 = struct.Struct(">Q")
+_META_COUNT, _META_BYTES, _META_QUARANTINED = b"count", b"bytes", b"quarantined"
+
+
+@dataclass(frozen=True)
+class ChunkStats:
+    count: int
+    bytes: int
+    quarantined: int
+
+
+class ChunkStore(Protocol):
+    """What a node's chunk store offers. Chunk ids are 32-byte sha256 digests.
+
+    `put` is durable before it returns; `get`/`verify` check the stored checksum and move a
+    failing copy to quarantine (`ChunkCorrupt` / False); a quarantined chunk is gone for
+    `has`, `get`, `list_ids` and `stats().count` until a good copy is put again.
+    """
+
+    async def put(self, chunk_id: bytes, data: bytes, checksum: bytes | None = None) -> bool:
+        """Store `data` under `chunk_id`; True when a healthy copy already existed.
+        Raises DigestInvalid (id or checksum does not match data), StorageFull."""
+        ...
+
+    async def get(self, chunk_id: bytes) -> bytes:
+        """The verified bytes. Raises ChunkMissing, ChunkCorrupt."""
+        ...
+
+    async def get_with_checksum(self, chunk_id: bytes) -> tuple[bytes, bytes]:
+        """(data, stored xxh3-128 checksum), verified like `get`."""
+        ...
+
+    async def has(self, ids: list[bytes]) -> list[bool]: ...
+
+    async def delete(self, ids: list[bytes]) -> int:
+        """Remove these chunks; returns how many were present."""
+        ...
+
+    async def list_ids(self, after: bytes, limit: int) -> list[tuple[bytes, int]]:
+        """Up to `limit` (id, size) pairs with id > `after` (b"" = from the start), key order."""
+        ...
+
+    async def stats(self) -> ChunkStats: ...
+
+    async def verify(self, chunk_id: bytes) -> bool:
+        """Scrub one chunk: False (and quarantined) when its checksum fails.
+        Raises ChunkMissing when it is not held."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def prepare_value(chunk_id: bytes, data: bytes, checksum: bytes | None) -> bytes:
+    """Check `data` against its id (and the sender's checksum); return `checksum || data`."""
+    if hashlib.sha256(data).digest() != chunk_id:
+        raise DigestInvalid("chunk id is not the sha256 of its data",
+                            detail={"chunk": chunk_id.hex()})
+    actual = checksum_of(data)
+    if checksum and checksum != actual:
+        raise DigestInvalid("chunk checksum does not match its data",
+                            detail={"chunk": chunk_id.hex()})
+    return actual + data
+
+
+def is_intact(value: bytes | memoryview) -> bool:
+    """True when a stored `checksum || data` value still matches its checksum."""
+    if len(value) < CHECKSUM_LEN:
+        return False
+    return checksum_of(value[CHECKSUM_LEN:]) == bytes(value[:CHECKSUM_LEN])
+
+
+async def prepare_value_async(chunk_id: bytes, data: bytes, checksum: bytes | None) -> bytes:
+    if len(data) <= _INLINE_HASH_BYTES:
+        return prepare_value(chunk_id, data, checksum)
+    return await asyncio.to_thread(prepare_value, chunk_id, data, checksum)
+
+
+class _Corrupt(Exception):
+    """Raised inside a read thread; the async caller quarantines and raises ChunkCorrupt."""
+
+
+# --- the writer: one thread, one write transaction per batch of queued ops --------------
+
+class _Batch:
+    """One open write transaction plus the counters it will write back."""
+
+    def __init__(self, store: LmdbChunkStore, txn: lmdb.Transaction) -> None:
+        self.store, self.txn = store, txn
+        self.count = store._read_counter(txn, _META_COUNT)
+        self.bytes = store._read_counter(txn, _META_BYTES)
+        self.quarantined = store._read_counter(txn, _META_QUARANTINED)
+
+    def save_counters(self) -> None:
+        meta = self.store._meta
+        self.txn.put(_META_COUNT, _U64.pack(self.count), db=meta)
+        self.txn.put(_META_BYTES, _U64.pack(self.bytes), db=meta)
+        self.txn.put(_META_QUARANTINED, _U64.pack(self.quarantined), db=meta)
+
+    def quarantine(self, chunk_id: bytes) -> bool:
+        """Move a failing copy out of "chunks"; False when absent or (now) intact."""
+        txn, s = self.txn, self.store
+        current = txn.get(chunk_id, db=s._chunks)
+        if current is None or is_intact(current):
+            return False
+        value = bytes(current)
+        txn.delete(chunk_id, db=s._chunks)
+        if txn.get(chunk_id, db=s._quarantine) is None:
+            self.quarantined += 1
+        txn.put(chunk_id, value, db=s._quarantine)
+        self.count -= 1
+        self.bytes -= max(0, len(value) - CHECKSUM_LEN)
+        log_event(logger, "chunk.quarantined", logging.WARNING, chunk=chunk_id.hex())
+        return True
+
+    def put(self, chunk_id: bytes, value: bytes) -> bool:
+        existing = self.txn.get(chunk_id, db=self.store._chunks)
+        if existing is not None:
+            if is_intact(existing):
+                return True
+            # A silently corrupted copy is replaced by the good bytes we were just sent.
+            self.quarantine(chunk_id)
+        self.txn.put(chunk_id, value, db=self.store._chunks)
+        self.count += 1
+        self.bytes += len(value) - CHECKSUM_LEN
+        return False
+
+    def delete(self, ids: list[bytes]) -> int:
+        deleted = 0
+        for chunk_id in ids:
+            if len(chunk_id) != CHUNK_ID_LEN:
+                continue
+            current = self.txn.get(chunk_id, db=self.store._chunks)
+            if current is None:
+                continue
+            size = max(0, len(current) - CHECKSUM_LEN)
+            self.txn.delete(chunk_id, db=self.store._chunks)
+            self.count -= 1
+            self.bytes -= size
+            deleted += 1
+        return deleted
+
+
+@dataclass
+class _Op:
+    """A queued write: `kind` is put/delete/quarantine; `weight` counts toward batch bytes."""
+
+    kind: str
+    future: concurrent.futures.Future[object]
+    chunk_id: bytes = b""
+    value: bytes = b""
+    ids: tuple[bytes, ...] = ()
+
+    @property
+    def weight(self) -> int:
+        return len(self.value)
+
+    def apply(self, batch: _Batch) -> object:
+        if self.kind == "put":
+            return batch.put(self.chunk_id, self.value)
+        if self.kind == "delete":
+            return batch.delete(list(self.ids))
+        return batch.quarantine(self.chunk_id)
+
+
+_STOP = object()
+
+
+class LmdbChunkStore:
+    """Chunks in one LMDB environment at `path` (a directory, created when missing)."""
+
+    def __init__(self, path: str, map_size: int, batch_max_items: int,
+                 batch_max_bytes: int) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.path = path
+        self._env = lmdb.open(path, map_size=map_size, subdir=True, max_dbs=3, sync=True,
+                              metasync=True, writemap=False, map_async=False, lock=True)
+        self._chunks = self._env.open_db(b"chunks")
+        self._quarantine = self._env.open_db(b"quarantine")
+        self._meta = self._env.open_db(b"meta")
+        self._max_items = max(1, batch_max_items)
+        self._max_bytes = max(1, batch_max_bytes)
+        self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
+        self._lock = threading.Condition()
+        self._closed = False
+        self._readers = 0
+        self._commits = 0
+        self._writer = threading.Thread(target=self._write_loop, name="chunkstore-writer",
+                                        daemon=True)
+        self._writer.start()
+        log_event(logger, "chunkstore.open", path=path, map_size=map_size)
+
+    # --- async API ----------------------------------------------------------------------
+
+    async def put(self, chunk_id: bytes, data: bytes, checksum: bytes | None = None) -> bool:
+        value = await prepare_value_async(chunk_id, data, checksum)
+        result = await self._submit(_Op("put", concurrent.futures.Future(), chunk_id=chunk_id,
+                                         value=value))
+        return bool(result)
+
+    async def get(self, chunk_id: bytes) -> bytes:
+        data, _ = await self.get_with_checksum(chunk_id)
+        return data
+
+    async def get_with_checksum(self, chunk_id: bytes) -> tuple[bytes, bytes]:
+        try:
+            data, checksum = await asyncio.to_thread(self._read, chunk_id, True)
+        except _Corrupt:
+            await self._quarantine_copy(chunk_id)
+            raise ChunkCorrupt(detail={"chunk": chunk_id.hex()}) from None
+        assert data is not None
+        return data, checksum
+
+    async def verify(self, chunk_id: bytes) -> bool:
+        try:
+            await asyncio.to_thread(self._read, chunk_id, False)
+        except _Corrupt:
+            await self._quarantine_copy(chunk_id)
+            return False
+        return True
+
+    async def has(self, ids: list[bytes]) -> list[bool]:
+        return await asyncio.to_thread(self._has, list(ids))
+
+    async def delete(self, ids: list[bytes]) -> int:
+        if not ids:
+            return 0
+        result = await self._submit(_Op("delete", concurrent.futures.Future(), ids=tuple(ids)))
+        return int(result)  # type: ignore[call-overload]
+
+    async def list_ids(self, after: bytes, limit: int) -> list[tuple[bytes, int]]:
+        if limit <= 0:
+            return []
+        return await asyncio.to_thread(self._list, after, limit)
+
+    async def stats(self) -> ChunkStats:
+        return await asyncio.to_thread(self._stats)
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed since open (puts per commit = group-commit factor)."""
+        return self._commits
+
+    def close(self) -> None:
+        """Finish queued writes, wait for readers, close the environment. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+        self._writer.join()
+        with self._lock:
+            self._lock.wait_for(lambda: self._readers == 0)
+            self._env.close()
+        log_event(logger, "chunkstore.closed", path=self.path)
+
+    # --- reads (executor threads) -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[lmdb.Transaction]:
+        with self._lock:
+            if self._closed:
+                raise Unavailable("chunk store is closed")
+            self._readers += 1
+        try:
+            with self._env.begin(buffers=True) as txn:
+                yield txn
+        finally:
+            with self._lock:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._lock.notify_all()
+
+    def _read(self, chunk_id: bytes, copy: bool) -> tuple[bytes | None, bytes]:
+        if len(chunk_id) != CHUNK_ID_LEN:
+            raise ChunkMissing(detail={"chunk": chunk_id.hex()})
+        with self._reading() as txn:
+            value = txn.get(chunk_id, db=self._chunks)
+            if value is None:
+                raise ChunkMissing(detail={"chunk": chunk_id.hex()})
+            if not is_intact(value):
+                raise _Corrupt
+            checksum = bytes(value[:CHECKSUM_LEN])
+            return (bytes(value[CHECKSUM_LEN:]) if copy else None), checksum
+
+    def _has(self, ids: list[bytes]) -> list[bool]:
+        with self._reading() as txn:
+            return [len(i) == CHUNK_ID_LEN and txn.get(i, db=self._chunks) is not None
+                    for i in ids]
+
+    def _list(self, after: bytes, limit: int) -> list[tuple[bytes, int]]:
+        out: list[tuple[bytes, int]] = []
+        with self._reading() as txn:
+            cursor = txn.cursor(db=self._chunks)
+            more = cursor.set_range(after) if after else cursor.first()
+            while more and len(out) < limit:
+                key = bytes(cursor.key())
+                if key != after:
+                    out.append((key, max(0, len(cursor.value()) - CHECKSUM_LEN)))
+                more = cursor.next()
+        return out
+
+    def _stats(self) -> ChunkStats:
+        with self._reading() as txn:
+            return ChunkStats(count=self._read_counter(txn, _META_COUNT),
+                              bytes=self._read_counter(txn, _META_BYTES),
+                              quarantined=self._read_counter(txn, _META_QUARANTINED))
+
+    def _read_counter(self, txn: lmdb.Transaction, key: bytes) -> int:
+        raw = txn.get(key, db=self._meta)
+        return _U64.unpack(raw)[0] if raw is not None else 0
+
+    # --- writes (the writer thread) -----------------------------------------------------
+
+    async def _submit(self, op: _Op) -> object:
+        with self._lock:
+            if self._closed:
+                raise Unavailable("chunk store is closed")
+            self._queue.put(op)
+        return await asyncio.wrap_future(op.future)
+
+    async def _quarantine_copy(self, chunk_id: bytes) -> None:
+        with contextlib.suppress(Unavailable):
+            await self._submit(_Op("quarantine", concurrent.futures.Future(), chunk_id=chunk_id))
+
+    def _write_loop(self) -> None:
+        held: _Op | object | None = None
+        while True:
+            first = held if held is not None else self._queue.get()
+            held = None
+            if first is _STOP:
+                break
+            assert isinstance(first, _Op)
+            batch, size = [first], first.weight
+            while len(batch) < self._max_items:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if not isinstance(op, _Op) or size + op.weight > self._max_bytes:
+                    held = op
+                    break
+                batch.append(op)
+                size += op.weight
+            live = [op for op in batch if op.future.set_running_or_notify_cancel()]
+            if live:
+                self._commit(live)
+
+    def _commit(self, ops: list[_Op]) -> None:
+        try:
+            with self._env.begin(write=True, buffers=True) as txn:
+                batch = _Batch(self, txn)
+                results = [op.apply(batch) for op in ops]
+                batch.save_counters()
+        except lmdb.MapFullError:
+            if len(ops) > 1:
+                # Commit what fits: each op alone, so only the ones that overflow fail.
+                for op in ops:
+                    self._commit([op])
+                return
+            log_event(logger, "chunkstore.full", logging.WARNING, path=self.path)
+            ops[0].future.set_exception(StorageFull(detail={"path": self.path}))
+            return
+        except RegistryError as exc:
+            for op in ops:
+                op.future.set_exception(exc)
+            return
+        except Exception as exc:
+            logger.exception("chunkstore.commit_failed")
+            for op in ops:
+                op.future.set_exception(Unavailable(f"chunk store write failed: {exc}"))
+            return
+        self._commits += 1
+        for op, result in zip(ops, results, strict=True):
+            op.future.set_result(result)

@@ -1,0 +1,292 @@
+"""The one conformance suite every `ChunkStore` implementation must pass.
+
+Each implementation contributes only a `Kit`: how to open it (optionally with a capacity),
+how to flip a stored byte behind its back, and whether it survives close/reopen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from cargohold.digests import checksum_of
+from cargohold.errors import ChunkCorrupt, ChunkMissing, DigestInvalid, StorageFull, Unavailable
+from node.chunkstore import ChunkStats, ChunkStore, LmdbChunkStore
+from node.memstore import MemoryChunkStore
+
+KiB = 1024
+MiB = 1024 * KiB
+LmdbOpener = Callable[..., LmdbChunkStore]
+
+
+@dataclass
+class Kit:
+    durable: bool
+    # open(capacity_bytes or None) -> a store over the same backing location every time.
+    open: Callable[[int | None], ChunkStore]
+    corrupt: Callable[[ChunkStore, bytes], None]
+
+
+def _corrupt_lmdb(store: ChunkStore, chunk_id: bytes) -> None:
+    """Flip the last byte of the stored value (data, or the checksum of a 0-byte chunk)."""
+    assert isinstance(store, LmdbChunkStore)
+    with store._env.begin(write=True) as txn:
+        raw = txn.get(chunk_id, db=store._chunks)
+        assert raw is not None
+        value = bytearray(raw)
+        value[-1] ^= 0x01
+        txn.put(chunk_id, bytes(value), db=store._chunks)
+
+
+def _corrupt_memory(store: ChunkStore, chunk_id: bytes) -> None:
+    assert isinstance(store, MemoryChunkStore)
+    store.corrupt(chunk_id)
+
+
+@pytest.fixture(params=["lmdb", "memory"])
+def kit(request: pytest.FixtureRequest) -> Kit:
+    if request.param == "lmdb":
+        opener = request.getfixturevalue("open_lmdb_store")
+
+        def open_lmdb(capacity: int | None) -> ChunkStore:
+            return opener(map_size=capacity) if capacity else opener()
+
+        return Kit(durable=True, open=open_lmdb, corrupt=_corrupt_lmdb)
+    opened: list[MemoryChunkStore] = []
+
+    def open_memory(capacity: int | None) -> ChunkStore:
+        store = MemoryChunkStore(capacity_bytes=capacity)
+        opened.append(store)
+        return store
+
+    request.addfinalizer(lambda: [s.close() for s in opened])
+    return Kit(durable=False, open=open_memory, corrupt=_corrupt_memory)
+
+
+@pytest.fixture
+def store(kit: Kit) -> ChunkStore:
+    return kit.open(None)
+
+
+def chunk(data: bytes) -> tuple[bytes, bytes]:
+    return hashlib.sha256(data).digest(), data
+
+
+def random_chunk(size: int) -> tuple[bytes, bytes]:
+    return chunk(os.urandom(size))
+
+
+async def test_put_get_roundtrip(store: ChunkStore) -> None:
+    cid, data = random_chunk(300 * KiB)
+    assert await store.put(cid, data) is False
+    assert await store.get(cid) == data
+    got, checksum = await store.get_with_checksum(cid)
+    assert got == data
+    assert checksum == checksum_of(data)
+
+
+async def test_put_is_idempotent(store: ChunkStore) -> None:
+    cid, data = random_chunk(70 * KiB)
+    assert await store.put(cid, data) is False
+    assert await store.put(cid, data) is True
+    assert await store.put(cid, data, checksum_of(data)) is True
+    assert await store.stats() == ChunkStats(count=1, bytes=len(data), quarantined=0)
+
+
+async def test_put_rejects_wrong_id_and_wrong_checksum(store: ChunkStore) -> None:
+    cid, data = random_chunk(100 * KiB)
+    with pytest.raises(DigestInvalid):
+        await store.put(hashlib.sha256(b"other").digest(), data)
+    with pytest.raises(DigestInvalid):
+        await store.put(b"short", data)
+    with pytest.raises(DigestInvalid):
+        await store.put(cid, data, checksum=b"\0" * 16)
+    assert await store.has([cid]) == [False]
+    assert await store.stats() == ChunkStats(count=0, bytes=0, quarantined=0)
+    assert await store.put(cid, data, checksum=checksum_of(data)) is False
+
+
+async def test_has_and_delete(store: ChunkStore) -> None:
+    a, b = random_chunk(10), random_chunk(20)
+    missing = hashlib.sha256(b"missing").digest()
+    await store.put(*a)
+    await store.put(*b)
+    assert await store.has([a[0], missing, b[0], b"bad-length"]) == [True, False, True, False]
+    assert await store.delete([a[0], missing]) == 1
+    assert await store.delete([a[0]]) == 0
+    assert await store.delete([]) == 0
+    assert await store.has([a[0], b[0]]) == [False, True]
+    with pytest.raises(ChunkMissing):
+        await store.get(a[0])
+    with pytest.raises(ChunkMissing):
+        await store.get(b"bad-length")
+    assert await store.stats() == ChunkStats(count=1, bytes=20, quarantined=0)
+    # A deleted chunk can be stored again.
+    assert await store.put(*a) is False
+
+
+async def test_list_ids_pages_in_key_order(store: ChunkStore) -> None:
+    chunks = [random_chunk(n) for n in range(25)]
+    for cid, data in chunks:
+        await store.put(cid, data)
+    expected = sorted((cid, len(data)) for cid, data in chunks)
+    seen: list[tuple[bytes, int]] = []
+    after = b""
+    while True:
+        page = await store.list_ids(after, 7)
+        assert len(page) <= 7
+        if not page:
+            break
+        seen.extend(page)
+        after = page[-1][0]
+    assert seen == expected
+    assert await store.list_ids(b"", 0) == []
+    assert await store.list_ids(expected[-1][0], 10) == []
+    # `after` need not be a stored id: a 31-byte prefix sorts just below its full key.
+    assert await store.list_ids(expected[10][0][:-1], 1) == [expected[10]]
+
+
+async def test_stats_follow_puts_and_deletes(store: ChunkStore) -> None:
+    chunks = [random_chunk(1000 * (i + 1)) for i in range(5)]
+    for cid, data in chunks:
+        await store.put(cid, data)
+    assert await store.stats() == ChunkStats(count=5, bytes=15000, quarantined=0)
+    await store.delete([chunks[0][0], chunks[4][0]])
+    assert await store.stats() == ChunkStats(count=3, bytes=9000, quarantined=0)
+
+
+async def test_corrupt_copy_is_quarantined_on_get(kit: Kit, store: ChunkStore) -> None:
+    cid, data = random_chunk(200 * KiB)
+    other = random_chunk(10)
+    await store.put(cid, data)
+    await store.put(*other)
+    kit.corrupt(store, cid)
+    with pytest.raises(ChunkCorrupt):
+        await store.get(cid)
+    assert await store.has([cid, other[0]]) == [False, True]
+    assert await store.stats() == ChunkStats(count=1, bytes=10, quarantined=1)
+    assert [i for i, _ in await store.list_ids(b"", 100)] == [other[0]]
+    with pytest.raises(ChunkMissing):
+        await store.get(cid)
+    # Repair: a good copy from another replica is accepted and served again.
+    assert await store.put(cid, data) is False
+    assert await store.get(cid) == data
+    assert await store.stats() == ChunkStats(count=2, bytes=200 * KiB + 10, quarantined=1)
+
+
+async def test_verify_scrubs_one_chunk(kit: Kit, store: ChunkStore) -> None:
+    good, bad = random_chunk(50 * KiB), random_chunk(50 * KiB)
+    await store.put(*good)
+    await store.put(*bad)
+    kit.corrupt(store, bad[0])
+    assert await store.verify(good[0]) is True
+    assert await store.verify(bad[0]) is False
+    assert await store.has([good[0], bad[0]]) == [True, False]
+    assert (await store.stats()).quarantined == 1
+    with pytest.raises(ChunkMissing):
+        await store.verify(bad[0])
+
+
+async def test_put_replaces_an_undetected_corrupt_copy(kit: Kit, store: ChunkStore) -> None:
+    cid, data = random_chunk(80 * KiB)
+    await store.put(cid, data)
+    kit.corrupt(store, cid)
+    assert await store.put(cid, data) is False
+    assert await store.get(cid) == data
+    assert await store.stats() == ChunkStats(count=1, bytes=len(data), quarantined=1)
+
+
+async def test_zero_byte_chunk(kit: Kit, store: ChunkStore) -> None:
+    cid, data = chunk(b"")
+    assert await store.put(cid, data) is False
+    assert await store.put(cid, data) is True
+    assert await store.get(cid) == b""
+    assert await store.has([cid]) == [True]
+    assert await store.list_ids(b"", 10) == [(cid, 0)]
+    assert await store.stats() == ChunkStats(count=1, bytes=0, quarantined=0)
+    kit.corrupt(store, cid)
+    with pytest.raises(ChunkCorrupt):
+        await store.get(cid)
+    assert await store.stats() == ChunkStats(count=0, bytes=0, quarantined=1)
+
+
+async def test_many_concurrent_puts_are_all_readable(store: ChunkStore) -> None:
+    chunks = [random_chunk(size) for size in [0, 1, 4 * KiB, 100 * KiB, 1 * MiB] * 20]
+    unique = dict(chunks)
+    results = await asyncio.gather(*(store.put(cid, data) for cid, data in chunks))
+    assert results.count(False) == len(unique)
+    for cid, data in unique.items():
+        assert await store.get(cid) == data
+    stats = await store.stats()
+    assert stats.count == len(unique)
+    assert stats.bytes == sum(len(d) for d in unique.values())
+
+
+async def test_durable_across_close_and_reopen(kit: Kit) -> None:
+    if not kit.durable:
+        # Nothing to reopen for an in-memory store: a closed one refuses service instead.
+        store = kit.open(None)
+        store.close()
+        with pytest.raises(Unavailable):
+            await store.has([b"x" * 32])
+        return
+    store = kit.open(None)
+    chunks = [random_chunk(size) for size in (0, 5, 600 * KiB)]
+    await asyncio.gather(*(store.put(cid, data) for cid, data in chunks))
+    await store.delete([chunks[1][0]])
+    store.close()
+    with pytest.raises(Unavailable):
+        await store.get(chunks[0][0])
+    reopened = kit.open(None)
+    assert await reopened.get(chunks[2][0]) == chunks[2][1]
+    assert await reopened.get(chunks[0][0]) == b""
+    assert await reopened.has([chunks[1][0]]) == [False]
+    assert await reopened.stats() == ChunkStats(count=2, bytes=600 * KiB, quarantined=0)
+
+
+async def test_full_store_refuses_puts_and_keeps_serving(kit: Kit) -> None:
+    store = kit.open(2 * MiB)
+    chunks = [random_chunk(256 * KiB) for _ in range(16)]
+    results = await asyncio.gather(*(store.put(cid, data) for cid, data in chunks),
+                                   return_exceptions=True)
+    stored = [c for c, r in zip(chunks, results, strict=True) if r is False]
+    refused = [r for r in results if isinstance(r, StorageFull)]
+    assert stored and refused
+    assert len(stored) + len(refused) == len(chunks)
+    for cid, data in stored:
+        assert await store.get(cid) == data
+    assert (await store.stats()).count == len(stored)
+    # One more put, alone, is refused the same clear way.
+    with pytest.raises(StorageFull):
+        await store.put(*random_chunk(1 * MiB))
+
+
+# --- LmdbChunkStore specifics: the on-disk layout and group commit ------------------------
+
+async def test_lmdb_value_layout_is_checksum_then_data(lmdb_chunk_store: LmdbChunkStore) -> None:
+    cid, data = random_chunk(3 * KiB)
+    await lmdb_chunk_store.put(cid, data)
+    with lmdb_chunk_store._env.begin() as txn:
+        assert txn.get(cid, db=lmdb_chunk_store._chunks) == checksum_of(data) + data
+        assert txn.get(b"count", db=lmdb_chunk_store._meta) == (1).to_bytes(8, "big")
+
+
+async def test_lmdb_concurrent_puts_share_commits(open_lmdb_store: LmdbOpener) -> None:
+    store = open_lmdb_store(batch_max_items=64)
+    chunks = [random_chunk(512) for _ in range(64)]
+    await asyncio.gather(*(store.put(cid, data) for cid, data in chunks))
+    assert store.commits < len(chunks)
+    assert await store.has([cid for cid, _ in chunks]) == [True] * len(chunks)
+
+
+async def test_lmdb_batches_respect_max_items(open_lmdb_store: LmdbOpener) -> None:
+    store = open_lmdb_store(batch_max_items=4)
+    chunks = [random_chunk(512) for _ in range(32)]
+    await asyncio.gather(*(store.put(cid, data) for cid, data in chunks))
+    assert store.commits >= len(chunks) // 4
+    assert (await store.stats()).count == len(chunks)
