@@ -88,6 +88,9 @@ class NodeConfig:
     scrub_rate_bytes: int = 50 * MiB
     # gRPC message limit (a chunk plus headroom).
     grpc_max_message: int = 64 * MiB
+    # Chunks.List: ids per streamed page when the caller asks for 0, and the largest page.
+    chunk_list_page_size: int = 1000
+    chunk_list_page_max: int = 10_000
 
     def __post_init__(self) -> None:
         if not self.grpc_advertise:
