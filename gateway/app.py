@@ -1,0 +1,75 @@
+"""The aiohttp application: every `/v2/` route of the OCI Distribution API, wired here only.
+
+Repository names contain `/`, so routes use `{name:.+}` and end in a fixed suffix whose
+last segment has no `/` (`/manifests/<ref>`, `/blobs/<digest>`, `/blobs/uploads/`,
+`/blobs/uploads/<id>`, `/tags/list`, `/referrers/<digest>`). The greedy `.+` makes the
+right-most suffix win: `/v2/a/blobs/b/manifests/latest` is a manifest of `a/blobs/b`.
+Handlers validate their own inputs; this module validates nothing.
+
+Never compressed: aiohttp only compresses when a handler asks for it, and none does.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway import base, catalog, manifests, referrers, tags
+from gateway.context import CONTEXT, GatewayContext
+from gateway.errors import add_api_version_header, error_middleware
+from gateway.manifest_cache import ManifestCache
+
+# The data-path handlers are built in parallel; until they land, their routes are absent.
+# TODO(api-surface): import them unconditionally once gateway/uploads.py and blobs.py exist.
+uploads: ModuleType | None
+blobs: ModuleType | None
+try:
+    from gateway import uploads
+except ImportError:
+    uploads = None
+try:
+    from gateway import blobs
+except ImportError:
+    blobs = None
+
+_NAME = "/v2/{name:.+}"
+
+
+def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Application:
+    """The gateway's application; `client_max_size` bounds buffered request bodies."""
+    max_size = client_max_size or ctx.cfg.gateway.max_manifest_size + 64 * 1024
+    app = web.Application(middlewares=[error_middleware], client_max_size=max_size)
+    app[CONTEXT] = ctx
+    app[manifests.MANIFEST_CACHE] = ManifestCache(ctx.cfg.gateway.manifest_cache_bytes)
+    app.on_response_prepare.append(add_api_version_header)
+    _routes(app.router)
+    return app
+
+
+def _routes(router: web.UrlDispatcher) -> None:
+    def resource(path: str, **methods: Handler) -> None:
+        res = router.add_resource(path)
+        for method, handler in methods.items():
+            if method == "GET":
+                res.add_route("GET", handler)
+                res.add_route("HEAD", handler)
+            else:
+                res.add_route(method, handler)
+
+    resource("/v2/", GET=base.api_version_check)
+    resource("/v2", GET=base.api_version_check)
+    resource("/v2/_catalog", GET=catalog.catalog)
+    resource(f"{_NAME}/tags/list", GET=tags.list_tags)
+    resource(f"{_NAME}/manifests/{{reference}}", GET=manifests.get_manifest,
+             PUT=manifests.put_manifest, DELETE=manifests.delete_manifest)
+    if uploads is not None:
+        resource(f"{_NAME}/blobs/uploads/", POST=uploads.start_upload)
+        resource(f"{_NAME}/blobs/uploads", POST=uploads.start_upload)
+        resource(f"{_NAME}/blobs/uploads/{{upload}}", GET=uploads.get_upload_status,
+                 PATCH=uploads.patch_upload, PUT=uploads.put_upload,
+                 DELETE=uploads.cancel_upload)
+    if blobs is not None:
+        resource(f"{_NAME}/blobs/{{digest}}", GET=blobs.get_blob, DELETE=blobs.delete_blob)
+    resource(f"{_NAME}/referrers/{{digest}}", GET=referrers.list_referrers)

@@ -1,0 +1,170 @@
+"""Parsing and validating pushed manifests: what a `PUT /manifests/` body references.
+
+Pure functions, no I/O. `parse_manifest(body, content_type)` accepts the four schema-2
+formats clients push:
+
+- OCI image manifest (`application/vnd.oci.image.manifest.v1+json`), including artifacts
+  (`artifactType`, `subject`, `layers: []`, the empty descriptor as config) and bodies
+  without a `mediaType` field (the `Content-Type` header, or the body's shape, decides);
+- OCI image index (`application/vnd.oci.image.index.v1+json`);
+- Docker image manifest v2 schema 2 and Docker manifest list.
+
+The media type stored (and echoed on every GET) is the body's `mediaType`, else the
+request's `Content-Type` (parameters dropped), else the type the shape implies. A body
+`mediaType` that contradicts a specific `Content-Type` is `MANIFEST_INVALID`; a generic
+`Content-Type` (`application/json`, `application/octet-stream`, none) never contradicts.
+Docker schema 1 and unknown manifest types are refused (`MANIFEST_INVALID`).
+
+What a manifest references (the `manifest_put` command's arguments):
+- `blobs`: config + layers, except layers with `urls` (foreign, non-distributable);
+- `manifests`: an index's children;
+- `subject`: recorded for the referrers API but never required to exist;
+- `artifact_type`: `artifactType`, else the config's media type (the referrers rule).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from cargohold.digests import parse_digest
+from cargohold.errors import DigestInvalid, ManifestInvalid
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
+                  "application/vnd.docker.distribution.manifest.v1+prettyjws")
+IMAGE_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+MANIFEST_TYPES = IMAGE_TYPES + INDEX_TYPES
+# Content-Types that say nothing about the manifest format.
+_GENERIC_TYPES = ("", "application/json", "application/octet-stream", "text/plain")
+
+
+@dataclass
+class ParsedManifest:
+    media_type: str
+    blobs: list[str] = field(default_factory=list)
+    manifests: list[str] = field(default_factory=list)
+    subject: str | None = None
+    artifact_type: str | None = None
+    annotations: dict[str, str] | None = None
+
+
+def base_media_type(content_type: str | None) -> str:
+    """`type/subtype` of a Content-Type header, parameters and case of the type dropped."""
+    return (content_type or "").split(";", 1)[0].strip()
+
+
+def _invalid(reason: str, **detail: Any) -> ManifestInvalid:
+    return ManifestInvalid(f"manifest invalid: {reason}", detail={"reason": reason, **detail})
+
+
+def _descriptor(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _invalid(f"{where} is not a descriptor")
+    media_type = value.get("mediaType")
+    if not isinstance(media_type, str) or not media_type:
+        raise _invalid(f"{where}.mediaType missing")
+    digest = value.get("digest")
+    if not isinstance(digest, str):
+        raise _invalid(f"{where}.digest missing")
+    try:
+        parse_digest(digest)
+    except DigestInvalid:
+        raise _invalid(f"{where}.digest invalid", digest=digest) from None
+    size = value.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise _invalid(f"{where}.size invalid")
+    urls = value.get("urls")
+    if urls is not None and not (isinstance(urls, list)
+                                 and all(isinstance(u, str) for u in urls)):
+        raise _invalid(f"{where}.urls invalid")
+    _annotations(value.get("annotations"), f"{where}.annotations")
+    return value
+
+
+def _descriptors(value: Any, where: str, required: bool = True) -> list[dict[str, Any]]:
+    if value is None and not required:
+        return []
+    if not isinstance(value, list):
+        raise _invalid(f"{where} is not a list")
+    return [_descriptor(item, f"{where}[{i}]") for i, item in enumerate(value)]
+
+
+def _annotations(value: Any, where: str) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise _invalid(f"{where} must map strings to strings")
+    return value
+
+
+def _optional_str(doc: dict[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _invalid(f"{key} must be a non-empty string")
+    return value
+
+
+def _decide_media_type(doc: dict[str, Any], content_type: str | None) -> str:
+    body_type = doc.get("mediaType")
+    if body_type is not None and not isinstance(body_type, str):
+        raise _invalid("mediaType must be a string")
+    header_type = base_media_type(content_type)
+    if header_type in _GENERIC_TYPES:
+        header_type = ""
+    if body_type and header_type and body_type != header_type:
+        raise _invalid("Content-Type does not match the manifest mediaType",
+                       content_type=header_type, media_type=body_type)
+    media_type = body_type or header_type
+    if not media_type:
+        # No type anywhere: an OCI manifest or index told apart by its shape.
+        media_type = OCI_INDEX if "manifests" in doc else OCI_MANIFEST
+    if media_type in DOCKER_SCHEMA1:
+        raise _invalid("docker schema 1 manifests are not supported", media_type=media_type)
+    if media_type not in MANIFEST_TYPES:
+        raise _invalid("unsupported manifest media type", media_type=media_type)
+    if media_type in (DOCKER_MANIFEST, DOCKER_LIST) and body_type != media_type:
+        raise _invalid("docker manifests must carry their mediaType", media_type=media_type)
+    return media_type
+
+
+def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
+    """Validate a pushed manifest and collect what it references; MANIFEST_INVALID if bad."""
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _invalid("body is not JSON", error=str(exc)) from None
+    if not isinstance(doc, dict):
+        raise _invalid("body is not a JSON object")
+    if doc.get("schemaVersion") != 2 or isinstance(doc.get("schemaVersion"), bool):
+        raise _invalid("schemaVersion must be 2")
+    media_type = _decide_media_type(doc, content_type)
+    parsed = ParsedManifest(media_type=media_type,
+                            artifact_type=_optional_str(doc, "artifactType"),
+                            annotations=_annotations(doc.get("annotations"), "annotations"))
+    if "subject" in doc and doc["subject"] is not None:
+        parsed.subject = _descriptor(doc["subject"], "subject")["digest"]
+    if media_type in IMAGE_TYPES:
+        config = _descriptor(doc.get("config"), "config")
+        layers = _descriptors(doc.get("layers"), "layers",
+                              required=media_type == DOCKER_MANIFEST)
+        parsed.blobs = _unique([config["digest"]]
+                               + [d["digest"] for d in layers if not d.get("urls")])
+        if parsed.artifact_type is None:
+            parsed.artifact_type = config["mediaType"]
+    else:
+        children = _descriptors(doc.get("manifests"), "manifests")
+        parsed.manifests = _unique([d["digest"] for d in children])
+    return parsed
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))

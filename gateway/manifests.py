@@ -1,0 +1,156 @@
+"""`/v2/<name>/manifests/<reference>`: push (PUT), pull (GET/HEAD) and DELETE of manifests.
+
+PUT reads the body bounded by `gateway.max_manifest_size` (never more than the limit + 1
+bytes; a larger `Content-Length` is refused before reading: 413), validates it
+(`gateway.manifest_format`), digests the exact bytes (sha256, or the reference's
+algorithm when pushed by digest, which must then match: `DIGEST_INVALID`), stores the
+bytes as chunks (`cluster.store_bytes`) and commits ONE `manifest_put` command, which
+checks that the referenced blobs and child manifests exist (`MANIFEST_BLOB_UNKNOWN`) and
+moves the tag when pushed by tag.
+
+GET/HEAD by tag ask a linearizable `tag_get`, by digest a linearizable `manifest_get`:
+one small query per request, so a push or delete through any gateway is seen at once
+(invariant 2). Bodies come from the gateway's `ManifestCache` (immutable by digest) or
+the chunk store. The stored media type is echoed exactly, whatever `Accept` says; HEAD
+carries the real `Content-Length` without reading the body.
+
+Unknown references: 404 `MANIFEST_UNKNOWN`; by tag in a repository that does not exist,
+the node may answer `NAME_UNKNOWN` (also 404) and that is passed through.
+
+DELETE by tag removes the tag only (`tag_delete`); by digest the manifest and every tag
+on it (`manifest_delete`). 202 on success; 405 `UNSUPPORTED` when deletes are disabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from cargohold.digests import digest_of, is_digest, parse_digest
+from cargohold.errors import DigestInvalid, ManifestTooLarge, RegistryError, Unsupported
+from cargohold.log import log_event
+from cargohold.names import validate_name, validate_tag
+from gateway.context import GatewayContext, context
+from gateway.manifest_cache import ManifestCache
+from gateway.manifest_format import parse_manifest
+
+logger = logging.getLogger("cargohold.gateway.manifests")
+
+MANIFEST_CACHE: web.AppKey[ManifestCache] = web.AppKey("cargohold_manifest_cache",
+                                                       ManifestCache)
+_READ_SIZE = 64 * 1024
+# Hash bodies above this size off the event loop.
+_THREAD_HASH_BYTES = 1024 * 1024
+
+
+class _Reference:
+    """A manifest reference from the URL: a tag or a digest, validated."""
+
+    def __init__(self, reference: str) -> None:
+        self.tag: str | None = None
+        self.digest: str | None = None
+        if is_digest(reference):
+            self.algorithm, _ = parse_digest(reference)
+            self.digest = reference
+        else:
+            self.tag = validate_tag(reference)
+            self.algorithm = "sha256"
+
+
+async def _digest(body: bytes, algorithm: str) -> str:
+    if len(body) > _THREAD_HASH_BYTES:
+        return await asyncio.to_thread(digest_of, body, algorithm)
+    return digest_of(body, algorithm)
+
+
+async def read_bounded(request: web.Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything larger than `limit` bytes."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise ManifestTooLarge(detail={"size": declared, "limit": limit})
+    buf = bytearray()
+    while True:
+        piece = await request.content.read(min(_READ_SIZE, limit + 1 - len(buf)))
+        if not piece:
+            return bytes(buf)
+        buf += piece
+        if len(buf) > limit:
+            raise ManifestTooLarge(detail={"limit": limit})
+
+
+async def put_manifest(request: web.Request) -> web.StreamResponse:
+    ctx = context(request)
+    name = validate_name(request.match_info["name"])
+    ref = _Reference(request.match_info["reference"])
+    body = await read_bounded(request, ctx.cfg.gateway.max_manifest_size)
+    parsed = parse_manifest(body, request.headers.get("Content-Type"))
+    digest = await _digest(body, ref.algorithm)
+    if ref.digest is not None and digest != ref.digest:
+        raise DigestInvalid(detail={"reference": ref.digest, "digest": digest})
+    recipe = await ctx.cluster.store_bytes(body)
+    await ctx.cluster.command("manifest_put", {
+        "repo": name, "digest": digest, "media_type": parsed.media_type, "recipe": recipe,
+        "blobs": parsed.blobs, "manifests": parsed.manifests, "subject": parsed.subject,
+        "artifact_type": parsed.artifact_type, "annotations": parsed.annotations,
+        "tag": ref.tag, "now": time.time()})
+    request.app[MANIFEST_CACHE].put(digest, body)
+    headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
+    if parsed.subject is not None:
+        headers["OCI-Subject"] = parsed.subject
+    return web.Response(status=201, headers=headers)
+
+
+async def _lookup(ctx: GatewayContext, name: str, ref: _Reference) -> dict[str, Any]:
+    if ref.digest is not None:
+        return dict(await ctx.cluster.query("manifest_get", {"repo": name,
+                                                             "digest": ref.digest}))
+    return dict(await ctx.cluster.query("tag_get", {"repo": name, "tag": ref.tag}))
+
+
+async def _body(ctx: GatewayContext, cache: ManifestCache, record: dict[str, Any]) -> bytes:
+    digest = record["digest"]
+    body = cache.get(digest)
+    if body is not None:
+        return body
+    body = await ctx.cluster.read_all(record["recipe"])
+    algorithm, _ = parse_digest(digest)
+    if await _digest(body, algorithm) != digest:
+        # Every chunk was verified, so a recipe that disagrees is a bug, not bit rot.
+        log_event(logger, "manifest.digest_mismatch", logging.ERROR, digest=digest)
+        raise RegistryError("stored manifest does not match its digest",
+                            detail={"digest": digest})
+    cache.put(digest, body)
+    return body
+
+
+async def get_manifest(request: web.Request) -> web.StreamResponse:
+    """GET and HEAD (aiohttp routes HEAD here): the same status and headers for both."""
+    ctx = context(request)
+    name = validate_name(request.match_info["name"])
+    ref = _Reference(request.match_info["reference"])
+    record = await _lookup(ctx, name, ref)
+    headers = {"Content-Type": record["media_type"],
+               "Docker-Content-Digest": record["digest"]}
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(record["size"])
+        return web.Response(headers=headers)
+    body = await _body(ctx, request.app[MANIFEST_CACHE], record)
+    return web.Response(body=body, headers=headers)
+
+
+async def delete_manifest(request: web.Request) -> web.StreamResponse:
+    ctx = context(request)
+    name = validate_name(request.match_info["name"])
+    if not ctx.cfg.gateway.delete_enabled:
+        raise Unsupported("deletes are disabled on this registry")
+    ref = _Reference(request.match_info["reference"])
+    if ref.digest is not None:
+        await ctx.cluster.command("manifest_delete", {"repo": name, "digest": ref.digest})
+        request.app[MANIFEST_CACHE].discard(ref.digest)
+    else:
+        await ctx.cluster.command("tag_delete", {"repo": name, "tag": ref.tag})
+    return web.Response(status=202)

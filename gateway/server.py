@@ -1,0 +1,73 @@
+"""The gateway process: `main(cfg)` runs one HTTP gateway until SIGTERM/SIGINT.
+
+uvloop event loop; `ClusterClient.connect(cfg)` before listening (a gateway that cannot
+reach the cluster fails at start, visibly); aiohttp `AppRunner` + `TCPSite` on
+`cfg.gateway.listen`, TLS when `cfg.gateway.tls_cert` is set. On SIGTERM/SIGINT the site
+stops accepting, in-flight requests get `gateway.shutdown_grace_seconds` to finish, then
+the cluster client closes. Access logging only when `gateway.access_log` is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+
+import uvloop
+from aiohttp import web
+
+from cargohold.config import Config, split_hostport
+from cargohold.log import log_event
+from gateway.app import build_app
+from gateway.cluster import ClusterClient
+from gateway.context import GatewayContext
+
+logger = logging.getLogger("cargohold.gateway")
+
+
+def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
+    if not cfg.gateway.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cfg.gateway.tls_cert, cfg.gateway.tls_key or None)
+    return context
+
+
+async def serve(cfg: Config, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set; everything started here is closed before returning."""
+    cluster = await ClusterClient.connect(cfg)
+    try:
+        app = build_app(GatewayContext(cfg=cfg, cluster=cluster))
+        runner = web.AppRunner(
+            app, handle_signals=False,
+            access_log=logging.getLogger("cargohold.access") if cfg.gateway.access_log
+            else None,
+            shutdown_timeout=cfg.gateway.shutdown_grace_seconds)
+        await runner.setup()
+        try:
+            host, port = split_hostport(cfg.gateway.listen)
+            site = web.TCPSite(runner, host, port, ssl_context=_ssl_context(cfg),
+                               reuse_address=True)
+            await site.start()
+            log_event(logger, "gateway.listening", address=cfg.gateway.listen,
+                      tls=bool(cfg.gateway.tls_cert))
+            await stop.wait()
+            log_event(logger, "gateway.stopping")
+        finally:
+            await runner.cleanup()
+    finally:
+        await cluster.close()
+
+
+async def _main(cfg: Config) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(cfg, stop)
+
+
+def main(cfg: Config) -> None:
+    """Run one gateway until SIGTERM or SIGINT (called by `cargohold gateway`)."""
+    uvloop.run(_main(cfg))
