@@ -1,0 +1,127 @@
+"""The gRPC `Chunks` service of a node: Put/Get/Has/Delete/List over one `ChunkStore`.
+
+Handlers stay thin: the store owns verification, durability and quarantine. Every
+`RegistryError` leaves as a gRPC status whose details are `to_grpc_details(err)`, so the
+gateway's cluster client re-raises the same class:
+
+    ChunkMissing  -> NOT_FOUND            (this replica lacks it: try the next one)
+    ChunkCorrupt  -> DATA_LOSS            (copy quarantined: try the next one, repair later)
+    DigestInvalid -> INVALID_ARGUMENT     (id or checksum does not match the data sent)
+    StorageFull   -> RESOURCE_EXHAUSTED   (this node's map is full; place elsewhere)
+    Unavailable   -> UNAVAILABLE          (store closing: retry elsewhere)
+
+The server's message size limits (NodeConfig.grpc_max_message) are set where the server is
+built (node/server.py); `add_to_server` only registers the servicer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from cargohold.config import NodeConfig
+from cargohold.errors import (
+    ChunkCorrupt,
+    ChunkMissing,
+    DigestInvalid,
+    RegistryError,
+    StorageFull,
+    Unavailable,
+    to_grpc_details,
+)
+from cargohold.log import log_event
+from node.chunkstore import ChunkStore
+from protos import registry_pb2 as pb
+from protos import registry_pb2_grpc as pb_grpc
+
+logger = logging.getLogger("cargohold.node.chunk_service")
+
+_STATUS: dict[type[RegistryError], grpc.StatusCode] = {
+    ChunkMissing: grpc.StatusCode.NOT_FOUND,
+    ChunkCorrupt: grpc.StatusCode.DATA_LOSS,
+    DigestInvalid: grpc.StatusCode.INVALID_ARGUMENT,
+    StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+_BY_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+            503: grpc.StatusCode.UNAVAILABLE}
+
+T = TypeVar("T")
+
+
+def status_for(err: RegistryError) -> grpc.StatusCode:
+    """The gRPC status a RegistryError travels as."""
+    return _STATUS.get(type(err)) or _BY_HTTP.get(err.status, grpc.StatusCode.INTERNAL)
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str,
+                 exc: Exception) -> NoReturn:
+    if isinstance(exc, RegistryError):
+        await context.abort(status_for(exc), to_grpc_details(exc))
+    log_event(logger, "chunks.rpc_failed", logging.ERROR, method=method, error=repr(exc))
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+
+
+async def _call(context: grpc.aio.ServicerContext, method: str,
+                work: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await work()
+    except Exception as exc:
+        await _abort(context, method, exc)
+
+
+class ChunksServicer(pb_grpc.ChunksServicer):
+    def __init__(self, store: ChunkStore, page_size: int = NodeConfig.chunk_list_page_size,
+                 page_max: int = NodeConfig.chunk_list_page_max) -> None:
+        self._store = store
+        self._page_size = max(1, page_size)
+        self._page_max = max(1, page_max)
+
+    async def Put(self, request: pb.PutChunkRequest,
+                  context: grpc.aio.ServicerContext) -> pb.PutChunkReply:
+        existed = await _call(context, "Put", lambda: self._store.put(
+            request.id, request.data, request.checksum or None))
+        return pb.PutChunkReply(existed=existed)
+
+    async def Get(self, request: pb.GetChunkRequest,
+                  context: grpc.aio.ServicerContext) -> pb.GetChunkReply:
+        data, checksum = await _call(context, "Get",
+                                     lambda: self._store.get_with_checksum(request.id))
+        return pb.GetChunkReply(data=data, checksum=checksum)
+
+    async def Has(self, request: pb.HasChunksRequest,
+                  context: grpc.aio.ServicerContext) -> pb.HasChunksReply:
+        present = await _call(context, "Has", lambda: self._store.has(list(request.ids)))
+        return pb.HasChunksReply(present=present)
+
+    async def Delete(self, request: pb.DeleteChunksRequest,
+                     context: grpc.aio.ServicerContext) -> pb.DeleteChunksReply:
+        deleted = await _call(context, "Delete", lambda: self._store.delete(list(request.ids)))
+        return pb.DeleteChunksReply(deleted=deleted)
+
+    async def List(self, request: pb.ListChunksRequest,
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ListChunksReply]:
+        size = min(request.page_size or self._page_size, self._page_max)
+        after = request.after
+        while True:
+            page = await _call(context, "List",
+                               lambda after=after: self._store.list_ids(after, size))
+            if page:
+                yield pb.ListChunksReply(ids=[cid for cid, _ in page],
+                                         sizes=[n for _, n in page])
+            if len(page) < size:
+                return
+            after = page[-1][0]
+
+
+def add_to_server(server: grpc.aio.Server, store: ChunkStore,
+                  config: NodeConfig | None = None) -> ChunksServicer:
+    """Register the Chunks service for `store` on `server`; returns the servicer."""
+    cfg = config or NodeConfig()
+    servicer = ChunksServicer(store, page_size=cfg.chunk_list_page_size,
+                              page_max=cfg.chunk_list_page_max)
+    pb_grpc.add_ChunksServicer_to_server(servicer, server)
+    return servicer

@@ -1,0 +1,164 @@
+"""The Chunks gRPC service, called through the generated stub against a real grpc.aio server
+on 127.0.0.1 backed by an LmdbChunkStore in tmp_path."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+import pytest
+
+from cargohold.config import NodeConfig
+from cargohold.digests import checksum_of
+from cargohold.errors import (
+    ChunkCorrupt,
+    ChunkMissing,
+    DigestInvalid,
+    RegistryError,
+    StorageFull,
+    from_grpc_details,
+)
+from node.chunk_service import add_to_server
+from node.chunkstore import ChunkStore, LmdbChunkStore
+from protos import registry_pb2 as pb
+from protos import registry_pb2_grpc as pb_grpc
+
+MiB = 1024 * 1024
+CFG = NodeConfig(chunk_list_page_size=4, chunk_list_page_max=5)
+OPTIONS = [("grpc.max_send_message_length", CFG.grpc_max_message),
+           ("grpc.max_receive_message_length", CFG.grpc_max_message)]
+
+Serve = Callable[[ChunkStore], Awaitable[pb_grpc.ChunksStub]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Start a Chunks server for a store on 127.0.0.1:0; stopped (with its channel) after."""
+    running: list[tuple[grpc.aio.Server, grpc.aio.Channel]] = []
+
+    async def start(store: ChunkStore) -> pb_grpc.ChunksStub:
+        server = grpc.aio.server(options=OPTIONS)
+        add_to_server(server, store, CFG)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)
+        running.append((server, channel))
+        return pb_grpc.ChunksStub(channel)
+
+    try:
+        yield start
+    finally:
+        for server, channel in running:
+            await channel.close()
+            await server.stop(None)
+
+
+@pytest.fixture
+async def stub(serve: Serve, lmdb_chunk_store: LmdbChunkStore) -> pb_grpc.ChunksStub:
+    return await serve(lmdb_chunk_store)
+
+
+def random_chunk(size: int) -> tuple[bytes, bytes]:
+    data = os.urandom(size)
+    return hashlib.sha256(data).digest(), data
+
+
+def decoded(exc: grpc.aio.AioRpcError) -> RegistryError | None:
+    return from_grpc_details(exc.details())
+
+
+async def test_put_then_get_a_4mib_chunk(stub: pb_grpc.ChunksStub) -> None:
+    cid, data = random_chunk(4 * MiB)
+    reply = await stub.Put(pb.PutChunkRequest(id=cid, data=data))
+    assert reply.existed is False
+    reply = await stub.Put(pb.PutChunkRequest(id=cid, data=data, checksum=checksum_of(data)))
+    assert reply.existed is True
+    got = await stub.Get(pb.GetChunkRequest(id=cid))
+    assert got.data == data
+    assert got.checksum == checksum_of(data)
+
+
+async def test_get_missing_is_not_found(stub: pb_grpc.ChunksStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Get(pb.GetChunkRequest(id=hashlib.sha256(b"nope").digest()))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert isinstance(decoded(info.value), ChunkMissing)
+
+
+async def test_put_with_wrong_id_or_checksum_is_invalid_argument(
+        stub: pb_grpc.ChunksStub) -> None:
+    cid, data = random_chunk(1000)
+    for request in (pb.PutChunkRequest(id=hashlib.sha256(b"x").digest(), data=data),
+                    pb.PutChunkRequest(id=cid, data=data, checksum=b"\1" * 16)):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Put(request)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert isinstance(decoded(info.value), DigestInvalid)
+    assert (await stub.Has(pb.HasChunksRequest(ids=[cid]))).present == [False]
+
+
+async def test_corrupt_copy_is_data_loss_then_gone(
+        stub: pb_grpc.ChunksStub, lmdb_chunk_store: LmdbChunkStore) -> None:
+    cid, data = random_chunk(64 * 1024)
+    await stub.Put(pb.PutChunkRequest(id=cid, data=data))
+    with lmdb_chunk_store._env.begin(write=True) as txn:
+        value = bytearray(txn.get(cid, db=lmdb_chunk_store._chunks))
+        value[100] ^= 0x10
+        txn.put(cid, bytes(value), db=lmdb_chunk_store._chunks)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Get(pb.GetChunkRequest(id=cid))
+    assert info.value.code() == grpc.StatusCode.DATA_LOSS
+    assert isinstance(decoded(info.value), ChunkCorrupt)
+    assert (await stub.Has(pb.HasChunksRequest(ids=[cid]))).present == [False]
+    assert (await lmdb_chunk_store.stats()).quarantined == 1
+
+
+async def test_has_and_delete(stub: pb_grpc.ChunksStub) -> None:
+    a, b = random_chunk(10), random_chunk(0)
+    missing = hashlib.sha256(b"missing").digest()
+    await stub.Put(pb.PutChunkRequest(id=a[0], data=a[1]))
+    await stub.Put(pb.PutChunkRequest(id=b[0], data=b[1]))
+    has = await stub.Has(pb.HasChunksRequest(ids=[a[0], missing, b[0]]))
+    assert list(has.present) == [True, False, True]
+    deleted = await stub.Delete(pb.DeleteChunksRequest(ids=[a[0], missing]))
+    assert deleted.deleted == 1
+    assert (await stub.Has(pb.HasChunksRequest(ids=[a[0], b[0]]))).present == [False, True]
+    assert (await stub.Get(pb.GetChunkRequest(id=b[0]))).data == b""
+
+
+async def _list(stub: pb_grpc.ChunksStub, after: bytes = b"",
+                page_size: int = 0) -> list[list[tuple[bytes, int]]]:
+    pages = []
+    async for reply in stub.List(pb.ListChunksRequest(after=after, page_size=page_size)):
+        assert len(reply.ids) == len(reply.sizes)
+        pages.append(list(zip(reply.ids, reply.sizes, strict=True)))
+    return pages
+
+
+async def test_list_streams_every_id_in_pages(stub: pb_grpc.ChunksStub) -> None:
+    assert await _list(stub) == []
+    chunks = [random_chunk(n) for n in range(11)]
+    for cid, data in chunks:
+        await stub.Put(pb.PutChunkRequest(id=cid, data=data))
+    expected = sorted((cid, len(data)) for cid, data in chunks)
+    pages = await _list(stub, page_size=3)
+    assert [len(p) for p in pages] == [3, 3, 3, 2]
+    assert [e for p in pages for e in p] == expected
+    # 0 means the configured default page (4); a page above the maximum (5) is capped.
+    assert [len(p) for p in await _list(stub)] == [4, 4, 3]
+    assert [len(p) for p in await _list(stub, page_size=1000)] == [5, 5, 1]
+    tail = await _list(stub, after=expected[7][0], page_size=3)
+    assert [e for p in tail for e in p] == expected[8:]
+
+
+async def test_full_node_is_resource_exhausted(
+        serve: Serve, open_lmdb_store: Callable[..., LmdbChunkStore]) -> None:
+    stub = await serve(open_lmdb_store(map_size=2 * MiB))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        for _ in range(16):
+            cid, data = random_chunk(256 * 1024)
+            await stub.Put(pb.PutChunkRequest(id=cid, data=data))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert isinstance(decoded(info.value), StorageFull)
