@@ -1,0 +1,101 @@
+"""Blob handlers: GET/HEAD (whole or `Range`) and DELETE of /v2/<name>/blobs/<digest>.
+
+A blob is readable through a repository only when linked there (`blob_get`, a
+linearizable query, so a blob is visible right after its 201 and 404s right after a
+delete). GET streams the recipe's chunks through `ClusterClient.read_range` (verified,
+read-ahead, hedged); HEAD answers the same status and headers with the real
+`Content-Length` and no body. Responses are never compressed.
+
+`Range` (RFC 9110, one range only): `bytes=a-b`, `bytes=a-`, `bytes=-n`; an end past
+the size is clamped; a satisfiable range is 206 with `Content-Range: bytes a-b/total`;
+an unsatisfiable one 416 with `Content-Range: bytes */total`. A malformed or multi-range
+header is ignored (200 with the whole blob), as RFC 9110 allows.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from aiohttp import web
+
+from cargohold.digests import parse_digest
+from cargohold.errors import RangeInvalid, Unsupported
+from cargohold.log import log_event
+from cargohold.names import validate_name
+from gateway.context import context
+
+logger = logging.getLogger("cargohold.gateway.blobs")
+
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """[start, end) for a single-range header; None = whole blob; RangeInvalid = 416."""
+    if not header:
+        return None
+    match = _RANGE_RE.match(header.strip().replace(" ", ""))
+    if not match or (not match.group(1) and not match.group(2)):
+        return None
+    first, last = match.group(1), match.group(2)
+    unsatisfiable = RangeInvalid(headers={"Content-Range": f"bytes */{size}"},
+                                 detail={"Range": header, "size": size})
+    if not first:  # suffix: the last n bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            raise unsatisfiable
+        return max(0, size - n), size
+    start = int(first)
+    end = size if not last else min(int(last) + 1, size)
+    if last and int(last) < start:
+        return None  # syntactically invalid: ignored
+    if start >= size:
+        raise unsatisfiable
+    return start, end
+
+
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    """GET or HEAD a blob (200 whole, 206 range)."""
+    ctx = context(request)
+    name = validate_name(request.match_info["name"])
+    digest = request.match_info["digest"]
+    parse_digest(digest)
+    recipe = await ctx.cluster.query("blob_get", {"repo": name, "digest": digest})
+    size = int(recipe["size"])
+    span = parse_range(request.headers.get("Range"), size)
+    response = web.StreamResponse(status=200 if span is None else 206)
+    response.headers["Docker-Content-Digest"] = digest
+    response.headers["Accept-Ranges"] = "bytes"
+    response.headers["Content-Type"] = "application/octet-stream"
+    response.headers["Cache-Control"] = "max-age=31536000"
+    response.headers["ETag"] = f'"{digest}"'
+    start, end = (0, size) if span is None else span
+    if span is not None:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    response.content_length = end - start
+    await response.prepare(request)
+    if request.method != "HEAD" and end > start:
+        sent = 0
+        try:
+            async for piece in ctx.cluster.read_range(recipe, start, end):
+                await response.write(piece)
+                sent += len(piece)
+        except (ConnectionError, OSError) as exc:
+            # The client went away mid-body; nothing to answer any more.
+            log_event(logger, "blob.client_gone", logging.DEBUG, digest=digest,
+                      sent=sent, error=type(exc).__name__)
+            return response
+    await response.write_eof()
+    return response
+
+
+async def delete_blob(request: web.Request) -> web.StreamResponse:
+    """DELETE a blob's link from a repository: 202; 405 UNSUPPORTED when deletes are off."""
+    ctx = context(request)
+    name = validate_name(request.match_info["name"])
+    if not ctx.cfg.gateway.delete_enabled:
+        raise Unsupported("deletes are disabled")
+    digest = request.match_info["digest"]
+    parse_digest(digest)
+    await ctx.cluster.command("blob_unlink", {"repo": name, "digest": digest})
+    return web.Response(status=202)

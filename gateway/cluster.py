@@ -1,0 +1,548 @@
+"""The gateway's cluster client: the only code in the gateway that speaks gRPC to nodes.
+
+`ClusterClient` keeps one grpc.aio channel per node address and knows three things about
+the cluster, all re-learned every `gateway.members_refresh_seconds` and soon after a
+failure: the member list (the `members` query; seeds are `gateway.nodes`), which member
+is the Raft leader (`Admin.Status`), and which nodes failed recently.
+
+Metadata. `command`/`query` send JSON to the leader when known (a linearizable read or a
+commit is cheapest there), else to any other member. UNAVAILABLE, DEADLINE_EXCEEDED and
+connection errors move on to the next node after a doubling backoff, bounded by
+`gateway.metadata_attempts` and `gateway.rpc_timeout_seconds` in total; that is safe
+because every command is idempotent (protos/README.md). Any other failure is the
+`RegistryError` the node sent (`from_grpc_details`); exhausted retries are `Unavailable`.
+
+Chunk writes. Placement is rendezvous hashing of the chunk id over the ACTIVE members
+(`cargohold.placement`). All R replicas are written in parallel; the call returns once W
+of them acknowledged (fsynced). A replica that fails is replaced by the next node in
+rendezvous order ("spill-over", repair moves it home later) so that one dead node does
+not fail writes when more nodes exist. Copies still running after W acks finish in the
+background; they are tracked and awaited (then cancelled) by `close()`. When W acks are
+impossible the write raises `Unavailable`. Chunks of `gateway.has_check_min_bytes` or
+more are first offered with `Chunks.Has`, so a node that already holds one is not sent
+the bytes again; `Put` itself is idempotent, so an existing chunk never fails a write.
+
+Chunk reads. Replicas are tried in placement order (healthy nodes first, then the rest of
+the members in rendezvous order, which finds spilled or not-yet-moved copies). Any error,
+NOT_FOUND or DATA_LOSS moves on to the next replica; a replica slower than
+`gateway.hedge_after_seconds` gets a hedged request to the next one, first good answer
+wins. Verification (`gateway.verify_reads`): "sha256" (the default) re-hashes the bytes
+and compares them with the chunk id, end to end: it catches a node that stored wrong
+bytes under an id, not only bit rot, and costs ~2 ms per 4 MiB in a worker thread
+(hashlib releases the GIL, so it overlaps the event loop). "xxh3" trusts the node's
+stored-checksum check and verifies the checksum the node sent (~30x cheaper).
+`read_range` keeps `gateway.read_ahead_chunks` chunk reads in flight ahead of the
+consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from cargohold.config import Config
+from cargohold.digests import checksum_of, chunk_id_of
+from cargohold.errors import (
+    ChunkCorrupt,
+    RegistryError,
+    Unavailable,
+    from_grpc_details,
+)
+from cargohold.log import log_event
+from cargohold.placement import rank_nodes
+from protos import registry_pb2, registry_pb2_grpc
+
+logger = logging.getLogger("cargohold.gateway.cluster")
+
+# Below this size hashing inline is cheaper than a thread hop.
+_INLINE_HASH_BYTES = 64 * 1024
+# A node that failed is tried last for this long.
+_DOWN_SECONDS = 2.0
+# Status/members look-ups are small: they get a short deadline.
+_PROBE_TIMEOUT = 2.0
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+@dataclass(frozen=True)
+class Member:
+    id: str
+    grpc: str
+    raft: str
+    state: str
+
+
+class _Node:
+    """One channel and its stubs."""
+
+    def __init__(self, address: str, channel: grpc.aio.Channel) -> None:
+        self.address = address
+        self.channel = channel
+        self.chunks = registry_pb2_grpc.ChunksStub(channel)
+        self.metadata = registry_pb2_grpc.MetadataStub(channel)
+        self.admin = registry_pb2_grpc.AdminStub(channel)
+
+
+def _recipe_chunks(recipe: dict[str, Any]) -> list[tuple[str, int]]:
+    return [(str(c[0]), int(c[1])) for c in recipe.get("chunks", [])]
+
+
+class ClusterClient:
+    """Metadata commands/queries and replicated chunk I/O against the storage nodes."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._cfg = cfg
+        self._nodes: dict[str, _Node] = {}
+        self._members: list[Member] = []
+        self._by_id: dict[str, Member] = {}
+        self._leader: str | None = None  # grpc address
+        self._down_until: dict[str, float] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._refresh_lock = asyncio.Lock()
+        self._last_refresh = 0.0
+        self._closed = False
+        self._credentials = self._channel_credentials()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @classmethod
+    async def connect(cls, cfg: Config) -> ClusterClient:
+        """Open channels to the seeds, learn members and leader, start refreshing.
+
+        A cluster that is not reachable yet is not an error here: requests answer 503
+        until the periodic refresh finds it.
+        """
+        client = cls(cfg)
+        try:
+            await client.refresh()
+        except Unavailable:
+            log_event(logger, "cluster.unreachable_at_start", logging.WARNING,
+                      seeds=",".join(cfg.gateway.nodes))
+        client._refresh_task = asyncio.create_task(client._refresh_loop())
+        return client
+
+    async def close(self) -> None:
+        """Stop refreshing, let background replica writes finish briefly, close channels."""
+        self._closed = True
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh_task
+        if self._background:
+            _, pending = await asyncio.wait(set(self._background),
+                                            timeout=self._cfg.gateway.rpc_timeout_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for node in list(self._nodes.values()):
+            await node.channel.close()
+        self._nodes.clear()
+
+    def _channel_credentials(self) -> grpc.ChannelCredentials | None:
+        c = self._cfg.cluster
+        if not c.tls_ca:
+            return None
+        return grpc.ssl_channel_credentials(
+            root_certificates=Path(c.tls_ca).read_bytes(),
+            private_key=Path(c.tls_key).read_bytes() if c.tls_key else None,
+            certificate_chain=Path(c.tls_cert).read_bytes() if c.tls_cert else None)
+
+    def _node(self, address: str) -> _Node:
+        node = self._nodes.get(address)
+        if node is None:
+            limit = self._cfg.node.grpc_max_message
+            options = [
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+                # Come back quickly when a restarted node listens again.
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ]
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(address, options=options)
+            else:
+                channel = grpc.aio.secure_channel(address, self._credentials, options=options)
+            node = _Node(address, channel)
+            self._nodes[address] = node
+        return node
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- membership and leader ----------------------------------------------------------
+    @property
+    def members(self) -> list[Member]:
+        return list(self._members)
+
+    @property
+    def leader(self) -> str | None:
+        return self._leader
+
+    def _mark_down(self, address: str) -> None:
+        self._down_until[address] = time.monotonic() + _DOWN_SECONDS
+        if address == self._leader:
+            self._leader = None
+        self._refresh_soon()
+
+    def _is_down(self, address: str) -> bool:
+        return self._down_until.get(address, 0.0) > time.monotonic()
+
+    def _refresh_soon(self) -> None:
+        if self._closed or self._refresh_lock.locked():
+            return
+        if time.monotonic() - self._last_refresh < 0.5:
+            return
+        self._track(asyncio.create_task(self._refresh_quietly()))
+
+    async def _refresh_quietly(self) -> None:
+        with contextlib.suppress(Unavailable):
+            await self.refresh()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._cfg.gateway.members_refresh_seconds)
+            try:
+                await self.refresh()
+            except Unavailable:
+                log_event(logger, "cluster.refresh_failed", logging.DEBUG)
+
+    def _probe_addresses(self) -> list[str]:
+        seen: dict[str, None] = {}
+        if self._leader:
+            seen[self._leader] = None
+        for m in self._members:
+            if m.state != "removed":
+                seen[m.grpc] = None
+        for address in self._cfg.gateway.nodes:
+            seen[address] = None
+        healthy = [a for a in seen if not self._is_down(a)]
+        return healthy + [a for a in seen if self._is_down(a)]
+
+    async def refresh(self) -> None:
+        """Re-learn the member list and the leader from the first node that answers."""
+        async with self._refresh_lock:
+            self._last_refresh = time.monotonic()
+            for address in self._probe_addresses():
+                node = self._node(address)
+                try:
+                    reply = await node.metadata.Query(
+                        registry_pb2.MetadataRequest(op="members", args=b"{}"),
+                        timeout=_PROBE_TIMEOUT)
+                    status = await node.admin.Status(registry_pb2.StatusRequest(),
+                                                     timeout=_PROBE_TIMEOUT)
+                except grpc.aio.AioRpcError:
+                    self._down_until[address] = time.monotonic() + _DOWN_SECONDS
+                    continue
+                self._down_until.pop(address, None)
+                members = [Member(str(m["id"]), str(m["grpc"]), str(m.get("raft", "")),
+                                  str(m.get("state", "active")))
+                           for m in json.loads(reply.result or b"[]")]
+                if not members:
+                    # Not joined yet: the seeds themselves, as they name themselves.
+                    members = await self._members_from_seeds()
+                self._set_members(members)
+                self._set_leader(status)
+                return
+        raise Unavailable("no storage node answers", detail={"seeds": self._cfg.gateway.nodes})
+
+    async def _members_from_seeds(self) -> list[Member]:
+        found: list[Member] = []
+        for address in self._cfg.gateway.nodes:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                status = await self._node(address).admin.Status(
+                    registry_pb2.StatusRequest(), timeout=_PROBE_TIMEOUT)
+                found.append(Member(status.node_id, address, status.raft_address, "active"))
+        return found
+
+    def _set_members(self, members: list[Member]) -> None:
+        if members != self._members:
+            log_event(logger, "cluster.members", members=",".join(
+                f"{m.id}@{m.grpc}/{m.state}" for m in members))
+        self._members = members
+        self._by_id = {m.id: m for m in members}
+
+    def _set_leader(self, status: registry_pb2.StatusReply) -> None:
+        leader = None
+        if status.leader_raft_address:
+            for m in self._members:
+                if m.raft == status.leader_raft_address:
+                    leader = m.grpc
+        self._leader = leader
+
+    async def _ensure_members(self) -> None:
+        if not self._members:
+            await self.refresh()
+
+    # -- metadata -----------------------------------------------------------------------
+    async def command(self, op: str, args: dict[str, Any]) -> Any:
+        """A replicated Metadata.Command; retried across nodes (commands are idempotent)."""
+        return await self._metadata(True, op, args, linearizable=False)
+
+    async def query(self, op: str, args: dict[str, Any], linearizable: bool = True) -> Any:
+        """A Metadata.Query; linearizable ones wait for a Raft barrier on the node."""
+        return await self._metadata(False, op, args, linearizable=linearizable)
+
+    def _metadata_targets(self) -> list[str]:
+        order = self._probe_addresses()
+        return order or list(self._cfg.gateway.nodes)
+
+    async def _metadata(self, is_command: bool, op: str, args: dict[str, Any],
+                        linearizable: bool) -> Any:
+        gw = self._cfg.gateway
+        request = registry_pb2.MetadataRequest(
+            op=op, args=json.dumps(args, separators=(",", ":")).encode(),
+            linearizable=linearizable)
+        deadline = time.monotonic() + gw.rpc_timeout_seconds
+        backoff = gw.retry_backoff_seconds
+        last = "no node"
+        for attempt in range(gw.metadata_attempts):
+            targets = self._metadata_targets()
+            address = targets[attempt % len(targets)]
+            node = self._node(address)
+            call = node.metadata.Command if is_command else node.metadata.Query
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                reply = await call(request, timeout=remaining)
+            except grpc.aio.AioRpcError as exc:
+                err = from_grpc_details(exc.details())
+                if exc.code() in _RETRYABLE or isinstance(err, Unavailable):
+                    last = f"{address}: {exc.code().name} {exc.details()}"
+                    self._mark_down(address)
+                    log_event(logger, "cluster.metadata_retry", logging.DEBUG, op=op,
+                              node=address, code=exc.code().name)
+                    await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                    backoff = min(backoff * 2, 1.0)
+                    continue
+                raise self._error(exc, err) from None
+            return json.loads(reply.result) if reply.result else None
+        raise Unavailable(detail={"op": op, "last": last})
+
+    @staticmethod
+    def _error(exc: grpc.aio.AioRpcError, decoded: RegistryError | None) -> RegistryError:
+        if decoded is not None:
+            return decoded
+        return RegistryError(f"storage node error: {exc.code().name}",
+                             detail={"details": exc.details()})
+
+    # -- placement --------------------------------------------------------------------
+    def _active_ids(self) -> list[str]:
+        return [m.id for m in self._members if m.state == "active"]
+
+    def placement(self, chunk_id: bytes) -> list[Member]:
+        """The R members that own this chunk (fewer when the cluster is smaller)."""
+        ranked = rank_nodes(chunk_id, self._active_ids())
+        return [self._by_id[i] for i in ranked[: self._cfg.cluster.replicas]]
+
+    def read_order(self, chunk_id: bytes) -> list[Member]:
+        """Owners first (healthy ones first), then every other member in rendezvous order."""
+        owners = self.placement(chunk_id)
+        owner_ids = {m.id for m in owners}
+        rest = [self._by_id[i] for i in rank_nodes(
+            chunk_id, [m.id for m in self._members if m.state != "removed"])
+            if i not in owner_ids]
+        healthy = [m for m in owners if not self._is_down(m.grpc)]
+        return healthy + [m for m in owners if self._is_down(m.grpc)] + rest
+
+    # -- chunk writes -------------------------------------------------------------------
+    async def store_chunk(self, chunk_id: bytes, data: bytes) -> None:
+        """Write one chunk to its R replicas; return once W fsynced it."""
+        await self._ensure_members()
+        replicas, quorum = self._cfg.cluster.replicas, self._cfg.cluster.write_quorum
+        candidates = [self._by_id[i] for i in rank_nodes(chunk_id, self._active_ids())]
+        if len(candidates) < quorum:
+            raise Unavailable("not enough active storage nodes",
+                              detail={"active": len(candidates), "write_quorum": quorum})
+        checksum = checksum_of(data)
+        queue = list(candidates)
+        pending: set[asyncio.Task[None]] = set()
+        acks = 0
+        failures: list[str] = []
+
+        def launch() -> None:
+            member = queue.pop(0)
+            pending.add(asyncio.create_task(self._put_one(member, chunk_id, data, checksum)))
+
+        for _ in range(min(replicas, len(queue))):
+            launch()
+        try:
+            while acks < quorum:
+                if acks + len(pending) + len(queue) < quorum or not pending:
+                    raise Unavailable("write quorum not reachable",
+                                      detail={"chunk": chunk_id.hex(), "errors": failures})
+                done, pending = await asyncio.wait(pending,
+                                                   return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    exc = task.exception()
+                    if exc is None:
+                        acks += 1
+                    else:
+                        failures.append(str(exc))
+                        if queue:
+                            launch()
+        except BaseException:
+            for task in pending:
+                task.cancel()
+            raise
+        for task in pending:
+            self._track(task)
+
+    async def _put_one(self, member: Member, chunk_id: bytes, data: bytes,
+                       checksum: bytes) -> None:
+        node = self._node(member.grpc)
+        timeout = self._cfg.gateway.rpc_timeout_seconds
+        try:
+            if len(data) >= self._cfg.gateway.has_check_min_bytes:
+                has = await node.chunks.Has(registry_pb2.HasChunksRequest(ids=[chunk_id]),
+                                            timeout=timeout)
+                if has.present and has.present[0]:
+                    return
+            await node.chunks.Put(
+                registry_pb2.PutChunkRequest(id=chunk_id, data=data, checksum=checksum),
+                timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _RETRYABLE:
+                self._mark_down(member.grpc)
+            log_event(logger, "cluster.chunk_put_failed", logging.DEBUG, node=member.id,
+                      chunk=chunk_id.hex(), code=exc.code().name)
+            raise Unavailable(f"{member.id}: {exc.code().name}") from None
+
+    async def store_bytes(self, data: bytes) -> dict[str, Any]:
+        """Chunk and replicate a small buffer (a manifest body); return its recipe."""
+        size = self._cfg.cluster.chunk_size
+        view = memoryview(data)
+        pieces = [bytes(view[i:i + size]) for i in range(0, len(data), size)]
+        ids = [await hash_off_loop(chunk_id_of, p) for p in pieces]
+        await asyncio.gather(*(self.store_chunk(i, p) for i, p in zip(ids, pieces,
+                                                                          strict=True)))
+        return {"size": len(data), "chunks": [[i.hex(), len(p)] for i, p in zip(
+            ids, pieces, strict=True)]}
+
+    # -- chunk reads --------------------------------------------------------------------
+    async def read_chunk(self, chunk_hex: str, length: int | None = None) -> bytes:
+        """The verified bytes of one chunk from the first healthy replica, hedged."""
+        await self._ensure_members()
+        chunk_id = bytes.fromhex(chunk_hex)
+        order = self.read_order(chunk_id)
+        if not order:
+            raise Unavailable("no storage node known")
+        hedge = self._cfg.gateway.hedge_after_seconds
+        pending: set[asyncio.Task[bytes]] = set()
+        failures: list[str] = []
+        next_index = 0
+
+        def launch() -> None:
+            nonlocal next_index
+            member = order[next_index]
+            next_index += 1
+            pending.add(asyncio.create_task(self._get_one(member, chunk_id, length)))
+
+        launch()
+        try:
+            while pending:
+                more = next_index < len(order)
+                done, pending = await asyncio.wait(
+                    pending, timeout=hedge if more else None,
+                    return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    log_event(logger, "cluster.read_hedged", logging.DEBUG, chunk=chunk_hex)
+                    launch()
+                    continue
+                for task in done:
+                    exc = task.exception()
+                    if exc is None:
+                        return task.result()
+                    failures.append(str(exc))
+                if not pending and next_index < len(order):
+                    launch()
+        finally:
+            for task in pending:
+                task.cancel()
+        log_event(logger, "cluster.chunk_unreadable", logging.WARNING, chunk=chunk_hex,
+                  errors="; ".join(failures))
+        raise Unavailable("no replica could serve a chunk",
+                          detail={"chunk": chunk_hex, "errors": failures})
+
+    async def _get_one(self, member: Member, chunk_id: bytes, length: int | None) -> bytes:
+        node = self._node(member.grpc)
+        try:
+            reply = await node.chunks.Get(registry_pb2.GetChunkRequest(id=chunk_id),
+                                          timeout=self._cfg.gateway.rpc_timeout_seconds)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _RETRYABLE:
+                self._mark_down(member.grpc)
+            raise Unavailable(f"{member.id}: {exc.code().name}") from None
+        data = reply.data
+        if length is not None and len(data) != length:
+            raise ChunkCorrupt(f"{member.id}: length {len(data)} != {length}")
+        if self._cfg.gateway.verify_reads == "xxh3" and reply.checksum:
+            ok = checksum_of(data) == reply.checksum
+        else:
+            ok = await hash_off_loop(chunk_id_of, data) == chunk_id
+        if not ok:
+            log_event(logger, "cluster.chunk_corrupt_read", logging.WARNING, node=member.id,
+                      chunk=chunk_id.hex())
+            raise ChunkCorrupt(f"{member.id}: chunk failed verification")
+        return data
+
+    async def read_range(self, recipe: dict[str, Any], start: int,
+                         end: int) -> AsyncIterator[bytes]:
+        """Verified bytes [start, end) of a recipe, with read-ahead; pieces in order."""
+        wanted = list(_slices(_recipe_chunks(recipe), start, end))
+        ahead = max(1, self._cfg.gateway.read_ahead_chunks)
+        tasks: collections.deque[asyncio.Task[bytes]] = collections.deque()
+        scheduled = 0
+        try:
+            for _chunk_hex, length, lo, hi in wanted:
+                while scheduled < len(wanted) and len(tasks) < ahead:
+                    chunk_hex, chunk_len = wanted[scheduled][:2]
+                    tasks.append(asyncio.create_task(self.read_chunk(chunk_hex, chunk_len)))
+                    scheduled += 1
+                data = await tasks.popleft()
+                if lo == 0 and hi == length:
+                    yield data
+                else:
+                    yield data[lo:hi]
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def read_all(self, recipe: dict[str, Any]) -> bytes:
+        """The whole content of a (small) recipe."""
+        parts = [p async for p in self.read_range(recipe, 0, int(recipe.get("size", 0)))]
+        return b"".join(parts)
+
+
+def _slices(chunks: Iterable[tuple[str, int]], start: int,
+            end: int) -> Iterable[tuple[str, int, int, int]]:
+    """(chunk, length, lo, hi) for every chunk overlapping [start, end), lo/hi chunk-local."""
+    offset = 0
+    for chunk_hex, length in chunks:
+        chunk_end = offset + length
+        if chunk_end > start and offset < end:
+            yield chunk_hex, length, max(start, offset) - offset, min(end, chunk_end) - offset
+        if chunk_end >= end:
+            return
+        offset = chunk_end
+
+
+async def hash_off_loop(fn: Any, data: bytes | memoryview) -> Any:
+    """Run a hashing function inline for small buffers, in a worker thread for big ones."""
+    if len(data) < _INLINE_HASH_BYTES:
+        return fn(data)
+    return await asyncio.to_thread(fn, data)

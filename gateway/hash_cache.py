@@ -1,0 +1,59 @@
+"""The per-gateway LRU of running upload digests (design invariant 5).
+
+hashlib cannot export its state, so a gateway keeps the running sha256 of each upload it
+served, keyed by upload id, together with the byte offset it covers. It is only a cache:
+a PATCH/PUT on a gateway that lacks the entry, or whose offset differs from the size Raft
+holds for the upload (another gateway appended meanwhile), rebuilds the digest by reading
+the upload's stored chunks back (`rebuild`). Entries are *taken* out while a request uses
+them, so two concurrent requests on one upload never share a mutable hash object (the
+loser of the Raft offset CAS gets a 416 anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+from cargohold.digests import new_hasher
+from gateway.cluster import ClusterClient
+
+
+class HashCache:
+    """upload id -> (offset covered, hashlib object), least recently used evicted."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = max(1, capacity)
+        self._entries: collections.OrderedDict[str, tuple[int, Any]] = (
+            collections.OrderedDict())
+
+    def take(self, upload: str, offset: int) -> Any | None:
+        """Remove and return the running hash if it covers exactly `offset` bytes."""
+        entry = self._entries.pop(upload, None)
+        if entry is None or entry[0] != offset:
+            return None
+        return entry[1]
+
+    def put(self, upload: str, offset: int, hasher: Any) -> None:
+        self._entries[upload] = (offset, hasher)
+        self._entries.move_to_end(upload)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+    def drop(self, upload: str) -> None:
+        self._entries.pop(upload, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+async def rebuild(cluster: ClusterClient, chunks: list[list[Any]], algorithm: str) -> Any:
+    """A fresh `algorithm` hash over the stored bytes of `chunks` (read back, verified)."""
+    hasher = new_hasher(algorithm)
+    size = sum(int(c[1]) for c in chunks)
+    async for piece in cluster.read_range({"size": size, "chunks": chunks}, 0, size):
+        if len(piece) >= 64 * 1024:
+            await asyncio.to_thread(hasher.update, piece)
+        else:
+            hasher.update(piece)
+    return hasher

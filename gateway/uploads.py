@@ -1,0 +1,303 @@
+"""Blob upload handlers: POST/PATCH/PUT/GET/DELETE under /v2/<name>/blobs/uploads/.
+
+Every upload row and edge of shared/protocol.md lives here. Choices:
+
+- Upload ids are signed tokens (`gateway.upload_ids`): POST costs no Raft command, any
+  gateway validates an id, and `Location` carries no query parameters of ours (unknown
+  ones the client adds are ignored). The Raft state learns about an upload at its first
+  non-empty PATCH (`upload_append`, a CAS on the offset plus a request id, so a retried
+  command is idempotent).
+- A 202 after PATCH means durable: the body is cut into chunks (`gateway.chunking`), the
+  tail becoming a short chunk, every chunk is on W nodes, and `upload_append` committed
+  before the answer. A client that disconnects mid-PATCH commits nothing: the session
+  stays at its previous size and the chunks already written are garbage for GC.
+- The running sha256 lives in the per-gateway `HashCache`; a PATCH/PUT that finds none
+  at the right offset rebuilds it from the stored chunks. A PUT asking for sha512 after
+  earlier PATCHes re-reads the stored bytes to hash them (rare); a monolithic upload
+  (POST ?digest= or a PUT on a session without PATCHes) hashes sha512 while streaming.
+- A PUT whose digest does not match answers 400 DIGEST_INVALID, commits nothing, and
+  leaves the session usable at its previous size (unlike Distribution, which cancels
+  it): the client may retry the PUT; an abandoned session expires anyway.
+- `gateway.max_blob_size` (0 = no limit) rejects a body that would grow a blob past it
+  with 400 SIZE_INVALID.
+- A mount that is impossible (unknown or invalid `from`, blob absent there, bad digest)
+  falls back to a normal 202 session, never an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+import weakref
+from typing import Any
+
+from aiohttp import web
+
+from cargohold.digests import new_hasher, parse_digest
+from cargohold.errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    NameInvalid,
+    RangeInvalid,
+    RegistryError,
+    SizeInvalid,
+    Unavailable,
+)
+from cargohold.log import log_event
+from cargohold.names import validate_name
+from gateway.chunking import ingest
+from gateway.cluster import ClusterClient
+from gateway.context import GatewayContext, context
+from gateway.hash_cache import HashCache, rebuild
+from gateway.upload_ids import UploadId, new_upload_id, parse_upload_id
+
+logger = logging.getLogger("cargohold.gateway.uploads")
+
+_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+_SIZE_IN_MESSAGE_RE = re.compile(r"size=(\d+)")
+
+# One running-hash cache per gateway: keyed by the process's cluster client.
+_HASH_CACHES: weakref.WeakKeyDictionary[ClusterClient, HashCache] = (
+    weakref.WeakKeyDictionary())
+
+# What aiohttp raises when the client goes away or sends a broken body mid-stream.
+_BODY_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, asyncio.IncompleteReadError)
+try:  # aiohttp's payload errors (not all versions expose the same names)
+    from aiohttp import http_exceptions
+
+    _BODY_ERRORS = (*_BODY_ERRORS, http_exceptions.HttpProcessingError)
+except ImportError:  # pragma: no cover
+    pass
+try:
+    from aiohttp import ClientPayloadError
+
+    _BODY_ERRORS = (*_BODY_ERRORS, ClientPayloadError)
+except ImportError:  # pragma: no cover
+    pass
+
+
+class ClientGone(BlobUploadInvalid):
+    """The request body ended early (client disconnected or broke the encoding)."""
+
+    default_message = "request body incomplete"
+
+
+def hash_cache(ctx: GatewayContext) -> HashCache:
+    cache = _HASH_CACHES.get(ctx.cluster)
+    if cache is None:
+        cache = HashCache(ctx.cfg.gateway.upload_hash_cache_entries)
+        _HASH_CACHES[ctx.cluster] = cache
+    return cache
+
+
+# -- headers --------------------------------------------------------------------------
+def upload_location(name: str, upload: str) -> str:
+    return f"/v2/{name}/blobs/uploads/{upload}"
+
+
+def range_value(size: int) -> str:
+    """Upload `Range`: inclusive, no `bytes=`; `0-0` for an empty session."""
+    return f"0-{size - 1}" if size > 0 else "0-0"
+
+
+def session_headers(name: str, upload: str, size: int) -> dict[str, str]:
+    return {"Location": upload_location(name, upload), "Range": range_value(size),
+            "Docker-Upload-UUID": upload}
+
+
+def _created(name: str, digest: str) -> web.Response:
+    return web.Response(status=201, headers={
+        "Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
+
+
+def _accepted(name: str, upload: str, size: int, status: int = 202) -> web.Response:
+    return web.Response(status=status, headers=session_headers(name, upload, size))
+
+
+# -- session look-up ------------------------------------------------------------------
+def _ids(request: web.Request) -> tuple[GatewayContext, str, UploadId]:
+    ctx = context(request)
+    name = validate_name(request.match_info["name"])
+    upload = parse_upload_id(ctx.cfg.cluster.secret, name, request.match_info["upload"],
+                             ctx.cfg.gateway.upload_expiry_seconds)
+    return ctx, name, upload
+
+
+async def _session(ctx: GatewayContext, upload: UploadId) -> tuple[int, list[list[Any]]]:
+    """(size, chunks) the cluster holds for an upload; BlobUploadUnknown when closed."""
+    state = await ctx.cluster.query("upload_get", {"upload": upload.value})
+    if state.get("state") == "new":
+        return 0, []
+    if state.get("repo") not in (None, upload.repo):
+        raise BlobUploadUnknown(detail={"upload": upload.value})
+    return int(state["size"]), [list(c) for c in state.get("chunks", [])]
+
+
+def _content_range(request: web.Request, name: str, upload: str,
+                   size: int) -> int | None:
+    """Expected body length from `Content-Range` (None when absent); 416 when misplaced."""
+    header = request.headers.get("Content-Range")
+    if not header:
+        return None
+    match = _CONTENT_RANGE_RE.match(header.strip())
+    if not match:
+        raise BlobUploadInvalid("malformed Content-Range", detail={"Content-Range": header})
+    start, end = int(match.group(1)), int(match.group(2))
+    if start != size or end < start:
+        raise RangeInvalid(detail={"Content-Range": header, "size": size},
+                           headers=session_headers(name, upload, size))
+    length = end - start + 1
+    if request.content_length is not None and request.content_length != length:
+        raise SizeInvalid(detail={"Content-Range": header,
+                                  "Content-Length": request.content_length})
+    return length
+
+
+def _limit(ctx: GatewayContext, size: int) -> int | None:
+    limit = ctx.cfg.gateway.max_blob_size
+    return None if limit <= 0 else max(0, limit - size)
+
+
+async def _running_hash(ctx: GatewayContext, upload: str, size: int,
+                        chunks: list[list[Any]], algorithm: str = "sha256") -> Any:
+    if algorithm == "sha256":
+        cached = hash_cache(ctx).take(upload, size)
+        if cached is not None:
+            return cached
+    if size == 0:
+        return new_hasher(algorithm)
+    log_event(logger, "upload.hash_rebuild", upload=upload, size=size, algorithm=algorithm)
+    return await rebuild(ctx.cluster, chunks, algorithm)
+
+
+async def _ingest(ctx: GatewayContext, request: web.Request, hasher: Any,
+                  size: int) -> tuple[list[list[Any]], int]:
+    try:
+        return await ingest(ctx.cluster, request.content, hasher,
+                            ctx.cfg.cluster.chunk_size,
+                            ctx.cfg.gateway.upload_writes_in_flight, _limit(ctx, size))
+    except _BODY_ERRORS as exc:
+        log_event(logger, "upload.body_incomplete", logging.DEBUG,
+                  path=request.path, error=type(exc).__name__)
+        raise ClientGone() from None
+
+
+def _now() -> float:
+    return time.time()
+
+
+# -- handlers ---------------------------------------------------------------------------
+async def start_upload(request: web.Request) -> web.StreamResponse:
+    """POST /v2/<name>/blobs/uploads/ (plain, ?digest= monolithic, ?mount=&from=)."""
+    ctx = context(request)
+    name = validate_name(request.match_info["name"])
+    query = request.query
+    mount, source = query.get("mount"), query.get("from")
+    if mount and source:
+        mounted = await _try_mount(ctx, name, mount, source)
+        if mounted:
+            return _created(name, mount)
+    elif "digest" in query:
+        return await _monolithic(ctx, request, name, query["digest"])
+    upload = new_upload_id(ctx.cfg.cluster.secret, name)
+    return _accepted(name, upload.value, 0)
+
+
+async def _try_mount(ctx: GatewayContext, name: str, digest: str, source: str) -> bool:
+    try:
+        parse_digest(digest)
+        validate_name(source)
+        result = await ctx.cluster.command(
+            "blob_mount", {"repo": name, "digest": digest, "from": source})
+    except (DigestInvalid, NameInvalid):
+        return False
+    except Unavailable:
+        raise
+    except RegistryError as exc:
+        log_event(logger, "upload.mount_refused", logging.DEBUG, repo=name, error=exc.message)
+        return False
+    return bool(result and result.get("mounted"))
+
+
+async def _monolithic(ctx: GatewayContext, request: web.Request, name: str,
+                      digest: str) -> web.StreamResponse:
+    algorithm, _ = parse_digest(digest)
+    hasher = new_hasher(algorithm)
+    chunks, total = await _ingest(ctx, request, hasher, 0)
+    if f"{algorithm}:{hasher.hexdigest()}" != digest:
+        raise DigestInvalid(detail={"digest": digest})
+    await ctx.cluster.command("blob_commit", {
+        "repo": name, "digest": digest, "recipe": {"size": total, "chunks": chunks},
+        "upload": None, "now": _now()})
+    return _created(name, digest)
+
+
+async def patch_upload(request: web.Request) -> web.StreamResponse:
+    """PATCH an upload: streamed (no Content-Range/Length) or one chunk with Content-Range."""
+    ctx, name, upload = _ids(request)
+    size, chunks = await _session(ctx, upload)
+    expected = _content_range(request, name, upload.value, size)
+    hasher = await _running_hash(ctx, upload.value, size, chunks)
+    new_chunks, added = await _ingest(ctx, request, hasher, size)
+    if expected is not None and added != expected:
+        raise SizeInvalid(detail={"expected": expected, "received": added})
+    if added == 0:
+        hash_cache(ctx).put(upload.value, size, hasher)
+        return _accepted(name, upload.value, size)
+    try:
+        result = await ctx.cluster.command("upload_append", {
+            "upload": upload.value, "repo": name, "offset": size, "chunks": new_chunks,
+            "request": secrets.token_hex(12), "now": _now()})
+    except RangeInvalid as exc:
+        # Another request appended first: tell the client where the session really is.
+        match = _SIZE_IN_MESSAGE_RE.search(exc.message)
+        current = int(match.group(1)) if match else size
+        raise RangeInvalid(detail={"size": current},
+                           headers=session_headers(name, upload.value, current)) from None
+    new_size = int(result["size"])
+    hash_cache(ctx).put(upload.value, new_size, hasher)
+    return _accepted(name, upload.value, new_size)
+
+
+async def put_upload(request: web.Request) -> web.StreamResponse:
+    """PUT ?digest= completes an upload, with an optional last piece of body."""
+    ctx, name, upload = _ids(request)
+    digest = request.query.get("digest", "")
+    algorithm, _ = parse_digest(digest)
+    size, chunks = await _session(ctx, upload)
+    expected = _content_range(request, name, upload.value, size)
+    base = await _running_hash(ctx, upload.value, size, chunks, algorithm)
+    # Hash the last piece into a copy: on a digest mismatch the session stays usable.
+    hasher = base.copy()
+    new_chunks, added = await _ingest(ctx, request, hasher, size)
+    if expected is not None and added != expected:
+        raise SizeInvalid(detail={"expected": expected, "received": added})
+    if f"{algorithm}:{hasher.hexdigest()}" != digest:
+        if algorithm == "sha256":
+            hash_cache(ctx).put(upload.value, size, base)
+        raise DigestInvalid(detail={"digest": digest})
+    await ctx.cluster.command("blob_commit", {
+        "repo": name, "digest": digest,
+        "recipe": {"size": size + added, "chunks": chunks + new_chunks},
+        "upload": upload.value, "now": _now()})
+    hash_cache(ctx).drop(upload.value)
+    return _created(name, digest)
+
+
+async def get_upload_status(request: web.Request) -> web.StreamResponse:
+    """GET an upload: 204 with its Range."""
+    ctx, name, upload = _ids(request)
+    size, _ = await _session(ctx, upload)
+    return _accepted(name, upload.value, size, status=204)
+
+
+async def cancel_upload(request: web.Request) -> web.StreamResponse:
+    """DELETE an upload: 204; later requests on it are 404 BLOB_UPLOAD_UNKNOWN."""
+    ctx, _, upload = _ids(request)
+    await ctx.cluster.command("upload_cancel", {"upload": upload.value, "now": _now()})
+    hash_cache(ctx).drop(upload.value)
+    return web.Response(status=204)
