@@ -11,28 +11,13 @@ Never compressed: aiohttp only compresses when a handler asks for it, and none d
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import base, catalog, manifests, referrers, tags
+from gateway import base, blobs, catalog, manifests, referrers, tags, uploads
 from gateway.context import CONTEXT, GatewayContext
 from gateway.errors import add_api_version_header, error_middleware
 from gateway.manifest_cache import ManifestCache
-
-# The data-path handlers are built in parallel; until they land, their routes are absent.
-# TODO(api-surface): import them unconditionally once gateway/uploads.py and blobs.py exist.
-uploads: ModuleType | None
-blobs: ModuleType | None
-try:
-    from gateway import uploads
-except ImportError:
-    uploads = None
-try:
-    from gateway import blobs
-except ImportError:
-    blobs = None
 
 _NAME = "/v2/{name:.+}"
 
@@ -64,12 +49,10 @@ def _routes(router: web.UrlDispatcher) -> None:
     resource(f"{_NAME}/tags/list", GET=tags.list_tags)
     resource(f"{_NAME}/manifests/{{reference}}", GET=manifests.get_manifest,
              PUT=manifests.put_manifest, DELETE=manifests.delete_manifest)
-    if uploads is not None:
-        resource(f"{_NAME}/blobs/uploads/", POST=uploads.start_upload)
-        resource(f"{_NAME}/blobs/uploads", POST=uploads.start_upload)
-        resource(f"{_NAME}/blobs/uploads/{{upload}}", GET=uploads.get_upload_status,
-                 PATCH=uploads.patch_upload, PUT=uploads.put_upload,
-                 DELETE=uploads.cancel_upload)
-    if blobs is not None:
-        resource(f"{_NAME}/blobs/{{digest}}", GET=blobs.get_blob, DELETE=blobs.delete_blob)
+    resource(f"{_NAME}/blobs/uploads/", POST=uploads.start_upload)
+    resource(f"{_NAME}/blobs/uploads", POST=uploads.start_upload)
+    resource(f"{_NAME}/blobs/uploads/{{upload}}", GET=uploads.get_upload_status,
+             PATCH=uploads.patch_upload, PUT=uploads.put_upload,
+             DELETE=uploads.cancel_upload)
+    resource(f"{_NAME}/blobs/{{digest}}", GET=blobs.get_blob, DELETE=blobs.delete_blob)
     resource(f"{_NAME}/referrers/{{digest}}", GET=referrers.list_referrers)

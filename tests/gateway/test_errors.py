@@ -8,8 +8,8 @@ from aiohttp.test_utils import TestClient, make_mocked_request
 
 from cargohold.config import Config
 from cargohold.errors import TooManyRequests, Unavailable
-from gateway import base, catalog, manifests, referrers, tags
-from gateway.app import blobs, build_app, uploads
+from gateway import base, blobs, catalog, manifests, referrers, tags, uploads
+from gateway.app import build_app
 from gateway.context import GatewayContext
 
 API = "Docker-Distribution-API-Version"
@@ -125,21 +125,22 @@ async def test_routes_pick_the_rightmost_suffix(method, path, handler, match) ->
     assert dict(info) == match
 
 
-@pytest.mark.skipif(uploads is None or blobs is None,
-                    reason="data-path handlers not merged yet")
-@pytest.mark.parametrize(("method", "path", "handler_name", "match"), [
-    ("POST", "/v2/a/manifests/b/blobs/uploads/", "uploads.start_upload",
+@pytest.mark.parametrize(("method", "path", "expected", "match"), [
+    ("POST", "/v2/a/manifests/b/blobs/uploads/", uploads.start_upload,
      {"name": "a/manifests/b"}),
-    ("PATCH", "/v2/a/blobs/uploads/blobs/uploads/abc", "uploads.patch_upload",
+    ("PATCH", "/v2/a/blobs/uploads/blobs/uploads/abc", uploads.patch_upload,
      {"name": "a/blobs/uploads", "upload": "abc"}),
-    ("GET", f"/v2/a/manifests/b/blobs/{DIGEST}", "blobs.get_blob",
+    ("GET", "/v2/a/b/blobs/uploads/abc", uploads.get_upload_status,
+     {"name": "a/b", "upload": "abc"}),
+    ("PUT", "/v2/a/blobs/uploads/abc", uploads.put_upload, {"name": "a", "upload": "abc"}),
+    ("DELETE", "/v2/a/blobs/uploads/abc", uploads.cancel_upload,
+     {"name": "a", "upload": "abc"}),
+    ("GET", f"/v2/a/manifests/b/blobs/{DIGEST}", blobs.get_blob,
      {"name": "a/manifests/b", "digest": DIGEST}),
-    ("HEAD", f"/v2/a/blobs/{DIGEST}", "blobs.get_blob", {"name": "a", "digest": DIGEST}),
-    ("DELETE", f"/v2/a/blobs/{DIGEST}", "blobs.delete_blob", {"name": "a", "digest": DIGEST}),
+    ("HEAD", f"/v2/a/blobs/{DIGEST}", blobs.get_blob, {"name": "a", "digest": DIGEST}),
+    ("DELETE", f"/v2/a/blobs/{DIGEST}", blobs.delete_blob, {"name": "a", "digest": DIGEST}),
 ])
-async def test_data_path_routes(method, path, handler_name, match) -> None:
-    module, _, func = handler_name.partition(".")
-    expected = getattr({"uploads": uploads, "blobs": blobs}[module], func)
+async def test_data_path_routes(method, path, expected, match) -> None:
     app = _resolve_app()
     info = await app.router.resolve(make_mocked_request(method, path, app=app))
     assert info.handler is expected
