@@ -1,0 +1,1 @@
+"""Real-client tests: skopeo and the Docker engine against a running registry."""
