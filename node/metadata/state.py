@@ -1,0 +1,554 @@
+"""The metadata state machine: every command and query of protos/README.md's catalogue.
+
+The whole state, as it sits in RAM on every node and in every snapshot::
+
+    blobs      {digest: recipe}                   every committed blob (and manifest bytes)
+                 recipe = (size, packed)          packed = chunk list as one bytes object,
+                                                  40 B per chunk: 32 B raw sha256 id ||
+                                                  u64 big-endian length (_CHUNK below)
+    links      {repo: {digest, ...}}              blobs readable through a repository
+    manifests  {repo: {digest: manifest}}         manifests present in a repository
+                 manifest = (media_type, size, recipe, subject|None, artifact_type|None,
+                             annotations_json|None, (blob digest, ...), (child digest, ...))
+    tags       {repo: {tag: digest}}              only digests present in manifests[repo]
+    referrers  {repo: {subject: {digest, ...}}}   manifests of repo whose `subject` is it
+    uploads    {upload_id: upload}                sessions seen by a command
+                 ("open",      repo, size, packed, last_request|None, touched_at)
+                 ("closed",    repo, digest, closed_at)      by blob_commit of `digest`
+                 ("cancelled", repo|None, None, cancelled_at)
+    members    {node_id: (grpc_addr, raft_addr, "active"|"draining"|"removed")}
+    blob_bytes int                                sum of the sizes in `blobs`
+
+A repository exists while it has a linked blob or a manifest (`links`/`manifests` hold no
+empty containers). An upload id absent from `uploads` is "new": the gateway signs ids,
+so opening a session costs no command. Repeated strings (repos, digests, tags, media
+types) are interned; records are tuples; chunk ids are bytes. `blobs` is never shrunk
+here: unlinking only removes `links`, and the recipe stays for garbage collection to judge.
+
+Determinism: `apply` depends only on the state and its arguments (`now` comes from the
+caller), validates before it mutates, and never iterates a set where order could leak
+into the state. Results that list set members are sorted.
+
+Idempotency: applying a command twice has the effect of once and, where the catalogue
+promises it, the same result. `upload_append` remembers the last `request` id of a
+session, so a retried append returns the session's size instead of `RangeInvalid`.
+Deletes (`tag_delete`, `manifest_delete`, `blob_unlink`) answer the "unknown" error when
+repeated: the effect is the same, the caller sees that the thing is gone.
+
+Thread safety: the Raft tick thread applies commands while the event loop runs queries;
+`node/metadata/raft.py` serialises both with one lock. This module holds no lock itself.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import sys
+from bisect import bisect_right
+from collections.abc import Callable
+from typing import Any
+
+from cargohold.digests import parse_digest
+from cargohold.errors import (
+    BlobUnknown,
+    BlobUploadUnknown,
+    ManifestBlobUnknown,
+    ManifestUnknown,
+    NameUnknown,
+    NotFound,
+    PaginationInvalid,
+    RangeInvalid,
+    RequestInvalid,
+    SizeInvalid,
+)
+from cargohold.names import validate_name, validate_tag
+
+_CHUNK = struct.Struct(">32sQ")
+_SNAPSHOT_VERSION = 1
+
+OPEN, CLOSED, CANCELLED = "open", "closed", "cancelled"
+MEMBER_STATES = ("active", "draining", "removed")
+
+Recipe = tuple[int, bytes]
+Manifest = tuple[str, int, Recipe, str | None, str | None, str | None,
+                 tuple[str, ...], tuple[str, ...]]
+
+COMMANDS = frozenset({
+    "barrier", "upload_append", "upload_cancel", "blob_commit", "blob_mount", "blob_unlink",
+    "manifest_put", "tag_delete", "manifest_delete", "member_join", "member_set_state",
+    "expire_uploads",
+})
+QUERIES = frozenset({
+    "tag_get", "manifest_get", "blob_get", "upload_get", "tags_list", "catalog", "referrers",
+    "members", "status",
+})
+
+_intern = sys.intern
+
+
+# -- argument parsing (every failure is a caller bug: RequestInvalid) ----------------------
+def _field(args: dict[str, Any], key: str, kind: type | tuple[type, ...],
+           optional: bool = False) -> Any:
+    value = args.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise RequestInvalid(f"argument {key!r} missing or of the wrong type")
+    return value
+
+
+def _repo(args: dict[str, Any], key: str = "repo") -> str:
+    return _intern(validate_name(_field(args, key, str)))
+
+
+def _digest(args: dict[str, Any], key: str = "digest") -> str:
+    value = _field(args, key, str)
+    parse_digest(value)
+    return _intern(value)
+
+
+def _digests(args: dict[str, Any], key: str) -> tuple[str, ...]:
+    values = _field(args, key, list, optional=True) or []
+    out = []
+    for value in values:
+        if not isinstance(value, str):
+            raise RequestInvalid(f"argument {key!r} must list digests")
+        parse_digest(value)
+        out.append(_intern(value))
+    return tuple(dict.fromkeys(out))
+
+
+def _number(args: dict[str, Any], key: str) -> float:
+    return float(_field(args, key, (int, float)))
+
+
+def _pack_chunks(chunks: Any) -> tuple[bytes, int]:
+    """[[hex, len], ...] -> (packed bytes, total length)."""
+    if not isinstance(chunks, list):
+        raise RequestInvalid("chunks must be a list of [hex, length]")
+    parts = []
+    total = 0
+    for item in chunks:
+        if (not isinstance(item, (list, tuple)) or len(item) != 2
+                or not isinstance(item[0], str) or len(item[0]) != 64
+                or not isinstance(item[1], int) or isinstance(item[1], bool) or item[1] < 0):
+            raise RequestInvalid("chunks must be a list of [64-hex id, length >= 0]")
+        try:
+            chunk_id = bytes.fromhex(item[0])
+        except ValueError as exc:
+            raise RequestInvalid("chunk id is not hex") from exc
+        parts.append(_CHUNK.pack(chunk_id, item[1]))
+        total += item[1]
+    return b"".join(parts), total
+
+
+def _recipe(args: dict[str, Any], key: str = "recipe") -> Recipe:
+    raw = _field(args, key, dict)
+    size = raw.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise RequestInvalid("recipe size must be an int >= 0")
+    packed, total = _pack_chunks(raw.get("chunks"))
+    if total != size:
+        raise SizeInvalid(f"recipe chunks sum to {total}, size says {size}")
+    return size, packed
+
+
+def unpack_chunks(packed: bytes) -> list[list[Any]]:
+    """Packed chunk list -> [[hex, length], ...] (the catalogue's JSON form)."""
+    return [[chunk_id.hex(), length] for chunk_id, length in _CHUNK.iter_unpack(packed)]
+
+
+def recipe_json(recipe: Recipe) -> dict[str, Any]:
+    return {"size": recipe[0], "chunks": unpack_chunks(recipe[1])}
+
+
+def _page(items: list[str], n: int | None, last: str | None) -> tuple[list[str], bool]:
+    """Byte-ordered page after `last` (exclusive) of at most `n` items, and whether more follow.
+
+    Python orders str by code point, which is UTF-8 byte order.
+    """
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
+        raise PaginationInvalid(f"n must be an int >= 0, got {n!r}")
+    if last is not None and not isinstance(last, str):
+        raise RequestInvalid("last must be a string")
+    if n == 0:
+        return [], False
+    start = bisect_right(items, last) if last else 0
+    if n is None:
+        return items[start:], False
+    return items[start:start + n], start + n < len(items)
+
+
+class MetadataState:
+    """The replicated metadata: deterministic `apply` of commands, `query` of reads."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, Recipe] = {}
+        self.links: dict[str, set[str]] = {}
+        self.manifests: dict[str, dict[str, Manifest]] = {}
+        self.tags: dict[str, dict[str, str]] = {}
+        self.referrers: dict[str, dict[str, set[str]]] = {}
+        self.uploads: dict[str, tuple[Any, ...]] = {}
+        self.members: dict[str, tuple[str, str, str]] = {}
+        self.blob_bytes = 0
+        self._catalog: list[str] | None = None
+        self._commands: dict[str, Callable[[dict[str, Any]], Any]] = {
+            op: getattr(self, f"_cmd_{op}") for op in COMMANDS}
+        self._queries: dict[str, Callable[[dict[str, Any]], Any]] = {
+            op: getattr(self, f"_q_{op}") for op in QUERIES}
+
+    # -- entry points ------------------------------------------------------------------------
+    def apply(self, op: str, args: dict[str, Any]) -> Any:
+        """Apply one command; raises a cargohold.errors type (state unchanged) on refusal."""
+        handler = self._commands.get(op)
+        if handler is None:
+            raise RequestInvalid(f"unknown command {op!r}")
+        if not isinstance(args, dict):
+            raise RequestInvalid("command arguments must be a JSON object")
+        return handler(args)
+
+    def query(self, op: str, args: dict[str, Any]) -> Any:
+        handler = self._queries.get(op)
+        if handler is None:
+            raise RequestInvalid(f"unknown query {op!r}")
+        if not isinstance(args, dict):
+            raise RequestInvalid("query arguments must be a JSON object")
+        return handler(args)
+
+    # -- snapshots -----------------------------------------------------------------------------
+    def dump(self) -> bytes:
+        """The whole state as pickle protocol 5 of plain containers (no compression)."""
+        return pickle.dumps({
+            "version": _SNAPSHOT_VERSION, "blobs": self.blobs, "links": self.links,
+            "manifests": self.manifests, "tags": self.tags, "referrers": self.referrers,
+            "uploads": self.uploads, "members": self.members, "blob_bytes": self.blob_bytes,
+        }, protocol=5)
+
+    def load(self, data: bytes) -> None:
+        """Replace the whole state with a `dump`."""
+        snap = pickle.loads(data)
+        if snap.get("version") != _SNAPSHOT_VERSION:
+            raise ValueError(f"unknown metadata snapshot version {snap.get('version')!r}")
+        self.blobs = snap["blobs"]
+        self.links = snap["links"]
+        self.manifests = snap["manifests"]
+        self.tags = snap["tags"]
+        self.referrers = snap["referrers"]
+        self.uploads = snap["uploads"]
+        self.members = snap["members"]
+        self.blob_bytes = snap["blob_bytes"]
+        self._catalog = None
+
+    # -- shared mutations ----------------------------------------------------------------------
+    def _repo_exists(self, repo: str) -> bool:
+        return repo in self.links or repo in self.manifests
+
+    def _add_blob(self, digest: str, recipe: Recipe) -> None:
+        if digest not in self.blobs:
+            self.blobs[digest] = recipe
+            self.blob_bytes += recipe[0]
+
+    def _link(self, repo: str, digest: str) -> None:
+        linked = self.links.get(repo)
+        if linked is None:
+            if repo not in self.manifests:
+                self._catalog = None
+            linked = self.links[repo] = set()
+        linked.add(digest)
+
+    def _unlink(self, repo: str, digest: str) -> None:
+        linked = self.links.get(repo)
+        if linked is None or digest not in linked:
+            return
+        linked.discard(digest)
+        if not linked:
+            del self.links[repo]
+            if repo not in self.manifests:
+                self._catalog = None
+
+    # -- commands ------------------------------------------------------------------------------
+    def _cmd_barrier(self, args: dict[str, Any]) -> None:
+        return None
+
+    def _cmd_upload_append(self, args: dict[str, Any]) -> dict[str, int]:
+        upload = _field(args, "upload", str)
+        repo = _repo(args)
+        offset = _field(args, "offset", int)
+        request = _field(args, "request", str, optional=True)
+        now = _number(args, "now")
+        packed, added = _pack_chunks(args.get("chunks", []))
+        record = self.uploads.get(upload)
+        if record is None:
+            size, old_packed = 0, b""
+        else:
+            if record[0] != OPEN or record[1] != repo:
+                raise BlobUploadUnknown(f"upload {upload} is {record[0]}")
+            size, old_packed = record[2], record[3]
+            if request is not None and request == record[4]:
+                return {"size": size}
+        if offset != size:
+            raise RangeInvalid(f"size={size}", detail={"size": size})
+        size += added
+        self.uploads[upload] = (OPEN, repo, size, old_packed + packed, request, now)
+        return {"size": size}
+
+    def _cmd_upload_cancel(self, args: dict[str, Any]) -> None:
+        upload = _field(args, "upload", str)
+        now = _number(args, "now")
+        record = self.uploads.get(upload)
+        if record is not None:
+            if record[0] == CLOSED:
+                raise BlobUploadUnknown(f"upload {upload} is closed")
+            if record[0] == CANCELLED:
+                return None
+        repo = record[1] if record is not None else None
+        self.uploads[upload] = (CANCELLED, repo, None, now)
+        return None
+
+    def _cmd_blob_commit(self, args: dict[str, Any]) -> None:
+        repo = _repo(args)
+        digest = _digest(args)
+        recipe = _recipe(args)
+        upload = _field(args, "upload", str, optional=True)
+        now = _number(args, "now")
+        if upload is not None:
+            record = self.uploads.get(upload)
+            if record is not None:
+                if record[0] == CANCELLED or record[1] != repo:
+                    raise BlobUploadUnknown(f"upload {upload} is {record[0]}")
+                if record[0] == CLOSED and record[2] != digest:
+                    raise BlobUploadUnknown(f"upload {upload} was committed as another blob")
+            if record is None or record[0] == OPEN:
+                self.uploads[upload] = (CLOSED, repo, digest, now)
+        self._add_blob(digest, recipe)
+        self._link(repo, digest)
+        return None
+
+    def _cmd_blob_mount(self, args: dict[str, Any]) -> dict[str, bool]:
+        repo = _repo(args)
+        digest = _digest(args)
+        source = _field(args, "from", str, optional=True)
+        if digest in self.links.get(repo, ()):
+            return {"mounted": True}
+        # Mounting needs a source repository the caller may read: without `from`, a blob
+        # known elsewhere must not leak into this repository.
+        if source is None or digest not in self.links.get(source, ()):
+            return {"mounted": False}
+        self._link(repo, digest)
+        return {"mounted": True}
+
+    def _cmd_blob_unlink(self, args: dict[str, Any]) -> None:
+        repo = _repo(args)
+        digest = _digest(args)
+        if digest not in self.links.get(repo, ()):
+            raise BlobUnknown(f"blob {digest} unknown in {repo}")
+        self._unlink(repo, digest)
+        return None
+
+    def _cmd_manifest_put(self, args: dict[str, Any]) -> None:
+        repo = _repo(args)
+        digest = _digest(args)
+        media_type = _intern(_field(args, "media_type", str))
+        recipe = _recipe(args)
+        blobs = _digests(args, "blobs")
+        children = _digests(args, "manifests")
+        subject = _digest(args, "subject") if args.get("subject") is not None else None
+        artifact_type = _field(args, "artifact_type", str, optional=True)
+        annotations = _field(args, "annotations", dict, optional=True)
+        tag = _field(args, "tag", str, optional=True)
+        if tag is not None:
+            tag = _intern(validate_tag(tag))
+        linked = self.links.get(repo, ())
+        missing = sorted(b for b in blobs if b not in linked)
+        present = self.manifests.get(repo, {})
+        missing += sorted(m for m in children if m not in present and m != digest)
+        if missing:
+            shown = ",".join(missing[:8]) + (",..." if len(missing) > 8 else "")
+            raise ManifestBlobUnknown(f"missing={shown}", detail={"missing": missing})
+        annotations_json = (json.dumps(annotations, sort_keys=True, separators=(",", ":"))
+                            if annotations else None)
+        record: Manifest = (media_type, recipe[0], recipe, subject,
+                            _intern(artifact_type) if artifact_type else None,
+                            annotations_json, blobs, children)
+        old = present.get(digest)
+        if repo not in self.manifests:
+            if repo not in self.links:
+                self._catalog = None
+            self.manifests[repo] = present = {}
+        present[digest] = record
+        if old is not None and old[3] is not None and old[3] != subject:
+            self._drop_referrer(repo, old[3], digest)
+        if subject is not None:
+            self.referrers.setdefault(repo, {}).setdefault(subject, set()).add(digest)
+        self._add_blob(digest, recipe)
+        self._link(repo, digest)
+        if tag is not None:
+            self.tags.setdefault(repo, {})[tag] = digest
+        return None
+
+    def _drop_referrer(self, repo: str, subject: str, digest: str) -> None:
+        by_subject = self.referrers.get(repo)
+        if not by_subject or subject not in by_subject:
+            return
+        by_subject[subject].discard(digest)
+        if not by_subject[subject]:
+            del by_subject[subject]
+            if not by_subject:
+                del self.referrers[repo]
+
+    def _cmd_tag_delete(self, args: dict[str, Any]) -> None:
+        repo = _repo(args)
+        tag = _field(args, "tag", str)
+        tags = self.tags.get(repo)
+        if not tags or tag not in tags:
+            raise ManifestUnknown(f"tag {tag} unknown in {repo}")
+        del tags[tag]
+        if not tags:
+            del self.tags[repo]
+        return None
+
+    def _cmd_manifest_delete(self, args: dict[str, Any]) -> None:
+        repo = _repo(args)
+        digest = _digest(args)
+        present = self.manifests.get(repo)
+        if not present or digest not in present:
+            raise ManifestUnknown(f"manifest {digest} unknown in {repo}")
+        record = present.pop(digest)
+        tags = self.tags.get(repo)
+        if tags:
+            for tag in [t for t, d in tags.items() if d == digest]:
+                del tags[tag]
+            if not tags:
+                del self.tags[repo]
+        if record[3] is not None:
+            self._drop_referrer(repo, record[3], digest)
+        if not present:
+            del self.manifests[repo]
+            if repo not in self.links:
+                self._catalog = None
+        # The manifest bytes were linked as a blob by manifest_put: gone with the manifest.
+        self._unlink(repo, digest)
+        return None
+
+    def _cmd_member_join(self, args: dict[str, Any]) -> None:
+        node_id = _intern(_field(args, "id", str))
+        grpc_addr = _field(args, "grpc", str)
+        raft_addr = _field(args, "raft", str)
+        old = self.members.get(node_id)
+        # A restart re-joins: addresses may change, an operator's draining/removal stays.
+        state = old[2] if old is not None else "active"
+        self.members[node_id] = (grpc_addr, raft_addr, state)
+        return None
+
+    def _cmd_member_set_state(self, args: dict[str, Any]) -> None:
+        node_id = _field(args, "id", str)
+        state = _field(args, "state", str)
+        if state not in MEMBER_STATES:
+            raise RequestInvalid(f"member state must be one of {MEMBER_STATES}")
+        old = self.members.get(node_id)
+        if old is None:
+            raise NotFound(f"member {node_id} unknown")
+        self.members[node_id] = (old[0], old[1], state)
+        return None
+
+    def _cmd_expire_uploads(self, args: dict[str, Any]) -> dict[str, int]:
+        now = _number(args, "now")
+        older_than = _number(args, "older_than")
+        cutoff = now - older_than
+        # Every record keeps its last-touched time as its last field.
+        stale = [u for u, record in self.uploads.items() if record[-1] < cutoff]
+        for upload in stale:
+            del self.uploads[upload]
+        return {"expired": len(stale)}
+
+    # -- queries --------------------------------------------------------------------------------
+    def _manifest_json(self, digest: str, record: Manifest) -> dict[str, Any]:
+        return {
+            "digest": digest, "media_type": record[0], "size": record[1],
+            "recipe": recipe_json(record[2]), "subject": record[3],
+            "artifact_type": record[4],
+            "annotations": json.loads(record[5]) if record[5] else None,
+        }
+
+    def _q_tag_get(self, args: dict[str, Any]) -> dict[str, Any]:
+        repo = _field(args, "repo", str)
+        tag = _field(args, "tag", str)
+        if not self._repo_exists(repo):
+            raise NameUnknown(f"repository {repo} unknown")
+        digest = self.tags.get(repo, {}).get(tag)
+        if digest is None:
+            raise ManifestUnknown(f"tag {tag} unknown in {repo}")
+        return self._manifest_json(digest, self.manifests[repo][digest])
+
+    def _q_manifest_get(self, args: dict[str, Any]) -> dict[str, Any]:
+        repo = _field(args, "repo", str)
+        digest = _field(args, "digest", str)
+        record = self.manifests.get(repo, {}).get(digest)
+        if record is None:
+            raise ManifestUnknown(f"manifest {digest} unknown in {repo}")
+        return self._manifest_json(digest, record)
+
+    def _q_blob_get(self, args: dict[str, Any]) -> dict[str, Any]:
+        repo = _field(args, "repo", str)
+        digest = _field(args, "digest", str)
+        if digest not in self.links.get(repo, ()):
+            raise BlobUnknown(f"blob {digest} unknown in {repo}")
+        return recipe_json(self.blobs[digest])
+
+    def _q_upload_get(self, args: dict[str, Any]) -> dict[str, Any]:
+        upload = _field(args, "upload", str)
+        record = self.uploads.get(upload)
+        if record is None:
+            return {"state": "new"}
+        if record[0] != OPEN:
+            raise BlobUploadUnknown(f"upload {upload} is {record[0]}")
+        return {"state": OPEN, "repo": record[1], "size": record[2],
+                "chunks": unpack_chunks(record[3]), "request": record[4]}
+
+    def _q_tags_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        repo = _field(args, "repo", str)
+        if not self._repo_exists(repo):
+            raise NameUnknown(f"repository {repo} unknown")
+        tags, more = _page(sorted(self.tags.get(repo, ())), args.get("n"), args.get("last"))
+        return {"tags": tags, "more": more}
+
+    def _q_catalog(self, args: dict[str, Any]) -> dict[str, Any]:
+        catalog = self._catalog
+        if catalog is None:
+            catalog = self._catalog = sorted(self.links.keys() | self.manifests.keys())
+        repos, more = _page(catalog, args.get("n"), args.get("last"))
+        return {"repositories": repos, "more": more}
+
+    def _q_referrers(self, args: dict[str, Any]) -> dict[str, Any]:
+        repo = _field(args, "repo", str)
+        subject = _field(args, "digest", str)
+        wanted = _field(args, "artifact_type", str, optional=True)
+        digests = sorted(self.referrers.get(repo, {}).get(subject, ()))
+        present = self.manifests.get(repo, {})
+        out = []
+        for digest in digests:
+            record = present[digest]
+            if wanted is not None and record[4] != wanted:
+                continue
+            descriptor: dict[str, Any] = {"mediaType": record[0], "digest": digest,
+                                          "size": record[1]}
+            if record[4] is not None:
+                descriptor["artifactType"] = record[4]
+            if record[5]:
+                descriptor["annotations"] = json.loads(record[5])
+            out.append(descriptor)
+        return {"manifests": out}
+
+    def _q_members(self, args: dict[str, Any]) -> list[dict[str, str]]:
+        return [{"id": node_id, "grpc": m[0], "raft": m[1], "state": m[2]}
+                for node_id, m in sorted(self.members.items())]
+
+    def _q_status(self, args: dict[str, Any]) -> dict[str, int]:
+        return {
+            "repos": len(self.links.keys() | self.manifests.keys()),
+            "blobs": len(self.blobs),
+            "manifests": sum(len(m) for m in self.manifests.values()),
+            "uploads": sum(1 for u in self.uploads.values() if u[0] == OPEN),
+            "blob_bytes": self.blob_bytes,
+        }

@@ -1,0 +1,137 @@
+"""The storage node process: wires the chunk store, the Raft member and one gRPC server.
+
+`run_node(cfg)` owns the process lifetime:
+
+1. creates `<data_dir>/` and opens the chunk store in `<data_dir>/chunks/` (LMDB) and the
+   Raft member in `<data_dir>/raft/` (journal + snapshot);
+2. serves `Chunks`, `Metadata` and `Admin` on `cfg.node.grpc_listen` (one grpc.aio server,
+   message limits = `grpc_max_message`, TLS when `cluster.tls_cert`/`tls_key` are set, mTLS
+   when `cluster.tls_ca` is set too);
+3. joins the member list (`member_join`, retried until a leader commits it);
+4. runs leader housekeeping: every `housekeeping_interval` the leader expires upload
+   sessions untouched for `upload_expire_after` (the catalogue's `expire_uploads`);
+5. on SIGTERM/SIGINT: stops gRPC with `shutdown_grace`, stops Raft, closes LMDB.
+
+`main(cfg)` runs it on uvloop; `cargohold node --config F` calls it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import uvloop
+
+from cargohold.config import Config
+from cargohold.errors import RegistryError, Unavailable
+from cargohold.log import log_event
+from node import chunk_service
+from node.admin_service import AdminServicer
+from node.chunkstore import LmdbChunkStore
+from node.metadata.raft import RaftMember
+from node.metadata.service import MetadataServicer
+from protos import registry_pb2_grpc
+
+logger = logging.getLogger("cargohold.node.server")
+
+_JOIN_RETRY_MAX = 2.0
+
+
+def _server_credentials(cfg: Config) -> grpc.ServerCredentials | None:
+    c = cfg.cluster
+    if not (c.tls_cert and c.tls_key):
+        return None
+    key, cert = Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes()
+    ca = Path(c.tls_ca).read_bytes() if c.tls_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                       require_client_auth=ca is not None)
+
+
+async def join_cluster(raft: RaftMember, cfg: Config) -> None:
+    """Record this node in the replicated member list; retry until a leader commits it."""
+    args = {"id": cfg.node.id, "grpc": cfg.node.grpc_advertise, "raft": cfg.node.raft_advertise}
+    delay = 0.1
+    while True:
+        try:
+            await raft.command("member_join", args)
+            log_event(logger, "node.joined", id=cfg.node.id)
+            return
+        except Unavailable:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _JOIN_RETRY_MAX)
+
+
+async def housekeeping(raft: RaftMember, cfg: Config) -> None:
+    """On the leader only: forget upload sessions older than `upload_expire_after`."""
+    while True:
+        await asyncio.sleep(cfg.node.housekeeping_interval)
+        if not raft.is_leader():
+            continue
+        try:
+            result = await raft.command("expire_uploads", {
+                "now": time.time(), "older_than": cfg.node.upload_expire_after})
+            if result and result.get("expired"):
+                log_event(logger, "node.uploads_expired", count=result["expired"])
+        except RegistryError as exc:
+            log_event(logger, "node.housekeeping_failed", logging.WARNING, error=str(exc))
+
+
+async def run_node(cfg: Config) -> None:
+    """Run one storage node until SIGTERM/SIGINT."""
+    node = cfg.node
+    data_dir = Path(node.data_dir)
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    store = LmdbChunkStore(str(data_dir / "chunks"), node.lmdb_map_size,
+                           node.commit_batch_max_items, node.commit_batch_max_bytes)
+    raft: RaftMember | None = None
+    server: grpc.aio.Server | None = None
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        # Created on this (the main) thread: pysyncobj's tick thread stops with its creator.
+        raft = RaftMember(cfg)
+        server = grpc.aio.server(options=[
+            ("grpc.max_send_message_length", node.grpc_max_message),
+            ("grpc.max_receive_message_length", node.grpc_max_message),
+        ])
+        chunk_service.add_to_server(server, store, node)
+        registry_pb2_grpc.add_MetadataServicer_to_server(MetadataServicer(raft), server)
+        registry_pb2_grpc.add_AdminServicer_to_server(AdminServicer(cfg, raft, store), server)
+        creds = _server_credentials(cfg)
+        if creds is None:
+            server.add_insecure_port(node.grpc_listen)
+        else:
+            server.add_secure_port(node.grpc_listen, creds)
+        await server.start()
+        log_event(logger, "node.started", id=node.id, grpc=node.grpc_listen,
+                  raft=node.raft_listen)
+        tasks = [loop.create_task(join_cluster(raft, cfg)),
+                 loop.create_task(housekeeping(raft, cfg))]
+        await stop.wait()
+        log_event(logger, "node.stopping", id=node.id)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if server is not None:
+            await server.stop(node.shutdown_grace)
+        if raft is not None:
+            await raft.close()
+        store.close()
+        log_event(logger, "node.stopped", id=node.id)
+
+
+def main(cfg: Config) -> None:
+    """Entry point of `cargohold node`: run the node on uvloop until a signal stops it."""
+    uvloop.run(run_node(cfg))
