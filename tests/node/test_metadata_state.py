@@ -1,0 +1,550 @@
+"""Unit tests of the metadata state machine (node/metadata/state.py): every command and
+query of the catalogue, idempotency, pagination, referrers, deletes, snapshots."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from cargohold.errors import (
+    BlobUnknown,
+    BlobUploadUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    NotFound,
+    PaginationInvalid,
+    RangeInvalid,
+    RequestInvalid,
+    SizeInvalid,
+    TagInvalid,
+)
+from node.metadata.state import COMMANDS, QUERIES, MetadataState
+
+REPO = "library/app"
+OTHER = "library/other"
+
+
+def dg(name: str) -> str:
+    return "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+
+
+def cid(name: str) -> str:
+    return hashlib.sha256(b"chunk:" + name.encode()).hexdigest()
+
+
+def recipe(*parts: tuple[str, int]) -> dict[str, Any]:
+    return {"size": sum(n for _, n in parts), "chunks": [[cid(c), n] for c, n in parts]}
+
+
+@pytest.fixture
+def st() -> MetadataState:
+    return MetadataState()
+
+
+def commit_blob(st: MetadataState, repo: str, name: str, size: int = 10,
+                upload: str | None = None) -> str:
+    digest = dg(name)
+    st.apply("blob_commit", {"repo": repo, "digest": digest, "recipe": recipe((name, size)),
+                             "upload": upload, "now": 1.0})
+    return digest
+
+
+def put_manifest(st: MetadataState, repo: str, name: str, blobs: list[str] | None = None,
+                 tag: str | None = None, subject: str | None = None,
+                 artifact_type: str | None = None, annotations: dict[str, str] | None = None,
+                 children: list[str] | None = None,
+                 media_type: str = "application/vnd.oci.image.manifest.v1+json") -> str:
+    digest = dg(name)
+    st.apply("manifest_put", {
+        "repo": repo, "digest": digest, "media_type": media_type,
+        "recipe": recipe((name, 100)), "blobs": blobs or [], "manifests": children or [],
+        "subject": subject, "artifact_type": artifact_type, "annotations": annotations,
+        "tag": tag, "now": 2.0})
+    return digest
+
+
+def image(st: MetadataState, repo: str, name: str, tag: str | None = None, **kw: Any) -> str:
+    layer = commit_blob(st, repo, f"{name}-layer")
+    config = commit_blob(st, repo, f"{name}-config")
+    return put_manifest(st, repo, name, blobs=[config, layer], tag=tag, **kw)
+
+
+def test_catalogue_ops_are_all_implemented(st: MetadataState) -> None:
+    assert "barrier" in COMMANDS and "expire_uploads" in COMMANDS
+    assert st.apply("barrier", {}) is None
+    assert {"tag_get", "referrers", "members", "status"} <= QUERIES
+    with pytest.raises(RequestInvalid):
+        st.apply("no_such_op", {})
+    with pytest.raises(RequestInvalid):
+        st.query("no_such_op", {})
+
+
+# -- uploads ---------------------------------------------------------------------------------
+def test_upload_new_append_and_get(st: MetadataState) -> None:
+    assert st.query("upload_get", {"upload": "u1"}) == {"state": "new"}
+    res = st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 0,
+                                     "chunks": [[cid("a"), 5], [cid("b"), 3]],
+                                     "request": "r1", "now": 1.0})
+    assert res == {"size": 8}
+    res = st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 8,
+                                     "chunks": [[cid("c"), 2]], "request": "r2", "now": 2.0})
+    assert res == {"size": 10}
+    assert st.query("upload_get", {"upload": "u1"}) == {
+        "state": "open", "repo": REPO, "size": 10, "request": "r2",
+        "chunks": [[cid("a"), 5], [cid("b"), 3], [cid("c"), 2]]}
+    assert st.query("status", {})["uploads"] == 1
+
+
+def test_upload_append_retry_with_same_request_returns_same_result(st: MetadataState) -> None:
+    args = {"upload": "u1", "repo": REPO, "offset": 0, "chunks": [[cid("a"), 5]],
+            "request": "r1", "now": 1.0}
+    first = st.apply("upload_append", args)
+    again = st.apply("upload_append", args)
+    assert first == again == {"size": 5}
+    assert st.query("upload_get", {"upload": "u1"})["chunks"] == [[cid("a"), 5]]
+
+
+def test_upload_append_out_of_order_is_range_invalid_with_size(st: MetadataState) -> None:
+    st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 0,
+                               "chunks": [[cid("a"), 5]], "request": "r1", "now": 1.0})
+    with pytest.raises(RangeInvalid) as err:
+        st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 3,
+                                   "chunks": [[cid("b"), 5]], "request": "r2", "now": 1.0})
+    assert err.value.message == "size=5"
+    # A different request id at an old offset is a repeated chunk, not a retry.
+    with pytest.raises(RangeInvalid):
+        st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 0,
+                                   "chunks": [[cid("a"), 5]], "request": "r3", "now": 1.0})
+    with pytest.raises(RangeInvalid) as err:
+        st.apply("upload_append", {"upload": "u2", "repo": REPO, "offset": 4,
+                                   "chunks": [], "request": "x", "now": 1.0})
+    assert err.value.message == "size=0"
+    assert st.query("upload_get", {"upload": "u2"}) == {"state": "new"}
+
+
+def test_upload_append_in_another_repo_is_unknown(st: MetadataState) -> None:
+    st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 0, "chunks": [],
+                               "request": "r1", "now": 1.0})
+    with pytest.raises(BlobUploadUnknown):
+        st.apply("upload_append", {"upload": "u1", "repo": OTHER, "offset": 0, "chunks": [],
+                                   "request": "r2", "now": 1.0})
+
+
+def test_upload_cancel(st: MetadataState) -> None:
+    st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 0,
+                               "chunks": [[cid("a"), 1]], "request": "r1", "now": 1.0})
+    assert st.apply("upload_cancel", {"upload": "u1", "now": 2.0}) is None
+    assert st.apply("upload_cancel", {"upload": "u1", "now": 3.0}) is None  # idempotent
+    with pytest.raises(BlobUploadUnknown):
+        st.query("upload_get", {"upload": "u1"})
+    with pytest.raises(BlobUploadUnknown):
+        st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 1, "chunks": [],
+                                   "request": "r2", "now": 4.0})
+    with pytest.raises(BlobUploadUnknown):
+        commit_blob(st, REPO, "x", upload="u1")
+    # Cancelling an id never seen remembers it as cancelled.
+    st.apply("upload_cancel", {"upload": "fresh", "now": 1.0})
+    with pytest.raises(BlobUploadUnknown):
+        st.query("upload_get", {"upload": "fresh"})
+
+
+def test_upload_cancel_after_commit_is_unknown(st: MetadataState) -> None:
+    commit_blob(st, REPO, "x", upload="u1")
+    with pytest.raises(BlobUploadUnknown):
+        st.apply("upload_cancel", {"upload": "u1", "now": 2.0})
+
+
+def test_blob_commit_closes_upload_and_is_idempotent(st: MetadataState) -> None:
+    st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 0,
+                               "chunks": [[cid("x"), 10]], "request": "r1", "now": 1.0})
+    digest = commit_blob(st, REPO, "x", upload="u1")
+    assert commit_blob(st, REPO, "x", upload="u1") == digest  # retried commit: no error
+    with pytest.raises(BlobUploadUnknown):
+        st.query("upload_get", {"upload": "u1"})
+    with pytest.raises(BlobUploadUnknown):
+        commit_blob(st, REPO, "y", upload="u1")  # closed by a different commit
+    with pytest.raises(BlobUploadUnknown):
+        st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 10, "chunks": [],
+                                   "request": "r2", "now": 1.0})
+    assert st.query("blob_get", {"repo": REPO, "digest": digest}) == recipe(("x", 10))
+    status = st.query("status", {})
+    assert status["blobs"] == 1 and status["blob_bytes"] == 10 and status["uploads"] == 0
+
+
+def test_blob_commit_monolithic_and_empty_blob(st: MetadataState) -> None:
+    digest = dg("empty")
+    st.apply("blob_commit", {"repo": REPO, "digest": digest, "recipe": {"size": 0,
+                             "chunks": []}, "upload": "never-patched", "now": 1.0})
+    assert st.query("blob_get", {"repo": REPO, "digest": digest}) == {"size": 0, "chunks": []}
+
+
+def test_blob_commit_validates(st: MetadataState) -> None:
+    with pytest.raises(SizeInvalid):
+        st.apply("blob_commit", {"repo": REPO, "digest": dg("a"),
+                                 "recipe": {"size": 5, "chunks": [[cid("a"), 4]]},
+                                 "upload": None, "now": 1.0})
+    with pytest.raises(DigestInvalid):
+        st.apply("blob_commit", {"repo": REPO, "digest": "sha256:XYZ",
+                                 "recipe": {"size": 0, "chunks": []}, "upload": None,
+                                 "now": 1.0})
+    with pytest.raises(NameInvalid):
+        st.apply("blob_commit", {"repo": "Bad Name", "digest": dg("a"),
+                                 "recipe": {"size": 0, "chunks": []}, "upload": None,
+                                 "now": 1.0})
+    with pytest.raises(RequestInvalid):
+        st.apply("blob_commit", {"repo": REPO, "digest": dg("a"),
+                                 "recipe": {"size": 1, "chunks": [["zz", 1]]},
+                                 "upload": None, "now": 1.0})
+    with pytest.raises(RequestInvalid):
+        st.apply("blob_commit", {"repo": REPO, "digest": dg("a")})
+    assert st.query("status", {})["blobs"] == 0
+    assert st.query("catalog", {"n": None, "last": None})["repositories"] == []
+
+
+def test_expire_uploads(st: MetadataState) -> None:
+    st.apply("upload_append", {"upload": "old", "repo": REPO, "offset": 0, "chunks": [],
+                               "request": "r", "now": 100.0})
+    st.apply("upload_append", {"upload": "new", "repo": REPO, "offset": 0, "chunks": [],
+                               "request": "r", "now": 1000.0})
+    st.apply("upload_cancel", {"upload": "gone", "now": 50.0})
+    commit_blob(st, REPO, "x", upload="done")  # closed at now=1.0
+    assert st.apply("expire_uploads", {"now": 1100.0, "older_than": 500.0}) == {"expired": 3}
+    assert st.query("upload_get", {"upload": "old"}) == {"state": "new"}
+    assert st.query("upload_get", {"upload": "gone"}) == {"state": "new"}
+    assert st.query("upload_get", {"upload": "new"})["state"] == "open"
+    assert st.apply("expire_uploads", {"now": 1100.0, "older_than": 500.0}) == {"expired": 0}
+
+
+# -- blobs -------------------------------------------------------------------------------------
+def test_blob_get_only_through_linked_repo(st: MetadataState) -> None:
+    digest = commit_blob(st, REPO, "x")
+    with pytest.raises(BlobUnknown):
+        st.query("blob_get", {"repo": OTHER, "digest": digest})
+
+
+def test_blob_mount(st: MetadataState) -> None:
+    digest = commit_blob(st, REPO, "x")
+    assert st.apply("blob_mount", {"repo": OTHER, "digest": digest, "from": None}) == {
+        "mounted": False}
+    assert st.apply("blob_mount", {"repo": OTHER, "digest": digest, "from": "nope/repo"}) == {
+        "mounted": False}
+    assert st.apply("blob_mount", {"repo": OTHER, "digest": dg("unknown"),
+                                   "from": REPO}) == {"mounted": False}
+    assert st.query("catalog", {})["repositories"] == [REPO]
+    assert st.apply("blob_mount", {"repo": OTHER, "digest": digest, "from": REPO}) == {
+        "mounted": True}
+    assert st.apply("blob_mount", {"repo": OTHER, "digest": digest, "from": REPO}) == {
+        "mounted": True}
+    assert st.query("blob_get", {"repo": OTHER, "digest": digest})["size"] == 10
+    # Already linked: mounted, whatever `from` says.
+    assert st.apply("blob_mount", {"repo": OTHER, "digest": digest}) == {"mounted": True}
+    assert st.query("catalog", {})["repositories"] == [REPO, OTHER]
+
+
+def test_blob_unlink(st: MetadataState) -> None:
+    digest = commit_blob(st, REPO, "x")
+    st.apply("blob_mount", {"repo": OTHER, "digest": digest, "from": REPO})
+    assert st.apply("blob_unlink", {"repo": REPO, "digest": digest}) is None
+    with pytest.raises(BlobUnknown):
+        st.query("blob_get", {"repo": REPO, "digest": digest})
+    with pytest.raises(BlobUnknown):
+        st.apply("blob_unlink", {"repo": REPO, "digest": digest})
+    assert st.query("blob_get", {"repo": OTHER, "digest": digest})["size"] == 10
+    # REPO has nothing left: it no longer exists.
+    assert st.query("catalog", {})["repositories"] == [OTHER]
+    with pytest.raises(NameUnknown):
+        st.query("tags_list", {"repo": REPO})
+
+
+# -- manifests, tags ------------------------------------------------------------------------------
+def test_manifest_put_and_get_by_tag_and_digest(st: MetadataState) -> None:
+    digest = image(st, REPO, "m1", tag="v1", annotations={"b": "2", "a": "1"})
+    record = st.query("tag_get", {"repo": REPO, "tag": "v1"})
+    assert record == {
+        "digest": digest, "media_type": "application/vnd.oci.image.manifest.v1+json",
+        "size": 100, "recipe": recipe(("m1", 100)), "subject": None, "artifact_type": None,
+        "annotations": {"a": "1", "b": "2"}}
+    assert st.query("manifest_get", {"repo": REPO, "digest": digest}) == record
+    # The manifest bytes are a blob of the repository too.
+    assert st.query("blob_get", {"repo": REPO, "digest": digest}) == recipe(("m1", 100))
+    status = st.query("status", {})
+    assert status["manifests"] == 1 and status["repos"] == 1 and status["blobs"] == 3
+
+
+def test_manifest_put_is_idempotent_and_retags(st: MetadataState) -> None:
+    first = image(st, REPO, "m1", tag="latest")
+    image(st, REPO, "m1", tag="latest")
+    assert st.query("status", {})["manifests"] == 1
+    second = image(st, REPO, "m2", tag="latest")
+    assert st.query("tag_get", {"repo": REPO, "tag": "latest"})["digest"] == second
+    assert st.query("manifest_get", {"repo": REPO, "digest": first})["digest"] == first
+
+
+def test_manifest_put_with_missing_blobs(st: MetadataState) -> None:
+    config = commit_blob(st, REPO, "cfg")
+    elsewhere = commit_blob(st, OTHER, "layer-elsewhere")
+    missing = dg("never-pushed")
+    with pytest.raises(ManifestBlobUnknown) as err:
+        put_manifest(st, REPO, "m", blobs=[config, missing, elsewhere], tag="v1")
+    assert err.value.detail == {"missing": sorted([missing, elsewhere])}
+    assert missing in err.value.message and elsewhere in err.value.message
+    assert config not in err.value.message
+    with pytest.raises(ManifestUnknown):
+        st.query("tag_get", {"repo": REPO, "tag": "v1"})
+    with pytest.raises(ManifestUnknown):
+        st.query("manifest_get", {"repo": REPO, "digest": dg("m")})
+
+
+def test_index_needs_children_in_repo(st: MetadataState) -> None:
+    child = image(st, REPO, "child")
+    with pytest.raises(ManifestBlobUnknown):
+        put_manifest(st, REPO, "idx", children=[child, dg("absent")],
+                     media_type="application/vnd.oci.image.index.v1+json")
+    with pytest.raises(ManifestBlobUnknown):
+        put_manifest(st, OTHER, "idx", children=[child])
+    index = put_manifest(st, REPO, "idx", children=[child], tag="multi",
+                         media_type="application/vnd.oci.image.index.v1+json")
+    assert st.query("tag_get", {"repo": REPO, "tag": "multi"})["digest"] == index
+
+
+def test_manifest_put_validates_tag_and_digests(st: MetadataState) -> None:
+    with pytest.raises(TagInvalid):
+        put_manifest(st, REPO, "m", tag="-bad")
+    with pytest.raises(DigestInvalid):
+        put_manifest(st, REPO, "m", blobs=["md5:abc"])
+    assert st.query("status", {})["manifests"] == 0
+
+
+def test_get_unknowns(st: MetadataState) -> None:
+    with pytest.raises(NameUnknown):
+        st.query("tag_get", {"repo": REPO, "tag": "v1"})
+    image(st, REPO, "m1", tag="v1")
+    with pytest.raises(ManifestUnknown):
+        st.query("tag_get", {"repo": REPO, "tag": "v2"})
+    with pytest.raises(ManifestUnknown):
+        st.query("manifest_get", {"repo": REPO, "digest": dg("zzz")})
+    with pytest.raises(ManifestUnknown):
+        st.query("manifest_get", {"repo": OTHER, "digest": dg("m1")})
+
+
+def test_tag_delete_removes_only_the_tag(st: MetadataState) -> None:
+    digest = image(st, REPO, "m1", tag="v1")
+    put_manifest(st, REPO, "m1", blobs=[dg("m1-config"), dg("m1-layer")], tag="v2")
+    st.apply("tag_delete", {"repo": REPO, "tag": "v1"})
+    with pytest.raises(ManifestUnknown):
+        st.query("tag_get", {"repo": REPO, "tag": "v1"})
+    assert st.query("tag_get", {"repo": REPO, "tag": "v2"})["digest"] == digest
+    assert st.query("manifest_get", {"repo": REPO, "digest": digest})["digest"] == digest
+    with pytest.raises(ManifestUnknown):
+        st.apply("tag_delete", {"repo": REPO, "tag": "v1"})
+    with pytest.raises(ManifestUnknown):
+        st.apply("tag_delete", {"repo": OTHER, "tag": "v2"})
+
+
+def test_manifest_delete_removes_manifest_tags_and_referrer(st: MetadataState) -> None:
+    subject = image(st, REPO, "base", tag="keep")
+    target = image(st, REPO, "sig", tag="a", subject=subject, artifact_type="x/sig")
+    put_manifest(st, REPO, "sig", blobs=[dg("sig-config"), dg("sig-layer")], tag="b",
+                 subject=subject, artifact_type="x/sig")
+    assert len(st.query("referrers", {"repo": REPO, "digest": subject})["manifests"]) == 1
+    st.apply("manifest_delete", {"repo": REPO, "digest": target})
+    for tag in ("a", "b"):
+        with pytest.raises(ManifestUnknown):
+            st.query("tag_get", {"repo": REPO, "tag": tag})
+    with pytest.raises(ManifestUnknown):
+        st.query("manifest_get", {"repo": REPO, "digest": target})
+    with pytest.raises(BlobUnknown):
+        st.query("blob_get", {"repo": REPO, "digest": target})
+    assert st.query("referrers", {"repo": REPO, "digest": subject}) == {"manifests": []}
+    assert st.query("tags_list", {"repo": REPO}) == {"tags": ["keep"], "more": False}
+    with pytest.raises(ManifestUnknown):
+        st.apply("manifest_delete", {"repo": REPO, "digest": target})
+
+
+def test_repository_disappears_when_empty(st: MetadataState) -> None:
+    digest = put_manifest(st, REPO, "lonely", tag="t")
+    assert st.query("catalog", {})["repositories"] == [REPO]
+    st.apply("manifest_delete", {"repo": REPO, "digest": digest})
+    assert st.query("catalog", {})["repositories"] == []
+    assert st.query("status", {})["repos"] == 0
+
+
+# -- pagination --------------------------------------------------------------------------------
+def test_tags_list_pagination(st: MetadataState) -> None:
+    digest = put_manifest(st, REPO, "m")
+    tags = ["b", "B", "a", "_x", "1.0", "a-1", "a.1", "Z9"]
+    for tag in tags:
+        st.apply("manifest_put", {"repo": REPO, "digest": digest,
+                                  "media_type": "application/json",
+                                  "recipe": recipe(("m", 100)), "tag": tag, "now": 1.0})
+    ordered = sorted(tags, key=lambda t: t.encode())
+    assert ordered == ["1.0", "B", "Z9", "_x", "a", "a-1", "a.1", "b"]
+    assert st.query("tags_list", {"repo": REPO}) == {"tags": ordered, "more": False}
+    assert st.query("tags_list", {"repo": REPO, "n": 3}) == {"tags": ordered[:3], "more": True}
+    assert st.query("tags_list", {"repo": REPO, "n": 3, "last": "Z9"}) == {
+        "tags": ["_x", "a", "a-1"], "more": True}
+    assert st.query("tags_list", {"repo": REPO, "n": 2, "last": "a-1"}) == {
+        "tags": ["a.1", "b"], "more": False}
+    # `last` need not be a tag; it is an exclusive bound.
+    assert st.query("tags_list", {"repo": REPO, "n": 10, "last": "a-2"}) == {
+        "tags": ["a.1", "b"], "more": False}
+    assert st.query("tags_list", {"repo": REPO, "n": 10, "last": "c"}) == {
+        "tags": [], "more": False}
+    assert st.query("tags_list", {"repo": REPO, "n": 0}) == {"tags": [], "more": False}
+    assert st.query("tags_list", {"repo": REPO, "n": 8}) == {"tags": ordered, "more": False}
+    with pytest.raises(PaginationInvalid):
+        st.query("tags_list", {"repo": REPO, "n": -1})
+    with pytest.raises(NameUnknown):
+        st.query("tags_list", {"repo": "no/such"})
+
+
+def test_repo_with_blobs_only_lists_no_tags(st: MetadataState) -> None:
+    commit_blob(st, REPO, "x")
+    assert st.query("tags_list", {"repo": REPO, "n": None, "last": None}) == {
+        "tags": [], "more": False}
+
+
+def test_catalog_pagination(st: MetadataState) -> None:
+    repos = ["b/x", "a", "a/b", "a-b", "a_b", "c", "a.b"]
+    for repo in repos:
+        commit_blob(st, repo, "x")
+    ordered = sorted(repos, key=lambda r: r.encode())
+    assert st.query("catalog", {"n": None, "last": None}) == {
+        "repositories": ordered, "more": False}
+    assert st.query("catalog", {"n": 2}) == {"repositories": ordered[:2], "more": True}
+    assert st.query("catalog", {"n": 2, "last": ordered[1]}) == {
+        "repositories": ordered[2:4], "more": True}
+    assert st.query("catalog", {"n": 100, "last": ordered[4]}) == {
+        "repositories": ordered[5:], "more": False}
+    assert st.query("catalog", {"n": 0}) == {"repositories": [], "more": False}
+    with pytest.raises(PaginationInvalid):
+        st.query("catalog", {"n": "ten"})
+    # The cached order follows new repositories.
+    commit_blob(st, "0first", "x")
+    assert st.query("catalog", {"n": 1}) == {"repositories": ["0first"], "more": True}
+
+
+# -- referrers -----------------------------------------------------------------------------------
+def test_referrers_filtering_and_descriptors(st: MetadataState) -> None:
+    subject = dg("subject-that-does-not-exist-yet")
+    sig = image(st, REPO, "sig", subject=subject, artifact_type="application/x.sig",
+                annotations={"org.example": "yes"})
+    sbom = image(st, REPO, "sbom", subject=subject, artifact_type="application/x.sbom")
+    plain = image(st, REPO, "plain", subject=subject)
+    image(st, OTHER, "other-sig", subject=subject, artifact_type="application/x.sig")
+    everything = st.query("referrers", {"repo": REPO, "digest": subject,
+                                        "artifact_type": None})["manifests"]
+    assert [d["digest"] for d in everything] == sorted([sig, sbom, plain])
+    by_digest = {d["digest"]: d for d in everything}
+    assert by_digest[sig] == {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sig,
+        "size": 100, "artifactType": "application/x.sig",
+        "annotations": {"org.example": "yes"}}
+    assert by_digest[plain] == {"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                "digest": plain, "size": 100}
+    only_sig = st.query("referrers", {"repo": REPO, "digest": subject,
+                                      "artifact_type": "application/x.sig"})
+    assert [d["digest"] for d in only_sig["manifests"]] == [sig]
+    assert st.query("referrers", {"repo": REPO, "digest": subject,
+                                  "artifact_type": "nothing/such"}) == {"manifests": []}
+    assert st.query("referrers", {"repo": REPO, "digest": dg("unknown")}) == {
+        "manifests": []}
+    assert st.query("referrers", {"repo": "no/repo", "digest": subject}) == {"manifests": []}
+
+
+# -- members -------------------------------------------------------------------------------------
+def test_members(st: MetadataState) -> None:
+    st.apply("member_join", {"id": "n2", "grpc": "h2:7001", "raft": "h2:7101"})
+    st.apply("member_join", {"id": "n1", "grpc": "h1:7001", "raft": "h1:7101"})
+    st.apply("member_join", {"id": "n1", "grpc": "h1:7001", "raft": "h1:7101"})
+    assert st.query("members", {}) == [
+        {"id": "n1", "grpc": "h1:7001", "raft": "h1:7101", "state": "active"},
+        {"id": "n2", "grpc": "h2:7001", "raft": "h2:7101", "state": "active"}]
+    st.apply("member_set_state", {"id": "n2", "state": "draining"})
+    # A restarted node re-joins with a new address but stays draining.
+    st.apply("member_join", {"id": "n2", "grpc": "h9:7001", "raft": "h9:7101"})
+    assert st.query("members", {})[1] == {"id": "n2", "grpc": "h9:7001", "raft": "h9:7101",
+                                          "state": "draining"}
+    with pytest.raises(NotFound):
+        st.apply("member_set_state", {"id": "n7", "state": "removed"})
+    with pytest.raises(RequestInvalid):
+        st.apply("member_set_state", {"id": "n1", "state": "asleep"})
+
+
+# -- determinism and snapshots -------------------------------------------------------------------
+def _workload(st: MetadataState) -> None:
+    subject = image(st, REPO, "base", tag="v1")
+    image(st, REPO, "sig", subject=subject, artifact_type="a/b", annotations={"k": "v"})
+    image(st, OTHER, "o", tag="latest")
+    st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 0,
+                               "chunks": [[cid("p"), 7]], "request": "r1", "now": 5.0})
+    st.apply("upload_cancel", {"upload": "u2", "now": 5.0})
+    st.apply("member_join", {"id": "n1", "grpc": "h1:1", "raft": "h1:2"})
+    st.apply("blob_mount", {"repo": "third/repo", "digest": dg("o-layer"), "from": OTHER})
+
+
+def _everything(st: MetadataState) -> list[Any]:
+    queries: list[tuple[str, dict[str, Any]]] = [
+        ("catalog", {}), ("status", {}), ("members", {}),
+        ("tags_list", {"repo": REPO}), ("tags_list", {"repo": OTHER}),
+        ("tag_get", {"repo": REPO, "tag": "v1"}),
+        ("referrers", {"repo": REPO, "digest": dg("base")}),
+        ("upload_get", {"upload": "u1"}),
+        ("blob_get", {"repo": "third/repo", "digest": dg("o-layer")}),
+    ]
+    return [st.query(op, args) for op, args in queries]
+
+
+def test_dump_load_roundtrip(st: MetadataState) -> None:
+    _workload(st)
+    restored = MetadataState()
+    restored.load(st.dump())
+    assert _everything(restored) == _everything(st)
+    with pytest.raises(BlobUploadUnknown):
+        restored.query("upload_get", {"upload": "u2"})
+    # The restored state keeps applying commands like the original.
+    for state in (st, restored):
+        state.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 7,
+                                      "chunks": [[cid("q"), 1]], "request": "r2", "now": 6.0})
+        state.apply("manifest_delete", {"repo": REPO, "digest": dg("sig")})
+    assert _everything(restored) == _everything(st)
+    assert restored.dump() == MetadataState.dump(restored)
+
+
+def test_load_rejects_unknown_version() -> None:
+    import pickle
+
+    with pytest.raises(ValueError):
+        MetadataState().load(pickle.dumps({"version": 99}))
+
+
+def test_refused_commands_leave_state_unchanged(st: MetadataState) -> None:
+    _workload(st)
+    before = st.dump()
+    refused = [
+        ("manifest_put", {"repo": REPO, "digest": dg("bad"), "media_type": "x",
+                          "recipe": recipe(("bad", 1)), "blobs": [dg("absent")],
+                          "tag": "v1", "now": 1.0}),
+        ("upload_append", {"upload": "u1", "repo": REPO, "offset": 99, "chunks": [],
+                           "request": "z", "now": 1.0}),
+        ("blob_unlink", {"repo": REPO, "digest": dg("absent")}),
+        ("tag_delete", {"repo": REPO, "tag": "absent"}),
+        ("blob_commit", {"repo": REPO, "digest": dg("s"), "upload": "u2",
+                         "recipe": recipe(("s", 1)), "now": 1.0}),
+    ]
+    for op, args in refused:
+        with pytest.raises((BlobUnknown, BlobUploadUnknown, ManifestBlobUnknown,
+                            ManifestUnknown, RangeInvalid)):
+            st.apply(op, args)
+    assert st.dump() == before
+
+
+def test_json_results_are_plain(st: MetadataState) -> None:
+    _workload(st)
+    json.dumps(_everything(st))
