@@ -1,0 +1,98 @@
+"""Closed-loop load driver: N workers repeat one operation, bounded in count and time.
+
+Every operation returns how many "units" it moved (bytes, or 1 for a request). A worker
+starts no new operation once `max_ops` were started or `max_seconds` passed; operations
+still in flight are given `grace_seconds` more and then cancelled (the result is marked
+`timed_out`). Failures are counted, the first few messages kept; after `max_errors` the run
+stops. Nothing here sleeps or polls: throughput is completed units over wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.stats import summarise
+
+Operation = Callable[[int], Awaitable[int]]
+
+
+@dataclass
+class DriveResult:
+    workers: int
+    ops: int = 0
+    units: int = 0
+    elapsed: float = 0.0
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    timed_out: bool = False
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.units / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def ops_rate(self) -> float:
+        return self.ops / self.elapsed if self.elapsed > 0 else 0.0
+
+    def to_json(self, unit: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "workers": self.workers, "ops": self.ops, "elapsed_s": round(self.elapsed, 4),
+            "errors": self.errors, "timed_out": self.timed_out,
+            "ops_per_s": round(self.ops_rate, 2),
+        }
+        if unit == "bytes":
+            out["MB_per_s"] = round(self.rate / 1e6, 2)
+            out["bytes"] = self.units
+        out.update({k: round(v, 3) for k, v in summarise(self.latencies).items()})
+        if self.error_samples:
+            out["error_samples"] = self.error_samples
+        return out
+
+
+async def drive(workers: int, op: Operation, max_ops: int, max_seconds: float,
+                grace_seconds: float = 60.0, max_errors: int = 20,
+                on_done: Callable[[int], None] | None = None) -> DriveResult:
+    """Run `op(i)` for i in 0..max_ops-1 on `workers` concurrent workers."""
+    result = DriveResult(workers=workers)
+    next_index = 0
+    start = time.perf_counter()
+    deadline = start + max_seconds
+
+    async def worker() -> None:
+        nonlocal next_index
+        while (next_index < max_ops and time.perf_counter() < deadline
+               and result.errors < max_errors):
+            index = next_index
+            next_index += 1
+            t0 = time.perf_counter()
+            try:
+                units = await op(index)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a failed request is data, not a crash
+                result.errors += 1
+                if len(result.error_samples) < 3:
+                    result.error_samples.append(f"{type(exc).__name__}: {exc}"[:300])
+                continue
+            result.latencies.append(time.perf_counter() - t0)
+            result.ops += 1
+            result.units += units
+            if on_done is not None:
+                on_done(units)
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(workers)]
+    done, pending = await asyncio.wait(tasks, timeout=max_seconds + grace_seconds)
+    if pending:
+        result.timed_out = True
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        task.result()
+    result.elapsed = time.perf_counter() - start
+    return result

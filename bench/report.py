@@ -1,0 +1,255 @@
+"""Results files: JSON (everything), Markdown (ratios and targets) for one run.
+
+Ratios are Cargohold / Distribution of the same cell in the same run, so "higher is
+better" for throughput and "lower is better" for latency. Targets (bench/README.md):
+push R=1 >= 1.5x, push R=3 >= 1.0x, pull (R=1, R=3) >= 1.0x (geometric mean of the
+blob cells' ratios); manifest GET by digest at 32 connections >= 3x; GET and HEAD by tag at
+32 connections >= 1.5x; pull storm p99 <= Distribution's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BASELINE = "distribution"
+CARGOHOLD = ("cargohold-r1", "cargohold-r3")
+
+
+@dataclass(frozen=True)
+class Target:
+    label: str
+    system: str
+    value: float | None
+    threshold: float
+    higher_is_better: bool
+
+    @property
+    def status(self) -> str:
+        if self.value is None or math.isnan(self.value):
+            return "n/a"
+        ok = (self.value >= self.threshold if self.higher_is_better
+              else self.value <= self.threshold)
+        return "met" if ok else "MISSED"
+
+
+def _results(run: dict[str, Any], system: str) -> dict[str, Any]:
+    return run.get("systems", {}).get(system, {}).get("results", {}) or {}
+
+
+def _metric(run: dict[str, Any], system: str, group: str, cell: str | None,
+            field: str) -> float | None:
+    data = _results(run, system).get(group)
+    if data is None:
+        return None
+    if cell is not None:
+        data = data.get(cell)
+    if not isinstance(data, dict):
+        return None
+    value = data.get(field)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0 or math.isnan(a) or math.isnan(b):
+        return None
+    return a / b
+
+
+def _geomean_ratio(run: dict[str, Any], system: str, group: str) -> float | None:
+    base = _results(run, BASELINE).get(group) or {}
+    ratios = [ratio(_metric(run, system, group, cell, "MB_per_s"),
+                    _metric(run, BASELINE, group, cell, "MB_per_s")) for cell in base]
+    good = [r for r in ratios if r is not None and r > 0]
+    if not good or len(good) != len(ratios):
+        return None
+    return math.exp(sum(math.log(r) for r in good) / len(good))
+
+
+def targets(run: dict[str, Any]) -> list[Target]:
+    out = [
+        Target("blob push, R=1 (geomean of cells)", "cargohold-r1",
+               _geomean_ratio(run, "cargohold-r1", "blob_push"), 1.5, True),
+        Target("blob push, R=3 W=2 (geomean of cells)", "cargohold-r3",
+               _geomean_ratio(run, "cargohold-r3", "blob_push"), 1.0, True),
+    ]
+    for system in CARGOHOLD:
+        out.append(Target(f"blob pull, {system[-2:].upper()} (geomean of cells)", system,
+                          _geomean_ratio(run, system, "blob_pull"), 1.0, True))
+    for system in CARGOHOLD:
+        r = system[-2:].upper()
+        out.append(Target(f"manifest GET by digest, 32 conns, {r}", system,
+                          _cell_ratio(run, system, "manifest_reads", "get_digest_c32",
+                                      "ops_per_s"), 3.0, True))
+        for op in ("get_tag", "head_tag"):
+            verb = op.split("_")[0].upper()
+            out.append(Target(f"manifest {verb} by tag, 32 conns, {r}", system,
+                              _cell_ratio(run, system, "manifest_reads", f"{op}_c32",
+                                          "ops_per_s"), 1.5, True))
+        out.append(Target(f"pull storm p99 (ratio, lower is better), {r}", system,
+                          _cell_ratio(run, system, "pull_storm", None, "p99_ms"), 1.0,
+                          False))
+    return [t for t in out if t.system in run.get("systems", {})]
+
+
+def _cell_ratio(run: dict[str, Any], system: str, group: str, cell: str | None,
+                field: str) -> float | None:
+    return ratio(_metric(run, system, group, cell, field),
+                 _metric(run, BASELINE, group, cell, field))
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "—"
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _flag(cell: dict[str, Any] | None) -> str:
+    if not isinstance(cell, dict):
+        return ""
+    marks = []
+    if cell.get("errors"):
+        marks.append(f"{cell['errors']} err")
+    if cell.get("timed_out"):
+        marks.append("timed out")
+    if cell.get("verified_pull") is False:
+        marks.append("BAD BYTES")
+    return f" ({', '.join(marks)})" if marks else ""
+
+
+# (group, title, fields shown per system, the field the ratio is taken on)
+TABLES: list[tuple[str, str, tuple[str, ...], str]] = [
+    ("blob_push", "Blob push (MB/s)", ("MB_per_s",), "MB_per_s"),
+    ("blob_pull", "Blob pull (MB/s)", ("MB_per_s",), "MB_per_s"),
+    ("manifest_reads", "Manifest reads (req/s; p50/p99 ms)",
+     ("ops_per_s", "p50_ms", "p99_ms"), "ops_per_s"),
+    ("tag_puts", "Tag writes: manifest PUT by new tag (req/s; p50/p99 ms)",
+     ("ops_per_s", "p50_ms", "p99_ms"), "ops_per_s"),
+    ("push_storm", "Push storm: many small images (images/s; p50/p99 ms per image)",
+     ("images_per_s", "p50_ms", "p99_ms"), "images_per_s"),
+    ("pull_storm", "Pull storm: clients pulling one image at once (ms per client)",
+     ("p50_ms", "p99_ms", "MB_per_s"), "p99_ms"),
+    ("raft_commands", "Raft barrier commands over gRPC (commands/s; p50/p99 ms)",
+     ("ops_per_s", "p50_ms", "p99_ms"), "ops_per_s"),
+]
+
+SINGLE_CELL_GROUPS = {"push_storm", "pull_storm"}
+
+
+def _table(run: dict[str, Any], group: str, title: str, fields: tuple[str, ...],
+           ratio_field: str) -> list[str]:
+    systems = [s for s in run.get("systems", {}) if _results(run, s).get(group)]
+    if not systems:
+        return []
+    cells: list[str | None]
+    if group in SINGLE_CELL_GROUPS:
+        cells = [None]
+    else:
+        ordered: dict[str, None] = {}
+        for s in systems:
+            ordered.update(dict.fromkeys(_results(run, s)[group]))
+        cells = list(ordered)
+    header = ["cell"] + [f"{s} {f}" for s in systems for f in fields]
+    compared = [s for s in systems if s != BASELINE and BASELINE in systems]
+    header += [f"{s}/{BASELINE}" for s in compared]
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |",
+             "|" + "---|" * len(header)]
+    for cell in cells:
+        row = [cell or group]
+        for s in systems:
+            data = _results(run, s)[group]
+            data = data if cell is None else data.get(cell)
+            for i, f in enumerate(fields):
+                value = data.get(f) if isinstance(data, dict) else None
+                row.append(_fmt(value) + (_flag(data) if i == 0 else ""))
+        for s in compared:
+            r = _cell_ratio(run, s, group, cell, ratio_field)
+            row.append(_fmt(r, 2) + ("x" if r is not None else ""))
+        lines.append("| " + " | ".join(row) + " |")
+    return [*lines, ""]
+
+
+def markdown(run: dict[str, Any], charts: list[str]) -> str:
+    m = run["machine"]
+    lines = [
+        f"# Cargohold vs Distribution — {run['started_utc']} on {m['host']}",
+        "",
+        f"Profile **{run['profile']}**, {run.get('elapsed_s', '?')} s. Machine: {m['cores']} "
+        f"cores ({m['cpu_model']}), {m['memory_total_MiB']} MiB RAM, kernel {m['kernel']}, "
+        f"Python {m['python']}. Load average at start {m['load_average_at_start']}, "
+        f"at end {m.get('load_average_at_end')}. The machine may be shared: numbers taken "
+        "under load are indicative; ratios (same run, same machine) are the figures to read.",
+        "",
+        "## Targets (Cargohold / Distribution)",
+        "",
+        "| target | value | threshold | status |",
+        "|---|---|---|---|",
+    ]
+    for t in targets(run):
+        sign = "≥" if t.higher_is_better else "≤"
+        lines.append(f"| {t.label} | {_fmt(t.value, 2)} | {sign} {t.threshold} | "
+                     f"{t.status} |")
+    lines += ["", "## Physical bounds of this machine (same run)", "",
+              "| measure | MB/s |", "|---|---|"]
+    for key, value in run.get("physical", {}).items():
+        lines.append(f"| {key.replace('_MB_per_s', '')} | {_fmt(value)} |")
+    ceiling = run.get("client_ceiling")
+    if ceiling:
+        lines += ["", "## Client ceiling (the same client against a do-nothing server)", "",
+                  "| measurement | value |", "|---|---|"]
+        for group in ("blob_push", "blob_pull"):
+            for cell, data in (ceiling.get(group) or {}).items():
+                lines.append(f"| {group} {cell} | {_fmt(data.get('MB_per_s'))} MB/s |")
+        for cell, data in (ceiling.get("manifest_reads") or {}).items():
+            lines.append(f"| manifest {cell} | {_fmt(data.get('ops_per_s'))} req/s |")
+    lines += ["", "## Systems", "", "| system | what | start-up s | run s | load before → after |",
+              "|---|---|---|---|---|"]
+    for name, rec in run.get("systems", {}).items():
+        lines.append(f"| {name} | {rec.get('label')} | {_fmt(rec.get('startup_s'))} | "
+                     f"{_fmt(rec.get('elapsed_s'))} | {rec.get('load_average_before')} → "
+                     f"{rec.get('load_average_after')} |")
+    lines += ["", "## Results", ""]
+    for group, title, fields, ratio_field in TABLES:
+        lines += _table(run, group, title, fields, ratio_field)
+    dedup_rows = [(s, _results(run, s).get("dedup")) for s in run.get("systems", {})]
+    dedup_rows = [(s, d) for s, d in dedup_rows if d]
+    if dedup_rows:
+        lines += ["### Deduplication (images sharing layers and chunk-aligned prefixes)", "",
+                  "| system | logical bytes pushed | stored (all replicas) | replicas | "
+                  "stored per replica | ratio |", "|---|---|---|---|---|---|"]
+        for s, d in dedup_rows:
+            lines.append(f"| {s} | {d['logical_bytes']:,} | {d['stored_bytes_all_replicas']:,}"
+                         f" | {d['replicas']} | {d['stored_bytes_per_replica']:,} | "
+                         f"{_fmt(d['ratio'], 2)} |")
+        lines.append("")
+    errors = [(s, rec["errors"]) for s, rec in run.get("systems", {}).items()
+              if rec.get("errors")]
+    if errors:
+        lines += ["## Errors", ""]
+        for s, errs in errors:
+            for workload, message in errs.items():
+                first = message.splitlines()[0] if message else ""
+                lines.append(f"- **{s}** `{workload}`: {first[:300]}")
+        lines.append("")
+    if charts:
+        lines += ["## Charts", ""] + [f"![{c}]({c})" for c in charts] + [""]
+    return "\n".join(lines)
+
+
+def write(run: dict[str, Any], out_dir: Path, stem: str, charts: list[str]) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"{stem}.json"
+    md_path = out_dir / f"{stem}.md"
+    run = dict(run)
+    run["targets"] = [{"label": t.label, "system": t.system, "value": t.value,
+                       "threshold": t.threshold, "status": t.status} for t in targets(run)]
+    json_path.write_text(json.dumps(run, indent=1, sort_keys=False, default=str) + "\n")
+    md_path.write_text(markdown(run, charts))
+    return [json_path, md_path]

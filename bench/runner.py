@@ -1,0 +1,130 @@
+"""One benchmark run: machine, physical bounds, client ceiling, then each system in turn.
+
+Every system is started by the harness, driven through every workload, stopped, and its
+data removed before the next one starts, so that they never compete with each other.
+A workload that fails is recorded (with its error) and the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import machine, physical
+from bench.profiles import Profile
+from bench.progress import Progress
+from bench.systems import (
+    Cargohold,
+    Distribution,
+    SystemUnderTest,
+    Trivial,
+    make_workdir,
+    remove_workdir,
+)
+from bench.workloads import ALL, blobs, cell_count, manifests
+from bench.workloads.common import Context
+
+SYSTEM_NAMES = ("distribution", "cargohold-r1", "cargohold-r3")
+
+
+def make_system(name: str, workdir: Path, profile: Profile) -> SystemUnderTest:
+    if name == "distribution":
+        return Distribution(workdir)
+    if name == "cargohold-r1":
+        return Cargohold(workdir, nodes=1, replicas_=1, write_quorum=1,
+                         gateways=profile.gateways, name=name,
+                         label="Cargohold 1 node R=1")
+    if name == "cargohold-r3":
+        return Cargohold(workdir, nodes=3, replicas_=3, write_quorum=2,
+                         gateways=profile.gateways, name=name,
+                         label="Cargohold 3 nodes R=3 W=2")
+    raise ValueError(f"unknown system {name!r}; choose from {SYSTEM_NAMES}")
+
+
+async def _run_workloads(ctx: Context, names: list[str],
+                         on_error: Callable[[str, str], None]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in names:
+        try:
+            results.update(await ALL[name](ctx))
+        except Exception as exc:
+            on_error(name, f"{type(exc).__name__}: {exc}")
+            traceback.print_exc()
+    return results
+
+
+async def calibrate(profile: Profile, root: Path) -> dict[str, Any]:
+    """The client against a registry that does nothing: the client's own ceiling."""
+    system = Trivial(make_workdir(root, "trivial"))
+    cells = (profile.calibration_blob,)
+    conns = tuple(sorted({32, max(profile.manifest_conns)}))
+    bar = Progress(2 * len(cells) + 2 * len(conns), "client ceiling")
+    ctx = Context(system, profile, bar.advance)
+    try:
+        await system.start()
+        out: dict[str, Any] = {}
+        out.update(await blobs.run(ctx, cells=cells, pull_rounds=1))
+        out.update(await manifests.run(ctx, ops=("head_tag", "get_digest"), conns=conns))
+        return out
+    finally:
+        bar.close()
+        await system.stop()
+        remove_workdir(system.workdir)
+
+
+async def bench_system(name: str, profile: Profile, root: Path,
+                       workloads: list[str]) -> dict[str, Any]:
+    system = make_system(name, make_workdir(root, name), profile)
+    errors: dict[str, str] = {}
+    record: dict[str, Any] = {"label": system.label,
+                              "load_average_before": machine.load_average()}
+    has_raft = name.startswith("cargohold") and "raft" in workloads
+    bar = Progress(cell_count(profile, has_raft), name)
+    started = time.perf_counter()
+    try:
+        await system.start()
+        record["startup_s"] = round(time.perf_counter() - started, 2)
+        record["urls"] = system.urls
+        ctx = Context(system, profile, bar.advance)
+        record["results"] = await _run_workloads(
+            ctx, workloads, lambda w, e: errors.__setitem__(w, e))
+    except Exception as exc:
+        errors["start"] = f"{type(exc).__name__}: {exc}"[:2000]
+        traceback.print_exc()
+    finally:
+        bar.close()
+        try:
+            await system.stop()
+        finally:
+            remove_workdir(system.workdir)
+    record["elapsed_s"] = round(time.perf_counter() - started, 1)
+    record["load_average_after"] = machine.load_average()
+    if errors:
+        record["errors"] = errors
+    return record
+
+
+async def run(profile: Profile, systems: list[str], workloads: list[str], root: Path,
+              skip_calibration: bool = False) -> dict[str, Any]:
+    started = time.time()
+    info = machine.info()
+    await blobs.prepare((*profile.blob_cells, profile.calibration_blob))
+    bounds = await asyncio.to_thread(physical.measure, root, profile.physical_bytes)
+    result: dict[str, Any] = {
+        "profile": profile.name,
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "machine": info,
+        "physical": bounds,
+        "systems": {},
+    }
+    if not skip_calibration:
+        result["client_ceiling"] = await calibrate(profile, root)
+    for name in systems:
+        result["systems"][name] = await bench_system(name, profile, root, workloads)
+    result["elapsed_s"] = round(time.time() - started, 1)
+    result["machine"]["load_average_at_end"] = machine.load_average()
+    return result

@@ -1,0 +1,261 @@
+"""The systems under test, each started and stopped by the harness itself.
+
+- `Distribution`: CNCF Distribution (`/usr/bin/docker-registry serve <yaml>`, Debian package
+  `docker-registry`, installed by `make system-deps`), filesystem storage in a temp dir,
+  listening on a free 127.0.0.1 port; never the system service on port 5000.
+- `Cargohold`: a `cargohold.devcluster.LocalCluster` of real node and gateway processes
+  (1 node R=1 W=1, or 3 nodes R=3 W=2), with one or more gateways; the client spreads its
+  connections over the gateways as a load balancer would.
+- `Trivial`: `bench.trivial_server`, an in-memory aiohttp registry that does no work, to
+  measure the client's own ceiling.
+
+A system reports the bytes it stores (`stored_bytes`) for the dedup workload, and whether it
+exposes Cargohold's gRPC metadata service (`raft_addresses`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from cargohold.devcluster import LocalCluster, free_port
+
+DISTRIBUTION_BIN = "/usr/bin/docker-registry"
+
+
+class SystemUnderTest(Protocol):
+    name: str
+    label: str
+
+    @property
+    def urls(self) -> list[str]: ...
+
+    @property
+    def grpc_addresses(self) -> list[str]: ...
+
+    @property
+    def replicas(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def stored_bytes(self) -> int | None: ...
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    """Poll `url` until it answers 200 (start-up only; not a measurement)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n"
+                               + log.read_text(errors="replace")[-2000:])
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def _stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _dir_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+@dataclass
+class Distribution:
+    """CNCF Distribution 2.x with filesystem storage under a private temp dir."""
+
+    workdir: Path
+    name: str = "distribution"
+    label: str = "Distribution"
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{self.port}"]
+
+    @property
+    def grpc_addresses(self) -> list[str]:
+        return []
+
+    @property
+    def replicas(self) -> int:
+        return 1
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.workdir / "storage"
+
+    def _start_blocking(self) -> None:
+        if not os.access(DISTRIBUTION_BIN, os.X_OK):
+            raise RuntimeError(f"{DISTRIBUTION_BIN} missing: run `make system-deps` "
+                               "(Debian package docker-registry)")
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        config = self.workdir / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: error\n  accesslog:\n    disabled: true\n"
+            "storage:\n"
+            f"  filesystem:\n    rootdirectory: {self.storage_dir}\n"
+            "  delete:\n    enabled: true\n"
+            "  cache:\n    blobdescriptor: inmemory\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n")
+        log_path = self.workdir / "distribution.log"
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [DISTRIBUTION_BIN, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            _wait_http(f"{self.urls[0]}/v2/", self.proc, 30, log_path)
+        except BaseException:
+            _stop_process(self.proc)
+            raise
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._start_blocking)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(_stop_process, self.proc)
+
+    async def stored_bytes(self) -> int | None:
+        return await asyncio.to_thread(_dir_bytes, self.storage_dir)
+
+
+@dataclass
+class Cargohold:
+    """A LocalCluster of real processes."""
+
+    workdir: Path
+    nodes: int
+    replicas_: int
+    write_quorum: int
+    gateways: int = 1
+    name: str = "cargohold"
+    label: str = "Cargohold"
+    cluster: LocalCluster | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        assert self.cluster is not None
+        return self.cluster.gateway_urls
+
+    @property
+    def grpc_addresses(self) -> list[str]:
+        assert self.cluster is not None
+        return self.cluster.node_grpc_addresses
+
+    @property
+    def replicas(self) -> int:
+        return self.replicas_
+
+    def _start_blocking(self) -> None:
+        self.cluster = LocalCluster(self.workdir / "cluster", nodes=self.nodes,
+                                    gateways=self.gateways, replicas=self.replicas_,
+                                    write_quorum=self.write_quorum)
+        try:
+            self.cluster.start(timeout=90)
+        except BaseException:
+            self.cluster.kill_all()
+            raise
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._start_blocking)
+
+    async def stop(self) -> None:
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.stop)
+
+    def _chunk_bytes(self) -> int:
+        assert self.cluster is not None
+        return sum(self.cluster.node_status(i, timeout=5).chunk_bytes
+                   for i in range(self.cluster.node_count))
+
+    async def stored_bytes(self) -> int | None:
+        """Chunk bytes on all nodes together (every replica counted)."""
+        return await asyncio.to_thread(self._chunk_bytes)
+
+
+@dataclass
+class Trivial:
+    """The do-nothing registry of bench.trivial_server, in its own process."""
+
+    workdir: Path
+    name: str = "trivial"
+    label: str = "trivial aiohttp server"
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{self.port}"]
+
+    @property
+    def grpc_addresses(self) -> list[str]:
+        return []
+
+    @property
+    def replicas(self) -> int:
+        return 1
+
+    def _start_blocking(self) -> None:
+        self.port = free_port()
+        log_path = self.workdir / "trivial.log"
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.trivial_server", "--port", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
+        try:
+            _wait_http(f"{self.urls[0]}/v2/", self.proc, 30, log_path)
+        except BaseException:
+            _stop_process(self.proc)
+            raise
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._start_blocking)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(_stop_process, self.proc)
+
+    async def stored_bytes(self) -> int | None:
+        return None
+
+
+def make_workdir(root: Path, name: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+
+
+def remove_workdir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,84 @@
+"""Blob push and pull throughput (MB/s) per (size, concurrency) cell.
+
+Push: `count` unique blobs of `size`, `concurrency` at a time, each docker-style
+(POST, one streamed PATCH, PUT ?digest=). Then one blob of the cell is pulled back and
+hashed (untimed) to check the system returns the right bytes. Pull: the cell's blobs,
+`pull_rounds` times each, `concurrency` at a time, bodies counted but not hashed.
+Digests are computed before the clock starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bench.blobdata import BlobSpec, digest_of
+from bench.driver import drive
+from bench.profiles import BlobCell
+from bench.workloads.common import NS_BLOBS, Context, nonce, pick, sessions, size_label
+
+REPO = "bench/blobs"
+
+
+def cell_key(cell: BlobCell) -> str:
+    return f"{size_label(cell.size)}_c{cell.concurrency}"
+
+
+def cell_specs(cell: BlobCell) -> list[BlobSpec]:
+    return [BlobSpec.unique(nonce(NS_BLOBS, cell.size, cell.concurrency, i), cell.size)
+            for i in range(cell.count)]
+
+
+async def prepare(cells: tuple[BlobCell, ...]) -> None:
+    """Hash every blob of every cell once (cached for every system), two threads at a time."""
+    specs = [spec for cell in cells for spec in cell_specs(cell)]
+    gate = asyncio.Semaphore(2)
+
+    async def one(spec: BlobSpec) -> None:
+        async with gate:
+            await asyncio.to_thread(digest_of, spec)
+
+    await asyncio.gather(*(one(s) for s in specs))
+
+
+async def run(ctx: Context, cells: tuple[BlobCell, ...] | None = None,
+              pull_rounds: int | None = None) -> dict[str, Any]:
+    cells = cells if cells is not None else ctx.profile.blob_cells
+    rounds = pull_rounds if pull_rounds is not None else ctx.profile.pull_rounds
+    push: dict[str, Any] = {}
+    pull: dict[str, Any] = {}
+    for cell in cells:
+        push[cell_key(cell)], pull[cell_key(cell)] = await _run_cell(ctx, cell, rounds)
+    return {"blob_push": push, "blob_pull": pull}
+
+
+async def _run_cell(ctx: Context, cell: BlobCell,
+                    rounds: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    key = cell_key(cell)
+    seconds = ctx.profile.blob_cell_seconds
+    specs = cell_specs(cell)
+    digests = [digest_of(s) for s in specs]
+    async with sessions(ctx, cell.concurrency) as clients:
+        async def push_one(i: int) -> int:
+            return await pick(clients, i).push_blob(REPO, specs[i], digests[i])
+
+        pushed = await drive(cell.concurrency, push_one, len(specs), seconds)
+        push = pushed.to_json("bytes") | {"size": cell.size}
+        ctx.advance(f"push {key}")
+        if pushed.ops == 0:
+            ctx.advance(f"pull {key}")
+            return push, {"skipped": "nothing was pushed"}
+        try:
+            await pick(clients, 0).pull_blob(REPO, digests[0], verify=True)
+            push["verified_pull"] = True
+        except Exception as exc:
+            push["verified_pull"] = False
+            push["verify_error"] = f"{type(exc).__name__}: {exc}"[:300]
+        available = pushed.ops
+
+        async def pull_one(i: int) -> int:
+            return await pick(clients, i).pull_blob(REPO, digests[i % available])
+
+        pulled = await drive(cell.concurrency, pull_one, available * rounds, seconds)
+        ctx.advance(f"pull {key}")
+        return push, pulled.to_json("bytes") | {"size": cell.size}

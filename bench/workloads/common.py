@@ -1,0 +1,66 @@
+"""What every workload gets: the system, the profile, HTTP sessions, progress reporting."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from bench.oci import READ_BUFFER, OciClient
+from bench.profiles import Profile
+from bench.systems import SystemUnderTest
+
+MiB = 1024 * 1024
+
+# Nonce namespaces, so that no two workloads ever produce the same bytes by accident.
+NS_BLOBS, NS_STORM, NS_PUSH_STORM, NS_DEDUP, NS_MANIFESTS = 1, 2, 3, 4, 5
+
+
+def nonce(namespace: int, *parts: int) -> int:
+    """A 64-bit nonce from a namespace and small integers (deterministic)."""
+    h = hashlib.blake2b(repr((namespace, *parts)).encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little")
+
+
+def size_label(size: int) -> str:
+    if size >= 1024 * MiB and size % (1024 * MiB) == 0:
+        return f"{size // (1024 * MiB)}GiB"
+    if size >= MiB and size % MiB == 0:
+        return f"{size // MiB}MiB"
+    return f"{size // 1024}KiB"
+
+
+@dataclass
+class Context:
+    system: SystemUnderTest
+    profile: Profile
+    advance: Callable[[str], None] = field(default=lambda _label: None)
+
+    @property
+    def urls(self) -> list[str]:
+        return self.system.urls
+
+
+@contextlib.asynccontextmanager
+async def sessions(ctx: Context, connections: int) -> AsyncIterator[list[OciClient]]:
+    """One client per gateway URL sharing one pool of `connections` connections."""
+    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0,
+                                     ttl_dns_cache=None, enable_cleanup_closed=False)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                     auto_decompress=False,
+                                     read_bufsize=READ_BUFFER) as session:
+        yield [OciClient(url, session) for url in ctx.urls]
+
+
+def pick(clients: list[OciClient], index: int) -> OciClient:
+    return clients[index % len(clients)]
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
