@@ -247,6 +247,7 @@ class LmdbChunkStore:
         self._closed = False
         self._readers = 0
         self._commits = 0
+        self._full = False
         self._writer = threading.Thread(target=self._write_loop, name="chunkstore-writer",
                                         daemon=True)
         self._writer.start()
@@ -410,28 +411,70 @@ class LmdbChunkStore:
 
     def _commit(self, ops: list[_Op]) -> None:
         try:
-            with self._env.begin(write=True, buffers=True) as txn:
-                batch = _Batch(self, txn)
-                results = [op.apply(batch) for op in ops]
-                batch.save_counters()
+            results = self._transact(ops)
         except lmdb.MapFullError:
             if len(ops) > 1:
                 # Commit what fits: each op alone, so only the ones that overflow fail.
                 for op in ops:
                     self._commit([op])
-                return
-            log_event(logger, "chunkstore.full", logging.WARNING, path=self.path)
-            ops[0].future.set_exception(StorageFull(detail={"path": self.path}))
-            return
-        except RegistryError as exc:
-            for op in ops:
-                op.future.set_exception(exc)
+            else:
+                self._commit_when_full(ops[0])
             return
         except Exception as exc:
-            logger.exception("chunkstore.commit_failed")
-            for op in ops:
-                op.future.set_exception(Unavailable(f"chunk store write failed: {exc}"))
+            self._fail(ops, exc)
             return
-        self._commits += 1
+        self._set_full(False)
         for op, result in zip(ops, results, strict=True):
             op.future.set_result(result)
+
+    def _commit_when_full(self, op: _Op) -> None:
+        """A lone op hit a full map. Deletes must still get through (gc frees space): a
+        large delete needs more fresh pages than a full map has, one id per txn does not."""
+        if op.kind != "delete" or len(op.ids) < 2:
+            # LMDB reuses the pages a txn freed only from the txn after next: one small
+            # write makes the space of a just-committed delete usable, then retry once.
+            try:
+                self._transact([])
+                result = self._transact([op])[0]
+            except Exception as exc:
+                self._fail([op], exc)
+                return
+            self._set_full(False)
+            op.future.set_result(result)
+            return
+        deleted = 0
+        try:
+            for chunk_id in op.ids:
+                alone = _Op("delete", op.future, ids=(chunk_id,))
+                deleted += int(self._transact([alone])[0])  # type: ignore[call-overload]
+        except Exception as exc:
+            self._fail([op], exc)
+            return
+        op.future.set_result(deleted)
+
+    def _transact(self, ops: list[_Op]) -> list[object]:
+        """Apply ops in one write transaction; returns their results once it is fsynced."""
+        with self._env.begin(write=True, buffers=True) as txn:
+            batch = _Batch(self, txn)
+            results = [op.apply(batch) for op in ops]
+            batch.save_counters()
+        self._commits += 1
+        return results
+
+    def _fail(self, ops: list[_Op], exc: Exception) -> None:
+        if isinstance(exc, lmdb.MapFullError):
+            self._set_full(True)
+            exc = StorageFull(detail={"path": self.path})
+        elif not isinstance(exc, RegistryError):
+            log_event(logger, "chunkstore.commit_failed", logging.ERROR, path=self.path,
+                      error=repr(exc))
+            exc = Unavailable(f"chunk store write failed: {exc}")
+        for op in ops:
+            op.future.set_exception(exc)
+
+    def _set_full(self, full: bool) -> None:
+        """Log only the transitions, not every refused put of a full node."""
+        if full != self._full:
+            self._full = full
+            log_event(logger, "chunkstore.full" if full else "chunkstore.not_full",
+                      logging.WARNING, path=self.path)

@@ -266,6 +266,26 @@ async def test_full_store_refuses_puts_and_keeps_serving(kit: Kit) -> None:
         await store.put(*random_chunk(1 * MiB))
 
 
+async def test_full_store_still_deletes_everything_in_one_call(kit: Kit) -> None:
+    store = kit.open(2 * MiB)
+    stored: list[bytes] = []
+    for size in [256 * KiB] * 16 + [100] * 100:
+        cid, data = random_chunk(size)
+        try:
+            await store.put(cid, data)
+        except StorageFull:
+            continue
+        stored.append(cid)
+    with pytest.raises(StorageFull):
+        await store.put(*random_chunk(256 * KiB))
+    # Garbage collection must be able to free a full node, with one large delete.
+    assert await store.delete(stored) == len(stored)
+    assert await store.stats() == ChunkStats(count=0, bytes=0, quarantined=0)
+    cid, data = random_chunk(256 * KiB)
+    assert await store.put(cid, data) is False
+    assert await store.get(cid) == data
+
+
 # --- LmdbChunkStore specifics: the on-disk layout and group commit ------------------------
 
 async def test_lmdb_value_layout_is_checksum_then_data(lmdb_chunk_store: LmdbChunkStore) -> None:
