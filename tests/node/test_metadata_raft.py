@@ -1,0 +1,340 @@
+"""Raft metadata: the asyncio bridge and snapshots in-process (one-member groups), then three
+real node processes over gRPC (marker `cluster`): reads through another node, leader
+SIGKILL, whole-cluster SIGKILL with compaction on. Every acknowledged command must survive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from pysyncobj.config import SERIALIZER_STATE
+
+from cargohold.config import Config
+from cargohold.devcluster import LocalCluster, free_port
+from cargohold.errors import RangeInvalid, RequestInvalid, Unavailable
+from node.metadata.raft import RaftMember
+from protos import registry_pb2, registry_pb2_grpc
+
+REPO = "raft/test"
+
+
+def dg(name: str) -> str:
+    return "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+
+
+def tag_cmd(i: int, prefix: str = "t") -> dict[str, Any]:
+    """One small idempotent command: a manifest (no blobs) tagged `<prefix><i>`."""
+    return {"repo": REPO, "digest": dg(f"{prefix}{i}"), "media_type": "application/json",
+            "recipe": {"size": 0, "chunks": []}, "tag": f"{prefix}{i}", "now": 1.0}
+
+
+# -- in-process: one-member groups ----------------------------------------------------------------
+def member_config(data_dir: Path, **node: Any) -> Config:
+    cfg = Config()
+    cfg.node.data_dir = str(data_dir)
+    cfg.node.raft_listen = cfg.node.raft_advertise = f"127.0.0.1:{free_port()}"
+    cfg.node.peers = []
+    cfg.cluster.secret = "test-secret"
+    for key, value in node.items():
+        setattr(cfg.node, key, value)
+    return cfg
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 20.0) -> None:
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def members() -> AsyncIterator[Callable[..., RaftMember]]:
+    """Factory of in-process RaftMembers; every one is closed at teardown."""
+    started: list[RaftMember] = []
+
+    def start(cfg: Config, cls: type[RaftMember] = RaftMember) -> RaftMember:
+        member = cls(cfg)
+        started.append(member)
+        return member
+
+    try:
+        yield start
+    finally:
+        for member in started:
+            await member.close()
+
+
+async def test_command_and_query_through_the_bridge(
+        tmp_path: Path, members: Callable[..., RaftMember]) -> None:
+    member = members(member_config(tmp_path))
+    assert await member.command("manifest_put", tag_cmd(1)) is None
+    record = await member.query("tag_get", {"repo": REPO, "tag": "t1"}, linearizable=True)
+    assert record["digest"] == dg("t1")
+    with pytest.raises(RangeInvalid):
+        await member.command("upload_append", {"upload": "u", "repo": REPO, "offset": 5,
+                                               "chunks": [], "request": "r", "now": 1.0})
+    with pytest.raises(RequestInvalid):
+        await member.command("no_such_command", {})
+    with pytest.raises(RequestInvalid):
+        await member.query("no_such_query", {}, linearizable=False)
+    status = member.status()
+    assert status.is_leader and status.leader == status.self_address
+    assert status.last_applied >= 3 and status.commit_index >= status.last_applied
+
+
+async def test_concurrent_reads_share_one_barrier(
+        tmp_path: Path, members: Callable[..., RaftMember]) -> None:
+    member = members(member_config(tmp_path))
+    await member.command("manifest_put", tag_cmd(1))
+    barriers = 0
+    original = member.command
+
+    async def counting(op: str, args: dict[str, Any]) -> Any:
+        nonlocal barriers
+        barriers += op == "barrier"
+        return await original(op, args)
+
+    member.command = counting  # type: ignore[method-assign]
+    results = await asyncio.gather(*[
+        member.query("tags_list", {"repo": REPO}, linearizable=True) for _ in range(50)])
+    assert all(r == {"tags": ["t1"], "more": False} for r in results)
+    assert barriers == 1
+    # A read arriving while a barrier is in flight waits for the next barrier.
+    first = asyncio.ensure_future(member.query("status", {}, linearizable=True))
+    await wait_until(lambda: barriers == 2 and member._barrier_next is None, "barrier in flight")
+    second = asyncio.ensure_future(member.query("status", {}, linearizable=True))
+    await asyncio.gather(first, second)
+    assert barriers == 3
+
+
+async def test_no_quorum_is_unavailable(tmp_path: Path,
+                                        members: Callable[..., RaftMember]) -> None:
+    cfg = member_config(tmp_path, raft_command_timeout=1.0)
+    cfg.node.peers = [f"127.0.0.1:{free_port()}"]  # a partner that never answers
+    member = members(cfg)
+    with pytest.raises(Unavailable):
+        await member.command("manifest_put", tag_cmd(1))
+    with pytest.raises(Unavailable):
+        await member.query("catalog", {}, linearizable=True)
+    # A local read still answers.
+    assert await member.query("catalog", {}, linearizable=False) == {
+        "repositories": [], "more": False}
+
+
+async def test_snapshot_then_restart_restores_state(
+        tmp_path: Path, members: Callable[..., RaftMember]) -> None:
+    cfg = member_config(tmp_path, raft_compaction_min_entries=20,
+                        raft_compaction_min_time=1.0)
+    member = members(cfg)
+    for i in range(60):
+        await member.command("manifest_put", tag_cmd(i))
+    await wait_until(lambda: os.path.exists(member.dump_path) and member.status().log_len < 30,
+                     "a compaction")
+    for i in range(60, 70):
+        await member.command("manifest_put", tag_cmd(i))
+    await member.close()
+    again = members(cfg)
+    await again.barrier()
+    tags = (await again.query("tags_list", {"repo": REPO}, linearizable=True))["tags"]
+    assert sorted(tags) == sorted(f"t{i}" for i in range(70))
+
+
+class DumpNeverConfirmed(RaftMember):
+    """A member killed between "dump renamed into place" and "journal truncated": the
+    checker never reports success, so pysyncobj never truncates the journal."""
+
+    def _check_dump(self) -> int:
+        return SERIALIZER_STATE.NOT_SERIALIZING
+
+
+async def test_kill_between_dump_and_truncation_loses_nothing(
+        tmp_path: Path, members: Callable[..., RaftMember]) -> None:
+    cfg = member_config(tmp_path, raft_compaction_min_entries=20,
+                        raft_compaction_min_time=1.0)
+    member = members(cfg, DumpNeverConfirmed)
+    for i in range(50):
+        await member.command("manifest_put", tag_cmd(i))
+    await wait_until(lambda: os.path.exists(member.dump_path), "a dump file")
+    for i in range(50, 70):
+        await member.command("manifest_put", tag_cmd(i))
+    assert member.status().log_len > 70  # journal never truncated
+    await member.close()
+    again = members(cfg)
+    await again.barrier()
+    tags = (await again.query("tags_list", {"repo": REPO}, linearizable=True))["tags"]
+    assert sorted(tags) == sorted(f"t{i}" for i in range(70))
+
+
+# -- real processes --------------------------------------------------------------------------------
+CLUSTER_NODE_SETTINGS = {
+    # Small thresholds so snapshots and journal truncation happen during the tests.
+    "raft_compaction_min_entries": 200,
+    "raft_compaction_min_time": 2.0,
+    "raft_command_timeout": 3.0,
+}
+
+
+def stub(address: str) -> registry_pb2_grpc.MetadataStub:
+    return registry_pb2_grpc.MetadataStub(grpc.insecure_channel(address))
+
+
+def command(address: str, op: str, args: dict[str, Any], timeout: float = 5.0) -> Any:
+    reply = stub(address).Command(
+        registry_pb2.MetadataRequest(op=op, args=json.dumps(args).encode()), timeout=timeout)
+    return json.loads(reply.result)
+
+
+def query(address: str, op: str, args: dict[str, Any], linearizable: bool = True) -> Any:
+    reply = stub(address).Query(registry_pb2.MetadataRequest(
+        op=op, args=json.dumps(args).encode(), linearizable=linearizable), timeout=10)
+    return json.loads(reply.result)
+
+
+def listed_tags(address: str, limit: float = 30.0) -> set[str]:
+    """Every tag of REPO, read linearizably through `address`; waits while the node (just
+    restarted, say) does not answer yet."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            return set(query(address, "tags_list",
+                             {"repo": REPO, "n": None, "last": None})["tags"])
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+class Writers:
+    """Threads committing `tag_cmd`s to random nodes; `acked` holds every acknowledged tag."""
+
+    def __init__(self, cluster: LocalCluster, prefix: str, threads: int = 4) -> None:
+        self.cluster = cluster
+        self.prefix = prefix
+        self.acked: set[str] = set()
+        self._lock = threading.Lock()
+        self._next = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True)
+                         for _ in range(threads)]
+
+    def __enter__(self) -> Writers:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.acked)
+
+    def wait_for(self, n: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count() < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"only {self.count()} of {n} commands acknowledged")
+            time.sleep(0.02)
+
+    def _run(self) -> None:
+        with self._lock:
+            mine = self._next
+            self._next += 1
+        i = mine
+        while not self._stop.is_set():
+            args = tag_cmd(i, self.prefix)
+            address = self.cluster.node_grpc(random.randrange(self.cluster.node_count))
+            try:
+                command(address, "manifest_put", args, timeout=3.0)
+            except grpc.RpcError:
+                time.sleep(0.05)
+                continue  # outcome unknown: retried (idempotent), maybe through another node
+            with self._lock:
+                self.acked.add(args["tag"])
+            i += len(self._threads)
+
+
+@pytest.fixture
+def three_nodes(make_cluster: Callable[..., LocalCluster]) -> Iterator[LocalCluster]:
+    cluster = make_cluster(nodes=3, gateways=0, extra={"node": CLUSTER_NODE_SETTINGS})
+    yield cluster
+
+
+@pytest.mark.cluster
+def test_follower_command_is_visible_through_another_node(three_nodes: LocalCluster) -> None:
+    leader = three_nodes.leader_index()
+    assert leader is not None
+    follower, other = [i for i in range(3) if i != leader]
+    command(three_nodes.node_grpc(follower), "manifest_put", tag_cmd(1))
+    record = query(three_nodes.node_grpc(other), "tag_get", {"repo": REPO, "tag": "t1"})
+    assert record["digest"] == dg("t1")
+    with pytest.raises(grpc.RpcError) as err:
+        query(three_nodes.node_grpc(other), "tag_get", {"repo": REPO, "tag": "absent"})
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details().startswith("ManifestUnknown:")
+    with pytest.raises(grpc.RpcError) as err:
+        command(three_nodes.node_grpc(other), "upload_append", {
+            "upload": "u", "repo": REPO, "offset": 3, "chunks": [], "request": "r", "now": 1})
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == "RangeInvalid:size=0"
+    status = three_nodes.node_status(other)
+    assert status.leader_raft_address == three_nodes.node_raft(leader)
+    assert json.loads(status.extra)["metadata"]["manifests"] == 1
+
+
+@pytest.mark.cluster
+@pytest.mark.chaos
+def test_leader_sigkill_elects_a_new_leader_and_keeps_acknowledged(
+        three_nodes: LocalCluster) -> None:
+    old_leader = three_nodes.leader_index()
+    assert old_leader is not None
+    with Writers(three_nodes, "k") as writers:
+        writers.wait_for(100)
+        three_nodes.kill_node(old_leader, signal.SIGKILL)
+        at_kill = writers.count()
+        writers.wait_for(at_kill + 100)
+    acked = writers.acked
+    survivors = [i for i in range(3) if i != old_leader]
+    new_leader = three_nodes.leader_index()
+    assert new_leader in survivors
+    for i in survivors:
+        assert acked <= listed_tags(three_nodes.node_grpc(i))
+    three_nodes.start_node(old_leader)
+    three_nodes.wait_ready(timeout=60)
+    assert acked <= listed_tags(three_nodes.node_grpc(old_leader))
+
+
+@pytest.mark.cluster
+@pytest.mark.chaos
+def test_whole_cluster_sigkill_under_writes_keeps_acknowledged(
+        three_nodes: LocalCluster) -> None:
+    acked: set[str] = set()
+    for round_ in range(3):
+        with Writers(three_nodes, f"r{round_}-") as writers:
+            writers.wait_for(400)
+            procs = [p for p in three_nodes.node_procs if p is not None]
+            for proc in procs:
+                proc.send_signal(signal.SIGKILL)
+            three_nodes.kill_all()
+        acked |= writers.acked
+        three_nodes.start(timeout=60)
+        for i in range(3):
+            missing = acked - listed_tags(three_nodes.node_grpc(i))
+            assert not missing, f"round {round_}: node {i} lost {len(missing)} acknowledged"
+    dumps = [three_nodes.node_data_dir(i) / "raft" / "state.dump" for i in range(3)]
+    assert any(path.exists() for path in dumps), "no snapshot was written: dump path untested"
