@@ -9,8 +9,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -310,3 +315,61 @@ async def test_lmdb_batches_respect_max_items(open_lmdb_store: LmdbOpener) -> No
     await asyncio.gather(*(store.put(cid, data) for cid, data in chunks))
     assert store.commits >= len(chunks) // 4
     assert (await store.stats()).count == len(chunks)
+
+
+_KILLED_WRITER = textwrap.dedent("""
+    import asyncio, hashlib, os, sys
+    from node.chunkstore import LmdbChunkStore
+
+    async def writer(store):
+        while True:
+            data = os.urandom(int.from_bytes(os.urandom(3), "big") % (512 * 1024))
+            cid = hashlib.sha256(data).digest()
+            await store.put(cid, data)
+            print(cid.hex(), flush=True)  # acknowledged: fsynced
+
+    async def main():
+        store = LmdbChunkStore(sys.argv[1], 1 << 30, 64, 64 << 20)
+        await asyncio.gather(*(writer(store) for _ in range(8)))
+
+    asyncio.run(main())
+""")
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _acked_then_killed(path: Path, count: int) -> list[bytes]:
+    """Run 8 concurrent putters in a child process; SIGKILL it after `count` acks."""
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path)], cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)},
+                             stdout=subprocess.PIPE, text=True)
+    acked: list[bytes] = []
+    try:
+        assert child.stdout is not None
+        while len(acked) < count:
+            line = child.stdout.readline()
+            assert line, "writer exited early"
+            acked.append(bytes.fromhex(line.strip()))
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    return acked
+
+
+async def test_lmdb_acknowledged_puts_survive_sigkill(
+        tmp_path: Path, open_lmdb_store: LmdbOpener) -> None:
+    path = tmp_path / "chunks"
+    acked = await asyncio.to_thread(_acked_then_killed, path, 150)
+    store = open_lmdb_store(path=path, map_size=1 << 30)
+    assert await store.has(acked) == [True] * len(acked)
+    for cid in acked[::10]:
+        assert hashlib.sha256(await store.get(cid)).digest() == cid
+    stats = await store.stats()
+    assert stats.count >= len(set(acked))
+    listed = await store.list_ids(b"", stats.count + 1)
+    assert len(listed) == stats.count
+    assert sum(size for _, size in listed) == stats.bytes
