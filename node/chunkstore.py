@@ -48,6 +48,7 @@ from cargohold.digests import checksum_of
 from cargohold.errors import (
     ChunkCorrupt,
     ChunkMissing,
+    ConfigError,
     DigestInvalid,
     RegistryError,
     StorageFull,
@@ -235,8 +236,11 @@ class LmdbChunkStore:
                  batch_max_bytes: int) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
-        self._env = lmdb.open(path, map_size=map_size, subdir=True, max_dbs=3, sync=True,
-                              metasync=True, writemap=False, map_async=False, lock=True)
+        try:
+            self._env = lmdb.open(path, map_size=map_size, subdir=True, max_dbs=3, sync=True,
+                                  metasync=True, writemap=False, map_async=False, lock=True)
+        except lmdb.Error as exc:
+            raise ConfigError(f"cannot open chunk store at {path}: {exc}") from exc
         self._chunks = self._env.open_db(b"chunks")
         self._quarantine = self._env.open_db(b"quarantine")
         self._meta = self._env.open_db(b"meta")
@@ -406,10 +410,14 @@ class LmdbChunkStore:
                 batch.append(op)
                 size += op.weight
             live = [op for op in batch if op.future.set_running_or_notify_cancel()]
-            if live:
+            try:
                 self._commit(live)
+            except Exception as exc:  # a bug here must not strand every later writer
+                self._fail([op for op in live if not op.future.done()], exc)
 
     def _commit(self, ops: list[_Op]) -> None:
+        if not ops:
+            return
         try:
             results = self._transact(ops)
         except lmdb.MapFullError:

@@ -291,6 +291,24 @@ async def test_full_store_still_deletes_everything_in_one_call(kit: Kit) -> None
     assert await store.get(cid) == data
 
 
+async def test_cancelled_puts_leave_the_store_consistent(store: ChunkStore) -> None:
+    chunks = [random_chunk(100 * KiB) for _ in range(40)]
+    tasks = [asyncio.ensure_future(store.put(cid, data)) for cid, data in chunks]
+    await asyncio.sleep(0)
+    for task in tasks[::2]:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks[1::2]:
+        assert task.result() is False
+    present = await store.has([cid for cid, _ in chunks])
+    assert all(present[1::2])
+    stats = await store.stats()
+    assert stats.count == sum(present)
+    assert stats.bytes == 100 * KiB * sum(present)
+    cid, data = random_chunk(10)
+    assert await store.put(cid, data) is False
+
+
 # --- LmdbChunkStore specifics: the on-disk layout and group commit ------------------------
 
 async def test_lmdb_value_layout_is_checksum_then_data(lmdb_chunk_store: LmdbChunkStore) -> None:
