@@ -29,6 +29,7 @@ class DriveResult:
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
     timed_out: bool = False
+    client_cpu: float = 0.0
     latencies: list[float] = field(default_factory=list)
 
     @property
@@ -44,6 +45,11 @@ class DriveResult:
             "workers": self.workers, "ops": self.ops, "elapsed_s": round(self.elapsed, 4),
             "errors": self.errors, "timed_out": self.timed_out,
             "ops_per_s": round(self.ops_rate, 2),
+            # CPU the harness (the client) used: how far it is from being the bottleneck.
+            "client_cpu_pct": round(100 * self.client_cpu / self.elapsed, 1)
+            if self.elapsed else 0.0,
+            "client_cpu_us_per_op": round(1e6 * self.client_cpu / self.ops, 1)
+            if self.ops else None,
         }
         if unit == "bytes":
             out["MB_per_s"] = round(self.rate / 1e6, 2)
@@ -61,6 +67,7 @@ async def drive(workers: int, op: Operation, max_ops: int, max_seconds: float,
     result = DriveResult(workers=workers)
     next_index = 0
     start = time.perf_counter()
+    cpu_start = time.process_time()
     deadline = start + max_seconds
 
     async def worker() -> None:
@@ -95,4 +102,5 @@ async def drive(workers: int, op: Operation, max_ops: int, max_seconds: float,
     for task in done:
         task.result()
     result.elapsed = time.perf_counter() - start
+    result.client_cpu = time.process_time() - cpu_start
     return result

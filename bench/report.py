@@ -203,12 +203,19 @@ def markdown(run: dict[str, Any], charts: list[str]) -> str:
     ceiling = run.get("client_ceiling")
     if ceiling:
         lines += ["", "## Client ceiling (the same client against a do-nothing server)", "",
-                  "| measurement | value |", "|---|---|"]
+                  "The do-nothing server is a single Python process, so it is usually the "
+                  "limit here; the client's own CPU use is the direct evidence.", "",
+                  "| measurement | value | client CPU % | client CPU µs/op |",
+                  "|---|---|---|---|"]
         for group in ("blob_push", "blob_pull"):
             for cell, data in (ceiling.get(group) or {}).items():
-                lines.append(f"| {group} {cell} | {_fmt(data.get('MB_per_s'))} MB/s |")
+                lines.append(f"| {group} {cell} | {_fmt(data.get('MB_per_s'))} MB/s"
+                             f"{_flag(data)} | {_fmt(data.get('client_cpu_pct'))} | "
+                             f"{_fmt(data.get('client_cpu_us_per_op'))} |")
         for cell, data in (ceiling.get("manifest_reads") or {}).items():
-            lines.append(f"| manifest {cell} | {_fmt(data.get('ops_per_s'))} req/s |")
+            lines.append(f"| manifest {cell} | {_fmt(data.get('ops_per_s'))} req/s"
+                         f"{_flag(data)} | {_fmt(data.get('client_cpu_pct'))} | "
+                         f"{_fmt(data.get('client_cpu_us_per_op'))} |")
     lines += ["", "## Systems", "", "| system | what | start-up s | run s | load before → after |",
               "|---|---|---|---|---|"]
     for name, rec in run.get("systems", {}).items():

@@ -2,8 +2,9 @@
 
 Reads: one small image is pushed, then for each of HEAD/GET by tag and by digest and each
 connection count, that many workers repeat the request for `manifest_seconds` (at most
-`manifest_max_requests`). By-tag reads are the linearizable path in Cargohold; by-digest
-reads may be served from a gateway cache.
+`manifest_max_requests`), each on its own persistent connection, with the lean client of
+`bench.rawhttp` (so that the client's CPU cost does not cap the req/s). By-tag reads are
+the linearizable path in Cargohold; by-digest reads may be served from a gateway cache.
 
 Tag writes: the same manifest PUT under fresh tags, a small replicated metadata command per
 request on Cargohold (and a few small files on Distribution).
@@ -11,11 +12,14 @@ request on Cargohold (and a few small files on Distribution).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from bench.blobdata import BlobSpec
 from bench.driver import drive
 from bench.images import Image, push_image
+from bench.oci import ACCEPT_MANIFESTS
+from bench.rawhttp import RawClient
 from bench.workloads.common import NS_MANIFESTS, Context, in_thread, nonce, pick, sessions
 
 REPO = "bench/manifests"
@@ -39,19 +43,36 @@ async def run(ctx: Context, ops: tuple[str, ...] = READ_OPS,
     for op in ops:
         ref = TAG if op.endswith("_tag") else image.digest
         for n in conns:
-            async with sessions(ctx, n) as clients:
-                if op.startswith("head"):
-                    async def one(i: int, clients: Any = clients, ref: str = ref) -> int:
-                        await pick(clients, i).head_manifest(REPO, ref)
-                        return 1
-                else:
-                    async def one(i: int, clients: Any = clients, ref: str = ref) -> int:
-                        await pick(clients, i).get_manifest(REPO, ref)
-                        return 1
-                result = await drive(n, one, p.manifest_max_requests, p.manifest_seconds)
-            reads[f"{op}_c{n}"] = result.to_json("requests")
+            reads[f"{op}_c{n}"] = await _read_cell(ctx, op, ref, n)
             ctx.advance(f"manifest {op} c{n}")
     return {"manifest_reads": reads}
+
+
+async def _read_cell(ctx: Context, op: str, ref: str, conns: int) -> dict[str, Any]:
+    """`conns` persistent connections (spread over the gateways), one worker each."""
+    p = ctx.profile
+    head = op.startswith("head")
+    pool: asyncio.Queue[tuple[RawClient, bytes]] = asyncio.Queue()
+    clients = [RawClient(ctx.urls[i % len(ctx.urls)]) for i in range(conns)]
+    try:
+        for c in clients:
+            await c.connect()
+            pool.put_nowait((c, c.build("HEAD" if head else "GET",
+                                        f"/v2/{REPO}/manifests/{ref}", ACCEPT_MANIFESTS)))
+
+        async def one(_: int) -> int:
+            client, raw = await pool.get()
+            try:
+                await client.request(raw, head)
+            finally:
+                pool.put_nowait((client, raw))
+            return 1
+
+        result = await drive(conns, one, p.manifest_max_requests, p.manifest_seconds)
+    finally:
+        for c in clients:
+            c.close()
+    return result.to_json("requests")
 
 
 async def run_tag_puts(ctx: Context) -> dict[str, Any]:
