@@ -1,0 +1,184 @@
+"""Drive cluster-compose.yml from tests: up, down, find containers, wait for health.
+
+`ComposeCluster` runs the compose file under its own project name, host port and
+network /24 (so it never collides with `make cluster-up`), with `--no-build`: the image
+must exist (`make image`; `ensure_image()` runs it when missing). `down()` removes the
+containers, the network and the node volumes, after saving every container's log.
+Works with `docker compose` (v2) and the standalone `docker-compose` 1.29.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clients.tools import ToolError, docker, run
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO_ROOT / "cluster-compose.yml"
+NODES = ("node1", "node2", "node3")
+GATEWAYS = ("gateway1", "gateway2")
+
+
+def compose_command() -> list[str] | None:
+    for argv in (["docker", "compose"], ["docker-compose"]):
+        try:
+            if subprocess.run([*argv, "version"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=30,
+                              check=False).returncode == 0:
+                return argv
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+    return None
+
+
+def ensure_image(image: str) -> None:
+    """Build the cargohold image offline (`make image`) unless it exists."""
+    if docker("image", "inspect", "-f", "{{.Id}}", image, check=False).startswith("sha256:"):
+        return
+    run(["make", "-C", str(REPO_ROOT), "image", f"IMAGE={image}"], timeout=900)
+
+
+@dataclass
+class ComposeCluster:
+    project: str
+    port: int
+    net_prefix: str
+    image: str = "cargohold:latest"
+    log_dir: Path | None = None
+    compose: list[str] = field(default_factory=lambda: compose_command() or ["docker-compose"])
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(CARGOHOLD_IMAGE=self.image, CARGOHOLD_PORT=str(self.port),
+                   CARGOHOLD_NET=self.net_prefix)
+        return env
+
+    def _compose(self, *args: str, timeout: float = 300.0, check: bool = True) -> str:
+        argv = [*self.compose, "-p", self.project, "-f", str(COMPOSE_FILE), *args]
+        proc = subprocess.run(argv, env=self._env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, timeout=timeout, check=False,
+                              cwd=REPO_ROOT)
+        out = proc.stdout.decode(errors="replace")
+        if check and proc.returncode != 0:
+            raise ToolError(argv, proc.returncode, out)
+        return out
+
+    def up(self, timeout: float = 180.0) -> None:
+        self._compose("up", "-d", "--no-build")
+        self.wait_ready(timeout)
+
+    def down(self) -> None:
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            for service in (*NODES, *GATEWAYS, "lb"):
+                cid = self.container(service, check=False)
+                if cid:
+                    text = docker("logs", "--tail", "400", cid, check=False)
+                    (self.log_dir / f"{service}.log").write_text(text)
+        self._compose("down", "--volumes", "--remove-orphans", "-t", "5", check=False)
+
+    # -- addressing -------------------------------------------------------------------
+    @property
+    def registry(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def network(self) -> str:
+        return f"{self.project}_cargohold"
+
+    def ip(self, service: str) -> str:
+        last = {"node1": 11, "node2": 12, "node3": 13, "gateway1": 21, "gateway2": 22,
+                "lb": 2}[service]
+        return f"{self.net_prefix}.{last}"
+
+    def container(self, service: str, check: bool = True) -> str:
+        cid = self._compose("ps", "-q", service, check=check).strip().splitlines()
+        cid = [c for c in cid if len(c) >= 12 and all(ch in "0123456789abcdef" for ch in c)]
+        if not cid:
+            if check:
+                raise LookupError(f"no container for service {service}")
+            return ""
+        return cid[0]
+
+    # -- health -----------------------------------------------------------------------
+    def status(self) -> dict[str, object] | None:
+        """`cargohold admin status --json` asked from inside a running node, or None."""
+        nodes = ",".join(f"{self.ip(n)}:7001" for n in NODES)
+        for service in NODES:
+            cid = self.container(service, check=False)
+            if not cid or not self.running(cid):
+                continue
+            out = docker("exec", cid, "cargohold", "admin", "status", "--nodes", nodes,
+                         "--json", check=False, timeout=30)
+            try:
+                return json.loads(out)
+            except json.JSONDecodeError:
+                continue
+        return None
+
+    @staticmethod
+    def running(cid: str) -> bool:
+        return docker("inspect", "-f", "{{.State.Running}}", cid, check=False).strip() == "true"
+
+    def health(self, service: str) -> str:
+        cid = self.container(service)
+        return docker("inspect", "-f", "{{.State.Health.Status}}", cid, check=False).strip()
+
+    def cluster_settled(self) -> bool:
+        """A leader, every node answering, all caught up with the commit index."""
+        status = self.status()
+        if not status:
+            return False
+        nodes = status.get("nodes")
+        if not isinstance(nodes, list) or len(nodes) != len(NODES):
+            return False
+        if not any(n.get("is_leader") for n in nodes):
+            return False
+        if any("last_applied" not in n for n in nodes):
+            return False
+        return all(n["extra"]["raft"]["has_quorum"] for n in nodes)
+
+    def lb_answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.registry}/v2/", timeout=3) as resp:
+                return resp.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        """Every service healthy, the Raft group settled and the LB answering."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            states = {s: self.health(s) for s in (*NODES, *GATEWAYS, "lb")}
+            if all(v == "healthy" for v in states.values()):
+                if self.cluster_settled() and self.lb_answers():
+                    return
+                last = "services healthy, cluster not settled"
+            else:
+                last = f"health {states}"
+            time.sleep(1)
+        raise TimeoutError(f"compose cluster not ready after {timeout}s: {last}")
+
+    def wait_healthy(self, service: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.health(service) == "healthy":
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"{service} not healthy after {timeout}s")
+
+    def leader_service(self) -> str:
+        status = self.status() or {}
+        for node in status.get("nodes", []):  # type: ignore[union-attr]
+            if node.get("is_leader"):
+                return {f"{self.ip(n)}:7001": n for n in NODES}[node["address"]]
+        raise LookupError("no raft leader")
