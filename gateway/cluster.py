@@ -531,6 +531,8 @@ class ClusterClient:
 def _slices(chunks: Iterable[tuple[str, int]], start: int,
             end: int) -> Iterable[tuple[str, int, int, int]]:
     """(chunk, length, lo, hi) for every chunk overlapping [start, end), lo/hi chunk-local."""
+    if end <= start:
+        return
     offset = 0
     for chunk_hex, length in chunks:
         chunk_end = offset + length

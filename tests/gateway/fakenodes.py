@@ -1,0 +1,314 @@
+"""In-process fake storage nodes for the data-path tests: real gRPC, in-memory state.
+
+`FakeNodes` starts N grpc.aio servers on 127.0.0.1 serving `Chunks`, `Metadata` and
+`Admin`, all sharing one `FakeState` (standing in for the Raft-replicated metadata: the
+upload/blob part of the catalogue in protos/README.md, same errors). Each node keeps its
+own chunk dict and can be told to misbehave: `down` (UNAVAILABLE), `corrupt` (flipped
+bytes), `missing` (NOT_FOUND), `slow` (an `asyncio.Event` its Get waits on). So the real
+`ClusterClient`, the upload pipeline and the handlers are exercised end to end without
+processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from cargohold.config import Config
+from cargohold.digests import checksum_of, chunk_id_of
+from cargohold.errors import (
+    BlobUnknown,
+    BlobUploadUnknown,
+    ChunkMissing,
+    RangeInvalid,
+    RegistryError,
+    Unavailable,
+    grpc_status_name,
+    to_grpc_details,
+)
+from gateway.app import build_app
+from gateway.cluster import ClusterClient
+from gateway.context import GatewayContext
+from protos import registry_pb2 as pb
+from protos import registry_pb2_grpc as pb_grpc
+
+
+@dataclass
+class FakeState:
+    """The upload/blob part of the metadata state machine."""
+
+    members: list[dict[str, str]] = field(default_factory=list)
+    uploads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    blobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    links: dict[str, set[str]] = field(default_factory=dict)
+    commands: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def command(self, op: str, args: dict[str, Any]) -> Any:
+        self.commands.append((op, args))
+        return getattr(self, f"_cmd_{op}")(args)
+
+    def query(self, op: str, args: dict[str, Any]) -> Any:
+        return getattr(self, f"_q_{op}")(args)
+
+    def _cmd_barrier(self, args: dict[str, Any]) -> None:
+        return None
+
+    def _cmd_upload_append(self, a: dict[str, Any]) -> dict[str, int]:
+        up = self.uploads.setdefault(a["upload"], {"state": "open", "repo": a["repo"],
+                                                   "size": 0, "chunks": [], "request": None})
+        if up["state"] != "open" or up["repo"] != a["repo"]:
+            raise BlobUploadUnknown()
+        if up["request"] == a["request"]:
+            return {"size": up["size"]}
+        if a["offset"] != up["size"]:
+            raise RangeInvalid(f"size={up['size']}")
+        up["chunks"] = up["chunks"] + [list(c) for c in a["chunks"]]
+        up["size"] += sum(int(c[1]) for c in a["chunks"])
+        up["request"] = a["request"]
+        return {"size": up["size"]}
+
+    def _cmd_upload_cancel(self, a: dict[str, Any]) -> None:
+        up = self.uploads.setdefault(a["upload"], {"state": "open", "repo": None, "size": 0,
+                                                   "chunks": [], "request": None})
+        if up["state"] != "open":
+            raise BlobUploadUnknown()
+        up["state"] = "cancelled"
+
+    def _cmd_blob_commit(self, a: dict[str, Any]) -> None:
+        if a["upload"] is not None:
+            up = self.uploads.get(a["upload"])
+            if up is not None and up["state"] != "open":
+                if up.get("digest") == a["digest"]:
+                    return
+                raise BlobUploadUnknown()
+            self.uploads[a["upload"]] = {"state": "committed", "digest": a["digest"]}
+        self.blobs[a["digest"]] = a["recipe"]
+        self.links.setdefault(a["repo"], set()).add(a["digest"])
+
+    def _cmd_blob_mount(self, a: dict[str, Any]) -> dict[str, bool]:
+        if a["digest"] in self.links.get(a["from"], set()):
+            self.links.setdefault(a["repo"], set()).add(a["digest"])
+            return {"mounted": True}
+        return {"mounted": False}
+
+    def _cmd_blob_unlink(self, a: dict[str, Any]) -> None:
+        linked = self.links.get(a["repo"], set())
+        if a["digest"] not in linked:
+            raise BlobUnknown()
+        linked.discard(a["digest"])
+
+    def _q_upload_get(self, a: dict[str, Any]) -> dict[str, Any]:
+        up = self.uploads.get(a["upload"])
+        if up is None:
+            return {"state": "new"}
+        if up["state"] != "open":
+            raise BlobUploadUnknown()
+        return {k: up[k] for k in ("state", "repo", "size", "chunks", "request")}
+
+    def _q_blob_get(self, a: dict[str, Any]) -> dict[str, Any]:
+        if a["digest"] not in self.links.get(a["repo"], set()):
+            raise BlobUnknown()
+        return self.blobs[a["digest"]]
+
+    def _q_members(self, a: dict[str, Any]) -> list[dict[str, str]]:
+        return self.members
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: RegistryError) -> None:
+    await context.abort(getattr(grpc.StatusCode, grpc_status_name(err)),
+                        to_grpc_details(err))
+
+
+class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminServicer):
+    def __init__(self, node_id: str, state: FakeState, cluster: FakeNodes) -> None:
+        self.id = node_id
+        self.state = state
+        self.cluster = cluster
+        self.chunks: dict[bytes, bytes] = {}
+        self.down = False
+        self.corrupt = False
+        self.missing = False
+        self.slow: asyncio.Event | None = None
+        self.puts = 0
+        self.gets = 0
+        self.has_calls = 0
+        self.server: grpc.aio.Server | None = None
+        self.address = ""
+
+    async def _gate(self, context: grpc.aio.ServicerContext) -> None:
+        if self.down:
+            await _abort(context, Unavailable("node down"))
+
+    async def Put(self, request: pb.PutChunkRequest,
+                  context: grpc.aio.ServicerContext) -> pb.PutChunkReply:
+        await self._gate(context)
+        assert chunk_id_of(request.data) == request.id
+        assert checksum_of(request.data) == request.checksum
+        self.puts += 1
+        existed = request.id in self.chunks
+        self.chunks[request.id] = bytes(request.data)
+        return pb.PutChunkReply(existed=existed)
+
+    async def Get(self, request: pb.GetChunkRequest,
+                  context: grpc.aio.ServicerContext) -> pb.GetChunkReply:
+        await self._gate(context)
+        self.gets += 1
+        if self.slow is not None:
+            await self.slow.wait()
+        data = self.chunks.get(request.id)
+        if data is None or self.missing:
+            await _abort(context, ChunkMissing())
+        assert data is not None
+        checksum = checksum_of(data)
+        if self.corrupt:
+            data = bytes([data[0] ^ 1]) + data[1:]
+        return pb.GetChunkReply(data=data, checksum=checksum)
+
+    async def Has(self, request: pb.HasChunksRequest,
+                  context: grpc.aio.ServicerContext) -> pb.HasChunksReply:
+        await self._gate(context)
+        self.has_calls += 1
+        return pb.HasChunksReply(present=[i in self.chunks for i in request.ids])
+
+    async def Command(self, request: pb.MetadataRequest,
+                      context: grpc.aio.ServicerContext) -> pb.MetadataReply:
+        await self._gate(context)
+        try:
+            result = self.state.command(request.op, json.loads(request.args or b"{}"))
+        except RegistryError as err:
+            await _abort(context, err)
+        return pb.MetadataReply(result=json.dumps(result).encode())
+
+    async def Query(self, request: pb.MetadataRequest,
+                    context: grpc.aio.ServicerContext) -> pb.MetadataReply:
+        await self._gate(context)
+        try:
+            result = self.state.query(request.op, json.loads(request.args or b"{}"))
+        except RegistryError as err:
+            await _abort(context, err)
+        return pb.MetadataReply(result=json.dumps(result).encode())
+
+    async def Status(self, request: pb.StatusRequest,
+                     context: grpc.aio.ServicerContext) -> pb.StatusReply:
+        await self._gate(context)
+        leader = self.cluster.leader
+        return pb.StatusReply(node_id=self.id, raft_address=f"raft-{self.id}",
+                              leader_raft_address=f"raft-{leader.id}" if leader else "",
+                              is_leader=leader is self)
+
+
+class FakeNodes:
+    """N fake nodes on loopback sharing one FakeState."""
+
+    def __init__(self, count: int) -> None:
+        self.state = FakeState()
+        self.nodes = [FakeNode(f"n{i + 1}", self.state, self) for i in range(count)]
+        self.leader: FakeNode | None = self.nodes[0] if self.nodes else None
+
+    async def start(self) -> FakeNodes:
+        for node in self.nodes:
+            server = grpc.aio.server(options=[
+                ("grpc.max_send_message_length", 64 << 20),
+                ("grpc.max_receive_message_length", 64 << 20)])
+            pb_grpc.add_ChunksServicer_to_server(node, server)
+            pb_grpc.add_MetadataServicer_to_server(node, server)
+            pb_grpc.add_AdminServicer_to_server(node, server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            node.server, node.address = server, f"127.0.0.1:{port}"
+        self.state.members = [{"id": n.id, "grpc": n.address, "raft": f"raft-{n.id}",
+                               "state": "active"} for n in self.nodes]
+        return self
+
+    async def stop(self) -> None:
+        for node in self.nodes:
+            if node.server is not None:
+                await node.server.stop(grace=None)
+
+    def by_id(self, node_id: str) -> FakeNode:
+        return next(n for n in self.nodes if n.id == node_id)
+
+    def holders(self, chunk_id: bytes) -> list[str]:
+        return [n.id for n in self.nodes if chunk_id in n.chunks]
+
+    def config(self, replicas: int = 3, write_quorum: int = 2,
+               chunk_size: int = 64 * 1024) -> Config:
+        cfg = Config()
+        cfg.cluster.replicas = replicas
+        cfg.cluster.write_quorum = write_quorum
+        cfg.cluster.chunk_size = chunk_size
+        cfg.gateway.nodes = [n.address for n in self.nodes]
+        cfg.gateway.hedge_after_seconds = 0.05
+        cfg.gateway.retry_backoff_seconds = 0.01
+        cfg.gateway.rpc_timeout_seconds = 5.0
+        cfg.gateway.has_check_min_bytes = 32 * 1024
+        return cfg
+
+
+async def gateway_client(cfg: Config) -> AsyncIterator[tuple[TestClient, ClusterClient]]:
+    """An in-process gateway (the real app) over a real ClusterClient; closed afterwards."""
+    cluster = await ClusterClient.connect(cfg)
+    client = TestClient(TestServer(build_app(GatewayContext(cfg=cfg, cluster=cluster))))
+    await client.start_server()
+    try:
+        yield client, cluster
+    finally:
+        await client.close()
+        await cluster.close()
+
+
+@dataclass
+class DataPath:
+    """What a data-path HTTP test needs: the fake nodes, a gateway client, its cluster."""
+
+    nodes: FakeNodes
+    http: TestClient
+    cluster: ClusterClient
+    cfg: Config
+
+
+async def data_path(count: int = 3, **cfg_overrides: Any) -> AsyncIterator[DataPath]:
+    """Fake nodes plus one in-process gateway over them; everything stopped afterwards."""
+    fake = await FakeNodes(count).start()
+    cfg = fake.config(replicas=min(3, count), write_quorum=min(2, count))
+    for key, value in cfg_overrides.items():
+        section, _, name = key.partition("__")
+        setattr(getattr(cfg, section), name, value)
+    try:
+        async for http, cluster in gateway_client(cfg):
+            yield DataPath(fake, http, cluster, cfg)
+    finally:
+        await fake.stop()
+
+
+async def production_server(cfg: Config, cluster: ClusterClient) -> AsyncIterator[str]:
+    """The app served as gateway/server.py serves it (no handler cancellation on client
+    disconnect, unlike aiohttp's TestServer); yields its base URL."""
+    runner = web.AppRunner(build_app(GatewayContext(cfg=cfg, cluster=cluster)))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        port = sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def eventually(predicate: Callable[[], bool], what: str, limit: float = 30.0) -> None:
+    """Wait until `predicate()` holds; fail (not hang) if it never does."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.01)

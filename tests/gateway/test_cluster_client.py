@@ -1,0 +1,195 @@
+"""ClusterClient against in-process fake nodes: quorum writes, failover, hedging, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+from fakenodes import FakeNodes
+
+from cargohold.digests import chunk_id_of
+from cargohold.errors import BlobUnknown, RangeInvalid, Unavailable
+from gateway.cluster import ClusterClient, _slices
+
+
+@pytest.fixture
+async def nodes() -> AsyncIterator[FakeNodes]:
+    fake = await FakeNodes(4).start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest.fixture
+async def client(nodes: FakeNodes) -> AsyncIterator[ClusterClient]:
+    c = await ClusterClient.connect(nodes.config())
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def test_learns_members_and_leader(nodes: FakeNodes, client: ClusterClient) -> None:
+    assert [m.id for m in client.members] == ["n1", "n2", "n3", "n4"]
+    assert client.leader == nodes.by_id("n1").address
+
+
+async def test_write_lands_on_the_placement_replicas(nodes: FakeNodes,
+                                                     client: ClusterClient) -> None:
+    data = os.urandom(1000)
+    cid = chunk_id_of(data)
+    await client.store_chunk(cid, data)
+    await client.close()  # waits for the copies beyond W
+    assert sorted(nodes.holders(cid)) == sorted(m.id for m in client.placement(cid))
+    assert len(nodes.holders(cid)) == 3
+
+
+async def test_write_spills_over_when_an_owner_is_down(nodes: FakeNodes,
+                                                       client: ClusterClient) -> None:
+    data = os.urandom(1000)
+    cid = chunk_id_of(data)
+    owners = [m.id for m in client.placement(cid)]
+    nodes.by_id(owners[0]).down = True
+    await client.store_chunk(cid, data)
+    await client.close()
+    holders = nodes.holders(cid)
+    assert owners[0] not in holders
+    assert len(holders) == 3  # the fourth node took the dead owner's copy
+
+
+async def test_write_fails_without_quorum(nodes: FakeNodes, client: ClusterClient) -> None:
+    for node in nodes.nodes[:3]:
+        node.down = True
+    data = os.urandom(100)
+    with pytest.raises(Unavailable):
+        await client.store_chunk(chunk_id_of(data), data)
+
+
+async def test_existing_chunk_is_not_sent_again(nodes: FakeNodes,
+                                                client: ClusterClient) -> None:
+    data = os.urandom(64 * 1024)  # above has_check_min_bytes
+    cid = chunk_id_of(data)
+    await client.store_chunk(cid, data)
+    await client.close()
+    puts = sum(n.puts for n in nodes.nodes)
+    again = await ClusterClient.connect(nodes.config())
+    try:
+        await again.store_chunk(cid, data)
+    finally:
+        await again.close()
+    assert sum(n.puts for n in nodes.nodes) == puts
+    assert sum(n.has_calls for n in nodes.nodes) >= 3
+
+
+async def test_read_fails_over_from_corrupt_and_missing_replicas(
+        nodes: FakeNodes, client: ClusterClient) -> None:
+    data = os.urandom(5000)
+    cid = chunk_id_of(data)
+    await client.store_chunk(cid, data)
+    await client.close()
+    reader = await ClusterClient.connect(nodes.config())
+    try:
+        order = reader.read_order(cid)
+        nodes.by_id(order[0].id).corrupt = True
+        nodes.by_id(order[1].id).missing = True
+        assert await reader.read_chunk(cid.hex(), len(data)) == data
+        assert nodes.by_id(order[2].id).gets == 1
+    finally:
+        await reader.close()
+
+
+async def test_xxh3_verification_also_rejects_corrupt_bytes(nodes: FakeNodes) -> None:
+    cfg = nodes.config()
+    cfg.gateway.verify_reads = "xxh3"
+    client = await ClusterClient.connect(cfg)
+    try:
+        data = os.urandom(5000)
+        cid = chunk_id_of(data)
+        await client.store_chunk(cid, data)
+        first = client.read_order(cid)[0]
+        nodes.by_id(first.id).corrupt = True
+        assert await client.read_chunk(cid.hex(), len(data)) == data
+    finally:
+        await client.close()
+
+
+async def test_every_replica_bad_is_unavailable(nodes: FakeNodes,
+                                                client: ClusterClient) -> None:
+    data = os.urandom(100)
+    cid = chunk_id_of(data)
+    await client.store_chunk(cid, data)
+    for node in nodes.nodes:
+        node.corrupt = True
+    with pytest.raises(Unavailable):
+        await client.read_chunk(cid.hex(), len(data))
+
+
+async def test_slow_replica_is_hedged(nodes: FakeNodes, client: ClusterClient) -> None:
+    data = os.urandom(5000)
+    cid = chunk_id_of(data)
+    await client.store_chunk(cid, data)
+    await client.close()
+    reader = await ClusterClient.connect(nodes.config())
+    first = nodes.by_id(reader.read_order(cid)[0].id)
+    first.slow = asyncio.Event()  # never set while the read runs: only a hedge can answer
+    try:
+        assert await reader.read_chunk(cid.hex(), len(data)) == data
+        second = nodes.by_id(reader.read_order(cid)[1].id)
+        assert second.gets == 1
+    finally:
+        first.slow.set()
+        await reader.close()
+
+
+async def test_store_bytes_and_read_range(nodes: FakeNodes, client: ClusterClient) -> None:
+    data = os.urandom(3 * 64 * 1024 + 777)
+    recipe = await client.store_bytes(data)
+    assert recipe["size"] == len(data)
+    assert [c[1] for c in recipe["chunks"]] == [65536, 65536, 65536, 777]
+    assert await client.read_all(recipe) == data
+    for start, end in [(0, 1), (65535, 65537), (100, len(data)), (len(data) - 1, len(data)),
+                       (70000, 200000)]:
+        got = b"".join([p async for p in client.read_range(recipe, start, end)])
+        assert got == data[start:end]
+    assert await client.read_all(await client.store_bytes(b"")) == b""
+
+
+def test_slices_map_a_range_to_chunk_offsets() -> None:
+    chunks = [("a", 10), ("b", 10), ("c", 5)]
+    assert list(_slices(chunks, 0, 25)) == [("a", 10, 0, 10), ("b", 10, 0, 10),
+                                            ("c", 5, 0, 5)]
+    assert list(_slices(chunks, 12, 13)) == [("b", 10, 2, 3)]
+    assert list(_slices(chunks, 9, 21)) == [("a", 10, 9, 10), ("b", 10, 0, 10),
+                                            ("c", 5, 0, 1)]
+    assert list(_slices(chunks, 5, 5)) == []
+
+
+async def test_metadata_moves_past_a_dead_leader(nodes: FakeNodes,
+                                                 client: ClusterClient) -> None:
+    nodes.by_id("n1").down = True
+    result = await client.command("upload_append", {
+        "upload": "u1", "repo": "r", "offset": 0, "chunks": [["00" * 32, 3]],
+        "request": "q1", "now": 0})
+    assert result == {"size": 3}
+    assert (await client.query("upload_get", {"upload": "u1"}))["size"] == 3
+
+
+async def test_metadata_errors_arrive_typed(client: ClusterClient) -> None:
+    with pytest.raises(BlobUnknown):
+        await client.query("blob_get", {"repo": "r", "digest": "sha256:" + "0" * 64})
+    await client.command("upload_append", {"upload": "u", "repo": "r", "offset": 0,
+                                           "chunks": [], "request": "a", "now": 0})
+    with pytest.raises(RangeInvalid):
+        await client.command("upload_append", {"upload": "u", "repo": "r", "offset": 5,
+                                               "chunks": [], "request": "b", "now": 0})
+
+
+async def test_no_node_reachable_is_unavailable(nodes: FakeNodes,
+                                                client: ClusterClient) -> None:
+    for node in nodes.nodes:
+        node.down = True
+    with pytest.raises(Unavailable):
+        await client.query("upload_get", {"upload": "x"})
