@@ -298,6 +298,8 @@ async def get_upload_status(request: web.Request) -> web.StreamResponse:
 async def cancel_upload(request: web.Request) -> web.StreamResponse:
     """DELETE an upload: 204; later requests on it are 404 BLOB_UPLOAD_UNKNOWN."""
     ctx, _, upload = _ids(request)
+    # Cancelling twice is a no-op in the state machine; the client must see 404 instead.
+    await _session(ctx, upload)
     await ctx.cluster.command("upload_cancel", {"upload": upload.value, "now": _now()})
     hash_cache(ctx).drop(upload.value)
     return web.Response(status=204)

@@ -78,7 +78,7 @@ class FakeState:
     def _cmd_upload_cancel(self, a: dict[str, Any]) -> None:
         up = self.uploads.setdefault(a["upload"], {"state": "open", "repo": None, "size": 0,
                                                    "chunks": [], "request": None})
-        if up["state"] != "open":
+        if up["state"] == "committed":
             raise BlobUploadUnknown()
         up["state"] = "cancelled"
 
