@@ -24,6 +24,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="the full run (default): 1 MiB..1 GiB blobs, 1..64 connections")
     size.add_argument("--quick", action="store_const", dest="profile", const="quick",
                       help="a run under 3 minutes with smaller sizes and counts")
+    size.add_argument("--profile", choices=sorted(PROFILES), dest="profile",
+                      help="a named profile (smoke: seconds, for the harness's tests)")
     parser.add_argument("--systems", default=",".join(runner.SYSTEM_NAMES),
                         help="comma list from: " + ", ".join(runner.SYSTEM_NAMES))
     parser.add_argument("--workloads", default=",".join(ALL),
@@ -50,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown systems/workloads: {unknown}", file=sys.stderr)
         return 2
-    args.workdir.mkdir(parents=True, exist_ok=True)
     try:
         import uvloop
     except ImportError:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     result = loop_runner(runner.run(profile, systems, workloads, args.workdir,
                                     skip_calibration=args.no_calibration))
     stem = args.stem or (time.strftime("%Y-%m-%d", time.gmtime()) + "-" + socket.gethostname()
-                         + ("-quick" if profile.name == "quick" else ""))
+                         + ("" if profile.name == "full" else f"-{profile.name}"))
     args.out.mkdir(parents=True, exist_ok=True)
     pngs = charts.write(result, args.out, stem)
     paths = report.write(result, args.out, stem, pngs)

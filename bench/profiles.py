@@ -111,4 +111,34 @@ FULL = Profile(
     gateways=1,
 )
 
-PROFILES = {"quick": QUICK, "full": FULL}
+# A few seconds per system: for the harness's own tests, not for numbers.
+SMOKE = Profile(
+    name="smoke",
+    blob_cells=(BlobCell(1 * MiB, 1, 2), BlobCell(1 * MiB, 2, 4)),
+    pull_rounds=1,
+    blob_cell_seconds=10.0,
+    manifest_conns=(2,),
+    manifest_seconds=0.2,
+    manifest_max_requests=200,
+    storm_clients=4,
+    storm_layers=2,
+    storm_layer_size=256 * 1024,
+    storm_seconds=10.0,
+    push_storm_images=4,
+    push_storm_concurrency=2,
+    push_storm_layer_size=16 * 1024,
+    push_storm_seconds=10.0,
+    tag_put_conns=(2,),
+    tag_put_seconds=0.2,
+    tag_put_max=50,
+    raft_inflight=(2,),
+    raft_seconds=0.2,
+    raft_max=50,
+    dedup_images=2,
+    dedup_unit=1 * MiB,
+    calibration_blob=BlobCell(1 * MiB, 2, 4),
+    physical_bytes=16 * MiB,
+    gateways=1,
+)
+
+PROFILES = {"quick": QUICK, "full": FULL, "smoke": SMOKE}

@@ -111,6 +111,7 @@ async def bench_system(name: str, profile: Profile, root: Path,
 async def run(profile: Profile, systems: list[str], workloads: list[str], root: Path,
               skip_calibration: bool = False) -> dict[str, Any]:
     started = time.time()
+    await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
     info = machine.info()
     await blobs.prepare((*profile.blob_cells, profile.calibration_blob))
     bounds = await asyncio.to_thread(physical.measure, root, profile.physical_bytes)

@@ -1,0 +1,68 @@
+"""The OCI clients of bench (aiohttp and raw) against the do-nothing registry, in-process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bench.blobdata import BlobSpec, digest_of
+from bench.images import Image, pull_image, push_image
+from bench.oci import ACCEPT_MANIFESTS, BenchHTTPError, OciClient
+from bench.rawhttp import RawClient, RawHTTPError
+from bench.trivial_server import make_app
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+async def registry() -> AsyncIterator[str]:
+    runner = web.AppRunner(make_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_blob_push_and_pull_move_the_whole_blob(registry: str) -> None:
+    spec = BlobSpec.unique(1, 3 * MiB + 5)
+    async with aiohttp.ClientSession() as session:
+        client = OciClient(registry, session)
+        await client.ping()
+        assert await client.push_blob("a/b", spec, digest_of(spec)) == spec.size
+        assert await client.pull_blob("a/b", digest_of(spec)) == spec.size
+
+
+async def test_image_round_trip_and_raw_manifest_reads(registry: str) -> None:
+    image = Image.build("t", [BlobSpec.unique(2, 100_000), BlobSpec.unique(3, MiB)])
+    async with aiohttp.ClientSession() as session:
+        client = OciClient(registry, session)
+        pushed = await push_image(client, "a/img", "v1", image)
+        assert pushed == len(image.config) + image.layer_bytes + len(image.manifest)
+        assert await client.head_manifest("a/img", "v1") == image.digest
+        assert await pull_image(client, "a/img", "v1") == len(image.config) + image.layer_bytes
+    raw = RawClient(registry)
+    try:
+        get = raw.build("GET", f"/v2/a/img/manifests/{image.digest}", ACCEPT_MANIFESTS)
+        head = raw.build("HEAD", "/v2/a/img/manifests/v1", ACCEPT_MANIFESTS)
+        for _ in range(3):  # the same connection, kept alive
+            assert await raw.request(get, head=False) == len(image.manifest)
+            assert await raw.request(head, head=True) == 0
+        with pytest.raises(RawHTTPError):
+            await raw.request(raw.build("GET", "/v2/a/img/manifests/nope", "*/*"), head=False)
+    finally:
+        raw.close()
+
+
+async def test_unexpected_status_is_an_error(registry: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        client = OciClient(registry, session)
+        with pytest.raises(BenchHTTPError) as info:
+            await client.pull_blob("a/b", "sha256:" + "0" * 64)
+        assert info.value.status == 404

@@ -1,0 +1,72 @@
+"""bench.report and bench.charts on a synthetic run: ratios, targets, files written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench import charts, report
+
+
+def _system(push: float, pull: float, get_digest: float, tag: float, storm_p99: float,
+            errors: int = 0) -> dict[str, Any]:
+    reads = {f"{op}_c32": {"ops_per_s": tag, "p50_ms": 1.0, "p99_ms": 2.0}
+             for op in ("get_tag", "head_tag", "head_digest")}
+    reads["get_digest_c32"] = {"ops_per_s": get_digest, "p50_ms": 1.0, "p99_ms": 2.0}
+    return {"label": "x", "results": {
+        "blob_push": {"1MiB_c1": {"MB_per_s": push, "errors": errors},
+                      "64MiB_c8": {"MB_per_s": push * 2}},
+        "blob_pull": {"1MiB_c1": {"MB_per_s": pull}, "64MiB_c8": {"MB_per_s": pull}},
+        "manifest_reads": reads,
+        "pull_storm": {"p50_ms": storm_p99 / 2, "p99_ms": storm_p99, "MB_per_s": 1.0},
+        "dedup": {"logical_bytes": 100, "stored_bytes_all_replicas": 50, "replicas": 1,
+                  "stored_bytes_per_replica": 50, "ratio": 2.0},
+    }}
+
+
+def _run() -> dict[str, Any]:
+    return {
+        "profile": "smoke", "started_utc": "2026-01-01T00:00:00Z", "elapsed_s": 1.0,
+        "machine": {"host": "h", "cores": 2, "cpu_model": "cpu", "memory_total_MiB": 1,
+                    "kernel": "k", "python": "3.11", "load_average_at_start": [0.0]},
+        "physical": {"sha256_MB_per_s": 2000.0},
+        "systems": {
+            "distribution": _system(100.0, 1000.0, 1000.0, 1000.0, 100.0),
+            "cargohold-r1": _system(200.0, 1000.0, 2000.0, 2000.0, 90.0, errors=1),
+        },
+    }
+
+
+def test_targets_are_ratios_against_distribution() -> None:
+    status = {t.label: (round(t.value, 3), t.status) for t in report.targets(_run())}
+    assert status["blob push, R=1 (geomean of cells)"] == (2.0, "met")
+    assert status["blob pull, R1 (geomean of cells)"] == (1.0, "met")
+    assert status["manifest GET by digest, 32 conns, R1"] == (2.0, "MISSED")
+    assert status["manifest HEAD by tag, 32 conns, R1"] == (2.0, "met")
+    assert status["pull storm p99 (ratio, lower is better), R1"] == (0.9, "met")
+    # A system that was not run has no target rows.
+    assert not [t for t in report.targets(_run()) if t.system == "cargohold-r3"]
+
+
+def test_missing_baseline_gives_no_value() -> None:
+    run = _run()
+    del run["systems"]["distribution"]
+    assert all(t.status == "n/a" for t in report.targets(run))
+
+
+def test_files_written(tmp_path: Path) -> None:
+    run = _run()
+    pngs = charts.write(run, tmp_path, "stem")
+    paths = report.write(run, tmp_path, "stem", pngs)
+    saved = json.loads(paths[0].read_text())
+    assert saved["targets"] and saved["systems"]["cargohold-r1"]
+    md = paths[1].read_text()
+    assert "| 1MiB_c1 | 100.0 | 200.0 (1 err) | 2.00x |" in md
+    assert "| cargohold-r1 | 100 | 50 | 1 | 50 | 2.00 |" in md
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert pngs == []
+    else:
+        assert pngs and all((tmp_path / p).stat().st_size > 0 for p in pngs)

@@ -1,0 +1,60 @@
+"""bench.stats and bench.driver: percentiles, bounded closed-loop driving."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from bench.driver import drive
+from bench.stats import percentile, summarise
+
+
+def test_nearest_rank_percentiles() -> None:
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([3.0], 99) == 3.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_summary_is_in_milliseconds() -> None:
+    summary = summarise([0.001, 0.002, 0.003])
+    assert summary["p50_ms"] == 2.0
+    assert summary["max_ms"] == 3.0
+
+
+async def test_drive_runs_exactly_max_ops_and_counts_units() -> None:
+    seen: list[int] = []
+
+    async def op(i: int) -> int:
+        seen.append(i)
+        await asyncio.sleep(0)
+        return 10
+
+    result = await drive(4, op, max_ops=25, max_seconds=30)
+    assert sorted(seen) == list(range(25))
+    assert (result.ops, result.units, result.errors, result.timed_out) == (25, 250, 0, False)
+    assert len(result.latencies) == 25
+
+
+async def test_drive_counts_errors_and_stops_after_max_errors() -> None:
+    async def op(i: int) -> int:
+        raise RuntimeError(f"boom {i}")
+
+    result = await drive(2, op, max_ops=1000, max_seconds=30, max_errors=5)
+    assert result.ops == 0
+    assert 5 <= result.errors <= 6
+    assert result.error_samples[0].startswith("RuntimeError: boom")
+
+
+async def test_drive_cancels_operations_past_the_grace_period() -> None:
+    never = asyncio.Event()
+
+    async def op(i: int) -> int:
+        await never.wait()
+        return 1
+
+    result = await drive(2, op, max_ops=10, max_seconds=0.01, grace_seconds=0.05)
+    assert result.timed_out
+    assert result.ops == 0
