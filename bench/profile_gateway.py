@@ -5,8 +5,9 @@ LocalCluster, replaces its gateway by the same gateway run under `python -m cPro
 pushes `count` blobs of `size` (4 at a time), pulls them twice, does a burst of manifest
 reads, stops the gateway with SIGTERM (it exits cleanly, so cProfile writes its file) and
 prints the top functions by own time and by cumulative time: the text goes to
-`bench/results/profile-gateway-<nodes>n.txt`, the raw profile to `bench/results/tmp/`. Only the gateway's event-loop thread
-is profiled (work sent to threads, e.g. hashing, shows up as the waits on it).
+`bench/results/profile-gateway-<nodes>n.txt`, the raw profile to `bench/results/tmp/`.
+Only the gateway's event-loop thread is profiled (work sent to threads, e.g. hashing,
+shows up as the waits on it).
 """
 
 from __future__ import annotations
