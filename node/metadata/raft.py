@@ -13,14 +13,18 @@ Configuration (shared raft.md is the reasoning; every number comes from NodeConf
 - `password` = ClusterConfig.secret (pysyncobj unpickles what its port receives: without
   it one packet runs code) and `bindAddress` = NodeConfig.raft_listen, self address =
   raft_advertise, partners = peers;
-- custom `serializer`/`deserializer`: no fork snapshots. pysyncobj calls the serializer on
-  its tick thread with `data[1:]` (the last two applied log entries and the member set;
-  `data[0]`, its own pickled attributes, is None with custom hooks), so the snapshot file
-  holds that tuple and `MetadataState.dump()` together: written to pysyncobj's tmp path,
-  fsynced, renamed into place by pysyncobj, and the directory fsynced by our
-  `serializeChecker` on the next tick before pysyncobj may truncate the journal. The dump
-  blocks the tick thread for its pickling and writing (measured: see the report/README);
-  snapshot files are plain pickle protocol 5, no gzip.
+- custom `serializer`/`deserializer`/`serializeChecker`: no fork snapshots. pysyncobj
+  calls the serializer on its tick thread with `data[1:]` (the last two applied log entries
+  and the member set; `data[0]`, its own pickled attributes, is None with custom hooks),
+  so our snapshot file `<data_dir>/raft/state.dump` holds that tuple and the state:
+  `CHRAFT2\n`, u64 length, pickle(data[1:]), then `MetadataState.encode_snapshot`. The
+  hook only takes `MetadataState.snapshot()` (a copy of the containers, not of the records:
+  the one pause of the tick thread) and hands it to a background thread, which writes and
+  fsyncs `state.dump.writing`. The checker says SERIALIZING meanwhile; then, on the tick
+  thread, it renames the file over `state.dump`, fsyncs the directory and says SUCCESS,
+  and only SUCCESS lets pysyncobj truncate the journal. (pysyncobj's own rename of its
+  tmp path fails harmlessly because we never create that file; with a checker, the
+  checker's answer is all pysyncobj reads.)
 - The state exists before `super().__init__()` starts the tick thread (trap 2).
 
 Trap 3 (a kill between "dump renamed" and "journal truncated" makes pysyncobj clear the
@@ -74,7 +78,7 @@ from node.metadata.state import COMMANDS, QUERIES, MetadataState
 
 logger = logging.getLogger("cargohold.node.raft")
 
-_DUMP_MAGIC = b"CHRAFT1\n"
+_DUMP_MAGIC = b"CHRAFT2\n"
 _FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
 
 
@@ -113,8 +117,9 @@ class RaftMember(SyncObj):
         self.state = state if state is not None else MetadataState()
         self._lock = threading.Lock()
         self._command_timeout = node.raft_command_timeout
-        self._dump_written: bool | None = None
-        self._dump_tmp = ""
+        self._dump_thread: threading.Thread | None = None
+        self._dump_ok: bool | None = None
+        self._dump_superseded = False
         self._barrier_next: asyncio.Future[None] | None = None
         self._barrier_running = False
         self._barrier_task: asyncio.Task[None] | None = None
@@ -122,6 +127,7 @@ class RaftMember(SyncObj):
         raft_dir.mkdir(parents=True, exist_ok=True)
         self._raft_dir = str(raft_dir)
         self.dump_path = str(raft_dir / "state.dump")
+        self._dump_writing = self.dump_path + ".writing"
         conf = SyncObjConf(
             journalFile=str(raft_dir / "journal"),
             fullDumpFile=self.dump_path,
@@ -159,57 +165,80 @@ class RaftMember(SyncObj):
             log_event(logger, "raft.apply_failed", logging.ERROR, op=op, error=repr(exc))
             return RequestInvalid(f"command {op} failed: {exc!r}")
 
-    # -- snapshots (tick thread) -----------------------------------------------------------------
+    # -- snapshots -------------------------------------------------------------------------
     def _write_dump(self, tmp_path: str, raft_data: tuple[Any, ...]) -> None:
-        """pysyncobj's serializer hook: state + raft head entries + members, fsynced."""
-        self._dump_written = None
-        self._dump_tmp = tmp_path
+        """pysyncobj's serializer hook (tick thread): copy the state, write it elsewhere.
+
+        The copy (`MetadataState.snapshot`) is the only part that blocks the tick thread;
+        a background thread encodes and writes it. `tmp_path` is deliberately left
+        uncreated: pysyncobj's rename of it then fails harmlessly; `_check_dump` renames
+        our own file into place once it is complete and fsynced.
+        """
+        head = pickle.dumps(raft_data, protocol=5)
+        with self._lock:
+            snap = self.state.snapshot()
+        self._dump_ok = None
+        self._dump_superseded = False
+        self._dump_thread = threading.Thread(
+            target=self._dump_worker, args=(head, snap, raft_data[0][1]),
+            name="raft-dump", daemon=True)
+        self._dump_thread.start()
+
+    def _dump_worker(self, head: bytes, snap: dict[str, Any], index: int) -> None:
+        """Background thread: encode and write the snapshot to `state.dump.writing`."""
         try:
-            state = self.state.dump()
-            head = pickle.dumps(raft_data, protocol=5)
-            with open(tmp_path, "wb") as f:
+            size = 0
+            with open(self._dump_writing, "wb") as f:
                 f.write(_DUMP_MAGIC)
                 f.write(len(head).to_bytes(8, "big"))
                 f.write(head)
-                f.write(state)
+                for piece in MetadataState.encode_snapshot(snap):
+                    f.write(piece)
+                    size += len(piece)
                 f.flush()
                 os.fsync(f.fileno())
         except Exception as exc:
-            self._dump_written = False
             log_event(logger, "raft.dump_failed", logging.ERROR, error=repr(exc))
-            raise
-        self._dump_written = True
-        log_event(logger, "raft.dump_written", index=raft_data[0][1], bytes=len(state))
+            self._dump_ok = False
+            return
+        log_event(logger, "raft.dump_written", index=index, bytes=size)
+        self._dump_ok = True
 
     def _check_dump(self) -> int:
-        """pysyncobj's serializeChecker: report a finished dump once its rename is durable."""
-        written = self._dump_written
-        if written is None:
+        """pysyncobj's serializeChecker (tick thread): once the worker is done, rename its
+        file into place and fsync the directory, then SUCCESS lets pysyncobj truncate the
+        journal up to the dump. The rename happens here, on the tick thread, so it cannot
+        race a snapshot installed from the leader (which also lands on this thread)."""
+        thread = self._dump_thread
+        if thread is None:
             return SERIALIZER_STATE.NOT_SERIALIZING
-        self._dump_written = None
-        # pysyncobj renames the tmp file after our hook returns; if that failed, the old
-        # dump is still the one in place and the journal must not be truncated.
-        if not written or os.path.exists(self._dump_tmp):
-            return SERIALIZER_STATE.FAILED
+        if thread.is_alive():
+            return SERIALIZER_STATE.SERIALIZING
+        self._dump_thread = None
         try:
+            if not self._dump_ok or self._dump_superseded:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._dump_writing)
+                return SERIALIZER_STATE.FAILED
+            os.replace(self._dump_writing, self.dump_path)
             _fsync_dir(self._raft_dir)
         except OSError as exc:
-            log_event(logger, "raft.dump_dir_fsync_failed", logging.ERROR, error=repr(exc))
+            log_event(logger, "raft.dump_rename_failed", logging.ERROR, error=repr(exc))
             return SERIALIZER_STATE.FAILED
         return SERIALIZER_STATE.SUCCESS
 
     def _read_dump(self, path: str) -> tuple[Any, ...]:
-        """pysyncobj's deserializer hook: load the state, hand back the raft head tuple."""
+        """pysyncobj's deserializer hook (tick thread): load the state, hand back the raft
+        head tuple. A dump of ours still being written is now older than this: dropped."""
+        self._dump_superseded = self._dump_thread is not None
         with open(path, "rb") as f:
-            data = f.read()
-        if not data.startswith(_DUMP_MAGIC):
-            log_event(logger, "raft.dump_unreadable", logging.CRITICAL, path=path)
-            raise ValueError(f"{path} is not a cargohold raft snapshot")
-        start = len(_DUMP_MAGIC)
-        head_len = int.from_bytes(data[start:start + 8], "big")
-        raft_data = pickle.loads(data[start + 8:start + 8 + head_len])
-        with self._lock:
-            self.state.load(memoryview(data)[start + 8 + head_len:].tobytes())
+            if f.read(len(_DUMP_MAGIC)) != _DUMP_MAGIC:
+                log_event(logger, "raft.dump_unreadable", logging.CRITICAL, path=path)
+                raise ValueError(f"{path} is not a cargohold raft snapshot")
+            head_len = int.from_bytes(f.read(8), "big")
+            raft_data = pickle.loads(f.read(head_len))
+            with self._lock:
+                self.state.load_stream(f)
         self._finish_interrupted_compaction(raft_data[1], raft_data[0])
         log_event(logger, "raft.dump_loaded", index=raft_data[0][1])
         return tuple(raft_data)

@@ -35,19 +35,27 @@ session, so a retried append returns the session's size instead of `RangeInvalid
 Deletes (`tag_delete`, `manifest_delete`, `blob_unlink`) answer the "unknown" error when
 repeated: the effect is the same, the caller sees that the thing is gone.
 
+Snapshots: `snapshot()` copies the containers (not the records) in one go; `encode_snapshot`
+turns that copy into a stream of pickles (protocol 5, no compression) in batches, so a
+background thread can write a large state while the tick thread keeps applying;
+`load_stream`/`load` read it back and re-intern the strings. `dump()`/`load()` are the
+same as bytes.
+
 Thread safety: the Raft tick thread applies commands while the event loop runs queries;
 `node/metadata/raft.py` serialises both with one lock. This module holds no lock itself.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import struct
 import sys
 from bisect import bisect_right
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from itertools import islice
+from typing import Any, BinaryIO
 
 from cargohold.digests import parse_digest
 from cargohold.errors import (
@@ -65,7 +73,9 @@ from cargohold.errors import (
 from cargohold.names import validate_name, validate_tag
 
 _CHUNK = struct.Struct(">32sQ")
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2
+_SNAPSHOT_BATCH = 4096
+_SECTIONS = ("blobs", "links", "manifests", "tags", "referrers", "uploads", "members")
 
 OPEN, CLOSED, CANCELLED = "open", "closed", "cancelled"
 MEMBER_STATES = ("active", "draining", "removed")
@@ -217,27 +227,71 @@ class MetadataState:
         return handler(args)
 
     # -- snapshots -----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """A consistent copy of every container, sharing the immutable records inside.
+
+        Cheap next to pickling (it copies hash tables, not tuples, strings or bytes), so the
+        Raft tick thread takes it and a background thread encodes it while commands go on.
+        """
+        return {
+            "blob_bytes": self.blob_bytes,
+            "blobs": self.blobs.copy(),
+            "links": {repo: linked.copy() for repo, linked in self.links.items()},
+            "manifests": {repo: present.copy() for repo, present in self.manifests.items()},
+            "tags": {repo: tags.copy() for repo, tags in self.tags.items()},
+            "referrers": {repo: {subject: digests.copy() for subject, digests in by.items()}
+                          for repo, by in self.referrers.items()},
+            "uploads": self.uploads.copy(),
+            "members": self.members.copy(),
+        }
+
+    @staticmethod
+    def encode_snapshot(snap: dict[str, Any], batch: int = _SNAPSHOT_BATCH) -> Iterator[bytes]:
+        """A `snapshot()` as a stream of pickles (protocol 5, no compression): a header, then
+        per section its items in batches and a None. Each batch is one short C call, so a
+        thread encoding a large state lets the others run in between."""
+        yield pickle.dumps({"version": _SNAPSHOT_VERSION, "blob_bytes": snap["blob_bytes"]},
+                           protocol=5)
+        for name in _SECTIONS:
+            items = iter(snap[name].items())
+            while chunk := list(islice(items, batch)):
+                yield pickle.dumps(chunk, protocol=5)
+            yield pickle.dumps(None, protocol=5)
+
     def dump(self) -> bytes:
-        """The whole state as pickle protocol 5 of plain containers (no compression)."""
-        return pickle.dumps({
-            "version": _SNAPSHOT_VERSION, "blobs": self.blobs, "links": self.links,
-            "manifests": self.manifests, "tags": self.tags, "referrers": self.referrers,
-            "uploads": self.uploads, "members": self.members, "blob_bytes": self.blob_bytes,
-        }, protocol=5)
+        """The whole state as bytes (`encode_snapshot` of a `snapshot`)."""
+        return b"".join(self.encode_snapshot(self.snapshot()))
 
     def load(self, data: bytes) -> None:
         """Replace the whole state with a `dump`."""
-        snap = pickle.loads(data)
-        if snap.get("version") != _SNAPSHOT_VERSION:
-            raise ValueError(f"unknown metadata snapshot version {snap.get('version')!r}")
-        self.blobs = snap["blobs"]
-        self.links = snap["links"]
-        self.manifests = snap["manifests"]
-        self.tags = snap["tags"]
-        self.referrers = snap["referrers"]
-        self.uploads = snap["uploads"]
-        self.members = snap["members"]
-        self.blob_bytes = snap["blob_bytes"]
+        self.load_stream(io.BytesIO(data))
+
+    def load_stream(self, stream: BinaryIO) -> None:
+        """Replace the whole state with an encoded snapshot read from `stream`."""
+        header = pickle.load(stream)
+        if not isinstance(header, dict) or header.get("version") != _SNAPSHOT_VERSION:
+            raise ValueError(f"unknown metadata snapshot header {header!r:.80}")
+        sections: dict[str, dict[Any, Any]] = {}
+        for name in _SECTIONS:
+            section: dict[Any, Any] = {}
+            while (chunk := pickle.load(stream)) is not None:
+                section.update(chunk)
+            sections[name] = section
+        # Batches pickle strings separately: intern them again so that a digest or repo
+        # name is one object in RAM, as it was before the snapshot.
+        self.blobs = {_intern(d): r for d, r in sections["blobs"].items()}
+        self.links = {_intern(repo): {_intern(d) for d in linked}
+                      for repo, linked in sections["links"].items()}
+        self.manifests = {_intern(repo): {_intern(d): m for d, m in present.items()}
+                          for repo, present in sections["manifests"].items()}
+        self.tags = {_intern(repo): {_intern(t): _intern(d) for t, d in tags.items()}
+                     for repo, tags in sections["tags"].items()}
+        self.referrers = {_intern(repo): {_intern(s): {_intern(d) for d in ds}
+                                          for s, ds in by.items()}
+                          for repo, by in sections["referrers"].items()}
+        self.uploads = sections["uploads"]
+        self.members = sections["members"]
+        self.blob_bytes = int(header["blob_bytes"])
         self._catalog = None
 
     # -- shared mutations ----------------------------------------------------------------------

@@ -154,10 +154,13 @@ async def test_snapshot_then_restart_restores_state(
 
 class DumpNeverConfirmed(RaftMember):
     """A member killed between "dump renamed into place" and "journal truncated": the
-    checker never reports success, so pysyncobj never truncates the journal."""
+    checker renames the dump but never reports success, so pysyncobj never truncates."""
 
     def _check_dump(self) -> int:
-        return SERIALIZER_STATE.NOT_SERIALIZING
+        status = super()._check_dump()
+        if status == SERIALIZER_STATE.SUCCESS:
+            return SERIALIZER_STATE.NOT_SERIALIZING
+        return status
 
 
 async def test_kill_between_dump_and_truncation_loses_nothing(
