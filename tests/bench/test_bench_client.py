@@ -11,7 +11,7 @@ from aiohttp import web
 from bench.blobdata import BlobSpec, digest_of
 from bench.images import Image, pull_image, push_image
 from bench.oci import ACCEPT_MANIFESTS, BenchHTTPError, OciClient
-from bench.rawhttp import RawClient, RawHTTPError
+from bench.rawhttp import RawBlobReader, RawClient, RawHTTPError
 from bench.trivial_server import make_app
 
 MiB = 1024 * 1024
@@ -56,6 +56,7 @@ async def test_image_round_trip_and_raw_manifest_reads(registry: str) -> None:
             assert await raw.request(head, head=True) == 0
         with pytest.raises(RawHTTPError):
             await raw.request(raw.build("GET", "/v2/a/img/manifests/nope", "*/*"), head=False)
+        assert await raw.request(get, head=False) == len(image.manifest)
     finally:
         raw.close()
 
@@ -66,3 +67,22 @@ async def test_unexpected_status_is_an_error(registry: str) -> None:
         with pytest.raises(BenchHTTPError) as info:
             await client.pull_blob("a/b", "sha256:" + "0" * 64)
         assert info.value.status == 404
+
+
+async def test_raw_blob_reader_counts_bodies_on_one_connection(registry: str) -> None:
+    sizes = [0, 1, 3 * MiB + 5, 100]
+    specs = [BlobSpec.unique(20 + i, n) for i, n in enumerate(sizes)]
+    async with aiohttp.ClientSession() as session:
+        client = OciClient(registry, session)
+        for spec in specs:
+            await client.push_blob("a/raw", spec, digest_of(spec))
+    reader = RawBlobReader(registry, bufsize=64 * 1024)
+    try:
+        for _ in range(2):
+            got = [await reader.get(f"/v2/a/raw/blobs/{digest_of(s)}") for s in specs]
+            assert got == sizes
+        with pytest.raises(RawHTTPError):
+            await reader.get("/v2/a/raw/blobs/sha256:" + "1" * 64)
+        assert await reader.get(f"/v2/a/raw/blobs/{digest_of(specs[2])}") == sizes[2]
+    finally:
+        reader.close()
