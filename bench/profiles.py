@@ -86,7 +86,7 @@ FULL = Profile(
                 BlobCell(64 * MiB, 1, 6), BlobCell(64 * MiB, 8, 24),
                 BlobCell(1 * GiB, 1, 1), BlobCell(1 * GiB, 8, 8)),
     pull_rounds=2,
-    blob_cell_seconds=240.0,
+    blob_cell_seconds=420.0,
     manifest_conns=(1, 8, 32, 64),
     manifest_seconds=4.0,
     manifest_max_requests=200_000,

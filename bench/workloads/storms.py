@@ -68,17 +68,20 @@ async def run_pull_storm(ctx: Context) -> dict[str, Any]:
     tasks = [asyncio.ensure_future(client(i)) for i in range(p.storm_clients)]
     await asyncio.sleep(0)
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     start_gate.set()
     _, pending = await asyncio.wait(tasks, timeout=p.storm_seconds)
     for task in pending:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     elapsed = time.perf_counter() - t0
+    client_cpu = time.process_time() - cpu0
     ctx.advance("pull storm")
     result: dict[str, Any] = {
         "clients": p.storm_clients, "completed": len(times), "errors": len(errors),
         "timed_out": bool(pending), "image_bytes": image.layer_bytes,
         "elapsed_s": round(elapsed, 3), "MB_per_s": round(total_bytes / elapsed / 1e6, 2),
+        "client_cpu_pct": round(100 * client_cpu / elapsed, 1),
     }
     result.update({k: round(v, 3) for k, v in summarise(times).items()})
     if errors:
