@@ -117,3 +117,37 @@ class StatusReply(_message.Message):
     chunk_bytes: int
     extra: bytes
     def __init__(self, node_id: _Optional[str] = ..., raft_address: _Optional[str] = ..., leader_raft_address: _Optional[str] = ..., is_leader: _Optional[bool] = ..., raft_commit_index: _Optional[int] = ..., raft_last_applied: _Optional[int] = ..., chunk_count: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., extra: _Optional[bytes] = ...) -> None: ...
+
+class TriggerRequest(_message.Message):
+    __slots__ = ("role", "wait")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    wait: bool
+    def __init__(self, role: _Optional[str] = ..., wait: _Optional[bool] = ...) -> None: ...
+
+class TriggerReply(_message.Message):
+    __slots__ = ("progress",)
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    progress: bytes
+    def __init__(self, progress: _Optional[bytes] = ...) -> None: ...
+
+class MemberRequest(_message.Message):
+    __slots__ = ("id", "grpc", "raft", "state", "force")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    GRPC_FIELD_NUMBER: _ClassVar[int]
+    RAFT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    grpc: str
+    raft: str
+    state: str
+    force: bool
+    def __init__(self, id: _Optional[str] = ..., grpc: _Optional[str] = ..., raft: _Optional[str] = ..., state: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class MemberReply(_message.Message):
+    __slots__ = ("members",)
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: bytes
+    def __init__(self, members: _Optional[bytes] = ...) -> None: ...

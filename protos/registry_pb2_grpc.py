@@ -407,6 +407,26 @@ class AdminStub:
                 request_serializer=protos_dot_registry__pb2.StatusRequest.SerializeToString,
                 response_deserializer=protos_dot_registry__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Trigger = channel.unary_unary(
+                '/cargohold.v1.Admin/Trigger',
+                request_serializer=protos_dot_registry__pb2.TriggerRequest.SerializeToString,
+                response_deserializer=protos_dot_registry__pb2.TriggerReply.FromString,
+                _registered_method=True)
+        self.AddMember = channel.unary_unary(
+                '/cargohold.v1.Admin/AddMember',
+                request_serializer=protos_dot_registry__pb2.MemberRequest.SerializeToString,
+                response_deserializer=protos_dot_registry__pb2.MemberReply.FromString,
+                _registered_method=True)
+        self.SetMemberState = channel.unary_unary(
+                '/cargohold.v1.Admin/SetMemberState',
+                request_serializer=protos_dot_registry__pb2.MemberRequest.SerializeToString,
+                response_deserializer=protos_dot_registry__pb2.MemberReply.FromString,
+                _registered_method=True)
+        self.RemoveMember = channel.unary_unary(
+                '/cargohold.v1.Admin/RemoveMember',
+                request_serializer=protos_dot_registry__pb2.MemberRequest.SerializeToString,
+                response_deserializer=protos_dot_registry__pb2.MemberReply.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -418,6 +438,40 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Trigger(self, request, context):
+        """Run a background role now (role "repair" or "scrub"). With `wait`, reply once a whole
+        pass that began after this call has finished; the reply carries the role's progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddMember(self, request, context):
+        """Membership changes, served by the Raft leader only (any other node answers
+        UNAVAILABLE `Unavailable:not the raft leader`, so the caller retries on the leader).
+        AddMember: pysyncobj addNodeToCluster(raft) then `member_join` (state active).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMemberState(self, request, context):
+        """SetMemberState: `active` or `draining` (removal goes through RemoveMember).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMember(self, request, context):
+        """RemoveMember: refuses (FAILED_PRECONDITION `Conflict:...`) while the member is active
+        or still holds chunks (unless `force`), then `member_set_state removed` and pysyncobj
+        removeNodeFromCluster. Removing the leader itself first hands leadership to another
+        member and answers UNAVAILABLE: retry (on the new leader).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -425,6 +479,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=protos_dot_registry__pb2.StatusRequest.FromString,
                     response_serializer=protos_dot_registry__pb2.StatusReply.SerializeToString,
+            ),
+            'Trigger': grpc.unary_unary_rpc_method_handler(
+                    servicer.Trigger,
+                    request_deserializer=protos_dot_registry__pb2.TriggerRequest.FromString,
+                    response_serializer=protos_dot_registry__pb2.TriggerReply.SerializeToString,
+            ),
+            'AddMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMember,
+                    request_deserializer=protos_dot_registry__pb2.MemberRequest.FromString,
+                    response_serializer=protos_dot_registry__pb2.MemberReply.SerializeToString,
+            ),
+            'SetMemberState': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMemberState,
+                    request_deserializer=protos_dot_registry__pb2.MemberRequest.FromString,
+                    response_serializer=protos_dot_registry__pb2.MemberReply.SerializeToString,
+            ),
+            'RemoveMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMember,
+                    request_deserializer=protos_dot_registry__pb2.MemberRequest.FromString,
+                    response_serializer=protos_dot_registry__pb2.MemberReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -454,6 +528,114 @@ class Admin:
             '/cargohold.v1.Admin/Status',
             protos_dot_registry__pb2.StatusRequest.SerializeToString,
             protos_dot_registry__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Trigger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cargohold.v1.Admin/Trigger',
+            protos_dot_registry__pb2.TriggerRequest.SerializeToString,
+            protos_dot_registry__pb2.TriggerReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cargohold.v1.Admin/AddMember',
+            protos_dot_registry__pb2.MemberRequest.SerializeToString,
+            protos_dot_registry__pb2.MemberReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMemberState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cargohold.v1.Admin/SetMemberState',
+            protos_dot_registry__pb2.MemberRequest.SerializeToString,
+            protos_dot_registry__pb2.MemberReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cargohold.v1.Admin/RemoveMember',
+            protos_dot_registry__pb2.MemberRequest.SerializeToString,
+            protos_dot_registry__pb2.MemberReply.FromString,
             options,
             channel_credentials,
             insecure,
