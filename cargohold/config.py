@@ -86,6 +86,13 @@ class NodeConfig:
     repair_rate_bytes: int = 200 * MiB
     scrub_interval: float = 3600.0
     scrub_rate_bytes: int = 50 * MiB
+    # Repair (node/repair.py): chunks per batched Chunks.Has page, chunk copies in flight,
+    # and the deadline of the health probe (Admin.Status) that decides which peers are live.
+    repair_page_size: int = 256
+    repair_copies_in_flight: int = 4
+    peer_probe_timeout: float = 1.0
+    # Deadline of one node->node chunk RPC (repair copies, scrub re-fetches).
+    peer_rpc_timeout: float = 30.0
     # gRPC message limit (a chunk plus headroom).
     grpc_max_message: int = 64 * MiB
     # Chunks.List: ids per streamed page when the caller asks for 0, and the largest page.
