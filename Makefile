@@ -42,6 +42,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
+# The benchmark's extra dependencies (matplotlib, tqdm) on top of the dev ones.
+$(VENV)/.cargohold-bench-installed: pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@touch $@
+
 system-deps:
 	@scripts/system-deps.sh
 
@@ -93,10 +98,10 @@ cluster-down:
 cluster-logs:
 	$(COMPOSE) -p $(COMPOSE_PROJECT) -f $(COMPOSE_FILE) logs --tail=100
 
-bench: venv system-deps
-	$(PY) -m bench $(BENCH_ARGS)
+bench: $(VENV)/.cargohold-bench-installed system-deps
+	$(PY) -m bench --full $(BENCH_ARGS)
 
-bench-quick: venv system-deps
+bench-quick: $(VENV)/.cargohold-bench-installed system-deps
 	$(PY) -m bench --quick $(BENCH_ARGS)
 
 clean:
