@@ -91,6 +91,11 @@ class _Node:
         self.chunks = registry_pb2_grpc.ChunksStub(channel)
         self.metadata = registry_pb2_grpc.MetadataStub(channel)
         self.admin = registry_pb2_grpc.AdminStub(channel)
+        # Chunks.Put taking an already serialized PutChunkRequest: a chunk is serialized
+        # once and the same bytes go to all R replicas.
+        self.put_serialized = channel.unary_unary(
+            "/cargohold.v1.Chunks/Put", request_serializer=None,
+            response_deserializer=registry_pb2.PutChunkReply.FromString)
 
 
 def _recipe_chunks(recipe: dict[str, Any]) -> list[tuple[str, int]]:
@@ -366,7 +371,8 @@ class ClusterClient:
         if len(candidates) < quorum:
             raise Unavailable("not enough active storage nodes",
                               detail={"active": len(candidates), "write_quorum": quorum})
-        checksum = checksum_of(data)
+        request = registry_pb2.PutChunkRequest(
+            id=chunk_id, data=data, checksum=checksum_of(data)).SerializeToString()
         queue = list(candidates)
         pending: set[asyncio.Task[None]] = set()
         acks = 0
@@ -374,7 +380,8 @@ class ClusterClient:
 
         def launch() -> None:
             member = queue.pop(0)
-            pending.add(asyncio.create_task(self._put_one(member, chunk_id, data, checksum)))
+            pending.add(asyncio.create_task(self._put_one(member, chunk_id, len(data),
+                                                             request)))
 
         for _ in range(min(replicas, len(queue))):
             launch()
@@ -400,19 +407,17 @@ class ClusterClient:
         for task in pending:
             self._track(task)
 
-    async def _put_one(self, member: Member, chunk_id: bytes, data: bytes,
-                       checksum: bytes) -> None:
+    async def _put_one(self, member: Member, chunk_id: bytes, length: int,
+                       request: bytes) -> None:
         node = self._node(member.grpc)
         timeout = self._cfg.gateway.rpc_timeout_seconds
         try:
-            if len(data) >= self._cfg.gateway.has_check_min_bytes:
+            if length >= self._cfg.gateway.has_check_min_bytes:
                 has = await node.chunks.Has(registry_pb2.HasChunksRequest(ids=[chunk_id]),
                                             timeout=timeout)
                 if has.present and has.present[0]:
                     return
-            await node.chunks.Put(
-                registry_pb2.PutChunkRequest(id=chunk_id, data=data, checksum=checksum),
-                timeout=timeout)
+            await node.put_serialized(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _RETRYABLE:
                 self._mark_down(member.grpc)
