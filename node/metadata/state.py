@@ -190,6 +190,25 @@ def _page(items: list[str], n: int | None, last: str | None) -> tuple[list[str],
     return items[start:start + n], start + n < len(items)
 
 
+def _flatten(name: str, section: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
+    """The rows of one snapshot section: one row per innermost entry."""
+    if name in ("blobs", "uploads", "members"):
+        yield from section.items()
+    elif name == "links":
+        for repo, linked in section.items():
+            for digest in linked:
+                yield repo, digest
+    elif name == "referrers":
+        for repo, by_subject in section.items():
+            for subject, digests in by_subject.items():
+                for digest in digests:
+                    yield repo, subject, digest
+    else:  # manifests, tags: {repo: {key: value}}
+        for repo, entries in section.items():
+            for key, value in entries.items():
+                yield repo, key, value
+
+
 class MetadataState:
     """The replicated metadata: deterministic `apply` of commands, `query` of reads."""
 
@@ -248,13 +267,14 @@ class MetadataState:
     @staticmethod
     def encode_snapshot(snap: dict[str, Any], batch: int = _SNAPSHOT_BATCH) -> Iterator[bytes]:
         """A `snapshot()` as a stream of pickles (protocol 5, no compression): a header, then
-        per section its items in batches and a None. Each batch is one short C call, so a
-        thread encoding a large state lets the others run in between."""
+        per section its flattened rows in batches and a None. Each batch is one short C call
+        (nested containers are flattened so no row is large), so a thread encoding a large
+        state lets the others run in between."""
         yield pickle.dumps({"version": _SNAPSHOT_VERSION, "blob_bytes": snap["blob_bytes"]},
                            protocol=5)
         for name in _SECTIONS:
-            items = iter(snap[name].items())
-            while chunk := list(islice(items, batch)):
+            rows = _flatten(name, snap[name])
+            while chunk := list(islice(rows, batch)):
                 yield pickle.dumps(chunk, protocol=5)
             yield pickle.dumps(None, protocol=5)
 
@@ -267,30 +287,43 @@ class MetadataState:
         self.load_stream(io.BytesIO(data))
 
     def load_stream(self, stream: BinaryIO) -> None:
-        """Replace the whole state with an encoded snapshot read from `stream`."""
+        """Replace the whole state with an encoded snapshot read from `stream`.
+
+        Batches pickle strings separately: they are interned again so that a digest or repo
+        name is one object in RAM, as it was before the snapshot."""
         header = pickle.load(stream)
         if not isinstance(header, dict) or header.get("version") != _SNAPSHOT_VERSION:
             raise ValueError(f"unknown metadata snapshot header {header!r:.80}")
-        sections: dict[str, dict[Any, Any]] = {}
+        blobs: dict[str, Recipe] = {}
+        links: dict[str, set[str]] = {}
+        manifests: dict[str, dict[str, Manifest]] = {}
+        tags: dict[str, dict[str, str]] = {}
+        referrers: dict[str, dict[str, set[str]]] = {}
+        uploads: dict[str, tuple[Any, ...]] = {}
+        members: dict[str, tuple[str, str, str]] = {}
         for name in _SECTIONS:
-            section: dict[Any, Any] = {}
             while (chunk := pickle.load(stream)) is not None:
-                section.update(chunk)
-            sections[name] = section
-        # Batches pickle strings separately: intern them again so that a digest or repo
-        # name is one object in RAM, as it was before the snapshot.
-        self.blobs = {_intern(d): r for d, r in sections["blobs"].items()}
-        self.links = {_intern(repo): {_intern(d) for d in linked}
-                      for repo, linked in sections["links"].items()}
-        self.manifests = {_intern(repo): {_intern(d): m for d, m in present.items()}
-                          for repo, present in sections["manifests"].items()}
-        self.tags = {_intern(repo): {_intern(t): _intern(d) for t, d in tags.items()}
-                     for repo, tags in sections["tags"].items()}
-        self.referrers = {_intern(repo): {_intern(s): {_intern(d) for d in ds}
-                                          for s, ds in by.items()}
-                          for repo, by in sections["referrers"].items()}
-        self.uploads = sections["uploads"]
-        self.members = sections["members"]
+                if name == "blobs":
+                    blobs.update((_intern(d), r) for d, r in chunk)
+                elif name == "links":
+                    for repo, d in chunk:
+                        links.setdefault(_intern(repo), set()).add(_intern(d))
+                elif name == "manifests":
+                    for repo, d, m in chunk:
+                        manifests.setdefault(_intern(repo), {})[_intern(d)] = m
+                elif name == "tags":
+                    for repo, t, d in chunk:
+                        tags.setdefault(_intern(repo), {})[_intern(t)] = _intern(d)
+                elif name == "referrers":
+                    for repo, subject, d in chunk:
+                        referrers.setdefault(_intern(repo), {}).setdefault(
+                            _intern(subject), set()).add(_intern(d))
+                elif name == "uploads":
+                    uploads.update(chunk)
+                else:
+                    members.update(chunk)
+        self.blobs, self.links, self.manifests, self.tags = blobs, links, manifests, tags
+        self.referrers, self.uploads, self.members = referrers, uploads, members
         self.blob_bytes = int(header["blob_bytes"])
         self._catalog = None
 

@@ -517,6 +517,19 @@ def test_dump_load_roundtrip(st: MetadataState) -> None:
     assert restored.dump() == MetadataState.dump(restored)
 
 
+def test_snapshot_is_a_copy_unaffected_by_later_commands(st: MetadataState) -> None:
+    _workload(st)
+    expected = st.dump()
+    snap = st.snapshot()
+    st.apply("manifest_put", {"repo": REPO, "digest": dg("later"), "media_type": "x",
+                              "recipe": recipe(("later", 1)), "tag": "v1",
+                              "subject": dg("base"), "now": 9.0})
+    st.apply("blob_mount", {"repo": OTHER, "digest": dg("base-layer"), "from": REPO})
+    st.apply("member_set_state", {"id": "n1", "state": "draining"})
+    assert b"".join(MetadataState.encode_snapshot(snap)) == expected
+    assert st.dump() != expected
+
+
 def test_load_rejects_unknown_version() -> None:
     import pickle
 
