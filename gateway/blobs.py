@@ -14,6 +14,7 @@ header is ignored (200 with the whole blob), as RFC 9110 allows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 
@@ -77,9 +78,11 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     if request.method != "HEAD" and end > start:
         sent = 0
         try:
-            async for piece in ctx.cluster.read_range(recipe, start, end):
-                await response.write(piece)
-                sent += len(piece)
+            async with contextlib.aclosing(
+                    ctx.cluster.read_range(recipe, start, end)) as pieces:
+                async for piece in pieces:
+                    await response.write(piece)
+                    sent += len(piece)
         except (ConnectionError, OSError) as exc:
             # The client went away mid-body; nothing to answer any more.
             log_event(logger, "blob.client_gone", logging.DEBUG, digest=digest,

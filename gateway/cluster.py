@@ -43,7 +43,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -504,8 +504,12 @@ class ClusterClient:
         return data
 
     async def read_range(self, recipe: dict[str, Any], start: int,
-                         end: int) -> AsyncIterator[bytes]:
-        """Verified bytes [start, end) of a recipe, with read-ahead; pieces in order."""
+                         end: int) -> AsyncGenerator[bytes, None]:
+        """Verified bytes [start, end) of a recipe, with read-ahead; pieces in order.
+
+        Callers that may stop early should close it (`contextlib.aclosing`) so that the
+        reads in flight are cancelled at once rather than at garbage collection.
+        """
         wanted = list(_slices(_recipe_chunks(recipe), start, end))
         ahead = max(1, self._cfg.gateway.read_ahead_chunks)
         tasks: collections.deque[asyncio.Task[bytes]] = collections.deque()
@@ -529,8 +533,9 @@ class ClusterClient:
 
     async def read_all(self, recipe: dict[str, Any]) -> bytes:
         """The whole content of a (small) recipe."""
-        parts = [p async for p in self.read_range(recipe, 0, int(recipe.get("size", 0)))]
-        return b"".join(parts)
+        async with contextlib.aclosing(
+                self.read_range(recipe, 0, int(recipe.get("size", 0)))) as pieces:
+            return b"".join([p async for p in pieces])
 
 
 def _slices(chunks: Iterable[tuple[str, int]], start: int,

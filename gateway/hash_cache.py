@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from typing import Any
 
 from cargohold.digests import new_hasher
@@ -51,9 +52,11 @@ async def rebuild(cluster: ClusterClient, chunks: list[list[Any]], algorithm: st
     """A fresh `algorithm` hash over the stored bytes of `chunks` (read back, verified)."""
     hasher = new_hasher(algorithm)
     size = sum(int(c[1]) for c in chunks)
-    async for piece in cluster.read_range({"size": size, "chunks": chunks}, 0, size):
-        if len(piece) >= 64 * 1024:
-            await asyncio.to_thread(hasher.update, piece)
-        else:
-            hasher.update(piece)
+    recipe = {"size": size, "chunks": chunks}
+    async with contextlib.aclosing(cluster.read_range(recipe, 0, size)) as pieces:
+        async for piece in pieces:
+            if len(piece) >= 64 * 1024:
+                await asyncio.to_thread(hasher.update, piece)
+            else:
+                hasher.update(piece)
     return hasher

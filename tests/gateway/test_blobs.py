@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 
 import pytest
-from fakenodes import DataPath, data_path
+from fakenodes import DataPath, data_path, eventually, production_server
 
 from cargohold.digests import digest_of
 from cargohold.errors import RangeInvalid
@@ -128,3 +130,24 @@ async def test_delete_disabled() -> None:
         resp = await dp.http.delete(URL)
         assert resp.status == 405
         assert (await resp.json())["errors"][0]["code"] == "UNSUPPORTED"
+
+
+async def test_client_vanishing_mid_get_is_quiet(dp: DataPath,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="cargohold.gateway.blobs")
+    big = os.urandom(16 * 1024 * 1024)
+    resp = await dp.http.post(f"/v2/lib/app/blobs/uploads/?digest={digest_of(big)}", data=big)
+    assert resp.status == 201
+    async for url in production_server(dp.cfg, dp.cluster):
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"GET /v2/lib/app/blobs/{digest_of(big)} HTTP/1.1\r\nHost: x\r\n\r\n"
+                     .encode())
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.transport.abort()  # vanish without reading the body
+        await eventually(lambda: any(r.getMessage() == "blob.client_gone"
+                                     for r in caplog.records), "gateway saw the lost client")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # Still serving.
+    assert await (await dp.http.get(URL)).read() == DATA
