@@ -1,0 +1,60 @@
+"""Pacing for the node's background roles (repair, scrub): a byte-rate limiter and the
+schedule of passes (every interval, or now when an operator or a test asks).
+
+`RateLimiter(rate)` spaces work so that, over time, at most `rate` bytes per second go
+through `acquire`; a single item larger than a second's budget is let through and paid
+for by waiting afterwards. `PassSchedule` numbers passes: `request()` returns the number
+of a pass that begins after the call (the one running now does not count, it may have
+scanned past the chunk the caller cares about) and `wait_for(n)` returns once pass `n`
+has finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+
+class RateLimiter:
+    def __init__(self, rate_bytes: float) -> None:
+        self._rate = max(1.0, float(rate_bytes))
+        self._next = time.monotonic()
+
+    async def acquire(self, nbytes: int) -> None:
+        now = time.monotonic()
+        start = max(now, self._next)
+        self._next = start + nbytes / self._rate
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class PassSchedule:
+    def __init__(self, interval: float) -> None:
+        self._interval = max(0.0, interval)
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self.started = 0
+        self.finished = 0
+
+    def request(self) -> int:
+        """Ask for a pass now; returns the number of the pass that will serve the request."""
+        self._wake.set()
+        return self.started + 1
+
+    async def next_pass(self, immediately: bool = False) -> None:
+        """Wait for the interval or a request, then count a new pass as started."""
+        if not immediately and not self._wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+        self._wake.clear()
+        self.started += 1
+
+    async def finish(self) -> None:
+        self.finished = self.started
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(self, number: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.finished >= number)

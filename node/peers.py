@@ -1,0 +1,130 @@
+"""Node -> node gRPC client: chunk copies for repair and scrub, and a cheap health view.
+
+`PeerPool` keeps one grpc.aio channel per peer address (TLS/mTLS from ClusterConfig like
+the gateway's client) and offers exactly what the background roles need: `has` (batched),
+`put`, `get`, `status` and `live` (which of some addresses answer `Admin.Status` within
+`peer_probe_timeout`, probed in parallel). Failures surface as `Unavailable` (the peer did
+not answer) or the `RegistryError` the peer sent (`from_grpc_details`), never as raw gRPC
+errors, so callers handle one family of exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from cargohold.config import Config
+from cargohold.errors import RegistryError, Unavailable, from_grpc_details
+from protos import registry_pb2 as pb
+from protos import registry_pb2_grpc as pb_grpc
+
+
+class _Peer:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.chunks = pb_grpc.ChunksStub(channel)
+        self.admin = pb_grpc.AdminStub(channel)
+
+
+def _error(address: str, exc: grpc.aio.AioRpcError) -> RegistryError:
+    decoded = from_grpc_details(exc.details())
+    if decoded is not None and exc.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                                  grpc.StatusCode.DEADLINE_EXCEEDED):
+        return decoded
+    return Unavailable(f"peer {address}: {exc.code().name}", detail={"peer": address})
+
+
+class PeerPool:
+    """Channels to the other nodes; see the module docstring."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._cfg = cfg
+        self._peers: dict[str, _Peer] = {}
+        self._credentials = self._channel_credentials()
+
+    def _channel_credentials(self) -> grpc.ChannelCredentials | None:
+        c = self._cfg.cluster
+        if not c.tls_ca:
+            return None
+        return grpc.ssl_channel_credentials(
+            root_certificates=Path(c.tls_ca).read_bytes(),
+            private_key=Path(c.tls_key).read_bytes() if c.tls_key else None,
+            certificate_chain=Path(c.tls_cert).read_bytes() if c.tls_cert else None)
+
+    def _peer(self, address: str) -> _Peer:
+        peer = self._peers.get(address)
+        if peer is None:
+            limit = self._cfg.node.grpc_max_message
+            options = [("grpc.max_send_message_length", limit),
+                       ("grpc.max_receive_message_length", limit),
+                       ("grpc.initial_reconnect_backoff_ms", 200),
+                       ("grpc.min_reconnect_backoff_ms", 200),
+                       ("grpc.max_reconnect_backoff_ms", 2000)]
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(address, options=options)
+            else:
+                channel = grpc.aio.secure_channel(address, self._credentials, options=options)
+            peer = self._peers[address] = _Peer(channel)
+        return peer
+
+    async def status(self, address: str, deadline: float | None = None) -> pb.StatusReply:
+        try:
+            return await self._peer(address).admin.Status(
+                pb.StatusRequest(), timeout=deadline or self._cfg.node.peer_probe_timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(address, exc) from None
+
+    async def live(self, addresses: Iterable[str]) -> set[str]:
+        """The addresses that answer Admin.Status within `peer_probe_timeout`."""
+        wanted = list(dict.fromkeys(addresses))
+
+        async def probe(address: str) -> str | None:
+            with contextlib.suppress(RegistryError):
+                await self.status(address)
+                return address
+            return None
+
+        found = await asyncio.gather(*(probe(a) for a in wanted))
+        return {a for a in found if a is not None}
+
+    async def has(self, address: str, ids: list[bytes]) -> list[bool]:
+        if not ids:
+            return []
+        try:
+            reply = await self._peer(address).chunks.Has(
+                pb.HasChunksRequest(ids=ids), timeout=self._cfg.node.peer_rpc_timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(address, exc) from None
+        if len(reply.present) != len(ids):
+            raise Unavailable(f"peer {address}: Has answered {len(reply.present)} of "
+                              f"{len(ids)}")
+        return list(reply.present)
+
+    async def put(self, address: str, chunk_id: bytes, data: bytes, checksum: bytes) -> bool:
+        """Store a chunk on a peer (fsynced there); True when it already had it."""
+        try:
+            reply = await self._peer(address).chunks.Put(
+                pb.PutChunkRequest(id=chunk_id, data=data, checksum=checksum),
+                timeout=self._cfg.node.peer_rpc_timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(address, exc) from None
+        return bool(reply.existed)
+
+    async def get(self, address: str, chunk_id: bytes) -> tuple[bytes, bytes]:
+        """(data, checksum) as the peer verified them against its stored checksum."""
+        try:
+            reply = await self._peer(address).chunks.Get(
+                pb.GetChunkRequest(id=chunk_id), timeout=self._cfg.node.peer_rpc_timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(address, exc) from None
+        return reply.data, reply.checksum
+
+    async def close(self) -> None:
+        peers, self._peers = list(self._peers.values()), {}
+        for peer in peers:
+            await peer.channel.close()

@@ -1,0 +1,313 @@
+"""Repair: the background role that keeps R copies of every local chunk on its owners and
+moves chunks this node no longer owns to the nodes that do (rebalancing).
+
+Every `repair_interval` seconds (or at once on `trigger()`, the Admin `Trigger` RPC), one
+pass walks the local chunk ids in key order, `repair_page_size` at a time. For each chunk:
+
+    T_all  = replicas_for(id, active members, R)          where the chunk belongs
+    T_live = replicas_for(id, active members that answer, R)   where it can go now
+
+"Answer" is one `Admin.Status` probe per member per pass (`peer_probe_timeout`). The pass
+asks every peer of T_live (and, when this node is not in T_all, every peer of T_all) which
+chunks of the page it holds: one batched `Chunks.Has` per peer and page. Each node of
+T_live that lacks a chunk gets it from the local copy (`Chunks.Put`, verified on arrival by
+its sha256; paced by `repair_rate_bytes`, `repair_copies_in_flight` at once). Then, only
+when this node is NOT in T_all (it is draining, or a join moved the chunk) and every node
+of T_all has confirmed holding the chunk in this page, the local copy is deleted. Nothing
+else ever deletes here: a dead or silent owner keeps the local copy alive.
+
+Gateways write to the first R *reachable* active nodes in rank order and read in rank order
+over all non-removed members, so a chunk written while an owner was down sits on a spill-over
+node; that node's repair puts it on the owner once it answers again and then deletes its
+own copy. Member views differ between nodes only while a change propagates; a pass that
+sees the member list change under it stops before deleting anything and runs again.
+
+Progress is resumable: after each page the last id is written to `<data_dir>/repair.cursor`
+(plain hex, replaced atomically; losing it only repeats work), and a node that restarts
+mid-pass resumes there at once. `progress()` is the JSON the node reports in
+`Admin.Status.extra["repair"]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cargohold.config import Config
+from cargohold.errors import ChunkCorrupt, ChunkMissing, RegistryError
+from cargohold.log import log_event
+from cargohold.placement import replicas_for
+from node.chunkstore import ChunkStore
+from node.pacing import PassSchedule, RateLimiter
+from node.peers import PeerPool
+
+logger = logging.getLogger("cargohold.node.repair")
+
+CURSOR_FILE = "repair.cursor"
+
+
+class MemberSource(Protocol):
+    """Where the roles read the replicated member list (RaftMember.local_query)."""
+
+    def local_query(self, op: str, args: dict[str, Any]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class MemberView:
+    """One pass's picture of the cluster: who is active, who answers, their addresses."""
+
+    me: str
+    grpc: dict[str, str]          # every non-removed member id -> gRPC address
+    active: list[str]
+    live_active: list[str]
+    raw: tuple[tuple[str, str, str], ...]
+
+    @property
+    def others(self) -> list[str]:
+        return [i for i in self.grpc if i != self.me]
+
+
+def read_members(source: MemberSource) -> tuple[tuple[str, str, str], ...]:
+    members = source.local_query("members", {}) or []
+    return tuple(sorted((str(m["id"]), str(m["grpc"]), str(m.get("state", "active")))
+                        for m in members))
+
+
+@dataclass
+class RepairStats:
+    passes: int = 0
+    running: bool = False
+    last_pass_start: float = 0.0
+    last_pass_end: float = 0.0
+    # Counters of the pass running now (or the last one when none runs).
+    scanned: int = 0
+    under_replicated: int = 0
+    under_replicated_bytes: int = 0
+    repaired_chunks: int = 0
+    repaired_bytes: int = 0
+    moved_away_chunks: int = 0
+    moved_away_bytes: int = 0
+    copy_failures: int = 0
+    # Since the process started.
+    total_repaired_bytes: int = 0
+    total_moved_away_bytes: int = 0
+    last_copy_mb_s: float = 0.0
+    skipped: str = ""
+
+    def reset_pass(self) -> None:
+        for name in ("scanned", "under_replicated", "under_replicated_bytes",
+                     "repaired_chunks", "repaired_bytes", "moved_away_chunks",
+                     "moved_away_bytes", "copy_failures"):
+            setattr(self, name, 0)
+        self.skipped = ""
+
+
+@dataclass
+class _Plan:
+    chunk_id: bytes
+    size: int
+    t_all: list[str]
+    t_live: list[str]
+    missing: list[str] = field(default_factory=list)
+
+
+class _MembersChanged(Exception):
+    """The member list changed during a pass: stop before deleting, run again."""
+
+
+class RepairRole:
+    def __init__(self, cfg: Config, store: ChunkStore, members: MemberSource,
+                 peers: PeerPool, on_corrupt: Callable[[bytes], None] | None = None) -> None:
+        self._cfg = cfg
+        self._store = store
+        self._members = members
+        self._peers = peers
+        self._on_corrupt = on_corrupt
+        self._cursor_path = Path(cfg.node.data_dir) / CURSOR_FILE
+        self._schedule = PassSchedule(cfg.node.repair_interval)
+        self._rate = RateLimiter(cfg.node.repair_rate_bytes)
+        self.stats = RepairStats()
+
+    # -- control ---------------------------------------------------------------------------
+    def progress(self) -> dict[str, Any]:
+        return asdict(self.stats)
+
+    async def trigger(self, wait: bool = False) -> dict[str, Any]:
+        number = self._schedule.request()
+        if wait:
+            await self._schedule.wait_for(number)
+        return self.progress()
+
+    async def run(self) -> None:
+        """The role's loop: one pass per interval or trigger, until cancelled."""
+        resume = await asyncio.to_thread(self._load_cursor)
+        while True:
+            await self._schedule.next_pass(immediately=bool(resume))
+            finished = True
+            try:
+                await self.run_pass(resume)
+            except _MembersChanged:
+                # Not finished: whoever waits for this pass waits for the re-run.
+                log_event(logger, "repair.members_changed")
+                finished = False
+                self._schedule.request()
+            except Exception as exc:  # a bad pass must not end the role
+                log_event(logger, "repair.pass_failed", logging.ERROR, error=repr(exc))
+            finally:
+                self.stats.running = False
+            if finished:
+                await self._schedule.finish()
+            resume = b""
+
+    # -- one pass --------------------------------------------------------------------------
+    async def _view(self) -> MemberView | None:
+        raw = read_members(self._members)
+        grpc = {i: addr for i, addr, state in raw if state != "removed"}
+        me = self._cfg.node.id
+        if me not in grpc:
+            return None
+        active = [i for i, _, state in raw if state == "active"]
+        answering = await self._peers.live(grpc[i] for i in grpc if i != me)
+        live = {me} | {i for i in grpc if grpc[i] in answering}
+        return MemberView(me, grpc, active, [i for i in active if i in live], raw)
+
+    async def run_pass(self, start_after: bytes = b"") -> None:
+        stats = self.stats
+        stats.reset_pass()
+        stats.running = True
+        stats.last_pass_start = time.time()
+        view = await self._view()
+        if view is None:
+            stats.skipped = "not a member yet"
+            stats.last_pass_end = time.time()
+            return
+        page_size = max(1, self._cfg.node.repair_page_size)
+        after = start_after
+        copy_started = time.monotonic()
+        while True:
+            page = await self._store.list_ids(after, page_size)
+            if page:
+                await self._repair_page(view, page)
+                after = page[-1][0]
+                await asyncio.to_thread(self._save_cursor, after)
+            if len(page) < page_size:
+                break
+        await asyncio.to_thread(self._save_cursor, b"")
+        elapsed = max(1e-6, time.monotonic() - copy_started)
+        moved = stats.repaired_bytes
+        stats.last_copy_mb_s = round(moved / elapsed / 1e6, 2) if moved else 0.0
+        stats.passes += 1
+        stats.last_pass_end = time.time()
+        log_event(logger, "repair.pass_done", scanned=stats.scanned,
+                  under_replicated=stats.under_replicated, repaired_bytes=stats.repaired_bytes,
+                  moved_away_bytes=stats.moved_away_bytes, seconds=round(elapsed, 3))
+
+    async def _repair_page(self, view: MemberView, page: list[tuple[bytes, int]]) -> None:
+        replicas = self._cfg.cluster.replicas
+        me = view.me
+        plans: list[_Plan] = []
+        asks: dict[str, list[bytes]] = {}
+        for chunk_id, size in page:
+            plan = _Plan(chunk_id, size, replicas_for(chunk_id, view.active, replicas),
+                         replicas_for(chunk_id, view.live_active, replicas))
+            plans.append(plan)
+            wanted = list(plan.t_live)
+            if me not in plan.t_all:
+                wanted += plan.t_all
+            for node in dict.fromkeys(wanted):
+                if node != me and node in view.live_active:
+                    asks.setdefault(node, []).append(chunk_id)
+        self.stats.scanned += len(page)
+        present = await self._ask_has(view, asks)
+        for plan in plans:
+            plan.missing = [n for n in plan.t_live if n != me and n in present
+                            and plan.chunk_id not in present[n]]
+            if plan.missing:
+                self.stats.under_replicated += 1
+                self.stats.under_replicated_bytes += plan.size
+        await self._copy(view, [p for p in plans if p.missing], present)
+        if read_members(self._members) != view.raw:
+            raise _MembersChanged
+        doomed = [p for p in plans
+                  if me not in p.t_all and p.t_all
+                  and all(n in present and p.chunk_id in present[n] for n in p.t_all)]
+        if doomed:
+            deleted = await self._store.delete([p.chunk_id for p in doomed])
+            self.stats.moved_away_chunks += deleted
+            moved = sum(p.size for p in doomed)
+            self.stats.moved_away_bytes += moved
+            self.stats.total_moved_away_bytes += moved
+
+    async def _ask_has(self, view: MemberView,
+                       asks: dict[str, list[bytes]]) -> dict[str, set[bytes]]:
+        """{node: ids it holds} for the nodes that answered; a silent node is left out."""
+        nodes = list(asks)
+        answers = await asyncio.gather(
+            *(self._peers.has(view.grpc[n], asks[n]) for n in nodes), return_exceptions=True)
+        present: dict[str, set[bytes]] = {}
+        for node, answer in zip(nodes, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, RegistryError):
+                    raise answer
+                log_event(logger, "repair.has_failed", logging.WARNING, node=node,
+                          error=str(answer))
+                continue
+            present[node] = {cid for cid, ok in zip(asks[node], answer, strict=True) if ok}
+        return present
+
+    async def _copy(self, view: MemberView, plans: list[_Plan],
+                    present: dict[str, set[bytes]]) -> None:
+        gate = asyncio.Semaphore(max(1, self._cfg.node.repair_copies_in_flight))
+
+        async def one(plan: _Plan) -> None:
+            async with gate:
+                try:
+                    data, checksum = await self._store.get_with_checksum(plan.chunk_id)
+                except ChunkMissing:
+                    return  # deleted meanwhile (garbage collection): nothing to protect
+                except ChunkCorrupt:
+                    if self._on_corrupt is not None:
+                        self._on_corrupt(plan.chunk_id)
+                    return
+                for node in plan.missing:
+                    await self._rate.acquire(len(data))
+                    try:
+                        await self._peers.put(view.grpc[node], plan.chunk_id, data, checksum)
+                    except RegistryError as exc:
+                        self.stats.copy_failures += 1
+                        log_event(logger, "repair.copy_failed", logging.WARNING, node=node,
+                                  chunk=plan.chunk_id.hex(), error=str(exc))
+                        continue
+                    present[node].add(plan.chunk_id)
+                    self.stats.repaired_chunks += 1
+                    self.stats.repaired_bytes += len(data)
+                    self.stats.total_repaired_bytes += len(data)
+
+        await asyncio.gather(*(one(p) for p in plans))
+
+    # -- cursor ----------------------------------------------------------------------------
+    def _load_cursor(self) -> bytes:
+        try:
+            text = self._cursor_path.read_text().strip()
+        except FileNotFoundError:
+            return b""
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            return b""
+
+    def _save_cursor(self, after: bytes) -> None:
+        if not after:
+            with contextlib.suppress(FileNotFoundError):
+                self._cursor_path.unlink()
+            return
+        tmp = self._cursor_path.with_suffix(".tmp")
+        tmp.write_text(after.hex())
+        os.replace(tmp, self._cursor_path)
