@@ -1,4 +1,6 @@
-"""The gRPC `Admin` service: one node's status (identity, Raft, chunk store, state counts)."""
+"""The gRPC `Admin` service: one node's status (identity, Raft, chunk store, state counts),
+background-role triggers (`Trigger`: repair, scrub) and membership changes (delegated to
+node/membership.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from typing import Any, Protocol
 import grpc
 
 from cargohold.config import Config
-from cargohold.errors import RegistryError
+from cargohold.errors import NotFound, RegistryError, Unavailable
+from node.membership import Membership
 from node.metadata.raft import RaftMember
 from node.metadata.service import abort_with
 from protos import registry_pb2, registry_pb2_grpc
@@ -20,11 +23,23 @@ class _StatsSource(Protocol):
     async def stats(self) -> Any: ...
 
 
+class _Role(Protocol):
+    """A background role (node/repair.py, node/scrub.py) as the Admin service sees it."""
+
+    def progress(self) -> dict[str, Any]: ...
+
+    async def trigger(self, wait: bool = False) -> dict[str, Any]: ...
+
+
 class AdminServicer(registry_pb2_grpc.AdminServicer):
-    def __init__(self, cfg: Config, raft: RaftMember, store: _StatsSource) -> None:
+    def __init__(self, cfg: Config, raft: RaftMember, store: _StatsSource,
+                 roles: dict[str, _Role] | None = None,
+                 membership: Membership | None = None) -> None:
         self._cfg = cfg
         self._raft = raft
         self._store = store
+        self._roles = roles or {}
+        self._membership = membership
 
     async def Status(self, request: registry_pb2.StatusRequest,
                      context: grpc.aio.ServicerContext) -> registry_pb2.StatusReply:
@@ -41,6 +56,8 @@ class AdminServicer(registry_pb2_grpc.AdminServicer):
                      "has_quorum": raft.has_quorum},
             "chunks_quarantined": getattr(stats, "quarantined", 0),
         }
+        for name, role in self._roles.items():
+            extra[name] = role.progress()
         return registry_pb2.StatusReply(
             node_id=self._cfg.node.id,
             raft_address=raft.self_address,
@@ -52,3 +69,39 @@ class AdminServicer(registry_pb2_grpc.AdminServicer):
             chunk_bytes=stats.bytes,
             extra=json.dumps(extra, separators=(",", ":")).encode(),
         )
+
+    async def Trigger(self, request: registry_pb2.TriggerRequest,
+                      context: grpc.aio.ServicerContext) -> registry_pb2.TriggerReply:
+        role = self._roles.get(request.role)
+        if role is None:
+            await abort_with(context, NotFound(f"no background role {request.role!r}",
+                                               detail={"roles": sorted(self._roles)}))
+        progress = await role.trigger(wait=request.wait)
+        return registry_pb2.TriggerReply(
+            progress=json.dumps(progress, separators=(",", ":")).encode())
+
+    async def _member_change(self, context: grpc.aio.ServicerContext,
+                             change: Any) -> registry_pb2.MemberReply:
+        if self._membership is None:
+            await abort_with(context, Unavailable("membership changes are not served here"))
+        try:
+            members = await change(self._membership)
+        except RegistryError as err:
+            await abort_with(context, err)
+        return registry_pb2.MemberReply(
+            members=json.dumps(members, separators=(",", ":")).encode())
+
+    async def AddMember(self, request: registry_pb2.MemberRequest,
+                        context: grpc.aio.ServicerContext) -> registry_pb2.MemberReply:
+        return await self._member_change(
+            context, lambda m: m.add(request.id, request.grpc, request.raft))
+
+    async def SetMemberState(self, request: registry_pb2.MemberRequest,
+                             context: grpc.aio.ServicerContext) -> registry_pb2.MemberReply:
+        return await self._member_change(
+            context, lambda m: m.set_state(request.id, request.state))
+
+    async def RemoveMember(self, request: registry_pb2.MemberRequest,
+                           context: grpc.aio.ServicerContext) -> registry_pb2.MemberReply:
+        return await self._member_change(
+            context, lambda m: m.remove(request.id, force=request.force))

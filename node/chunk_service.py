@@ -75,8 +75,11 @@ async def _call(context: grpc.aio.ServicerContext, method: str,
 
 class ChunksServicer(pb_grpc.ChunksServicer):
     def __init__(self, store: ChunkStore, page_size: int = NodeConfig.chunk_list_page_size,
-                 page_max: int = NodeConfig.chunk_list_page_max) -> None:
+                 page_max: int = NodeConfig.chunk_list_page_max,
+                 on_corrupt: Callable[[bytes], None] | None = None) -> None:
         self._store = store
+        # Called with the id of a copy Get found corrupt (scrub's re-fetch from a replica).
+        self._on_corrupt = on_corrupt
         self._page_size = max(1, page_size)
         self._page_max = max(1, page_max)
 
@@ -88,8 +91,14 @@ class ChunksServicer(pb_grpc.ChunksServicer):
 
     async def Get(self, request: pb.GetChunkRequest,
                   context: grpc.aio.ServicerContext) -> pb.GetChunkReply:
-        data, checksum = await _call(context, "Get",
-                                     lambda: self._store.get_with_checksum(request.id))
+        try:
+            data, checksum = await self._store.get_with_checksum(request.id)
+        except ChunkCorrupt as exc:
+            if self._on_corrupt is not None:
+                self._on_corrupt(request.id)
+            await _abort(context, "Get", exc)
+        except Exception as exc:
+            await _abort(context, "Get", exc)
         return pb.GetChunkReply(data=data, checksum=checksum)
 
     async def Has(self, request: pb.HasChunksRequest,
@@ -118,10 +127,11 @@ class ChunksServicer(pb_grpc.ChunksServicer):
 
 
 def add_to_server(server: grpc.aio.Server, store: ChunkStore,
-                  config: NodeConfig | None = None) -> ChunksServicer:
+                  config: NodeConfig | None = None,
+                  on_corrupt: Callable[[bytes], None] | None = None) -> ChunksServicer:
     """Register the Chunks service for `store` on `server`; returns the servicer."""
     cfg = config or NodeConfig()
     servicer = ChunksServicer(store, page_size=cfg.chunk_list_page_size,
-                              page_max=cfg.chunk_list_page_max)
+                              page_max=cfg.chunk_list_page_max, on_corrupt=on_corrupt)
     pb_grpc.add_ChunksServicer_to_server(servicer, server)
     return servicer

@@ -10,6 +10,9 @@
 3. joins the member list (`member_join`, retried until a leader commits it);
 4. runs leader housekeeping: every `housekeeping_interval` the leader expires upload
    sessions untouched for `upload_expire_after` (the catalogue's `expire_uploads`);
+   and the background roles, each its own module: repair (node/repair.py) and scrub
+   (node/scrub.py, whose re-fetch also heals copies the Chunks `Get` finds corrupt);
+   membership changes arrive through Admin (node/membership.py);
 5. on SIGTERM/SIGINT: stops gRPC with `shutdown_grace`, stops Raft, closes LMDB.
 
 `main(cfg)` runs it on uvloop; `cargohold node --config F` calls it.
@@ -33,8 +36,12 @@ from cargohold.log import log_event
 from node import chunk_service
 from node.admin_service import AdminServicer
 from node.chunkstore import LmdbChunkStore
+from node.membership import Membership
 from node.metadata.raft import RaftMember
 from node.metadata.service import MetadataServicer
+from node.peers import PeerPool
+from node.repair import RepairRole
+from node.scrub import ScrubRole
 from protos import registry_pb2_grpc
 
 logger = logging.getLogger("cargohold.node.server")
@@ -96,16 +103,23 @@ async def run_node(cfg: Config) -> None:
     raft: RaftMember | None = None
     server: grpc.aio.Server | None = None
     tasks: list[asyncio.Task[None]] = []
+    peers = PeerPool(cfg)
+    scrub: ScrubRole | None = None
     try:
         # Created on this (the main) thread: pysyncobj's tick thread stops with its creator.
         raft = RaftMember(cfg)
+        scrub = ScrubRole(cfg, store, raft, peers)
+        repair = RepairRole(cfg, store, raft, peers, on_corrupt=scrub.refetcher.schedule)
         server = grpc.aio.server(options=[
             ("grpc.max_send_message_length", node.grpc_max_message),
             ("grpc.max_receive_message_length", node.grpc_max_message),
         ])
-        chunk_service.add_to_server(server, store, node)
+        chunk_service.add_to_server(server, store, node,
+                                    on_corrupt=scrub.refetcher.schedule)
         registry_pb2_grpc.add_MetadataServicer_to_server(MetadataServicer(raft), server)
-        registry_pb2_grpc.add_AdminServicer_to_server(AdminServicer(cfg, raft, store), server)
+        registry_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(cfg, raft, store, roles={"repair": repair, "scrub": scrub},
+                          membership=Membership(cfg, raft, peers)), server)
         creds = _server_credentials(cfg)
         if creds is None:
             server.add_insecure_port(node.grpc_listen)
@@ -115,7 +129,9 @@ async def run_node(cfg: Config) -> None:
         log_event(logger, "node.started", id=node.id, grpc=node.grpc_listen,
                   raft=node.raft_listen)
         tasks = [loop.create_task(join_cluster(raft, cfg)),
-                 loop.create_task(housekeeping(raft, cfg))]
+                 loop.create_task(housekeeping(raft, cfg)),
+                 loop.create_task(repair.run()),
+                 loop.create_task(scrub.run())]
         await stop.wait()
         log_event(logger, "node.stopping", id=node.id)
     finally:
@@ -126,6 +142,9 @@ async def run_node(cfg: Config) -> None:
                 await task
         if server is not None:
             await server.stop(node.shutdown_grace)
+        if scrub is not None:
+            await scrub.close()
+        await peers.close()
         if raft is not None:
             await raft.close()
         store.close()
