@@ -2,12 +2,15 @@
 
 `cluster_status` asks every member it can find (starting from the given addresses) for its
 `Admin.Status` and the replicated member list, and returns one plain dict; `format_status`
-renders it for a terminal. Synchronous on purpose: this is a CLI path.
+renders it for a terminal. `member_change` runs a membership change on the Raft leader
+(`admin nodes add|drain|remove`), `trigger` starts repair or scrub passes (`admin repair`).
+Synchronous on purpose: this is a CLI path.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import grpc
@@ -80,3 +83,58 @@ def format_status(status: dict[str, Any]) -> str:
                 detail = " ".join(f"{k}={v}" for k, v in value.items())
                 lines.append(f"{'':<6} {key}: {detail}")
     return "\n".join(lines)
+
+
+# -- membership and background roles (Admin RPCs served by the Raft leader / any node) ------
+
+def _leader_address(addresses: list[str], timeout: float) -> str:
+    status = cluster_status(addresses, timeout)
+    for node in status["nodes"]:
+        if node.get("is_leader"):
+            return str(node["address"])
+    raise RuntimeError("no raft leader answers (is a majority of nodes up?)")
+
+
+def _details(exc: grpc.RpcError) -> str:
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return str(details).split(":", 1)[-1] if details else str(exc)
+
+
+def member_change(addresses: list[str], verb: str, node_id: str, grpc_address: str = "",
+                  raft_address: str = "", state: str = "", force: bool = False,
+                  timeout: float = 30.0, attempts: int = 10) -> list[dict[str, Any]]:
+    """Run AddMember / SetMemberState / RemoveMember on the leader, retrying while the
+    leadership moves (UNAVAILABLE); any other refusal raises RuntimeError with its reason."""
+    request = registry_pb2.MemberRequest(id=node_id, grpc=grpc_address, raft=raft_address,
+                                         state=state, force=force)
+    last = ""
+    for attempt in range(attempts):
+        try:
+            leader = _leader_address(addresses, 3.0)
+            with grpc.insecure_channel(leader) as channel:
+                stub = registry_pb2_grpc.AdminStub(channel)
+                reply = getattr(stub, verb)(request, timeout=timeout)
+            return list(json.loads(reply.members))
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise RuntimeError(_details(exc)) from None
+            last = _details(exc)
+        except RuntimeError as exc:
+            last = str(exc)
+        time.sleep(min(0.2 * (attempt + 1), 2.0))
+    raise RuntimeError(f"membership change did not complete: {last}")
+
+
+def trigger(addresses: list[str], role: str = "repair", wait: bool = False,
+            timeout: float = 3600.0) -> dict[str, Any]:
+    """Trigger a background role on every listed node; {address: progress or error}."""
+    out: dict[str, Any] = {}
+    for address in addresses:
+        try:
+            with grpc.insecure_channel(address) as channel:
+                reply = registry_pb2_grpc.AdminStub(channel).Trigger(
+                    registry_pb2.TriggerRequest(role=role, wait=wait), timeout=timeout)
+            out[address] = json.loads(reply.progress)
+        except grpc.RpcError as exc:
+            out[address] = {"error": exc.code().name}
+    return out

@@ -4,6 +4,9 @@
     cargohold node --config node.toml              one storage node (chunk store + Raft)
     cargohold gateway --config gateway.toml        one stateless HTTP gateway
     cargohold admin status [--nodes host:port,..]  members, leader, chunks per node
+    cargohold admin nodes add --id ID --grpc ADDR --raft ADDR   add a storage node
+    cargohold admin nodes drain ID | undrain ID | remove ID [--force]
+    cargohold admin repair [--scrub] [--wait]       run a repair (or scrub) pass now
 
 Every verb has `--help`. Settings come from cargohold/config.py (file, environment,
 then these flags).
@@ -63,6 +66,30 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "127.0.0.1:17001"),
                         help="comma-separated node gRPC addresses to ask (default: dev)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    nodes_default = os.environ.get("CARGOHOLD_GATEWAY_NODES", "127.0.0.1:17001")
+    nodes = admin_sub.add_parser("nodes", help="change the cluster membership")
+    nodes.add_argument("--nodes", default=nodes_default,
+                       help="comma-separated node gRPC addresses to ask (default: dev)")
+    nodes_sub = nodes.add_subparsers(dest="nodes_verb", required=True)
+    add = nodes_sub.add_parser("add", help="add a started node (Raft member, then active)")
+    add.add_argument("--id", required=True, help="the new node's id")
+    add.add_argument("--grpc", required=True, help="its advertised gRPC address")
+    add.add_argument("--raft", required=True, help="its advertised Raft address")
+    for verb, text in (("drain", "stop writes to a node; repair moves its chunks away"),
+                       ("undrain", "make a draining node active again"),
+                       ("remove", "remove a drained node that holds no chunks")):
+        one = nodes_sub.add_parser(verb, help=text)
+        one.add_argument("id", help="node id")
+        if verb == "remove":
+            one.add_argument("--force", action="store_true",
+                             help="remove even if it does not answer (a dead host)")
+
+    repair = admin_sub.add_parser("repair", help="run a repair (or scrub) pass on every node")
+    repair.add_argument("--nodes", default=nodes_default,
+                        help="comma-separated node gRPC addresses to ask (default: dev)")
+    repair.add_argument("--scrub", action="store_true", help="scrub instead of repair")
+    repair.add_argument("--wait", action="store_true", help="wait until the passes finish")
     return parser
 
 
@@ -125,6 +152,41 @@ def run_status(args: argparse.Namespace) -> int:
     return 0 if status.get("leader") else 2
 
 
+def _addresses(text: str) -> list[str]:
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
+def run_nodes(args: argparse.Namespace) -> int:
+    from cargohold.admin import member_change
+
+    addresses = _addresses(args.nodes)
+    try:
+        if args.nodes_verb == "add":
+            members = member_change(addresses, "AddMember", args.id, args.grpc, args.raft)
+        elif args.nodes_verb in ("drain", "undrain"):
+            state = "draining" if args.nodes_verb == "drain" else "active"
+            members = member_change(addresses, "SetMemberState", args.id, state=state)
+        else:
+            members = member_change(addresses, "RemoveMember", args.id, force=args.force)
+    except RuntimeError as exc:
+        print(f"cargohold: {args.nodes_verb} {args.id}: {exc}", file=sys.stderr)
+        return 1
+    for m in members:
+        print(f"{m['id']:<8} {m['state']:<9} grpc {m['grpc']:<22} raft {m['raft']}")
+    return 0
+
+
+def run_repair(args: argparse.Namespace) -> int:
+    from cargohold.admin import cluster_status, trigger
+
+    addresses = _addresses(args.nodes)
+    members = cluster_status(addresses)["members"]
+    targets = [m["grpc"] for m in members if m.get("state") != "removed"] or addresses
+    results = trigger(targets, "scrub" if args.scrub else "repair", wait=args.wait)
+    print(json.dumps(results, indent=2))
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -135,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup_logging("warning")
             if args.admin_verb == "status":
                 return run_status(args)
+            if args.admin_verb == "nodes":
+                return run_nodes(args)
+            if args.admin_verb == "repair":
+                return run_repair(args)
             return 2
         overrides: dict[str, Any] = {}
         if args.verb == "node":

@@ -257,6 +257,24 @@ class LocalCluster:
         self.node_procs[i] = self._spawn("node", self.node_config_path(i), self.node_id(i),
                                          self.node_exec_prefixes[i])
 
+    def add_node(self) -> int:
+        """Grow the layout by one node (persisted in cluster.toml) and start its process with
+        `peers` = every other node's Raft address. It joins Raft only once the leader adds it
+        (`cargohold admin nodes add`, `cargohold.admin.member_change`). Returns its index."""
+        if self.layout.node_hosts:
+            raise RuntimeError("add_node does not support per-node test hosts")
+        host = self.layout.host
+        self.layout.node_grpc_ports.append(free_port(host))
+        self.layout.node_raft_ports.append(free_port(host))
+        flat = {k: v for k, v in asdict(self.layout).items() if k != "extra"}
+        (self.base_dir / "cluster.toml").write_text(
+            to_toml(flat) + self._extra_toml(self.layout.extra))
+        self.node_exec_prefixes.append([])
+        self.node_procs.append(None)
+        i = self.node_count - 1
+        self.start_node(i)
+        return i
+
     def start_gateway(self, j: int) -> None:
         proc = self.gateway_procs[j]
         if proc is not None and proc.poll() is None:
