@@ -183,8 +183,14 @@ class ClusterClient:
         return node
 
     def _track(self, task: asyncio.Task[Any]) -> None:
+        """Keep a background task referenced until done; its failure is already logged."""
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a failed extra replica is left for repair
 
     # -- membership and leader ----------------------------------------------------------
     @property
@@ -466,11 +472,15 @@ class ClusterClient:
                     log_event(logger, "cluster.read_hedged", logging.DEBUG, chunk=chunk_hex)
                     launch()
                     continue
+                found: bytes | None = None
                 for task in done:
                     exc = task.exception()
-                    if exc is None:
-                        return task.result()
-                    failures.append(str(exc))
+                    if exc is not None:
+                        failures.append(str(exc))
+                    elif found is None:
+                        found = task.result()
+                if found is not None:
+                    return found
                 if not pending and next_index < len(order):
                     launch()
         finally:

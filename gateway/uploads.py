@@ -197,11 +197,9 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
     name = validate_name(request.match_info["name"])
     query = request.query
     mount, source = query.get("mount"), query.get("from")
-    if mount and source:
-        mounted = await _try_mount(ctx, name, mount, source)
-        if mounted:
-            return _created(name, mount)
-    elif "digest" in query:
+    if mount and source and await _try_mount(ctx, name, mount, source):
+        return _created(name, mount)
+    if "digest" in query:
         return await _monolithic(ctx, request, name, query["digest"])
     upload = new_upload_id(ctx.cfg.cluster.secret, name)
     return _accepted(name, upload.value, 0)
