@@ -11,7 +11,9 @@ pass walks the local chunk ids in key order, `repair_page_size` at a time. For e
 asks every peer of T_live (and, when this node is not in T_all, every peer of T_all) which
 chunks of the page it holds: one batched `Chunks.Has` per peer and page. Each node of
 T_live that lacks a chunk gets it from the local copy (`Chunks.Put`, verified on arrival by
-its sha256; paced by `repair_rate_bytes`, `repair_copies_in_flight` at once). Then, only
+its sha256; paced by `repair_rate_bytes`, `repair_copies_in_flight` at once) - by one
+node only: the first node of T_live that holds the chunk, or, when none does, every holder
+outside T_live (a spill-over or draining node). Then, only
 when this node is NOT in T_all (it is draining, or a join moved the chunk) and every node
 of T_all has confirmed holding the chunk in this page, the local copy is deleted. Nothing
 else ever deletes here: a dead or silent owner keeps the local copy alive.
@@ -229,7 +231,13 @@ class RepairRole:
         for plan in plans:
             plan.missing = [n for n in plan.t_live if n != me and n in present
                             and plan.chunk_id not in present[n]]
-            if plan.missing:
+            holders = [n for n in plan.t_live
+                       if n == me or plan.chunk_id in present.get(n, ())]
+            if plan.missing and holders and holders[0] != me:
+                # Under-replicated, but a better-ranked live owner holds it and copies it
+                # in its own pass: one copier per chunk, not one per holder.
+                plan.missing = []
+            elif plan.missing:
                 self.stats.under_replicated += 1
                 self.stats.under_replicated_bytes += plan.size
         await self._copy(view, [p for p in plans if p.missing], present)
