@@ -25,6 +25,7 @@ from cargohold.config import Config
 from cargohold.devcluster import LocalCluster, free_port
 from cargohold.errors import RangeInvalid, RequestInvalid, Unavailable
 from node.metadata.raft import RaftMember
+from node.server import housekeeping, join_cluster
 from protos import registry_pb2, registry_pb2_grpc
 
 REPO = "raft/test"
@@ -181,6 +182,30 @@ async def test_kill_between_dump_and_truncation_loses_nothing(
     assert sorted(tags) == sorted(f"t{i}" for i in range(70))
 
 
+async def test_join_and_leader_housekeeping(tmp_path: Path,
+                                            members: Callable[..., RaftMember]) -> None:
+    cfg = member_config(tmp_path, housekeeping_interval=0.05, upload_expire_after=60.0)
+    cfg.node.id = "n7"
+    cfg.node.grpc_advertise = "127.0.0.1:7777"
+    member = members(cfg)
+    await join_cluster(member, cfg)
+    assert await member.query("members", {}, linearizable=True) == [
+        {"id": "n7", "grpc": "127.0.0.1:7777", "raft": cfg.node.raft_advertise,
+         "state": "active"}]
+    await member.command("upload_append", {"upload": "stale", "repo": REPO, "offset": 0,
+                                           "chunks": [], "request": "r", "now": 1.0})
+    await member.command("upload_append", {"upload": "fresh", "repo": REPO, "offset": 0,
+                                           "chunks": [], "request": "r",
+                                           "now": time.time()})
+    task = asyncio.ensure_future(housekeeping(member, cfg))
+    try:
+        await wait_until(lambda: member.local_query("upload_get", {"upload": "stale"}) == {
+            "state": "new"}, "the stale upload to expire")
+    finally:
+        task.cancel()
+    assert member.local_query("upload_get", {"upload": "fresh"})["state"] == "open"
+
+
 # -- real processes --------------------------------------------------------------------------------
 CLUSTER_NODE_SETTINGS = {
     # Small thresholds so snapshots and journal truncation happen during the tests.
@@ -298,6 +323,10 @@ def test_follower_command_is_visible_through_another_node(three_nodes: LocalClus
     status = three_nodes.node_status(other)
     assert status.leader_raft_address == three_nodes.node_raft(leader)
     assert json.loads(status.extra)["metadata"]["manifests"] == 1
+    # SIGTERM: a clean shutdown, exit status 0.
+    three_nodes.kill_node(other, signal.SIGTERM)
+    proc = three_nodes.node_procs[other]
+    assert proc is not None and proc.returncode == 0
 
 
 @pytest.mark.cluster
