@@ -151,6 +151,19 @@ class RaftMember(SyncObj):
         if not cfg.cluster.secret:
             raise ConfigError("cluster.secret must be set: it authenticates the Raft port")
         super().__init__(node.raft_advertise, list(node.peers), conf)
+        self.addOnTickCallback(self._wake_if_alone)
+
+    def _wake_if_alone(self) -> None:
+        """Tick thread, before it polls: a one-member group commits an entry on the tick
+        after appending it, but no follower's ack arrives to end that tick's 50 ms poll;
+        poke pysyncobj's own wake-up pipe so a lone node does not wait it out."""
+        if self._SyncObj__otherNodes or not self._isLeader():  # type: ignore[attr-defined]
+            return
+        last = self._SyncObj__raftLog[-1]  # type: ignore[attr-defined]
+        if self.raftCommitIndex < last[1] and last[2] == self.raftCurrentTerm:
+            notifier = getattr(self, "_SyncObj__pipeNotifier", None)
+            if notifier is not None:
+                notifier.notify()
 
     # -- the replicated entry point (tick thread) ----------------------------------------------
     @replicated
