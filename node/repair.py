@@ -15,8 +15,9 @@ its sha256; paced by `repair_rate_bytes`, `repair_copies_in_flight` at once) - b
 node only: the first node of T_live that holds the chunk, or, when none does, every holder
 outside T_live (a spill-over or draining node). Then, only
 when this node is NOT in T_all (it is draining, or a join moved the chunk) and every node
-of T_all has confirmed holding the chunk in this page, the local copy is deleted. Nothing
-else ever deletes here: a dead or silent owner keeps the local copy alive.
+of T_all has confirmed holding the chunk in this page, and T_all has R nodes (there are
+enough active members for R copies), the local copy is deleted. Nothing else ever deletes
+here: a dead or silent owner keeps the local copy alive.
 
 Gateways write to the first R *reachable* active nodes in rank order and read in rank order
 over all non-removed members, so a chunk written while an owner was down sits on a spill-over
@@ -243,8 +244,9 @@ class RepairRole:
         await self._copy(view, [p for p in plans if p.missing], present)
         if read_members(self._members) != view.raw:
             raise _MembersChanged
+        # Too few active members for R copies (a drain in a small cluster): keep ours.
         doomed = [p for p in plans
-                  if me not in p.t_all and p.t_all
+                  if me not in p.t_all and len(p.t_all) >= replicas
                   and all(n in present and p.chunk_id in present[n] for n in p.t_all)]
         if doomed:
             deleted = await self._store.delete([p.chunk_id for p in doomed])
