@@ -282,3 +282,32 @@ async def test_gateway_restart_between_patch_and_put(
         assert resp.status == 201, await resp.text()
     status, body, _ = await _get(http, f"{base}/v2/restart/me/blobs/{sha256(data)}")
     assert status == 200 and body == data
+
+
+@pytest.mark.chaos
+async def test_one_node_lost_loses_nothing_and_pushes_continue(
+        http: aiohttp.ClientSession, make_cluster: Callable[..., LocalCluster]) -> None:
+    local = make_cluster(nodes=3, gateways=1)
+    base = local.gateway_url
+    data = os.urandom(2 * CHUNK + 77)
+    async with http.post(f"{base}/v2/keep/me/blobs/uploads/", params={"digest": sha256(data)},
+                         data=data) as resp:
+        assert resp.status == 201
+    location = await _start(http, base, "keep/me")
+    async with http.patch(f"{base}{location}", data=data[:CHUNK + 1]) as resp:
+        assert resp.status == 202
+    leader = local.leader_index()
+    assert leader is not None
+    await asyncio.to_thread(local.kill_node, leader)  # SIGKILL the Raft leader
+    status, body, _ = await _get(http, f"{base}/v2/keep/me/blobs/{sha256(data)}")
+    assert status == 200 and body == data
+    # The upload begun before the loss completes (rebuilding nothing: same gateway).
+    async with http.put(f"{base}{location}", params={"digest": sha256(data)},
+                        data=data[CHUNK + 1:]) as resp:
+        assert resp.status == 201, await resp.text()
+    other = os.urandom(CHUNK + 3)
+    async with http.post(f"{base}/v2/keep/me/blobs/uploads/", params={"digest": sha256(other)},
+                         data=other) as resp:
+        assert resp.status == 201, await resp.text()
+    status, body, _ = await _get(http, f"{base}/v2/keep/me/blobs/{sha256(other)}")
+    assert status == 200 and body == other
