@@ -1,126 +1,22 @@
-"""The repair role in-process: each "node" is a real grpc.aio server on 127.0.0.1 (Chunks
-over a MemoryChunkStore plus an Admin.Status that answers the health probe), and the role
-under test runs its passes against them with a fake member list.
-"""
+"""The repair role in-process against fake nodes (tests/node/fakepeers.py: real grpc.aio
+servers on 127.0.0.1 over MemoryChunkStores) with a member list the test edits."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import grpc
-import pytest
+from fakepeers import Cluster, FakeNode, config, fake_cluster_fixture, peers_fixture  # noqa: F401
 
 from cargohold.config import Config
 from cargohold.digests import chunk_id_of
 from cargohold.placement import replicas_for
-from node.chunk_service import add_to_server
 from node.memstore import MemoryChunkStore
 from node.pacing import PassSchedule
 from node.peers import PeerPool
 from node.repair import CURSOR_FILE, RepairRole
-from protos import registry_pb2 as pb
-from protos import registry_pb2_grpc as pb_grpc
-
-
-class _Status(pb_grpc.AdminServicer):
-    def __init__(self, node_id: str) -> None:
-        self.node_id = node_id
-
-    async def Status(self, request: pb.StatusRequest,
-                     context: grpc.aio.ServicerContext) -> pb.StatusReply:
-        return pb.StatusReply(node_id=self.node_id)
-
-
-@dataclass
-class FakeNode:
-    id: str
-    address: str
-    store: MemoryChunkStore
-    server: grpc.aio.Server | None
-
-
-@dataclass
-class Members:
-    """A MemberSource: the `members` query answered from a list the test edits."""
-
-    rows: list[dict[str, str]] = field(default_factory=list)
-    on_query: Callable[[], None] | None = None
-
-    def local_query(self, op: str, args: dict[str, Any]) -> Any:
-        assert op == "members"
-        if self.on_query is not None:
-            self.on_query()
-        return [dict(r) for r in self.rows]
-
-    def set_state(self, node_id: str, state: str) -> None:
-        for row in self.rows:
-            if row["id"] == node_id:
-                row["state"] = state
-
-
-Cluster = Callable[[int], Awaitable[tuple[list[FakeNode], Members]]]
-
-
-@pytest.fixture
-async def fake_cluster() -> AsyncIterator[Cluster]:
-    nodes: list[FakeNode] = []
-
-    async def make(count: int) -> tuple[list[FakeNode], Members]:
-        members = Members()
-        for k in range(count):
-            node_id = f"n{k + 1}"
-            store = MemoryChunkStore()
-            server = grpc.aio.server()
-            add_to_server(server, store)
-            pb_grpc.add_AdminServicer_to_server(_Status(node_id), server)
-            port = server.add_insecure_port("127.0.0.1:0")
-            await server.start()
-            node = FakeNode(node_id, f"127.0.0.1:{port}", store, server)
-            nodes.append(node)
-            members.rows.append({"id": node_id, "grpc": node.address, "raft": "",
-                                 "state": "active"})
-        return nodes, members
-
-    try:
-        yield make
-    finally:
-        for node in nodes:
-            if node.server is not None:
-                await node.server.stop(None)
-            node.store.close()
-
-
-def _config(tmp_path: Path, node_id: str, replicas: int, **node: Any) -> Config:
-    cfg = Config()
-    cfg.cluster.replicas = replicas
-    cfg.cluster.write_quorum = 1
-    cfg.node.id = node_id
-    cfg.node.data_dir = str(tmp_path / node_id)
-    cfg.node.repair_page_size = 8
-    for key, value in node.items():
-        setattr(cfg.node, key, value)
-    os.makedirs(cfg.node.data_dir, exist_ok=True)
-    return cfg
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[Callable[[Config], PeerPool]]:
-    pools: list[PeerPool] = []
-
-    def make(cfg: Config) -> PeerPool:
-        pools.append(PeerPool(cfg))
-        return pools[-1]
-
-    try:
-        yield make
-    finally:
-        for pool in pools:
-            await pool.close()
 
 
 async def _fill(store: MemoryChunkStore, count: int, size: int = 1000) -> list[bytes]:
@@ -140,7 +36,7 @@ async def test_copies_to_owners_and_moves_away_what_it_does_not_own(
         fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
     nodes, members = await fake_cluster(4)
     ids = await _fill(nodes[0].store, 40)
-    cfg = _config(tmp_path, "n1", replicas=2)
+    cfg = config(tmp_path, "n1", replicas=2)
     role = RepairRole(cfg, nodes[0].store, members, peers(cfg))
     await role.run_pass()
     active = [n.id for n in nodes]
@@ -166,7 +62,7 @@ async def test_a_silent_owner_keeps_the_local_copy_and_the_live_ones_get_it(
     assert dead.server is not None
     await dead.server.stop(None)
     dead.server = None
-    cfg = _config(tmp_path, "n1", replicas=2, peer_probe_timeout=0.5)
+    cfg = config(tmp_path, "n1", replicas=2, peer_probe_timeout=0.5)
     role = RepairRole(cfg, nodes[0].store, members, peers(cfg))
     await role.run_pass()
     active = [n.id for n in nodes]
@@ -188,7 +84,7 @@ async def test_a_draining_node_empties_itself(
         await nodes[1].store.put(cid, data)
         await nodes[2].store.put(cid, data)
     members.set_state("n1", "draining")
-    cfg = _config(tmp_path, "n1", replicas=2)
+    cfg = config(tmp_path, "n1", replicas=2)
     role = RepairRole(cfg, nodes[0].store, members, peers(cfg))
     await role.run_pass()
     assert (await nodes[0].store.stats()).count == 0
@@ -202,7 +98,7 @@ async def test_too_few_active_members_for_r_copies_deletes_nothing(
     nodes, members = await fake_cluster(3)
     ids = await _fill(nodes[0].store, 10)
     members.set_state("n1", "draining")
-    cfg = _config(tmp_path, "n1", replicas=3)
+    cfg = config(tmp_path, "n1", replicas=3)
     role = RepairRole(cfg, nodes[0].store, members, peers(cfg))
     await role.run_pass()
     assert (await nodes[0].store.stats()).count == 10
@@ -216,13 +112,13 @@ async def test_one_copier_per_chunk_the_best_ranked_live_holder(
     ids = await _fill(nodes[0].store, 30)
     for cid in ids:
         await nodes[1].store.put(cid, await nodes[0].store.get(cid))
-    cfg = _config(tmp_path, "n1", replicas=3)
+    cfg = config(tmp_path, "n1", replicas=3)
     role = RepairRole(cfg, nodes[0].store, members, peers(cfg))
     await role.run_pass()
     first = [cid for cid in ids if replicas_for(cid, ["n1", "n2"], 2)[0] == "n1"]
     assert 0 < len(first) < 30
     assert role.stats.repaired_chunks == len(first)  # n2 copies the others in its pass
-    cfg2 = _config(tmp_path, "n2", replicas=3)
+    cfg2 = config(tmp_path, "n2", replicas=3)
     role2 = RepairRole(cfg2, nodes[1].store, members, peers(cfg2))
     await role2.run_pass()
     assert role2.stats.repaired_chunks == 30 - len(first)
@@ -234,7 +130,7 @@ async def test_a_restarted_role_resumes_at_its_cursor(
         fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
     nodes, members = await fake_cluster(2)
     ids = sorted(await _fill(nodes[0].store, 20))
-    cfg = _config(tmp_path, "n1", replicas=2, repair_interval=3600.0)
+    cfg = config(tmp_path, "n1", replicas=2, repair_interval=3600.0)
     (Path(cfg.node.data_dir) / CURSOR_FILE).write_text(ids[11].hex())
     role = RepairRole(cfg, nodes[0].store, members, peers(cfg))
     task = asyncio.create_task(role.run())
@@ -252,7 +148,7 @@ async def test_trigger_with_wait_runs_a_whole_pass_and_cursor_tracks_pages(
         fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
     nodes, members = await fake_cluster(2)
     ids = sorted(await _fill(nodes[0].store, 20))
-    cfg = _config(tmp_path, "n1", replicas=2, repair_interval=3600.0)
+    cfg = config(tmp_path, "n1", replicas=2, repair_interval=3600.0)
     cursors: list[str] = []
     cursor = Path(cfg.node.data_dir) / CURSOR_FILE
     members.on_query = lambda: cursors.append(cursor.read_text() if cursor.exists() else "")
@@ -284,7 +180,7 @@ async def test_member_change_during_a_pass_deletes_nothing_and_reruns(
             members.set_state("n3", "draining")
 
     members.on_query = flip
-    cfg = _config(tmp_path, "n1", replicas=1, repair_interval=3600.0)
+    cfg = config(tmp_path, "n1", replicas=1, repair_interval=3600.0)
     role = RepairRole(cfg, nodes[0].store, members, peers(cfg))
     task = asyncio.create_task(role.run())
     try:
@@ -304,7 +200,7 @@ async def test_a_corrupt_local_copy_is_reported_not_copied(
     ids = await _fill(nodes[0].store, 3)
     nodes[0].store.corrupt(ids[1])
     reported: list[bytes] = []
-    cfg = _config(tmp_path, "n1", replicas=2)
+    cfg = config(tmp_path, "n1", replicas=2)
     role = RepairRole(cfg, nodes[0].store, members, peers(cfg), on_corrupt=reported.append)
     await role.run_pass()
     assert reported == [ids[1]]
