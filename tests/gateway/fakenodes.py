@@ -208,7 +208,9 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
 class FakeNodes:
     """N fake nodes on loopback sharing one FakeState."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int,
+                 server_credentials: grpc.ServerCredentials | None = None) -> None:
+        self.server_credentials = server_credentials
         self.state = FakeState()
         self.nodes = [FakeNode(f"n{i + 1}", self.state, self) for i in range(count)]
         self.leader: FakeNode | None = self.nodes[0] if self.nodes else None
@@ -221,7 +223,10 @@ class FakeNodes:
             pb_grpc.add_ChunksServicer_to_server(node, server)
             pb_grpc.add_MetadataServicer_to_server(node, server)
             pb_grpc.add_AdminServicer_to_server(node, server)
-            port = server.add_insecure_port("127.0.0.1:0")
+            if self.server_credentials is None:
+                port = server.add_insecure_port("127.0.0.1:0")
+            else:
+                port = server.add_secure_port("127.0.0.1:0", self.server_credentials)
             await server.start()
             node.server, node.address = server, f"127.0.0.1:{port}"
         self.state.members = [{"id": n.id, "grpc": n.address, "raft": f"raft-{n.id}",
