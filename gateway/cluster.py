@@ -21,6 +21,12 @@ background; they are tracked and awaited (then cancelled) by `close()`. When W a
 impossible the write raises `Unavailable`. Chunks of `gateway.has_check_min_bytes` or
 more are first offered with `Chunks.Has`, so a node that already holds one is not sent
 the bytes again; `Put` itself is idempotent, so an existing chunk never fails a write.
+Contract with garbage collection: between a chunk write (or a Has that answered
+"present") and the `upload_append`/`blob_commit` that references it, a chunk is
+referenced by nothing in Raft. GC must therefore spare unreferenced chunks younger than
+a grace period (longer than the longest PATCH), and a Has answering "present" must count
+as a use (or GC must re-check references after deleting), or the Has skip must be
+turned off (`gateway.has_check_min_bytes` above the chunk size) while GC runs.
 
 Chunk reads. Replicas are tried in placement order (healthy nodes first, then the rest of
 the members in rendezvous order, which finds spilled or not-yet-moved copies). Any error,
