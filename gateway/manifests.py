@@ -28,10 +28,16 @@ import logging
 import time
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, http_exceptions, web
 
 from cargohold.digests import digest_of, is_digest, parse_digest
-from cargohold.errors import DigestInvalid, ManifestTooLarge, RegistryError, Unsupported
+from cargohold.errors import (
+    DigestInvalid,
+    ManifestInvalid,
+    ManifestTooLarge,
+    RegistryError,
+    Unsupported,
+)
 from cargohold.log import log_event
 from cargohold.names import validate_name, validate_tag
 from gateway.context import GatewayContext, context
@@ -43,6 +49,8 @@ logger = logging.getLogger("cargohold.gateway.manifests")
 MANIFEST_CACHE: web.AppKey[ManifestCache] = web.AppKey("cargohold_manifest_cache",
                                                        ManifestCache)
 _READ_SIZE = 64 * 1024
+# What reading a body raises when the client vanishes or breaks its framing mid-body.
+_BODY_ERRORS = (ConnectionError, ClientPayloadError, http_exceptions.HttpProcessingError)
 # Hash bodies above this size off the event loop.
 _THREAD_HASH_BYTES = 1024 * 1024
 
@@ -74,7 +82,12 @@ async def read_bounded(request: web.Request, limit: int) -> bytes:
         raise ManifestTooLarge(detail={"size": declared, "limit": limit})
     buf = bytearray()
     while True:
-        piece = await request.content.read(min(_READ_SIZE, limit + 1 - len(buf)))
+        try:
+            piece = await request.content.read(min(_READ_SIZE, limit + 1 - len(buf)))
+        except _BODY_ERRORS as exc:
+            log_event(logger, "manifest.body_incomplete", logging.DEBUG, path=request.path,
+                      error=type(exc).__name__)
+            raise ManifestInvalid("request body incomplete") from None
         if not piece:
             return bytes(buf)
         buf += piece

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from cargohold.config import Config
+from gateway.app import build_app
+from gateway.context import GatewayContext
 from gateway.manifest_cache import ManifestCache
 from gateway.manifest_format import (
     DOCKER_LIST,
@@ -427,3 +431,42 @@ def test_cache_evicts_least_recently_used_by_bytes() -> None:
     assert cache.get("huge") is None
     cache.discard("a")
     assert len(cache) == 1 and cache.size_bytes == 4
+
+
+@pytest.mark.parametrize("framing", [b"Content-Length: 5000\r\n",
+                                     b"Transfer-Encoding: chunked\r\n"])
+async def test_client_vanishing_mid_body_is_not_a_server_error(
+        gateway_cfg: Config, fake_cluster, caplog: pytest.LogCaptureFixture,
+        framing: bytes) -> None:
+    ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    @web.middleware
+    async def observe(request: web.Request, handler):
+        try:
+            response = await handler(request)
+        except BaseException as exc:
+            ended.set_result(exc)
+            raise
+        ended.set_result(None)
+        return response
+
+    app = build_app(GatewayContext(cfg=gateway_cfg, cluster=fake_cluster))
+    app.middlewares.insert(0, observe)
+    async with TestServer(app) as server:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(b"PUT /v2/" + REPO.encode() + b"/manifests/v1 HTTP/1.1\r\nHost: x\r\n"
+                     b"Expect: 100-continue\r\n" + framing + b"\r\n")
+        await writer.drain()
+        # "100 Continue" is sent right before the handler runs and starts reading the body.
+        assert (await reader.readline()).startswith(b"HTTP/1.1 100")
+        body = b'{"schemaVersion": 2'
+        writer.write(body if b"Content-Length" in framing else b"%x\r\n" % 1000 + body)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        outcome = await asyncio.wait_for(ended, 30)
+    # The handler stopped (cancelled, or a 400 nobody reads), nothing was committed and
+    # nothing was logged as a server failure.
+    assert outcome is None or isinstance(outcome, asyncio.CancelledError | ConnectionError)
+    assert not [r for r in caplog.records if r.getMessage() == "request.failed"]
+    assert fake_cluster.ops("command") == []
