@@ -34,16 +34,22 @@ def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
     return context
 
 
+def _access_logger(cfg: Config) -> logging.Logger | None:
+    """The access logger when asked for; at info even if the process logs only warnings."""
+    if not cfg.gateway.access_log:
+        return None
+    access = logging.getLogger("cargohold.access")
+    access.setLevel(logging.INFO)
+    return access
+
+
 async def serve(cfg: Config, stop: asyncio.Event) -> None:
     """Serve until `stop` is set; everything started here is closed before returning."""
     cluster = await ClusterClient.connect(cfg)
     try:
         app = build_app(GatewayContext(cfg=cfg, cluster=cluster))
-        runner = web.AppRunner(
-            app, handle_signals=False,
-            access_log=logging.getLogger("cargohold.access") if cfg.gateway.access_log
-            else None,
-            shutdown_timeout=cfg.gateway.shutdown_grace_seconds)
+        runner = web.AppRunner(app, handle_signals=False, access_log=_access_logger(cfg),
+                               shutdown_timeout=cfg.gateway.shutdown_grace_seconds)
         await runner.setup()
         try:
             host, port = split_hostport(cfg.gateway.listen)

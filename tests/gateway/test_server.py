@@ -76,7 +76,8 @@ async def test_serves_v2_and_stops_cleanly(fake_client) -> None:
 @pytest.fixture
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec",
+                    "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
@@ -137,3 +138,18 @@ def test_sigterm_stops_the_process_gracefully() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_access_log_only_when_enabled(fake_client, caplog: pytest.LogCaptureFixture,
+                                            enabled: bool) -> None:
+    cfg = Config()
+    port = free_port()
+    cfg.gateway.listen = f"127.0.0.1:{port}"
+    cfg.gateway.access_log = enabled
+    status, _ = await _serve_and_get(cfg, f"http://127.0.0.1:{port}/v2/")
+    assert status == 200
+    access = [r for r in caplog.records if r.name == "cargohold.access"]
+    assert len(access) == (1 if enabled else 0)
+    if enabled:
+        assert "GET /v2/" in access[0].getMessage()
