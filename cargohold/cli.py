@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated node gRPC addresses to ask (default: dev)")
     repair.add_argument("--scrub", action="store_true", help="scrub instead of repair")
     repair.add_argument("--wait", action="store_true", help="wait until the passes finish")
+    repair.add_argument("--json", action="store_true", help="every progress counter, as JSON")
     return parser
 
 
@@ -183,7 +184,19 @@ def run_repair(args: argparse.Namespace) -> int:
     members = cluster_status(addresses)["members"]
     targets = [m["grpc"] for m in members if m.get("state") != "removed"] or addresses
     results = trigger(targets, "scrub" if args.scrub else "repair", wait=args.wait)
-    print(json.dumps(results, indent=2))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    keys = (("chunks_scrubbed", "corrupt_found", "repaired", "refetch_failed") if args.scrub
+            else ("scanned", "under_replicated", "repaired_bytes", "moved_away_bytes",
+                  "copy_failures"))
+    for address, progress in results.items():
+        if args.json:
+            break
+        if "error" in progress:
+            print(f"{address:<22} error {progress['error']}")
+            continue
+        detail = " ".join(f"{k}={progress.get(k)}" for k in keys)
+        print(f"{address:<22} passes={progress.get('passes')} {detail}")
     return 1 if any("error" in r for r in results.values()) else 0
 
 
