@@ -9,6 +9,7 @@ Synchronous on purpose: this is a CLI path.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import time
 from typing import Any
@@ -127,14 +128,17 @@ def member_change(addresses: list[str], verb: str, node_id: str, grpc_address: s
 
 def trigger(addresses: list[str], role: str = "repair", wait: bool = False,
             timeout: float = 3600.0) -> dict[str, Any]:
-    """Trigger a background role on every listed node; {address: progress or error}."""
-    out: dict[str, Any] = {}
-    for address in addresses:
+    """Trigger a background role on every listed node at once (passes run in parallel);
+    {address: progress or {"error": status}}."""
+
+    def one(address: str) -> dict[str, Any]:
         try:
             with grpc.insecure_channel(address) as channel:
                 reply = registry_pb2_grpc.AdminStub(channel).Trigger(
                     registry_pb2.TriggerRequest(role=role, wait=wait), timeout=timeout)
-            out[address] = json.loads(reply.progress)
+            return dict(json.loads(reply.progress))
         except grpc.RpcError as exc:
-            out[address] = {"error": exc.code().name}
-    return out
+            return {"error": exc.code().name}
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(addresses))) as pool:
+        return dict(zip(addresses, pool.map(one, addresses), strict=True))
