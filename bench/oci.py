@@ -15,7 +15,7 @@ number of connections).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urljoin
 
 import aiohttp
@@ -55,9 +55,12 @@ def _with_digest(location: str, digest: str) -> str:
     return f"{location}{sep}digest={digest}"
 
 
-async def _stream(spec: BlobSpec) -> AsyncIterator[bytes]:
+async def _stream(spec: BlobSpec,
+                  on_bytes: Callable[[int], None] | None) -> AsyncIterator[bytes]:
     for piece in spec.pieces():
         yield piece
+        if on_bytes is not None:
+            on_bytes(len(piece))
 
 
 class OciClient:
@@ -77,13 +80,15 @@ class OciClient:
         async with self.session.get(self._url("/v2/")) as resp:
             await _check(resp, 200)
 
-    async def push_blob(self, repo: str, spec: BlobSpec, digest: str) -> int:
-        """Docker-style three-request push; returns the bytes acknowledged."""
+    async def push_blob(self, repo: str, spec: BlobSpec, digest: str,
+                        on_bytes: Callable[[int], None] | None = None) -> int:
+        """Docker-style three-request push; returns the bytes acknowledged.
+        `on_bytes` is told of every piece handed to the connection (progress)."""
         async with self.session.post(self._url(f"/v2/{repo}/blobs/uploads/")) as resp:
             await _check(resp, 202)
             location = self._resolve(resp.headers["Location"])
         async with self.session.patch(
-            location, data=_stream(spec),
+            location, data=_stream(spec, on_bytes),
             headers={"Content-Type": "application/octet-stream"},
         ) as resp:
             await _check(resp, 202)

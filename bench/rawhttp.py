@@ -131,6 +131,7 @@ class _BodyCounter(asyncio.BufferedProtocol):
         self.head = bytearray()
         self.remaining = -1          # -1: still reading the header
         self.length = 0
+        self.received = 0            # every byte read on this connection (progress)
         self.done: asyncio.Future[int] | None = None
         self.closed = False
 
@@ -141,6 +142,7 @@ class _BodyCounter(asyncio.BufferedProtocol):
         return self.view
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.received += nbytes
         if self.remaining >= 0:
             self.remaining -= nbytes
         else:
@@ -193,6 +195,7 @@ class RawBlobReader:
         self.port = parts.port or 80
         self.bufsize = bufsize
         self.proto: _BodyCounter | None = None
+        self._received = 0
 
     async def get(self, path: str) -> int:
         if self.proto is None or self.proto.closed:
@@ -211,9 +214,14 @@ class RawBlobReader:
         except BaseException:
             # The rest of a failed response is still in flight: never reuse this stream.
             self.close()
-            self.proto = None
             raise
+
+    @property
+    def received(self) -> int:
+        return self._received + (self.proto.received if self.proto is not None else 0)
 
     def close(self) -> None:
         if self.proto is not None and self.proto.transport is not None:
+            self._received += self.proto.received
             self.proto.transport.close()
+            self.proto = None

@@ -62,11 +62,17 @@ async def _run_cell(ctx: Context, cell: BlobCell, rounds: int,
     seconds = ctx.profile.blob_cell_seconds
     specs = cell_specs(cell)
     digests = [digest_of(s) for s in specs]
+    sent = [0]
+
+    def count(n: int) -> None:
+        sent[0] += n
+
     async with sessions(ctx, cell.concurrency) as clients:
         async def push_one(i: int) -> int:
-            return await pick(clients, i).push_blob(REPO, specs[i], digests[i])
+            return await pick(clients, i).push_blob(REPO, specs[i], digests[i], count)
 
         pushed = await drive(cell.concurrency, push_one, len(specs), seconds)
+        pushed.moved = sent[0]
         push = pushed.to_json("bytes") | {"size": cell.size}
         ctx.advance(f"push {key}")
         if pushed.ops == 0:
@@ -97,5 +103,6 @@ async def _run_cell(ctx: Context, cell: BlobCell, rounds: int,
     finally:
         for reader in readers:
             reader.close()
+    pulled.moved = sum(reader.received for reader in readers)
     ctx.advance(f"pull {key}")
     return push, pulled.to_json("bytes") | {"size": cell.size}

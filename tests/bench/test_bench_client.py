@@ -81,6 +81,7 @@ async def test_raw_blob_reader_counts_bodies_on_one_connection(registry: str) ->
         for _ in range(2):
             got = [await reader.get(f"/v2/a/raw/blobs/{digest_of(s)}") for s in specs]
             assert got == sizes
+        assert reader.received > 2 * sum(sizes)  # bodies and headers, counted as they flow
         with pytest.raises(RawHTTPError):
             await reader.get("/v2/a/raw/blobs/sha256:" + "1" * 64)
         assert await reader.get(f"/v2/a/raw/blobs/{digest_of(specs[2])}") == sizes[2]
