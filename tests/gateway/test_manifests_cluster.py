@@ -392,3 +392,32 @@ async def test_12_referrers(gateways, repo_name) -> None:
     assert json.loads(out)["manifests"] == []
     resp, out = await b.request("GET", f"/v2/{repo_name}/referrers/sha256:zz")
     assert resp.status == 400 and codes(out) == ["DIGEST_INVALID"]
+
+
+async def test_11_deleted_blob_404s_at_once(gateways, repo_name) -> None:
+    a, b = gateways
+    blob = await a.push_blob(repo_name, b"short-lived blob")
+    resp, _ = await b.request("HEAD", f"/v2/{repo_name}/blobs/{blob['digest']}")
+    assert resp.status == 200
+    resp, _ = await a.request("DELETE", f"/v2/{repo_name}/blobs/{blob['digest']}")
+    assert resp.status == 202
+    resp, out = await b.request("GET", f"/v2/{repo_name}/blobs/{blob['digest']}")
+    assert resp.status == 404 and codes(out) == ["BLOB_UNKNOWN"]
+
+
+async def test_16_any_config_and_layer_media_types(gateways, repo_name) -> None:
+    a, b = gateways
+    config = await a.push_blob(repo_name, b'{"name":"chart","version":"0.1.0"}')
+    chart = await a.push_blob(repo_name, b"\x1f\x8b fake chart tarball")
+    doc = {"schemaVersion": 2,
+           "config": {"mediaType": "application/vnd.cncf.helm.config.v1+json", **config},
+           "layers": [{"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+                       **chart}],
+           "annotations": {"org.opencontainers.image.title": "chart"}}
+    body = json.dumps(doc).encode()
+    resp = await a.put_manifest(repo_name, "0.1.0", body, OCI_MANIFEST)
+    assert resp.status == 201
+    head, _ = await b.request("HEAD", f"/v2/{repo_name}/manifests/0.1.0")
+    assert head.status == 200
+    assert head.headers["Docker-Content-Digest"] == sha(body)
+    assert head.headers["Content-Type"] == OCI_MANIFEST
