@@ -80,6 +80,22 @@ def _stop_process(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(timeout=10)
 
 
+def system_service_pids() -> list[int]:
+    """PIDs of a `docker-registry` serving the package's own config (the system service,
+    which takes port 5000, the gateway's default). The harness never uses it and never
+    stops what it did not start; it warns, and `make system-deps` stops it."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if argv[0].endswith(b"docker-registry") and b"/etc/docker/registry" in b" ".join(
+                    argv[1:]):
+                pids.append(int(entry.name))
+    return pids
+
+
 def _dir_bytes(root: Path) -> int:
     total = 0
     for dirpath, _, files in os.walk(root):
@@ -119,6 +135,10 @@ class Distribution:
         if not os.access(DISTRIBUTION_BIN, os.X_OK):
             raise RuntimeError(f"{DISTRIBUTION_BIN} missing: run `make system-deps` "
                                "(Debian package docker-registry)")
+        for pid in system_service_pids():
+            print(f"warning: the docker-registry system service runs (pid {pid}) on port "
+                  "5000; stop it (`make system-deps` does) to free the machine for the "
+                  "benchmark", file=sys.stderr)
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         config = self.workdir / "config.yml"
