@@ -134,7 +134,8 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
         self.cluster = cluster
         self.chunks: dict[bytes, bytes] = {}
         self.down = False
-        self.corrupt = False
+        self.corrupt = False  # flipped bytes, the stored checksum
+        self.lying = False  # flipped bytes with their own (matching) checksum
         self.missing = False
         self.slow: asyncio.Event | None = None
         self.puts = 0
@@ -168,8 +169,10 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
             await _abort(context, ChunkMissing())
         assert data is not None
         checksum = checksum_of(data)
-        if self.corrupt:
+        if self.corrupt or self.lying:
             data = bytes([data[0] ^ 1]) + data[1:]
+        if self.lying:
+            checksum = checksum_of(data)
         return pb.GetChunkReply(data=data, checksum=checksum)
 
     async def Has(self, request: pb.HasChunksRequest,

@@ -101,16 +101,31 @@ async def test_read_fails_over_from_corrupt_and_missing_replicas(
         await reader.close()
 
 
-async def test_xxh3_verification_also_rejects_corrupt_bytes(nodes: FakeNodes) -> None:
+@pytest.mark.parametrize("verify", ["xxh3", "sha256"])
+async def test_both_verifications_reject_corrupt_bytes(nodes: FakeNodes, verify: str) -> None:
     cfg = nodes.config()
-    cfg.gateway.verify_reads = "xxh3"
+    cfg.gateway.verify_reads = verify
     client = await ClusterClient.connect(cfg)
     try:
-        data = os.urandom(5000)
+        data = os.urandom(100_000)
         cid = chunk_id_of(data)
         await client.store_chunk(cid, data)
         first = client.read_order(cid)[0]
         nodes.by_id(first.id).corrupt = True
+        assert await client.read_chunk(cid.hex(), len(data)) == data
+    finally:
+        await client.close()
+
+
+async def test_sha256_verification_catches_a_lying_node(nodes: FakeNodes) -> None:
+    cfg = nodes.config()
+    cfg.gateway.verify_reads = "sha256"
+    client = await ClusterClient.connect(cfg)
+    try:
+        data = os.urandom(100_000)
+        cid = chunk_id_of(data)
+        await client.store_chunk(cid, data)
+        nodes.by_id(client.read_order(cid)[0].id).lying = True
         assert await client.read_chunk(cid.hex(), len(data)) == data
     finally:
         await client.close()
