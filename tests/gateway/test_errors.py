@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, make_mocked_request
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from cargohold.config import Config
 from cargohold.errors import TooManyRequests, Unavailable
@@ -145,3 +146,20 @@ async def test_data_path_routes(method, path, expected, match) -> None:
     info = await app.router.resolve(make_mocked_request(method, path, app=app))
     assert info.handler is expected
     assert dict(info) == match
+
+
+async def test_failure_after_response_started_drops_the_connection(fake_cluster) -> None:
+    async def half_stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": "100"})
+        await resp.prepare(request)
+        await resp.write(b"x" * 10)
+        raise Unavailable()
+
+    app = build_app(GatewayContext(cfg=Config(), cluster=fake_cluster))
+    app.router.add_get("/v2/test/half", half_stream)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/v2/test/half")
+        assert resp.status == 200
+        assert resp.headers[API] == "registry/2.0"
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
