@@ -12,7 +12,7 @@ import grpc
 from cargohold.config import Config
 from cargohold.errors import NotFound, RegistryError, Unavailable
 from node.membership import Membership
-from node.metadata.raft import RaftMember
+from node.metadata.raft import RaftMember, resent_truncations
 from node.metadata.service import abort_with
 from protos import registry_pb2, registry_pb2_grpc
 
@@ -53,7 +53,8 @@ class AdminServicer(registry_pb2_grpc.AdminServicer):
             "grpc_address": self._cfg.node.grpc_advertise,
             "metadata": counts,
             "raft": {"term": raft.term, "log_len": raft.log_len, "members": raft.members,
-                     "has_quorum": raft.has_quorum},
+                     "has_quorum": raft.has_quorum,
+                     "resent_truncations": resent_truncations()},
             "chunks_quarantined": getattr(stats, "quarantined", 0),
         }
         for name, role in self._roles.items():
