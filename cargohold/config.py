@@ -91,6 +91,8 @@ class NodeConfig:
     repair_page_size: int = 256
     repair_copies_in_flight: int = 4
     peer_probe_timeout: float = 1.0
+    # A long repair pass re-reads the member list and re-probes peers this often (seconds).
+    repair_view_refresh: float = 15.0
     # Deadline of one node->node chunk RPC (repair copies, scrub re-fetches).
     peer_rpc_timeout: float = 30.0
     # gRPC message limit (a chunk plus headroom).

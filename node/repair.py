@@ -7,7 +7,8 @@ pass walks the local chunk ids in key order, `repair_page_size` at a time. For e
     T_all  = replicas_for(id, active members, R)          where the chunk belongs
     T_live = replicas_for(id, active members that answer, R)   where it can go now
 
-"Answer" is one `Admin.Status` probe per member per pass (`peer_probe_timeout`). The pass
+"Answer" is one `Admin.Status` probe per member (`peer_probe_timeout`) at the start of a
+pass and again every `repair_view_refresh` seconds of a long one, with the member list. The pass
 asks every peer of T_live (and, when this node is not in T_all, every peer of T_all) which
 chunks of the page it holds: one batched `Chunks.Has` per peer and page. Each node of
 T_live that lacks a chunk gets it from the local copy (`Chunks.Put`, verified on arrival by
@@ -193,9 +194,11 @@ class RepairRole:
             return
         page_size = max(1, self._cfg.node.repair_page_size)
         after = start_after
-        copy_started = time.monotonic()
+        copy_started = view_at = time.monotonic()
         while True:
             page = await self._store.list_ids(after, page_size)
+            if page and time.monotonic() - view_at > self._cfg.node.repair_view_refresh:
+                view, view_at = await self._view() or view, time.monotonic()
             if page:
                 await self._repair_page(view, page)
                 after = page[-1][0]
