@@ -156,6 +156,9 @@ class GatewayConfig:
     max_blob_size: int = 0
     # Manifest bodies are immutable by digest: an LRU of this many bytes in each gateway.
     manifest_cache_bytes: int = 64 * MiB
+    # Concurrent identical manifest/tag reads share one linearizable query (see
+    # gateway/coalesce.py); off: one query per request.
+    coalesce_manifest_reads: bool = True
     # `Retry-After` seconds sent with 503 and 429 when the error names none.
     retry_after_seconds: int = 1
     # Seconds a SIGTERM'd gateway lets in-flight requests finish before closing them.
