@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -175,6 +177,17 @@ async def test_remove_refuses_an_active_or_unemptied_member(
     assert progress["moved_away_chunks"] == 0
     with pytest.raises(RuntimeError, match="still holds 4 chunks"):
         await asyncio.to_thread(member_change, seeds, "RemoveMember", cluster.node_id(victim))
+    # The same refusal through the CLI: exit 1, the reason on stderr.
+    cli = [sys.executable, "-m", "cargohold.cli", "admin", "nodes", "--nodes", ",".join(seeds),
+           "remove", cluster.node_id(victim)]
+    done = await asyncio.to_thread(subprocess.run, cli, capture_output=True, text=True,
+                                   timeout=120)
+    assert done.returncode == 1 and "still holds 4 chunks" in done.stderr
+    repair = [sys.executable, "-m", "cargohold.cli", "admin", "repair", "--wait", "--nodes",
+              ",".join(seeds)]
+    done = await asyncio.to_thread(subprocess.run, repair, capture_output=True, text=True,
+                                   timeout=120)
+    assert done.returncode == 0 and done.stdout.count("passes=") == 3, done.stdout
     members = await asyncio.to_thread(member_change, seeds, "SetMemberState",
                                       cluster.node_id(victim), state="active")
     assert {m["id"]: m["state"] for m in members}[cluster.node_id(victim)] == "active"
