@@ -1,15 +1,19 @@
 """Turning a request body into stored chunks: cut, hash, write, pipelined.
 
-`ingest` reads a body stream in whatever pieces aiohttp hands over, cuts fixed-size chunks
-(`cluster.chunk_size`; the body's tail becomes a short chunk, so that once `ingest`
-returns every byte it consumed is durable on W nodes), hashes each chunk twice in one
-worker-thread hop (its sha256 id, and the running blob digest the caller passes in), and
-keeps up to `gateway.upload_writes_in_flight` chunk writes running while it reads on.
-Memory per upload is bounded by about (in-flight + 1) chunks; a layer is never buffered.
+`ingest` reads a body stream in whatever pieces aiohttp hands over and cuts them into
+fixed-size chunks (`cluster.chunk_size`; the body's tail becomes a short chunk, so that
+once `ingest` returns every byte it consumed is durable on W nodes). A chunk is never
+joined into one buffer of its own: its pieces (memoryviews of aiohttp's buffers) are
+hashed in one worker-thread hop — its sha256 id, its xxh3 checksum and the running blob
+digest the caller passes in, piece by piece while each piece is hot in cache — and then
+copied once, straight into the encoded PutChunkRequest (`cluster.encode_put`) that goes to
+all R replicas. Up to `gateway.upload_writes_in_flight` chunk writes run while reading
+goes on, so memory per upload is bounded by about (in-flight + 1) chunks; a layer is
+never buffered.
 
-Hashing runs in a thread (`asyncio.to_thread`): hashlib releases the GIL on big buffers,
-so the ~4 ms of two sha256 passes over a 4 MiB chunk overlap the event loop instead of
-stalling every other request for that long.
+Hashing runs in a thread (`asyncio.to_thread`) for chunks of 64 KiB or more: hashlib
+releases the GIL on big buffers, so the ~3 ms of hashing a 4 MiB chunk overlaps the
+event loop instead of stalling every other request for that long.
 
 If reading the body fails (client gone, bad chunked encoding) or a write fails, the
 writes in flight are cancelled and awaited, and the exception propagates: the caller
@@ -24,46 +28,55 @@ import hashlib
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+import xxhash
+
 from cargohold.errors import SizeInvalid
-from gateway.cluster import ClusterClient
+from gateway.cluster import ClusterClient, encode_put
+
+# Below this size a thread hop costs more than the hashing it moves off the loop.
+_INLINE_BYTES = 64 * 1024
+
+Pieces = list[memoryview]
 
 
 class BodyStream(Protocol):
     def iter_any(self) -> AsyncIterator[bytes]: ...
 
 
-async def cut_chunks(stream: BodyStream, chunk_size: int) -> AsyncIterator[bytes]:
-    """Yield exactly `chunk_size`-byte chunks, then the shorter tail (if any)."""
-    pieces: list[bytes] = []
+async def cut_chunks(stream: BodyStream, chunk_size: int) -> AsyncIterator[Pieces]:
+    """Yield the body as chunks of exactly `chunk_size` bytes (then a shorter tail), each
+    as the list of pieces (zero-copy memoryviews) that make it up."""
+    pieces: Pieces = []
     have = 0
-    async for piece in stream.iter_any():
-        if not piece:
-            continue
-        pieces.append(piece)
-        have += len(piece)
-        if have >= chunk_size:
-            buffer = b"".join(pieces) if len(pieces) > 1 else pieces[0]
-            cut = 0
-            while have - cut >= chunk_size:
-                yield buffer if have == chunk_size else buffer[cut:cut + chunk_size]
-                cut += chunk_size
-            rest = buffer[cut:]
-            pieces = [rest] if rest else []
-            have = len(rest)
+    async for data in stream.iter_any():
+        view = memoryview(data)
+        while view:
+            take = min(len(view), chunk_size - have)
+            pieces.append(view[:take])
+            have += take
+            view = view[take:]
+            if have == chunk_size:
+                yield pieces
+                pieces, have = [], 0
     if have:
-        yield b"".join(pieces)
+        yield pieces
 
 
-def _hash_chunk(running: Any, data: bytes) -> bytes:
-    running.update(data)
-    return hashlib.sha256(data).digest()
+def _encode(running: Any, pieces: Pieces, length: int) -> tuple[bytes, bytes]:
+    chunk, checksum = hashlib.sha256(), xxhash.xxh3_128()
+    for piece in pieces:
+        running.update(piece)
+        chunk.update(piece)
+        checksum.update(piece)
+    chunk_id = chunk.digest()
+    return chunk_id, encode_put(chunk_id, pieces, length, checksum.digest())
 
 
-async def hash_chunk(running: Any, data: bytes) -> bytes:
-    """Feed `data` to the running digest and return its chunk id (off the loop if big)."""
-    if len(data) < 64 * 1024:
-        return _hash_chunk(running, data)
-    return await asyncio.to_thread(_hash_chunk, running, data)
+async def encode_chunk(running: Any, pieces: Pieces, length: int) -> tuple[bytes, bytes]:
+    """Feed the pieces to the running digest; return (chunk id, encoded Put request)."""
+    if length < _INLINE_BYTES:
+        return _encode(running, pieces, length)
+    return await asyncio.to_thread(_encode, running, pieces, length)
 
 
 async def ingest(cluster: ClusterClient, stream: BodyStream, running: Any, chunk_size: int,
@@ -77,15 +90,18 @@ async def ingest(cluster: ClusterClient, stream: BodyStream, running: Any, chunk
     total = 0
     writes: collections.deque[asyncio.Task[None]] = collections.deque()
     try:
-        async for data in cut_chunks(stream, chunk_size):
-            total += len(data)
+        async for pieces in cut_chunks(stream, chunk_size):
+            length = sum(len(p) for p in pieces)
+            total += length
             if limit is not None and total > limit:
                 raise SizeInvalid("blob exceeds the size limit", detail={"limit": limit})
-            chunk_id = await hash_chunk(running, data)
-            chunks.append([chunk_id.hex(), len(data)])
+            chunk_id, request = await encode_chunk(running, pieces, length)
+            del pieces
+            chunks.append([chunk_id.hex(), length])
             while len(writes) >= in_flight:
                 await writes.popleft()
-            writes.append(asyncio.create_task(cluster.store_chunk(chunk_id, data)))
+            writes.append(asyncio.create_task(
+                cluster.store_encoded(chunk_id, length, request)))
         while writes:
             await writes.popleft()
     except BaseException:

@@ -52,7 +52,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -380,14 +380,17 @@ class ClusterClient:
     # -- chunk writes -------------------------------------------------------------------
     async def store_chunk(self, chunk_id: bytes, data: bytes) -> None:
         """Write one chunk to its R replicas; return once W fsynced it."""
+        await self.store_encoded(chunk_id, len(data),
+                                 encode_put(chunk_id, [data], len(data), checksum_of(data)))
+
+    async def store_encoded(self, chunk_id: bytes, length: int, request: bytes) -> None:
+        """`store_chunk` for a chunk already encoded as a PutChunkRequest (`encode_put`)."""
         await self._ensure_members()
         replicas, quorum = self._cfg.cluster.replicas, self._cfg.cluster.write_quorum
         candidates = [self._by_id[i] for i in rank_nodes(chunk_id, self._active_ids())]
         if len(candidates) < quorum:
             raise Unavailable("not enough active storage nodes",
                               detail={"active": len(candidates), "write_quorum": quorum})
-        request = registry_pb2.PutChunkRequest(
-            id=chunk_id, data=data, checksum=checksum_of(data)).SerializeToString()
         queue = list(candidates)
         pending: set[asyncio.Task[None]] = set()
         acks = 0
@@ -395,7 +398,7 @@ class ClusterClient:
 
         def launch() -> None:
             member = queue.pop(0)
-            pending.add(asyncio.create_task(self._put_one(member, chunk_id, len(data),
+            pending.add(asyncio.create_task(self._put_one(member, chunk_id, length,
                                                              request)))
 
         for _ in range(min(replicas, len(queue))):
@@ -577,3 +580,28 @@ async def hash_off_loop(fn: Any, data: bytes | memoryview) -> Any:
     if len(data) < _INLINE_HASH_BYTES:
         return fn(data)
     return await asyncio.to_thread(fn, data)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if not value:
+            out.append(low)
+            return bytes(out)
+        out.append(low | 0x80)
+
+
+def encode_put(chunk_id: bytes, pieces: Sequence[bytes | memoryview], length: int,
+               checksum: bytes) -> bytes:
+    """A serialized PutChunkRequest{id, data, checksum} built with one copy of the data.
+
+    Protobuf would need the chunk joined into one `bytes` first and then copy it again
+    while serializing; this writes the wire format (fields 1, 2, 3 as length-delimited
+    bytes, in order, as protobuf emits them) straight from the body's pieces. Checked
+    against `SerializeToString` in tests/gateway/test_cluster_client.py.
+    """
+    return b"".join([b"\x0a", _varint(len(chunk_id)), chunk_id,
+                     b"\x12", _varint(length), *pieces,
+                     b"\x1a", _varint(len(checksum)), checksum])
+

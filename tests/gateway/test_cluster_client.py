@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 from fakenodes import FakeNodes
 
-from cargohold.digests import chunk_id_of
+from cargohold.digests import checksum_of, chunk_id_of
 from cargohold.errors import BlobUnknown, RangeInvalid, Unavailable
-from gateway.cluster import ClusterClient, _slices
+from gateway.cluster import ClusterClient, _slices, encode_put
+from protos import registry_pb2
 
 
 @pytest.fixture
@@ -208,3 +209,13 @@ async def test_no_node_reachable_is_unavailable(nodes: FakeNodes,
         node.down = True
     with pytest.raises(Unavailable):
         await client.query("upload_get", {"upload": "x"})
+
+
+@pytest.mark.parametrize("size", [1, 127, 128, 300, 70_000, 4 * 1024 * 1024])
+def test_encode_put_matches_protobuf(size: int) -> None:
+    data = os.urandom(size)
+    cid, checksum = chunk_id_of(data), checksum_of(data)
+    pieces = [memoryview(data)[i:i + 1000] for i in range(0, size, 1000)]
+    expected = registry_pb2.PutChunkRequest(id=cid, data=data,
+                                            checksum=checksum).SerializeToString()
+    assert encode_put(cid, pieces, size, checksum) == expected

@@ -1,0 +1,54 @@
+"""Cutting a body into fixed-size chunks from arbitrary pieces, and encoding them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.chunking import cut_chunks, encode_chunk
+
+
+class _Stream:
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+
+
+def _split(data: bytes, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    out, i = [], 0
+    while i < len(data):
+        n = rng.choice([1, 7, 100, 4096, 65536, 100_000])
+        out.append(data[i:i + n])
+        i += n
+    return out
+
+
+@pytest.mark.parametrize(("size", "seed"), [(0, 0), (1, 1), (1000, 2), (4096, 3),
+                                            (4097, 4), (3 * 4096 + 5, 5), (300_000, 6)])
+async def test_chunks_are_fixed_size_and_reassemble(size: int, seed: int) -> None:
+    data = os.urandom(size)
+    chunks = [b"".join(c) async for c in cut_chunks(_Stream(_split(data, seed)), 4096)]
+    assert b"".join(chunks) == data
+    assert all(len(c) == 4096 for c in chunks[:-1])
+    assert not chunks or 0 < len(chunks[-1]) <= 4096
+
+
+async def test_encode_chunk_feeds_the_running_digest_in_order() -> None:
+    data = os.urandom(200_000)
+    running = hashlib.sha256()
+    ids = []
+    async for pieces in cut_chunks(_Stream(_split(data, 9)), 65536):
+        length = sum(len(p) for p in pieces)
+        chunk_id, request = await encode_chunk(running, pieces, length)
+        ids.append(chunk_id)
+        assert b"".join(pieces) in request
+    assert running.digest() == hashlib.sha256(data).digest()
+    assert ids[0] == hashlib.sha256(data[:65536]).digest()
