@@ -216,8 +216,8 @@ class RaftMember(SyncObj):
         our own file into place once it is complete and fsynced.
         """
         head = pickle.dumps(raft_data, protocol=5)
-        with self._lock:
-            snap = self.state.snapshot()
+        # No lock: this thread is the only writer, and readers may read meanwhile.
+        snap = self.state.snapshot()
         self._dump_ok = None
         self._dump_superseded = False
         self._dump_thread = threading.Thread(
