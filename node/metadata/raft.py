@@ -123,6 +123,21 @@ def resent_truncations() -> int:
     return _ResendFilter.count
 
 
+def raft_utility(address: str, secret: str, command: list[str],
+                 timeout: float = 10.0) -> Any:
+    """Run one pysyncobj utility command on a member's Raft port: `["status"]`,
+    `["add", raft_addr]`, `["remove", raft_addr]`, `["transfer", raft_addr]`.
+
+    This is how Raft membership changes (one at a time, sent to the leader): start the new
+    node with `peers` = the current members, `add` its Raft address, and its own
+    `member_join` then commits. Authenticated with the cluster secret. Blocking: call it
+    from a CLI or a thread, never from the event loop or the tick thread.
+    """
+    from pysyncobj.utility import TcpUtility
+
+    return TcpUtility(password=secret, timeout=timeout).executeCommand(address, command)
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

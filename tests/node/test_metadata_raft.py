@@ -11,6 +11,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,9 +24,9 @@ import pytest
 from pysyncobj.config import SERIALIZER_STATE
 
 from cargohold.config import Config
-from cargohold.devcluster import LocalCluster, free_port
+from cargohold.devcluster import LocalCluster, free_port, to_toml
 from cargohold.errors import RangeInvalid, RequestInvalid, Unavailable
-from node.metadata.raft import RaftMember
+from node.metadata.raft import RaftMember, raft_utility
 from node.server import housekeeping, join_cluster
 from protos import registry_pb2, registry_pb2_grpc
 
@@ -370,3 +372,38 @@ def test_whole_cluster_sigkill_under_writes_keeps_acknowledged(
             assert not missing, f"round {round_}: node {i} lost {len(missing)} acknowledged"
     dumps = [three_nodes.node_data_dir(i) / "raft" / "state.dump" for i in range(3)]
     assert any(path.exists() for path in dumps), "no snapshot was written: dump path untested"
+
+
+@pytest.mark.cluster
+def test_a_fourth_node_joins_after_a_raft_add(three_nodes: LocalCluster,
+                                              tmp_path: Path) -> None:
+    leader = three_nodes.leader_index()
+    assert leader is not None
+    command(three_nodes.node_grpc(leader), "manifest_put", tag_cmd(1))
+    raft_addr = f"127.0.0.1:{free_port()}"
+    grpc_addr = f"127.0.0.1:{free_port()}"
+    config = tmp_path / "n4.toml"
+    config.write_text(to_toml({
+        "cluster": {"secret": three_nodes.layout.secret},
+        "node": {"id": "n4", "data_dir": str(tmp_path / "n4"), "grpc_listen": grpc_addr,
+                 "raft_listen": raft_addr,
+                 "peers": [three_nodes.node_raft(i) for i in range(3)]}}))
+    with open(tmp_path / "n4.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cargohold.cli", "node", "--config",
+                                 str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        result = raft_utility(three_nodes.node_raft(leader), three_nodes.layout.secret,
+                              ["add", raft_addr])
+        assert result == f"SUCCESS ADD {raft_addr}"
+        deadline = time.monotonic() + 30
+        while "n4" not in {m["id"] for m in three_nodes.members(0)}:
+            assert time.monotonic() < deadline, "n4 never committed its member_join"
+            time.sleep(0.1)
+        # The new member serves linearizable reads of what was committed before it came.
+        assert "t1" in listed_tags(grpc_addr)
+        status = raft_utility(three_nodes.node_raft(leader), three_nodes.layout.secret,
+                              ["status"])
+        assert status["partner_nodes_count"] == 3
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
