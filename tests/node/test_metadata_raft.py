@@ -103,11 +103,15 @@ async def test_concurrent_reads_share_one_barrier(
     member = members(member_config(tmp_path))
     await member.command("manifest_put", tag_cmd(1))
     barriers = 0
+    gate = asyncio.Event()
+    gate.set()
     original = member.command
 
     async def counting(op: str, args: dict[str, Any]) -> Any:
         nonlocal barriers
-        barriers += op == "barrier"
+        if op == "barrier":
+            barriers += 1
+            await gate.wait()
         return await original(op, args)
 
     member.command = counting  # type: ignore[method-assign]
@@ -115,11 +119,17 @@ async def test_concurrent_reads_share_one_barrier(
         member.query("tags_list", {"repo": REPO}, linearizable=True) for _ in range(50)])
     assert all(r == {"tags": ["t1"], "more": False} for r in results)
     assert barriers == 1
-    # A read arriving while a barrier is in flight waits for the next barrier.
+    # Reads arriving while a barrier is in flight wait for the next one (one for all).
+    gate.clear()
     first = asyncio.ensure_future(member.query("status", {}, linearizable=True))
-    await wait_until(lambda: barriers == 2 and member._barrier_next is None, "barrier in flight")
-    second = asyncio.ensure_future(member.query("status", {}, linearizable=True))
-    await asyncio.gather(first, second)
+    await wait_until(lambda: barriers == 2, "a barrier in flight")
+    later = [asyncio.ensure_future(member.query("status", {}, linearizable=True))
+             for _ in range(5)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert barriers == 2 and not first.done() and not any(f.done() for f in later)
+    gate.set()
+    await asyncio.gather(first, *later)
     assert barriers == 3
 
 
