@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import base, blobs, catalog, manifests, referrers, tags, uploads
+from gateway.coalesce import Coalescer
 from gateway.context import CONTEXT, GatewayContext
 from gateway.errors import add_api_version_header, error_middleware
 from gateway.manifest_cache import ManifestCache
@@ -28,6 +29,7 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
     app = web.Application(middlewares=[error_middleware], client_max_size=max_size)
     app[CONTEXT] = ctx
     app[manifests.MANIFEST_CACHE] = ManifestCache(ctx.cfg.gateway.manifest_cache_bytes)
+    app[manifests.READS] = Coalescer()
     app.on_response_prepare.append(add_api_version_header)
     _routes(app.router)
     return app

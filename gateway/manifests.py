@@ -10,8 +10,11 @@ moves the tag when pushed by tag.
 
 GET/HEAD by tag ask a linearizable `tag_get`, by digest a linearizable `manifest_get`:
 one small query per request, so a push or delete through any gateway is seen at once
-(invariant 2). Bodies come from the gateway's `ManifestCache` (immutable by digest) or
-the chunk store. The stored media type is echoed exactly, whatever `Accept` says; HEAD
+(invariant 2). Identical concurrent lookups share one query that started after each of
+them arrived (`gateway.coalesce`, `gateway.coalesce_manifest_reads`), which keeps them
+linearizable and turns a herd of pulls of one tag into at most two queries in flight.
+Bodies come from the gateway's `ManifestCache` (immutable by digest) or the chunk store.
+The stored media type is echoed exactly, whatever `Accept` says; HEAD
 carries the real `Content-Length` without reading the body.
 
 Unknown references: 404 `MANIFEST_UNKNOWN`; by tag in a repository that does not exist,
@@ -40,6 +43,7 @@ from cargohold.errors import (
 )
 from cargohold.log import log_event
 from cargohold.names import validate_name, validate_tag
+from gateway.coalesce import Coalescer
 from gateway.context import GatewayContext, context
 from gateway.manifest_cache import ManifestCache
 from gateway.manifest_format import parse_manifest
@@ -48,6 +52,7 @@ logger = logging.getLogger("cargohold.gateway.manifests")
 
 MANIFEST_CACHE: web.AppKey[ManifestCache] = web.AppKey("cargohold_manifest_cache",
                                                        ManifestCache)
+READS: web.AppKey[Coalescer] = web.AppKey("cargohold_manifest_reads", Coalescer)
 _READ_SIZE = 64 * 1024
 # What reading a body raises when the client vanishes or breaks its framing mid-body.
 _BODY_ERRORS = (ConnectionError, ClientPayloadError, http_exceptions.HttpProcessingError)
@@ -117,11 +122,16 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     return web.Response(status=201, headers=headers)
 
 
-async def _lookup(ctx: GatewayContext, name: str, ref: _Reference) -> dict[str, Any]:
+async def _lookup(request: web.Request, ctx: GatewayContext, name: str,
+                  ref: _Reference) -> dict[str, Any]:
     if ref.digest is not None:
-        return dict(await ctx.cluster.query("manifest_get", {"repo": name,
-                                                             "digest": ref.digest}))
-    return dict(await ctx.cluster.query("tag_get", {"repo": name, "tag": ref.tag}))
+        op, args = "manifest_get", {"repo": name, "digest": ref.digest}
+    else:
+        op, args = "tag_get", {"repo": name, "tag": ref.tag}
+    if not ctx.cfg.gateway.coalesce_manifest_reads:
+        return dict(await ctx.cluster.query(op, args))
+    key = (op, name, ref.digest or ref.tag)
+    return dict(await request.app[READS].run(key, lambda: ctx.cluster.query(op, args)))
 
 
 async def _body(ctx: GatewayContext, cache: ManifestCache, record: dict[str, Any]) -> bytes:
@@ -145,7 +155,7 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     name = validate_name(request.match_info["name"])
     ref = _Reference(request.match_info["reference"])
-    record = await _lookup(ctx, name, ref)
+    record = await _lookup(request, ctx, name, ref)
     headers = {"Content-Type": record["media_type"],
                "Docker-Content-Digest": record["digest"]}
     if request.method == "HEAD":
