@@ -73,6 +73,8 @@ class NodeConfig:
     raft_leader_fallback_timeout: float = 2.0
     raft_compaction_min_entries: int = 50_000
     raft_compaction_min_time: float = 600.0
+    # Attempts (one a second) to bind the Raft port before the node gives up and exits.
+    raft_bind_retries: int = 10
     # How long a metadata command or barrier may wait for Raft before failing.
     raft_command_timeout: float = 10.0
     # Leader housekeeping: every `housekeeping_interval` seconds, upload sessions (open,
@@ -90,7 +92,7 @@ class NodeConfig:
     # and the deadline of the health probe (Admin.Status) that decides which peers are live.
     repair_page_size: int = 256
     repair_copies_in_flight: int = 4
-    peer_probe_timeout: float = 1.0
+    peer_probe_timeout: float = 2.0
     # A long repair pass re-reads the member list and re-probes peers this often (seconds).
     repair_view_refresh: float = 15.0
     # Deadline of one node->node chunk RPC (repair copies, scrub re-fetches).

@@ -292,13 +292,16 @@ class RepairRole:
                 for node in plan.missing:
                     await self._rate.acquire(len(data))
                     try:
-                        await self._peers.put(view.grpc[node], plan.chunk_id, data, checksum)
+                        existed = await self._peers.put(view.grpc[node], plan.chunk_id, data,
+                                                        checksum)
                     except RegistryError as exc:
                         self.stats.copy_failures += 1
                         log_event(logger, "repair.copy_failed", logging.WARNING, node=node,
                                   chunk=plan.chunk_id.hex(), error=str(exc))
                         continue
                     present[node].add(plan.chunk_id)
+                    if existed:  # another node's repair (or a late gateway write) was first
+                        continue
                     self.stats.repaired_chunks += 1
                     self.stats.repaired_bytes += len(data)
                     self.stats.total_repaired_bytes += len(data)

@@ -85,6 +85,13 @@ async def test_sigkilled_node_gets_every_chunk_back_after_restart(
     print(f"\nrepair: {repaired / MiB:.1f} MiB copied to the restarted node in "
           f"{elapsed:.2f} s = {repaired / MiB / elapsed:.1f} MiB/s "
           f"(3 passes in parallel, 256 KiB chunks)")
+    # One pass normally converges; on a loaded machine a health probe may time out and
+    # leave work for the next pass, never more copies than were missing.
+    for _ in range(3):
+        if not misplaced(cluster, ids):
+            break
+        progress = await _repair_all(cluster, [0, 1, 2])
+        repaired += sum(int(p["repaired_bytes"]) for p in progress)  # type: ignore[call-overload]
     assert repaired == len(missing_before) * CHUNK
     assert misplaced(cluster, ids) == []
     assert all(len(holders) == 3 for holders in copies(cluster, [0, 1, 2], ids).values())
