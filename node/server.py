@@ -108,6 +108,7 @@ async def run_node(cfg: Config) -> None:
     try:
         # Created on this (the main) thread: pysyncobj's tick thread stops with its creator.
         raft = RaftMember(cfg)
+        await raft.wait_bound()
         scrub = ScrubRole(cfg, store, raft, peers)
         repair = RepairRole(cfg, store, raft, peers, on_corrupt=scrub.refetcher.schedule)
         server = grpc.aio.server(options=[

@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, replicated
 from pysyncobj.config import SERIALIZER_STATE
 
 from cargohold.config import Config
@@ -190,6 +190,7 @@ class RaftMember(SyncObj):
             raftMaxTimeout=node.raft_max_timeout,
             connectionRetryTime=node.raft_connection_retry,
             leaderFallbackTimeout=node.raft_leader_fallback_timeout,
+            maxBindRetries=node.raft_bind_retries,
         )
         if not cfg.cluster.secret:
             raise ConfigError("cluster.secret must be set: it authenticates the Raft port")
@@ -408,6 +409,13 @@ class RaftMember(SyncObj):
             has_quorum=bool(raw["has_quorum"]))
 
     # -- lifecycle -------------------------------------------------------------------------
+    async def wait_bound(self) -> None:
+        """Until the Raft port is bound; ConfigError when `raft_bind_retries` ran out."""
+        try:
+            await asyncio.to_thread(self.waitBinded)
+        except SyncObjException as exc:
+            raise ConfigError(f"cannot bind the Raft port: {exc}") from None
+
     async def close(self) -> None:
         """Stop the tick thread (closes Raft sockets and the journal) and wait for it."""
         self.destroy()
