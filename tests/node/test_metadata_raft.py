@@ -11,6 +11,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +26,7 @@ from pysyncobj.config import SERIALIZER_STATE
 
 from cargohold.config import Config
 from cargohold.devcluster import LocalCluster, free_port, to_toml
-from cargohold.errors import RangeInvalid, RequestInvalid, Unavailable
+from cargohold.errors import ConfigError, RangeInvalid, RequestInvalid, Unavailable
 from node.metadata.raft import RaftMember, raft_utility
 from node.server import housekeeping, join_cluster
 from protos import registry_pb2, registry_pb2_grpc
@@ -145,6 +146,18 @@ async def test_no_quorum_is_unavailable(tmp_path: Path,
     # A local read still answers.
     assert await member.query("catalog", {}, linearizable=False) == {
         "repositories": [], "more": False}
+
+
+async def test_a_taken_raft_port_is_a_config_error(
+        tmp_path: Path, members: Callable[..., RaftMember]) -> None:
+    cfg = member_config(tmp_path, raft_bind_retries=1)
+    host, port = cfg.node.raft_listen.split(":")
+    with socket.socket() as taken:
+        taken.bind((host, int(port)))
+        taken.listen()
+        member = members(cfg)
+        with pytest.raises(ConfigError):
+            await member.wait_bound()
 
 
 async def test_snapshot_then_restart_restores_state(
