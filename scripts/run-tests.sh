@@ -26,7 +26,7 @@ declare -A marker=(
 declare -A limit=(
   [unit]="${TEST_TIMEOUT_UNIT:-300}"
   [cluster]="${TEST_TIMEOUT_CLUSTER:-600}"
-  [clients]="${TEST_TIMEOUT_CLIENTS:-720}"
+  [clients]="${TEST_TIMEOUT_CLIENTS:-900}"
 )
 
 failed_phases=()
@@ -34,7 +34,7 @@ for phase in $PHASES; do
   echo "=== pytest phase: $phase (-m \"${marker[$phase]}\", at most ${limit[$phase]}s)"
   started=$SECONDS
   timeout --signal=INT --kill-after=30 "${limit[$phase]}" \
-    "$PY" -m pytest -q -ra -p no:cacheprovider -m "${marker[$phase]}" \
+    "$PY" -m pytest -q -ra -p no:cacheprovider --durations=5 -m "${marker[$phase]}" \
     --junitxml="$REPORTS/$phase.xml" "$@"
   rc=$?
   echo "=== phase $phase: exit $rc in $((SECONDS - started))s"

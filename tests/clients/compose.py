@@ -53,6 +53,7 @@ class ComposeCluster:
     image: str = "cargohold:latest"
     log_dir: Path | None = None
     compose: list[str] = field(default_factory=lambda: compose_command() or ["docker-compose"])
+    _ids: dict[str, str] = field(default_factory=dict)
 
     # -- lifecycle ---------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -72,6 +73,7 @@ class ComposeCluster:
         return out
 
     def up(self, timeout: float = 180.0) -> None:
+        self._ids.clear()
         self._compose("up", "-d", "--no-build")
         self.wait_ready(timeout)
 
@@ -100,13 +102,17 @@ class ComposeCluster:
         return f"{self.net_prefix}.{last}"
 
     def container(self, service: str, check: bool = True) -> str:
-        cid = self._compose("ps", "-q", service, check=check).strip().splitlines()
-        cid = [c for c in cid if len(c) >= 12 and all(ch in "0123456789abcdef" for ch in c)]
-        if not cid:
+        """The service's container id (stable across kill, start and restart)."""
+        if service in self._ids:
+            return self._ids[service]
+        lines = self._compose("ps", "-q", service, check=check).strip().splitlines()
+        ids = [c for c in lines if len(c) >= 12 and all(ch in "0123456789abcdef" for ch in c)]
+        if not ids:
             if check:
                 raise LookupError(f"no container for service {service}")
             return ""
-        return cid[0]
+        self._ids[service] = ids[0]
+        return ids[0]
 
     # -- health -----------------------------------------------------------------------
     def status(self) -> dict[str, object] | None:
