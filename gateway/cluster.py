@@ -389,6 +389,11 @@ class ClusterClient:
         replicas, quorum = self._cfg.cluster.replicas, self._cfg.cluster.write_quorum
         candidates = [self._by_id[i] for i in rank_nodes(chunk_id, self._active_ids())]
         if len(candidates) < quorum:
+            # A member list learned while nodes were still joining (or before a node was
+            # added): re-learn it once before refusing the write.
+            await self._refresh_quietly()
+            candidates = [self._by_id[i] for i in rank_nodes(chunk_id, self._active_ids())]
+        if len(candidates) < quorum:
             raise Unavailable("not enough active storage nodes",
                               detail={"active": len(candidates), "write_quorum": quorum})
         queue = list(candidates)
