@@ -134,11 +134,11 @@ async def _lookup(request: web.Request, ctx: GatewayContext, name: str,
     return dict(await request.app[READS].run(key, lambda: ctx.cluster.query(op, args)))
 
 
-async def _body(ctx: GatewayContext, cache: ManifestCache, record: dict[str, Any]) -> bytes:
+async def _load(ctx: GatewayContext, cache: ManifestCache, record: dict[str, Any]) -> bytes:
     digest = record["digest"]
-    body = cache.get(digest)
-    if body is not None:
-        return body
+    cached = cache.get(digest)
+    if cached is not None:  # filled by the previous shared read
+        return cached
     body = await ctx.cluster.read_all(record["recipe"])
     algorithm, _ = parse_digest(digest)
     if await _digest(body, algorithm) != digest:
@@ -148,6 +148,16 @@ async def _body(ctx: GatewayContext, cache: ManifestCache, record: dict[str, Any
                             detail={"digest": digest})
     cache.put(digest, body)
     return body
+
+
+async def _body(request: web.Request, ctx: GatewayContext, record: dict[str, Any]) -> bytes:
+    """The manifest's bytes: from the cache, else read once for all concurrent misses."""
+    cache = request.app[MANIFEST_CACHE]
+    body = cache.get(record["digest"])
+    if body is not None:
+        return body
+    return bytes(await request.app[READS].run(("manifest_body", record["digest"]),
+                                              lambda: _load(ctx, cache, record)))
 
 
 async def get_manifest(request: web.Request) -> web.StreamResponse:
@@ -161,7 +171,7 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
     if request.method == "HEAD":
         headers["Content-Length"] = str(record["size"])
         return web.Response(headers=headers)
-    body = await _body(ctx, request.app[MANIFEST_CACHE], record)
+    body = await _body(request, ctx, record)
     return web.Response(body=body, headers=headers)
 
 

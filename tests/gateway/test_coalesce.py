@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from typing import Any
 
@@ -11,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from cargohold.errors import ManifestUnknown
 from gateway.coalesce import Coalescer
-from gateway.manifests import READS
+from gateway.manifests import MANIFEST_CACHE, READS
 
 
 class GatedCalls:
@@ -164,3 +165,35 @@ async def test_coalescing_can_be_turned_off(gw: TestClient, fake_cluster, gatewa
     for gate in gated.gates:
         gate.set()
     assert [r.status for r in await asyncio.gather(*heads)] == [200] * 3
+
+
+async def test_cold_cache_misses_read_the_body_once(gw: TestClient, fake_cluster,
+                                                    pushed: bytes,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    gw.app[MANIFEST_CACHE].discard(_digest(pushed))
+    gated = GatedCalls()
+    real_read_all = fake_cluster.read_all
+
+    async def read_all(recipe: dict[str, Any]) -> bytes:
+        await gated()
+        return await real_read_all(recipe)
+
+    monkeypatch.setattr(fake_cluster, "read_all", read_all)
+    gets = [asyncio.create_task(gw.get(f"/v2/{REPO}/manifests/v1")) for _ in range(10)]
+    await gated.wait_calls(1)
+    reads = gw.app[READS]
+    key = ("manifest_body", _digest(pushed))
+    for _ in range(3000):  # until the other 9 requests wait for the body
+        if reads.waiting(key) == 9:
+            break
+        await asyncio.sleep(0.01)
+    assert reads.waiting(key) == 9
+    gated.gates[0].set()
+    responses = await asyncio.gather(*gets)
+    assert [await r.read() for r in responses] == [pushed] * 10
+    # The second shared call found the body cached by the first.
+    assert len(gated.gates) == 1
+
+
+def _digest(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
