@@ -221,7 +221,9 @@ class MetadataState:
         self.uploads: dict[str, tuple[Any, ...]] = {}
         self.members: dict[str, tuple[str, str, str]] = {}
         self.blob_bytes = 0
+        # Query caches, rebuilt on demand and dropped when what they order changes.
         self._catalog: list[str] | None = None
+        self._tag_order: dict[str, list[str]] = {}
         self._commands: dict[str, Callable[[dict[str, Any]], Any]] = {
             op: getattr(self, f"_cmd_{op}") for op in COMMANDS}
         self._queries: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -326,6 +328,7 @@ class MetadataState:
         self.referrers, self.uploads, self.members = referrers, uploads, members
         self.blob_bytes = int(header["blob_bytes"])
         self._catalog = None
+        self._tag_order = {}
 
     # -- shared mutations ----------------------------------------------------------------------
     def _repo_exists(self, repo: str) -> bool:
@@ -471,7 +474,10 @@ class MetadataState:
         self._add_blob(digest, recipe)
         self._link(repo, digest)
         if tag is not None:
-            self.tags.setdefault(repo, {})[tag] = digest
+            tags = self.tags.setdefault(repo, {})
+            if tag not in tags:
+                self._tag_order.pop(repo, None)
+            tags[tag] = digest
         return None
 
     def _drop_referrer(self, repo: str, subject: str, digest: str) -> None:
@@ -491,6 +497,7 @@ class MetadataState:
         if not tags or tag not in tags:
             raise ManifestUnknown(f"tag {tag} unknown in {repo}")
         del tags[tag]
+        self._tag_order.pop(repo, None)
         if not tags:
             del self.tags[repo]
         return None
@@ -506,6 +513,7 @@ class MetadataState:
         if tags:
             for tag in [t for t, d in tags.items() if d == digest]:
                 del tags[tag]
+                self._tag_order.pop(repo, None)
             if not tags:
                 del self.tags[repo]
         if record[3] is not None:
@@ -597,7 +605,10 @@ class MetadataState:
         repo = _field(args, "repo", str)
         if not self._repo_exists(repo):
             raise NameUnknown(f"repository {repo} unknown")
-        tags, more = _page(sorted(self.tags.get(repo, ())), args.get("n"), args.get("last"))
+        order = self._tag_order.get(repo)
+        if order is None:
+            order = self._tag_order[repo] = sorted(self.tags.get(repo, ()))
+        tags, more = _page(order, args.get("n"), args.get("last"))
         return {"tags": tags, "more": more}
 
     def _q_catalog(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -404,6 +404,24 @@ def test_tags_list_pagination(st: MetadataState) -> None:
         st.query("tags_list", {"repo": "no/such"})
 
 
+def test_tags_list_follows_every_tag_change(st: MetadataState) -> None:
+    first = image(st, REPO, "m1", tag="b")
+    assert st.query("tags_list", {"repo": REPO})["tags"] == ["b"]
+    image(st, REPO, "m2", tag="a")
+    assert st.query("tags_list", {"repo": REPO})["tags"] == ["a", "b"]
+    image(st, REPO, "m2", tag="b")  # moves an existing tag: same list
+    assert st.query("tags_list", {"repo": REPO})["tags"] == ["a", "b"]
+    put_manifest(st, REPO, "m1", blobs=[dg("m1-config"), dg("m1-layer")], tag="c")
+    assert st.query("tags_list", {"repo": REPO})["tags"] == ["a", "b", "c"]
+    st.apply("tag_delete", {"repo": REPO, "tag": "a"})
+    assert st.query("tags_list", {"repo": REPO})["tags"] == ["b", "c"]
+    st.apply("manifest_delete", {"repo": REPO, "digest": first})  # carries "c"
+    assert st.query("tags_list", {"repo": REPO})["tags"] == ["b"]
+    restored = MetadataState()
+    restored.load(st.dump())
+    assert restored.query("tags_list", {"repo": REPO})["tags"] == ["b"]
+
+
 def test_repo_with_blobs_only_lists_no_tags(st: MetadataState) -> None:
     commit_blob(st, REPO, "x")
     assert st.query("tags_list", {"repo": REPO, "n": None, "last": None}) == {
