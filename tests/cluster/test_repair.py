@@ -75,7 +75,9 @@ async def test_sigkilled_node_gets_every_chunk_back_after_restart(
     wait_answering(cluster, 2)
     cluster.wait_ready(60)
     missing_before = [cid for cid, ok in zip(ids, has(cluster, 2, ids), strict=True) if not ok]
-    assert len(missing_before) == 4 * 8 * MiB // CHUNK
+    # Everything pushed while it was down, and maybe some of the first blob: a 201 needs
+    # W=2 copies, the third may still have been in flight when n3 was killed.
+    assert len(missing_before) >= 4 * 8 * MiB // CHUNK
     assert misplaced(cluster, ids)
 
     started = time.monotonic()
