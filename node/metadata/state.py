@@ -224,6 +224,8 @@ class MetadataState:
         # Query caches, rebuilt on demand and dropped when what they order changes.
         self._catalog: list[str] | None = None
         self._tag_order: dict[str, list[str]] = {}
+        # Counts behind the `status` query (an Admin.Status health probe must stay O(1)).
+        self._repo_count = self._manifest_count = self._open_uploads = 0
         self._commands: dict[str, Callable[[dict[str, Any]], Any]] = {
             op: getattr(self, f"_cmd_{op}") for op in COMMANDS}
         self._queries: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -329,10 +331,29 @@ class MetadataState:
         self.blob_bytes = int(header["blob_bytes"])
         self._catalog = None
         self._tag_order = {}
+        self._recount()
+
+    def _recount(self) -> None:
+        self._repo_count = len(self.links.keys() | self.manifests.keys())
+        self._manifest_count = sum(len(m) for m in self.manifests.values())
+        self._open_uploads = sum(1 for u in self.uploads.values() if u[0] == OPEN)
 
     # -- shared mutations ----------------------------------------------------------------------
     def _repo_exists(self, repo: str) -> bool:
         return repo in self.links or repo in self.manifests
+
+    def _repo_added(self) -> None:
+        self._catalog = None
+        self._repo_count += 1
+
+    def _repo_removed(self) -> None:
+        self._catalog = None
+        self._repo_count -= 1
+
+    def _set_upload(self, upload: str, record: tuple[Any, ...]) -> None:
+        old = self.uploads.get(upload)
+        self._open_uploads += (record[0] == OPEN) - (old is not None and old[0] == OPEN)
+        self.uploads[upload] = record
 
     def _add_blob(self, digest: str, recipe: Recipe) -> None:
         if digest not in self.blobs:
@@ -343,7 +364,7 @@ class MetadataState:
         linked = self.links.get(repo)
         if linked is None:
             if repo not in self.manifests:
-                self._catalog = None
+                self._repo_added()
             linked = self.links[repo] = set()
         linked.add(digest)
 
@@ -355,7 +376,7 @@ class MetadataState:
         if not linked:
             del self.links[repo]
             if repo not in self.manifests:
-                self._catalog = None
+                self._repo_removed()
 
     # -- commands ------------------------------------------------------------------------------
     def _cmd_barrier(self, args: dict[str, Any]) -> None:
@@ -380,7 +401,7 @@ class MetadataState:
         if offset != size:
             raise RangeInvalid(f"size={size}", detail={"size": size})
         size += added
-        self.uploads[upload] = (OPEN, repo, size, old_packed + packed, request, now)
+        self._set_upload(upload, (OPEN, repo, size, old_packed + packed, request, now))
         return {"size": size}
 
     def _cmd_upload_cancel(self, args: dict[str, Any]) -> None:
@@ -393,7 +414,7 @@ class MetadataState:
             if record[0] == CANCELLED:
                 return None
         repo = record[1] if record is not None else None
-        self.uploads[upload] = (CANCELLED, repo, None, now)
+        self._set_upload(upload, (CANCELLED, repo, None, now))
         return None
 
     def _cmd_blob_commit(self, args: dict[str, Any]) -> None:
@@ -410,7 +431,7 @@ class MetadataState:
                 if record[0] == CLOSED and record[2] != digest:
                     raise BlobUploadUnknown(f"upload {upload} was committed as another blob")
             if record is None or record[0] == OPEN:
-                self.uploads[upload] = (CLOSED, repo, digest, now)
+                self._set_upload(upload, (CLOSED, repo, digest, now))
         self._add_blob(digest, recipe)
         self._link(repo, digest)
         return None
@@ -464,9 +485,10 @@ class MetadataState:
         old = present.get(digest)
         if repo not in self.manifests:
             if repo not in self.links:
-                self._catalog = None
+                self._repo_added()
             self.manifests[repo] = present = {}
         present[digest] = record
+        self._manifest_count += old is None
         if old is not None and old[3] is not None and old[3] != subject:
             self._drop_referrer(repo, old[3], digest)
         if subject is not None:
@@ -509,6 +531,7 @@ class MetadataState:
         if not present or digest not in present:
             raise ManifestUnknown(f"manifest {digest} unknown in {repo}")
         record = present.pop(digest)
+        self._manifest_count -= 1
         tags = self.tags.get(repo)
         if tags:
             for tag in [t for t, d in tags.items() if d == digest]:
@@ -521,7 +544,7 @@ class MetadataState:
         if not present:
             del self.manifests[repo]
             if repo not in self.links:
-                self._catalog = None
+                self._repo_removed()
         # The manifest bytes were linked as a blob by manifest_put: gone with the manifest.
         self._unlink(repo, digest)
         return None
@@ -554,7 +577,7 @@ class MetadataState:
         # Every record keeps its last-touched time as its last field.
         stale = [u for u, record in self.uploads.items() if record[-1] < cutoff]
         for upload in stale:
-            del self.uploads[upload]
+            self._open_uploads -= self.uploads.pop(upload)[0] == OPEN
         return {"expired": len(stale)}
 
     # -- queries --------------------------------------------------------------------------------
@@ -644,9 +667,9 @@ class MetadataState:
 
     def _q_status(self, args: dict[str, Any]) -> dict[str, int]:
         return {
-            "repos": len(self.links.keys() | self.manifests.keys()),
+            "repos": self._repo_count,
             "blobs": len(self.blobs),
-            "manifests": sum(len(m) for m in self.manifests.values()),
-            "uploads": sum(1 for u in self.uploads.values() if u[0] == OPEN),
+            "manifests": self._manifest_count,
+            "uploads": self._open_uploads,
             "blob_bytes": self.blob_bytes,
         }

@@ -576,6 +576,32 @@ def test_refused_commands_leave_state_unchanged(st: MetadataState) -> None:
     assert st.dump() == before
 
 
+def test_status_counters_match_a_recount(st: MetadataState) -> None:
+    def check() -> None:
+        counted = st.query("status", {})
+        st._recount()
+        assert st.query("status", {}) == counted
+
+    _workload(st)
+    check()
+    st.apply("upload_append", {"upload": "u3", "repo": OTHER, "offset": 0, "chunks": [],
+                               "request": "r", "now": 7.0})
+    commit_blob(st, OTHER, "u3-blob", upload="u3")
+    st.apply("upload_cancel", {"upload": "u1", "now": 8.0})
+    check()
+    st.apply("upload_append", {"upload": "u4", "repo": OTHER, "offset": 0, "chunks": [],
+                               "request": "r", "now": 1.0})
+    st.apply("expire_uploads", {"now": 100.0, "older_than": 10.0})
+    check()
+    for repo in (REPO, OTHER, "third/repo"):
+        for digest in list(st.manifests.get(repo, {})):
+            st.apply("manifest_delete", {"repo": repo, "digest": digest})
+        for digest in list(st.links.get(repo, ())):
+            st.apply("blob_unlink", {"repo": repo, "digest": digest})
+        check()
+    assert st.query("status", {})["repos"] == 0
+
+
 def test_json_results_are_plain(st: MetadataState) -> None:
     _workload(st)
     json.dumps(_everything(st))
