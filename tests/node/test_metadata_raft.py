@@ -430,3 +430,25 @@ def test_a_fourth_node_joins_after_a_raft_add(three_nodes: LocalCluster,
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.cluster
+@pytest.mark.chaos
+def test_a_node_far_behind_catches_up_from_a_snapshot(three_nodes: LocalCluster) -> None:
+    leader = three_nodes.leader_index()
+    assert leader is not None
+    behind = (leader + 1) % 3
+    three_nodes.kill_node(behind, signal.SIGKILL)
+    dump = three_nodes.node_data_dir(leader) / "raft" / "state.dump"
+    with Writers(three_nodes, "far") as writers:
+        writers.wait_for(CLUSTER_NODE_SETTINGS["raft_compaction_min_entries"] + 50)
+        # The leader's journal no longer reaches back to where `behind` stopped.
+        deadline = time.monotonic() + 30
+        while not dump.exists():
+            assert time.monotonic() < deadline, "the leader never compacted its log"
+            time.sleep(0.1)
+    acked = writers.acked
+    three_nodes.start_node(behind)
+    assert acked <= listed_tags(three_nodes.node_grpc(behind))
+    received = three_nodes.node_data_dir(behind) / "raft" / "state.dump"
+    assert received.exists(), "caught up without a snapshot: the install path is untested"
