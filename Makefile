@@ -83,6 +83,7 @@ base-image: system-deps
 
 image: base-image wheels
 	docker build --quiet -f deploy/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) .
+	@docker image prune -f --filter label=org.opencontainers.image.title=cargohold >/dev/null
 
 images: image
 

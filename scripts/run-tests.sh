@@ -31,6 +31,7 @@ declare -A limit=(
 
 failed_phases=()
 for phase in $PHASES; do
+  if [[ $phase == clients ]]; then "$ROOT/scripts/clean-test-docker.sh"; fi
   echo "=== pytest phase: $phase (-m \"${marker[$phase]}\", at most ${limit[$phase]}s)"
   started=$SECONDS
   timeout --signal=INT --kill-after=30 "${limit[$phase]}" \
@@ -38,6 +39,8 @@ for phase in $PHASES; do
     --junitxml="$REPORTS/$phase.xml" "$@"
   rc=$?
   echo "=== phase $phase: exit $rc in $((SECONDS - started))s"
+  # An interrupted compose test may leave its containers, network and volumes behind.
+  if [[ $phase == clients ]]; then "$ROOT/scripts/clean-test-docker.sh"; fi
   case $rc in
     0 | 5) ;;
     124 | 130 | 137) echo "phase $phase hit its time limit" >&2; failed_phases+=("$phase") ;;
