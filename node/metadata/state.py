@@ -41,6 +41,10 @@ background thread can write a large state while the tick thread keeps applying;
 `load_stream`/`load` read it back and re-intern the strings. `dump()`/`load()` are the
 same as bytes.
 
+Derived and never snapshotted: the sorted catalogue and each repository's sorted tag list
+(query caches, dropped when what they order changes) and the counters behind `status`
+(kept by the commands, recounted on load), so paging and health probes stay cheap.
+
 Thread safety: the Raft tick thread applies commands while the event loop runs queries;
 `node/metadata/raft.py` serialises both with one lock. This module holds no lock itself.
 """
