@@ -77,6 +77,9 @@ class NodeConfig:
     raft_bind_retries: int = 10
     # How long a metadata command or barrier may wait for Raft before failing.
     raft_command_timeout: float = 10.0
+    # Group commit: metadata commands arriving in the same event-loop turn share one Raft
+    # log entry, at most this many per entry.
+    raft_batch_max_commands: int = 256
     # Leader housekeeping: every `housekeeping_interval` seconds, upload sessions (open,
     # closed or cancelled) untouched for `upload_expire_after` seconds are forgotten.
     housekeeping_interval: float = 300.0
