@@ -144,6 +144,8 @@ async def test_add_then_drain_and_remove_the_leader_under_load(
     finally:
         await load.stop()
 
+    print(f"\nmembership: {load.ops} pushes/pulls during add + drain + remove, "
+          f"{len(load.failures)} failed")
     assert load.failures == [], load.failures[:5]
     assert load.ops > 0
     all_ids = ids + [c for _, _, d in load.blobs for c in chunk_ids(d, CHUNK)]
@@ -191,3 +193,27 @@ async def test_remove_refuses_an_active_or_unemptied_member(
     members = await asyncio.to_thread(member_change, seeds, "SetMemberState",
                                       cluster.node_id(victim), state="active")
     assert {m["id"]: m["state"] for m in members}[cluster.node_id(victim)] == "active"
+
+
+async def test_a_dead_node_removed_with_force_is_rebuilt_elsewhere(
+        make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession) -> None:
+    cluster = make_cluster(nodes=4, gateways=1, chunk_size=CHUNK, extra=EXTRA)
+    seeds = cluster.node_grpc_addresses
+    blobs = [os.urandom(MiB + k) for k in range(4)]
+    digests = [await push_blob(http, cluster.gateway_url, "dead/a", d) for d in blobs]
+    ids = [c for d in blobs for c in chunk_ids(d, CHUNK)]
+    await _repair_until_placed(cluster, [0, 1, 2, 3], ids)
+    dead = next(i for i in range(4) if i != cluster.leader_index())
+    cluster.kill_node(dead, signal.SIGKILL)
+    await asyncio.to_thread(member_change, seeds, "SetMemberState", cluster.node_id(dead),
+                            state="draining")
+    with pytest.raises(RuntimeError, match="does not answer"):
+        await asyncio.to_thread(member_change, seeds, "RemoveMember", cluster.node_id(dead))
+    members = await asyncio.to_thread(member_change, seeds, "RemoveMember",
+                                      cluster.node_id(dead), force=True)
+    assert {m["id"]: m["state"] for m in members}[cluster.node_id(dead)] == "removed"
+    rest = [i for i in range(4) if i != dead]
+    await _repair_until_placed(cluster, rest, ids)
+    assert all(len(holders) == 3 for holders in copies(cluster, rest, ids).values())
+    for data, digest in zip(blobs, digests, strict=True):
+        assert await pull_blob(http, cluster.gateway_url, "dead/a", digest) == data
