@@ -241,15 +241,16 @@ class RepairRole:
         for plan in plans:
             plan.missing = [n for n in plan.t_live if n != me and n in present
                             and plan.chunk_id not in present[n]]
+            if not plan.missing:
+                continue
+            self.stats.under_replicated += 1
+            self.stats.under_replicated_bytes += plan.size
             holders = [n for n in plan.t_live
                        if n == me or plan.chunk_id in present.get(n, ())]
-            if plan.missing and holders and holders[0] != me:
-                # Under-replicated, but a better-ranked live owner holds it and copies it
-                # in its own pass: one copier per chunk, not one per holder.
+            if holders and holders[0] != me:
+                # A better-ranked live owner holds it and copies it in its own pass: one
+                # copier per chunk, not one per holder.
                 plan.missing = []
-            elif plan.missing:
-                self.stats.under_replicated += 1
-                self.stats.under_replicated_bytes += plan.size
         await self._copy(view, [p for p in plans if p.missing], present)
         if read_members(self._members) != view.raw:
             raise _MembersChanged
