@@ -105,6 +105,12 @@ class _Node:
         self.put_serialized = channel.unary_unary(
             "/cargohold.v1.Chunks/Put", request_serializer=None,
             response_deserializer=registry_pb2.PutChunkReply.FromString)
+        # Chunks.Get answering the serialized GetChunkReply, parsed by `decode_get_reply`
+        # without copying the chunk's bytes again.
+        self.get_serialized = channel.unary_unary(
+            "/cargohold.v1.Chunks/Get",
+            request_serializer=registry_pb2.GetChunkRequest.SerializeToString,
+            response_deserializer=None)
 
 
 def _recipe_chunks(recipe: dict[str, Any]) -> list[tuple[str, int]]:
@@ -460,15 +466,19 @@ class ClusterClient:
             ids, pieces, strict=True)]}
 
     # -- chunk reads --------------------------------------------------------------------
-    async def read_chunk(self, chunk_hex: str, length: int | None = None) -> bytes:
-        """The verified bytes of one chunk from the first healthy replica, hedged."""
+    async def read_chunk(self, chunk_hex: str, length: int | None = None) -> memoryview:
+        """The verified bytes of one chunk from the first healthy replica, hedged.
+
+        A read-only memoryview into the received message (no copy); bytes-like
+        everywhere a `bytes` is (hashlib, `b"".join`, aiohttp's `write`).
+        """
         await self._ensure_members()
         chunk_id = bytes.fromhex(chunk_hex)
         order = self.read_order(chunk_id)
         if not order:
             raise Unavailable("no storage node known")
         hedge = self._cfg.gateway.hedge_after_seconds
-        pending: set[asyncio.Task[bytes]] = set()
+        pending: set[asyncio.Task[memoryview]] = set()
         failures: list[str] = []
         next_index = 0
 
@@ -489,7 +499,7 @@ class ClusterClient:
                     log_event(logger, "cluster.read_hedged", logging.DEBUG, chunk=chunk_hex)
                     launch()
                     continue
-                found: bytes | None = None
+                found: memoryview | None = None
                 for task in done:
                     exc = task.exception()
                     if exc is not None:
@@ -508,20 +518,24 @@ class ClusterClient:
         raise Unavailable("no replica could serve a chunk",
                           detail={"chunk": chunk_hex, "errors": failures})
 
-    async def _get_one(self, member: Member, chunk_id: bytes, length: int | None) -> bytes:
+    async def _get_one(self, member: Member, chunk_id: bytes,
+                       length: int | None) -> memoryview:
         node = self._node(member.grpc)
         try:
-            reply = await node.chunks.Get(registry_pb2.GetChunkRequest(id=chunk_id),
-                                          timeout=self._cfg.gateway.rpc_timeout_seconds)
+            raw = await node.get_serialized(registry_pb2.GetChunkRequest(id=chunk_id),
+                                            timeout=self._cfg.gateway.rpc_timeout_seconds)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _RETRYABLE:
                 self._mark_down(member.grpc)
             raise Unavailable(f"{member.id}: {exc.code().name}") from None
-        data = reply.data
+        try:
+            data, checksum = decode_get_reply(raw)
+        except ValueError:
+            raise ChunkCorrupt(f"{member.id}: malformed reply") from None
         if length is not None and len(data) != length:
             raise ChunkCorrupt(f"{member.id}: length {len(data)} != {length}")
-        if self._cfg.gateway.verify_reads == "xxh3" and reply.checksum:
-            ok = checksum_of(data) == reply.checksum
+        if self._cfg.gateway.verify_reads == "xxh3" and checksum:
+            ok = checksum_of(data) == checksum
         else:
             ok = await hash_off_loop(chunk_id_of, data) == chunk_id
         if not ok:
@@ -531,7 +545,7 @@ class ClusterClient:
         return data
 
     async def read_range(self, recipe: dict[str, Any], start: int,
-                         end: int) -> AsyncGenerator[bytes, None]:
+                         end: int) -> AsyncGenerator[memoryview, None]:
         """Verified bytes [start, end) of a recipe, with read-ahead; pieces in order.
 
         Callers that may stop early should close it (`contextlib.aclosing`) so that the
@@ -539,7 +553,7 @@ class ClusterClient:
         """
         wanted = list(_slices(_recipe_chunks(recipe), start, end))
         ahead = max(1, self._cfg.gateway.read_ahead_chunks)
-        tasks: collections.deque[asyncio.Task[bytes]] = collections.deque()
+        tasks: collections.deque[asyncio.Task[memoryview]] = collections.deque()
         scheduled = 0
         try:
             for _chunk_hex, length, lo, hi in wanted:
@@ -609,4 +623,46 @@ def encode_put(chunk_id: bytes, pieces: Sequence[bytes | memoryview], length: in
     return b"".join([b"\x0a", _varint(len(chunk_id)), chunk_id,
                      b"\x12", _varint(length), *pieces,
                      b"\x1a", _varint(len(checksum)), checksum])
+
+
+def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(view) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = view[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def decode_get_reply(raw: bytes) -> tuple[memoryview, bytes]:
+    """(data, checksum) of a serialized GetChunkReply; `data` is a view, not a copy.
+
+    Protobuf's parser would copy the chunk into a new `bytes`; this walks the wire format
+    (length-delimited and varint fields; anything else is ValueError) and slices. Checked
+    against protobuf in tests/gateway/test_cluster_client.py.
+    """
+    view = memoryview(raw)
+    data, checksum = view[0:0], b""
+    pos = 0
+    while pos < len(view):
+        key, pos = _read_varint(view, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _read_varint(view, pos)
+        elif wire == 2:
+            size, pos = _read_varint(view, pos)
+            if pos + size > len(view):
+                raise ValueError("truncated field")
+            if field == 1:
+                data = view[pos:pos + size]
+            elif field == 2:
+                checksum = bytes(view[pos:pos + size])
+            pos += size
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+    return data, checksum
 

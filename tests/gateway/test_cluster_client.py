@@ -11,7 +11,7 @@ from fakenodes import FakeNodes
 
 from cargohold.digests import checksum_of, chunk_id_of
 from cargohold.errors import BlobUnknown, RangeInvalid, Unavailable
-from gateway.cluster import ClusterClient, _slices, encode_put
+from gateway.cluster import ClusterClient, _slices, decode_get_reply, encode_put
 from protos import registry_pb2
 
 
@@ -219,3 +219,13 @@ def test_encode_put_matches_protobuf(size: int) -> None:
     expected = registry_pb2.PutChunkRequest(id=cid, data=data,
                                             checksum=checksum).SerializeToString()
     assert encode_put(cid, pieces, size, checksum) == expected
+
+
+@pytest.mark.parametrize("size", [0, 1, 200, 4 * 1024 * 1024])
+def test_decode_get_reply_matches_protobuf(size: int) -> None:
+    data = os.urandom(size)
+    raw = registry_pb2.GetChunkReply(data=data, checksum=checksum_of(data)).SerializeToString()
+    got, checksum = decode_get_reply(raw)
+    assert got == data and checksum == checksum_of(data)
+    with pytest.raises(ValueError):
+        decode_get_reply(raw[:-1] if raw else b"\x0a")
