@@ -13,9 +13,9 @@ import asyncio
 import hashlib
 import http.client as httplib
 import os
+import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -263,24 +263,46 @@ async def test_client_vanishing_mid_patch_commits_nothing(
     assert "Traceback" not in log
 
 
-@pytest.fixture
-def private(make_cluster: Callable[..., LocalCluster]) -> Iterator[LocalCluster]:
-    yield make_cluster(nodes=1, gateways=1)
-
-
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 async def test_gateway_restart_between_patch_and_put(
-        http: aiohttp.ClientSession, private: LocalCluster, tmp_path: Path) -> None:
+        http: aiohttp.ClientSession, make_cluster: Callable[..., LocalCluster],
+        sig: signal.Signals) -> None:
+    private = make_cluster(nodes=1, gateways=1)
     base = private.gateway_url
     data = os.urandom(CHUNK + 5000)
     location = await _start(http, base, "restart/me")
     status, _ = await asyncio.to_thread(_stream_patch, base, location, data[:CHUNK + 10])
     assert status == 202
-    await asyncio.to_thread(private.restart_gateway, 0)
+    await asyncio.to_thread(private.restart_gateway, 0, sig)
     await asyncio.to_thread(private.wait_ready, 60)
+    # The new process has no running hash: it rebuilds it from the stored chunks.
     async with http.put(f"{base}{location}", params={"digest": sha256(data)},
                         data=data[CHUNK + 10:]) as resp:
         assert resp.status == 201, await resp.text()
     status, body, _ = await _get(http, f"{base}/v2/restart/me/blobs/{sha256(data)}")
+    assert status == 200 and body == data
+
+
+@pytest.mark.chaos
+async def test_patch_survives_gateway_and_node_sigkill(
+        http: aiohttp.ClientSession, make_cluster: Callable[..., LocalCluster]) -> None:
+    # Invariant 5 + 1: bytes acknowledged by a PATCH 202 outlive their gateway and any
+    # one node; another gateway finishes the upload, rebuilding the hash from replicas.
+    local = make_cluster(nodes=3, gateways=2)
+    first, second = local.gateway_urls
+    data = os.urandom(2 * CHUNK + 999)
+    location = await _start(http, first, "survive/it")
+    status, _ = await asyncio.to_thread(_stream_patch, first, location, data[:CHUNK + 3])
+    assert status == 202
+    await asyncio.to_thread(local.kill_gateway, 0)
+    await asyncio.to_thread(local.kill_node, 0)
+    status, _ = await asyncio.to_thread(_stream_patch, second, location,
+                                        data[CHUNK + 3:2 * CHUNK])
+    assert status == 202
+    async with http.put(f"{second}{location}", params={"digest": sha256(data)},
+                        data=data[2 * CHUNK:]) as resp:
+        assert resp.status == 201, await resp.text()
+    status, body, _ = await _get(http, f"{second}/v2/survive/it/blobs/{sha256(data)}")
     assert status == 200 and body == data
 
 
