@@ -7,8 +7,9 @@ joined into one buffer of its own: its pieces (memoryviews of aiohttp's buffers)
 hashed in one worker-thread hop — its sha256 id, its xxh3 checksum and the running blob
 digest the caller passes in, piece by piece while each piece is hot in cache — and then
 copied once, straight into the encoded PutChunkRequest (`cluster.encode_put`) that goes to
-all R replicas. Up to `gateway.upload_writes_in_flight` chunk writes run while reading
-goes on, so memory per upload is bounded by about (in-flight + 1) chunks; a layer is
+all R replicas. Up to `gateway.upload_writes_in_flight` chunk writes per upload, and
+`gateway.chunk_writes_in_flight_total` across the gateway, run while reading goes on, so
+memory is bounded by about (in-flight + 1) chunks per upload and by the total; a layer is
 never buffered.
 
 Hashing runs in a thread (`asyncio.to_thread`) for chunks of 64 KiB or more: hashlib
@@ -100,8 +101,10 @@ async def ingest(cluster: ClusterClient, stream: BodyStream, running: Any, chunk
             chunks.append([chunk_id.hex(), length])
             while len(writes) >= in_flight:
                 await writes.popleft()
-            writes.append(asyncio.create_task(
-                cluster.store_encoded(chunk_id, length, request)))
+            await cluster.write_slots.acquire()
+            task = asyncio.create_task(cluster.store_encoded(chunk_id, length, request))
+            task.add_done_callback(lambda _: cluster.write_slots.release())
+            writes.append(task)
         while writes:
             await writes.popleft()
     except BaseException:

@@ -133,6 +133,8 @@ class ClusterClient:
         self._last_refresh = 0.0
         self._closed = False
         self._credentials = self._channel_credentials()
+        # Gateway-wide bound on chunk writes in flight (see `gateway.chunking.ingest`).
+        self.write_slots = asyncio.Semaphore(max(1, cfg.gateway.chunk_writes_in_flight_total))
 
     # -- lifecycle ------------------------------------------------------------------------
     @classmethod
