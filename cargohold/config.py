@@ -148,6 +148,9 @@ class GatewayConfig:
     # Chunk writes in flight per upload while more of the body is read (memory bound:
     # about (this + 1) * cluster.chunk_size per upload).
     upload_writes_in_flight: int = 4
+    # ... and across all uploads of this gateway (bounds its write-buffer memory to about
+    # this many chunks, plus one being cut per upload).
+    chunk_writes_in_flight_total: int = 64
     # Chunks at least this large are offered with Chunks.Has first, so a node that
     # already holds one is not sent the bytes again.
     has_check_min_bytes: int = 1024 * 1024
