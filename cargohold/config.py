@@ -77,9 +77,11 @@ class NodeConfig:
     raft_bind_retries: int = 10
     # How long a metadata command or barrier may wait for Raft before failing.
     raft_command_timeout: float = 10.0
-    # Group commit: metadata commands arriving in the same event-loop turn share one Raft
-    # log entry, at most this many per entry.
+    # Group commit: while `raft_batches_in_flight` log entries of metadata commands await
+    # their commit, newer commands wait and then share one entry (at most
+    # `raft_batch_max_commands` each).
     raft_batch_max_commands: int = 256
+    raft_batches_in_flight: int = 2
     # Leader housekeeping: every `housekeeping_interval` seconds, upload sessions (open,
     # closed or cancelled) untouched for `upload_expire_after` seconds are forgotten.
     housekeeping_interval: float = 300.0

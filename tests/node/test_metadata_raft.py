@@ -99,6 +99,34 @@ async def test_command_and_query_through_the_bridge(
     assert status.last_applied >= 3 and status.commit_index >= status.last_applied
 
 
+async def test_concurrent_commands_share_log_entries_and_keep_their_results(
+        tmp_path: Path, members: Callable[..., RaftMember]) -> None:
+    member = members(member_config(tmp_path))
+    await member.barrier()
+    before = member.status().commit_index
+
+    async def bad_append(i: int) -> None:
+        with pytest.raises(RangeInvalid) as err:
+            await member.command("upload_append", {"upload": f"u{i}", "repo": REPO,
+                                                   "offset": i + 1, "chunks": [],
+                                                   "request": "r", "now": 1.0})
+        assert err.value.message == "size=0"
+
+    async def good_append(i: int) -> None:
+        result = await member.command("upload_append", {
+            "upload": f"v{i}", "repo": REPO, "offset": 0, "chunks": [["ab" * 32, i]],
+            "request": "r", "now": 1.0})
+        assert result == {"size": i}
+
+    await asyncio.gather(*[member.command("manifest_put", tag_cmd(i)) for i in range(100)],
+                         *[bad_append(i) for i in range(20)],
+                         *[good_append(i) for i in range(20)])
+    # 140 commands, a handful of log entries.
+    assert member.status().commit_index - before <= 4
+    status = await member.query("status", {}, linearizable=True)
+    assert status["manifests"] == 100 and status["uploads"] == 20
+
+
 async def test_concurrent_reads_share_one_barrier(
         tmp_path: Path, members: Callable[..., RaftMember]) -> None:
     member = members(member_config(tmp_path))
