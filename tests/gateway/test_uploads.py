@@ -335,3 +335,21 @@ async def test_r1_single_node() -> None:
         resp = await dp.http.post(f"/v2/a/blobs/uploads/?digest={digest_of(data)}", data=data)
         assert resp.status == 201
         assert await _blob(dp, "a", digest_of(data)) == data
+
+
+async def _push_streamed(dp: DataPath, data: bytes) -> int:
+    location = await _start(dp)
+    resp = await dp.http.patch(location, data=_body(data))
+    assert resp.status == 202
+    resp = await dp.http.put(f"{location}?digest={digest_of(data)}")
+    return resp.status
+
+
+async def test_concurrent_uploads_share_a_tiny_global_write_budget() -> None:
+    async for dp in data_path(3, gateway__chunk_writes_in_flight_total=1):
+        blobs = [os.urandom(3 * CHUNK + i) for i in range(4)]
+        statuses = await asyncio.gather(*(_push_streamed(dp, b) for b in blobs))
+        assert statuses == [201] * 4
+        assert dp.cluster.write_slots._value == 1  # every slot came back
+        for data in blobs:
+            assert await _blob(dp, "lib/app", digest_of(data)) == data
