@@ -79,7 +79,8 @@ class NodeConfig:
     raft_command_timeout: float = 10.0
     # Group commit: while `raft_batches_in_flight` log entries of metadata commands await
     # their commit, newer commands wait and then share one entry (at most
-    # `raft_batch_max_commands` each).
+    # `raft_batch_max_commands` each; every 64 chunk references in a command count as one
+    # more command, which keeps an entry near a megabyte).
     raft_batch_max_commands: int = 256
     raft_batches_in_flight: int = 2
     # Leader housekeeping: every `housekeeping_interval` seconds, upload sessions (open,

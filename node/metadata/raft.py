@@ -47,7 +47,8 @@ results to the event loop with `call_soon_threadsafe`. `_lock` serialises the ti
 
 Group commit: `command()` queues; up to `raft_batches_in_flight` log entries are
 uncommitted at a time, and the commands that arrive meanwhile go together into the next
-entry (`_apply_batch`, at most `raft_batch_max_commands`), each with its own result. A
+entry (`_apply_batch`, at most `raft_batch_max_commands`, a command carrying many chunk
+references counting for more), each with its own result. A
 lone caller still gets its entry at once; under concurrency Raft's per-entry cost (one
 round of pickled, encrypted messages and acks to every follower) is shared, which halved
 the leader's CPU per command at 32 callers.
@@ -151,6 +152,19 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _weight(args: dict[str, Any]) -> int:
+    """A command's share of a batch: 1, plus 1 per 64 chunk references it carries, so a
+    batch of large recipes stays near a megabyte (large entries stall the tick thread)."""
+    refs = 0
+    chunks = args.get("chunks")
+    if isinstance(chunks, list):
+        refs += len(chunks)
+    recipe = args.get("recipe")
+    if isinstance(recipe, dict) and isinstance(recipe.get("chunks"), list):
+        refs += len(recipe["chunks"])
+    return 1 + refs // 64
 
 
 class _Slot:
@@ -387,8 +401,14 @@ class RaftMember(SyncObj):
         arrive during a round trip share the next entry and its round of messages)."""
         self._flush_scheduled = False
         while self._pending and self._in_flight < self._max_in_flight:
-            group = self._pending[:self._batch_max]
-            del self._pending[:self._batch_max]
+            size = weight = 0
+            for _, args, _ in self._pending:
+                weight += _weight(args)
+                if size and weight > self._batch_max:
+                    break
+                size += 1
+            group = self._pending[:size]
+            del self._pending[:size]
             futs = [fut for _, _, fut in group]
             self._in_flight += 1
             slot = _Slot(self, loop)

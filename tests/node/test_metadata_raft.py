@@ -127,6 +127,22 @@ async def test_concurrent_commands_share_log_entries_and_keep_their_results(
     assert status["manifests"] == 100 and status["uploads"] == 20
 
 
+async def test_batches_are_bounded_by_commands_and_chunk_references(
+        tmp_path: Path, members: Callable[..., RaftMember]) -> None:
+    member = members(member_config(tmp_path, raft_batch_max_commands=8))
+    await member.barrier()
+    before = member.status().commit_index
+    await asyncio.gather(*[member.command("manifest_put", tag_cmd(i)) for i in range(16)])
+    assert member.status().commit_index - before == 2
+    before = member.status().commit_index
+    big = [["cd" * 32, 1]] * (64 * 8)  # weighs 9 > 8: alone in its entry
+    results = await asyncio.gather(*[member.command("upload_append", {
+        "upload": f"big{i}", "repo": REPO, "offset": 0, "chunks": big, "request": "r",
+        "now": 1.0}) for i in range(4)])
+    assert results == [{"size": 512}] * 4
+    assert member.status().commit_index - before == 4
+
+
 async def test_concurrent_reads_share_one_barrier(
         tmp_path: Path, members: Callable[..., RaftMember]) -> None:
     member = members(member_config(tmp_path))
