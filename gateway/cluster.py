@@ -481,6 +481,7 @@ class ClusterClient:
             raise Unavailable("no storage node known")
         hedge = self._cfg.gateway.hedge_after_seconds
         pending: set[asyncio.Task[memoryview]] = set()
+        owner: dict[asyncio.Task[memoryview], Member] = {}
         failures: list[str] = []
         next_index = 0
 
@@ -488,7 +489,9 @@ class ClusterClient:
             nonlocal next_index
             member = order[next_index]
             next_index += 1
-            pending.add(asyncio.create_task(self._get_one(member, chunk_id, length)))
+            task = asyncio.create_task(self._get_one(member, chunk_id, length))
+            owner[task] = member
+            pending.add(task)
 
         launch()
         try:
@@ -509,6 +512,10 @@ class ClusterClient:
                     elif found is None:
                         found = task.result()
                 if found is not None:
+                    # Replicas outrun by a hedge are read last for a while, so a hung or
+                    # partitioned node costs one hedge delay, not one per chunk.
+                    for task in pending:
+                        self._down_until[owner[task].grpc] = time.monotonic() + _DOWN_SECONDS
                     return found
                 if not pending and next_index < len(order):
                     launch()

@@ -152,9 +152,14 @@ async def test_slow_replica_is_hedged(nodes: FakeNodes, client: ClusterClient) -
     first = nodes.by_id(reader.read_order(cid)[0].id)
     first.slow = asyncio.Event()  # never set while the read runs: only a hedge can answer
     try:
+        slow_first = reader.read_order(cid)
         assert await reader.read_chunk(cid.hex(), len(data)) == data
-        second = nodes.by_id(reader.read_order(cid)[1].id)
+        second = nodes.by_id(slow_first[1].id)
         assert second.gets == 1
+        # The hung replica is now read after the healthy owners: no hedge needed next.
+        assert [m.id for m in reader.read_order(cid)].index(first.id) == 2
+        assert await reader.read_chunk(cid.hex(), len(data)) == data
+        assert first.gets == 1
     finally:
         first.slow.set()
         await reader.close()
