@@ -86,13 +86,14 @@ def _forget_locally(image: LayeredImage) -> None:
 def _pull_and_check(image: LayeredImage, ref: str) -> None:
     docker("pull", ref)
     image.extra_tags.append(ref)
-    out = docker("run", "--rm", "--network", "none", ref, "sha256sum", "/data/big.bin",
-                 "/data/small.bin")
-    sums = dict(reversed(line.split()) for line in out.strip().splitlines())
+    # One container: the hello text on its own line, then the checksums.
+    out = docker("run", "--rm", "--network", "none", ref, "sh", "-c",
+                 "cat /data/hello.txt; sha256sum /data/big.bin /data/small.bin")
+    hello, *sum_lines = out.strip().splitlines()
+    assert (hello + "\n").encode() == image.files["/data/hello.txt"]
+    sums = {path: digest for digest, path in (line.split() for line in sum_lines)}
     assert sums["/data/big.bin"] == image.sha256("/data/big.bin")
     assert sums["/data/small.bin"] == image.sha256("/data/small.bin")
-    hello = docker("run", "--rm", "--network", "none", ref, "cat", "/data/hello.txt")
-    assert hello.encode() == image.files["/data/hello.txt"]
 
 
 def test_push_pull_run_through_lb(compose: ComposeCluster, images: list[LayeredImage],
@@ -188,7 +189,7 @@ def test_rolling_restart_while_pulling_has_no_failed_pull(
     thread.start()
     try:
         for service in (*NODES, *GATEWAYS):
-            docker("restart", "-t", "20", compose.container(service), timeout=120)
+            docker("restart", "-t", "15", compose.container(service), timeout=120)
             compose.wait_healthy(service)
             compose.wait_ready()
     finally:
