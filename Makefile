@@ -26,13 +26,14 @@ help:
 	@echo "make system-deps   apt-get install skopeo docker-registry debootstrap busybox-static haproxy (if missing)"
 	@echo "make run           a local 3-node cluster + gateway on 127.0.0.1:5000 (data in ./data)"
 	@echo "make test          everything CI runs: unit, cluster, then client/docker tests"
+	@echo "make test-unit     one phase only (also test-cluster, test-clients); PYTEST_ARGS=..."
 	@echo "make lint          ruff check"
 	@echo "make protos        regenerate protos/*_pb2*.py from protos/registry.proto"
 	@echo "make wheels        wheels of cargohold and its deps into build/wheels"
 	@echo "make base-image    offline base image $(BASE_IMAGE) (debootstrap + docker import)"
 	@echo "make image         the cargohold image $(IMAGE) from $(BASE_IMAGE)"
 	@echo "make cluster-up    3 nodes + 2 gateways + HAProxy on 127.0.0.1:5000 ($(COMPOSE_FILE))"
-	@echo "make cluster-down  stop it (volumes kept; VOLUMES=1 removes them)"
+	@echo "make cluster-down  stop it (volumes kept; VOLUMES=1 removes them); cluster-logs"
 	@echo "make bench         full benchmark vs Distribution; bench-quick a short one"
 
 # The stamp depends on pyproject.toml: pip runs again only when the dependencies change.
