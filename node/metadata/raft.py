@@ -82,6 +82,7 @@ from pysyncobj.config import SERIALIZER_STATE
 from cargohold.config import Config
 from cargohold.errors import ConfigError, RegistryError, RequestInvalid, Unavailable
 from cargohold.log import log_event
+from node.metadata.raft_catchup import ConflictTruncation
 from node.metadata.state import COMMANDS, QUERIES, MetadataState
 
 logger = logging.getLogger("cargohold.node.raft")
@@ -193,7 +194,7 @@ def _resolve_all(futs: list[asyncio.Future[Any]], results: list[Any] | None, err
             fut.set_result((results[i] if ok else None, error))
 
 
-class RaftMember(SyncObj):
+class RaftMember(ConflictTruncation, SyncObj):
     """One Raft member holding the metadata state; see the module docstring."""
 
     def __init__(self, cfg: Config, state: MetadataState | None = None) -> None:
