@@ -16,9 +16,12 @@ Chunk writes. Placement is rendezvous hashing of the chunk id over the ACTIVE me
 (`cargohold.placement`). All R replicas are written in parallel; the call returns once W
 of them acknowledged (fsynced). A replica that fails is replaced by the next node in
 rendezvous order ("spill-over", repair moves it home later) so that one dead node does
-not fail writes when more nodes exist. Copies still running after W acks finish in the
-background; they are tracked and awaited (then cancelled) by `close()`. When W acks are
-impossible the write raises `Unavailable`. Chunks of `gateway.has_check_min_bytes` or
+not fail writes when more nodes exist; a node that failed in the last seconds is tried
+after the others. Copies still running after W acks finish in the background; they are
+tracked and awaited (then cancelled) by `close()`, and bounded per node: past
+`gateway.chunk_writes_in_flight_total` of them on one node (a hung node), new ones are
+given up for repair and that node is avoided for a while. When W acks are impossible the write
+raises `Unavailable`. Chunks of `gateway.has_check_min_bytes` or
 more are first offered with `Chunks.Has`, so a node that already holds one is not sent
 the bytes again; `Put` itself is idempotent, so an existing chunk never fails a write.
 Contract with garbage collection: between a chunk write (or a Has that answered
@@ -128,6 +131,8 @@ class ClusterClient:
         self._leader: str | None = None  # grpc address
         self._down_until: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        # Replica writes still running after their chunk reached W acks, per node address.
+        self._lagging: collections.Counter[str] = collections.Counter()
         self._refresh_task: asyncio.Task[None] | None = None
         self._refresh_lock = asyncio.Lock()
         self._last_refresh = 0.0
@@ -404,15 +409,19 @@ class ClusterClient:
         if len(candidates) < quorum:
             raise Unavailable("not enough active storage nodes",
                               detail={"active": len(candidates), "write_quorum": quorum})
-        queue = list(candidates)
+        # Nodes that failed recently are tried last: their copy spills to the next node.
+        queue = ([m for m in candidates if not self._is_down(m.grpc)]
+                 + [m for m in candidates if self._is_down(m.grpc)])
         pending: set[asyncio.Task[None]] = set()
+        owner: dict[asyncio.Task[None], Member] = {}
         acks = 0
         failures: list[str] = []
 
         def launch() -> None:
             member = queue.pop(0)
-            pending.add(asyncio.create_task(self._put_one(member, chunk_id, length,
-                                                             request)))
+            task = asyncio.create_task(self._put_one(member, chunk_id, length, request))
+            owner[task] = member
+            pending.add(task)
 
         for _ in range(min(replicas, len(queue))):
             launch()
@@ -435,7 +444,19 @@ class ClusterClient:
             for task in pending:
                 task.cancel()
             raise
+        limit = self._cfg.gateway.chunk_writes_in_flight_total
         for task in pending:
+            address = owner[task].grpc
+            if self._lagging[address] >= limit:
+                # Copies beyond W pile up behind a hung node, each holding a chunk: give
+                # this one up (repair restores it) and write around that node for a while.
+                task.cancel()
+                self._down_until[address] = time.monotonic() + _DOWN_SECONDS
+                log_event(logger, "cluster.background_write_dropped", logging.INFO,
+                          node=owner[task].id, chunk=chunk_id.hex())
+                continue
+            self._lagging[address] += 1
+            task.add_done_callback(lambda _, a=address: self._lagging.subtract([a]))
             self._track(task)
 
     async def _put_one(self, member: Member, chunk_id: bytes, length: int,

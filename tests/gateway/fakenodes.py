@@ -137,8 +137,10 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
         self.corrupt = False  # flipped bytes, the stored checksum
         self.lying = False  # flipped bytes with their own (matching) checksum
         self.missing = False
-        self.slow: asyncio.Event | None = None
+        self.slow: asyncio.Event | None = None  # Get waits for it
+        self.hung_puts: asyncio.Event | None = None  # Put waits for it
         self.puts = 0
+        self.put_calls = 0
         self.gets = 0
         self.has_calls = 0
         self.server: grpc.aio.Server | None = None
@@ -151,6 +153,9 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
     async def Put(self, request: pb.PutChunkRequest,
                   context: grpc.aio.ServicerContext) -> pb.PutChunkReply:
         await self._gate(context)
+        self.put_calls += 1
+        if self.hung_puts is not None:
+            await self.hung_puts.wait()
         assert chunk_id_of(request.data) == request.id
         assert checksum_of(request.data) == request.checksum
         self.puts += 1

@@ -234,3 +234,27 @@ def test_decode_get_reply_matches_protobuf(size: int) -> None:
     assert got == data and checksum == checksum_of(data)
     with pytest.raises(ValueError):
         decode_get_reply(raw[:-1] if raw else b"\x0a")
+
+
+async def test_a_hung_replica_does_not_pile_up_background_writes(nodes: FakeNodes) -> None:
+    cfg = nodes.config()
+    cfg.gateway.chunk_writes_in_flight_total = 2
+    client = await ClusterClient.connect(cfg)
+    hung = nodes.by_id("n2")
+    hung.hung_puts = asyncio.Event()
+    try:
+        stored = []
+        for _ in range(12):
+            data = os.urandom(1000)
+            await client.store_chunk(chunk_id_of(data), data)
+            stored.append(chunk_id_of(data))
+            assert client._lagging[hung.address] <= 2
+        # Once n2 was given up on, the chunks it owns were written around it.
+        owned = [cid for cid in stored if "n2" in [m.id for m in client.placement(cid)]]
+        assert len(owned) > 4
+        assert hung.put_calls <= 3
+        for cid in owned:
+            assert len(nodes.holders(cid)) >= 2
+    finally:
+        hung.hung_puts.set()
+        await client.close()
