@@ -29,12 +29,12 @@ import logging
 from typing import Any
 
 from pysyncobj import FAIL_REASON
-from pysyncobj.utility import TcpUtility, UtilityException
+from pysyncobj.utility import UtilityException
 
 from cargohold.config import Config
 from cargohold.errors import Conflict, NotFound, RegistryError, RequestInvalid, Unavailable
 from cargohold.log import log_event
-from node.metadata.raft import RaftMember
+from node.metadata.raft import RaftMember, raft_utility
 from node.peers import PeerPool
 
 logger = logging.getLogger("cargohold.node.membership")
@@ -98,9 +98,8 @@ class Membership:
         node = self._cfg.node
 
         def ask() -> str:
-            utility = TcpUtility(password=self._cfg.cluster.secret,
-                                 timeout=node.raft_command_timeout)
-            return str(utility.executeCommand(node.raft_advertise, ["transfer", ""]))
+            return str(raft_utility(node.raft_advertise, self._cfg.cluster.secret,
+                                    ["transfer", ""], timeout=node.raft_command_timeout))
 
         try:
             answer = await asyncio.to_thread(ask)
