@@ -354,7 +354,12 @@ class ClusterClient:
                 err = from_grpc_details(exc.details())
                 if exc.code() in _RETRYABLE or isinstance(err, Unavailable):
                     last = f"{address}: {exc.code().name} {exc.details()}"
-                    self._mark_down(address)
+                    if err is None:  # the node itself is unreachable
+                        self._mark_down(address)
+                    else:  # it answers, but Raft could not (no leader, timeout)
+                        if address == self._leader:
+                            self._leader = None
+                        self._refresh_soon()
                     log_event(logger, "cluster.metadata_retry", logging.DEBUG, op=op,
                               node=address, code=exc.code().name)
                     await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
