@@ -48,6 +48,9 @@ class Profile:
     calibration_blob: BlobCell
     physical_bytes: int
     gateways: int
+    # A blob cell is skipped (and says so) unless its data, every replica, fits on the disk
+    # with this much to spare: the machine may be shared.
+    disk_margin: int = 8 * GiB
 
 
 QUICK = Profile(

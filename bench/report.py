@@ -115,6 +115,8 @@ def _flag(cell: dict[str, Any] | None) -> str:
     if not isinstance(cell, dict):
         return ""
     marks = []
+    if cell.get("skipped"):
+        marks.append(f"skipped: {cell['skipped']}")
     if cell.get("errors"):
         marks.append(f"{cell['errors']} err")
     if cell.get("timed_out"):

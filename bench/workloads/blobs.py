@@ -12,6 +12,7 @@ Digests are computed before the clock starts.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from typing import Any
 
 from bench.blobdata import BlobSpec, digest_of
@@ -56,9 +57,27 @@ async def run(ctx: Context, cells: tuple[BlobCell, ...] | None = None,
     return {"blob_push": push, "blob_pull": pull}
 
 
+def _disk_short(ctx: Context, cell: BlobCell) -> str | None:
+    """Why the cell would not fit on this (shared) disk, if it would not: every replica of
+    every blob plus a margin must fit beside what other users of the machine need."""
+    workdir = getattr(ctx.system, "workdir", None)
+    if workdir is None:
+        return None
+    need = cell.size * cell.count * ctx.system.replicas * 1.1 + ctx.profile.disk_margin
+    free = shutil.disk_usage(workdir).free
+    if free < need:
+        return f"needs {need / 2**30:.1f} GiB of disk, {free / 2**30:.1f} GiB free"
+    return None
+
+
 async def _run_cell(ctx: Context, cell: BlobCell, rounds: int,
                     verify: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     key = cell_key(cell)
+    short = await asyncio.to_thread(_disk_short, ctx, cell)
+    if short is not None:
+        ctx.advance(f"push {key}")
+        ctx.advance(f"pull {key}")
+        return {"skipped": short}, {"skipped": short}
     seconds = ctx.profile.blob_cell_seconds
     specs = cell_specs(cell)
     digests = [digest_of(s) for s in specs]
