@@ -13,6 +13,11 @@ Real processes (3 nodes, one gateway). With too few nodes for the write quorum:
 Two ways to lose the quorum: W=3 with one node down (Raft still has its majority, so the
 "nothing visible" checks are linearizable reads taken while the node is down), and the
 default W=2 with two of three nodes down (no chunk quorum and no Raft majority).
+
+A third case is different on purpose: W=1 with the Raft majority lost. The chunks reach W,
+the metadata commit cannot be acknowledged: 503, but with an UNKNOWN outcome (the ex-leader
+may have logged the command and commits it when its peers return). There the test demands
+atomicity (each write afterwards wholly visible or wholly absent) and a successful retry.
 """
 
 from __future__ import annotations
@@ -144,3 +149,50 @@ def test_below_write_quorum_with_raft_alive(make_cluster: Callable[..., LocalClu
 def test_two_of_three_nodes_down(make_cluster: Callable[..., LocalCluster]) -> None:
     cluster = make_cluster(nodes=3, gateways=1, chunk_size=CHUNK)
     _scenario(cluster, random.sample(range(3), 2), check_while_down=False)
+
+
+def test_raft_majority_lost_outcome_is_all_or_nothing(
+        make_cluster: Callable[..., LocalCluster]) -> None:
+    """W=1, so chunks still reach their quorum on the one live node, but Raft has no
+    majority: the commit cannot be acknowledged and the client gets 503. Its outcome is
+    *unknown*, not "failed": the ex-leader may have appended the command, and it commits
+    when the others return (Raft's rule; every command is idempotent, so the client's retry
+    is safe). What must hold is atomicity: afterwards each write is either wholly visible
+    (byte-identical) or wholly absent, and the retried push succeeds."""
+    cluster = make_cluster(nodes=3, gateways=1, replicas=3, write_quorum=1, chunk_size=CHUNK,
+                           extra={"node": {"raft_command_timeout": 2.0},
+                                  "gateway": {"rpc_timeout_seconds": 6.0}})
+    rng = random.Random()
+    base = cluster.gateway_url
+    spec = random_image(rng, "quorum/raft", CHUNK)
+    stored = random_image(rng, "quorum/raft-manifest", CHUNK)
+    for _, digest, data in stored.blobs():
+        assert push_blob(base, stored.repo, digest, data)[0] == 201
+    leader = cluster.leader_index()
+    followers = [i for i in range(3) if i != leader]
+    for i in followers:
+        cluster.kill_node(i)
+    _, digest, data = spec.blobs()[2]
+    assert_unavailable(push_blob(base, spec.repo, digest, data), "blob upload, no majority")
+    assert_unavailable(request(base, "PUT", f"/v2/{stored.repo}/manifests/{stored.tag}",
+                               stored.manifest(), {"Content-Type": MANIFEST_TYPE}),
+                       "manifest PUT, no majority")
+    for i in followers:
+        cluster.start_node(i)
+    cluster.wait_ready(60)
+    status, _, body = with_retries(lambda: request(base, "GET",
+                                                   f"/v2/{spec.repo}/blobs/{digest}"))
+    assert (status, body) in ((200, data), (404, body)), (status, body[:200])
+    if status == 404:
+        assert b"BLOB_UNKNOWN" in body
+    status, headers, body = with_retries(lambda: request(
+        base, "GET", f"/v2/{stored.repo}/manifests/{stored.tag}",
+        headers={"Accept": MANIFEST_TYPE}))
+    if status == 200:
+        assert body == stored.manifest()
+        assert headers["Docker-Content-Digest"] == stored.digest
+    else:
+        assert status == 404 and b"MANIFEST_UNKNOWN" in body, (status, body[:200])
+    push_image(base, spec)
+    push_image(base, stored)
+    assert verify_images([base], [spec, stored], settle=30).images == 2
