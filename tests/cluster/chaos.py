@@ -18,8 +18,9 @@ gateway. It records:
 `verify_images` reads every acknowledged image back through every given gateway and
 compares bytes (manifest by tag and by digest, every blob); `replica_counts` asks every
 node (`Chunks.Has`) how many healthy copies each chunk of the acknowledged images has.
-`FailoverProbe` commits a tiny manifest in a tight loop to time how long manifest `PUT`s
-fail after a fault. `Summary` collects phase results and writes them as JSON + Markdown.
+`FailoverProbe` (from bench/failover.py) commits a tiny manifest in a tight loop to time
+how long manifest `PUT`s fail after a fault. `Summary` collects phase results and writes
+them as JSON + Markdown.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Any
 import aiohttp
 import grpc
 
+from bench.failover import FailoverProbe as FailoverProbe  # re-exported for the tests
 from cargohold.devcluster import LocalCluster
 from protos import registry_pb2, registry_pb2_grpc
 
@@ -548,108 +550,6 @@ def flip_stored_bytes(cluster: LocalCluster, node: int, data: bytes,
             start = pos + len(probe)
         f.flush()
     return hits
-
-
-# -- failover probe ------------------------------------------------------------------------
-class FailoverProbe:
-    """Commit a tiny manifest (one pre-pushed blob, a new tag each time) in a tight loop
-    through the given gateways, recording when each PUT was sent and when it succeeded.
-
-    `recovery_after(t)` is the failover time: from `t` (a fault) until the first 201 for a
-    PUT sent after `t`.
-    """
-
-    def __init__(self, gateway_urls: list[str], repo: str = "chaos/probe",
-                 timeout: float = 30.0) -> None:
-        self.gateway_urls = list(gateway_urls)
-        self.repo = repo
-        self.timeout = timeout
-        self.ok: list[tuple[float, float]] = []
-        self.failed = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._lock = threading.Lock()
-
-    def start(self) -> FailoverProbe:
-        self._thread = threading.Thread(target=self._main, name="failover-probe", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.timeout + 10)
-        if self._error is not None:
-            raise self._error
-
-    def __enter__(self) -> FailoverProbe:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.ok)
-
-    def recovery_after(self, t: float) -> float | None:
-        with self._lock:
-            times = [done for sent, done in self.ok if sent >= t]
-        return min(times) - t if times else None
-
-    def wait_recovered(self, t: float, timeout: float = 60.0) -> float:
-        deadline = time.monotonic() + timeout
-        while True:
-            took = self.recovery_after(t)
-            if took is not None:
-                return took
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no manifest PUT succeeded within {timeout}s of the fault")
-            if self._thread is not None and not self._thread.is_alive():
-                raise AssertionError(f"failover probe died: {self._error!r}")
-            time.sleep(0.02)
-
-    def _main(self) -> None:
-        try:
-            asyncio.run(self._run())
-        except BaseException as exc:
-            self._error = exc
-
-    async def _run(self) -> None:
-        config = b'{"probe":true}'
-        digest = sha256(config)
-        manifest_for = lambda tag: json.dumps({  # noqa: E731
-            "schemaVersion": 2, "mediaType": MANIFEST_TYPE,
-            "config": {"mediaType": CONFIG_TYPE, "digest": digest, "size": len(config)},
-            "layers": [], "annotations": {"probe": tag}}).encode()
-        connector = aiohttp.TCPConnector(limit=0, force_close=True)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            client = RegistryClient(session, timeout=self.timeout)
-            gateway = 0
-            while True:
-                try:
-                    await client.push_blob(self.gateway_urls[gateway], self.repo, digest,
-                                           config, monolithic=True)
-                    break
-                except Retryable:
-                    gateway = (gateway + 1) % len(self.gateway_urls)
-                    await asyncio.sleep(0.1)
-            n = 0
-            while not self._stop.is_set():
-                n += 1
-                tag = f"p{n}"
-                sent = time.monotonic()
-                try:
-                    await client.put_manifest(self.gateway_urls[gateway], self.repo, tag,
-                                              manifest_for(tag))
-                except Retryable:
-                    self.failed += 1
-                    gateway = (gateway + 1) % len(self.gateway_urls)
-                    await asyncio.sleep(0.01)
-                    continue
-                with self._lock:
-                    self.ok.append((sent, time.monotonic()))
 
 
 # -- summary -------------------------------------------------------------------------------
