@@ -27,12 +27,20 @@ import json
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from cargohold.devcluster import LocalCluster
-from cluster.chaos import MANIFEST_TYPE, ImageSpec, random_image, verify_images
+from cluster.chaos import (
+    MANIFEST_TYPE,
+    ImageSpec,
+    Summary,
+    random_image,
+    summary_path,
+    verify_images,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 
@@ -116,6 +124,12 @@ def nothing_visible(base: str, spec: ImageSpec, stored: ImageSpec) -> None:
     assert status == 404 or stored.tag not in json.loads(body)["tags"], body[:200]
 
 
+def _record(tmp_path: Path, section: str, data: dict[str, object]) -> None:
+    summary = Summary("Cargohold chaos suite")
+    summary.add(section, data)
+    summary.write(summary_path(tmp_path))
+
+
 def _scenario(cluster: LocalCluster, down: list[int], check_while_down: bool) -> None:
     rng = random.Random()
     base = cluster.gateway_url
@@ -139,20 +153,30 @@ def _scenario(cluster: LocalCluster, down: list[int], check_while_down: bool) ->
     assert result.images == 2
 
 
-def test_below_write_quorum_with_raft_alive(make_cluster: Callable[..., LocalCluster]) -> None:
+def test_below_write_quorum_with_raft_alive(make_cluster: Callable[..., LocalCluster],
+                                            tmp_path: Path) -> None:
     cluster = make_cluster(nodes=3, gateways=1, replicas=3, write_quorum=3, chunk_size=CHUNK)
     leader = cluster.leader_index()
     follower = next(i for i in range(3) if i != leader)
     _scenario(cluster, [follower], check_while_down=True)
+    _record(tmp_path, "5a. quorum: W=3 with one of three nodes down", {
+        "writes answered 503 UNAVAILABLE + Retry-After": "blob POST, PATCH, manifest PUT",
+        "visible afterwards": "nothing (checked while down and after return)",
+        "same push retried after the node returned": "201, byte-identical"})
 
 
-def test_two_of_three_nodes_down(make_cluster: Callable[..., LocalCluster]) -> None:
+def test_two_of_three_nodes_down(make_cluster: Callable[..., LocalCluster],
+                                 tmp_path: Path) -> None:
     cluster = make_cluster(nodes=3, gateways=1, chunk_size=CHUNK)
     _scenario(cluster, random.sample(range(3), 2), check_while_down=False)
+    _record(tmp_path, "5b. quorum: W=2 with two of three nodes down", {
+        "writes answered 503 UNAVAILABLE + Retry-After": "blob POST, PATCH, manifest PUT",
+        "visible afterwards": "nothing (checked after return)",
+        "same push retried after the nodes returned": "201, byte-identical"})
 
 
 def test_raft_majority_lost_outcome_is_all_or_nothing(
-        make_cluster: Callable[..., LocalCluster]) -> None:
+        make_cluster: Callable[..., LocalCluster], tmp_path: Path) -> None:
     """W=1, so chunks still reach their quorum on the one live node, but Raft has no
     majority: the commit cannot be acknowledged and the client gets 503. Its outcome is
     *unknown*, not "failed": the ex-leader may have appended the command, and it commits
@@ -185,6 +209,7 @@ def test_raft_majority_lost_outcome_is_all_or_nothing(
     assert (status, body) in ((200, data), (404, body)), (status, body[:200])
     if status == 404:
         assert b"BLOB_UNKNOWN" in body
+    blob_later = status == 200
     status, headers, body = with_retries(lambda: request(
         base, "GET", f"/v2/{stored.repo}/manifests/{stored.tag}",
         headers={"Accept": MANIFEST_TYPE}))
@@ -193,6 +218,13 @@ def test_raft_majority_lost_outcome_is_all_or_nothing(
         assert headers["Docker-Content-Digest"] == stored.digest
     else:
         assert status == 404 and b"MANIFEST_UNKNOWN" in body, (status, body[:200])
+    manifest_later = status == 200
     push_image(base, spec)
     push_image(base, stored)
     assert verify_images([base], [spec, stored], settle=30).images == 2
+    _record(tmp_path, "5c. quorum: W=1, Raft majority lost (two followers down)", {
+        "writes answered 503 UNAVAILABLE + Retry-After": "blob POST, manifest PUT",
+        "blob visible after the nodes returned": blob_later,
+        "manifest/tag visible after the nodes returned": manifest_later,
+        "meaning": "a 503 after a Raft timeout is an unknown outcome, resolved atomically",
+        "same push retried": "201, byte-identical"})
