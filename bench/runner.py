@@ -26,7 +26,7 @@ from bench.systems import (
     remove_workdir,
 )
 from bench.workloads import ALL, blobs, cell_count, manifests
-from bench.workloads.common import Context
+from bench.workloads.common import Context, settle
 
 SYSTEM_NAMES = ("distribution", "cargohold-r1", "cargohold-r3")
 
@@ -50,6 +50,7 @@ async def _run_workloads(ctx: Context, names: list[str],
     results: dict[str, Any] = {}
     for name in names:
         try:
+            await settle()
             results.update(await ALL[name](ctx))
         except Exception as exc:
             on_error(name, f"{type(exc).__name__}: {exc}")

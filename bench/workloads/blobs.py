@@ -19,7 +19,15 @@ from bench.blobdata import BlobSpec, digest_of
 from bench.driver import drive
 from bench.profiles import BlobCell
 from bench.rawhttp import RawBlobReader
-from bench.workloads.common import NS_BLOBS, Context, nonce, pick, sessions, size_label
+from bench.workloads.common import (
+    NS_BLOBS,
+    Context,
+    nonce,
+    pick,
+    sessions,
+    settle,
+    size_label,
+)
 
 REPO = "bench/blobs"
 
@@ -94,6 +102,7 @@ async def _run_cell(ctx: Context, cell: BlobCell, rounds: int,
         pushed.moved = sent[0]
         push = pushed.to_json("bytes") | {"size": cell.size}
         ctx.advance(f"push {key}")
+        await settle()
         if pushed.ops == 0:
             ctx.advance(f"pull {key}")
             return push, {"skipped": "nothing was pushed"}
@@ -123,5 +132,6 @@ async def _run_cell(ctx: Context, cell: BlobCell, rounds: int,
         for reader in readers:
             reader.close()
     pulled.moved = sum(reader.received for reader in readers)
+    await settle()
     ctx.advance(f"pull {key}")
     return push, pulled.to_json("bytes") | {"size": cell.size}

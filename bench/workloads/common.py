@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,3 +65,10 @@ def pick(clients: list[OciClient], index: int) -> OciClient:
 
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
+
+
+async def settle() -> None:
+    """Flush dirty pages before the next measurement (untimed). A system that does not
+    fsync (Distribution's filesystem driver) leaves its writes to the kernel's writeback,
+    which would otherwise slow down whatever is measured next, on any system."""
+    await asyncio.to_thread(os.sync)
