@@ -272,15 +272,15 @@ async def test_gateway_restart_between_patch_and_put(
     data = os.urandom(CHUNK + 5000)
     location = await _start(http, base, "restart/me")
     status, _ = await asyncio.to_thread(_stream_patch, base, location, data[:CHUNK + 10])
-    assert status == 202
+    assert status == 202, private.tail_logs()
     await asyncio.to_thread(private.restart_gateway, 0, sig)
     await asyncio.to_thread(private.wait_ready, 60)
     # The new process has no running hash: it rebuilds it from the stored chunks.
     async with http.put(f"{base}{location}", params={"digest": sha256(data)},
                         data=data[CHUNK + 10:]) as resp:
-        assert resp.status == 201, await resp.text()
+        assert resp.status == 201, (await resp.text()) + private.tail_logs()
     status, body, _ = await _get(http, f"{base}/v2/restart/me/blobs/{sha256(data)}")
-    assert status == 200 and body == data
+    assert status == 200 and body == data, private.tail_logs()
 
 
 @pytest.mark.chaos
