@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import socket
 import sys
 import time
@@ -30,6 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma list from: " + ", ".join(runner.SYSTEM_NAMES))
     parser.add_argument("--workloads", default=",".join(ALL),
                         help="comma list from: " + ", ".join(ALL))
+    parser.add_argument("--gateways", type=int, default=0,
+                        help="gateways per Cargohold cluster (default: the profile's)")
     parser.add_argument("--no-calibration", action="store_true",
                         help="skip the client-ceiling run against the trivial server")
     parser.add_argument("--out", type=Path, default=HERE / "results",
@@ -45,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     profile = PROFILES[args.profile]
+    if args.gateways > 0:
+        profile = dataclasses.replace(profile, gateways=args.gateways)
     systems = [s for s in args.systems.split(",") if s]
     workloads = [w for w in args.workloads.split(",") if w]
     unknown = [w for w in workloads if w not in ALL]
