@@ -389,6 +389,13 @@ def test_follower_command_is_visible_through_another_node(three_nodes: LocalClus
             "upload": "u", "repo": REPO, "offset": 3, "chunks": [], "request": "r", "now": 1})
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert err.value.details() == "RangeInvalid:size=0"
+    for call in (lambda: command(three_nodes.node_grpc(other), "manifest_put", {"repo": REPO}),
+                 lambda: query(three_nodes.node_grpc(other), "no_such_query", {}),
+                 lambda: command(three_nodes.node_grpc(other), "blob_mount", {"repo": "UP"})):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().split(":")[0] in ("RequestInvalid", "NameInvalid")
     status = three_nodes.node_status(other)
     assert status.leader_raft_address == three_nodes.node_raft(leader)
     assert json.loads(status.extra)["metadata"]["manifests"] == 1
