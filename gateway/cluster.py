@@ -13,17 +13,18 @@ because every command is idempotent (protos/README.md). Any other failure is the
 `RegistryError` the node sent (`from_grpc_details`); exhausted retries are `Unavailable`.
 
 Chunk writes. Placement is rendezvous hashing of the chunk id over the ACTIVE members
-(`cargohold.placement`). All R replicas are written in parallel; the call returns once W
-of them acknowledged (fsynced). A replica that fails is replaced by the next node in
-rendezvous order ("spill-over", repair moves it home later) so that one dead node does
-not fail writes when more nodes exist; a node that failed in the last seconds is tried
-after the others. Copies still running after W acks finish in the background; they are
-tracked and awaited (then cancelled) by `close()`, and bounded per node: past
-`gateway.chunk_writes_in_flight_total` of them on one node (a hung node), new ones are
-given up for repair and that node is avoided for a while. When W acks are impossible the write
-raises `Unavailable`. Chunks of `gateway.has_check_min_bytes` or
-more are first offered with `Chunks.Has`, so a node that already holds one is not sent
-the bytes again; `Put` itself is idempotent, so an existing chunk never fails a write.
+(`cargohold.placement`). All R replicas are written in parallel, one serialized request
+for all of them; the call returns once W of them acknowledged (fsynced). A replica that
+fails is replaced by the next node in rendezvous order ("spill-over", repair moves it
+home later), so one dead node does not fail writes when more nodes exist; a node that
+was unreachable in the last seconds is tried after the others. Copies still running
+after W acks finish in the background: tracked, awaited (then cancelled) by `close()`,
+and bounded per node: past `gateway.chunk_writes_in_flight_total` of them on one node (a
+hung node) new ones are given up for repair and that node is avoided for a while. When
+W acks are impossible the write raises `Unavailable`. Chunks of
+`gateway.has_check_min_bytes` or more are first offered with `Chunks.Has`, so a node that
+already holds one is not sent the bytes again; `Put` itself is idempotent, so an existing
+chunk never fails a write.
 Contract with garbage collection: between a chunk write (or a Has that answered
 "present") and the `upload_append`/`blob_commit` that references it, a chunk is
 referenced by nothing in Raft. GC must therefore spare unreferenced chunks younger than
@@ -35,9 +36,11 @@ Chunk reads. Replicas are tried in placement order (healthy nodes first, then th
 the members in rendezvous order, which finds spilled or not-yet-moved copies). Any error,
 NOT_FOUND or DATA_LOSS moves on to the next replica; a replica slower than
 `gateway.hedge_after_seconds` gets a hedged request to the next one, first good answer
-wins. Verification (`gateway.verify_reads`): "xxh3" (the default) checks the received
-bytes against the xxh3 checksum the node sent, which the node itself verified its stored
-copy against before answering (DATA_LOSS otherwise); the copy's sha256 was checked against
+wins; a replica outrun by a hedge is read after the others for a while. Replies are
+parsed as views into the received message (`decode_get_reply`), not copied again.
+Verification (`gateway.verify_reads`): "xxh3" (the default) checks the received bytes
+against the xxh3 checksum the node sent, which the node itself verified its stored copy
+against before answering (DATA_LOSS otherwise); the copy's sha256 was checked against
 the chunk id by the node when it was written. So the bytes are verified end to end at
 write and against bit rot and transit errors at read, for ~0.1 ms per 4 MiB. "sha256"
 re-hashes every chunk against its id at read too (also catches a node that serves wrong
