@@ -54,6 +54,9 @@ lone caller still gets its entry at once; under concurrency Raft's per-entry cos
 round of pickled, encrypted messages and acks to every follower) is shared, which halved
 the leader's CPU per command at 32 callers.
 
+Fail fast: a node connected to no majority of members refuses commands (and so barrier
+reads) at once with `Unavailable`, instead of holding them for `raft_command_timeout`.
+
 Outcome unknown: a command that times out (`raft_command_timeout`), or fails with
 LEADER_CHANGED / NOT_LEADER / DISCARDED / no leader, raises `Unavailable`; it may still
 commit later. Every command is idempotent, so the caller retries.
@@ -398,6 +401,11 @@ class RaftMember(ConflictTruncation, SyncObj):
         """Commit one command and return its result as applied on this node."""
         if op not in COMMANDS:
             raise RequestInvalid(f"unknown command {op!r}")
+        if not self._reaches_quorum():
+            # A minority side cannot commit anything: say so now rather than after the
+            # command timeout, so the caller moves on to a node that can.
+            raise Unavailable(f"raft: {op} refused, this node reaches no majority; retry "
+                              "elsewhere")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
         self._pending.append((op, args, fut))
@@ -413,6 +421,12 @@ class RaftMember(ConflictTruncation, SyncObj):
         if isinstance(result, RegistryError):
             raise result
         return result
+
+    def _reaches_quorum(self) -> bool:
+        for _ in range(3):
+            with contextlib.suppress(RuntimeError):  # a set the tick thread resized
+                return bool(self.hasQuorum)
+        return True
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Submit waiting commands, one log entry per batch, while fewer than
