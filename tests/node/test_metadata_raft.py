@@ -190,6 +190,11 @@ async def test_no_quorum_is_unavailable(tmp_path: Path,
     # A local read still answers.
     assert await member.query("catalog", {}, linearizable=False) == {
         "repositories": [], "more": False}
+    # Past the fail-fast check, a command that cannot commit times out: outcome unknown.
+    member._reaches_quorum = lambda: True  # type: ignore[method-assign]
+    with pytest.raises(Unavailable) as err:
+        await member.command("manifest_put", tag_cmd(2))
+    assert "outcome unknown" in err.value.message
 
 
 async def test_a_taken_raft_port_is_a_config_error(
