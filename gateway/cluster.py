@@ -18,13 +18,13 @@ for all of them; the call returns once W of them acknowledged (fsynced). A repli
 fails is replaced by the next node in rendezvous order ("spill-over", repair moves it
 home later), so one dead node does not fail writes when more nodes exist; a node that
 was unreachable in the last seconds is tried after the others. Copies still running
-after W acks finish in the background: tracked, awaited (then cancelled) by `close()`,
-and bounded per node: past `gateway.chunk_writes_in_flight_total` of them on one node (a
-hung node) new ones are given up for repair and that node is avoided for a while. When
-W acks are impossible the write raises `Unavailable`. Chunks of
-`gateway.has_check_min_bytes` or more are first offered with `Chunks.Has`, so a node that
-already holds one is not sent the bytes again; `Put` itself is idempotent, so an existing
-chunk never fails a write.
+after W acks finish in the background (and spill over too if they fail): tracked,
+awaited (then cancelled) by `close()`, and bounded per node: past
+`gateway.chunk_writes_in_flight_total` of them on one node (a hung node) new ones are
+given up for repair and that node is avoided for a while. When W acks are impossible
+the write raises `Unavailable`. Chunks of `gateway.has_check_min_bytes` or more are
+first offered with `Chunks.Has`, so a node that already holds one is not sent the bytes
+again; `Put` itself is idempotent, so an existing chunk never fails a write.
 Contract with garbage collection: between a chunk write (or a Has that answered
 "present") and the `upload_append`/`blob_commit` that references it, a chunk is
 referenced by nothing in Raft. GC must therefore spare unreferenced chunks younger than
@@ -465,7 +465,21 @@ class ClusterClient:
                 continue
             self._lagging[address] += 1
             task.add_done_callback(lambda _, a=address: self._lagging.subtract([a]))
-            self._track(task)
+            self._track(asyncio.create_task(
+                self._finish_copy(task, list(queue), chunk_id, length, request)))
+
+    async def _finish_copy(self, task: asyncio.Task[None], spare: list[Member],
+                           chunk_id: bytes, length: int, request: bytes) -> None:
+        """A copy still running after W acks; if it fails, spill it to a spare node."""
+        try:
+            await task
+            return
+        except Unavailable:
+            pass
+        for member in spare:
+            with contextlib.suppress(Unavailable):
+                await self._put_one(member, chunk_id, length, request)
+                return
 
     async def _put_one(self, member: Member, chunk_id: bytes, length: int,
                        request: bytes) -> None:
