@@ -195,7 +195,11 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
     if "digest" in query:
         return await _monolithic(ctx, request, name, query["digest"])
     upload = new_upload_id(ctx.cfg.cluster.secret, name)
-    return _accepted(name, upload.value, 0)
+    response = _accepted(name, upload.value, 0)
+    # distribution-spec v1.1: chunked clients (regctl) send PATCHes of at least this size,
+    # so stored chunks stay full-size (fewer chunks per recipe, better deduplication).
+    response.headers["OCI-Chunk-Min-Length"] = str(ctx.cfg.cluster.chunk_size)
+    return response
 
 
 async def _try_mount(ctx: GatewayContext, name: str, digest: str, source: str) -> bool:

@@ -53,6 +53,7 @@ async def test_post_opens_a_session(dp: DataPath) -> None:
     assert "/" not in upload and "?" not in location
     assert resp.headers["Range"] == "0-0"
     assert resp.headers["Content-Length"] == "0"
+    assert resp.headers["OCI-Chunk-Min-Length"] == str(CHUNK)
     assert dp.nodes.state.commands == []  # POST costs no Raft command
 
 
