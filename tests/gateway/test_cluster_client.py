@@ -258,3 +258,21 @@ async def test_a_hung_replica_does_not_pile_up_background_writes(nodes: FakeNode
     finally:
         hung.hung_puts.set()
         await client.close()
+
+
+async def test_connect_before_the_cluster_answers(nodes: FakeNodes) -> None:
+    for node in nodes.nodes:
+        node.down = True
+    client = await ClusterClient.connect(nodes.config())  # no error: it keeps trying
+    try:
+        assert client.members == []
+        with pytest.raises(Unavailable):
+            await client.query("upload_get", {"upload": "x"})
+        for node in nodes.nodes:
+            node.down = False
+        assert await client.query("upload_get", {"upload": "x"}) == {"state": "new"}
+        data = os.urandom(100)
+        await client.store_chunk(chunk_id_of(data), data)
+        assert len(client.members) == 4
+    finally:
+        await client.close()
