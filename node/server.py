@@ -31,7 +31,7 @@ import grpc
 import uvloop
 
 from cargohold.config import Config
-from cargohold.errors import RegistryError, Unavailable
+from cargohold.errors import CargoholdError, RegistryError, Unavailable
 from cargohold.log import log_event
 from node import chunk_service
 from node.admin_service import AdminServicer
@@ -107,7 +107,8 @@ async def run_node(cfg: Config) -> None:
     scrub: ScrubRole | None = None
     try:
         # Created on this (the main) thread: pysyncobj's tick thread stops with its creator.
-        raft = RaftMember(cfg)
+        # A member that cannot go on (an unreadable snapshot) must not serve or vote.
+        raft = RaftMember(cfg, on_fatal=lambda: loop.call_soon_threadsafe(stop.set))
         await raft.wait_bound()
         scrub = ScrubRole(cfg, store, raft, peers)
         repair = RepairRole(cfg, store, raft, peers, on_corrupt=scrub.refetcher.schedule)
@@ -150,6 +151,9 @@ async def run_node(cfg: Config) -> None:
             await raft.close()
         store.close()
         log_event(logger, "node.stopped", id=node.id)
+    if raft is not None and raft.fatal_error is not None:
+        log_event(logger, "node.fatal", logging.CRITICAL, error=raft.fatal_error)
+        raise CargoholdError(raft.fatal_error)
 
 
 def main(cfg: Config) -> None:

@@ -77,6 +77,7 @@ import logging
 import os
 import pickle
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,8 @@ from node.metadata.state import COMMANDS, QUERIES, MetadataState
 logger = logging.getLogger("cargohold.node.raft")
 
 _DUMP_MAGIC = b"CHRAFT2\n"
+# Version 1 (one pickle of the whole state) is still read; the header layout is the same.
+_DUMP_MAGICS = (_DUMP_MAGIC, b"CHRAFT1\n")
 _FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
 
 
@@ -216,10 +219,15 @@ def _resolve_all(futs: list[asyncio.Future[Any]], results: list[Any] | None, err
 class RaftMember(ConflictTruncation, SyncObj):
     """One Raft member holding the metadata state; see the module docstring."""
 
-    def __init__(self, cfg: Config, state: MetadataState | None = None) -> None:
+    def __init__(self, cfg: Config, state: MetadataState | None = None,
+                 on_fatal: Callable[[], None] | None = None) -> None:
         node = cfg.node
         # Everything the tick thread touches exists before SyncObj starts it (trap 2).
         self.state = state if state is not None else MetadataState()
+        # Set (tick thread) when this member cannot go on safely, then `on_fatal()` is
+        # called there; node/server.py stops the node.
+        self.fatal_error: str | None = None
+        self._on_fatal = on_fatal
         self._lock = threading.Lock()
         self._command_timeout = node.raft_command_timeout
         self._batch_max = max(1, node.raft_batch_max_commands)
@@ -367,14 +375,22 @@ class RaftMember(ConflictTruncation, SyncObj):
         """pysyncobj's deserializer hook (tick thread): load the state, hand back the raft
         head tuple. A dump of ours still being written is now older than this: dropped."""
         self._dump_superseded = self._dump_thread is not None
-        with open(path, "rb") as f:
-            if f.read(len(_DUMP_MAGIC)) != _DUMP_MAGIC:
-                log_event(logger, "raft.dump_unreadable", logging.CRITICAL, path=path)
-                raise ValueError(f"{path} is not a cargohold raft snapshot")
-            head_len = int.from_bytes(f.read(8), "big")
-            raft_data = pickle.loads(f.read(head_len))
-            with self._lock:
-                self.state.load_stream(f)
+        try:
+            with open(path, "rb") as f:
+                if f.read(len(_DUMP_MAGIC)) not in _DUMP_MAGICS:
+                    raise ValueError(f"{path} is not a cargohold raft snapshot")
+                head_len = int.from_bytes(f.read(8), "big")
+                raft_data = pickle.loads(f.read(head_len))
+                with self._lock:
+                    self.state.load_stream(f)
+        except Exception as exc:
+            # pysyncobj would log this and carry on with an empty state: never serve that.
+            self.fatal_error = f"cannot load the raft snapshot {path}: {exc!r}"
+            log_event(logger, "raft.dump_unreadable", logging.CRITICAL, path=path,
+                      error=repr(exc))
+            if self._on_fatal is not None:
+                self._on_fatal()
+            raise
         _freeze_heap()
         self._finish_interrupted_compaction(raft_data[1], raft_data[0])
         log_event(logger, "raft.dump_loaded", index=raft_data[0][1])

@@ -300,6 +300,9 @@ class MetadataState:
         Batches pickle strings separately: they are interned again so that a digest or repo
         name is one object in RAM, as it was before the snapshot."""
         header = pickle.load(stream)
+        if isinstance(header, dict) and header.get("version") == 1:
+            self._load_v1(header)
+            return
         if not isinstance(header, dict) or header.get("version") != _SNAPSHOT_VERSION:
             raise ValueError(f"unknown metadata snapshot header {header!r:.80}")
         blobs: dict[str, Recipe] = {}
@@ -333,6 +336,15 @@ class MetadataState:
         self.blobs, self.links, self.manifests, self.tags = blobs, links, manifests, tags
         self.referrers, self.uploads, self.members = referrers, uploads, members
         self.blob_bytes = int(header["blob_bytes"])
+        self._catalog = None
+        self._tag_order = {}
+        self._recount()
+
+    def _load_v1(self, snap: dict[str, Any]) -> None:
+        """Version 1 snapshots (one pickle of the whole state) are still read."""
+        for name in _SECTIONS:
+            setattr(self, name, snap[name])
+        self.blob_bytes = int(snap["blob_bytes"])
         self._catalog = None
         self._tag_order = {}
         self._recount()

@@ -69,8 +69,8 @@ async def members() -> AsyncIterator[Callable[..., RaftMember]]:
     """Factory of in-process RaftMembers; every one is closed at teardown."""
     started: list[RaftMember] = []
 
-    def start(cfg: Config, cls: type[RaftMember] = RaftMember) -> RaftMember:
-        member = cls(cfg)
+    def start(cfg: Config, cls: type[RaftMember] = RaftMember, **kwargs: Any) -> RaftMember:
+        member = cls(cfg, **kwargs)
         started.append(member)
         return member
 
@@ -225,6 +225,18 @@ async def test_snapshot_then_restart_restores_state(
     await again.barrier()
     tags = (await again.query("tags_list", {"repo": REPO}, linearizable=True))["tags"]
     assert sorted(tags) == sorted(f"t{i}" for i in range(70))
+
+
+async def test_an_unreadable_snapshot_is_fatal(tmp_path: Path,
+                                               members: Callable[..., RaftMember]) -> None:
+    cfg = member_config(tmp_path)
+    (tmp_path / "raft").mkdir()
+    (tmp_path / "raft" / "state.dump").write_bytes(b"CHRAFT2\n" + b"\xff" * 64)
+    reported = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    member = members(cfg, on_fatal=lambda: loop.call_soon_threadsafe(reported.set))
+    await asyncio.wait_for(reported.wait(), 20)
+    assert member.fatal_error and "state.dump" in member.fatal_error
 
 
 class DumpNeverConfirmed(RaftMember):
@@ -508,3 +520,26 @@ def test_a_node_far_behind_catches_up_from_a_snapshot(three_nodes: LocalCluster)
     assert acked <= listed_tags(three_nodes.node_grpc(behind))
     received = three_nodes.node_data_dir(behind) / "raft" / "state.dump"
     assert received.exists(), "caught up without a snapshot: the install path is untested"
+
+
+@pytest.mark.cluster
+def test_a_node_with_an_unreadable_snapshot_exits(tmp_path: Path) -> None:
+    raft_dir = tmp_path / "n1" / "raft"
+    raft_dir.mkdir(parents=True)
+    (raft_dir / "state.dump").write_bytes(b"not a snapshot")
+    config = tmp_path / "n1.toml"
+    config.write_text(to_toml({
+        "cluster": {"secret": "s"},
+        "node": {"id": "n1", "data_dir": str(tmp_path / "n1"),
+                 "grpc_listen": f"127.0.0.1:{free_port()}",
+                 "raft_listen": f"127.0.0.1:{free_port()}", "peers": []}}))
+    proc = subprocess.Popen([sys.executable, "-m", "cargohold.cli", "node", "--config",
+                             str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 2
+    assert b"cannot load the raft snapshot" in stderr

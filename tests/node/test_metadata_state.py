@@ -548,6 +548,19 @@ def test_snapshot_is_a_copy_unaffected_by_later_commands(st: MetadataState) -> N
     assert st.dump() != expected
 
 
+def test_load_reads_version_1_snapshots(st: MetadataState) -> None:
+    import pickle
+
+    _workload(st)
+    v1 = pickle.dumps({"version": 1, "blobs": st.blobs, "links": st.links,
+                       "manifests": st.manifests, "tags": st.tags,
+                       "referrers": st.referrers, "uploads": st.uploads,
+                       "members": st.members, "blob_bytes": st.blob_bytes}, protocol=5)
+    restored = MetadataState()
+    restored.load(v1)
+    assert _everything(restored) == _everything(st)
+
+
 def test_load_rejects_unknown_version() -> None:
     import pickle
 
