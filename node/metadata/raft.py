@@ -1,8 +1,10 @@
 """The node's Raft member: pysyncobj wiring, snapshots, and the asyncio bridge to it.
 
-`RaftMember` is a pysyncobj `SyncObj` holding one `MetadataState`. Every mutation is one
-`@replicated` call of `_apply(op, args)`; the event loop reaches it through
-`await command(op, args)` and reads through `await query(op, args, linearizable)`.
+`RaftMember` is a pysyncobj `SyncObj` holding one `MetadataState`. Every mutation is a
+`@replicated` call, `_apply(op, args)` or `_apply_batch([(op, args), ...])` (group commit,
+below); the event loop reaches them through `await command(op, args)` and reads through
+`await query(op, args, linearizable)`. `ConflictTruncation` (raft_catchup.py) patches
+pysyncobj's catch-up of a healed ex-leader.
 
 Configuration (shared raft.md is the reasoning; every number comes from NodeConfig):
 - `journalFile` AND `fullDumpFile` in `<data_dir>/raft/` (trap 1: a journal without a
@@ -31,7 +33,9 @@ Configuration (shared raft.md is the reasoning; every number comes from NodeConf
 Trap 3 (a kill between "dump renamed" and "journal truncated" makes pysyncobj clear the
 journal on restart, dropping entries applied after the dump) is closed here too: the
 deserializer finishes the interrupted truncation itself when the journal still holds the
-dump's two head entries, so pysyncobj finds a matching head and keeps the rest.
+dump's two head entries, so pysyncobj finds a matching head and keeps the rest. A snapshot
+that cannot be read sets `fatal_error` and calls `on_fatal` (the node exits) where
+pysyncobj would carry on with an empty state.
 
 Durability, the fsync question: pysyncobj never fsyncs its journal (upstream issue #84); it
 is an mmap'd file written through the page cache. "Committed" therefore means "in the
@@ -49,8 +53,8 @@ results to the event loop with `call_soon_threadsafe`. `_lock` serialises the ti
 Group commit: `command()` queues; up to `raft_batches_in_flight` log entries are
 uncommitted at a time, and the commands that arrive meanwhile go together into the next
 entry (`_apply_batch`, at most `raft_batch_max_commands`, a command carrying many chunk
-references counting for more), each with its own result. A
-lone caller still gets its entry at once; under concurrency Raft's per-entry cost (one
+references counting for more), each with its own result. A lone caller still gets its
+entry at once; under concurrency Raft's per-entry cost (one
 round of pickled, encrypted messages and acks to every follower) is shared, which halved
 the leader's CPU per command at 32 callers.
 
