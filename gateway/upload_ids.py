@@ -11,6 +11,11 @@ checks an id without state; a forged, truncated, foreign-repository or expired
 (`gateway.upload_expiry_seconds`) id is `BlobUploadUnknown`. The Raft state learns about
 an upload only at its first non-empty PATCH (`upload_append`); until then `upload_get`
 answers `{"state": "new"}`.
+
+Expiry is counted from creation, the nodes' `node.upload_expire_after` from the last
+touch, so with equal settings (the defaults) Raft never forgets a session whose id is
+still valid; keep `gateway.upload_expiry_seconds <= node.upload_expire_after`, or an old
+id could find its session forgotten and start over as "new".
 """
 
 from __future__ import annotations
