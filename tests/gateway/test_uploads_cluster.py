@@ -340,3 +340,41 @@ async def test_one_node_lost_loses_nothing_and_pushes_continue(
         assert resp.status == 201, await resp.text()
     status, body, _ = await _get(http, f"{base}/v2/keep/me/blobs/{sha256(other)}")
     assert status == 200 and body == other
+
+
+async def test_small_edges(http: aiohttp.ClientSession, a: str, b: str,
+                           repo_name: str) -> None:
+    # Empty blob, through POST + PUT without body.
+    location = await _start(http, a, repo_name)
+    empty = sha256(b"")
+    async with http.put(f"{b}{location}", params={"digest": empty}) as resp:
+        assert resp.status == 201
+    async with http.head(f"{a}/v2/{repo_name}/blobs/{empty}") as resp:
+        assert resp.status == 200 and resp.headers["Content-Length"] == "0"
+    # PUT without a (valid) digest.
+    location = await _start(http, a, repo_name)
+    for params in ({}, {"digest": "sha256:short"}):
+        async with http.put(f"{a}{location}", params=params) as resp:
+            assert resp.status == 400
+            assert await _code(resp) == "DIGEST_INVALID"
+    # Unknown query parameters are ignored; Location keeps none.
+    async with http.patch(f"{b}{location}", params={"_state": "x", "origin": "y"},
+                          data=b"hello") as resp:
+        assert resp.status == 202
+        assert resp.headers["Location"] == location
+    # Forged, foreign-repository and malformed ids are unknown on every gateway.
+    upload = location.rsplit("/", 1)[1]
+    for path in (f"/v2/{repo_name}/blobs/uploads/{upload[:-3]}AAA",
+                 f"/v2/{repo_name}-other/blobs/uploads/{upload}",
+                 f"/v2/{repo_name}/blobs/uploads/nonsense"):
+        for base in (a, b):
+            async with http.get(f"{base}{path}") as resp:
+                assert resp.status == 404
+                assert await _code(resp) == "BLOB_UPLOAD_UNKNOWN"
+    # Names are validated.
+    async with http.post(f"{a}/v2/Not_Valid/blobs/uploads/") as resp:
+        assert resp.status == 400
+        assert await _code(resp) == "NAME_INVALID"
+    async with http.get(f"{a}/v2/{repo_name}/blobs/sha256:nothex") as resp:
+        assert resp.status == 400
+        assert await _code(resp) == "DIGEST_INVALID"
