@@ -5,6 +5,7 @@
 #   debootstrap     the offline base image (scripts/build-base-image.sh)
 #   busybox-static  the offline test images (tests/clients/images.py)
 #   haproxy         the load balancer of cluster-compose.yml and of local tests
+#   docker-compose  only when neither `docker compose` nor `docker-compose` exists
 # Package post-install scripts must not start daemons here: Distribution would grab
 # port 5000 (the gateway's). A policy-rc.d that denies starts is put in place for the
 # install, and any instance that runs anyway is stopped afterwards.
@@ -23,6 +24,11 @@ for pkg in "${!wanted[@]}"; do
     missing+=("$pkg")
   fi
 done
+# cluster-compose.yml needs a Compose tool: Debian's docker-compose when there is none.
+if command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1 &&
+  ! command -v docker-compose >/dev/null; then
+  missing+=(docker-compose)
+fi
 
 if ((${#missing[@]} == 0)); then
   echo "system deps present"
