@@ -381,7 +381,12 @@ class LocalCluster:
         running = self.running_nodes()
         assert running, "no node running"
         assert self.leader_index() is not None, "no raft leader"
-        joined = {m["id"] for m in self.members(running[0]) if m.get("state") == "active"}
+        # Every running node answers gRPC (a just-restarted one may not yet) ...
+        for i in running:
+            self.node_status(i)
+        # ... and has joined (draining members are still members that serve reads).
+        joined = {m["id"] for m in self.members(running[0])
+                  if m.get("state") in ("active", "draining")}
         wanted = {self.node_id(i) for i in running}
         assert wanted <= joined, f"members joined {sorted(joined)}, want {sorted(wanted)}"
         for j, proc in enumerate(self.gateway_procs):
