@@ -487,17 +487,26 @@ def _metadata_query(address: str, op: str, args: dict[str, Any]) -> Any:
         return json.loads(reply.result)
 
 
+# Recipes are immutable: chunk lists already looked up, per image.
+_CHUNKS_OF: dict[ImageSpec, dict[str, int]] = {}
+
+
 def image_chunks(cluster: LocalCluster, specs: Iterable[ImageSpec],
                  node: int | None = None) -> dict[str, int]:
     """Chunk id (hex) -> length of every chunk the images' blobs and manifests use."""
     address = cluster.node_grpc(node if node is not None else cluster.running_nodes()[0])
     chunks: dict[str, int] = {}
     for spec in specs:
-        digests = [d for _, d, _ in spec.blobs()] + [spec.digest]
-        for digest in digests:
-            recipe = _metadata_query(address, "blob_get", {"repo": spec.repo, "digest": digest})
-            for chunk_hex, length in recipe["chunks"]:
-                chunks[chunk_hex] = int(length)
+        mine = _CHUNKS_OF.get(spec)
+        if mine is None:
+            mine = {}
+            for digest in [d for _, d, _ in spec.blobs()] + [spec.digest]:
+                recipe = _metadata_query(address, "blob_get",
+                                         {"repo": spec.repo, "digest": digest})
+                for chunk_hex, length in recipe["chunks"]:
+                    mine[chunk_hex] = int(length)
+            _CHUNKS_OF[spec] = mine
+        chunks.update(mine)
     return chunks
 
 
@@ -680,16 +689,45 @@ def trigger_role(cluster: LocalCluster, i: int, role: str, wait: bool = True,
     return dict(json.loads(reply.progress or b"{}"))
 
 
+def wait_answering(cluster: LocalCluster, i: int, timeout: float = 30.0) -> None:
+    """Until node i answers Admin.Status (`wait_ready` only asks for a leader and the
+    member list, which name a just-restarted node before it listens again)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cluster.node_status(i, timeout=2)
+            return
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def repair_pass(cluster: LocalCluster) -> int | None:
     """One triggered repair pass on every running node; the bytes they copied, or None
     when repair is not served."""
     total = 0
     for i in cluster.running_nodes():
+        wait_answering(cluster, i)
         progress = trigger_role(cluster, i, "repair")
         if progress is None:
             return None
         total += int(progress.get("repaired_bytes", 0))
     return total
+
+
+def repaired_bytes_total(cluster: LocalCluster) -> int | None:
+    """Bytes the running nodes' repair roles copied since each node started
+    (`total_repaired_bytes` in Admin.Status); None when no node reports a repair role."""
+    total, found = 0, False
+    for i in cluster.running_nodes():
+        wait_answering(cluster, i)
+        extra = json.loads(cluster.node_status(i, timeout=10).extra or b"{}")
+        repair = extra.get("repair")
+        if isinstance(repair, dict):
+            found = True
+            total += int(repair.get("total_repaired_bytes", 0))
+    return total if found else None
 
 
 def wait_replicated(cluster: LocalCluster, chunks: dict[str, int], copies: int,

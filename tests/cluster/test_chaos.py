@@ -42,7 +42,7 @@ from cluster.chaos import (
     image_chunks,
     node_chunk,
     quarantined,
-    repair_pass,
+    repaired_bytes_total,
     replica_counts,
     summary_path,
     verify_images,
@@ -89,6 +89,20 @@ class Run:
         self.phases.append(phase)
         return phase
 
+    def restore_copies(self, phase: Phase, before: int | None) -> None:
+        """After a phase's processes are back: repair passes until every chunk of every
+        acknowledged image has R copies; the bytes it took (repair counters, `before` =
+        their sum when the fault began) and how long."""
+        start = time.monotonic()
+        specs = [a.spec for a in self.workload.snapshot()]
+        chunks = image_chunks(self.cluster, specs)
+        wait_replicated(self.cluster, chunks, self.cluster.layout.replicas)
+        after = repaired_bytes_total(self.cluster)
+        if after is not None:
+            phase.bytes_repaired = after - (before or 0)
+            phase.notes = (phase.notes + f" Back to R copies of all {len(chunks)} chunks "
+                           f"in {time.monotonic() - start:.1f}s.").strip()
+
 
 def test_chaos_sequence(make_cluster: Callable[..., LocalCluster], tmp_path: Path) -> None:
     rng = random.Random()
@@ -106,16 +120,17 @@ def test_chaos_sequence(make_cluster: Callable[..., LocalCluster], tmp_path: Pat
         clock.fault_now()
         cluster.kill_node(victim)
         run.progress()
-        run.verify(clock)
+        phase = run.verify(clock)
+        before = repaired_bytes_total(cluster)
         cluster.start_node(victim)
         cluster.wait_ready(60)
+        run.restore_copies(phase, before)
 
         # 2. the leader, with a probe committing manifests in a tight loop
         leader = cluster.leader_index()
         assert leader is not None
         with FailoverProbe(cluster.gateway_urls) as probe:
-            while probe.count() < 5:
-                time.sleep(0.05)
+            probe.wait_running()
             clock = PhaseClock(workload, "kill-leader", f"SIGKILL raft leader n{leader + 1}")
             killed_at = clock.fault_now()
             cluster.kill_node(leader)
@@ -123,9 +138,11 @@ def test_chaos_sequence(make_cluster: Callable[..., LocalCluster], tmp_path: Pat
             run.progress()
         phase = run.verify(clock, recovery=failover)
         phase.notes = f"new leader n{(cluster.leader_index() or 0) + 1}; failover probe PUTs " \
-                      f"ok={len(probe.ok)} failed={probe.failed}"
+                      f"ok={len(probe.ok)} failed={probe.failed}."
+        before = repaired_bytes_total(cluster)
         cluster.start_node(leader)
         cluster.wait_ready(60)
+        run.restore_copies(phase, before)
 
         # 3. a gateway: clients retry through the other one
         gone = rng.randrange(cluster.gateway_count)
@@ -149,7 +166,8 @@ def test_chaos_sequence(make_cluster: Callable[..., LocalCluster], tmp_path: Pat
             cluster.restart_gateway(j)
             cluster.wait_ready(60)
             run.progress(2)
-        run.verify(clock)
+        # Every node restarted inside this phase: their repair counters count only it.
+        run.restore_copies(run.verify(clock), 0)
 
         # 5. a flipped byte in a stored chunk, on the replica reads try first
         clock = PhaseClock(workload, "bit-flip", "")
@@ -160,6 +178,7 @@ def test_chaos_sequence(make_cluster: Callable[..., LocalCluster], tmp_path: Pat
         first = rank_nodes(chunk_id, [cluster.node_id(i) for i in range(cluster.node_count)])[0]
         node = int(first[1:]) - 1
         clock.phase.fault = f"flip a byte of chunk {chunk_id.hex()[:12]} on n{node + 1}"
+        before_flip = repaired_bytes_total(cluster)
         clock.fault_now()
         assert flip_stored_bytes(cluster, node, chunk) >= 1
         # Reads of that image through every gateway stay byte-identical ...
@@ -170,11 +189,10 @@ def test_chaos_sequence(make_cluster: Callable[..., LocalCluster], tmp_path: Pat
         again = node_chunk(cluster, node, chunk_id)
         assert again is None or again == chunk
         assert replica_counts(cluster, [chunk_id.hex()])[chunk_id.hex()] >= 2
-        repaired = repair_pass(cluster)
         phase = run.verify(clock)
-        phase.bytes_repaired = repaired
         phase.notes = (f"n{node + 1} quarantined the copy; it then served "
-                       f"{'nothing' if again is None else 'a re-fetched good copy'}")
+                       f"{'nothing' if again is None else 'a re-fetched good copy'}.")
+        run.restore_copies(phase, before_flip)
         run.progress(2)
 
     # Every acknowledged image, through every gateway, once more; then replica counts.

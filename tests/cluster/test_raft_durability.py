@@ -3,7 +3,7 @@
 - Losing any two nodes (SIGKILL) loses nothing acknowledged: for each chosen pair, both are
   killed, every acknowledged image still reads back byte-identical through every gateway,
   and pushes keep being acknowledged with the pair down; then the pair comes back. The
-  default checks 3 random pairs; `CARGOHOLD_CHAOS_PAIRS=all` checks all 10.
+  default checks 2 random pairs; `CARGOHOLD_CHAOS_PAIRS=all` checks all 10.
 - Whole-cluster SIGKILL under load, then restart, loses nothing acknowledged, repeated
   `CARGOHOLD_CHAOS_RUNS` times (default 3; the issue asks for 10). Snapshots are made every
   ~100 Raft entries so kills land around dumps and journal truncation (raft.md trap 3), and
@@ -34,6 +34,7 @@ from cluster.chaos import (
     Workload,
     env_int,
     image_chunks,
+    repaired_bytes_total,
     summary_path,
     verify_images,
     wait_replicated,
@@ -59,7 +60,7 @@ def _pairs(rng: random.Random) -> list[tuple[int, int]]:
     every = list(itertools.combinations(range(5), 2))
     if os.environ.get(PAIRS_ENV, "").strip() == "all":
         return every
-    return rng.sample(every, env_int(PAIRS_ENV, 3))
+    return rng.sample(every, env_int(PAIRS_ENV, 2))
 
 
 def test_losing_any_two_of_five_nodes_loses_nothing(
@@ -85,10 +86,19 @@ def test_losing_any_two_of_five_nodes_loses_nothing(
             assert not workload.violations, workload.violations[:5]
             specs = [x.spec for x in workload.snapshot()]
             result = verify_images(cluster.gateway_urls, specs, settle=60)
-            phases.append(clock.finish(result))
+            phase = clock.finish(result)
+            phases.append(phase)
+            before = repaired_bytes_total(cluster)
             cluster.start_node(a)
             cluster.start_node(b)
             cluster.wait_ready(60)
+            # Back to R copies before the next pair goes (what repair is for).
+            start = time.monotonic()
+            wait_replicated(cluster, image_chunks(cluster, specs), 3)
+            after = repaired_bytes_total(cluster)
+            if after is not None:
+                phase.bytes_repaired = after - (before or 0)
+                phase.notes = f"Back to R copies in {time.monotonic() - start:.1f}s."
     assert not workload.violations, workload.violations[:5]
     specs = [x.spec for x in workload.snapshot()]
     final = verify_images(cluster.gateway_urls, specs, settle=60)
