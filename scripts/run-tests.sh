@@ -25,7 +25,7 @@ declare -A marker=(
 # Upper bounds in seconds (a hung test must not eat CI's budget), overridable.
 declare -A limit=(
   [unit]="${TEST_TIMEOUT_UNIT:-300}"
-  [cluster]="${TEST_TIMEOUT_CLUSTER:-600}"
+  [cluster]="${TEST_TIMEOUT_CLUSTER:-900}"
   [clients]="${TEST_TIMEOUT_CLIENTS:-900}"
 )
 
