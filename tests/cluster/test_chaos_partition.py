@@ -21,9 +21,14 @@ gateway. Skips (visibly) where network namespaces cannot be made (not root, no i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import subprocess
+import sys
 import time
+import tomllib
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -32,7 +37,7 @@ import aiohttp
 import grpc
 import pytest
 
-from cargohold.devcluster import LocalCluster
+from cargohold.devcluster import LocalCluster, free_port, to_toml
 from cluster import netns
 from cluster.chaos import (
     ImageSpec,
@@ -108,6 +113,39 @@ async def _read_tag(base: str, repo: str) -> tuple[str, float]:
     return (dcd if status == 200 else f"status:{status}"), time.monotonic() - start
 
 
+@contextlib.contextmanager
+def sticky_gateway(cluster: LocalCluster, node: int) -> Iterator[str]:
+    """One more gateway process whose only seed is `node`: it learns the member list and
+    the leader from that node alone, so while `node` is the leader (and after it is cut
+    off, while it still answers) this gateway sends its metadata queries there first."""
+    config = tomllib.loads(cluster.gateway_config_path(0).read_text())
+    port = free_port()
+    config["gateway"]["listen"] = f"127.0.0.1:{port}"
+    config["gateway"]["nodes"] = [cluster.node_grpc(node)]
+    path = cluster.base_dir / "config" / "gateway-sticky.toml"
+    path.write_text(to_toml(config))
+    with open(cluster.base_dir / "logs" / "gateway-sticky.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cargohold.cli", "gateway", "--config",
+                                 str(path)], stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/v2/", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "sticky gateway"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
 def _tag_on_node(cluster: LocalCluster, i: int, repo: str, linearizable: bool) -> str:
     with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
         stub = registry_pb2_grpc.MetadataStub(channel)
@@ -130,8 +168,9 @@ def test_partitioned_leader_never_serves_a_moved_tag(
     old = replace(random_image(rng, "chaos/moving", CHUNK), tag=TAG)
     new = replace(random_image(rng, "chaos/moving", CHUNK), tag=TAG)
     gateways = cluster.gateway_urls
-    with Workload(gateways, CHUNK, clients=3, seed=rng.randrange(1 << 30),
-                  pause=0.3) as workload:
+    with contextlib.ExitStack() as stack:
+        workload = stack.enter_context(Workload(gateways, CHUNK, clients=3,
+                                                seed=rng.randrange(1 << 30), pause=0.3))
         workload.wait_acked(6)
         asyncio.run(_push(gateways, old))
         asyncio.run(_push(gateways, new, manifest_too=False))
@@ -142,13 +181,15 @@ def test_partitioned_leader_never_serves_a_moved_tag(
         clock = PhaseClock(workload, "partition-leader",
                            f"partition raft leader n{leader + 1} from its peers (gateways "
                            f"still reach it), move a tag, read it through every gateway")
+        sticky = stack.enter_context(sticky_gateway(cluster, leader))
+        asyncio.run(_read_tag(sticky, new.repo))  # it knows the leader now
         clock.fault_now()
         lab.partition(leader)
         try:
             moved_in, move_failures = asyncio.run(_push(gateways, new))
             reads: list[tuple[str, str, float]] = []
             for _ in range(3):
-                for base in gateways:
+                for base in [*gateways, sticky]:
                     answer, took = asyncio.run(_read_tag(base, new.repo))
                     reads.append((base, answer, took))
             stale = [r for r in reads if r[1] == old.digest]
@@ -189,10 +230,12 @@ def test_partitioned_leader_never_serves_a_moved_tag(
         assert old_by_digest.images == 1
         phase = clock.finish(result)
     slow = max(r[2] for r in reads)
+    sticky_slow = max(r[2] for r in reads if r[0] == sticky)
     phase.notes = (f"tag move took {moved_in:.1f}s ({move_failures} retried failures); "
                    f"{len(reads)} reads: {sum(r[1] == new.digest for r in reads)} new digest, "
                    f"{sum(r[1].startswith('retry') for r in reads)} retryable, 0 stale; "
-                   f"slowest read {slow:.1f}s; node caught up {caught_up:.1f}s after heal")
+                   f"slowest read {slow:.1f}s (through the gateway seeded with the cut-off node: "
+                   f"{sticky_slow:.1f}s); node caught up {caught_up:.1f}s after heal")
     summary = Summary("Cargohold chaos suite")
     summary.add("2. partition (3 nodes in network namespaces, gateways in the root one)", {
         "phases": [asdict(phase)],
