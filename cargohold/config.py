@@ -108,6 +108,16 @@ class NodeConfig:
     # Chunks.List: ids per streamed page when the caller asks for 0, and the largest page.
     chunk_list_page_size: int = 1000
     chunk_list_page_max: int = 10_000
+    # Chunks.Put with a checksum: False = verify the xxh3 checksum the sender computed from
+    # the bytes (catches transport corruption at memory speed); the sha256 id is trusted
+    # because gateways are trusted cluster members (cluster network/mTLS) that computed it
+    # from the bytes. True = also re-hash sha256 against the id (a third sha256 pass per
+    # pushed byte). A Put without a checksum, and every copy a node fetches from a peer
+    # (scrub re-fetch), is always checked against its sha256 id.
+    verify_put_sha256: bool = False
+    # HTTP/2 frame size on node<->gateway channels (grpc.http2.max_frame_size): large
+    # frames move MiB-sized chunk messages with fewer syscalls and frame headers.
+    grpc_max_frame_size: int = 16 * MiB - 1
 
     def __post_init__(self) -> None:
         if not self.grpc_advertise:
@@ -170,6 +180,11 @@ class GatewayConfig:
     # Concurrent identical manifest/tag reads share one linearizable query (see
     # gateway/coalesce.py); off: one query per request.
     coalesce_manifest_reads: bool = True
+    # GET/HEAD of a manifest by digest answer from this gateway's cache of (repo, digest)
+    # -> record+body for this many seconds after the cluster last confirmed it (a delete
+    # through this gateway drops it at once); 0 = always confirm (linearizable).
+    # See gateway/manifests.py for the staleness bound across gateways.
+    manifest_digest_ttl_seconds: float = 1.0
     # `Retry-After` seconds sent with 503 and 429 when the error names none.
     retry_after_seconds: int = 1
     # Seconds a SIGTERM'd gateway lets in-flight requests finish before closing them.
@@ -278,6 +293,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("node.grpc_max_message must exceed cluster.chunk_size by 1 MiB")
     if cfg.gateway.max_manifest_size < 1024:
         raise ConfigError("gateway.max_manifest_size is too small")
+    if not 16 * 1024 <= cfg.node.grpc_max_frame_size <= 16 * MiB - 1:
+        raise ConfigError("node.grpc_max_frame_size must be between 16 KiB and 16 MiB - 1")
+    if cfg.gateway.manifest_digest_ttl_seconds < 0:
+        raise ConfigError("gateway.manifest_digest_ttl_seconds must be >= 0")
     if cfg.gateway.verify_reads not in ("sha256", "xxh3"):
         raise ConfigError("gateway.verify_reads must be sha256 or xxh3")
     if cfg.gateway.upload_writes_in_flight < 1 or cfg.gateway.metadata_attempts < 1:

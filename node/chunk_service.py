@@ -12,6 +12,14 @@ gateway's cluster client re-raises the same class:
 
 The server's message size limits (NodeConfig.grpc_max_message) are set where the server is
 built (node/server.py); `add_to_server` only registers the servicer.
+
+The two chunk-carrying calls skip the protobuf runtime (`cargohold.wire`): `Put` receives
+the serialized PutChunkRequest and takes the chunk's bytes as a view of it; `Get` answers a
+GetChunkReply encoded straight from the LMDB read view (one copy, not three). Put checks
+the xxh3 checksum the gateway sent against the bytes and trusts the sha256 id the gateway
+computed from them (gateways are trusted cluster members: cluster network/mTLS); with
+`NodeConfig.verify_put_sha256`, or when no checksum is sent, it re-hashes the id too.
+Copies a node fetches itself (scrub re-fetch) always go through the full sha256 check.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from cargohold.errors import (
     to_grpc_details,
 )
 from cargohold.log import log_event
+from cargohold.wire import decode_bytes_fields, encode_bytes_fields
 from node.chunkstore import ChunkStore
 from protos import registry_pb2 as pb
 from protos import registry_pb2_grpc as pb_grpc
@@ -76,8 +85,10 @@ async def _call(context: grpc.aio.ServicerContext, method: str,
 class ChunksServicer(pb_grpc.ChunksServicer):
     def __init__(self, store: ChunkStore, page_size: int = NodeConfig.chunk_list_page_size,
                  page_max: int = NodeConfig.chunk_list_page_max,
-                 on_corrupt: Callable[[bytes], None] | None = None) -> None:
+                 on_corrupt: Callable[[bytes], None] | None = None,
+                 verify_put_sha256: bool = NodeConfig.verify_put_sha256) -> None:
         self._store = store
+        self._verify_put_sha256 = verify_put_sha256
         # Called with the id of a copy Get found corrupt (scrub's re-fetch from a replica).
         self._on_corrupt = on_corrupt
         self._page_size = max(1, page_size)
@@ -86,20 +97,45 @@ class ChunksServicer(pb_grpc.ChunksServicer):
     async def Put(self, request: pb.PutChunkRequest,
                   context: grpc.aio.ServicerContext) -> pb.PutChunkReply:
         existed = await _call(context, "Put", lambda: self._store.put(
-            request.id, request.data, request.checksum or None))
+            request.id, request.data, request.checksum or None,
+            verify_id=self._verify_put_sha256))
+        return pb.PutChunkReply(existed=existed)
+
+    async def PutRaw(self, raw: bytes,
+                     context: grpc.aio.ServicerContext) -> pb.PutChunkReply:
+        """`Put` on the serialized request: the chunk stays a view of the received bytes."""
+        try:
+            fields = decode_bytes_fields(raw)
+        except ValueError:
+            await _abort(context, "Put", DigestInvalid("malformed PutChunkRequest"))
+        empty = memoryview(b"")
+        chunk_id = bytes(fields.get(1, empty))
+        checksum = bytes(fields.get(3, empty)) or None
+        existed = await _call(context, "Put", lambda: self._store.put(
+            chunk_id, fields.get(2, empty), checksum, verify_id=self._verify_put_sha256))
         return pb.PutChunkReply(existed=existed)
 
     async def Get(self, request: pb.GetChunkRequest,
                   context: grpc.aio.ServicerContext) -> pb.GetChunkReply:
+        data, checksum = await self._get(request.id, context, self._store.get_with_checksum)
+        return pb.GetChunkReply(data=data, checksum=checksum)
+
+    async def GetRaw(self, request: pb.GetChunkRequest,
+                     context: grpc.aio.ServicerContext) -> bytes:
+        """`Get` answering the serialized GetChunkReply, encoded from the stored copy."""
+        return await self._get(request.id, context, lambda cid: self._store.get_encoded(
+            cid, _encode_get_reply))
+
+    async def _get(self, chunk_id: bytes, context: grpc.aio.ServicerContext,
+                   read: Callable[[bytes], Awaitable[T]]) -> T:
         try:
-            data, checksum = await self._store.get_with_checksum(request.id)
+            return await read(chunk_id)
         except ChunkCorrupt as exc:
             if self._on_corrupt is not None:
-                self._on_corrupt(request.id)
+                self._on_corrupt(chunk_id)
             await _abort(context, "Get", exc)
         except Exception as exc:
             await _abort(context, "Get", exc)
-        return pb.GetChunkReply(data=data, checksum=checksum)
 
     async def Has(self, request: pb.HasChunksRequest,
                   context: grpc.aio.ServicerContext) -> pb.HasChunksReply:
@@ -126,12 +162,44 @@ class ChunksServicer(pb_grpc.ChunksServicer):
             after = page[-1][0]
 
 
+def _encode_get_reply(data: memoryview, checksum: bytes) -> bytes:
+    return encode_bytes_fields([(1, [data]), (2, [checksum])])
+
+
+def _identity(raw: bytes) -> bytes:
+    return raw
+
+
 def add_to_server(server: grpc.aio.Server, store: ChunkStore,
                   config: NodeConfig | None = None,
                   on_corrupt: Callable[[bytes], None] | None = None) -> ChunksServicer:
-    """Register the Chunks service for `store` on `server`; returns the servicer."""
+    """Register the Chunks service for `store` on `server`; returns the servicer.
+
+    The generated registration, except that Put and Get use the raw handlers (same
+    messages on the wire, no protobuf copies of the chunk bytes).
+    """
     cfg = config or NodeConfig()
     servicer = ChunksServicer(store, page_size=cfg.chunk_list_page_size,
-                              page_max=cfg.chunk_list_page_max, on_corrupt=on_corrupt)
-    pb_grpc.add_ChunksServicer_to_server(servicer, server)
+                              page_max=cfg.chunk_list_page_max, on_corrupt=on_corrupt,
+                              verify_put_sha256=cfg.verify_put_sha256)
+    handlers = {
+        "Put": grpc.unary_unary_rpc_method_handler(
+            servicer.PutRaw, request_deserializer=_identity,
+            response_serializer=pb.PutChunkReply.SerializeToString),
+        "Get": grpc.unary_unary_rpc_method_handler(
+            servicer.GetRaw, request_deserializer=pb.GetChunkRequest.FromString,
+            response_serializer=_identity),
+    }
+    for name, kind, request, reply in (
+            ("Has", grpc.unary_unary_rpc_method_handler, pb.HasChunksRequest,
+             pb.HasChunksReply),
+            ("Delete", grpc.unary_unary_rpc_method_handler, pb.DeleteChunksRequest,
+             pb.DeleteChunksReply),
+            ("List", grpc.unary_stream_rpc_method_handler, pb.ListChunksRequest,
+             pb.ListChunksReply)):
+        handlers[name] = kind(getattr(servicer, name), request_deserializer=request.FromString,
+                              response_serializer=reply.SerializeToString)
+    service = "cargohold.v1.Chunks"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
     return servicer

@@ -38,7 +38,7 @@ import os
 import queue
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -81,9 +81,12 @@ class ChunkStore(Protocol):
     `has`, `get`, `list_ids` and `stats().count` until a good copy is put again.
     """
 
-    async def put(self, chunk_id: bytes, data: bytes, checksum: bytes | None = None) -> bool:
+    async def put(self, chunk_id: bytes, data: bytes | memoryview,
+                  checksum: bytes | None = None, verify_id: bool = True) -> bool:
         """Store `data` under `chunk_id`; True when a healthy copy already existed.
-        Raises DigestInvalid (id or checksum does not match data), StorageFull."""
+        `verify_id=False` with a checksum trusts the id and checks only the checksum
+        (see `prepare_value`). Raises DigestInvalid (id or checksum does not match
+        data), StorageFull."""
         ...
 
     async def get(self, chunk_id: bytes) -> bytes:
@@ -92,6 +95,13 @@ class ChunkStore(Protocol):
 
     async def get_with_checksum(self, chunk_id: bytes) -> tuple[bytes, bytes]:
         """(data, stored xxh3-128 checksum), verified like `get`."""
+        ...
+
+    async def get_encoded(self, chunk_id: bytes,
+                          encode: Callable[[memoryview, bytes], bytes]) -> bytes:
+        """`encode(data view, checksum)` of the verified copy, called while the view is
+        valid (in a reader thread for LMDB): the one copy a reply needs, no other.
+        Raises like `get_with_checksum`."""
         ...
 
     async def has(self, ids: list[bytes]) -> list[bool]: ...
@@ -114,9 +124,18 @@ class ChunkStore(Protocol):
     def close(self) -> None: ...
 
 
-def prepare_value(chunk_id: bytes, data: bytes, checksum: bytes | None) -> bytes:
-    """Check `data` against its id (and the sender's checksum); return `checksum || data`."""
-    if hashlib.sha256(data).digest() != chunk_id:
+def prepare_value(chunk_id: bytes, data: bytes | memoryview, checksum: bytes | None,
+                  verify_id: bool = True) -> bytes:
+    """Check `data` against its id and the sender's checksum; return `checksum || data`.
+
+    The sha256 id check is skipped only when `verify_id` is False AND a checksum came
+    with the data: then the sender (a gateway, a trusted cluster member that computed
+    the id from these bytes) vouches for the id and xxh3 catches transport corruption.
+    """
+    if len(chunk_id) != CHUNK_ID_LEN:
+        raise DigestInvalid("chunk id is not a sha256 digest",
+                            detail={"chunk": chunk_id.hex()})
+    if (verify_id or not checksum) and hashlib.sha256(data).digest() != chunk_id:
         raise DigestInvalid("chunk id is not the sha256 of its data",
                             detail={"chunk": chunk_id.hex()})
     actual = checksum_of(data)
@@ -133,10 +152,11 @@ def is_intact(value: bytes | memoryview) -> bool:
     return checksum_of(value[CHECKSUM_LEN:]) == bytes(value[:CHECKSUM_LEN])
 
 
-async def prepare_value_async(chunk_id: bytes, data: bytes, checksum: bytes | None) -> bytes:
+async def prepare_value_async(chunk_id: bytes, data: bytes | memoryview,
+                              checksum: bytes | None, verify_id: bool = True) -> bytes:
     if len(data) <= _INLINE_HASH_BYTES:
-        return prepare_value(chunk_id, data, checksum)
-    return await asyncio.to_thread(prepare_value, chunk_id, data, checksum)
+        return prepare_value(chunk_id, data, checksum, verify_id)
+    return await asyncio.to_thread(prepare_value, chunk_id, data, checksum, verify_id)
 
 
 class _Corrupt(Exception):
@@ -259,8 +279,9 @@ class LmdbChunkStore:
 
     # --- async API ----------------------------------------------------------------------
 
-    async def put(self, chunk_id: bytes, data: bytes, checksum: bytes | None = None) -> bool:
-        value = await prepare_value_async(chunk_id, data, checksum)
+    async def put(self, chunk_id: bytes, data: bytes | memoryview,
+                  checksum: bytes | None = None, verify_id: bool = True) -> bool:
+        value = await prepare_value_async(chunk_id, data, checksum, verify_id)
         result = await self._submit(_Op("put", concurrent.futures.Future(), chunk_id=chunk_id,
                                          value=value))
         return bool(result)
@@ -277,6 +298,14 @@ class LmdbChunkStore:
             raise ChunkCorrupt(detail={"chunk": chunk_id.hex()}) from None
         assert data is not None
         return data, checksum
+
+    async def get_encoded(self, chunk_id: bytes,
+                          encode: Callable[[memoryview, bytes], bytes]) -> bytes:
+        try:
+            return await asyncio.to_thread(self._read_encoded, chunk_id, encode)
+        except _Corrupt:
+            await self._quarantine_copy(chunk_id)
+            raise ChunkCorrupt(detail={"chunk": chunk_id.hex()}) from None
 
     async def verify(self, chunk_id: bytes) -> bool:
         try:
@@ -349,6 +378,19 @@ class LmdbChunkStore:
                 raise _Corrupt
             checksum = bytes(value[:CHECKSUM_LEN])
             return (bytes(value[CHECKSUM_LEN:]) if copy else None), checksum
+
+    def _read_encoded(self, chunk_id: bytes,
+                      encode: Callable[[memoryview, bytes], bytes]) -> bytes:
+        if len(chunk_id) != CHUNK_ID_LEN:
+            raise ChunkMissing(detail={"chunk": chunk_id.hex()})
+        with self._reading() as txn:
+            value = txn.get(chunk_id, db=self._chunks)
+            if value is None:
+                raise ChunkMissing(detail={"chunk": chunk_id.hex()})
+            if not is_intact(value):
+                raise _Corrupt
+            view = memoryview(value)
+            return encode(view[CHECKSUM_LEN:], bytes(view[:CHECKSUM_LEN]))
 
     def _has(self, ids: list[bytes]) -> list[bool]:
         with self._reading() as txn:

@@ -8,6 +8,7 @@ quarantine dict, counters kept alongside) minus durability. `capacity_bytes` mak
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 
 from cargohold.errors import ChunkCorrupt, ChunkMissing, StorageFull, Unavailable
 from node.chunkstore import (
@@ -28,9 +29,10 @@ class MemoryChunkStore:
         self._capacity = capacity_bytes
         self._closed = False
 
-    async def put(self, chunk_id: bytes, data: bytes, checksum: bytes | None = None) -> bool:
+    async def put(self, chunk_id: bytes, data: bytes | memoryview,
+                  checksum: bytes | None = None, verify_id: bool = True) -> bool:
         self._check_open()
-        value = await prepare_value_async(chunk_id, data, checksum)
+        value = await prepare_value_async(chunk_id, data, checksum, verify_id)
         existing = self._values.get(chunk_id)
         if existing is not None:
             if is_intact(existing):
@@ -53,6 +55,11 @@ class MemoryChunkStore:
             self._move_to_quarantine(chunk_id)
             raise ChunkCorrupt(detail={"chunk": chunk_id.hex()})
         return value[CHECKSUM_LEN:], value[:CHECKSUM_LEN]
+
+    async def get_encoded(self, chunk_id: bytes,
+                          encode: Callable[[memoryview, bytes], bytes]) -> bytes:
+        data, checksum = await self.get_with_checksum(chunk_id)
+        return encode(memoryview(data), checksum)
 
     async def verify(self, chunk_id: bytes) -> bool:
         if is_intact(self._value(chunk_id)):

@@ -5,8 +5,8 @@
 1. creates `<data_dir>/` and opens the chunk store in `<data_dir>/chunks/` (LMDB) and the
    Raft member in `<data_dir>/raft/` (journal + snapshot);
 2. serves `Chunks`, `Metadata` and `Admin` on `cfg.node.grpc_listen` (one grpc.aio server,
-   message limits = `grpc_max_message`, TLS when `cluster.tls_cert`/`tls_key` are set, mTLS
-   when `cluster.tls_ca` is set too);
+   message limits = `grpc_max_message`, HTTP/2 frames up to `grpc_max_frame_size`, TLS
+   when `cluster.tls_cert`/`tls_key` are set, mTLS when `cluster.tls_ca` is set too);
 3. joins the member list (`member_join`, retried until a leader commits it);
 4. runs leader housekeeping: every `housekeeping_interval` the leader expires upload
    sessions untouched for `upload_expire_after` (the catalogue's `expire_uploads`);
@@ -115,6 +115,7 @@ async def run_node(cfg: Config) -> None:
         server = grpc.aio.server(options=[
             ("grpc.max_send_message_length", node.grpc_max_message),
             ("grpc.max_receive_message_length", node.grpc_max_message),
+            ("grpc.http2.max_frame_size", node.grpc_max_frame_size),
         ])
         chunk_service.add_to_server(server, store, node,
                                     on_corrupt=scrub.refetcher.schedule)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -30,7 +31,7 @@ CFG = NodeConfig(chunk_list_page_size=4, chunk_list_page_max=5)
 OPTIONS = [("grpc.max_send_message_length", CFG.grpc_max_message),
            ("grpc.max_receive_message_length", CFG.grpc_max_message)]
 
-Serve = Callable[[ChunkStore], Awaitable[pb_grpc.ChunksStub]]
+Serve = Callable[..., Awaitable[pb_grpc.ChunksStub]]
 
 
 @pytest.fixture
@@ -38,9 +39,9 @@ async def serve() -> AsyncIterator[Serve]:
     """Start a Chunks server for a store on 127.0.0.1:0; stopped (with its channel) after."""
     running: list[tuple[grpc.aio.Server, grpc.aio.Channel]] = []
 
-    async def start(store: ChunkStore) -> pb_grpc.ChunksStub:
+    async def start(store: ChunkStore, cfg: NodeConfig = CFG) -> pb_grpc.ChunksStub:
         server = grpc.aio.server(options=OPTIONS)
-        add_to_server(server, store, CFG)
+        add_to_server(server, store, cfg)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)
@@ -97,6 +98,55 @@ async def test_put_with_wrong_id_or_checksum_is_invalid_argument(
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert isinstance(decoded(info.value), DigestInvalid)
     assert (await stub.Has(pb.HasChunksRequest(ids=[cid]))).present == [False]
+
+
+async def test_put_with_checksum_trusts_the_gateway_id_unless_configured(
+        serve: Serve, tmp_path: Path) -> None:
+    """Default: a Put with a checksum is checked by xxh3 only (the gateway computed the id
+    from the bytes); `verify_put_sha256` re-hashes the id too; no checksum = sha256 always."""
+    _, data = random_chunk(1000)
+    forged = hashlib.sha256(b"not these bytes").digest()
+    trusting = await serve(LmdbChunkStore(str(tmp_path / "a"), 64 * MiB, 16, 16 * MiB))
+    reply = await trusting.Put(pb.PutChunkRequest(id=forged, data=data,
+                                                  checksum=checksum_of(data)))
+    assert reply.existed is False
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await trusting.Put(pb.PutChunkRequest(id=forged, data=data))
+    assert isinstance(decoded(info.value), DigestInvalid)
+    strict_cfg = NodeConfig(verify_put_sha256=True)
+    strict = await serve(LmdbChunkStore(str(tmp_path / "b"), 64 * MiB, 16, 16 * MiB),
+                         strict_cfg)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await strict.Put(pb.PutChunkRequest(id=forged, data=data, checksum=checksum_of(data)))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert isinstance(decoded(info.value), DigestInvalid)
+    assert (await strict.Has(pb.HasChunksRequest(ids=[forged]))).present == [False]
+
+
+async def test_put_and_get_of_an_empty_chunk(stub: pb_grpc.ChunksStub) -> None:
+    cid = hashlib.sha256(b"").digest()
+    assert (await stub.Put(pb.PutChunkRequest(id=cid, checksum=checksum_of(b"")))).existed \
+        is False
+    got = await stub.Get(pb.GetChunkRequest(id=cid))
+    assert got.data == b""
+    assert got.checksum == checksum_of(b"")
+
+
+async def test_malformed_put_is_invalid_argument(lmdb_chunk_store: LmdbChunkStore) -> None:
+    server = grpc.aio.server(options=OPTIONS)
+    add_to_server(server, lmdb_chunk_store, CFG)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)
+    try:
+        call = channel.unary_unary("/cargohold.v1.Chunks/Put", request_serializer=None,
+                                   response_deserializer=pb.PutChunkReply.FromString)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(b"\x0a\xff")
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await channel.close()
+        await server.stop(None)
 
 
 async def test_corrupt_copy_is_data_loss_then_gone(

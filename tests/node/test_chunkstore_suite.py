@@ -116,6 +116,34 @@ async def test_put_rejects_wrong_id_and_wrong_checksum(store: ChunkStore) -> Non
     assert await store.put(cid, data, checksum=checksum_of(data)) is False
 
 
+async def test_put_without_id_check_still_checks_the_checksum(store: ChunkStore) -> None:
+    cid, data = random_chunk(100 * KiB)
+    # verify_id=False trusts the id only when a checksum vouches for the bytes' transport.
+    with pytest.raises(DigestInvalid):
+        await store.put(cid, data, checksum=b"\0" * 16, verify_id=False)
+    with pytest.raises(DigestInvalid):
+        await store.put(hashlib.sha256(b"other").digest(), data, verify_id=False)
+    with pytest.raises(DigestInvalid):
+        await store.put(b"short", data, checksum=checksum_of(data), verify_id=False)
+    assert await store.has([cid]) == [False]
+    view = memoryview(b"xx" + data)[2:]
+    assert await store.put(cid, view, checksum=checksum_of(data), verify_id=False) is False
+    assert await store.get(cid) == data
+
+
+async def test_get_encoded_sees_the_verified_copy(kit: Kit, store: ChunkStore) -> None:
+    cid, data = random_chunk(300 * KiB)
+    await store.put(cid, data)
+    encoded = await store.get_encoded(cid, lambda view, checksum: checksum + bytes(view))
+    assert encoded == checksum_of(data) + data
+    with pytest.raises(ChunkMissing):
+        await store.get_encoded(hashlib.sha256(b"absent").digest(), lambda v, c: b"")
+    kit.corrupt(store, cid)
+    with pytest.raises(ChunkCorrupt):
+        await store.get_encoded(cid, lambda view, checksum: bytes(view))
+    assert await store.has([cid]) == [False]
+
+
 async def test_has_and_delete(store: ChunkStore) -> None:
     a, b = random_chunk(10), random_chunk(20)
     missing = hashlib.sha256(b"missing").digest()

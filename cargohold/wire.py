@@ -1,0 +1,82 @@
+"""Protobuf wire format for the chunk messages, without copying chunk bytes.
+
+The chunk RPCs (`Chunks.Put`, `Chunks.Get`) carry MiB-sized `bytes` fields. The protobuf
+runtime copies such a field on parse, again on attribute access, and again on serialize
+(measured: ~4 ms per 4 MiB chunk for parse + `.data`, against ~0.4 ms for one memcpy).
+These helpers read and write the few messages whose fields are all length-delimited or
+varints, as protobuf itself emits them (fields in number order), so the chunk's bytes are
+copied once where they must be (into a socket or LMDB) and otherwise passed as views.
+The messages stay exactly `protos/registry.proto`'s; tests check both directions against
+the protobuf runtime (tests/gateway/test_cluster_client.py, tests/node/test_chunk_service.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def varint(value: int) -> bytes:
+    """The base-128 varint encoding of a non-negative int."""
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if not value:
+            out.append(low)
+            return bytes(out)
+        out.append(low | 0x80)
+
+
+def read_varint(view: memoryview, pos: int) -> tuple[int, int]:
+    """(value, next position) of the varint at `pos`; ValueError when truncated."""
+    value = shift = 0
+    while True:
+        if pos >= len(view) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = view[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def encode_bytes_fields(fields: Sequence[tuple[int, Sequence[bytes | memoryview]]]) -> bytes:
+    """A message of length-delimited fields, each given as pieces joined on the wire.
+
+    Fields whose pieces are all empty are left out, as protobuf does for proto3 `bytes`.
+    One copy of every piece, into the returned buffer.
+    """
+    out: list[bytes | memoryview] = []
+    for number, pieces in fields:
+        size = sum(len(p) for p in pieces)
+        if not size:
+            continue
+        out.append(varint(number << 3 | 2))
+        out.append(varint(size))
+        out.extend(pieces)
+    return b"".join(out)
+
+
+def decode_bytes_fields(raw: bytes | memoryview) -> dict[int, memoryview]:
+    """{field number: view of its bytes} of the length-delimited fields of a message.
+
+    Varint fields are skipped; any other wire type is ValueError (none of the chunk
+    messages has one). A repeated field keeps its last value, like a singular field.
+    """
+    view = memoryview(raw)
+    found: dict[int, memoryview] = {}
+    pos = 0
+    while pos < len(view):
+        key, pos = read_varint(view, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = read_varint(view, pos)
+        elif wire == 2:
+            size, pos = read_varint(view, pos)
+            if pos + size > len(view):
+                raise ValueError("truncated field")
+            found[number] = view[pos:pos + size]
+            pos += size
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+    return found
