@@ -185,6 +185,8 @@ class GatewayConfig:
     # through this gateway drops it at once); 0 = always confirm (linearizable).
     # See gateway/manifests.py for the staleness bound across gateways.
     manifest_digest_ttl_seconds: float = 1.0
+    # ... and at most this many (repo, digest) records are kept (an LRU).
+    manifest_digest_cache_entries: int = 10_000
     # `Retry-After` seconds sent with 503 and 429 when the error names none.
     retry_after_seconds: int = 1
     # Seconds a SIGTERM'd gateway lets in-flight requests finish before closing them.

