@@ -487,22 +487,40 @@ def _metadata_query(address: str, op: str, args: dict[str, Any]) -> Any:
         return json.loads(reply.result)
 
 
+def cluster_query(cluster: LocalCluster, op: str, args: dict[str, Any],
+                  limit: float = 30.0) -> Any:
+    """A linearizable query through the running nodes in turn, retried on UNAVAILABLE
+    (a node that just restarted, an election) as the gateway would."""
+    deadline = time.monotonic() + limit
+    attempt = 0
+    while True:
+        nodes = cluster.running_nodes()
+        address = cluster.node_grpc(nodes[attempt % len(nodes)])
+        attempt += 1
+        try:
+            return _metadata_query(address, op, args)
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                  grpc.StatusCode.DEADLINE_EXCEEDED) \
+                    or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 # Recipes are immutable: chunk lists already looked up, per image.
 _CHUNKS_OF: dict[ImageSpec, dict[str, int]] = {}
 
 
-def image_chunks(cluster: LocalCluster, specs: Iterable[ImageSpec],
-                 node: int | None = None) -> dict[str, int]:
+def image_chunks(cluster: LocalCluster, specs: Iterable[ImageSpec]) -> dict[str, int]:
     """Chunk id (hex) -> length of every chunk the images' blobs and manifests use."""
-    address = cluster.node_grpc(node if node is not None else cluster.running_nodes()[0])
     chunks: dict[str, int] = {}
     for spec in specs:
         mine = _CHUNKS_OF.get(spec)
         if mine is None:
             mine = {}
             for digest in [d for _, d, _ in spec.blobs()] + [spec.digest]:
-                recipe = _metadata_query(address, "blob_get",
-                                         {"repo": spec.repo, "digest": digest})
+                recipe = cluster_query(cluster, "blob_get",
+                                       {"repo": spec.repo, "digest": digest})
                 for chunk_hex, length in recipe["chunks"]:
                     mine[chunk_hex] = int(length)
             _CHUNKS_OF[spec] = mine
