@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bench.blobdata import BlobSpec, digest_of
@@ -68,16 +69,21 @@ async def push_image(client: OciClient, repo: str, tag: str, image: Image,
     return sum(sizes) + len(image.manifest)
 
 
-async def pull_image(client: OciClient, repo: str, tag: str,
-                     layer_parallelism: int = 3) -> int:
-    """Resolve the tag, fetch the manifest by digest, fetch every layer; returns bytes."""
+BlobFetch = Callable[[str, str], Awaitable[int]]
+
+
+async def pull_image(client: OciClient, repo: str, tag: str, layer_parallelism: int = 3,
+                     fetch: BlobFetch | None = None) -> int:
+    """Resolve the tag, fetch the manifest by digest, fetch every layer; returns bytes.
+    `fetch(repo, digest)` replaces `client.pull_blob` for the blobs (a cheaper reader)."""
     digest = await client.head_manifest(repo, tag)
     manifest = json.loads(await client.get_manifest(repo, digest))
     gate = asyncio.Semaphore(layer_parallelism)
+    get = fetch or client.pull_blob
 
     async def one(d: str) -> int:
         async with gate:
-            return await client.pull_blob(repo, d)
+            return await get(repo, d)
 
     blobs = [manifest["config"]["digest"]] + [layer["digest"] for layer in manifest["layers"]]
     sizes = await asyncio.gather(*(one(d) for d in blobs))
