@@ -271,9 +271,15 @@ class ClusterClient:
         return healthy + [a for a in seen if self._is_down(a)]
 
     async def refresh(self) -> None:
-        """Re-learn the member list and the leader from the first node that answers."""
+        """Re-learn the member list and the leader from the first node that answers and
+        knows a Raft leader. A node that knows none (cut off from its peers by a partition,
+        or an election is running) may hold a stale view and cannot serve linearizable
+        metadata: its view is used only when no node knows a leader, and answering does not
+        clear its "failed recently" mark (else a partitioned ex-leader, which still answers
+        probes, would stay first in line for every query, each waiting out a barrier)."""
         async with self._refresh_lock:
             self._last_refresh = time.monotonic()
+            leaderless: tuple[bytes, registry_pb2.StatusReply] | None = None
             for address in self._probe_addresses():
                 node = self._node(address)
                 try:
@@ -285,17 +291,27 @@ class ClusterClient:
                 except grpc.aio.AioRpcError:
                     self._down_until[address] = time.monotonic() + _DOWN_SECONDS
                     continue
+                if not status.leader_raft_address:
+                    if leaderless is None:
+                        leaderless = (reply.result, status)
+                    continue
                 self._down_until.pop(address, None)
-                members = [Member(str(m["id"]), str(m["grpc"]), str(m.get("raft", "")),
-                                  str(m.get("state", "active")))
-                           for m in json.loads(reply.result or b"[]")]
-                if not members:
-                    # Not joined yet: the seeds themselves, as they name themselves.
-                    members = await self._members_from_seeds()
-                self._set_members(members)
-                self._set_leader(status)
+                await self._apply_view(reply.result, status)
+                return
+            if leaderless is not None:
+                await self._apply_view(*leaderless)
                 return
         raise Unavailable("no storage node answers", detail={"seeds": self._cfg.gateway.nodes})
+
+    async def _apply_view(self, members_json: bytes, status: registry_pb2.StatusReply) -> None:
+        members = [Member(str(m["id"]), str(m["grpc"]), str(m.get("raft", "")),
+                          str(m.get("state", "active")))
+                   for m in json.loads(members_json or b"[]")]
+        if not members:
+            # Not joined yet: the seeds themselves, as they name themselves.
+            members = await self._members_from_seeds()
+        self._set_members(members)
+        self._set_leader(status)
 
     async def _members_from_seeds(self) -> list[Member]:
         found: list[Member] = []
