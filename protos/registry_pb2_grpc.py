@@ -66,7 +66,10 @@ class ChunksServicer:
 
     def Put(self, request, context):
         """Store one chunk durably (fsynced) before replying. Idempotent: a chunk already
-        present is not written again (reply.existed).
+        present is not written again (reply.existed). With a checksum the node checks the
+        data against it and trusts the id (the sender, a cluster member, computed it from the
+        data; NodeConfig.verify_put_sha256 re-checks it); without one it checks sha256(data)
+        == id. Either mismatch is INVALID_ARGUMENT (DigestInvalid).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
