@@ -37,6 +37,11 @@ dump's two head entries, so pysyncobj finds a matching head and keeps the rest. 
 that cannot be read sets `fatal_error` and calls `on_fatal` (the node exits) where
 pysyncobj would carry on with an empty state.
 
+A healed ex-leader whose uncommitted entries conflict with the new leader's log caught up
+never in pysyncobj when the new entries spanned more than one append batch (its replies
+reset the leader's walk back); `ConflictTruncation` (node/metadata/raft_catchup.py) drops
+the conflicting uncommitted suffix first, as the Raft paper prescribes.
+
 Durability, the fsync question: pysyncobj never fsyncs its journal (upstream issue #84); it
 is an mmap'd file written through the page cache. "Committed" therefore means "in the
 page cache of a majority of nodes": a committed command survives any number of process
