@@ -30,7 +30,10 @@ def test_file_env_and_overrides_layer(tmp_path) -> None:
 
 @pytest.mark.parametrize("text", ["[cluster]\nreplicas = 0\n", "[cluster]\nbogus = 1\n",
                                   "[nope]\na = 1\n", "[cluster]\nwrite_quorum = 9\n",
-                                  "[cluster]\nreplicas = \"x\"\n", "not toml ["])
+                                  "[cluster]\nreplicas = \"x\"\n", "not toml [",
+                                  "[node]\ngrpc_max_frame_size = 16777216\n",
+                                  "[node]\ngrpc_max_frame_size = 1024\n",
+                                  "[gateway]\nmanifest_digest_ttl_seconds = -1.0\n"])
 def test_bad_config_is_a_clear_error(tmp_path, text: str) -> None:
     path = tmp_path / "c.toml"
     path.write_text(text)
