@@ -318,6 +318,9 @@ async def test_10_catalog_lists_the_repository(gateways, repo_name) -> None:
     a, b = gateways
     await push_image(a, repo_name)
     await push_image(a, repo_name + "/sub")
+    # A third repository of our own after "/sub", so the page below is cut (and carries a
+    # Link) whatever other tests' random repository names sort after ours.
+    await push_image(a, repo_name + "/sub2")
     before = repo_name[:-1] + chr(ord(repo_name[-1]) - 1) + "~"
     resp, out = await b.request("GET", "/v2/_catalog", params={"n": "2", "last": before})
     assert resp.status == 200
