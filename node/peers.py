@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
-from pathlib import Path
 
 import grpc
 import grpc.aio
 
 from cargohold.config import Config
 from cargohold.errors import RegistryError, Unavailable, from_grpc_details
+from cargohold.grpc_channels import channel_credentials, open_channel
 from protos import registry_pb2 as pb
 from protos import registry_pb2_grpc as pb_grpc
 
@@ -45,30 +45,12 @@ class PeerPool:
     def __init__(self, cfg: Config) -> None:
         self._cfg = cfg
         self._peers: dict[str, _Peer] = {}
-        self._credentials = self._channel_credentials()
-
-    def _channel_credentials(self) -> grpc.ChannelCredentials | None:
-        c = self._cfg.cluster
-        if not c.tls_ca:
-            return None
-        return grpc.ssl_channel_credentials(
-            root_certificates=Path(c.tls_ca).read_bytes(),
-            private_key=Path(c.tls_key).read_bytes() if c.tls_key else None,
-            certificate_chain=Path(c.tls_cert).read_bytes() if c.tls_cert else None)
+        self._credentials = channel_credentials(cfg)
 
     def _peer(self, address: str) -> _Peer:
         peer = self._peers.get(address)
         if peer is None:
-            limit = self._cfg.node.grpc_max_message
-            options = [("grpc.max_send_message_length", limit),
-                       ("grpc.max_receive_message_length", limit),
-                       ("grpc.initial_reconnect_backoff_ms", 200),
-                       ("grpc.min_reconnect_backoff_ms", 200),
-                       ("grpc.max_reconnect_backoff_ms", 2000)]
-            if self._credentials is None:
-                channel = grpc.aio.insecure_channel(address, options=options)
-            else:
-                channel = grpc.aio.secure_channel(address, self._credentials, options=options)
+            channel = open_channel(address, self._cfg, self._credentials)
             peer = self._peers[address] = _Peer(channel)
         return peer
 
