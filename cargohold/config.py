@@ -138,6 +138,8 @@ class GatewayConfig:
     upload_expiry_seconds: int = 24 * 3600
     # Chunk reads in flight ahead of the client on a blob GET.
     read_ahead_chunks: int = 4
+    # Concurrent reads of one chunk (a pull storm) share one node read (gateway/cluster.py).
+    share_chunk_reads: bool = True
     # A replica slower than this gets a hedged request to the next one.
     hedge_after_seconds: float = 0.5
     # Per-RPC deadline towards nodes.

@@ -47,7 +47,11 @@ re-hashes every chunk against its id at read too (also catches a node that serve
 bytes with a matching checksum), in a worker thread: measured here it costs ~40% of the
 gateway's CPU on a pull (0.51 vs 0.29 CPU-seconds per 256 MiB).
 `read_range` keeps `gateway.read_ahead_chunks` chunk reads in flight ahead of the
-consumer.
+consumer. Concurrent reads of the same chunk share one read (`gateway.share_chunk_reads`):
+chunks are immutable and addressed by content, so a pull storm (many clients fetching one
+image at once) costs the nodes one read per chunk, not one per client. Existence is not
+shared: every blob request still asks its own linearizable `blob_get` first. A caller that
+goes away does not cancel the shared read; `close()` waits for it like a background write.
 """
 
 from __future__ import annotations
@@ -138,6 +142,8 @@ class ClusterClient:
         # Replica writes still running after their chunk reached W acks, per node address.
         self._lagging: collections.Counter[str] = collections.Counter()
         self._refresh_task: asyncio.Task[None] | None = None
+        # Chunk reads in flight, shared by concurrent readers of the same chunk.
+        self._reads: dict[tuple[str, int | None], asyncio.Task[memoryview]] = {}
         self._refresh_lock = asyncio.Lock()
         self._last_refresh = 0.0
         self._closed = False
@@ -535,8 +541,25 @@ class ClusterClient:
         """The verified bytes of one chunk from the first healthy replica, hedged.
 
         A read-only memoryview into the received message (no copy); bytes-like
-        everywhere a `bytes` is (hashlib, `b"".join`, aiohttp's `write`).
+        everywhere a `bytes` is (hashlib, `b"".join`, aiohttp's `write`). Concurrent
+        callers for the same chunk share one read (and its result or error).
         """
+        if not self._cfg.gateway.share_chunk_reads:
+            return await self._read_chunk(chunk_hex, length)
+        key = (chunk_hex, length)
+        task = self._reads.get(key)
+        if task is None:
+            task = asyncio.create_task(self._read_chunk(chunk_hex, length))
+            self._reads[key] = task
+            task.add_done_callback(lambda t, k=key: self._read_done(k, t))
+            self._track(task)
+        return await asyncio.shield(task)
+
+    def _read_done(self, key: tuple[str, int | None], task: asyncio.Task[memoryview]) -> None:
+        if self._reads.get(key) is task:
+            del self._reads[key]
+
+    async def _read_chunk(self, chunk_hex: str, length: int | None) -> memoryview:
         await self._ensure_members()
         chunk_id = bytes.fromhex(chunk_hex)
         order = self.read_order(chunk_id)

@@ -165,6 +165,48 @@ async def test_slow_replica_is_hedged(nodes: FakeNodes, client: ClusterClient) -
         await reader.close()
 
 
+async def test_concurrent_reads_of_a_chunk_share_one_node_read(nodes: FakeNodes) -> None:
+    cfg = nodes.config()
+    cfg.gateway.hedge_after_seconds = 60.0  # only sharing may avoid a second Get here
+    client = await ClusterClient.connect(cfg)
+    try:
+        data = os.urandom(5000)
+        cid = chunk_id_of(data)
+        await client.store_chunk(cid, data)
+        owner = nodes.by_id(client.read_order(cid)[0].id)
+        owner.slow = asyncio.Event()  # holds the read until every caller has joined it
+        readers = [asyncio.create_task(client.read_chunk(cid.hex(), len(data)))
+                   for _ in range(5)]
+        await asyncio.sleep(0)  # each reader runs up to its wait on the shared read
+        assert len(client._reads) == 1
+        readers[0].cancel()  # a client that went away does not cancel the others' read
+        owner.slow.set()
+        results = await asyncio.gather(*readers, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert all(bytes(r) == data for r in results[1:])  # type: ignore[arg-type]
+        assert sum(n.gets for n in nodes.nodes) == 1
+        # Once done, the next read goes to a node again (nothing is cached).
+        assert await client.read_chunk(cid.hex(), len(data)) == data
+        assert sum(n.gets for n in nodes.nodes) == 2
+    finally:
+        await client.close()
+
+
+async def test_unshared_reads_each_ask_a_node(nodes: FakeNodes) -> None:
+    cfg = nodes.config()
+    cfg.gateway.share_chunk_reads = False
+    reader = await ClusterClient.connect(cfg)
+    try:
+        data = os.urandom(5000)
+        cid = chunk_id_of(data)
+        await reader.store_chunk(cid, data)
+        got = await asyncio.gather(*(reader.read_chunk(cid.hex(), len(data)) for _ in range(3)))
+        assert all(g == data for g in got)
+        assert sum(n.gets for n in nodes.nodes) == 3
+    finally:
+        await reader.close()
+
+
 async def test_store_bytes_and_read_range(nodes: FakeNodes, client: ClusterClient) -> None:
     data = os.urandom(3 * 64 * 1024 + 777)
     recipe = await client.store_bytes(data)
