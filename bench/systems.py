@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from cargohold.devcluster import LocalCluster, free_port
+from cargohold.devcluster import LocalCluster, free_port, signal_process
 
 DISTRIBUTION_BIN = "/usr/bin/docker-registry"
 
@@ -67,17 +67,6 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Pat
                     return
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
-def _stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def system_service_pids() -> list[int]:
@@ -158,14 +147,14 @@ class Distribution:
         try:
             _wait_http(f"{self.urls[0]}/v2/", self.proc, 30, log_path)
         except BaseException:
-            _stop_process(self.proc)
+            signal_process(self.proc)
             raise
 
     async def start(self) -> None:
         await asyncio.to_thread(self._start_blocking)
 
     async def stop(self) -> None:
-        await asyncio.to_thread(_stop_process, self.proc)
+        await asyncio.to_thread(signal_process, self.proc)
 
     async def stored_bytes(self) -> int | None:
         return await asyncio.to_thread(_dir_bytes, self.storage_dir)
@@ -259,14 +248,14 @@ class Trivial:
         try:
             _wait_http(f"{self.urls[0]}/v2/", self.proc, 30, log_path)
         except BaseException:
-            _stop_process(self.proc)
+            signal_process(self.proc)
             raise
 
     async def start(self) -> None:
         await asyncio.to_thread(self._start_blocking)
 
     async def stop(self) -> None:
-        await asyncio.to_thread(_stop_process, self.proc)
+        await asyncio.to_thread(signal_process, self.proc)
 
     async def stored_bytes(self) -> int | None:
         return None

@@ -40,6 +40,21 @@ import grpc
 from protos import registry_pb2, registry_pb2_grpc
 
 
+def signal_process(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM,
+                   wait: float = 10.0) -> None:
+    """Send `sig` and wait for the exit; SIGKILL what is still running after `wait` s."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(timeout=wait)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -291,10 +306,10 @@ class LocalCluster:
         return self
 
     def kill_node(self, i: int, sig: int = signal.SIGKILL) -> None:
-        self._signal(self.node_procs[i], sig)
+        signal_process(self.node_procs[i], sig)
 
     def kill_gateway(self, j: int, sig: int = signal.SIGKILL) -> None:
-        self._signal(self.gateway_procs[j], sig)
+        signal_process(self.gateway_procs[j], sig)
 
     def restart_node(self, i: int, sig: int = signal.SIGTERM) -> None:
         self.kill_node(i, sig)
@@ -304,19 +319,6 @@ class LocalCluster:
         self.kill_gateway(j, sig)
         self.start_gateway(j)
 
-    @staticmethod
-    def _signal(proc: subprocess.Popen[bytes] | None, sig: int, wait: float = 15.0) -> None:
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait(timeout=wait)
-
     def stop(self) -> None:
         """SIGTERM everything (gateways first), SIGKILL what does not exit in time."""
         for proc in [*self.gateway_procs, *self.node_procs]:
@@ -324,11 +326,11 @@ class LocalCluster:
                 with contextlib.suppress(ProcessLookupError):
                     proc.terminate()
         for proc in [*self.gateway_procs, *self.node_procs]:
-            self._signal(proc, signal.SIGTERM, wait=10.0)
+            signal_process(proc, signal.SIGTERM, wait=10.0)
 
     def kill_all(self) -> None:
         for proc in [*self.gateway_procs, *self.node_procs]:
-            self._signal(proc, signal.SIGKILL)
+            signal_process(proc, signal.SIGKILL)
 
     def __enter__(self) -> LocalCluster:
         return self.start()

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cargohold.devcluster import free_port
+from cargohold.devcluster import free_port, signal_process
 
 DISTRIBUTION_BIN = "/usr/bin/docker-registry"
 
@@ -82,10 +82,5 @@ def distribution(workdir: Path) -> Iterator[RegistryTarget]:
         wait_v2(f"127.0.0.1:{port}")
         yield RegistryTarget("distribution", (f"127.0.0.1:{port}",))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        signal_process(proc)
         log.close()

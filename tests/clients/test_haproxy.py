@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cargohold.devcluster import LocalCluster, free_port
+from cargohold.devcluster import LocalCluster, free_port, signal_process
 from clients.registries import wait_v2
 from clients.tools import have
 
@@ -53,12 +53,7 @@ def lb_cluster(make_cluster: Callable[..., LocalCluster],
         wait_v2(f"127.0.0.1:{port}")
         yield local, f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        signal_process(proc)
         log.close()
 
 
