@@ -365,6 +365,18 @@ class LocalCluster:
     def running_nodes(self) -> list[int]:
         return [i for i, p in enumerate(self.node_procs) if p is not None and p.poll() is None]
 
+    def wait_answering(self, i: int, timeout: float = 60.0) -> None:
+        """Until node i answers Admin.Status (a restarted node's gRPC port is up again)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.node_status(i, timeout=2)
+                return
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until a leader exists, every running node joined, and every gateway answers /v2/."""
         deadline = time.monotonic() + timeout

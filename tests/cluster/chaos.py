@@ -715,17 +715,7 @@ def trigger_role(cluster: LocalCluster, i: int, role: str, wait: bool = True,
 
 
 def wait_answering(cluster: LocalCluster, i: int, timeout: float = 30.0) -> None:
-    """Until node i answers Admin.Status (`wait_ready` only asks for a leader and the
-    member list, which name a just-restarted node before it listens again)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            cluster.node_status(i, timeout=2)
-            return
-        except grpc.RpcError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    cluster.wait_answering(i, timeout)
 
 
 def repair_pass(cluster: LocalCluster) -> int | None:

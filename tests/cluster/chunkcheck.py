@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from typing import Any
 
 import aiohttp
@@ -103,13 +102,4 @@ def status_extra(cluster: LocalCluster, i: int) -> dict[str, Any]:
 
 
 def wait_answering(cluster: LocalCluster, i: int, timeout: float = 60.0) -> None:
-    """Until node i answers Admin.Status (a restarted node's gRPC port is up)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            cluster.node_status(i, timeout=2)
-            return
-        except grpc.RpcError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    cluster.wait_answering(i, timeout)
