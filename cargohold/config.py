@@ -118,6 +118,9 @@ class NodeConfig:
     # HTTP/2 frame size on node<->gateway channels (grpc.http2.max_frame_size): large
     # frames move MiB-sized chunk messages with fewer syscalls and frame headers.
     grpc_max_frame_size: int = 16 * MiB - 1
+    # Freed memory this process keeps for reuse, so chunk-sized buffers are recycled
+    # instead of freshly mapped and zero-filled (cargohold/memtune.py); 0 = glibc defaults.
+    malloc_retain_bytes: int = 256 * MiB
 
     def __post_init__(self) -> None:
         if not self.grpc_advertise:
@@ -193,6 +196,8 @@ class GatewayConfig:
     retry_after_seconds: int = 1
     # Seconds a SIGTERM'd gateway lets in-flight requests finish before closing them.
     shutdown_grace_seconds: float = 10.0
+    # Freed memory this process keeps for reuse (cargohold/memtune.py); 0 = glibc defaults.
+    malloc_retain_bytes: int = 256 * MiB
 
 
 @dataclass

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from cargohold.config import Config, split_hostport
 from cargohold.log import log_event
+from cargohold.memtune import tune_malloc
 from gateway.app import build_app
 from gateway.cluster import ClusterClient
 from gateway.context import GatewayContext
@@ -75,5 +76,7 @@ async def _main(cfg: Config) -> None:
 
 
 def main(cfg: Config) -> None:
-    """Run one gateway until SIGTERM or SIGINT (called by `cargohold gateway`)."""
+    """Run one gateway until SIGTERM or SIGINT (called by `cargohold gateway`); malloc is
+    tuned for chunk-sized buffers first (cargohold/memtune.py)."""
+    tune_malloc(cfg.gateway.malloc_retain_bytes)
     uvloop.run(_main(cfg))

@@ -15,7 +15,8 @@
    membership changes arrive through Admin (node/membership.py);
 5. on SIGTERM/SIGINT: stops gRPC with `shutdown_grace`, stops Raft, closes LMDB.
 
-`main(cfg)` runs it on uvloop; `cargohold node --config F` calls it.
+`main(cfg)` tunes malloc for chunk-sized buffers (cargohold/memtune.py) and runs it on
+uvloop; `cargohold node --config F` calls it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import uvloop
 from cargohold.config import Config
 from cargohold.errors import CargoholdError, RegistryError, Unavailable
 from cargohold.log import log_event
+from cargohold.memtune import tune_malloc
 from node import chunk_service
 from node.admin_service import AdminServicer
 from node.chunkstore import LmdbChunkStore
@@ -159,4 +161,5 @@ async def run_node(cfg: Config) -> None:
 
 def main(cfg: Config) -> None:
     """Entry point of `cargohold node`: run the node on uvloop until a signal stops it."""
+    tune_malloc(cfg.node.malloc_retain_bytes)
     uvloop.run(run_node(cfg))
