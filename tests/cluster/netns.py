@@ -19,9 +19,12 @@ namespace it made.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import subprocess
+
+_serial = itertools.count()
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -46,9 +49,12 @@ class NetnsLab:
 
     def __init__(self, count: int, net: int | None = None) -> None:
         self.count = count
-        self.tag = f"ch{os.getpid() % 100000}"
-        # One /24 per lab; the pid keeps parallel runs apart.
-        self.net = net if net is not None else 1 + os.getpid() % 250
+        # Unique per lab, also within one process: the kernel tears a deleted namespace's
+        # devices down asynchronously, so reusing a name at once can fail.
+        serial = next(_serial)
+        self.tag = f"ch{os.getpid() % 100000}{serial}"
+        # One /24 per lab; the pid and the serial keep labs and parallel runs apart.
+        self.net = net if net is not None else 1 + (os.getpid() + 7 * serial) % 250
         self._rules: list[list[str]] = []
         self._cut: dict[int, list[list[str]]] = {}
         self.ready = False
@@ -116,6 +122,9 @@ class NetnsLab:
         self._rules.clear()
         for i in range(self.count):
             with contextlib.suppress(OSError):
+                # Deleting our end first removes the pair at once (namespace teardown is
+                # asynchronous in the kernel).
+                _run("ip", "link", "delete", self._veth(i), check=False)
                 _run("ip", "netns", "delete", self.namespace(i), check=False)
         self.ready = False
 
