@@ -64,7 +64,6 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -78,6 +77,7 @@ from cargohold.errors import (
     Unavailable,
     from_grpc_details,
 )
+from cargohold.grpc_channels import channel_credentials, open_channel
 from cargohold.log import log_event
 from cargohold.placement import rank_nodes
 from cargohold.wire import decode_bytes_fields, varint
@@ -147,7 +147,7 @@ class ClusterClient:
         self._refresh_lock = asyncio.Lock()
         self._last_refresh = 0.0
         self._closed = False
-        self._credentials = self._channel_credentials()
+        self._credentials = channel_credentials(cfg)
         # Gateway-wide bound on chunk writes in flight (see `gateway.chunking.ingest`).
         self.write_slots = asyncio.Semaphore(max(1, cfg.gateway.chunk_writes_in_flight_total))
 
@@ -185,34 +185,10 @@ class ClusterClient:
             await node.channel.close()
         self._nodes.clear()
 
-    def _channel_credentials(self) -> grpc.ChannelCredentials | None:
-        c = self._cfg.cluster
-        if not c.tls_ca:
-            return None
-        return grpc.ssl_channel_credentials(
-            root_certificates=Path(c.tls_ca).read_bytes(),
-            private_key=Path(c.tls_key).read_bytes() if c.tls_key else None,
-            certificate_chain=Path(c.tls_cert).read_bytes() if c.tls_cert else None)
-
     def _node(self, address: str) -> _Node:
         node = self._nodes.get(address)
         if node is None:
-            limit = self._cfg.node.grpc_max_message
-            options = [
-                ("grpc.max_send_message_length", limit),
-                ("grpc.max_receive_message_length", limit),
-                # Large HTTP/2 frames: MiB-sized chunk messages in few frames (set on the
-                # node's server too; measured to double Get throughput).
-                ("grpc.http2.max_frame_size", self._cfg.node.grpc_max_frame_size),
-                # Come back quickly when a restarted node listens again.
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.min_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2000),
-            ]
-            if self._credentials is None:
-                channel = grpc.aio.insecure_channel(address, options=options)
-            else:
-                channel = grpc.aio.secure_channel(address, self._credentials, options=options)
+            channel = open_channel(address, self._cfg, self._credentials)
             node = _Node(address, channel)
             self._nodes[address] = node
         return node
