@@ -38,7 +38,6 @@ import grpc
 import pytest
 
 from cargohold.devcluster import LocalCluster, free_port, to_toml
-from cluster import netns
 from cluster.chaos import (
     ImageSpec,
     PhaseClock,
@@ -57,18 +56,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]
 
 CHUNK = 256 * 1024
 TAG = "moving"
-
-
-@pytest.fixture
-def lab() -> Iterator[NetnsLab]:
-    if not netns.available():
-        pytest.skip("network namespaces need root, iproute2 and iptables")
-    hosts = NetnsLab(3)
-    try:
-        hosts.setup()
-        yield hosts
-    finally:
-        hosts.teardown()
 
 
 async def _push(base_urls: list[str], spec: ImageSpec, manifest_too: bool = True,

@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 
 from cargohold.devcluster import LocalCluster
-from cluster import netns
 from cluster.netns import NetnsLab
 from protos import registry_pb2, registry_pb2_grpc
 
@@ -31,18 +30,6 @@ REPO = "rejoin/test"
 # Enough padded commands that the majority's new entries span several append batches.
 MAJORITY_COMMANDS = 600
 PAD = "x" * 400
-
-
-@pytest.fixture
-def lab() -> Iterator[NetnsLab]:
-    if not netns.available():
-        pytest.skip("network namespaces need root, iproute2 and iptables")
-    hosts = NetnsLab(3)
-    try:
-        hosts.setup()
-        yield hosts
-    finally:
-        hosts.teardown()
 
 
 def _args(k: int) -> dict[str, object]:
