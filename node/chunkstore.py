@@ -40,7 +40,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import lmdb
 
@@ -367,29 +367,25 @@ class LmdbChunkStore:
                 if self._readers == 0:
                     self._lock.notify_all()
 
-    def _read(self, chunk_id: bytes, copy: bool) -> tuple[bytes | None, bytes]:
-        if len(chunk_id) != CHUNK_ID_LEN:
+    def _intact_value(self, txn: lmdb.Transaction, chunk_id: bytes) -> Any:
+        """The stored `checksum || data` of a chunk, checked; ChunkMissing or _Corrupt."""
+        value = txn.get(chunk_id, db=self._chunks) if len(chunk_id) == CHUNK_ID_LEN else None
+        if value is None:
             raise ChunkMissing(detail={"chunk": chunk_id.hex()})
+        if not is_intact(value):
+            raise _Corrupt
+        return value
+
+    def _read(self, chunk_id: bytes, copy: bool) -> tuple[bytes | None, bytes]:
         with self._reading() as txn:
-            value = txn.get(chunk_id, db=self._chunks)
-            if value is None:
-                raise ChunkMissing(detail={"chunk": chunk_id.hex()})
-            if not is_intact(value):
-                raise _Corrupt
+            value = self._intact_value(txn, chunk_id)
             checksum = bytes(value[:CHECKSUM_LEN])
             return (bytes(value[CHECKSUM_LEN:]) if copy else None), checksum
 
     def _read_encoded(self, chunk_id: bytes,
                       encode: Callable[[memoryview, bytes], bytes]) -> bytes:
-        if len(chunk_id) != CHUNK_ID_LEN:
-            raise ChunkMissing(detail={"chunk": chunk_id.hex()})
         with self._reading() as txn:
-            value = txn.get(chunk_id, db=self._chunks)
-            if value is None:
-                raise ChunkMissing(detail={"chunk": chunk_id.hex()})
-            if not is_intact(value):
-                raise _Corrupt
-            view = memoryview(value)
+            view = memoryview(self._intact_value(txn, chunk_id))
             return encode(view[CHECKSUM_LEN:], bytes(view[:CHECKSUM_LEN]))
 
     def _has(self, ids: list[bytes]) -> list[bool]:
