@@ -139,16 +139,8 @@ class Distribution:
             "  delete:\n    enabled: true\n"
             "  cache:\n    blobdescriptor: inmemory\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n")
-        log_path = self.workdir / "distribution.log"
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [DISTRIBUTION_BIN, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            _wait_http(f"{self.urls[0]}/v2/", self.proc, 30, log_path)
-        except BaseException:
-            signal_process(self.proc)
-            raise
+        self.proc = _start_http_server([DISTRIBUTION_BIN, "serve", str(config)],
+                                       self.workdir / "distribution.log", self.urls[0])
 
     async def start(self) -> None:
         await asyncio.to_thread(self._start_blocking)
@@ -239,17 +231,9 @@ class Trivial:
 
     def _start_blocking(self) -> None:
         self.port = free_port()
-        log_path = self.workdir / "trivial.log"
-        with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.trivial_server", "--port", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=Path(__file__).resolve().parent.parent, start_new_session=True)
-        try:
-            _wait_http(f"{self.urls[0]}/v2/", self.proc, 30, log_path)
-        except BaseException:
-            signal_process(self.proc)
-            raise
+        self.proc = _start_http_server(
+            [sys.executable, "-m", "bench.trivial_server", "--port", str(self.port)],
+            self.workdir / "trivial.log", self.urls[0], cwd=Path(__file__).resolve().parent.parent)
 
     async def start(self) -> None:
         await asyncio.to_thread(self._start_blocking)
@@ -259,6 +243,21 @@ class Trivial:
 
     async def stored_bytes(self) -> int | None:
         return None
+
+
+def _start_http_server(argv: list[str], log_path: Path, url: str,
+                       cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start a registry-like server process and wait until `url`/v2/ answers (stopped again
+    if it never does)."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True)
+    try:
+        _wait_http(f"{url}/v2/", proc, 30, log_path)
+    except BaseException:
+        signal_process(proc)
+        raise
+    return proc
 
 
 def make_workdir(root: Path, name: str) -> Path:
