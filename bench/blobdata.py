@@ -55,12 +55,12 @@ class BlobSpec:
 def _make_piece(nonce: int, offset: int, n: int) -> bytes:
     start = offset % PIECE
     if start + n <= PIECE:
-        buf = bytearray(_POOL[start:start + n])
+        buf = bytearray(_POOL[start : start + n])
     else:
         buf = bytearray(_POOL[start:] + _POOL[: n - (PIECE - start)])
     for j in range(0, n, STAMP_EVERY):
         stamp = _STAMP.pack(nonce, (offset + j) // STAMP_EVERY)
-        buf[j:j + len(stamp)] = stamp[: max(0, min(len(stamp), n - j))]
+        buf[j : j + len(stamp)] = stamp[: max(0, min(len(stamp), n - j))]
     return bytes(buf)
 
 

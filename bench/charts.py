@@ -15,8 +15,9 @@ def _results(run: dict[str, Any], system: str, group: str) -> dict[str, Any]:
     return (run["systems"].get(system, {}).get("results") or {}).get(group) or {}
 
 
-def _grouped_bars(ax: Any, run: dict[str, Any], group: str, field: str, title: str,
-                  ylabel: str) -> bool:
+def _grouped_bars(
+    ax: Any, run: dict[str, Any], group: str, field: str, title: str, ylabel: str
+) -> bool:
     systems = [s for s in run["systems"] if _results(run, s, group)]
     if not systems:
         return False
@@ -39,6 +40,7 @@ def _grouped_bars(ax: Any, run: dict[str, Any], group: str, field: str, title: s
 def write(run: dict[str, Any], out_dir: Path, stem: str) -> list[str]:
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -61,8 +63,11 @@ def write(run: dict[str, Any], out_dir: Path, stem: str) -> list[str]:
     for ax, op in zip(axes, ("head_tag", "get_tag", "head_digest", "get_digest"), strict=True):
         for s in run["systems"]:
             data = _results(run, s, "manifest_reads")
-            points = sorted((int(k.rsplit("_c", 1)[1]), v.get("ops_per_s", 0))
-                            for k, v in data.items() if k.startswith(op + "_c"))
+            points = sorted(
+                (int(k.rsplit("_c", 1)[1]), v.get("ops_per_s", 0))
+                for k, v in data.items()
+                if k.startswith(op + "_c")
+            )
             if points:
                 any_plot = True
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=s)
@@ -80,13 +85,19 @@ def write(run: dict[str, Any], out_dir: Path, stem: str) -> list[str]:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ok = False
-    for ax, group, title in ((axes[0], "pull_storm", "Pull storm: time per client"),
-                             (axes[1], "push_storm", "Push storm: time per image")):
+    for ax, group, title in (
+        (axes[0], "pull_storm", "Pull storm: time per client"),
+        (axes[1], "push_storm", "Push storm: time per image"),
+    ):
         systems = [s for s in run["systems"] if _results(run, s, group)]
         for k, s in enumerate(systems):
             d = _results(run, s, group)
-            ax.bar([k - 0.2, k + 0.2], [d.get("p50_ms") or 0, d.get("p99_ms") or 0], 0.4,
-                   color=["tab:blue", "tab:orange"])
+            ax.bar(
+                [k - 0.2, k + 0.2],
+                [d.get("p50_ms") or 0, d.get("p99_ms") or 0],
+                0.4,
+                color=["tab:blue", "tab:orange"],
+            )
             ok = True
         ax.set_xticks(range(len(systems)))
         ax.set_xticklabels(systems, fontsize=8)

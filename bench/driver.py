@@ -45,14 +45,19 @@ class DriveResult:
 
     def to_json(self, unit: str) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "workers": self.workers, "ops": self.ops, "elapsed_s": round(self.elapsed, 4),
-            "errors": self.errors, "timed_out": self.timed_out,
+            "workers": self.workers,
+            "ops": self.ops,
+            "elapsed_s": round(self.elapsed, 4),
+            "errors": self.errors,
+            "timed_out": self.timed_out,
             "ops_per_s": round(self.ops_rate, 2),
             # CPU the harness (the client) used: how far it is from being the bottleneck.
             "client_cpu_pct": round(100 * self.client_cpu / self.elapsed, 1)
-            if self.elapsed else 0.0,
+            if self.elapsed
+            else 0.0,
             "client_cpu_us_per_op": round(1e6 * self.client_cpu / self.ops, 1)
-            if self.ops else None,
+            if self.ops
+            else None,
         }
         if unit == "bytes":
             out["MB_per_s"] = round(self.rate / 1e6, 2)
@@ -67,9 +72,15 @@ class DriveResult:
         return out
 
 
-async def drive(workers: int, op: Operation, max_ops: int, max_seconds: float,
-                grace_seconds: float = 60.0, max_errors: int = 20,
-                on_done: Callable[[int], None] | None = None) -> DriveResult:
+async def drive(
+    workers: int,
+    op: Operation,
+    max_ops: int,
+    max_seconds: float,
+    grace_seconds: float = 60.0,
+    max_errors: int = 20,
+    on_done: Callable[[int], None] | None = None,
+) -> DriveResult:
     """Run `op(i)` for i in 0..max_ops-1 on `workers` concurrent workers."""
     result = DriveResult(workers=workers)
     next_index = 0
@@ -79,8 +90,9 @@ async def drive(workers: int, op: Operation, max_ops: int, max_seconds: float,
 
     async def worker() -> None:
         nonlocal next_index
-        while (next_index < max_ops and time.perf_counter() < deadline
-               and result.errors < max_errors):
+        while (
+            next_index < max_ops and time.perf_counter() < deadline and result.errors < max_errors
+        ):
             index = next_index
             next_index += 1
             t0 = time.perf_counter()

@@ -38,17 +38,23 @@ _CONFIG_DIGEST = "sha256:" + hashlib.sha256(_CONFIG).hexdigest()
 
 
 def _manifest(tag: str) -> bytes:
-    return json.dumps({
-        "schemaVersion": 2, "mediaType": MANIFEST_TYPE,
-        "config": {"mediaType": CONFIG_TYPE, "digest": _CONFIG_DIGEST, "size": len(_CONFIG)},
-        "layers": [], "annotations": {"probe": tag}}).encode()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": {"mediaType": CONFIG_TYPE, "digest": _CONFIG_DIGEST, "size": len(_CONFIG)},
+            "layers": [],
+            "annotations": {"probe": tag},
+        }
+    ).encode()
 
 
 class FailoverProbe:
     """Manifest PUTs in a tight loop (background thread); see the module docstring."""
 
-    def __init__(self, gateway_urls: list[str], repo: str = "failover/probe",
-                 timeout: float = 30.0) -> None:
+    def __init__(
+        self, gateway_urls: list[str], repo: str = "failover/probe", timeout: float = 30.0
+    ) -> None:
         self.gateway_urls = list(gateway_urls)
         self.repo = repo
         self.timeout = timeout
@@ -116,12 +122,17 @@ class FailoverProbe:
         except BaseException as exc:  # surfaced by stop()/wait_*()
             self._error = exc
 
-    async def _put(self, session: aiohttp.ClientSession, method: str, url: str,
-                   body: bytes, content_type: str) -> int:
+    async def _put(
+        self, session: aiohttp.ClientSession, method: str, url: str, body: bytes, content_type: str
+    ) -> int:
         try:
             async with session.request(
-                    method, url, data=body, headers={"Content-Type": content_type},
-                    timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                method,
+                url,
+                data=body,
+                headers={"Content-Type": content_type},
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            ) as resp:
                 await resp.read()
                 return resp.status
         except (aiohttp.ClientError, TimeoutError, ConnectionError):
@@ -134,9 +145,12 @@ class FailoverProbe:
             while True:
                 base = self.gateway_urls[gateway]
                 status = await self._put(
-                    session, "POST",
+                    session,
+                    "POST",
                     f"{base}/v2/{self.repo}/blobs/uploads/?digest={_CONFIG_DIGEST}",
-                    _CONFIG, "application/octet-stream")
+                    _CONFIG,
+                    "application/octet-stream",
+                )
                 if status == 201:
                     break
                 if self._stop.is_set():
@@ -149,9 +163,13 @@ class FailoverProbe:
                 tag = f"p{n}"
                 base = self.gateway_urls[gateway]
                 sent = time.monotonic()
-                status = await self._put(session, "PUT",
-                                         f"{base}/v2/{self.repo}/manifests/{tag}",
-                                         _manifest(tag), MANIFEST_TYPE)
+                status = await self._put(
+                    session,
+                    "PUT",
+                    f"{base}/v2/{self.repo}/manifests/{tag}",
+                    _manifest(tag),
+                    MANIFEST_TYPE,
+                )
                 if status != 201:
                     self.failed += 1
                     gateway = (gateway + 1) % len(self.gateway_urls)
@@ -180,7 +198,9 @@ def measure(cluster: LocalCluster, kills: int) -> dict[str, Any]:
             probe.wait_running(probe.count() + 5)
         failed = probe.failed
     return {
-        "nodes": cluster.node_count, "gateways": cluster.gateway_count, "kills": kills,
+        "nodes": cluster.node_count,
+        "gateways": cluster.gateway_count,
+        "kills": kills,
         "failover_seconds": times,
         "median_seconds": round(statistics.median(times), 3) if times else None,
         "max_seconds": max(times) if times else None,
@@ -189,8 +209,11 @@ def measure(cluster: LocalCluster, kills: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.failover", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.failover",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--gateways", type=int, default=2)
     parser.add_argument("--kills", type=int, default=5)

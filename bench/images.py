@@ -32,27 +32,41 @@ class Image:
 
     @classmethod
     def build(cls, name: str, layers: list[BlobSpec]) -> Image:
-        config = json.dumps({
-            "architecture": "amd64", "os": "linux",
-            "config": {"Labels": {"bench": name}},
-            "rootfs": {"type": "layers", "diff_ids": []},
-        }, sort_keys=True).encode()
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {"Labels": {"bench": name}},
+                "rootfs": {"type": "layers", "diff_ids": []},
+            },
+            sort_keys=True,
+        ).encode()
         config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
         with_digests = tuple((spec, digest_of(spec)) for spec in layers)
-        manifest = json.dumps({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": config_digest,
-                       "size": len(config)},
-            "layers": [{"mediaType": OCI_LAYER, "digest": d, "size": spec.size}
-                       for spec, d in with_digests],
-        }, indent=2).encode()
-        return cls(config, config_digest, with_digests, manifest,
-                   "sha256:" + hashlib.sha256(manifest).hexdigest())
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+                "layers": [
+                    {"mediaType": OCI_LAYER, "digest": d, "size": spec.size}
+                    for spec, d in with_digests
+                ],
+            },
+            indent=2,
+        ).encode()
+        return cls(
+            config,
+            config_digest,
+            with_digests,
+            manifest,
+            "sha256:" + hashlib.sha256(manifest).hexdigest(),
+        )
 
 
-async def push_image(client: OciClient, repo: str, tag: str, image: Image,
-                     layer_parallelism: int = 5) -> int:
+async def push_image(
+    client: OciClient, repo: str, tag: str, image: Image, layer_parallelism: int = 5
+) -> int:
     """Push config, layers and manifest; returns the bytes pushed."""
     gate = asyncio.Semaphore(layer_parallelism)
 
@@ -62,7 +76,8 @@ async def push_image(client: OciClient, repo: str, tag: str, image: Image,
 
     sizes = await asyncio.gather(
         client.push_bytes(repo, image.config, image.config_digest),
-        *(one(spec, d) for spec, d in image.layers))
+        *(one(spec, d) for spec, d in image.layers),
+    )
     got = await client.put_manifest(repo, tag, image.manifest)
     if got != image.digest:
         raise RuntimeError(f"registry computed manifest digest {got}, expected {image.digest}")
@@ -72,8 +87,13 @@ async def push_image(client: OciClient, repo: str, tag: str, image: Image,
 BlobFetch = Callable[[str, str], Awaitable[int]]
 
 
-async def pull_image(client: OciClient, repo: str, tag: str, layer_parallelism: int = 3,
-                     fetch: BlobFetch | None = None) -> int:
+async def pull_image(
+    client: OciClient,
+    repo: str,
+    tag: str,
+    layer_parallelism: int = 3,
+    fetch: BlobFetch | None = None,
+) -> int:
     """Resolve the tag, fetch the manifest by digest, fetch every layer; returns bytes.
     `fetch(repo, digest)` replaces `client.pull_blob` for the blobs (a cheaper reader)."""
     digest = await client.head_manifest(repo, tag)

@@ -25,13 +25,15 @@ from bench.blobdata import BlobSpec
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-ACCEPT_MANIFESTS = ", ".join([
-    OCI_MANIFEST,
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "*/*",
-])
+ACCEPT_MANIFESTS = ", ".join(
+    [
+        OCI_MANIFEST,
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "*/*",
+    ]
+)
 # Response read buffer: large, so that big bodies are not throttled 64 KiB at a time.
 READ_BUFFER = 4 * 1024 * 1024
 
@@ -55,8 +57,7 @@ def _with_digest(location: str, digest: str) -> str:
     return f"{location}{sep}digest={digest}"
 
 
-async def _stream(spec: BlobSpec,
-                  on_bytes: Callable[[int], None] | None) -> AsyncIterator[bytes]:
+async def _stream(spec: BlobSpec, on_bytes: Callable[[int], None] | None) -> AsyncIterator[bytes]:
     for piece in spec.pieces():
         yield piece
         if on_bytes is not None:
@@ -80,21 +81,24 @@ class OciClient:
         async with self.session.get(self._url("/v2/")) as resp:
             await _check(resp, 200)
 
-    async def push_blob(self, repo: str, spec: BlobSpec, digest: str,
-                        on_bytes: Callable[[int], None] | None = None) -> int:
+    async def push_blob(
+        self, repo: str, spec: BlobSpec, digest: str, on_bytes: Callable[[int], None] | None = None
+    ) -> int:
         """Docker-style three-request push; returns the bytes acknowledged.
         `on_bytes` is told of every piece handed to the connection (progress)."""
         async with self.session.post(self._url(f"/v2/{repo}/blobs/uploads/")) as resp:
             await _check(resp, 202)
             location = self._resolve(resp.headers["Location"])
         async with self.session.patch(
-            location, data=_stream(spec, on_bytes),
+            location,
+            data=_stream(spec, on_bytes),
             headers={"Content-Type": "application/octet-stream"},
         ) as resp:
             await _check(resp, 202)
             location = self._resolve(resp.headers["Location"])
-        async with self.session.put(_with_digest(location, digest),
-                                    headers={"Content-Length": "0"}) as resp:
+        async with self.session.put(
+            _with_digest(location, digest), headers={"Content-Length": "0"}
+        ) as resp:
             await _check(resp, 201)
             if resp.headers.get("Docker-Content-Digest", digest) != digest:
                 raise BenchHTTPError("PUT", location, resp.status, "wrong digest echoed")
@@ -106,12 +110,15 @@ class OciClient:
             await _check(resp, 202)
             location = self._resolve(resp.headers["Location"])
         async with self.session.patch(
-            location, data=data, headers={"Content-Type": "application/octet-stream"},
+            location,
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
         ) as resp:
             await _check(resp, 202)
             location = self._resolve(resp.headers["Location"])
-        async with self.session.put(_with_digest(location, digest),
-                                    headers={"Content-Length": "0"}) as resp:
+        async with self.session.put(
+            _with_digest(location, digest), headers={"Content-Length": "0"}
+        ) as resp:
             await _check(resp, 201)
         return len(data)
 
@@ -132,21 +139,27 @@ class OciClient:
             raise BenchHTTPError("GET", digest, 200, "body does not match its digest")
         return total
 
-    async def put_manifest(self, repo: str, ref: str, body: bytes,
-                           media_type: str = OCI_MANIFEST) -> str:
-        async with self.session.put(self._url(f"/v2/{repo}/manifests/{ref}"), data=body,
-                                    headers={"Content-Type": media_type}) as resp:
+    async def put_manifest(
+        self, repo: str, ref: str, body: bytes, media_type: str = OCI_MANIFEST
+    ) -> str:
+        async with self.session.put(
+            self._url(f"/v2/{repo}/manifests/{ref}"),
+            data=body,
+            headers={"Content-Type": media_type},
+        ) as resp:
             await _check(resp, 201)
             return resp.headers["Docker-Content-Digest"]
 
     async def get_manifest(self, repo: str, ref: str) -> bytes:
-        async with self.session.get(self._url(f"/v2/{repo}/manifests/{ref}"),
-                                    headers={"Accept": ACCEPT_MANIFESTS}) as resp:
+        async with self.session.get(
+            self._url(f"/v2/{repo}/manifests/{ref}"), headers={"Accept": ACCEPT_MANIFESTS}
+        ) as resp:
             await _check(resp, 200)
             return await resp.read()
 
     async def head_manifest(self, repo: str, ref: str) -> str:
-        async with self.session.head(self._url(f"/v2/{repo}/manifests/{ref}"),
-                                     headers={"Accept": ACCEPT_MANIFESTS}) as resp:
+        async with self.session.head(
+            self._url(f"/v2/{repo}/manifests/{ref}"), headers={"Accept": ACCEPT_MANIFESTS}
+        ) as resp:
             await _check(resp, 200)
             return resp.headers["Docker-Content-Digest"]

@@ -107,6 +107,7 @@ def measure(workdir: Path, scale: int) -> dict[str, Any]:
         "sha256_MB_per_s": round(sha256_mb_s(scale), 1),
         "memcpy_MB_per_s": round(memcpy_mb_s(scale), 1),
         "loopback_copy_MB_per_s": round(loopback_copy_mb_s(scale), 1),
-        "lmdb_fsync_write_MB_per_s": round(lmdb_fsync_write_mb_s(max(scale // 4, 16 * MiB),
-                                                                 workdir), 1),
+        "lmdb_fsync_write_MB_per_s": round(
+            lmdb_fsync_write_mb_s(max(scale // 4, 16 * MiB), workdir), 1
+        ),
     }

@@ -52,6 +52,7 @@ async def _load(url: str, size: int, count: int) -> dict[str, Any]:
     digests = await asyncio.gather(*(asyncio.to_thread(digest_of, s) for s in specs))
     out: dict[str, Any] = {}
     async with sessions(ctx, 4) as clients:
+
         async def push(i: int) -> int:
             return await pick(clients, i).push_blob("profile/blobs", specs[i], digests[i])
 
@@ -80,8 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     raw = args.out / "tmp" / f"profile-gateway-{args.nodes}n.prof"
     raw.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
-        cluster = LocalCluster(Path(tmp) / "cluster", nodes=args.nodes, gateways=1,
-                               replicas=args.nodes, write_quorum=min(2, args.nodes))
+        cluster = LocalCluster(
+            Path(tmp) / "cluster",
+            nodes=args.nodes,
+            gateways=1,
+            replicas=args.nodes,
+            write_quorum=min(2, args.nodes),
+        )
         proc: subprocess.Popen[bytes] | None = None
         try:
             cluster.start(timeout=90)
@@ -89,14 +95,27 @@ def main(argv: list[str] | None = None) -> int:
             log = Path(tmp) / "profiled-gateway.log"
             with open(log, "ab") as log_file:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "cProfile", "-o", str(raw), "-m",
-                     "cargohold.cli", "gateway", "--config",
-                     str(cluster.gateway_config_path(0))],
-                    stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True)
+                    [
+                        sys.executable,
+                        "-m",
+                        "cProfile",
+                        "-o",
+                        str(raw),
+                        "-m",
+                        "cargohold.cli",
+                        "gateway",
+                        "--config",
+                        str(cluster.gateway_config_path(0)),
+                    ],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             _wait_http(f"{cluster.gateway_url}/v2/", proc, 60, log)
             started = time.perf_counter()
             import uvloop
+
             load = uvloop.run(_load(cluster.gateway_url, args.size_mib * MiB, args.count))
             elapsed = time.perf_counter() - started
         finally:
@@ -104,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             cluster.stop()
     buf = io.StringIO()
     stats = pstats.Stats(str(raw), stream=buf)
-    buf.write(f"load ({elapsed:.1f} s): " + ", ".join(
-        f"{k}: {v.get('MB_per_s', v.get('ops_per_s'))}" for k, v in load.items()) + "\n")
+    buf.write(
+        f"load ({elapsed:.1f} s): "
+        + ", ".join(f"{k}: {v.get('MB_per_s', v.get('ops_per_s'))}" for k, v in load.items())
+        + "\n"
+    )
     stats.strip_dirs().sort_stats("tottime").print_stats(args.top)
     stats.sort_stats("cumulative").print_stats(args.top)
     Path(f"{stem}.txt").write_text(buf.getvalue())

@@ -17,7 +17,7 @@ GiB = 1024 * MiB
 class BlobCell:
     size: int
     concurrency: int
-    count: int          # blobs pushed (and then pulled `pull_rounds` times each)
+    count: int  # blobs pushed (and then pulled `pull_rounds` times each)
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Profile:
     raft_seconds: float
     raft_max: int
     dedup_images: int
-    dedup_unit: int       # base layers and shared prefixes are multiples of this (chunk size)
+    dedup_unit: int  # base layers and shared prefixes are multiples of this (chunk size)
     calibration_blob: BlobCell
     physical_bytes: int
     gateways: int
@@ -55,8 +55,12 @@ class Profile:
 
 QUICK = Profile(
     name="quick",
-    blob_cells=(BlobCell(1 * MiB, 1, 16), BlobCell(1 * MiB, 8, 48),
-                BlobCell(64 * MiB, 1, 2), BlobCell(64 * MiB, 8, 8)),
+    blob_cells=(
+        BlobCell(1 * MiB, 1, 16),
+        BlobCell(1 * MiB, 8, 48),
+        BlobCell(64 * MiB, 1, 2),
+        BlobCell(64 * MiB, 8, 8),
+    ),
     pull_rounds=2,
     blob_cell_seconds=20.0,
     manifest_conns=(1, 32),
@@ -85,9 +89,14 @@ QUICK = Profile(
 
 FULL = Profile(
     name="full",
-    blob_cells=(BlobCell(1 * MiB, 1, 100), BlobCell(1 * MiB, 8, 400),
-                BlobCell(64 * MiB, 1, 6), BlobCell(64 * MiB, 8, 24),
-                BlobCell(1 * GiB, 1, 1), BlobCell(1 * GiB, 8, 8)),
+    blob_cells=(
+        BlobCell(1 * MiB, 1, 100),
+        BlobCell(1 * MiB, 8, 400),
+        BlobCell(64 * MiB, 1, 6),
+        BlobCell(64 * MiB, 8, 24),
+        BlobCell(1 * GiB, 1, 1),
+        BlobCell(1 * GiB, 8, 8),
+    ),
     pull_rounds=2,
     blob_cell_seconds=420.0,
     manifest_conns=(1, 8, 32, 64),

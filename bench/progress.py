@@ -17,8 +17,9 @@ class Progress:
         except ImportError:
             print(f"[{desc}] {total} steps", file=sys.stderr)
         else:
-            self._bar = tqdm(total=total, desc=desc, unit="step", leave=True,
-                             dynamic_ncols=True, file=sys.stderr)
+            self._bar = tqdm(
+                total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True, file=sys.stderr
+            )
 
     def advance(self, label: str) -> None:
         self.count += 1

@@ -64,8 +64,10 @@ class RawClient:
             self.conn.transport.close()
 
     def build(self, method: str, path: str, accept: str) -> bytes:
-        return (f"{method} {path} HTTP/1.1\r\nHost: {self.hostport}\r\n"
-                f"Accept: {accept}\r\nUser-Agent: cargohold-bench\r\n\r\n").encode()
+        return (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.hostport}\r\n"
+            f"Accept: {accept}\r\nUser-Agent: cargohold-bench\r\n\r\n"
+        ).encode()
 
     async def request(self, raw: bytes, head: bool, expect: int = 200) -> int:
         """Send a prebuilt request, read the whole response; returns the body length."""
@@ -87,7 +89,7 @@ class RawClient:
         while (end := conn.buf.find(b"\r\n\r\n")) < 0:
             await conn.more()
         header = bytes(conn.buf[:end]).lower()
-        del conn.buf[:end + 4]
+        del conn.buf[: end + 4]
         status = int(header[9:12])
         if status != expect:
             raise RawHTTPError(f"status {status}: {header[:200]!r}")
@@ -100,7 +102,7 @@ class RawClient:
         at = header.find(b"\r\ncontent-length:")
         if at < 0:
             raise RawHTTPError("response without length")
-        length = int(header[at + 17:header.find(b"\r\n", at + 2)].strip() or b"0")
+        length = int(header[at + 17 : header.find(b"\r\n", at + 2)].strip() or b"0")
         while len(conn.buf) < length:
             await conn.more()
         del conn.buf[:length]
@@ -115,7 +117,7 @@ class RawClient:
             size = int(bytes(conn.buf[:eol]).split(b";")[0], 16)
             while len(conn.buf) < eol + 2 + size + 2:
                 await conn.more()
-            del conn.buf[:eol + 2 + size + 2]
+            del conn.buf[: eol + 2 + size + 2]
             total += size
             if size == 0:
                 return total
@@ -129,9 +131,9 @@ class _BodyCounter(asyncio.BufferedProtocol):
         self.view = memoryview(self.buf)
         self.transport: asyncio.Transport | None = None
         self.head = bytearray()
-        self.remaining = -1          # -1: still reading the header
+        self.remaining = -1  # -1: still reading the header
         self.length = 0
-        self.received = 0            # every byte read on this connection (progress)
+        self.received = 0  # every byte read on this connection (progress)
         self.done: asyncio.Future[int] | None = None
         self.closed = False
 
@@ -169,7 +171,7 @@ class _BodyCounter(asyncio.BufferedProtocol):
         if at < 0:
             raise RawHTTPError("blob response without Content-Length")
         eol = header.find(b"\r\n", at + 2)
-        return int(header[at + 17:eol if eol > 0 else None].strip())
+        return int(header[at + 17 : eol if eol > 0 else None].strip())
 
     def _finish(self, exc: Exception | None) -> None:
         done, self.done = self.done, None
@@ -201,14 +203,16 @@ class RawBlobReader:
         if self.proto is None or self.proto.closed:
             loop = asyncio.get_running_loop()
             _, self.proto = await loop.create_connection(
-                lambda: _BodyCounter(self.bufsize), self.host, self.port)
+                lambda: _BodyCounter(self.bufsize), self.host, self.port
+            )
         proto = self.proto
         if proto.transport is None:
             raise RawHTTPError("not connected")
         proto.done = asyncio.get_running_loop().create_future()
         proto.transport.write(
             f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            "User-Agent: cargohold-bench\r\n\r\n".encode())
+            "User-Agent: cargohold-bench\r\n\r\n".encode()
+        )
         try:
             return await proto.done
         except BaseException:

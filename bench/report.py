@@ -31,8 +31,7 @@ class Target:
     def status(self) -> str:
         if self.value is None or math.isnan(self.value):
             return "n/a"
-        ok = (self.value >= self.threshold if self.higher_is_better
-              else self.value <= self.threshold)
+        ok = self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
         return "met" if ok else "MISSED"
 
 
@@ -40,8 +39,9 @@ def _results(run: dict[str, Any], system: str) -> dict[str, Any]:
     return run.get("systems", {}).get(system, {}).get("results", {}) or {}
 
 
-def _metric(run: dict[str, Any], system: str, group: str, cell: str | None,
-            field: str) -> float | None:
+def _metric(
+    run: dict[str, Any], system: str, group: str, cell: str | None, field: str
+) -> float | None:
     data = _results(run, system).get(group)
     if data is None:
         return None
@@ -61,8 +61,13 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def _geomean_ratio(run: dict[str, Any], system: str, group: str) -> float | None:
     base = _results(run, BASELINE).get(group) or {}
-    ratios = [ratio(_metric(run, system, group, cell, "MB_per_s"),
-                    _metric(run, BASELINE, group, cell, "MB_per_s")) for cell in base]
+    ratios = [
+        ratio(
+            _metric(run, system, group, cell, "MB_per_s"),
+            _metric(run, BASELINE, group, cell, "MB_per_s"),
+        )
+        for cell in base
+    ]
     good = [r for r in ratios if r is not None and r > 0]
     if not good or len(good) != len(ratios):
         return None
@@ -71,34 +76,71 @@ def _geomean_ratio(run: dict[str, Any], system: str, group: str) -> float | None
 
 def targets(run: dict[str, Any]) -> list[Target]:
     out = [
-        Target("blob push, R=1 (geomean of cells)", "cargohold-r1",
-               _geomean_ratio(run, "cargohold-r1", "blob_push"), 1.5, True),
-        Target("blob push, R=3 W=2 (geomean of cells)", "cargohold-r3",
-               _geomean_ratio(run, "cargohold-r3", "blob_push"), 1.0, True),
+        Target(
+            "blob push, R=1 (geomean of cells)",
+            "cargohold-r1",
+            _geomean_ratio(run, "cargohold-r1", "blob_push"),
+            1.5,
+            True,
+        ),
+        Target(
+            "blob push, R=3 W=2 (geomean of cells)",
+            "cargohold-r3",
+            _geomean_ratio(run, "cargohold-r3", "blob_push"),
+            1.0,
+            True,
+        ),
     ]
     for system in CARGOHOLD:
-        out.append(Target(f"blob pull, {system[-2:].upper()} (geomean of cells)", system,
-                          _geomean_ratio(run, system, "blob_pull"), 1.0, True))
+        out.append(
+            Target(
+                f"blob pull, {system[-2:].upper()} (geomean of cells)",
+                system,
+                _geomean_ratio(run, system, "blob_pull"),
+                1.0,
+                True,
+            )
+        )
     for system in CARGOHOLD:
         r = system[-2:].upper()
-        out.append(Target(f"manifest GET by digest, 32 conns, {r}", system,
-                          _cell_ratio(run, system, "manifest_reads", "get_digest_c32",
-                                      "ops_per_s"), 3.0, True))
+        out.append(
+            Target(
+                f"manifest GET by digest, 32 conns, {r}",
+                system,
+                _cell_ratio(run, system, "manifest_reads", "get_digest_c32", "ops_per_s"),
+                3.0,
+                True,
+            )
+        )
         for op in ("get_tag", "head_tag"):
             verb = op.split("_")[0].upper()
-            out.append(Target(f"manifest {verb} by tag, 32 conns, {r}", system,
-                              _cell_ratio(run, system, "manifest_reads", f"{op}_c32",
-                                          "ops_per_s"), 1.5, True))
-        out.append(Target(f"pull storm p99 (ratio, lower is better), {r}", system,
-                          _cell_ratio(run, system, "pull_storm", None, "p99_ms"), 1.0,
-                          False))
+            out.append(
+                Target(
+                    f"manifest {verb} by tag, 32 conns, {r}",
+                    system,
+                    _cell_ratio(run, system, "manifest_reads", f"{op}_c32", "ops_per_s"),
+                    1.5,
+                    True,
+                )
+            )
+        out.append(
+            Target(
+                f"pull storm p99 (ratio, lower is better), {r}",
+                system,
+                _cell_ratio(run, system, "pull_storm", None, "p99_ms"),
+                1.0,
+                False,
+            )
+        )
     return [t for t in out if t.system in run.get("systems", {})]
 
 
-def _cell_ratio(run: dict[str, Any], system: str, group: str, cell: str | None,
-                field: str) -> float | None:
-    return ratio(_metric(run, system, group, cell, field),
-                 _metric(run, BASELINE, group, cell, field))
+def _cell_ratio(
+    run: dict[str, Any], system: str, group: str, cell: str | None, field: str
+) -> float | None:
+    return ratio(
+        _metric(run, system, group, cell, field), _metric(run, BASELINE, group, cell, field)
+    )
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -130,23 +172,44 @@ def _flag(cell: dict[str, Any] | None) -> str:
 TABLES: list[tuple[str, str, tuple[str, ...], str]] = [
     ("blob_push", "Blob push (MB/s)", ("MB_per_s",), "MB_per_s"),
     ("blob_pull", "Blob pull (MB/s)", ("MB_per_s",), "MB_per_s"),
-    ("manifest_reads", "Manifest reads (req/s; p50/p99 ms)",
-     ("ops_per_s", "p50_ms", "p99_ms"), "ops_per_s"),
-    ("tag_puts", "Tag writes: manifest PUT by new tag (req/s; p50/p99 ms)",
-     ("ops_per_s", "p50_ms", "p99_ms"), "ops_per_s"),
-    ("push_storm", "Push storm: many small images (images/s; p50/p99 ms per image)",
-     ("images_per_s", "p50_ms", "p99_ms"), "images_per_s"),
-    ("pull_storm", "Pull storm: clients pulling one image at once (ms per client)",
-     ("p50_ms", "p99_ms", "MB_per_s"), "p99_ms"),
-    ("raft_commands", "Raft barrier commands over gRPC (commands/s; p50/p99 ms)",
-     ("ops_per_s", "p50_ms", "p99_ms"), "ops_per_s"),
+    (
+        "manifest_reads",
+        "Manifest reads (req/s; p50/p99 ms)",
+        ("ops_per_s", "p50_ms", "p99_ms"),
+        "ops_per_s",
+    ),
+    (
+        "tag_puts",
+        "Tag writes: manifest PUT by new tag (req/s; p50/p99 ms)",
+        ("ops_per_s", "p50_ms", "p99_ms"),
+        "ops_per_s",
+    ),
+    (
+        "push_storm",
+        "Push storm: many small images (images/s; p50/p99 ms per image)",
+        ("images_per_s", "p50_ms", "p99_ms"),
+        "images_per_s",
+    ),
+    (
+        "pull_storm",
+        "Pull storm: clients pulling one image at once (ms per client)",
+        ("p50_ms", "p99_ms", "MB_per_s"),
+        "p99_ms",
+    ),
+    (
+        "raft_commands",
+        "Raft barrier commands over gRPC (commands/s; p50/p99 ms)",
+        ("ops_per_s", "p50_ms", "p99_ms"),
+        "ops_per_s",
+    ),
 ]
 
 SINGLE_CELL_GROUPS = {"push_storm", "pull_storm"}
 
 
-def _table(run: dict[str, Any], group: str, title: str, fields: tuple[str, ...],
-           ratio_field: str) -> list[str]:
+def _table(
+    run: dict[str, Any], group: str, title: str, fields: tuple[str, ...], ratio_field: str
+) -> list[str]:
     systems = [s for s in run.get("systems", {}) if _results(run, s).get(group)]
     if not systems:
         return []
@@ -161,8 +224,7 @@ def _table(run: dict[str, Any], group: str, title: str, fields: tuple[str, ...],
     header = ["cell"] + [f"{s} {f}" for s in systems for f in fields]
     compared = [s for s in systems if s != BASELINE and BASELINE in systems]
     header += [f"{s}/{BASELINE}" for s in compared]
-    lines = [f"### {title}", "", "| " + " | ".join(header) + " |",
-             "|" + "---|" * len(header)]
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for cell in cells:
         row = [cell or group]
         for s in systems:
@@ -196,50 +258,75 @@ def markdown(run: dict[str, Any], charts: list[str]) -> str:
     ]
     for t in targets(run):
         sign = "≥" if t.higher_is_better else "≤"
-        lines.append(f"| {t.label} | {_fmt(t.value, 2)} | {sign} {t.threshold} | "
-                     f"{t.status} |")
-    lines += ["", "## Physical bounds of this machine (same run)", "",
-              "| measure | MB/s |", "|---|---|"]
+        lines.append(f"| {t.label} | {_fmt(t.value, 2)} | {sign} {t.threshold} | {t.status} |")
+    lines += [
+        "",
+        "## Physical bounds of this machine (same run)",
+        "",
+        "| measure | MB/s |",
+        "|---|---|",
+    ]
     for key, value in run.get("physical", {}).items():
         lines.append(f"| {key.replace('_MB_per_s', '')} | {_fmt(value)} |")
     ceiling = run.get("client_ceiling")
     if ceiling:
-        lines += ["", "## Client ceiling (the same client against a do-nothing server)", "",
-                  "The do-nothing server is a single Python process, so it is usually the "
-                  "limit here; the client's own CPU use is the direct evidence.", "",
-                  "| measurement | value | client CPU % | client CPU µs/op |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Client ceiling (the same client against a do-nothing server)",
+            "",
+            "The do-nothing server is a single Python process, so it is usually the "
+            "limit here; the client's own CPU use is the direct evidence.",
+            "",
+            "| measurement | value | client CPU % | client CPU µs/op |",
+            "|---|---|---|---|",
+        ]
         for group in ("blob_push", "blob_pull"):
             for cell, data in (ceiling.get(group) or {}).items():
-                lines.append(f"| {group} {cell} | {_fmt(data.get('MB_per_s'))} MB/s"
-                             f"{_flag(data)} | {_fmt(data.get('client_cpu_pct'))} | "
-                             f"{_fmt(data.get('client_cpu_us_per_op'))} |")
+                lines.append(
+                    f"| {group} {cell} | {_fmt(data.get('MB_per_s'))} MB/s"
+                    f"{_flag(data)} | {_fmt(data.get('client_cpu_pct'))} | "
+                    f"{_fmt(data.get('client_cpu_us_per_op'))} |"
+                )
         for cell, data in (ceiling.get("manifest_reads") or {}).items():
-            lines.append(f"| manifest {cell} | {_fmt(data.get('ops_per_s'))} req/s"
-                         f"{_flag(data)} | {_fmt(data.get('client_cpu_pct'))} | "
-                         f"{_fmt(data.get('client_cpu_us_per_op'))} |")
-    lines += ["", "## Systems", "", "| system | what | start-up s | run s | load before → after |",
-              "|---|---|---|---|---|"]
+            lines.append(
+                f"| manifest {cell} | {_fmt(data.get('ops_per_s'))} req/s"
+                f"{_flag(data)} | {_fmt(data.get('client_cpu_pct'))} | "
+                f"{_fmt(data.get('client_cpu_us_per_op'))} |"
+            )
+    lines += [
+        "",
+        "## Systems",
+        "",
+        "| system | what | start-up s | run s | load before → after |",
+        "|---|---|---|---|---|",
+    ]
     for name, rec in run.get("systems", {}).items():
-        lines.append(f"| {name} | {rec.get('label')} | {_fmt(rec.get('startup_s'))} | "
-                     f"{_fmt(rec.get('elapsed_s'))} | {rec.get('load_average_before')} → "
-                     f"{rec.get('load_average_after')} |")
+        lines.append(
+            f"| {name} | {rec.get('label')} | {_fmt(rec.get('startup_s'))} | "
+            f"{_fmt(rec.get('elapsed_s'))} | {rec.get('load_average_before')} → "
+            f"{rec.get('load_average_after')} |"
+        )
     lines += ["", "## Results", ""]
     for group, title, fields, ratio_field in TABLES:
         lines += _table(run, group, title, fields, ratio_field)
     dedup_rows = [(s, _results(run, s).get("dedup")) for s in run.get("systems", {})]
     dedup_rows = [(s, d) for s, d in dedup_rows if d]
     if dedup_rows:
-        lines += ["### Deduplication (images sharing layers and chunk-aligned prefixes)", "",
-                  "| system | logical bytes pushed | stored (all replicas) | replicas | "
-                  "stored per replica | ratio |", "|---|---|---|---|---|---|"]
+        lines += [
+            "### Deduplication (images sharing layers and chunk-aligned prefixes)",
+            "",
+            "| system | logical bytes pushed | stored (all replicas) | replicas | "
+            "stored per replica | ratio |",
+            "|---|---|---|---|---|---|",
+        ]
         for s, d in dedup_rows:
-            lines.append(f"| {s} | {d['logical_bytes']:,} | {d['stored_bytes_all_replicas']:,}"
-                         f" | {d['replicas']} | {d['stored_bytes_per_replica']:,} | "
-                         f"{_fmt(d['ratio'], 2)} |")
+            lines.append(
+                f"| {s} | {d['logical_bytes']:,} | {d['stored_bytes_all_replicas']:,}"
+                f" | {d['replicas']} | {d['stored_bytes_per_replica']:,} | "
+                f"{_fmt(d['ratio'], 2)} |"
+            )
         lines.append("")
-    errors = [(s, rec["errors"]) for s, rec in run.get("systems", {}).items()
-              if rec.get("errors")]
+    errors = [(s, rec["errors"]) for s, rec in run.get("systems", {}).items() if rec.get("errors")]
     if errors:
         lines += ["## Errors", ""]
         for s, errs in errors:
@@ -257,8 +344,16 @@ def write(run: dict[str, Any], out_dir: Path, stem: str, charts: list[str]) -> l
     json_path = out_dir / f"{stem}.json"
     md_path = out_dir / f"{stem}.md"
     run = dict(run)
-    run["targets"] = [{"label": t.label, "system": t.system, "value": t.value,
-                       "threshold": t.threshold, "status": t.status} for t in targets(run)]
+    run["targets"] = [
+        {
+            "label": t.label,
+            "system": t.system,
+            "value": t.value,
+            "threshold": t.threshold,
+            "status": t.status,
+        }
+        for t in targets(run)
+    ]
     json_path.write_text(json.dumps(run, indent=1, sort_keys=False, default=str) + "\n")
     md_path.write_text(markdown(run, charts))
     return [json_path, md_path]

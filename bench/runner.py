@@ -35,18 +35,31 @@ def make_system(name: str, workdir: Path, profile: Profile) -> SystemUnderTest:
     if name == "distribution":
         return Distribution(workdir)
     if name == "cargohold-r1":
-        return Cargohold(workdir, nodes=1, replicas_=1, write_quorum=1,
-                         gateways=profile.gateways, name=name,
-                         label="Cargohold 1 node R=1")
+        return Cargohold(
+            workdir,
+            nodes=1,
+            replicas_=1,
+            write_quorum=1,
+            gateways=profile.gateways,
+            name=name,
+            label="Cargohold 1 node R=1",
+        )
     if name == "cargohold-r3":
-        return Cargohold(workdir, nodes=3, replicas_=3, write_quorum=2,
-                         gateways=profile.gateways, name=name,
-                         label="Cargohold 3 nodes R=3 W=2")
+        return Cargohold(
+            workdir,
+            nodes=3,
+            replicas_=3,
+            write_quorum=2,
+            gateways=profile.gateways,
+            name=name,
+            label="Cargohold 3 nodes R=3 W=2",
+        )
     raise ValueError(f"unknown system {name!r}; choose from {SYSTEM_NAMES}")
 
 
-async def _run_workloads(ctx: Context, names: list[str],
-                         on_error: Callable[[str, str], None]) -> dict[str, Any]:
+async def _run_workloads(
+    ctx: Context, names: list[str], on_error: Callable[[str, str], None]
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in names:
         try:
@@ -77,12 +90,12 @@ async def calibrate(profile: Profile, root: Path) -> dict[str, Any]:
         remove_workdir(system.workdir)
 
 
-async def bench_system(name: str, profile: Profile, root: Path,
-                       workloads: list[str]) -> dict[str, Any]:
+async def bench_system(
+    name: str, profile: Profile, root: Path, workloads: list[str]
+) -> dict[str, Any]:
     system = make_system(name, make_workdir(root, name), profile)
     errors: dict[str, str] = {}
-    record: dict[str, Any] = {"label": system.label,
-                              "load_average_before": machine.load_average()}
+    record: dict[str, Any] = {"label": system.label, "load_average_before": machine.load_average()}
     has_raft = name.startswith("cargohold") and "raft" in workloads
     bar = Progress(cell_count(profile, has_raft), name)
     started = time.perf_counter()
@@ -92,7 +105,8 @@ async def bench_system(name: str, profile: Profile, root: Path,
         record["urls"] = system.urls
         ctx = Context(system, profile, bar.advance)
         record["results"] = await _run_workloads(
-            ctx, workloads, lambda w, e: errors.__setitem__(w, e))
+            ctx, workloads, lambda w, e: errors.__setitem__(w, e)
+        )
     except Exception as exc:
         errors["start"] = f"{type(exc).__name__}: {exc}"[:2000]
         traceback.print_exc()
@@ -109,8 +123,13 @@ async def bench_system(name: str, profile: Profile, root: Path,
     return record
 
 
-async def run(profile: Profile, systems: list[str], workloads: list[str], root: Path,
-              skip_calibration: bool = False) -> dict[str, Any]:
+async def run(
+    profile: Profile,
+    systems: list[str],
+    workloads: list[str],
+    root: Path,
+    skip_calibration: bool = False,
+) -> dict[str, Any]:
     started = time.time()
     await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
     info = machine.info()

@@ -18,8 +18,13 @@ def percentile(values: Sequence[float], p: float) -> float:
 def summarise(latencies: Sequence[float]) -> dict[str, float]:
     """p50/p90/p99/max/mean in milliseconds."""
     if not latencies:
-        return {"p50_ms": math.nan, "p90_ms": math.nan, "p99_ms": math.nan,
-                "max_ms": math.nan, "mean_ms": math.nan}
+        return {
+            "p50_ms": math.nan,
+            "p90_ms": math.nan,
+            "p99_ms": math.nan,
+            "max_ms": math.nan,
+            "mean_ms": math.nan,
+        }
     return {
         "p50_ms": percentile(latencies, 50) * 1e3,
         "p90_ms": percentile(latencies, 90) * 1e3,

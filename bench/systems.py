@@ -59,8 +59,10 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Pat
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n"
-                               + log.read_text(errors="replace")[-2000:])
+            raise RuntimeError(
+                f"{proc.args[0]} exited with {proc.returncode}:\n"
+                + log.read_text(errors="replace")[-2000:]
+            )
         with contextlib.suppress(urllib.error.URLError, OSError):
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
@@ -80,7 +82,8 @@ def system_service_pids() -> list[int]:
         with contextlib.suppress(OSError):
             argv = (entry / "cmdline").read_bytes().split(b"\0")
             if argv[0].endswith(b"docker-registry") and b"/etc/docker/registry" in b" ".join(
-                    argv[1:]):
+                argv[1:]
+            ):
                 pids.append(int(entry.name))
     return pids
 
@@ -122,12 +125,17 @@ class Distribution:
 
     def _start_blocking(self) -> None:
         if not os.access(DISTRIBUTION_BIN, os.X_OK):
-            raise RuntimeError(f"{DISTRIBUTION_BIN} missing: run `make system-deps` "
-                               "(Debian package docker-registry)")
+            raise RuntimeError(
+                f"{DISTRIBUTION_BIN} missing: run `make system-deps` "
+                "(Debian package docker-registry)"
+            )
         for pid in system_service_pids():
-            print(f"warning: the docker-registry system service runs (pid {pid}) on port "
-                  "5000; stop it (`make system-deps` does) to free the machine for the "
-                  "benchmark", file=sys.stderr)
+            print(
+                f"warning: the docker-registry system service runs (pid {pid}) on port "
+                "5000; stop it (`make system-deps` does) to free the machine for the "
+                "benchmark",
+                file=sys.stderr,
+            )
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         config = self.workdir / "config.yml"
@@ -138,9 +146,13 @@ class Distribution:
             f"  filesystem:\n    rootdirectory: {self.storage_dir}\n"
             "  delete:\n    enabled: true\n"
             "  cache:\n    blobdescriptor: inmemory\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n")
-        self.proc = _start_http_server([DISTRIBUTION_BIN, "serve", str(config)],
-                                       self.workdir / "distribution.log", self.urls[0])
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+        )
+        self.proc = _start_http_server(
+            [DISTRIBUTION_BIN, "serve", str(config)],
+            self.workdir / "distribution.log",
+            self.urls[0],
+        )
 
     async def start(self) -> None:
         await asyncio.to_thread(self._start_blocking)
@@ -180,9 +192,13 @@ class Cargohold:
         return self.replicas_
 
     def _start_blocking(self) -> None:
-        self.cluster = LocalCluster(self.workdir / "cluster", nodes=self.nodes,
-                                    gateways=self.gateways, replicas=self.replicas_,
-                                    write_quorum=self.write_quorum)
+        self.cluster = LocalCluster(
+            self.workdir / "cluster",
+            nodes=self.nodes,
+            gateways=self.gateways,
+            replicas=self.replicas_,
+            write_quorum=self.write_quorum,
+        )
         try:
             self.cluster.start(timeout=90)
         except BaseException:
@@ -198,8 +214,10 @@ class Cargohold:
 
     def _chunk_bytes(self) -> int:
         assert self.cluster is not None
-        return sum(self.cluster.node_status(i, timeout=5).chunk_bytes
-                   for i in range(self.cluster.node_count))
+        return sum(
+            self.cluster.node_status(i, timeout=5).chunk_bytes
+            for i in range(self.cluster.node_count)
+        )
 
     async def stored_bytes(self) -> int | None:
         """Chunk bytes on all nodes together (every replica counted)."""
@@ -233,7 +251,10 @@ class Trivial:
         self.port = free_port()
         self.proc = _start_http_server(
             [sys.executable, "-m", "bench.trivial_server", "--port", str(self.port)],
-            self.workdir / "trivial.log", self.urls[0], cwd=Path(__file__).resolve().parent.parent)
+            self.workdir / "trivial.log",
+            self.urls[0],
+            cwd=Path(__file__).resolve().parent.parent,
+        )
 
     async def start(self) -> None:
         await asyncio.to_thread(self._start_blocking)
@@ -245,13 +266,20 @@ class Trivial:
         return None
 
 
-def _start_http_server(argv: list[str], log_path: Path, url: str,
-                       cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def _start_http_server(
+    argv: list[str], log_path: Path, url: str, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start a registry-like server process and wait until `url`/v2/ answers (stopped again
     if it never does)."""
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            start_new_session=True,
+        )
     try:
         _wait_http(f"{url}/v2/", proc, 30, log_path)
     except BaseException:

@@ -26,16 +26,20 @@ class TrivialRegistry:
         self.manifests: dict[tuple[str, str], tuple[bytes, str, str]] = {}
 
     async def ping(self, request: web.Request) -> web.Response:
-        return web.json_response({}, headers={
-            "Docker-Distribution-API-Version": "registry/2.0"})
+        return web.json_response({}, headers={"Docker-Distribution-API-Version": "registry/2.0"})
 
     async def start_upload(self, request: web.Request) -> web.Response:
         upload = uuid.uuid4().hex
         self.uploads[upload] = 0
         name = request.match_info["name"]
-        return web.Response(status=202, headers={
-            "Location": f"/v2/{name}/blobs/uploads/{upload}", "Range": "0-0",
-            "Docker-Upload-UUID": upload})
+        return web.Response(
+            status=202,
+            headers={
+                "Location": f"/v2/{name}/blobs/uploads/{upload}",
+                "Range": "0-0",
+                "Docker-Upload-UUID": upload,
+            },
+        )
 
     async def patch_upload(self, request: web.Request) -> web.Response:
         upload = request.match_info["upload"]
@@ -46,9 +50,14 @@ class TrivialRegistry:
             size += len(piece)
         self.uploads[upload] = size
         name = request.match_info["name"]
-        return web.Response(status=202, headers={
-            "Location": f"/v2/{name}/blobs/uploads/{upload}",
-            "Range": f"0-{max(size - 1, 0)}", "Docker-Upload-UUID": upload})
+        return web.Response(
+            status=202,
+            headers={
+                "Location": f"/v2/{name}/blobs/uploads/{upload}",
+                "Range": f"0-{max(size - 1, 0)}",
+                "Docker-Upload-UUID": upload,
+            },
+        )
 
     async def put_upload(self, request: web.Request) -> web.Response:
         upload = request.match_info["upload"]
@@ -60,8 +69,10 @@ class TrivialRegistry:
             size += len(piece)
         self.blobs[digest] = size
         name = request.match_info["name"]
-        return web.Response(status=201, headers={
-            "Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
+        return web.Response(
+            status=201,
+            headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest},
+        )
 
     async def get_blob(self, request: web.Request) -> web.StreamResponse:
         digest = request.match_info["digest"]
@@ -84,10 +95,11 @@ class TrivialRegistry:
         body = await request.read()
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         media_type = request.headers.get("Content-Type", "")
-        self.manifests[(name, ref)] = self.manifests[(name, digest)] = (body, media_type,
-                                                                         digest)
-        return web.Response(status=201, headers={
-            "Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest})
+        self.manifests[(name, ref)] = self.manifests[(name, digest)] = (body, media_type, digest)
+        return web.Response(
+            status=201,
+            headers={"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest},
+        )
 
     async def get_manifest(self, request: web.Request) -> web.Response:
         found = self.manifests.get((request.match_info["name"], request.match_info["ref"]))
@@ -120,8 +132,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     uvloop.install()
-    web.run_app(make_app(), host="127.0.0.1", port=args.port, access_log=None,
-                print=None)
+    web.run_app(make_app(), host="127.0.0.1", port=args.port, access_log=None, print=None)
 
 
 if __name__ == "__main__":

@@ -21,19 +21,29 @@ from protos import registry_pb2, registry_pb2_grpc
 
 def _status(address: str, timeout: float) -> dict[str, Any]:
     with grpc.insecure_channel(address) as channel:
-        reply = registry_pb2_grpc.AdminStub(channel).Status(registry_pb2.StatusRequest(),
-                                                            timeout=timeout)
+        reply = registry_pb2_grpc.AdminStub(channel).Status(
+            registry_pb2.StatusRequest(), timeout=timeout
+        )
     extra = json.loads(reply.extra) if reply.extra else {}
-    return {"address": address, "id": reply.node_id, "raft": reply.raft_address,
-            "leader_raft": reply.leader_raft_address, "is_leader": reply.is_leader,
-            "commit_index": reply.raft_commit_index, "last_applied": reply.raft_last_applied,
-            "chunks": reply.chunk_count, "chunk_bytes": reply.chunk_bytes, "extra": extra}
+    return {
+        "address": address,
+        "id": reply.node_id,
+        "raft": reply.raft_address,
+        "leader_raft": reply.leader_raft_address,
+        "is_leader": reply.is_leader,
+        "commit_index": reply.raft_commit_index,
+        "last_applied": reply.raft_last_applied,
+        "chunks": reply.chunk_count,
+        "chunk_bytes": reply.chunk_bytes,
+        "extra": extra,
+    }
 
 
 def _members(address: str, timeout: float) -> list[dict[str, Any]]:
     with grpc.insecure_channel(address) as channel:
         reply = registry_pb2_grpc.MetadataStub(channel).Query(
-            registry_pb2.MetadataRequest(op="members", args=b"{}"), timeout=timeout)
+            registry_pb2.MetadataRequest(op="members", args=b"{}"), timeout=timeout
+        )
     return list(json.loads(reply.result))
 
 
@@ -53,8 +63,7 @@ def cluster_status(addresses: list[str], timeout: float = 3.0) -> dict[str, Any]
         except grpc.RpcError as exc:
             nodes.append({"address": address, "error": exc.code().name})
     leader = next((n for n in nodes if n.get("is_leader")), None)
-    return {"members": members, "nodes": nodes,
-            "leader": leader["id"] if leader else None}
+    return {"members": members, "nodes": nodes, "leader": leader["id"] if leader else None}
 
 
 def _human(n: int) -> str:
@@ -68,17 +77,21 @@ def _human(n: int) -> str:
 
 def format_status(status: dict[str, Any]) -> str:
     state_of = {m["id"]: m.get("state", "?") for m in status["members"]}
-    lines = [f"leader: {status['leader'] or 'NONE (no quorum?)'}",
-             f"{'node':<6} {'state':<9} {'grpc':<22} {'raft role':<9} {'applied':>9} "
-             f"{'chunks':>8} {'bytes':>11}"]
+    lines = [
+        f"leader: {status['leader'] or 'NONE (no quorum?)'}",
+        f"{'node':<6} {'state':<9} {'grpc':<22} {'raft role':<9} {'applied':>9} "
+        f"{'chunks':>8} {'bytes':>11}",
+    ]
     for node in status["nodes"]:
         if "error" in node:
             lines.append(f"{'?':<6} {'down':<9} {node['address']:<22} {node['error']}")
             continue
         role = "leader" if node["is_leader"] else "follower"
-        lines.append(f"{node['id']:<6} {state_of.get(node['id'], 'unjoined'):<9} "
-                     f"{node['address']:<22} {role:<9} {node['last_applied']:>9} "
-                     f"{node['chunks']:>8} {_human(node['chunk_bytes']):>11}")
+        lines.append(
+            f"{node['id']:<6} {state_of.get(node['id'], 'unjoined'):<9} "
+            f"{node['address']:<22} {role:<9} {node['last_applied']:>9} "
+            f"{node['chunks']:>8} {_human(node['chunk_bytes']):>11}"
+        )
         for key, value in sorted(node["extra"].items()):
             if isinstance(value, dict):
                 detail = " ".join(f"{k}={v}" for k, v in value.items())
@@ -87,6 +100,7 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 # -- membership and background roles (Admin RPCs served by the Raft leader / any node) ------
+
 
 def _leader_address(addresses: list[str], timeout: float) -> str:
     status = cluster_status(addresses, timeout)
@@ -101,13 +115,22 @@ def _details(exc: grpc.RpcError) -> str:
     return str(details).split(":", 1)[-1] if details else str(exc)
 
 
-def member_change(addresses: list[str], verb: str, node_id: str, grpc_address: str = "",
-                  raft_address: str = "", state: str = "", force: bool = False,
-                  timeout: float = 30.0, attempts: int = 10) -> list[dict[str, Any]]:
+def member_change(
+    addresses: list[str],
+    verb: str,
+    node_id: str,
+    grpc_address: str = "",
+    raft_address: str = "",
+    state: str = "",
+    force: bool = False,
+    timeout: float = 30.0,
+    attempts: int = 10,
+) -> list[dict[str, Any]]:
     """Run AddMember / SetMemberState / RemoveMember on the leader, retrying while the
     leadership moves (UNAVAILABLE); any other refusal raises RuntimeError with its reason."""
-    request = registry_pb2.MemberRequest(id=node_id, grpc=grpc_address, raft=raft_address,
-                                         state=state, force=force)
+    request = registry_pb2.MemberRequest(
+        id=node_id, grpc=grpc_address, raft=raft_address, state=state, force=force
+    )
     last = ""
     for attempt in range(attempts):
         try:
@@ -126,8 +149,9 @@ def member_change(addresses: list[str], verb: str, node_id: str, grpc_address: s
     raise RuntimeError(f"membership change did not complete: {last}")
 
 
-def trigger(addresses: list[str], role: str = "repair", wait: bool = False,
-            timeout: float = 3600.0) -> dict[str, Any]:
+def trigger(
+    addresses: list[str], role: str = "repair", wait: bool = False, timeout: float = 3600.0
+) -> dict[str, Any]:
     """Trigger a background role on every listed node at once (passes run in parallel);
     {address: progress or {"error": status}}."""
 
@@ -135,7 +159,8 @@ def trigger(addresses: list[str], role: str = "repair", wait: bool = False,
         try:
             with grpc.insecure_channel(address) as channel:
                 reply = registry_pb2_grpc.AdminStub(channel).Trigger(
-                    registry_pb2.TriggerRequest(role=role, wait=wait), timeout=timeout)
+                    registry_pb2.TriggerRequest(role=role, wait=wait), timeout=timeout
+                )
             return dict(json.loads(reply.progress))
         except grpc.RpcError as exc:
             return {"error": exc.code().name}

@@ -39,14 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True)
 
     dev = sub.add_parser("dev", help="run a local cluster (3 nodes + a gateway)")
-    dev.add_argument("--data", default=os.environ.get("CARGOHOLD_DEV_DATA", "./data"),
-                     help="data directory (default ./data, env CARGOHOLD_DEV_DATA)")
+    dev.add_argument(
+        "--data",
+        default=os.environ.get("CARGOHOLD_DEV_DATA", "./data"),
+        help="data directory (default ./data, env CARGOHOLD_DEV_DATA)",
+    )
     dev.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    dev.add_argument("--port", type=int, default=int(os.environ.get("CARGOHOLD_DEV_PORT", 5000)),
-                     help="gateway port (default 5000, env CARGOHOLD_DEV_PORT)")
+    dev.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("CARGOHOLD_DEV_PORT", 5000)),
+        help="gateway port (default 5000, env CARGOHOLD_DEV_PORT)",
+    )
     dev.add_argument("--nodes", type=int, default=3, help="storage nodes on first start")
-    dev.add_argument("--node-base-port", type=int, default=17001,
-                     help="first node gRPC port; Raft ports are +100 (first start only)")
+    dev.add_argument(
+        "--node-base-port",
+        type=int,
+        default=17001,
+        help="first node gRPC port; Raft ports are +100 (first start only)",
+    )
     dev.add_argument("--log-level", default="warning")
 
     node = sub.add_parser("node", help="run one storage node")
@@ -62,32 +73,45 @@ def build_parser() -> argparse.ArgumentParser:
     admin = sub.add_parser("admin", help="inspect and manage a running cluster")
     admin_sub = admin.add_subparsers(dest="admin_verb", required=True)
     status = admin_sub.add_parser("status", help="members, Raft leader, chunks per node")
-    status.add_argument("--nodes", default=os.environ.get("CARGOHOLD_GATEWAY_NODES",
-                                                          "127.0.0.1:17001"),
-                        help="comma-separated node gRPC addresses to ask (default: dev)")
+    status.add_argument(
+        "--nodes",
+        default=os.environ.get("CARGOHOLD_GATEWAY_NODES", "127.0.0.1:17001"),
+        help="comma-separated node gRPC addresses to ask (default: dev)",
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     nodes_default = os.environ.get("CARGOHOLD_GATEWAY_NODES", "127.0.0.1:17001")
     nodes = admin_sub.add_parser("nodes", help="change the cluster membership")
-    nodes.add_argument("--nodes", default=nodes_default,
-                       help="comma-separated node gRPC addresses to ask (default: dev)")
+    nodes.add_argument(
+        "--nodes",
+        default=nodes_default,
+        help="comma-separated node gRPC addresses to ask (default: dev)",
+    )
     nodes_sub = nodes.add_subparsers(dest="nodes_verb", required=True)
     add = nodes_sub.add_parser("add", help="add a started node (Raft member, then active)")
     add.add_argument("--id", required=True, help="the new node's id")
     add.add_argument("--grpc", required=True, help="its advertised gRPC address")
     add.add_argument("--raft", required=True, help="its advertised Raft address")
-    for verb, text in (("drain", "stop writes to a node; repair moves its chunks away"),
-                       ("undrain", "make a draining node active again"),
-                       ("remove", "remove a drained node that holds no chunks")):
+    for verb, text in (
+        ("drain", "stop writes to a node; repair moves its chunks away"),
+        ("undrain", "make a draining node active again"),
+        ("remove", "remove a drained node that holds no chunks"),
+    ):
         one = nodes_sub.add_parser(verb, help=text)
         one.add_argument("id", help="node id")
         if verb == "remove":
-            one.add_argument("--force", action="store_true",
-                             help="remove even if it does not answer (a dead host)")
+            one.add_argument(
+                "--force",
+                action="store_true",
+                help="remove even if it does not answer (a dead host)",
+            )
 
     repair = admin_sub.add_parser("repair", help="run a repair (or scrub) pass on every node")
-    repair.add_argument("--nodes", default=nodes_default,
-                        help="comma-separated node gRPC addresses to ask (default: dev)")
+    repair.add_argument(
+        "--nodes",
+        default=nodes_default,
+        help="comma-separated node gRPC addresses to ask (default: dev)",
+    )
     repair.add_argument("--scrub", action="store_true", help="scrub instead of repair")
     repair.add_argument("--wait", action="store_true", help="wait until the passes finish")
     repair.add_argument("--json", action="store_true", help="every progress counter, as JSON")
@@ -98,9 +122,15 @@ def run_dev(args: argparse.Namespace) -> int:
     from cargohold.devcluster import LocalCluster
 
     data = Path(args.data).resolve()
-    cluster = LocalCluster(data, nodes=args.nodes, gateways=1, gateway_port=args.port,
-                           node_base_port=args.node_base_port, log_level=args.log_level,
-                           host=args.host)
+    cluster = LocalCluster(
+        data,
+        nodes=args.nodes,
+        gateways=1,
+        gateway_port=args.port,
+        node_base_port=args.node_base_port,
+        log_level=args.log_level,
+        host=args.host,
+    )
     stopping = False
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -109,28 +139,39 @@ def run_dev(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    print(f"cargohold dev: starting {cluster.node_count} nodes and a gateway (data in {data})",
-          flush=True)
+    print(
+        f"cargohold dev: starting {cluster.node_count} nodes and a gateway (data in {data})",
+        flush=True,
+    )
     try:
         cluster.start(timeout=90)
     except (TimeoutError, RuntimeError) as exc:
         print(f"cargohold dev: cluster failed to start: {exc}", file=sys.stderr)
         cluster.stop()
         return 1
-    print(f"cargohold dev: registry ready at {cluster.gateway_url}  (try: docker push "
-          f"{cluster.gateway_url.removeprefix('http://')}/myimage:latest)")
+    print(
+        f"cargohold dev: registry ready at {cluster.gateway_url}  (try: docker push "
+        f"{cluster.gateway_url.removeprefix('http://')}/myimage:latest)"
+    )
     for i in range(cluster.node_count):
-        print(f"  node {cluster.node_id(i)}: grpc {cluster.node_grpc(i)}  raft "
-              f"{cluster.node_raft(i)}  data {cluster.node_data_dir(i)}")
-    print(f"  logs: {data / 'logs'}   status: cargohold admin status --nodes "
-          f"{','.join(cluster.node_grpc_addresses)}")
+        print(
+            f"  node {cluster.node_id(i)}: grpc {cluster.node_grpc(i)}  raft "
+            f"{cluster.node_raft(i)}  data {cluster.node_data_dir(i)}"
+        )
+    print(
+        f"  logs: {data / 'logs'}   status: cargohold admin status --nodes "
+        f"{','.join(cluster.node_grpc_addresses)}"
+    )
     print("  Ctrl-C stops the cluster; data is kept for the next start.", flush=True)
     try:
         while not stopping:
             for name, proc in cluster._named_procs():
                 if proc is not None and proc.poll() is not None:
-                    print(f"cargohold dev: {name} exited ({proc.returncode}); restarting",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"cargohold dev: {name} exited ({proc.returncode}); restarting",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     if name.startswith("gateway"):
                         cluster.start_gateway(int(name.split("-")[1]) - 1)
                     else:
@@ -186,9 +227,11 @@ def run_repair(args: argparse.Namespace) -> int:
     results = trigger(targets, "scrub" if args.scrub else "repair", wait=args.wait)
     if args.json:
         print(json.dumps(results, indent=2))
-    keys = (("chunks_scrubbed", "corrupt_found", "repaired", "refetch_failed") if args.scrub
-            else ("scanned", "under_replicated", "repaired_bytes", "moved_away_bytes",
-                  "copy_failures"))
+    keys = (
+        ("chunks_scrubbed", "corrupt_found", "repaired", "refetch_failed")
+        if args.scrub
+        else ("scanned", "under_replicated", "repaired_bytes", "moved_away_bytes", "copy_failures")
+    )
     for address, progress in results.items():
         if args.json:
             break

@@ -271,7 +271,7 @@ def load_config(
     for name, value in env.items():
         if not name.startswith("CARGOHOLD_"):
             continue
-        rest = name[len("CARGOHOLD_"):].lower()
+        rest = name[len("CARGOHOLD_") :].lower()
         if rest == "log_level":
             cfg.log_level = value
             continue

@@ -40,8 +40,9 @@ import grpc
 from protos import registry_pb2, registry_pb2_grpc
 
 
-def signal_process(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM,
-                   wait: float = 10.0) -> None:
+def signal_process(
+    proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, wait: float = 10.0
+) -> None:
     """Send `sig` and wait for the exit; SIGKILL what is still running after `wait` s."""
     if proc is None or proc.poll() is not None:
         return
@@ -127,19 +128,36 @@ class LocalCluster:
         self.base_dir = Path(base_dir).resolve()
         self.log_level = log_level
         self.layout = self._load_or_create_layout(
-            nodes, gateways, replicas, write_quorum, gateway_port, node_base_port,
-            chunk_size, extra or {}, host, node_hosts or [])
+            nodes,
+            gateways,
+            replicas,
+            write_quorum,
+            gateway_port,
+            node_base_port,
+            chunk_size,
+            extra or {},
+            host,
+            node_hosts or [],
+        )
         # Commands that wrap a node's process (e.g. `ip netns exec <ns>`); not persisted.
         self.node_exec_prefixes = node_exec_prefixes or [[] for _ in range(self.node_count)]
         self.node_procs: list[subprocess.Popen[bytes] | None] = [None] * self.node_count
         self.gateway_procs: list[subprocess.Popen[bytes] | None] = [None] * self.gateway_count
 
     # -- layout -----------------------------------------------------------------------
-    def _load_or_create_layout(self, nodes: int, gateways: int, replicas: int | None,
-                               write_quorum: int | None, gateway_port: int | None,
-                               node_base_port: int | None, chunk_size: int | None,
-                               extra: dict[str, dict[str, Any]], host: str,
-                               node_hosts: list[str]) -> ClusterLayout:
+    def _load_or_create_layout(
+        self,
+        nodes: int,
+        gateways: int,
+        replicas: int | None,
+        write_quorum: int | None,
+        gateway_port: int | None,
+        node_base_port: int | None,
+        chunk_size: int | None,
+        extra: dict[str, dict[str, Any]],
+        host: str,
+        node_hosts: list[str],
+    ) -> ClusterLayout:
         path = self.base_dir / "cluster.toml"
         if path.exists():
             data = tomllib.loads(path.read_text())
@@ -164,10 +182,17 @@ class LocalCluster:
             gw_ports = [gateway_port + j for j in range(gateways)]
         else:
             gw_ports = [free_port(host) for _ in range(gateways)]
-        layout = ClusterLayout(host=host, secret=secrets.token_hex(16), replicas=r,
-                               write_quorum=w, node_grpc_ports=grpc_ports,
-                               node_raft_ports=raft_ports, gateway_ports=gw_ports,
-                               node_hosts=list(node_hosts), extra=extra)
+        layout = ClusterLayout(
+            host=host,
+            secret=secrets.token_hex(16),
+            replicas=r,
+            write_quorum=w,
+            node_grpc_ports=grpc_ports,
+            node_raft_ports=raft_ports,
+            gateway_ports=gw_ports,
+            node_hosts=list(node_hosts),
+            extra=extra,
+        )
         if chunk_size:
             layout.chunk_size = chunk_size
         self.base_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +206,8 @@ class LocalCluster:
             return ""
         return "\n[extra]\n" + "".join(
             f"{section} = {{ {', '.join(f'{k} = {_toml_value(v)}' for k, v in vals.items())} }}\n"
-            for section, vals in extra.items())
+            for section, vals in extra.items()
+        )
 
     @property
     def node_count(self) -> int:
@@ -219,29 +245,41 @@ class LocalCluster:
         return [self.node_grpc(i) for i in range(self.node_count)]
 
     def _cluster_section(self) -> dict[str, Any]:
-        section = {"secret": self.layout.secret, "replicas": self.layout.replicas,
-                   "write_quorum": self.layout.write_quorum,
-                   "chunk_size": self.layout.chunk_size}
+        section = {
+            "secret": self.layout.secret,
+            "replicas": self.layout.replicas,
+            "write_quorum": self.layout.write_quorum,
+            "chunk_size": self.layout.chunk_size,
+        }
         section.update(self.layout.extra.get("cluster", {}))
         return section
 
     def node_config_path(self, i: int) -> Path:
         path = self.base_dir / "config" / f"node-{i + 1}.toml"
-        node = {"id": self.node_id(i), "data_dir": str(self.node_data_dir(i)),
-                "grpc_listen": self.node_grpc(i), "raft_listen": self.node_raft(i),
-                "peers": [self.node_raft(k) for k in range(self.node_count) if k != i]}
+        node = {
+            "id": self.node_id(i),
+            "data_dir": str(self.node_data_dir(i)),
+            "grpc_listen": self.node_grpc(i),
+            "raft_listen": self.node_raft(i),
+            "peers": [self.node_raft(k) for k in range(self.node_count) if k != i],
+        }
         node.update(self.layout.extra.get("node", {}))
-        self._write_config(path, {"log_level": self.log_level,
-                                  "cluster": self._cluster_section(), "node": node})
+        self._write_config(
+            path, {"log_level": self.log_level, "cluster": self._cluster_section(), "node": node}
+        )
         return path
 
     def gateway_config_path(self, j: int) -> Path:
         path = self.base_dir / "config" / f"gateway-{j + 1}.toml"
-        gateway = {"listen": f"{self.layout.host}:{self.layout.gateway_ports[j]}",
-                   "nodes": self.node_grpc_addresses}
+        gateway = {
+            "listen": f"{self.layout.host}:{self.layout.gateway_ports[j]}",
+            "nodes": self.node_grpc_addresses,
+        }
         gateway.update(self.layout.extra.get("gateway", {}))
-        self._write_config(path, {"log_level": self.log_level,
-                                  "cluster": self._cluster_section(), "gateway": gateway})
+        self._write_config(
+            path,
+            {"log_level": self.log_level, "cluster": self._cluster_section(), "gateway": gateway},
+        )
         return path
 
     @staticmethod
@@ -250,18 +288,22 @@ class LocalCluster:
         path.write_text(to_toml(data))
 
     # -- processes ----------------------------------------------------------------------
-    def _spawn(self, role: str, config: Path, name: str,
-               prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, role: str, config: Path, name: str, prefix: list[str] | None = None
+    ) -> subprocess.Popen[bytes]:
         logs = self.base_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = open(logs / f"{name}.log", "ab")
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         proc = subprocess.Popen(
-            [*(prefix or []), sys.executable, "-m", "cargohold.cli", role, "--config",
-             str(config)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True)
+            [*(prefix or []), sys.executable, "-m", "cargohold.cli", role, "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         log.close()
         return proc
 
@@ -269,8 +311,9 @@ class LocalCluster:
         proc = self.node_procs[i]
         if proc is not None and proc.poll() is None:
             return
-        self.node_procs[i] = self._spawn("node", self.node_config_path(i), self.node_id(i),
-                                         self.node_exec_prefixes[i])
+        self.node_procs[i] = self._spawn(
+            "node", self.node_config_path(i), self.node_id(i), self.node_exec_prefixes[i]
+        )
 
     def add_node(self) -> int:
         """Grow the layout by one node (persisted in cluster.toml) and start its process with
@@ -283,7 +326,8 @@ class LocalCluster:
         self.layout.node_raft_ports.append(free_port(host))
         flat = {k: v for k, v in asdict(self.layout).items() if k != "extra"}
         (self.base_dir / "cluster.toml").write_text(
-            to_toml(flat) + self._extra_toml(self.layout.extra))
+            to_toml(flat) + self._extra_toml(self.layout.extra)
+        )
         self.node_exec_prefixes.append([])
         self.node_procs.append(None)
         i = self.node_count - 1
@@ -294,8 +338,9 @@ class LocalCluster:
         proc = self.gateway_procs[j]
         if proc is not None and proc.poll() is None:
             return
-        self.gateway_procs[j] = self._spawn("gateway", self.gateway_config_path(j),
-                                            f"gateway-{j + 1}")
+        self.gateway_procs[j] = self._spawn(
+            "gateway", self.gateway_config_path(j), f"gateway-{j + 1}"
+        )
 
     def start(self, timeout: float = 60.0) -> LocalCluster:
         for i in range(self.node_count):
@@ -347,8 +392,9 @@ class LocalCluster:
     def members(self, i: int = 0, timeout: float = 2.0) -> list[dict[str, Any]]:
         with grpc.insecure_channel(self.node_grpc(i)) as channel:
             stub = registry_pb2_grpc.MetadataStub(channel)
-            reply = stub.Query(registry_pb2.MetadataRequest(op="members", args=b"{}"),
-                               timeout=timeout)
+            reply = stub.Query(
+                registry_pb2.MetadataRequest(op="members", args=b"{}"), timeout=timeout
+            )
             return list(json.loads(reply.result))
 
     def leader_index(self) -> int | None:
@@ -399,8 +445,9 @@ class LocalCluster:
         for i in running:
             self.node_status(i)
         # ... and has joined (draining members are still members that serve reads).
-        joined = {m["id"] for m in self.members(running[0])
-                  if m.get("state") in ("active", "draining")}
+        joined = {
+            m["id"] for m in self.members(running[0]) if m.get("state") in ("active", "draining")
+        }
         wanted = {self.node_id(i) for i in running}
         assert wanted <= joined, f"members joined {sorted(joined)}, want {sorted(wanted)}"
         for j, proc in enumerate(self.gateway_procs):
@@ -411,13 +458,17 @@ class LocalCluster:
 
     def _raise_if_exited(self) -> None:
         for name, proc in self._named_procs():
-            if proc is not None and proc.poll() is not None and proc.returncode not in (
-                    0, -signal.SIGKILL, -signal.SIGTERM):
+            if (
+                proc is not None
+                and proc.poll() is not None
+                and proc.returncode not in (0, -signal.SIGKILL, -signal.SIGTERM)
+            ):
                 raise RuntimeError(f"{name} exited with {proc.returncode}\n{self.tail_logs()}")
 
     def _named_procs(self) -> list[tuple[str, subprocess.Popen[bytes] | None]]:
-        return ([(self.node_id(i), p) for i, p in enumerate(self.node_procs)]
-                + [(f"gateway-{j + 1}", p) for j, p in enumerate(self.gateway_procs)])
+        return [(self.node_id(i), p) for i, p in enumerate(self.node_procs)] + [
+            (f"gateway-{j + 1}", p) for j, p in enumerate(self.gateway_procs)
+        ]
 
     def tail_logs(self, lines: int = 30) -> str:
         out = []

@@ -26,8 +26,9 @@ class RegistryError(CargoholdError):
     status: int = 500
     default_message: str = "unknown error"
 
-    def __init__(self, message: str | None = None, detail: Any = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str | None = None, detail: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         self.message = message or self.default_message
         self.detail = detail
         self.headers = headers or {}
@@ -35,35 +36,48 @@ class RegistryError(CargoholdError):
 
 
 def _error(name: str, code: str, status: int, message: str) -> type[RegistryError]:
-    return type(name, (RegistryError,), {"code": code, "status": status,
-                                          "default_message": message})
+    return type(
+        name, (RegistryError,), {"code": code, "status": status, "default_message": message}
+    )
 
 
 BlobUnknown = _error("BlobUnknown", "BLOB_UNKNOWN", 404, "blob unknown to registry")
 BlobUploadInvalid = _error("BlobUploadInvalid", "BLOB_UPLOAD_INVALID", 400, "blob upload invalid")
-BlobUploadUnknown = _error("BlobUploadUnknown", "BLOB_UPLOAD_UNKNOWN", 404,
-                           "blob upload unknown to registry")
-DigestInvalid = _error("DigestInvalid", "DIGEST_INVALID", 400,
-                       "provided digest did not match uploaded content")
-ManifestBlobUnknown = _error("ManifestBlobUnknown", "MANIFEST_BLOB_UNKNOWN", 400,
-                             "manifest references a blob unknown to the registry")
+BlobUploadUnknown = _error(
+    "BlobUploadUnknown", "BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry"
+)
+DigestInvalid = _error(
+    "DigestInvalid", "DIGEST_INVALID", 400, "provided digest did not match uploaded content"
+)
+ManifestBlobUnknown = _error(
+    "ManifestBlobUnknown",
+    "MANIFEST_BLOB_UNKNOWN",
+    400,
+    "manifest references a blob unknown to the registry",
+)
 ManifestInvalid = _error("ManifestInvalid", "MANIFEST_INVALID", 400, "manifest invalid")
 ManifestUnknown = _error("ManifestUnknown", "MANIFEST_UNKNOWN", 404, "manifest unknown")
 ManifestTooLarge = _error("ManifestTooLarge", "MANIFEST_INVALID", 413, "manifest too large")
 NameInvalid = _error("NameInvalid", "NAME_INVALID", 400, "invalid repository name")
 NameUnknown = _error("NameUnknown", "NAME_UNKNOWN", 404, "repository name not known to registry")
-SizeInvalid = _error("SizeInvalid", "SIZE_INVALID", 400,
-                     "provided length did not match content length")
+SizeInvalid = _error(
+    "SizeInvalid", "SIZE_INVALID", 400, "provided length did not match content length"
+)
 TagInvalid = _error("TagInvalid", "TAG_INVALID", 400, "manifest tag did not match URI")
 Unauthorized = _error("Unauthorized", "UNAUTHORIZED", 401, "authentication required")
 Denied = _error("Denied", "DENIED", 403, "requested access to the resource is denied")
 Unsupported = _error("Unsupported", "UNSUPPORTED", 405, "the operation is unsupported")
 TooManyRequests = _error("TooManyRequests", "TOOMANYREQUESTS", 429, "too many requests")
 RangeInvalid = _error("RangeInvalid", "BLOB_UPLOAD_INVALID", 416, "requested range not satisfiable")
-PaginationInvalid = _error("PaginationInvalid", "PAGINATION_NUMBER_INVALID", 400,
-                           "invalid number of results requested")
-Unavailable = _error("Unavailable", "UNAVAILABLE", 503,
-                     "the storage cluster cannot serve this request now; retry later")
+PaginationInvalid = _error(
+    "PaginationInvalid", "PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested"
+)
+Unavailable = _error(
+    "Unavailable",
+    "UNAVAILABLE",
+    503,
+    "the storage cluster cannot serve this request now; retry later",
+)
 Conflict = _error("Conflict", "BLOB_UPLOAD_INVALID", 409, "concurrent change; retry")
 NotFound = _error("NotFound", "NOT_FOUND", 404, "not found")
 # Chunk store (node side): a chunk this node does not hold, a stored copy that failed its

@@ -22,7 +22,8 @@ def channel_credentials(cfg: Config) -> grpc.ChannelCredentials | None:
     return grpc.ssl_channel_credentials(
         root_certificates=Path(c.tls_ca).read_bytes(),
         private_key=Path(c.tls_key).read_bytes() if c.tls_key else None,
-        certificate_chain=Path(c.tls_cert).read_bytes() if c.tls_cert else None)
+        certificate_chain=Path(c.tls_cert).read_bytes() if c.tls_cert else None,
+    )
 
 
 def channel_options(cfg: Config) -> list[tuple[str, int]]:
@@ -40,8 +41,9 @@ def channel_options(cfg: Config) -> list[tuple[str, int]]:
     ]
 
 
-def open_channel(address: str, cfg: Config,
-                 credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+def open_channel(
+    address: str, cfg: Config, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.aio.Channel:
     """An asyncio channel to `address` with the cluster's options and credentials.
 
     Pass `credentials` from one `channel_credentials(cfg)` call when opening many channels,

@@ -17,8 +17,12 @@ class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         fields = getattr(record, "fields", None) or {}
-        parts = [f"ts={ts}.{int(record.msecs):03d}Z", f"level={record.levelname.lower()}",
-                 f"logger={record.name}", f"event={_quote(record.getMessage())}"]
+        parts = [
+            f"ts={ts}.{int(record.msecs):03d}Z",
+            f"level={record.levelname.lower()}",
+            f"logger={record.name}",
+            f"event={_quote(record.getMessage())}",
+        ]
         parts.extend(f"{k}={_quote(v)}" for k, v in fields.items())
         if record.exc_info:
             parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
@@ -42,7 +46,6 @@ def setup_logging(level: str = "warning", process: str = "") -> None:
     logging.getLogger("pysyncobj").setLevel(max(logging.WARNING, root.level))
 
 
-def log_event(logger: logging.Logger, event: str, level: int = logging.INFO,
-              **fields: Any) -> None:
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
     if logger.isEnabledFor(level):
         logger.log(level, event, extra={"fields": fields})

@@ -43,9 +43,13 @@ def tune_malloc(retain: int) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     limit = 2**31 - 1
-    settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, min(retain, limit)),
-                (M_TOP_PAD, min(retain // 4, limit)))
+    settings = (
+        (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+        (M_TRIM_THRESHOLD, min(retain, limit)),
+        (M_TOP_PAD, min(retain // 4, limit)),
+    )
     ok = all(mallopt(option, value) == 1 for option, value in settings)
-    log_event(logger, "malloc.tuned", logging.DEBUG if ok else logging.WARNING, retain=retain,
-              accepted=ok)
+    log_event(
+        logger, "malloc.tuned", logging.DEBUG if ok else logging.WARNING, retain=retain, accepted=ok
+    )
     return ok

@@ -75,7 +75,7 @@ def decode_bytes_fields(raw: bytes | memoryview) -> dict[int, memoryview]:
             size, pos = read_varint(view, pos)
             if pos + size > len(view):
                 raise ValueError("truncated field")
-            found[number] = view[pos:pos + size]
+            found[number] = view[pos : pos + size]
             pos += size
         else:
             raise ValueError(f"unexpected wire type {wire}")

@@ -30,8 +30,9 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
     app[CONTEXT] = ctx
     app[manifests.MANIFEST_CACHE] = ManifestCache(ctx.cfg.gateway.manifest_cache_bytes)
     app[manifests.READS] = Coalescer()
-    app[manifests.RECORDS] = RecordCache(ctx.cfg.gateway.manifest_digest_ttl_seconds,
-                                         ctx.cfg.gateway.manifest_digest_cache_entries)
+    app[manifests.RECORDS] = RecordCache(
+        ctx.cfg.gateway.manifest_digest_ttl_seconds, ctx.cfg.gateway.manifest_digest_cache_entries
+    )
     app.on_response_prepare.append(add_api_version_header)
     _routes(app.router)
     return app
@@ -51,12 +52,20 @@ def _routes(router: web.UrlDispatcher) -> None:
     resource("/v2", GET=base.api_version_check)
     resource("/v2/_catalog", GET=catalog.catalog)
     resource(f"{_NAME}/tags/list", GET=tags.list_tags)
-    resource(f"{_NAME}/manifests/{{reference}}", GET=manifests.get_manifest,
-             PUT=manifests.put_manifest, DELETE=manifests.delete_manifest)
+    resource(
+        f"{_NAME}/manifests/{{reference}}",
+        GET=manifests.get_manifest,
+        PUT=manifests.put_manifest,
+        DELETE=manifests.delete_manifest,
+    )
     resource(f"{_NAME}/blobs/uploads/", POST=uploads.start_upload)
     resource(f"{_NAME}/blobs/uploads", POST=uploads.start_upload)
-    resource(f"{_NAME}/blobs/uploads/{{upload}}", GET=uploads.get_upload_status,
-             PATCH=uploads.patch_upload, PUT=uploads.put_upload,
-             DELETE=uploads.cancel_upload)
+    resource(
+        f"{_NAME}/blobs/uploads/{{upload}}",
+        GET=uploads.get_upload_status,
+        PATCH=uploads.patch_upload,
+        PUT=uploads.put_upload,
+        DELETE=uploads.cancel_upload,
+    )
     resource(f"{_NAME}/blobs/{{digest}}", GET=blobs.get_blob, DELETE=blobs.delete_blob)
     resource(f"{_NAME}/referrers/{{digest}}", GET=referrers.list_referrers)

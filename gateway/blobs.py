@@ -39,8 +39,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not match or (not match.group(1) and not match.group(2)):
         return None
     first, last = match.group(1), match.group(2)
-    unsatisfiable = RangeInvalid(headers={"Content-Range": f"bytes */{size}"},
-                                 detail={"Range": header, "size": size})
+    unsatisfiable = RangeInvalid(
+        headers={"Content-Range": f"bytes */{size}"}, detail={"Range": header, "size": size}
+    )
     if not first:  # suffix: the last n bytes
         n = int(last)
         if n == 0 or size == 0:
@@ -78,15 +79,20 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     if request.method != "HEAD" and end > start:
         sent = 0
         try:
-            async with contextlib.aclosing(
-                    ctx.cluster.read_range(recipe, start, end)) as pieces:
+            async with contextlib.aclosing(ctx.cluster.read_range(recipe, start, end)) as pieces:
                 async for piece in pieces:
                     await response.write(piece)
                     sent += len(piece)
         except (ConnectionError, OSError) as exc:
             # The client went away mid-body; nothing to answer any more.
-            log_event(logger, "blob.client_gone", logging.DEBUG, digest=digest,
-                      sent=sent, error=type(exc).__name__)
+            log_event(
+                logger,
+                "blob.client_gone",
+                logging.DEBUG,
+                digest=digest,
+                sent=sent,
+                error=type(exc).__name__,
+            )
             return response
     await response.write_eof()
     return response

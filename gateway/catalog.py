@@ -12,5 +12,6 @@ async def catalog(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     page = parse_page(request, ctx.cfg.gateway)
     result = await ctx.cluster.query("catalog", {"n": page.n, "last": page.last})
-    return paged_response("/v2/_catalog", page, "repositories",
-                          list(result["repositories"]), bool(result.get("more")))
+    return paged_response(
+        "/v2/_catalog", page, "repositories", list(result["repositories"]), bool(result.get("more"))
+    )

@@ -80,8 +80,14 @@ async def encode_chunk(running: Any, pieces: Pieces, length: int) -> tuple[bytes
     return await asyncio.to_thread(_encode, running, pieces, length)
 
 
-async def ingest(cluster: ClusterClient, stream: BodyStream, running: Any, chunk_size: int,
-                 in_flight: int, limit: int | None = None) -> tuple[list[list[Any]], int]:
+async def ingest(
+    cluster: ClusterClient,
+    stream: BodyStream,
+    running: Any,
+    chunk_size: int,
+    in_flight: int,
+    limit: int | None = None,
+) -> tuple[list[list[Any]], int]:
     """Store a body as chunks; return ([[chunk_hex, length], ...], total bytes).
 
     `running` (a hashlib object) is updated with every byte in order. `limit`, when set,

@@ -114,14 +114,17 @@ class _Node:
         # Chunks.Put taking an already serialized PutChunkRequest: a chunk is serialized
         # once and the same bytes go to all R replicas.
         self.put_serialized = channel.unary_unary(
-            "/cargohold.v1.Chunks/Put", request_serializer=None,
-            response_deserializer=registry_pb2.PutChunkReply.FromString)
+            "/cargohold.v1.Chunks/Put",
+            request_serializer=None,
+            response_deserializer=registry_pb2.PutChunkReply.FromString,
+        )
         # Chunks.Get answering the serialized GetChunkReply, parsed by `decode_get_reply`
         # without copying the chunk's bytes again.
         self.get_serialized = channel.unary_unary(
             "/cargohold.v1.Chunks/Get",
             request_serializer=registry_pb2.GetChunkRequest.SerializeToString,
-            response_deserializer=None)
+            response_deserializer=None,
+        )
 
 
 def _recipe_chunks(recipe: dict[str, Any]) -> list[tuple[str, int]]:
@@ -163,8 +166,12 @@ class ClusterClient:
         try:
             await client.refresh()
         except Unavailable:
-            log_event(logger, "cluster.unreachable_at_start", logging.WARNING,
-                      seeds=",".join(cfg.gateway.nodes))
+            log_event(
+                logger,
+                "cluster.unreachable_at_start",
+                logging.WARNING,
+                seeds=",".join(cfg.gateway.nodes),
+            )
         client._refresh_task = asyncio.create_task(client._refresh_loop())
         return client
 
@@ -176,8 +183,9 @@ class ClusterClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh_task
         if self._background:
-            _, pending = await asyncio.wait(set(self._background),
-                                            timeout=self._cfg.gateway.rpc_timeout_seconds)
+            _, pending = await asyncio.wait(
+                set(self._background), timeout=self._cfg.gateway.rpc_timeout_seconds
+            )
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -267,9 +275,11 @@ class ClusterClient:
                 try:
                     reply = await node.metadata.Query(
                         registry_pb2.MetadataRequest(op="members", args=b"{}"),
-                        timeout=_PROBE_TIMEOUT)
-                    status = await node.admin.Status(registry_pb2.StatusRequest(),
-                                                     timeout=_PROBE_TIMEOUT)
+                        timeout=_PROBE_TIMEOUT,
+                    )
+                    status = await node.admin.Status(
+                        registry_pb2.StatusRequest(), timeout=_PROBE_TIMEOUT
+                    )
                 except grpc.aio.AioRpcError:
                     self._down_until[address] = time.monotonic() + _DOWN_SECONDS
                     continue
@@ -286,9 +296,12 @@ class ClusterClient:
         raise Unavailable("no storage node answers", detail={"seeds": self._cfg.gateway.nodes})
 
     async def _apply_view(self, members_json: bytes, status: registry_pb2.StatusReply) -> None:
-        members = [Member(str(m["id"]), str(m["grpc"]), str(m.get("raft", "")),
-                          str(m.get("state", "active")))
-                   for m in json.loads(members_json or b"[]")]
+        members = [
+            Member(
+                str(m["id"]), str(m["grpc"]), str(m.get("raft", "")), str(m.get("state", "active"))
+            )
+            for m in json.loads(members_json or b"[]")
+        ]
         if not members:
             # Not joined yet: the seeds themselves, as they name themselves.
             members = await self._members_from_seeds()
@@ -300,14 +313,18 @@ class ClusterClient:
         for address in self._cfg.gateway.nodes:
             with contextlib.suppress(grpc.aio.AioRpcError):
                 status = await self._node(address).admin.Status(
-                    registry_pb2.StatusRequest(), timeout=_PROBE_TIMEOUT)
+                    registry_pb2.StatusRequest(), timeout=_PROBE_TIMEOUT
+                )
                 found.append(Member(status.node_id, address, status.raft_address, "active"))
         return found
 
     def _set_members(self, members: list[Member]) -> None:
         if members != self._members:
-            log_event(logger, "cluster.members", members=",".join(
-                f"{m.id}@{m.grpc}/{m.state}" for m in members))
+            log_event(
+                logger,
+                "cluster.members",
+                members=",".join(f"{m.id}@{m.grpc}/{m.state}" for m in members),
+            )
         self._members = members
         self._by_id = {m.id: m for m in members}
 
@@ -336,12 +353,13 @@ class ClusterClient:
         order = self._probe_addresses()
         return order or list(self._cfg.gateway.nodes)
 
-    async def _metadata(self, is_command: bool, op: str, args: dict[str, Any],
-                        linearizable: bool) -> Any:
+    async def _metadata(
+        self, is_command: bool, op: str, args: dict[str, Any], linearizable: bool
+    ) -> Any:
         gw = self._cfg.gateway
         request = registry_pb2.MetadataRequest(
-            op=op, args=json.dumps(args, separators=(",", ":")).encode(),
-            linearizable=linearizable)
+            op=op, args=json.dumps(args, separators=(",", ":")).encode(), linearizable=linearizable
+        )
         deadline = time.monotonic() + gw.rpc_timeout_seconds
         backoff = gw.retry_backoff_seconds
         last = "no node"
@@ -365,8 +383,14 @@ class ClusterClient:
                         if address == self._leader:
                             self._leader = None
                         self._refresh_soon()
-                    log_event(logger, "cluster.metadata_retry", logging.DEBUG, op=op,
-                              node=address, code=exc.code().name)
+                    log_event(
+                        logger,
+                        "cluster.metadata_retry",
+                        logging.DEBUG,
+                        op=op,
+                        node=address,
+                        code=exc.code().name,
+                    )
                     await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
                     backoff = min(backoff * 2, 1.0)
                     continue
@@ -378,8 +402,9 @@ class ClusterClient:
     def _error(exc: grpc.aio.AioRpcError, decoded: RegistryError | None) -> RegistryError:
         if decoded is not None:
             return decoded
-        return RegistryError(f"storage node error: {exc.code().name}",
-                             detail={"details": exc.details()})
+        return RegistryError(
+            f"storage node error: {exc.code().name}", detail={"details": exc.details()}
+        )
 
     # -- placement --------------------------------------------------------------------
     def _active_ids(self) -> list[str]:
@@ -394,17 +419,20 @@ class ClusterClient:
         """Owners first (healthy ones first), then every other member in rendezvous order."""
         owners = self.placement(chunk_id)
         owner_ids = {m.id for m in owners}
-        rest = [self._by_id[i] for i in rank_nodes(
-            chunk_id, [m.id for m in self._members if m.state != "removed"])
-            if i not in owner_ids]
+        rest = [
+            self._by_id[i]
+            for i in rank_nodes(chunk_id, [m.id for m in self._members if m.state != "removed"])
+            if i not in owner_ids
+        ]
         healthy = [m for m in owners if not self._is_down(m.grpc)]
         return healthy + [m for m in owners if self._is_down(m.grpc)] + rest
 
     # -- chunk writes -------------------------------------------------------------------
     async def store_chunk(self, chunk_id: bytes, data: bytes) -> None:
         """Write one chunk to its R replicas; return once W fsynced it."""
-        await self.store_encoded(chunk_id, len(data),
-                                 encode_put(chunk_id, [data], len(data), checksum_of(data)))
+        await self.store_encoded(
+            chunk_id, len(data), encode_put(chunk_id, [data], len(data), checksum_of(data))
+        )
 
     async def store_encoded(self, chunk_id: bytes, length: int, request: bytes) -> None:
         """`store_chunk` for a chunk already encoded as a PutChunkRequest (`encode_put`)."""
@@ -417,11 +445,14 @@ class ClusterClient:
             await self._refresh_quietly()
             candidates = [self._by_id[i] for i in rank_nodes(chunk_id, self._active_ids())]
         if len(candidates) < quorum:
-            raise Unavailable("not enough active storage nodes",
-                              detail={"active": len(candidates), "write_quorum": quorum})
+            raise Unavailable(
+                "not enough active storage nodes",
+                detail={"active": len(candidates), "write_quorum": quorum},
+            )
         # Nodes that failed recently are tried last: their copy spills to the next node.
-        queue = ([m for m in candidates if not self._is_down(m.grpc)]
-                 + [m for m in candidates if self._is_down(m.grpc)])
+        queue = [m for m in candidates if not self._is_down(m.grpc)] + [
+            m for m in candidates if self._is_down(m.grpc)
+        ]
         pending: set[asyncio.Task[None]] = set()
         owner: dict[asyncio.Task[None], Member] = {}
         acks = 0
@@ -438,10 +469,11 @@ class ClusterClient:
         try:
             while acks < quorum:
                 if acks + len(pending) + len(queue) < quorum or not pending:
-                    raise Unavailable("write quorum not reachable",
-                                      detail={"chunk": chunk_id.hex(), "errors": failures})
-                done, pending = await asyncio.wait(pending,
-                                                   return_when=asyncio.FIRST_COMPLETED)
+                    raise Unavailable(
+                        "write quorum not reachable",
+                        detail={"chunk": chunk_id.hex(), "errors": failures},
+                    )
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     exc = task.exception()
                     if exc is None:
@@ -462,16 +494,28 @@ class ClusterClient:
                 # this one up (repair restores it) and write around that node for a while.
                 task.cancel()
                 self._down_until[address] = time.monotonic() + _DOWN_SECONDS
-                log_event(logger, "cluster.background_write_dropped", logging.INFO,
-                          node=owner[task].id, chunk=chunk_id.hex())
+                log_event(
+                    logger,
+                    "cluster.background_write_dropped",
+                    logging.INFO,
+                    node=owner[task].id,
+                    chunk=chunk_id.hex(),
+                )
                 continue
             self._lagging[address] += 1
             task.add_done_callback(lambda _, a=address: self._lagging.subtract([a]))
-            self._track(asyncio.create_task(
-                self._finish_copy(task, list(queue), chunk_id, length, request)))
+            self._track(
+                asyncio.create_task(self._finish_copy(task, list(queue), chunk_id, length, request))
+            )
 
-    async def _finish_copy(self, task: asyncio.Task[None], spare: list[Member],
-                           chunk_id: bytes, length: int, request: bytes) -> None:
+    async def _finish_copy(
+        self,
+        task: asyncio.Task[None],
+        spare: list[Member],
+        chunk_id: bytes,
+        length: int,
+        request: bytes,
+    ) -> None:
         """A copy still running after W acks; if it fails, spill it to a spare node."""
         try:
             await task
@@ -483,34 +527,41 @@ class ClusterClient:
                 await self._put_one(member, chunk_id, length, request)
                 return
 
-    async def _put_one(self, member: Member, chunk_id: bytes, length: int,
-                       request: bytes) -> None:
+    async def _put_one(self, member: Member, chunk_id: bytes, length: int, request: bytes) -> None:
         node = self._node(member.grpc)
         timeout = self._cfg.gateway.rpc_timeout_seconds
         try:
             if length >= self._cfg.gateway.has_check_min_bytes:
-                has = await node.chunks.Has(registry_pb2.HasChunksRequest(ids=[chunk_id]),
-                                            timeout=timeout)
+                has = await node.chunks.Has(
+                    registry_pb2.HasChunksRequest(ids=[chunk_id]), timeout=timeout
+                )
                 if has.present and has.present[0]:
                     return
             await node.put_serialized(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _RETRYABLE:
                 self._mark_down(member.grpc)
-            log_event(logger, "cluster.chunk_put_failed", logging.DEBUG, node=member.id,
-                      chunk=chunk_id.hex(), code=exc.code().name)
+            log_event(
+                logger,
+                "cluster.chunk_put_failed",
+                logging.DEBUG,
+                node=member.id,
+                chunk=chunk_id.hex(),
+                code=exc.code().name,
+            )
             raise Unavailable(f"{member.id}: {exc.code().name}") from None
 
     async def store_bytes(self, data: bytes) -> dict[str, Any]:
         """Chunk and replicate a small buffer (a manifest body); return its recipe."""
         size = self._cfg.cluster.chunk_size
         view = memoryview(data)
-        pieces = [bytes(view[i:i + size]) for i in range(0, len(data), size)]
+        pieces = [bytes(view[i : i + size]) for i in range(0, len(data), size)]
         ids = [await hash_off_loop(chunk_id_of, p) for p in pieces]
-        await asyncio.gather(*(self.store_chunk(i, p) for i, p in zip(ids, pieces,
-                                                                          strict=True)))
-        return {"size": len(data), "chunks": [[i.hex(), len(p)] for i, p in zip(
-            ids, pieces, strict=True)]}
+        await asyncio.gather(*(self.store_chunk(i, p) for i, p in zip(ids, pieces, strict=True)))
+        return {
+            "size": len(data),
+            "chunks": [[i.hex(), len(p)] for i, p in zip(ids, pieces, strict=True)],
+        }
 
     # -- chunk reads --------------------------------------------------------------------
     async def read_chunk(self, chunk_hex: str, length: int | None = None) -> memoryview:
@@ -560,8 +611,8 @@ class ClusterClient:
             while pending:
                 more = next_index < len(order)
                 done, pending = await asyncio.wait(
-                    pending, timeout=hedge if more else None,
-                    return_when=asyncio.FIRST_COMPLETED)
+                    pending, timeout=hedge if more else None, return_when=asyncio.FIRST_COMPLETED
+                )
                 if not done:
                     log_event(logger, "cluster.read_hedged", logging.DEBUG, chunk=chunk_hex)
                     launch()
@@ -584,17 +635,24 @@ class ClusterClient:
         finally:
             for task in pending:
                 task.cancel()
-        log_event(logger, "cluster.chunk_unreadable", logging.WARNING, chunk=chunk_hex,
-                  errors="; ".join(failures))
-        raise Unavailable("no replica could serve a chunk",
-                          detail={"chunk": chunk_hex, "errors": failures})
+        log_event(
+            logger,
+            "cluster.chunk_unreadable",
+            logging.WARNING,
+            chunk=chunk_hex,
+            errors="; ".join(failures),
+        )
+        raise Unavailable(
+            "no replica could serve a chunk", detail={"chunk": chunk_hex, "errors": failures}
+        )
 
-    async def _get_one(self, member: Member, chunk_id: bytes,
-                       length: int | None) -> memoryview:
+    async def _get_one(self, member: Member, chunk_id: bytes, length: int | None) -> memoryview:
         node = self._node(member.grpc)
         try:
-            raw = await node.get_serialized(registry_pb2.GetChunkRequest(id=chunk_id),
-                                            timeout=self._cfg.gateway.rpc_timeout_seconds)
+            raw = await node.get_serialized(
+                registry_pb2.GetChunkRequest(id=chunk_id),
+                timeout=self._cfg.gateway.rpc_timeout_seconds,
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _RETRYABLE:
                 self._mark_down(member.grpc)
@@ -610,13 +668,19 @@ class ClusterClient:
         else:
             ok = await hash_off_loop(chunk_id_of, data) == chunk_id
         if not ok:
-            log_event(logger, "cluster.chunk_corrupt_read", logging.WARNING, node=member.id,
-                      chunk=chunk_id.hex())
+            log_event(
+                logger,
+                "cluster.chunk_corrupt_read",
+                logging.WARNING,
+                node=member.id,
+                chunk=chunk_id.hex(),
+            )
             raise ChunkCorrupt(f"{member.id}: chunk failed verification")
         return data
 
-    async def read_range(self, recipe: dict[str, Any], start: int,
-                         end: int) -> AsyncGenerator[memoryview, None]:
+    async def read_range(
+        self, recipe: dict[str, Any], start: int, end: int
+    ) -> AsyncGenerator[memoryview, None]:
         """Verified bytes [start, end) of a recipe, with read-ahead; pieces in order.
 
         Callers that may stop early should close it (`contextlib.aclosing`) so that the
@@ -646,12 +710,14 @@ class ClusterClient:
     async def read_all(self, recipe: dict[str, Any]) -> bytes:
         """The whole content of a (small) recipe."""
         async with contextlib.aclosing(
-                self.read_range(recipe, 0, int(recipe.get("size", 0)))) as pieces:
+            self.read_range(recipe, 0, int(recipe.get("size", 0)))
+        ) as pieces:
             return b"".join([p async for p in pieces])
 
 
-def _slices(chunks: Iterable[tuple[str, int]], start: int,
-            end: int) -> Iterable[tuple[str, int, int, int]]:
+def _slices(
+    chunks: Iterable[tuple[str, int]], start: int, end: int
+) -> Iterable[tuple[str, int, int, int]]:
     """(chunk, length, lo, hi) for every chunk overlapping [start, end), lo/hi chunk-local."""
     if end <= start:
         return
@@ -672,8 +738,9 @@ async def hash_off_loop(fn: Any, data: bytes | memoryview) -> Any:
     return await asyncio.to_thread(fn, data)
 
 
-def encode_put(chunk_id: bytes, pieces: Sequence[bytes | memoryview], length: int,
-               checksum: bytes) -> bytes:
+def encode_put(
+    chunk_id: bytes, pieces: Sequence[bytes | memoryview], length: int, checksum: bytes
+) -> bytes:
     """A serialized PutChunkRequest{id, data, checksum} built with one copy of the data.
 
     Protobuf would need the chunk joined into one `bytes` first and then copy it again
@@ -681,9 +748,19 @@ def encode_put(chunk_id: bytes, pieces: Sequence[bytes | memoryview], length: in
     bytes, in order, as protobuf emits them) straight from the body's pieces. Checked
     against `SerializeToString` in tests/gateway/test_cluster_client.py.
     """
-    return b"".join([b"\x0a", varint(len(chunk_id)), chunk_id,
-                     b"\x12", varint(length), *pieces,
-                     b"\x1a", varint(len(checksum)), checksum])
+    return b"".join(
+        [
+            b"\x0a",
+            varint(len(chunk_id)),
+            chunk_id,
+            b"\x12",
+            varint(length),
+            *pieces,
+            b"\x1a",
+            varint(len(checksum)),
+            checksum,
+        ]
+    )
 
 
 def decode_get_reply(raw: bytes) -> tuple[memoryview, bytes]:
@@ -695,4 +772,3 @@ def decode_get_reply(raw: bytes) -> tuple[memoryview, bytes]:
     """
     fields = decode_bytes_fields(raw)
     return fields.get(1, memoryview(b"")), bytes(fields.get(2, b""))
-

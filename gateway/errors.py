@@ -56,8 +56,14 @@ def _retry_after(request: web.Request) -> str:
     return str(seconds)
 
 
-def error_response(request: web.Request, status: int, code: str, message: str,
-                   detail: Any = None, headers: dict[str, str] | None = None) -> web.Response:
+def error_response(
+    request: web.Request,
+    status: int,
+    code: str,
+    message: str,
+    detail: Any = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     """An OCI error response; HEAD requests get the same status and headers, no body."""
     out = dict(headers or {})
     if status in (429, 503) and "Retry-After" not in out:
@@ -93,11 +99,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         raise
     except Exception as exc:
         if request.get(_PREPARED):
-            log_event(logger, "response.aborted", logging.WARNING, method=request.method,
-                      path=request.path, error=repr(exc))
+            log_event(
+                logger,
+                "response.aborted",
+                logging.WARNING,
+                method=request.method,
+                path=request.path,
+                error=repr(exc),
+            )
             raise
-        log_event(logger, "request.failed", logging.ERROR, method=request.method,
-                  path=request.path, error=repr(exc), traceback=traceback.format_exc())
+        log_event(
+            logger,
+            "request.failed",
+            logging.ERROR,
+            method=request.method,
+            path=request.path,
+            error=repr(exc),
+            traceback=traceback.format_exc(),
+        )
         return error_response(request, 500, "UNKNOWN", "internal server error")
 
 

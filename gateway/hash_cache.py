@@ -25,8 +25,7 @@ class HashCache:
 
     def __init__(self, capacity: int) -> None:
         self._capacity = max(1, capacity)
-        self._entries: collections.OrderedDict[str, tuple[int, Any]] = (
-            collections.OrderedDict())
+        self._entries: collections.OrderedDict[str, tuple[int, Any]] = collections.OrderedDict()
 
     def take(self, upload: str, offset: int) -> Any | None:
         """Remove and return the running hash if it covers exactly `offset` bytes."""

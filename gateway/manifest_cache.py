@@ -60,8 +60,9 @@ class ManifestCache:
 
 
 class RecordCache:
-    def __init__(self, ttl: float, max_entries: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl = max(0.0, ttl)
         self.max_entries = max(0, max_entries)
         self.clock = clock

@@ -35,8 +35,10 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_SCHEMA1 = ("application/vnd.docker.distribution.manifest.v1+json",
-                  "application/vnd.docker.distribution.manifest.v1+prettyjws")
+DOCKER_SCHEMA1 = (
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+)
 IMAGE_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 MANIFEST_TYPES = IMAGE_TYPES + INDEX_TYPES
@@ -80,8 +82,7 @@ def _descriptor(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise _invalid(f"{where}.size invalid")
     urls = value.get("urls")
-    if urls is not None and not (isinstance(urls, list)
-                                 and all(isinstance(u, str) for u in urls)):
+    if urls is not None and not (isinstance(urls, list) and all(isinstance(u, str) for u in urls)):
         raise _invalid(f"{where}.urls invalid")
     _annotations(value.get("annotations"), f"{where}.annotations")
     return value
@@ -99,7 +100,8 @@ def _annotations(value: Any, where: str) -> dict[str, str] | None:
     if value is None:
         return None
     if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
         raise _invalid(f"{where} must map strings to strings")
     return value
 
@@ -121,8 +123,11 @@ def _decide_media_type(doc: dict[str, Any], content_type: str | None) -> str:
     if header_type in _GENERIC_TYPES:
         header_type = ""
     if body_type and header_type and body_type != header_type:
-        raise _invalid("Content-Type does not match the manifest mediaType",
-                       content_type=header_type, media_type=body_type)
+        raise _invalid(
+            "Content-Type does not match the manifest mediaType",
+            content_type=header_type,
+            media_type=body_type,
+        )
     media_type = body_type or header_type
     if not media_type:
         # No type anywhere: an OCI manifest or index told apart by its shape.
@@ -147,17 +152,19 @@ def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
     if doc.get("schemaVersion") != 2 or isinstance(doc.get("schemaVersion"), bool):
         raise _invalid("schemaVersion must be 2")
     media_type = _decide_media_type(doc, content_type)
-    parsed = ParsedManifest(media_type=media_type,
-                            artifact_type=_optional_str(doc, "artifactType"),
-                            annotations=_annotations(doc.get("annotations"), "annotations"))
+    parsed = ParsedManifest(
+        media_type=media_type,
+        artifact_type=_optional_str(doc, "artifactType"),
+        annotations=_annotations(doc.get("annotations"), "annotations"),
+    )
     if "subject" in doc and doc["subject"] is not None:
         parsed.subject = _descriptor(doc["subject"], "subject")["digest"]
     if media_type in IMAGE_TYPES:
         config = _descriptor(doc.get("config"), "config")
-        layers = _descriptors(doc.get("layers"), "layers",
-                              required=media_type == DOCKER_MANIFEST)
-        parsed.blobs = _unique([config["digest"]]
-                               + [d["digest"] for d in layers if not d.get("urls")])
+        layers = _descriptors(doc.get("layers"), "layers", required=media_type == DOCKER_MANIFEST)
+        parsed.blobs = _unique(
+            [config["digest"]] + [d["digest"] for d in layers if not d.get("urls")]
+        )
         if parsed.artifact_type is None:
             parsed.artifact_type = config["mediaType"]
     else:

@@ -61,8 +61,7 @@ from gateway.manifest_format import parse_manifest
 
 logger = logging.getLogger("cargohold.gateway.manifests")
 
-MANIFEST_CACHE: web.AppKey[ManifestCache] = web.AppKey("cargohold_manifest_cache",
-                                                       ManifestCache)
+MANIFEST_CACHE: web.AppKey[ManifestCache] = web.AppKey("cargohold_manifest_cache", ManifestCache)
 READS: web.AppKey[Coalescer] = web.AppKey("cargohold_manifest_reads", Coalescer)
 RECORDS: web.AppKey[RecordCache] = web.AppKey("cargohold_manifest_records", RecordCache)
 _READ_SIZE = 64 * 1024
@@ -102,8 +101,13 @@ async def read_bounded(request: web.Request, limit: int) -> bytes:
         try:
             piece = await request.content.read(min(_READ_SIZE, limit + 1 - len(buf)))
         except _BODY_ERRORS as exc:
-            log_event(logger, "manifest.body_incomplete", logging.DEBUG, path=request.path,
-                      error=type(exc).__name__)
+            log_event(
+                logger,
+                "manifest.body_incomplete",
+                logging.DEBUG,
+                path=request.path,
+                error=type(exc).__name__,
+            )
             raise ManifestInvalid("request body incomplete") from None
         if not piece:
             return bytes(buf)
@@ -122,11 +126,22 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     if ref.digest is not None and digest != ref.digest:
         raise DigestInvalid(detail={"reference": ref.digest, "digest": digest})
     recipe = await ctx.cluster.store_bytes(body)
-    await ctx.cluster.command("manifest_put", {
-        "repo": name, "digest": digest, "media_type": parsed.media_type, "recipe": recipe,
-        "blobs": parsed.blobs, "manifests": parsed.manifests, "subject": parsed.subject,
-        "artifact_type": parsed.artifact_type, "annotations": parsed.annotations,
-        "tag": ref.tag, "now": time.time()})
+    await ctx.cluster.command(
+        "manifest_put",
+        {
+            "repo": name,
+            "digest": digest,
+            "media_type": parsed.media_type,
+            "recipe": recipe,
+            "blobs": parsed.blobs,
+            "manifests": parsed.manifests,
+            "subject": parsed.subject,
+            "artifact_type": parsed.artifact_type,
+            "annotations": parsed.annotations,
+            "tag": ref.tag,
+            "now": time.time(),
+        },
+    )
     request.app[MANIFEST_CACHE].put(digest, body)
     headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
     if parsed.subject is not None:
@@ -134,8 +149,9 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     return web.Response(status=201, headers=headers)
 
 
-async def _lookup(request: web.Request, ctx: GatewayContext, name: str,
-                  ref: _Reference) -> dict[str, Any]:
+async def _lookup(
+    request: web.Request, ctx: GatewayContext, name: str, ref: _Reference
+) -> dict[str, Any]:
     """The manifest record; callers must not mutate it (it may be cached and shared)."""
     if ref.digest is None:
         return await _query(request, ctx, "tag_get", {"repo": name, "tag": ref.tag})
@@ -143,14 +159,14 @@ async def _lookup(request: web.Request, ctx: GatewayContext, name: str,
     record = records.get(name, ref.digest)
     if record is None:
         sent_at = records.now()
-        record = await _query(request, ctx, "manifest_get",
-                              {"repo": name, "digest": ref.digest})
+        record = await _query(request, ctx, "manifest_get", {"repo": name, "digest": ref.digest})
         records.put(name, ref.digest, record, sent_at)
     return record
 
 
-async def _query(request: web.Request, ctx: GatewayContext, op: str,
-                 args: dict[str, Any]) -> dict[str, Any]:
+async def _query(
+    request: web.Request, ctx: GatewayContext, op: str, args: dict[str, Any]
+) -> dict[str, Any]:
     if not ctx.cfg.gateway.coalesce_manifest_reads:
         return dict(await ctx.cluster.query(op, args))
     key = (op, args["repo"], args.get("digest") or args.get("tag"))
@@ -167,8 +183,7 @@ async def _load(ctx: GatewayContext, cache: ManifestCache, record: dict[str, Any
     if await _digest(body, algorithm) != digest:
         # Every chunk was verified, so a recipe that disagrees is a bug, not bit rot.
         log_event(logger, "manifest.digest_mismatch", logging.ERROR, digest=digest)
-        raise RegistryError("stored manifest does not match its digest",
-                            detail={"digest": digest})
+        raise RegistryError("stored manifest does not match its digest", detail={"digest": digest})
     cache.put(digest, body)
     return body
 
@@ -179,8 +194,11 @@ async def _body(request: web.Request, ctx: GatewayContext, record: dict[str, Any
     body = cache.get(record["digest"])
     if body is not None:
         return body
-    return bytes(await request.app[READS].run(("manifest_body", record["digest"]),
-                                              lambda: _load(ctx, cache, record)))
+    return bytes(
+        await request.app[READS].run(
+            ("manifest_body", record["digest"]), lambda: _load(ctx, cache, record)
+        )
+    )
 
 
 async def get_manifest(request: web.Request) -> web.StreamResponse:
@@ -189,8 +207,7 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
     name = validate_name(request.match_info["name"])
     ref = _Reference(request.match_info["reference"])
     record = await _lookup(request, ctx, name, ref)
-    headers = {"Content-Type": record["media_type"],
-               "Docker-Content-Digest": record["digest"]}
+    headers = {"Content-Type": record["media_type"], "Docker-Content-Digest": record["digest"]}
     if request.method == "HEAD":
         headers["Content-Length"] = str(record["size"])
         return web.Response(headers=headers)

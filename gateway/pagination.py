@@ -41,8 +41,14 @@ def parse_page(request: web.Request, cfg: GatewayConfig) -> Page:
     return Page(n=n, last=last)
 
 
-def paged_response(path: str, page: Page, key: str, items: list[str], more: bool,
-                   extra: dict[str, object] | None = None) -> web.Response:
+def paged_response(
+    path: str,
+    page: Page,
+    key: str,
+    items: list[str],
+    more: bool,
+    extra: dict[str, object] | None = None,
+) -> web.Response:
     """The JSON list response, with a `Link` to the next page when the list was cut."""
     body: dict[str, object] = dict(extra or {})
     body[key] = items

@@ -29,7 +29,8 @@ async def list_referrers(request: web.Request) -> web.StreamResponse:
     artifact_type = request.query.get("artifactType") or None
     try:
         result = await ctx.cluster.query(
-            "referrers", {"repo": name, "digest": digest, "artifact_type": artifact_type})
+            "referrers", {"repo": name, "digest": digest, "artifact_type": artifact_type}
+        )
         descriptors = list(result.get("manifests") or [])
     except NameUnknown:
         descriptors = []

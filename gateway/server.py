@@ -49,16 +49,25 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     cluster = await ClusterClient.connect(cfg)
     try:
         app = build_app(GatewayContext(cfg=cfg, cluster=cluster))
-        runner = web.AppRunner(app, handle_signals=False, access_log=_access_logger(cfg),
-                               shutdown_timeout=cfg.gateway.shutdown_grace_seconds)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=_access_logger(cfg),
+            shutdown_timeout=cfg.gateway.shutdown_grace_seconds,
+        )
         await runner.setup()
         try:
             host, port = split_hostport(cfg.gateway.listen)
-            site = web.TCPSite(runner, host, port, ssl_context=_ssl_context(cfg),
-                               reuse_address=True)
+            site = web.TCPSite(
+                runner, host, port, ssl_context=_ssl_context(cfg), reuse_address=True
+            )
             await site.start()
-            log_event(logger, "gateway.listening", address=cfg.gateway.listen,
-                      tls=bool(cfg.gateway.tls_cert))
+            log_event(
+                logger,
+                "gateway.listening",
+                address=cfg.gateway.listen,
+                tls=bool(cfg.gateway.tls_cert),
+            )
             await stop.wait()
             log_event(logger, "gateway.stopping")
         finally:

@@ -66,8 +66,9 @@ def new_upload_id(secret: str, repo: str, now: float | None = None) -> UploadId:
     return UploadId(value=value, repo=repo, created=created)
 
 
-def parse_upload_id(secret: str, repo: str, value: str, expiry_seconds: float,
-                    now: float | None = None) -> UploadId:
+def parse_upload_id(
+    secret: str, repo: str, value: str, expiry_seconds: float, now: float | None = None
+) -> UploadId:
     """Validate `value` as an id issued for `repo` and not expired; else BlobUploadUnknown."""
     unknown = BlobUploadUnknown(detail={"upload": value[:128] if value else value})
     if not value or len(value) > 2 * _RAW_LEN or not value.isascii():

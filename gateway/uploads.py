@@ -62,15 +62,17 @@ _SIZE_IN_MESSAGE_RE = re.compile(r"size=(\d+)")
 
 # One running-hash cache per gateway process, keyed (weakly) by its cluster client so that
 # the cache lives exactly as long as the GatewayContext it belongs to.
-_HASH_CACHES: weakref.WeakKeyDictionary[ClusterClient, HashCache] = (
-    weakref.WeakKeyDictionary())
+_HASH_CACHES: weakref.WeakKeyDictionary[ClusterClient, HashCache] = weakref.WeakKeyDictionary()
 
 # What reading a body raises when the client goes away (ConnectionResetError) or sends a
 # broken body (aiohttp's payload/transfer-encoding errors). With handler cancellation
 # on (aiohttp's TestServer) the handler is cancelled instead; both paths commit nothing.
 _BODY_ERRORS: tuple[type[BaseException], ...] = (
-    ConnectionError, asyncio.IncompleteReadError, http_exceptions.HttpProcessingError,
-    ClientPayloadError)
+    ConnectionError,
+    asyncio.IncompleteReadError,
+    http_exceptions.HttpProcessingError,
+    ClientPayloadError,
+)
 
 
 class ClientGone(BlobUploadInvalid):
@@ -98,13 +100,18 @@ def range_value(size: int) -> str:
 
 
 def session_headers(name: str, upload: str, size: int) -> dict[str, str]:
-    return {"Location": upload_location(name, upload), "Range": range_value(size),
-            "Docker-Upload-UUID": upload}
+    return {
+        "Location": upload_location(name, upload),
+        "Range": range_value(size),
+        "Docker-Upload-UUID": upload,
+    }
 
 
 def _created(name: str, digest: str) -> web.Response:
-    return web.Response(status=201, headers={
-        "Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
+    return web.Response(
+        status=201,
+        headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest},
+    )
 
 
 def _accepted(name: str, upload: str, size: int, status: int = 202) -> web.Response:
@@ -115,8 +122,12 @@ def _accepted(name: str, upload: str, size: int, status: int = 202) -> web.Respo
 def _ids(request: web.Request) -> tuple[GatewayContext, str, UploadId]:
     ctx = context(request)
     name = validate_name(request.match_info["name"])
-    upload = parse_upload_id(ctx.cfg.cluster.secret, name, request.match_info["upload"],
-                             ctx.cfg.gateway.upload_expiry_seconds)
+    upload = parse_upload_id(
+        ctx.cfg.cluster.secret,
+        name,
+        request.match_info["upload"],
+        ctx.cfg.gateway.upload_expiry_seconds,
+    )
     return ctx, name, upload
 
 
@@ -130,8 +141,7 @@ async def _session(ctx: GatewayContext, upload: UploadId) -> tuple[int, list[lis
     return int(state["size"]), [list(c) for c in state.get("chunks", [])]
 
 
-def _content_range(request: web.Request, name: str, upload: str,
-                   size: int) -> int | None:
+def _content_range(request: web.Request, name: str, upload: str, size: int) -> int | None:
     """Expected body length from `Content-Range` (None when absent); 416 when misplaced."""
     header = request.headers.get("Content-Range")
     if not header:
@@ -141,12 +151,15 @@ def _content_range(request: web.Request, name: str, upload: str,
         raise BlobUploadInvalid("malformed Content-Range", detail={"Content-Range": header})
     start, end = int(match.group(1)), int(match.group(2))
     if start != size or end < start:
-        raise RangeInvalid(detail={"Content-Range": header, "size": size},
-                           headers=session_headers(name, upload, size))
+        raise RangeInvalid(
+            detail={"Content-Range": header, "size": size},
+            headers=session_headers(name, upload, size),
+        )
     length = end - start + 1
     if request.content_length is not None and request.content_length != length:
-        raise SizeInvalid(detail={"Content-Range": header,
-                                  "Content-Length": request.content_length})
+        raise SizeInvalid(
+            detail={"Content-Range": header, "Content-Length": request.content_length}
+        )
     return length
 
 
@@ -155,8 +168,9 @@ def _limit(ctx: GatewayContext, size: int) -> int | None:
     return None if limit <= 0 else max(0, limit - size)
 
 
-async def _running_hash(ctx: GatewayContext, upload: str, size: int,
-                        chunks: list[list[Any]], algorithm: str = "sha256") -> Any:
+async def _running_hash(
+    ctx: GatewayContext, upload: str, size: int, chunks: list[list[Any]], algorithm: str = "sha256"
+) -> Any:
     if algorithm == "sha256":
         cached = hash_cache(ctx).take(upload, size)
         if cached is not None:
@@ -167,15 +181,26 @@ async def _running_hash(ctx: GatewayContext, upload: str, size: int,
     return await rebuild(ctx.cluster, chunks, algorithm)
 
 
-async def _ingest(ctx: GatewayContext, request: web.Request, hasher: Any,
-                  size: int) -> tuple[list[list[Any]], int]:
+async def _ingest(
+    ctx: GatewayContext, request: web.Request, hasher: Any, size: int
+) -> tuple[list[list[Any]], int]:
     try:
-        return await ingest(ctx.cluster, request.content, hasher,
-                            ctx.cfg.cluster.chunk_size,
-                            ctx.cfg.gateway.upload_writes_in_flight, _limit(ctx, size))
+        return await ingest(
+            ctx.cluster,
+            request.content,
+            hasher,
+            ctx.cfg.cluster.chunk_size,
+            ctx.cfg.gateway.upload_writes_in_flight,
+            _limit(ctx, size),
+        )
     except _BODY_ERRORS as exc:
-        log_event(logger, "upload.body_incomplete", logging.DEBUG,
-                  path=request.path, error=type(exc).__name__)
+        log_event(
+            logger,
+            "upload.body_incomplete",
+            logging.DEBUG,
+            path=request.path,
+            error=type(exc).__name__,
+        )
         raise ClientGone() from None
 
 
@@ -207,7 +232,8 @@ async def _try_mount(ctx: GatewayContext, name: str, digest: str, source: str) -
         parse_digest(digest)
         validate_name(source)
         result = await ctx.cluster.command(
-            "blob_mount", {"repo": name, "digest": digest, "from": source})
+            "blob_mount", {"repo": name, "digest": digest, "from": source}
+        )
     except (DigestInvalid, NameInvalid):
         return False
     except Unavailable:
@@ -218,16 +244,24 @@ async def _try_mount(ctx: GatewayContext, name: str, digest: str, source: str) -
     return bool(result and result.get("mounted"))
 
 
-async def _monolithic(ctx: GatewayContext, request: web.Request, name: str,
-                      digest: str) -> web.StreamResponse:
+async def _monolithic(
+    ctx: GatewayContext, request: web.Request, name: str, digest: str
+) -> web.StreamResponse:
     algorithm, _ = parse_digest(digest)
     hasher = new_hasher(algorithm)
     chunks, total = await _ingest(ctx, request, hasher, 0)
     if f"{algorithm}:{hasher.hexdigest()}" != digest:
         raise DigestInvalid(detail={"digest": digest})
-    await ctx.cluster.command("blob_commit", {
-        "repo": name, "digest": digest, "recipe": {"size": total, "chunks": chunks},
-        "upload": None, "now": _now()})
+    await ctx.cluster.command(
+        "blob_commit",
+        {
+            "repo": name,
+            "digest": digest,
+            "recipe": {"size": total, "chunks": chunks},
+            "upload": None,
+            "now": _now(),
+        },
+    )
     return _created(name, digest)
 
 
@@ -244,15 +278,24 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
         hash_cache(ctx).put(upload.value, size, hasher)
         return _accepted(name, upload.value, size)
     try:
-        result = await ctx.cluster.command("upload_append", {
-            "upload": upload.value, "repo": name, "offset": size, "chunks": new_chunks,
-            "request": secrets.token_hex(12), "now": _now()})
+        result = await ctx.cluster.command(
+            "upload_append",
+            {
+                "upload": upload.value,
+                "repo": name,
+                "offset": size,
+                "chunks": new_chunks,
+                "request": secrets.token_hex(12),
+                "now": _now(),
+            },
+        )
     except RangeInvalid as exc:
         # Another request appended first: tell the client where the session really is.
         match = _SIZE_IN_MESSAGE_RE.search(exc.message)
         current = int(match.group(1)) if match else size
-        raise RangeInvalid(detail={"size": current},
-                           headers=session_headers(name, upload.value, current)) from None
+        raise RangeInvalid(
+            detail={"size": current}, headers=session_headers(name, upload.value, current)
+        ) from None
     new_size = int(result["size"])
     hash_cache(ctx).put(upload.value, new_size, hasher)
     return _accepted(name, upload.value, new_size)
@@ -275,10 +318,16 @@ async def put_upload(request: web.Request) -> web.StreamResponse:
         if algorithm == "sha256":
             hash_cache(ctx).put(upload.value, size, base)
         raise DigestInvalid(detail={"digest": digest})
-    await ctx.cluster.command("blob_commit", {
-        "repo": name, "digest": digest,
-        "recipe": {"size": size + added, "chunks": chunks + new_chunks},
-        "upload": upload.value, "now": _now()})
+    await ctx.cluster.command(
+        "blob_commit",
+        {
+            "repo": name,
+            "digest": digest,
+            "recipe": {"size": size + added, "chunks": chunks + new_chunks},
+            "upload": upload.value,
+            "now": _now(),
+        },
+    )
     hash_cache(ctx).drop(upload.value)
     return _created(name, digest)
 

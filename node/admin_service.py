@@ -32,17 +32,23 @@ class _Role(Protocol):
 
 
 class AdminServicer(registry_pb2_grpc.AdminServicer):
-    def __init__(self, cfg: Config, raft: RaftMember, store: _StatsSource,
-                 roles: dict[str, _Role] | None = None,
-                 membership: Membership | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        raft: RaftMember,
+        store: _StatsSource,
+        roles: dict[str, _Role] | None = None,
+        membership: Membership | None = None,
+    ) -> None:
         self._cfg = cfg
         self._raft = raft
         self._store = store
         self._roles = roles or {}
         self._membership = membership
 
-    async def Status(self, request: registry_pb2.StatusRequest,
-                     context: grpc.aio.ServicerContext) -> registry_pb2.StatusReply:
+    async def Status(
+        self, request: registry_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.StatusReply:
         try:
             raft = self._raft.status()
             stats = await self._store.stats()
@@ -52,9 +58,13 @@ class AdminServicer(registry_pb2_grpc.AdminServicer):
         extra = {
             "grpc_address": self._cfg.node.grpc_advertise,
             "metadata": counts,
-            "raft": {"term": raft.term, "log_len": raft.log_len, "members": raft.members,
-                     "has_quorum": raft.has_quorum,
-                     "resent_truncations": resent_truncations()},
+            "raft": {
+                "term": raft.term,
+                "log_len": raft.log_len,
+                "members": raft.members,
+                "has_quorum": raft.has_quorum,
+                "resent_truncations": resent_truncations(),
+            },
             "chunks_quarantined": getattr(stats, "quarantined", 0),
         }
         for name, role in self._roles.items():
@@ -71,38 +81,48 @@ class AdminServicer(registry_pb2_grpc.AdminServicer):
             extra=json.dumps(extra, separators=(",", ":")).encode(),
         )
 
-    async def Trigger(self, request: registry_pb2.TriggerRequest,
-                      context: grpc.aio.ServicerContext) -> registry_pb2.TriggerReply:
+    async def Trigger(
+        self, request: registry_pb2.TriggerRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.TriggerReply:
         role = self._roles.get(request.role)
         if role is None:
-            await abort_with(context, NotFound(f"no background role {request.role!r}",
-                                               detail={"roles": sorted(self._roles)}))
+            await abort_with(
+                context,
+                NotFound(
+                    f"no background role {request.role!r}", detail={"roles": sorted(self._roles)}
+                ),
+            )
         progress = await role.trigger(wait=request.wait)
         return registry_pb2.TriggerReply(
-            progress=json.dumps(progress, separators=(",", ":")).encode())
+            progress=json.dumps(progress, separators=(",", ":")).encode()
+        )
 
-    async def _member_change(self, context: grpc.aio.ServicerContext,
-                             change: Any) -> registry_pb2.MemberReply:
+    async def _member_change(
+        self, context: grpc.aio.ServicerContext, change: Any
+    ) -> registry_pb2.MemberReply:
         if self._membership is None:
             await abort_with(context, Unavailable("membership changes are not served here"))
         try:
             members = await change(self._membership)
         except RegistryError as err:
             await abort_with(context, err)
-        return registry_pb2.MemberReply(
-            members=json.dumps(members, separators=(",", ":")).encode())
+        return registry_pb2.MemberReply(members=json.dumps(members, separators=(",", ":")).encode())
 
-    async def AddMember(self, request: registry_pb2.MemberRequest,
-                        context: grpc.aio.ServicerContext) -> registry_pb2.MemberReply:
+    async def AddMember(
+        self, request: registry_pb2.MemberRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.MemberReply:
         return await self._member_change(
-            context, lambda m: m.add(request.id, request.grpc, request.raft))
+            context, lambda m: m.add(request.id, request.grpc, request.raft)
+        )
 
-    async def SetMemberState(self, request: registry_pb2.MemberRequest,
-                             context: grpc.aio.ServicerContext) -> registry_pb2.MemberReply:
-        return await self._member_change(
-            context, lambda m: m.set_state(request.id, request.state))
+    async def SetMemberState(
+        self, request: registry_pb2.MemberRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.MemberReply:
+        return await self._member_change(context, lambda m: m.set_state(request.id, request.state))
 
-    async def RemoveMember(self, request: registry_pb2.MemberRequest,
-                           context: grpc.aio.ServicerContext) -> registry_pb2.MemberReply:
+    async def RemoveMember(
+        self, request: registry_pb2.MemberRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.MemberReply:
         return await self._member_change(
-            context, lambda m: m.remove(request.id, force=request.force))
+            context, lambda m: m.remove(request.id, force=request.force)
+        )

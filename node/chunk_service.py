@@ -55,8 +55,11 @@ _STATUS: dict[type[RegistryError], grpc.StatusCode] = {
     StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
-_BY_HTTP = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
-            503: grpc.StatusCode.UNAVAILABLE}
+_BY_HTTP = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
 
 T = TypeVar("T")
 
@@ -66,16 +69,16 @@ def status_for(err: RegistryError) -> grpc.StatusCode:
     return _STATUS.get(type(err)) or _BY_HTTP.get(err.status, grpc.StatusCode.INTERNAL)
 
 
-async def _abort(context: grpc.aio.ServicerContext, method: str,
-                 exc: Exception) -> NoReturn:
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> NoReturn:
     if isinstance(exc, RegistryError):
         await context.abort(status_for(exc), to_grpc_details(exc))
     log_event(logger, "chunks.rpc_failed", logging.ERROR, method=method, error=repr(exc))
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
 
 
-async def _call(context: grpc.aio.ServicerContext, method: str,
-                work: Callable[[], Awaitable[T]]) -> T:
+async def _call(
+    context: grpc.aio.ServicerContext, method: str, work: Callable[[], Awaitable[T]]
+) -> T:
     try:
         return await work()
     except Exception as exc:
@@ -83,10 +86,14 @@ async def _call(context: grpc.aio.ServicerContext, method: str,
 
 
 class ChunksServicer(pb_grpc.ChunksServicer):
-    def __init__(self, store: ChunkStore, page_size: int = NodeConfig.chunk_list_page_size,
-                 page_max: int = NodeConfig.chunk_list_page_max,
-                 on_corrupt: Callable[[bytes], None] | None = None,
-                 verify_put_sha256: bool = NodeConfig.verify_put_sha256) -> None:
+    def __init__(
+        self,
+        store: ChunkStore,
+        page_size: int = NodeConfig.chunk_list_page_size,
+        page_max: int = NodeConfig.chunk_list_page_max,
+        on_corrupt: Callable[[bytes], None] | None = None,
+        verify_put_sha256: bool = NodeConfig.verify_put_sha256,
+    ) -> None:
         self._store = store
         self._verify_put_sha256 = verify_put_sha256
         # Called with the id of a copy Get found corrupt (scrub's re-fetch from a replica).
@@ -94,15 +101,22 @@ class ChunksServicer(pb_grpc.ChunksServicer):
         self._page_size = max(1, page_size)
         self._page_max = max(1, page_max)
 
-    async def Put(self, request: pb.PutChunkRequest,
-                  context: grpc.aio.ServicerContext) -> pb.PutChunkReply:
-        existed = await _call(context, "Put", lambda: self._store.put(
-            request.id, request.data, request.checksum or None,
-            verify_id=self._verify_put_sha256))
+    async def Put(
+        self, request: pb.PutChunkRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PutChunkReply:
+        existed = await _call(
+            context,
+            "Put",
+            lambda: self._store.put(
+                request.id,
+                request.data,
+                request.checksum or None,
+                verify_id=self._verify_put_sha256,
+            ),
+        )
         return pb.PutChunkReply(existed=existed)
 
-    async def PutRaw(self, raw: bytes,
-                     context: grpc.aio.ServicerContext) -> pb.PutChunkReply:
+    async def PutRaw(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.PutChunkReply:
         """`Put` on the serialized request: the chunk stays a view of the received bytes."""
         try:
             fields = decode_bytes_fields(raw)
@@ -111,23 +125,33 @@ class ChunksServicer(pb_grpc.ChunksServicer):
         empty = memoryview(b"")
         chunk_id = bytes(fields.get(1, empty))
         checksum = bytes(fields.get(3, empty)) or None
-        existed = await _call(context, "Put", lambda: self._store.put(
-            chunk_id, fields.get(2, empty), checksum, verify_id=self._verify_put_sha256))
+        existed = await _call(
+            context,
+            "Put",
+            lambda: self._store.put(
+                chunk_id, fields.get(2, empty), checksum, verify_id=self._verify_put_sha256
+            ),
+        )
         return pb.PutChunkReply(existed=existed)
 
-    async def Get(self, request: pb.GetChunkRequest,
-                  context: grpc.aio.ServicerContext) -> pb.GetChunkReply:
+    async def Get(
+        self, request: pb.GetChunkRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetChunkReply:
         data, checksum = await self._get(request.id, context, self._store.get_with_checksum)
         return pb.GetChunkReply(data=data, checksum=checksum)
 
-    async def GetRaw(self, request: pb.GetChunkRequest,
-                     context: grpc.aio.ServicerContext) -> bytes:
+    async def GetRaw(self, request: pb.GetChunkRequest, context: grpc.aio.ServicerContext) -> bytes:
         """`Get` answering the serialized GetChunkReply, encoded from the stored copy."""
-        return await self._get(request.id, context, lambda cid: self._store.get_encoded(
-            cid, _encode_get_reply))
+        return await self._get(
+            request.id, context, lambda cid: self._store.get_encoded(cid, _encode_get_reply)
+        )
 
-    async def _get(self, chunk_id: bytes, context: grpc.aio.ServicerContext,
-                   read: Callable[[bytes], Awaitable[T]]) -> T:
+    async def _get(
+        self,
+        chunk_id: bytes,
+        context: grpc.aio.ServicerContext,
+        read: Callable[[bytes], Awaitable[T]],
+    ) -> T:
         try:
             return await read(chunk_id)
         except ChunkCorrupt as exc:
@@ -137,26 +161,29 @@ class ChunksServicer(pb_grpc.ChunksServicer):
         except Exception as exc:
             await _abort(context, "Get", exc)
 
-    async def Has(self, request: pb.HasChunksRequest,
-                  context: grpc.aio.ServicerContext) -> pb.HasChunksReply:
+    async def Has(
+        self, request: pb.HasChunksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HasChunksReply:
         present = await _call(context, "Has", lambda: self._store.has(list(request.ids)))
         return pb.HasChunksReply(present=present)
 
-    async def Delete(self, request: pb.DeleteChunksRequest,
-                     context: grpc.aio.ServicerContext) -> pb.DeleteChunksReply:
+    async def Delete(
+        self, request: pb.DeleteChunksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteChunksReply:
         deleted = await _call(context, "Delete", lambda: self._store.delete(list(request.ids)))
         return pb.DeleteChunksReply(deleted=deleted)
 
-    async def List(self, request: pb.ListChunksRequest,
-                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ListChunksReply]:
+    async def List(
+        self, request: pb.ListChunksRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ListChunksReply]:
         size = min(request.page_size or self._page_size, self._page_max)
         after = request.after
         while True:
-            page = await _call(context, "List",
-                               lambda after=after: self._store.list_ids(after, size))
+            page = await _call(
+                context, "List", lambda after=after: self._store.list_ids(after, size)
+            )
             if page:
-                yield pb.ListChunksReply(ids=[cid for cid, _ in page],
-                                         sizes=[n for _, n in page])
+                yield pb.ListChunksReply(ids=[cid for cid, _ in page], sizes=[n for _, n in page])
             if len(page) < size:
                 return
             after = page[-1][0]
@@ -170,35 +197,52 @@ def _identity(raw: bytes) -> bytes:
     return raw
 
 
-def add_to_server(server: grpc.aio.Server, store: ChunkStore,
-                  config: NodeConfig | None = None,
-                  on_corrupt: Callable[[bytes], None] | None = None) -> ChunksServicer:
+def add_to_server(
+    server: grpc.aio.Server,
+    store: ChunkStore,
+    config: NodeConfig | None = None,
+    on_corrupt: Callable[[bytes], None] | None = None,
+) -> ChunksServicer:
     """Register the Chunks service for `store` on `server`; returns the servicer.
 
     The generated registration, except that Put and Get use the raw handlers (same
     messages on the wire, no protobuf copies of the chunk bytes).
     """
     cfg = config or NodeConfig()
-    servicer = ChunksServicer(store, page_size=cfg.chunk_list_page_size,
-                              page_max=cfg.chunk_list_page_max, on_corrupt=on_corrupt,
-                              verify_put_sha256=cfg.verify_put_sha256)
+    servicer = ChunksServicer(
+        store,
+        page_size=cfg.chunk_list_page_size,
+        page_max=cfg.chunk_list_page_max,
+        on_corrupt=on_corrupt,
+        verify_put_sha256=cfg.verify_put_sha256,
+    )
     handlers = {
         "Put": grpc.unary_unary_rpc_method_handler(
-            servicer.PutRaw, request_deserializer=_identity,
-            response_serializer=pb.PutChunkReply.SerializeToString),
+            servicer.PutRaw,
+            request_deserializer=_identity,
+            response_serializer=pb.PutChunkReply.SerializeToString,
+        ),
         "Get": grpc.unary_unary_rpc_method_handler(
-            servicer.GetRaw, request_deserializer=pb.GetChunkRequest.FromString,
-            response_serializer=_identity),
+            servicer.GetRaw,
+            request_deserializer=pb.GetChunkRequest.FromString,
+            response_serializer=_identity,
+        ),
     }
     for name, kind, request, reply in (
-            ("Has", grpc.unary_unary_rpc_method_handler, pb.HasChunksRequest,
-             pb.HasChunksReply),
-            ("Delete", grpc.unary_unary_rpc_method_handler, pb.DeleteChunksRequest,
-             pb.DeleteChunksReply),
-            ("List", grpc.unary_stream_rpc_method_handler, pb.ListChunksRequest,
-             pb.ListChunksReply)):
-        handlers[name] = kind(getattr(servicer, name), request_deserializer=request.FromString,
-                              response_serializer=reply.SerializeToString)
+        ("Has", grpc.unary_unary_rpc_method_handler, pb.HasChunksRequest, pb.HasChunksReply),
+        (
+            "Delete",
+            grpc.unary_unary_rpc_method_handler,
+            pb.DeleteChunksRequest,
+            pb.DeleteChunksReply,
+        ),
+        ("List", grpc.unary_stream_rpc_method_handler, pb.ListChunksRequest, pb.ListChunksReply),
+    ):
+        handlers[name] = kind(
+            getattr(servicer, name),
+            request_deserializer=request.FromString,
+            response_serializer=reply.SerializeToString,
+        )
     service = "cargohold.v1.Chunks"
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)

@@ -81,8 +81,13 @@ class ChunkStore(Protocol):
     `has`, `get`, `list_ids` and `stats().count` until a good copy is put again.
     """
 
-    async def put(self, chunk_id: bytes, data: bytes | memoryview,
-                  checksum: bytes | None = None, verify_id: bool = True) -> bool:
+    async def put(
+        self,
+        chunk_id: bytes,
+        data: bytes | memoryview,
+        checksum: bytes | None = None,
+        verify_id: bool = True,
+    ) -> bool:
         """Store `data` under `chunk_id`; True when a healthy copy already existed.
         `verify_id=False` with a checksum trusts the id and checks only the checksum
         (see `prepare_value`). Raises DigestInvalid (id or checksum does not match
@@ -97,8 +102,9 @@ class ChunkStore(Protocol):
         """(data, stored xxh3-128 checksum), verified like `get`."""
         ...
 
-    async def get_encoded(self, chunk_id: bytes,
-                          encode: Callable[[memoryview, bytes], bytes]) -> bytes:
+    async def get_encoded(
+        self, chunk_id: bytes, encode: Callable[[memoryview, bytes], bytes]
+    ) -> bytes:
         """`encode(data view, checksum)` of the verified copy, called while the view is
         valid (in a reader thread for LMDB): the one copy a reply needs, no other.
         Raises like `get_with_checksum`."""
@@ -124,8 +130,9 @@ class ChunkStore(Protocol):
     def close(self) -> None: ...
 
 
-def prepare_value(chunk_id: bytes, data: bytes | memoryview, checksum: bytes | None,
-                  verify_id: bool = True) -> bytes:
+def prepare_value(
+    chunk_id: bytes, data: bytes | memoryview, checksum: bytes | None, verify_id: bool = True
+) -> bytes:
     """Check `data` against its id and the sender's checksum; return `checksum || data`.
 
     The sha256 id check is skipped only when `verify_id` is False AND a checksum came
@@ -133,15 +140,16 @@ def prepare_value(chunk_id: bytes, data: bytes | memoryview, checksum: bytes | N
     the id from these bytes) vouches for the id and xxh3 catches transport corruption.
     """
     if len(chunk_id) != CHUNK_ID_LEN:
-        raise DigestInvalid("chunk id is not a sha256 digest",
-                            detail={"chunk": chunk_id.hex()})
+        raise DigestInvalid("chunk id is not a sha256 digest", detail={"chunk": chunk_id.hex()})
     if (verify_id or not checksum) and hashlib.sha256(data).digest() != chunk_id:
-        raise DigestInvalid("chunk id is not the sha256 of its data",
-                            detail={"chunk": chunk_id.hex()})
+        raise DigestInvalid(
+            "chunk id is not the sha256 of its data", detail={"chunk": chunk_id.hex()}
+        )
     actual = checksum_of(data)
     if checksum and checksum != actual:
-        raise DigestInvalid("chunk checksum does not match its data",
-                            detail={"chunk": chunk_id.hex()})
+        raise DigestInvalid(
+            "chunk checksum does not match its data", detail={"chunk": chunk_id.hex()}
+        )
     return actual + data
 
 
@@ -152,8 +160,9 @@ def is_intact(value: bytes | memoryview) -> bool:
     return checksum_of(value[CHECKSUM_LEN:]) == bytes(value[:CHECKSUM_LEN])
 
 
-async def prepare_value_async(chunk_id: bytes, data: bytes | memoryview,
-                              checksum: bytes | None, verify_id: bool = True) -> bytes:
+async def prepare_value_async(
+    chunk_id: bytes, data: bytes | memoryview, checksum: bytes | None, verify_id: bool = True
+) -> bytes:
     if len(data) <= _INLINE_HASH_BYTES:
         return prepare_value(chunk_id, data, checksum, verify_id)
     return await asyncio.to_thread(prepare_value, chunk_id, data, checksum, verify_id)
@@ -164,6 +173,7 @@ class _Corrupt(Exception):
 
 
 # --- the writer: one thread, one write transaction per batch of queued ops --------------
+
 
 class _Batch:
     """One open write transaction plus the counters it will write back."""
@@ -252,13 +262,23 @@ _STOP = object()
 class LmdbChunkStore:
     """Chunks in one LMDB environment at `path` (a directory, created when missing)."""
 
-    def __init__(self, path: str, map_size: int, batch_max_items: int,
-                 batch_max_bytes: int) -> None:
+    def __init__(
+        self, path: str, map_size: int, batch_max_items: int, batch_max_bytes: int
+    ) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
         try:
-            self._env = lmdb.open(path, map_size=map_size, subdir=True, max_dbs=3, sync=True,
-                                  metasync=True, writemap=False, map_async=False, lock=True)
+            self._env = lmdb.open(
+                path,
+                map_size=map_size,
+                subdir=True,
+                max_dbs=3,
+                sync=True,
+                metasync=True,
+                writemap=False,
+                map_async=False,
+                lock=True,
+            )
         except lmdb.Error as exc:
             raise ConfigError(f"cannot open chunk store at {path}: {exc}") from exc
         self._chunks = self._env.open_db(b"chunks")
@@ -272,18 +292,25 @@ class LmdbChunkStore:
         self._readers = 0
         self._commits = 0
         self._full = False
-        self._writer = threading.Thread(target=self._write_loop, name="chunkstore-writer",
-                                        daemon=True)
+        self._writer = threading.Thread(
+            target=self._write_loop, name="chunkstore-writer", daemon=True
+        )
         self._writer.start()
         log_event(logger, "chunkstore.open", path=path, map_size=map_size)
 
     # --- async API ----------------------------------------------------------------------
 
-    async def put(self, chunk_id: bytes, data: bytes | memoryview,
-                  checksum: bytes | None = None, verify_id: bool = True) -> bool:
+    async def put(
+        self,
+        chunk_id: bytes,
+        data: bytes | memoryview,
+        checksum: bytes | None = None,
+        verify_id: bool = True,
+    ) -> bool:
         value = await prepare_value_async(chunk_id, data, checksum, verify_id)
-        result = await self._submit(_Op("put", concurrent.futures.Future(), chunk_id=chunk_id,
-                                         value=value))
+        result = await self._submit(
+            _Op("put", concurrent.futures.Future(), chunk_id=chunk_id, value=value)
+        )
         return bool(result)
 
     async def get(self, chunk_id: bytes) -> bytes:
@@ -299,8 +326,9 @@ class LmdbChunkStore:
         assert data is not None
         return data, checksum
 
-    async def get_encoded(self, chunk_id: bytes,
-                          encode: Callable[[memoryview, bytes], bytes]) -> bytes:
+    async def get_encoded(
+        self, chunk_id: bytes, encode: Callable[[memoryview, bytes], bytes]
+    ) -> bytes:
         try:
             return await asyncio.to_thread(self._read_encoded, chunk_id, encode)
         except _Corrupt:
@@ -382,16 +410,14 @@ class LmdbChunkStore:
             checksum = bytes(value[:CHECKSUM_LEN])
             return (bytes(value[CHECKSUM_LEN:]) if copy else None), checksum
 
-    def _read_encoded(self, chunk_id: bytes,
-                      encode: Callable[[memoryview, bytes], bytes]) -> bytes:
+    def _read_encoded(self, chunk_id: bytes, encode: Callable[[memoryview, bytes], bytes]) -> bytes:
         with self._reading() as txn:
             view = memoryview(self._intact_value(txn, chunk_id))
             return encode(view[CHECKSUM_LEN:], bytes(view[:CHECKSUM_LEN]))
 
     def _has(self, ids: list[bytes]) -> list[bool]:
         with self._reading() as txn:
-            return [len(i) == CHUNK_ID_LEN and txn.get(i, db=self._chunks) is not None
-                    for i in ids]
+            return [len(i) == CHUNK_ID_LEN and txn.get(i, db=self._chunks) is not None for i in ids]
 
     def _list(self, after: bytes, limit: int) -> list[tuple[bytes, int]]:
         out: list[tuple[bytes, int]] = []
@@ -407,9 +433,11 @@ class LmdbChunkStore:
 
     def _stats(self) -> ChunkStats:
         with self._reading() as txn:
-            return ChunkStats(count=self._read_counter(txn, _META_COUNT),
-                              bytes=self._read_counter(txn, _META_BYTES),
-                              quarantined=self._read_counter(txn, _META_QUARANTINED))
+            return ChunkStats(
+                count=self._read_counter(txn, _META_COUNT),
+                bytes=self._read_counter(txn, _META_BYTES),
+                quarantined=self._read_counter(txn, _META_QUARANTINED),
+            )
 
     def _read_counter(self, txn: lmdb.Transaction, key: bytes) -> int:
         raw = txn.get(key, db=self._meta)
@@ -512,8 +540,9 @@ class LmdbChunkStore:
             self._set_full(True)
             exc = StorageFull(detail={"path": self.path})
         elif not isinstance(exc, RegistryError):
-            log_event(logger, "chunkstore.commit_failed", logging.ERROR, path=self.path,
-                      error=repr(exc))
+            log_event(
+                logger, "chunkstore.commit_failed", logging.ERROR, path=self.path, error=repr(exc)
+            )
             exc = Unavailable(f"chunk store write failed: {exc}")
         for op in ops:
             op.future.set_exception(exc)
@@ -522,5 +551,9 @@ class LmdbChunkStore:
         """Log only the transitions, not every refused put of a full node."""
         if full != self._full:
             self._full = full
-            log_event(logger, "chunkstore.full" if full else "chunkstore.not_full",
-                      logging.WARNING, path=self.path)
+            log_event(
+                logger,
+                "chunkstore.full" if full else "chunkstore.not_full",
+                logging.WARNING,
+                path=self.path,
+            )

@@ -57,8 +57,7 @@ class Membership:
     # -- helpers ---------------------------------------------------------------------------
     def _require_leader(self) -> None:
         if not self._raft.is_leader():
-            raise Unavailable("not the raft leader",
-                              detail={"leader": self._raft.leader_address()})
+            raise Unavailable("not the raft leader", detail={"leader": self._raft.leader_address()})
 
     def _member(self, node_id: str) -> dict[str, Any]:
         for m in self._raft.local_query("members", {}):
@@ -86,20 +85,28 @@ class Membership:
         try:
             error = await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            raise Unavailable(f"raft {kind} of {address} not applied within {timeout}s; "
-                              "retry") from None
+            raise Unavailable(
+                f"raft {kind} of {address} not applied within {timeout}s; retry"
+            ) from None
         if error != FAIL_REASON.SUCCESS:
-            raise Unavailable(f"raft {kind} of {address} failed ({error}): another change "
-                              "may be in progress; retry")
-        log_event(logger, "membership.raft_changed", logging.WARNING, kind=kind,
-                  address=address)
+            raise Unavailable(
+                f"raft {kind} of {address} failed ({error}): another change "
+                "may be in progress; retry"
+            )
+        log_event(logger, "membership.raft_changed", logging.WARNING, kind=kind, address=address)
 
     async def _transfer_leadership(self) -> None:
         node = self._cfg.node
 
         def ask() -> str:
-            return str(raft_utility(node.raft_advertise, self._cfg.cluster.secret,
-                                    ["transfer", ""], timeout=node.raft_command_timeout))
+            return str(
+                raft_utility(
+                    node.raft_advertise,
+                    self._cfg.cluster.secret,
+                    ["transfer", ""],
+                    timeout=node.raft_command_timeout,
+                )
+            )
 
         try:
             answer = await asyncio.to_thread(ask)
@@ -115,19 +122,17 @@ class Membership:
             self._require_leader()
             if raft not in self._raft.status().members:
                 await self._raft_change("add", raft)
-            await self._raft.command("member_join", {"id": node_id, "grpc": grpc,
-                                                     "raft": raft})
+            await self._raft.command("member_join", {"id": node_id, "grpc": grpc, "raft": raft})
             if self._member(node_id)["state"] != "active":
-                await self._raft.command("member_set_state", {"id": node_id,
-                                                              "state": "active"})
-        log_event(logger, "membership.added", logging.WARNING, id=node_id, grpc=grpc,
-                  raft=raft)
+                await self._raft.command("member_set_state", {"id": node_id, "state": "active"})
+        log_event(logger, "membership.added", logging.WARNING, id=node_id, grpc=grpc, raft=raft)
         return await self._members()
 
     async def set_state(self, node_id: str, state: str) -> list[dict[str, Any]]:
         if state not in _SETTABLE_STATES:
-            raise RequestInvalid(f"state must be one of {_SETTABLE_STATES} "
-                                 "(removal is RemoveMember)")
+            raise RequestInvalid(
+                f"state must be one of {_SETTABLE_STATES} (removal is RemoveMember)"
+            )
         async with self._lock:
             self._require_leader()
             member = self._member(node_id)
@@ -142,15 +147,17 @@ class Membership:
             self._require_leader()
             member = self._member(node_id)
             if member["state"] == "active" and not force:
-                raise Conflict(f"member {node_id} is active: drain it first "
-                               f"(admin nodes drain {node_id})")
+                raise Conflict(
+                    f"member {node_id} is active: drain it first (admin nodes drain {node_id})"
+                )
             if member["state"] != "removed" and not force:
                 await self._check_empty(node_id, member["grpc"])
             raft = member.get("raft", "")
             if raft and raft == self._cfg.node.raft_advertise:
                 await self._transfer_leadership()
-                raise Unavailable("this node was the raft leader: leadership handed over, "
-                                  "retry on the new leader")
+                raise Unavailable(
+                    "this node was the raft leader: leadership handed over, retry on the new leader"
+                )
             await self._raft.command("member_set_state", {"id": node_id, "state": "removed"})
             if raft and raft in self._raft.status().members:
                 await self._raft_change("remove", raft)
@@ -161,9 +168,13 @@ class Membership:
         try:
             status = await self._peers.status(grpc, deadline=self._cfg.node.peer_rpc_timeout)
         except RegistryError:
-            raise Conflict(f"member {node_id} does not answer at {grpc}: cannot confirm it "
-                           "holds no chunks (use --force for a dead host)") from None
+            raise Conflict(
+                f"member {node_id} does not answer at {grpc}: cannot confirm it "
+                "holds no chunks (use --force for a dead host)"
+            ) from None
         if status.chunk_count:
-            raise Conflict(f"member {node_id} still holds {status.chunk_count} chunks: its "
-                           "repair has not moved them all yet (admin repair, then retry)",
-                           detail={"chunks": status.chunk_count})
+            raise Conflict(
+                f"member {node_id} still holds {status.chunk_count} chunks: its "
+                "repair has not moved them all yet (admin repair, then retry)",
+                detail={"chunks": status.chunk_count},
+            )

@@ -29,8 +29,13 @@ class MemoryChunkStore:
         self._capacity = capacity_bytes
         self._closed = False
 
-    async def put(self, chunk_id: bytes, data: bytes | memoryview,
-                  checksum: bytes | None = None, verify_id: bool = True) -> bool:
+    async def put(
+        self,
+        chunk_id: bytes,
+        data: bytes | memoryview,
+        checksum: bytes | None = None,
+        verify_id: bool = True,
+    ) -> bool:
         self._check_open()
         value = await prepare_value_async(chunk_id, data, checksum, verify_id)
         existing = self._values.get(chunk_id)
@@ -56,8 +61,9 @@ class MemoryChunkStore:
             raise ChunkCorrupt(detail={"chunk": chunk_id.hex()})
         return value[CHECKSUM_LEN:], value[:CHECKSUM_LEN]
 
-    async def get_encoded(self, chunk_id: bytes,
-                          encode: Callable[[memoryview, bytes], bytes]) -> bytes:
+    async def get_encoded(
+        self, chunk_id: bytes, encode: Callable[[memoryview, bytes], bytes]
+    ) -> bytes:
         data, checksum = await self.get_with_checksum(chunk_id)
         return encode(memoryview(data), checksum)
 
@@ -85,13 +91,13 @@ class MemoryChunkStore:
         if limit <= 0:
             return []
         start = bisect.bisect_right(self._keys, after)
-        return [(k, len(self._values[k]) - CHECKSUM_LEN)
-                for k in self._keys[start:start + limit]]
+        return [(k, len(self._values[k]) - CHECKSUM_LEN) for k in self._keys[start : start + limit]]
 
     async def stats(self) -> ChunkStats:
         self._check_open()
-        return ChunkStats(count=len(self._values), bytes=self._bytes,
-                          quarantined=len(self._quarantine))
+        return ChunkStats(
+            count=len(self._values), bytes=self._bytes, quarantined=len(self._quarantine)
+        )
 
     def close(self) -> None:
         self._closed = True

@@ -33,8 +33,10 @@ class _Peer:
 
 def _error(address: str, exc: grpc.aio.AioRpcError) -> RegistryError:
     decoded = from_grpc_details(exc.details())
-    if decoded is not None and exc.code() not in (grpc.StatusCode.UNAVAILABLE,
-                                                  grpc.StatusCode.DEADLINE_EXCEEDED):
+    if decoded is not None and exc.code() not in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    ):
         return decoded
     return Unavailable(f"peer {address}: {exc.code().name}", detail={"peer": address})
 
@@ -57,7 +59,8 @@ class PeerPool:
     async def status(self, address: str, deadline: float | None = None) -> pb.StatusReply:
         try:
             return await self._peer(address).admin.Status(
-                pb.StatusRequest(), timeout=deadline or self._cfg.node.peer_probe_timeout)
+                pb.StatusRequest(), timeout=deadline or self._cfg.node.peer_probe_timeout
+            )
         except grpc.aio.AioRpcError as exc:
             raise _error(address, exc) from None
 
@@ -79,12 +82,12 @@ class PeerPool:
             return []
         try:
             reply = await self._peer(address).chunks.Has(
-                pb.HasChunksRequest(ids=ids), timeout=self._cfg.node.peer_rpc_timeout)
+                pb.HasChunksRequest(ids=ids), timeout=self._cfg.node.peer_rpc_timeout
+            )
         except grpc.aio.AioRpcError as exc:
             raise _error(address, exc) from None
         if len(reply.present) != len(ids):
-            raise Unavailable(f"peer {address}: Has answered {len(reply.present)} of "
-                              f"{len(ids)}")
+            raise Unavailable(f"peer {address}: Has answered {len(reply.present)} of {len(ids)}")
         return list(reply.present)
 
     async def put(self, address: str, chunk_id: bytes, data: bytes, checksum: bytes) -> bool:
@@ -92,7 +95,8 @@ class PeerPool:
         try:
             reply = await self._peer(address).chunks.Put(
                 pb.PutChunkRequest(id=chunk_id, data=data, checksum=checksum),
-                timeout=self._cfg.node.peer_rpc_timeout)
+                timeout=self._cfg.node.peer_rpc_timeout,
+            )
         except grpc.aio.AioRpcError as exc:
             raise _error(address, exc) from None
         return bool(reply.existed)
@@ -101,7 +105,8 @@ class PeerPool:
         """(data, checksum) as the peer verified them against its stored checksum."""
         try:
             reply = await self._peer(address).chunks.Get(
-                pb.GetChunkRequest(id=chunk_id), timeout=self._cfg.node.peer_rpc_timeout)
+                pb.GetChunkRequest(id=chunk_id), timeout=self._cfg.node.peer_rpc_timeout
+            )
         except grpc.aio.AioRpcError as exc:
             raise _error(address, exc) from None
         return reply.data, reply.checksum

@@ -74,7 +74,7 @@ class MemberView:
     """One pass's picture of the cluster: who is active, who answers, their addresses."""
 
     me: str
-    grpc: dict[str, str]          # every non-removed member id -> gRPC address
+    grpc: dict[str, str]  # every non-removed member id -> gRPC address
     active: list[str]
     live_active: list[str]
     raw: tuple[tuple[str, str, str], ...]
@@ -86,8 +86,9 @@ class MemberView:
 
 def read_members(source: MemberSource) -> tuple[tuple[str, str, str], ...]:
     members = source.local_query("members", {}) or []
-    return tuple(sorted((str(m["id"]), str(m["grpc"]), str(m.get("state", "active")))
-                        for m in members))
+    return tuple(
+        sorted((str(m["id"]), str(m["grpc"]), str(m.get("state", "active"))) for m in members)
+    )
 
 
 @dataclass
@@ -112,9 +113,16 @@ class RepairStats:
     skipped: str = ""
 
     def reset_pass(self) -> None:
-        for name in ("scanned", "under_replicated", "under_replicated_bytes",
-                     "repaired_chunks", "repaired_bytes", "moved_away_chunks",
-                     "moved_away_bytes", "copy_failures"):
+        for name in (
+            "scanned",
+            "under_replicated",
+            "under_replicated_bytes",
+            "repaired_chunks",
+            "repaired_bytes",
+            "moved_away_chunks",
+            "moved_away_bytes",
+            "copy_failures",
+        ):
             setattr(self, name, 0)
         self.skipped = ""
 
@@ -133,8 +141,14 @@ class _MembersChanged(Exception):
 
 
 class RepairRole:
-    def __init__(self, cfg: Config, store: ChunkStore, members: MemberSource,
-                 peers: PeerPool, on_corrupt: Callable[[bytes], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        store: ChunkStore,
+        members: MemberSource,
+        peers: PeerPool,
+        on_corrupt: Callable[[bytes], None] | None = None,
+    ) -> None:
         self._cfg = cfg
         self._store = store
         self._members = members
@@ -217,9 +231,15 @@ class RepairRole:
         stats.last_copy_mb_s = round(moved / elapsed / 1e6, 2) if moved else 0.0
         stats.passes += 1
         stats.last_pass_end = time.time()
-        log_event(logger, "repair.pass_done", scanned=stats.scanned,
-                  under_replicated=stats.under_replicated, repaired_bytes=stats.repaired_bytes,
-                  moved_away_bytes=stats.moved_away_bytes, seconds=round(elapsed, 3))
+        log_event(
+            logger,
+            "repair.pass_done",
+            scanned=stats.scanned,
+            under_replicated=stats.under_replicated,
+            repaired_bytes=stats.repaired_bytes,
+            moved_away_bytes=stats.moved_away_bytes,
+            seconds=round(elapsed, 3),
+        )
 
     async def _repair_page(self, view: MemberView, page: list[tuple[bytes, int]]) -> None:
         replicas = self._cfg.cluster.replicas
@@ -227,8 +247,12 @@ class RepairRole:
         plans: list[_Plan] = []
         asks: dict[str, list[bytes]] = {}
         for chunk_id, size in page:
-            plan = _Plan(chunk_id, size, replicas_for(chunk_id, view.active, replicas),
-                         replicas_for(chunk_id, view.live_active, replicas))
+            plan = _Plan(
+                chunk_id,
+                size,
+                replicas_for(chunk_id, view.active, replicas),
+                replicas_for(chunk_id, view.live_active, replicas),
+            )
             plans.append(plan)
             wanted = list(plan.t_live)
             if me not in plan.t_all:
@@ -239,14 +263,16 @@ class RepairRole:
         self.stats.scanned += len(page)
         present = await self._ask_has(view, asks)
         for plan in plans:
-            plan.missing = [n for n in plan.t_live if n != me and n in present
-                            and plan.chunk_id not in present[n]]
+            plan.missing = [
+                n
+                for n in plan.t_live
+                if n != me and n in present and plan.chunk_id not in present[n]
+            ]
             if not plan.missing:
                 continue
             self.stats.under_replicated += 1
             self.stats.under_replicated_bytes += plan.size
-            holders = [n for n in plan.t_live
-                       if n == me or plan.chunk_id in present.get(n, ())]
+            holders = [n for n in plan.t_live if n == me or plan.chunk_id in present.get(n, ())]
             if holders and holders[0] != me:
                 # A better-ranked live owner holds it and copies it in its own pass: one
                 # copier per chunk, not one per holder.
@@ -255,9 +281,13 @@ class RepairRole:
         if read_members(self._members) != view.raw:
             raise _MembersChanged
         # Too few active members for R copies (a drain in a small cluster): keep ours.
-        doomed = [p for p in plans
-                  if me not in p.t_all and len(p.t_all) >= replicas
-                  and all(n in present and p.chunk_id in present[n] for n in p.t_all)]
+        doomed = [
+            p
+            for p in plans
+            if me not in p.t_all
+            and len(p.t_all) >= replicas
+            and all(n in present and p.chunk_id in present[n] for n in p.t_all)
+        ]
         if doomed:
             deleted = await self._store.delete([p.chunk_id for p in doomed])
             self.stats.moved_away_chunks += deleted
@@ -265,25 +295,29 @@ class RepairRole:
             self.stats.moved_away_bytes += moved
             self.stats.total_moved_away_bytes += moved
 
-    async def _ask_has(self, view: MemberView,
-                       asks: dict[str, list[bytes]]) -> dict[str, set[bytes]]:
+    async def _ask_has(
+        self, view: MemberView, asks: dict[str, list[bytes]]
+    ) -> dict[str, set[bytes]]:
         """{node: ids it holds} for the nodes that answered; a silent node is left out."""
         nodes = list(asks)
         answers = await asyncio.gather(
-            *(self._peers.has(view.grpc[n], asks[n]) for n in nodes), return_exceptions=True)
+            *(self._peers.has(view.grpc[n], asks[n]) for n in nodes), return_exceptions=True
+        )
         present: dict[str, set[bytes]] = {}
         for node, answer in zip(nodes, answers, strict=True):
             if isinstance(answer, BaseException):
                 if not isinstance(answer, RegistryError):
                     raise answer
-                log_event(logger, "repair.has_failed", logging.WARNING, node=node,
-                          error=str(answer))
+                log_event(
+                    logger, "repair.has_failed", logging.WARNING, node=node, error=str(answer)
+                )
                 continue
             present[node] = {cid for cid, ok in zip(asks[node], answer, strict=True) if ok}
         return present
 
-    async def _copy(self, view: MemberView, plans: list[_Plan],
-                    present: dict[str, set[bytes]]) -> None:
+    async def _copy(
+        self, view: MemberView, plans: list[_Plan], present: dict[str, set[bytes]]
+    ) -> None:
         gate = asyncio.Semaphore(max(1, self._cfg.node.repair_copies_in_flight))
 
         async def one(plan: _Plan) -> None:
@@ -299,12 +333,19 @@ class RepairRole:
                 for node in plan.missing:
                     await self._rate.acquire(len(data))
                     try:
-                        existed = await self._peers.put(view.grpc[node], plan.chunk_id, data,
-                                                        checksum)
+                        existed = await self._peers.put(
+                            view.grpc[node], plan.chunk_id, data, checksum
+                        )
                     except RegistryError as exc:
                         self.stats.copy_failures += 1
-                        log_event(logger, "repair.copy_failed", logging.WARNING, node=node,
-                                  chunk=plan.chunk_id.hex(), error=str(exc))
+                        log_event(
+                            logger,
+                            "repair.copy_failed",
+                            logging.WARNING,
+                            node=node,
+                            chunk=plan.chunk_id.hex(),
+                            error=str(exc),
+                        )
                         continue
                     present[node].add(plan.chunk_id)
                     if existed:  # another node's repair (or a late gateway write) was first

@@ -53,8 +53,14 @@ class ScrubStats:
 class Refetcher:
     """Fetch a good copy of a quarantined chunk from another replica; see the docstring."""
 
-    def __init__(self, cfg: Config, store: ChunkStore, members: MemberSource,
-                 peers: PeerPool, stats: ScrubStats) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        store: ChunkStore,
+        members: MemberSource,
+        peers: PeerPool,
+        stats: ScrubStats,
+    ) -> None:
         self._cfg = cfg
         self._store = store
         self._members = members
@@ -81,19 +87,26 @@ class Refetcher:
 
     async def _refetch(self, chunk_id: bytes) -> bool:
         me = self._cfg.node.id
-        grpc = {i: addr for i, addr, state in read_members(self._members)
-                if state != "removed" and i != me}
+        grpc = {
+            i: addr
+            for i, addr, state in read_members(self._members)
+            if state != "removed" and i != me
+        }
         for node in rank_nodes(chunk_id, grpc):
             try:
                 data, checksum = await self._peers.get(grpc[node], chunk_id)
                 await self._store.put(chunk_id, data, checksum or None)
             except RegistryError as exc:
-                log_event(logger, "scrub.refetch_miss", node=node, chunk=chunk_id.hex(),
-                          error=type(exc).__name__)
+                log_event(
+                    logger,
+                    "scrub.refetch_miss",
+                    node=node,
+                    chunk=chunk_id.hex(),
+                    error=type(exc).__name__,
+                )
                 continue
             self._stats.repaired += 1
-            log_event(logger, "scrub.refetched", logging.WARNING, node=node,
-                      chunk=chunk_id.hex())
+            log_event(logger, "scrub.refetched", logging.WARNING, node=node, chunk=chunk_id.hex())
             return True
         self._stats.refetch_failed += 1
         log_event(logger, "scrub.refetch_failed", logging.ERROR, chunk=chunk_id.hex())
@@ -109,8 +122,9 @@ class Refetcher:
 
 
 class ScrubRole:
-    def __init__(self, cfg: Config, store: ChunkStore, members: MemberSource,
-                 peers: PeerPool) -> None:
+    def __init__(
+        self, cfg: Config, store: ChunkStore, members: MemberSource, peers: PeerPool
+    ) -> None:
         self._cfg = cfg
         self._store = store
         self.stats = ScrubStats()
@@ -162,8 +176,9 @@ class ScrubRole:
             after = page[-1][0]
         stats.passes += 1
         stats.last_pass_end = time.time()
-        log_event(logger, "scrub.pass_done", chunks=stats.chunks_scrubbed,
-                  corrupt=stats.corrupt_found)
+        log_event(
+            logger, "scrub.pass_done", chunks=stats.chunks_scrubbed, corrupt=stats.corrupt_found
+        )
 
     async def close(self) -> None:
         await self.refetcher.close()

@@ -57,8 +57,9 @@ def _server_credentials(cfg: Config) -> grpc.ServerCredentials | None:
         return None
     key, cert = Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes()
     ca = Path(c.tls_ca).read_bytes() if c.tls_ca else None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
-                                       require_client_auth=ca is not None)
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+    )
 
 
 async def join_cluster(raft: RaftMember, cfg: Config) -> None:
@@ -82,8 +83,9 @@ async def housekeeping(raft: RaftMember, cfg: Config) -> None:
         if not raft.is_leader():
             continue
         try:
-            result = await raft.command("expire_uploads", {
-                "now": time.time(), "older_than": cfg.node.upload_expire_after})
+            result = await raft.command(
+                "expire_uploads", {"now": time.time(), "older_than": cfg.node.upload_expire_after}
+            )
             if result and result.get("expired"):
                 log_event(logger, "node.uploads_expired", count=result["expired"])
         except RegistryError as exc:
@@ -100,8 +102,12 @@ async def run_node(cfg: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    store = LmdbChunkStore(str(data_dir / "chunks"), node.lmdb_map_size,
-                           node.commit_batch_max_items, node.commit_batch_max_bytes)
+    store = LmdbChunkStore(
+        str(data_dir / "chunks"),
+        node.lmdb_map_size,
+        node.commit_batch_max_items,
+        node.commit_batch_max_bytes,
+    )
     raft: RaftMember | None = None
     server: grpc.aio.Server | None = None
     tasks: list[asyncio.Task[None]] = []
@@ -114,29 +120,38 @@ async def run_node(cfg: Config) -> None:
         await raft.wait_bound()
         scrub = ScrubRole(cfg, store, raft, peers)
         repair = RepairRole(cfg, store, raft, peers, on_corrupt=scrub.refetcher.schedule)
-        server = grpc.aio.server(options=[
-            ("grpc.max_send_message_length", node.grpc_max_message),
-            ("grpc.max_receive_message_length", node.grpc_max_message),
-            ("grpc.http2.max_frame_size", node.grpc_max_frame_size),
-        ])
-        chunk_service.add_to_server(server, store, node,
-                                    on_corrupt=scrub.refetcher.schedule)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", node.grpc_max_message),
+                ("grpc.max_receive_message_length", node.grpc_max_message),
+                ("grpc.http2.max_frame_size", node.grpc_max_frame_size),
+            ]
+        )
+        chunk_service.add_to_server(server, store, node, on_corrupt=scrub.refetcher.schedule)
         registry_pb2_grpc.add_MetadataServicer_to_server(MetadataServicer(raft), server)
         registry_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(cfg, raft, store, roles={"repair": repair, "scrub": scrub},
-                          membership=Membership(cfg, raft, peers)), server)
+            AdminServicer(
+                cfg,
+                raft,
+                store,
+                roles={"repair": repair, "scrub": scrub},
+                membership=Membership(cfg, raft, peers),
+            ),
+            server,
+        )
         creds = _server_credentials(cfg)
         if creds is None:
             server.add_insecure_port(node.grpc_listen)
         else:
             server.add_secure_port(node.grpc_listen, creds)
         await server.start()
-        log_event(logger, "node.started", id=node.id, grpc=node.grpc_listen,
-                  raft=node.raft_listen)
-        tasks = [loop.create_task(join_cluster(raft, cfg)),
-                 loop.create_task(housekeeping(raft, cfg)),
-                 loop.create_task(repair.run()),
-                 loop.create_task(scrub.run())]
+        log_event(logger, "node.started", id=node.id, grpc=node.grpc_listen, raft=node.raft_listen)
+        tasks = [
+            loop.create_task(join_cluster(raft, cfg)),
+            loop.create_task(housekeeping(raft, cfg)),
+            loop.create_task(repair.run()),
+            loop.create_task(scrub.run()),
+        ]
         await stop.wait()
         log_event(logger, "node.stopping", id=node.id)
     finally:

@@ -28,7 +28,11 @@ ALL: dict[str, Workload] = {
 
 
 def cell_count(profile: Profile, has_raft: bool) -> int:
-    return (2 * len(profile.blob_cells)
-            + len(manifests.READ_OPS) * len(profile.manifest_conns)
-            + 2 + len(profile.tag_put_conns)
-            + (len(profile.raft_inflight) if has_raft else 0) + 1)
+    return (
+        2 * len(profile.blob_cells)
+        + len(manifests.READ_OPS) * len(profile.manifest_conns)
+        + 2
+        + len(profile.tag_put_conns)
+        + (len(profile.raft_inflight) if has_raft else 0)
+        + 1
+    )

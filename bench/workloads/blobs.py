@@ -37,8 +37,10 @@ def cell_key(cell: BlobCell) -> str:
 
 
 def cell_specs(cell: BlobCell) -> list[BlobSpec]:
-    return [BlobSpec.unique(nonce(NS_BLOBS, cell.size, cell.concurrency, i), cell.size)
-            for i in range(cell.count)]
+    return [
+        BlobSpec.unique(nonce(NS_BLOBS, cell.size, cell.concurrency, i), cell.size)
+        for i in range(cell.count)
+    ]
 
 
 async def prepare(cells: tuple[BlobCell, ...]) -> None:
@@ -53,15 +55,18 @@ async def prepare(cells: tuple[BlobCell, ...]) -> None:
     await asyncio.gather(*(one(s) for s in specs))
 
 
-async def run(ctx: Context, cells: tuple[BlobCell, ...] | None = None,
-              pull_rounds: int | None = None, verify: bool = True) -> dict[str, Any]:
+async def run(
+    ctx: Context,
+    cells: tuple[BlobCell, ...] | None = None,
+    pull_rounds: int | None = None,
+    verify: bool = True,
+) -> dict[str, Any]:
     cells = cells if cells is not None else ctx.profile.blob_cells
     rounds = pull_rounds if pull_rounds is not None else ctx.profile.pull_rounds
     push: dict[str, Any] = {}
     pull: dict[str, Any] = {}
     for cell in cells:
-        push[cell_key(cell)], pull[cell_key(cell)] = await _run_cell(ctx, cell, rounds,
-                                                                     verify)
+        push[cell_key(cell)], pull[cell_key(cell)] = await _run_cell(ctx, cell, rounds, verify)
     return {"blob_push": push, "blob_pull": pull}
 
 
@@ -78,8 +83,9 @@ def _disk_short(ctx: Context, cell: BlobCell) -> str | None:
     return None
 
 
-async def _run_cell(ctx: Context, cell: BlobCell, rounds: int,
-                    verify: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+async def _run_cell(
+    ctx: Context, cell: BlobCell, rounds: int, verify: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
     key = cell_key(cell)
     short = await asyncio.to_thread(_disk_short, ctx, cell)
     if short is not None:
@@ -95,6 +101,7 @@ async def _run_cell(ctx: Context, cell: BlobCell, rounds: int,
         sent[0] += n
 
     async with sessions(ctx, cell.concurrency) as clients:
+
         async def push_one(i: int) -> int:
             return await pick(clients, i).push_blob(REPO, specs[i], digests[i], count)
 

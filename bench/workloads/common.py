@@ -50,12 +50,13 @@ class Context:
 @contextlib.asynccontextmanager
 async def sessions(ctx: Context, connections: int) -> AsyncIterator[list[OciClient]]:
     """One client per gateway URL sharing one pool of `connections` connections."""
-    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0,
-                                     ttl_dns_cache=None, enable_cleanup_closed=False)
+    connector = aiohttp.TCPConnector(
+        limit=connections, limit_per_host=0, ttl_dns_cache=None, enable_cleanup_closed=False
+    )
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                     auto_decompress=False,
-                                     read_bufsize=READ_BUFFER) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=False, read_bufsize=READ_BUFFER
+    ) as session:
         yield [OciClient(url, session) for url in ctx.urls]
 
 

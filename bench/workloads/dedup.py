@@ -58,15 +58,19 @@ async def run(ctx: Context) -> dict[str, Any]:
     logical = 0
     async with sessions(ctx, 8) as clients:
         for k, image in enumerate(imgs):
-            logical += await push_image(clients[k % len(clients)], f"bench/dedup-{k}",
-                                        "v1", image)
+            logical += await push_image(clients[k % len(clients)], f"bench/dedup-{k}", "v1", image)
     after = await _settled(ctx)
     assert after is not None
     stored = after - before
     per_replica = stored / ctx.system.replicas
     ctx.advance("dedup")
-    return {"dedup": {
-        "images": len(imgs), "logical_bytes": logical, "stored_bytes_all_replicas": stored,
-        "replicas": ctx.system.replicas, "stored_bytes_per_replica": int(per_replica),
-        "ratio": round(logical / per_replica, 3) if per_replica > 0 else None,
-    }}
+    return {
+        "dedup": {
+            "images": len(imgs),
+            "logical_bytes": logical,
+            "stored_bytes_all_replicas": stored,
+            "replicas": ctx.system.replicas,
+            "stored_bytes_per_replica": int(per_replica),
+            "ratio": round(logical / per_replica, 3) if per_replica > 0 else None,
+        }
+    }

@@ -32,8 +32,9 @@ async def _image() -> Image:
     return await in_thread(Image.build, "manifests", [layer])
 
 
-async def run(ctx: Context, ops: tuple[str, ...] = READ_OPS,
-              conns: tuple[int, ...] | None = None) -> dict[str, Any]:
+async def run(
+    ctx: Context, ops: tuple[str, ...] = READ_OPS, conns: tuple[int, ...] | None = None
+) -> dict[str, Any]:
     p = ctx.profile
     conns = conns if conns is not None else p.manifest_conns
     image = await _image()
@@ -57,8 +58,14 @@ async def _read_cell(ctx: Context, op: str, ref: str, conns: int) -> dict[str, A
     try:
         for c in clients:
             await c.connect()
-            pool.put_nowait((c, c.build("HEAD" if head else "GET",
-                                        f"/v2/{REPO}/manifests/{ref}", ACCEPT_MANIFESTS)))
+            pool.put_nowait(
+                (
+                    c,
+                    c.build(
+                        "HEAD" if head else "GET", f"/v2/{REPO}/manifests/{ref}", ACCEPT_MANIFESTS
+                    ),
+                )
+            )
 
         async def one(_: int) -> int:
             client, raw = await pool.get()
@@ -83,9 +90,11 @@ async def run_tag_puts(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for n in p.tag_put_conns:
         async with sessions(ctx, n) as clients:
+
             async def one(i: int, clients: Any = clients, n: int = n) -> int:
                 await pick(clients, i).put_manifest(REPO, f"c{n}-{i}", image.manifest)
                 return 1
+
             result = await drive(n, one, p.tag_put_max, p.tag_put_seconds)
         out[f"tag_put_c{n}"] = result.to_json("requests")
         ctx.advance(f"tag puts c{n}")

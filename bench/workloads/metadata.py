@@ -27,6 +27,7 @@ async def run(ctx: Context) -> dict[str, Any]:
         request = registry_pb2.MetadataRequest(op="barrier", args=b"{}")
         out: dict[str, Any] = {}
         for inflight in p.raft_inflight:
+
             async def one(i: int) -> int:
                 await stubs[i % len(stubs)].Command(request, timeout=10)
                 return 1

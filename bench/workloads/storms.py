@@ -40,8 +40,9 @@ LAYER_PARALLELISM = 3  # docker's default max-concurrent-downloads
 
 async def run_pull_storm(ctx: Context) -> dict[str, Any]:
     p = ctx.profile
-    layers = [BlobSpec.unique(nonce(NS_STORM, i), p.storm_layer_size)
-              for i in range(p.storm_layers)]
+    layers = [
+        BlobSpec.unique(nonce(NS_STORM, i), p.storm_layer_size) for i in range(p.storm_layers)
+    ]
     image = await in_thread(Image.build, "storm", layers)
     async with sessions(ctx, 4) as clients:
         await push_image(clients[0], STORM_REPO, "v1", image)
@@ -54,9 +55,12 @@ async def run_pull_storm(ctx: Context) -> dict[str, Any]:
     async def client(index: int) -> None:
         nonlocal total_bytes
         connector = aiohttp.TCPConnector(limit=2)
-        async with aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                         read_bufsize=READ_BUFFER,
-                                         timeout=aiohttp.ClientTimeout(total=None)) as s:
+        async with aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            read_bufsize=READ_BUFFER,
+            timeout=aiohttp.ClientTimeout(total=None),
+        ) as s:
             url = ctx.urls[index % len(ctx.urls)]
             oci = OciClient(url, s)
             readers: asyncio.Queue[RawBlobReader] = asyncio.Queue()
@@ -96,9 +100,13 @@ async def run_pull_storm(ctx: Context) -> dict[str, Any]:
     client_cpu = time.process_time() - cpu0
     ctx.advance("pull storm")
     result: dict[str, Any] = {
-        "clients": p.storm_clients, "completed": len(times), "errors": len(errors),
-        "timed_out": bool(pending), "image_bytes": image.layer_bytes,
-        "elapsed_s": round(elapsed, 3), "MB_per_s": round(total_bytes / elapsed / 1e6, 2),
+        "clients": p.storm_clients,
+        "completed": len(times),
+        "errors": len(errors),
+        "timed_out": bool(pending),
+        "image_bytes": image.layer_bytes,
+        "elapsed_s": round(elapsed, 3),
+        "MB_per_s": round(total_bytes / elapsed / 1e6, 2),
         "client_cpu_pct": round(100 * client_cpu / elapsed, 1),
     }
     result.update({k: round(v, 3) for k, v in summarise(times).items()})
@@ -111,19 +119,26 @@ async def run_push_storm(ctx: Context) -> dict[str, Any]:
     p = ctx.profile
 
     def build_all() -> list[Image]:
-        return [Image.build(f"push-storm-{i}", [
-            BlobSpec.unique(nonce(NS_PUSH_STORM, i, 0), p.push_storm_layer_size),
-            BlobSpec.unique(nonce(NS_PUSH_STORM, i, 1), p.push_storm_layer_size)])
-            for i in range(p.push_storm_images)]
+        return [
+            Image.build(
+                f"push-storm-{i}",
+                [
+                    BlobSpec.unique(nonce(NS_PUSH_STORM, i, 0), p.push_storm_layer_size),
+                    BlobSpec.unique(nonce(NS_PUSH_STORM, i, 1), p.push_storm_layer_size),
+                ],
+            )
+            for i in range(p.push_storm_images)
+        ]
 
     images = await in_thread(build_all)
     async with sessions(ctx, p.push_storm_concurrency * 3) as clients:
-        async def one(i: int) -> int:
-            return await push_image(pick(clients, i), f"bench/pushstorm-{i % 10}",
-                                    f"t{i}", images[i])
 
-        result = await drive(p.push_storm_concurrency, one, len(images),
-                             p.push_storm_seconds)
+        async def one(i: int) -> int:
+            return await push_image(
+                pick(clients, i), f"bench/pushstorm-{i % 10}", f"t{i}", images[i]
+            )
+
+        result = await drive(p.push_storm_concurrency, one, len(images), p.push_storm_seconds)
     ctx.advance("push storm")
     out = result.to_json("bytes")
     out["images_per_s"] = out.pop("ops_per_s")

@@ -149,8 +149,7 @@ def resent_truncations() -> int:
     return _ResendFilter.count
 
 
-def raft_utility(address: str, secret: str, command: list[str],
-                 timeout: float = 10.0) -> Any:
+def raft_utility(address: str, secret: str, command: list[str], timeout: float = 10.0) -> Any:
     """Run one pysyncobj utility command on a member's Raft port: `["status"]`,
     `["add", raft_addr]`, `["remove", raft_addr]`, `["transfer", raft_addr]`.
 
@@ -215,8 +214,13 @@ class _Slot:
             self._member._schedule_flush(self._loop)
 
 
-def _resolve_all(futs: list[asyncio.Future[Any]], results: list[Any] | None, error: int,
-                 slot: _Slot, timer: asyncio.TimerHandle) -> None:
+def _resolve_all(
+    futs: list[asyncio.Future[Any]],
+    results: list[Any] | None,
+    error: int,
+    slot: _Slot,
+    timer: asyncio.TimerHandle,
+) -> None:
     timer.cancel()
     slot.release()
     for i, fut in enumerate(futs):
@@ -228,8 +232,12 @@ def _resolve_all(futs: list[asyncio.Future[Any]], results: list[Any] | None, err
 class RaftMember(ConflictTruncation, SyncObj):
     """One Raft member holding the metadata state; see the module docstring."""
 
-    def __init__(self, cfg: Config, state: MetadataState | None = None,
-                 on_fatal: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        state: MetadataState | None = None,
+        on_fatal: Callable[[], None] | None = None,
+    ) -> None:
         node = cfg.node
         # Everything the tick thread touches exists before SyncObj starts it (trap 2).
         self.state = state if state is not None else MetadataState()
@@ -333,8 +341,11 @@ class RaftMember(ConflictTruncation, SyncObj):
         self._dump_ok = None
         self._dump_superseded = False
         self._dump_thread = threading.Thread(
-            target=self._dump_worker, args=(head, snap, raft_data[0][1]),
-            name="raft-dump", daemon=True)
+            target=self._dump_worker,
+            args=(head, snap, raft_data[0][1]),
+            name="raft-dump",
+            daemon=True,
+        )
         self._dump_thread.start()
 
     def _dump_worker(self, head: bytes, snap: dict[str, Any], index: int) -> None:
@@ -395,8 +406,7 @@ class RaftMember(ConflictTruncation, SyncObj):
         except Exception as exc:
             # pysyncobj would log this and carry on with an empty state: never serve that.
             self.fatal_error = f"cannot load the raft snapshot {path}: {exc!r}"
-            log_event(logger, "raft.dump_unreadable", logging.CRITICAL, path=path,
-                      error=repr(exc))
+            log_event(logger, "raft.dump_unreadable", logging.CRITICAL, path=path, error=repr(exc))
             if self._on_fatal is not None:
                 self._on_fatal()
             raise
@@ -405,8 +415,9 @@ class RaftMember(ConflictTruncation, SyncObj):
         log_event(logger, "raft.dump_loaded", index=raft_data[0][1])
         return tuple(raft_data)
 
-    def _finish_interrupted_compaction(self, first: tuple[Any, ...],
-                                       second: tuple[Any, ...]) -> None:
+    def _finish_interrupted_compaction(
+        self, first: tuple[Any, ...], second: tuple[Any, ...]
+    ) -> None:
         """Trap 3: drop journal entries before the dump's head if the kill came between
         the dump's rename and pysyncobj's truncation, so the journal's head matches."""
         journal = self._SyncObj__raftLog  # type: ignore[attr-defined]
@@ -415,11 +426,16 @@ class RaftMember(ConflictTruncation, SyncObj):
         if journal[0] == first and journal[1] == second:
             return
         pos = first[1] - journal[0][1]
-        if pos > 0 and pos + 1 < len(journal) and journal[pos] == first \
-                and journal[pos + 1] == second:
+        if (
+            pos > 0
+            and pos + 1 < len(journal)
+            and journal[pos] == first
+            and journal[pos + 1] == second
+        ):
             journal.deleteEntriesTo(pos)
-            log_event(logger, "raft.compaction_finished_after_restart", logging.WARNING,
-                      index=first[1])
+            log_event(
+                logger, "raft.compaction_finished_after_restart", logging.WARNING, index=first[1]
+            )
 
     # -- the asyncio bridge (event loop thread) --------------------------------------------------
     async def command(self, op: str, args: dict[str, Any]) -> Any:
@@ -429,8 +445,7 @@ class RaftMember(ConflictTruncation, SyncObj):
         if not self._reaches_quorum():
             # A minority side cannot commit anything: say so now rather than after the
             # command timeout, so the caller moves on to a node that can.
-            raise Unavailable(f"raft: {op} refused, this node reaches no majority; retry "
-                              "elsewhere")
+            raise Unavailable(f"raft: {op} refused, this node reaches no majority; retry elsewhere")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
         self._pending.append((op, args, fut))
@@ -438,11 +453,13 @@ class RaftMember(ConflictTruncation, SyncObj):
         try:
             result, error = await asyncio.wait_for(fut, self._command_timeout)
         except TimeoutError:
-            raise Unavailable(f"raft: {op} not committed within {self._command_timeout}s; "
-                              "outcome unknown, retry") from None
+            raise Unavailable(
+                f"raft: {op} not committed within {self._command_timeout}s; outcome unknown, retry"
+            ) from None
         if error != FAIL_REASON.SUCCESS:
-            raise Unavailable(f"raft: {op} failed ({_FAIL_NAMES.get(error, error)}); "
-                              "outcome unknown, retry")
+            raise Unavailable(
+                f"raft: {op} failed ({_FAIL_NAMES.get(error, error)}); outcome unknown, retry"
+            )
         if isinstance(result, RegistryError):
             raise result
         return result
@@ -472,9 +489,14 @@ class RaftMember(ConflictTruncation, SyncObj):
             slot = _Slot(self, loop)
             timer = loop.call_later(self._command_timeout, slot.release)
 
-            def on_result(result: Any, error: int, futs: list[Any] = futs,
-                          single: bool = len(group) == 1, slot: _Slot = slot,
-                          timer: asyncio.TimerHandle = timer) -> None:  # tick thread
+            def on_result(
+                result: Any,
+                error: int,
+                futs: list[Any] = futs,
+                single: bool = len(group) == 1,
+                slot: _Slot = slot,
+                timer: asyncio.TimerHandle = timer,
+            ) -> None:  # tick thread
                 results = [result] if single else result
                 with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
                     loop.call_soon_threadsafe(_resolve_all, futs, results, error, slot, timer)
@@ -551,11 +573,16 @@ class RaftMember(ConflictTruncation, SyncObj):
         leader = raw.get("leader")
         self_node = raw["self"]
         return RaftStatus(
-            self_address=self_node.id, leader=leader.id if leader is not None else None,
-            is_leader=raw["state"] == 2, term=int(raw["raft_term"]),
-            commit_index=int(raw["commit_idx"]), last_applied=int(raw["last_applied"]),
-            log_len=int(raw["log_len"]), members=sorted([self_node.id, *others]),
-            has_quorum=bool(raw["has_quorum"]))
+            self_address=self_node.id,
+            leader=leader.id if leader is not None else None,
+            is_leader=raw["state"] == 2,
+            term=int(raw["raft_term"]),
+            commit_index=int(raw["commit_idx"]),
+            last_applied=int(raw["last_applied"]),
+            log_len=int(raw["log_len"]),
+            members=sorted([self_node.id, *others]),
+            has_quorum=bool(raw["has_quorum"]),
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     async def wait_bound(self) -> None:

@@ -60,8 +60,13 @@ class ConflictTruncation:
         if prev_idx <= me._SyncObj__raftCommitIndex:
             # A committed entry conflicting with the leader's log would be a Raft safety
             # violation; never drop it here, leave the message to pysyncobj.
-            log_event(logger, "raft.committed_entry_conflicts", logging.CRITICAL,
-                      index=prev_idx, commit_index=me._SyncObj__raftCommitIndex)
+            log_event(
+                logger,
+                "raft.committed_entry_conflicts",
+                logging.CRITICAL,
+                index=prev_idx,
+                commit_index=me._SyncObj__raftCommitIndex,
+            )
             return
         if me._SyncObj__conf.dynamicMembershipChange:
             for entry in reversed(entries):
@@ -69,5 +74,10 @@ class ConflictTruncation:
                 if change is not None:
                     me._SyncObj__doChangeCluster(change, reverse=True)
         me._SyncObj__deleteEntriesFrom(prev_idx)
-        log_event(logger, "raft.conflicting_suffix_dropped", logging.WARNING,
-                  from_index=prev_idx, entries=len(entries))
+        log_event(
+            logger,
+            "raft.conflicting_suffix_dropped",
+            logging.WARNING,
+            from_index=prev_idx,
+            entries=len(entries),
+        )

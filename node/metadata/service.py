@@ -32,8 +32,7 @@ def _decode_args(raw: bytes) -> dict[str, Any]:
 
 
 def _encode(result: Any) -> registry_pb2.MetadataReply:
-    return registry_pb2.MetadataReply(
-        result=json.dumps(result, separators=(",", ":")).encode())
+    return registry_pb2.MetadataReply(result=json.dumps(result, separators=(",", ":")).encode())
 
 
 async def abort_with(context: grpc.aio.ServicerContext, err: RegistryError) -> None:
@@ -45,19 +44,22 @@ class MetadataServicer(registry_pb2_grpc.MetadataServicer):
     def __init__(self, raft: RaftMember) -> None:
         self._raft = raft
 
-    async def Command(self, request: registry_pb2.MetadataRequest,
-                      context: grpc.aio.ServicerContext) -> registry_pb2.MetadataReply:
+    async def Command(
+        self, request: registry_pb2.MetadataRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.MetadataReply:
         try:
             result = await self._raft.command(request.op, _decode_args(request.args))
         except RegistryError as err:
             await abort_with(context, err)
         return _encode(result)
 
-    async def Query(self, request: registry_pb2.MetadataRequest,
-                    context: grpc.aio.ServicerContext) -> registry_pb2.MetadataReply:
+    async def Query(
+        self, request: registry_pb2.MetadataRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.MetadataReply:
         try:
-            result = await self._raft.query(request.op, _decode_args(request.args),
-                                            linearizable=request.linearizable)
+            result = await self._raft.query(
+                request.op, _decode_args(request.args), linearizable=request.linearizable
+            )
         except RegistryError as err:
             await abort_with(context, err)
         return _encode(result)

@@ -85,25 +85,47 @@ OPEN, CLOSED, CANCELLED = "open", "closed", "cancelled"
 MEMBER_STATES = ("active", "draining", "removed")
 
 Recipe = tuple[int, bytes]
-Manifest = tuple[str, int, Recipe, str | None, str | None, str | None,
-                 tuple[str, ...], tuple[str, ...]]
+Manifest = tuple[
+    str, int, Recipe, str | None, str | None, str | None, tuple[str, ...], tuple[str, ...]
+]
 
-COMMANDS = frozenset({
-    "barrier", "upload_append", "upload_cancel", "blob_commit", "blob_mount", "blob_unlink",
-    "manifest_put", "tag_delete", "manifest_delete", "member_join", "member_set_state",
-    "expire_uploads",
-})
-QUERIES = frozenset({
-    "tag_get", "manifest_get", "blob_get", "upload_get", "tags_list", "catalog", "referrers",
-    "members", "status",
-})
+COMMANDS = frozenset(
+    {
+        "barrier",
+        "upload_append",
+        "upload_cancel",
+        "blob_commit",
+        "blob_mount",
+        "blob_unlink",
+        "manifest_put",
+        "tag_delete",
+        "manifest_delete",
+        "member_join",
+        "member_set_state",
+        "expire_uploads",
+    }
+)
+QUERIES = frozenset(
+    {
+        "tag_get",
+        "manifest_get",
+        "blob_get",
+        "upload_get",
+        "tags_list",
+        "catalog",
+        "referrers",
+        "members",
+        "status",
+    }
+)
 
 _intern = sys.intern
 
 
 # -- argument parsing (every failure is a caller bug: RequestInvalid) ----------------------
-def _field(args: dict[str, Any], key: str, kind: type | tuple[type, ...],
-           optional: bool = False) -> Any:
+def _field(
+    args: dict[str, Any], key: str, kind: type | tuple[type, ...], optional: bool = False
+) -> Any:
     value = args.get(key)
     if value is None and optional:
         return None
@@ -144,9 +166,15 @@ def _pack_chunks(chunks: Any) -> tuple[bytes, int]:
     parts = []
     total = 0
     for item in chunks:
-        if (not isinstance(item, (list, tuple)) or len(item) != 2
-                or not isinstance(item[0], str) or len(item[0]) != 64
-                or not isinstance(item[1], int) or isinstance(item[1], bool) or item[1] < 0):
+        if (
+            not isinstance(item, (list, tuple))
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or len(item[0]) != 64
+            or not isinstance(item[1], int)
+            or isinstance(item[1], bool)
+            or item[1] < 0
+        ):
             raise RequestInvalid("chunks must be a list of [64-hex id, length >= 0]")
         try:
             chunk_id = bytes.fromhex(item[0])
@@ -191,7 +219,7 @@ def _page(items: list[str], n: int | None, last: str | None) -> tuple[list[str],
     start = bisect_right(items, last) if last else 0
     if n is None:
         return items[start:], False
-    return items[start:start + n], start + n < len(items)
+    return items[start : start + n], start + n < len(items)
 
 
 def _flatten(name: str, section: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
@@ -231,9 +259,11 @@ class MetadataState:
         # Counts behind the `status` query (an Admin.Status health probe must stay O(1)).
         self._repo_count = self._manifest_count = self._open_uploads = 0
         self._commands: dict[str, Callable[[dict[str, Any]], Any]] = {
-            op: getattr(self, f"_cmd_{op}") for op in COMMANDS}
+            op: getattr(self, f"_cmd_{op}") for op in COMMANDS
+        }
         self._queries: dict[str, Callable[[dict[str, Any]], Any]] = {
-            op: getattr(self, f"_q_{op}") for op in QUERIES}
+            op: getattr(self, f"_q_{op}") for op in QUERIES
+        }
 
     # -- entry points ------------------------------------------------------------------------
     def apply(self, op: str, args: dict[str, Any]) -> Any:
@@ -266,8 +296,10 @@ class MetadataState:
             "links": {repo: linked.copy() for repo, linked in self.links.items()},
             "manifests": {repo: present.copy() for repo, present in self.manifests.items()},
             "tags": {repo: tags.copy() for repo, tags in self.tags.items()},
-            "referrers": {repo: {subject: digests.copy() for subject, digests in by.items()}
-                          for repo, by in self.referrers.items()},
+            "referrers": {
+                repo: {subject: digests.copy() for subject, digests in by.items()}
+                for repo, by in self.referrers.items()
+            },
             "uploads": self.uploads.copy(),
             "members": self.members.copy(),
         }
@@ -278,8 +310,9 @@ class MetadataState:
         per section its flattened rows in batches and a None. Each batch is one short C call
         (nested containers are flattened so no row is large), so a thread encoding a large
         state lets the others run in between."""
-        yield pickle.dumps({"version": _SNAPSHOT_VERSION, "blob_bytes": snap["blob_bytes"]},
-                           protocol=5)
+        yield pickle.dumps(
+            {"version": _SNAPSHOT_VERSION, "blob_bytes": snap["blob_bytes"]}, protocol=5
+        )
         for name in _SECTIONS:
             rows = _flatten(name, snap[name])
             while chunk := list(islice(rows, batch)):
@@ -328,7 +361,8 @@ class MetadataState:
                 elif name == "referrers":
                     for repo, subject, d in chunk:
                         referrers.setdefault(_intern(repo), {}).setdefault(
-                            _intern(subject), set()).add(_intern(d))
+                            _intern(subject), set()
+                        ).add(_intern(d))
                 elif name == "uploads":
                     uploads.update(chunk)
                 else:
@@ -493,11 +527,19 @@ class MetadataState:
         if missing:
             shown = ",".join(missing[:8]) + (",..." if len(missing) > 8 else "")
             raise ManifestBlobUnknown(f"missing={shown}", detail={"missing": missing})
-        annotations_json = (json.dumps(annotations, sort_keys=True, separators=(",", ":"))
-                            if annotations else None)
-        record: Manifest = (media_type, recipe[0], recipe, subject,
-                            _intern(artifact_type) if artifact_type else None,
-                            annotations_json, blobs, children)
+        annotations_json = (
+            json.dumps(annotations, sort_keys=True, separators=(",", ":")) if annotations else None
+        )
+        record: Manifest = (
+            media_type,
+            recipe[0],
+            recipe,
+            subject,
+            _intern(artifact_type) if artifact_type else None,
+            annotations_json,
+            blobs,
+            children,
+        )
         old = present.get(digest)
         if repo not in self.manifests:
             if repo not in self.links:
@@ -599,8 +641,11 @@ class MetadataState:
     # -- queries --------------------------------------------------------------------------------
     def _manifest_json(self, digest: str, record: Manifest) -> dict[str, Any]:
         return {
-            "digest": digest, "media_type": record[0], "size": record[1],
-            "recipe": recipe_json(record[2]), "subject": record[3],
+            "digest": digest,
+            "media_type": record[0],
+            "size": record[1],
+            "recipe": recipe_json(record[2]),
+            "subject": record[3],
             "artifact_type": record[4],
             "annotations": json.loads(record[5]) if record[5] else None,
         }
@@ -637,8 +682,13 @@ class MetadataState:
             return {"state": "new"}
         if record[0] != OPEN:
             raise BlobUploadUnknown(f"upload {upload} is {record[0]}")
-        return {"state": OPEN, "repo": record[1], "size": record[2],
-                "chunks": unpack_chunks(record[3]), "request": record[4]}
+        return {
+            "state": OPEN,
+            "repo": record[1],
+            "size": record[2],
+            "chunks": unpack_chunks(record[3]),
+            "request": record[4],
+        }
 
     def _q_tags_list(self, args: dict[str, Any]) -> dict[str, Any]:
         repo = _field(args, "repo", str)
@@ -668,8 +718,11 @@ class MetadataState:
             record = present[digest]
             if wanted is not None and record[4] != wanted:
                 continue
-            descriptor: dict[str, Any] = {"mediaType": record[0], "digest": digest,
-                                          "size": record[1]}
+            descriptor: dict[str, Any] = {
+                "mediaType": record[0],
+                "digest": digest,
+                "size": record[1],
+            }
             if record[4] is not None:
                 descriptor["artifactType"] = record[4]
             if record[5]:
@@ -678,8 +731,10 @@ class MetadataState:
         return {"manifests": out}
 
     def _q_members(self, args: dict[str, Any]) -> list[dict[str, str]]:
-        return [{"id": node_id, "grpc": m[0], "raft": m[1], "state": m[2]}
-                for node_id, m in sorted(self.members.items())]
+        return [
+            {"id": node_id, "grpc": m[0], "raft": m[1], "state": m[2]}
+            for node_id, m in sorted(self.members.items())
+        ]
 
     def _q_status(self, args: dict[str, Any]) -> dict[str, int]:
         return {

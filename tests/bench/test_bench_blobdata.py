@@ -28,16 +28,17 @@ def test_piece_size_does_not_change_the_bytes() -> None:
 def test_no_64k_window_repeats_within_or_across_blobs() -> None:
     a = materialise(BlobSpec.unique(1, 4 * MiB))
     b = materialise(BlobSpec.unique(2, 4 * MiB))
-    windows = [data[i:i + STAMP_EVERY] for data in (a, b)
-               for i in range(0, len(data), STAMP_EVERY)]
+    windows = [
+        data[i : i + STAMP_EVERY] for data in (a, b) for i in range(0, len(data), STAMP_EVERY)
+    ]
     assert len(set(windows)) == len(windows)
 
 
 def test_shared_segment_gives_identical_prefix_and_different_tail() -> None:
     first = materialise(BlobSpec(((9, 2 * MiB), (10, MiB))))
     second = materialise(BlobSpec(((9, 2 * MiB), (11, MiB))))
-    assert first[:2 * MiB] == second[:2 * MiB]
-    assert first[2 * MiB:] != second[2 * MiB:]
+    assert first[: 2 * MiB] == second[: 2 * MiB]
+    assert first[2 * MiB :] != second[2 * MiB :]
 
 
 def test_digest_matches_hashlib_and_is_cached() -> None:

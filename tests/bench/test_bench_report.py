@@ -9,27 +9,49 @@ from typing import Any
 from bench import charts, report
 
 
-def _system(push: float, pull: float, get_digest: float, tag: float, storm_p99: float,
-            errors: int = 0) -> dict[str, Any]:
-    reads = {f"{op}_c32": {"ops_per_s": tag, "p50_ms": 1.0, "p99_ms": 2.0}
-             for op in ("get_tag", "head_tag", "head_digest")}
+def _system(
+    push: float, pull: float, get_digest: float, tag: float, storm_p99: float, errors: int = 0
+) -> dict[str, Any]:
+    reads = {
+        f"{op}_c32": {"ops_per_s": tag, "p50_ms": 1.0, "p99_ms": 2.0}
+        for op in ("get_tag", "head_tag", "head_digest")
+    }
     reads["get_digest_c32"] = {"ops_per_s": get_digest, "p50_ms": 1.0, "p99_ms": 2.0}
-    return {"label": "x", "results": {
-        "blob_push": {"1MiB_c1": {"MB_per_s": push, "errors": errors},
-                      "64MiB_c8": {"MB_per_s": push * 2}},
-        "blob_pull": {"1MiB_c1": {"MB_per_s": pull}, "64MiB_c8": {"MB_per_s": pull}},
-        "manifest_reads": reads,
-        "pull_storm": {"p50_ms": storm_p99 / 2, "p99_ms": storm_p99, "MB_per_s": 1.0},
-        "dedup": {"logical_bytes": 100, "stored_bytes_all_replicas": 50, "replicas": 1,
-                  "stored_bytes_per_replica": 50, "ratio": 2.0},
-    }}
+    return {
+        "label": "x",
+        "results": {
+            "blob_push": {
+                "1MiB_c1": {"MB_per_s": push, "errors": errors},
+                "64MiB_c8": {"MB_per_s": push * 2},
+            },
+            "blob_pull": {"1MiB_c1": {"MB_per_s": pull}, "64MiB_c8": {"MB_per_s": pull}},
+            "manifest_reads": reads,
+            "pull_storm": {"p50_ms": storm_p99 / 2, "p99_ms": storm_p99, "MB_per_s": 1.0},
+            "dedup": {
+                "logical_bytes": 100,
+                "stored_bytes_all_replicas": 50,
+                "replicas": 1,
+                "stored_bytes_per_replica": 50,
+                "ratio": 2.0,
+            },
+        },
+    }
 
 
 def _run() -> dict[str, Any]:
     return {
-        "profile": "smoke", "started_utc": "2026-01-01T00:00:00Z", "elapsed_s": 1.0,
-        "machine": {"host": "h", "cores": 2, "cpu_model": "cpu", "memory_total_MiB": 1,
-                    "kernel": "k", "python": "3.11", "load_average_at_start": [0.0]},
+        "profile": "smoke",
+        "started_utc": "2026-01-01T00:00:00Z",
+        "elapsed_s": 1.0,
+        "machine": {
+            "host": "h",
+            "cores": 2,
+            "cpu_model": "cpu",
+            "memory_total_MiB": 1,
+            "kernel": "k",
+            "python": "3.11",
+            "load_average_at_start": [0.0],
+        },
         "physical": {"sha256_MB_per_s": 2000.0},
         "systems": {
             "distribution": _system(100.0, 1000.0, 1000.0, 1000.0, 100.0),

@@ -63,10 +63,13 @@ async def test_drive_cancels_operations_past_the_grace_period() -> None:
 def test_timed_out_byte_cell_reports_bytes_moved() -> None:
     from bench.driver import DriveResult
 
-    result = DriveResult(workers=1, ops=1, units=1_000_000, elapsed=2.0, timed_out=True,
-                         moved=4_000_000)
+    result = DriveResult(
+        workers=1, ops=1, units=1_000_000, elapsed=2.0, timed_out=True, moved=4_000_000
+    )
     out = result.to_json("bytes")
     assert out["MB_per_s"] == 2.0 and out["MB_per_s_completed"] == 0.5
     assert "timed out" in out["MB_per_s_basis"]
-    assert DriveResult(workers=1, ops=1, units=10, elapsed=1.0,
-                       moved=99).to_json("bytes")["MB_per_s"] == 0.0
+    assert (
+        DriveResult(workers=1, ops=1, units=10, elapsed=1.0, moved=99).to_json("bytes")["MB_per_s"]
+        == 0.0
+    )

@@ -16,11 +16,16 @@ def test_defaults_are_valid_and_advertise_follows_listen() -> None:
 
 def test_file_env_and_overrides_layer(tmp_path) -> None:
     path = tmp_path / "c.toml"
-    path.write_text('[cluster]\nreplicas = 1\nwrite_quorum = 1\n'
-                    '[node]\nid = "a"\ngrpc_listen = "0.0.0.0:9"\npeers = ["x:1", "y:2"]\n'
-                    '[gateway]\ndelete_enabled = false\n')
-    cfg = load_config(path, overrides={"node.id": "c"},
-                      environ={"CARGOHOLD_NODE_ID": "b", "CARGOHOLD_GATEWAY_NODES": "h:1, h:2"})
+    path.write_text(
+        "[cluster]\nreplicas = 1\nwrite_quorum = 1\n"
+        '[node]\nid = "a"\ngrpc_listen = "0.0.0.0:9"\npeers = ["x:1", "y:2"]\n'
+        "[gateway]\ndelete_enabled = false\n"
+    )
+    cfg = load_config(
+        path,
+        overrides={"node.id": "c"},
+        environ={"CARGOHOLD_NODE_ID": "b", "CARGOHOLD_GATEWAY_NODES": "h:1, h:2"},
+    )
     assert cfg.node.id == "c"
     assert cfg.node.peers == ["x:1", "y:2"]
     assert cfg.node.grpc_advertise == "0.0.0.0:9"
@@ -28,12 +33,20 @@ def test_file_env_and_overrides_layer(tmp_path) -> None:
     assert cfg.gateway.delete_enabled is False
 
 
-@pytest.mark.parametrize("text", ["[cluster]\nreplicas = 0\n", "[cluster]\nbogus = 1\n",
-                                  "[nope]\na = 1\n", "[cluster]\nwrite_quorum = 9\n",
-                                  "[cluster]\nreplicas = \"x\"\n", "not toml [",
-                                  "[node]\ngrpc_max_frame_size = 16777216\n",
-                                  "[node]\ngrpc_max_frame_size = 1024\n",
-                                  "[gateway]\nmanifest_digest_ttl_seconds = -1.0\n"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[cluster]\nreplicas = 0\n",
+        "[cluster]\nbogus = 1\n",
+        "[nope]\na = 1\n",
+        "[cluster]\nwrite_quorum = 9\n",
+        '[cluster]\nreplicas = "x"\n',
+        "not toml [",
+        "[node]\ngrpc_max_frame_size = 16777216\n",
+        "[node]\ngrpc_max_frame_size = 1024\n",
+        "[gateway]\nmanifest_digest_ttl_seconds = -1.0\n",
+    ],
+)
 def test_bad_config_is_a_clear_error(tmp_path, text: str) -> None:
     path = tmp_path / "c.toml"
     path.write_text(text)

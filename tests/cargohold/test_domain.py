@@ -17,8 +17,18 @@ def test_parse_digest_accepts_sha256_and_sha512() -> None:
     assert parse_digest("sha512:" + "0" * 128)[0] == "sha512"
 
 
-@pytest.mark.parametrize("bad", ["", "sha256:", "sha256:" + "A" * 64, "sha256:" + "a" * 63,
-                                 "md5:" + "a" * 32, "sha512:" + "a" * 64, "latest"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "sha256:",
+        "sha256:" + "A" * 64,
+        "sha256:" + "a" * 63,
+        "md5:" + "a" * 32,
+        "sha512:" + "a" * 64,
+        "latest",
+    ],
+)
 def test_parse_digest_rejects(bad: str) -> None:
     with pytest.raises(DigestInvalid):
         parse_digest(bad)

@@ -20,14 +20,13 @@ def test_varint_round_trip(value: int) -> None:
 def test_encode_matches_protobuf(size: int) -> None:
     data, checksum = os.urandom(size), os.urandom(16)
     expected = pb.GetChunkReply(data=data, checksum=checksum).SerializeToString()
-    half = memoryview(data)[: size // 2], memoryview(data)[size // 2:]
+    half = memoryview(data)[: size // 2], memoryview(data)[size // 2 :]
     assert encode_bytes_fields([(1, half), (2, [checksum])]) == expected
 
 
 @pytest.mark.parametrize("size", [0, 5, 70_000])
 def test_decode_reads_what_protobuf_wrote(size: int) -> None:
-    request = pb.PutChunkRequest(id=os.urandom(32), data=os.urandom(size),
-                                 checksum=os.urandom(16))
+    request = pb.PutChunkRequest(id=os.urandom(32), data=os.urandom(size), checksum=os.urandom(16))
     fields = decode_bytes_fields(request.SerializeToString())
     assert bytes(fields[1]) == request.id
     assert bytes(fields.get(2, b"")) == request.data

@@ -29,9 +29,16 @@ GATEWAYS = ("gateway1", "gateway2")
 def compose_command() -> list[str] | None:
     for argv in (["docker", "compose"], ["docker-compose"]):
         try:
-            if subprocess.run([*argv, "version"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, timeout=30,
-                              check=False).returncode == 0:
+            if (
+                subprocess.run(
+                    [*argv, "version"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=30,
+                    check=False,
+                ).returncode
+                == 0
+            ):
                 return argv
         except (OSError, subprocess.TimeoutExpired):
             continue
@@ -58,15 +65,22 @@ class ComposeCluster:
     # -- lifecycle ---------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(CARGOHOLD_IMAGE=self.image, CARGOHOLD_PORT=str(self.port),
-                   CARGOHOLD_NET=self.net_prefix)
+        env.update(
+            CARGOHOLD_IMAGE=self.image, CARGOHOLD_PORT=str(self.port), CARGOHOLD_NET=self.net_prefix
+        )
         return env
 
     def _compose(self, *args: str, timeout: float = 300.0, check: bool = True) -> str:
         argv = [*self.compose, "-p", self.project, "-f", str(COMPOSE_FILE), *args]
-        proc = subprocess.run(argv, env=self._env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=timeout, check=False,
-                              cwd=REPO_ROOT)
+        proc = subprocess.run(
+            argv,
+            env=self._env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            check=False,
+            cwd=REPO_ROOT,
+        )
         out = proc.stdout.decode(errors="replace")
         if check and proc.returncode != 0:
             raise ToolError(argv, proc.returncode, out)
@@ -97,8 +111,9 @@ class ComposeCluster:
         return f"{self.project}_cargohold"
 
     def ip(self, service: str) -> str:
-        last = {"node1": 11, "node2": 12, "node3": 13, "gateway1": 21, "gateway2": 22,
-                "lb": 2}[service]
+        last = {"node1": 11, "node2": 12, "node3": 13, "gateway1": 21, "gateway2": 22, "lb": 2}[
+            service
+        ]
         return f"{self.net_prefix}.{last}"
 
     def container(self, service: str, check: bool = True) -> str:
@@ -122,8 +137,18 @@ class ComposeCluster:
             cid = self.container(service, check=False)
             if not cid or not self.running(cid):
                 continue
-            out = docker("exec", cid, "cargohold", "admin", "status", "--nodes", nodes,
-                         "--json", check=False, timeout=30)
+            out = docker(
+                "exec",
+                cid,
+                "cargohold",
+                "admin",
+                "status",
+                "--nodes",
+                nodes,
+                "--json",
+                check=False,
+                timeout=30,
+            )
             try:
                 return json.loads(out)
             except json.JSONDecodeError:

@@ -13,8 +13,9 @@ from clients.tools import docker_answers, have
 
 
 @pytest.fixture(scope="session")
-def registry_target(request: pytest.FixtureRequest,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryTarget]:
+def registry_target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RegistryTarget]:
     """The registry clients talk to: Cargohold's shared cluster, or Distribution."""
     if target_kind() == "distribution":
         with distribution(tmp_path_factory.mktemp("distribution")) as target:
@@ -38,8 +39,9 @@ def skopeo_tool() -> None:
 
 
 @pytest.fixture(scope="session")
-def layered_image(docker_engine: None,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[LayeredImage]:
+def layered_image(
+    docker_engine: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LayeredImage]:
     """One three-layer image shared by the tests that only read it."""
     image = build_layered(tmp_path_factory.mktemp("image-ctx"))
     try:

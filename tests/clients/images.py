@@ -68,12 +68,22 @@ def _rootfs_tar(busybox: Path) -> bytes:
 def busybox_base() -> str:
     """Import the busybox base image once per machine; return its tag."""
     with _base_lock:
-        if docker("image", "inspect", "-f", "{{.Id}}", BASE_TAG, check=False).startswith(
-                "sha256:"):
+        if docker("image", "inspect", "-f", "{{.Id}}", BASE_TAG, check=False).startswith("sha256:"):
             return BASE_TAG
         tar = _rootfs_tar(_busybox_binary())
-        run(["docker", "import", "--change", 'CMD ["/bin/sh"]',
-             "--change", "ENV PATH=/bin", "-", BASE_TAG], input_bytes=tar)
+        run(
+            [
+                "docker",
+                "import",
+                "--change",
+                'CMD ["/bin/sh"]',
+                "--change",
+                "ENV PATH=/bin",
+                "-",
+                BASE_TAG,
+            ],
+            input_bytes=tar,
+        )
         return BASE_TAG
 
 
@@ -97,8 +107,9 @@ class LayeredImage:
             docker("rmi", "-f", tag, check=False)
 
 
-def build_layered(workdir: Path, name: str | None = None, seed: str | None = None,
-                  big_size: int = 9 * MiB) -> LayeredImage:
+def build_layered(
+    workdir: Path, name: str | None = None, seed: str | None = None, big_size: int = 9 * MiB
+) -> LayeredImage:
     """`docker build` a fresh three-layer image (unique content per seed) offline."""
     base = busybox_base()
     seed = seed or uuid.uuid4().hex
@@ -117,7 +128,8 @@ def build_layered(workdir: Path, name: str | None = None, seed: str | None = Non
         "COPY hello.txt /data/hello.txt\n"
         "COPY small.bin /data/small.bin\n"
         "COPY big.bin /data/big.bin\n"
-        'CMD ["/bin/cat", "/data/hello.txt"]\n')
+        'CMD ["/bin/cat", "/data/hello.txt"]\n'
+    )
     docker("build", "-q", "-t", tag, str(ctx), timeout=600)
     shutil.rmtree(ctx, ignore_errors=True)
     return LayeredImage(tag=tag, files=files)

@@ -50,12 +50,16 @@ class OciLayout:
         return {"digest": digest, "size": len(data)}
 
     def write_index_json(self, tag: str = "v1") -> None:
-        descriptor = {"mediaType": self.top_media_type, "digest": self.top_digest,
-                      "size": len(self.blobs[self.top_digest]),
-                      "annotations": {"org.opencontainers.image.ref.name": tag}}
+        descriptor = {
+            "mediaType": self.top_media_type,
+            "digest": self.top_digest,
+            "size": len(self.blobs[self.top_digest]),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }
         (self.path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
         (self.path / "index.json").write_text(
-            json.dumps({"schemaVersion": 2, "manifests": [descriptor]}))
+            json.dumps({"schemaVersion": 2, "manifests": [descriptor]})
+        )
 
 
 def _tar_layer(files: dict[str, bytes]) -> tuple[bytes, bytes]:
@@ -86,17 +90,28 @@ def _add_image(layout: OciLayout, seed: str, arch: str, big_size: int) -> dict[s
         layout.layer_digests.append(desc["digest"])
         layers.append({"mediaType": MT_LAYER_GZIP, **desc})
         diff_ids.append(sha256_digest(raw))
-    config = {"architecture": arch, "os": "linux",
-              "config": {"Cmd": ["/bin/sh"], "Labels": {"seed": seed}},
-              "rootfs": {"type": "layers", "diff_ids": diff_ids}, "history": []}
+    config = {
+        "architecture": arch,
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sh"], "Labels": {"seed": seed}},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [],
+    }
     config_desc = layout.add_blob(json.dumps(config, sort_keys=True).encode())
-    manifest = {"schemaVersion": 2, "mediaType": MT_MANIFEST,
-                "config": {"mediaType": MT_CONFIG, **config_desc}, "layers": layers,
-                "annotations": {"org.example.seed": seed}}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MT_MANIFEST,
+        "config": {"mediaType": MT_CONFIG, **config_desc},
+        "layers": layers,
+        "annotations": {"org.example.seed": seed},
+    }
     manifest_desc = layout.add_blob(json.dumps(manifest, indent=2).encode())
     layout.manifest_digests.append(manifest_desc["digest"])
-    return {"mediaType": MT_MANIFEST, **manifest_desc,
-            "platform": {"architecture": arch, "os": "linux"}}
+    return {
+        "mediaType": MT_MANIFEST,
+        **manifest_desc,
+        "platform": {"architecture": arch, "os": "linux"},
+    }
 
 
 def write_image_layout(path: Path, seed: str, big_size: int = 9 * MiB) -> OciLayout:
@@ -119,5 +134,8 @@ def write_index_layout(path: Path, seed: str, big_size: int = 1 * MiB) -> OciLay
 
 def read_blobs(path: Path) -> dict[str, bytes]:
     """Every blob of a layout on disk, digest → bytes."""
-    return {f"sha256:{p.name}": p.read_bytes()
-            for p in (path / "blobs" / "sha256").iterdir() if p.is_file()}
+    return {
+        f"sha256:{p.name}": p.read_bytes()
+        for p in (path / "blobs" / "sha256").iterdir()
+        if p.is_file()
+    }

@@ -74,10 +74,15 @@ def distribution(workdir: Path) -> Iterator[RegistryTarget]:
         "log:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'storage'}\n"
         "  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n")
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
     log = open(workdir / "registry.log", "ab")
-    proc = subprocess.Popen([DISTRIBUTION_BIN, "serve", str(config)], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [DISTRIBUTION_BIN, "serve", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         wait_v2(f"127.0.0.1:{port}")
         yield RegistryTarget("distribution", (f"127.0.0.1:{port}",))

@@ -51,8 +51,9 @@ def _run_sha256(ref: str, path: str) -> str:
     return out.split()[0]
 
 
-def test_push_mount_pull_run(registry_target: RegistryTarget, fresh_image: LayeredImage,
-                             unique_repo: str) -> None:
+def test_push_mount_pull_run(
+    registry_target: RegistryTarget, fresh_image: LayeredImage, unique_repo: str
+) -> None:
     host, other = registry_target.host, registry_target.other_host
     ref_a = f"{host}/{unique_repo}/app:v1"
     ref_b = f"{host}/{unique_repo}/copy:v1"

@@ -30,16 +30,18 @@ REQUESTS_PER_PHASE = 40
 def _config_for(gateways: list[str], port: int) -> str:
     text = CONFIG.read_text()
     text = text.replace("bind :5000", f"bind 127.0.0.1:{port}")
-    servers = "\n".join(f"    server gateway{k + 1} {addr} check"
-                        for k, addr in enumerate(gateways))
+    servers = "\n".join(
+        f"    server gateway{k + 1} {addr} check" for k, addr in enumerate(gateways)
+    )
     text, count = re.subn(r"(?m)^    server gateway\d+ \S+ check$\n?", "", text)
     assert count == 2, "deploy/haproxy.cfg no longer has the two gateway server lines"
     return text.rstrip("\n") + "\n" + servers + "\n"
 
 
 @pytest.fixture
-def lb_cluster(make_cluster: Callable[..., LocalCluster],
-               tmp_path: Path) -> Iterator[tuple[LocalCluster, str]]:
+def lb_cluster(
+    make_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> Iterator[tuple[LocalCluster, str]]:
     if not have("haproxy"):
         pytest.skip("haproxy missing: make system-deps")
     local = make_cluster(nodes=3, gateways=2)
@@ -47,8 +49,12 @@ def lb_cluster(make_cluster: Callable[..., LocalCluster],
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(_config_for([u.removeprefix("http://") for u in local.gateway_urls], port))
     log = open(tmp_path / "haproxy.log", "wb")
-    proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["haproxy", "-db", "-f", str(cfg)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         wait_v2(f"127.0.0.1:{port}")
         yield local, f"http://127.0.0.1:{port}"
@@ -64,9 +70,12 @@ def _get(url: str) -> tuple[int, bytes]:
 
 def _push_blob(base: str, repo: str, data: bytes) -> str:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
-    req = urllib.request.Request(f"{base}/v2/{repo}/blobs/uploads/?digest={digest}",
-                                 data=data, method="POST",
-                                 headers={"Content-Type": "application/octet-stream"})
+    req = urllib.request.Request(
+        f"{base}/v2/{repo}/blobs/uploads/?digest={digest}",
+        data=data,
+        method="POST",
+        headers={"Content-Type": "application/octet-stream"},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         assert resp.status == 201
     return digest
@@ -79,8 +88,9 @@ def _all_succeed(base: str, repo: str, digest: str, data: bytes) -> None:
         assert status == 200 and body == data
 
 
-def test_lb_rides_over_a_killed_gateway(lb_cluster: tuple[LocalCluster, str],
-                                        repo_name: str) -> None:
+def test_lb_rides_over_a_killed_gateway(
+    lb_cluster: tuple[LocalCluster, str], repo_name: str
+) -> None:
     local, base = lb_cluster
     data = b"through the load balancer\n" * 1000
     digest = _push_blob(base, repo_name, data)

@@ -39,8 +39,8 @@ def _tags(ref: str) -> list[str]:
 
 
 def test_copy_mount_roundtrip_inspect_list_delete(
-        registry_target: RegistryTarget, skopeo_tool: None, tmp_path: Path,
-        unique_repo: str) -> None:
+    registry_target: RegistryTarget, skopeo_tool: None, tmp_path: Path, unique_repo: str
+) -> None:
     seed = uuid.uuid4().hex
     src = write_image_layout(tmp_path / "src", seed)
     repo_a = f"{unique_repo}/a"
@@ -79,8 +79,8 @@ def test_copy_mount_roundtrip_inspect_list_delete(
 
 
 def test_copy_all_platforms_of_an_index(
-        registry_target: RegistryTarget, skopeo_tool: None, tmp_path: Path,
-        unique_repo: str) -> None:
+    registry_target: RegistryTarget, skopeo_tool: None, tmp_path: Path, unique_repo: str
+) -> None:
     src = write_index_layout(tmp_path / "src", uuid.uuid4().hex)
     host, other = registry_target.host, registry_target.other_host
 

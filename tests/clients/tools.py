@@ -23,11 +23,24 @@ class ToolError(RuntimeError):
         self.output = output
 
 
-def run(argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT, check: bool = True,
-        cwd: Path | None = None, input_bytes: bytes | None = None) -> str:
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    check: bool = True,
+    cwd: Path | None = None,
+    input_bytes: bytes | None = None,
+) -> str:
     """Run a command, return its stdout+stderr as text; raise ToolError on failure."""
-    proc = subprocess.run(list(argv), cwd=cwd, input=input_bytes, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, timeout=timeout, check=False)
+    proc = subprocess.run(
+        list(argv),
+        cwd=cwd,
+        input=input_bytes,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=timeout,
+        check=False,
+    )
     output = proc.stdout.decode(errors="replace")
     if check and proc.returncode != 0:
         raise ToolError(argv, proc.returncode, output)
@@ -43,9 +56,16 @@ def docker_answers() -> bool:
     if not have("docker"):
         return False
     try:
-        return subprocess.run(["docker", "info"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, timeout=30,
-                              check=False).returncode == 0
+        return (
+            subprocess.run(
+                ["docker", "info"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=30,
+                check=False,
+            ).returncode
+            == 0
+        )
     except subprocess.TimeoutExpired:
         return False
 

@@ -72,20 +72,34 @@ class ImageSpec:
         """(media type, digest, bytes) of the config and every layer."""
         rng = random.Random(self.seed)
         layers = [rng.randbytes(size) for size in self.layer_sizes]
-        config = json.dumps({"architecture": "amd64", "os": "linux", "seed": self.seed,
-                             "rootfs": {"type": "layers",
-                                        "diff_ids": [sha256(b) for b in layers]}}).encode()
-        return [(CONFIG_TYPE, sha256(config), config),
-                *[(LAYER_TYPE, sha256(b), b) for b in layers]]
+        config = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "seed": self.seed,
+                "rootfs": {"type": "layers", "diff_ids": [sha256(b) for b in layers]},
+            }
+        ).encode()
+        return [
+            (CONFIG_TYPE, sha256(config), config),
+            *[(LAYER_TYPE, sha256(b), b) for b in layers],
+        ]
 
     def manifest(self) -> bytes:
         blobs = self.blobs()
-        return json.dumps({
-            "schemaVersion": 2, "mediaType": MANIFEST_TYPE,
-            "config": {"mediaType": blobs[0][0], "digest": blobs[0][1],
-                       "size": len(blobs[0][2])},
-            "layers": [{"mediaType": t, "digest": d, "size": len(b)} for t, d, b in blobs[1:]],
-        }, separators=(",", ":")).encode()
+        return json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": MANIFEST_TYPE,
+                "config": {
+                    "mediaType": blobs[0][0],
+                    "digest": blobs[0][1],
+                    "size": len(blobs[0][2]),
+                },
+                "layers": [{"mediaType": t, "digest": d, "size": len(b)} for t, d, b in blobs[1:]],
+            },
+            separators=(",", ":"),
+        ).encode()
 
     @property
     def digest(self) -> str:
@@ -100,8 +114,12 @@ def random_image(rng: random.Random, repo: str, chunk_size: int) -> ImageSpec:
     """Config + one sub-chunk layer + one layer of 2-3 chunks (a partial last chunk)."""
     small = rng.randint(1, chunk_size // 2)
     multi = rng.randint(chunk_size + 1, 3 * chunk_size - 1)
-    return ImageSpec(repo=repo, tag=f"t{uuid.uuid4().hex[:10]}", seed=rng.getrandbits(48),
-                     layer_sizes=(small, multi))
+    return ImageSpec(
+        repo=repo,
+        tag=f"t{uuid.uuid4().hex[:10]}",
+        seed=rng.getrandbits(48),
+        layer_sizes=(small, multi),
+    )
 
 
 # -- records -------------------------------------------------------------------------------
@@ -142,11 +160,11 @@ class RegistryClient:
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout)
 
-    async def _request(self, op: str, method: str, url: str, **kwargs: Any
-                       ) -> tuple[int, dict[str, str], bytes]:
+    async def _request(
+        self, op: str, method: str, url: str, **kwargs: Any
+    ) -> tuple[int, dict[str, str], bytes]:
         try:
-            async with self.session.request(method, url, timeout=self.timeout,
-                                            **kwargs) as resp:
+            async with self.session.request(method, url, timeout=self.timeout, **kwargs) as resp:
                 body = await resp.read()
                 status, headers = resp.status, dict(resp.headers)
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
@@ -155,32 +173,47 @@ class RegistryClient:
             raise Retryable(op, status, body[:300].decode(errors="replace"))
         return status, headers, body
 
-    async def push_blob(self, base: str, repo: str, digest: str, data: bytes,
-                        monolithic: bool) -> None:
+    async def push_blob(
+        self, base: str, repo: str, digest: str, data: bytes, monolithic: bool
+    ) -> None:
         if monolithic:
             status, _, body = await self._request(
-                "blob_post_put", "POST", f"{base}/v2/{repo}/blobs/uploads/?digest={digest}",
-                data=data, headers={"Content-Type": "application/octet-stream"})
+                "blob_post_put",
+                "POST",
+                f"{base}/v2/{repo}/blobs/uploads/?digest={digest}",
+                data=data,
+                headers={"Content-Type": "application/octet-stream"},
+            )
             _expect(status, 201, "blob monolithic POST", body)
             return
         status, headers, body = await self._request(
-            "upload_start", "POST", f"{base}/v2/{repo}/blobs/uploads/")
+            "upload_start", "POST", f"{base}/v2/{repo}/blobs/uploads/"
+        )
         _expect(status, 202, "upload POST", body)
         location = _absolute(base, headers["Location"])
         status, headers, body = await self._request(
-            "upload_patch", "PATCH", location, data=data,
-            headers={"Content-Type": "application/octet-stream"})
+            "upload_patch",
+            "PATCH",
+            location,
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         _expect(status, 202, "upload PATCH", body)
         location = _absolute(base, headers["Location"])
         sep = "&" if "?" in location else "?"
-        status, _, body = await self._request("upload_put", "PUT",
-                                              f"{location}{sep}digest={digest}")
+        status, _, body = await self._request(
+            "upload_put", "PUT", f"{location}{sep}digest={digest}"
+        )
         _expect(status, 201, "upload PUT", body)
 
     async def put_manifest(self, base: str, repo: str, ref: str, body: bytes) -> str:
         status, headers, answer = await self._request(
-            "manifest_put", "PUT", f"{base}/v2/{repo}/manifests/{ref}", data=body,
-            headers={"Content-Type": MANIFEST_TYPE})
+            "manifest_put",
+            "PUT",
+            f"{base}/v2/{repo}/manifests/{ref}",
+            data=body,
+            headers={"Content-Type": MANIFEST_TYPE},
+        )
         if status == 400 and b"MANIFEST_BLOB_UNKNOWN" in answer:
             raise Violation(f"manifest PUT: acknowledged blob unknown: {answer[:300]!r}")
         _expect(status, 201, "manifest PUT", answer)
@@ -188,13 +221,15 @@ class RegistryClient:
 
     async def get_manifest(self, base: str, repo: str, ref: str) -> tuple[int, str, bytes]:
         status, headers, body = await self._request(
-            "manifest_get", "GET", f"{base}/v2/{repo}/manifests/{ref}",
-            headers={"Accept": f"{MANIFEST_TYPE}, */*"})
+            "manifest_get",
+            "GET",
+            f"{base}/v2/{repo}/manifests/{ref}",
+            headers={"Accept": f"{MANIFEST_TYPE}, */*"},
+        )
         return status, headers.get("Docker-Content-Digest", ""), body
 
     async def get_blob(self, base: str, repo: str, digest: str) -> tuple[int, bytes]:
-        status, _, body = await self._request("blob_get", "GET",
-                                              f"{base}/v2/{repo}/blobs/{digest}")
+        status, _, body = await self._request("blob_get", "GET", f"{base}/v2/{repo}/blobs/{digest}")
         return status, body
 
 
@@ -207,8 +242,9 @@ def _absolute(base: str, location: str) -> str:
     return location if location.startswith("http") else base + location
 
 
-async def check_image(client: RegistryClient, base: str, spec: ImageSpec,
-                      by_tag: bool = True) -> int:
+async def check_image(
+    client: RegistryClient, base: str, spec: ImageSpec, by_tag: bool = True
+) -> int:
     """Read one image back through `base`; Violation on any wrong answer. Returns bytes read."""
     manifest = spec.manifest()
     refs = [spec.tag, spec.digest] if by_tag else [spec.digest]
@@ -216,14 +252,18 @@ async def check_image(client: RegistryClient, base: str, spec: ImageSpec,
     for ref in refs:
         status, dcd, body = await client.get_manifest(base, spec.repo, ref)
         if status != 200 or body != manifest or dcd != spec.digest:
-            raise Violation(f"{base} manifest {spec.repo}:{ref}: status {status}, dcd {dcd}, "
-                            f"{len(body)} bytes, want {spec.digest}")
+            raise Violation(
+                f"{base} manifest {spec.repo}:{ref}: status {status}, dcd {dcd}, "
+                f"{len(body)} bytes, want {spec.digest}"
+            )
         read += len(body)
     for _, digest, data in spec.blobs():
         status, body = await client.get_blob(base, spec.repo, digest)
         if status != 200 or sha256(body) != digest or len(body) != len(data):
-            raise Violation(f"{base} blob {spec.repo}@{digest}: status {status}, "
-                            f"{len(body)} bytes (want {len(data)})")
+            raise Violation(
+                f"{base} blob {spec.repo}@{digest}: status {status}, "
+                f"{len(body)} bytes (want {len(data)})"
+            )
         read += len(body)
     return read
 
@@ -241,9 +281,16 @@ class WorkloadStats:
 class Workload:
     """Concurrent pushers/pullers against a set of gateways; see the module docstring."""
 
-    def __init__(self, gateway_urls: list[str], chunk_size: int, clients: int = 4,
-                 repos: int = 3, seed: int = 1, push_deadline: float = 120.0,
-                 pause: float = 0.0) -> None:
+    def __init__(
+        self,
+        gateway_urls: list[str],
+        chunk_size: int,
+        clients: int = 4,
+        repos: int = 3,
+        seed: int = 1,
+        push_deadline: float = 120.0,
+        pause: float = 0.0,
+    ) -> None:
         self.gateway_urls = list(gateway_urls)
         self.chunk_size = chunk_size
         self.clients = clients
@@ -308,7 +355,8 @@ class Workload:
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"only {self.acked_count()} of {n} images acknowledged in {timeout}s; "
-                    f"last failures: {[asdict(f) for f in self.failures[-5:]]}")
+                    f"last failures: {[asdict(f) for f in self.failures[-5:]]}"
+                )
             time.sleep(0.05)
 
     def first_ack_sent_after(self, t: float) -> float | None:
@@ -336,8 +384,9 @@ class Workload:
 
     def _record_failure(self, exc: Retryable, base: str) -> None:
         with self._lock:
-            self.failures.append(Failure(time.monotonic(), base, exc.op, exc.status,
-                                         exc.detail[:200]))
+            self.failures.append(
+                Failure(time.monotonic(), base, exc.op, exc.status, exc.detail[:200])
+            )
             self.stats.requests_failed += 1
 
     def _violation(self, text: str) -> None:
@@ -376,16 +425,18 @@ class Workload:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
 
-    async def _push(self, client: RegistryClient, spec: ImageSpec, gateway: int,
-                    rng: random.Random) -> int:
+    async def _push(
+        self, client: RegistryClient, spec: ImageSpec, gateway: int, rng: random.Random
+    ) -> int:
         with self._lock:
             self.stats.pushes_started += 1
         try:
             for _, digest, data in spec.blobs():
                 monolithic = rng.random() < 0.5
 
-                async def blob(base: str, d: str = digest, b: bytes = data,
-                               m: bool = monolithic) -> None:
+                async def blob(
+                    base: str, d: str = digest, b: bytes = data, m: bool = monolithic
+                ) -> None:
                     await client.push_blob(base, spec.repo, d, b, m)
 
                 gateway, _ = await self._retrying(gateway, blob)
@@ -413,8 +464,9 @@ class Workload:
             self.stats.pushes_acked += 1
         return gateway
 
-    async def _pull(self, client: RegistryClient, spec: ImageSpec, gateway: int,
-                    rng: random.Random) -> int:
+    async def _pull(
+        self, client: RegistryClient, spec: ImageSpec, gateway: int, rng: random.Random
+    ) -> int:
         gateway = rng.randrange(len(self.gateway_urls))
 
         async def pull(base: str) -> int:
@@ -441,8 +493,9 @@ class VerifyResult:
     retried: int
 
 
-async def _verify(gateways: list[str], specs: list[ImageSpec], settle: float,
-                  concurrency: int) -> VerifyResult:
+async def _verify(
+    gateways: list[str], specs: list[ImageSpec], settle: float, concurrency: int
+) -> VerifyResult:
     retried = 0
     total = 0
     sem = asyncio.Semaphore(concurrency)
@@ -469,8 +522,9 @@ async def _verify(gateways: list[str], specs: list[ImageSpec], settle: float,
     return VerifyResult(len(specs), len(specs) * len(gateways), total, retried)
 
 
-def verify_images(gateways: list[str], specs: Iterable[ImageSpec], settle: float = 60.0,
-                  concurrency: int = 16) -> VerifyResult:
+def verify_images(
+    gateways: list[str], specs: Iterable[ImageSpec], settle: float = 60.0, concurrency: int = 16
+) -> VerifyResult:
     """Every image read back byte-identical through every gateway (blocking).
 
     Retryable answers (503, refused connections) are retried for `settle` seconds, then
@@ -482,13 +536,14 @@ def verify_images(gateways: list[str], specs: Iterable[ImageSpec], settle: float
 def _metadata_query(address: str, op: str, args: dict[str, Any]) -> Any:
     with grpc.insecure_channel(address) as channel:
         stub = registry_pb2_grpc.MetadataStub(channel)
-        reply = stub.Query(registry_pb2.MetadataRequest(
-            op=op, args=json.dumps(args).encode(), linearizable=True), timeout=15)
+        reply = stub.Query(
+            registry_pb2.MetadataRequest(op=op, args=json.dumps(args).encode(), linearizable=True),
+            timeout=15,
+        )
         return json.loads(reply.result)
 
 
-def cluster_query(cluster: LocalCluster, op: str, args: dict[str, Any],
-                  limit: float = 30.0) -> Any:
+def cluster_query(cluster: LocalCluster, op: str, args: dict[str, Any], limit: float = 30.0) -> Any:
     """A linearizable query through the running nodes in turn, retried on UNAVAILABLE
     (a node that just restarted, an election) as the gateway would."""
     deadline = time.monotonic() + limit
@@ -500,9 +555,10 @@ def cluster_query(cluster: LocalCluster, op: str, args: dict[str, Any],
         try:
             return _metadata_query(address, op, args)
         except grpc.RpcError as exc:
-            if exc.code() not in (grpc.StatusCode.UNAVAILABLE,
-                                  grpc.StatusCode.DEADLINE_EXCEEDED) \
-                    or time.monotonic() > deadline:
+            if (
+                exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                or time.monotonic() > deadline
+            ):
                 raise
             time.sleep(0.2)
 
@@ -519,8 +575,7 @@ def image_chunks(cluster: LocalCluster, specs: Iterable[ImageSpec]) -> dict[str,
         if mine is None:
             mine = {}
             for digest in [d for _, d, _ in spec.blobs()] + [spec.digest]:
-                recipe = cluster_query(cluster, "blob_get",
-                                       {"repo": spec.repo, "digest": digest})
+                recipe = cluster_query(cluster, "blob_get", {"repo": spec.repo, "digest": digest})
                 for chunk_hex, length in recipe["chunks"]:
                     mine[chunk_hex] = int(length)
             _CHUNKS_OF[spec] = mine
@@ -536,9 +591,10 @@ def replica_counts(cluster: LocalCluster, chunk_ids: Iterable[str]) -> dict[str,
         with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
             stub = registry_pb2_grpc.ChunksStub(channel)
             for start in range(0, len(ids), 500):
-                batch = ids[start:start + 500]
-                reply = stub.Has(registry_pb2.HasChunksRequest(
-                    ids=[bytes.fromhex(c) for c in batch]), timeout=15)
+                batch = ids[start : start + 500]
+                reply = stub.Has(
+                    registry_pb2.HasChunksRequest(ids=[bytes.fromhex(c) for c in batch]), timeout=15
+                )
                 for chunk_hex, present in zip(batch, reply.present, strict=True):
                     counts[chunk_hex] += int(present)
     return counts
@@ -546,12 +602,12 @@ def replica_counts(cluster: LocalCluster, chunk_ids: Iterable[str]) -> dict[str,
 
 def node_chunk_bytes(cluster: LocalCluster) -> dict[int, int]:
     """Healthy chunk bytes held by each running node (Admin.Status)."""
-    return {i: int(cluster.node_status(i, timeout=10).chunk_bytes)
-            for i in cluster.running_nodes()}
+    return {i: int(cluster.node_status(i, timeout=10).chunk_bytes) for i in cluster.running_nodes()}
 
 
-def flip_stored_bytes(cluster: LocalCluster, node: int, data: bytes,
-                      offset: int | None = None) -> int:
+def flip_stored_bytes(
+    cluster: LocalCluster, node: int, data: bytes, offset: int | None = None
+) -> int:
     """Flip one byte of `data`'s stored copy in node `node`'s LMDB file, in place on disk.
 
     The chunk's bytes are found in `data.mdb` by content (they are random, so unique) and
@@ -561,7 +617,7 @@ def flip_stored_bytes(cluster: LocalCluster, node: int, data: bytes,
     """
     path = cluster.node_data_dir(node) / "chunks" / "data.mdb"
     probe_at = offset if offset is not None else len(data) // 2
-    probe = data[max(0, probe_at - 32):probe_at + 32]
+    probe = data[max(0, probe_at - 32) : probe_at + 32]
     raw = path.read_bytes()
     hits = 0
     start = 0
@@ -611,8 +667,11 @@ class PhaseClock:
         self.fault_at = time.monotonic()
         return self.fault_at
 
-    def finish(self, verified: VerifyResult | None = None, recovery: float | None = None,
-               ) -> Phase:
+    def finish(
+        self,
+        verified: VerifyResult | None = None,
+        recovery: float | None = None,
+    ) -> Phase:
         end = time.monotonic()
         failures = self.workload.failures_between(self.start, end)
         self.phase.acked_during = self.workload.acked_count() - self.acked_at_start
@@ -649,8 +708,9 @@ class Summary:
         with contextlib.suppress(OSError, ValueError):
             merged = json.loads(json_path.read_text()).get("sections", {})
         merged.update(self.sections)
-        json_path.write_text(json.dumps({"title": self.title, "sections": merged},
-                                        indent=2, sort_keys=True) + "\n")
+        json_path.write_text(
+            json.dumps({"title": self.title, "sections": merged}, indent=2, sort_keys=True) + "\n"
+        )
         md_path.write_text(render_markdown(self.title, merged))
         return md_path
 
@@ -666,16 +726,21 @@ def _cell(value: Any) -> str:
 
 
 def render_markdown(title: str, sections: dict[str, Any]) -> str:
-    lines = [f"# {title}", "",
-             "Generated by the chaos suite (`tests/cluster/test_chaos*.py`, "
-             "`test_raft_durability*.py`, `test_quorum*.py`); see tests/cluster/chaos.py.", "",
-             "Columns: `acked_during` images whose manifest PUT got 201 during the phase; "
-             "`client_failures` requests the clients saw fail (5xx, or `:0` = no answer: "
-             "refused/reset) and retried through a gateway; `recovery_seconds` from the fault "
-             "until the first 201 for a manifest PUT sent after it (for a leader kill, from "
-             "the failover probe); `verified_*` acknowledged images read back byte-identical "
-             "through every running gateway at the end of the phase; `bytes_repaired` what "
-             "the repair roles copied until every chunk had R copies again.", ""]
+    lines = [
+        f"# {title}",
+        "",
+        "Generated by the chaos suite (`tests/cluster/test_chaos*.py`, "
+        "`test_raft_durability*.py`, `test_quorum*.py`); see tests/cluster/chaos.py.",
+        "",
+        "Columns: `acked_during` images whose manifest PUT got 201 during the phase; "
+        "`client_failures` requests the clients saw fail (5xx, or `:0` = no answer: "
+        "refused/reset) and retried through a gateway; `recovery_seconds` from the fault "
+        "until the first 201 for a manifest PUT sent after it (for a leader kill, from "
+        "the failover probe); `verified_*` acknowledged images read back byte-identical "
+        "through every running gateway at the end of the phase; `bytes_repaired` what "
+        "the repair roles copied until every chunk had R copies again.",
+        "",
+    ]
     for name in sorted(sections):
         data = sections[name]
         lines += [f"## {name}", ""]
@@ -683,9 +748,19 @@ def render_markdown(title: str, sections: dict[str, Any]) -> str:
             lines += [str(data["setup"]), ""]
         phases = data.get("phases")
         if phases:
-            cols = ["name", "fault", "acked_during", "client_failures", "failures_by_op",
-                    "recovery_seconds", "verified_images", "verified_reads",
-                    "bytes_repaired", "phase_seconds", "notes"]
+            cols = [
+                "name",
+                "fault",
+                "acked_during",
+                "client_failures",
+                "failures_by_op",
+                "recovery_seconds",
+                "verified_images",
+                "verified_reads",
+                "bytes_repaired",
+                "phase_seconds",
+                "notes",
+            ]
             lines.append("| " + " | ".join(cols) + " |")
             lines.append("|" + "---|" * len(cols))
             for p in phases:
@@ -698,15 +773,15 @@ def render_markdown(title: str, sections: dict[str, Any]) -> str:
 
 
 # -- background roles (node/repair.py, node/scrub.py) -----------------------------------------
-def trigger_role(cluster: LocalCluster, i: int, role: str, wait: bool = True,
-                 timeout: float = 120.0) -> dict[str, Any] | None:
+def trigger_role(
+    cluster: LocalCluster, i: int, role: str, wait: bool = True, timeout: float = 120.0
+) -> dict[str, Any] | None:
     """Run one pass of `role` on node i now (Admin.Trigger) and return its progress
     counters; None when the node does not serve that role."""
     with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
         stub = registry_pb2_grpc.AdminStub(channel)
         try:
-            reply = stub.Trigger(registry_pb2.TriggerRequest(role=role, wait=wait),
-                                 timeout=timeout)
+            reply = stub.Trigger(registry_pb2.TriggerRequest(role=role, wait=wait), timeout=timeout)
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND):
                 return None
@@ -745,8 +820,9 @@ def repaired_bytes_total(cluster: LocalCluster) -> int | None:
     return total if found else None
 
 
-def wait_replicated(cluster: LocalCluster, chunks: dict[str, int], copies: int,
-                    timeout: float = 120.0) -> tuple[int | None, dict[int, int]]:
+def wait_replicated(
+    cluster: LocalCluster, chunks: dict[str, int], copies: int, timeout: float = 120.0
+) -> tuple[int | None, dict[int, int]]:
     """Trigger repair passes until every chunk has `copies` healthy copies on running
     nodes. Returns (bytes repaired, histogram copies -> chunks); bytes is None and nothing
     is waited for when the nodes serve no repair role."""
@@ -762,8 +838,9 @@ def wait_replicated(cluster: LocalCluster, chunks: dict[str, int], copies: int,
         if all(n >= copies for n in counts.values()):
             return repaired, histogram
         if time.monotonic() > deadline:
-            raise AssertionError(f"chunks still under-replicated after {timeout}s: "
-                                 f"copies->chunks {histogram}")
+            raise AssertionError(
+                f"chunks still under-replicated after {timeout}s: copies->chunks {histogram}"
+            )
         time.sleep(0.5)
 
 

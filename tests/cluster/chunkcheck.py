@@ -20,8 +20,9 @@ def digest_of(data: bytes) -> str:
 
 
 def chunk_ids(data: bytes, chunk_size: int) -> list[bytes]:
-    return [hashlib.sha256(data[i:i + chunk_size]).digest()
-            for i in range(0, len(data), chunk_size)]
+    return [
+        hashlib.sha256(data[i : i + chunk_size]).digest() for i in range(0, len(data), chunk_size)
+    ]
 
 
 async def push_blob(http: aiohttp.ClientSession, base: str, repo: str, data: bytes) -> str:
@@ -33,8 +34,11 @@ async def push_blob(http: aiohttp.ClientSession, base: str, repo: str, data: byt
     if location.startswith("/"):
         location = base + location
     sep = "&" if "?" in location else "?"
-    async with http.put(f"{location}{sep}digest={digest}", data=data,
-                        headers={"Content-Type": "application/octet-stream"}) as resp:
+    async with http.put(
+        f"{location}{sep}digest={digest}",
+        data=data,
+        headers={"Content-Type": "application/octet-stream"},
+    ) as resp:
         assert resp.status == 201, await resp.text()
     return digest
 
@@ -52,7 +56,8 @@ def admin(cluster: LocalCluster, i: int) -> registry_pb2_grpc.AdminStub:
 def has(cluster: LocalCluster, i: int, ids: list[bytes]) -> list[bool]:
     with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
         reply = registry_pb2_grpc.ChunksStub(channel).Has(
-            registry_pb2.HasChunksRequest(ids=ids), timeout=30)
+            registry_pb2.HasChunksRequest(ids=ids), timeout=30
+        )
     return list(reply.present)
 
 
@@ -93,7 +98,8 @@ def trigger(cluster: LocalCluster, i: int, role: str = "repair") -> dict[str, An
     """Run one whole pass of a role on node i and return its progress."""
     with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
         reply = registry_pb2_grpc.AdminStub(channel).Trigger(
-            registry_pb2.TriggerRequest(role=role, wait=True), timeout=300)
+            registry_pb2.TriggerRequest(role=role, wait=True), timeout=300
+        )
     return dict(json.loads(reply.progress))
 
 

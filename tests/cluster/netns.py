@@ -79,16 +79,24 @@ class NetnsLab:
         for i in range(self.count):
             ns, veth = self.namespace(i), self._veth(i)
             _run("ip", "netns", "add", ns)
-            _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0",
-                 "netns", ns)
+            _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
             _run("ip", "addr", "add", f"{self.root_ip(i)}/30", "dev", veth)
             _run("ip", "link", "set", veth, "up")
             _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-            _run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{self.host_ip(i)}/30",
-                 "dev", "eth0")
+            _run(
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "ip",
+                "addr",
+                "add",
+                f"{self.host_ip(i)}/30",
+                "dev",
+                "eth0",
+            )
             _run("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
-            _run("ip", "netns", "exec", ns, "ip", "route", "add", "default", "via",
-                 self.root_ip(i))
+            _run("ip", "netns", "exec", ns, "ip", "route", "add", "default", "via", self.root_ip(i))
             for direction in ("-i", "-o"):
                 rule = ["FORWARD", direction, veth, "-j", "ACCEPT"]
                 _run("iptables", "-I", *rule)

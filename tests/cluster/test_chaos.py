@@ -71,8 +71,11 @@ class Run:
         self.phases: list[Phase] = []
 
     def running_gateways(self) -> list[str]:
-        return [self.cluster.gateway_urls[j] for j, p in enumerate(self.cluster.gateway_procs)
-                if p is not None and p.poll() is None]
+        return [
+            self.cluster.gateway_urls[j]
+            for j, p in enumerate(self.cluster.gateway_procs)
+            if p is not None and p.poll() is None
+        ]
 
     def progress(self, n: int = PROGRESS) -> None:
         self.workload.wait_acked(self.workload.acked_count() + n, timeout=120)
@@ -100,15 +103,16 @@ class Run:
         after = repaired_bytes_total(self.cluster)
         if after is not None:
             phase.bytes_repaired = after - (before or 0)
-            phase.notes = (phase.notes + f" Back to R copies of all {len(chunks)} chunks "
-                           f"in {time.monotonic() - start:.1f}s.").strip()
+            phase.notes = (
+                phase.notes + f" Back to R copies of all {len(chunks)} chunks "
+                f"in {time.monotonic() - start:.1f}s."
+            ).strip()
 
 
 def test_chaos_sequence(make_cluster: Callable[..., LocalCluster], tmp_path: Path) -> None:
     rng = random.Random()
     seed = rng.randrange(1 << 30)
-    cluster = make_cluster(nodes=3, gateways=2, chunk_size=CHUNK,
-                           extra={"node": NODE_SETTINGS})
+    cluster = make_cluster(nodes=3, gateways=2, chunk_size=CHUNK, extra={"node": NODE_SETTINGS})
     workload = Workload(cluster.gateway_urls, CHUNK, clients=4, seed=seed, pause=0.3)
     run = Run(cluster, workload)
     with workload:
@@ -137,8 +141,10 @@ def test_chaos_sequence(make_cluster: Callable[..., LocalCluster], tmp_path: Pat
             failover = probe.wait_recovered(killed_at, timeout=60)
             run.progress()
         phase = run.verify(clock, recovery=failover)
-        phase.notes = f"new leader n{(cluster.leader_index() or 0) + 1}; failover probe PUTs " \
-                      f"ok={len(probe.ok)} failed={probe.failed}."
+        phase.notes = (
+            f"new leader n{(cluster.leader_index() or 0) + 1}; failover probe PUTs "
+            f"ok={len(probe.ok)} failed={probe.failed}."
+        )
         before = repaired_bytes_total(cluster)
         cluster.start_node(leader)
         cluster.wait_ready(60)
@@ -155,8 +161,11 @@ def test_chaos_sequence(make_cluster: Callable[..., LocalCluster], tmp_path: Pat
         cluster.wait_ready(60)
 
         # 4. rolling restart, one process at a time
-        clock = PhaseClock(workload, "rolling-restart", "SIGTERM+start every node, then "
-                                                        "every gateway, one at a time")
+        clock = PhaseClock(
+            workload,
+            "rolling-restart",
+            "SIGTERM+start every node, then every gateway, one at a time",
+        )
         clock.fault_now()
         for i in range(cluster.node_count):
             cluster.restart_node(i)
@@ -190,8 +199,10 @@ def test_chaos_sequence(make_cluster: Callable[..., LocalCluster], tmp_path: Pat
         assert again is None or again == chunk
         assert replica_counts(cluster, [chunk_id.hex()])[chunk_id.hex()] >= 2
         phase = run.verify(clock)
-        phase.notes = (f"n{node + 1} quarantined the copy; it then served "
-                       f"{'nothing' if again is None else 'a re-fetched good copy'}.")
+        phase.notes = (
+            f"n{node + 1} quarantined the copy; it then served "
+            f"{'nothing' if again is None else 'a re-fetched good copy'}."
+        )
         run.restore_copies(phase, before_flip)
         run.progress(2)
 
@@ -207,22 +218,26 @@ def test_chaos_sequence(make_cluster: Callable[..., LocalCluster], tmp_path: Pat
     assert not low, f"{len(low)} chunks below W copies"
     repaired, histogram = wait_replicated(cluster, chunks, cluster.layout.replicas)
     summary = Summary("Cargohold chaos suite")
-    summary.add("1. fault sequence (3 nodes R=3 W=2, 2 gateways, 4 clients)", {
-        "setup": f"chunk size {CHUNK // 1024} KiB; images = config + a sub-chunk layer + a "
-                 f"2-3 chunk layer; workload seed {seed}",
-        "phases": [asdict(p) for p in run.phases],
-        "images acknowledged": len(acked),
-        "pushes started": workload.stats.pushes_started,
-        "pushes abandoned (gave up after retries)": workload.stats.pushes_abandoned,
-        "pulls verified during the run": workload.stats.pulls_ok,
-        "client-visible failed requests": workload.stats.requests_failed,
-        "violations (wrong/missing acknowledged data)": len(workload.violations),
-        "final verification": f"{final.images} images x {cluster.gateway_count} gateways, "
-                              f"{final.bytes_read} bytes, all byte-identical",
-        "chunk copies -> chunks": histogram,
-        "final repair bytes": repaired if repaired is not None else "repair not served",
-        "leader failover seconds (probe)": next(
-            p.recovery_seconds for p in run.phases if p.name == "kill-leader"),
-    })
+    summary.add(
+        "1. fault sequence (3 nodes R=3 W=2, 2 gateways, 4 clients)",
+        {
+            "setup": f"chunk size {CHUNK // 1024} KiB; images = config + a sub-chunk layer + a "
+            f"2-3 chunk layer; workload seed {seed}",
+            "phases": [asdict(p) for p in run.phases],
+            "images acknowledged": len(acked),
+            "pushes started": workload.stats.pushes_started,
+            "pushes abandoned (gave up after retries)": workload.stats.pushes_abandoned,
+            "pulls verified during the run": workload.stats.pulls_ok,
+            "client-visible failed requests": workload.stats.requests_failed,
+            "violations (wrong/missing acknowledged data)": len(workload.violations),
+            "final verification": f"{final.images} images x {cluster.gateway_count} gateways, "
+            f"{final.bytes_read} bytes, all byte-identical",
+            "chunk copies -> chunks": histogram,
+            "final repair bytes": repaired if repaired is not None else "repair not served",
+            "leader failover seconds (probe)": next(
+                p.recovery_seconds for p in run.phases if p.name == "kill-leader"
+            ),
+        },
+    )
     path = summary.write(summary_path(tmp_path))
     assert "kill-leader" in path.read_text()

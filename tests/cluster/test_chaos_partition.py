@@ -58,8 +58,9 @@ CHUNK = 256 * 1024
 TAG = "moving"
 
 
-async def _push(base_urls: list[str], spec: ImageSpec, manifest_too: bool = True,
-                limit: float = 90.0) -> tuple[float, int]:
+async def _push(
+    base_urls: list[str], spec: ImageSpec, manifest_too: bool = True, limit: float = 90.0
+) -> tuple[float, int]:
     """Push `spec` through the gateways (moving on after each retryable failure); returns
     (seconds taken, failures seen)."""
     start = time.monotonic()
@@ -112,9 +113,12 @@ def sticky_gateway(cluster: LocalCluster, node: int) -> Iterator[str]:
     path = cluster.base_dir / "config" / "gateway-sticky.toml"
     path.write_text(to_toml(config))
     with open(cluster.base_dir / "logs" / "gateway-sticky.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "cargohold.cli", "gateway", "--config",
-                                 str(path)], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cargohold.cli", "gateway", "--config", str(path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -136,28 +140,38 @@ def sticky_gateway(cluster: LocalCluster, node: int) -> Iterator[str]:
 def _tag_on_node(cluster: LocalCluster, i: int, repo: str, linearizable: bool) -> str:
     with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
         stub = registry_pb2_grpc.MetadataStub(channel)
-        reply = stub.Query(registry_pb2.MetadataRequest(
-            op="tag_get", args=json.dumps({"repo": repo, "tag": TAG}).encode(),
-            linearizable=linearizable), timeout=30)
+        reply = stub.Query(
+            registry_pb2.MetadataRequest(
+                op="tag_get",
+                args=json.dumps({"repo": repo, "tag": TAG}).encode(),
+                linearizable=linearizable,
+            ),
+            timeout=30,
+        )
     return str(json.loads(reply.result)["digest"])
 
 
 def test_partitioned_leader_never_serves_a_moved_tag(
-        lab: NetnsLab, make_cluster: Callable[..., LocalCluster], tmp_path: Path) -> None:
+    lab: NetnsLab, make_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
     cluster = make_cluster(
-        nodes=3, gateways=2, chunk_size=CHUNK,
+        nodes=3,
+        gateways=2,
+        chunk_size=CHUNK,
         node_hosts=[lab.host_ip(i) for i in range(3)],
         node_exec_prefixes=[lab.exec_prefix(i) for i in range(3)],
         # A barrier on the cut-off node gives up after 3 s (default 10 s): the same outcome,
         # sooner, so the gateways' retries elsewhere do not stretch the test.
-        extra={"node": {"raft_command_timeout": 3.0}})
+        extra={"node": {"raft_command_timeout": 3.0}},
+    )
     rng = random.Random()
     old = replace(random_image(rng, "chaos/moving", CHUNK), tag=TAG)
     new = replace(random_image(rng, "chaos/moving", CHUNK), tag=TAG)
     gateways = cluster.gateway_urls
     with contextlib.ExitStack() as stack:
-        workload = stack.enter_context(Workload(gateways, CHUNK, clients=3,
-                                                seed=rng.randrange(1 << 30), pause=0.3))
+        workload = stack.enter_context(
+            Workload(gateways, CHUNK, clients=3, seed=rng.randrange(1 << 30), pause=0.3)
+        )
         workload.wait_acked(6)
         asyncio.run(_push(gateways, old))
         asyncio.run(_push(gateways, new, manifest_too=False))
@@ -165,9 +179,12 @@ def test_partitioned_leader_never_serves_a_moved_tag(
         assert leader is not None
         assert _tag_on_node(cluster, leader, old.repo, linearizable=True) == old.digest
 
-        clock = PhaseClock(workload, "partition-leader",
-                           f"partition raft leader n{leader + 1} from its peers (gateways "
-                           f"still reach it), move a tag, read it through every gateway")
+        clock = PhaseClock(
+            workload,
+            "partition-leader",
+            f"partition raft leader n{leader + 1} from its peers (gateways "
+            f"still reach it), move a tag, read it through every gateway",
+        )
         sticky = stack.enter_context(sticky_gateway(cluster, leader))
         asyncio.run(_read_tag(sticky, new.repo))  # it knows the leader now
         clock.fault_now()
@@ -204,7 +221,8 @@ def test_partitioned_leader_never_serves_a_moved_tag(
                 last = f"{exc.code().name}: {exc.details()}"
             assert time.monotonic() < deadline, (
                 f"healed node never caught up: {last}; status "
-                f"{[cluster.node_status(i) for i in range(3)]}\n{cluster.tail_logs()}")
+                f"{[cluster.node_status(i) for i in range(3)]}\n{cluster.tail_logs()}"
+            )
             time.sleep(0.2)
         caught_up = time.monotonic() - healed_at
         workload.wait_acked(workload.acked_count() + 4, timeout=120)
@@ -218,15 +236,20 @@ def test_partitioned_leader_never_serves_a_moved_tag(
         phase = clock.finish(result)
     slow = max(r[2] for r in reads)
     sticky_slow = max(r[2] for r in reads if r[0] == sticky)
-    phase.notes = (f"tag move took {moved_in:.1f}s ({move_failures} retried failures); "
-                   f"{len(reads)} reads: {sum(r[1] == new.digest for r in reads)} new digest, "
-                   f"{sum(r[1].startswith('retry') for r in reads)} retryable, 0 stale; "
-                   f"slowest read {slow:.1f}s (through the gateway seeded with the cut-off node: "
-                   f"{sticky_slow:.1f}s); node caught up {caught_up:.1f}s after heal")
+    phase.notes = (
+        f"tag move took {moved_in:.1f}s ({move_failures} retried failures); "
+        f"{len(reads)} reads: {sum(r[1] == new.digest for r in reads)} new digest, "
+        f"{sum(r[1].startswith('retry') for r in reads)} retryable, 0 stale; "
+        f"slowest read {slow:.1f}s (through the gateway seeded with the cut-off node: "
+        f"{sticky_slow:.1f}s); node caught up {caught_up:.1f}s after heal"
+    )
     summary = Summary("Cargohold chaos suite")
-    summary.add("2. partition (3 nodes in network namespaces, gateways in the root one)", {
-        "phases": [asdict(phase)],
-        "images acknowledged": len(specs),
-        "violations (wrong/missing acknowledged data)": len(workload.violations),
-    })
+    summary.add(
+        "2. partition (3 nodes in network namespaces, gateways in the root one)",
+        {
+            "phases": [asdict(phase)],
+            "images acknowledged": len(specs),
+            "violations (wrong/missing acknowledged data)": len(workload.violations),
+        },
+    )
     summary.write(summary_path(tmp_path))

@@ -44,9 +44,12 @@ def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeCluster
     ensure_image(IMAGE)
     suffix = uuid.uuid4().hex[:8]
     cluster = ComposeCluster(
-        project=f"cargohold-test-{suffix}", port=free_port(),
-        net_prefix=f"172.29.{random.randint(100, 250)}", image=IMAGE,
-        log_dir=tmp_path_factory.mktemp("compose-logs"))
+        project=f"cargohold-test-{suffix}",
+        port=free_port(),
+        net_prefix=f"172.29.{random.randint(100, 250)}",
+        image=IMAGE,
+        log_dir=tmp_path_factory.mktemp("compose-logs"),
+    )
     try:
         cluster.up()
         yield cluster
@@ -65,8 +68,7 @@ def images(tmp_path: Path) -> Iterator[list[LayeredImage]]:
             image.remove()
 
 
-def _new_image(images: list[LayeredImage], tmp_path: Path, big_size: int = 9 * MiB
-               ) -> LayeredImage:
+def _new_image(images: list[LayeredImage], tmp_path: Path, big_size: int = 9 * MiB) -> LayeredImage:
     image = build_layered(tmp_path, big_size=big_size)
     images.append(image)
     return image
@@ -87,8 +89,16 @@ def _pull_and_check(image: LayeredImage, ref: str) -> None:
     docker("pull", ref)
     image.extra_tags.append(ref)
     # One container: the hello text on its own line, then the checksums.
-    out = docker("run", "--rm", "--network", "none", ref, "sh", "-c",
-                 "cat /data/hello.txt; sha256sum /data/big.bin /data/small.bin")
+    out = docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        ref,
+        "sh",
+        "-c",
+        "cat /data/hello.txt; sha256sum /data/big.bin /data/small.bin",
+    )
     hello, *sum_lines = out.strip().splitlines()
     assert (hello + "\n").encode() == image.files["/data/hello.txt"]
     sums = {path: digest for digest, path in (line.split() for line in sum_lines)}
@@ -96,8 +106,9 @@ def _pull_and_check(image: LayeredImage, ref: str) -> None:
     assert sums["/data/small.bin"] == image.sha256("/data/small.bin")
 
 
-def test_push_pull_run_through_lb(compose: ComposeCluster, images: list[LayeredImage],
-                                  tmp_path: Path) -> None:
+def test_push_pull_run_through_lb(
+    compose: ComposeCluster, images: list[LayeredImage], tmp_path: Path
+) -> None:
     image = _new_image(images, tmp_path)
     ref = f"{compose.registry}/accept/basic:v1"
     _push(image, ref)
@@ -106,7 +117,8 @@ def test_push_pull_run_through_lb(compose: ComposeCluster, images: list[LayeredI
 
 
 def test_pull_after_killing_a_gateway_and_a_node(
-        compose: ComposeCluster, images: list[LayeredImage], tmp_path: Path) -> None:
+    compose: ComposeCluster, images: list[LayeredImage], tmp_path: Path
+) -> None:
     image = _new_image(images, tmp_path)
     ref = f"{compose.registry}/accept/kill:v1"
     _push(image, ref)
@@ -126,7 +138,8 @@ def test_pull_after_killing_a_gateway_and_a_node(
 
 
 def test_partitioned_leader_during_pushes_loses_nothing_acknowledged(
-        compose: ComposeCluster, images: list[LayeredImage], tmp_path: Path) -> None:
+    compose: ComposeCluster, images: list[LayeredImage], tmp_path: Path
+) -> None:
     pushes = [_new_image(images, tmp_path, big_size=6 * MiB) for _ in range(4)]
     acknowledged: list[tuple[LayeredImage, str]] = []
     failed: list[str] = []
@@ -161,7 +174,8 @@ def test_partitioned_leader_during_pushes_loses_nothing_acknowledged(
 
 
 def test_rolling_restart_while_pulling_has_no_failed_pull(
-        compose: ComposeCluster, images: list[LayeredImage], tmp_path: Path) -> None:
+    compose: ComposeCluster, images: list[LayeredImage], tmp_path: Path
+) -> None:
     image = _new_image(images, tmp_path, big_size=4 * MiB)
     ref = f"{compose.registry}/accept/rolling:v1"
     _push(image, ref)
@@ -196,6 +210,7 @@ def test_rolling_restart_while_pulling_has_no_failed_pull(
         stop.set()
         thread.join(timeout=300)
     image.extra_tags.append(ref)
-    assert not failures, f"{len(failures)} of {len(pulls) + len(failures)} pulls failed: " \
-        f"{failures[:3]}"
+    assert not failures, (
+        f"{len(failures)} of {len(pulls) + len(failures)} pulls failed: {failures[:3]}"
+    )
     assert len(pulls) >= len(NODES) + len(GATEWAYS), f"only {len(pulls)} pulls ran"

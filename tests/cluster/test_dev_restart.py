@@ -53,9 +53,22 @@ class DevProcess:
 
     def __init__(self, data: Path, port: int, node_base: int) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cargohold.cli", "dev", "--data", str(data),
-             "--port", str(port), "--node-base-port", str(node_base)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "cargohold.cli",
+                "dev",
+                "--data",
+                str(data),
+                "--port",
+                str(port),
+                "--node-base-port",
+                str(node_base),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
@@ -95,8 +108,9 @@ async def _push(base: str, specs: list[ImageSpec]) -> None:
         for spec in specs:
             for _, digest, data in spec.blobs():
                 await client.push_blob(base, spec.repo, digest, data, monolithic=False)
-            assert await client.put_manifest(base, spec.repo, spec.tag,
-                                             spec.manifest()) == spec.digest
+            assert (
+                await client.put_manifest(base, spec.repo, spec.tag, spec.manifest()) == spec.digest
+            )
 
 
 async def _check(base: str, specs: list[ImageSpec]) -> int:
@@ -110,16 +124,30 @@ def test_dev_cluster_keeps_everything_across_restarts(tmp_path: Path) -> None:
     port, node_base = free_port(), _free_node_base()
     base = f"http://127.0.0.1:{port}"
     # One image whose layer spans two 4 MiB chunks (the dev default), one small.
-    specs = [ImageSpec(repo="dev/big", tag="v1", seed=1, layer_sizes=(5 * 1024 * 1024 + 7,)),
-             ImageSpec(repo="dev/small/nested", tag="latest", seed=2, layer_sizes=(1000, 3))]
+    specs = [
+        ImageSpec(repo="dev/big", tag="v1", seed=1, layer_sizes=(5 * 1024 * 1024 + 7,)),
+        ImageSpec(repo="dev/small/nested", tag="latest", seed=2, layer_sizes=(1000, 3)),
+    ]
 
     first = DevProcess(data, port, node_base)
     try:
         first.wait_for("registry ready")
         asyncio.run(_push(base, specs))
         status = subprocess.run(
-            [sys.executable, "-m", "cargohold.cli", "admin", "status", "--json", "--nodes",
-             f"127.0.0.1:{node_base}"], capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-m",
+                "cargohold.cli",
+                "admin",
+                "status",
+                "--json",
+                "--nodes",
+                f"127.0.0.1:{node_base}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert status.returncode == 0, status.stderr
         report = json.loads(status.stdout)
         assert report["leader"] in {"n1", "n2", "n3"}

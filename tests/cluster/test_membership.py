@@ -35,9 +35,10 @@ pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]
 
 CHUNK = 256 * 1024
 MiB = 1024 * 1024
-EXTRA = {"node": {"repair_interval": 3600.0, "scrub_interval": 3600.0,
-                  "repair_rate_bytes": 1024 * MiB},
-         "gateway": {"members_refresh_seconds": 1.0}}
+EXTRA = {
+    "node": {"repair_interval": 3600.0, "scrub_interval": 3600.0, "repair_rate_bytes": 1024 * MiB},
+    "gateway": {"members_refresh_seconds": 1.0},
+}
 
 
 @pytest.fixture
@@ -84,8 +85,9 @@ class Load:
         await asyncio.gather(*self._tasks)
 
 
-async def _repair_until_placed(cluster: LocalCluster, nodes: list[int], ids: list[bytes],
-                               rounds: int = 6) -> None:
+async def _repair_until_placed(
+    cluster: LocalCluster, nodes: list[int], ids: list[bytes], rounds: int = 6
+) -> None:
     for _ in range(rounds):
         await asyncio.gather(*(asyncio.to_thread(trigger, cluster, i) for i in nodes))
         if not await asyncio.to_thread(misplaced, cluster, ids, nodes[0]):
@@ -101,7 +103,8 @@ async def _wait(predicate: Callable[[], bool], what: str, limit: float = 60.0) -
 
 
 async def test_add_then_drain_and_remove_the_leader_under_load(
-        make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession) -> None:
+    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+) -> None:
     cluster = make_cluster(nodes=3, gateways=2, chunk_size=CHUNK, extra=EXTRA)
     seeds = cluster.node_grpc_addresses
     preload = [os.urandom(2 * MiB + k) for k in range(6)]
@@ -113,11 +116,18 @@ async def test_add_then_drain_and_remove_the_leader_under_load(
         new = cluster.add_node()
         await asyncio.to_thread(wait_answering, cluster, new)
         members = await asyncio.to_thread(
-            member_change, seeds, "AddMember", cluster.node_id(new), cluster.node_grpc(new),
-            cluster.node_raft(new))
+            member_change,
+            seeds,
+            "AddMember",
+            cluster.node_id(new),
+            cluster.node_grpc(new),
+            cluster.node_raft(new),
+        )
         assert {m["id"]: m["state"] for m in members}["n4"] == "active"
-        await _wait(lambda: any(m["id"] == "n4" for m in cluster.members(new)),
-                    "n4 to catch up with the Raft log")
+        await _wait(
+            lambda: any(m["id"] == "n4" for m in cluster.members(new)),
+            "n4 to catch up with the Raft log",
+        )
         ids = [c for d in preload for c in chunk_ids(d, CHUNK)]
         await _repair_until_placed(cluster, [0, 1, 2, new], ids)
         assert cluster.node_status(new).chunk_count > 0  # rebalancing gave n4 its share
@@ -126,13 +136,11 @@ async def test_add_then_drain_and_remove_the_leader_under_load(
         victim = cluster.leader_index()
         assert victim is not None
         victim_id = cluster.node_id(victim)
-        await asyncio.to_thread(member_change, seeds, "SetMemberState", victim_id,
-                                state="draining")
+        await asyncio.to_thread(member_change, seeds, "SetMemberState", victim_id, state="draining")
         await asyncio.sleep(2.5)  # gateways re-learn members every second: no new writes
         rest = [i for i in range(cluster.node_count) if i != victim]
         for _ in range(8):
-            await asyncio.gather(*(asyncio.to_thread(trigger, cluster, i)
-                                   for i in [*rest, victim]))
+            await asyncio.gather(*(asyncio.to_thread(trigger, cluster, i) for i in [*rest, victim]))
             if cluster.node_status(victim).chunk_count == 0:
                 break
         assert cluster.node_status(victim).chunk_count == 0
@@ -144,8 +152,10 @@ async def test_add_then_drain_and_remove_the_leader_under_load(
     finally:
         await load.stop()
 
-    print(f"\nmembership: {load.ops} pushes/pulls during add + drain + remove, "
-          f"{len(load.failures)} failed")
+    print(
+        f"\nmembership: {load.ops} pushes/pulls during add + drain + remove, "
+        f"{len(load.failures)} failed"
+    )
     assert load.failures == [], load.failures[:5]
     assert load.ops > 0
     all_ids = ids + [c for _, _, d in load.blobs for c in chunk_ids(d, CHUNK)]
@@ -165,38 +175,59 @@ def status_members(cluster: LocalCluster, i: int) -> list[str]:
 
 
 async def test_remove_refuses_an_active_or_unemptied_member(
-        make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession) -> None:
+    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+) -> None:
     cluster = make_cluster(nodes=3, gateways=1, chunk_size=CHUNK, extra=EXTRA)
     seeds = cluster.node_grpc_addresses
     await push_blob(http, cluster.gateway_url, "refuse/a", os.urandom(MiB))
     victim = next(i for i in range(3) if i != cluster.leader_index())
     with pytest.raises(RuntimeError, match="is active: drain it first"):
         await asyncio.to_thread(member_change, seeds, "RemoveMember", cluster.node_id(victim))
-    await asyncio.to_thread(member_change, seeds, "SetMemberState", cluster.node_id(victim),
-                            state="draining")
+    await asyncio.to_thread(
+        member_change, seeds, "SetMemberState", cluster.node_id(victim), state="draining"
+    )
     # With 3 nodes and R=3 its chunks have nowhere to go: it keeps them, remove refuses.
     progress = await asyncio.to_thread(trigger, cluster, victim)
     assert progress["moved_away_chunks"] == 0
     with pytest.raises(RuntimeError, match="still holds 4 chunks"):
         await asyncio.to_thread(member_change, seeds, "RemoveMember", cluster.node_id(victim))
     # The same refusal through the CLI: exit 1, the reason on stderr.
-    cli = [sys.executable, "-m", "cargohold.cli", "admin", "nodes", "--nodes", ",".join(seeds),
-           "remove", cluster.node_id(victim)]
-    done = await asyncio.to_thread(subprocess.run, cli, capture_output=True, text=True,
-                                   timeout=120)
+    cli = [
+        sys.executable,
+        "-m",
+        "cargohold.cli",
+        "admin",
+        "nodes",
+        "--nodes",
+        ",".join(seeds),
+        "remove",
+        cluster.node_id(victim),
+    ]
+    done = await asyncio.to_thread(subprocess.run, cli, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "still holds 4 chunks" in done.stderr
-    repair = [sys.executable, "-m", "cargohold.cli", "admin", "repair", "--wait", "--nodes",
-              ",".join(seeds)]
-    done = await asyncio.to_thread(subprocess.run, repair, capture_output=True, text=True,
-                                   timeout=120)
+    repair = [
+        sys.executable,
+        "-m",
+        "cargohold.cli",
+        "admin",
+        "repair",
+        "--wait",
+        "--nodes",
+        ",".join(seeds),
+    ]
+    done = await asyncio.to_thread(
+        subprocess.run, repair, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and done.stdout.count("passes=") == 3, done.stdout
-    members = await asyncio.to_thread(member_change, seeds, "SetMemberState",
-                                      cluster.node_id(victim), state="active")
+    members = await asyncio.to_thread(
+        member_change, seeds, "SetMemberState", cluster.node_id(victim), state="active"
+    )
     assert {m["id"]: m["state"] for m in members}[cluster.node_id(victim)] == "active"
 
 
 async def test_a_dead_node_removed_with_force_is_rebuilt_elsewhere(
-        make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession) -> None:
+    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+) -> None:
     cluster = make_cluster(nodes=4, gateways=1, chunk_size=CHUNK, extra=EXTRA)
     seeds = cluster.node_grpc_addresses
     blobs = [os.urandom(MiB + k) for k in range(4)]
@@ -205,12 +236,14 @@ async def test_a_dead_node_removed_with_force_is_rebuilt_elsewhere(
     await _repair_until_placed(cluster, [0, 1, 2, 3], ids)
     dead = next(i for i in range(4) if i != cluster.leader_index())
     cluster.kill_node(dead, signal.SIGKILL)
-    await asyncio.to_thread(member_change, seeds, "SetMemberState", cluster.node_id(dead),
-                            state="draining")
+    await asyncio.to_thread(
+        member_change, seeds, "SetMemberState", cluster.node_id(dead), state="draining"
+    )
     with pytest.raises(RuntimeError, match="does not answer"):
         await asyncio.to_thread(member_change, seeds, "RemoveMember", cluster.node_id(dead))
-    members = await asyncio.to_thread(member_change, seeds, "RemoveMember",
-                                      cluster.node_id(dead), force=True)
+    members = await asyncio.to_thread(
+        member_change, seeds, "RemoveMember", cluster.node_id(dead), force=True
+    )
     assert {m["id"]: m["state"] for m in members}[cluster.node_id(dead)] == "removed"
     rest = [i for i in range(4) if i != dead]
     await _repair_until_placed(cluster, rest, ids)

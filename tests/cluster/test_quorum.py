@@ -47,8 +47,13 @@ pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 CHUNK = 256 * 1024
 
 
-def request(base: str, method: str, path: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def request(
+    base: str,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     url = urlsplit(base)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
     try:
@@ -68,14 +73,19 @@ def assert_unavailable(answer: tuple[int, dict[str, str], bytes], what: str) -> 
     assert errors and errors[0]["code"] == "UNAVAILABLE" and errors[0]["message"], errors
 
 
-def push_blob(base: str, repo: str, digest: str, data: bytes) -> tuple[int, dict[str, str],
-                                                                         bytes]:
-    return request(base, "POST", f"/v2/{repo}/blobs/uploads/?digest={digest}", data,
-                   {"Content-Type": "application/octet-stream"})
+def push_blob(base: str, repo: str, digest: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    return request(
+        base,
+        "POST",
+        f"/v2/{repo}/blobs/uploads/?digest={digest}",
+        data,
+        {"Content-Type": "application/octet-stream"},
+    )
 
 
-def with_retries(send: Callable[[], tuple[int, dict[str, str], bytes]],
-                 limit: float = 30.0) -> tuple[int, dict[str, str], bytes]:
+def with_retries(
+    send: Callable[[], tuple[int, dict[str, str], bytes]], limit: float = 30.0
+) -> tuple[int, dict[str, str], bytes]:
     """What a registry client does with a 503: wait `Retry-After`, try again (the gateway
     may need a moment to reconnect to a node that just came back)."""
     deadline = time.monotonic() + limit
@@ -88,12 +98,17 @@ def with_retries(send: Callable[[], tuple[int, dict[str, str], bytes]],
 
 def push_image(base: str, spec: ImageSpec) -> None:
     for _, digest, data in spec.blobs():
-        status, _, body = with_retries(
-            lambda d=digest, b=data: push_blob(base, spec.repo, d, b))
+        status, _, body = with_retries(lambda d=digest, b=data: push_blob(base, spec.repo, d, b))
         assert status == 201, body[:300]
-    status, headers, body = with_retries(lambda: request(
-        base, "PUT", f"/v2/{spec.repo}/manifests/{spec.tag}", spec.manifest(),
-        {"Content-Type": MANIFEST_TYPE}))
+    status, headers, body = with_retries(
+        lambda: request(
+            base,
+            "PUT",
+            f"/v2/{spec.repo}/manifests/{spec.tag}",
+            spec.manifest(),
+            {"Content-Type": MANIFEST_TYPE},
+        )
+    )
     assert status == 201, body[:300]
     assert headers["Docker-Content-Digest"] == spec.digest
 
@@ -105,11 +120,22 @@ def failed_writes(base: str, spec: ImageSpec, stored: ImageSpec) -> None:
     assert_unavailable(push_blob(base, spec.repo, digest, data), "monolithic blob upload")
     status, headers, _ = request(base, "POST", f"/v2/{spec.repo}/blobs/uploads/")
     assert status == 202
-    assert_unavailable(request(base, "PATCH", headers["Location"], data,
-                               {"Content-Type": "application/octet-stream"}), "PATCH")
-    assert_unavailable(request(base, "PUT", f"/v2/{stored.repo}/manifests/{stored.tag}",
-                               stored.manifest(), {"Content-Type": MANIFEST_TYPE}),
-                       "manifest PUT")
+    assert_unavailable(
+        request(
+            base, "PATCH", headers["Location"], data, {"Content-Type": "application/octet-stream"}
+        ),
+        "PATCH",
+    )
+    assert_unavailable(
+        request(
+            base,
+            "PUT",
+            f"/v2/{stored.repo}/manifests/{stored.tag}",
+            stored.manifest(),
+            {"Content-Type": MANIFEST_TYPE},
+        ),
+        "manifest PUT",
+    )
 
 
 def nothing_visible(base: str, spec: ImageSpec, stored: ImageSpec) -> None:
@@ -117,8 +143,9 @@ def nothing_visible(base: str, spec: ImageSpec, stored: ImageSpec) -> None:
     status, _, body = request(base, "GET", f"/v2/{spec.repo}/blobs/{digest}")
     assert status == 404 and b"BLOB_UNKNOWN" in body, (status, body[:200])
     for ref in (stored.tag, stored.digest):
-        status, _, body = request(base, "GET", f"/v2/{stored.repo}/manifests/{ref}",
-                                  headers={"Accept": MANIFEST_TYPE})
+        status, _, body = request(
+            base, "GET", f"/v2/{stored.repo}/manifests/{ref}", headers={"Accept": MANIFEST_TYPE}
+        )
         assert status == 404 and b"MANIFEST_UNKNOWN" in body, (ref, status, body[:200])
     status, _, body = request(base, "GET", f"/v2/{stored.repo}/tags/list")
     assert status == 404 or stored.tag not in json.loads(body)["tags"], body[:200]
@@ -153,39 +180,55 @@ def _scenario(cluster: LocalCluster, down: list[int], check_while_down: bool) ->
     assert result.images == 2
 
 
-def test_below_write_quorum_with_raft_alive(make_cluster: Callable[..., LocalCluster],
-                                            tmp_path: Path) -> None:
+def test_below_write_quorum_with_raft_alive(
+    make_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
     cluster = make_cluster(nodes=3, gateways=1, replicas=3, write_quorum=3, chunk_size=CHUNK)
     leader = cluster.leader_index()
     follower = next(i for i in range(3) if i != leader)
     _scenario(cluster, [follower], check_while_down=True)
-    _record(tmp_path, "5a. quorum: W=3 with one of three nodes down", {
-        "writes answered 503 UNAVAILABLE + Retry-After": "blob POST, PATCH, manifest PUT",
-        "visible afterwards": "nothing (checked while down and after return)",
-        "same push retried after the node returned": "201, byte-identical"})
+    _record(
+        tmp_path,
+        "5a. quorum: W=3 with one of three nodes down",
+        {
+            "writes answered 503 UNAVAILABLE + Retry-After": "blob POST, PATCH, manifest PUT",
+            "visible afterwards": "nothing (checked while down and after return)",
+            "same push retried after the node returned": "201, byte-identical",
+        },
+    )
 
 
-def test_two_of_three_nodes_down(make_cluster: Callable[..., LocalCluster],
-                                 tmp_path: Path) -> None:
+def test_two_of_three_nodes_down(make_cluster: Callable[..., LocalCluster], tmp_path: Path) -> None:
     cluster = make_cluster(nodes=3, gateways=1, chunk_size=CHUNK)
     _scenario(cluster, random.sample(range(3), 2), check_while_down=False)
-    _record(tmp_path, "5b. quorum: W=2 with two of three nodes down", {
-        "writes answered 503 UNAVAILABLE + Retry-After": "blob POST, PATCH, manifest PUT",
-        "visible afterwards": "nothing (checked after return)",
-        "same push retried after the nodes returned": "201, byte-identical"})
+    _record(
+        tmp_path,
+        "5b. quorum: W=2 with two of three nodes down",
+        {
+            "writes answered 503 UNAVAILABLE + Retry-After": "blob POST, PATCH, manifest PUT",
+            "visible afterwards": "nothing (checked after return)",
+            "same push retried after the nodes returned": "201, byte-identical",
+        },
+    )
 
 
 def test_raft_majority_lost_outcome_is_all_or_nothing(
-        make_cluster: Callable[..., LocalCluster], tmp_path: Path) -> None:
+    make_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
     """W=1, so chunks still reach their quorum on the one live node, but Raft has no
     majority: the commit cannot be acknowledged and the client gets 503. Its outcome is
     *unknown*, not "failed": the ex-leader may have appended the command, and it commits
     when the others return (Raft's rule; every command is idempotent, so the client's retry
     is safe). What must hold is atomicity: afterwards each write is either wholly visible
     (byte-identical) or wholly absent, and the retried push succeeds."""
-    cluster = make_cluster(nodes=3, gateways=1, replicas=3, write_quorum=1, chunk_size=CHUNK,
-                           extra={"node": {"raft_command_timeout": 2.0},
-                                  "gateway": {"rpc_timeout_seconds": 6.0}})
+    cluster = make_cluster(
+        nodes=3,
+        gateways=1,
+        replicas=3,
+        write_quorum=1,
+        chunk_size=CHUNK,
+        extra={"node": {"raft_command_timeout": 2.0}, "gateway": {"rpc_timeout_seconds": 6.0}},
+    )
     rng = random.Random()
     base = cluster.gateway_url
     spec = random_image(rng, "quorum/raft", CHUNK)
@@ -198,21 +241,32 @@ def test_raft_majority_lost_outcome_is_all_or_nothing(
         cluster.kill_node(i)
     _, digest, data = spec.blobs()[2]
     assert_unavailable(push_blob(base, spec.repo, digest, data), "blob upload, no majority")
-    assert_unavailable(request(base, "PUT", f"/v2/{stored.repo}/manifests/{stored.tag}",
-                               stored.manifest(), {"Content-Type": MANIFEST_TYPE}),
-                       "manifest PUT, no majority")
+    assert_unavailable(
+        request(
+            base,
+            "PUT",
+            f"/v2/{stored.repo}/manifests/{stored.tag}",
+            stored.manifest(),
+            {"Content-Type": MANIFEST_TYPE},
+        ),
+        "manifest PUT, no majority",
+    )
     for i in followers:
         cluster.start_node(i)
     cluster.wait_ready(60)
-    status, _, body = with_retries(lambda: request(base, "GET",
-                                                   f"/v2/{spec.repo}/blobs/{digest}"))
+    status, _, body = with_retries(lambda: request(base, "GET", f"/v2/{spec.repo}/blobs/{digest}"))
     assert (status, body) in ((200, data), (404, body)), (status, body[:200])
     if status == 404:
         assert b"BLOB_UNKNOWN" in body
     blob_later = status == 200
-    status, headers, body = with_retries(lambda: request(
-        base, "GET", f"/v2/{stored.repo}/manifests/{stored.tag}",
-        headers={"Accept": MANIFEST_TYPE}))
+    status, headers, body = with_retries(
+        lambda: request(
+            base,
+            "GET",
+            f"/v2/{stored.repo}/manifests/{stored.tag}",
+            headers={"Accept": MANIFEST_TYPE},
+        )
+    )
     if status == 200:
         assert body == stored.manifest()
         assert headers["Docker-Content-Digest"] == stored.digest
@@ -222,9 +276,14 @@ def test_raft_majority_lost_outcome_is_all_or_nothing(
     push_image(base, spec)
     push_image(base, stored)
     assert verify_images([base], [spec, stored], settle=30).images == 2
-    _record(tmp_path, "5c. quorum: W=1, Raft majority lost (two followers down)", {
-        "writes answered 503 UNAVAILABLE + Retry-After": "blob POST, manifest PUT",
-        "blob visible after the nodes returned": blob_later,
-        "manifest/tag visible after the nodes returned": manifest_later,
-        "meaning": "a 503 after a Raft timeout is an unknown outcome, resolved atomically",
-        "same push retried": "201, byte-identical"})
+    _record(
+        tmp_path,
+        "5c. quorum: W=1, Raft majority lost (two followers down)",
+        {
+            "writes answered 503 UNAVAILABLE + Retry-After": "blob POST, manifest PUT",
+            "blob visible after the nodes returned": blob_later,
+            "manifest/tag visible after the nodes returned": manifest_later,
+            "meaning": "a 503 after a Raft timeout is an unknown outcome, resolved atomically",
+            "same push retried": "201, byte-identical",
+        },
+    )

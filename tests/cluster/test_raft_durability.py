@@ -52,8 +52,14 @@ NODE_SETTINGS = {
 
 
 def _five(make_cluster: Callable[..., LocalCluster]) -> LocalCluster:
-    return make_cluster(nodes=5, gateways=2, replicas=3, write_quorum=2, chunk_size=CHUNK,
-                        extra={"node": NODE_SETTINGS})
+    return make_cluster(
+        nodes=5,
+        gateways=2,
+        replicas=3,
+        write_quorum=2,
+        chunk_size=CHUNK,
+        extra={"node": NODE_SETTINGS},
+    )
 
 
 def _pairs(rng: random.Random) -> list[tuple[int, int]]:
@@ -64,18 +70,21 @@ def _pairs(rng: random.Random) -> list[tuple[int, int]]:
 
 
 def test_losing_any_two_of_five_nodes_loses_nothing(
-        make_cluster: Callable[..., LocalCluster], tmp_path: Path) -> None:
+    make_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
     rng = random.Random()
     cluster = _five(make_cluster)
-    workload = Workload(cluster.gateway_urls, CHUNK, clients=3, seed=rng.randrange(1 << 30),
-                        pause=0.2)
+    workload = Workload(
+        cluster.gateway_urls, CHUNK, clients=3, seed=rng.randrange(1 << 30), pause=0.2
+    )
     phases = []
     pairs = _pairs(rng)
     with workload:
         workload.wait_acked(12)
         for a, b in pairs:
-            clock = PhaseClock(workload, f"kill-n{a + 1}-n{b + 1}",
-                               f"SIGKILL n{a + 1} and n{b + 1} together")
+            clock = PhaseClock(
+                workload, f"kill-n{a + 1}-n{b + 1}", f"SIGKILL n{a + 1} and n{b + 1} together"
+            )
             clock.fault_now()
             cluster.kill_node(a)
             cluster.kill_node(b)
@@ -104,16 +113,19 @@ def test_losing_any_two_of_five_nodes_loses_nothing(
     final = verify_images(cluster.gateway_urls, specs, settle=60)
     repaired, histogram = wait_replicated(cluster, image_chunks(cluster, specs), 3)
     summary = Summary("Cargohold chaos suite")
-    summary.add("3. any two of five nodes lost (5 nodes R=3 W=2, 2 gateways, 3 clients)", {
-        "pairs checked": f"{len(pairs)} of 10" + ("" if len(pairs) == 10 else
-                                                  f" (set {PAIRS_ENV}=all for all 10)"),
-        "phases": [asdict(p) for p in phases],
-        "images acknowledged": len(specs),
-        "final verification": f"{final.images} images x 2 gateways, byte-identical",
-        "repair bytes after the pairs came back": repaired,
-        "chunk copies -> chunks": histogram,
-        "violations (wrong/missing acknowledged data)": 0,
-    })
+    summary.add(
+        "3. any two of five nodes lost (5 nodes R=3 W=2, 2 gateways, 3 clients)",
+        {
+            "pairs checked": f"{len(pairs)} of 10"
+            + ("" if len(pairs) == 10 else f" (set {PAIRS_ENV}=all for all 10)"),
+            "phases": [asdict(p) for p in phases],
+            "images acknowledged": len(specs),
+            "final verification": f"{final.images} images x 2 gateways, byte-identical",
+            "repair bytes after the pairs came back": repaired,
+            "chunk copies -> chunks": histogram,
+            "violations (wrong/missing acknowledged data)": 0,
+        },
+    )
     summary.write(summary_path(tmp_path))
 
 
@@ -127,18 +139,21 @@ def _kill_every_node(cluster: LocalCluster) -> None:
 
 
 def test_whole_cluster_sigkill_under_load_loses_nothing(
-        make_cluster: Callable[..., LocalCluster], tmp_path: Path) -> None:
+    make_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
     runs = env_int(RUNS_ENV, 3)
     rng = random.Random()
     cluster = _five(make_cluster)
-    workload = Workload(cluster.gateway_urls, CHUNK, clients=3, seed=rng.randrange(1 << 30),
-                        pause=0.1)
+    workload = Workload(
+        cluster.gateway_urls, CHUNK, clients=3, seed=rng.randrange(1 << 30), pause=0.1
+    )
     phases = []
     with workload:
         workload.wait_acked(6)
         for run in range(runs):
-            clock = PhaseClock(workload, f"run-{run + 1}",
-                               "SIGKILL all 5 nodes at once under load, restart all")
+            clock = PhaseClock(
+                workload, f"run-{run + 1}", "SIGKILL all 5 nodes at once under load, restart all"
+            )
             workload.wait_acked(workload.acked_count() + rng.randint(4, 10), timeout=120)
             # A random moment inside the load, not at an image boundary.
             time.sleep(rng.uniform(0.0, 0.5))
@@ -159,16 +174,19 @@ def test_whole_cluster_sigkill_under_load_loses_nothing(
     assert any(p.exists() for p in dumps), "no Raft snapshot written: trap-3 path untested"
     repaired, histogram = wait_replicated(cluster, image_chunks(cluster, specs), 3)
     summary = Summary("Cargohold chaos suite")
-    summary.add("4. whole-cluster SIGKILL under load (5 nodes R=3 W=2)", {
-        "setup": f"{runs} runs ({RUNS_ENV}); snapshots every ~100 Raft entries "
-                 f"(raft_compaction_min_entries=100, logCompactionSplit)",
-        "phases": [asdict(p) for p in phases],
-        "runs": runs,
-        "runs that lost an acknowledged image": 0,
-        "images acknowledged": len(specs),
-        "nodes with a snapshot on disk": sum(p.exists() for p in dumps),
-        "repair bytes at the end": repaired,
-        "chunk copies -> chunks": histogram,
-        "client-visible failed requests": workload.stats.requests_failed,
-    })
+    summary.add(
+        "4. whole-cluster SIGKILL under load (5 nodes R=3 W=2)",
+        {
+            "setup": f"{runs} runs ({RUNS_ENV}); snapshots every ~100 Raft entries "
+            f"(raft_compaction_min_entries=100, logCompactionSplit)",
+            "phases": [asdict(p) for p in phases],
+            "runs": runs,
+            "runs that lost an acknowledged image": 0,
+            "images acknowledged": len(specs),
+            "nodes with a snapshot on disk": sum(p.exists() for p in dumps),
+            "repair bytes at the end": repaired,
+            "chunk copies -> chunks": histogram,
+            "client-visible failed requests": workload.stats.requests_failed,
+        },
+    )
     summary.write(summary_path(tmp_path))

@@ -33,15 +33,23 @@ PAD = "x" * 400
 
 
 def _args(k: int) -> dict[str, object]:
-    return {"repo": REPO, "digest": "sha256:" + f"{k:064x}", "media_type": "application/json",
-            "recipe": {"size": 0, "chunks": []}, "tag": f"t{k}", "now": 1.0,
-            "annotations": {"pad": PAD}}
+    return {
+        "repo": REPO,
+        "digest": "sha256:" + f"{k:064x}",
+        "media_type": "application/json",
+        "recipe": {"size": 0, "chunks": []},
+        "tag": f"t{k}",
+        "now": 1.0,
+        "annotations": {"pad": PAD},
+    }
 
 
 def _command(address: str, k: int, timeout: float) -> None:
     with grpc.insecure_channel(address) as channel:
-        registry_pb2_grpc.MetadataStub(channel).Command(registry_pb2.MetadataRequest(
-            op="manifest_put", args=json.dumps(_args(k)).encode()), timeout=timeout)
+        registry_pb2_grpc.MetadataStub(channel).Command(
+            registry_pb2.MetadataRequest(op="manifest_put", args=json.dumps(_args(k)).encode()),
+            timeout=timeout,
+        )
 
 
 def _commit(cluster: LocalCluster, nodes: list[int], k: int) -> None:
@@ -60,18 +68,27 @@ def _commit(cluster: LocalCluster, nodes: list[int], k: int) -> None:
 
 def _tags(cluster: LocalCluster, i: int) -> set[str]:
     with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
-        reply = registry_pb2_grpc.MetadataStub(channel).Query(registry_pb2.MetadataRequest(
-            op="tags_list", args=json.dumps({"repo": REPO, "n": None, "last": None}).encode(),
-            linearizable=True), timeout=15)
+        reply = registry_pb2_grpc.MetadataStub(channel).Query(
+            registry_pb2.MetadataRequest(
+                op="tags_list",
+                args=json.dumps({"repo": REPO, "n": None, "last": None}).encode(),
+                linearizable=True,
+            ),
+            timeout=15,
+        )
     return set(json.loads(reply.result)["tags"])
 
 
 def test_healed_leader_with_divergent_suffix_catches_up(
-        lab: NetnsLab, make_cluster: Callable[..., LocalCluster]) -> None:
+    lab: NetnsLab, make_cluster: Callable[..., LocalCluster]
+) -> None:
     cluster = make_cluster(
-        nodes=3, gateways=0, node_hosts=[lab.host_ip(i) for i in range(3)],
+        nodes=3,
+        gateways=0,
+        node_hosts=[lab.host_ip(i) for i in range(3)],
         node_exec_prefixes=[lab.exec_prefix(i) for i in range(3)],
-        extra={"node": {"raft_command_timeout": 3.0}})
+        extra={"node": {"raft_command_timeout": 3.0}},
+    )
     for k in range(5):
         _commit(cluster, cluster.running_nodes(), k)
     old = cluster.leader_index()
@@ -80,13 +97,14 @@ def test_healed_leader_with_divergent_suffix_catches_up(
     lab.partition(old)
     try:
         # Commands the cut-off leader appends but cannot commit (outcome unknown).
-        stranded = [threading.Thread(target=lambda k=k: _swallow(cluster, old, k))
-                    for k in range(10_000, 10_004)]
+        stranded = [
+            threading.Thread(target=lambda k=k: _swallow(cluster, old, k))
+            for k in range(10_000, 10_004)
+        ]
         for thread in stranded:
             thread.start()
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda k: _commit(cluster, majority, k),
-                          range(5, 5 + MAJORITY_COMMANDS)))
+            list(pool.map(lambda k: _commit(cluster, majority, k), range(5, 5 + MAJORITY_COMMANDS)))
         for thread in stranded:
             thread.join(30)
     finally:
@@ -104,7 +122,8 @@ def test_healed_leader_with_divergent_suffix_catches_up(
             last = f"{exc.code().name}: {exc.details()}"
         assert time.monotonic() < deadline, (
             f"the healed ex-leader never caught up ({last}); statuses: "
-            f"{[cluster.node_status(i) for i in range(3)]}")
+            f"{[cluster.node_status(i) for i in range(3)]}"
+        )
         time.sleep(0.3)
     for i in majority:
         assert acknowledged <= _tags(cluster, i)

@@ -38,8 +38,14 @@ class FakeFollower(ConflictTruncation):
 
 
 def append(prev_idx: int, prev_term: int, term: int) -> dict[str, Any]:
-    return {"type": "append_entries", "term": term, "commit_index": 3,
-            "prevLogIdx": prev_idx, "prevLogTerm": prev_term, "entries": []}
+    return {
+        "type": "append_entries",
+        "term": term,
+        "commit_index": 3,
+        "prevLogIdx": prev_idx,
+        "prevLogTerm": prev_term,
+        "entries": [],
+    }
 
 
 def test_conflicting_uncommitted_suffix_is_dropped_with_its_membership_changes() -> None:

@@ -40,8 +40,14 @@ pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]
 
 CHUNK = 256 * 1024
 MiB = 1024 * 1024
-QUIET_ROLES = {"node": {"repair_interval": 3600.0, "scrub_interval": 3600.0,
-                        "repair_rate_bytes": 1024 * MiB, "scrub_rate_bytes": 1024 * MiB}}
+QUIET_ROLES = {
+    "node": {
+        "repair_interval": 3600.0,
+        "scrub_interval": 3600.0,
+        "repair_rate_bytes": 1024 * MiB,
+        "scrub_rate_bytes": 1024 * MiB,
+    }
+}
 
 
 @pytest.fixture
@@ -55,12 +61,12 @@ def _start(make_cluster: Callable[..., LocalCluster]) -> LocalCluster:
 
 
 async def _repair_all(cluster: LocalCluster, nodes: list[int]) -> list[dict[str, object]]:
-    return list(await asyncio.gather(*(asyncio.to_thread(trigger, cluster, i)
-                                       for i in nodes)))
+    return list(await asyncio.gather(*(asyncio.to_thread(trigger, cluster, i) for i in nodes)))
 
 
 async def test_sigkilled_node_gets_every_chunk_back_after_restart(
-        make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession) -> None:
+    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+) -> None:
     cluster = _start(make_cluster)
     base, repo = cluster.gateway_url, "repair/kill"
     blobs = [os.urandom(2 * MiB)]
@@ -86,9 +92,11 @@ async def test_sigkilled_node_gets_every_chunk_back_after_restart(
     progress = await _repair_all(cluster, [0, 1, 2])
     elapsed = time.monotonic() - started
     repaired = sum(int(p["repaired_bytes"]) for p in progress)  # type: ignore[call-overload]
-    print(f"\nrepair: {repaired / MiB:.1f} MiB of missing copies made in "
-          f"{elapsed:.2f} s = {repaired / MiB / elapsed:.1f} MiB/s "
-          f"(3 passes in parallel, 256 KiB chunks)")
+    print(
+        f"\nrepair: {repaired / MiB:.1f} MiB of missing copies made in "
+        f"{elapsed:.2f} s = {repaired / MiB / elapsed:.1f} MiB/s "
+        f"(3 passes in parallel, 256 KiB chunks)"
+    )
     # One pass normally converges; on a loaded machine a health probe may time out and
     # leave work for the next pass, never more copies than were missing.
     rounds = [progress]
@@ -100,7 +108,8 @@ async def test_sigkilled_node_gets_every_chunk_back_after_restart(
         repaired += sum(int(p["repaired_bytes"]) for p in progress)  # type: ignore[call-overload]
     assert repaired == missing_copies * CHUNK, [
         [(p["repaired_chunks"], p["under_replicated"], p["copy_failures"]) for p in r]
-        for r in rounds]
+        for r in rounds
+    ]
     assert misplaced(cluster, ids) == []
     assert all(len(holders) == 3 for holders in copies(cluster, [0, 1, 2], ids).values())
     # Status reports the pass; a second pass finds nothing to do.
@@ -127,8 +136,11 @@ def _flip_stored_byte(data_dir: Path, chunk_id: bytes) -> None:
 
 def _get(cluster: LocalCluster, i: int, chunk_id: bytes) -> bytes:
     with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
-        return registry_pb2_grpc.ChunksStub(channel).Get(
-            registry_pb2.GetChunkRequest(id=chunk_id), timeout=30).data
+        return (
+            registry_pb2_grpc.ChunksStub(channel)
+            .Get(registry_pb2.GetChunkRequest(id=chunk_id), timeout=30)
+            .data
+        )
 
 
 async def _until_held(cluster: LocalCluster, i: int, chunk_id: bytes) -> None:
@@ -139,7 +151,8 @@ async def _until_held(cluster: LocalCluster, i: int, chunk_id: bytes) -> None:
 
 
 async def test_flipped_byte_is_never_served_and_is_healed(
-        make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession) -> None:
+    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+) -> None:
     cluster = _start(make_cluster)
     base, repo = cluster.gateway_url, "repair/bitrot"
     read_blob, idle_blob = os.urandom(3 * MiB), os.urandom(3 * MiB)
@@ -160,7 +173,7 @@ async def test_flipped_byte_is_never_served_and_is_healed(
     assert await pull_blob(http, base, repo, read_digest) == read_blob
     await _until_held(cluster, 0, read_victim)  # the Get that found it scheduled a re-fetch
     offset = chunk_ids(read_blob, CHUNK).index(read_victim) * CHUNK
-    assert _get(cluster, 0, read_victim) == read_blob[offset:offset + CHUNK]
+    assert _get(cluster, 0, read_victim) == read_blob[offset : offset + CHUNK]
 
     scrub = trigger(cluster, 0, "scrub")
     assert scrub["corrupt_found"] == 1 and scrub["repaired"] >= 2

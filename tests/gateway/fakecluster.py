@@ -72,11 +72,20 @@ class FakeCluster:
             raise exc
 
     # -- commands -------------------------------------------------------------------------
-    def _cmd_manifest_put(self, repo: str, digest: str, media_type: str,
-                          recipe: dict[str, Any], blobs: list[str], manifests: list[str],
-                          subject: str | None, artifact_type: str | None,
-                          annotations: dict[str, str] | None, tag: str | None,
-                          now: float) -> None:
+    def _cmd_manifest_put(
+        self,
+        repo: str,
+        digest: str,
+        media_type: str,
+        recipe: dict[str, Any],
+        blobs: list[str],
+        manifests: list[str],
+        subject: str | None,
+        artifact_type: str | None,
+        annotations: dict[str, str] | None,
+        tag: str | None,
+        now: float,
+    ) -> None:
         state = self.repos.get(repo, _Repo())
         missing = [d for d in blobs if d not in state.blobs]
         missing += [d for d in manifests if d not in state.manifests]
@@ -84,15 +93,23 @@ class FakeCluster:
             raise ManifestBlobUnknown(detail={"missing": missing})
         self.repos[repo] = state
         state.manifests[digest] = {
-            "digest": digest, "media_type": media_type, "size": recipe["size"],
-            "recipe": recipe, "subject": subject, "artifact_type": artifact_type,
-            "annotations": annotations}
+            "digest": digest,
+            "media_type": media_type,
+            "size": recipe["size"],
+            "recipe": recipe,
+            "subject": subject,
+            "artifact_type": artifact_type,
+            "annotations": annotations,
+        }
         state.blobs.add(digest)
         if tag is not None:
             state.tags[tag] = digest
         if subject is not None:
-            descriptor: dict[str, Any] = {"mediaType": media_type, "digest": digest,
-                                          "size": recipe["size"]}
+            descriptor: dict[str, Any] = {
+                "mediaType": media_type,
+                "digest": digest,
+                "size": recipe["size"],
+            }
             if artifact_type:
                 descriptor["artifactType"] = artifact_type
             if annotations:
@@ -153,8 +170,7 @@ class FakeCluster:
         repos, more = self._page(list(self.repos), n, last)
         return {"repositories": repos, "more": more}
 
-    def _q_referrers(self, repo: str, digest: str,
-                     artifact_type: str | None) -> dict[str, Any]:
+    def _q_referrers(self, repo: str, digest: str, artifact_type: str | None) -> dict[str, Any]:
         found = list(self.referrers.get((repo, digest), {}).values())
         if artifact_type is not None:
             found = [d for d in found if d.get("artifactType") == artifact_type]

@@ -62,8 +62,10 @@ class FakeState:
         return None
 
     def _cmd_upload_append(self, a: dict[str, Any]) -> dict[str, int]:
-        up = self.uploads.setdefault(a["upload"], {"state": "open", "repo": a["repo"],
-                                                   "size": 0, "chunks": [], "request": None})
+        up = self.uploads.setdefault(
+            a["upload"],
+            {"state": "open", "repo": a["repo"], "size": 0, "chunks": [], "request": None},
+        )
         if up["state"] != "open" or up["repo"] != a["repo"]:
             raise BlobUploadUnknown()
         if up["request"] == a["request"]:
@@ -76,8 +78,9 @@ class FakeState:
         return {"size": up["size"]}
 
     def _cmd_upload_cancel(self, a: dict[str, Any]) -> None:
-        up = self.uploads.setdefault(a["upload"], {"state": "open", "repo": None, "size": 0,
-                                                   "chunks": [], "request": None})
+        up = self.uploads.setdefault(
+            a["upload"], {"state": "open", "repo": None, "size": 0, "chunks": [], "request": None}
+        )
         if up["state"] == "committed":
             raise BlobUploadUnknown()
         up["state"] = "cancelled"
@@ -123,8 +126,7 @@ class FakeState:
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: RegistryError) -> None:
-    await context.abort(getattr(grpc.StatusCode, grpc_status_name(err)),
-                        to_grpc_details(err))
+    await context.abort(getattr(grpc.StatusCode, grpc_status_name(err)), to_grpc_details(err))
 
 
 class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminServicer):
@@ -150,8 +152,9 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
         if self.down:
             await _abort(context, Unavailable("node down"))
 
-    async def Put(self, request: pb.PutChunkRequest,
-                  context: grpc.aio.ServicerContext) -> pb.PutChunkReply:
+    async def Put(
+        self, request: pb.PutChunkRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PutChunkReply:
         await self._gate(context)
         self.put_calls += 1
         if self.hung_puts is not None:
@@ -163,8 +166,9 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
         self.chunks[request.id] = bytes(request.data)
         return pb.PutChunkReply(existed=existed)
 
-    async def Get(self, request: pb.GetChunkRequest,
-                  context: grpc.aio.ServicerContext) -> pb.GetChunkReply:
+    async def Get(
+        self, request: pb.GetChunkRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetChunkReply:
         await self._gate(context)
         self.gets += 1
         if self.slow is not None:
@@ -180,14 +184,16 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
             checksum = checksum_of(data)
         return pb.GetChunkReply(data=data, checksum=checksum)
 
-    async def Has(self, request: pb.HasChunksRequest,
-                  context: grpc.aio.ServicerContext) -> pb.HasChunksReply:
+    async def Has(
+        self, request: pb.HasChunksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HasChunksReply:
         await self._gate(context)
         self.has_calls += 1
         return pb.HasChunksReply(present=[i in self.chunks for i in request.ids])
 
-    async def Command(self, request: pb.MetadataRequest,
-                      context: grpc.aio.ServicerContext) -> pb.MetadataReply:
+    async def Command(
+        self, request: pb.MetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MetadataReply:
         await self._gate(context)
         try:
             result = self.state.command(request.op, json.loads(request.args or b"{}"))
@@ -195,8 +201,9 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
             await _abort(context, err)
         return pb.MetadataReply(result=json.dumps(result).encode())
 
-    async def Query(self, request: pb.MetadataRequest,
-                    context: grpc.aio.ServicerContext) -> pb.MetadataReply:
+    async def Query(
+        self, request: pb.MetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MetadataReply:
         await self._gate(context)
         try:
             result = self.state.query(request.op, json.loads(request.args or b"{}"))
@@ -204,20 +211,25 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
             await _abort(context, err)
         return pb.MetadataReply(result=json.dumps(result).encode())
 
-    async def Status(self, request: pb.StatusRequest,
-                     context: grpc.aio.ServicerContext) -> pb.StatusReply:
+    async def Status(
+        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StatusReply:
         await self._gate(context)
         leader = self.cluster.leader
-        return pb.StatusReply(node_id=self.id, raft_address=f"raft-{self.id}",
-                              leader_raft_address=f"raft-{leader.id}" if leader else "",
-                              is_leader=leader is self)
+        return pb.StatusReply(
+            node_id=self.id,
+            raft_address=f"raft-{self.id}",
+            leader_raft_address=f"raft-{leader.id}" if leader else "",
+            is_leader=leader is self,
+        )
 
 
 class FakeNodes:
     """N fake nodes on loopback sharing one FakeState."""
 
-    def __init__(self, count: int,
-                 server_credentials: grpc.ServerCredentials | None = None) -> None:
+    def __init__(
+        self, count: int, server_credentials: grpc.ServerCredentials | None = None
+    ) -> None:
         self.server_credentials = server_credentials
         self.state = FakeState()
         self.nodes = [FakeNode(f"n{i + 1}", self.state, self) for i in range(count)]
@@ -225,9 +237,12 @@ class FakeNodes:
 
     async def start(self) -> FakeNodes:
         for node in self.nodes:
-            server = grpc.aio.server(options=[
-                ("grpc.max_send_message_length", 64 << 20),
-                ("grpc.max_receive_message_length", 64 << 20)])
+            server = grpc.aio.server(
+                options=[
+                    ("grpc.max_send_message_length", 64 << 20),
+                    ("grpc.max_receive_message_length", 64 << 20),
+                ]
+            )
             pb_grpc.add_ChunksServicer_to_server(node, server)
             pb_grpc.add_MetadataServicer_to_server(node, server)
             pb_grpc.add_AdminServicer_to_server(node, server)
@@ -237,8 +252,10 @@ class FakeNodes:
                 port = server.add_secure_port("127.0.0.1:0", self.server_credentials)
             await server.start()
             node.server, node.address = server, f"127.0.0.1:{port}"
-        self.state.members = [{"id": n.id, "grpc": n.address, "raft": f"raft-{n.id}",
-                               "state": "active"} for n in self.nodes]
+        self.state.members = [
+            {"id": n.id, "grpc": n.address, "raft": f"raft-{n.id}", "state": "active"}
+            for n in self.nodes
+        ]
         return self
 
     async def stop(self) -> None:
@@ -252,8 +269,9 @@ class FakeNodes:
     def holders(self, chunk_id: bytes) -> list[str]:
         return [n.id for n in self.nodes if chunk_id in n.chunks]
 
-    def config(self, replicas: int = 3, write_quorum: int = 2,
-               chunk_size: int = 64 * 1024) -> Config:
+    def config(
+        self, replicas: int = 3, write_quorum: int = 2, chunk_size: int = 64 * 1024
+    ) -> Config:
         cfg = Config()
         cfg.cluster.replicas = replicas
         cfg.cluster.write_quorum = write_quorum

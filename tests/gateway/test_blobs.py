@@ -50,14 +50,17 @@ async def test_never_gzipped(dp: DataPath) -> None:
     assert await resp.read() == DATA
 
 
-@pytest.mark.parametrize(("header", "start", "end"), [
-    ("bytes=0-9", 0, 10),
-    ("bytes=65530-65545", 65530, 65546),
-    (f"bytes={CHUNK}-", CHUNK, len(DATA)),
-    ("bytes=-5", len(DATA) - 5, len(DATA)),
-    ("bytes=100-99999999", 100, len(DATA)),
-    (f"bytes=-{len(DATA) + 10}", 0, len(DATA)),
-])
+@pytest.mark.parametrize(
+    ("header", "start", "end"),
+    [
+        ("bytes=0-9", 0, 10),
+        ("bytes=65530-65545", 65530, 65546),
+        (f"bytes={CHUNK}-", CHUNK, len(DATA)),
+        ("bytes=-5", len(DATA) - 5, len(DATA)),
+        ("bytes=100-99999999", 100, len(DATA)),
+        (f"bytes=-{len(DATA) + 10}", 0, len(DATA)),
+    ],
+)
 async def test_ranges(dp: DataPath, header: str, start: int, end: int) -> None:
     resp = await dp.http.get(URL, headers={"Range": header})
     assert resp.status == 206
@@ -69,8 +72,9 @@ async def test_ranges(dp: DataPath, header: str, start: int, end: int) -> None:
     assert head.headers["Content-Length"] == str(end - start)
 
 
-@pytest.mark.parametrize("header", [f"bytes={len(DATA)}-", "bytes=-0",
-                                    f"bytes={len(DATA) + 5}-{len(DATA) + 10}"])
+@pytest.mark.parametrize(
+    "header", [f"bytes={len(DATA)}-", "bytes=-0", f"bytes={len(DATA) + 5}-{len(DATA) + 10}"]
+)
 async def test_unsatisfiable_range(dp: DataPath, header: str) -> None:
     resp = await dp.http.get(URL, headers={"Range": header})
     assert resp.status == 416
@@ -132,8 +136,9 @@ async def test_delete_disabled() -> None:
         assert (await resp.json())["errors"][0]["code"] == "UNSUPPORTED"
 
 
-async def test_client_vanishing_mid_get_is_quiet(dp: DataPath,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+async def test_client_vanishing_mid_get_is_quiet(
+    dp: DataPath, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG, logger="cargohold.gateway.blobs")
     big = os.urandom(16 * 1024 * 1024)
     resp = await dp.http.post(f"/v2/lib/app/blobs/uploads/?digest={digest_of(big)}", data=big)
@@ -141,13 +146,14 @@ async def test_client_vanishing_mid_get_is_quiet(dp: DataPath,
     async for url in production_server(dp.cfg, dp.cluster):
         host, port = url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(f"GET /v2/lib/app/blobs/{digest_of(big)} HTTP/1.1\r\nHost: x\r\n\r\n"
-                     .encode())
+        writer.write(f"GET /v2/lib/app/blobs/{digest_of(big)} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         await writer.drain()
         assert (await reader.readline()).startswith(b"HTTP/1.1 200")
         writer.transport.abort()  # vanish without reading the body
-        await eventually(lambda: any(r.getMessage() == "blob.client_gone"
-                                     for r in caplog.records), "gateway saw the lost client")
+        await eventually(
+            lambda: any(r.getMessage() == "blob.client_gone" for r in caplog.records),
+            "gateway saw the lost client",
+        )
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     # Still serving.
     assert await (await dp.http.get(URL)).read() == DATA

@@ -38,8 +38,9 @@ async def test_learns_members_and_leader(nodes: FakeNodes, client: ClusterClient
     assert client.leader == nodes.by_id("n1").address
 
 
-async def test_write_lands_on_the_placement_replicas(nodes: FakeNodes,
-                                                     client: ClusterClient) -> None:
+async def test_write_lands_on_the_placement_replicas(
+    nodes: FakeNodes, client: ClusterClient
+) -> None:
     data = os.urandom(1000)
     cid = chunk_id_of(data)
     await client.store_chunk(cid, data)
@@ -48,8 +49,9 @@ async def test_write_lands_on_the_placement_replicas(nodes: FakeNodes,
     assert len(nodes.holders(cid)) == 3
 
 
-async def test_write_spills_over_when_an_owner_is_down(nodes: FakeNodes,
-                                                       client: ClusterClient) -> None:
+async def test_write_spills_over_when_an_owner_is_down(
+    nodes: FakeNodes, client: ClusterClient
+) -> None:
     data = os.urandom(1000)
     cid = chunk_id_of(data)
     owners = [m.id for m in client.placement(cid)]
@@ -69,8 +71,7 @@ async def test_write_fails_without_quorum(nodes: FakeNodes, client: ClusterClien
         await client.store_chunk(chunk_id_of(data), data)
 
 
-async def test_existing_chunk_is_not_sent_again(nodes: FakeNodes,
-                                                client: ClusterClient) -> None:
+async def test_existing_chunk_is_not_sent_again(nodes: FakeNodes, client: ClusterClient) -> None:
     data = os.urandom(64 * 1024)  # above has_check_min_bytes
     cid = chunk_id_of(data)
     await client.store_chunk(cid, data)
@@ -86,7 +87,8 @@ async def test_existing_chunk_is_not_sent_again(nodes: FakeNodes,
 
 
 async def test_read_fails_over_from_corrupt_and_missing_replicas(
-        nodes: FakeNodes, client: ClusterClient) -> None:
+    nodes: FakeNodes, client: ClusterClient
+) -> None:
     data = os.urandom(5000)
     cid = chunk_id_of(data)
     await client.store_chunk(cid, data)
@@ -132,8 +134,7 @@ async def test_sha256_verification_catches_a_lying_node(nodes: FakeNodes) -> Non
         await client.close()
 
 
-async def test_every_replica_bad_is_unavailable(nodes: FakeNodes,
-                                                client: ClusterClient) -> None:
+async def test_every_replica_bad_is_unavailable(nodes: FakeNodes, client: ClusterClient) -> None:
     data = os.urandom(100)
     cid = chunk_id_of(data)
     await client.store_chunk(cid, data)
@@ -175,8 +176,7 @@ async def test_concurrent_reads_of_a_chunk_share_one_node_read(nodes: FakeNodes)
         await client.store_chunk(cid, data)
         owner = nodes.by_id(client.read_order(cid)[0].id)
         owner.slow = asyncio.Event()  # holds the read until every caller has joined it
-        readers = [asyncio.create_task(client.read_chunk(cid.hex(), len(data)))
-                   for _ in range(5)]
+        readers = [asyncio.create_task(client.read_chunk(cid.hex(), len(data))) for _ in range(5)]
         await asyncio.sleep(0)  # each reader runs up to its wait on the shared read
         assert len(client._reads) == 1
         readers[0].cancel()  # a client that went away does not cancel the others' read
@@ -213,8 +213,13 @@ async def test_store_bytes_and_read_range(nodes: FakeNodes, client: ClusterClien
     assert recipe["size"] == len(data)
     assert [c[1] for c in recipe["chunks"]] == [65536, 65536, 65536, 777]
     assert await client.read_all(recipe) == data
-    for start, end in [(0, 1), (65535, 65537), (100, len(data)), (len(data) - 1, len(data)),
-                       (70000, 200000)]:
+    for start, end in [
+        (0, 1),
+        (65535, 65537),
+        (100, len(data)),
+        (len(data) - 1, len(data)),
+        (70000, 200000),
+    ]:
         got = b"".join([p async for p in client.read_range(recipe, start, end)])
         assert got == data[start:end]
     assert await client.read_all(await client.store_bytes(b"")) == b""
@@ -222,20 +227,25 @@ async def test_store_bytes_and_read_range(nodes: FakeNodes, client: ClusterClien
 
 def test_slices_map_a_range_to_chunk_offsets() -> None:
     chunks = [("a", 10), ("b", 10), ("c", 5)]
-    assert list(_slices(chunks, 0, 25)) == [("a", 10, 0, 10), ("b", 10, 0, 10),
-                                            ("c", 5, 0, 5)]
+    assert list(_slices(chunks, 0, 25)) == [("a", 10, 0, 10), ("b", 10, 0, 10), ("c", 5, 0, 5)]
     assert list(_slices(chunks, 12, 13)) == [("b", 10, 2, 3)]
-    assert list(_slices(chunks, 9, 21)) == [("a", 10, 9, 10), ("b", 10, 0, 10),
-                                            ("c", 5, 0, 1)]
+    assert list(_slices(chunks, 9, 21)) == [("a", 10, 9, 10), ("b", 10, 0, 10), ("c", 5, 0, 1)]
     assert list(_slices(chunks, 5, 5)) == []
 
 
-async def test_metadata_moves_past_a_dead_leader(nodes: FakeNodes,
-                                                 client: ClusterClient) -> None:
+async def test_metadata_moves_past_a_dead_leader(nodes: FakeNodes, client: ClusterClient) -> None:
     nodes.by_id("n1").down = True
-    result = await client.command("upload_append", {
-        "upload": "u1", "repo": "r", "offset": 0, "chunks": [["00" * 32, 3]],
-        "request": "q1", "now": 0})
+    result = await client.command(
+        "upload_append",
+        {
+            "upload": "u1",
+            "repo": "r",
+            "offset": 0,
+            "chunks": [["00" * 32, 3]],
+            "request": "q1",
+            "now": 0,
+        },
+    )
     assert result == {"size": 3}
     assert (await client.query("upload_get", {"upload": "u1"}))["size"] == 3
 
@@ -243,15 +253,18 @@ async def test_metadata_moves_past_a_dead_leader(nodes: FakeNodes,
 async def test_metadata_errors_arrive_typed(client: ClusterClient) -> None:
     with pytest.raises(BlobUnknown):
         await client.query("blob_get", {"repo": "r", "digest": "sha256:" + "0" * 64})
-    await client.command("upload_append", {"upload": "u", "repo": "r", "offset": 0,
-                                           "chunks": [], "request": "a", "now": 0})
+    await client.command(
+        "upload_append",
+        {"upload": "u", "repo": "r", "offset": 0, "chunks": [], "request": "a", "now": 0},
+    )
     with pytest.raises(RangeInvalid):
-        await client.command("upload_append", {"upload": "u", "repo": "r", "offset": 5,
-                                               "chunks": [], "request": "b", "now": 0})
+        await client.command(
+            "upload_append",
+            {"upload": "u", "repo": "r", "offset": 5, "chunks": [], "request": "b", "now": 0},
+        )
 
 
-async def test_no_node_reachable_is_unavailable(nodes: FakeNodes,
-                                                client: ClusterClient) -> None:
+async def test_no_node_reachable_is_unavailable(nodes: FakeNodes, client: ClusterClient) -> None:
     for node in nodes.nodes:
         node.down = True
     with pytest.raises(Unavailable):
@@ -262,9 +275,10 @@ async def test_no_node_reachable_is_unavailable(nodes: FakeNodes,
 def test_encode_put_matches_protobuf(size: int) -> None:
     data = os.urandom(size)
     cid, checksum = chunk_id_of(data), checksum_of(data)
-    pieces = [memoryview(data)[i:i + 1000] for i in range(0, size, 1000)]
-    expected = registry_pb2.PutChunkRequest(id=cid, data=data,
-                                            checksum=checksum).SerializeToString()
+    pieces = [memoryview(data)[i : i + 1000] for i in range(0, size, 1000)]
+    expected = registry_pb2.PutChunkRequest(
+        id=cid, data=data, checksum=checksum
+    ).SerializeToString()
     assert encode_put(cid, pieces, size, checksum) == expected
 
 

@@ -112,11 +112,15 @@ MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 @pytest.fixture
 async def pushed(gw: TestClient, fake_cluster) -> bytes:
     fake_cluster.link_blob(REPO, "sha256:" + "1" * 64)
-    body = json.dumps({"schemaVersion": 2, "mediaType": MANIFEST,
-                       "config": {"mediaType": "x/y", "digest": "sha256:" + "1" * 64,
-                                  "size": 1}, "layers": []}).encode()
-    resp = await gw.put(f"/v2/{REPO}/manifests/v1", data=body,
-                        headers={"Content-Type": MANIFEST})
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": {"mediaType": "x/y", "digest": "sha256:" + "1" * 64, "size": 1},
+            "layers": [],
+        }
+    ).encode()
+    resp = await gw.put(f"/v2/{REPO}/manifests/v1", data=body, headers={"Content-Type": MANIFEST})
     assert resp.status == 201
     return body
 
@@ -133,10 +137,9 @@ def _gate_queries(fake_cluster, monkeypatch: pytest.MonkeyPatch) -> GatedCalls:
     return gated
 
 
-async def test_a_herd_of_heads_makes_at_most_two_queries(gw: TestClient, fake_cluster,
-                                                        pushed: bytes,
-                                                        monkeypatch: pytest.MonkeyPatch
-                                                        ) -> None:
+async def test_a_herd_of_heads_makes_at_most_two_queries(
+    gw: TestClient, fake_cluster, pushed: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gated = _gate_queries(fake_cluster, monkeypatch)
     heads = [asyncio.create_task(gw.head(f"/v2/{REPO}/manifests/v1")) for _ in range(20)]
     await gated.wait_calls(1)
@@ -155,9 +158,9 @@ async def test_a_herd_of_heads_makes_at_most_two_queries(gw: TestClient, fake_cl
     assert len(gated.gates) == 2
 
 
-async def test_coalescing_can_be_turned_off(gw: TestClient, fake_cluster, gateway_cfg,
-                                            pushed: bytes,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_coalescing_can_be_turned_off(
+    gw: TestClient, fake_cluster, gateway_cfg, pushed: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gateway_cfg.gateway.coalesce_manifest_reads = False
     gated = _gate_queries(fake_cluster, monkeypatch)
     heads = [asyncio.create_task(gw.head(f"/v2/{REPO}/manifests/v1")) for _ in range(3)]
@@ -167,9 +170,9 @@ async def test_coalescing_can_be_turned_off(gw: TestClient, fake_cluster, gatewa
     assert [r.status for r in await asyncio.gather(*heads)] == [200] * 3
 
 
-async def test_cold_cache_misses_read_the_body_once(gw: TestClient, fake_cluster,
-                                                    pushed: bytes,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_cold_cache_misses_read_the_body_once(
+    gw: TestClient, fake_cluster, pushed: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gw.app[MANIFEST_CACHE].discard(_digest(pushed))
     gated = GatedCalls()
     real_read_all = fake_cluster.read_all

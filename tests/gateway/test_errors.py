@@ -55,8 +55,9 @@ async def test_registry_error_has_code_message_detail(gw: TestClient) -> None:
     assert resp.headers[API] == "registry/2.0"
 
 
-async def test_unexpected_exception_is_500_json(gw: TestClient, fake_cluster,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+async def test_unexpected_exception_is_500_json(
+    gw: TestClient, fake_cluster, caplog: pytest.LogCaptureFixture
+) -> None:
     fake_cluster.fail_next = RuntimeError("boom")
     with caplog.at_level("ERROR", logger="cargohold.gateway"):
         resp = await gw.get("/v2/_catalog")
@@ -67,12 +68,16 @@ async def test_unexpected_exception_is_500_json(gw: TestClient, fake_cluster,
     assert len(failures) == 1
 
 
-@pytest.mark.parametrize(("error", "status", "code"), [
-    (Unavailable(), 503, "UNAVAILABLE"),
-    (TooManyRequests(), 429, "TOOMANYREQUESTS"),
-])
-async def test_retry_after_on_503_and_429(gw: TestClient, fake_cluster, error, status,
-                                          code) -> None:
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (Unavailable(), 503, "UNAVAILABLE"),
+        (TooManyRequests(), 429, "TOOMANYREQUESTS"),
+    ],
+)
+async def test_retry_after_on_503_and_429(
+    gw: TestClient, fake_cluster, error, status, code
+) -> None:
     fake_cluster.fail_next = error
     resp = await gw.get("/v2/_catalog")
     assert resp.status == status
@@ -104,21 +109,44 @@ def _resolve_app() -> web.Application:
     return build_app(GatewayContext(cfg=Config(), cluster=None))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("method", "path", "handler", "match"), [
-    ("GET", "/v2/", base.api_version_check, {}),
-    ("GET", "/v2/_catalog", catalog.catalog, {}),
-    ("GET", "/v2/a/blobs/b/manifests/latest", manifests.get_manifest,
-     {"name": "a/blobs/b", "reference": "latest"}),
-    ("PUT", "/v2/a/tags/list/manifests/v1", manifests.put_manifest,
-     {"name": "a/tags/list", "reference": "v1"}),
-    ("DELETE", f"/v2/x/y/manifests/{DIGEST}", manifests.delete_manifest,
-     {"name": "x/y", "reference": DIGEST}),
-    ("GET", "/v2/a/manifests/b/tags/list", tags.list_tags, {"name": "a/manifests/b"}),
-    ("GET", f"/v2/a/b/c/referrers/{DIGEST}", referrers.list_referrers,
-     {"name": "a/b/c", "digest": DIGEST}),
-    ("GET", f"/v2/a/referrers/x/referrers/{DIGEST}", referrers.list_referrers,
-     {"name": "a/referrers/x", "digest": DIGEST}),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "handler", "match"),
+    [
+        ("GET", "/v2/", base.api_version_check, {}),
+        ("GET", "/v2/_catalog", catalog.catalog, {}),
+        (
+            "GET",
+            "/v2/a/blobs/b/manifests/latest",
+            manifests.get_manifest,
+            {"name": "a/blobs/b", "reference": "latest"},
+        ),
+        (
+            "PUT",
+            "/v2/a/tags/list/manifests/v1",
+            manifests.put_manifest,
+            {"name": "a/tags/list", "reference": "v1"},
+        ),
+        (
+            "DELETE",
+            f"/v2/x/y/manifests/{DIGEST}",
+            manifests.delete_manifest,
+            {"name": "x/y", "reference": DIGEST},
+        ),
+        ("GET", "/v2/a/manifests/b/tags/list", tags.list_tags, {"name": "a/manifests/b"}),
+        (
+            "GET",
+            f"/v2/a/b/c/referrers/{DIGEST}",
+            referrers.list_referrers,
+            {"name": "a/b/c", "digest": DIGEST},
+        ),
+        (
+            "GET",
+            f"/v2/a/referrers/x/referrers/{DIGEST}",
+            referrers.list_referrers,
+            {"name": "a/referrers/x", "digest": DIGEST},
+        ),
+    ],
+)
 async def test_routes_pick_the_rightmost_suffix(method, path, handler, match) -> None:
     app = _resolve_app()
     info = await app.router.resolve(make_mocked_request(method, path, app=app))
@@ -126,21 +154,44 @@ async def test_routes_pick_the_rightmost_suffix(method, path, handler, match) ->
     assert dict(info) == match
 
 
-@pytest.mark.parametrize(("method", "path", "expected", "match"), [
-    ("POST", "/v2/a/manifests/b/blobs/uploads/", uploads.start_upload,
-     {"name": "a/manifests/b"}),
-    ("PATCH", "/v2/a/blobs/uploads/blobs/uploads/abc", uploads.patch_upload,
-     {"name": "a/blobs/uploads", "upload": "abc"}),
-    ("GET", "/v2/a/b/blobs/uploads/abc", uploads.get_upload_status,
-     {"name": "a/b", "upload": "abc"}),
-    ("PUT", "/v2/a/blobs/uploads/abc", uploads.put_upload, {"name": "a", "upload": "abc"}),
-    ("DELETE", "/v2/a/blobs/uploads/abc", uploads.cancel_upload,
-     {"name": "a", "upload": "abc"}),
-    ("GET", f"/v2/a/manifests/b/blobs/{DIGEST}", blobs.get_blob,
-     {"name": "a/manifests/b", "digest": DIGEST}),
-    ("HEAD", f"/v2/a/blobs/{DIGEST}", blobs.get_blob, {"name": "a", "digest": DIGEST}),
-    ("DELETE", f"/v2/a/blobs/{DIGEST}", blobs.delete_blob, {"name": "a", "digest": DIGEST}),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "expected", "match"),
+    [
+        (
+            "POST",
+            "/v2/a/manifests/b/blobs/uploads/",
+            uploads.start_upload,
+            {"name": "a/manifests/b"},
+        ),
+        (
+            "PATCH",
+            "/v2/a/blobs/uploads/blobs/uploads/abc",
+            uploads.patch_upload,
+            {"name": "a/blobs/uploads", "upload": "abc"},
+        ),
+        (
+            "GET",
+            "/v2/a/b/blobs/uploads/abc",
+            uploads.get_upload_status,
+            {"name": "a/b", "upload": "abc"},
+        ),
+        ("PUT", "/v2/a/blobs/uploads/abc", uploads.put_upload, {"name": "a", "upload": "abc"}),
+        (
+            "DELETE",
+            "/v2/a/blobs/uploads/abc",
+            uploads.cancel_upload,
+            {"name": "a", "upload": "abc"},
+        ),
+        (
+            "GET",
+            f"/v2/a/manifests/b/blobs/{DIGEST}",
+            blobs.get_blob,
+            {"name": "a/manifests/b", "digest": DIGEST},
+        ),
+        ("HEAD", f"/v2/a/blobs/{DIGEST}", blobs.get_blob, {"name": "a", "digest": DIGEST}),
+        ("DELETE", f"/v2/a/blobs/{DIGEST}", blobs.delete_blob, {"name": "a", "digest": DIGEST}),
+    ],
+)
 async def test_data_path_routes(method, path, expected, match) -> None:
     app = _resolve_app()
     info = await app.router.resolve(make_mocked_request(method, path, app=app))

@@ -41,8 +41,9 @@ def image(media_type: str | None = OCI_MANIFEST, layers: int = 2, **extra: Any) 
     if media_type:
         doc["mediaType"] = media_type
     doc["config"] = desc("application/vnd.oci.image.config.v1+json", "config")
-    doc["layers"] = [desc("application/vnd.oci.image.layer.v1.tar+gzip", f"layer{i}")
-                     for i in range(layers)]
+    doc["layers"] = [
+        desc("application/vnd.oci.image.layer.v1.tar+gzip", f"layer{i}") for i in range(layers)
+    ]
     doc.update(extra)
     return doc
 
@@ -58,8 +59,9 @@ def link_all(fake, doc: dict, repo: str = REPO) -> None:
             fake.link_blob(repo, d["digest"])
 
 
-async def put(gw: TestClient, ref: str, body: bytes, content_type: str | None = OCI_MANIFEST,
-              repo: str = REPO):
+async def put(
+    gw: TestClient, ref: str, body: bytes, content_type: str | None = OCI_MANIFEST, repo: str = REPO
+):
     headers = {"Content-Type": content_type} if content_type else {}
     return await gw.put(f"/v2/{repo}/manifests/{ref}", data=body, headers=headers)
 
@@ -97,8 +99,13 @@ async def test_put_with_unknown_blob_is_manifest_blob_unknown(gw, fake_cluster) 
 
 async def test_layers_with_urls_are_not_required(gw, fake_cluster) -> None:
     doc = image(layers=1)
-    doc["layers"].append(desc("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-                              "foreign", urls=["https://example.com/layer"]))
+    doc["layers"].append(
+        desc(
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "foreign",
+            urls=["https://example.com/layer"],
+        )
+    )
     fake_cluster.link_blob(REPO, doc["config"]["digest"])
     fake_cluster.link_blob(REPO, doc["layers"][0]["digest"])
     resp = await put(gw, "v1", encode(doc))
@@ -107,10 +114,15 @@ async def test_layers_with_urls_are_not_required(gw, fake_cluster) -> None:
 
 async def test_artifact_with_subject_and_empty_config(gw, fake_cluster) -> None:
     subject = desc(OCI_MANIFEST, "not-pushed-yet")
-    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-           "artifactType": "application/vnd.example.sbom",
-           "config": {"mediaType": EMPTY_CONFIG, "digest": EMPTY_DIGEST, "size": 2},
-           "layers": [], "subject": subject, "annotations": {"org.example": "yes"}}
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.example.sbom",
+        "config": {"mediaType": EMPTY_CONFIG, "digest": EMPTY_DIGEST, "size": 2},
+        "layers": [],
+        "subject": subject,
+        "annotations": {"org.example": "yes"},
+    }
     fake_cluster.link_blob(REPO, EMPTY_DIGEST)
     body = encode(doc)
     resp = await put(gw, sha(body), body)
@@ -163,9 +175,18 @@ async def test_docker_schema2_and_manifest_list(gw, fake_cluster) -> None:
     link_all(fake_cluster, doc)
     child = encode(doc)
     assert (await put(gw, sha(child), child, content_type=DOCKER_MANIFEST)).status == 201
-    index = {"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": [
-        {"mediaType": DOCKER_MANIFEST, "digest": sha(child), "size": len(child),
-         "platform": {"architecture": "amd64", "os": "linux"}}]}
+    index = {
+        "schemaVersion": 2,
+        "mediaType": DOCKER_LIST,
+        "manifests": [
+            {
+                "mediaType": DOCKER_MANIFEST,
+                "digest": sha(child),
+                "size": len(child),
+                "platform": {"architecture": "amd64", "os": "linux"},
+            }
+        ],
+    }
     resp = await put(gw, "latest", encode(index), content_type=DOCKER_LIST)
     assert resp.status == 201
     got = await gw.get(f"/v2/{REPO}/manifests/latest")
@@ -173,8 +194,11 @@ async def test_docker_schema2_and_manifest_list(gw, fake_cluster) -> None:
 
 
 async def test_index_children_must_exist(gw, fake_cluster) -> None:
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX,
-             "manifests": [desc(OCI_MANIFEST, "missing-child")]}
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [desc(OCI_MANIFEST, "missing-child")],
+    }
     resp = await put(gw, "v1", encode(index), content_type=OCI_INDEX)
     assert resp.status == 400
     assert await codes(resp) == ["MANIFEST_BLOB_UNKNOWN"]
@@ -188,29 +212,61 @@ async def test_index_without_media_type_recognised_by_shape(gw, fake_cluster) ->
     link_all(fake_cluster, child)
     child_body = encode(child)
     assert (await put(gw, sha(child_body), child_body)).status == 201
-    index = {"schemaVersion": 2, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": sha(child_body), "size": len(child_body)}]}
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": sha(child_body), "size": len(child_body)}
+        ],
+    }
     assert (await put(gw, "multi", encode(index), content_type=None)).status == 201
     resp = await gw.get(f"/v2/{REPO}/manifests/multi")
     assert resp.headers["Content-Type"] == OCI_INDEX
 
 
-@pytest.mark.parametrize("body", [
-    b"", b"{not json", b"[1, 2]", b"\xff\xfe", b'{"schemaVersion": 1}',
-    json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode(),
-    json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{not json",
+        b"[1, 2]",
+        b"\xff\xfe",
+        b'{"schemaVersion": 1}',
+        json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}).encode(),
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
                 "config": {"mediaType": "x/y", "digest": "sha256:abc", "size": 1},
-                "layers": []}).encode(),
-    json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "layers": [],
+            }
+        ).encode(),
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
                 "config": {"mediaType": "x/y", "digest": EMPTY_DIGEST, "size": -1},
-                "layers": []}).encode(),
-    json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": "x"}).encode(),
-    json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.example.unknown+json",
-                "config": {}, "layers": []}).encode(),
-    json.dumps({"schemaVersion": 2, "config": {"mediaType": "x/y", "digest": EMPTY_DIGEST,
-                                               "size": 2},
-                "layers": [], "annotations": {"a": 1}}).encode(),
-])
+                "layers": [],
+            }
+        ).encode(),
+        json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": "x"}).encode(),
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.example.unknown+json",
+                "config": {},
+                "layers": [],
+            }
+        ).encode(),
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "config": {"mediaType": "x/y", "digest": EMPTY_DIGEST, "size": 2},
+                "layers": [],
+                "annotations": {"a": 1},
+            }
+        ).encode(),
+    ],
+)
 async def test_malformed_manifests_are_manifest_invalid(gw, body: bytes) -> None:
     resp = await put(gw, "v1", body, content_type=None)
     assert resp.status == 400
@@ -273,14 +329,16 @@ async def test_oversized_streamed_manifest_is_413(gw, gateway_cfg: Config) -> No
         for _ in range(4):
             yield b" " * (limit // 2)
 
-    resp = await gw.put(f"/v2/{REPO}/manifests/v1", data=stream(),
-                        headers={"Content-Type": OCI_MANIFEST})
+    resp = await gw.put(
+        f"/v2/{REPO}/manifests/v1", data=stream(), headers={"Content-Type": OCI_MANIFEST}
+    )
     assert resp.status == 413
     assert await codes(resp) == ["MANIFEST_INVALID"]
 
 
-async def test_manifest_of_exactly_the_limit_is_accepted(gw, fake_cluster,
-                                                        gateway_cfg: Config) -> None:
+async def test_manifest_of_exactly_the_limit_is_accepted(
+    gw, fake_cluster, gateway_cfg: Config
+) -> None:
     doc = image()
     link_all(fake_cluster, doc)
     body = json.dumps(doc).encode()
@@ -303,9 +361,10 @@ async def _pushed(gw, fake_cluster, tag: str = "v1") -> bytes:
 async def test_get_by_tag_and_digest_serve_exact_bytes(gw, fake_cluster) -> None:
     body = await _pushed(gw, fake_cluster)
     for ref in ("v1", sha(body)):
-        resp = await gw.get(f"/v2/{REPO}/manifests/{ref}",
-                            headers={"Accept": "application/vnd.docker.distribution.manifest"
-                                               ".v2+json, */*"})
+        resp = await gw.get(
+            f"/v2/{REPO}/manifests/{ref}",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json, */*"},
+        )
         assert resp.status == 200
         assert resp.headers["Content-Type"] == OCI_MANIFEST
         assert resp.headers["Docker-Content-Digest"] == sha(body)
@@ -380,7 +439,8 @@ async def test_without_ttl_a_delete_elsewhere_is_404_at_once(gw, fake_cluster) -
 
 
 async def test_delete_elsewhere_is_seen_by_digest_once_the_ttl_passed(
-        gw, fake_cluster, clock: FakeClock) -> None:
+    gw, fake_cluster, clock: FakeClock
+) -> None:
     ttl = gw.app[RECORDS].ttl
     body = await _pushed(gw, fake_cluster)
     url = f"/v2/{REPO}/manifests/{sha(body)}"
@@ -399,7 +459,8 @@ async def test_delete_elsewhere_is_seen_by_digest_once_the_ttl_passed(
 
 
 async def test_delete_through_this_gateway_is_seen_by_digest_at_once(
-        gw, fake_cluster, clock: FakeClock) -> None:
+    gw, fake_cluster, clock: FakeClock
+) -> None:
     body = await _pushed(gw, fake_cluster)
     url = f"/v2/{REPO}/manifests/{sha(body)}"
     assert (await gw.get(url)).status == 200
@@ -477,8 +538,7 @@ async def test_delete_unknown_is_404(gw, fake_cluster) -> None:
     assert await codes(resp) == ["MANIFEST_UNKNOWN"]
 
 
-async def test_delete_disabled_is_405_unsupported(gw, fake_cluster,
-                                                  gateway_cfg: Config) -> None:
+async def test_delete_disabled_is_405_unsupported(gw, fake_cluster, gateway_cfg: Config) -> None:
     body = await _pushed(gw, fake_cluster)
     gateway_cfg.gateway.delete_enabled = False
     resp = await gw.delete(f"/v2/{REPO}/manifests/{sha(body)}")
@@ -503,11 +563,12 @@ def test_cache_evicts_least_recently_used_by_bytes() -> None:
     assert len(cache) == 1 and cache.size_bytes == 4
 
 
-@pytest.mark.parametrize("framing", [b"Content-Length: 5000\r\n",
-                                     b"Transfer-Encoding: chunked\r\n"])
+@pytest.mark.parametrize(
+    "framing", [b"Content-Length: 5000\r\n", b"Transfer-Encoding: chunked\r\n"]
+)
 async def test_client_vanishing_mid_body_is_not_a_server_error(
-        gateway_cfg: Config, fake_cluster, caplog: pytest.LogCaptureFixture,
-        framing: bytes) -> None:
+    gateway_cfg: Config, fake_cluster, caplog: pytest.LogCaptureFixture, framing: bytes
+) -> None:
     ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
 
     @web.middleware
@@ -524,8 +585,10 @@ async def test_client_vanishing_mid_body_is_not_a_server_error(
     app.middlewares.insert(0, observe)
     async with TestServer(app) as server:
         reader, writer = await asyncio.open_connection(server.host, server.port)
-        writer.write(b"PUT /v2/" + REPO.encode() + b"/manifests/v1 HTTP/1.1\r\nHost: x\r\n"
-                     b"Expect: 100-continue\r\n" + framing + b"\r\n")
+        writer.write(
+            b"PUT /v2/" + REPO.encode() + b"/manifests/v1 HTTP/1.1\r\nHost: x\r\n"
+            b"Expect: 100-continue\r\n" + framing + b"\r\n"
+        )
         await writer.drain()
         # "100 Continue" is sent right before the handler runs and starts reading the body.
         assert (await reader.readline()).startswith(b"HTTP/1.1 100")

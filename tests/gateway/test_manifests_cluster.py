@@ -44,23 +44,28 @@ class Registry:
 
     async def push_blob(self, repo: str, data: bytes) -> dict[str, Any]:
         digest = sha(data)
-        async with self.session.post(self.url(f"/v2/{repo}/blobs/uploads/"),
-                                     params={"digest": digest}, data=data,
-                                     headers={"Content-Type": "application/octet-stream"}
-                                     ) as resp:
+        async with self.session.post(
+            self.url(f"/v2/{repo}/blobs/uploads/"),
+            params={"digest": digest},
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        ) as resp:
             assert resp.status == 201, await resp.text()
         return {"digest": digest, "size": len(data)}
 
-    async def put_manifest(self, repo: str, ref: str, body: bytes,
-                           content_type: str | None = OCI_MANIFEST) -> aiohttp.ClientResponse:
+    async def put_manifest(
+        self, repo: str, ref: str, body: bytes, content_type: str | None = OCI_MANIFEST
+    ) -> aiohttp.ClientResponse:
         headers = {"Content-Type": content_type} if content_type else {}
-        async with self.session.put(self.url(f"/v2/{repo}/manifests/{ref}"), data=body,
-                                    headers=headers) as resp:
+        async with self.session.put(
+            self.url(f"/v2/{repo}/manifests/{ref}"), data=body, headers=headers
+        ) as resp:
             await resp.read()
             return resp
 
-    async def request(self, method: str, path: str, **kwargs: Any
-                      ) -> tuple[aiohttp.ClientResponse, bytes]:
+    async def request(
+        self, method: str, path: str, **kwargs: Any
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
         async with self.session.request(method, self.url(path), **kwargs) as resp:
             return resp, await resp.read()
 
@@ -68,25 +73,33 @@ class Registry:
 @pytest.fixture
 async def gateways(cluster: LocalCluster) -> AsyncIterator[tuple[Registry, Registry]]:
     # auto_decompress off and identity encoding: we compare exact bytes and lengths.
-    async with aiohttp.ClientSession(auto_decompress=False,
-                                     headers={"Accept-Encoding": "identity"}) as session:
+    async with aiohttp.ClientSession(
+        auto_decompress=False, headers={"Accept-Encoding": "identity"}
+    ) as session:
         urls = cluster.gateway_urls
         yield Registry(session, urls[0]), Registry(session, urls[-1])
 
 
-async def push_image(reg: Registry, repo: str, tag: str | None = "v1", layers: int = 2,
-                     media_type: str = OCI_MANIFEST, extra: dict | None = None
-                     ) -> tuple[bytes, str]:
+async def push_image(
+    reg: Registry,
+    repo: str,
+    tag: str | None = "v1",
+    layers: int = 2,
+    media_type: str = OCI_MANIFEST,
+    extra: dict | None = None,
+) -> tuple[bytes, str]:
     config = await reg.push_blob(repo, json.dumps({"repo": repo, "tag": tag}).encode())
     layer_descs = []
     for i in range(layers):
         blob = await reg.push_blob(repo, f"{repo} layer {i} {tag}".encode() * 100)
-        layer_descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                            **blob})
-    doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": media_type,
-                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                                      **config},
-                           "layers": layer_descs, **(extra or {})}
+        layer_descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **blob})
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+        "layers": layer_descs,
+        **(extra or {}),
+    }
     body = json.dumps(doc, indent=2).encode()
     resp = await reg.put_manifest(repo, tag or sha(body), body, media_type)
     assert resp.status == 201
@@ -102,17 +115,21 @@ async def test_put_then_head_and_get_through_another_gateway(gateways, repo_name
     a, b = gateways
     config = await a.push_blob(repo_name, b'{"architecture":"amd64"}')
     layer = await a.push_blob(repo_name, b"layer bytes" * 1000)
-    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}]}
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}],
+    }
     body = json.dumps(doc, separators=(",", ":")).encode()
     resp = await a.put_manifest(repo_name, "latest", body)
     assert resp.status == 201
     assert resp.headers["Docker-Content-Digest"] == sha(body)
     assert resp.headers["Location"] == f"/v2/{repo_name}/manifests/{sha(body)}"
     # Edge 2: HEAD and GET agree; invariant 2: gateway B sees the push at once.
-    head, head_body = await b.request("HEAD", f"/v2/{repo_name}/manifests/latest",
-                                      headers={"Accept": f"{OCI_MANIFEST}, */*"})
+    head, head_body = await b.request(
+        "HEAD", f"/v2/{repo_name}/manifests/latest", headers={"Accept": f"{OCI_MANIFEST}, */*"}
+    )
     assert head.status == 200 and head_body == b""
     assert head.headers["Content-Type"] == OCI_MANIFEST
     assert head.headers["Content-Length"] == str(len(body))
@@ -129,8 +146,9 @@ async def test_put_then_head_and_get_through_another_gateway(gateways, repo_name
 async def test_1_exact_bytes_and_media_type_whatever_accept(gateways, repo_name) -> None:
     a, b = gateways
     body, _ = await push_image(a, repo_name, media_type=DOCKER_MANIFEST)
-    resp, got = await b.request("GET", f"/v2/{repo_name}/manifests/v1",
-                                headers={"Accept": OCI_MANIFEST})
+    resp, got = await b.request(
+        "GET", f"/v2/{repo_name}/manifests/v1", headers={"Accept": OCI_MANIFEST}
+    )
     assert got == body
     assert resp.headers["Content-Type"] == DOCKER_MANIFEST
 
@@ -156,13 +174,24 @@ async def test_16_manifest_without_media_type(gateways, repo_name) -> None:
 async def test_unknown_blob_is_manifest_blob_unknown(gateways, repo_name) -> None:
     a, _ = gateways
     config = await a.push_blob(repo_name, b"{}")
-    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                       "digest": sha(b"never pushed"), "size": 12}]}
-    resp, body = await a.request("PUT", f"/v2/{repo_name}/manifests/v1",
-                                 data=json.dumps(doc).encode(),
-                                 headers={"Content-Type": OCI_MANIFEST})
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": sha(b"never pushed"),
+                "size": 12,
+            }
+        ],
+    }
+    resp, body = await a.request(
+        "PUT",
+        f"/v2/{repo_name}/manifests/v1",
+        data=json.dumps(doc).encode(),
+        headers={"Content-Type": OCI_MANIFEST},
+    )
     assert resp.status == 400
     assert codes(body) == ["MANIFEST_BLOB_UNKNOWN"]
 
@@ -170,12 +199,18 @@ async def test_unknown_blob_is_manifest_blob_unknown(gateways, repo_name) -> Non
 async def test_blob_of_another_repository_is_not_enough(gateways, repo_name) -> None:
     a, _ = gateways
     config = await a.push_blob(repo_name + "-other", b'{"other": true}')
-    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-           "layers": []}
-    resp, body = await a.request("PUT", f"/v2/{repo_name}/manifests/v1",
-                                 data=json.dumps(doc).encode(),
-                                 headers={"Content-Type": OCI_MANIFEST})
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+        "layers": [],
+    }
+    resp, body = await a.request(
+        "PUT",
+        f"/v2/{repo_name}/manifests/v1",
+        data=json.dumps(doc).encode(),
+        headers={"Content-Type": OCI_MANIFEST},
+    )
     assert resp.status == 400
     assert codes(body) == ["MANIFEST_BLOB_UNKNOWN"]
 
@@ -183,8 +218,9 @@ async def test_blob_of_another_repository_is_not_enough(gateways, repo_name) -> 
 @pytest.mark.parametrize("body", [b"{not json", b"[]", b'{"schemaVersion": 1}'])
 async def test_malformed_manifest_is_manifest_invalid(gateways, repo_name, body) -> None:
     a, _ = gateways
-    resp, out = await a.request("PUT", f"/v2/{repo_name}/manifests/v1", data=body,
-                                headers={"Content-Type": OCI_MANIFEST})
+    resp, out = await a.request(
+        "PUT", f"/v2/{repo_name}/manifests/v1", data=body, headers={"Content-Type": OCI_MANIFEST}
+    )
     assert resp.status == 400
     assert codes(out) == ["MANIFEST_INVALID"]
 
@@ -192,11 +228,18 @@ async def test_malformed_manifest_is_manifest_invalid(gateways, repo_name, body)
 async def test_content_type_mismatch_is_manifest_invalid(gateways, repo_name) -> None:
     a, _ = gateways
     config = await a.push_blob(repo_name, EMPTY_JSON)
-    doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-           "config": {"mediaType": EMPTY_TYPE, **config}, "layers": []}
-    resp, out = await a.request("PUT", f"/v2/{repo_name}/manifests/v1",
-                                data=json.dumps(doc).encode(),
-                                headers={"Content-Type": DOCKER_MANIFEST})
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": EMPTY_TYPE, **config},
+        "layers": [],
+    }
+    resp, out = await a.request(
+        "PUT",
+        f"/v2/{repo_name}/manifests/v1",
+        data=json.dumps(doc).encode(),
+        headers={"Content-Type": DOCKER_MANIFEST},
+    )
     assert resp.status == 400
     assert codes(out) == ["MANIFEST_INVALID"]
 
@@ -204,10 +247,20 @@ async def test_content_type_mismatch_is_manifest_invalid(gateways, repo_name) ->
 async def test_8_put_by_digest_must_match(gateways, repo_name) -> None:
     a, b = gateways
     config = await a.push_blob(repo_name, EMPTY_JSON)
-    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                       "config": {"mediaType": EMPTY_TYPE, **config}, "layers": []}).encode()
-    resp, out = await a.request("PUT", f"/v2/{repo_name}/manifests/{sha(b'other')}",
-                                data=body, headers={"Content-Type": OCI_MANIFEST})
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": EMPTY_TYPE, **config},
+            "layers": [],
+        }
+    ).encode()
+    resp, out = await a.request(
+        "PUT",
+        f"/v2/{repo_name}/manifests/{sha(b'other')}",
+        data=body,
+        headers={"Content-Type": OCI_MANIFEST},
+    )
     assert resp.status == 400 and codes(out) == ["DIGEST_INVALID"]
     sha512 = "sha512:" + hashlib.sha512(body).hexdigest()
     resp = await a.put_manifest(repo_name, sha512, body)
@@ -235,16 +288,26 @@ async def test_9_invalid_names_and_tags(gateways) -> None:
 async def test_13_manifest_limit_is_4mib(gateways, repo_name) -> None:
     a, b = gateways
     config = await a.push_blob(repo_name, EMPTY_JSON)
-    doc = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                      "config": {"mediaType": EMPTY_TYPE, **config}, "layers": []}).encode()
+    doc = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": EMPTY_TYPE, **config},
+            "layers": [],
+        }
+    ).encode()
     limit = 4 * 1024 * 1024
     exact = doc + b" " * (limit - len(doc))
     resp = await a.put_manifest(repo_name, "big", exact)
     assert resp.status == 201
     get, got = await b.request("GET", f"/v2/{repo_name}/manifests/big")
     assert get.status == 200 and got == exact
-    resp, out = await a.request("PUT", f"/v2/{repo_name}/manifests/toobig", data=exact + b" ",
-                                headers={"Content-Type": OCI_MANIFEST})
+    resp, out = await a.request(
+        "PUT",
+        f"/v2/{repo_name}/manifests/toobig",
+        data=exact + b" ",
+        headers={"Content-Type": OCI_MANIFEST},
+    )
     assert resp.status == 413
     assert codes(out) == ["MANIFEST_INVALID"]
 
@@ -252,11 +315,19 @@ async def test_13_manifest_limit_is_4mib(gateways, repo_name) -> None:
 async def test_13_layers_with_urls_are_not_required(gateways, repo_name) -> None:
     a, _ = gateways
     config = await a.push_blob(repo_name, b'{"os":"windows"}')
-    doc = {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
-           "config": {"mediaType": "application/vnd.docker.container.image.v1+json", **config},
-           "layers": [{"mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-                       "digest": sha(b"foreign"), "size": 7,
-                       "urls": ["https://example.invalid/layer"]}]}
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", **config},
+        "layers": [
+            {
+                "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                "digest": sha(b"foreign"),
+                "size": 7,
+                "urls": ["https://example.invalid/layer"],
+            }
+        ],
+    }
     resp = await a.put_manifest(repo_name, "win", json.dumps(doc).encode(), DOCKER_MANIFEST)
     assert resp.status == 201
 
@@ -266,14 +337,28 @@ async def test_index_needs_its_children(gateways, repo_name) -> None:
     a, b = gateways
     child_body, child = await push_image(a, repo_name, tag=None)
     missing = sha(b"missing child")
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": child, "size": len(child_body),
-         "platform": {"architecture": "amd64", "os": "linux"}}]}
-    bad = dict(index, manifests=[*index["manifests"],
-                                 {"mediaType": OCI_MANIFEST, "digest": missing, "size": 3}])
-    resp, out = await a.request("PUT", f"/v2/{repo_name}/manifests/multi",
-                                data=json.dumps(bad).encode(),
-                                headers={"Content-Type": OCI_INDEX})
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {
+                "mediaType": OCI_MANIFEST,
+                "digest": child,
+                "size": len(child_body),
+                "platform": {"architecture": "amd64", "os": "linux"},
+            }
+        ],
+    }
+    bad = dict(
+        index,
+        manifests=[*index["manifests"], {"mediaType": OCI_MANIFEST, "digest": missing, "size": 3}],
+    )
+    resp, out = await a.request(
+        "PUT",
+        f"/v2/{repo_name}/manifests/multi",
+        data=json.dumps(bad).encode(),
+        headers={"Content-Type": OCI_INDEX},
+    )
     assert resp.status == 400 and codes(out) == ["MANIFEST_BLOB_UNKNOWN"]
     body = json.dumps(index).encode()
     assert (await a.put_manifest(repo_name, "multi", body, OCI_INDEX)).status == 201
@@ -300,7 +385,7 @@ async def test_10_tag_list_paging(gateways, repo_name) -> None:
         seen += page
         link = resp.headers.get("Link")
         assert len(page) == 4 or link is None
-        path = link[1:link.index(">")] if link else ""
+        path = link[1 : link.index(">")] if link else ""
     assert seen == sorted(tags)
     resp, out = await b.request("GET", f"/v2/{repo_name}/tags/list?n=0")
     assert json.loads(out)["tags"] == [] and "Link" not in resp.headers
@@ -348,8 +433,7 @@ async def test_11_delete_by_digest_removes_every_tag(gateways, repo_name) -> Non
     assert (await a.put_manifest(repo_name, "two", body)).status == 201
     # Warm both gateways' caches first.
     for reg in (a, b):
-        assert (await reg.request("GET", f"/v2/{repo_name}/manifests/{digest}"))[0].status \
-            == 200
+        assert (await reg.request("GET", f"/v2/{repo_name}/manifests/{digest}"))[0].status == 200
     resp, _ = await a.request("DELETE", f"/v2/{repo_name}/manifests/{digest}")
     assert resp.status == 202
     # Tags everywhere and the digest through the deleting gateway: gone at once.
@@ -375,10 +459,15 @@ async def test_12_referrers(gateways, repo_name) -> None:
     config = await a.push_blob(repo_name, EMPTY_JSON)
     pushed = {}
     for kind in ("sbom", "sig"):
-        doc = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-               "artifactType": f"application/vnd.example.{kind}",
-               "config": {"mediaType": EMPTY_TYPE, **config}, "layers": [],
-               "subject": subject, "annotations": {"kind": kind}}
+        doc = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": f"application/vnd.example.{kind}",
+            "config": {"mediaType": EMPTY_TYPE, **config},
+            "layers": [],
+            "subject": subject,
+            "annotations": {"kind": kind},
+        }
         body = json.dumps(doc).encode()
         resp = await a.put_manifest(repo_name, sha(body), body)
         assert resp.status == 201
@@ -395,8 +484,11 @@ async def test_12_referrers(gateways, repo_name) -> None:
     assert sbom["artifactType"] == "application/vnd.example.sbom"
     assert sbom["annotations"] == {"kind": "sbom"}
     assert sbom["mediaType"] == OCI_MANIFEST
-    resp, out = await b.request("GET", f"/v2/{repo_name}/referrers/{subject['digest']}",
-                                params={"artifactType": "application/vnd.example.sig"})
+    resp, out = await b.request(
+        "GET",
+        f"/v2/{repo_name}/referrers/{subject['digest']}",
+        params={"artifactType": "application/vnd.example.sig"},
+    )
     assert resp.headers["OCI-Filters-Applied"] == "artifactType"
     assert [d["digest"] for d in json.loads(out)["manifests"]] == [pushed["sig"]]
     # oras' probe: the zero digest answers an empty index, never 404.
@@ -422,11 +514,12 @@ async def test_16_any_config_and_layer_media_types(gateways, repo_name) -> None:
     a, b = gateways
     config = await a.push_blob(repo_name, b'{"name":"chart","version":"0.1.0"}')
     chart = await a.push_blob(repo_name, b"\x1f\x8b fake chart tarball")
-    doc = {"schemaVersion": 2,
-           "config": {"mediaType": "application/vnd.cncf.helm.config.v1+json", **config},
-           "layers": [{"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
-                       **chart}],
-           "annotations": {"org.opencontainers.image.title": "chart"}}
+    doc = {
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.cncf.helm.config.v1+json", **config},
+        "layers": [{"mediaType": "application/vnd.cncf.helm.chart.content.v1.tar+gzip", **chart}],
+        "annotations": {"org.opencontainers.image.title": "chart"},
+    }
     body = json.dumps(doc).encode()
     resp = await a.put_manifest(repo_name, "0.1.0", body, OCI_MANIFEST)
     assert resp.status == 201

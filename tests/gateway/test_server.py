@@ -42,8 +42,9 @@ def fake_client(monkeypatch: pytest.MonkeyPatch) -> type[_FakeClient]:
     return _FakeClient
 
 
-async def _serve_and_get(cfg: Config, url: str, ssl_ctx: ssl.SSLContext | None = None
-                         ) -> tuple[int, dict[str, str]]:
+async def _serve_and_get(
+    cfg: Config, url: str, ssl_ctx: ssl.SSLContext | None = None
+) -> tuple[int, dict[str, str]]:
     stop = asyncio.Event()
     task = asyncio.create_task(server.serve(cfg, stop))
     try:
@@ -76,11 +77,30 @@ async def test_serves_v2_and_stops_cleanly(fake_client) -> None:
 @pytest.fixture
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec",
-                    "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -118,9 +138,12 @@ print("exited", flush=True)
 
 def test_sigterm_stops_the_process_gracefully() -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", _SIGTERM_SCRIPT, f"127.0.0.1:{port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SIGTERM_SCRIPT, f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     try:
         for _ in range(200):
             try:
@@ -141,8 +164,9 @@ def test_sigterm_stops_the_process_gracefully() -> None:
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-async def test_access_log_only_when_enabled(fake_client, caplog: pytest.LogCaptureFixture,
-                                            enabled: bool) -> None:
+async def test_access_log_only_when_enabled(
+    fake_client, caplog: pytest.LogCaptureFixture, enabled: bool
+) -> None:
     cfg = Config()
     port = free_port()
     cfg.gateway.listen = f"127.0.0.1:{port}"

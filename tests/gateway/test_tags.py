@@ -44,7 +44,7 @@ async def test_pages_follow_the_link_header(gw: TestClient) -> None:
         if link:
             links += 1
             assert link.endswith('>; rel="next"')
-            url = link[1:link.index(">")]
+            url = link[1 : link.index(">")]
             assert url.startswith(f"/v2/{REPO}/tags/list?n=3&last=")
         else:
             url = ""

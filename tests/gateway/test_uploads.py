@@ -30,7 +30,7 @@ async def _start(dp: DataPath, repo: str = "lib/app") -> str:
 
 async def _body(data: bytes, piece: int = 10_000) -> AsyncIterator[bytes]:
     for i in range(0, len(data), piece):
-        yield data[i:i + piece]
+        yield data[i : i + piece]
 
 
 async def _blob(dp: DataPath, repo: str, digest: str) -> bytes:
@@ -85,10 +85,15 @@ async def test_chunked_patches_with_content_range(dp: DataPath) -> None:
     data = os.urandom(3 * 1000 + 17)
     location = await _start(dp)
     for start in range(0, len(data), 1000):
-        piece = data[start:start + 1000]
-        resp = await dp.http.patch(location, data=piece, headers={
-            "Content-Range": f"{start}-{start + len(piece) - 1}",
-            "Content-Type": "application/octet-stream"})
+        piece = data[start : start + 1000]
+        resp = await dp.http.patch(
+            location,
+            data=piece,
+            headers={
+                "Content-Range": f"{start}-{start + len(piece) - 1}",
+                "Content-Type": "application/octet-stream",
+            },
+        )
         assert resp.status == 202
         assert resp.headers["Range"] == f"0-{start + len(piece) - 1}"
     status = await dp.http.get(location)
@@ -133,8 +138,9 @@ async def test_monolithic_post_with_digest(dp: DataPath) -> None:
 
 
 async def test_monolithic_post_with_wrong_digest(dp: DataPath) -> None:
-    resp = await dp.http.post(f"/v2/lib/app/blobs/uploads/?digest={EMPTY_SHA256}",
-                              data=b"not empty")
+    resp = await dp.http.post(
+        f"/v2/lib/app/blobs/uploads/?digest={EMPTY_SHA256}", data=b"not empty"
+    )
     assert resp.status == 400
     assert await _error_code(resp) == "DIGEST_INVALID"
     assert dp.nodes.state.blobs == {}
@@ -193,8 +199,8 @@ async def test_sha512_blobs(dp: DataPath) -> None:
     assert await _blob(dp, "lib/app", digest) == data
     # Chunked: PATCHes hash sha256; the PUT re-reads the stored bytes for sha512.
     location = await _start(dp, "lib/other")
-    await dp.http.patch(location, data=data[:CHUNK + 7])
-    resp = await dp.http.put(f"{location}?digest={digest}", data=data[CHUNK + 7:])
+    await dp.http.patch(location, data=data[: CHUNK + 7])
+    resp = await dp.http.put(f"{location}?digest={digest}", data=data[CHUNK + 7 :])
     assert resp.status == 201
     assert await _blob(dp, "lib/other", digest) == data
 
@@ -209,8 +215,12 @@ async def test_mount(dp: DataPath) -> None:
     assert resp.headers["Location"] == f"/v2/dst/repo/blobs/{digest}"
     assert resp.headers["Docker-Content-Digest"] == digest
     assert await _blob(dp, "dst/repo", digest) == data
-    for query in (f"mount={digest}&from=nowhere/else", f"mount={digest}",
-                  "mount=sha256:bad&from=src/repo", f"mount={digest}&from=BAD"):
+    for query in (
+        f"mount={digest}&from=nowhere/else",
+        f"mount={digest}",
+        "mount=sha256:bad&from=src/repo",
+        f"mount={digest}&from=BAD",
+    ):
         resp = await dp.http.post(f"/v2/third/repo/blobs/uploads/?{query}")
         assert resp.status == 202, query
         assert resp.headers["Range"] == "0-0"
@@ -232,9 +242,11 @@ async def test_cancel(dp: DataPath) -> None:
 async def test_forged_foreign_and_closed_ids_are_unknown(dp: DataPath) -> None:
     location = await _start(dp, "lib/app")
     upload = location.rsplit("/", 1)[1]
-    for path in (f"/v2/lib/app/blobs/uploads/{upload[:-2]}AA",
-                 "/v2/lib/app/blobs/uploads/not-an-id",
-                 f"/v2/lib/other/blobs/uploads/{upload}"):
+    for path in (
+        f"/v2/lib/app/blobs/uploads/{upload[:-2]}AA",
+        "/v2/lib/app/blobs/uploads/not-an-id",
+        f"/v2/lib/other/blobs/uploads/{upload}",
+    ):
         resp = await dp.http.get(path)
         assert resp.status == 404, path
         assert await _error_code(resp) == "BLOB_UPLOAD_UNKNOWN"
@@ -254,38 +266,42 @@ async def test_unknown_query_parameters_are_ignored(dp: DataPath) -> None:
 async def test_another_gateway_continues_the_upload(dp: DataPath) -> None:
     data = os.urandom(3 * CHUNK + 500)
     location = await _start(dp)
-    resp = await dp.http.patch(location, data=data[:CHUNK + 100])
+    resp = await dp.http.patch(location, data=data[: CHUNK + 100])
     assert resp.status == 202
     async for other, _ in gateway_client(dp.cfg):  # a second gateway: no running hash
-        resp = await other.patch(location, data=data[CHUNK + 100:2 * CHUNK])
+        resp = await other.patch(location, data=data[CHUNK + 100 : 2 * CHUNK])
         assert resp.status == 202
         assert resp.headers["Range"] == f"0-{2 * CHUNK - 1}"
     # Back on the first gateway, whose cached hash is now behind Raft's offset.
-    resp = await dp.http.put(f"{location}?digest={digest_of(data)}", data=data[2 * CHUNK:])
+    resp = await dp.http.put(f"{location}?digest={digest_of(data)}", data=data[2 * CHUNK :])
     assert resp.status == 201
     assert await _blob(dp, "lib/app", digest_of(data)) == data
 
 
-async def _disconnect_mid_patch(host: str, port: int, location: str, framing: bytes,
-                                dp: DataPath) -> None:
+async def _disconnect_mid_patch(
+    host: str, port: int, location: str, framing: bytes, dp: DataPath
+) -> None:
     puts = sum(n.puts for n in dp.nodes.nodes)
     _, writer = await asyncio.open_connection(host, port)
-    writer.write(b"PATCH " + location.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-                 + framing + b"\r\n")
+    writer.write(b"PATCH " + location.encode() + b" HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n")
     body = os.urandom(3 * CHUNK)
     writer.write(body if b"Length" in framing else b"%x\r\n" % len(body) + body)
     await writer.drain()
     # Wait until the gateway has stored some of the bytes, then vanish.
-    await eventually(lambda: sum(n.puts for n in dp.nodes.nodes) >= puts + 2 * 2,
-                     "chunks of the partial body stored")
+    await eventually(
+        lambda: sum(n.puts for n in dp.nodes.nodes) >= puts + 2 * 2,
+        "chunks of the partial body stored",
+    )
     writer.close()
     await writer.wait_closed()
 
 
-@pytest.mark.parametrize("framing", [b"Content-Length: 500000\r\n",
-                                     b"Transfer-Encoding: chunked\r\n"])
+@pytest.mark.parametrize(
+    "framing", [b"Content-Length: 500000\r\n", b"Transfer-Encoding: chunked\r\n"]
+)
 async def test_client_disconnect_mid_patch_commits_nothing(
-        dp: DataPath, caplog: pytest.LogCaptureFixture, framing: bytes) -> None:
+    dp: DataPath, caplog: pytest.LogCaptureFixture, framing: bytes
+) -> None:
     caplog.set_level(logging.DEBUG, logger="cargohold.gateway.uploads")
     location = await _start(dp)
     resp = await dp.http.patch(location, data=b"a" * 100)
@@ -294,8 +310,10 @@ async def test_client_disconnect_mid_patch_commits_nothing(
         host, port = url.removeprefix("http://").split(":")
         await _disconnect_mid_patch(host, int(port), location, framing, dp)
         # The handler notices the lost client, drops the partial body and commits nothing.
-        await eventually(lambda: any(r.getMessage() == "upload.body_incomplete"
-                                     for r in caplog.records), "handler saw the lost client")
+        await eventually(
+            lambda: any(r.getMessage() == "upload.body_incomplete" for r in caplog.records),
+            "handler saw the lost client",
+        )
     resp = await dp.http.get(location)
     assert resp.status == 204
     assert resp.headers["Range"] == "0-99"
@@ -311,8 +329,9 @@ async def test_cancelled_handler_mid_patch_commits_nothing(dp: DataPath) -> None
     location = await _start(dp)
     server = dp.http.server
     assert server.host is not None and server.port is not None
-    await _disconnect_mid_patch(server.host, server.port, location,
-                                b"Content-Length: 500000\r\n", dp)
+    await _disconnect_mid_patch(
+        server.host, server.port, location, b"Content-Length: 500000\r\n", dp
+    )
     resp = await dp.http.get(location)
     assert resp.status == 204 and resp.headers["Range"] == "0-0"
     assert dp.nodes.state.commands == []

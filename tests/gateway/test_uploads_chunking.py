@@ -26,13 +26,15 @@ def _split(data: bytes, seed: int) -> list[bytes]:
     out, i = [], 0
     while i < len(data):
         n = rng.choice([1, 7, 100, 4096, 65536, 100_000])
-        out.append(data[i:i + n])
+        out.append(data[i : i + n])
         i += n
     return out
 
 
-@pytest.mark.parametrize(("size", "seed"), [(0, 0), (1, 1), (1000, 2), (4096, 3),
-                                            (4097, 4), (3 * 4096 + 5, 5), (300_000, 6)])
+@pytest.mark.parametrize(
+    ("size", "seed"),
+    [(0, 0), (1, 1), (1000, 2), (4096, 3), (4097, 4), (3 * 4096 + 5, 5), (300_000, 6)],
+)
 async def test_chunks_are_fixed_size_and_reassemble(size: int, seed: int) -> None:
     data = os.urandom(size)
     chunks = [b"".join(c) async for c in cut_chunks(_Stream(_split(data, seed)), 4096)]

@@ -64,15 +64,20 @@ async def _start(http: aiohttp.ClientSession, base: str, repo: str) -> str:
         return resp.headers["Location"]
 
 
-def _stream_patch(base: str, location: str, data: bytes, piece: int = 256 * 1024
-                  ) -> tuple[int, dict[str, str]]:
+def _stream_patch(
+    base: str, location: str, data: bytes, piece: int = 256 * 1024
+) -> tuple[int, dict[str, str]]:
     """PATCH with chunked transfer encoding, no Content-Length/Content-Range (docker)."""
     host, port = base.removeprefix("http://").split(":")
     conn = httplib.HTTPConnection(host, int(port), timeout=60)
     try:
-        conn.request("PATCH", location,
-                     body=(data[i:i + piece] for i in range(0, len(data), piece)),
-                     encode_chunked=True, headers={"Transfer-Encoding": "chunked"})
+        conn.request(
+            "PATCH",
+            location,
+            body=(data[i : i + piece] for i in range(0, len(data), piece)),
+            encode_chunked=True,
+            headers={"Transfer-Encoding": "chunked"},
+        )
         resp = conn.getresponse()
         resp.read()
         return resp.status, dict(resp.headers)
@@ -80,14 +85,14 @@ def _stream_patch(base: str, location: str, data: bytes, piece: int = 256 * 1024
         conn.close()
 
 
-async def _get(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, bytes,
-                                                                             Any]:
+async def _get(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, bytes, Any]:
     async with http.get(url, **kwargs) as resp:
         return resp.status, await resp.read(), resp.headers
 
 
 async def test_docker_style_push_then_immediate_head_elsewhere(
-        http: aiohttp.ClientSession, a: str, b: str, repo_name: str) -> None:
+    http: aiohttp.ClientSession, a: str, b: str, repo_name: str
+) -> None:
     data = os.urandom(2 * CHUNK + 12345)
     digest = sha256(data)
     location = await _start(http, a, repo_name)
@@ -108,25 +113,33 @@ async def test_docker_style_push_then_immediate_head_elsewhere(
 
 
 async def test_content_range_patches_416_and_size_invalid(
-        http: aiohttp.ClientSession, a: str, b: str, repo_name: str) -> None:
+    http: aiohttp.ClientSession, a: str, b: str, repo_name: str
+) -> None:
     data = os.urandom(3 * 1024 * 1024 + 7)
     piece = 1024 * 1024
     location = await _start(http, a, repo_name)
     for i, start in enumerate(range(0, len(data), piece)):
-        chunk = data[start:start + piece]
+        chunk = data[start : start + piece]
         base = (a, b)[i % 2]  # alternate gateways: each must continue the other's upload
-        async with http.patch(f"{base}{location}", data=chunk, headers={
+        async with http.patch(
+            f"{base}{location}",
+            data=chunk,
+            headers={
                 "Content-Range": f"{start}-{start + len(chunk) - 1}",
-                "Content-Type": "application/octet-stream"}) as resp:
+                "Content-Type": "application/octet-stream",
+            },
+        ) as resp:
             assert resp.status == 202, await resp.text()
             assert resp.headers["Range"] == f"0-{start + len(chunk) - 1}"
-    async with http.patch(f"{a}{location}", data=b"x" * 10,
-                          headers={"Content-Range": "0-9"}) as resp:
+    async with http.patch(
+        f"{a}{location}", data=b"x" * 10, headers={"Content-Range": "0-9"}
+    ) as resp:
         assert resp.status == 416
         assert resp.headers["Location"] == location
         assert resp.headers["Range"] == f"0-{len(data) - 1}"
-    async with http.patch(f"{a}{location}", data=b"x" * 10,
-                          headers={"Content-Range": f"{len(data)}-{len(data) + 19}"}) as resp:
+    async with http.patch(
+        f"{a}{location}", data=b"x" * 10, headers={"Content-Range": f"{len(data)}-{len(data) + 19}"}
+    ) as resp:
         assert resp.status == 400
         assert await _code(resp) == "SIZE_INVALID"
     async with http.get(f"{b}{location}") as resp:
@@ -139,11 +152,13 @@ async def test_content_range_patches_416_and_size_invalid(
 
 
 async def test_monolithic_uploads_mount_and_digest_errors(
-        http: aiohttp.ClientSession, a: str, b: str, repo_name: str) -> None:
+    http: aiohttp.ClientSession, a: str, b: str, repo_name: str
+) -> None:
     data = os.urandom(CHUNK + 99)
     digest = sha256(data)
-    async with http.post(f"{a}/v2/{repo_name}/blobs/uploads/", params={"digest": digest},
-                         data=data) as resp:
+    async with http.post(
+        f"{a}/v2/{repo_name}/blobs/uploads/", params={"digest": digest}, data=data
+    ) as resp:
         assert resp.status == 201
         assert resp.headers["Docker-Content-Digest"] == digest
     # POST then one monolithic PUT (containerd), on the other gateway.
@@ -151,8 +166,9 @@ async def test_monolithic_uploads_mount_and_digest_errors(
     async with http.put(f"{b}{location}", params={"digest": digest}, data=data) as resp:
         assert resp.status == 201
     # Mount: 201 when the source has it; otherwise a plain session.
-    async with http.post(f"{b}/v2/{repo_name}-3/blobs/uploads/",
-                         params={"mount": digest, "from": repo_name}) as resp:
+    async with http.post(
+        f"{b}/v2/{repo_name}-3/blobs/uploads/", params={"mount": digest, "from": repo_name}
+    ) as resp:
         assert resp.status == 201
         assert resp.headers["Docker-Content-Digest"] == digest
     status, body, _ = await _get(http, f"{a}/v2/{repo_name}-3/blobs/{digest}")
@@ -161,30 +177,29 @@ async def test_monolithic_uploads_mount_and_digest_errors(
         async with http.post(f"{a}/v2/{repo_name}-4/blobs/uploads/", params=params) as resp:
             assert resp.status == 202
     # Wrong digests commit nothing.
-    async with http.post(f"{a}/v2/{repo_name}-5/blobs/uploads/",
-                         params={"digest": sha256(b"other")}, data=data) as resp:
+    async with http.post(
+        f"{a}/v2/{repo_name}-5/blobs/uploads/", params={"digest": sha256(b"other")}, data=data
+    ) as resp:
         assert resp.status == 400
         assert await _code(resp) == "DIGEST_INVALID"
     location = await _start(http, a, repo_name + "-5")
-    async with http.put(f"{a}{location}", params={"digest": sha256(b"other")},
-                        data=data) as resp:
+    async with http.put(f"{a}{location}", params={"digest": sha256(b"other")}, data=data) as resp:
         assert resp.status == 400
     status, _, _ = await _get(http, f"{b}/v2/{repo_name}-5/blobs/{digest}")
     assert status == 404
 
 
-async def test_sha512_blobs(http: aiohttp.ClientSession, a: str, b: str,
-                            repo_name: str) -> None:
+async def test_sha512_blobs(http: aiohttp.ClientSession, a: str, b: str, repo_name: str) -> None:
     data = os.urandom(CHUNK + 4321)
     digest = sha512(data)
-    async with http.post(f"{a}/v2/{repo_name}/blobs/uploads/", params={"digest": digest},
-                         data=data) as resp:
+    async with http.post(
+        f"{a}/v2/{repo_name}/blobs/uploads/", params={"digest": digest}, data=data
+    ) as resp:
         assert resp.status == 201
     location = await _start(http, a, repo_name + "-x")
     async with http.patch(f"{a}{location}", data=data[:1000]) as resp:
         assert resp.status == 202
-    async with http.put(f"{b}{location}", params={"digest": digest},
-                        data=data[1000:]) as resp:
+    async with http.put(f"{b}{location}", params={"digest": digest}, data=data[1000:]) as resp:
         assert resp.status == 201
     for repo in (repo_name, repo_name + "-x"):
         status, body, headers = await _get(http, f"{b}/v2/{repo}/blobs/{digest}")
@@ -192,8 +207,9 @@ async def test_sha512_blobs(http: aiohttp.ClientSession, a: str, b: str,
         assert headers["Docker-Content-Digest"] == digest
 
 
-async def test_cancel_status_and_blob_delete(http: aiohttp.ClientSession, a: str, b: str,
-                                             repo_name: str) -> None:
+async def test_cancel_status_and_blob_delete(
+    http: aiohttp.ClientSession, a: str, b: str, repo_name: str
+) -> None:
     location = await _start(http, a, repo_name)
     async with http.patch(f"{a}{location}", data=b"abc") as resp:
         assert resp.status == 202
@@ -204,8 +220,9 @@ async def test_cancel_status_and_blob_delete(http: aiohttp.ClientSession, a: str
             assert resp.status == 404
             assert await _code(resp) == "BLOB_UPLOAD_UNKNOWN"
     data = os.urandom(1000)
-    async with http.post(f"{a}/v2/{repo_name}/blobs/uploads/", params={"digest": sha256(data)},
-                         data=data) as resp:
+    async with http.post(
+        f"{a}/v2/{repo_name}/blobs/uploads/", params={"digest": sha256(data)}, data=data
+    ) as resp:
         assert resp.status == 201
     async with http.delete(f"{a}/v2/{repo_name}/blobs/{sha256(data)}") as resp:
         assert resp.status == 202
@@ -216,14 +233,17 @@ async def test_cancel_status_and_blob_delete(http: aiohttp.ClientSession, a: str
 async def test_ranges(http: aiohttp.ClientSession, a: str, b: str, repo_name: str) -> None:
     data = os.urandom(CHUNK + 100)
     digest = sha256(data)
-    async with http.post(f"{a}/v2/{repo_name}/blobs/uploads/", params={"digest": digest},
-                         data=data) as resp:
+    async with http.post(
+        f"{a}/v2/{repo_name}/blobs/uploads/", params={"digest": digest}, data=data
+    ) as resp:
         assert resp.status == 201
     url = f"{b}/v2/{repo_name}/blobs/{digest}"
-    for header, start, end in [(f"bytes={CHUNK - 5}-{CHUNK + 5}", CHUNK - 5, CHUNK + 6),
-                               (f"bytes={CHUNK}-", CHUNK, len(data)),
-                               ("bytes=-10", len(data) - 10, len(data)),
-                               ("bytes=7-999999999", 7, len(data))]:
+    for header, start, end in [
+        (f"bytes={CHUNK - 5}-{CHUNK + 5}", CHUNK - 5, CHUNK + 6),
+        (f"bytes={CHUNK}-", CHUNK, len(data)),
+        ("bytes=-10", len(data) - 10, len(data)),
+        ("bytes=7-999999999", 7, len(data)),
+    ]:
         status, body, headers = await _get(http, url, headers={"Range": header})
         assert status == 206
         assert headers["Content-Range"] == f"bytes {start}-{end - 1}/{len(data)}"
@@ -244,8 +264,8 @@ def _vanish_mid_patch(base: str, location: str, sent: int, framing: str) -> None
 
 
 async def test_client_vanishing_mid_patch_commits_nothing(
-        http: aiohttp.ClientSession, cluster: LocalCluster, a: str, b: str,
-        repo_name: str) -> None:
+    http: aiohttp.ClientSession, cluster: LocalCluster, a: str, b: str, repo_name: str
+) -> None:
     location = await _start(http, a, repo_name)
     async with http.patch(f"{a}{location}", data=b"a" * 100) as resp:
         assert resp.status == 202
@@ -255,27 +275,31 @@ async def test_client_vanishing_mid_patch_commits_nothing(
         assert resp.status == 204
         assert resp.headers["Range"] == "0-99"
     # The gateway is fine and the session continues.
-    async with http.put(f"{a}{location}", params={"digest": sha256(b"a" * 100 + b"z")},
-                        data=b"z") as resp:
+    async with http.put(
+        f"{a}{location}", params={"digest": sha256(b"a" * 100 + b"z")}, data=b"z"
+    ) as resp:
         assert resp.status == 201
     # Quiet: nothing about this upload (the shared cluster's log also holds other tests').
     upload = location.rsplit("/", 1)[1]
     log = (cluster.base_dir / "logs" / "gateway-1.log").read_text(errors="replace")
-    assert not [line for line in log.splitlines()
-                if upload in line and ("level=error" in line or "level=warning" in line)]
+    assert not [
+        line
+        for line in log.splitlines()
+        if upload in line and ("level=error" in line or "level=warning" in line)
+    ]
     for module in ("gateway/uploads.py", "gateway/chunking.py", "gateway/cluster.py"):
         assert module not in log
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 async def test_gateway_restart_between_patch_and_put(
-        http: aiohttp.ClientSession, make_cluster: Callable[..., LocalCluster],
-        sig: signal.Signals) -> None:
+    http: aiohttp.ClientSession, make_cluster: Callable[..., LocalCluster], sig: signal.Signals
+) -> None:
     private = make_cluster(nodes=1, gateways=1)
     base = private.gateway_url
     data = os.urandom(CHUNK + 5000)
     location = await _start(http, base, "restart/me")
-    status, _ = await asyncio.to_thread(_stream_patch, base, location, data[:CHUNK + 10])
+    status, _ = await asyncio.to_thread(_stream_patch, base, location, data[: CHUNK + 10])
     assert status == 202, private.tail_logs()
     await asyncio.to_thread(private.restart_gateway, 0, sig)
     await asyncio.to_thread(private.wait_ready, 60)
@@ -283,8 +307,9 @@ async def test_gateway_restart_between_patch_and_put(
     # client session: a kept-alive connection to the old process would be a client-side
     # failure, not the gateway's.)
     async with aiohttp.ClientSession() as fresh:
-        async with fresh.put(f"{base}{location}", params={"digest": sha256(data)},
-                             data=data[CHUNK + 10:]) as resp:
+        async with fresh.put(
+            f"{base}{location}", params={"digest": sha256(data)}, data=data[CHUNK + 10 :]
+        ) as resp:
             assert resp.status == 201, (await resp.text()) + private.tail_logs()
         status, body, _ = await _get(fresh, f"{base}/v2/restart/me/blobs/{sha256(data)}")
     assert status == 200 and body == data, private.tail_logs()
@@ -292,22 +317,25 @@ async def test_gateway_restart_between_patch_and_put(
 
 @pytest.mark.chaos
 async def test_patch_survives_gateway_and_node_sigkill(
-        http: aiohttp.ClientSession, make_cluster: Callable[..., LocalCluster]) -> None:
+    http: aiohttp.ClientSession, make_cluster: Callable[..., LocalCluster]
+) -> None:
     # Invariant 5 + 1: bytes acknowledged by a PATCH 202 outlive their gateway and any
     # one node; another gateway finishes the upload, rebuilding the hash from replicas.
     local = make_cluster(nodes=3, gateways=2)
     first, second = local.gateway_urls
     data = os.urandom(2 * CHUNK + 999)
     location = await _start(http, first, "survive/it")
-    status, _ = await asyncio.to_thread(_stream_patch, first, location, data[:CHUNK + 3])
+    status, _ = await asyncio.to_thread(_stream_patch, first, location, data[: CHUNK + 3])
     assert status == 202
     await asyncio.to_thread(local.kill_gateway, 0)
     await asyncio.to_thread(local.kill_node, 0)
-    status, _ = await asyncio.to_thread(_stream_patch, second, location,
-                                        data[CHUNK + 3:2 * CHUNK])
+    status, _ = await asyncio.to_thread(
+        _stream_patch, second, location, data[CHUNK + 3 : 2 * CHUNK]
+    )
     assert status == 202
-    async with http.put(f"{second}{location}", params={"digest": sha256(data)},
-                        data=data[2 * CHUNK:]) as resp:
+    async with http.put(
+        f"{second}{location}", params={"digest": sha256(data)}, data=data[2 * CHUNK :]
+    ) as resp:
         assert resp.status == 201, await resp.text()
     status, body, _ = await _get(http, f"{second}/v2/survive/it/blobs/{sha256(data)}")
     assert status == 200 and body == data
@@ -315,15 +343,17 @@ async def test_patch_survives_gateway_and_node_sigkill(
 
 @pytest.mark.chaos
 async def test_one_node_lost_loses_nothing_and_pushes_continue(
-        http: aiohttp.ClientSession, make_cluster: Callable[..., LocalCluster]) -> None:
+    http: aiohttp.ClientSession, make_cluster: Callable[..., LocalCluster]
+) -> None:
     local = make_cluster(nodes=3, gateways=1)
     base = local.gateway_url
     data = os.urandom(2 * CHUNK + 77)
-    async with http.post(f"{base}/v2/keep/me/blobs/uploads/", params={"digest": sha256(data)},
-                         data=data) as resp:
+    async with http.post(
+        f"{base}/v2/keep/me/blobs/uploads/", params={"digest": sha256(data)}, data=data
+    ) as resp:
         assert resp.status == 201
     location = await _start(http, base, "keep/me")
-    async with http.patch(f"{base}{location}", data=data[:CHUNK + 1]) as resp:
+    async with http.patch(f"{base}{location}", data=data[: CHUNK + 1]) as resp:
         assert resp.status == 202
     leader = local.leader_index()
     assert leader is not None
@@ -331,19 +361,20 @@ async def test_one_node_lost_loses_nothing_and_pushes_continue(
     status, body, _ = await _get(http, f"{base}/v2/keep/me/blobs/{sha256(data)}")
     assert status == 200 and body == data
     # The upload begun before the loss completes (rebuilding nothing: same gateway).
-    async with http.put(f"{base}{location}", params={"digest": sha256(data)},
-                        data=data[CHUNK + 1:]) as resp:
+    async with http.put(
+        f"{base}{location}", params={"digest": sha256(data)}, data=data[CHUNK + 1 :]
+    ) as resp:
         assert resp.status == 201, await resp.text()
     other = os.urandom(CHUNK + 3)
-    async with http.post(f"{base}/v2/keep/me/blobs/uploads/", params={"digest": sha256(other)},
-                         data=other) as resp:
+    async with http.post(
+        f"{base}/v2/keep/me/blobs/uploads/", params={"digest": sha256(other)}, data=other
+    ) as resp:
         assert resp.status == 201, await resp.text()
     status, body, _ = await _get(http, f"{base}/v2/keep/me/blobs/{sha256(other)}")
     assert status == 200 and body == other
 
 
-async def test_small_edges(http: aiohttp.ClientSession, a: str, b: str,
-                           repo_name: str) -> None:
+async def test_small_edges(http: aiohttp.ClientSession, a: str, b: str, repo_name: str) -> None:
     # Empty blob, through POST + PUT without body.
     location = await _start(http, a, repo_name)
     empty = sha256(b"")
@@ -358,15 +389,18 @@ async def test_small_edges(http: aiohttp.ClientSession, a: str, b: str,
             assert resp.status == 400
             assert await _code(resp) == "DIGEST_INVALID"
     # Unknown query parameters are ignored; Location keeps none.
-    async with http.patch(f"{b}{location}", params={"_state": "x", "origin": "y"},
-                          data=b"hello") as resp:
+    async with http.patch(
+        f"{b}{location}", params={"_state": "x", "origin": "y"}, data=b"hello"
+    ) as resp:
         assert resp.status == 202
         assert resp.headers["Location"] == location
     # Forged, foreign-repository and malformed ids are unknown on every gateway.
     upload = location.rsplit("/", 1)[1]
-    for path in (f"/v2/{repo_name}/blobs/uploads/{upload[:-3]}AAA",
-                 f"/v2/{repo_name}-other/blobs/uploads/{upload}",
-                 f"/v2/{repo_name}/blobs/uploads/nonsense"):
+    for path in (
+        f"/v2/{repo_name}/blobs/uploads/{upload[:-3]}AAA",
+        f"/v2/{repo_name}-other/blobs/uploads/{upload}",
+        f"/v2/{repo_name}/blobs/uploads/nonsense",
+    ):
         for base in (a, b):
             async with http.get(f"{base}{path}") as resp:
                 assert resp.status == 404

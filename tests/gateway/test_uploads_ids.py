@@ -18,15 +18,18 @@ def test_round_trip_and_url_safety() -> None:
     assert new_upload_id(SECRET, "lib/app").value != new_upload_id(SECRET, "lib/app").value
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda v: v[:-1] + ("A" if v[-1] != "A" else "B"),   # tag altered
-    lambda v: ("A" if v[0] != "A" else "B") + v[1:],     # header altered
-    lambda v: v[:-4],                                      # truncated
-    lambda v: v + "AAAA",                                  # extended
-    lambda v: "",
-    lambda v: v.replace(v[5], "/", 1),
-    lambda v: "é" * len(v),
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda v: v[:-1] + ("A" if v[-1] != "A" else "B"),  # tag altered
+        lambda v: ("A" if v[0] != "A" else "B") + v[1:],  # header altered
+        lambda v: v[:-4],  # truncated
+        lambda v: v + "AAAA",  # extended
+        lambda v: "",
+        lambda v: v.replace(v[5], "/", 1),
+        lambda v: "é" * len(v),
+    ],
+)
 def test_forged_ids_are_unknown(mutate: object) -> None:
     value = new_upload_id(SECRET, "lib/app", now=1_000_000).value
     with pytest.raises(BlobUploadUnknown):

@@ -24,11 +24,17 @@ def open_lmdb_store(tmp_path: Path) -> Iterator[LmdbOpener]:
     opened: list[LmdbChunkStore] = []
     cfg = NodeConfig()
 
-    def open_store(path: Path | None = None, map_size: int = TEST_MAP_SIZE,
-                   batch_max_items: int = cfg.commit_batch_max_items) -> LmdbChunkStore:
-        store = LmdbChunkStore(path=str(path or tmp_path / "chunks"), map_size=map_size,
-                               batch_max_items=batch_max_items,
-                               batch_max_bytes=cfg.commit_batch_max_bytes)
+    def open_store(
+        path: Path | None = None,
+        map_size: int = TEST_MAP_SIZE,
+        batch_max_items: int = cfg.commit_batch_max_items,
+    ) -> LmdbChunkStore:
+        store = LmdbChunkStore(
+            path=str(path or tmp_path / "chunks"),
+            map_size=map_size,
+            batch_max_items=batch_max_items,
+            batch_max_bytes=cfg.commit_batch_max_bytes,
+        )
         opened.append(store)
         return store
 

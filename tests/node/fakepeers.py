@@ -27,8 +27,9 @@ class _Status(pb_grpc.AdminServicer):
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
 
-    async def Status(self, request: pb.StatusRequest,
-                     context: grpc.aio.ServicerContext) -> pb.StatusReply:
+    async def Status(
+        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StatusReply:
         return pb.StatusReply(node_id=self.node_id)
 
 
@@ -78,8 +79,9 @@ async def fake_cluster_fixture() -> AsyncIterator[Cluster]:
             await server.start()
             node = FakeNode(node_id, f"127.0.0.1:{port}", store, server)
             nodes.append(node)
-            members.rows.append({"id": node_id, "grpc": node.address, "raft": "",
-                                 "state": "active"})
+            members.rows.append(
+                {"id": node_id, "grpc": node.address, "raft": "", "state": "active"}
+            )
         return nodes, members
 
     try:

@@ -28,8 +28,10 @@ from protos import registry_pb2_grpc as pb_grpc
 
 MiB = 1024 * 1024
 CFG = NodeConfig(chunk_list_page_size=4, chunk_list_page_max=5)
-OPTIONS = [("grpc.max_send_message_length", CFG.grpc_max_message),
-           ("grpc.max_receive_message_length", CFG.grpc_max_message)]
+OPTIONS = [
+    ("grpc.max_send_message_length", CFG.grpc_max_message),
+    ("grpc.max_receive_message_length", CFG.grpc_max_message),
+]
 
 Serve = Callable[..., Awaitable[pb_grpc.ChunksStub]]
 
@@ -88,11 +90,12 @@ async def test_get_missing_is_not_found(stub: pb_grpc.ChunksStub) -> None:
     assert isinstance(decoded(info.value), ChunkMissing)
 
 
-async def test_put_with_wrong_id_or_checksum_is_invalid_argument(
-        stub: pb_grpc.ChunksStub) -> None:
+async def test_put_with_wrong_id_or_checksum_is_invalid_argument(stub: pb_grpc.ChunksStub) -> None:
     cid, data = random_chunk(1000)
-    for request in (pb.PutChunkRequest(id=hashlib.sha256(b"x").digest(), data=data),
-                    pb.PutChunkRequest(id=cid, data=data, checksum=b"\1" * 16)):
+    for request in (
+        pb.PutChunkRequest(id=hashlib.sha256(b"x").digest(), data=data),
+        pb.PutChunkRequest(id=cid, data=data, checksum=b"\1" * 16),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Put(request)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -101,21 +104,20 @@ async def test_put_with_wrong_id_or_checksum_is_invalid_argument(
 
 
 async def test_put_with_checksum_trusts_the_gateway_id_unless_configured(
-        serve: Serve, tmp_path: Path) -> None:
+    serve: Serve, tmp_path: Path
+) -> None:
     """Default: a Put with a checksum is checked by xxh3 only (the gateway computed the id
     from the bytes); `verify_put_sha256` re-hashes the id too; no checksum = sha256 always."""
     _, data = random_chunk(1000)
     forged = hashlib.sha256(b"not these bytes").digest()
     trusting = await serve(LmdbChunkStore(str(tmp_path / "a"), 64 * MiB, 16, 16 * MiB))
-    reply = await trusting.Put(pb.PutChunkRequest(id=forged, data=data,
-                                                  checksum=checksum_of(data)))
+    reply = await trusting.Put(pb.PutChunkRequest(id=forged, data=data, checksum=checksum_of(data)))
     assert reply.existed is False
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await trusting.Put(pb.PutChunkRequest(id=forged, data=data))
     assert isinstance(decoded(info.value), DigestInvalid)
     strict_cfg = NodeConfig(verify_put_sha256=True)
-    strict = await serve(LmdbChunkStore(str(tmp_path / "b"), 64 * MiB, 16, 16 * MiB),
-                         strict_cfg)
+    strict = await serve(LmdbChunkStore(str(tmp_path / "b"), 64 * MiB, 16, 16 * MiB), strict_cfg)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await strict.Put(pb.PutChunkRequest(id=forged, data=data, checksum=checksum_of(data)))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -125,8 +127,7 @@ async def test_put_with_checksum_trusts_the_gateway_id_unless_configured(
 
 async def test_put_and_get_of_an_empty_chunk(stub: pb_grpc.ChunksStub) -> None:
     cid = hashlib.sha256(b"").digest()
-    assert (await stub.Put(pb.PutChunkRequest(id=cid, checksum=checksum_of(b"")))).existed \
-        is False
+    assert (await stub.Put(pb.PutChunkRequest(id=cid, checksum=checksum_of(b"")))).existed is False
     got = await stub.Get(pb.GetChunkRequest(id=cid))
     assert got.data == b""
     assert got.checksum == checksum_of(b"")
@@ -139,8 +140,11 @@ async def test_malformed_put_is_invalid_argument(lmdb_chunk_store: LmdbChunkStor
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)
     try:
-        call = channel.unary_unary("/cargohold.v1.Chunks/Put", request_serializer=None,
-                                   response_deserializer=pb.PutChunkReply.FromString)
+        call = channel.unary_unary(
+            "/cargohold.v1.Chunks/Put",
+            request_serializer=None,
+            response_deserializer=pb.PutChunkReply.FromString,
+        )
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call(b"\x0a\xff")
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -150,7 +154,8 @@ async def test_malformed_put_is_invalid_argument(lmdb_chunk_store: LmdbChunkStor
 
 
 async def test_corrupt_copy_is_data_loss_then_gone(
-        stub: pb_grpc.ChunksStub, lmdb_chunk_store: LmdbChunkStore) -> None:
+    stub: pb_grpc.ChunksStub, lmdb_chunk_store: LmdbChunkStore
+) -> None:
     cid, data = random_chunk(64 * 1024)
     await stub.Put(pb.PutChunkRequest(id=cid, data=data))
     with lmdb_chunk_store._env.begin(write=True) as txn:
@@ -178,8 +183,9 @@ async def test_has_and_delete(stub: pb_grpc.ChunksStub) -> None:
     assert (await stub.Get(pb.GetChunkRequest(id=b[0]))).data == b""
 
 
-async def _list(stub: pb_grpc.ChunksStub, after: bytes = b"",
-                page_size: int = 0) -> list[list[tuple[bytes, int]]]:
+async def _list(
+    stub: pb_grpc.ChunksStub, after: bytes = b"", page_size: int = 0
+) -> list[list[tuple[bytes, int]]]:
     pages = []
     async for reply in stub.List(pb.ListChunksRequest(after=after, page_size=page_size)):
         assert len(reply.ids) == len(reply.sizes)
@@ -204,7 +210,8 @@ async def test_list_streams_every_id_in_pages(stub: pb_grpc.ChunksStub) -> None:
 
 
 async def test_full_node_is_resource_exhausted(
-        serve: Serve, open_lmdb_store: Callable[..., LmdbChunkStore]) -> None:
+    serve: Serve, open_lmdb_store: Callable[..., LmdbChunkStore]
+) -> None:
     stub = await serve(open_lmdb_store(map_size=2 * MiB))
     with pytest.raises(grpc.aio.AioRpcError) as info:
         for _ in range(16):

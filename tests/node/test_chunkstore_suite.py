@@ -285,8 +285,9 @@ async def test_durable_across_close_and_reopen(kit: Kit) -> None:
 async def test_full_store_refuses_puts_and_keeps_serving(kit: Kit) -> None:
     store = kit.open(2 * MiB)
     chunks = [random_chunk(256 * KiB) for _ in range(16)]
-    results = await asyncio.gather(*(store.put(cid, data) for cid, data in chunks),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(store.put(cid, data) for cid, data in chunks), return_exceptions=True
+    )
     stored = [c for c, r in zip(chunks, results, strict=True) if r is False]
     refused = [r for r in results if isinstance(r, StorageFull)]
     assert stored and refused
@@ -339,6 +340,7 @@ async def test_cancelled_puts_leave_the_store_consistent(store: ChunkStore) -> N
 
 # --- LmdbChunkStore specifics: the on-disk layout and group commit ------------------------
 
+
 async def test_lmdb_value_layout_is_checksum_then_data(lmdb_chunk_store: LmdbChunkStore) -> None:
     cid, data = random_chunk(3 * KiB)
     await lmdb_chunk_store.put(cid, data)
@@ -387,9 +389,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _acked_then_killed(path: Path, count: int) -> list[bytes]:
     """Run 8 concurrent putters in a child process; SIGKILL it after `count` acks."""
-    child = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path)], cwd=REPO,
-                             env={**os.environ, "PYTHONPATH": str(REPO)},
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(path)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     acked: list[bytes] = []
     try:
         assert child.stdout is not None
@@ -407,7 +413,8 @@ def _acked_then_killed(path: Path, count: int) -> list[bytes]:
 
 
 async def test_lmdb_acknowledged_puts_survive_sigkill(
-        tmp_path: Path, open_lmdb_store: LmdbOpener) -> None:
+    tmp_path: Path, open_lmdb_store: LmdbOpener
+) -> None:
     path = tmp_path / "chunks"
     acked = await asyncio.to_thread(_acked_then_killed, path, 150)
     store = open_lmdb_store(path=path, map_size=1 << 30)

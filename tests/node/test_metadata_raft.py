@@ -40,8 +40,14 @@ def dg(name: str) -> str:
 
 def tag_cmd(i: int, prefix: str = "t") -> dict[str, Any]:
     """One small idempotent command: a manifest (no blobs) tagged `<prefix><i>`."""
-    return {"repo": REPO, "digest": dg(f"{prefix}{i}"), "media_type": "application/json",
-            "recipe": {"size": 0, "chunks": []}, "tag": f"{prefix}{i}", "now": 1.0}
+    return {
+        "repo": REPO,
+        "digest": dg(f"{prefix}{i}"),
+        "media_type": "application/json",
+        "recipe": {"size": 0, "chunks": []},
+        "tag": f"{prefix}{i}",
+        "now": 1.0,
+    }
 
 
 # -- in-process: one-member groups ----------------------------------------------------------------
@@ -82,14 +88,17 @@ async def members() -> AsyncIterator[Callable[..., RaftMember]]:
 
 
 async def test_command_and_query_through_the_bridge(
-        tmp_path: Path, members: Callable[..., RaftMember]) -> None:
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
     member = members(member_config(tmp_path))
     assert await member.command("manifest_put", tag_cmd(1)) is None
     record = await member.query("tag_get", {"repo": REPO, "tag": "t1"}, linearizable=True)
     assert record["digest"] == dg("t1")
     with pytest.raises(RangeInvalid):
-        await member.command("upload_append", {"upload": "u", "repo": REPO, "offset": 5,
-                                               "chunks": [], "request": "r", "now": 1.0})
+        await member.command(
+            "upload_append",
+            {"upload": "u", "repo": REPO, "offset": 5, "chunks": [], "request": "r", "now": 1.0},
+        )
     with pytest.raises(RequestInvalid):
         await member.command("no_such_command", {})
     with pytest.raises(RequestInvalid):
@@ -100,27 +109,46 @@ async def test_command_and_query_through_the_bridge(
 
 
 async def test_concurrent_commands_share_log_entries_and_keep_their_results(
-        tmp_path: Path, members: Callable[..., RaftMember]) -> None:
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
     member = members(member_config(tmp_path))
     await member.barrier()
     before = member.status().commit_index
 
     async def bad_append(i: int) -> None:
         with pytest.raises(RangeInvalid) as err:
-            await member.command("upload_append", {"upload": f"u{i}", "repo": REPO,
-                                                   "offset": i + 1, "chunks": [],
-                                                   "request": "r", "now": 1.0})
+            await member.command(
+                "upload_append",
+                {
+                    "upload": f"u{i}",
+                    "repo": REPO,
+                    "offset": i + 1,
+                    "chunks": [],
+                    "request": "r",
+                    "now": 1.0,
+                },
+            )
         assert err.value.message == "size=0"
 
     async def good_append(i: int) -> None:
-        result = await member.command("upload_append", {
-            "upload": f"v{i}", "repo": REPO, "offset": 0, "chunks": [["ab" * 32, i]],
-            "request": "r", "now": 1.0})
+        result = await member.command(
+            "upload_append",
+            {
+                "upload": f"v{i}",
+                "repo": REPO,
+                "offset": 0,
+                "chunks": [["ab" * 32, i]],
+                "request": "r",
+                "now": 1.0,
+            },
+        )
         assert result == {"size": i}
 
-    await asyncio.gather(*[member.command("manifest_put", tag_cmd(i)) for i in range(100)],
-                         *[bad_append(i) for i in range(20)],
-                         *[good_append(i) for i in range(20)])
+    await asyncio.gather(
+        *[member.command("manifest_put", tag_cmd(i)) for i in range(100)],
+        *[bad_append(i) for i in range(20)],
+        *[good_append(i) for i in range(20)],
+    )
     # 140 commands, a handful of log entries.
     assert member.status().commit_index - before <= 4
     status = await member.query("status", {}, linearizable=True)
@@ -128,7 +156,8 @@ async def test_concurrent_commands_share_log_entries_and_keep_their_results(
 
 
 async def test_batches_are_bounded_by_commands_and_chunk_references(
-        tmp_path: Path, members: Callable[..., RaftMember]) -> None:
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
     member = members(member_config(tmp_path, raft_batch_max_commands=8))
     await member.barrier()
     before = member.status().commit_index
@@ -136,15 +165,29 @@ async def test_batches_are_bounded_by_commands_and_chunk_references(
     assert member.status().commit_index - before == 2
     before = member.status().commit_index
     big = [["cd" * 32, 1]] * (64 * 8)  # weighs 9 > 8: alone in its entry
-    results = await asyncio.gather(*[member.command("upload_append", {
-        "upload": f"big{i}", "repo": REPO, "offset": 0, "chunks": big, "request": "r",
-        "now": 1.0}) for i in range(4)])
+    results = await asyncio.gather(
+        *[
+            member.command(
+                "upload_append",
+                {
+                    "upload": f"big{i}",
+                    "repo": REPO,
+                    "offset": 0,
+                    "chunks": big,
+                    "request": "r",
+                    "now": 1.0,
+                },
+            )
+            for i in range(4)
+        ]
+    )
     assert results == [{"size": 512}] * 4
     assert member.status().commit_index - before == 4
 
 
 async def test_concurrent_reads_share_one_barrier(
-        tmp_path: Path, members: Callable[..., RaftMember]) -> None:
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
     member = members(member_config(tmp_path))
     await member.command("manifest_put", tag_cmd(1))
     barriers = 0
@@ -160,16 +203,16 @@ async def test_concurrent_reads_share_one_barrier(
         return await original(op, args)
 
     member.command = counting  # type: ignore[method-assign]
-    results = await asyncio.gather(*[
-        member.query("tags_list", {"repo": REPO}, linearizable=True) for _ in range(50)])
+    results = await asyncio.gather(
+        *[member.query("tags_list", {"repo": REPO}, linearizable=True) for _ in range(50)]
+    )
     assert all(r == {"tags": ["t1"], "more": False} for r in results)
     assert barriers == 1
     # Reads arriving while a barrier is in flight wait for the next one (one for all).
     gate.clear()
     first = asyncio.ensure_future(member.query("status", {}, linearizable=True))
     await wait_until(lambda: barriers == 2, "a barrier in flight")
-    later = [asyncio.ensure_future(member.query("status", {}, linearizable=True))
-             for _ in range(5)]
+    later = [asyncio.ensure_future(member.query("status", {}, linearizable=True)) for _ in range(5)]
     for _ in range(5):
         await asyncio.sleep(0)
     assert barriers == 2 and not first.done() and not any(f.done() for f in later)
@@ -178,8 +221,7 @@ async def test_concurrent_reads_share_one_barrier(
     assert barriers == 3
 
 
-async def test_no_quorum_is_unavailable(tmp_path: Path,
-                                        members: Callable[..., RaftMember]) -> None:
+async def test_no_quorum_is_unavailable(tmp_path: Path, members: Callable[..., RaftMember]) -> None:
     cfg = member_config(tmp_path, raft_command_timeout=1.0)
     cfg.node.peers = [f"127.0.0.1:{free_port()}"]  # a partner that never answers
     member = members(cfg)
@@ -189,7 +231,9 @@ async def test_no_quorum_is_unavailable(tmp_path: Path,
         await member.query("catalog", {}, linearizable=True)
     # A local read still answers.
     assert await member.query("catalog", {}, linearizable=False) == {
-        "repositories": [], "more": False}
+        "repositories": [],
+        "more": False,
+    }
     # Past the fail-fast check, a command that cannot commit times out: outcome unknown.
     member._reaches_quorum = lambda: True  # type: ignore[method-assign]
     with pytest.raises(Unavailable) as err:
@@ -198,7 +242,8 @@ async def test_no_quorum_is_unavailable(tmp_path: Path,
 
 
 async def test_a_taken_raft_port_is_a_config_error(
-        tmp_path: Path, members: Callable[..., RaftMember]) -> None:
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
     cfg = member_config(tmp_path, raft_bind_retries=1)
     host, port = cfg.node.raft_listen.split(":")
     with socket.socket() as taken:
@@ -210,14 +255,15 @@ async def test_a_taken_raft_port_is_a_config_error(
 
 
 async def test_snapshot_then_restart_restores_state(
-        tmp_path: Path, members: Callable[..., RaftMember]) -> None:
-    cfg = member_config(tmp_path, raft_compaction_min_entries=20,
-                        raft_compaction_min_time=1.0)
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
+    cfg = member_config(tmp_path, raft_compaction_min_entries=20, raft_compaction_min_time=1.0)
     member = members(cfg)
     for i in range(60):
         await member.command("manifest_put", tag_cmd(i))
-    await wait_until(lambda: os.path.exists(member.dump_path) and member.status().log_len < 30,
-                     "a compaction")
+    await wait_until(
+        lambda: os.path.exists(member.dump_path) and member.status().log_len < 30, "a compaction"
+    )
     for i in range(60, 70):
         await member.command("manifest_put", tag_cmd(i))
     await member.close()
@@ -227,8 +273,9 @@ async def test_snapshot_then_restart_restores_state(
     assert sorted(tags) == sorted(f"t{i}" for i in range(70))
 
 
-async def test_an_unreadable_snapshot_is_fatal(tmp_path: Path,
-                                               members: Callable[..., RaftMember]) -> None:
+async def test_an_unreadable_snapshot_is_fatal(
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
     cfg = member_config(tmp_path)
     (tmp_path / "raft").mkdir()
     (tmp_path / "raft" / "state.dump").write_bytes(b"CHRAFT2\n" + b"\xff" * 64)
@@ -251,9 +298,9 @@ class DumpNeverConfirmed(RaftMember):
 
 
 async def test_kill_between_dump_and_truncation_loses_nothing(
-        tmp_path: Path, members: Callable[..., RaftMember]) -> None:
-    cfg = member_config(tmp_path, raft_compaction_min_entries=20,
-                        raft_compaction_min_time=1.0)
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
+    cfg = member_config(tmp_path, raft_compaction_min_entries=20, raft_compaction_min_time=1.0)
     member = members(cfg, DumpNeverConfirmed)
     for i in range(50):
         await member.command("manifest_put", tag_cmd(i))
@@ -268,25 +315,38 @@ async def test_kill_between_dump_and_truncation_loses_nothing(
     assert sorted(tags) == sorted(f"t{i}" for i in range(70))
 
 
-async def test_join_and_leader_housekeeping(tmp_path: Path,
-                                            members: Callable[..., RaftMember]) -> None:
+async def test_join_and_leader_housekeeping(
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
     cfg = member_config(tmp_path, housekeeping_interval=0.05, upload_expire_after=60.0)
     cfg.node.id = "n7"
     cfg.node.grpc_advertise = "127.0.0.1:7777"
     member = members(cfg)
     await join_cluster(member, cfg)
     assert await member.query("members", {}, linearizable=True) == [
-        {"id": "n7", "grpc": "127.0.0.1:7777", "raft": cfg.node.raft_advertise,
-         "state": "active"}]
-    await member.command("upload_append", {"upload": "stale", "repo": REPO, "offset": 0,
-                                           "chunks": [], "request": "r", "now": 1.0})
-    await member.command("upload_append", {"upload": "fresh", "repo": REPO, "offset": 0,
-                                           "chunks": [], "request": "r",
-                                           "now": time.time()})
+        {"id": "n7", "grpc": "127.0.0.1:7777", "raft": cfg.node.raft_advertise, "state": "active"}
+    ]
+    await member.command(
+        "upload_append",
+        {"upload": "stale", "repo": REPO, "offset": 0, "chunks": [], "request": "r", "now": 1.0},
+    )
+    await member.command(
+        "upload_append",
+        {
+            "upload": "fresh",
+            "repo": REPO,
+            "offset": 0,
+            "chunks": [],
+            "request": "r",
+            "now": time.time(),
+        },
+    )
     task = asyncio.ensure_future(housekeeping(member, cfg))
     try:
-        await wait_until(lambda: member.local_query("upload_get", {"upload": "stale"}) == {
-            "state": "new"}, "the stale upload to expire")
+        await wait_until(
+            lambda: member.local_query("upload_get", {"upload": "stale"}) == {"state": "new"},
+            "the stale upload to expire",
+        )
     finally:
         task.cancel()
     assert member.local_query("upload_get", {"upload": "fresh"})["state"] == "open"
@@ -307,13 +367,18 @@ def stub(address: str) -> registry_pb2_grpc.MetadataStub:
 
 def command(address: str, op: str, args: dict[str, Any], timeout: float = 5.0) -> Any:
     reply = stub(address).Command(
-        registry_pb2.MetadataRequest(op=op, args=json.dumps(args).encode()), timeout=timeout)
+        registry_pb2.MetadataRequest(op=op, args=json.dumps(args).encode()), timeout=timeout
+    )
     return json.loads(reply.result)
 
 
 def query(address: str, op: str, args: dict[str, Any], linearizable: bool = True) -> Any:
-    reply = stub(address).Query(registry_pb2.MetadataRequest(
-        op=op, args=json.dumps(args).encode(), linearizable=linearizable), timeout=10)
+    reply = stub(address).Query(
+        registry_pb2.MetadataRequest(
+            op=op, args=json.dumps(args).encode(), linearizable=linearizable
+        ),
+        timeout=10,
+    )
     return json.loads(reply.result)
 
 
@@ -323,8 +388,7 @@ def listed_tags(address: str, limit: float = 30.0) -> set[str]:
     deadline = time.monotonic() + limit
     while True:
         try:
-            return set(query(address, "tags_list",
-                             {"repo": REPO, "n": None, "last": None})["tags"])
+            return set(query(address, "tags_list", {"repo": REPO, "n": None, "last": None})["tags"])
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
                 raise
@@ -341,8 +405,7 @@ class Writers:
         self._lock = threading.Lock()
         self._next = 0
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True)
-                         for _ in range(threads)]
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
     def __enter__(self) -> Writers:
         for thread in self._threads:
@@ -402,13 +465,18 @@ def test_follower_command_is_visible_through_another_node(three_nodes: LocalClus
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert err.value.details().startswith("ManifestUnknown:")
     with pytest.raises(grpc.RpcError) as err:
-        command(three_nodes.node_grpc(other), "upload_append", {
-            "upload": "u", "repo": REPO, "offset": 3, "chunks": [], "request": "r", "now": 1})
+        command(
+            three_nodes.node_grpc(other),
+            "upload_append",
+            {"upload": "u", "repo": REPO, "offset": 3, "chunks": [], "request": "r", "now": 1},
+        )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert err.value.details() == "RangeInvalid:size=0"
-    for call in (lambda: command(three_nodes.node_grpc(other), "manifest_put", {"repo": REPO}),
-                 lambda: query(three_nodes.node_grpc(other), "no_such_query", {}),
-                 lambda: command(three_nodes.node_grpc(other), "blob_mount", {"repo": "UP"})):
+    for call in (
+        lambda: command(three_nodes.node_grpc(other), "manifest_put", {"repo": REPO}),
+        lambda: query(three_nodes.node_grpc(other), "no_such_query", {}),
+        lambda: command(three_nodes.node_grpc(other), "blob_mount", {"repo": "UP"}),
+    ):
         with pytest.raises(grpc.RpcError) as err:
             call()
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -425,7 +493,8 @@ def test_follower_command_is_visible_through_another_node(three_nodes: LocalClus
 @pytest.mark.cluster
 @pytest.mark.chaos
 def test_leader_sigkill_elects_a_new_leader_and_keeps_acknowledged(
-        three_nodes: LocalCluster) -> None:
+    three_nodes: LocalCluster,
+) -> None:
     old_leader = three_nodes.leader_index()
     assert old_leader is not None
     with Writers(three_nodes, "k") as writers:
@@ -446,8 +515,7 @@ def test_leader_sigkill_elects_a_new_leader_and_keeps_acknowledged(
 
 @pytest.mark.cluster
 @pytest.mark.chaos
-def test_whole_cluster_sigkill_under_writes_keeps_acknowledged(
-        three_nodes: LocalCluster) -> None:
+def test_whole_cluster_sigkill_under_writes_keeps_acknowledged(three_nodes: LocalCluster) -> None:
     acked: set[str] = set()
     for round_ in range(3):
         with Writers(three_nodes, f"r{round_}-") as writers:
@@ -466,25 +534,37 @@ def test_whole_cluster_sigkill_under_writes_keeps_acknowledged(
 
 
 @pytest.mark.cluster
-def test_a_fourth_node_joins_after_a_raft_add(three_nodes: LocalCluster,
-                                              tmp_path: Path) -> None:
+def test_a_fourth_node_joins_after_a_raft_add(three_nodes: LocalCluster, tmp_path: Path) -> None:
     leader = three_nodes.leader_index()
     assert leader is not None
     command(three_nodes.node_grpc(leader), "manifest_put", tag_cmd(1))
     raft_addr = f"127.0.0.1:{free_port()}"
     grpc_addr = f"127.0.0.1:{free_port()}"
     config = tmp_path / "n4.toml"
-    config.write_text(to_toml({
-        "cluster": {"secret": three_nodes.layout.secret},
-        "node": {"id": "n4", "data_dir": str(tmp_path / "n4"), "grpc_listen": grpc_addr,
-                 "raft_listen": raft_addr,
-                 "peers": [three_nodes.node_raft(i) for i in range(3)]}}))
+    config.write_text(
+        to_toml(
+            {
+                "cluster": {"secret": three_nodes.layout.secret},
+                "node": {
+                    "id": "n4",
+                    "data_dir": str(tmp_path / "n4"),
+                    "grpc_listen": grpc_addr,
+                    "raft_listen": raft_addr,
+                    "peers": [three_nodes.node_raft(i) for i in range(3)],
+                },
+            }
+        )
+    )
     with open(tmp_path / "n4.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "cargohold.cli", "node", "--config",
-                                 str(config)], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cargohold.cli", "node", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        result = raft_utility(three_nodes.node_raft(leader), three_nodes.layout.secret,
-                              ["add", raft_addr])
+        result = raft_utility(
+            three_nodes.node_raft(leader), three_nodes.layout.secret, ["add", raft_addr]
+        )
         assert result == f"SUCCESS ADD {raft_addr}"
         deadline = time.monotonic() + 30
         while "n4" not in {m["id"] for m in three_nodes.members(0)}:
@@ -492,8 +572,7 @@ def test_a_fourth_node_joins_after_a_raft_add(three_nodes: LocalCluster,
             time.sleep(0.1)
         # The new member serves linearizable reads of what was committed before it came.
         assert "t1" in listed_tags(grpc_addr)
-        status = raft_utility(three_nodes.node_raft(leader), three_nodes.layout.secret,
-                              ["status"])
+        status = raft_utility(three_nodes.node_raft(leader), three_nodes.layout.secret, ["status"])
         assert status["partner_nodes_count"] == 3
     finally:
         proc.terminate()
@@ -528,13 +607,25 @@ def test_a_node_with_an_unreadable_snapshot_exits(tmp_path: Path) -> None:
     raft_dir.mkdir(parents=True)
     (raft_dir / "state.dump").write_bytes(b"not a snapshot")
     config = tmp_path / "n1.toml"
-    config.write_text(to_toml({
-        "cluster": {"secret": "s"},
-        "node": {"id": "n1", "data_dir": str(tmp_path / "n1"),
-                 "grpc_listen": f"127.0.0.1:{free_port()}",
-                 "raft_listen": f"127.0.0.1:{free_port()}", "peers": []}}))
-    proc = subprocess.Popen([sys.executable, "-m", "cargohold.cli", "node", "--config",
-                             str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    config.write_text(
+        to_toml(
+            {
+                "cluster": {"secret": "s"},
+                "node": {
+                    "id": "n1",
+                    "data_dir": str(tmp_path / "n1"),
+                    "grpc_listen": f"127.0.0.1:{free_port()}",
+                    "raft_listen": f"127.0.0.1:{free_port()}",
+                    "peers": [],
+                },
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cargohold.cli", "node", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         _, stderr = proc.communicate(timeout=60)
     finally:

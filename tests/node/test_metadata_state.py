@@ -47,25 +47,52 @@ def st() -> MetadataState:
     return MetadataState()
 
 
-def commit_blob(st: MetadataState, repo: str, name: str, size: int = 10,
-                upload: str | None = None) -> str:
+def commit_blob(
+    st: MetadataState, repo: str, name: str, size: int = 10, upload: str | None = None
+) -> str:
     digest = dg(name)
-    st.apply("blob_commit", {"repo": repo, "digest": digest, "recipe": recipe((name, size)),
-                             "upload": upload, "now": 1.0})
+    st.apply(
+        "blob_commit",
+        {
+            "repo": repo,
+            "digest": digest,
+            "recipe": recipe((name, size)),
+            "upload": upload,
+            "now": 1.0,
+        },
+    )
     return digest
 
 
-def put_manifest(st: MetadataState, repo: str, name: str, blobs: list[str] | None = None,
-                 tag: str | None = None, subject: str | None = None,
-                 artifact_type: str | None = None, annotations: dict[str, str] | None = None,
-                 children: list[str] | None = None,
-                 media_type: str = "application/vnd.oci.image.manifest.v1+json") -> str:
+def put_manifest(
+    st: MetadataState,
+    repo: str,
+    name: str,
+    blobs: list[str] | None = None,
+    tag: str | None = None,
+    subject: str | None = None,
+    artifact_type: str | None = None,
+    annotations: dict[str, str] | None = None,
+    children: list[str] | None = None,
+    media_type: str = "application/vnd.oci.image.manifest.v1+json",
+) -> str:
     digest = dg(name)
-    st.apply("manifest_put", {
-        "repo": repo, "digest": digest, "media_type": media_type,
-        "recipe": recipe((name, 100)), "blobs": blobs or [], "manifests": children or [],
-        "subject": subject, "artifact_type": artifact_type, "annotations": annotations,
-        "tag": tag, "now": 2.0})
+    st.apply(
+        "manifest_put",
+        {
+            "repo": repo,
+            "digest": digest,
+            "media_type": media_type,
+            "recipe": recipe((name, 100)),
+            "blobs": blobs or [],
+            "manifests": children or [],
+            "subject": subject,
+            "artifact_type": artifact_type,
+            "annotations": annotations,
+            "tag": tag,
+            "now": 2.0,
+        },
+    )
     return digest
 
 
@@ -88,22 +115,49 @@ def test_catalogue_ops_are_all_implemented(st: MetadataState) -> None:
 # -- uploads ---------------------------------------------------------------------------------
 def test_upload_new_append_and_get(st: MetadataState) -> None:
     assert st.query("upload_get", {"upload": "u1"}) == {"state": "new"}
-    res = st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 0,
-                                     "chunks": [[cid("a"), 5], [cid("b"), 3]],
-                                     "request": "r1", "now": 1.0})
+    res = st.apply(
+        "upload_append",
+        {
+            "upload": "u1",
+            "repo": REPO,
+            "offset": 0,
+            "chunks": [[cid("a"), 5], [cid("b"), 3]],
+            "request": "r1",
+            "now": 1.0,
+        },
+    )
     assert res == {"size": 8}
-    res = st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 8,
-                                     "chunks": [[cid("c"), 2]], "request": "r2", "now": 2.0})
+    res = st.apply(
+        "upload_append",
+        {
+            "upload": "u1",
+            "repo": REPO,
+            "offset": 8,
+            "chunks": [[cid("c"), 2]],
+            "request": "r2",
+            "now": 2.0,
+        },
+    )
     assert res == {"size": 10}
     assert st.query("upload_get", {"upload": "u1"}) == {
-        "state": "open", "repo": REPO, "size": 10, "request": "r2",
-        "chunks": [[cid("a"), 5], [cid("b"), 3], [cid("c"), 2]]}
+        "state": "open",
+        "repo": REPO,
+        "size": 10,
+        "request": "r2",
+        "chunks": [[cid("a"), 5], [cid("b"), 3], [cid("c"), 2]],
+    }
     assert st.query("status", {})["uploads"] == 1
 
 
 def test_upload_append_retry_with_same_request_returns_same_result(st: MetadataState) -> None:
-    args = {"upload": "u1", "repo": REPO, "offset": 0, "chunks": [[cid("a"), 5]],
-            "request": "r1", "now": 1.0}
+    args = {
+        "upload": "u1",
+        "repo": REPO,
+        "offset": 0,
+        "chunks": [[cid("a"), 5]],
+        "request": "r1",
+        "now": 1.0,
+    }
     first = st.apply("upload_append", args)
     again = st.apply("upload_append", args)
     assert first == again == {"size": 5}
@@ -111,41 +165,85 @@ def test_upload_append_retry_with_same_request_returns_same_result(st: MetadataS
 
 
 def test_upload_append_out_of_order_is_range_invalid_with_size(st: MetadataState) -> None:
-    st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 0,
-                               "chunks": [[cid("a"), 5]], "request": "r1", "now": 1.0})
+    st.apply(
+        "upload_append",
+        {
+            "upload": "u1",
+            "repo": REPO,
+            "offset": 0,
+            "chunks": [[cid("a"), 5]],
+            "request": "r1",
+            "now": 1.0,
+        },
+    )
     with pytest.raises(RangeInvalid) as err:
-        st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 3,
-                                   "chunks": [[cid("b"), 5]], "request": "r2", "now": 1.0})
+        st.apply(
+            "upload_append",
+            {
+                "upload": "u1",
+                "repo": REPO,
+                "offset": 3,
+                "chunks": [[cid("b"), 5]],
+                "request": "r2",
+                "now": 1.0,
+            },
+        )
     assert err.value.message == "size=5"
     # A different request id at an old offset is a repeated chunk, not a retry.
     with pytest.raises(RangeInvalid):
-        st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 0,
-                                   "chunks": [[cid("a"), 5]], "request": "r3", "now": 1.0})
+        st.apply(
+            "upload_append",
+            {
+                "upload": "u1",
+                "repo": REPO,
+                "offset": 0,
+                "chunks": [[cid("a"), 5]],
+                "request": "r3",
+                "now": 1.0,
+            },
+        )
     with pytest.raises(RangeInvalid) as err:
-        st.apply("upload_append", {"upload": "u2", "repo": REPO, "offset": 4,
-                                   "chunks": [], "request": "x", "now": 1.0})
+        st.apply(
+            "upload_append",
+            {"upload": "u2", "repo": REPO, "offset": 4, "chunks": [], "request": "x", "now": 1.0},
+        )
     assert err.value.message == "size=0"
     assert st.query("upload_get", {"upload": "u2"}) == {"state": "new"}
 
 
 def test_upload_append_in_another_repo_is_unknown(st: MetadataState) -> None:
-    st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 0, "chunks": [],
-                               "request": "r1", "now": 1.0})
+    st.apply(
+        "upload_append",
+        {"upload": "u1", "repo": REPO, "offset": 0, "chunks": [], "request": "r1", "now": 1.0},
+    )
     with pytest.raises(BlobUploadUnknown):
-        st.apply("upload_append", {"upload": "u1", "repo": OTHER, "offset": 0, "chunks": [],
-                                   "request": "r2", "now": 1.0})
+        st.apply(
+            "upload_append",
+            {"upload": "u1", "repo": OTHER, "offset": 0, "chunks": [], "request": "r2", "now": 1.0},
+        )
 
 
 def test_upload_cancel(st: MetadataState) -> None:
-    st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 0,
-                               "chunks": [[cid("a"), 1]], "request": "r1", "now": 1.0})
+    st.apply(
+        "upload_append",
+        {
+            "upload": "u1",
+            "repo": REPO,
+            "offset": 0,
+            "chunks": [[cid("a"), 1]],
+            "request": "r1",
+            "now": 1.0,
+        },
+    )
     assert st.apply("upload_cancel", {"upload": "u1", "now": 2.0}) is None
     assert st.apply("upload_cancel", {"upload": "u1", "now": 3.0}) is None  # idempotent
     with pytest.raises(BlobUploadUnknown):
         st.query("upload_get", {"upload": "u1"})
     with pytest.raises(BlobUploadUnknown):
-        st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 1, "chunks": [],
-                                   "request": "r2", "now": 4.0})
+        st.apply(
+            "upload_append",
+            {"upload": "u1", "repo": REPO, "offset": 1, "chunks": [], "request": "r2", "now": 4.0},
+        )
     with pytest.raises(BlobUploadUnknown):
         commit_blob(st, REPO, "x", upload="u1")
     # Cancelling an id never seen remembers it as cancelled.
@@ -161,8 +259,17 @@ def test_upload_cancel_after_commit_is_unknown(st: MetadataState) -> None:
 
 
 def test_blob_commit_closes_upload_and_is_idempotent(st: MetadataState) -> None:
-    st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 0,
-                               "chunks": [[cid("x"), 10]], "request": "r1", "now": 1.0})
+    st.apply(
+        "upload_append",
+        {
+            "upload": "u1",
+            "repo": REPO,
+            "offset": 0,
+            "chunks": [[cid("x"), 10]],
+            "request": "r1",
+            "now": 1.0,
+        },
+    )
     digest = commit_blob(st, REPO, "x", upload="u1")
     assert commit_blob(st, REPO, "x", upload="u1") == digest  # retried commit: no error
     with pytest.raises(BlobUploadUnknown):
@@ -170,8 +277,10 @@ def test_blob_commit_closes_upload_and_is_idempotent(st: MetadataState) -> None:
     with pytest.raises(BlobUploadUnknown):
         commit_blob(st, REPO, "y", upload="u1")  # closed by a different commit
     with pytest.raises(BlobUploadUnknown):
-        st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 10, "chunks": [],
-                                   "request": "r2", "now": 1.0})
+        st.apply(
+            "upload_append",
+            {"upload": "u1", "repo": REPO, "offset": 10, "chunks": [], "request": "r2", "now": 1.0},
+        )
     assert st.query("blob_get", {"repo": REPO, "digest": digest}) == recipe(("x", 10))
     status = st.query("status", {})
     assert status["blobs"] == 1 and status["blob_bytes"] == 10 and status["uploads"] == 0
@@ -179,28 +288,64 @@ def test_blob_commit_closes_upload_and_is_idempotent(st: MetadataState) -> None:
 
 def test_blob_commit_monolithic_and_empty_blob(st: MetadataState) -> None:
     digest = dg("empty")
-    st.apply("blob_commit", {"repo": REPO, "digest": digest, "recipe": {"size": 0,
-                             "chunks": []}, "upload": "never-patched", "now": 1.0})
+    st.apply(
+        "blob_commit",
+        {
+            "repo": REPO,
+            "digest": digest,
+            "recipe": {"size": 0, "chunks": []},
+            "upload": "never-patched",
+            "now": 1.0,
+        },
+    )
     assert st.query("blob_get", {"repo": REPO, "digest": digest}) == {"size": 0, "chunks": []}
 
 
 def test_blob_commit_validates(st: MetadataState) -> None:
     with pytest.raises(SizeInvalid):
-        st.apply("blob_commit", {"repo": REPO, "digest": dg("a"),
-                                 "recipe": {"size": 5, "chunks": [[cid("a"), 4]]},
-                                 "upload": None, "now": 1.0})
+        st.apply(
+            "blob_commit",
+            {
+                "repo": REPO,
+                "digest": dg("a"),
+                "recipe": {"size": 5, "chunks": [[cid("a"), 4]]},
+                "upload": None,
+                "now": 1.0,
+            },
+        )
     with pytest.raises(DigestInvalid):
-        st.apply("blob_commit", {"repo": REPO, "digest": "sha256:XYZ",
-                                 "recipe": {"size": 0, "chunks": []}, "upload": None,
-                                 "now": 1.0})
+        st.apply(
+            "blob_commit",
+            {
+                "repo": REPO,
+                "digest": "sha256:XYZ",
+                "recipe": {"size": 0, "chunks": []},
+                "upload": None,
+                "now": 1.0,
+            },
+        )
     with pytest.raises(NameInvalid):
-        st.apply("blob_commit", {"repo": "Bad Name", "digest": dg("a"),
-                                 "recipe": {"size": 0, "chunks": []}, "upload": None,
-                                 "now": 1.0})
+        st.apply(
+            "blob_commit",
+            {
+                "repo": "Bad Name",
+                "digest": dg("a"),
+                "recipe": {"size": 0, "chunks": []},
+                "upload": None,
+                "now": 1.0,
+            },
+        )
     with pytest.raises(RequestInvalid):
-        st.apply("blob_commit", {"repo": REPO, "digest": dg("a"),
-                                 "recipe": {"size": 1, "chunks": [["zz", 1]]},
-                                 "upload": None, "now": 1.0})
+        st.apply(
+            "blob_commit",
+            {
+                "repo": REPO,
+                "digest": dg("a"),
+                "recipe": {"size": 1, "chunks": [["zz", 1]]},
+                "upload": None,
+                "now": 1.0,
+            },
+        )
     with pytest.raises(RequestInvalid):
         st.apply("blob_commit", {"repo": REPO, "digest": dg("a")})
     assert st.query("status", {})["blobs"] == 0
@@ -208,10 +353,14 @@ def test_blob_commit_validates(st: MetadataState) -> None:
 
 
 def test_expire_uploads(st: MetadataState) -> None:
-    st.apply("upload_append", {"upload": "old", "repo": REPO, "offset": 0, "chunks": [],
-                               "request": "r", "now": 100.0})
-    st.apply("upload_append", {"upload": "new", "repo": REPO, "offset": 0, "chunks": [],
-                               "request": "r", "now": 1000.0})
+    st.apply(
+        "upload_append",
+        {"upload": "old", "repo": REPO, "offset": 0, "chunks": [], "request": "r", "now": 100.0},
+    )
+    st.apply(
+        "upload_append",
+        {"upload": "new", "repo": REPO, "offset": 0, "chunks": [], "request": "r", "now": 1000.0},
+    )
     st.apply("upload_cancel", {"upload": "gone", "now": 50.0})
     commit_blob(st, REPO, "x", upload="done")  # closed at now=1.0
     assert st.apply("expire_uploads", {"now": 1100.0, "older_than": 500.0}) == {"expired": 3}
@@ -231,16 +380,21 @@ def test_blob_get_only_through_linked_repo(st: MetadataState) -> None:
 def test_blob_mount(st: MetadataState) -> None:
     digest = commit_blob(st, REPO, "x")
     assert st.apply("blob_mount", {"repo": OTHER, "digest": digest, "from": None}) == {
-        "mounted": False}
+        "mounted": False
+    }
     assert st.apply("blob_mount", {"repo": OTHER, "digest": digest, "from": "nope/repo"}) == {
-        "mounted": False}
-    assert st.apply("blob_mount", {"repo": OTHER, "digest": dg("unknown"),
-                                   "from": REPO}) == {"mounted": False}
+        "mounted": False
+    }
+    assert st.apply("blob_mount", {"repo": OTHER, "digest": dg("unknown"), "from": REPO}) == {
+        "mounted": False
+    }
     assert st.query("catalog", {})["repositories"] == [REPO]
     assert st.apply("blob_mount", {"repo": OTHER, "digest": digest, "from": REPO}) == {
-        "mounted": True}
+        "mounted": True
+    }
     assert st.apply("blob_mount", {"repo": OTHER, "digest": digest, "from": REPO}) == {
-        "mounted": True}
+        "mounted": True
+    }
     assert st.query("blob_get", {"repo": OTHER, "digest": digest})["size"] == 10
     # Already linked: mounted, whatever `from` says.
     assert st.apply("blob_mount", {"repo": OTHER, "digest": digest}) == {"mounted": True}
@@ -267,9 +421,14 @@ def test_manifest_put_and_get_by_tag_and_digest(st: MetadataState) -> None:
     digest = image(st, REPO, "m1", tag="v1", annotations={"b": "2", "a": "1"})
     record = st.query("tag_get", {"repo": REPO, "tag": "v1"})
     assert record == {
-        "digest": digest, "media_type": "application/vnd.oci.image.manifest.v1+json",
-        "size": 100, "recipe": recipe(("m1", 100)), "subject": None, "artifact_type": None,
-        "annotations": {"a": "1", "b": "2"}}
+        "digest": digest,
+        "media_type": "application/vnd.oci.image.manifest.v1+json",
+        "size": 100,
+        "recipe": recipe(("m1", 100)),
+        "subject": None,
+        "artifact_type": None,
+        "annotations": {"a": "1", "b": "2"},
+    }
     assert st.query("manifest_get", {"repo": REPO, "digest": digest}) == record
     # The manifest bytes are a blob of the repository too.
     assert st.query("blob_get", {"repo": REPO, "digest": digest}) == recipe(("m1", 100))
@@ -304,12 +463,23 @@ def test_manifest_put_with_missing_blobs(st: MetadataState) -> None:
 def test_index_needs_children_in_repo(st: MetadataState) -> None:
     child = image(st, REPO, "child")
     with pytest.raises(ManifestBlobUnknown):
-        put_manifest(st, REPO, "idx", children=[child, dg("absent")],
-                     media_type="application/vnd.oci.image.index.v1+json")
+        put_manifest(
+            st,
+            REPO,
+            "idx",
+            children=[child, dg("absent")],
+            media_type="application/vnd.oci.image.index.v1+json",
+        )
     with pytest.raises(ManifestBlobUnknown):
         put_manifest(st, OTHER, "idx", children=[child])
-    index = put_manifest(st, REPO, "idx", children=[child], tag="multi",
-                         media_type="application/vnd.oci.image.index.v1+json")
+    index = put_manifest(
+        st,
+        REPO,
+        "idx",
+        children=[child],
+        tag="multi",
+        media_type="application/vnd.oci.image.index.v1+json",
+    )
     assert st.query("tag_get", {"repo": REPO, "tag": "multi"})["digest"] == index
 
 
@@ -350,8 +520,15 @@ def test_tag_delete_removes_only_the_tag(st: MetadataState) -> None:
 def test_manifest_delete_removes_manifest_tags_and_referrer(st: MetadataState) -> None:
     subject = image(st, REPO, "base", tag="keep")
     target = image(st, REPO, "sig", tag="a", subject=subject, artifact_type="x/sig")
-    put_manifest(st, REPO, "sig", blobs=[dg("sig-config"), dg("sig-layer")], tag="b",
-                 subject=subject, artifact_type="x/sig")
+    put_manifest(
+        st,
+        REPO,
+        "sig",
+        blobs=[dg("sig-config"), dg("sig-layer")],
+        tag="b",
+        subject=subject,
+        artifact_type="x/sig",
+    )
     assert len(st.query("referrers", {"repo": REPO, "digest": subject})["manifests"]) == 1
     st.apply("manifest_delete", {"repo": REPO, "digest": target})
     for tag in ("a", "b"):
@@ -380,22 +557,38 @@ def test_tags_list_pagination(st: MetadataState) -> None:
     digest = put_manifest(st, REPO, "m")
     tags = ["b", "B", "a", "_x", "1.0", "a-1", "a.1", "Z9"]
     for tag in tags:
-        st.apply("manifest_put", {"repo": REPO, "digest": digest,
-                                  "media_type": "application/json",
-                                  "recipe": recipe(("m", 100)), "tag": tag, "now": 1.0})
+        st.apply(
+            "manifest_put",
+            {
+                "repo": REPO,
+                "digest": digest,
+                "media_type": "application/json",
+                "recipe": recipe(("m", 100)),
+                "tag": tag,
+                "now": 1.0,
+            },
+        )
     ordered = sorted(tags, key=lambda t: t.encode())
     assert ordered == ["1.0", "B", "Z9", "_x", "a", "a-1", "a.1", "b"]
     assert st.query("tags_list", {"repo": REPO}) == {"tags": ordered, "more": False}
     assert st.query("tags_list", {"repo": REPO, "n": 3}) == {"tags": ordered[:3], "more": True}
     assert st.query("tags_list", {"repo": REPO, "n": 3, "last": "Z9"}) == {
-        "tags": ["_x", "a", "a-1"], "more": True}
+        "tags": ["_x", "a", "a-1"],
+        "more": True,
+    }
     assert st.query("tags_list", {"repo": REPO, "n": 2, "last": "a-1"}) == {
-        "tags": ["a.1", "b"], "more": False}
+        "tags": ["a.1", "b"],
+        "more": False,
+    }
     # `last` need not be a tag; it is an exclusive bound.
     assert st.query("tags_list", {"repo": REPO, "n": 10, "last": "a-2"}) == {
-        "tags": ["a.1", "b"], "more": False}
+        "tags": ["a.1", "b"],
+        "more": False,
+    }
     assert st.query("tags_list", {"repo": REPO, "n": 10, "last": "c"}) == {
-        "tags": [], "more": False}
+        "tags": [],
+        "more": False,
+    }
     assert st.query("tags_list", {"repo": REPO, "n": 0}) == {"tags": [], "more": False}
     assert st.query("tags_list", {"repo": REPO, "n": 8}) == {"tags": ordered, "more": False}
     with pytest.raises(PaginationInvalid):
@@ -425,7 +618,9 @@ def test_tags_list_follows_every_tag_change(st: MetadataState) -> None:
 def test_repo_with_blobs_only_lists_no_tags(st: MetadataState) -> None:
     commit_blob(st, REPO, "x")
     assert st.query("tags_list", {"repo": REPO, "n": None, "last": None}) == {
-        "tags": [], "more": False}
+        "tags": [],
+        "more": False,
+    }
 
 
 def test_catalog_pagination(st: MetadataState) -> None:
@@ -434,12 +629,18 @@ def test_catalog_pagination(st: MetadataState) -> None:
         commit_blob(st, repo, "x")
     ordered = sorted(repos, key=lambda r: r.encode())
     assert st.query("catalog", {"n": None, "last": None}) == {
-        "repositories": ordered, "more": False}
+        "repositories": ordered,
+        "more": False,
+    }
     assert st.query("catalog", {"n": 2}) == {"repositories": ordered[:2], "more": True}
     assert st.query("catalog", {"n": 2, "last": ordered[1]}) == {
-        "repositories": ordered[2:4], "more": True}
+        "repositories": ordered[2:4],
+        "more": True,
+    }
     assert st.query("catalog", {"n": 100, "last": ordered[4]}) == {
-        "repositories": ordered[5:], "more": False}
+        "repositories": ordered[5:],
+        "more": False,
+    }
     assert st.query("catalog", {"n": 0}) == {"repositories": [], "more": False}
     with pytest.raises(PaginationInvalid):
         st.query("catalog", {"n": "ten"})
@@ -451,28 +652,42 @@ def test_catalog_pagination(st: MetadataState) -> None:
 # -- referrers -----------------------------------------------------------------------------------
 def test_referrers_filtering_and_descriptors(st: MetadataState) -> None:
     subject = dg("subject-that-does-not-exist-yet")
-    sig = image(st, REPO, "sig", subject=subject, artifact_type="application/x.sig",
-                annotations={"org.example": "yes"})
+    sig = image(
+        st,
+        REPO,
+        "sig",
+        subject=subject,
+        artifact_type="application/x.sig",
+        annotations={"org.example": "yes"},
+    )
     sbom = image(st, REPO, "sbom", subject=subject, artifact_type="application/x.sbom")
     plain = image(st, REPO, "plain", subject=subject)
     image(st, OTHER, "other-sig", subject=subject, artifact_type="application/x.sig")
-    everything = st.query("referrers", {"repo": REPO, "digest": subject,
-                                        "artifact_type": None})["manifests"]
+    everything = st.query("referrers", {"repo": REPO, "digest": subject, "artifact_type": None})[
+        "manifests"
+    ]
     assert [d["digest"] for d in everything] == sorted([sig, sbom, plain])
     by_digest = {d["digest"]: d for d in everything}
     assert by_digest[sig] == {
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sig,
-        "size": 100, "artifactType": "application/x.sig",
-        "annotations": {"org.example": "yes"}}
-    assert by_digest[plain] == {"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                                "digest": plain, "size": 100}
-    only_sig = st.query("referrers", {"repo": REPO, "digest": subject,
-                                      "artifact_type": "application/x.sig"})
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": sig,
+        "size": 100,
+        "artifactType": "application/x.sig",
+        "annotations": {"org.example": "yes"},
+    }
+    assert by_digest[plain] == {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": plain,
+        "size": 100,
+    }
+    only_sig = st.query(
+        "referrers", {"repo": REPO, "digest": subject, "artifact_type": "application/x.sig"}
+    )
     assert [d["digest"] for d in only_sig["manifests"]] == [sig]
-    assert st.query("referrers", {"repo": REPO, "digest": subject,
-                                  "artifact_type": "nothing/such"}) == {"manifests": []}
-    assert st.query("referrers", {"repo": REPO, "digest": dg("unknown")}) == {
-        "manifests": []}
+    assert st.query(
+        "referrers", {"repo": REPO, "digest": subject, "artifact_type": "nothing/such"}
+    ) == {"manifests": []}
+    assert st.query("referrers", {"repo": REPO, "digest": dg("unknown")}) == {"manifests": []}
     assert st.query("referrers", {"repo": "no/repo", "digest": subject}) == {"manifests": []}
 
 
@@ -483,12 +698,17 @@ def test_members(st: MetadataState) -> None:
     st.apply("member_join", {"id": "n1", "grpc": "h1:7001", "raft": "h1:7101"})
     assert st.query("members", {}) == [
         {"id": "n1", "grpc": "h1:7001", "raft": "h1:7101", "state": "active"},
-        {"id": "n2", "grpc": "h2:7001", "raft": "h2:7101", "state": "active"}]
+        {"id": "n2", "grpc": "h2:7001", "raft": "h2:7101", "state": "active"},
+    ]
     st.apply("member_set_state", {"id": "n2", "state": "draining"})
     # A restarted node re-joins with a new address but stays draining.
     st.apply("member_join", {"id": "n2", "grpc": "h9:7001", "raft": "h9:7101"})
-    assert st.query("members", {})[1] == {"id": "n2", "grpc": "h9:7001", "raft": "h9:7101",
-                                          "state": "draining"}
+    assert st.query("members", {})[1] == {
+        "id": "n2",
+        "grpc": "h9:7001",
+        "raft": "h9:7101",
+        "state": "draining",
+    }
     with pytest.raises(NotFound):
         st.apply("member_set_state", {"id": "n7", "state": "removed"})
     with pytest.raises(RequestInvalid):
@@ -500,8 +720,17 @@ def _workload(st: MetadataState) -> None:
     subject = image(st, REPO, "base", tag="v1")
     image(st, REPO, "sig", subject=subject, artifact_type="a/b", annotations={"k": "v"})
     image(st, OTHER, "o", tag="latest")
-    st.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 0,
-                               "chunks": [[cid("p"), 7]], "request": "r1", "now": 5.0})
+    st.apply(
+        "upload_append",
+        {
+            "upload": "u1",
+            "repo": REPO,
+            "offset": 0,
+            "chunks": [[cid("p"), 7]],
+            "request": "r1",
+            "now": 5.0,
+        },
+    )
     st.apply("upload_cancel", {"upload": "u2", "now": 5.0})
     st.apply("member_join", {"id": "n1", "grpc": "h1:1", "raft": "h1:2"})
     st.apply("blob_mount", {"repo": "third/repo", "digest": dg("o-layer"), "from": OTHER})
@@ -509,8 +738,11 @@ def _workload(st: MetadataState) -> None:
 
 def _everything(st: MetadataState) -> list[Any]:
     queries: list[tuple[str, dict[str, Any]]] = [
-        ("catalog", {}), ("status", {}), ("members", {}),
-        ("tags_list", {"repo": REPO}), ("tags_list", {"repo": OTHER}),
+        ("catalog", {}),
+        ("status", {}),
+        ("members", {}),
+        ("tags_list", {"repo": REPO}),
+        ("tags_list", {"repo": OTHER}),
         ("tag_get", {"repo": REPO, "tag": "v1"}),
         ("referrers", {"repo": REPO, "digest": dg("base")}),
         ("upload_get", {"upload": "u1"}),
@@ -528,8 +760,17 @@ def test_dump_load_roundtrip(st: MetadataState) -> None:
         restored.query("upload_get", {"upload": "u2"})
     # The restored state keeps applying commands like the original.
     for state in (st, restored):
-        state.apply("upload_append", {"upload": "u1", "repo": REPO, "offset": 7,
-                                      "chunks": [[cid("q"), 1]], "request": "r2", "now": 6.0})
+        state.apply(
+            "upload_append",
+            {
+                "upload": "u1",
+                "repo": REPO,
+                "offset": 7,
+                "chunks": [[cid("q"), 1]],
+                "request": "r2",
+                "now": 6.0,
+            },
+        )
         state.apply("manifest_delete", {"repo": REPO, "digest": dg("sig")})
     assert _everything(restored) == _everything(st)
     assert restored.dump() == MetadataState.dump(restored)
@@ -539,9 +780,18 @@ def test_snapshot_is_a_copy_unaffected_by_later_commands(st: MetadataState) -> N
     _workload(st)
     expected = st.dump()
     snap = st.snapshot()
-    st.apply("manifest_put", {"repo": REPO, "digest": dg("later"), "media_type": "x",
-                              "recipe": recipe(("later", 1)), "tag": "v1",
-                              "subject": dg("base"), "now": 9.0})
+    st.apply(
+        "manifest_put",
+        {
+            "repo": REPO,
+            "digest": dg("later"),
+            "media_type": "x",
+            "recipe": recipe(("later", 1)),
+            "tag": "v1",
+            "subject": dg("base"),
+            "now": 9.0,
+        },
+    )
     st.apply("blob_mount", {"repo": OTHER, "digest": dg("base-layer"), "from": REPO})
     st.apply("member_set_state", {"id": "n1", "state": "draining"})
     assert b"".join(MetadataState.encode_snapshot(snap)) == expected
@@ -552,10 +802,20 @@ def test_load_reads_version_1_snapshots(st: MetadataState) -> None:
     import pickle
 
     _workload(st)
-    v1 = pickle.dumps({"version": 1, "blobs": st.blobs, "links": st.links,
-                       "manifests": st.manifests, "tags": st.tags,
-                       "referrers": st.referrers, "uploads": st.uploads,
-                       "members": st.members, "blob_bytes": st.blob_bytes}, protocol=5)
+    v1 = pickle.dumps(
+        {
+            "version": 1,
+            "blobs": st.blobs,
+            "links": st.links,
+            "manifests": st.manifests,
+            "tags": st.tags,
+            "referrers": st.referrers,
+            "uploads": st.uploads,
+            "members": st.members,
+            "blob_bytes": st.blob_bytes,
+        },
+        protocol=5,
+    )
     restored = MetadataState()
     restored.load(v1)
     assert _everything(restored) == _everything(st)
@@ -572,19 +832,39 @@ def test_refused_commands_leave_state_unchanged(st: MetadataState) -> None:
     _workload(st)
     before = st.dump()
     refused = [
-        ("manifest_put", {"repo": REPO, "digest": dg("bad"), "media_type": "x",
-                          "recipe": recipe(("bad", 1)), "blobs": [dg("absent")],
-                          "tag": "v1", "now": 1.0}),
-        ("upload_append", {"upload": "u1", "repo": REPO, "offset": 99, "chunks": [],
-                           "request": "z", "now": 1.0}),
+        (
+            "manifest_put",
+            {
+                "repo": REPO,
+                "digest": dg("bad"),
+                "media_type": "x",
+                "recipe": recipe(("bad", 1)),
+                "blobs": [dg("absent")],
+                "tag": "v1",
+                "now": 1.0,
+            },
+        ),
+        (
+            "upload_append",
+            {"upload": "u1", "repo": REPO, "offset": 99, "chunks": [], "request": "z", "now": 1.0},
+        ),
         ("blob_unlink", {"repo": REPO, "digest": dg("absent")}),
         ("tag_delete", {"repo": REPO, "tag": "absent"}),
-        ("blob_commit", {"repo": REPO, "digest": dg("s"), "upload": "u2",
-                         "recipe": recipe(("s", 1)), "now": 1.0}),
+        (
+            "blob_commit",
+            {
+                "repo": REPO,
+                "digest": dg("s"),
+                "upload": "u2",
+                "recipe": recipe(("s", 1)),
+                "now": 1.0,
+            },
+        ),
     ]
     for op, args in refused:
-        with pytest.raises((BlobUnknown, BlobUploadUnknown, ManifestBlobUnknown,
-                            ManifestUnknown, RangeInvalid)):
+        with pytest.raises(
+            (BlobUnknown, BlobUploadUnknown, ManifestBlobUnknown, ManifestUnknown, RangeInvalid)
+        ):
             st.apply(op, args)
     assert st.dump() == before
 
@@ -597,13 +877,17 @@ def test_status_counters_match_a_recount(st: MetadataState) -> None:
 
     _workload(st)
     check()
-    st.apply("upload_append", {"upload": "u3", "repo": OTHER, "offset": 0, "chunks": [],
-                               "request": "r", "now": 7.0})
+    st.apply(
+        "upload_append",
+        {"upload": "u3", "repo": OTHER, "offset": 0, "chunks": [], "request": "r", "now": 7.0},
+    )
     commit_blob(st, OTHER, "u3-blob", upload="u3")
     st.apply("upload_cancel", {"upload": "u1", "now": 8.0})
     check()
-    st.apply("upload_append", {"upload": "u4", "repo": OTHER, "offset": 0, "chunks": [],
-                               "request": "r", "now": 1.0})
+    st.apply(
+        "upload_append",
+        {"upload": "u4", "repo": OTHER, "offset": 0, "chunks": [], "request": "r", "now": 1.0},
+    )
     st.apply("expire_uploads", {"now": 100.0, "older_than": 10.0})
     check()
     for repo in (REPO, OTHER, "third/repo"):

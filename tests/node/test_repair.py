@@ -33,7 +33,8 @@ async def _holders(nodes: list[FakeNode], chunk_id: bytes) -> set[str]:
 
 
 async def test_copies_to_owners_and_moves_away_what_it_does_not_own(
-        fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
+    fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
     nodes, members = await fake_cluster(4)
     ids = await _fill(nodes[0].store, 40)
     cfg = config(tmp_path, "n1", replicas=2)
@@ -55,7 +56,8 @@ async def test_copies_to_owners_and_moves_away_what_it_does_not_own(
 
 
 async def test_a_silent_owner_keeps_the_local_copy_and_the_live_ones_get_it(
-        fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
+    fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
     nodes, members = await fake_cluster(4)
     ids = await _fill(nodes[0].store, 30)
     dead = nodes[3]
@@ -76,7 +78,8 @@ async def test_a_silent_owner_keeps_the_local_copy_and_the_live_ones_get_it(
 
 
 async def test_a_draining_node_empties_itself(
-        fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
+    fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
     nodes, members = await fake_cluster(3)
     ids = await _fill(nodes[0].store, 20)
     for cid in ids:  # fully replicated on the 3 nodes (R=2 + one spare copy on n1)
@@ -94,7 +97,8 @@ async def test_a_draining_node_empties_itself(
 
 
 async def test_too_few_active_members_for_r_copies_deletes_nothing(
-        fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
+    fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
     nodes, members = await fake_cluster(3)
     ids = await _fill(nodes[0].store, 10)
     members.set_state("n1", "draining")
@@ -107,7 +111,8 @@ async def test_too_few_active_members_for_r_copies_deletes_nothing(
 
 
 async def test_one_copier_per_chunk_the_best_ranked_live_holder(
-        fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
+    fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
     nodes, members = await fake_cluster(3)
     ids = await _fill(nodes[0].store, 30)
     for cid in ids:
@@ -127,7 +132,8 @@ async def test_one_copier_per_chunk_the_best_ranked_live_holder(
 
 
 async def test_a_restarted_role_resumes_at_its_cursor(
-        fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
+    fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
     nodes, members = await fake_cluster(2)
     ids = sorted(await _fill(nodes[0].store, 20))
     cfg = config(tmp_path, "n1", replicas=2, repair_interval=3600.0)
@@ -145,7 +151,8 @@ async def test_a_restarted_role_resumes_at_its_cursor(
 
 
 async def test_trigger_with_wait_runs_a_whole_pass_and_cursor_tracks_pages(
-        fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
+    fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
     nodes, members = await fake_cluster(2)
     ids = sorted(await _fill(nodes[0].store, 20))
     cfg = config(tmp_path, "n1", replicas=2, repair_interval=3600.0)
@@ -167,7 +174,8 @@ async def test_trigger_with_wait_runs_a_whole_pass_and_cursor_tracks_pages(
 
 
 async def test_member_change_during_a_pass_deletes_nothing_and_reruns(
-        fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
+    fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
     nodes, members = await fake_cluster(3)
     await _fill(nodes[0].store, 12)
     members.set_state("n1", "draining")
@@ -195,7 +203,8 @@ async def test_member_change_during_a_pass_deletes_nothing_and_reruns(
 
 
 async def test_a_corrupt_local_copy_is_reported_not_copied(
-        fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
+    fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
     nodes, members = await fake_cluster(2)
     ids = await _fill(nodes[0].store, 3)
     nodes[0].store.corrupt(ids[1])

@@ -34,7 +34,8 @@ async def _put_everywhere(stores: list[MemoryChunkStore], count: int) -> list[tu
 
 
 async def test_scrub_quarantines_a_flipped_byte_and_refetches_a_good_copy(
-        fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
+    fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
     nodes, members = await fake_cluster(3)
     chunks = await _put_everywhere([n.store for n in nodes], 10)
     victim, data = chunks[4]
@@ -51,7 +52,8 @@ async def test_scrub_quarantines_a_flipped_byte_and_refetches_a_good_copy(
 
 
 async def test_refetch_refuses_wrong_bytes_and_reports_when_no_replica_has_it(
-        fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
+    fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
     nodes, members = await fake_cluster(2)
     data = os.urandom(4096)
     cid = chunk_id_of(data)
@@ -67,22 +69,27 @@ async def test_refetch_refuses_wrong_bytes_and_reports_when_no_replica_has_it(
 class _LyingChunks(pb_grpc.ChunksServicer):
     """A peer that answers every Get with bytes that do not match the id."""
 
-    async def Get(self, request: pb.GetChunkRequest,
-                  context: grpc.aio.ServicerContext) -> pb.GetChunkReply:
+    async def Get(
+        self, request: pb.GetChunkRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetChunkReply:
         return pb.GetChunkReply(data=b"not the chunk")
 
 
 async def test_refetch_never_stores_bytes_that_fail_sha256(
-        peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
+    peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
     server = grpc.aio.server()
     pb_grpc.add_ChunksServicer_to_server(_LyingChunks(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     store = MemoryChunkStore()
     try:
-        members = Members([{"id": "n1", "grpc": "127.0.0.1:1", "raft": "", "state": "active"},
-                           {"id": "n2", "grpc": f"127.0.0.1:{port}", "raft": "",
-                            "state": "active"}])
+        members = Members(
+            [
+                {"id": "n1", "grpc": "127.0.0.1:1", "raft": "", "state": "active"},
+                {"id": "n2", "grpc": f"127.0.0.1:{port}", "raft": "", "state": "active"},
+            ]
+        )
         cfg = config(tmp_path, "n1", replicas=2)
         role = ScrubRole(cfg, store, members, peers(cfg))
         cid = chunk_id_of(b"the real chunk")
@@ -94,7 +101,8 @@ async def test_refetch_never_stores_bytes_that_fail_sha256(
 
 
 async def test_a_get_that_finds_corruption_schedules_the_refetch(
-        fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path) -> None:
+    fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
     nodes, members = await fake_cluster(2)
     chunks = await _put_everywhere([n.store for n in nodes], 1)
     cid, data = chunks[0]
