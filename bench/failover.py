@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from cargohold.devcluster import LocalCluster
+from cargohold_cli.devcluster import LocalCluster
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"

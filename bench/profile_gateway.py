@@ -30,7 +30,7 @@ from bench.profiles import QUICK
 from bench.systems import _stop_process, _wait_http
 from bench.workloads.common import Context, pick, sessions
 from bench.workloads.manifests import _read_cell
-from cargohold.devcluster import LocalCluster
+from cargohold_cli.devcluster import LocalCluster
 
 HERE = Path(__file__).resolve().parent
 MiB = 1024 * 1024
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                         "-o",
                         str(raw),
                         "-m",
-                        "cargohold.cli",
+                        "cargohold_cli",
                         "gateway",
                         "--config",
                         str(cluster.gateway_config_path(0)),

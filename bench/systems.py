@@ -3,7 +3,7 @@
 - `Distribution`: CNCF Distribution (`/usr/bin/docker-registry serve <yaml>`, Debian package
   `docker-registry`, installed by `make system-deps`), filesystem storage in a temp dir,
   listening on a free 127.0.0.1 port; never the system service on port 5000.
-- `Cargohold`: a `cargohold.devcluster.LocalCluster` of real node and gateway processes
+- `Cargohold`: a `cargohold_cli.devcluster.LocalCluster` of real node and gateway processes
   (1 node R=1 W=1, or 3 nodes R=3 W=2), with one or more gateways; the client spreads its
   connections over the gateways as a load balancer would.
 - `Trivial`: `bench.trivial_server`, an in-memory aiohttp registry that does no work, to
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from cargohold.devcluster import LocalCluster, free_port, signal_process
+from cargohold_cli.devcluster import LocalCluster, free_port, signal_process
 
 DISTRIBUTION_BIN = "/usr/bin/docker-registry"
 

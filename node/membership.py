@@ -18,7 +18,7 @@ pysyncobj's own node set is kept in step with it here, one change at a time:
   runs on its tick thread) and answers `Unavailable`: the caller retries on the new leader.
 
 Requests reaching a follower answer `Unavailable("not the raft leader")` with the leader's
-Raft address in the detail; `cargohold.admin` retries them on the leader.
+Raft address in the detail; `cargohold_cli.admin` retries them on the leader.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cargohold.devcluster import LocalCluster
+from cargohold_cli.devcluster import LocalCluster
 
 
 @pytest.fixture(scope="session")

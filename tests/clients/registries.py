@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cargohold.devcluster import free_port, signal_process
+from cargohold_cli.devcluster import free_port, signal_process
 
 DISTRIBUTION_BIN = "/usr/bin/docker-registry"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from cargohold.devcluster import LocalCluster, free_port, signal_process
+from cargohold_cli.devcluster import LocalCluster, free_port, signal_process
 from clients.registries import wait_v2
 from clients.tools import have
 

@@ -44,7 +44,7 @@ import aiohttp
 import grpc
 
 from bench.failover import FailoverProbe as FailoverProbe  # re-exported for the tests
-from cargohold.devcluster import LocalCluster
+from cargohold_cli.devcluster import LocalCluster
 from protos import registry_pb2, registry_pb2_grpc
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"

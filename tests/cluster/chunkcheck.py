@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import grpc
 
-from cargohold.devcluster import LocalCluster
 from cargohold.placement import replicas_for
+from cargohold_cli.devcluster import LocalCluster
 from protos import registry_pb2, registry_pb2_grpc
 
 

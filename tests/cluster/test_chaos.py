@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from cargohold.devcluster import LocalCluster
 from cargohold.placement import rank_nodes
+from cargohold_cli.devcluster import LocalCluster
 from cluster.chaos import (
     FailoverProbe,
     Phase,

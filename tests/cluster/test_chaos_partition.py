@@ -37,7 +37,7 @@ import aiohttp
 import grpc
 import pytest
 
-from cargohold.devcluster import LocalCluster, free_port, to_toml
+from cargohold_cli.devcluster import LocalCluster, free_port, to_toml
 from cluster.chaos import (
     ImageSpec,
     PhaseClock,
@@ -114,7 +114,7 @@ def sticky_gateway(cluster: LocalCluster, node: int) -> Iterator[str]:
     path.write_text(to_toml(config))
     with open(cluster.base_dir / "logs" / "gateway-sticky.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cargohold.cli", "gateway", "--config", str(path)],
+            [sys.executable, "-m", "cargohold_cli", "gateway", "--config", str(path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

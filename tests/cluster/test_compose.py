@@ -27,7 +27,7 @@ from clients.compose import GATEWAYS, NODES, ComposeCluster, compose_command, en
 from clients.images import LayeredImage, build_layered
 from clients.tools import ToolError, docker, docker_answers
 
-from cargohold.devcluster import free_port
+from cargohold_cli.devcluster import free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.cluster]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from cargohold.devcluster import free_port
+from cargohold_cli.devcluster import free_port
 from cluster.chaos import ImageSpec, RegistryClient, check_image
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -49,14 +49,14 @@ def _free_node_base() -> int:
 
 
 class DevProcess:
-    """`python -m cargohold.cli dev` with its output collected line by line."""
+    """`python -m cargohold_cli dev` with its output collected line by line."""
 
     def __init__(self, data: Path, port: int, node_base: int) -> None:
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "cargohold.cli",
+                "cargohold_cli",
                 "dev",
                 "--data",
                 str(data),
@@ -137,7 +137,7 @@ def test_dev_cluster_keeps_everything_across_restarts(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "cargohold.cli",
+                "cargohold_cli",
                 "admin",
                 "status",
                 "--json",

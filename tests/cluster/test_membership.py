@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import pytest
 
-from cargohold.admin import member_change
-from cargohold.devcluster import LocalCluster
+from cargohold_cli.admin import member_change
+from cargohold_cli.devcluster import LocalCluster
 from cluster.chunkcheck import (
     chunk_ids,
     copies,
@@ -195,7 +195,7 @@ async def test_remove_refuses_an_active_or_unemptied_member(
     cli = [
         sys.executable,
         "-m",
-        "cargohold.cli",
+        "cargohold_cli",
         "admin",
         "nodes",
         "--nodes",
@@ -208,7 +208,7 @@ async def test_remove_refuses_an_active_or_unemptied_member(
     repair = [
         sys.executable,
         "-m",
-        "cargohold.cli",
+        "cargohold_cli",
         "admin",
         "repair",
         "--wait",

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cargohold.devcluster import LocalCluster
+from cargohold_cli.devcluster import LocalCluster
 from cluster.chaos import (
     MANIFEST_TYPE,
     ImageSpec,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from cargohold.devcluster import LocalCluster
+from cargohold_cli.devcluster import LocalCluster
 from cluster.chaos import (
     RUNS_ENV,
     PhaseClock,

@@ -21,8 +21,8 @@ import grpc
 import lmdb
 import pytest
 
-from cargohold.devcluster import LocalCluster
 from cargohold.placement import rank_nodes
+from cargohold_cli.devcluster import LocalCluster
 from cluster.chunkcheck import (
     chunk_ids,
     copies,

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from cargohold.config import GatewayConfig
-from cargohold.devcluster import LocalCluster
+from cargohold_cli.devcluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from cargohold.config import Config
-from cargohold.devcluster import free_port
+from cargohold_cli.devcluster import free_port
 from gateway import server
 
 

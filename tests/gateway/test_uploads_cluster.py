@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cargohold.devcluster import LocalCluster
+from cargohold_cli.devcluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
 

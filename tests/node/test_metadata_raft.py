@@ -25,8 +25,8 @@ import pytest
 from pysyncobj.config import SERIALIZER_STATE
 
 from cargohold.config import Config
-from cargohold.devcluster import LocalCluster, free_port, to_toml
 from cargohold.errors import ConfigError, RangeInvalid, RequestInvalid, Unavailable
+from cargohold_cli.devcluster import LocalCluster, free_port, to_toml
 from node.metadata.raft import RaftMember, raft_utility
 from node.server import housekeeping, join_cluster
 from protos import registry_pb2, registry_pb2_grpc
@@ -557,7 +557,7 @@ def test_a_fourth_node_joins_after_a_raft_add(three_nodes: LocalCluster, tmp_pat
     )
     with open(tmp_path / "n4.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cargohold.cli", "node", "--config", str(config)],
+            [sys.executable, "-m", "cargohold_cli", "node", "--config", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -622,7 +622,7 @@ def test_a_node_with_an_unreadable_snapshot_exits(tmp_path: Path) -> None:
         )
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cargohold.cli", "node", "--config", str(config)],
+        [sys.executable, "-m", "cargohold_cli", "node", "--config", str(config)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

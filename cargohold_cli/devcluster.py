@@ -2,7 +2,7 @@
 
 `LocalCluster` is what `cargohold dev` (and so `make run`) starts, and what the test suite
 and the benchmark harness use to get a real cluster: every node and gateway is its own
-`python -m cargohold.cli ...` process with its own TOML config file, so tests exercise
+`python -m cargohold_cli ...` process with its own TOML config file, so tests exercise
 the same code paths as a deployment.
 
 Layout under `base_dir`:
@@ -297,7 +297,7 @@ class LocalCluster:
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         proc = subprocess.Popen(
-            [*(prefix or []), sys.executable, "-m", "cargohold.cli", role, "--config", str(config)],
+            [*(prefix or []), sys.executable, "-m", "cargohold_cli", role, "--config", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -318,7 +318,7 @@ class LocalCluster:
     def add_node(self) -> int:
         """Grow the layout by one node (persisted in cluster.toml) and start its process with
         `peers` = every other node's Raft address. It joins Raft only once the leader adds it
-        (`cargohold admin nodes add`, `cargohold.admin.member_change`). Returns its index."""
+        (`cargohold admin nodes add`, `cargohold_cli.admin.member_change`). Returns its index."""
         if self.layout.node_hosts:
             raise RuntimeError("add_node does not support per-node test hosts")
         host = self.layout.host

@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_dev(args: argparse.Namespace) -> int:
-    from cargohold.devcluster import LocalCluster
+    from cargohold_cli.devcluster import LocalCluster
 
     data = Path(args.data).resolve()
     cluster = LocalCluster(
@@ -184,7 +184,7 @@ def run_dev(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from cargohold.admin import cluster_status, format_status
+    from cargohold_cli.admin import cluster_status, format_status
 
     status = cluster_status([a.strip() for a in args.nodes.split(",") if a.strip()])
     if args.json:
@@ -199,7 +199,7 @@ def _addresses(text: str) -> list[str]:
 
 
 def run_nodes(args: argparse.Namespace) -> int:
-    from cargohold.admin import member_change
+    from cargohold_cli.admin import member_change
 
     addresses = _addresses(args.nodes)
     try:
@@ -219,7 +219,7 @@ def run_nodes(args: argparse.Namespace) -> int:
 
 
 def run_repair(args: argparse.Namespace) -> int:
-    from cargohold.admin import cluster_status, trigger
+    from cargohold_cli.admin import cluster_status, trigger
 
     addresses = _addresses(args.nodes)
     members = cluster_status(addresses)["members"]
