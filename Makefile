@@ -27,7 +27,7 @@ help:
 	@echo "make run           a local 3-node cluster + gateway on 127.0.0.1:5000 (data in ./data)"
 	@echo "make test          everything CI runs: unit, cluster, then client/docker tests"
 	@echo "make test-unit     one phase only (also test-cluster, test-clients); PYTEST_ARGS=..."
-	@echo "make lint          ruff check"
+	@echo "make lint          ruff check, ruff format --check, mypy (config in pyproject.toml)"
 	@echo "make protos        regenerate protos/*_pb2*.py from protos/registry.proto"
 	@echo "make wheels        wheels of cargohold and its deps into build/wheels"
 	@echo "make base-image    offline base image $(BASE_IMAGE) (debootstrap + docker import)"
@@ -72,6 +72,8 @@ test-clients: venv system-deps images
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 protos: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash protos/generate.sh

@@ -34,59 +34,162 @@ class RegistryError(CargoholdError):
         self.headers = headers or {}
         super().__init__(self.message)
 
+    def __init_subclass__(
+        cls,
+        code: str | None = None,
+        status: int | None = None,
+        message: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Each concrete error names its OCI code, HTTP status and default message on its
+        # class line; a subclass without them inherits its parent's.
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+        if status is not None:
+            cls.status = status
+        if message is not None:
+            cls.default_message = message
 
-def _error(name: str, code: str, status: int, message: str) -> type[RegistryError]:
-    return type(
-        name, (RegistryError,), {"code": code, "status": status, "default_message": message}
-    )
+
+class BlobUnknown(
+    RegistryError, code="BLOB_UNKNOWN", status=404, message="blob unknown to registry"
+): ...
 
 
-BlobUnknown = _error("BlobUnknown", "BLOB_UNKNOWN", 404, "blob unknown to registry")
-BlobUploadInvalid = _error("BlobUploadInvalid", "BLOB_UPLOAD_INVALID", 400, "blob upload invalid")
-BlobUploadUnknown = _error(
-    "BlobUploadUnknown", "BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry"
-)
-DigestInvalid = _error(
-    "DigestInvalid", "DIGEST_INVALID", 400, "provided digest did not match uploaded content"
-)
-ManifestBlobUnknown = _error(
-    "ManifestBlobUnknown",
-    "MANIFEST_BLOB_UNKNOWN",
-    400,
-    "manifest references a blob unknown to the registry",
-)
-ManifestInvalid = _error("ManifestInvalid", "MANIFEST_INVALID", 400, "manifest invalid")
-ManifestUnknown = _error("ManifestUnknown", "MANIFEST_UNKNOWN", 404, "manifest unknown")
-ManifestTooLarge = _error("ManifestTooLarge", "MANIFEST_INVALID", 413, "manifest too large")
-NameInvalid = _error("NameInvalid", "NAME_INVALID", 400, "invalid repository name")
-NameUnknown = _error("NameUnknown", "NAME_UNKNOWN", 404, "repository name not known to registry")
-SizeInvalid = _error(
-    "SizeInvalid", "SIZE_INVALID", 400, "provided length did not match content length"
-)
-TagInvalid = _error("TagInvalid", "TAG_INVALID", 400, "manifest tag did not match URI")
-Unauthorized = _error("Unauthorized", "UNAUTHORIZED", 401, "authentication required")
-Denied = _error("Denied", "DENIED", 403, "requested access to the resource is denied")
-Unsupported = _error("Unsupported", "UNSUPPORTED", 405, "the operation is unsupported")
-TooManyRequests = _error("TooManyRequests", "TOOMANYREQUESTS", 429, "too many requests")
-RangeInvalid = _error("RangeInvalid", "BLOB_UPLOAD_INVALID", 416, "requested range not satisfiable")
-PaginationInvalid = _error(
-    "PaginationInvalid", "PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested"
-)
-Unavailable = _error(
-    "Unavailable",
-    "UNAVAILABLE",
-    503,
-    "the storage cluster cannot serve this request now; retry later",
-)
-Conflict = _error("Conflict", "BLOB_UPLOAD_INVALID", 409, "concurrent change; retry")
-NotFound = _error("NotFound", "NOT_FOUND", 404, "not found")
+class BlobUploadInvalid(
+    RegistryError, code="BLOB_UPLOAD_INVALID", status=400, message="blob upload invalid"
+): ...
+
+
+class BlobUploadUnknown(
+    RegistryError, code="BLOB_UPLOAD_UNKNOWN", status=404, message="blob upload unknown to registry"
+): ...
+
+
+class DigestInvalid(
+    RegistryError,
+    code="DIGEST_INVALID",
+    status=400,
+    message="provided digest did not match uploaded content",
+): ...
+
+
+class ManifestBlobUnknown(
+    RegistryError,
+    code="MANIFEST_BLOB_UNKNOWN",
+    status=400,
+    message="manifest references a blob unknown to the registry",
+): ...
+
+
+class ManifestInvalid(
+    RegistryError, code="MANIFEST_INVALID", status=400, message="manifest invalid"
+): ...
+
+
+class ManifestUnknown(
+    RegistryError, code="MANIFEST_UNKNOWN", status=404, message="manifest unknown"
+): ...
+
+
+class ManifestTooLarge(
+    RegistryError, code="MANIFEST_INVALID", status=413, message="manifest too large"
+): ...
+
+
+class NameInvalid(
+    RegistryError, code="NAME_INVALID", status=400, message="invalid repository name"
+): ...
+
+
+class NameUnknown(
+    RegistryError, code="NAME_UNKNOWN", status=404, message="repository name not known to registry"
+): ...
+
+
+class SizeInvalid(
+    RegistryError,
+    code="SIZE_INVALID",
+    status=400,
+    message="provided length did not match content length",
+): ...
+
+
+class TagInvalid(
+    RegistryError, code="TAG_INVALID", status=400, message="manifest tag did not match URI"
+): ...
+
+
+class Unauthorized(
+    RegistryError, code="UNAUTHORIZED", status=401, message="authentication required"
+): ...
+
+
+class Denied(
+    RegistryError, code="DENIED", status=403, message="requested access to the resource is denied"
+): ...
+
+
+class Unsupported(
+    RegistryError, code="UNSUPPORTED", status=405, message="the operation is unsupported"
+): ...
+
+
+class TooManyRequests(
+    RegistryError, code="TOOMANYREQUESTS", status=429, message="too many requests"
+): ...
+
+
+class RangeInvalid(
+    RegistryError, code="BLOB_UPLOAD_INVALID", status=416, message="requested range not satisfiable"
+): ...
+
+
+class PaginationInvalid(
+    RegistryError,
+    code="PAGINATION_NUMBER_INVALID",
+    status=400,
+    message="invalid number of results requested",
+): ...
+
+
+class Unavailable(
+    RegistryError,
+    code="UNAVAILABLE",
+    status=503,
+    message="the storage cluster cannot serve this request now; retry later",
+): ...
+
+
+class Conflict(
+    RegistryError, code="BLOB_UPLOAD_INVALID", status=409, message="concurrent change; retry"
+): ...
+
+
+class NotFound(RegistryError, code="NOT_FOUND", status=404, message="not found"): ...
+
+
 # Chunk store (node side): a chunk this node does not hold, a stored copy that failed its
 # checksum (quarantined, to be repaired from another replica), a full LMDB map.
-ChunkMissing = _error("ChunkMissing", "BLOB_UNKNOWN", 404, "chunk not held by this node")
-ChunkCorrupt = _error("ChunkCorrupt", "UNKNOWN", 500, "stored chunk failed its checksum")
-StorageFull = _error("StorageFull", "UNKNOWN", 507, "node storage is full")
+class ChunkMissing(
+    RegistryError, code="BLOB_UNKNOWN", status=404, message="chunk not held by this node"
+): ...
+
+
+class ChunkCorrupt(
+    RegistryError, code="UNKNOWN", status=500, message="stored chunk failed its checksum"
+): ...
+
+
+class StorageFull(RegistryError, code="UNKNOWN", status=507, message="node storage is full"): ...
+
+
 # A metadata command or query whose arguments are malformed (a caller bug, not a client's).
-RequestInvalid = _error("RequestInvalid", "UNSUPPORTED", 400, "malformed metadata request")
+class RequestInvalid(
+    RegistryError, code="UNSUPPORTED", status=400, message="malformed metadata request"
+): ...
+
 
 _BY_NAME: dict[str, type[RegistryError]] = {
     cls.__name__: cls for cls in RegistryError.__subclasses__()

@@ -59,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -503,7 +504,7 @@ class ClusterClient:
                 )
                 continue
             self._lagging[address] += 1
-            task.add_done_callback(lambda _, a=address: self._lagging.subtract([a]))
+            task.add_done_callback(functools.partial(self._copy_done, address))
             self._track(
                 asyncio.create_task(self._finish_copy(task, list(queue), chunk_id, length, request))
             )
@@ -578,9 +579,12 @@ class ClusterClient:
         if task is None:
             task = asyncio.create_task(self._read_chunk(chunk_hex, length))
             self._reads[key] = task
-            task.add_done_callback(lambda t, k=key: self._read_done(k, t))
+            task.add_done_callback(functools.partial(self._read_done, key))
             self._track(task)
         return await asyncio.shield(task)
+
+    def _copy_done(self, address: str, _task: asyncio.Task[Any]) -> None:
+        self._lagging.subtract([address])
 
     def _read_done(self, key: tuple[str, int | None], task: asyncio.Task[memoryview]) -> None:
         if self._reads.get(key) is task:

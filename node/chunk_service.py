@@ -24,6 +24,7 @@ Copies a node fetches itself (scrub re-fetch) always go through the full sha256 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NoReturn, TypeVar
@@ -74,6 +75,7 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception)
         await context.abort(status_for(exc), to_grpc_details(exc))
     log_event(logger, "chunks.rpc_failed", logging.ERROR, method=method, error=repr(exc))
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+    raise AssertionError("unreachable: context.abort raises")
 
 
 async def _call(
@@ -180,7 +182,7 @@ class ChunksServicer(pb_grpc.ChunksServicer):
         after = request.after
         while True:
             page = await _call(
-                context, "List", lambda after=after: self._store.list_ids(after, size)
+                context, "List", functools.partial(self._store.list_ids, after, size)
             )
             if page:
                 yield pb.ListChunksReply(ids=[cid for cid, _ in page], sizes=[n for _, n in page])

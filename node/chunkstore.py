@@ -239,7 +239,7 @@ class _Op:
     """A queued write: `kind` is put/delete/quarantine; `weight` counts toward batch bytes."""
 
     kind: str
-    future: concurrent.futures.Future[object]
+    future: concurrent.futures.Future[int]
     chunk_id: bytes = b""
     value: bytes = b""
     ids: tuple[bytes, ...] = ()
@@ -248,7 +248,8 @@ class _Op:
     def weight(self) -> int:
         return len(self.value)
 
-    def apply(self, batch: _Batch) -> object:
+    def apply(self, batch: _Batch) -> int:
+        # Every kind answers a count: put/quarantine a bool (changed or not), delete how many.
         if self.kind == "put":
             return batch.put(self.chunk_id, self.value)
         if self.kind == "delete":
@@ -350,7 +351,7 @@ class LmdbChunkStore:
         if not ids:
             return 0
         result = await self._submit(_Op("delete", concurrent.futures.Future(), ids=tuple(ids)))
-        return int(result)  # type: ignore[call-overload]
+        return result
 
     async def list_ids(self, after: bytes, limit: int) -> list[tuple[bytes, int]]:
         if limit <= 0:
@@ -445,7 +446,7 @@ class LmdbChunkStore:
 
     # --- writes (the writer thread) -----------------------------------------------------
 
-    async def _submit(self, op: _Op) -> object:
+    async def _submit(self, op: _Op) -> int:
         with self._lock:
             if self._closed:
                 raise Unavailable("chunk store is closed")
@@ -520,13 +521,13 @@ class LmdbChunkStore:
         try:
             for chunk_id in op.ids:
                 alone = _Op("delete", op.future, ids=(chunk_id,))
-                deleted += int(self._transact([alone])[0])  # type: ignore[call-overload]
+                deleted += self._transact([alone])[0]
         except Exception as exc:
             self._fail([op], exc)
             return
         op.future.set_result(deleted)
 
-    def _transact(self, ops: list[_Op]) -> list[object]:
+    def _transact(self, ops: list[_Op]) -> list[int]:
         """Apply ops in one write transaction; returns their results once it is fsynced."""
         with self._env.begin(write=True, buffers=True) as txn:
             batch = _Batch(self, txn)

@@ -116,7 +116,10 @@ async def run_node(cfg: Config) -> None:
     try:
         # Created on this (the main) thread: pysyncobj's tick thread stops with its creator.
         # A member that cannot go on (an unreadable snapshot) must not serve or vote.
-        raft = RaftMember(cfg, on_fatal=lambda: loop.call_soon_threadsafe(stop.set))
+        def stop_soon() -> None:
+            loop.call_soon_threadsafe(stop.set)
+
+        raft = RaftMember(cfg, on_fatal=stop_soon)
         await raft.wait_bound()
         scrub = ScrubRole(cfg, store, raft, peers)
         repair = RepairRole(cfg, store, raft, peers, on_corrupt=scrub.refetcher.schedule)

@@ -226,7 +226,7 @@ def _resolve_all(
     for i, fut in enumerate(futs):
         if not fut.done():
             ok = error == FAIL_REASON.SUCCESS and results is not None
-            fut.set_result((results[i] if ok else None, error))
+            fut.set_result((results[i] if ok and results is not None else None, error))
 
 
 class RaftMember(ConflictTruncation, SyncObj):
@@ -293,9 +293,9 @@ class RaftMember(ConflictTruncation, SyncObj):
         """Tick thread, before it polls: a one-member group commits an entry on the tick
         after appending it, but no follower's ack arrives to end that tick's 50 ms poll;
         poke pysyncobj's own wake-up pipe so a lone node does not wait it out."""
-        if self._SyncObj__otherNodes or not self._isLeader():  # type: ignore[attr-defined]
+        if self._SyncObj__otherNodes or not self._isLeader():
             return
-        last = self._SyncObj__raftLog[-1]  # type: ignore[attr-defined]
+        last = self._SyncObj__raftLog[-1]
         if self.raftCommitIndex < last[1] and last[2] == self.raftCurrentTerm:
             notifier = getattr(self, "_SyncObj__pipeNotifier", None)
             if notifier is not None:
@@ -420,7 +420,7 @@ class RaftMember(ConflictTruncation, SyncObj):
     ) -> None:
         """Trap 3: drop journal entries before the dump's head if the kill came between
         the dump's rename and pysyncobj's truncation, so the journal's head matches."""
-        journal = self._SyncObj__raftLog  # type: ignore[attr-defined]
+        journal = self._SyncObj__raftLog
         if len(journal) < 2:
             return
         if journal[0] == first and journal[1] == second:
@@ -598,6 +598,6 @@ class RaftMember(ConflictTruncation, SyncObj):
         await asyncio.to_thread(self._join_tick_thread)
 
     def _join_tick_thread(self) -> None:
-        thread = self._SyncObj__thread  # type: ignore[attr-defined]
+        thread = self._SyncObj__thread
         if thread is not None:
             thread.join(timeout=10)

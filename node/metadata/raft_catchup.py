@@ -45,7 +45,7 @@ class ConflictTruncation:
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
         if isinstance(message, dict) and message.get("type") == "append_entries":
             self._drop_conflicting_suffix(message)
-        SyncObj._SyncObj__onMessageReceived(self, node, message)  # type: ignore[attr-defined]
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
 
     def _drop_conflicting_suffix(self, message: dict[str, Any]) -> None:
         if "prevLogIdx" not in message or message.get("transmission") not in (None, "finish"):

@@ -10,7 +10,7 @@ gateway re-raises the same typed error.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -35,9 +35,10 @@ def _encode(result: Any) -> registry_pb2.MetadataReply:
     return registry_pb2.MetadataReply(result=json.dumps(result, separators=(",", ":")).encode())
 
 
-async def abort_with(context: grpc.aio.ServicerContext, err: RegistryError) -> None:
+async def abort_with(context: grpc.aio.ServicerContext, err: RegistryError) -> NoReturn:
     """End the call with the status and details the catalogue prescribes for `err`."""
     await context.abort(getattr(grpc.StatusCode, grpc_status_name(err)), to_grpc_details(err))
+    raise AssertionError("unreachable: context.abort raises")
 
 
 class MetadataServicer(registry_pb2_grpc.MetadataServicer):
