@@ -137,6 +137,10 @@ class GatewayConfig:
     # gRPC addresses of some nodes; the full member list is learned from the cluster.
     nodes: list[str] = field(default_factory=lambda: ["127.0.0.1:7001"])
     max_manifest_size: int = 4 * MiB
+    # Deepest nesting of arrays/objects a pushed manifest may use (real ones use about 5).
+    max_manifest_depth: int = 32
+    # Most tags one manifest PUT may create with `?tag=` (distribution-spec v1.1).
+    max_tags_per_push: int = 16
     # Upload sessions not touched for this long are forgotten.
     upload_expiry_seconds: int = 24 * 3600
     # Chunk reads in flight ahead of the client on a blob GET.

@@ -16,14 +16,15 @@ import xxhash
 from cargohold.errors import DigestInvalid
 
 _HEX_LEN = {"sha256": 64, "sha512": 128}
-_DIGEST_RE = re.compile(r"^(sha256|sha512):([a-f0-9]+)$")
+# Both used with `fullmatch`: `$` would also accept a trailing "\n".
+_DIGEST_RE = re.compile(r"(sha256|sha512):([a-f0-9]+)", re.ASCII)
 # Anything shaped like a digest (any algorithm): used to tell a digest from a tag.
-_DIGEST_SHAPE_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_DIGEST_SHAPE_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+", re.ASCII)
 
 
 def parse_digest(value: str) -> tuple[str, str]:
     """Validate `algorithm:hex`; return (algorithm, hex) or raise DigestInvalid."""
-    match = _DIGEST_RE.match(value or "")
+    match = _DIGEST_RE.fullmatch(value or "")
     if not match or len(match.group(2)) != _HEX_LEN[match.group(1)]:
         raise DigestInvalid("invalid digest", detail={"digest": value})
     return match.group(1), match.group(2)
@@ -31,7 +32,7 @@ def parse_digest(value: str) -> tuple[str, str]:
 
 def is_digest(reference: str) -> bool:
     """True when a manifest reference is a digest rather than a tag."""
-    return ":" in reference and bool(_DIGEST_SHAPE_RE.match(reference))
+    return ":" in reference and bool(_DIGEST_SHAPE_RE.fullmatch(reference))
 
 
 def new_hasher(algorithm: str = "sha256") -> hashlib._Hash:

@@ -8,8 +8,10 @@ read-ahead, hedged); HEAD answers the same status and headers with the real
 
 `Range` (RFC 9110, one range only): `bytes=a-b`, `bytes=a-`, `bytes=-n`; an end past
 the size is clamped; a satisfiable range is 206 with `Content-Range: bytes a-b/total`;
-an unsatisfiable one 416 with `Content-Range: bytes */total`. A malformed or multi-range
-header is ignored (200 with the whole blob), as RFC 9110 allows.
+an unsatisfiable one (a start past the end, an end before the start, `bytes=-0`) 416
+with `Content-Range: bytes */total`. A malformed or multi-range header is ignored (200
+with the whole blob), as RFC 9110 allows. Positions of any length are accepted (a
+start of 5,000 digits is simply past the end).
 """
 
 from __future__ import annotations
@@ -28,31 +30,40 @@ from gateway.context import context
 
 logger = logging.getLogger("cargohold.gateway.blobs")
 
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII)
+# Positions past any blob size; longer digit strings are not converted (Python refuses
+# int() of more than 4300 digits, and a number that long is past every size anyway).
+_FAR = 2**63
+_MAX_DIGITS = 18
+
+
+def _position(digits: str) -> int:
+    return _FAR if len(digits) > _MAX_DIGITS else int(digits)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """[start, end) for a single-range header; None = whole blob; RangeInvalid = 416."""
     if not header:
         return None
-    match = _RANGE_RE.match(header.strip().replace(" ", ""))
+    match = _RANGE_RE.fullmatch(header.strip().replace(" ", ""))
     if not match or (not match.group(1) and not match.group(2)):
         return None
     first, last = match.group(1), match.group(2)
     unsatisfiable = RangeInvalid(
-        headers={"Content-Range": f"bytes */{size}"}, detail={"Range": header, "size": size}
+        headers={"Content-Range": f"bytes */{size}"},
+        detail={"Range": header[:256], "size": size},
     )
     if not first:  # suffix: the last n bytes
-        n = int(last)
+        n = _position(last)
         if n == 0 or size == 0:
             raise unsatisfiable
         return max(0, size - n), size
-    start = int(first)
-    end = size if not last else min(int(last) + 1, size)
-    if last and int(last) < start:
-        return None  # syntactically invalid: ignored
+    start = _position(first)
+    if last and _position(last) < start:
+        raise unsatisfiable  # an end before the start (the OCI conformance suite wants 416)
     if start >= size:
         raise unsatisfiable
+    end = size if not last else min(_position(last) + 1, size)
     return start, end
 
 

@@ -20,6 +20,12 @@ What a manifest references (the `manifest_put` command's arguments):
 - `manifests`: an index's children;
 - `subject`: recorded for the referrers API but never required to exist;
 - `artifact_type`: `artifactType`, else the config's media type (the referrers rule).
+
+Hostile bodies are `MANIFEST_INVALID` too, never a crash: JSON nested deeper than
+`max_depth` (`gateway.max_manifest_depth`; the decoder itself stops near 1,000 levels),
+integers Python refuses to convert (4,300+ digits), descriptor sizes outside 0..2**63-1,
+and digests with anything after them (a trailing newline would later break the
+`OCI-Subject` header after the commit).
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ DOCKER_SCHEMA1 = (
 IMAGE_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 MANIFEST_TYPES = IMAGE_TYPES + INDEX_TYPES
+# Descriptor sizes are int64 in the image-spec.
+_MAX_SIZE = 2**63 - 1
+DEFAULT_MAX_DEPTH = 32
 # Content-Types that say nothing about the manifest format.
 _GENERIC_TYPES = ("", "application/json", "application/octet-stream", "text/plain")
 
@@ -79,7 +88,7 @@ def _descriptor(value: Any, where: str) -> dict[str, Any]:
     except DigestInvalid:
         raise _invalid(f"{where}.digest invalid", digest=digest) from None
     size = value.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= _MAX_SIZE:
         raise _invalid(f"{where}.size invalid")
     urls = value.get("urls")
     if urls is not None and not (isinstance(urls, list) and all(isinstance(u, str) for u in urls)):
@@ -141,12 +150,36 @@ def _decide_media_type(doc: dict[str, Any], content_type: str | None) -> str:
     return media_type
 
 
-def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
+def _depth(doc: Any) -> int:
+    """How deeply arrays and objects nest in a decoded document (iterative, no recursion)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            items: Any = value.values()
+        elif isinstance(value, list):
+            items = value
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((item, level + 1) for item in items if isinstance(item, (dict, list)))
+    return deepest
+
+
+def parse_manifest(
+    body: bytes, content_type: str | None, max_depth: int = DEFAULT_MAX_DEPTH
+) -> ParsedManifest:
     """Validate a pushed manifest and collect what it references; MANIFEST_INVALID if bad."""
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _invalid("body is not JSON", error=str(exc)) from None
+    except RecursionError:
+        raise _invalid("JSON nested too deeply", max_depth=max_depth) from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        # ValueError covers JSONDecodeError and integers past Python's digit limit.
+        raise _invalid("body is not JSON", error=str(exc)[:200]) from None
+    if _depth(doc) > max_depth:
+        raise _invalid("JSON nested too deeply", max_depth=max_depth)
     if not isinstance(doc, dict):
         raise _invalid("body is not a JSON object")
     if doc.get("schemaVersion") != 2 or isinstance(doc.get("schemaVersion"), bool):

@@ -43,6 +43,7 @@ import time
 from typing import Any
 
 from aiohttp import ClientPayloadError, http_exceptions, web
+from multidict import CIMultiDict
 
 from cargohold.digests import digest_of, is_digest, parse_digest
 from cargohold.errors import (
@@ -50,6 +51,7 @@ from cargohold.errors import (
     ManifestInvalid,
     ManifestTooLarge,
     RegistryError,
+    TagInvalid,
     Unsupported,
 )
 from cargohold.log import log_event
@@ -116,36 +118,63 @@ async def read_bounded(request: web.Request, limit: int) -> bytes:
             raise ManifestTooLarge(detail={"limit": limit})
 
 
+def _push_tags(request: web.Request, ref: _Reference, limit: int) -> list[str]:
+    """The `?tag=` parameters (distribution-spec v1.1), validated before anything is stored."""
+    tags = list(dict.fromkeys(request.query.getall("tag", [])))
+    if len(tags) > limit:
+        raise TagInvalid("too many tags in one push", detail={"tags": len(tags), "limit": limit})
+    for tag in tags:
+        validate_tag(tag)
+    return [t for t in tags if t != ref.tag]
+
+
 async def put_manifest(request: web.Request) -> web.StreamResponse:
+    """PUT by tag or digest; `?tag=a&tag=b` also points those tags at it (`OCI-Tag`).
+
+    Everything echoed into a response header (digest, subject, tags) is validated before
+    the commit, so a manifest is never stored with an answer that cannot be sent.
+    """
     ctx = context(request)
     name = validate_name(request.match_info["name"])
     ref = _Reference(request.match_info["reference"])
+    extra_tags = _push_tags(request, ref, ctx.cfg.gateway.max_tags_per_push)
     body = await read_bounded(request, ctx.cfg.gateway.max_manifest_size)
-    parsed = parse_manifest(body, request.headers.get("Content-Type"))
+    parsed = parse_manifest(
+        body, request.headers.get("Content-Type"), ctx.cfg.gateway.max_manifest_depth
+    )
     digest = await _digest(body, ref.algorithm)
     if ref.digest is not None and digest != ref.digest:
         raise DigestInvalid(detail={"reference": ref.digest, "digest": digest})
     recipe = await ctx.cluster.store_bytes(body)
-    await ctx.cluster.command(
-        "manifest_put",
-        {
-            "repo": name,
-            "digest": digest,
-            "media_type": parsed.media_type,
-            "recipe": recipe,
-            "blobs": parsed.blobs,
-            "manifests": parsed.manifests,
-            "subject": parsed.subject,
-            "artifact_type": parsed.artifact_type,
-            "annotations": parsed.annotations,
-            "tag": ref.tag,
-            "now": time.time(),
-        },
-    )
+    # One manifest_put per tag (the first also stores the manifest; the others only move
+    # their tag, the command being idempotent): each is atomic, together they are not.
+    tags: list[str | None] = [ref.tag] if ref.tag is not None else []
+    tags += extra_tags
+    for tag in tags or [None]:
+        await ctx.cluster.command(
+            "manifest_put",
+            {
+                "repo": name,
+                "digest": digest,
+                "media_type": parsed.media_type,
+                "recipe": recipe,
+                "blobs": parsed.blobs,
+                "manifests": parsed.manifests,
+                "subject": parsed.subject,
+                "artifact_type": parsed.artifact_type,
+                "annotations": parsed.annotations,
+                "tag": tag,
+                "now": time.time(),
+            },
+        )
     request.app[MANIFEST_CACHE].put(digest, body)
-    headers = {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
+    headers = CIMultiDict(
+        {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
+    )
     if parsed.subject is not None:
         headers["OCI-Subject"] = parsed.subject
+    for tag in extra_tags:
+        headers.add("OCI-Tag", tag)
     return web.Response(status=201, headers=headers)
 
 

@@ -32,8 +32,9 @@ def parse_page(request: web.Request, cfg: GatewayConfig) -> Page:
     if raw_n is None or raw_n == "":
         n = cfg.default_page_size
     else:
-        if not raw_n.isascii() or not raw_n.isdigit():
-            raise PaginationInvalid(detail={"n": raw_n})
+        # At most 18 digits: int() refuses 4300+ (a 500), and no page is that large.
+        if not raw_n.isascii() or not raw_n.isdigit() or len(raw_n) > 18:
+            raise PaginationInvalid(detail={"n": raw_n[:32]})
         n = int(raw_n)
         if n > cfg.max_page_size:
             raise PaginationInvalid(detail={"n": raw_n, "max": cfg.max_page_size})

@@ -57,7 +57,11 @@ from gateway.upload_ids import UploadId, new_upload_id, parse_upload_id
 
 logger = logging.getLogger("cargohold.gateway.uploads")
 
-_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+# Offsets of at most 18 digits (int() refuses 4300+, and no blob is that large): a longer
+# number is a malformed header (400), never a 500.
+_CONTENT_RANGE_RE = re.compile(
+    r"(?:bytes[ =])?([0-9]{1,18})-([0-9]{1,18})(?:/(?:[0-9]{1,18}|\*))?", re.ASCII
+)
 _SIZE_IN_MESSAGE_RE = re.compile(r"size=(\d+)")
 
 # One running-hash cache per gateway process, keyed (weakly) by its cluster client so that
@@ -146,9 +150,9 @@ def _content_range(request: web.Request, name: str, upload: str, size: int) -> i
     header = request.headers.get("Content-Range")
     if not header:
         return None
-    match = _CONTENT_RANGE_RE.match(header.strip())
+    match = _CONTENT_RANGE_RE.fullmatch(header.strip())
     if not match:
-        raise BlobUploadInvalid("malformed Content-Range", detail={"Content-Range": header})
+        raise BlobUploadInvalid("malformed Content-Range", detail={"Content-Range": header[:256]})
     start, end = int(match.group(1)), int(match.group(2))
     if start != size or end < start:
         raise RangeInvalid(
