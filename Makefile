@@ -109,4 +109,4 @@ bench-quick: $(VENV)/.cargohold-bench-installed system-deps
 	$(PY) -m bench --quick $(BENCH_ARGS)
 
 clean:
-	rm -rf build .pytest_cache .ruff_cache
+	rm -rf build .pytest_cache .ruff_cache .mypy_cache
