@@ -66,7 +66,7 @@ class NodeConfig:
     # Group commit: at most this many puts or bytes per LMDB transaction.
     commit_batch_max_items: int = 64
     commit_batch_max_bytes: int = 64 * MiB
-    # Raft timings (see shared raft.md for why these values).
+    # Raft timings (docs/raft.md says why these values).
     raft_min_timeout: float = 0.3
     raft_max_timeout: float = 0.9
     raft_connection_retry: float = 0.5
@@ -179,8 +179,8 @@ class GatewayConfig:
     # Running upload hashes kept per gateway (an LRU; a miss rebuilds from stored bytes).
     upload_hash_cache_entries: int = 1024
     # How a gateway verifies chunk bytes read from a node: "xxh3" (the checksum the node
-    # verified its stored copy against, re-checked on the received bytes; ~10x cheaper)
-    # or "sha256" (re-hash against the chunk id, end to end; ~40% of a pull's gateway CPU).
+    # verified its stored copy against, re-checked on the received bytes; far cheaper) or
+    # "sha256" (re-hash against the chunk id, end to end; its cost is in bench/README.md).
     verify_reads: str = "xxh3"
     # Largest blob an upload may commit (bytes); 0 means no limit.
     max_blob_size: int = 0

@@ -32,7 +32,7 @@ def channel_options(cfg: Config) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", limit),
         ("grpc.max_receive_message_length", limit),
         # Large HTTP/2 frames: MiB-sized chunk messages in few frames (the node's server
-        # sets the same; measured to double Get throughput).
+        # sets the same; bench/README.md has what it gained).
         ("grpc.http2.max_frame_size", cfg.node.grpc_max_frame_size),
         # Come back quickly when a restarted node listens again.
         ("grpc.initial_reconnect_backoff_ms", 200),

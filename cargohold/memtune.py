@@ -3,10 +3,8 @@
 Every chunk a node stores or serves, and every chunk a gateway relays, passes through a
 few fresh 4 MiB buffers (the gRPC message, the stored value, the HTTP write). With glibc's
 defaults such a buffer is often a fresh mmap: 1,024 page faults and 4 MiB zero-filled by
-the kernel, then unmapped again on free. Measured on a 3-node cluster on one 2-core host
-(indicative): kernel CPU of a pull fell by ~40 % on the nodes and ~15 % on the gateway,
-and the gateway's push CPU by ~15 %, once large buffers came from a heap that keeps
-`retain` bytes of freed memory for reuse.
+the kernel, then unmapped again on free. Keeping freed memory for reuse avoids that
+(what it saved is measured in bench/README.md, "Figures behind choices in the code").
 
 `tune_malloc(retain)` sets, through `mallopt`:
 - M_MMAP_THRESHOLD = 32 MiB (glibc's largest allowed value on 64-bit): chunk-sized

@@ -2,7 +2,7 @@
 
 The chunk RPCs (`Chunks.Put`, `Chunks.Get`) carry MiB-sized `bytes` fields. The protobuf
 runtime copies such a field on parse, again on attribute access, and again on serialize
-(measured: ~4 ms per 4 MiB chunk for parse + `.data`, against ~0.4 ms for one memcpy).
+(ten times the cost of one memcpy: bench/README.md, "Figures behind choices in the code").
 These helpers read and write the few messages whose fields are all length-delimited or
 varints, as protobuf itself emits them (fields in number order), so the chunk's bytes are
 copied once where they must be (into a socket or LMDB) and otherwise passed as views.

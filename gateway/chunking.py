@@ -13,8 +13,8 @@ memory is bounded by about (in-flight + 1) chunks per upload and by the total; a
 never buffered.
 
 Hashing runs in a thread (`asyncio.to_thread`) for chunks of 64 KiB or more: hashlib
-releases the GIL on big buffers, so the ~3 ms of hashing a 4 MiB chunk overlaps the
-event loop instead of stalling every other request for that long.
+releases the GIL on big buffers, so hashing a chunk overlaps the event loop instead of
+stalling every other request for that long.
 
 If reading the body fails (client gone, bad chunked encoding) or a write fails, the
 writes in flight are cancelled and awaited, and the exception propagates: the caller

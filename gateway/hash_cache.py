@@ -1,4 +1,4 @@
-"""The per-gateway LRU of running upload digests (design invariant 5).
+"""The per-gateway LRU of running upload digests (invariant 5 of docs/architecture.md).
 
 hashlib cannot export its state, so a gateway keeps the running sha256 of each upload it
 served, keyed by upload id, together with the byte offset it covers. It is only a cache:

@@ -9,11 +9,12 @@ checks that the referenced blobs and child manifests exist (`MANIFEST_BLOB_UNKNO
 moves the tag when pushed by tag.
 
 GET/HEAD by tag ask a linearizable `tag_get`: one small query per request, so a tag
-pushed, moved or deleted through any gateway is seen at once (invariant 2).
+pushed, moved or deleted through any gateway is seen at once (docs/architecture.md,
+invariant 2).
 GET/HEAD by digest ask a linearizable `manifest_get` too, but its answer is kept in the
 gateway's `RecordCache` for `gateway.manifest_digest_ttl_seconds` (default 1 s; 0 = ask
-every time) counted from when the confirming query was sent (design.md: "by digest ->
-immutable, cacheable in the gateway"). What that may serve stale, exactly:
+every time) counted from when the confirming query was sent (by digest a manifest is
+immutable, so docs/architecture.md lets a gateway cache it). What that may serve stale:
 - a manifest pushed anywhere is seen at once (only found records are cached, never 404s);
 - a delete through THIS gateway is seen at once (the entry is dropped, and answers to
   queries sent before the delete are not cached);

@@ -1,6 +1,6 @@
 """`?n=&last=` paging shared by the tag list and the catalog: parsing and the `Link` header.
 
-Rules (distribution-spec "Listing Tags", edge 10 of protocol.md):
+Rules (distribution-spec "Listing Tags", edge 10 of docs/protocol.md):
 - `n` absent: the gateway's `default_page_size`; `n` must be a non-negative integer no
   larger than `max_page_size`, else 400 `PAGINATION_NUMBER_INVALID`;
 - `n = 0` answers an empty list and never a `Link`;

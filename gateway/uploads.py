@@ -1,6 +1,7 @@
 """Blob upload handlers: POST/PATCH/PUT/GET/DELETE under /v2/<name>/blobs/uploads/.
 
-Every upload row and edge of shared/protocol.md lives here. Choices:
+Every upload request of the distribution-spec, and edges 4-8 of docs/protocol.md, live
+here. Choices:
 
 - Upload ids are signed tokens (`gateway.upload_ids`): POST costs no Raft command, any
   gateway validates an id, and `Location` carries no query parameters of ours (unknown

@@ -6,7 +6,7 @@ below); the event loop reaches them through `await command(op, args)` and reads 
 `await query(op, args, linearizable)`. `ConflictTruncation` (raft_catchup.py) patches
 pysyncobj's catch-up of a healed ex-leader.
 
-Configuration (shared raft.md is the reasoning; every number comes from NodeConfig):
+Configuration (docs/raft.md is the reasoning; every number comes from NodeConfig):
 - `journalFile` AND `fullDumpFile` in `<data_dir>/raft/` (trap 1: a journal without a
   dump comes back empty after the first compaction);
 - `appendEntriesUseBatch=False` (a commit costs a round trip, not a 100 ms batch period),
@@ -48,7 +48,7 @@ page cache of a majority of nodes": a committed command survives any number of p
 crashes (SIGKILL, OOM) and the loss of a minority of hosts, but not a power loss of a
 majority at once — then the last moments of acknowledged metadata may vanish while chunk
 bytes (LMDB, fsynced) stay. Snapshots are fsynced. An fsync per entry measured 766/s at 1
-in flight and 94/s at 64 (raft.md), so we do not add one.
+in flight and 94/s at 64 (docs/raft.md), so we do not add one.
 
 Threads: pysyncobj's one tick thread runs Raft, `_apply`, the serializer and every
 callback. Nothing here blocks it or makes a sync pysyncobj call from it; callbacks only hand
@@ -125,7 +125,7 @@ class _ResendFilter(logging.Filter):
     """Drops pysyncobj's "truncating already-applied log entries" CRITICAL line, counting it.
 
     With `appendEntriesUseBatch=False` a leader re-sends entries on out-of-order acks
-    (raft.md trap 4); the follower cuts its log back and re-adds the same entries. Applied
+    (docs/raft.md, trap 4); the follower cuts its log back and re-adds the same entries. Applied
     entries are committed, and committed entries never change in Raft, so what it cuts is
     re-added identical and never re-applied (`lastApplied` does not move back): the line
     is noise, hundreds per minute under load. The count is in Admin.Status.extra.

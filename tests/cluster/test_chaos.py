@@ -55,7 +55,7 @@ CHUNK = 256 * 1024
 # Images the workload must acknowledge while each fault is in effect.
 PROGRESS = 6
 NODE_SETTINGS = {
-    # Snapshots and journal truncation happen during the run (raft.md trap 3).
+    # Snapshots and journal truncation happen during the run (docs/raft.md, trap 3).
     "raft_compaction_min_entries": 400,
     "raft_compaction_min_time": 5.0,
     "repair_interval": 5.0,

@@ -6,7 +6,7 @@
   default checks 2 random pairs; `CARGOHOLD_CHAOS_PAIRS=all` checks all 10.
 - Whole-cluster SIGKILL under load, then restart, loses nothing acknowledged, repeated
   `CARGOHOLD_CHAOS_RUNS` times (default 3; the issue asks for 10). Snapshots are made every
-  ~100 Raft entries so kills land around dumps and journal truncation (raft.md trap 3), and
+  ~100 Raft entries so kills land around dumps and journal truncation (docs/raft.md, trap 3), and
   the test checks that snapshots were written.
 
 Both finish with every chunk of every acknowledged image back at R copies (repair passes,

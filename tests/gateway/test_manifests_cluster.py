@@ -2,7 +2,7 @@
 
 Uses the suite-wide shared cluster (3 nodes, R=3, W=2, two gateways): writes go through
 gateway A and reads through gateway B wherever read-after-write matters (invariant 2).
-Numbers in the test names refer to the "Edges" list of shared/protocol.md.
+Numbers in the test names refer to the numbered edges of docs/protocol.md.
 """
 
 from __future__ import annotations
