@@ -11,6 +11,7 @@ import grpc
 
 from cargohold.config import Config
 from cargohold.errors import NotFound, RegistryError, Unavailable
+from cargohold.metadata_api import Status, local
 from node.membership import Membership
 from node.metadata.raft import RaftMember, resent_truncations
 from node.metadata.service import abort_with
@@ -52,7 +53,7 @@ class AdminServicer(registry_pb2_grpc.AdminServicer):
         try:
             raft = self._raft.status()
             stats = await self._store.stats()
-            counts = self._raft.local_query("status", {})
+            counts = local(self._raft, Status()).to_json()
         except RegistryError as err:
             await abort_with(context, err)
         extra = {

@@ -31,6 +31,7 @@ from typing import Any
 from pysyncobj import FAIL_REASON
 from pysyncobj.utility import UtilityException
 
+from cargohold import metadata_api as api
 from cargohold.config import Config
 from cargohold.errors import Conflict, NotFound, RegistryError, RequestInvalid, Unavailable
 from cargohold.log import log_event
@@ -51,6 +52,7 @@ class Membership:
     def __init__(self, cfg: Config, raft: RaftMember, peers: PeerPool) -> None:
         self._cfg = cfg
         self._raft = raft
+        self._meta = api.Metadata(raft)
         self._peers = peers
         self._lock = asyncio.Lock()  # one membership change at a time (pysyncobj's rule)
 
@@ -59,14 +61,15 @@ class Membership:
         if not self._raft.is_leader():
             raise Unavailable("not the raft leader", detail={"leader": self._raft.leader_address()})
 
-    def _member(self, node_id: str) -> dict[str, Any]:
-        for m in self._raft.local_query("members", {}):
-            if m["id"] == node_id:
-                return dict(m)
+    def _member(self, node_id: str) -> api.MemberInfo:
+        for m in api.local(self._raft, api.Members()):
+            if m.id == node_id:
+                return m
         raise NotFound(f"member {node_id} unknown")
 
     async def _members(self) -> list[dict[str, Any]]:
-        return list(await self._raft.query("members", {}, linearizable=True))
+        """The member list as the Admin RPCs answer it (the `members` query's JSON)."""
+        return [m.to_json() for m in await self._meta.members()]
 
     async def _raft_change(self, kind: str, address: str) -> None:
         """pysyncobj add/remove of one Raft node; returns once the change is applied here."""
@@ -122,9 +125,9 @@ class Membership:
             self._require_leader()
             if raft not in self._raft.status().members:
                 await self._raft_change("add", raft)
-            await self._raft.command("member_join", {"id": node_id, "grpc": grpc, "raft": raft})
-            if self._member(node_id)["state"] != "active":
-                await self._raft.command("member_set_state", {"id": node_id, "state": "active"})
+            await self._meta.member_join(node_id, grpc, raft)
+            if self._member(node_id).state != "active":
+                await self._meta.member_set_state(node_id, "active")
         log_event(logger, "membership.added", logging.WARNING, id=node_id, grpc=grpc, raft=raft)
         return await self._members()
 
@@ -136,9 +139,9 @@ class Membership:
         async with self._lock:
             self._require_leader()
             member = self._member(node_id)
-            if member["state"] == "removed":
+            if member.state == "removed":
                 raise Conflict(f"member {node_id} was removed; add it again instead")
-            await self._raft.command("member_set_state", {"id": node_id, "state": state})
+            await self._meta.member_set_state(node_id, state)
         log_event(logger, "membership.state_set", logging.WARNING, id=node_id, state=state)
         return await self._members()
 
@@ -146,19 +149,19 @@ class Membership:
         async with self._lock:
             self._require_leader()
             member = self._member(node_id)
-            if member["state"] == "active" and not force:
+            if member.state == "active" and not force:
                 raise Conflict(
                     f"member {node_id} is active: drain it first (admin nodes drain {node_id})"
                 )
-            if member["state"] != "removed" and not force:
-                await self._check_empty(node_id, member["grpc"])
-            raft = member.get("raft", "")
+            if member.state != "removed" and not force:
+                await self._check_empty(node_id, member.grpc)
+            raft = member.raft
             if raft and raft == self._cfg.node.raft_advertise:
                 await self._transfer_leadership()
                 raise Unavailable(
                     "this node was the raft leader: leadership handed over, retry on the new leader"
                 )
-            await self._raft.command("member_set_state", {"id": node_id, "state": "removed"})
+            await self._meta.member_set_state(node_id, "removed")
             if raft and raft in self._raft.status().members:
                 await self._raft_change("remove", raft)
         log_event(logger, "membership.removed", logging.WARNING, id=node_id, force=force)

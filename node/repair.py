@@ -48,11 +48,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cargohold.config import Config
 from cargohold.errors import ChunkCorrupt, ChunkMissing, RegistryError
 from cargohold.log import log_event
+from cargohold.metadata_api import LocalQueries, Members, local
 from cargohold.placement import replicas_for
 from node.chunkstore import ChunkStore
 from node.pacing import PassSchedule, RateLimiter
@@ -63,10 +64,8 @@ logger = logging.getLogger("cargohold.node.repair")
 CURSOR_FILE = "repair.cursor"
 
 
-class MemberSource(Protocol):
-    """Where the roles read the replicated member list (RaftMember.local_query)."""
-
-    def local_query(self, op: str, args: dict[str, Any]) -> Any: ...
+# Where the roles read the replicated member list (RaftMember.local_query).
+MemberSource = LocalQueries
 
 
 @dataclass(frozen=True)
@@ -85,10 +84,7 @@ class MemberView:
 
 
 def read_members(source: MemberSource) -> tuple[tuple[str, str, str], ...]:
-    members = source.local_query("members", {}) or []
-    return tuple(
-        sorted((str(m["id"]), str(m["grpc"]), str(m.get("state", "active"))) for m in members)
-    )
+    return tuple(sorted((m.id, m.grpc, m.state or "active") for m in local(source, Members())))
 
 
 @dataclass

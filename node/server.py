@@ -31,6 +31,7 @@ from pathlib import Path
 import grpc
 import uvloop
 
+from cargohold import metadata_api as api
 from cargohold.config import Config
 from cargohold.errors import CargoholdError, RegistryError, Unavailable
 from cargohold.log import log_event
@@ -64,11 +65,11 @@ def _server_credentials(cfg: Config) -> grpc.ServerCredentials | None:
 
 async def join_cluster(raft: RaftMember, cfg: Config) -> None:
     """Record this node in the replicated member list; retry until a leader commits it."""
-    args = {"id": cfg.node.id, "grpc": cfg.node.grpc_advertise, "raft": cfg.node.raft_advertise}
+    meta = api.Metadata(raft)
     delay = 0.1
     while True:
         try:
-            await raft.command("member_join", args)
+            await meta.member_join(cfg.node.id, cfg.node.grpc_advertise, cfg.node.raft_advertise)
             log_event(logger, "node.joined", id=cfg.node.id)
             return
         except Unavailable:
@@ -78,16 +79,15 @@ async def join_cluster(raft: RaftMember, cfg: Config) -> None:
 
 async def housekeeping(raft: RaftMember, cfg: Config) -> None:
     """On the leader only: forget upload sessions older than `upload_expire_after`."""
+    meta = api.Metadata(raft)
     while True:
         await asyncio.sleep(cfg.node.housekeeping_interval)
         if not raft.is_leader():
             continue
         try:
-            result = await raft.command(
-                "expire_uploads", {"now": time.time(), "older_than": cfg.node.upload_expire_after}
-            )
-            if result and result.get("expired"):
-                log_event(logger, "node.uploads_expired", count=result["expired"])
+            expired = await meta.expire_uploads(time.time(), cfg.node.upload_expire_after)
+            if expired:
+                log_event(logger, "node.uploads_expired", count=expired)
         except RegistryError as exc:
             log_event(logger, "node.housekeeping_failed", logging.WARNING, error=str(exc))
 

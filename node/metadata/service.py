@@ -1,6 +1,6 @@
 """The gRPC `Metadata` service: JSON commands through Raft, JSON queries of the state.
 
-`Command` commits one catalogue command (protos/README.md) and answers its JSON result once
+`Command` commits one catalogue command (docs/metadata.md) and answers its JSON result once
 this node has applied it. `Query` reads the applied state, after a Raft barrier when the
 request says `linearizable`. Failures end the call with the status code of
 `cargohold.errors.grpc_status_name` and the details string of `to_grpc_details`, so the

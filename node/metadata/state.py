@@ -1,52 +1,31 @@
-"""The metadata state machine: every command and query of protos/README.md's catalogue.
+"""The metadata state machine: applies the typed commands and answers the typed queries of
+cargohold/metadata_api.py (the catalogue: docs/metadata.md).
 
 The whole state, as it sits in RAM on every node and in every snapshot::
 
-    blobs      {digest: recipe}                   every committed blob (and manifest bytes)
-                 recipe = (size, packed)          packed = chunk list as one bytes object,
-                                                  40 B per chunk: 32 B raw sha256 id ||
-                                                  u64 big-endian length (_CHUNK below)
+    blobs      {digest: Recipe(size, packed)}     every committed blob (and manifest bytes);
+                                                  packed = the chunk list as one bytes
+                                                  object, 40 B per chunk: 32 B raw sha256
+                                                  id || u64 big-endian length (_CHUNK)
     links      {repo: {digest, ...}}              blobs readable through a repository
-    manifests  {repo: {digest: manifest}}         manifests present in a repository
-                 manifest = (media_type, size, recipe, subject|None, artifact_type|None,
-                             annotations_json|None, (blob digest, ...), (child digest, ...))
+    manifests  {repo: {digest: Manifest}}         manifests present in a repository
+                 Manifest(media_type, size, recipe, subject, artifact_type,
+                          annotations_json, blobs, children)
     tags       {repo: {tag: digest}}              only digests present in manifests[repo]
     referrers  {repo: {subject: {digest, ...}}}   manifests of repo whose `subject` is it
-    uploads    {upload_id: upload}                sessions seen by a command
-                 ("open",      repo, size, packed, last_request|None, touched_at)
-                 ("closed",    repo, digest, closed_at)      by blob_commit of `digest`
-                 ("cancelled", repo|None, None, cancelled_at)
-    members    {node_id: (grpc_addr, raft_addr, "active"|"draining"|"removed")}
+    uploads    {upload_id: OpenUpload(repo, size, packed, last_request, touched_at)
+                         | ClosedUpload(repo, digest, closed_at)      by blob_commit
+                         | CancelledUpload(repo|None, closed_at)}
+    members    {node_id: Member(grpc, raft, "active"|"draining"|"removed")}
     blob_bytes int                                sum of the sizes in `blobs`
 
-A repository exists while it has a linked blob or a manifest (`links`/`manifests` hold no
-empty containers). An upload id absent from `uploads` is "new": the gateway signs ids,
-so opening a session costs no command. Repeated strings (repos, digests, tags, media
-types) are interned; records are tuples; chunk ids are bytes. `blobs` is never shrunk
-here: unlinking only removes `links`, and the recipe stays for garbage collection to judge.
-
-Determinism: `apply` depends only on the state and its arguments (`now` comes from the
-caller), validates before it mutates, and never iterates a set where order could leak
-into the state. Results that list set members are sorted.
-
-Idempotency: applying a command twice has the effect of once and, where the catalogue
-promises it, the same result. `upload_append` remembers the last `request` id of a
-session, so a retried append returns the session's size instead of `RangeInvalid`.
-Deletes (`tag_delete`, `manifest_delete`, `blob_unlink`) answer the "unknown" error when
-repeated: the effect is the same, the caller sees that the thing is gone.
-
-Snapshots: `snapshot()` copies the containers (not the records) in one go; `encode_snapshot`
-turns that copy into a stream of pickles (protocol 5, no compression) in batches, so a
-background thread can write a large state while the tick thread keeps applying;
-`load_stream`/`load` read it back and re-intern the strings. `dump()`/`load()` are the
-same as bytes.
-
-Derived and never snapshotted: the sorted catalogue and each repository's sorted tag list
-(query caches, dropped when what they order changes) and the counters behind `status`
-(kept by the commands, recounted on load), so paging and health probes stay cheap.
-
-Thread safety: the Raft tick thread applies commands while the event loop runs queries;
-`node/metadata/raft.py` serialises both with one lock. This module holds no lock itself.
+A repository exists while it has a linked blob or a manifest (no empty containers). An
+upload id absent from `uploads` is "new". `blobs` is never shrunk here: unlinking only
+removes `links`. `apply` is deterministic (`now` comes from the caller), validates before
+it mutates, and is idempotent as docs/metadata.md says. Snapshots are a stream of pickled
+plain-tuple rows (the layout of every earlier version); the sorted catalogue, the sorted tag
+lists and the `status` counters are derived and never snapshotted. This module holds no
+lock: `node/metadata/raft.py` serialises `apply` and `query`.
 """
 
 from __future__ import annotations
@@ -59,9 +38,9 @@ import sys
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from itertools import islice
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
-from cargohold.digests import parse_digest
+from cargohold import metadata_api as api
 from cargohold.errors import (
     BlobUnknown,
     BlobUploadUnknown,
@@ -69,12 +48,10 @@ from cargohold.errors import (
     ManifestUnknown,
     NameUnknown,
     NotFound,
-    PaginationInvalid,
     RangeInvalid,
     RequestInvalid,
     SizeInvalid,
 )
-from cargohold.names import validate_name, validate_tag
 
 _CHUNK = struct.Struct(">32sQ")
 _SNAPSHOT_VERSION = 2
@@ -82,83 +59,103 @@ _SNAPSHOT_BATCH = 4096
 _SECTIONS = ("blobs", "links", "manifests", "tags", "referrers", "uploads", "members")
 
 OPEN, CLOSED, CANCELLED = "open", "closed", "cancelled"
-MEMBER_STATES = ("active", "draining", "removed")
-
-Recipe = tuple[int, bytes]
-Manifest = tuple[
-    str, int, Recipe, str | None, str | None, str | None, tuple[str, ...], tuple[str, ...]
-]
-
-COMMANDS = frozenset(
-    {
-        "barrier",
-        "upload_append",
-        "upload_cancel",
-        "blob_commit",
-        "blob_mount",
-        "blob_unlink",
-        "manifest_put",
-        "tag_delete",
-        "manifest_delete",
-        "member_join",
-        "member_set_state",
-        "expire_uploads",
-    }
-)
-QUERIES = frozenset(
-    {
-        "tag_get",
-        "manifest_get",
-        "blob_get",
-        "upload_get",
-        "tags_list",
-        "catalog",
-        "referrers",
-        "members",
-        "status",
-    }
-)
+MEMBER_STATES = api.MEMBER_STATES
+COMMANDS = api.COMMANDS
+QUERIES = api.QUERIES
 
 _intern = sys.intern
 
 
-# -- argument parsing (every failure is a caller bug: RequestInvalid) ----------------------
-def _field(
-    args: dict[str, Any], key: str, kind: type | tuple[type, ...], optional: bool = False
-) -> Any:
-    value = args.get(key)
-    if value is None and optional:
-        return None
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise RequestInvalid(f"argument {key!r} missing or of the wrong type")
-    return value
+# -- records -------------------------------------------------------------------------------
+class Recipe(NamedTuple):
+    size: int
+    packed: bytes  # the chunk list, _CHUNK.size bytes per chunk
 
 
-def _repo(args: dict[str, Any], key: str = "repo") -> str:
-    return _intern(validate_name(_field(args, key, str)))
+class Manifest(NamedTuple):
+    media_type: str
+    size: int
+    recipe: Recipe
+    subject: str | None
+    artifact_type: str | None
+    annotations_json: str | None
+    blobs: tuple[str, ...]
+    children: tuple[str, ...]
 
 
-def _digest(args: dict[str, Any], key: str = "digest") -> str:
-    value = _field(args, key, str)
-    parse_digest(value)
-    return _intern(value)
+class OpenUpload(NamedTuple):
+    repo: str
+    size: int
+    packed: bytes
+    last_request: str | None
+    touched_at: float
 
 
-def _digests(args: dict[str, Any], key: str) -> tuple[str, ...]:
-    values = _field(args, key, list, optional=True) or []
-    out = []
-    for value in values:
-        if not isinstance(value, str):
-            raise RequestInvalid(f"argument {key!r} must list digests")
-        parse_digest(value)
-        out.append(_intern(value))
-    return tuple(dict.fromkeys(out))
+class ClosedUpload(NamedTuple):
+    repo: str
+    digest: str
+    closed_at: float
 
 
-def _number(args: dict[str, Any], key: str) -> float:
-    return float(_field(args, key, (int, float)))
+class CancelledUpload(NamedTuple):
+    repo: str | None
+    closed_at: float
 
 
+Upload = OpenUpload | ClosedUpload | CancelledUpload
+
+
+class Member(NamedTuple):
+    grpc: str
+    raft: str
+    state: str
+
+
+def _upload_state(record: Upload) -> str:
+    if isinstance(record, OpenUpload):
+        return OPEN
+    return CLOSED if isinstance(record, ClosedUpload) else CANCELLED
+
+
+def _last_touched(record: Upload) -> float:
+    return record.touched_at if isinstance(record, OpenUpload) else record.closed_at
+
+
+# -- snapshot rows: plain tuples, the layout every version wrote ----------------------------
+def _recipe_row(recipe: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(recipe)
+
+
+def _manifest_row(m: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (m[0], m[1], tuple(m[2]), *m[3:])
+
+
+def _upload_row(record: tuple[Any, ...]) -> tuple[Any, ...]:
+    if isinstance(record, OpenUpload):
+        return (OPEN, *record)
+    if isinstance(record, ClosedUpload):
+        return (CLOSED, *record)
+    if isinstance(record, CancelledUpload):
+        return (CANCELLED, record.repo, None, record.closed_at)
+    return tuple(record)  # already a row (a version-1 snapshot)
+
+
+def _manifest_from_row(row: tuple[Any, ...]) -> Manifest:
+    return Manifest(row[0], row[1], Recipe._make(row[2]), *row[3:])
+
+
+def _upload_from_row(row: tuple[Any, ...]) -> Upload:
+    kind = row[0]
+    if kind == OPEN:
+        return OpenUpload._make(row[1:])
+    if kind == CLOSED:
+        return ClosedUpload._make(row[1:])
+    if kind == CANCELLED:
+        return CancelledUpload(row[1], row[3])
+    raise ValueError(f"unknown upload record {row!r:.80}")
+
+
+# -- chunk lists -----------------------------------------------------------------------------
 def _pack_chunks(chunks: Any) -> tuple[bytes, int]:
     """[[hex, len], ...] -> (packed bytes, total length)."""
     if not isinstance(chunks, list):
@@ -185,15 +182,12 @@ def _pack_chunks(chunks: Any) -> tuple[bytes, int]:
     return b"".join(parts), total
 
 
-def _recipe(args: dict[str, Any], key: str = "recipe") -> Recipe:
-    raw = _field(args, key, dict)
-    size = raw.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise RequestInvalid("recipe size must be an int >= 0")
-    packed, total = _pack_chunks(raw.get("chunks"))
+def _pack_recipe(recipe: api.Recipe) -> Recipe:
+    size = recipe["size"]
+    packed, total = _pack_chunks(recipe.get("chunks"))
     if total != size:
         raise SizeInvalid(f"recipe chunks sum to {total}, size says {size}")
-    return size, packed
+    return Recipe(size, packed)
 
 
 def unpack_chunks(packed: bytes) -> list[list[Any]]:
@@ -201,31 +195,34 @@ def unpack_chunks(packed: bytes) -> list[list[Any]]:
     return [[chunk_id.hex(), length] for chunk_id, length in _CHUNK.iter_unpack(packed)]
 
 
-def recipe_json(recipe: Recipe) -> dict[str, Any]:
-    return {"size": recipe[0], "chunks": unpack_chunks(recipe[1])}
+def recipe_json(recipe: Recipe) -> api.Recipe:
+    return {"size": recipe.size, "chunks": unpack_chunks(recipe.packed)}
 
 
-def _page(items: list[str], n: int | None, last: str | None) -> tuple[list[str], bool]:
-    """Byte-ordered page after `last` (exclusive) of at most `n` items, and whether more follow.
+def _page(items: list[str], n: int | None, last: str | None) -> api.Page:
+    """Byte-ordered page after `last` (exclusive) of at most `n` items.
 
     Python orders str by code point, which is UTF-8 byte order.
     """
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 0):
-        raise PaginationInvalid(f"n must be an int >= 0, got {n!r}")
-    if last is not None and not isinstance(last, str):
-        raise RequestInvalid("last must be a string")
     if n == 0:
-        return [], False
+        return api.Page([], False)
     start = bisect_right(items, last) if last else 0
     if n is None:
-        return items[start:], False
-    return items[start : start + n], start + n < len(items)
+        return api.Page(items[start:], False)
+    return api.Page(items[start : start + n], start + n < len(items))
 
 
 def _flatten(name: str, section: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
-    """The rows of one snapshot section: one row per innermost entry."""
-    if name in ("blobs", "uploads", "members"):
-        yield from section.items()
+    """The rows of one snapshot section: one row per innermost entry, records as tuples."""
+    if name == "blobs":
+        for digest, recipe in section.items():
+            yield digest, _recipe_row(recipe)
+    elif name == "uploads":
+        for upload, record in section.items():
+            yield upload, _upload_row(record)
+    elif name == "members":
+        for node_id, member in section.items():
+            yield node_id, tuple(member)
     elif name == "links":
         for repo, linked in section.items():
             for digest in linked:
@@ -235,7 +232,11 @@ def _flatten(name: str, section: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
             for subject, digests in by_subject.items():
                 for digest in digests:
                     yield repo, subject, digest
-    else:  # manifests, tags: {repo: {key: value}}
+    elif name == "manifests":
+        for repo, entries in section.items():
+            for digest, m in entries.items():
+                yield repo, digest, _manifest_row(m)
+    else:  # tags: {repo: {tag: digest}}
         for repo, entries in section.items():
             for key, value in entries.items():
                 yield repo, key, value
@@ -250,38 +251,55 @@ class MetadataState:
         self.manifests: dict[str, dict[str, Manifest]] = {}
         self.tags: dict[str, dict[str, str]] = {}
         self.referrers: dict[str, dict[str, set[str]]] = {}
-        self.uploads: dict[str, tuple[Any, ...]] = {}
-        self.members: dict[str, tuple[str, str, str]] = {}
+        self.uploads: dict[str, Upload] = {}
+        self.members: dict[str, Member] = {}
         self.blob_bytes = 0
         # Query caches, rebuilt on demand and dropped when what they order changes.
         self._catalog: list[str] | None = None
         self._tag_order: dict[str, list[str]] = {}
         # Counts behind the `status` query (an Admin.Status health probe must stay O(1)).
         self._repo_count = self._manifest_count = self._open_uploads = 0
-        self._commands: dict[str, Callable[[dict[str, Any]], Any]] = {
-            op: getattr(self, f"_cmd_{op}") for op in COMMANDS
-        }
-        self._queries: dict[str, Callable[[dict[str, Any]], Any]] = {
-            op: getattr(self, f"_q_{op}") for op in QUERIES
+        # Dispatch by request type: one handler per op of the catalogue.
+        self._handlers: dict[type[api.Request[Any]], Callable[[Any], Any]] = {
+            api.Barrier: self._barrier,
+            api.UploadAppend: self._upload_append,
+            api.UploadCancel: self._upload_cancel,
+            api.BlobCommit: self._blob_commit,
+            api.BlobMount: self._blob_mount,
+            api.BlobUnlink: self._blob_unlink,
+            api.ManifestPut: self._manifest_put,
+            api.TagDelete: self._tag_delete,
+            api.ManifestDelete: self._manifest_delete,
+            api.MemberJoin: self._member_join,
+            api.MemberSetState: self._member_set_state,
+            api.ExpireUploads: self._expire_uploads,
+            api.TagGet: self._tag_get,
+            api.ManifestGet: self._manifest_get,
+            api.BlobGet: self._blob_get,
+            api.UploadGet: self._upload_get,
+            api.TagsList: self._tags_list,
+            api.Catalog: self._catalog_page,
+            api.Referrers: self._referrers,
+            api.Members: self._members,
+            api.Status: self._status,
         }
 
     # -- entry points ------------------------------------------------------------------------
+    def execute(self, request: api.Request[api.R]) -> api.R:
+        """Apply a typed command or answer a typed query; a cargohold.errors type (state
+        unchanged) on refusal."""
+        result: api.R = self._handlers[type(request)](request)
+        return result
+
     def apply(self, op: str, args: dict[str, Any]) -> Any:
-        """Apply one command; raises a cargohold.errors type (state unchanged) on refusal."""
-        handler = self._commands.get(op)
-        if handler is None:
-            raise RequestInvalid(f"unknown command {op!r}")
-        if not isinstance(args, dict):
-            raise RequestInvalid("command arguments must be a JSON object")
-        return handler(args)
+        """Apply one command as it travels and sits in the Raft log; its JSON result."""
+        command = api.decode_command(op, args)
+        return command.encode_result(self.execute(command))
 
     def query(self, op: str, args: dict[str, Any]) -> Any:
-        handler = self._queries.get(op)
-        if handler is None:
-            raise RequestInvalid(f"unknown query {op!r}")
-        if not isinstance(args, dict):
-            raise RequestInvalid("query arguments must be a JSON object")
-        return handler(args)
+        """Answer one query as it travels; its JSON result."""
+        request = api.decode_query(op, args)
+        return request.encode_result(self.execute(request))
 
     # -- snapshots -----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -338,23 +356,37 @@ class MetadataState:
             return
         if not isinstance(header, dict) or header.get("version") != _SNAPSHOT_VERSION:
             raise ValueError(f"unknown metadata snapshot header {header!r:.80}")
+        self._load_rows(
+            int(header["blob_bytes"]),
+            {name: _batches(stream) for name in _SECTIONS},
+        )
+
+    def _load_v1(self, snap: dict[str, Any]) -> None:
+        """Version 1 snapshots (one pickle of the whole state) are still read."""
+        self._load_rows(
+            int(snap["blob_bytes"]),
+            {name: iter([list(_flatten(name, snap[name]))]) for name in _SECTIONS},
+        )
+
+    def _load_rows(self, blob_bytes: int, sections: dict[str, Iterator[list[Any]]]) -> None:
         blobs: dict[str, Recipe] = {}
         links: dict[str, set[str]] = {}
         manifests: dict[str, dict[str, Manifest]] = {}
         tags: dict[str, dict[str, str]] = {}
         referrers: dict[str, dict[str, set[str]]] = {}
-        uploads: dict[str, tuple[Any, ...]] = {}
-        members: dict[str, tuple[str, str, str]] = {}
+        uploads: dict[str, Upload] = {}
+        members: dict[str, Member] = {}
+        # Sections are consumed in order: a stream holds them one after the other.
         for name in _SECTIONS:
-            while (chunk := pickle.load(stream)) is not None:
+            for chunk in sections[name]:
                 if name == "blobs":
-                    blobs.update((_intern(d), r) for d, r in chunk)
+                    blobs.update((_intern(d), Recipe._make(r)) for d, r in chunk)
                 elif name == "links":
                     for repo, d in chunk:
                         links.setdefault(_intern(repo), set()).add(_intern(d))
                 elif name == "manifests":
                     for repo, d, m in chunk:
-                        manifests.setdefault(_intern(repo), {})[_intern(d)] = m
+                        manifests.setdefault(_intern(repo), {})[_intern(d)] = _manifest_from_row(m)
                 elif name == "tags":
                     for repo, t, d in chunk:
                         tags.setdefault(_intern(repo), {})[_intern(t)] = _intern(d)
@@ -364,21 +396,12 @@ class MetadataState:
                             _intern(subject), set()
                         ).add(_intern(d))
                 elif name == "uploads":
-                    uploads.update(chunk)
+                    uploads.update((u, _upload_from_row(row)) for u, row in chunk)
                 else:
-                    members.update(chunk)
+                    members.update((i, Member._make(m)) for i, m in chunk)
         self.blobs, self.links, self.manifests, self.tags = blobs, links, manifests, tags
         self.referrers, self.uploads, self.members = referrers, uploads, members
-        self.blob_bytes = int(header["blob_bytes"])
-        self._catalog = None
-        self._tag_order = {}
-        self._recount()
-
-    def _load_v1(self, snap: dict[str, Any]) -> None:
-        """Version 1 snapshots (one pickle of the whole state) are still read."""
-        for name in _SECTIONS:
-            setattr(self, name, snap[name])
-        self.blob_bytes = int(snap["blob_bytes"])
+        self.blob_bytes = blob_bytes
         self._catalog = None
         self._tag_order = {}
         self._recount()
@@ -386,7 +409,7 @@ class MetadataState:
     def _recount(self) -> None:
         self._repo_count = len(self.links.keys() | self.manifests.keys())
         self._manifest_count = sum(len(m) for m in self.manifests.values())
-        self._open_uploads = sum(1 for u in self.uploads.values() if u[0] == OPEN)
+        self._open_uploads = sum(1 for u in self.uploads.values() if isinstance(u, OpenUpload))
 
     # -- shared mutations ----------------------------------------------------------------------
     def _repo_exists(self, repo: str) -> bool:
@@ -400,15 +423,15 @@ class MetadataState:
         self._catalog = None
         self._repo_count -= 1
 
-    def _set_upload(self, upload: str, record: tuple[Any, ...]) -> None:
+    def _set_upload(self, upload: str, record: Upload) -> None:
         old = self.uploads.get(upload)
-        self._open_uploads += (record[0] == OPEN) - (old is not None and old[0] == OPEN)
+        self._open_uploads += isinstance(record, OpenUpload) - isinstance(old, OpenUpload)
         self.uploads[upload] = record
 
     def _add_blob(self, digest: str, recipe: Recipe) -> None:
         if digest not in self.blobs:
             self.blobs[digest] = recipe
-            self.blob_bytes += recipe[0]
+            self.blob_bytes += recipe.size
 
     def _link(self, repo: str, digest: str) -> None:
         linked = self.links.get(repo)
@@ -429,116 +452,95 @@ class MetadataState:
                 self._repo_removed()
 
     # -- commands ------------------------------------------------------------------------------
-    def _cmd_barrier(self, args: dict[str, Any]) -> None:
+    def _barrier(self, req: api.Barrier) -> None:
         return None
 
-    def _cmd_upload_append(self, args: dict[str, Any]) -> dict[str, int]:
-        upload = _field(args, "upload", str)
-        repo = _repo(args)
-        offset = _field(args, "offset", int)
-        request = _field(args, "request", str, optional=True)
-        now = _number(args, "now")
-        packed, added = _pack_chunks(args.get("chunks", []))
+    def _upload_append(self, req: api.UploadAppend) -> int:
+        upload, repo = req.upload, req.repo
+        packed, added = _pack_chunks(req.chunks)
         record = self.uploads.get(upload)
         if record is None:
             size, old_packed = 0, b""
         else:
-            if record[0] != OPEN or record[1] != repo:
-                raise BlobUploadUnknown(f"upload {upload} is {record[0]}")
-            size, old_packed = record[2], record[3]
-            if request is not None and request == record[4]:
-                return {"size": size}
-        if offset != size:
+            if not isinstance(record, OpenUpload) or record.repo != repo:
+                raise BlobUploadUnknown(f"upload {upload} is {_upload_state(record)}")
+            size, old_packed = record.size, record.packed
+            if req.request is not None and req.request == record.last_request:
+                return size
+        if req.offset != size:
             raise RangeInvalid(f"size={size}", detail={"size": size})
         size += added
-        self._set_upload(upload, (OPEN, repo, size, old_packed + packed, request, now))
-        return {"size": size}
+        self._set_upload(upload, OpenUpload(repo, size, old_packed + packed, req.request, req.now))
+        return size
 
-    def _cmd_upload_cancel(self, args: dict[str, Any]) -> None:
-        upload = _field(args, "upload", str)
-        now = _number(args, "now")
+    def _upload_cancel(self, req: api.UploadCancel) -> None:
+        upload = req.upload
         record = self.uploads.get(upload)
-        if record is not None:
-            if record[0] == CLOSED:
-                raise BlobUploadUnknown(f"upload {upload} is closed")
-            if record[0] == CANCELLED:
-                return None
-        repo = record[1] if record is not None else None
-        self._set_upload(upload, (CANCELLED, repo, None, now))
+        if isinstance(record, ClosedUpload):
+            raise BlobUploadUnknown(f"upload {upload} is closed")
+        if isinstance(record, CancelledUpload):
+            return None
+        self._set_upload(upload, CancelledUpload(record.repo if record else None, req.now))
         return None
 
-    def _cmd_blob_commit(self, args: dict[str, Any]) -> None:
-        repo = _repo(args)
-        digest = _digest(args)
-        recipe = _recipe(args)
-        upload = _field(args, "upload", str, optional=True)
-        now = _number(args, "now")
+    def _blob_commit(self, req: api.BlobCommit) -> None:
+        repo, digest, upload = req.repo, req.digest, req.upload
+        recipe = _pack_recipe(req.recipe)
         if upload is not None:
             record = self.uploads.get(upload)
             if record is not None:
-                if record[0] == CANCELLED or record[1] != repo:
-                    raise BlobUploadUnknown(f"upload {upload} is {record[0]}")
-                if record[0] == CLOSED and record[2] != digest:
+                if isinstance(record, CancelledUpload) or record.repo != repo:
+                    raise BlobUploadUnknown(f"upload {upload} is {_upload_state(record)}")
+                if isinstance(record, ClosedUpload) and record.digest != digest:
                     raise BlobUploadUnknown(f"upload {upload} was committed as another blob")
-            if record is None or record[0] == OPEN:
-                self._set_upload(upload, (CLOSED, repo, digest, now))
+            if record is None or isinstance(record, OpenUpload):
+                self._set_upload(upload, ClosedUpload(repo, digest, req.now))
         self._add_blob(digest, recipe)
         self._link(repo, digest)
         return None
 
-    def _cmd_blob_mount(self, args: dict[str, Any]) -> dict[str, bool]:
-        repo = _repo(args)
-        digest = _digest(args)
-        source = _field(args, "from", str, optional=True)
+    def _blob_mount(self, req: api.BlobMount) -> bool:
+        repo, digest, source = req.repo, req.digest, req.source
         if digest in self.links.get(repo, ()):
-            return {"mounted": True}
+            return True
         # Mounting needs a source repository the caller may read: without `from`, a blob
         # known elsewhere must not leak into this repository.
         if source is None or digest not in self.links.get(source, ()):
-            return {"mounted": False}
+            return False
         self._link(repo, digest)
-        return {"mounted": True}
+        return True
 
-    def _cmd_blob_unlink(self, args: dict[str, Any]) -> None:
-        repo = _repo(args)
-        digest = _digest(args)
+    def _blob_unlink(self, req: api.BlobUnlink) -> None:
+        repo, digest = req.repo, req.digest
         if digest not in self.links.get(repo, ()):
             raise BlobUnknown(f"blob {digest} unknown in {repo}")
         self._unlink(repo, digest)
         return None
 
-    def _cmd_manifest_put(self, args: dict[str, Any]) -> None:
-        repo = _repo(args)
-        digest = _digest(args)
-        media_type = _intern(_field(args, "media_type", str))
-        recipe = _recipe(args)
-        blobs = _digests(args, "blobs")
-        children = _digests(args, "manifests")
-        subject = _digest(args, "subject") if args.get("subject") is not None else None
-        artifact_type = _field(args, "artifact_type", str, optional=True)
-        annotations = _field(args, "annotations", dict, optional=True)
-        tag = _field(args, "tag", str, optional=True)
-        if tag is not None:
-            tag = _intern(validate_tag(tag))
+    def _manifest_put(self, req: api.ManifestPut) -> None:
+        repo, digest, subject, tag = req.repo, req.digest, req.subject, req.tag
+        recipe = _pack_recipe(req.recipe)
         linked = self.links.get(repo, ())
-        missing = sorted(b for b in blobs if b not in linked)
+        missing = sorted(b for b in req.blobs if b not in linked)
         present = self.manifests.get(repo, {})
-        missing += sorted(m for m in children if m not in present and m != digest)
+        missing += sorted(m for m in req.manifests if m not in present and m != digest)
         if missing:
             shown = ",".join(missing[:8]) + (",..." if len(missing) > 8 else "")
             raise ManifestBlobUnknown(f"missing={shown}", detail={"missing": missing})
         annotations_json = (
-            json.dumps(annotations, sort_keys=True, separators=(",", ":")) if annotations else None
+            json.dumps(req.annotations, sort_keys=True, separators=(",", ":"))
+            if req.annotations
+            else None
         )
-        record: Manifest = (
-            media_type,
-            recipe[0],
+        record = Manifest(
+            req.media_type,
+            recipe.size,
             recipe,
             subject,
-            _intern(artifact_type) if artifact_type else None,
+            req.artifact_type,
             annotations_json,
-            blobs,
-            children,
+            req.blobs,
+            req.manifests,
         )
         old = present.get(digest)
         if repo not in self.manifests:
@@ -547,8 +549,8 @@ class MetadataState:
             self.manifests[repo] = present = {}
         present[digest] = record
         self._manifest_count += old is None
-        if old is not None and old[3] is not None and old[3] != subject:
-            self._drop_referrer(repo, old[3], digest)
+        if old is not None and old.subject is not None and old.subject != subject:
+            self._drop_referrer(repo, old.subject, digest)
         if subject is not None:
             self.referrers.setdefault(repo, {}).setdefault(subject, set()).add(digest)
         self._add_blob(digest, recipe)
@@ -570,9 +572,8 @@ class MetadataState:
             if not by_subject:
                 del self.referrers[repo]
 
-    def _cmd_tag_delete(self, args: dict[str, Any]) -> None:
-        repo = _repo(args)
-        tag = _field(args, "tag", str)
+    def _tag_delete(self, req: api.TagDelete) -> None:
+        repo, tag = req.repo, req.tag
         tags = self.tags.get(repo)
         if not tags or tag not in tags:
             raise ManifestUnknown(f"tag {tag} unknown in {repo}")
@@ -582,9 +583,8 @@ class MetadataState:
             del self.tags[repo]
         return None
 
-    def _cmd_manifest_delete(self, args: dict[str, Any]) -> None:
-        repo = _repo(args)
-        digest = _digest(args)
+    def _manifest_delete(self, req: api.ManifestDelete) -> None:
+        repo, digest = req.repo, req.digest
         present = self.manifests.get(repo)
         if not present or digest not in present:
             raise ManifestUnknown(f"manifest {digest} unknown in {repo}")
@@ -597,8 +597,8 @@ class MetadataState:
                 self._tag_order.pop(repo, None)
             if not tags:
                 del self.tags[repo]
-        if record[3] is not None:
-            self._drop_referrer(repo, record[3], digest)
+        if record.subject is not None:
+            self._drop_referrer(repo, record.subject, digest)
         if not present:
             del self.manifests[repo]
             if repo not in self.links:
@@ -607,140 +607,123 @@ class MetadataState:
         self._unlink(repo, digest)
         return None
 
-    def _cmd_member_join(self, args: dict[str, Any]) -> None:
-        node_id = _intern(_field(args, "id", str))
-        grpc_addr = _field(args, "grpc", str)
-        raft_addr = _field(args, "raft", str)
-        old = self.members.get(node_id)
+    def _member_join(self, req: api.MemberJoin) -> None:
+        old = self.members.get(req.node_id)
         # A restart re-joins: addresses may change, an operator's draining/removal stays.
-        state = old[2] if old is not None else "active"
-        self.members[node_id] = (grpc_addr, raft_addr, state)
+        state = old.state if old is not None else "active"
+        self.members[req.node_id] = Member(req.grpc, req.raft, state)
         return None
 
-    def _cmd_member_set_state(self, args: dict[str, Any]) -> None:
-        node_id = _field(args, "id", str)
-        state = _field(args, "state", str)
-        if state not in MEMBER_STATES:
-            raise RequestInvalid(f"member state must be one of {MEMBER_STATES}")
-        old = self.members.get(node_id)
+    def _member_set_state(self, req: api.MemberSetState) -> None:
+        old = self.members.get(req.node_id)
         if old is None:
-            raise NotFound(f"member {node_id} unknown")
-        self.members[node_id] = (old[0], old[1], state)
+            raise NotFound(f"member {req.node_id} unknown")
+        self.members[req.node_id] = old._replace(state=req.state)
         return None
 
-    def _cmd_expire_uploads(self, args: dict[str, Any]) -> dict[str, int]:
-        now = _number(args, "now")
-        older_than = _number(args, "older_than")
-        cutoff = now - older_than
-        # Every record keeps its last-touched time as its last field.
-        stale = [u for u, record in self.uploads.items() if record[-1] < cutoff]
+    def _expire_uploads(self, req: api.ExpireUploads) -> int:
+        cutoff = req.now - req.older_than
+        stale = [u for u, record in self.uploads.items() if _last_touched(record) < cutoff]
         for upload in stale:
-            self._open_uploads -= self.uploads.pop(upload)[0] == OPEN
-        return {"expired": len(stale)}
+            self._open_uploads -= isinstance(self.uploads.pop(upload), OpenUpload)
+        return len(stale)
 
     # -- queries --------------------------------------------------------------------------------
-    def _manifest_json(self, digest: str, record: Manifest) -> dict[str, Any]:
-        return {
-            "digest": digest,
-            "media_type": record[0],
-            "size": record[1],
-            "recipe": recipe_json(record[2]),
-            "subject": record[3],
-            "artifact_type": record[4],
-            "annotations": json.loads(record[5]) if record[5] else None,
-        }
+    @staticmethod
+    def _manifest_info(digest: str, record: Manifest) -> api.ManifestInfo:
+        return api.ManifestInfo(
+            digest=digest,
+            media_type=record.media_type,
+            size=record.size,
+            recipe=recipe_json(record.recipe),
+            subject=record.subject,
+            artifact_type=record.artifact_type,
+            annotations=json.loads(record.annotations_json) if record.annotations_json else None,
+        )
 
-    def _q_tag_get(self, args: dict[str, Any]) -> dict[str, Any]:
-        repo = _field(args, "repo", str)
-        tag = _field(args, "tag", str)
+    def _tag_get(self, req: api.TagGet) -> api.ManifestInfo:
+        repo, tag = req.repo, req.tag
         if not self._repo_exists(repo):
             raise NameUnknown(f"repository {repo} unknown")
         digest = self.tags.get(repo, {}).get(tag)
         if digest is None:
             raise ManifestUnknown(f"tag {tag} unknown in {repo}")
-        return self._manifest_json(digest, self.manifests[repo][digest])
+        return self._manifest_info(digest, self.manifests[repo][digest])
 
-    def _q_manifest_get(self, args: dict[str, Any]) -> dict[str, Any]:
-        repo = _field(args, "repo", str)
-        digest = _field(args, "digest", str)
-        record = self.manifests.get(repo, {}).get(digest)
+    def _manifest_get(self, req: api.ManifestGet) -> api.ManifestInfo:
+        record = self.manifests.get(req.repo, {}).get(req.digest)
         if record is None:
-            raise ManifestUnknown(f"manifest {digest} unknown in {repo}")
-        return self._manifest_json(digest, record)
+            raise ManifestUnknown(f"manifest {req.digest} unknown in {req.repo}")
+        return self._manifest_info(req.digest, record)
 
-    def _q_blob_get(self, args: dict[str, Any]) -> dict[str, Any]:
-        repo = _field(args, "repo", str)
-        digest = _field(args, "digest", str)
-        if digest not in self.links.get(repo, ()):
-            raise BlobUnknown(f"blob {digest} unknown in {repo}")
-        return recipe_json(self.blobs[digest])
+    def _blob_get(self, req: api.BlobGet) -> api.Recipe:
+        if req.digest not in self.links.get(req.repo, ()):
+            raise BlobUnknown(f"blob {req.digest} unknown in {req.repo}")
+        return recipe_json(self.blobs[req.digest])
 
-    def _q_upload_get(self, args: dict[str, Any]) -> dict[str, Any]:
-        upload = _field(args, "upload", str)
-        record = self.uploads.get(upload)
+    def _upload_get(self, req: api.UploadGet) -> api.UploadInfo:
+        record = self.uploads.get(req.upload)
         if record is None:
-            return {"state": "new"}
-        if record[0] != OPEN:
-            raise BlobUploadUnknown(f"upload {upload} is {record[0]}")
-        return {
-            "state": OPEN,
-            "repo": record[1],
-            "size": record[2],
-            "chunks": unpack_chunks(record[3]),
-            "request": record[4],
-        }
+            return api.UploadInfo("new")
+        if not isinstance(record, OpenUpload):
+            raise BlobUploadUnknown(f"upload {req.upload} is {_upload_state(record)}")
+        return api.UploadInfo(
+            OPEN, record.repo, record.size, unpack_chunks(record.packed), record.last_request
+        )
 
-    def _q_tags_list(self, args: dict[str, Any]) -> dict[str, Any]:
-        repo = _field(args, "repo", str)
+    def _tags_list(self, req: api.TagsList) -> api.Page:
+        repo = req.repo
         if not self._repo_exists(repo):
             raise NameUnknown(f"repository {repo} unknown")
         order = self._tag_order.get(repo)
         if order is None:
             order = self._tag_order[repo] = sorted(self.tags.get(repo, ()))
-        tags, more = _page(order, args.get("n"), args.get("last"))
-        return {"tags": tags, "more": more}
+        return _page(order, req.n, req.last)
 
-    def _q_catalog(self, args: dict[str, Any]) -> dict[str, Any]:
+    def _catalog_page(self, req: api.Catalog) -> api.Page:
         catalog = self._catalog
         if catalog is None:
             catalog = self._catalog = sorted(self.links.keys() | self.manifests.keys())
-        repos, more = _page(catalog, args.get("n"), args.get("last"))
-        return {"repositories": repos, "more": more}
+        return _page(catalog, req.n, req.last)
 
-    def _q_referrers(self, args: dict[str, Any]) -> dict[str, Any]:
-        repo = _field(args, "repo", str)
-        subject = _field(args, "digest", str)
-        wanted = _field(args, "artifact_type", str, optional=True)
-        digests = sorted(self.referrers.get(repo, {}).get(subject, ()))
-        present = self.manifests.get(repo, {})
+    def _referrers(self, req: api.Referrers) -> list[api.Descriptor]:
+        wanted = req.artifact_type
+        digests = sorted(self.referrers.get(req.repo, {}).get(req.digest, ()))
+        present = self.manifests.get(req.repo, {})
         out = []
         for digest in digests:
             record = present[digest]
-            if wanted is not None and record[4] != wanted:
+            if wanted is not None and record.artifact_type != wanted:
                 continue
-            descriptor: dict[str, Any] = {
-                "mediaType": record[0],
+            descriptor: api.Descriptor = {
+                "mediaType": record.media_type,
                 "digest": digest,
-                "size": record[1],
+                "size": record.size,
             }
-            if record[4] is not None:
-                descriptor["artifactType"] = record[4]
-            if record[5]:
-                descriptor["annotations"] = json.loads(record[5])
+            if record.artifact_type is not None:
+                descriptor["artifactType"] = record.artifact_type
+            if record.annotations_json:
+                descriptor["annotations"] = json.loads(record.annotations_json)
             out.append(descriptor)
-        return {"manifests": out}
+        return out
 
-    def _q_members(self, args: dict[str, Any]) -> list[dict[str, str]]:
+    def _members(self, req: api.Members) -> list[api.MemberInfo]:
         return [
-            {"id": node_id, "grpc": m[0], "raft": m[1], "state": m[2]}
+            api.MemberInfo(node_id, m.grpc, m.raft, m.state)
             for node_id, m in sorted(self.members.items())
         ]
 
-    def _q_status(self, args: dict[str, Any]) -> dict[str, int]:
-        return {
-            "repos": self._repo_count,
-            "blobs": len(self.blobs),
-            "manifests": self._manifest_count,
-            "uploads": self._open_uploads,
-            "blob_bytes": self.blob_bytes,
-        }
+    def _status(self, req: api.Status) -> api.MetadataStatus:
+        return api.MetadataStatus(
+            repos=self._repo_count,
+            blobs=len(self.blobs),
+            manifests=self._manifest_count,
+            uploads=self._open_uploads,
+            blob_bytes=self.blob_bytes,
+        )
+
+
+def _batches(stream: BinaryIO) -> Iterator[list[Any]]:
+    """The batches of one snapshot section, up to its closing None."""
+    while (chunk := pickle.load(stream)) is not None:
+        yield chunk

@@ -1,0 +1,121 @@
+"""The metadata contract (cargohold/metadata_api.py): docs/metadata.md lists exactly its ops
+with their JSON keys, and every request survives the trip to JSON and back."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cargohold import metadata_api as api
+from cargohold.errors import PaginationInvalid, RequestInvalid
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "metadata.md"
+D = "sha256:" + "ab" * 32
+RECIPE: api.Recipe = {"size": 3, "chunks": [["cd" * 32, 3]]}
+
+
+def _tables() -> dict[str, dict[str, str]]:
+    """{"Commands"|"Queries": {op: args cell}} from the doc's two tables."""
+    tables: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in DOC.read_text().splitlines():
+        if line.startswith("## "):
+            title = line[3:].split()[0]
+            current = tables.setdefault(title, {}) if title in ("Commands", "Queries") else None
+        elif current is not None and (row := re.match(r"\| `(\w+)` \| `([^`]*)` \|", line)):
+            current[row.group(1)] = row.group(2)
+    return tables
+
+
+def _doc_keys(cell: str) -> list[str]:
+    """The top-level keys of an args cell such as `{"repo": name, "n": int or null}`."""
+    return re.findall(r'[{,]\s*"(\w+)"\s*:', cell)
+
+
+def test_doc_lists_exactly_the_contracts_ops() -> None:
+    tables = _tables()
+    assert set(tables["Commands"]) == api.COMMANDS
+    assert set(tables["Queries"]) == api.QUERIES
+
+
+@pytest.mark.parametrize("op", sorted(api.COMMANDS | api.QUERIES))
+def test_doc_args_are_the_requests_json_keys(op: str) -> None:
+    cls = api.COMMAND_TYPES.get(op) or api.QUERY_TYPES[op]
+    tables = _tables()
+    cell = tables["Commands"].get(op) or tables["Queries"][op]
+    assert _doc_keys(cell) == [key for _, key in api.wire_keys(cls)]
+
+
+EXAMPLES: list[api.Request[Any]] = [
+    api.Barrier(),
+    api.UploadAppend("u1", "lib/app", 0, [["cd" * 32, 3]], "r1", 1.5),
+    api.UploadCancel("u1", 2.0),
+    api.BlobCommit("lib/app", D, RECIPE, None, 3.0),
+    api.BlobMount("lib/app", D, "lib/other"),
+    api.BlobUnlink("lib/app", D),
+    api.ManifestPut(
+        "lib/app", D, "application/x", RECIPE, (D,), (), D, "a/b", {"k": "v"}, "v1", 4.0
+    ),
+    api.TagDelete("lib/app", "v1"),
+    api.ManifestDelete("lib/app", D),
+    api.MemberJoin("n1", "h:1", "h:2"),
+    api.MemberSetState("n1", "draining"),
+    api.ExpireUploads(10.0, 5.0),
+    api.TagGet("lib/app", "v1"),
+    api.ManifestGet("lib/app", D),
+    api.BlobGet("lib/app", D),
+    api.UploadGet("u1"),
+    api.TagsList("lib/app", 10, "a"),
+    api.Catalog(None, None),
+    api.Referrers("lib/app", D, None),
+    api.Members(),
+    api.Status(),
+]
+
+
+def test_every_op_has_an_example() -> None:
+    assert {type(r).op for r in EXAMPLES} == api.COMMANDS | api.QUERIES
+
+
+@pytest.mark.parametrize("request_", EXAMPLES, ids=lambda r: type(r).op)
+def test_request_roundtrips_through_json(request_: api.Request[Any]) -> None:
+    args = json.loads(json.dumps(request_.to_args()))
+    decode = api.decode_command if request_.is_command else api.decode_query
+    assert decode(type(request_).op, args) == request_
+
+
+def test_unknown_ops_and_bad_args_are_request_invalid() -> None:
+    with pytest.raises(RequestInvalid):
+        api.decode_command("tag_get", {"repo": "a", "tag": "b"})
+    with pytest.raises(RequestInvalid):
+        api.decode_query("manifest_put", {})
+    with pytest.raises(RequestInvalid):
+        api.decode_query("tag_get", ["a"])
+    with pytest.raises(RequestInvalid):
+        api.decode_command("member_set_state", {"id": "n1", "state": "gone"})
+    with pytest.raises(PaginationInvalid):
+        api.decode_query("catalog", {"n": -1})
+
+
+def test_results_roundtrip_through_json() -> None:
+    info = api.ManifestInfo(D, "application/x", 3, RECIPE, None, "a/b", {"k": "v"})
+    assert api.TagGet.decode_result(json.loads(json.dumps(api.TagGet.encode_result(info)))) == (
+        info
+    )
+    page = api.Page(["a", "b"], True)
+    assert api.TagsList.decode_result(api.TagsList.encode_result(page)) == page
+    assert api.Catalog.decode_result(api.Catalog.encode_result(page)) == page
+    upload = api.UploadInfo("open", "lib/app", 3, [["cd" * 32, 3]], "r1")
+    assert api.UploadGet.decode_result(api.UploadGet.encode_result(upload)) == upload
+    assert api.UploadGet.encode_result(api.UploadInfo("new")) == {"state": "new"}
+    members = [api.MemberInfo("n1", "h:1", "h:2", "active")]
+    assert api.Members.decode_result(api.Members.encode_result(members)) == members
+    status = api.MetadataStatus(1, 2, 3, 4, 5)
+    assert api.Status.decode_result(api.Status.encode_result(status)) == status
+    assert api.UploadAppend.decode_result(api.UploadAppend.encode_result(7)) == 7
+    assert api.BlobMount.decode_result(api.BlobMount.encode_result(True)) is True
+    assert api.ExpireUploads.decode_result(api.ExpireUploads.encode_result(2)) == 2
