@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field, fields
-from functools import cache
 from typing import Any, ClassVar, Generic, Protocol, Self, TypedDict, TypeVar
 
 from cargohold.digests import parse_digest
@@ -80,7 +79,8 @@ def _recipe(args: dict[str, Any], key: str = "recipe") -> Recipe:
     size = raw.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise RequestInvalid("recipe size must be an int >= 0")
-    return raw  # type: ignore[return-value]
+    recipe: Recipe = raw
+    return recipe
 
 
 def _page_args(args: dict[str, Any]) -> tuple[int | None, str | None]:
@@ -92,10 +92,17 @@ def _page_args(args: dict[str, Any]) -> tuple[int | None, str | None]:
     return n, last
 
 
-@cache
+_WIRE_KEYS: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
 def wire_keys(cls: type) -> tuple[tuple[str, str], ...]:
     """(attribute, JSON key) of a request class, in wire order."""
-    return tuple((f.name, f.metadata.get("wire", f.name)) for f in fields(cls))
+    keys = _WIRE_KEYS.get(cls)
+    if keys is None:
+        keys = _WIRE_KEYS[cls] = tuple(
+            (f.name, f.metadata.get("wire", f.name)) for f in fields(cls)
+        )
+    return keys
 
 
 def _wire(name: str) -> Any:
