@@ -63,6 +63,14 @@ class NodeConfig:
     peers: list[str] = field(default_factory=list)
     # LMDB map size: the most chunk bytes this node can hold.
     lmdb_map_size: int = 64 * GiB
+    # Free space chunk writes may not use, kept for Raft (journal, term/vote, snapshots)
+    # and small files: min(fraction * filesystem size, max bytes) of the filesystem holding
+    # `data_dir`. A node with less than that plus one chunk free is `full`: it refuses
+    # chunk writes (StorageFull) and serves reads (node/disk.py). Free space is looked at
+    # (statvfs) at most every `disk_check_interval` seconds.
+    disk_reserve_fraction: float = 0.05
+    disk_reserve_max_bytes: int = 2 * GiB
+    disk_check_interval: float = 1.0
     # Group commit: at most this many puts or bytes per LMDB transaction.
     commit_batch_max_items: int = 64
     commit_batch_max_bytes: int = 64 * MiB
@@ -312,6 +320,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("gateway.manifest_digest_ttl_seconds must be >= 0")
     if cfg.gateway.verify_reads not in ("sha256", "xxh3"):
         raise ConfigError("gateway.verify_reads must be sha256 or xxh3")
+    if not 0.0 <= cfg.node.disk_reserve_fraction < 1.0 or cfg.node.disk_reserve_max_bytes < 0:
+        raise ConfigError(
+            "node.disk_reserve_fraction must be in [0, 1) and disk_reserve_max_bytes >= 0"
+        )
     if cfg.gateway.upload_writes_in_flight < 1 or cfg.gateway.metadata_attempts < 1:
         raise ConfigError("gateway.upload_writes_in_flight and metadata_attempts must be >= 1")
 

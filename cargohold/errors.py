@@ -8,6 +8,7 @@ Node-side failures cross gRPC as a status code plus the OCI code in the details 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -171,7 +172,7 @@ class NotFound(RegistryError, code="NOT_FOUND", status=404, message="not found")
 
 
 # Chunk store (node side): a chunk this node does not hold, a stored copy that failed its
-# checksum (quarantined, to be repaired from another replica), a full LMDB map.
+# checksum (quarantined, to be repaired from another replica).
 class ChunkMissing(
     RegistryError, code="BLOB_UNKNOWN", status=404, message="chunk not held by this node"
 ): ...
@@ -182,7 +183,16 @@ class ChunkCorrupt(
 ): ...
 
 
-class StorageFull(RegistryError, code="UNKNOWN", status=507, message="node storage is full"): ...
+# No space for chunks: one node's answer (its disk figures in the detail; node/disk.py), and
+# the gateway's refusal of a push that found fewer than W nodes with space (507 Insufficient
+# Storage). OCI has no code for it; DENIED (the write is refused, as for a quota) is one
+# clients know and do not retry at once. Distribution answers 500 UNKNOWN here.
+class StorageFull(
+    RegistryError,
+    code="DENIED",
+    status=507,
+    message="the registry's storage is full; no push can be stored",
+): ...
 
 
 # A metadata command or query whose arguments are malformed (a caller bug, not a client's).
@@ -206,13 +216,40 @@ def to_grpc_details(err: RegistryError) -> str:
     return f"{type(err).__name__}:{err.message}"
 
 
-def from_grpc_details(details: str | None) -> RegistryError | None:
-    """Decode what `to_grpc_details` wrote; None when it is not one of ours."""
+# The trailing-metadata key carrying a RegistryError's detail (JSON) across gRPC.
+DETAIL_TRAILER = "cargohold-detail"
+_MAX_TRAILER_CHARS = 4096
+
+
+def to_grpc_trailer(err: RegistryError) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata that carries `err.detail` (empty when there is none or it is
+    too large for a header)."""
+    if err.detail is None:
+        return ()
+    try:
+        text = json.dumps(err.detail, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return ()
+    return ((DETAIL_TRAILER, text),) if len(text) <= _MAX_TRAILER_CHARS else ()
+
+
+def from_grpc_details(details: str | None, trailing: Any = None) -> RegistryError | None:
+    """Decode what `to_grpc_details` (and `to_grpc_trailer`, given the call's trailing
+    metadata) wrote; None when it is not one of ours."""
     if not details or ":" not in details:
         return None
     name, _, message = details.partition(":")
     cls = _BY_NAME.get(name)
-    return cls(message) if cls else None
+    if cls is None:
+        return None
+    detail = None
+    for key, value in trailing or ():
+        if key == DETAIL_TRAILER:
+            try:
+                detail = json.loads(value)
+            except ValueError:
+                detail = None
+    return cls(message, detail=detail)
 
 
 def grpc_status_name(err: RegistryError) -> str:
@@ -220,7 +257,8 @@ def grpc_status_name(err: RegistryError) -> str:
 
     The table of protos/README.md: NOT_FOUND for ...Unknown and NotFound, FAILED_PRECONDITION
     for Conflict and RangeInvalid, INVALID_ARGUMENT for ...Invalid, UNAVAILABLE for
-    Unavailable (outcome unknown, retry), DATA_LOSS for a corrupt chunk copy.
+    Unavailable (outcome unknown, retry), DATA_LOSS for a corrupt chunk copy,
+    RESOURCE_EXHAUSTED for no space (StorageFull and its metadata counterpart).
     """
     name = type(err).__name__
     if name in ("Conflict", "RangeInvalid"):
@@ -229,7 +267,7 @@ def grpc_status_name(err: RegistryError) -> str:
         return "UNAVAILABLE"
     if name == "ChunkCorrupt":
         return "DATA_LOSS"
-    if name == "StorageFull":
+    if name.endswith("StorageFull"):
         return "RESOURCE_EXHAUSTED"
     if name.endswith("Unknown") or name in ("NotFound", "ChunkMissing"):
         return "NOT_FOUND"

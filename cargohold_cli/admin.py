@@ -35,6 +35,13 @@ def _status(address: str, timeout: float) -> dict[str, Any]:
         "last_applied": reply.raft_last_applied,
         "chunks": reply.chunk_count,
         "chunk_bytes": reply.chunk_bytes,
+        "disk": {
+            "capacity_bytes": reply.disk_capacity_bytes,
+            "used_bytes": reply.disk_used_bytes,
+            "free_bytes": reply.disk_free_bytes,
+            "reserve_bytes": reply.disk_reserve_bytes,
+            "full": reply.disk_full,
+        },
         "extra": extra,
     }
 
@@ -75,23 +82,40 @@ def _human(n: int) -> str:
     return str(n)
 
 
+def node_state(member_state: str, node: dict[str, Any]) -> str:
+    """The state a node is shown in: its member state, or `full` when an active member is
+    above its disk watermark (it refuses chunk writes and still serves reads)."""
+    if member_state == "active" and node.get("disk", {}).get("full"):
+        return "full"
+    return member_state
+
+
 def format_status(status: dict[str, Any]) -> str:
     state_of = {m["id"]: m.get("state", "?") for m in status["members"]}
     lines = [
         f"leader: {status['leader'] or 'NONE (no quorum?)'}",
         f"{'node':<6} {'state':<9} {'grpc':<22} {'raft role':<9} {'applied':>9} "
-        f"{'chunks':>8} {'bytes':>11}",
+        f"{'chunks':>8} {'bytes':>11} {'disk free':>11} {'reserve':>11}",
     ]
     for node in status["nodes"]:
         if "error" in node:
             lines.append(f"{'?':<6} {'down':<9} {node['address']:<22} {node['error']}")
             continue
         role = "leader" if node["is_leader"] else "follower"
+        disk = node.get("disk", {})
+        state = node_state(state_of.get(node["id"], "unjoined"), node)
         lines.append(
-            f"{node['id']:<6} {state_of.get(node['id'], 'unjoined'):<9} "
+            f"{node['id']:<6} {state:<9} "
             f"{node['address']:<22} {role:<9} {node['last_applied']:>9} "
-            f"{node['chunks']:>8} {_human(node['chunk_bytes']):>11}"
+            f"{node['chunks']:>8} {_human(node['chunk_bytes']):>11} "
+            f"{_human(disk.get('free_bytes', 0)):>11} {_human(disk.get('reserve_bytes', 0)):>11}"
         )
+        if disk.get("capacity_bytes"):
+            lines.append(
+                f"{'':<6} disk: capacity={disk['capacity_bytes']} used={disk['used_bytes']} "
+                f"free={disk['free_bytes']} reserve={disk['reserve_bytes']} "
+                f"full={str(disk['full']).lower()}"
+            )
         for key, value in sorted(node["extra"].items()):
             if isinstance(value, dict):
                 detail = " ".join(f"{k}={v}" for k, v in value.items())

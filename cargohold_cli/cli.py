@@ -3,7 +3,7 @@
     cargohold dev [--data DIR] [--port 5000]       a local 3-node cluster + gateway
     cargohold node --config node.toml              one storage node (chunk store + Raft)
     cargohold gateway --config gateway.toml        one stateless HTTP gateway
-    cargohold admin status [--nodes host:port,..]  members, leader, chunks per node
+    cargohold admin status [--nodes host:port,..]  members, leader, chunks and disk per node
     cargohold admin nodes add --id ID --grpc ADDR --raft ADDR   add a storage node
     cargohold admin nodes drain ID | undrain ID | remove ID [--force]
     cargohold admin repair [--scrub] [--wait]       run a repair (or scrub) pass now

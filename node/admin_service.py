@@ -1,9 +1,10 @@
-"""The gRPC `Admin` service: one node's status (identity, Raft, chunk store, state counts),
-background-role triggers (`Trigger`: repair, scrub) and membership changes (delegated to
-node/membership.py)."""
+"""The gRPC `Admin` service: one node's status (identity, Raft, chunk store, disk space and
+reserve, state counts), background-role triggers (`Trigger`: repair, scrub) and membership
+changes (delegated to node/membership.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Protocol
 
@@ -12,6 +13,7 @@ import grpc
 from cargohold.config import Config
 from cargohold.errors import NotFound, RegistryError, Unavailable
 from cargohold.metadata_api import Status, local
+from node.disk import DiskSpace
 from node.membership import Membership
 from node.metadata.raft import RaftMember, resent_truncations
 from node.metadata.service import abort_with
@@ -40,12 +42,14 @@ class AdminServicer(registry_pb2_grpc.AdminServicer):
         store: _StatsSource,
         roles: dict[str, _Role] | None = None,
         membership: Membership | None = None,
+        space: DiskSpace | None = None,
     ) -> None:
         self._cfg = cfg
         self._raft = raft
         self._store = store
         self._roles = roles or {}
         self._membership = membership
+        self._space = space
 
     async def Status(
         self, request: registry_pb2.StatusRequest, context: grpc.aio.ServicerContext
@@ -54,6 +58,7 @@ class AdminServicer(registry_pb2_grpc.AdminServicer):
             raft = self._raft.status()
             stats = await self._store.stats()
             counts = local(self._raft, Status()).to_json()
+            disk = await asyncio.to_thread(self._space.usage) if self._space else None
         except RegistryError as err:
             await abort_with(context, err)
         extra = {
@@ -80,6 +85,11 @@ class AdminServicer(registry_pb2_grpc.AdminServicer):
             chunk_count=stats.count,
             chunk_bytes=stats.bytes,
             extra=json.dumps(extra, separators=(",", ":")).encode(),
+            disk_capacity_bytes=disk.capacity if disk else 0,
+            disk_used_bytes=disk.used if disk else 0,
+            disk_free_bytes=disk.free if disk else 0,
+            disk_reserve_bytes=disk.reserve if disk else 0,
+            disk_full=disk.full if disk else False,
         )
 
     async def Trigger(

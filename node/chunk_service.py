@@ -1,13 +1,15 @@
 """The gRPC `Chunks` service of a node: Put/Get/Has/Delete/List over one `ChunkStore`.
 
 Handlers stay thin: the store owns verification, durability and quarantine. Every
-`RegistryError` leaves as a gRPC status whose details are `to_grpc_details(err)`, so the
-gateway's cluster client re-raises the same class:
+`RegistryError` leaves as a gRPC status whose details are `to_grpc_details(err)` (its detail
+in the trailer, `to_grpc_trailer`), so the gateway's cluster client re-raises the same
+class:
 
     ChunkMissing  -> NOT_FOUND            (this replica lacks it: try the next one)
     ChunkCorrupt  -> DATA_LOSS            (copy quarantined: try the next one, repair later)
     DigestInvalid -> INVALID_ARGUMENT     (id or checksum does not match the data sent)
-    StorageFull   -> RESOURCE_EXHAUSTED   (this node's map is full; place elsewhere)
+    StorageFull   -> RESOURCE_EXHAUSTED   (no space above this node's reserve, or its map
+                                          is full; the detail has its disk figures)
     Unavailable   -> UNAVAILABLE          (store closing: retry elsewhere)
 
 The server's message size limits (NodeConfig.grpc_max_message) are set where the server is
@@ -40,6 +42,7 @@ from cargohold.errors import (
     StorageFull,
     Unavailable,
     to_grpc_details,
+    to_grpc_trailer,
 )
 from cargohold.log import log_event
 from cargohold.wire import decode_bytes_fields, encode_bytes_fields
@@ -72,7 +75,7 @@ def status_for(err: RegistryError) -> grpc.StatusCode:
 
 async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> NoReturn:
     if isinstance(exc, RegistryError):
-        await context.abort(status_for(exc), to_grpc_details(exc))
+        await context.abort(status_for(exc), to_grpc_details(exc), to_grpc_trailer(exc))
     log_event(logger, "chunks.rpc_failed", logging.ERROR, method=method, error=repr(exc))
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
     raise AssertionError("unreachable: context.abort raises")

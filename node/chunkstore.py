@@ -21,10 +21,14 @@ them. Reads run in executor threads inside read transactions (`buffers=True`): t
 is checked on the mapped bytes and the data copied out once. sha256 of incoming data is
 computed in an executor thread too, so the event loop never hashes megabytes.
 
-A full map raises `StorageFull` for the puts that did not fit; the store keeps serving reads
-and deletes. `node/memstore.py` holds `MemoryChunkStore`, the in-memory implementation of
-the same contract for tests of other parts; `tests/node/test_chunkstore_suite.py` is the
-conformance suite both must pass.
+No space raises `StorageFull` for the puts that do not fit, and the store keeps serving
+reads and deletes: a put that would eat into the disk reserve (`node/disk.py`, checked
+before the write), a full LMDB map, or a commit that fails for lack of disk space (ENOSPC;
+LMDB reports a short write as EIO, so an I/O error on a disk below its watermark counts as
+one too). Such a failure never closes the environment: the next commit that fits succeeds.
+`node/memstore.py` holds `MemoryChunkStore`, the in-memory implementation of the same
+contract for tests of other parts; `tests/node/test_chunkstore_suite.py` is the conformance
+suite both must pass.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -55,6 +60,7 @@ from cargohold.errors import (
     Unavailable,
 )
 from cargohold.log import log_event
+from node.disk import DiskSpace
 
 logger = logging.getLogger("cargohold.node.chunkstore")
 
@@ -264,10 +270,17 @@ class LmdbChunkStore:
     """Chunks in one LMDB environment at `path` (a directory, created when missing)."""
 
     def __init__(
-        self, path: str, map_size: int, batch_max_items: int, batch_max_bytes: int
+        self,
+        path: str,
+        map_size: int,
+        batch_max_items: int,
+        batch_max_bytes: int,
+        space: DiskSpace | None = None,
     ) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
+        # The data dir's free space and reserve; None: only the map size limits puts.
+        self._space = space
         try:
             self._env = lmdb.open(
                 path,
@@ -308,6 +321,14 @@ class LmdbChunkStore:
         checksum: bytes | None = None,
         verify_id: bool = True,
     ) -> bool:
+        if self._space is not None:
+            try:
+                self._space.admit(len(data) + CHECKSUM_LEN)
+            except StorageFull:
+                # A put is idempotent: a chunk already held needs no space.
+                if len(chunk_id) == CHUNK_ID_LEN and (await self.has([chunk_id]))[0]:
+                    return True
+                raise
         value = await prepare_value_async(chunk_id, data, checksum, verify_id)
         result = await self._submit(
             _Op("put", concurrent.futures.Future(), chunk_id=chunk_id, value=value)
@@ -487,20 +508,45 @@ class LmdbChunkStore:
             return
         try:
             results = self._transact(ops)
-        except lmdb.MapFullError:
-            if len(ops) > 1:
+        except Exception as exc:
+            if not self._out_of_space(exc):
+                self._fail(ops, exc)
+            elif len(ops) > 1:
                 # Commit what fits: each op alone, so only the ones that overflow fail.
                 for op in ops:
                     self._commit([op])
             else:
                 self._commit_when_full(ops[0])
             return
-        except Exception as exc:
-            self._fail(ops, exc)
-            return
         self._set_full(False)
+        self._charge(ops, results)
         for op, result in zip(ops, results, strict=True):
             op.future.set_result(result)
+
+    def _charge(self, ops: list[_Op], results: list[object]) -> None:
+        """Tell the disk view about the bytes just written (puts of new chunks)."""
+        if self._space is not None:
+            self._space.charge(
+                sum(
+                    len(op.value)
+                    for op, res in zip(ops, results, strict=True)
+                    if op.kind == "put" and res is False
+                )
+            )
+
+    def _out_of_space(self, exc: BaseException) -> bool:
+        """Whether a failed write transaction ran out of room (map or disk)."""
+        if isinstance(exc, lmdb.MapFullError):
+            return True
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if not isinstance(exc, (lmdb.Error, OSError)):
+            return False
+        text = str(exc)
+        if "No space left" in text or "quota exceeded" in text.lower():
+            return True
+        # LMDB turns a short write into EIO: look at the disk itself.
+        return self._space is not None and self._space.usage(fresh=True).full
 
     def _commit_when_full(self, op: _Op) -> None:
         """A lone op hit a full map. Deletes must still get through (gc frees space): a
@@ -515,6 +561,7 @@ class LmdbChunkStore:
                 self._fail([op], exc)
                 return
             self._set_full(False)
+            self._charge([op], [result])
             op.future.set_result(result)
             return
         deleted = 0
@@ -537,9 +584,14 @@ class LmdbChunkStore:
         return results
 
     def _fail(self, ops: list[_Op], exc: Exception) -> None:
-        if isinstance(exc, lmdb.MapFullError):
+        if self._out_of_space(exc):
             self._set_full(True)
-            exc = StorageFull(detail={"path": self.path})
+            if self._space is not None and not isinstance(exc, lmdb.MapFullError):
+                exc = self._space.full_error(self._space.usage(fresh=True))
+            else:
+                exc = StorageFull(
+                    "this node's chunk store is full (lmdb map size)", detail={"path": self.path}
+                )
         elif not isinstance(exc, RegistryError):
             log_event(
                 logger, "chunkstore.commit_failed", logging.ERROR, path=self.path, error=repr(exc)

@@ -2,8 +2,9 @@
 
 `PeerPool` keeps one grpc.aio channel per peer address (TLS/mTLS from ClusterConfig like
 the gateway's client) and offers exactly what the background roles need: `has` (batched),
-`put`, `get`, `status` and `live` (which of some addresses answer `Admin.Status` within
-`peer_probe_timeout`, probed in parallel). Failures surface as `Unavailable` (the peer did
+`put`, `get`, `status`, `probe` and `live` (which of some addresses answer `Admin.Status`
+within `peer_probe_timeout`, probed in parallel, and what they answered: repair reads
+`disk_full` there). Failures surface as `Unavailable` (the peer did
 not answer) or the `RegistryError` the peer sent (`from_grpc_details`), never as raw gRPC
 errors, so callers handle one family of exceptions.
 """
@@ -32,7 +33,7 @@ class _Peer:
 
 
 def _error(address: str, exc: grpc.aio.AioRpcError) -> RegistryError:
-    decoded = from_grpc_details(exc.details())
+    decoded = from_grpc_details(exc.details(), exc.trailing_metadata())
     if decoded is not None and exc.code() not in (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -66,16 +67,20 @@ class PeerPool:
 
     async def live(self, addresses: Iterable[str]) -> set[str]:
         """The addresses that answer Admin.Status within `peer_probe_timeout`."""
+        return set(await self.probe(addresses))
+
+    async def probe(self, addresses: Iterable[str]) -> dict[str, pb.StatusReply]:
+        """{address: its Admin.Status} for the addresses that answer within
+        `peer_probe_timeout`, probed in parallel."""
         wanted = list(dict.fromkeys(addresses))
 
-        async def probe(address: str) -> str | None:
+        async def one(address: str) -> pb.StatusReply | None:
             with contextlib.suppress(RegistryError):
-                await self.status(address)
-                return address
+                return await self.status(address)
             return None
 
-        found = await asyncio.gather(*(probe(a) for a in wanted))
-        return {a for a in found if a is not None}
+        found = await asyncio.gather(*(one(a) for a in wanted))
+        return {a: reply for a, reply in zip(wanted, found, strict=True) if reply is not None}
 
     async def has(self, address: str, ids: list[bytes]) -> list[bool]:
         if not ids:

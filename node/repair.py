@@ -8,7 +8,10 @@ pass walks the local chunk ids in key order, `repair_page_size` at a time. For e
     T_live = replicas_for(id, active members that answer, R)   where it can go now
 
 "Answer" is one `Admin.Status` probe per member (`peer_probe_timeout`) at the start of a
-pass and again every `repair_view_refresh` seconds of a long one, with the member list. The pass
+pass and again every `repair_view_refresh` seconds of a long one, with the member list.
+A member whose probe says `disk_full` (or that answers a copy with `StorageFull`) stays a
+holder and an owner but gets no copies this pass (`skipped_full`): its missing copies wait
+for a pass after space returns, without a warning per chunk. The pass
 asks every peer of T_live (and, when this node is not in T_all, every peer of T_all) which
 chunks of the page it holds: one batched `Chunks.Has` per peer and page. Each node of
 T_live that lacks a chunk gets it from the local copy (`Chunks.Put`, verified on arrival by
@@ -51,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from cargohold.config import Config
-from cargohold.errors import ChunkCorrupt, ChunkMissing, RegistryError
+from cargohold.errors import ChunkCorrupt, ChunkMissing, RegistryError, StorageFull
 from cargohold.log import log_event
 from cargohold.metadata_api import LocalQueries, Members, local
 from cargohold.placement import replicas_for
@@ -77,6 +80,8 @@ class MemberView:
     active: list[str]
     live_active: list[str]
     raw: tuple[tuple[str, str, str], ...]
+    # Members above their disk watermark: no copies go there (grows when a copy is refused).
+    full: set[str] = field(default_factory=set)
 
     @property
     def others(self) -> list[str]:
@@ -102,6 +107,7 @@ class RepairStats:
     moved_away_chunks: int = 0
     moved_away_bytes: int = 0
     copy_failures: int = 0
+    skipped_full: int = 0
     # Since the process started.
     total_repaired_bytes: int = 0
     total_moved_away_bytes: int = 0
@@ -118,6 +124,7 @@ class RepairStats:
             "moved_away_chunks",
             "moved_away_bytes",
             "copy_failures",
+            "skipped_full",
         ):
             setattr(self, name, 0)
         self.skipped = ""
@@ -194,9 +201,10 @@ class RepairRole:
         if me not in grpc:
             return None
         active = [i for i, _, state in raw if state == "active"]
-        answering = await self._peers.live(grpc[i] for i in grpc if i != me)
+        answering = await self._peers.probe(grpc[i] for i in grpc if i != me)
         live = {me} | {i for i in grpc if grpc[i] in answering}
-        return MemberView(me, grpc, active, [i for i in active if i in live], raw)
+        full = {i for i in grpc if grpc[i] in answering and answering[grpc[i]].disk_full}
+        return MemberView(me, grpc, active, [i for i in active if i in live], raw, full)
 
     async def run_pass(self, start_after: bytes = b"") -> None:
         stats = self.stats
@@ -273,6 +281,9 @@ class RepairRole:
                 # A better-ranked live owner holds it and copies it in its own pass: one
                 # copier per chunk, not one per holder.
                 plan.missing = []
+            elif view.full:
+                self.stats.skipped_full += sum(1 for n in plan.missing if n in view.full)
+                plan.missing = [n for n in plan.missing if n not in view.full]
         await self._copy(view, [p for p in plans if p.missing], present)
         if read_members(self._members) != view.raw:
             raise _MembersChanged
@@ -327,11 +338,22 @@ class RepairRole:
                         self._on_corrupt(plan.chunk_id)
                     return
                 for node in plan.missing:
+                    if node in view.full:
+                        self.stats.skipped_full += 1
+                        continue
                     await self._rate.acquire(len(data))
                     try:
                         existed = await self._peers.put(
                             view.grpc[node], plan.chunk_id, data, checksum
                         )
+                    except StorageFull as exc:
+                        # Became full during the pass: leave it alone until the next one.
+                        view.full.add(node)
+                        self.stats.skipped_full += 1
+                        log_event(
+                            logger, "repair.target_full", logging.WARNING, node=node, error=str(exc)
+                        )
+                        continue
                     except RegistryError as exc:
                         self.stats.copy_failures += 1
                         log_event(

@@ -3,7 +3,10 @@
 `run_node(cfg)` owns the process lifetime:
 
 1. creates `<data_dir>/` and opens the chunk store in `<data_dir>/chunks/` (LMDB) and the
-   Raft member in `<data_dir>/raft/` (journal + snapshot);
+   Raft member in `<data_dir>/raft/` (journal + snapshot); the chunk store refuses puts
+   that would eat into the disk reserve kept for Raft (node/disk.py), and a watcher looks
+   at free space every `disk_check_interval` so the node's `full` state and its log lines
+   follow the disk even when no write asks;
 2. serves `Chunks`, `Metadata` and `Admin` on `cfg.node.grpc_listen` (one grpc.aio server,
    message limits = `grpc_max_message`, HTTP/2 frames up to `grpc_max_frame_size`, TLS
    when `cluster.tls_cert`/`tls_key` are set, mTLS when `cluster.tls_ca` is set too);
@@ -39,6 +42,7 @@ from cargohold.memtune import tune_malloc
 from node import chunk_service
 from node.admin_service import AdminServicer
 from node.chunkstore import LmdbChunkStore
+from node.disk import DiskSpace
 from node.membership import Membership
 from node.metadata.raft import RaftMember
 from node.metadata.service import MetadataServicer
@@ -92,6 +96,16 @@ async def housekeeping(raft: RaftMember, cfg: Config) -> None:
             log_event(logger, "node.housekeeping_failed", logging.WARNING, error=str(exc))
 
 
+async def watch_disk(space: DiskSpace, interval: float) -> None:
+    """Look at free space regularly (in a thread: statvfs may block on a sick disk)."""
+    while True:
+        try:
+            await asyncio.to_thread(space.usage)
+        except OSError as exc:
+            log_event(logger, "node.disk_check_failed", logging.WARNING, error=repr(exc))
+        await asyncio.sleep(max(0.5, interval))
+
+
 async def run_node(cfg: Config) -> None:
     """Run one storage node until SIGTERM/SIGINT."""
     node = cfg.node
@@ -102,11 +116,20 @@ async def run_node(cfg: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    space = DiskSpace(
+        str(data_dir),
+        node.disk_reserve_fraction,
+        node.disk_reserve_max_bytes,
+        headroom=cfg.cluster.chunk_size,
+        check_interval=node.disk_check_interval,
+        node_id=node.id,
+    )
     store = LmdbChunkStore(
         str(data_dir / "chunks"),
         node.lmdb_map_size,
         node.commit_batch_max_items,
         node.commit_batch_max_bytes,
+        space=space,
     )
     raft: RaftMember | None = None
     server: grpc.aio.Server | None = None
@@ -139,6 +162,7 @@ async def run_node(cfg: Config) -> None:
                 store,
                 roles={"repair": repair, "scrub": scrub},
                 membership=Membership(cfg, raft, peers),
+                space=space,
             ),
             server,
         )
@@ -154,6 +178,7 @@ async def run_node(cfg: Config) -> None:
             loop.create_task(housekeeping(raft, cfg)),
             loop.create_task(repair.run()),
             loop.create_task(scrub.run()),
+            loop.create_task(watch_disk(space, node.disk_check_interval)),
         ]
         await stop.wait()
         log_event(logger, "node.stopping", id=node.id)

@@ -97,7 +97,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("node_id", "raft_address", "leader_raft_address", "is_leader", "raft_commit_index", "raft_last_applied", "chunk_count", "chunk_bytes", "extra")
+    __slots__ = ("node_id", "raft_address", "leader_raft_address", "is_leader", "raft_commit_index", "raft_last_applied", "chunk_count", "chunk_bytes", "extra", "disk_capacity_bytes", "disk_used_bytes", "disk_free_bytes", "disk_reserve_bytes", "disk_full")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     RAFT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     LEADER_RAFT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,11 @@ class StatusReply(_message.Message):
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     EXTRA_FIELD_NUMBER: _ClassVar[int]
+    DISK_CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_RESERVE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_FULL_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     raft_address: str
     leader_raft_address: str
@@ -116,7 +121,12 @@ class StatusReply(_message.Message):
     chunk_count: int
     chunk_bytes: int
     extra: bytes
-    def __init__(self, node_id: _Optional[str] = ..., raft_address: _Optional[str] = ..., leader_raft_address: _Optional[str] = ..., is_leader: _Optional[bool] = ..., raft_commit_index: _Optional[int] = ..., raft_last_applied: _Optional[int] = ..., chunk_count: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., extra: _Optional[bytes] = ...) -> None: ...
+    disk_capacity_bytes: int
+    disk_used_bytes: int
+    disk_free_bytes: int
+    disk_reserve_bytes: int
+    disk_full: bool
+    def __init__(self, node_id: _Optional[str] = ..., raft_address: _Optional[str] = ..., leader_raft_address: _Optional[str] = ..., is_leader: _Optional[bool] = ..., raft_commit_index: _Optional[int] = ..., raft_last_applied: _Optional[int] = ..., chunk_count: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., extra: _Optional[bytes] = ..., disk_capacity_bytes: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., disk_reserve_bytes: _Optional[int] = ..., disk_full: _Optional[bool] = ...) -> None: ...
 
 class TriggerRequest(_message.Message):
     __slots__ = ("role", "wait")

@@ -14,7 +14,13 @@ from typing import Any, NoReturn
 
 import grpc
 
-from cargohold.errors import RegistryError, RequestInvalid, grpc_status_name, to_grpc_details
+from cargohold.errors import (
+    RegistryError,
+    RequestInvalid,
+    grpc_status_name,
+    to_grpc_details,
+    to_grpc_trailer,
+)
 from node.metadata.raft import RaftMember
 from protos import registry_pb2, registry_pb2_grpc
 
@@ -37,7 +43,11 @@ def _encode(result: Any) -> registry_pb2.MetadataReply:
 
 async def abort_with(context: grpc.aio.ServicerContext, err: RegistryError) -> NoReturn:
     """End the call with the status and details the catalogue prescribes for `err`."""
-    await context.abort(getattr(grpc.StatusCode, grpc_status_name(err)), to_grpc_details(err))
+    await context.abort(
+        getattr(grpc.StatusCode, grpc_status_name(err)),
+        to_grpc_details(err),
+        to_grpc_trailer(err),
+    )
     raise AssertionError("unreachable: context.abort raises")
 
 
