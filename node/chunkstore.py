@@ -523,14 +523,14 @@ class LmdbChunkStore:
         for op, result in zip(ops, results, strict=True):
             op.future.set_result(result)
 
-    def _charge(self, ops: list[_Op], results: list[object]) -> None:
+    def _charge(self, ops: list[_Op], results: list[int]) -> None:
         """Tell the disk view about the bytes just written (puts of new chunks)."""
         if self._space is not None:
             self._space.charge(
                 sum(
                     len(op.value)
                     for op, res in zip(ops, results, strict=True)
-                    if op.kind == "put" and res is False
+                    if op.kind == "put" and not res
                 )
             )
 

@@ -1,0 +1,201 @@
+"""A full disk is survived (issue 19): nodes on small filesystems (tmpfs), filled with a
+filler file (fast) rather than with pushes, then freed by deleting it.
+
+- One node full: it refuses chunk writes and shows `full`, stays up and serves reads;
+  pushes go on through the others; after space returns, repair brings every chunk back
+  to R copies.
+
+The filler leaves half the reserve free, not zero: the reserve is what keeps the Raft
+journal writable when chunks fill a disk, which is the case these tests stand for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from cargohold.config import NodeConfig
+from cargohold_cli.admin import cluster_status, format_status
+from cargohold_cli.devcluster import LocalCluster
+from cluster.chunkcheck import (
+    chunk_ids,
+    copies,
+    misplaced,
+    pull_blob,
+    push_blob,
+    trigger,
+)
+from node.disk import reserve_bytes
+
+pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
+
+MiB = 1024 * 1024
+CHUNK = 256 * 1024
+DISK = "40m"
+# Writes must resume by themselves this soon after space returns (the issue's bound).
+RESUME_WITHIN = 30.0
+QUIET_ROLES = {
+    "node": {
+        "repair_interval": 3600.0,
+        "scrub_interval": 3600.0,
+        "repair_rate_bytes": 1024 * MiB,
+        "disk_check_interval": 0.5,
+    },
+    "gateway": {"members_refresh_seconds": 1.0},
+}
+
+
+class SmallDisks:
+    """tmpfs mounts on node data dirs, and the filler files that fill them."""
+
+    def __init__(self) -> None:
+        self.mounts: list[Path] = []
+
+    def mount(self, path: Path, size: str = DISK) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs (the cluster phase runs as root): {done.stderr}")
+        self.mounts.append(path)
+        return path
+
+    @staticmethod
+    def fill(path: Path) -> int:
+        """Leave half the node's reserve free (below its watermark, above zero)."""
+        st = os.statvfs(path)
+        cfg = NodeConfig()
+        reserve = reserve_bytes(
+            st.f_blocks * st.f_frsize, cfg.disk_reserve_fraction, cfg.disk_reserve_max_bytes
+        )
+        size = st.f_bavail * st.f_frsize - reserve // 2
+        with open(path / "filler", "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, size)
+        return size
+
+    @staticmethod
+    def free(path: Path) -> None:
+        (path / "filler").unlink()
+
+    def unmount_all(self) -> None:
+        for path in reversed(self.mounts):
+            if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], check=False)
+        self.mounts.clear()
+
+
+@pytest.fixture
+def small_disks() -> Iterator[SmallDisks]:
+    """Requested before `make_cluster`, so its teardown (unmount) runs after the cluster's."""
+    disks = SmallDisks()
+    try:
+        yield disks
+    finally:
+        disks.unmount_all()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+def _cluster(
+    make_cluster: Callable[..., LocalCluster], disks: SmallDisks, on_tmpfs: list[int]
+) -> LocalCluster:
+    cluster = make_cluster(start=False, nodes=3, gateways=1, chunk_size=CHUNK, extra=QUIET_ROLES)
+    for i in on_tmpfs:
+        disks.mount(cluster.node_data_dir(i))
+    cluster.start(timeout=60)
+    return cluster
+
+
+async def _until(what: str, check: Callable[[], bool], within: float) -> float:
+    """Poll `check` until true; fail after `within` seconds. Returns the seconds it took."""
+    started = time.monotonic()
+    while not await asyncio.to_thread(check):
+        if time.monotonic() - started > within:
+            raise AssertionError(f"not within {within} s: {what}")
+        await asyncio.sleep(0.25)
+    return time.monotonic() - started
+
+
+def _full(cluster: LocalCluster, i: int) -> bool:
+    return bool(cluster.node_status(i, timeout=5).disk_full)
+
+
+def _all_running(cluster: LocalCluster) -> None:
+    exited = [
+        (f"n{i + 1}", p.returncode if p else None)
+        for i, p in enumerate(cluster.node_procs)
+        if p is None or p.poll() is not None
+    ]
+    exited += [
+        (f"gateway-{j + 1}", p.returncode if p else None)
+        for j, p in enumerate(cluster.gateway_procs)
+        if p is None or p.poll() is not None
+    ]
+    assert not exited, f"processes exited: {exited}\n{cluster.tail_logs()}"
+
+
+def _log_events(cluster: LocalCluster, name: str, event: str) -> int:
+    text = (cluster.base_dir / "logs" / f"{name}.log").read_text(errors="replace")
+    return sum(1 for line in text.splitlines() if f"event={event} " in line + " ")
+
+
+async def test_one_full_node_costs_redundancy_not_availability(
+    small_disks: SmallDisks,
+    make_cluster: Callable[..., LocalCluster],
+    http: aiohttp.ClientSession,
+) -> None:
+    cluster = _cluster(make_cluster, small_disks, on_tmpfs=[2])
+    base, repo, n3 = cluster.gateway_url, "disk/one-full", 2
+    try:
+        blobs = [os.urandom(MiB)]
+        digests = [await push_blob(http, base, repo, blobs[0])]
+        small_disks.fill(cluster.node_data_dir(n3))
+        await _until("n3 reports full", lambda: _full(cluster, n3), within=10)
+
+        # Pushes go on: W=2 copies land on n1 and n2, n3 refuses its copy.
+        for _ in range(3):
+            data = os.urandom(2 * MiB + 12345)
+            blobs.append(data)
+            digests.append(await push_blob(http, base, repo, data))
+        later = [cid for data in blobs[1:] for cid in chunk_ids(data, CHUNK)]
+        held = copies(cluster, [0, 1, 2], later)
+        assert all(holders == {0, 1} for holders in held.values()), held
+
+        status = await asyncio.to_thread(cluster_status, cluster.node_grpc_addresses)
+        node = next(n for n in status["nodes"] if n.get("id") == "n3")
+        assert node["disk"]["full"] and node["disk"]["free_bytes"] < node["disk"]["reserve_bytes"]
+        assert node["disk"]["capacity_bytes"] > 0 and node["disk"]["used_bytes"] > 0
+        table = format_status(status)
+        assert any(line.split()[:2] == ["n3", "full"] for line in table.splitlines()), table
+        _all_running(cluster)
+        for data, digest in zip(blobs, digests, strict=True):
+            assert await pull_blob(http, base, repo, digest) == data
+
+        # Space returns: n3 takes writes again by itself, and repair restores R copies.
+        small_disks.free(cluster.node_data_dir(n3))
+        took = await _until("n3 leaves full", lambda: not _full(cluster, n3), RESUME_WITHIN)
+        print(f"\nn3 writable again {took:.1f} s after the filler was deleted")
+        ids = [cid for data in blobs for cid in chunk_ids(data, CHUNK)]
+        progress = await asyncio.gather(*(asyncio.to_thread(trigger, cluster, i) for i in (0, 1)))
+        assert sum(int(p["repaired_chunks"]) for p in progress) >= len(set(later))
+        assert misplaced(cluster, ids) == []
+        assert all(len(h) == 3 for h in copies(cluster, [0, 1, 2], ids).values())
+        _all_running(cluster)
+        assert _log_events(cluster, "n3", "node.disk_full") == 1
+        assert _log_events(cluster, "n3", "node.disk_ok") == 1
+    finally:
+        cluster.kill_all()
