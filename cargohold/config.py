@@ -167,7 +167,25 @@ class GatewayConfig:
     # TLS for the HTTP listener: PEM paths; empty means plain HTTP.
     tls_cert: str = ""
     tls_key: str = ""
-    access_log: bool = False
+    # One `access` line per request (gateway/access_log.py); successful blob/manifest
+    # GET/HEADs are logged with this probability (1 = every one).
+    access_log: bool = True
+    access_log_pull_sample: float = 1.0
+    # Connections (gateway/connection.py): a request's headers must arrive within
+    # `header_timeout_seconds` of its first byte (408, closed); an idle keep-alive
+    # connection closes after `keepalive_timeout_seconds`; at most
+    # `max_connections_per_client` connections per client address (0 = no limit); at most
+    # `bad_request_log_per_second` `http.bad_request` log lines a second.
+    header_timeout_seconds: float = 20.0
+    keepalive_timeout_seconds: float = 75.0
+    max_connections_per_client: int = 0
+    bad_request_log_per_second: float = 5.0
+    # Request bodies (gateway/body.py): request bytes read from clients and not yet
+    # stored, summed over the gateway (sockets stop being read while over it), and how
+    # long a body may send nothing before the request is ended (408; an upload keeps what
+    # was stored, resumable).
+    max_buffered_bytes: int = 256 * MiB
+    body_idle_timeout_seconds: float = 30.0
     # Data path (gateway/cluster.py, gateway/uploads.py):
     # how often the member list and the Raft leader are re-learned from the cluster.
     members_refresh_seconds: float = 5.0

@@ -2,7 +2,8 @@
 
 Gateways (`gateway/cluster.py`) and nodes talking to their peers (`node/peers.py`) open
 their channels here, so message limits, HTTP/2 frame size, reconnect backoff and mTLS are
-the same on every client side (the server side is `node/server.py`).
+the same on every client side (the server side is `node/server.py`). Every channel carries
+the current request id to the node (`cargohold.request_ids`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import grpc
 
 from cargohold.config import Config
+from cargohold.request_ids import RequestIdClientInterceptor
 
 
 def channel_credentials(cfg: Config) -> grpc.ChannelCredentials | None:
@@ -50,6 +52,7 @@ def open_channel(
     so the PEM files are read once.
     """
     options = channel_options(cfg)
+    interceptors = [RequestIdClientInterceptor()]
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options=options)
-    return grpc.aio.secure_channel(address, credentials, options=options)
+        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(address, credentials, options=options, interceptors=interceptors)

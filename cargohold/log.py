@@ -7,10 +7,17 @@ event names, and everything variable goes into fields.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import time
 from typing import Any
+
+# The HTTP request being served (cargohold/request_ids.py): every line logged while it is
+# set carries it as `request_id=`.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "cargohold_request_id", default=None
+)
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -23,6 +30,9 @@ class KeyValueFormatter(logging.Formatter):
             f"logger={record.name}",
             f"event={_quote(record.getMessage())}",
         ]
+        request_id = REQUEST_ID.get()
+        if request_id is not None and "request_id" not in fields:
+            parts.append(f"request_id={_quote(request_id)}")
         parts.extend(f"{k}={_quote(v)}" for k, v in fields.items())
         if record.exc_info:
             parts.append(f"exc={_quote(self.formatException(record.exc_info))}")

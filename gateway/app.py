@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import base, blobs, catalog, manifests, referrers, tags, uploads
+from gateway.access_log import add_request_id_header, request_id_middleware
 from gateway.coalesce import Coalescer
 from gateway.context import CONTEXT, GatewayContext
 from gateway.errors import add_api_version_header, error_middleware
@@ -26,7 +27,9 @@ _NAME = "/v2/{name:.+}"
 def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Application:
     """The gateway's application; `client_max_size` bounds buffered request bodies."""
     max_size = client_max_size or ctx.cfg.gateway.max_manifest_size + 64 * 1024
-    app = web.Application(middlewares=[error_middleware], client_max_size=max_size)
+    app = web.Application(
+        middlewares=[request_id_middleware, error_middleware], client_max_size=max_size
+    )
     app[CONTEXT] = ctx
     app[manifests.MANIFEST_CACHE] = ManifestCache(ctx.cfg.gateway.manifest_cache_bytes)
     app[manifests.READS] = Coalescer()
@@ -34,6 +37,7 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
         ctx.cfg.gateway.manifest_digest_ttl_seconds, ctx.cfg.gateway.manifest_digest_cache_entries
     )
     app.on_response_prepare.append(add_api_version_header)
+    app.on_response_prepare.append(add_request_id_header)
     _routes(app.router)
     return app
 

@@ -4,7 +4,9 @@ uvloop event loop; `ClusterClient.connect(cfg)` before listening (a gateway that
 reach the cluster fails at start, visibly); aiohttp `AppRunner` + `TCPSite` on
 `cfg.gateway.listen`, TLS when `cfg.gateway.tls_cert` is set. On SIGTERM/SIGINT the site
 stops accepting, in-flight requests get `gateway.shutdown_grace_seconds` to finish, then
-the cluster client closes. Access logging only when `gateway.access_log` is on.
+the cluster client closes. The connection rules (timeouts, parser errors as OCI JSON,
+per-client limits) are `gateway.connection`'s; the access log (`gateway.access_log`, on
+by default) is `gateway.access_log`'s.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from aiohttp import web
 from cargohold.config import Config, split_hostport
 from cargohold.log import log_event
 from cargohold.memtune import tune_malloc
+from gateway.access_log import ACCESS_LOGGER, access_logger_class
 from gateway.app import build_app
 from gateway.cluster import ClusterClient
+from gateway.connection import GatewayRunner
 from gateway.context import GatewayContext
 
 logger = logging.getLogger("cargohold.gateway")
@@ -39,9 +43,21 @@ def _access_logger(cfg: Config) -> logging.Logger | None:
     """The access logger when asked for; at info even if the process logs only warnings."""
     if not cfg.gateway.access_log:
         return None
-    access = logging.getLogger("cargohold.access")
+    access = logging.getLogger(ACCESS_LOGGER)
     access.setLevel(logging.INFO)
     return access
+
+
+def make_runner(app: web.Application, cfg: Config) -> web.AppRunner:
+    """The runner `serve` uses (tests use it too, to serve an app over a fake cluster)."""
+    return GatewayRunner(
+        app,
+        cfg.gateway,
+        handle_signals=False,
+        access_log=_access_logger(cfg),
+        access_log_class=access_logger_class(cfg.gateway.access_log_pull_sample),
+        shutdown_timeout=cfg.gateway.shutdown_grace_seconds,
+    )
 
 
 async def serve(cfg: Config, stop: asyncio.Event) -> None:
@@ -49,12 +65,7 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     cluster = await ClusterClient.connect(cfg)
     try:
         app = build_app(GatewayContext(cfg=cfg, cluster=cluster))
-        runner = web.AppRunner(
-            app,
-            handle_signals=False,
-            access_log=_access_logger(cfg),
-            shutdown_timeout=cfg.gateway.shutdown_grace_seconds,
-        )
+        runner = make_runner(app, cfg)
         await runner.setup()
         try:
             host, port = split_hostport(cfg.gateway.listen)

@@ -39,6 +39,7 @@ from cargohold.config import Config
 from cargohold.errors import CargoholdError, RegistryError, Unavailable
 from cargohold.log import log_event
 from cargohold.memtune import tune_malloc
+from cargohold.request_ids import RequestIdServerInterceptor
 from node import chunk_service
 from node.admin_service import AdminServicer
 from node.chunkstore import LmdbChunkStore
@@ -147,11 +148,13 @@ async def run_node(cfg: Config) -> None:
         scrub = ScrubRole(cfg, store, raft, peers)
         repair = RepairRole(cfg, store, raft, peers, on_corrupt=scrub.refetcher.schedule)
         server = grpc.aio.server(
+            # Log lines caused by a gateway request carry its id (cargohold/request_ids.py).
+            interceptors=[RequestIdServerInterceptor()],
             options=[
                 ("grpc.max_send_message_length", node.grpc_max_message),
                 ("grpc.max_receive_message_length", node.grpc_max_message),
                 ("grpc.http2.max_frame_size", node.grpc_max_frame_size),
-            ]
+            ],
         )
         chunk_service.add_to_server(server, store, node, on_corrupt=scrub.refetcher.schedule)
         registry_pb2_grpc.add_MetadataServicer_to_server(MetadataServicer(raft), server)
