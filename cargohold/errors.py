@@ -195,6 +195,16 @@ class StorageFull(
 ): ...
 
 
+# No space for metadata: a node's Raft journal (or its term/vote or snapshot) cannot grow,
+# so a manifest, tag or upload command is refused. Said to the client like StorageFull.
+class MetadataStorageFull(
+    RegistryError,
+    code="DENIED",
+    status=507,
+    message="the registry's storage is full; no metadata can be stored",
+): ...
+
+
 # A metadata command or query whose arguments are malformed (a caller bug, not a client's).
 class RequestInvalid(
     RegistryError, code="UNSUPPORTED", status=400, message="malformed metadata request"

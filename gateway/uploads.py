@@ -42,6 +42,7 @@ from cargohold.errors import (
     BlobUploadInvalid,
     BlobUploadUnknown,
     DigestInvalid,
+    MetadataStorageFull,
     NameInvalid,
     RangeInvalid,
     RegistryError,
@@ -241,8 +242,8 @@ async def _try_mount(ctx: GatewayContext, name: str, digest: str, source: str) -
         )
     except (DigestInvalid, NameInvalid):
         return False
-    except Unavailable:
-        raise
+    except (Unavailable, MetadataStorageFull):
+        raise  # not a refusal of the mount: the client must hear it
     except RegistryError as exc:
         log_event(logger, "upload.mount_refused", logging.DEBUG, repo=name, error=exc.message)
         return False

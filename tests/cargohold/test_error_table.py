@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from cargohold.errors import (
     DETAIL_TRAILER,
+    MetadataStorageFull,
     NotFound,
     StorageFull,
     Unavailable,
@@ -40,3 +41,12 @@ def test_no_trailer_still_decodes_and_odd_details_are_not_ours() -> None:
     assert to_grpc_trailer(NotFound(detail={"x": "y" * 10_000})) == ()  # too big for a header
     assert from_grpc_details("Received RST_STREAM") is None
     assert from_grpc_details("NoSuchError:x") is None
+
+
+def test_metadata_storage_full_says_the_same_as_storage_full() -> None:
+    err = MetadataStorageFull(detail={"node": "n1", "free_bytes": 0})
+    assert (err.status, err.code) == (507, "DENIED")
+    assert "storage is full" in err.message
+    assert grpc_status_name(err) == "RESOURCE_EXHAUSTED"
+    got = from_grpc_details(to_grpc_details(err), to_grpc_trailer(err))
+    assert isinstance(got, MetadataStorageFull) and got.detail == err.detail
