@@ -13,11 +13,35 @@ from typing import Any
 
 
 class CargoholdError(Exception):
-    """Base of every error this project raises on purpose."""
+    """Base of every error this project raises on purpose.
+
+    `exit_code` is the process exit status when one ends a `cargohold` command (the table
+    is in README.md, "Exit codes"): 2 unless a subclass says otherwise.
+    """
+
+    exit_code: int = 2
 
 
 class ConfigError(CargoholdError):
     """The configuration is unusable; raised at start-up only."""
+
+
+class StartupError(CargoholdError):
+    """A node, gateway or launcher cannot start (a resource it needs is unusable)."""
+
+    exit_code = 5
+
+
+class DataDirInUse(StartupError):
+    """Another live process holds the data directory's lock (named in the message)."""
+
+    exit_code = 3
+
+
+class AddressInUse(StartupError):
+    """A listen address is taken by another socket (its process named where known)."""
+
+    exit_code = 4
 
 
 class RegistryError(CargoholdError):

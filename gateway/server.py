@@ -20,8 +20,10 @@ import uvloop
 from aiohttp import web
 
 from cargohold.config import Config, split_hostport
+from cargohold.errors import AddressInUse, StartupError
 from cargohold.log import log_event
 from cargohold.memtune import tune_malloc
+from cargohold.ports import ensure_bindable
 from gateway.access_log import ACCESS_LOGGER, access_logger_class
 from gateway.app import build_app
 from gateway.cluster import ClusterClient
@@ -61,7 +63,16 @@ def make_runner(app: web.Application, cfg: Config) -> web.AppRunner:
 
 
 async def serve(cfg: Config, stop: asyncio.Event) -> None:
-    """Serve until `stop` is set; everything started here is closed before returning."""
+    """Serve until `stop` is set; everything started here is closed before returning.
+
+    A taken listen address is an `AddressInUse` naming its holder, checked before the
+    cluster is contacted; unreadable TLS files a `StartupError`.
+    """
+    await asyncio.to_thread(ensure_bindable, cfg.gateway.listen, "HTTP")
+    try:
+        ssl_context = _ssl_context(cfg)
+    except OSError as exc:
+        raise StartupError(f"cannot read the TLS files: {exc}") from None
     cluster = await ClusterClient.connect(cfg)
     try:
         app = build_app(GatewayContext(cfg=cfg, cluster=cluster))
@@ -69,10 +80,13 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
         await runner.setup()
         try:
             host, port = split_hostport(cfg.gateway.listen)
-            site = web.TCPSite(
-                runner, host, port, ssl_context=_ssl_context(cfg), reuse_address=True
-            )
-            await site.start()
+            site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise AddressInUse(
+                    f"cannot listen on {cfg.gateway.listen} (HTTP): {exc.strerror}"
+                ) from None
             log_event(
                 logger,
                 "gateway.listening",

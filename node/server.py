@@ -2,6 +2,9 @@
 
 `run_node(cfg)` owns the process lifetime:
 
+0. takes the exclusive lock `<data_dir>/LOCK` (cargohold/datadir_lock.py) and checks that
+   both listen ports are free, before opening anything: a second process on the same
+   directory, or on a taken port, stops here with one line naming the holder;
 1. creates `<data_dir>/` and opens the chunk store in `<data_dir>/chunks/` (LMDB) and the
    Raft member in `<data_dir>/raft/` (journal + snapshot); the chunk store refuses puts
    that would eat into the disk reserve kept for Raft (node/disk.py), and a watcher looks
@@ -36,9 +39,17 @@ import uvloop
 
 from cargohold import metadata_api as api
 from cargohold.config import Config
-from cargohold.errors import CargoholdError, RegistryError, Unavailable
+from cargohold.datadir_lock import DataDirLock
+from cargohold.errors import (
+    AddressInUse,
+    CargoholdError,
+    RegistryError,
+    StartupError,
+    Unavailable,
+)
 from cargohold.log import log_event
 from cargohold.memtune import tune_malloc
+from cargohold.ports import ensure_bindable
 from cargohold.request_ids import RequestIdServerInterceptor
 from node import chunk_service
 from node.admin_service import AdminServicer
@@ -107,11 +118,37 @@ async def watch_disk(space: DiskSpace, interval: float) -> None:
         await asyncio.sleep(max(0.5, interval))
 
 
+def claim_data_dir(cfg: Config) -> DataDirLock:
+    """Lock the data directory, then check the listen ports, before anything is opened.
+
+    DataDirInUse names the process holding the directory; AddressInUse the one on a port.
+    """
+    node = cfg.node
+    lock = DataDirLock.acquire(
+        node.data_dir, f"node {node.id}", grpc=node.grpc_listen, raft=node.raft_listen
+    )
+    try:
+        ensure_bindable(node.grpc_listen, "gRPC")
+        ensure_bindable(node.raft_listen, "Raft")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
 async def run_node(cfg: Config) -> None:
-    """Run one storage node until SIGTERM/SIGINT."""
+    """Run one storage node until SIGTERM/SIGINT; the data directory stays locked for its
+    whole life (cargohold/datadir_lock.py)."""
+    lock = await asyncio.to_thread(claim_data_dir, cfg)
+    try:
+        await _run_locked(cfg)
+    finally:
+        lock.release()
+
+
+async def _run_locked(cfg: Config) -> None:
     node = cfg.node
     data_dir = Path(node.data_dir)
-    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -154,6 +191,8 @@ async def run_node(cfg: Config) -> None:
                 ("grpc.max_send_message_length", node.grpc_max_message),
                 ("grpc.max_receive_message_length", node.grpc_max_message),
                 ("grpc.http2.max_frame_size", node.grpc_max_frame_size),
+                # Not shared: a second process must fail to bind, not split the traffic.
+                ("grpc.so_reuseport", 0),
             ],
         )
         chunk_service.add_to_server(server, store, node, on_corrupt=scrub.refetcher.schedule)
@@ -169,11 +208,17 @@ async def run_node(cfg: Config) -> None:
             ),
             server,
         )
-        creds = _server_credentials(cfg)
-        if creds is None:
-            server.add_insecure_port(node.grpc_listen)
-        else:
-            server.add_secure_port(node.grpc_listen, creds)
+        try:
+            creds = _server_credentials(cfg)
+        except OSError as exc:
+            raise StartupError(f"cannot read the TLS files: {exc}") from None
+        try:
+            if creds is None:
+                server.add_insecure_port(node.grpc_listen)
+            else:
+                server.add_secure_port(node.grpc_listen, creds)
+        except RuntimeError:
+            raise AddressInUse(f"cannot listen on {node.grpc_listen} (gRPC)") from None
         await server.start()
         log_event(logger, "node.started", id=node.id, grpc=node.grpc_listen, raft=node.raft_listen)
         tasks = [
