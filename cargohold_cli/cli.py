@@ -7,9 +7,10 @@
     cargohold admin nodes add --id ID --grpc ADDR --raft ADDR   add a storage node
     cargohold admin nodes drain ID | undrain ID | remove ID [--force]
     cargohold admin repair [--scrub] [--wait]       run a repair (or scrub) pass now
+    cargohold admin stop --data DIR                 stop the processes owning DIR's locks
 
 Every verb has `--help`. Settings come from cargohold/config.py (file, environment,
-then these flags).
+then these flags). Exit statuses: cargohold_cli/exits.py (README.md, "Exit codes").
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,9 @@ from cargohold.log import setup_logging
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML config file ([cluster], [node], [gateway])")
     parser.add_argument("--log-level", help="warning (default), info or debug")
+    # Given by a launcher (cargohold_cli/lifeline.py): stop when the launcher is gone.
+    parser.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--lifeline-grace", type=float, default=3.0, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="first node gRPC port; Raft ports are +100 (first start only)",
     )
     dev.add_argument("--log-level", default="warning")
+    dev.add_argument(
+        "--max-start-failures",
+        type=int,
+        default=3,
+        help="stop restarting a process that failed the same way at startup this many "
+        "times in a row (default 3)",
+    )
+    dev.add_argument(
+        "--start-window",
+        type=float,
+        default=10.0,
+        help="an exit within this many seconds of starting counts as a startup failure "
+        "(default 10)",
+    )
 
     node = sub.add_parser("node", help="run one storage node")
     _add_common(node)
@@ -115,72 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     repair.add_argument("--scrub", action="store_true", help="scrub instead of repair")
     repair.add_argument("--wait", action="store_true", help="wait until the passes finish")
     repair.add_argument("--json", action="store_true", help="every progress counter, as JSON")
+
+    stop = admin_sub.add_parser(
+        "stop", help="stop the processes that hold a data directory (launcher, gateways, nodes)"
+    )
+    stop.add_argument(
+        "--data",
+        default=os.environ.get("CARGOHOLD_DEV_DATA", "./data"),
+        help="a `cargohold dev` data directory or a node's data_dir (default ./data)",
+    )
+    stop.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds after SIGTERM before SIGKILL"
+    )
     return parser
-
-
-def run_dev(args: argparse.Namespace) -> int:
-    from cargohold_cli.devcluster import LocalCluster
-
-    data = Path(args.data).resolve()
-    cluster = LocalCluster(
-        data,
-        nodes=args.nodes,
-        gateways=1,
-        gateway_port=args.port,
-        node_base_port=args.node_base_port,
-        log_level=args.log_level,
-        host=args.host,
-    )
-    stopping = False
-
-    def _stop(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    print(
-        f"cargohold dev: starting {cluster.node_count} nodes and a gateway (data in {data})",
-        flush=True,
-    )
-    try:
-        cluster.start(timeout=90)
-    except (TimeoutError, RuntimeError) as exc:
-        print(f"cargohold dev: cluster failed to start: {exc}", file=sys.stderr)
-        cluster.stop()
-        return 1
-    print(
-        f"cargohold dev: registry ready at {cluster.gateway_url}  (try: docker push "
-        f"{cluster.gateway_url.removeprefix('http://')}/myimage:latest)"
-    )
-    for i in range(cluster.node_count):
-        print(
-            f"  node {cluster.node_id(i)}: grpc {cluster.node_grpc(i)}  raft "
-            f"{cluster.node_raft(i)}  data {cluster.node_data_dir(i)}"
-        )
-    print(
-        f"  logs: {data / 'logs'}   status: cargohold admin status --nodes "
-        f"{','.join(cluster.node_grpc_addresses)}"
-    )
-    print("  Ctrl-C stops the cluster; data is kept for the next start.", flush=True)
-    try:
-        while not stopping:
-            for name, proc in cluster._named_procs():
-                if proc is not None and proc.poll() is not None:
-                    print(
-                        f"cargohold dev: {name} exited ({proc.returncode}); restarting",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    if name.startswith("gateway"):
-                        cluster.start_gateway(int(name.split("-")[1]) - 1)
-                    else:
-                        cluster.start_node(int(name[1:]) - 1)
-            time.sleep(0.5)
-    finally:
-        print("cargohold dev: stopping", flush=True)
-        cluster.stop()
-    return 0
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -243,10 +206,27 @@ def run_repair(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in results.values()) else 0
 
 
+def run_stop(args: argparse.Namespace) -> int:
+    from cargohold_cli.stop import stop_data_dir
+
+    data = Path(args.data)
+    if not data.is_dir():
+        print(f"cargohold: admin stop: no directory {data}", file=sys.stderr)
+        return 2
+    report = stop_data_dir(data, timeout=args.timeout)
+    for line in report:
+        print(line)
+    if not report:
+        print(f"nothing holds {data.resolve()}: no process to stop")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.verb == "dev":
+            from cargohold_cli.dev import run_dev
+
             setup_logging(args.log_level)
             return run_dev(args)
         if args.verb == "admin":
@@ -257,7 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_nodes(args)
             if args.admin_verb == "repair":
                 return run_repair(args)
+            if args.admin_verb == "stop":
+                return run_stop(args)
             return 2
+        if args.lifeline_fd is not None:
+            from cargohold_cli.lifeline import watch
+
+            watch(args.lifeline_fd, args.lifeline_grace)
         overrides: dict[str, Any] = {}
         if args.verb == "node":
             overrides = {"node.id": args.id, "node.data_dir": args.data_dir}
@@ -275,8 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             gateway_main(cfg)
         return 0
     except CargoholdError as exc:
-        print(f"cargohold: {exc}", file=sys.stderr)
-        return 2
+        # One line, no traceback; the status says which kind (cargohold_cli/exits.py).
+        print(f"cargohold {args.verb}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

@@ -15,6 +15,11 @@ Layout under `base_dir`:
     logs/<name>.log           each process's stderr/stdout
 
 Process control (kill with any signal, restart, stop) is by index, for chaos tests.
+
+Process hygiene: `start()` first checks that nothing else holds a node's data directory
+or one of the ports (`DataDirInUse`/`AddressInUse` naming the holder); every child gets
+the launcher's lifeline (cargohold_cli/lifeline.py) and stops when the launcher dies; and
+`wait_ready` accepts only answers from sockets its own children listen on.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ from typing import Any
 
 import grpc
 
+from cargohold import datadir_lock
+from cargohold.errors import DataDirInUse
+from cargohold.ports import ensure_bindable, listens
+from cargohold_cli import lifeline
 from protos import registry_pb2, registry_pb2_grpc
 
 
@@ -124,9 +133,12 @@ class LocalCluster:
         host: str = "127.0.0.1",
         node_hosts: list[str] | None = None,
         node_exec_prefixes: list[list[str]] | None = None,
+        orphan_grace: float = 3.0,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.log_level = log_level
+        # Seconds an orphaned child (its launcher died) gets to stop cleanly before it ends.
+        self.orphan_grace = orphan_grace
         self.layout = self._load_or_create_layout(
             nodes,
             gateways,
@@ -143,6 +155,8 @@ class LocalCluster:
         self.node_exec_prefixes = node_exec_prefixes or [[] for _ in range(self.node_count)]
         self.node_procs: list[subprocess.Popen[bytes] | None] = [None] * self.node_count
         self.gateway_procs: list[subprocess.Popen[bytes] | None] = [None] * self.gateway_count
+        # monotonic time each process (by name) was last spawned.
+        self.spawned_at: dict[str, float] = {}
 
     # -- layout -----------------------------------------------------------------------
     def _load_or_create_layout(
@@ -296,15 +310,20 @@ class LocalCluster:
         log = open(logs / f"{name}.log", "ab")
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
+        fd = lifeline.launcher_fd()
+        command = [sys.executable, "-m", "cargohold_cli", role, "--config", str(config)]
+        command += ["--lifeline-fd", str(fd), "--lifeline-grace", str(self.orphan_grace)]
         proc = subprocess.Popen(
-            [*(prefix or []), sys.executable, "-m", "cargohold_cli", role, "--config", str(config)],
+            [*(prefix or []), *command],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
+            pass_fds=(fd,),
         )
         log.close()
+        self.spawned_at[name] = time.monotonic()
         return proc
 
     def start_node(self, i: int) -> None:
@@ -342,7 +361,30 @@ class LocalCluster:
             "gateway", self.gateway_config_path(j), f"gateway-{j + 1}"
         )
 
+    def preflight(self) -> None:
+        """Before starting what is not running yet: DataDirInUse when another process holds
+        a node's data directory, AddressInUse when one of the ports is taken (both name the
+        holder). Nodes in other network namespaces (exec prefixes) skip the port check."""
+        for i in range(self.node_count):
+            proc = self.node_procs[i]
+            if proc is not None and proc.poll() is None:
+                continue
+            held = datadir_lock.holder(self.node_data_dir(i))
+            if held is not None:
+                raise DataDirInUse(
+                    f"{self.node_id(i)}: data directory {self.node_data_dir(i)} is in use by "
+                    f"{held.describe()}"
+                )
+            if not self.node_exec_prefixes[i]:
+                ensure_bindable(self.node_grpc(i), f"{self.node_id(i)} gRPC")
+                ensure_bindable(self.node_raft(i), f"{self.node_id(i)} Raft")
+        for j, proc in enumerate(self.gateway_procs):
+            if proc is None or proc.poll() is not None:
+                port = self.layout.gateway_ports[j]
+                ensure_bindable(f"{self.layout.host}:{port}", f"gateway-{j + 1} HTTP")
+
     def start(self, timeout: float = 60.0) -> LocalCluster:
+        self.preflight()
         for i in range(self.node_count):
             self.start_node(i)
         for j in range(self.gateway_count):
@@ -455,6 +497,24 @@ class LocalCluster:
                 continue
             with urllib.request.urlopen(f"{self.gateway_urls[j]}/v2/", timeout=2) as resp:
                 assert resp.status == 200, f"gateway {j} answered {resp.status}"
+        self._check_own_listeners()
+
+    def _check_own_listeners(self) -> None:
+        """What answered is ours: each running child holds its own listening socket (not a
+        leftover process on the same port). Skipped where /proc cannot tell."""
+        if not Path("/proc/self/net/tcp").exists():
+            return
+        owned = [
+            (self.node_id(i), p, self.layout.node_grpc_ports[i])
+            for i, p in enumerate(self.node_procs)
+        ]
+        owned += [
+            (f"gateway-{j + 1}", p, self.layout.gateway_ports[j])
+            for j, p in enumerate(self.gateway_procs)
+        ]
+        for name, proc, port in owned:
+            if proc is not None and proc.poll() is None:
+                assert listens(proc.pid, port), f"{name} (pid {proc.pid}) not listening on {port}"
 
     def _raise_if_exited(self) -> None:
         for name, proc in self._named_procs():

@@ -8,14 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
-import random
-import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import aiohttp
@@ -23,83 +17,9 @@ import pytest
 
 from cargohold_cli.devcluster import free_port
 from cluster.chaos import ImageSpec, RegistryClient, check_image
+from cluster.devprocess import DevProcess, bindable, free_node_base
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        # SO_REUSEADDR: connections in TIME_WAIT do not count, a listener still does.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def _free_node_base() -> int:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 40000)
-        ports = [base + i for i in range(3)] + [base + 100 + i for i in range(3)]
-        if all(_bindable(p) for p in ports):
-            return base
-    raise RuntimeError("no free port range")
-
-
-class DevProcess:
-    """`python -m cargohold_cli dev` with its output collected line by line."""
-
-    def __init__(self, data: Path, port: int, node_base: int) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cargohold_cli",
-                "dev",
-                "--data",
-                str(data),
-                "--port",
-                str(port),
-                "--node-base-port",
-                str(node_base),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-
-    def wait_for(self, text: str, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            self.seen.append(line)
-            if text in line:
-                return
-        raise AssertionError(f"{text!r} not printed; output:\n{''.join(self.seen)}")
-
-    def interrupt(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(timeout=60)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 async def _push(base: str, specs: list[ImageSpec]) -> None:
@@ -121,7 +41,7 @@ async def _check(base: str, specs: list[ImageSpec]) -> int:
 
 def test_dev_cluster_keeps_everything_across_restarts(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    port, node_base = free_port(), _free_node_base()
+    port, node_base = free_port(), free_node_base()
     base = f"http://127.0.0.1:{port}"
     # One image whose layer spans two 4 MiB chunks (the dev default), one small.
     specs = [
@@ -157,7 +77,7 @@ def test_dev_cluster_keeps_everything_across_restarts(tmp_path: Path) -> None:
     finally:
         first.kill()
     # Every child went with it: the ports are free again.
-    assert _bindable(port) and _bindable(node_base)
+    assert bindable(port) and bindable(node_base)
 
     second = DevProcess(data, port, node_base)
     try:
