@@ -12,6 +12,7 @@ there after `timeout` seconds.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -33,6 +34,10 @@ def _alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
     return True
+
+
+def _gone(pid: int) -> bool:
+    return not _alive(pid)
 
 
 def _lock_dirs(data: Path) -> list[Path]:
@@ -97,7 +102,7 @@ def stop_data_dir(data: Path, timeout: float = 30.0) -> list[str]:
     # The launcher first: it stops its own children, gateways then nodes.
     report = [_stop_holder(d, h, timeout) for d, h in launchers]
     for pid in _gateway_pids(data):
-        report.append(_terminate(pid, "gateway", lambda p=pid: not _alive(p), timeout))
+        report.append(_terminate(pid, "gateway", functools.partial(_gone, pid), timeout))
     for directory, holder in others:
         if datadir_lock.holder(directory) is not None:
             report.append(_stop_holder(directory, holder, timeout))
