@@ -11,6 +11,7 @@ logs and snapshots must replay (tests/node/test_metadata_replay.py).
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Generic, Protocol, Self, TypedDict, TypeVar
@@ -120,6 +121,10 @@ class Request(Generic[R]):
     def to_args(self) -> dict[str, Any]:
         """The JSON object that travels (and is journalled) for this request."""
         return {key: getattr(self, name) for name, key in wire_keys(type(self))}
+
+    def args_json(self) -> bytes:
+        """`to_args()` encoded, for a `MetadataRequest.args`."""
+        return json.dumps(self.to_args(), separators=(",", ":")).encode()
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> Self:

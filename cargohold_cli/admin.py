@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from cargohold.metadata_api import Members
 from protos import registry_pb2, registry_pb2_grpc
 
 
@@ -49,7 +50,7 @@ def _status(address: str, timeout: float) -> dict[str, Any]:
 def _members(address: str, timeout: float) -> list[dict[str, Any]]:
     with grpc.insecure_channel(address) as channel:
         reply = registry_pb2_grpc.MetadataStub(channel).Query(
-            registry_pb2.MetadataRequest(op="members", args=b"{}"), timeout=timeout
+            registry_pb2.MetadataRequest(op=Members.op, args=Members().args_json()), timeout=timeout
         )
     return list(json.loads(reply.result))
 

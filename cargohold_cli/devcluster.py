@@ -44,6 +44,7 @@ import grpc
 
 from cargohold import datadir_lock
 from cargohold.errors import DataDirInUse
+from cargohold.metadata_api import Members
 from cargohold.ports import ensure_bindable, listens
 from cargohold_cli import lifeline
 from protos import registry_pb2, registry_pb2_grpc
@@ -435,7 +436,8 @@ class LocalCluster:
         with grpc.insecure_channel(self.node_grpc(i)) as channel:
             stub = registry_pb2_grpc.MetadataStub(channel)
             reply = stub.Query(
-                registry_pb2.MetadataRequest(op="members", args=b"{}"), timeout=timeout
+                registry_pb2.MetadataRequest(op=Members.op, args=Members().args_json()),
+                timeout=timeout,
             )
             return list(json.loads(reply.result))
 

@@ -73,7 +73,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     name = validate_name(request.match_info["name"])
     digest = request.match_info["digest"]
     parse_digest(digest)
-    recipe = await ctx.cluster.query("blob_get", {"repo": name, "digest": digest})
+    recipe = await ctx.meta.blob_get(name, digest)
     size = int(recipe["size"])
     span = parse_range(request.headers.get("Range"), size)
     response = web.StreamResponse(status=200 if span is None else 206)
@@ -90,7 +90,9 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     if request.method != "HEAD" and end > start:
         sent = 0
         try:
-            async with contextlib.aclosing(ctx.cluster.read_range(recipe, start, end)) as pieces:
+            async with contextlib.aclosing(
+                ctx.cluster.read_range(dict(recipe), start, end)
+            ) as pieces:
                 async for piece in pieces:
                     await response.write(piece)
                     sent += len(piece)
@@ -117,5 +119,5 @@ async def delete_blob(request: web.Request) -> web.StreamResponse:
         raise Unsupported("deletes are disabled")
     digest = request.match_info["digest"]
     parse_digest(digest)
-    await ctx.cluster.command("blob_unlink", {"repo": name, "digest": digest})
+    await ctx.meta.blob_unlink(name, digest)
     return web.Response(status=202)

@@ -11,7 +11,5 @@ from gateway.pagination import paged_response, parse_page
 async def catalog(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     page = parse_page(request, ctx.cfg.gateway)
-    result = await ctx.cluster.query("catalog", {"n": page.n, "last": page.last})
-    return paged_response(
-        "/v2/_catalog", page, "repositories", list(result["repositories"]), bool(result.get("more"))
-    )
+    repos = await ctx.meta.catalog(page.n, page.last)
+    return paged_response("/v2/_catalog", page, "repositories", repos.items, repos.more)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+
+from cargohold.metadata_api import ManifestInfo
 
 
 class ManifestCache:
@@ -66,7 +67,7 @@ class RecordCache:
         self.ttl = max(0.0, ttl)
         self.max_entries = max(0, max_entries)
         self.clock = clock
-        self._items: OrderedDict[tuple[str, str], tuple[float, dict[str, Any]]] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str], tuple[float, ManifestInfo]] = OrderedDict()
         # A query sent before the latest delete through this gateway may predate it: its
         # answer is not cached (deletes are rare, one timestamp covers every key).
         self._last_discard = float("-inf")
@@ -78,7 +79,7 @@ class RecordCache:
         """The cache's clock: take it just before sending the confirming query."""
         return self.clock()
 
-    def get(self, repo: str, digest: str) -> dict[str, Any] | None:
+    def get(self, repo: str, digest: str) -> ManifestInfo | None:
         """The record if confirmed less than `ttl` seconds ago, else None."""
         key = (repo, digest)
         item = self._items.get(key)
@@ -90,7 +91,7 @@ class RecordCache:
         self._items.move_to_end(key)
         return item[1]
 
-    def put(self, repo: str, digest: str, record: dict[str, Any], sent_at: float) -> None:
+    def put(self, repo: str, digest: str, record: ManifestInfo, sent_at: float) -> None:
         """Remember `record`, confirmed by a query sent at `sent_at` (from `now()`)."""
         if self.ttl <= 0 or self.max_entries <= 0:
             return

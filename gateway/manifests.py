@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from aiohttp import ClientPayloadError, http_exceptions, web
 from multidict import CIMultiDict
@@ -56,6 +55,7 @@ from cargohold.errors import (
     Unsupported,
 )
 from cargohold.log import log_event
+from cargohold.metadata_api import ManifestGet, ManifestInfo, ManifestPut, Recipe, TagGet
 from cargohold.names import validate_name, validate_tag
 from gateway.coalesce import Coalescer
 from gateway.context import GatewayContext, context
@@ -152,21 +152,20 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     tags: list[str | None] = [ref.tag] if ref.tag is not None else []
     tags += extra_tags
     for tag in tags or [None]:
-        await ctx.cluster.command(
-            "manifest_put",
-            {
-                "repo": name,
-                "digest": digest,
-                "media_type": parsed.media_type,
-                "recipe": recipe,
-                "blobs": parsed.blobs,
-                "manifests": parsed.manifests,
-                "subject": parsed.subject,
-                "artifact_type": parsed.artifact_type,
-                "annotations": parsed.annotations,
-                "tag": tag,
-                "now": time.time(),
-            },
+        await ctx.meta.manifest_put(
+            ManifestPut(
+                repo=name,
+                digest=digest,
+                media_type=parsed.media_type,
+                recipe=Recipe(size=recipe["size"], chunks=recipe["chunks"]),
+                blobs=tuple(parsed.blobs),
+                manifests=tuple(parsed.manifests),
+                subject=parsed.subject,
+                artifact_type=parsed.artifact_type,
+                annotations=parsed.annotations,
+                tag=tag,
+                now=time.time(),
+            )
         )
     request.app[MANIFEST_CACHE].put(digest, body)
     headers = CIMultiDict(
@@ -181,34 +180,36 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
 
 async def _lookup(
     request: web.Request, ctx: GatewayContext, name: str, ref: _Reference
-) -> dict[str, Any]:
-    """The manifest record; callers must not mutate it (it may be cached and shared)."""
+) -> ManifestInfo:
+    """The manifest record (it may be cached and shared)."""
     if ref.digest is None:
-        return await _query(request, ctx, "tag_get", {"repo": name, "tag": ref.tag})
+        assert ref.tag is not None
+        return await _query(request, ctx, TagGet(name, ref.tag))
     records = request.app[RECORDS]
     record = records.get(name, ref.digest)
     if record is None:
         sent_at = records.now()
-        record = await _query(request, ctx, "manifest_get", {"repo": name, "digest": ref.digest})
+        record = await _query(request, ctx, ManifestGet(name, ref.digest))
         records.put(name, ref.digest, record, sent_at)
     return record
 
 
 async def _query(
-    request: web.Request, ctx: GatewayContext, op: str, args: dict[str, Any]
-) -> dict[str, Any]:
+    request: web.Request, ctx: GatewayContext, query: TagGet | ManifestGet
+) -> ManifestInfo:
     if not ctx.cfg.gateway.coalesce_manifest_reads:
-        return dict(await ctx.cluster.query(op, args))
-    key = (op, args["repo"], args.get("digest") or args.get("tag"))
-    return dict(await request.app[READS].run(key, lambda: ctx.cluster.query(op, args)))
+        return await ctx.meta.call(query)
+    key = (query.op, query.repo, query.digest if isinstance(query, ManifestGet) else query.tag)
+    info: ManifestInfo = await request.app[READS].run(key, lambda: ctx.meta.call(query))
+    return info
 
 
-async def _load(ctx: GatewayContext, cache: ManifestCache, record: dict[str, Any]) -> bytes:
-    digest = record["digest"]
+async def _load(ctx: GatewayContext, cache: ManifestCache, record: ManifestInfo) -> bytes:
+    digest = record.digest
     cached = cache.get(digest)
     if cached is not None:  # filled by the previous shared read
         return cached
-    body = await ctx.cluster.read_all(record["recipe"])
+    body = await ctx.cluster.read_all(dict(record.recipe))
     algorithm, _ = parse_digest(digest)
     if await _digest(body, algorithm) != digest:
         # Every chunk was verified, so a recipe that disagrees is a bug, not bit rot.
@@ -218,15 +219,15 @@ async def _load(ctx: GatewayContext, cache: ManifestCache, record: dict[str, Any
     return body
 
 
-async def _body(request: web.Request, ctx: GatewayContext, record: dict[str, Any]) -> bytes:
+async def _body(request: web.Request, ctx: GatewayContext, record: ManifestInfo) -> bytes:
     """The manifest's bytes: from the cache, else read once for all concurrent misses."""
     cache = request.app[MANIFEST_CACHE]
-    body = cache.get(record["digest"])
+    body = cache.get(record.digest)
     if body is not None:
         return body
     return bytes(
         await request.app[READS].run(
-            ("manifest_body", record["digest"]), lambda: _load(ctx, cache, record)
+            ("manifest_body", record.digest), lambda: _load(ctx, cache, record)
         )
     )
 
@@ -237,9 +238,9 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
     name = validate_name(request.match_info["name"])
     ref = _Reference(request.match_info["reference"])
     record = await _lookup(request, ctx, name, ref)
-    headers = {"Content-Type": record["media_type"], "Docker-Content-Digest": record["digest"]}
+    headers = {"Content-Type": record.media_type, "Docker-Content-Digest": record.digest}
     if request.method == "HEAD":
-        headers["Content-Length"] = str(record["size"])
+        headers["Content-Length"] = str(record.size)
         return web.Response(headers=headers)
     body = await _body(request, ctx, record)
     return web.Response(body=body, headers=headers)
@@ -252,9 +253,10 @@ async def delete_manifest(request: web.Request) -> web.StreamResponse:
         raise Unsupported("deletes are disabled on this registry")
     ref = _Reference(request.match_info["reference"])
     if ref.digest is not None:
-        await ctx.cluster.command("manifest_delete", {"repo": name, "digest": ref.digest})
+        await ctx.meta.manifest_delete(name, ref.digest)
         request.app[RECORDS].discard(name, ref.digest)
         request.app[MANIFEST_CACHE].discard(ref.digest)
     else:
-        await ctx.cluster.command("tag_delete", {"repo": name, "tag": ref.tag})
+        assert ref.tag is not None
+        await ctx.meta.tag_delete(name, ref.tag)
     return web.Response(status=202)

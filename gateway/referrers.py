@@ -28,10 +28,7 @@ async def list_referrers(request: web.Request) -> web.StreamResponse:
     parse_digest(digest)
     artifact_type = request.query.get("artifactType") or None
     try:
-        result = await ctx.cluster.query(
-            "referrers", {"repo": name, "digest": digest, "artifact_type": artifact_type}
-        )
-        descriptors = list(result.get("manifests") or [])
+        descriptors = await ctx.meta.referrers(name, digest, artifact_type)
     except NameUnknown:
         descriptors = []
     headers = {"Content-Type": INDEX_MEDIA_TYPE}

@@ -16,12 +16,7 @@ async def list_tags(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     name = validate_name(request.match_info["name"])
     page = parse_page(request, ctx.cfg.gateway)
-    result = await ctx.cluster.query("tags_list", {"repo": name, "n": page.n, "last": page.last})
+    tags = await ctx.meta.tags_list(name, page.n, page.last)
     return paged_response(
-        f"/v2/{name}/tags/list",
-        page,
-        "tags",
-        list(result["tags"]),
-        bool(result.get("more")),
-        extra={"name": name},
+        f"/v2/{name}/tags/list", page, "tags", tags.items, tags.more, extra={"name": name}
     )

@@ -50,6 +50,7 @@ from cargohold.errors import (
     Unavailable,
 )
 from cargohold.log import log_event
+from cargohold.metadata_api import BlobCommit, UploadAppend
 from cargohold.names import validate_name
 from gateway.chunking import ingest
 from gateway.cluster import ClusterClient
@@ -139,12 +140,12 @@ def _ids(request: web.Request) -> tuple[GatewayContext, str, UploadId]:
 
 async def _session(ctx: GatewayContext, upload: UploadId) -> tuple[int, list[list[Any]]]:
     """(size, chunks) the cluster holds for an upload; BlobUploadUnknown when closed."""
-    state = await ctx.cluster.query("upload_get", {"upload": upload.value})
-    if state.get("state") == "new":
+    state = await ctx.meta.upload_get(upload.value)
+    if state.state == "new":
         return 0, []
-    if state.get("repo") not in (None, upload.repo):
+    if state.repo not in (None, upload.repo):
         raise BlobUploadUnknown(detail={"upload": upload.value})
-    return int(state["size"]), [list(c) for c in state.get("chunks", [])]
+    return state.size, state.chunks
 
 
 def _content_range(request: web.Request, name: str, upload: str, size: int) -> int | None:
@@ -237,9 +238,7 @@ async def _try_mount(ctx: GatewayContext, name: str, digest: str, source: str) -
     try:
         parse_digest(digest)
         validate_name(source)
-        result = await ctx.cluster.command(
-            "blob_mount", {"repo": name, "digest": digest, "from": source}
-        )
+        mounted = await ctx.meta.blob_mount(name, digest, source)
     except (DigestInvalid, NameInvalid):
         return False
     except (Unavailable, MetadataStorageFull):
@@ -247,7 +246,7 @@ async def _try_mount(ctx: GatewayContext, name: str, digest: str, source: str) -
     except RegistryError as exc:
         log_event(logger, "upload.mount_refused", logging.DEBUG, repo=name, error=exc.message)
         return False
-    return bool(result and result.get("mounted"))
+    return mounted
 
 
 async def _monolithic(
@@ -258,15 +257,8 @@ async def _monolithic(
     chunks, total = await _ingest(ctx, request, hasher, 0)
     if f"{algorithm}:{hasher.hexdigest()}" != digest:
         raise DigestInvalid(detail={"digest": digest})
-    await ctx.cluster.command(
-        "blob_commit",
-        {
-            "repo": name,
-            "digest": digest,
-            "recipe": {"size": total, "chunks": chunks},
-            "upload": None,
-            "now": _now(),
-        },
+    await ctx.meta.blob_commit(
+        BlobCommit(name, digest, {"size": total, "chunks": chunks}, None, _now())
     )
     return _created(name, digest)
 
@@ -284,16 +276,15 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
         hash_cache(ctx).put(upload.value, size, hasher)
         return _accepted(name, upload.value, size)
     try:
-        result = await ctx.cluster.command(
-            "upload_append",
-            {
-                "upload": upload.value,
-                "repo": name,
-                "offset": size,
-                "chunks": new_chunks,
-                "request": secrets.token_hex(12),
-                "now": _now(),
-            },
+        new_size = await ctx.meta.upload_append(
+            UploadAppend(
+                upload=upload.value,
+                repo=name,
+                offset=size,
+                chunks=new_chunks,
+                request=secrets.token_hex(12),
+                now=_now(),
+            )
         )
     except RangeInvalid as exc:
         # Another request appended first: tell the client where the session really is.
@@ -302,7 +293,6 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
         raise RangeInvalid(
             detail={"size": current}, headers=session_headers(name, upload.value, current)
         ) from None
-    new_size = int(result["size"])
     hash_cache(ctx).put(upload.value, new_size, hasher)
     return _accepted(name, upload.value, new_size)
 
@@ -324,15 +314,14 @@ async def put_upload(request: web.Request) -> web.StreamResponse:
         if algorithm == "sha256":
             hash_cache(ctx).put(upload.value, size, base)
         raise DigestInvalid(detail={"digest": digest})
-    await ctx.cluster.command(
-        "blob_commit",
-        {
-            "repo": name,
-            "digest": digest,
-            "recipe": {"size": size + added, "chunks": chunks + new_chunks},
-            "upload": upload.value,
-            "now": _now(),
-        },
+    await ctx.meta.blob_commit(
+        BlobCommit(
+            name,
+            digest,
+            {"size": size + added, "chunks": chunks + new_chunks},
+            upload.value,
+            _now(),
+        )
     )
     hash_cache(ctx).drop(upload.value)
     return _created(name, digest)
@@ -350,6 +339,6 @@ async def cancel_upload(request: web.Request) -> web.StreamResponse:
     ctx, _, upload = _ids(request)
     # Cancelling twice is a no-op in the state machine; the client must see 404 instead.
     await _session(ctx, upload)
-    await ctx.cluster.command("upload_cancel", {"upload": upload.value, "now": _now()})
+    await ctx.meta.upload_cancel(upload.value, _now())
     hash_cache(ctx).drop(upload.value)
     return web.Response(status=204)

@@ -97,6 +97,7 @@ from pysyncobj.config import SERIALIZER_STATE
 from cargohold.config import Config
 from cargohold.errors import ConfigError, RegistryError, RequestInvalid, Unavailable
 from cargohold.log import log_event
+from cargohold.metadata_api import Barrier
 from node.metadata.raft_catchup import ConflictTruncation
 from node.metadata.state import COMMANDS, QUERIES, MetadataState
 
@@ -528,7 +529,7 @@ class RaftMember(ConflictTruncation, SyncObj):
             while self._barrier_next is not None:
                 fut, self._barrier_next = self._barrier_next, None
                 try:
-                    await self.command("barrier", {})
+                    await self.command(Barrier.op, Barrier().to_args())
                 except Exception as exc:
                     fut.set_exception(exc)
                     fut.exception()  # waiters re-raise it; never "exception not retrieved"

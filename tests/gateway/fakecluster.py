@@ -1,45 +1,84 @@
-"""An in-memory stand-in for `gateway.cluster.ClusterClient` for the API-surface tests.
+"""An in-process stand-in for `gateway.cluster.ClusterClient` for the API-surface tests.
 
-`FakeCluster` implements the part of the ClusterClient API and of the metadata catalogue
-(protos/README.md) that the manifest, tag, catalog and referrers handlers use, with the
-same errors, so handler logic is tested without processes or gRPC. (The data-path tests
-use `fakenodes.py`, real gRPC servers with in-memory state.)
+Only the transport is fake: `command`/`query` send the JSON a node would receive to the
+real `MetadataState` (node/metadata/state.py) and bring back its JSON answer, and a refusal
+crosses as the gRPC details string the real node sends (so the gateway sees what it would
+see from a cluster). Chunks live in a dict by sha256. `InProcessMetadata` is the same
+transport for fakes that serve the metadata over real gRPC (fakenodes.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import json
 from typing import Any
 
-from cargohold.errors import (
-    BlobUnknown,
-    ManifestBlobUnknown,
-    ManifestUnknown,
-    NameUnknown,
-)
+from cargohold.errors import RegistryError, from_grpc_details, to_grpc_details
+from cargohold.metadata_api import BlobCommit, ManifestDelete, ManifestPut, Recipe
+from node.metadata.state import MetadataState
+
+EMPTY_RECIPE: Recipe = {"size": 0, "chunks": []}
 
 
-@dataclass
-class _Repo:
-    blobs: set[str] = field(default_factory=set)
-    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
+def _wire(value: Any) -> Any:
+    """`value` as it arrives on the other side of the wire (JSON-encoded and decoded)."""
+    return json.loads(json.dumps(value))
+
+
+def _as_received(err: RegistryError) -> RegistryError:
+    """The error as the caller of a real node decodes it from the gRPC details."""
+    decoded = from_grpc_details(to_grpc_details(err))
+    return decoded if decoded is not None else err
+
+
+class InProcessMetadata:
+    """The real metadata state machine behind a fake (in-process, JSON) transport."""
+
+    def __init__(self) -> None:
+        self.state = MetadataState()
+
+    def command(self, op: str, args: dict[str, Any]) -> Any:
+        try:
+            return _wire(self.state.apply(op, _wire(args)))
+        except RegistryError as err:
+            raise _as_received(err) from None
+
+    def query(self, op: str, args: dict[str, Any]) -> Any:
+        try:
+            return _wire(self.state.query(op, _wire(args)))
+        except RegistryError as err:
+            raise _as_received(err) from None
 
 
 class FakeCluster:
-    """An in-memory cluster: chunk store by sha256 and the metadata state machine."""
+    """An in-memory cluster: chunks by sha256, the real metadata state, recorded calls."""
 
     def __init__(self) -> None:
         self.chunks: dict[str, bytes] = {}
-        self.repos: dict[str, _Repo] = {}
-        self.referrers: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self.metadata = InProcessMetadata()
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         self.fail_next: Exception | None = None
 
-    # -- test helpers ---------------------------------------------------------------------
-    def link_blob(self, repo: str, digest: str) -> None:
-        self.repos.setdefault(repo, _Repo()).blobs.add(digest)
+    @property
+    def state(self) -> MetadataState:
+        return self.metadata.state
+
+    # -- test helpers (straight to the state, not recorded) -------------------------------
+    def link_blob(self, repo: str, digest: str, recipe: Recipe | None = None) -> None:
+        """Commit a blob into `repo`, as a finished upload would."""
+        self.state.execute(BlobCommit(repo, digest, recipe or EMPTY_RECIPE, None, 0.0))
+
+    def delete_manifest(self, repo: str, digest: str) -> None:
+        """Delete a manifest as another gateway would."""
+        self.state.execute(ManifestDelete(repo, digest))
+
+    def tag(self, repo: str, tag: str, digest: str) -> None:
+        """Point `tag` at a manifest `digest` (stored with an empty body if not there yet)."""
+        self.state.execute(
+            ManifestPut(
+                repo, digest, "application/vnd.oci.image.manifest.v1+json", EMPTY_RECIPE, tag=tag
+            )
+        )
 
     def ops(self, kind: str) -> list[str]:
         return [op for k, op, _ in self.calls if k == kind]
@@ -57,121 +96,16 @@ class FakeCluster:
         return b"".join(self.chunks[c] for c, _ in recipe["chunks"])
 
     async def command(self, op: str, args: dict[str, Any]) -> Any:
-        self.calls.append(("command", op, args))
+        self.calls.append(("command", op, _wire(args)))
         self._maybe_fail()
-        return getattr(self, f"_cmd_{op}")(**args)
+        return self.metadata.command(op, args)
 
     async def query(self, op: str, args: dict[str, Any], linearizable: bool = True) -> Any:
-        self.calls.append(("query", op, args))
+        self.calls.append(("query", op, _wire(args)))
         self._maybe_fail()
-        return getattr(self, f"_q_{op}")(**args)
+        return self.metadata.query(op, args)
 
     def _maybe_fail(self) -> None:
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None
             raise exc
-
-    # -- commands -------------------------------------------------------------------------
-    def _cmd_manifest_put(
-        self,
-        repo: str,
-        digest: str,
-        media_type: str,
-        recipe: dict[str, Any],
-        blobs: list[str],
-        manifests: list[str],
-        subject: str | None,
-        artifact_type: str | None,
-        annotations: dict[str, str] | None,
-        tag: str | None,
-        now: float,
-    ) -> None:
-        state = self.repos.get(repo, _Repo())
-        missing = [d for d in blobs if d not in state.blobs]
-        missing += [d for d in manifests if d not in state.manifests]
-        if missing:
-            raise ManifestBlobUnknown(detail={"missing": missing})
-        self.repos[repo] = state
-        state.manifests[digest] = {
-            "digest": digest,
-            "media_type": media_type,
-            "size": recipe["size"],
-            "recipe": recipe,
-            "subject": subject,
-            "artifact_type": artifact_type,
-            "annotations": annotations,
-        }
-        state.blobs.add(digest)
-        if tag is not None:
-            state.tags[tag] = digest
-        if subject is not None:
-            descriptor: dict[str, Any] = {
-                "mediaType": media_type,
-                "digest": digest,
-                "size": recipe["size"],
-            }
-            if artifact_type:
-                descriptor["artifactType"] = artifact_type
-            if annotations:
-                descriptor["annotations"] = annotations
-            self.referrers.setdefault((repo, subject), {})[digest] = descriptor
-
-    def _cmd_tag_delete(self, repo: str, tag: str) -> None:
-        state = self.repos.get(repo)
-        if state is None or tag not in state.tags:
-            raise ManifestUnknown()
-        del state.tags[tag]
-
-    def _cmd_manifest_delete(self, repo: str, digest: str) -> None:
-        state = self.repos.get(repo)
-        if state is None or digest not in state.manifests:
-            raise ManifestUnknown()
-        record = state.manifests.pop(digest)
-        state.tags = {t: d for t, d in state.tags.items() if d != digest}
-        if record["subject"]:
-            self.referrers.get((repo, record["subject"]), {}).pop(digest, None)
-
-    # -- queries --------------------------------------------------------------------------
-    def _q_tag_get(self, repo: str, tag: str) -> dict[str, Any]:
-        state = self.repos.get(repo)
-        if state is None:
-            raise NameUnknown()
-        if tag not in state.tags:
-            raise ManifestUnknown()
-        return state.manifests[state.tags[tag]]
-
-    def _q_manifest_get(self, repo: str, digest: str) -> dict[str, Any]:
-        state = self.repos.get(repo)
-        if state is None or digest not in state.manifests:
-            raise ManifestUnknown()
-        return state.manifests[digest]
-
-    def _q_blob_get(self, repo: str, digest: str) -> dict[str, Any]:
-        state = self.repos.get(repo)
-        if state is None or digest not in state.blobs:
-            raise BlobUnknown()
-        return {"size": 0, "chunks": []}
-
-    @staticmethod
-    def _page(items: list[str], n: int | None, last: str | None) -> tuple[list[str], bool]:
-        items = sorted(i for i in items if last is None or i.encode() > last.encode())
-        if n is None:
-            return items, False
-        return items[:n], n > 0 and len(items) > n
-
-    def _q_tags_list(self, repo: str, n: int | None, last: str | None) -> dict[str, Any]:
-        state = self.repos.get(repo)
-        if state is None:
-            raise NameUnknown()
-        tags, more = self._page(list(state.tags), n, last)
-        return {"tags": tags, "more": more}
-
-    def _q_catalog(self, n: int | None, last: str | None) -> dict[str, Any]:
-        repos, more = self._page(list(self.repos), n, last)
-        return {"repositories": repos, "more": more}
-
-    def _q_referrers(self, repo: str, digest: str, artifact_type: str | None) -> dict[str, Any]:
-        found = list(self.referrers.get((repo, digest), {}).values())
-        if artifact_type is not None:
-            found = [d for d in found if d.get("artifactType") == artifact_type]
-        return {"manifests": found}

@@ -2,7 +2,7 @@
 
 `FakeNodes` starts N grpc.aio servers on 127.0.0.1 serving `Chunks`, `Metadata` and
 `Admin`, all sharing one `FakeState` (standing in for the Raft-replicated metadata: the
-upload/blob part of the catalogue in protos/README.md, same errors). Each node keeps its
+real `MetadataState` behind fakecluster.InProcessMetadata). Each node keeps its
 own chunk dict and can be told to misbehave: `down` (UNAVAILABLE), `corrupt` (flipped
 bytes), `missing` (NOT_FOUND), `slow` (an `asyncio.Event` its Get waits on). So the real
 `ClusterClient`, the upload pipeline and the handlers are exercised end to end without
@@ -14,26 +14,25 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import grpc.aio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from fakecluster import InProcessMetadata
 
 from cargohold.config import Config
 from cargohold.digests import checksum_of, chunk_id_of
 from cargohold.errors import (
-    BlobUnknown,
-    BlobUploadUnknown,
     ChunkMissing,
-    RangeInvalid,
     RegistryError,
     Unavailable,
     grpc_status_name,
     to_grpc_details,
 )
+from cargohold.metadata_api import MemberJoin
 from gateway.app import build_app
 from gateway.cluster import ClusterClient
 from gateway.context import GatewayContext
@@ -41,88 +40,21 @@ from protos import registry_pb2 as pb
 from protos import registry_pb2_grpc as pb_grpc
 
 
-@dataclass
-class FakeState:
-    """The upload/blob part of the metadata state machine."""
+class FakeState(InProcessMetadata):
+    """The real metadata state machine (one for all fake nodes, as Raft would make it),
+    recording the commands the nodes receive."""
 
-    members: list[dict[str, str]] = field(default_factory=list)
-    uploads: dict[str, dict[str, Any]] = field(default_factory=dict)
-    blobs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    links: dict[str, set[str]] = field(default_factory=dict)
-    commands: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    def __init__(self) -> None:
+        super().__init__()
+        self.commands: list[tuple[str, dict[str, Any]]] = []
+
+    @property
+    def blobs(self) -> dict[str, Any]:
+        return self.state.blobs
 
     def command(self, op: str, args: dict[str, Any]) -> Any:
         self.commands.append((op, args))
-        return getattr(self, f"_cmd_{op}")(args)
-
-    def query(self, op: str, args: dict[str, Any]) -> Any:
-        return getattr(self, f"_q_{op}")(args)
-
-    def _cmd_barrier(self, args: dict[str, Any]) -> None:
-        return None
-
-    def _cmd_upload_append(self, a: dict[str, Any]) -> dict[str, int]:
-        up = self.uploads.setdefault(
-            a["upload"],
-            {"state": "open", "repo": a["repo"], "size": 0, "chunks": [], "request": None},
-        )
-        if up["state"] != "open" or up["repo"] != a["repo"]:
-            raise BlobUploadUnknown()
-        if up["request"] == a["request"]:
-            return {"size": up["size"]}
-        if a["offset"] != up["size"]:
-            raise RangeInvalid(f"size={up['size']}")
-        up["chunks"] = up["chunks"] + [list(c) for c in a["chunks"]]
-        up["size"] += sum(int(c[1]) for c in a["chunks"])
-        up["request"] = a["request"]
-        return {"size": up["size"]}
-
-    def _cmd_upload_cancel(self, a: dict[str, Any]) -> None:
-        up = self.uploads.setdefault(
-            a["upload"], {"state": "open", "repo": None, "size": 0, "chunks": [], "request": None}
-        )
-        if up["state"] == "committed":
-            raise BlobUploadUnknown()
-        up["state"] = "cancelled"
-
-    def _cmd_blob_commit(self, a: dict[str, Any]) -> None:
-        if a["upload"] is not None:
-            up = self.uploads.get(a["upload"])
-            if up is not None and up["state"] != "open":
-                if up.get("digest") == a["digest"]:
-                    return
-                raise BlobUploadUnknown()
-            self.uploads[a["upload"]] = {"state": "committed", "digest": a["digest"]}
-        self.blobs[a["digest"]] = a["recipe"]
-        self.links.setdefault(a["repo"], set()).add(a["digest"])
-
-    def _cmd_blob_mount(self, a: dict[str, Any]) -> dict[str, bool]:
-        if a["digest"] in self.links.get(a["from"], set()):
-            self.links.setdefault(a["repo"], set()).add(a["digest"])
-            return {"mounted": True}
-        return {"mounted": False}
-
-    def _cmd_blob_unlink(self, a: dict[str, Any]) -> None:
-        linked = self.links.get(a["repo"], set())
-        if a["digest"] not in linked:
-            raise BlobUnknown()
-        linked.discard(a["digest"])
-
-    def _q_upload_get(self, a: dict[str, Any]) -> dict[str, Any]:
-        up = self.uploads.get(a["upload"])
-        if up is None:
-            return {"state": "new"}
-        if up["state"] != "open":
-            raise BlobUploadUnknown()
-        return {k: up[k] for k in ("state", "repo", "size", "chunks", "request")}
-
-    def _q_blob_get(self, a: dict[str, Any]) -> dict[str, Any]:
-        if a["digest"] not in self.links.get(a["repo"], set()):
-            raise BlobUnknown()
-        return self.blobs[a["digest"]]
-
-    def _q_members(self, a: dict[str, Any]) -> list[dict[str, str]]:
-        return self.members
+        return super().command(op, args)
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: RegistryError) -> None:
@@ -252,10 +184,8 @@ class FakeNodes:
                 port = server.add_secure_port("127.0.0.1:0", self.server_credentials)
             await server.start()
             node.server, node.address = server, f"127.0.0.1:{port}"
-        self.state.members = [
-            {"id": n.id, "grpc": n.address, "raft": f"raft-{n.id}", "state": "active"}
-            for n in self.nodes
-        ]
+        for n in self.nodes:
+            self.state.state.execute(MemberJoin(n.id, n.address, f"raft-{n.id}"))
         return self
 
     async def stop(self) -> None:

@@ -431,7 +431,7 @@ async def test_without_ttl_a_delete_elsewhere_is_404_at_once(gw, fake_cluster) -
     body = await _pushed(gw, fake_cluster)
     assert (await gw.get(f"/v2/{REPO}/manifests/{sha(body)}")).status == 200
     # Another gateway deletes it: this gateway's body cache still holds the body.
-    fake_cluster.repos[REPO].manifests.pop(sha(body))
+    fake_cluster.delete_manifest(REPO, sha(body))
     resp = await gw.get(f"/v2/{REPO}/manifests/{sha(body)}")
     assert resp.status == 404
     assert await codes(resp) == ["MANIFEST_UNKNOWN"]
@@ -445,7 +445,7 @@ async def test_delete_elsewhere_is_seen_by_digest_once_the_ttl_passed(
     body = await _pushed(gw, fake_cluster)
     url = f"/v2/{REPO}/manifests/{sha(body)}"
     assert (await gw.get(url)).status == 200
-    fake_cluster.repos[REPO].manifests.pop(sha(body))  # deleted through another gateway
+    fake_cluster.delete_manifest(REPO, sha(body))  # deleted through another gateway
     clock.now += ttl * 0.9
     stale = await gw.get(url)
     assert stale.status == 200 and await stale.read() == body
@@ -472,7 +472,7 @@ async def test_delete_through_this_gateway_is_seen_by_digest_at_once(
 
 async def test_an_unknown_digest_is_never_cached(gw, fake_cluster, clock: FakeClock) -> None:
     body = await _pushed(gw, fake_cluster, tag="v1")
-    fake_cluster.repos[REPO].manifests.pop(sha(body))
+    fake_cluster.delete_manifest(REPO, sha(body))
     url = f"/v2/{REPO}/manifests/{sha(body)}"
     assert (await gw.get(url)).status == 404
     await _pushed(gw, fake_cluster, tag="v1")  # pushed again: visible at once

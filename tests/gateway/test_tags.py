@@ -14,7 +14,7 @@ TAGS = ["1.0", "1.1", "Latest", "a", "b-2", "b_1", "latest", "v1"]
 def tagged(fake_cluster) -> None:
     fake_cluster.link_blob(REPO, "sha256:" + "0" * 64)
     for tag in TAGS:
-        fake_cluster.repos[REPO].tags[tag] = "sha256:" + "0" * 64
+        fake_cluster.tag(REPO, tag, "sha256:" + "0" * 64)
 
 
 async def _codes(resp) -> list[str]:
