@@ -91,6 +91,16 @@ class NodeConfig:
     # more command, which keeps an entry near a megabyte).
     raft_batch_max_commands: int = 256
     raft_batches_in_flight: int = 2
+    # Durability of the Raft log (node/metadata/journal.py): true = an entry counts toward a
+    # commit only once fdatasync'ed on the leader and on each acknowledging follower (one
+    # sync per group of entries). false = written to the page cache only; README
+    # "Guarantees" says what a power cut then loses.
+    raft_fsync: bool = True
+    # The log file grows by posix_fallocate in extents of this size, claimed ahead of use;
+    # when no further extent can be claimed and less than `raft_journal_floor` is left,
+    # metadata commands are refused (507) and reads confirm leadership without the log.
+    raft_journal_extent: int = 16 * MiB
+    raft_journal_floor: int = 1 * MiB
     # Leader housekeeping: every `housekeeping_interval` seconds, upload sessions (open,
     # closed or cancelled) untouched for `upload_expire_after` seconds are forgotten.
     housekeeping_interval: float = 300.0

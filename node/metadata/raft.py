@@ -3,12 +3,13 @@
 `RaftMember` is a pysyncobj `SyncObj` holding one `MetadataState`. Every mutation is a
 `@replicated` call, `_apply(op, args)` or `_apply_batch([(op, args), ...])` (group commit,
 below); the event loop reaches them through `await command(op, args)` and reads through
-`await query(op, args, linearizable)`. `ConflictTruncation` (raft_catchup.py) patches
-pysyncobj's catch-up of a healed ex-leader.
+`await query(op, args, linearizable)`. Everything that touches pysyncobj's internals is in
+node/metadata/pysyncobj_seam.py; the log itself is node/metadata/journal.py.
 
 Configuration (docs/raft.md is the reasoning; every number comes from NodeConfig):
-- `journalFile` AND `fullDumpFile` in `<data_dir>/raft/` (trap 1: a journal without a
-  dump comes back empty after the first compaction);
+- our own journal (`RaftJournal`, passed as `journalFile`) AND `fullDumpFile` in
+  `<data_dir>/raft/` (a journal without a dump comes back empty after the first
+  compaction);
 - `appendEntriesUseBatch=False` (a commit costs a round trip, not a 100 ms batch period),
   `logCompactionSplit=True` (nodes compact in disjoint time slots, trap 3), compaction
   thresholds from NodeConfig, `dynamicMembershipChange=True`;
@@ -39,16 +40,24 @@ pysyncobj would carry on with an empty state.
 
 A healed ex-leader whose uncommitted entries conflict with the new leader's log caught up
 never in pysyncobj when the new entries spanned more than one append batch (its replies
-reset the leader's walk back); `ConflictTruncation` (node/metadata/raft_catchup.py) drops
-the conflicting uncommitted suffix first, as the Raft paper prescribes.
+reset the leader's walk back); `ConflictTruncation` (pysyncobj_seam.py) drops the
+conflicting uncommitted suffix first, as the Raft paper prescribes.
 
-Durability, the fsync question: pysyncobj never fsyncs its journal (upstream issue #84); it
-is an mmap'd file written through the page cache. "Committed" therefore means "in the
-page cache of a majority of nodes": a committed command survives any number of process
-crashes (SIGKILL, OOM) and the loss of a minority of hosts, but not a power loss of a
-majority at once — then the last moments of acknowledged metadata may vanish while chunk
-bytes (LMDB, fsynced) stay. Snapshots are fsynced. An fsync per entry measured 766/s at 1
-in flight and 94/s at 64 (docs/raft.md), so we do not add one.
+Durability: an entry counts only once it is on stable storage. The leader syncs its log
+before every commit computation (it counts itself there), a follower's AppendEntries
+acknowledgement waits for the sync of what it acknowledges, and one `fdatasync` covers all
+entries appended since the last (pysyncobj_seam.py `DurableTicks`). Term and vote are
+synced before any message reflecting them. Snapshots are fsynced, renamed, and the
+directory fsynced; a snapshot received from the leader is fsynced before it is
+acknowledged. With `raft_fsync = false` only the per-append sync is skipped (README,
+"Guarantees").
+
+Full disk: the journal claims its space in extents ahead of use. When no further extent
+can be claimed and less than `raft_journal_floor` is left, commands are refused with
+`MetadataStorageFull` (the leader refuses forwarded ones too), and a linearizable read on
+the leader confirms leadership by a heartbeat round instead of a log append
+(`_confirm_leadership`), so reads keep working. A snapshot that cannot be written fails
+and is retried after `_DUMP_RETRY` seconds; the journal keeps its entries meanwhile.
 
 Threads: pysyncobj's one tick thread runs Raft, `_apply`, the serializer and every
 callback. Nothing here blocks it or makes a sync pysyncobj call from it; callbacks only hand
@@ -86,6 +95,7 @@ import logging
 import os
 import pickle
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,10 +105,23 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, repli
 from pysyncobj.config import SERIALIZER_STATE
 
 from cargohold.config import Config
-from cargohold.errors import ConfigError, RegistryError, RequestInvalid, Unavailable
+from cargohold.errors import (
+    ConfigError,
+    MetadataStorageFull,
+    RegistryError,
+    RequestInvalid,
+    Unavailable,
+)
 from cargohold.log import log_event
 from cargohold.metadata_api import Barrier
-from node.metadata.raft_catchup import ConflictTruncation
+from node.metadata.journal import JournalSpace, RaftJournal, fsync_dir
+from node.metadata.pysyncobj_seam import (
+    NO_SPACE,
+    ConflictTruncation,
+    DurableTicks,
+    RaftInternals,
+    SyncingTransport,
+)
 from node.metadata.state import COMMANDS, QUERIES, MetadataState
 
 logger = logging.getLogger("cargohold.node.raft")
@@ -107,6 +130,9 @@ _DUMP_MAGIC = b"CHRAFT2\n"
 # Version 1 (one pickle of the whole state) is still read; the header layout is the same.
 _DUMP_MAGICS = (_DUMP_MAGIC, b"CHRAFT1\n")
 _FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
+_FAIL_NAMES[NO_SPACE] = "NO_SPACE"
+# Seconds before a snapshot that failed (a full disk) is tried again.
+_DUMP_RETRY = 30.0
 
 
 @dataclass
@@ -178,12 +204,11 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _storage_full(space: JournalSpace) -> MetadataStorageFull:
+    return MetadataStorageFull(
+        "the registry's storage is full: the metadata log cannot grow",
+        detail={"log_room_bytes": space.room, "log_claimed_bytes": space.claimed},
+    )
 
 
 def _weight(args: dict[str, Any]) -> int:
@@ -230,7 +255,7 @@ def _resolve_all(
             fut.set_result((results[i] if ok and results is not None else None, error))
 
 
-class RaftMember(ConflictTruncation, SyncObj):
+class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
     """One Raft member holding the metadata state; see the module docstring."""
 
     def __init__(
@@ -256,6 +281,7 @@ class RaftMember(ConflictTruncation, SyncObj):
         self._dump_thread: threading.Thread | None = None
         self._dump_ok: bool | None = None
         self._dump_superseded = False
+        self._dump_retry_at = 0.0
         self._barrier_next: asyncio.Future[None] | None = None
         self._barrier_running = False
         self._barrier_task: asyncio.Task[None] | None = None
@@ -264,8 +290,14 @@ class RaftMember(ConflictTruncation, SyncObj):
         self._raft_dir = str(raft_dir)
         self.dump_path = str(raft_dir / "state.dump")
         self._dump_writing = self.dump_path + ".writing"
+        self._journal = RaftJournal(
+            self._raft_dir,
+            fsync=node.raft_fsync,
+            extent=node.raft_journal_extent,
+            floor=node.raft_journal_floor,
+        )
         conf = SyncObjConf(
-            journalFile=str(raft_dir / "journal"),
+            journalFile=self._journal,
             fullDumpFile=self.dump_path,
             serializer=self._write_dump,
             deserializer=self._read_dump,
@@ -287,20 +319,22 @@ class RaftMember(ConflictTruncation, SyncObj):
         )
         if not cfg.cluster.secret:
             raise ConfigError("cluster.secret must be set: it authenticates the Raft port")
-        super().__init__(node.raft_advertise, list(node.peers), conf)
+        super().__init__(
+            node.raft_advertise, list(node.peers), conf, transportClass=SyncingTransport
+        )
         self.addOnTickCallback(self._wake_if_alone)
+        # Before the poll: the leader's fresh appends reach the disk while followers work.
+        self.addOnTickCallback(self._durable_point)
 
     def _wake_if_alone(self) -> None:
         """Tick thread, before it polls: a one-member group commits an entry on the tick
         after appending it, but no follower's ack arrives to end that tick's 50 ms poll;
         poke pysyncobj's own wake-up pipe so a lone node does not wait it out."""
-        if self._SyncObj__otherNodes or not self._isLeader():
+        if self._has_peers() or not self._isLeader():
             return
-        last = self._SyncObj__raftLog[-1]
+        last = self._raft_log()[-1]
         if self.raftCommitIndex < last[1] and last[2] == self.raftCurrentTerm:
-            notifier = getattr(self, "_SyncObj__pipeNotifier", None)
-            if notifier is not None:
-                notifier.notify()
+            self._wake_tick()
 
     # -- the replicated entry point (tick thread) ----------------------------------------------
     # pysyncobj numbers replicated methods by sorted name: `_apply` stays 0 and
@@ -335,6 +369,8 @@ class RaftMember(ConflictTruncation, SyncObj):
         uncreated: pysyncobj's rename of it then fails harmlessly; `_check_dump` renames
         our own file into place once it is complete and fsynced.
         """
+        if time.monotonic() < self._dump_retry_at:
+            return  # the last attempt failed (a full disk): no state copy every tick
         head = pickle.dumps(raft_data, protocol=5)
         # No lock: this thread is the only writer, and readers may read meanwhile.
         snap = self.state.snapshot()
@@ -365,6 +401,9 @@ class RaftMember(ConflictTruncation, SyncObj):
         except Exception as exc:
             log_event(logger, "raft.dump_failed", logging.ERROR, error=repr(exc))
             self._dump_ok = False
+            self._dump_retry_at = time.monotonic() + _DUMP_RETRY
+            with contextlib.suppress(OSError):
+                os.unlink(self._dump_writing)  # give the space back now
             return
         log_event(logger, "raft.dump_written", index=index, bytes=size)
         self._dump_ok = True
@@ -386,7 +425,7 @@ class RaftMember(ConflictTruncation, SyncObj):
                     os.unlink(self._dump_writing)
                 return SERIALIZER_STATE.FAILED
             os.replace(self._dump_writing, self.dump_path)
-            _fsync_dir(self._raft_dir)
+            fsync_dir(self._raft_dir)
         except OSError as exc:
             log_event(logger, "raft.dump_rename_failed", logging.ERROR, error=repr(exc))
             return SERIALIZER_STATE.FAILED
@@ -398,6 +437,10 @@ class RaftMember(ConflictTruncation, SyncObj):
         self._dump_superseded = self._dump_thread is not None
         try:
             with open(path, "rb") as f:
+                # A snapshot received from the leader was renamed into place unsynced; it
+                # must be durable before the journal is cleared and the install acknowledged.
+                os.fsync(f.fileno())
+                fsync_dir(self._raft_dir)
                 if f.read(len(_DUMP_MAGIC)) not in _DUMP_MAGICS:
                     raise ValueError(f"{path} is not a cargohold raft snapshot")
                 head_len = int.from_bytes(f.read(8), "big")
@@ -421,7 +464,7 @@ class RaftMember(ConflictTruncation, SyncObj):
     ) -> None:
         """Trap 3: drop journal entries before the dump's head if the kill came between
         the dump's rename and pysyncobj's truncation, so the journal's head matches."""
-        journal = self._SyncObj__raftLog
+        journal = self._raft_log()
         if len(journal) < 2:
             return
         if journal[0] == first and journal[1] == second:
@@ -443,6 +486,8 @@ class RaftMember(ConflictTruncation, SyncObj):
         """Commit one command and return its result as applied on this node."""
         if op not in COMMANDS:
             raise RequestInvalid(f"unknown command {op!r}")
+        if self._journal.low:
+            raise _storage_full(self._journal.space())
         if not self._reaches_quorum():
             # A minority side cannot commit anything: say so now rather than after the
             # command timeout, so the caller moves on to a node that can.
@@ -457,6 +502,10 @@ class RaftMember(ConflictTruncation, SyncObj):
             raise Unavailable(
                 f"raft: {op} not committed within {self._command_timeout}s; outcome unknown, retry"
             ) from None
+        if error == NO_SPACE:
+            raise MetadataStorageFull(
+                f"raft: {op} refused, the leader's metadata log has no space left"
+            )
         if error != FAIL_REASON.SUCCESS:
             raise Unavailable(
                 f"raft: {op} failed ({_FAIL_NAMES.get(error, error)}); outcome unknown, retry"
@@ -514,7 +563,11 @@ class RaftMember(ConflictTruncation, SyncObj):
             loop.call_soon(self._flush, loop)
 
     async def barrier(self) -> None:
-        """Return once a no-op committed after this call started is applied here."""
+        """Return once a no-op committed after this call started is applied here; with the
+        log short of space, once leadership is confirmed without one."""
+        if self._journal.low:
+            await self._confirm_leadership()
+            return
         fut = self._barrier_next
         if fut is None:
             loop = asyncio.get_running_loop()
@@ -537,6 +590,32 @@ class RaftMember(ConflictTruncation, SyncObj):
                     fut.set_result(None)
         finally:
             self._barrier_running = False
+
+    async def _confirm_leadership(self) -> None:
+        """A read barrier without a log append (the log cannot grow): on the leader, take
+        the commit index, wait for a majority to answer a heartbeat sent after this call
+        began (no other leader can exist then), and for this node to apply up to it."""
+        if not self.is_leader():
+            raise Unavailable("raft: the metadata log is full; linearizable reads go to the leader")
+        loop = asyncio.get_running_loop()
+        start = time.monotonic()
+        deadline = loop.time() + self._command_timeout
+        term, commit = self.raftCurrentTerm, self.raftCommitIndex
+        while not (self._committed_in_term() and self._majority_heard_since(start)):
+            if loop.time() > deadline or not self.is_leader():
+                raise Unavailable("raft: leadership not confirmed; retry")
+            await asyncio.sleep(0.01)
+            commit = self.raftCommitIndex
+        while self.raftLastApplied < commit:
+            if loop.time() > deadline:
+                raise Unavailable("raft: read index not applied in time; retry")
+            await asyncio.sleep(0.005)
+        if self.raftCurrentTerm != term or not self.is_leader():
+            raise Unavailable("raft: leadership changed during a read; retry")
+
+    def journal_space(self) -> JournalSpace:
+        """The metadata log's claimed, used and free bytes (any thread)."""
+        return self._journal.space()
 
     async def query(self, op: str, args: dict[str, Any], linearizable: bool = True) -> Any:
         """Read the applied state, after a barrier when `linearizable`."""
@@ -599,6 +678,6 @@ class RaftMember(ConflictTruncation, SyncObj):
         await asyncio.to_thread(self._join_tick_thread)
 
     def _join_tick_thread(self) -> None:
-        thread = self._SyncObj__thread
+        thread = self._tick_thread()
         if thread is not None:
             thread.join(timeout=10)

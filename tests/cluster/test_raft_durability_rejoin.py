@@ -6,7 +6,7 @@ them. The majority elects a new leader and commits well over one pysyncobj appen
 (64 KiB) of commands. After `heal`, the old leader must drop its conflicting entries, take
 the new leader's log and answer linearizable reads with every command the majority
 acknowledged. Upstream pysyncobj 0.3.17 livelocks here for ever (see
-node/metadata/raft_catchup.py); this test is the regression guard.
+node/metadata/pysyncobj_seam.py); this test is the regression guard.
 """
 
 from __future__ import annotations

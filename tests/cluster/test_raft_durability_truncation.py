@@ -1,4 +1,4 @@
-"""ConflictTruncation (node/metadata/raft_catchup.py) on a stand-in for pysyncobj's private
+"""ConflictTruncation (node/metadata/pysyncobj_seam.py) on a stand-in for pysyncobj's private
 log state: the follower-side rule without processes or network namespaces, so it runs in the
 unit phase too. The real-process regression test is test_raft_durability_rejoin.py.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from node.metadata.raft_catchup import ConflictTruncation
+from node.metadata.pysyncobj_seam import ConflictTruncation
 
 
 class FakeConf:

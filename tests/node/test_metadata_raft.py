@@ -23,10 +23,18 @@ from typing import Any
 import grpc
 import pytest
 from pysyncobj.config import SERIALIZER_STATE
+from pysyncobj.journal import FileJournal
 
 from cargohold.config import Config
-from cargohold.errors import ConfigError, RangeInvalid, RequestInvalid, Unavailable
+from cargohold.errors import (
+    ConfigError,
+    MetadataStorageFull,
+    RangeInvalid,
+    RequestInvalid,
+    Unavailable,
+)
 from cargohold_cli.devcluster import LocalCluster, free_port, to_toml
+from node.metadata.journal import RaftJournal
 from node.metadata.raft import RaftMember, raft_utility
 from node.server import housekeeping, join_cluster
 from protos import registry_pb2, registry_pb2_grpc
@@ -313,6 +321,55 @@ async def test_kill_between_dump_and_truncation_loses_nothing(
     await again.barrier()
     tags = (await again.query("tags_list", {"repo": REPO}, linearizable=True))["tags"]
     assert sorted(tags) == sorted(f"t{i}" for i in range(70))
+
+
+async def test_a_journal_of_pysyncobjs_format_is_migrated_with_its_data(
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
+    """An operator upgrading keeps their metadata: a log in pysyncobj's own FileJournal
+    format (what earlier releases wrote) is read once and rewritten into ours."""
+    cfg = member_config(tmp_path)
+    member = members(cfg)
+    for i in range(30):
+        await member.command("manifest_put", tag_cmd(i))
+    await member.close()
+    raft_dir = tmp_path / "raft"
+    written = RaftJournal(str(raft_dir))
+    old = FileJournal(str(raft_dir / "journal"))
+    for entry in written[:]:
+        old.add(*entry)
+    old.setRaftCommitIndex(written.getRaftCommitIndex())
+    old.setCurrentTerm(written.getCurrentTerm(), written.getVotedForNodeId())
+    old.onOneSecondTimer()
+    old._destroy()
+    written._destroy()
+    for name in ("log", "term"):
+        (raft_dir / name).unlink()
+    again = members(cfg)
+    await again.barrier()
+    tags = (await again.query("tags_list", {"repo": REPO}, linearizable=True))["tags"]
+    assert sorted(tags) == sorted(f"t{i}" for i in range(30))
+    assert not (raft_dir / "journal").exists()
+
+
+async def test_a_full_log_refuses_writes_and_keeps_reads(
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
+    """No extent can be claimed and the floor is reached: commands fail with
+    MetadataStorageFull (507) and linearizable reads still answer, without a log append."""
+    member = members(member_config(tmp_path))
+    await member.command("manifest_put", tag_cmd(1))
+    journal = member._journal
+    journal._claim_error = "ENOSPC (test)"
+    journal._allocated = journal._end + 10  # less than the floor left
+    assert member.journal_space().low
+    with pytest.raises(MetadataStorageFull):
+        await member.command("manifest_put", tag_cmd(2))
+    log_len = member.status().log_len
+    record = await member.query("tag_get", {"repo": REPO, "tag": "t1"}, linearizable=True)
+    assert record["digest"] == dg("t1")
+    assert member.status().log_len == log_len  # the read appended nothing
+    assert (await member.query("catalog", {}, linearizable=True))["repositories"] == [REPO]
 
 
 async def test_join_and_leader_housekeeping(
