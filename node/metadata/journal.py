@@ -233,7 +233,7 @@ def migrate_pysyncobj_journal(raft_dir: str) -> int | None:
     return len(entries)
 
 
-class RaftJournal(Journal):  # type: ignore[misc]
+class RaftJournal(Journal):
     """pysyncobj's journal interface on `log` + `term` (see the module docstring).
 
     Every method runs on pysyncobj's tick thread except `space()` and `dirty` reads."""

@@ -70,7 +70,7 @@ class ConflictTruncation:
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
         if isinstance(message, dict) and message.get("type") == "append_entries":
             self._drop_conflicting_suffix(message)
-        SyncObj._SyncObj__onMessageReceived(self, node, message)  # type: ignore[attr-defined]
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
 
     def _drop_conflicting_suffix(self, message: dict[str, Any]) -> None:
         if "prevLogIdx" not in message or message.get("transmission") not in (None, "finish"):
@@ -128,7 +128,7 @@ def install_journal() -> None:
 install_journal()
 
 
-class SyncingTransport(TCPTransport):  # type: ignore[misc]
+class SyncingTransport(TCPTransport):
     """Holds AppendEntries acknowledgements (`next_node_idx`) until the journal is synced.
 
     Other messages leave at once; held ones keep their order (the leader acts on the last
@@ -167,7 +167,7 @@ class DurableTicks:
             # lie. Stay silent (no commit, no heartbeat) until the log can be synced.
             time.sleep(timeToWait or 0.05)
             return
-        SyncObj._onTick(self, timeToWait)  # type: ignore[arg-type]
+        SyncObj._onTick(self, timeToWait)
         self._durable_point()
 
     def _durable_point(self) -> bool:
@@ -189,7 +189,7 @@ class DurableTicks:
                     break
                 me._SyncObj__callErrCallback(NO_SPACE, callback)
             return
-        SyncObj._checkCommandsToApply(self)  # type: ignore[arg-type]
+        SyncObj._checkCommandsToApply(self)
 
 
 _LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
@@ -199,10 +199,12 @@ class RaftInternals:
     """Read-only views of pysyncobj state a member needs (see the module docstring)."""
 
     def _raft_log(self) -> Any:
-        return self._SyncObj__raftLog  # type: ignore[attr-defined]
+        me: Any = self
+        return me._SyncObj__raftLog
 
     def _has_peers(self) -> bool:
-        return bool(self._SyncObj__otherNodes)  # type: ignore[attr-defined]
+        me: Any = self
+        return bool(me._SyncObj__otherNodes)
 
     def _wake_tick(self) -> None:
         notifier = getattr(self, "_SyncObj__pipeNotifier", None)
@@ -210,7 +212,9 @@ class RaftInternals:
             notifier.notify()
 
     def _tick_thread(self) -> threading.Thread | None:
-        return self._SyncObj__thread  # type: ignore[attr-defined,no-any-return]
+        me: Any = self
+        thread: threading.Thread | None = me._SyncObj__thread
+        return thread
 
     def _majority_heard_since(self, since: float) -> bool:
         """Leader only: a majority (counting this node) answered after `since`

@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from cargohold.devcluster import LocalCluster
+from cargohold_cli.devcluster import LocalCluster
 from cluster.chaos import CONFIG_TYPE, MANIFEST_TYPE, env_int, sha256
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]
