@@ -9,6 +9,7 @@ that answers every query the same way.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 from pathlib import Path
@@ -17,7 +18,15 @@ from typing import Any
 import pytest
 
 from cargohold.errors import RegistryError
-from node.metadata.state import MetadataState
+from node.metadata.state import (
+    CancelledUpload,
+    ClosedUpload,
+    Manifest,
+    Member,
+    MetadataState,
+    OpenUpload,
+    Recipe,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -69,4 +78,82 @@ def test_old_snapshot_then_old_log_tail(expected: dict[str, Any]) -> None:
     # Re-applying the log is the retried-commands case: same state afterwards.
     for op, args in log:
         _outcome(lambda op=op, args=args: st.apply(op, args))
+    assert _answers(st, expected["queries"]) == expected["answers"]
+
+
+def _old_rows(data: bytes) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """The header and per-section rows of a version-2 stream, read without the state code."""
+    stream = io.BytesIO(data)
+    header = pickle.load(stream)
+    sections: dict[str, list[Any]] = {}
+    for name in ("blobs", "links", "manifests", "tags", "referrers", "uploads", "members"):
+        rows = sections[name] = []
+        while (chunk := pickle.load(stream)) is not None:
+            rows += chunk
+    return header, sections
+
+
+def test_old_snapshot_records_load_as_named_records() -> None:
+    """Pickled plain tuples come back as the named records, told apart by type."""
+    data = (FIXTURES / "metadata_state.dump").read_bytes()
+    _, rows = _old_rows(data)
+    st = MetadataState()
+    st.load(data)
+    assert all(type(r) is Recipe for r in st.blobs.values())
+    manifests = [m for present in st.manifests.values() for m in present.values()]
+    assert manifests and all(type(m) is Manifest and type(m.recipe) is Recipe for m in manifests)
+    assert {type(u) for u in st.uploads.values()} == {OpenUpload, ClosedUpload, CancelledUpload}
+    assert all(type(m) is Member for m in st.members.values())
+    # Same values as the old rows, field for field.
+    old_uploads = dict(rows["uploads"])
+    for upload, record in st.uploads.items():
+        old = old_uploads[upload]
+        if old[0] in ("open", "closed"):
+            assert tuple(record) == old[1:]
+        else:
+            assert (record.repo, record.closed_at) == (old[1], old[3])
+    assert {d: tuple(r) for d, r in st.blobs.items()} == dict(rows["blobs"])
+    assert {i: tuple(m) for i, m in st.members.items()} == dict(rows["members"])
+
+
+def test_new_snapshots_keep_the_old_row_layout() -> None:
+    """A snapshot written now has the rows the old version wrote, so either reads the other."""
+    data = (FIXTURES / "metadata_state.dump").read_bytes()
+    st = MetadataState()
+    st.load(data)
+    old_header, old = _old_rows(data)
+    new_header, new = _old_rows(st.dump())
+    assert new_header == old_header
+    for name in old:
+        assert sorted(map(repr, new[name])) == sorted(map(repr, old[name])), name
+
+
+def test_version_1_snapshot_of_plain_tuples_loads(expected: dict[str, Any]) -> None:
+    """Version 1 (one pickle of the containers, records as plain tuples) still loads."""
+    _, rows = _old_rows((FIXTURES / "metadata_state.dump").read_bytes())
+    links: dict[str, set[str]] = {}
+    for repo, digest in rows["links"]:
+        links.setdefault(repo, set()).add(digest)
+    manifests: dict[str, dict[str, Any]] = {}
+    for repo, digest, record in rows["manifests"]:
+        manifests.setdefault(repo, {})[digest] = record
+    tags: dict[str, dict[str, str]] = {}
+    for repo, tag, digest in rows["tags"]:
+        tags.setdefault(repo, {})[tag] = digest
+    referrers: dict[str, dict[str, set[str]]] = {}
+    for repo, subject, digest in rows["referrers"]:
+        referrers.setdefault(repo, {}).setdefault(subject, set()).add(digest)
+    v1 = {
+        "version": 1,
+        "blobs": dict(rows["blobs"]),
+        "links": links,
+        "manifests": manifests,
+        "tags": tags,
+        "referrers": referrers,
+        "uploads": dict(rows["uploads"]),
+        "members": dict(rows["members"]),
+        "blob_bytes": sum(r[0] for _, r in rows["blobs"]),
+    }
+    st = MetadataState()
+    st.load(pickle.dumps(v1, protocol=5))
     assert _answers(st, expected["queries"]) == expected["answers"]
