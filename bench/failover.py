@@ -9,7 +9,7 @@ in a tight loop through the gateways, switching gateway after a failure, and rec
 each PUT was sent and when its 201 arrived. The failover time of one kill is from the
 SIGKILL until the first 201 for a PUT *sent after* the kill (a PUT in flight at the kill
 may have committed just before it). Each kill is followed by restarting the old leader
-and waiting until the cluster is ready again. The chaos suite (tests/cluster/chaos.py)
+and waiting until the cluster is ready again. The chaos suite (tests/cluster/test_chaos.py)
 uses the same probe.
 """
 

@@ -1,10 +1,14 @@
-"""Helpers for the repair and membership tests: push/pull blobs over HTTP, and ask every
-node which chunks it holds (Chunks.Has) to check placement and copy counts."""
+"""What the nodes hold, asked directly: chunk presence and placement (Chunks.Has), the
+recipes of test images (a linearizable metadata query), single stored copies (Chunks.Get),
+and damaging a stored copy on disk; plus plain blob push/pull over HTTP for the repair and
+membership tests."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
@@ -12,6 +16,7 @@ import grpc
 
 from cargohold.placement import replicas_for
 from cargohold_cli.devcluster import LocalCluster
+from cluster.images import ImageSpec
 from protos import registry_pb2, registry_pb2_grpc
 
 
@@ -47,10 +52,6 @@ async def pull_blob(http: aiohttp.ClientSession, base: str, repo: str, digest: s
     async with http.get(f"{base}/v2/{repo}/blobs/{digest}") as resp:
         assert resp.status == 200, await resp.text()
         return await resp.read()
-
-
-def admin(cluster: LocalCluster, i: int) -> registry_pb2_grpc.AdminStub:
-    return registry_pb2_grpc.AdminStub(grpc.insecure_channel(cluster.node_grpc(i)))
 
 
 def has(cluster: LocalCluster, i: int, ids: list[bytes]) -> list[bool]:
@@ -94,18 +95,116 @@ def misplaced(cluster: LocalCluster, ids: list[bytes], ask: int = 0) -> list[str
     return wrong
 
 
-def trigger(cluster: LocalCluster, i: int, role: str = "repair") -> dict[str, Any]:
-    """Run one whole pass of a role on node i and return its progress."""
-    with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
-        reply = registry_pb2_grpc.AdminStub(channel).Trigger(
-            registry_pb2.TriggerRequest(role=role, wait=True), timeout=300
+def _metadata_query(address: str, op: str, args: dict[str, Any]) -> Any:
+    with grpc.insecure_channel(address) as channel:
+        stub = registry_pb2_grpc.MetadataStub(channel)
+        reply = stub.Query(
+            registry_pb2.MetadataRequest(op=op, args=json.dumps(args).encode(), linearizable=True),
+            timeout=15,
         )
-    return dict(json.loads(reply.progress))
+        return json.loads(reply.result)
 
 
-def status_extra(cluster: LocalCluster, i: int) -> dict[str, Any]:
-    return dict(json.loads(cluster.node_status(i, timeout=10).extra))
+def cluster_query(cluster: LocalCluster, op: str, args: dict[str, Any], limit: float = 30.0) -> Any:
+    """A linearizable query through the running nodes in turn, retried on UNAVAILABLE
+    (a node that just restarted, an election) as the gateway would."""
+    deadline = time.monotonic() + limit
+    attempt = 0
+    while True:
+        nodes = cluster.running_nodes()
+        address = cluster.node_grpc(nodes[attempt % len(nodes)])
+        attempt += 1
+        try:
+            return _metadata_query(address, op, args)
+        except grpc.RpcError as exc:
+            if (
+                exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                or time.monotonic() > deadline
+            ):
+                raise
+            time.sleep(0.2)
 
 
-def wait_answering(cluster: LocalCluster, i: int, timeout: float = 60.0) -> None:
-    cluster.wait_answering(i, timeout)
+# Recipes are immutable: chunk lists already looked up, per image.
+_CHUNKS_OF: dict[ImageSpec, dict[str, int]] = {}
+
+
+def image_chunks(cluster: LocalCluster, specs: Iterable[ImageSpec]) -> dict[str, int]:
+    """Chunk id (hex) -> length of every chunk the images' blobs and manifests use."""
+    chunks: dict[str, int] = {}
+    for spec in specs:
+        mine = _CHUNKS_OF.get(spec)
+        if mine is None:
+            mine = {}
+            for digest in [d for _, d, _ in spec.blobs()] + [spec.digest]:
+                recipe = cluster_query(cluster, "blob_get", {"repo": spec.repo, "digest": digest})
+                for chunk_hex, length in recipe["chunks"]:
+                    mine[chunk_hex] = int(length)
+            _CHUNKS_OF[spec] = mine
+        chunks.update(mine)
+    return chunks
+
+
+def replica_counts(cluster: LocalCluster, chunk_ids: Iterable[str]) -> dict[str, int]:
+    """How many running nodes hold a healthy copy of each chunk (Chunks.Has)."""
+    ids = list(chunk_ids)
+    counts = dict.fromkeys(ids, 0)
+    for i in cluster.running_nodes():
+        with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
+            stub = registry_pb2_grpc.ChunksStub(channel)
+            for start in range(0, len(ids), 500):
+                batch = ids[start : start + 500]
+                reply = stub.Has(
+                    registry_pb2.HasChunksRequest(ids=[bytes.fromhex(c) for c in batch]), timeout=15
+                )
+                for chunk_hex, present in zip(batch, reply.present, strict=True):
+                    counts[chunk_hex] += int(present)
+    return counts
+
+
+def flip_stored_bytes(
+    cluster: LocalCluster, node: int, data: bytes, offset: int | None = None
+) -> int:
+    """Flip one byte of `data`'s stored copy in node `node`'s LMDB file, in place on disk.
+
+    The chunk's bytes are found in `data.mdb` by content (they are random, so unique) and
+    one byte in the middle is inverted with a plain `pwrite`: the running node's read-only
+    map sees it at once, like bit rot under a live process. Returns how many copies of the
+    bytes were found and damaged (old freed pages may hold earlier copies).
+    """
+    path = cluster.node_data_dir(node) / "chunks" / "data.mdb"
+    probe_at = offset if offset is not None else len(data) // 2
+    probe = data[max(0, probe_at - 32) : probe_at + 32]
+    raw = path.read_bytes()
+    hits = 0
+    start = 0
+    with open(path, "r+b") as f:
+        while True:
+            pos = raw.find(probe, start)
+            if pos < 0:
+                break
+            target = pos + min(32, probe_at)
+            f.seek(target)
+            f.write(bytes([raw[target] ^ 0xFF]))
+            hits += 1
+            start = pos + len(probe)
+        f.flush()
+    return hits
+
+
+def node_chunk(cluster: LocalCluster, i: int, chunk_id: bytes) -> bytes | None:
+    """Node i's verified copy of a chunk (Chunks.Get), or None when it serves none."""
+    with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
+        stub = registry_pb2_grpc.ChunksStub(channel)
+        try:
+            return bytes(stub.Get(registry_pb2.GetChunkRequest(id=chunk_id), timeout=15).data)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DATA_LOSS):
+                return None
+            raise
+
+
+def quarantined(cluster: LocalCluster, i: int) -> int:
+    """Chunks node i moved to quarantine (Admin.Status extra)."""
+    extra = json.loads(cluster.node_status(i, timeout=10).extra or b"{}")
+    return int(extra.get("chunks_quarantined", 0))

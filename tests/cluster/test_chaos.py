@@ -16,7 +16,7 @@ running gateway, and the workload must have acknowledged new images during the f
 At the end every chunk of every acknowledged image has W copies at least, and R copies
 once repair (node/repair.py) ran, when the nodes serve it. A summary (per phase: images
 acknowledged, failures clients saw, time to recover, bytes repaired) is written to
-`$CARGOHOLD_CHAOS_SUMMARY` (see tests/cluster/chaos.py), else to the test's tmp dir.
+`$CARGOHOLD_CHAOS_SUMMARY` (see tests/cluster/summary.py), else to the test's tmp dir.
 """
 
 from __future__ import annotations
@@ -26,32 +26,27 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 
+from bench.failover import FailoverProbe
 from cargohold.placement import rank_nodes
 from cargohold_cli.devcluster import LocalCluster
-from cluster.chaos import (
-    FailoverProbe,
-    Phase,
-    PhaseClock,
-    Summary,
-    Workload,
+from cluster.chunkcheck import (
     flip_stored_bytes,
     image_chunks,
     node_chunk,
     quarantined,
-    repaired_bytes_total,
     replica_counts,
-    summary_path,
-    verify_images,
-    wait_replicated,
 )
+from cluster.roles import repaired_bytes_total, wait_replicated
+from cluster.shapes import CHUNK
+from cluster.summary import Phase, PhaseClock, RecordSummary
+from cluster.verify import verify_images
+from cluster.workload import Workload
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]
 
-CHUNK = 256 * 1024
 # Images the workload must acknowledge while each fault is in effect.
 PROGRESS = 6
 NODE_SETTINGS = {
@@ -109,7 +104,9 @@ class Run:
             ).strip()
 
 
-def test_chaos_sequence(make_cluster: Callable[..., LocalCluster], tmp_path: Path) -> None:
+def test_chaos_sequence(
+    make_cluster: Callable[..., LocalCluster], record_summary: RecordSummary
+) -> None:
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     cluster = make_cluster(nodes=3, gateways=2, chunk_size=CHUNK, extra={"node": NODE_SETTINGS})
@@ -217,8 +214,7 @@ def test_chaos_sequence(make_cluster: Callable[..., LocalCluster], tmp_path: Pat
     low = {c: n for c, n in counts.items() if n < cluster.layout.write_quorum}
     assert not low, f"{len(low)} chunks below W copies"
     repaired, histogram = wait_replicated(cluster, chunks, cluster.layout.replicas)
-    summary = Summary("Cargohold chaos suite")
-    summary.add(
+    path = record_summary(
         "1. fault sequence (3 nodes R=3 W=2, 2 gateways, 4 clients)",
         {
             "setup": f"chunk size {CHUNK // 1024} KiB; images = config + a sub-chunk layer + a "
@@ -239,5 +235,4 @@ def test_chaos_sequence(make_cluster: Callable[..., LocalCluster], tmp_path: Pat
             ),
         },
     )
-    path = summary.write(summary_path(tmp_path))
     assert "kill-leader" in path.read_text()

@@ -31,30 +31,23 @@ import tomllib
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import aiohttp
 import grpc
 import pytest
 
 from cargohold_cli.devcluster import LocalCluster, free_port, to_toml
-from cluster.chaos import (
-    ImageSpec,
-    PhaseClock,
-    RegistryClient,
-    Retryable,
-    Summary,
-    Workload,
-    random_image,
-    summary_path,
-    verify_images,
-)
+from cluster.images import ImageSpec, random_image
 from cluster.netns import NetnsLab
+from cluster.registry_client import RegistryClient, Retryable
+from cluster.shapes import CHUNK
+from cluster.summary import PhaseClock, RecordSummary
+from cluster.verify import verify_images
+from cluster.workload import Workload
 from protos import registry_pb2, registry_pb2_grpc
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]
 
-CHUNK = 256 * 1024
 TAG = "moving"
 
 
@@ -152,7 +145,7 @@ def _tag_on_node(cluster: LocalCluster, i: int, repo: str, linearizable: bool) -
 
 
 def test_partitioned_leader_never_serves_a_moved_tag(
-    lab: NetnsLab, make_cluster: Callable[..., LocalCluster], tmp_path: Path
+    lab: NetnsLab, make_cluster: Callable[..., LocalCluster], record_summary: RecordSummary
 ) -> None:
     cluster = make_cluster(
         nodes=3,
@@ -243,8 +236,7 @@ def test_partitioned_leader_never_serves_a_moved_tag(
         f"slowest read {slow:.1f}s (through the gateway seeded with the cut-off node: "
         f"{sticky_slow:.1f}s); node caught up {caught_up:.1f}s after heal"
     )
-    summary = Summary("Cargohold chaos suite")
-    summary.add(
+    record_summary(
         "2. partition (3 nodes in network namespaces, gateways in the root one)",
         {
             "phases": [asdict(phase)],
@@ -252,4 +244,3 @@ def test_partitioned_leader_never_serves_a_moved_tag(
             "violations (wrong/missing acknowledged data)": len(workload.violations),
         },
     )
-    summary.write(summary_path(tmp_path))

@@ -16,8 +16,9 @@ import aiohttp
 import pytest
 
 from cargohold_cli.devcluster import free_port
-from cluster.chaos import ImageSpec, RegistryClient, check_image
 from cluster.devprocess import DevProcess, bindable, free_node_base
+from cluster.images import ImageSpec
+from cluster.registry_client import RegistryClient, check_image
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

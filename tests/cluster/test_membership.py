@@ -13,38 +13,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 
 from cargohold_cli.admin import member_change
 from cargohold_cli.devcluster import LocalCluster
-from cluster.chunkcheck import (
-    chunk_ids,
-    copies,
-    misplaced,
-    pull_blob,
-    push_blob,
-    status_extra,
-    trigger,
-    wait_answering,
-)
+from cluster.chunkcheck import chunk_ids, copies, misplaced, pull_blob, push_blob
+from cluster.roles import status_extra, trigger, wait_answering
+from cluster.shapes import CHUNK, MiB
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]
 
-CHUNK = 256 * 1024
-MiB = 1024 * 1024
-EXTRA = {
-    "node": {"repair_interval": 3600.0, "scrub_interval": 3600.0, "repair_rate_bytes": 1024 * MiB},
-    "gateway": {"members_refresh_seconds": 1.0},
-}
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        yield session
+# Gateways re-learn the member list every second, so a new or drained node is seen soon.
+FAST_MEMBERS = {"members_refresh_seconds": 1.0}
 
 
 class Load:
@@ -103,9 +86,9 @@ async def _wait(predicate: Callable[[], bool], what: str, limit: float = 60.0) -
 
 
 async def test_add_then_drain_and_remove_the_leader_under_load(
-    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+    quiet_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
 ) -> None:
-    cluster = make_cluster(nodes=3, gateways=2, chunk_size=CHUNK, extra=EXTRA)
+    cluster = quiet_cluster(nodes=3, gateways=2, gateway=FAST_MEMBERS)
     seeds = cluster.node_grpc_addresses
     preload = [os.urandom(2 * MiB + k) for k in range(6)]
     pre_digests = [await push_blob(http, cluster.gateway_url, "load/pre", d) for d in preload]
@@ -175,9 +158,9 @@ def status_members(cluster: LocalCluster, i: int) -> list[str]:
 
 
 async def test_remove_refuses_an_active_or_unemptied_member(
-    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+    quiet_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
 ) -> None:
-    cluster = make_cluster(nodes=3, gateways=1, chunk_size=CHUNK, extra=EXTRA)
+    cluster = quiet_cluster(nodes=3, gateways=1, gateway=FAST_MEMBERS)
     seeds = cluster.node_grpc_addresses
     await push_blob(http, cluster.gateway_url, "refuse/a", os.urandom(MiB))
     victim = next(i for i in range(3) if i != cluster.leader_index())
@@ -226,9 +209,9 @@ async def test_remove_refuses_an_active_or_unemptied_member(
 
 
 async def test_a_dead_node_removed_with_force_is_rebuilt_elsewhere(
-    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+    quiet_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
 ) -> None:
-    cluster = make_cluster(nodes=4, gateways=1, chunk_size=CHUNK, extra=EXTRA)
+    cluster = quiet_cluster(nodes=4, gateways=1, gateway=FAST_MEMBERS)
     seeds = cluster.node_grpc_addresses
     blobs = [os.urandom(MiB + k) for k in range(4)]
     digests = [await push_blob(http, cluster.gateway_url, "dead/a", d) for d in blobs]

@@ -27,24 +27,17 @@ import json
 import random
 import time
 from collections.abc import Callable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from cargohold_cli.devcluster import LocalCluster
-from cluster.chaos import (
-    MANIFEST_TYPE,
-    ImageSpec,
-    Summary,
-    random_image,
-    summary_path,
-    verify_images,
-)
+from cluster.images import MANIFEST_TYPE, ImageSpec, random_image
+from cluster.shapes import CHUNK
+from cluster.summary import RecordSummary
+from cluster.verify import verify_images
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
-
-CHUNK = 256 * 1024
 
 
 def request(
@@ -151,12 +144,6 @@ def nothing_visible(base: str, spec: ImageSpec, stored: ImageSpec) -> None:
     assert status == 404 or stored.tag not in json.loads(body)["tags"], body[:200]
 
 
-def _record(tmp_path: Path, section: str, data: dict[str, object]) -> None:
-    summary = Summary("Cargohold chaos suite")
-    summary.add(section, data)
-    summary.write(summary_path(tmp_path))
-
-
 def _scenario(cluster: LocalCluster, down: list[int], check_while_down: bool) -> None:
     rng = random.Random()
     base = cluster.gateway_url
@@ -181,14 +168,13 @@ def _scenario(cluster: LocalCluster, down: list[int], check_while_down: bool) ->
 
 
 def test_below_write_quorum_with_raft_alive(
-    make_cluster: Callable[..., LocalCluster], tmp_path: Path
+    make_cluster: Callable[..., LocalCluster], record_summary: RecordSummary
 ) -> None:
     cluster = make_cluster(nodes=3, gateways=1, replicas=3, write_quorum=3, chunk_size=CHUNK)
     leader = cluster.leader_index()
     follower = next(i for i in range(3) if i != leader)
     _scenario(cluster, [follower], check_while_down=True)
-    _record(
-        tmp_path,
+    record_summary(
         "5a. quorum: W=3 with one of three nodes down",
         {
             "writes answered 503 UNAVAILABLE + Retry-After": "blob POST, PATCH, manifest PUT",
@@ -198,11 +184,12 @@ def test_below_write_quorum_with_raft_alive(
     )
 
 
-def test_two_of_three_nodes_down(make_cluster: Callable[..., LocalCluster], tmp_path: Path) -> None:
+def test_two_of_three_nodes_down(
+    make_cluster: Callable[..., LocalCluster], record_summary: RecordSummary
+) -> None:
     cluster = make_cluster(nodes=3, gateways=1, chunk_size=CHUNK)
     _scenario(cluster, random.sample(range(3), 2), check_while_down=False)
-    _record(
-        tmp_path,
+    record_summary(
         "5b. quorum: W=2 with two of three nodes down",
         {
             "writes answered 503 UNAVAILABLE + Retry-After": "blob POST, PATCH, manifest PUT",
@@ -213,7 +200,7 @@ def test_two_of_three_nodes_down(make_cluster: Callable[..., LocalCluster], tmp_
 
 
 def test_raft_majority_lost_outcome_is_all_or_nothing(
-    make_cluster: Callable[..., LocalCluster], tmp_path: Path
+    make_cluster: Callable[..., LocalCluster], record_summary: RecordSummary
 ) -> None:
     """W=1, so chunks still reach their quorum on the one live node, but Raft has no
     majority: the commit cannot be acknowledged and the client gets 503. Its outcome is
@@ -276,8 +263,7 @@ def test_raft_majority_lost_outcome_is_all_or_nothing(
     push_image(base, spec)
     push_image(base, stored)
     assert verify_images([base], [spec, stored], settle=30).images == 2
-    _record(
-        tmp_path,
+    record_summary(
         "5c. quorum: W=1, Raft majority lost (two followers down)",
         {
             "writes answered 503 UNAVAILABLE + Retry-After": "blob POST, manifest PUT",

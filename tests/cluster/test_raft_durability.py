@@ -10,7 +10,7 @@
   the test checks that snapshots were written.
 
 Both finish with every chunk of every acknowledged image back at R copies (repair passes,
-node/repair.py). Results go into the chaos summary (tests/cluster/chaos.py).
+node/repair.py). Results go into the chaos summary (tests/cluster/summary.py).
 """
 
 from __future__ import annotations
@@ -22,27 +22,19 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 
 from cargohold_cli.devcluster import LocalCluster
-from cluster.chaos import (
-    RUNS_ENV,
-    PhaseClock,
-    Summary,
-    Workload,
-    env_int,
-    image_chunks,
-    repaired_bytes_total,
-    summary_path,
-    verify_images,
-    wait_replicated,
-)
+from cluster.chunkcheck import image_chunks
+from cluster.roles import repaired_bytes_total, wait_replicated
+from cluster.shapes import CHUNK
+from cluster.summary import RUNS_ENV, PhaseClock, RecordSummary, env_int
+from cluster.verify import verify_images
+from cluster.workload import Workload
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]
 
-CHUNK = 256 * 1024
 PAIRS_ENV = "CARGOHOLD_CHAOS_PAIRS"
 NODE_SETTINGS = {
     "raft_compaction_min_entries": 100,
@@ -70,7 +62,7 @@ def _pairs(rng: random.Random) -> list[tuple[int, int]]:
 
 
 def test_losing_any_two_of_five_nodes_loses_nothing(
-    make_cluster: Callable[..., LocalCluster], tmp_path: Path
+    make_cluster: Callable[..., LocalCluster], record_summary: RecordSummary
 ) -> None:
     rng = random.Random()
     cluster = _five(make_cluster)
@@ -112,8 +104,7 @@ def test_losing_any_two_of_five_nodes_loses_nothing(
     specs = [x.spec for x in workload.snapshot()]
     final = verify_images(cluster.gateway_urls, specs, settle=60)
     repaired, histogram = wait_replicated(cluster, image_chunks(cluster, specs), 3)
-    summary = Summary("Cargohold chaos suite")
-    summary.add(
+    record_summary(
         "3. any two of five nodes lost (5 nodes R=3 W=2, 2 gateways, 3 clients)",
         {
             "pairs checked": f"{len(pairs)} of 10"
@@ -126,7 +117,6 @@ def test_losing_any_two_of_five_nodes_loses_nothing(
             "violations (wrong/missing acknowledged data)": 0,
         },
     )
-    summary.write(summary_path(tmp_path))
 
 
 def _kill_every_node(cluster: LocalCluster) -> None:
@@ -139,7 +129,7 @@ def _kill_every_node(cluster: LocalCluster) -> None:
 
 
 def test_whole_cluster_sigkill_under_load_loses_nothing(
-    make_cluster: Callable[..., LocalCluster], tmp_path: Path
+    make_cluster: Callable[..., LocalCluster], record_summary: RecordSummary
 ) -> None:
     runs = env_int(RUNS_ENV, 3)
     rng = random.Random()
@@ -173,8 +163,7 @@ def test_whole_cluster_sigkill_under_load_loses_nothing(
     dumps = [cluster.node_data_dir(i) / "raft" / "state.dump" for i in range(5)]
     assert any(p.exists() for p in dumps), "no Raft snapshot written: trap-3 path untested"
     repaired, histogram = wait_replicated(cluster, image_chunks(cluster, specs), 3)
-    summary = Summary("Cargohold chaos suite")
-    summary.add(
+    record_summary(
         "4. whole-cluster SIGKILL under load (5 nodes R=3 W=2)",
         {
             "setup": f"{runs} runs ({RUNS_ENV}); snapshots every ~100 Raft entries "
@@ -189,4 +178,3 @@ def test_whole_cluster_sigkill_under_load_loses_nothing(
             "client-visible failed requests": workload.stats.requests_failed,
         },
     )
-    summary.write(summary_path(tmp_path))

@@ -28,7 +28,8 @@ import aiohttp
 import pytest
 
 from cargohold_cli.devcluster import LocalCluster
-from cluster.chaos import CONFIG_TYPE, MANIFEST_TYPE, env_int, sha256
+from cluster.images import CONFIG_TYPE, MANIFEST_TYPE, sha256
+from cluster.summary import env_int
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]
 

@@ -13,8 +13,9 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import grpc
@@ -23,51 +24,22 @@ import pytest
 
 from cargohold.placement import rank_nodes
 from cargohold_cli.devcluster import LocalCluster
-from cluster.chunkcheck import (
-    chunk_ids,
-    copies,
-    has,
-    misplaced,
-    pull_blob,
-    push_blob,
-    status_extra,
-    trigger,
-    wait_answering,
-)
+from cluster.chunkcheck import chunk_ids, copies, has, misplaced, pull_blob, push_blob
+from cluster.roles import status_extra, trigger, wait_answering
+from cluster.shapes import CHUNK, MiB
 from protos import registry_pb2, registry_pb2_grpc
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.slow]
 
-CHUNK = 256 * 1024
-MiB = 1024 * 1024
-QUIET_ROLES = {
-    "node": {
-        "repair_interval": 3600.0,
-        "scrub_interval": 3600.0,
-        "repair_rate_bytes": 1024 * MiB,
-        "scrub_rate_bytes": 1024 * MiB,
-    }
-}
 
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        yield session
-
-
-def _start(make_cluster: Callable[..., LocalCluster]) -> LocalCluster:
-    return make_cluster(nodes=3, gateways=1, chunk_size=CHUNK, extra=QUIET_ROLES)
-
-
-async def _repair_all(cluster: LocalCluster, nodes: list[int]) -> list[dict[str, object]]:
+async def _repair_all(cluster: LocalCluster, nodes: list[int]) -> list[dict[str, Any]]:
     return list(await asyncio.gather(*(asyncio.to_thread(trigger, cluster, i) for i in nodes)))
 
 
 async def test_sigkilled_node_gets_every_chunk_back_after_restart(
-    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+    quiet_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
 ) -> None:
-    cluster = _start(make_cluster)
+    cluster = quiet_cluster()
     base, repo = cluster.gateway_url, "repair/kill"
     blobs = [os.urandom(2 * MiB)]
     digests = [await push_blob(http, base, repo, blobs[0])]
@@ -91,7 +63,7 @@ async def test_sigkilled_node_gets_every_chunk_back_after_restart(
     started = time.monotonic()
     progress = await _repair_all(cluster, [0, 1, 2])
     elapsed = time.monotonic() - started
-    repaired = sum(int(p["repaired_bytes"]) for p in progress)  # type: ignore[call-overload]
+    repaired = sum(int(p["repaired_bytes"]) for p in progress)
     print(
         f"\nrepair: {repaired / MiB:.1f} MiB of missing copies made in "
         f"{elapsed:.2f} s = {repaired / MiB / elapsed:.1f} MiB/s "
@@ -105,7 +77,7 @@ async def test_sigkilled_node_gets_every_chunk_back_after_restart(
             break
         progress = await _repair_all(cluster, [0, 1, 2])
         rounds.append(progress)
-        repaired += sum(int(p["repaired_bytes"]) for p in progress)  # type: ignore[call-overload]
+        repaired += sum(int(p["repaired_bytes"]) for p in progress)
     assert repaired == missing_copies * CHUNK, [
         [(p["repaired_chunks"], p["under_replicated"], p["copy_failures"]) for p in r]
         for r in rounds
@@ -151,9 +123,9 @@ async def _until_held(cluster: LocalCluster, i: int, chunk_id: bytes) -> None:
 
 
 async def test_flipped_byte_is_never_served_and_is_healed(
-    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+    quiet_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
 ) -> None:
-    cluster = _start(make_cluster)
+    cluster = quiet_cluster()
     base, repo = cluster.gateway_url, "repair/bitrot"
     read_blob, idle_blob = os.urandom(3 * MiB), os.urandom(3 * MiB)
     read_digest = await push_blob(http, base, repo, read_blob)
