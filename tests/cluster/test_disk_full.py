@@ -15,7 +15,7 @@ import asyncio
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -24,30 +24,18 @@ import pytest
 from cargohold.config import NodeConfig
 from cargohold_cli.admin import cluster_status, format_status
 from cargohold_cli.devcluster import LocalCluster
-from cluster.chunkcheck import (
-    chunk_ids,
-    copies,
-    misplaced,
-    pull_blob,
-    push_blob,
-    trigger,
-)
+from cluster.chunkcheck import chunk_ids, copies, misplaced, pull_blob, push_blob
+from cluster.roles import trigger
+from cluster.shapes import CHUNK, QUIET_ROLES, MiB
 from node.disk import reserve_bytes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 
-MiB = 1024 * 1024
-CHUNK = 256 * 1024
 DISK = "40m"
 # Writes must resume by themselves this soon after space returns (the bound).
 RESUME_WITHIN = 30.0
-QUIET_ROLES = {
-    "node": {
-        "repair_interval": 3600.0,
-        "scrub_interval": 3600.0,
-        "repair_rate_bytes": 1024 * MiB,
-        "disk_check_interval": 0.5,
-    },
+SETTINGS = {
+    "node": {**QUIET_ROLES, "disk_check_interval": 0.5},
     "gateway": {"members_refresh_seconds": 1.0},
 }
 
@@ -104,16 +92,10 @@ def small_disks() -> Iterator[SmallDisks]:
         disks.unmount_all()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        yield session
-
-
 def _cluster(
     make_cluster: Callable[..., LocalCluster], disks: SmallDisks, on_tmpfs: list[int]
 ) -> LocalCluster:
-    cluster = make_cluster(start=False, nodes=3, gateways=1, chunk_size=CHUNK, extra=QUIET_ROLES)
+    cluster = make_cluster(start=False, nodes=3, gateways=1, chunk_size=CHUNK, extra=SETTINGS)
     for i in on_tmpfs:
         disks.mount(cluster.node_data_dir(i))
     cluster.start(timeout=60)
