@@ -18,12 +18,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cargohold.datadir_lock import DataDirLock
 from cargohold.errors import StartupError
-from cargohold_cli.devcluster import LocalCluster
 from cargohold_cli.exits import STARTUP_EXITS, describe_exit
+
+if TYPE_CHECKING:
+    from cargohold_cli.devcluster import LocalCluster
 
 
 @dataclass
@@ -60,6 +62,9 @@ def run_dev(args: argparse.Namespace) -> int:
 
 
 def _run_locked(args: argparse.Namespace, data: Path) -> int:
+    # Imported only now: a refused start (data in use) answers before loading gRPC.
+    from cargohold_cli.devcluster import LocalCluster
+
     cluster = LocalCluster(
         data,
         nodes=args.nodes,
