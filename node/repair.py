@@ -158,6 +158,7 @@ class RepairRole:
         self._peers = peers
         self._on_corrupt = on_corrupt
         self._cursor_path = Path(cfg.node.data_dir) / CURSOR_FILE
+        self._cursor_failed = False
         self._schedule = PassSchedule(cfg.node.repair_interval)
         self._rate = RateLimiter(cfg.node.repair_rate_bytes)
         self.stats = RepairStats()
@@ -347,12 +348,18 @@ class RepairRole:
                             view.grpc[node], plan.chunk_id, data, checksum
                         )
                     except StorageFull as exc:
-                        # Became full during the pass: leave it alone until the next one.
-                        view.full.add(node)
+                        # Became full during the pass: leave it alone until the next one
+                        # (copies already in flight to it may be refused too: one line).
                         self.stats.skipped_full += 1
-                        log_event(
-                            logger, "repair.target_full", logging.WARNING, node=node, error=str(exc)
-                        )
+                        if node not in view.full:
+                            view.full.add(node)
+                            log_event(
+                                logger,
+                                "repair.target_full",
+                                logging.WARNING,
+                                node=node,
+                                error=str(exc),
+                            )
                         continue
                     except RegistryError as exc:
                         self.stats.copy_failures += 1
@@ -391,5 +398,16 @@ class RepairRole:
                 self._cursor_path.unlink()
             return
         tmp = self._cursor_path.with_suffix(".tmp")
-        tmp.write_text(after.hex())
-        os.replace(tmp, self._cursor_path)
+        try:
+            tmp.write_text(after.hex())
+            os.replace(tmp, self._cursor_path)
+        except OSError as exc:
+            # A full disk must not stop repair (a full node's copies to others need no
+            # local space); a cursor not saved only repeats work after a restart.
+            if not self._cursor_failed:
+                log_event(logger, "repair.cursor_not_saved", logging.WARNING, error=repr(exc))
+            self._cursor_failed = True
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return
+        self._cursor_failed = False

@@ -26,11 +26,12 @@ from protos import registry_pb2_grpc as pb_grpc
 class _Status(pb_grpc.AdminServicer):
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
+        self.disk_full = False  # what the health probe reports: set by a test
 
     async def Status(
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatusReply:
-        return pb.StatusReply(node_id=self.node_id)
+        return pb.StatusReply(node_id=self.node_id, disk_full=self.disk_full)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class FakeNode:
     address: str
     store: MemoryChunkStore
     server: grpc.aio.Server | None
+    status: _Status
 
 
 @dataclass
@@ -74,10 +76,11 @@ async def fake_cluster_fixture() -> AsyncIterator[Cluster]:
             store = MemoryChunkStore()
             server = grpc.aio.server()
             add_to_server(server, store)
-            pb_grpc.add_AdminServicer_to_server(_Status(node_id), server)
+            status = _Status(node_id)
+            pb_grpc.add_AdminServicer_to_server(status, server)
             port = server.add_insecure_port("127.0.0.1:0")
             await server.start()
-            node = FakeNode(node_id, f"127.0.0.1:{port}", store, server)
+            node = FakeNode(node_id, f"127.0.0.1:{port}", store, server, status)
             nodes.append(node)
             members.rows.append(
                 {"id": node_id, "grpc": node.address, "raft": "", "state": "active"}

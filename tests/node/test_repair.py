@@ -4,10 +4,12 @@ servers on 127.0.0.1 over MemoryChunkStores) with a member list the test edits."
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fakepeers import Cluster, FakeNode, config, fake_cluster_fixture, peers_fixture  # noqa: F401
 
 from cargohold.config import Config
@@ -229,3 +231,33 @@ async def test_pass_schedule_numbers_passes_begun_after_the_request() -> None:
     await schedule.finish()
     await waiter
     assert schedule.finished == 2
+
+
+async def test_a_full_peer_gets_no_copies_until_space_returns(
+    fake_cluster: Cluster,
+    peers: Callable[[Config], PeerPool],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    nodes, members = await fake_cluster(3)
+    ids = await _fill(nodes[0].store, 12)
+    cfg = config(tmp_path, "n1", replicas=3)
+    role = RepairRole(cfg, nodes[0].store, members, peers(cfg))
+    # n2 says it is full in its health probe; n3 says nothing but refuses every put.
+    nodes[1].status.disk_full = True
+    nodes[2].store._capacity = 0
+    with caplog.at_level(logging.WARNING, logger="cargohold.node.repair"):
+        await role.run_pass()
+    assert role.stats.skipped_full == 2 * 12 and role.stats.copy_failures == 0
+    assert role.stats.repaired_chunks == 0
+    assert await nodes[1].store.has(ids) == [False] * 12
+    assert await nodes[2].store.has(ids) == [False] * 12
+    # One line for the node that turned out full, not one per chunk.
+    assert [r.getMessage() for r in caplog.records] == ["repair.target_full"]
+    # Space returns: the next pass brings every chunk to R copies.
+    nodes[1].status.disk_full = False
+    nodes[2].store._capacity = None
+    await role.run_pass()
+    assert role.stats.repaired_chunks == 2 * 12 and role.stats.skipped_full == 0
+    for cid in ids:
+        assert await _holders(nodes, cid) == {"n1", "n2", "n3"}
