@@ -163,7 +163,7 @@ class GatewayConfig:
     upload_expiry_seconds: int = 24 * 3600
     # Chunk reads in flight ahead of the client on a blob GET.
     read_ahead_chunks: int = 4
-    # Concurrent reads of one chunk (a pull storm) share one node read (gateway/cluster.py).
+    # Concurrent reads of one chunk (a pull storm) share one node read (gateway/cluster/reads.py).
     share_chunk_reads: bool = True
     # A replica slower than this gets a hedged request to the next one.
     hedge_after_seconds: float = 0.5
@@ -196,7 +196,7 @@ class GatewayConfig:
     # was stored, resumable).
     max_buffered_bytes: int = 256 * MiB
     body_idle_timeout_seconds: float = 30.0
-    # Data path (gateway/cluster.py, gateway/uploads.py):
+    # Data path (gateway/cluster/, gateway/uploads.py):
     # how often the member list and the Raft leader are re-learned from the cluster.
     members_refresh_seconds: float = 5.0
     # Metadata command/query attempts across nodes on UNAVAILABLE, and the first backoff

@@ -1,9 +1,10 @@
-"""gRPC client channels to nodes: one place for credentials and channel options.
+"""gRPC client channels to nodes: credentials, channel options and the per-node channel.
 
-Gateways (`gateway/cluster.py`) and nodes talking to their peers (`node/peers.py`) open
+Gateways (`gateway/cluster/`) and nodes talking to their peers (`node/peers.py`) open
 their channels here, so message limits, HTTP/2 frame size, reconnect backoff and mTLS are
-the same on every client side (the server side is `node/server.py`). Every channel carries
-the current request id to the node (`cargohold.request_ids`).
+the same on every client side (the server side is `node/server.py`), and both hold them
+in the same `ChannelPool` of `NodeChannel`s. Every channel carries the current request id
+to the node (`cargohold.request_ids`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import grpc.aio
 
 from cargohold.config import Config
 from cargohold.request_ids import RequestIdClientInterceptor
+from protos import registry_pb2, registry_pb2_grpc
+
+# The status codes of a call that did not reach a node, or got no answer in time: the
+# node may be down; another node may serve the call.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 def channel_credentials(cfg: Config) -> grpc.ChannelCredentials | None:
@@ -56,3 +63,51 @@ def open_channel(
     if credentials is None:
         return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
     return grpc.aio.secure_channel(address, credentials, options=options, interceptors=interceptors)
+
+
+class NodeChannel:
+    """One node's channel and the stubs every client side uses on it.
+
+    Besides the generated stubs, two raw Chunks calls skip the protobuf runtime for the
+    chunk bytes (`cargohold.wire`): `put_serialized` takes an already serialized
+    PutChunkRequest (a chunk is encoded once and the same bytes go to all R replicas) and
+    `get_serialized` answers the serialized GetChunkReply for `decode_get_reply`.
+    """
+
+    def __init__(self, address: str, channel: grpc.aio.Channel) -> None:
+        self.address = address
+        self.channel = channel
+        self.chunks = registry_pb2_grpc.ChunksStub(channel)
+        self.metadata = registry_pb2_grpc.MetadataStub(channel)
+        self.admin = registry_pb2_grpc.AdminStub(channel)
+        self.put_serialized = channel.unary_unary(
+            "/cargohold.v1.Chunks/Put",
+            request_serializer=None,
+            response_deserializer=registry_pb2.PutChunkReply.FromString,
+        )
+        self.get_serialized = channel.unary_unary(
+            "/cargohold.v1.Chunks/Get",
+            request_serializer=registry_pb2.GetChunkRequest.SerializeToString,
+            response_deserializer=None,
+        )
+
+
+class ChannelPool:
+    """One `NodeChannel` per node address, opened on first use, closed together."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._cfg = cfg
+        self._credentials = channel_credentials(cfg)
+        self._nodes: dict[str, NodeChannel] = {}
+
+    def node(self, address: str) -> NodeChannel:
+        node = self._nodes.get(address)
+        if node is None:
+            channel = open_channel(address, self._cfg, self._credentials)
+            node = self._nodes[address] = NodeChannel(address, channel)
+        return node
+
+    async def close(self) -> None:
+        nodes, self._nodes = list(self._nodes.values()), {}
+        for node in nodes:
+            await node.channel.close()

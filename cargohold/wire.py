@@ -7,7 +7,7 @@ These helpers read and write the few messages whose fields are all length-delimi
 varints, as protobuf itself emits them (fields in number order), so the chunk's bytes are
 copied once where they must be (into a socket or LMDB) and otherwise passed as views.
 The messages stay exactly `protos/registry.proto`'s; tests check both directions against
-the protobuf runtime (tests/gateway/test_cluster_client.py, tests/node/test_chunk_service.py).
+the protobuf runtime (tests/cargohold/test_wire.py, tests/node/test_chunk_service.py).
 """
 
 from __future__ import annotations
@@ -80,3 +80,18 @@ def decode_bytes_fields(raw: bytes | memoryview) -> dict[int, memoryview]:
         else:
             raise ValueError(f"unexpected wire type {wire}")
     return found
+
+
+def encode_put(chunk_id: bytes, pieces: Sequence[bytes | memoryview], checksum: bytes) -> bytes:
+    """A serialized PutChunkRequest{id, data, checksum}, the data given as pieces.
+
+    One copy of the chunk, straight from the body's pieces into the request that goes to
+    all R replicas (protobuf would want it joined first, then copy it again).
+    """
+    return encode_bytes_fields([(1, [chunk_id]), (2, pieces), (3, [checksum])])
+
+
+def decode_get_reply(raw: bytes | memoryview) -> tuple[memoryview, bytes]:
+    """(data, checksum) of a serialized GetChunkReply; `data` is a view, not a copy."""
+    fields = decode_bytes_fields(raw)
+    return fields.get(1, memoryview(b"")), bytes(fields.get(2, b""))

@@ -6,7 +6,7 @@ once `ingest` returns every byte it consumed is durable on W nodes). A chunk is 
 joined into one buffer of its own: its pieces (memoryviews of aiohttp's buffers) are
 hashed in one worker-thread hop — its sha256 id, its xxh3 checksum and the running blob
 digest the caller passes in, piece by piece while each piece is hot in cache — and then
-copied once, straight into the encoded PutChunkRequest (`cluster.encode_put`) that goes to
+copied once, straight into the encoded PutChunkRequest (`cargohold.wire.encode_put`) that goes to
 all R replicas. Up to `gateway.upload_writes_in_flight` chunk writes per upload, and
 `gateway.chunk_writes_in_flight_total` across the gateway, run while reading goes on, so
 memory is bounded by about (in-flight + 1) chunks per upload and by the total; a layer is
@@ -32,7 +32,8 @@ from typing import Any, Protocol
 import xxhash
 
 from cargohold.errors import SizeInvalid
-from gateway.cluster import ClusterClient, encode_put
+from cargohold.wire import encode_put
+from gateway.cluster import ClusterClient
 
 # Below this size a thread hop costs more than the hashing it moves off the loop.
 _INLINE_BYTES = 64 * 1024
@@ -70,7 +71,7 @@ def _encode(running: Any, pieces: Pieces, length: int) -> tuple[bytes, bytes]:
         chunk.update(piece)
         checksum.update(piece)
     chunk_id = chunk.digest()
-    return chunk_id, encode_put(chunk_id, pieces, length, checksum.digest())
+    return chunk_id, encode_put(chunk_id, pieces, checksum.digest())
 
 
 async def encode_chunk(running: Any, pieces: Pieces, length: int) -> tuple[bytes, bytes]:

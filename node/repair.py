@@ -32,8 +32,8 @@ sees the member list change under it stops before deleting anything and runs aga
 Garbage: repair does not know which chunks are referenced. A chunk that GC has deleted on
 some nodes but not yet here is copied back to its owners; GC's next pass deletes it again.
 Repair's `Chunks.Has` probes are not client uses: if GC ever counts a Has answering
-"present" as a use of a chunk (see gateway/cluster.py's GC contract), it must tell repair's
-apart, or repair would keep every garbage chunk young forever.
+"present" as a use of a chunk (see the GC contract in gateway/cluster/writes.py), it must
+tell repair's apart, or repair would keep every garbage chunk young forever.
 
 Progress is resumable: after each page the last id is written to `<data_dir>/repair.cursor`
 (plain hex, replaced atomically; losing it only repeats work), and a node that restarts

@@ -11,7 +11,9 @@ from fakenodes import FakeNodes
 
 from cargohold.digests import checksum_of, chunk_id_of
 from cargohold.errors import BlobUnknown, RangeInvalid, Unavailable
-from gateway.cluster import ClusterClient, _slices, decode_get_reply, encode_put
+from cargohold.wire import decode_get_reply, encode_put
+from gateway.cluster import ClusterClient
+from gateway.cluster.reads import _slices
 from protos import registry_pb2
 
 
@@ -178,7 +180,7 @@ async def test_concurrent_reads_of_a_chunk_share_one_node_read(nodes: FakeNodes)
         owner.slow = asyncio.Event()  # holds the read until every caller has joined it
         readers = [asyncio.create_task(client.read_chunk(cid.hex(), len(data))) for _ in range(5)]
         await asyncio.sleep(0)  # each reader runs up to its wait on the shared read
-        assert len(client._reads) == 1
+        assert len(client.reader._reads) == 1
         readers[0].cancel()  # a client that went away does not cancel the others' read
         owner.slow.set()
         results = await asyncio.gather(*readers, return_exceptions=True)
@@ -279,7 +281,7 @@ def test_encode_put_matches_protobuf(size: int) -> None:
     expected = registry_pb2.PutChunkRequest(
         id=cid, data=data, checksum=checksum
     ).SerializeToString()
-    assert encode_put(cid, pieces, size, checksum) == expected
+    assert encode_put(cid, pieces, checksum) == expected
 
 
 @pytest.mark.parametrize("size", [0, 1, 200, 4 * 1024 * 1024])
@@ -304,7 +306,7 @@ async def test_a_hung_replica_does_not_pile_up_background_writes(nodes: FakeNode
             data = os.urandom(1000)
             await client.store_chunk(chunk_id_of(data), data)
             stored.append(chunk_id_of(data))
-            assert client._lagging[hung.address] <= 2
+            assert client.writer._lagging[hung.address] <= 2
         # Once n2 was given up on, the chunks it owns were written around it.
         owned = [cid for cid in stored if "n2" in [m.id for m in client.placement(cid)]]
         assert len(owned) > 4

@@ -1,0 +1,102 @@
+"""Metadata commands and queries: JSON to the leader, retried across nodes.
+
+A call goes to the leader when it is known (a linearizable read or a commit is cheapest
+there), else to the other members in turn. UNAVAILABLE, DEADLINE_EXCEEDED and connection
+errors move on to the next node after a doubling backoff, bounded by
+`gateway.metadata_attempts` and `gateway.rpc_timeout_seconds` in total; that is safe
+because every command is idempotent (protos/README.md). Any other failure is the
+`RegistryError` the node sent (`from_grpc_details`); exhausted retries are `Unavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import grpc.aio
+
+from cargohold.config import Config
+from cargohold.errors import RegistryError, Unavailable, from_grpc_details
+from cargohold.grpc_channels import RETRYABLE, ChannelPool
+from cargohold.log import log_event
+from gateway.cluster.membership import MembershipView
+from protos import registry_pb2
+
+logger = logging.getLogger("cargohold.gateway.cluster")
+
+# The longest pause between two attempts.
+_MAX_BACKOFF_SECONDS = 1.0
+
+
+class MetadataClient:
+    """`Metadata.Command` / `Metadata.Query` with retries; see the module docstring."""
+
+    def __init__(self, cfg: Config, pool: ChannelPool, view: MembershipView) -> None:
+        self._cfg = cfg
+        self._pool = pool
+        self._view = view
+
+    async def command(self, op: str, args: dict[str, Any]) -> Any:
+        """A replicated Metadata.Command; retried across nodes (commands are idempotent)."""
+        return await self._call(True, op, args, linearizable=False)
+
+    async def query(self, op: str, args: dict[str, Any], linearizable: bool = True) -> Any:
+        """A Metadata.Query; linearizable ones wait for a Raft barrier on the node."""
+        return await self._call(False, op, args, linearizable=linearizable)
+
+    def _targets(self) -> list[str]:
+        return self._view.probe_addresses() or list(self._cfg.gateway.nodes)
+
+    async def _call(
+        self, is_command: bool, op: str, args: dict[str, Any], linearizable: bool
+    ) -> Any:
+        gw = self._cfg.gateway
+        request = registry_pb2.MetadataRequest(
+            op=op, args=json.dumps(args, separators=(",", ":")).encode(), linearizable=linearizable
+        )
+        deadline = time.monotonic() + gw.rpc_timeout_seconds
+        backoff = gw.retry_backoff_seconds
+        last = "no node"
+        for attempt in range(gw.metadata_attempts):
+            targets = self._targets()
+            address = targets[attempt % len(targets)]
+            node = self._pool.node(address)
+            call = node.metadata.Command if is_command else node.metadata.Query
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                reply = await call(request, timeout=remaining)
+            except grpc.aio.AioRpcError as exc:
+                err = from_grpc_details(exc.details())
+                if exc.code() in RETRYABLE or isinstance(err, Unavailable):
+                    last = f"{address}: {exc.code().name} {exc.details()}"
+                    if err is None:  # the node itself is unreachable
+                        self._view.failures.record_failure(address)
+                    else:  # it answers, but Raft could not (no leader, timeout)
+                        self._view.suspect(address)
+                    log_event(
+                        logger,
+                        "cluster.metadata_retry",
+                        logging.DEBUG,
+                        op=op,
+                        node=address,
+                        code=exc.code().name,
+                    )
+                    await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                    backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+                    continue
+                raise _error(exc, err) from None
+            return json.loads(reply.result) if reply.result else None
+        raise Unavailable(detail={"op": op, "last": last})
+
+
+def _error(exc: grpc.aio.AioRpcError, decoded: RegistryError | None) -> RegistryError:
+    if decoded is not None:
+        return decoded
+    return RegistryError(
+        f"storage node error: {exc.code().name}", detail={"details": exc.details()}
+    )

@@ -1,0 +1,184 @@
+"""Chunk writes: R replicas in parallel, done at W fsynced acks, spill-over, Has first.
+
+All R replicas of a chunk are written at once from one serialized request
+(`cargohold.wire.encode_put`); the call returns once W acknowledged. A replica that fails
+is replaced by the next node in write order (`Placement.write_order`), so one dead node
+does not fail writes when more nodes exist. Copies still running after W acks finish in
+the background (spilling over too if they fail), bounded per node: past
+`gateway.chunk_writes_in_flight_total` of them on one node (a hung node) new ones are
+given up for repair and that node is tried last for a while. When W acks are impossible
+the write raises `Unavailable`. Chunks of `gateway.has_check_min_bytes` or more are first
+offered with `Chunks.Has`, so a node that holds one already is not sent the bytes again.
+
+Contract with garbage collection: between a chunk write (or a Has that answered
+"present") and the `upload_append`/`blob_commit` that references it, nothing in Raft
+references the chunk. GC must spare unreferenced chunks younger than a grace period
+(longer than the longest PATCH), and a Has answering "present" must count as a use (or
+GC must re-check references after deleting), or the Has skip must be turned off
+(`gateway.has_check_min_bytes` above the chunk size) while GC runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import logging
+from typing import Any
+
+import grpc.aio
+
+from cargohold.concurrency import hash_off_loop
+from cargohold.digests import checksum_of, chunk_id_of
+from cargohold.errors import Unavailable
+from cargohold.grpc_channels import RETRYABLE
+from cargohold.wire import encode_put
+from gateway.cluster.membership import Member
+from gateway.cluster.parts import ClusterParts, log_chunk_event
+from protos import registry_pb2
+
+logger = logging.getLogger("cargohold.gateway.cluster")
+
+
+class ChunkWriter(ClusterParts):
+    """Replicated chunk writes; see the module docstring."""
+
+    def __post_init__(self) -> None:
+        # Replica writes still running after their chunk reached W acks, per node address.
+        self._lagging: collections.Counter[str] = collections.Counter()
+        # Gateway-wide bound on chunk writes in flight (see `gateway.chunking.ingest`).
+        self.write_slots = asyncio.Semaphore(max(1, self.cfg.gateway.chunk_writes_in_flight_total))
+
+    async def store_chunk(self, chunk_id: bytes, data: bytes) -> None:
+        """Write one chunk to its R replicas; return once W fsynced it."""
+        await self.store_encoded(
+            chunk_id, len(data), encode_put(chunk_id, [data], checksum_of(data))
+        )
+
+    async def store_encoded(self, chunk_id: bytes, length: int, request: bytes) -> None:
+        """`store_chunk` for a chunk already encoded as a PutChunkRequest (`encode_put`)."""
+        await self.view.ensure_members()
+        replicas, quorum = self.cfg.cluster.replicas, self.cfg.cluster.write_quorum
+        queue = self.placement.write_order(chunk_id)
+        if len(queue) < quorum:
+            # A member list learned while nodes were still joining (or before a node was
+            # added): re-learn it once before refusing the write.
+            await self.view.refresh_quietly()
+            queue = self.placement.write_order(chunk_id)
+        if len(queue) < quorum:
+            raise Unavailable(
+                "not enough active storage nodes",
+                detail={"active": len(queue), "write_quorum": quorum},
+            )
+        pending: set[asyncio.Task[None]] = set()
+        owner: dict[asyncio.Task[None], Member] = {}
+        acks = 0
+        failures: list[str] = []
+
+        def launch() -> None:
+            member = queue.pop(0)
+            task = asyncio.create_task(self._put_one(member, chunk_id, length, request))
+            owner[task] = member
+            pending.add(task)
+
+        for _ in range(min(replicas, len(queue))):
+            launch()
+        try:
+            while acks < quorum:
+                if acks + len(pending) + len(queue) < quorum or not pending:
+                    raise Unavailable(
+                        "write quorum not reachable",
+                        detail={"chunk": chunk_id.hex(), "errors": failures},
+                    )
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    exc = task.exception()
+                    if exc is None:
+                        acks += 1
+                    else:
+                        failures.append(str(exc))
+                        if queue:
+                            launch()
+        except BaseException:
+            for task in pending:
+                task.cancel()
+            raise
+        for task in pending:
+            self._finish_in_background(task, owner[task], queue, chunk_id, length, request)
+
+    def _finish_in_background(
+        self,
+        task: asyncio.Task[None],
+        member: Member,
+        spare: list[Member],
+        chunk_id: bytes,
+        length: int,
+        request: bytes,
+    ) -> None:
+        address = member.grpc
+        if self._lagging[address] >= self.cfg.gateway.chunk_writes_in_flight_total:
+            # Copies beyond W pile up behind a hung node, each holding a chunk: give this
+            # one up (repair restores it) and write around that node for a while.
+            task.cancel()
+            self.view.failures.limit(address)
+            log_chunk_event("cluster.background_write_dropped", logging.INFO, member, chunk_id)
+            return
+        self._lagging[address] += 1
+        task.add_done_callback(functools.partial(self._copy_done, address))
+        self.background.track(
+            asyncio.create_task(self._finish_copy(task, list(spare), chunk_id, length, request))
+        )
+
+    def _copy_done(self, address: str, _task: asyncio.Task[None]) -> None:
+        self._lagging.subtract([address])
+
+    async def _finish_copy(
+        self,
+        task: asyncio.Task[None],
+        spare: list[Member],
+        chunk_id: bytes,
+        length: int,
+        request: bytes,
+    ) -> None:
+        """A copy still running after W acks; if it fails, spill it to a spare node."""
+        try:
+            await task
+            return
+        except Unavailable:
+            pass
+        for member in spare:
+            with contextlib.suppress(Unavailable):
+                await self._put_one(member, chunk_id, length, request)
+                return
+
+    async def _put_one(self, member: Member, chunk_id: bytes, length: int, request: bytes) -> None:
+        node = self.pool.node(member.grpc)
+        timeout = self.cfg.gateway.rpc_timeout_seconds
+        try:
+            if length >= self.cfg.gateway.has_check_min_bytes:
+                has = await node.chunks.Has(
+                    registry_pb2.HasChunksRequest(ids=[chunk_id]), timeout=timeout
+                )
+                if has.present and has.present[0]:
+                    return
+            await node.put_serialized(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in RETRYABLE:
+                self.view.failures.record_failure(member.grpc)
+            log_chunk_event(
+                "cluster.chunk_put_failed", logging.DEBUG, member, chunk_id, code=exc.code().name
+            )
+            raise Unavailable(f"{member.id}: {exc.code().name}") from None
+
+    async def store_bytes(self, data: bytes) -> dict[str, Any]:
+        """Chunk and replicate a small buffer (a manifest body); return its recipe."""
+        size = self.cfg.cluster.chunk_size
+        view = memoryview(data)
+        pieces = [bytes(view[i : i + size]) for i in range(0, len(data), size)]
+        ids = [await hash_off_loop(chunk_id_of, p) for p in pieces]
+        await asyncio.gather(*(self.store_chunk(i, p) for i, p in zip(ids, pieces, strict=True)))
+        return {
+            "size": len(data),
+            "chunks": [[i.hex(), len(p)] for i, p in zip(ids, pieces, strict=True)],
+        }
