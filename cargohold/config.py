@@ -195,6 +195,11 @@ class GatewayConfig:
     # long a body may send nothing before the request is ended (408; an upload keeps what
     # was stored, resumable).
     max_buffered_bytes: int = 256 * MiB
+    # Unread body bytes a connection buffers before its socket is no longer read (about
+    # twice this, plus one socket read); a body being read under the budget uses
+    # `body_read_bytes` instead.
+    read_buffer_bytes: int = 16 * 1024
+    body_read_bytes: int = 256 * 1024
     body_idle_timeout_seconds: float = 30.0
     # Data path (gateway/cluster/, gateway/uploads.py):
     # how often the member list and the Raft leader are re-learned from the cluster.

@@ -195,6 +195,14 @@ class Conflict(
 class NotFound(RegistryError, code="NOT_FOUND", status=404, message="not found"): ...
 
 
+# A request body that sent nothing for `gateway.body_idle_timeout_seconds` (gateway/body.py).
+# OCI has no code for it (nor for the header timeout of gateway/connection.py, which uses
+# the same one); an upload session stays usable at its last acknowledged size.
+class RequestTimeout(
+    RegistryError, code="TIMEOUT", status=408, message="request body timed out"
+): ...
+
+
 # Chunk store (node side): a chunk this node does not hold, a stored copy that failed its
 # checksum (quarantined, to be repaired from another replica).
 class ChunkMissing(

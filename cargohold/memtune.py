@@ -13,6 +13,11 @@ the kernel, then unmapped again on free. Keeping freed memory for reuse avoids t
   of going back to the kernel after every burst;
 - M_TOP_PAD = retain / 4: the heap grows in large steps.
 `retain` 0 leaves glibc's defaults. Not glibc (musl, macOS): nothing happens.
+
+The trim threshold only returns free memory at the top of the heap. After a burst that
+left free memory scattered through it (many clients' buffers freed at once), callers ask
+`release_memory()` (`malloc_trim(0)`: every arena, every free page); gateway/body.py does
+when its body budget drains.
 """
 
 from __future__ import annotations
@@ -28,6 +33,19 @@ M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 * 1024 * 1024
+
+
+def release_memory() -> bool:
+    """Give free heap pages back to the kernel (glibc `malloc_trim(0)`); blocking, may take
+    milliseconds on a big heap: run it off the event loop. False when not glibc."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    trim(0)
+    return True
 
 
 def tune_malloc(retain: int) -> bool:

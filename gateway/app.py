@@ -16,6 +16,7 @@ from aiohttp.typedefs import Handler
 
 from gateway import base, blobs, catalog, manifests, referrers, tags, uploads
 from gateway.access_log import add_request_id_header, request_id_middleware
+from gateway.body import BUDGET, BodyBudget
 from gateway.coalesce import Coalescer
 from gateway.context import CONTEXT, GatewayContext
 from gateway.errors import add_api_version_header, error_middleware
@@ -31,6 +32,7 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
         middlewares=[request_id_middleware, error_middleware], client_max_size=max_size
     )
     app[CONTEXT] = ctx
+    app[BUDGET] = BodyBudget(ctx.cfg.gateway.max_buffered_bytes)
     app[manifests.MANIFEST_CACHE] = ManifestCache(ctx.cfg.gateway.manifest_cache_bytes)
     app[manifests.READS] = Coalescer()
     app[manifests.RECORDS] = RecordCache(

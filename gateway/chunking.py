@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import xxhash
@@ -81,6 +81,15 @@ async def encode_chunk(running: Any, pieces: Pieces, length: int) -> tuple[bytes
     return await asyncio.to_thread(_encode, running, pieces, length)
 
 
+def _after(stored: Callable[[int], None], length: int) -> Callable[[asyncio.Task[None]], None]:
+    """A done-callback telling `stored` that a chunk of `length` bytes was written."""
+
+    def done(_: asyncio.Task[None]) -> None:
+        stored(length)
+
+    return done
+
+
 async def ingest(
     cluster: ClusterClient,
     stream: BodyStream,
@@ -88,11 +97,14 @@ async def ingest(
     chunk_size: int,
     in_flight: int,
     limit: int | None = None,
+    stored: Callable[[int], None] | None = None,
 ) -> tuple[list[list[Any]], int]:
     """Store a body as chunks; return ([[chunk_hex, length], ...], total bytes).
 
     `running` (a hashlib object) is updated with every byte in order. `limit`, when set,
-    is the most bytes this body may add (SizeInvalid beyond it).
+    is the most bytes this body may add (SizeInvalid beyond it). `stored(length)` is
+    called when a chunk's write ended (its buffer is no longer held for the body budget,
+    gateway/body.py).
     """
     chunks: list[list[Any]] = []
     total = 0
@@ -111,6 +123,8 @@ async def ingest(
             await cluster.write_slots.acquire()
             task = asyncio.create_task(cluster.store_encoded(chunk_id, length, request))
             task.add_done_callback(lambda _: cluster.write_slots.release())
+            if stored is not None:
+                task.add_done_callback(_after(stored, length))
             writes.append(task)
         while writes:
             await writes.popleft()

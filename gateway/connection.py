@@ -12,7 +12,10 @@
   byte (slowloris): else 408 and the connection closes;
 - an idle keep-alive connection closes after `gateway.keepalive_timeout_seconds`;
 - `gateway.max_connections_per_client` (0 = no limit) open connections per client
-  address; one more is closed at once.
+  address; one more is closed at once;
+- a connection buffers about `gateway.read_buffer_bytes` of unread body before its socket
+  stops being read (aiohttp's read_bufsize): what a client waiting for the body budget
+  costs; a body granted budget reads in larger pieces (gateway/body.py).
 Body timeouts and the memory budget are the handlers' (gateway/body.py).
 """
 
@@ -113,6 +116,7 @@ class GatewayProtocol(RequestHandler):
                 del server.per_client[self._client]
             self._counted = False
         self._cancel_header_timer()
+        self._last_payload = None  # it refers back to this protocol: no cycle left behind
         super().connection_lost(exc)
 
     def _server(self) -> GatewayServer | None:
@@ -210,6 +214,7 @@ class GatewayRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, limits: GatewayConfig, **kwargs: Any) -> None:
         kwargs.setdefault("keepalive_timeout", limits.keepalive_timeout_seconds)
+        kwargs.setdefault("read_bufsize", limits.read_buffer_bytes)
         super().__init__(app, **kwargs)
         self._limits = limits
 

@@ -51,12 +51,14 @@ from cargohold.errors import (
     ManifestInvalid,
     ManifestTooLarge,
     RegistryError,
+    RequestTimeout,
     TagInvalid,
     Unsupported,
 )
 from cargohold.log import log_event
 from cargohold.metadata_api import ManifestGet, ManifestInfo, ManifestPut, Recipe, TagGet
 from cargohold.names import validate_name, validate_tag
+from gateway.body import budget
 from gateway.coalesce import Coalescer
 from gateway.context import GatewayContext, context
 from gateway.manifest_cache import ManifestCache, RecordCache
@@ -94,15 +96,20 @@ async def _digest(body: bytes, algorithm: str) -> str:
     return digest_of(body, algorithm)
 
 
-async def read_bounded(request: web.Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything larger than `limit` bytes."""
+async def read_bounded(request: web.Request, limit: int, idle: float = 0) -> bytes:
+    """The request body, refusing (413) anything larger than `limit` bytes; 408 when it
+    sends nothing for `idle` seconds (0 = wait forever)."""
     declared = request.content_length
     if declared is not None and declared > limit:
         raise ManifestTooLarge(detail={"size": declared, "limit": limit})
     buf = bytearray()
     while True:
         try:
-            piece = await request.content.read(min(_READ_SIZE, limit + 1 - len(buf)))
+            piece = await asyncio.wait_for(
+                request.content.read(min(_READ_SIZE, limit + 1 - len(buf))), idle or None
+            )
+        except TimeoutError:
+            raise RequestTimeout(detail={"received": len(buf)}) from None
         except _BODY_ERRORS as exc:
             log_event(
                 logger,
@@ -111,6 +118,7 @@ async def read_bounded(request: web.Request, limit: int) -> bytes:
                 path=request.path,
                 error=type(exc).__name__,
             )
+            exc.__traceback__ = None  # kept by the StreamReader: a cycle through `buf`
             raise ManifestInvalid("request body incomplete") from None
         if not piece:
             return bytes(buf)
@@ -139,14 +147,19 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     name = validate_name(request.match_info["name"])
     ref = _Reference(request.match_info["reference"])
     extra_tags = _push_tags(request, ref, ctx.cfg.gateway.max_tags_per_push)
-    body = await read_bounded(request, ctx.cfg.gateway.max_manifest_size)
-    parsed = parse_manifest(
-        body, request.headers.get("Content-Type"), ctx.cfg.gateway.max_manifest_depth
-    )
-    digest = await _digest(body, ref.algorithm)
-    if ref.digest is not None and digest != ref.digest:
-        raise DigestInvalid(detail={"reference": ref.digest, "digest": digest})
-    recipe = await ctx.cluster.store_bytes(body)
+    limit = ctx.cfg.gateway.max_manifest_size
+    declared = request.content_length
+    # The body counts against the gateway's body budget until it is stored (gateway/body.py).
+    reserve = limit + 1 if declared is None else min(declared, limit + 1)
+    async with budget(request).hold(reserve):
+        body = await read_bounded(request, limit, ctx.cfg.gateway.body_idle_timeout_seconds)
+        parsed = parse_manifest(
+            body, request.headers.get("Content-Type"), ctx.cfg.gateway.max_manifest_depth
+        )
+        digest = await _digest(body, ref.algorithm)
+        if ref.digest is not None and digest != ref.digest:
+            raise DigestInvalid(detail={"reference": ref.digest, "digest": digest})
+        recipe = await ctx.cluster.store_bytes(body)
     # One manifest_put per tag (the first also stores the manifest; the others only move
     # their tag, the command being idempotent): each is atomic, together they are not.
     tags: list[str | None] = [ref.tag] if ref.tag is not None else []

@@ -46,12 +46,14 @@ from cargohold.errors import (
     NameInvalid,
     RangeInvalid,
     RegistryError,
+    RequestTimeout,
     SizeInvalid,
     Unavailable,
 )
 from cargohold.log import log_event
 from cargohold.metadata_api import BlobCommit, UploadAppend
 from cargohold.names import validate_name
+from gateway.body import BodyTimeout, BudgetedBody, budget
 from gateway.chunking import ingest
 from gateway.cluster import ClusterClient
 from gateway.context import GatewayContext, context
@@ -189,17 +191,38 @@ async def _running_hash(
 
 
 async def _ingest(
-    ctx: GatewayContext, request: web.Request, hasher: Any, size: int
+    ctx: GatewayContext,
+    request: web.Request,
+    hasher: Any,
+    size: int,
+    resume: dict[str, str] | None = None,
 ) -> tuple[list[list[Any]], int]:
+    """Store the request body as chunks under the body budget (gateway/body.py).
+
+    A body idle for `gateway.body_idle_timeout_seconds` is 408 with `resume` (the session's
+    Location/Range at its last acknowledged size) as headers: nothing of it is committed.
+    """
+    body = BudgetedBody(
+        request.content,
+        budget(request),
+        ctx.cfg.cluster.chunk_size,
+        ctx.cfg.gateway.body_idle_timeout_seconds,
+        request.content_length,
+        ctx.cfg.gateway.body_read_bytes,
+    )
     try:
         return await ingest(
             ctx.cluster,
-            request.content,
+            body,
             hasher,
             ctx.cfg.cluster.chunk_size,
             ctx.cfg.gateway.upload_writes_in_flight,
             _limit(ctx, size),
+            stored=body.chunk_stored,
         )
+    except BodyTimeout:
+        log_event(logger, "upload.body_idle", logging.INFO, path=request.path, size=size)
+        raise RequestTimeout(detail={"size": size}, headers=resume) from None
     except _BODY_ERRORS as exc:
         log_event(
             logger,
@@ -208,7 +231,12 @@ async def _ingest(
             path=request.path,
             error=type(exc).__name__,
         )
+        # aiohttp's StreamReader keeps this exception, whose traceback holds our frames
+        # and the body's buffers: a reference cycle only the cyclic collector would free.
+        exc.__traceback__ = None
         raise ClientGone() from None
+    finally:
+        body.close()
 
 
 def _now() -> float:
@@ -269,7 +297,8 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
     size, chunks = await _session(ctx, upload)
     expected = _content_range(request, name, upload.value, size)
     hasher = await _running_hash(ctx, upload.value, size, chunks)
-    new_chunks, added = await _ingest(ctx, request, hasher, size)
+    resume = session_headers(name, upload.value, size)
+    new_chunks, added = await _ingest(ctx, request, hasher, size, resume)
     if expected is not None and added != expected:
         raise SizeInvalid(detail={"expected": expected, "received": added})
     if added == 0:
@@ -307,7 +336,8 @@ async def put_upload(request: web.Request) -> web.StreamResponse:
     base = await _running_hash(ctx, upload.value, size, chunks, algorithm)
     # Hash the last piece into a copy: on a digest mismatch the session stays usable.
     hasher = base.copy()
-    new_chunks, added = await _ingest(ctx, request, hasher, size)
+    resume = session_headers(name, upload.value, size)
+    new_chunks, added = await _ingest(ctx, request, hasher, size, resume)
     if expected is not None and added != expected:
         raise SizeInvalid(detail={"expected": expected, "received": added})
     if f"{algorithm}:{hasher.hexdigest()}" != digest:

@@ -29,3 +29,26 @@ def test_glibc_accepts_the_settings() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_release_memory_returns_scattered_free_memory() -> None:
+    # Free every other 1 MiB buffer (holes the trim threshold never returns), then trim.
+    code = (
+        "from cargohold.memtune import tune_malloc, release_memory\n"
+        "from pathlib import Path\n"
+        "def rss():\n"
+        "    for line in Path('/proc/self/status').read_text().splitlines():\n"
+        "        if line.startswith('VmRSS:'):\n"
+        "            return int(line.split()[1]) * 1024\n"
+        "assert tune_malloc(256 * 1024 * 1024)\n"
+        "buffers = [bytearray(1024 * 1024) for _ in range(256)]\n"
+        "del buffers[::2]\n"
+        "before = rss()\n"
+        "assert release_memory()\n"
+        "print(before - rss())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert int(out.stdout) > 64 * 1024 * 1024

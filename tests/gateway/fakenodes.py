@@ -36,6 +36,7 @@ from cargohold.metadata_api import MemberJoin
 from gateway.app import build_app
 from gateway.cluster import ClusterClient
 from gateway.context import GatewayContext
+from gateway.server import make_runner
 from protos import registry_pb2 as pb
 from protos import registry_pb2_grpc as pb_grpc
 
@@ -253,7 +254,7 @@ async def data_path(count: int = 3, **cfg_overrides: Any) -> AsyncIterator[DataP
 async def production_server(cfg: Config, cluster: ClusterClient) -> AsyncIterator[str]:
     """The app served as gateway/server.py serves it (no handler cancellation on client
     disconnect, unlike aiohttp's TestServer); yields its base URL."""
-    runner = web.AppRunner(build_app(GatewayContext(cfg=cfg, cluster=cluster)))
+    runner = make_runner(build_app(GatewayContext(cfg=cfg, cluster=cluster)), cfg)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
