@@ -1,5 +1,6 @@
 """Pacing for the node's background roles (repair, scrub): a byte-rate limiter and the
-schedule of passes (every interval, or now when an operator or a test asks).
+schedule of passes (every interval, or now when an operator or a test asks), and the pass
+bookkeeping every role reports (`PassStats`).
 
 `RateLimiter(rate)` spaces work so that, over time, at most `rate` bytes per second go
 through `acquire`; a single item larger than a second's budget is let through and paid
@@ -14,6 +15,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
+
+
+@dataclass
+class PassStats:
+    """What every background role reports about its passes (`Admin.Status.extra`); each
+    role's stats class adds its own counters to these."""
+
+    passes: int = 0
+    running: bool = False
+    last_pass_start: float = 0.0
+    last_pass_end: float = 0.0
+
+    def begin_pass(self) -> None:
+        self.running = True
+        self.last_pass_start = time.time()
+
+    def end_pass(self, completed: bool = True) -> None:
+        """A pass ends; `completed` False when it stopped early (it is not counted)."""
+        if completed:
+            self.passes += 1
+        self.last_pass_end = time.time()
 
 
 class RateLimiter:

@@ -59,7 +59,7 @@ from cargohold.log import log_event
 from cargohold.metadata_api import LocalQueries, Members, local
 from cargohold.placement import replicas_for
 from node.chunkstore import ChunkStore
-from node.pacing import PassSchedule, RateLimiter
+from node.pacing import PassSchedule, PassStats, RateLimiter
 from node.peers import PeerPool
 
 logger = logging.getLogger("cargohold.node.repair")
@@ -93,11 +93,7 @@ def read_members(source: MemberSource) -> tuple[tuple[str, str, str], ...]:
 
 
 @dataclass
-class RepairStats:
-    passes: int = 0
-    running: bool = False
-    last_pass_start: float = 0.0
-    last_pass_end: float = 0.0
+class RepairStats(PassStats):
     # Counters of the pass running now (or the last one when none runs).
     scanned: int = 0
     under_replicated: int = 0
@@ -210,12 +206,11 @@ class RepairRole:
     async def run_pass(self, start_after: bytes = b"") -> None:
         stats = self.stats
         stats.reset_pass()
-        stats.running = True
-        stats.last_pass_start = time.time()
+        stats.begin_pass()
         view = await self._view()
         if view is None:
             stats.skipped = "not a member yet"
-            stats.last_pass_end = time.time()
+            stats.end_pass(completed=False)
             return
         page_size = max(1, self._cfg.node.repair_page_size)
         after = start_after
@@ -234,8 +229,7 @@ class RepairRole:
         elapsed = max(1e-6, time.monotonic() - copy_started)
         moved = stats.repaired_bytes
         stats.last_copy_mb_s = round(moved / elapsed / 1e6, 2) if moved else 0.0
-        stats.passes += 1
-        stats.last_pass_end = time.time()
+        stats.end_pass()
         log_event(
             logger,
             "repair.pass_done",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ from cargohold.errors import ChunkMissing, RegistryError
 from cargohold.log import log_event
 from cargohold.placement import rank_nodes
 from node.chunkstore import ChunkStore
-from node.pacing import PassSchedule, RateLimiter
+from node.pacing import PassSchedule, PassStats, RateLimiter
 from node.peers import PeerPool
 from node.repair import MemberSource, read_members
 
@@ -37,11 +36,8 @@ logger = logging.getLogger("cargohold.node.scrub")
 
 
 @dataclass
-class ScrubStats:
-    passes: int = 0
-    running: bool = False
-    last_pass_start: float = 0.0
-    last_pass_end: float = 0.0
+class ScrubStats(PassStats):
+    # Since the process started.
     chunks_scrubbed: int = 0
     bytes_scrubbed: int = 0
     corrupt_found: int = 0
@@ -154,8 +150,7 @@ class ScrubRole:
 
     async def run_pass(self) -> None:
         stats = self.stats
-        stats.running = True
-        stats.last_pass_start = time.time()
+        stats.begin_pass()
         page_size = max(1, self._cfg.node.chunk_list_page_size)
         after = b""
         while True:
@@ -174,8 +169,7 @@ class ScrubRole:
             if len(page) < page_size:
                 break
             after = page[-1][0]
-        stats.passes += 1
-        stats.last_pass_end = time.time()
+        stats.end_pass()
         log_event(
             logger, "scrub.pass_done", chunks=stats.chunks_scrubbed, corrupt=stats.corrupt_found
         )
