@@ -44,7 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--systems",
         default=",".join(runner.SYSTEM_NAMES),
-        help="comma list from: " + ", ".join(runner.SYSTEM_NAMES),
+        help="comma list from: "
+        + ", ".join(runner.SYSTEM_NAMES + runner.VARIANT_NAMES)
+        + " (variants only when named)",
     )
     parser.add_argument(
         "--workloads", default=",".join(ALL), help="comma list from: " + ", ".join(ALL)
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     systems = [s for s in args.systems.split(",") if s]
     workloads = [w for w in args.workloads.split(",") if w]
     unknown = [w for w in workloads if w not in ALL]
-    unknown += [s for s in systems if s not in runner.SYSTEM_NAMES]
+    unknown += [s for s in systems if s not in runner.SYSTEM_NAMES + runner.VARIANT_NAMES]
     if unknown:
         print(f"unknown systems/workloads: {unknown}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ one measurement cell (a cell that hits its bound is marked `timed_out` in the re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -153,4 +153,19 @@ SMOKE = Profile(
     gateways=1,
 )
 
-PROFILES = {"quick": QUICK, "full": FULL, "smoke": SMOKE}
+# The cost of the Raft log sync (issue 21): run with
+# `--systems cargohold-r3,cargohold-r3-nofsync --workloads blobs,tag_puts,raft`.
+# Manifest (tag) pushes and Raft commands at 1 and 32 in flight, and blob pushes.
+DURABILITY = replace(
+    QUICK,
+    name="durability",
+    blob_cells=(BlobCell(1 * MiB, 8, 48), BlobCell(64 * MiB, 8, 8)),
+    pull_rounds=1,
+    tag_put_conns=(1, 32),
+    tag_put_seconds=5.0,
+    tag_put_max=20_000,
+    raft_inflight=(1, 32),
+    raft_seconds=3.0,
+)
+
+PROFILES = {"quick": QUICK, "full": FULL, "smoke": SMOKE, "durability": DURABILITY}

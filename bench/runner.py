@@ -29,6 +29,9 @@ from bench.workloads import ALL, blobs, cell_count, manifests
 from bench.workloads.common import Context, settle
 
 SYSTEM_NAMES = ("distribution", "cargohold-r1", "cargohold-r3")
+# Variants run only when named in --systems: the same cluster with its Raft log unsynced
+# (node.raft_fsync = false), to measure what the sync before each acknowledgement costs.
+VARIANT_NAMES = ("cargohold-r3-nofsync",)
 
 
 def make_system(name: str, workdir: Path, profile: Profile) -> SystemUnderTest:
@@ -54,7 +57,18 @@ def make_system(name: str, workdir: Path, profile: Profile) -> SystemUnderTest:
             name=name,
             label="Cargohold 3 nodes R=3 W=2",
         )
-    raise ValueError(f"unknown system {name!r}; choose from {SYSTEM_NAMES}")
+    if name == "cargohold-r3-nofsync":
+        return Cargohold(
+            workdir,
+            nodes=3,
+            replicas_=3,
+            write_quorum=2,
+            gateways=profile.gateways,
+            name=name,
+            label="Cargohold 3 nodes R=3 W=2, raft_fsync off",
+            node_settings={"raft_fsync": False},
+        )
+    raise ValueError(f"unknown system {name!r}; choose from {SYSTEM_NAMES + VARIANT_NAMES}")
 
 
 async def _run_workloads(

@@ -176,6 +176,8 @@ class Cargohold:
     name: str = "cargohold"
     label: str = "Cargohold"
     cluster: LocalCluster | None = None
+    # [node] settings that differ from the defaults (a variant such as raft_fsync off).
+    node_settings: dict[str, object] = field(default_factory=dict)
 
     @property
     def urls(self) -> list[str]:
@@ -198,6 +200,7 @@ class Cargohold:
             gateways=self.gateways,
             replicas=self.replicas_,
             write_quorum=self.write_quorum,
+            extra={"node": dict(self.node_settings)} if self.node_settings else None,
         )
         try:
             self.cluster.start(timeout=90)

@@ -70,6 +70,7 @@ class AdminServicer(registry_pb2_grpc.AdminServicer):
                 "members": raft.members,
                 "has_quorum": raft.has_quorum,
                 "resent_truncations": resent_truncations(),
+                "log": self._raft.journal_space()._asdict(),
             },
             "chunks_quarantined": getattr(stats, "quarantined", 0),
         }

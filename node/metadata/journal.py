@@ -29,6 +29,7 @@ synced. See README "Guarantees" for what each setting survives.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
@@ -159,8 +160,9 @@ class TermStore:
         vote = None if vlen == _NO_VOTE else raw[_SLOT_HEAD.size : vote_end].decode()
         return seq, term, commit, vote
 
-    def store(self, term: int, vote: str | None, commit: int, sync: bool = True) -> None:
-        """Write a new record into the older slot; durable on return when `sync`."""
+    def store(self, term: int, vote: str | None, commit: int) -> None:
+        """Write a new record into the older slot; durable on return (always synced: an
+        unsynced record could be the only intact one after a torn write of the other)."""
         vote_raw = b"" if vote is None else vote.encode()
         if len(vote_raw) > _SLOT - _SLOT_HEAD.size - 4:
             raise ValueError("node id too long for the term record")
@@ -171,7 +173,7 @@ class TermStore:
         raw = head + vote_raw
         raw += struct.pack("<I", zlib.crc32(raw))
         os.pwrite(self._fd, raw.ljust(_SLOT, b"\0"), (seq % 2) * _SLOT)
-        if sync and self._fsync:
+        if self._fsync:
             os.fdatasync(self._fd)
         self.seq, self.term, self.vote, self.commit = seq, term, vote, commit
 
@@ -352,11 +354,13 @@ class RaftJournal(Journal):
         return self._terms.vote
 
     def onOneSecondTimer(self) -> None:
+        if self._claim_error is not None:
+            self._claim_ahead()  # space may be back: without it no append would retry
         commit = self._commit
         if commit == self._commit_saved:
             return
         try:
-            self._terms.store(self._terms.term, self._terms.vote, commit, sync=False)
+            self._terms.store(self._terms.term, self._terms.vote, commit)
             self._commit_saved = commit
         except OSError as exc:
             log_event(logger, "raft.term_write_failed", logging.WARNING, error=repr(exc))
@@ -399,6 +403,11 @@ class RaftJournal(Journal):
         self._claim_ahead()
         return True
 
+    def synced_index(self) -> int:
+        """The Raft index of the last entry written by a successful sync (0: none)."""
+        k = bisect.bisect_left(self._offsets, self._written)
+        return self._entries[k - 1][1] if k else 0
+
     def space(self) -> JournalSpace:
         room = self._allocated - self._end
         low = self._claim_error is not None and room < self._floor
@@ -422,7 +431,9 @@ class RaftJournal(Journal):
             self._note_claim_failure(exc)
             raise
         self._allocated = size
-        self._claim_error = None
+        if self._claim_error is not None:
+            log_event(logger, "raft.journal_space_back", claimed=size)
+            self._claim_error = None
 
     def _claim_ahead(self) -> None:
         """Claim the next extent while half of one is still free, so appends continue for

@@ -12,7 +12,8 @@ module is the only one that touches them (pinned by `pysyncobj==0.3.17`). It pro
   follower's AppendEntries acknowledgements, held meanwhile by `SyncingTransport`, leave
   only once what they acknowledge is on disk. One sync covers every entry appended since
   the last (group commit). A leader whose log cannot be made durable does not tick (no
-  commit, no heartbeat) until it can; a follower drops the acknowledgements it held.
+  commit, no heartbeat) until it can; a follower that cannot sync acknowledges only up to
+  what is on disk.
   While the log is short of space, the leader refuses queued commands with `NO_SPACE`.
 - `SyncingTransport`: pysyncobj's TCP transport, holding `next_node_idx` messages (the
   AppendEntries acknowledgement) while the journal has unsynced entries.
@@ -150,11 +151,21 @@ class SyncingTransport(TCPTransport):
         return bool(super().send(node, message))
 
     def release(self, synced: bool) -> None:
-        """Send what was held (the journal is synced) or drop it (it could not be)."""
+        """Send what was held. When the journal could not be synced (no space), an
+        acknowledgement claims no more than what is on disk: the leader keeps hearing from
+        this follower (its leadership and reads depend on that) but does not count
+        entries it could not store."""
         held, self._held = self._held, []
-        if synced:
-            for node, message in held:
-                super().send(node, message)
+        if not synced:
+            limit = self._journal.synced_index() + 1
+            held = [
+                (node, dict(message, next_node_idx=min(message["next_node_idx"], limit)))
+                if message.get("success")
+                else (node, message)
+                for node, message in held
+            ]
+        for node, message in held:
+            super().send(node, message)
 
 
 class DurableTicks:

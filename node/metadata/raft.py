@@ -206,8 +206,11 @@ def _freeze_heap() -> None:
 
 def _storage_full(space: JournalSpace) -> MetadataStorageFull:
     return MetadataStorageFull(
-        "the registry's storage is full: the metadata log cannot grow",
-        detail={"log_room_bytes": space.room, "log_claimed_bytes": space.claimed},
+        detail={
+            "reason": "the metadata log cannot grow",
+            "log_room_bytes": space.room,
+            "log_claimed_bytes": space.claimed,
+        }
     )
 
 
@@ -486,7 +489,7 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
         """Commit one command and return its result as applied on this node."""
         if op not in COMMANDS:
             raise RequestInvalid(f"unknown command {op!r}")
-        if self._journal.low:
+        if self._journal.low and self.is_leader():
             raise _storage_full(self._journal.space())
         if not self._reaches_quorum():
             # A minority side cannot commit anything: say so now rather than after the
@@ -504,7 +507,7 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
             ) from None
         if error == NO_SPACE:
             raise MetadataStorageFull(
-                f"raft: {op} refused, the leader's metadata log has no space left"
+                detail={"reason": f"{op} refused: the leader's metadata log cannot grow"}
             )
         if error != FAIL_REASON.SUCCESS:
             raise Unavailable(
@@ -565,7 +568,7 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
     async def barrier(self) -> None:
         """Return once a no-op committed after this call started is applied here; with the
         log short of space, once leadership is confirmed without one."""
-        if self._journal.low:
+        if self._journal.low and self.is_leader():
             await self._confirm_leadership()
             return
         fut = self._barrier_next
@@ -583,6 +586,12 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
                 fut, self._barrier_next = self._barrier_next, None
                 try:
                     await self.command(Barrier.op, Barrier().to_args())
+                except MetadataStorageFull:
+                    # The leader's log cannot take the no-op; it confirms reads itself.
+                    fut.set_exception(
+                        Unavailable("raft: the leader's log is full; read from the leader")
+                    )
+                    fut.exception()
                 except Exception as exc:
                     fut.set_exception(exc)
                     fut.exception()  # waiters re-raise it; never "exception not retrieved"
@@ -596,7 +605,7 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
         the commit index, wait for a majority to answer a heartbeat sent after this call
         began (no other leader can exist then), and for this node to apply up to it."""
         if not self.is_leader():
-            raise Unavailable("raft: the metadata log is full; linearizable reads go to the leader")
+            raise Unavailable("raft: not the leader; retry")
         loop = asyncio.get_running_loop()
         start = time.monotonic()
         deadline = loop.time() + self._command_timeout
