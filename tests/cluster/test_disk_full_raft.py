@@ -30,7 +30,7 @@ import aiohttp
 import pytest
 
 from cargohold_cli.devcluster import LocalCluster
-from cluster.chaos import CONFIG_TYPE, MANIFEST_TYPE, sha256
+from cluster.images import CONFIG_TYPE, MANIFEST_TYPE, sha256
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 
