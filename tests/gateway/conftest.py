@@ -1,4 +1,5 @@
-"""Fixtures of the API-surface gateway tests: an in-process gateway over a FakeCluster.
+"""Fixtures of the API-surface gateway tests: an in-process gateway over a FakeCluster (the
+real `MetadataState` behind a fake transport, chunks in a dict).
 
 Tests against real processes use the suite-wide `cluster`/`registry` fixtures of
 tests/conftest.py instead; the data-path tests bring their own (`fakenodes.py`).
