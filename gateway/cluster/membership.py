@@ -23,6 +23,7 @@ from cargohold.config import Config
 from cargohold.errors import Unavailable
 from cargohold.grpc_channels import ChannelPool
 from cargohold.log import log_event
+from cargohold.metadata_api import Members
 from gateway.cluster.background import BackgroundTasks
 from gateway.cluster.failures import RecentFailures
 from protos import registry_pb2
@@ -147,7 +148,7 @@ class MembershipView:
                 node = self._pool.node(address)
                 try:
                     reply = await node.metadata.Query(
-                        registry_pb2.MetadataRequest(op="members", args=b"{}"),
+                        registry_pb2.MetadataRequest(op=Members.op, args=Members().args_json()),
                         timeout=_PROBE_TIMEOUT,
                     )
                     status = await node.admin.Status(
@@ -170,10 +171,8 @@ class MembershipView:
 
     async def _apply_view(self, members_json: bytes, status: registry_pb2.StatusReply) -> None:
         members = [
-            Member(
-                str(m["id"]), str(m["grpc"]), str(m.get("raft", "")), str(m.get("state", "active"))
-            )
-            for m in json.loads(members_json or b"[]")
+            Member(m.id, m.grpc, m.raft, m.state or "active")
+            for m in Members.decode_result(json.loads(members_json or b"[]"))
         ]
         if not members:
             # Not joined yet: the seeds themselves, as they name themselves.
