@@ -204,6 +204,10 @@ class GatewayConfig:
     # Data path (gateway/cluster/, gateway/uploads.py):
     # how often the member list and the Raft leader are re-learned from the cluster.
     members_refresh_seconds: float = 5.0
+    # A node that answered a chunk write with StorageFull (or says disk_full when a
+    # refresh asks every active member) gets no chunk writes for this long, unless too few
+    # others have space (gateway/cluster/fullness.py); each refresh asks again.
+    full_node_recheck_seconds: float = 10.0
     # Metadata command/query attempts across nodes on UNAVAILABLE, and the first backoff
     # (doubled per attempt, capped at 1 s).
     metadata_attempts: int = 6

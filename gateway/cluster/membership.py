@@ -5,7 +5,9 @@ first node that answers the `members` query and `Admin.Status` while knowing a l
 (seeds are `gateway.nodes`). A node that knows no leader (cut off by a partition, or an
 election is running) may hold a stale view: it is used only when no node knows a leader.
 Every other part of the client reads members and leader from here and reports failures
-to `failures` (`RecentFailures`).
+to `failures` (`RecentFailures`). Each periodic refresh also asks every active member
+whether its disk is full (`Admin.Status.disk_full`) and records the answer in `full`
+(`FullNodes`), so placement stops and resumes writing to a node by itself.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from cargohold.log import log_event
 from cargohold.metadata_api import Members
 from gateway.cluster.background import BackgroundTasks
 from gateway.cluster.failures import RecentFailures
+from gateway.cluster.fullness import FullNodes
 from protos import registry_pb2
 
 logger = logging.getLogger("cargohold.gateway.cluster")
@@ -46,6 +49,17 @@ class Member:
     state: str
 
 
+def disk_figures(node_id: str, status: registry_pb2.StatusReply) -> dict[str, object]:
+    """A node's disk as its Admin.Status tells it, in the keys of its StorageFull detail."""
+    return {
+        "node": node_id,
+        "free_bytes": status.disk_free_bytes,
+        "reserve_bytes": status.disk_reserve_bytes,
+        "capacity_bytes": status.disk_capacity_bytes,
+        "used_bytes": status.disk_used_bytes,
+    }
+
+
 class MembershipView:
     """Members and leader as last learned; see the module docstring."""
 
@@ -54,6 +68,7 @@ class MembershipView:
         self._pool = pool
         self._background = background
         self.failures = RecentFailures(_DOWN_SECONDS, on_failure=self.suspect)
+        self.full = FullNodes(cfg.gateway.full_node_recheck_seconds)
         self._members: list[Member] = []
         self._by_id: dict[str, Member] = {}
         self._leader: str | None = None  # grpc address
@@ -127,6 +142,24 @@ class MembershipView:
                 await self.refresh()
             except Unavailable:
                 log_event(logger, "cluster.refresh_failed", logging.DEBUG)
+            await self.probe_disks()
+
+    async def probe_disks(self) -> None:
+        """Ask every active member whether it is full; a silent one keeps its mark."""
+
+        async def one(member: Member) -> None:
+            try:
+                status = await self._pool.node(member.grpc).admin.Status(
+                    registry_pb2.StatusRequest(), timeout=_PROBE_TIMEOUT
+                )
+            except grpc.aio.AioRpcError:
+                return
+            if status.disk_full:
+                self.full.mark(member.grpc, disk_figures(member.id, status))
+            else:
+                self.full.clear(member.grpc)
+
+        await asyncio.gather(*(one(m) for m in self._members if m.state == "active"))
 
     async def refresh_quietly(self) -> None:
         with contextlib.suppress(Unavailable):

@@ -71,7 +71,7 @@ class MetadataClient:
             try:
                 reply = await call(request, timeout=remaining)
             except grpc.aio.AioRpcError as exc:
-                err = from_grpc_details(exc.details())
+                err = from_grpc_details(exc.details(), exc.trailing_metadata())
                 if exc.code() in RETRYABLE or isinstance(err, Unavailable):
                     last = f"{address}: {exc.code().name} {exc.details()}"
                     if err is None:  # the node itself is unreachable

@@ -2,7 +2,9 @@
 
 Rendezvous hashing of the chunk id over the members (`cargohold.placement.rank_nodes`):
 the first `cluster.replicas` ACTIVE members own a chunk. Writes go to the active members
-in rank order (a failed owner's copy spills to the next one; repair moves it home later).
+in rank order (a failed owner's copy spills to the next one; repair moves it home later),
+skipping full ones (`FullNodes`) while at least W others remain; with fewer, the full
+ones come last, so the write asks them again rather than trusting an old answer.
 Reads try the owners first, then every other non-removed member in rank order, which
 finds spilled or not-yet-moved copies. Nodes that failed recently come after the healthy
 ones in both orders.
@@ -28,9 +30,14 @@ class Placement:
         return [self._view.member(i) for i in ranked[: self._cfg.cluster.replicas]]
 
     def write_order(self, chunk_id: bytes) -> list[Member]:
-        """Every active member in rank order, those that failed recently last."""
+        """The active members with space in rank order, those that failed recently last
+        (then the full ones, when fewer than W have space)."""
         ranked = [self._view.member(i) for i in rank_nodes(chunk_id, self._view.active_ids())]
-        return self._view.failures.healthy_first(ranked, _address)
+        ordered = self._view.failures.healthy_first(ranked, _address)
+        with_space, full = self._view.full.split(ordered, _address)
+        if len(with_space) >= self._cfg.cluster.write_quorum:
+            return with_space
+        return with_space + full
 
     def read_order(self, chunk_id: bytes) -> list[Member]:
         """Owners first (healthy ones first), then every other member in rank order."""

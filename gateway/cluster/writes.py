@@ -6,9 +6,13 @@ is replaced by the next node in write order (`Placement.write_order`), so one de
 does not fail writes when more nodes exist. Copies still running after W acks finish in
 the background (spilling over too if they fail), bounded per node: past
 `gateway.chunk_writes_in_flight_total` of them on one node (a hung node) new ones are
-given up for repair and that node is tried last for a while. When W acks are impossible
-the write raises `Unavailable`. Chunks of `gateway.has_check_min_bytes` or more are first
-offered with `Chunks.Has`, so a node that holds one already is not sent the bytes again.
+given up for repair and that node is tried last for a while. A node that answers
+`StorageFull` is marked full (`FullNodes`: no chunk writes for a while, reads as before)
+and its copy spills over like a failed one. When W acks are impossible the write raises
+`StorageFull` (507) if full nodes are why, naming every full node with the free and
+reserved bytes it reported, else `Unavailable` (503). Chunks of
+`gateway.has_check_min_bytes` or more are first offered with `Chunks.Has`, so a node that
+holds one already is not sent the bytes again.
 
 Contract with garbage collection: between a chunk write (or a Has that answered
 "present") and the `upload_append`/`blob_commit` that references it, nothing in Raft
@@ -31,7 +35,7 @@ import grpc.aio
 
 from cargohold.concurrency import hash_off_loop
 from cargohold.digests import checksum_of, chunk_id_of
-from cargohold.errors import Unavailable
+from cargohold.errors import StorageFull, Unavailable, from_grpc_details
 from cargohold.grpc_channels import RETRYABLE
 from cargohold.wire import encode_put
 from gateway.cluster.membership import Member
@@ -75,6 +79,7 @@ class ChunkWriter(ClusterParts):
         owner: dict[asyncio.Task[None], Member] = {}
         acks = 0
         failures: list[str] = []
+        refused_full: list[Member] = []
 
         def launch() -> None:
             member = queue.pop(0)
@@ -87,6 +92,8 @@ class ChunkWriter(ClusterParts):
         try:
             while acks < quorum:
                 if acks + len(pending) + len(queue) < quorum or not pending:
+                    if refused_full:
+                        raise self._storage_full(refused_full, failures)
                     raise Unavailable(
                         "write quorum not reachable",
                         detail={"chunk": chunk_id.hex(), "errors": failures},
@@ -97,7 +104,10 @@ class ChunkWriter(ClusterParts):
                     if exc is None:
                         acks += 1
                     else:
-                        failures.append(str(exc))
+                        if isinstance(exc, StorageFull):
+                            refused_full.append(owner[task])
+                        else:
+                            failures.append(str(exc))
                         if queue:
                             launch()
         except BaseException:
@@ -106,6 +116,28 @@ class ChunkWriter(ClusterParts):
             raise
         for task in pending:
             self._finish_in_background(task, owner[task], queue, chunk_id, length, request)
+
+    def _storage_full(self, refused: list[Member], failures: list[str]) -> StorageFull:
+        """The refusal of a write that found fewer than W nodes with space: every active
+        node known to be full (these refused it, others were skipped), with its figures."""
+        quorum = self.cfg.cluster.write_quorum
+        full = {m.id: m for m in refused}
+        for node_id in self.view.active_ids():
+            member = self.view.member(node_id)
+            if self.view.full.is_full(member.grpc):
+                full.setdefault(node_id, member)
+        nodes = [
+            {"node": node_id, **self.view.full.figures(m.grpc)}
+            for node_id, m in sorted(full.items())
+        ]
+        detail: dict[str, Any] = {"nodes": nodes, "write_quorum": quorum}
+        if failures:
+            detail["errors"] = failures
+        return StorageFull(
+            f"the registry's storage is full: fewer than {quorum} storage nodes have space "
+            f"for new data ({', '.join(sorted(full))} full)",
+            detail=detail,
+        )
 
     def _finish_in_background(
         self,
@@ -145,10 +177,10 @@ class ChunkWriter(ClusterParts):
         try:
             await task
             return
-        except Unavailable:
+        except (Unavailable, StorageFull):
             pass
         for member in spare:
-            with contextlib.suppress(Unavailable):
+            with contextlib.suppress(Unavailable, StorageFull):
                 await self._put_one(member, chunk_id, length, request)
                 return
 
@@ -163,7 +195,15 @@ class ChunkWriter(ClusterParts):
                 if has.present and has.present[0]:
                     return
             await node.put_serialized(request, timeout=timeout)
+            self.view.full.clear(member.grpc)  # it took a chunk: it has space again
         except grpc.aio.AioRpcError as exc:
+            err = from_grpc_details(exc.details(), exc.trailing_metadata())
+            if isinstance(err, StorageFull):
+                # Full, not failed: no writes for a while, reads as before.
+                figures = err.detail if isinstance(err.detail, dict) else {}
+                self.view.full.mark(member.grpc, {**figures, "node": member.id})
+                log_chunk_event("cluster.node_full", logging.DEBUG, member, chunk_id)
+                raise StorageFull(err.message, detail=self.view.full.figures(member.grpc)) from None
             if exc.code() in RETRYABLE:
                 self.view.failures.record_failure(member.grpc)
             log_chunk_event(

@@ -4,6 +4,9 @@ filler file (fast) rather than with pushes, then freed by deleting it.
 - One node full: it refuses chunk writes and shows `full`, stays up and serves reads;
   pushes go on through the others; after space returns, repair brings every chunk back
   to R copies.
+- Every node full: a push gets 507 with an OCI error body that names the nodes and their
+  free bytes; nothing exits; every image acknowledged before pulls byte-exact while full;
+  pushes succeed again once space is freed, without a restart.
 
 The filler leaves half the reserve free, not zero: the reserve is what keeps the Raft
 journal writable when chunks fill a disk, which is the case these tests stand for.
@@ -13,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,7 +29,9 @@ import pytest
 from cargohold.config import NodeConfig
 from cargohold_cli.admin import cluster_status, format_status
 from cargohold_cli.devcluster import LocalCluster
-from cluster.chunkcheck import chunk_ids, copies, misplaced, pull_blob, push_blob
+from cluster.chunkcheck import chunk_ids, copies, digest_of, misplaced, pull_blob, push_blob
+from cluster.images import random_image
+from cluster.registry_client import RegistryClient, check_image
 from cluster.roles import trigger
 from cluster.shapes import CHUNK, QUIET_ROLES, MiB
 from node.disk import reserve_bytes
@@ -172,12 +179,97 @@ async def test_one_full_node_costs_redundancy_not_availability(
         took = await _until("n3 leaves full", lambda: not _full(cluster, n3), RESUME_WITHIN)
         print(f"\nn3 writable again {took:.1f} s after the filler was deleted")
         ids = [cid for data in blobs for cid in chunk_ids(data, CHUNK)]
-        progress = await asyncio.gather(*(asyncio.to_thread(trigger, cluster, i) for i in (0, 1)))
+        progress = await asyncio.gather(
+            *(asyncio.to_thread(trigger, cluster, i) for i in (0, 1, 2))
+        )
         assert sum(int(p["repaired_chunks"]) for p in progress) >= len(set(later))
         assert misplaced(cluster, ids) == []
         assert all(len(h) == 3 for h in copies(cluster, [0, 1, 2], ids).values())
         _all_running(cluster)
         assert _log_events(cluster, "n3", "node.disk_full") == 1
         assert _log_events(cluster, "n3", "node.disk_ok") == 1
+    finally:
+        cluster.kill_all()
+
+
+async def _refused_push(http: aiohttp.ClientSession, base: str, repo: str) -> dict[str, Any]:
+    """A monolithic blob push that must be refused for lack of space: its OCI error entry."""
+    data = os.urandom(MiB)
+    url = f"{base}/v2/{repo}/blobs/uploads/?digest={digest_of(data)}"
+    async with http.post(url, data=data) as resp:
+        body = await resp.json(content_type=None)
+        assert resp.status == 507, body
+        assert resp.headers["Content-Type"].startswith("application/json")
+    (entry,) = body["errors"]
+    return dict(entry)
+
+
+async def test_whole_cluster_full_refuses_with_507_and_keeps_serving(
+    small_disks: SmallDisks,
+    make_cluster: Callable[..., LocalCluster],
+    http: aiohttp.ClientSession,
+) -> None:
+    cluster = _cluster(make_cluster, small_disks, on_tmpfs=[0, 1, 2])
+    base, repo = cluster.gateway_url, "disk/all-full"
+    client = RegistryClient(http)
+    rng = random.Random(19)
+    try:
+        stored = [random_image(rng, repo, CHUNK) for _ in range(2)]
+        for spec in stored:
+            for _, digest, data in spec.blobs():
+                await client.push_blob(base, spec.repo, digest, data, monolithic=False)
+            await client.put_manifest(base, spec.repo, spec.tag, spec.manifest())
+        for i in range(3):
+            small_disks.fill(cluster.node_data_dir(i))
+        for i in range(3):
+            await _until(f"n{i + 1} reports full", lambda i=i: _full(cluster, i), within=10)
+
+        # A push that no longer fits: 507 and an OCI body that says why. The first refusal
+        # names the nodes that refused before the write gave up; once the gateway's
+        # refresh has asked every member (each second here), it names all three.
+        entry = await _refused_push(http, base, repo)
+        assert entry["code"] == "DENIED" and "storage is full" in entry["message"], entry
+        named: dict[str, dict[str, Any]] = {}
+
+        async def names_all() -> bool:
+            refusal = await _refused_push(http, base, repo)
+            named.clear()
+            named.update({n["node"]: n for n in refusal["detail"]["nodes"]})
+            return set(named) == {"n1", "n2", "n3"}
+
+        deadline = time.monotonic() + 10
+        while not await names_all():
+            assert time.monotonic() < deadline, named
+            await asyncio.sleep(0.5)
+        assert all(0 < n["free_bytes"] < n["reserve_bytes"] for n in named.values()), named
+
+        # Reads need no space: every image acknowledged before pulls byte-exact, by tag
+        # and by digest, and the tag list answers.
+        for spec in stored:
+            await check_image(client, base, spec)
+        async with http.get(f"{base}/v2/{repo}/tags/list") as resp:
+            assert resp.status == 200
+            assert set((await resp.json())["tags"]) >= {s.tag for s in stored}
+        _all_running(cluster)
+
+        # Space returns: pushes succeed again by themselves, no restart.
+        for i in range(3):
+            small_disks.free(cluster.node_data_dir(i))
+        started = time.monotonic()
+        later = random_image(rng, repo, CHUNK)
+        while True:
+            try:
+                for _, digest, data in later.blobs():
+                    await client.push_blob(base, later.repo, digest, data, monolithic=True)
+                await client.put_manifest(base, later.repo, later.tag, later.manifest())
+                break
+            except Exception:
+                if time.monotonic() - started > RESUME_WITHIN:
+                    raise
+                await asyncio.sleep(0.5)
+        print(f"\npushes accepted again {time.monotonic() - started:.1f} s after space returned")
+        for spec in [*stored, later]:
+            await check_image(client, base, spec)
+        _all_running(cluster)
     finally:
         cluster.kill_all()

@@ -4,7 +4,9 @@
 `Admin`, all sharing one `FakeState` (standing in for the Raft-replicated metadata: the
 real `MetadataState` behind fakecluster.InProcessMetadata). Each node keeps its
 own chunk dict and can be told to misbehave: `down` (UNAVAILABLE), `corrupt` (flipped
-bytes), `missing` (NOT_FOUND), `slow` (an `asyncio.Event` its Get waits on). So the real
+bytes), `missing` (NOT_FOUND), `slow` (an `asyncio.Event` its Get waits on), `full`
+(its disk above the watermark: Put answers StorageFull with its figures, Status says
+`disk_full`). So the real
 `ClusterClient`, the upload pipeline and the handlers are exercised end to end without
 processes.
 """
@@ -28,9 +30,11 @@ from cargohold.digests import checksum_of, chunk_id_of
 from cargohold.errors import (
     ChunkMissing,
     RegistryError,
+    StorageFull,
     Unavailable,
     grpc_status_name,
     to_grpc_details,
+    to_grpc_trailer,
 )
 from cargohold.metadata_api import MemberJoin
 from gateway.app import build_app
@@ -59,7 +63,9 @@ class FakeState(InProcessMetadata):
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: RegistryError) -> None:
-    await context.abort(getattr(grpc.StatusCode, grpc_status_name(err)), to_grpc_details(err))
+    await context.abort(
+        getattr(grpc.StatusCode, grpc_status_name(err)), to_grpc_details(err), to_grpc_trailer(err)
+    )
 
 
 class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminServicer):
@@ -74,6 +80,8 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
         self.missing = False
         self.slow: asyncio.Event | None = None  # Get waits for it
         self.hung_puts: asyncio.Event | None = None  # Put waits for it
+        self.full = False
+        self.free_bytes = 1000  # what a full node reports (its reserve is 4000)
         self.puts = 0
         self.put_calls = 0
         self.gets = 0
@@ -90,6 +98,11 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
     ) -> pb.PutChunkReply:
         await self._gate(context)
         self.put_calls += 1
+        if self.full:
+            await _abort(
+                context,
+                StorageFull(f"node {self.id} has no space", detail=self.disk_figures()),
+            )
         if self.hung_puts is not None:
             await self.hung_puts.wait()
         assert chunk_id_of(request.data) == request.id
@@ -98,6 +111,9 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
         existed = request.id in self.chunks
         self.chunks[request.id] = bytes(request.data)
         return pb.PutChunkReply(existed=existed)
+
+    def disk_figures(self) -> dict[str, Any]:
+        return {"node": self.id, "free_bytes": self.free_bytes, "reserve_bytes": 4000}
 
     async def Get(
         self, request: pb.GetChunkRequest, context: grpc.aio.ServicerContext
@@ -154,6 +170,10 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
             raft_address=f"raft-{self.id}",
             leader_raft_address=f"raft-{leader.id}" if leader else "",
             is_leader=leader is self,
+            disk_full=self.full,
+            disk_free_bytes=self.free_bytes,
+            disk_reserve_bytes=4000,
+            disk_capacity_bytes=100_000,
         )
 
 
