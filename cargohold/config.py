@@ -139,6 +139,12 @@ class NodeConfig:
     # Freed memory this process keeps for reuse, so chunk-sized buffers are recycled
     # instead of freshly mapped and zero-filled (cargohold/memtune.py); 0 = glibc defaults.
     malloc_retain_bytes: int = 256 * MiB
+    # HTTP endpoint of this node's Prometheus metrics (`/metrics`), liveness (`/healthz`)
+    # and readiness (`/readyz`: a Raft leader with a majority is known), served by a
+    # thread of its own (node/metrics_http.py). "host:port" on the node's own host address
+    # (the cluster network, like `grpc_listen`); empty = no endpoint. It exposes counters
+    # and gauges only: no repository names, digests or chunk data (docs/operations.md).
+    metrics_address: str = ""
 
     def __post_init__(self) -> None:
         if not self.grpc_advertise:
@@ -247,6 +253,15 @@ class GatewayConfig:
     shutdown_grace_seconds: float = 10.0
     # Freed memory this process keeps for reuse (cargohold/memtune.py); 0 = glibc defaults.
     malloc_retain_bytes: int = 256 * MiB
+    # Prometheus metrics (`/metrics`): empty = served on `listen` next to `/v2/`, with
+    # `/healthz` and `/readyz`; "host:port" = served only on that separate listener (plain
+    # HTTP; keep it on an internal network), with `/healthz` and `/readyz` on both.
+    metrics_address: str = ""
+    # `/readyz` asks the cluster (a linearizable read, so a Raft majority answers, and an
+    # Admin.Status probe of every active node, W of which must take writes) at most once
+    # per `readiness_cache_seconds`, each probe bounded by `readiness_timeout_seconds`.
+    readiness_timeout_seconds: float = 2.0
+    readiness_cache_seconds: float = 1.0
 
 
 @dataclass

@@ -4,7 +4,8 @@ Gateways (`gateway/cluster/`) and nodes talking to their peers (`node/peers.py`)
 their channels here, so message limits, HTTP/2 frame size, reconnect backoff and mTLS are
 the same on every client side (the server side is `node/server.py`), and both hold them
 in the same `ChannelPool` of `NodeChannel`s. Every channel carries the current request id
-to the node (`cargohold.request_ids`).
+to the node (`cargohold.request_ids`) and measures each call's latency
+(`cargohold.grpc_metrics`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import grpc
 import grpc.aio
 
 from cargohold.config import Config
+from cargohold.grpc_metrics import LatencyInterceptor
 from cargohold.request_ids import RequestIdClientInterceptor
 from protos import registry_pb2, registry_pb2_grpc
 
@@ -59,7 +61,10 @@ def open_channel(
     so the PEM files are read once.
     """
     options = channel_options(cfg)
-    interceptors = [RequestIdClientInterceptor()]
+    interceptors: list[grpc.aio.ClientInterceptor] = [
+        RequestIdClientInterceptor(),
+        LatencyInterceptor(address),
+    ]
     if credentials is None:
         return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
     return grpc.aio.secure_channel(address, credentials, options=options, interceptors=interceptors)

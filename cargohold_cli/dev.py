@@ -3,9 +3,10 @@
 Before anything starts it takes the lock `<data>/LOCK` (a second `cargohold dev` on the
 same data exits with status 3 naming the first) and checks every node's data directory
 and every port (status 3 or 4, naming the holder). It prints "ready" once the processes
-answering are its own children. A child that exits is restarted, unless it failed the same
-way at startup `--max-start-failures` times in a row (a startup exit status, or an exit
-within `--start-window` seconds): then it is left stopped and the reason printed. SIGINT,
+answering are its own children, then every process's addresses (metrics included). A
+child that exits is restarted, unless it failed the same way at startup
+`--max-start-failures` times in a row (a startup exit status, or an exit within
+`--start-window` seconds): then it is left stopped and the reason printed. SIGINT,
 SIGTERM and SIGHUP stop the gateways, then the nodes; the children also stop by
 themselves if this process dies (cargohold_cli/lifeline.py).
 """
@@ -105,7 +106,13 @@ def _run_locked(args: argparse.Namespace, data: Path) -> int:
     for i in range(cluster.node_count):
         print(
             f"  node {cluster.node_id(i)}: grpc {cluster.node_grpc(i)}  raft "
-            f"{cluster.node_raft(i)}  data {cluster.node_data_dir(i)}"
+            f"{cluster.node_raft(i)}  metrics http://{cluster.node_metrics(i)}/metrics  "
+            f"data {cluster.node_data_dir(i)}"
+        )
+    for j in range(cluster.gateway_count):
+        print(
+            f"  gateway-{j + 1}: metrics http://{cluster.gateway_metrics(j)}/metrics  "
+            f"ready http://{cluster.gateway_metrics(j)}/readyz"
         )
     print(
         f"  logs: {data / 'logs'}   status: cargohold admin status --nodes "

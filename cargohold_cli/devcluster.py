@@ -10,7 +10,8 @@ Layout under `base_dir`:
     cluster.toml              what was chosen on first start (ports, secret, R/W); reused
                               on later starts so Raft identities and data stay valid
     config/node-<i>.toml      one config file per process
-    config/gateway-<j>.toml
+    config/gateway-<j>.toml    (each node serves /metrics on a port of its own, each
+                              gateway on its listener: `metrics_addresses`)
     nodes/n<i>/               each node's data directory (LMDB, Raft journal and dump)
     logs/<name>.log           each process's stderr/stdout
 
@@ -83,6 +84,9 @@ class ClusterLayout:
     chunk_size: int = 4 * 1024 * 1024
     node_grpc_ports: list[int] = field(default_factory=list)
     node_raft_ports: list[int] = field(default_factory=list)
+    # Each node's metrics HTTP port (`node.metrics_address`); filled in for layouts written
+    # before there were any.
+    node_metrics_ports: list[int] = field(default_factory=list)
     gateway_ports: list[int] = field(default_factory=list)
     # Per-node host addresses (test hosts in network namespaces); empty = all on `host`.
     node_hosts: list[str] = field(default_factory=list)
@@ -180,6 +184,9 @@ class LocalCluster:
             # Gateways are stateless: their count and ports may change between starts.
             if gateway_port is not None:
                 layout.gateway_ports = [gateway_port + j for j in range(gateways)]
+            if len(layout.node_metrics_ports) < len(layout.node_grpc_ports):
+                self._add_metrics_ports(layout, node_base_port)
+                self._save_layout(layout)
             return layout
         r = replicas if replicas is not None else min(3, nodes)
         w = write_quorum if write_quorum is not None else min(2, r)
@@ -208,12 +215,29 @@ class LocalCluster:
             node_hosts=list(node_hosts),
             extra=extra,
         )
+        self._add_metrics_ports(layout, node_base_port)
         if chunk_size:
             layout.chunk_size = chunk_size
+        self._save_layout(layout)
+        return layout
+
+    @staticmethod
+    def _add_metrics_ports(layout: ClusterLayout, node_base_port: int | None) -> None:
+        """A metrics port for every node that has none: base + 200 + i with a base port,
+        9101 on per-node hosts, else a free one."""
+        for i in range(len(layout.node_metrics_ports), len(layout.node_grpc_ports)):
+            if node_base_port is not None:
+                port = node_base_port + 200 + i
+            elif layout.node_hosts:
+                port = 9101
+            else:
+                port = free_port(layout.host)
+            layout.node_metrics_ports.append(port)
+
+    def _save_layout(self, layout: ClusterLayout) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         flat = {k: v for k, v in asdict(layout).items() if k != "extra"}
-        path.write_text(to_toml(flat) + self._extra_toml(extra))
-        return layout
+        (self.base_dir / "cluster.toml").write_text(to_toml(flat) + self._extra_toml(layout.extra))
 
     @staticmethod
     def _extra_toml(extra: dict[str, dict[str, Any]]) -> str:
@@ -240,6 +264,22 @@ class LocalCluster:
 
     def node_raft(self, i: int) -> str:
         return f"{self.node_host(i)}:{self.layout.node_raft_ports[i]}"
+
+    def node_metrics(self, i: int) -> str:
+        """Node i's metrics address (`/metrics`, `/healthz`, `/readyz`)."""
+        return f"{self.node_host(i)}:{self.layout.node_metrics_ports[i]}"
+
+    def gateway_metrics(self, j: int) -> str:
+        """Gateway j's metrics address: its own listener (`/metrics` next to `/v2/`)."""
+        return f"{self.layout.host}:{self.layout.gateway_ports[j]}"
+
+    @property
+    def metrics_addresses(self) -> dict[str, str]:
+        """Every process's metrics address by process name (n1.., gateway-1..)."""
+        found = {self.node_id(i): self.node_metrics(i) for i in range(self.node_count)}
+        for j in range(self.gateway_count):
+            found[f"gateway-{j + 1}"] = self.gateway_metrics(j)
+        return found
 
     def node_id(self, i: int) -> str:
         return f"n{i + 1}"
@@ -276,6 +316,7 @@ class LocalCluster:
             "data_dir": str(self.node_data_dir(i)),
             "grpc_listen": self.node_grpc(i),
             "raft_listen": self.node_raft(i),
+            "metrics_address": self.node_metrics(i),
             "peers": [self.node_raft(k) for k in range(self.node_count) if k != i],
         }
         node.update(self.layout.extra.get("node", {}))
@@ -344,10 +385,8 @@ class LocalCluster:
         host = self.layout.host
         self.layout.node_grpc_ports.append(free_port(host))
         self.layout.node_raft_ports.append(free_port(host))
-        flat = {k: v for k, v in asdict(self.layout).items() if k != "extra"}
-        (self.base_dir / "cluster.toml").write_text(
-            to_toml(flat) + self._extra_toml(self.layout.extra)
-        )
+        self._add_metrics_ports(self.layout, None)
+        self._save_layout(self.layout)
         self.node_exec_prefixes.append([])
         self.node_procs.append(None)
         i = self.node_count - 1
@@ -379,6 +418,7 @@ class LocalCluster:
             if not self.node_exec_prefixes[i]:
                 ensure_bindable(self.node_grpc(i), f"{self.node_id(i)} gRPC")
                 ensure_bindable(self.node_raft(i), f"{self.node_id(i)} Raft")
+                ensure_bindable(self.node_metrics(i), f"{self.node_id(i)} metrics")
         for j, proc in enumerate(self.gateway_procs):
             if proc is None or proc.poll() is not None:
                 port = self.layout.gateway_ports[j]

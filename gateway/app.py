@@ -6,6 +6,10 @@ last segment has no `/` (`/manifests/<ref>`, `/blobs/<digest>`, `/blobs/uploads/
 right-most suffix win: `/v2/a/blobs/b/manifests/latest` is a manifest of `a/blobs/b`.
 Handlers validate their own inputs; this module validates nothing.
 
+Next to `/v2/`: `/healthz` and `/readyz` (gateway/health.py), and `/metrics`
+(gateway/metrics.py) unless `gateway.metrics_address` names a listener of its own
+(`build_metrics_app`, started by gateway/server.py).
+
 Never compressed: aiohttp only compresses when a handler asks for it, and none does.
 """
 
@@ -14,7 +18,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import base, blobs, catalog, manifests, referrers, tags, uploads
+from gateway import base, blobs, catalog, health, manifests, metrics, referrers, tags, uploads
 from gateway.access_log import add_request_id_header, request_id_middleware
 from gateway.body import BUDGET, BodyBudget
 from gateway.coalesce import Coalescer
@@ -29,10 +33,18 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
     """The gateway's application; `client_max_size` bounds buffered request bodies."""
     max_size = client_max_size or ctx.cfg.gateway.max_manifest_size + 64 * 1024
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware], client_max_size=max_size
+        middlewares=[metrics.metrics_middleware, request_id_middleware, error_middleware],
+        client_max_size=max_size,
     )
     app[CONTEXT] = ctx
     app[BUDGET] = BodyBudget(ctx.cfg.gateway.max_buffered_bytes)
+    readiness = health.Readiness(ctx.cfg, ctx.meta)
+    app[health.READINESS] = readiness
+
+    async def close_readiness(_app: web.Application) -> None:
+        await readiness.close()
+
+    app.on_cleanup.append(close_readiness)
     app[manifests.MANIFEST_CACHE] = ManifestCache(ctx.cfg.gateway.manifest_cache_bytes)
     app[manifests.READS] = Coalescer()
     app[manifests.RECORDS] = RecordCache(
@@ -41,6 +53,21 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
     app.on_response_prepare.append(add_api_version_header)
     app.on_response_prepare.append(add_request_id_header)
     _routes(app.router)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    if not ctx.cfg.gateway.metrics_address:
+        app.router.add_get("/metrics", metrics.metrics_handler)
+    return app
+
+
+def build_metrics_app(readiness: health.Readiness) -> web.Application:
+    """The separate listener of `gateway.metrics_address`: `/metrics`, `/healthz`, `/readyz`
+    (sharing the main application's readiness check, which that application closes)."""
+    app = web.Application()
+    app[health.READINESS] = readiness
+    app.router.add_get("/metrics", metrics.metrics_handler)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
     return app
 
 

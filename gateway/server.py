@@ -6,7 +6,9 @@ reach the cluster fails at start, visibly); aiohttp `AppRunner` + `TCPSite` on
 stops accepting, in-flight requests get `gateway.shutdown_grace_seconds` to finish, then
 the cluster client closes. The connection rules (timeouts, parser errors as OCI JSON,
 per-client limits) are `gateway.connection`'s; the access log (`gateway.access_log`, on
-by default) is `gateway.access_log`'s.
+by default) is `gateway.access_log`'s. With `gateway.metrics_address` set, `/metrics`
+(and `/healthz`, `/readyz`) are served on that address by a second aiohttp site in the
+same loop (gateway/app.py `build_metrics_app`).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from cargohold.log import log_event
 from cargohold.memtune import tune_malloc
 from cargohold.ports import ensure_bindable
 from gateway.access_log import ACCESS_LOGGER, access_logger_class
-from gateway.app import build_app
+from gateway.app import build_app, build_metrics_app
 from gateway.cluster import ClusterClient
 from gateway.connection import GatewayRunner
 from gateway.context import GatewayContext
+from gateway.health import READINESS
 
 logger = logging.getLogger("cargohold.gateway")
 
@@ -69,6 +72,8 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     cluster is contacted; unreadable TLS files a `StartupError`.
     """
     await asyncio.to_thread(ensure_bindable, cfg.gateway.listen, "HTTP")
+    if cfg.gateway.metrics_address:
+        await asyncio.to_thread(ensure_bindable, cfg.gateway.metrics_address, "metrics HTTP")
     try:
         ssl_context = _ssl_context(cfg)
     except OSError as exc:
@@ -78,7 +83,10 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
         app = build_app(GatewayContext(cfg=cfg, cluster=cluster))
         runner = make_runner(app, cfg)
         await runner.setup()
+        metrics_runner: web.AppRunner | None = None
         try:
+            if cfg.gateway.metrics_address:
+                metrics_runner = await _start_metrics_site(build_metrics_app(app[READINESS]), cfg)
             host, port = split_hostport(cfg.gateway.listen)
             site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
             try:
@@ -92,13 +100,32 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
                 "gateway.listening",
                 address=cfg.gateway.listen,
                 tls=bool(cfg.gateway.tls_cert),
+                metrics=cfg.gateway.metrics_address or cfg.gateway.listen,
             )
             await stop.wait()
             log_event(logger, "gateway.stopping")
         finally:
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()
             await runner.cleanup()
     finally:
         await cluster.close()
+
+
+async def _start_metrics_site(app: web.Application, cfg: Config) -> web.AppRunner:
+    """The `gateway.metrics_address` listener (plain HTTP, no access log)."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    host, port = split_hostport(cfg.gateway.metrics_address)
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise AddressInUse(
+            f"cannot listen on {cfg.gateway.metrics_address} (metrics HTTP): {exc.strerror}"
+        ) from None
+    return runner
 
 
 async def _main(cfg: Config) -> None:

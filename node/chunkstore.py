@@ -43,6 +43,7 @@ import os
 import queue
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -77,6 +78,17 @@ class ChunkStats:
     count: int
     bytes: int
     quarantined: int
+
+
+@dataclass(frozen=True)
+class StoreUsage:
+    """`ChunkStats` plus the LMDB map: its size and the bytes of pages in use."""
+
+    count: int
+    bytes: int
+    quarantined: int
+    map_size: int
+    map_used: int
 
 
 class ChunkStore(Protocol):
@@ -306,6 +318,8 @@ class LmdbChunkStore:
         self._readers = 0
         self._commits = 0
         self._full = False
+        # Told the seconds of each write transaction, fsync included (node/metrics.py).
+        self.commit_observer: Callable[[float], None] | None = None
         self._writer = threading.Thread(
             target=self._write_loop, name="chunkstore-writer", daemon=True
         )
@@ -381,6 +395,18 @@ class LmdbChunkStore:
 
     async def stats(self) -> ChunkStats:
         return await asyncio.to_thread(self._stats)
+
+    def usage(self) -> StoreUsage:
+        """Counters and LMDB map use, read in the caller's thread (Unavailable once closed)."""
+        with self._reading() as txn:
+            info, stat = self._env.info(), self._env.stat()
+            return StoreUsage(
+                count=self._read_counter(txn, _META_COUNT),
+                bytes=self._read_counter(txn, _META_BYTES),
+                quarantined=self._read_counter(txn, _META_QUARANTINED),
+                map_size=int(info["map_size"]),
+                map_used=(int(info["last_pgno"]) + 1) * int(stat["psize"]),
+            )
 
     @property
     def commits(self) -> int:
@@ -576,11 +602,14 @@ class LmdbChunkStore:
 
     def _transact(self, ops: list[_Op]) -> list[int]:
         """Apply ops in one write transaction; returns their results once it is fsynced."""
+        start = time.perf_counter()
         with self._env.begin(write=True, buffers=True) as txn:
             batch = _Batch(self, txn)
             results = [op.apply(batch) for op in ops]
             batch.save_counters()
         self._commits += 1
+        if self.commit_observer is not None:
+            self.commit_observer(time.perf_counter() - start)
         return results
 
     def _fail(self, ops: list[_Op], exc: Exception) -> None:

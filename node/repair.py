@@ -35,6 +35,13 @@ Repair's `Chunks.Has` probes are not client uses: if GC ever counts a Has answer
 "present" as a use of a chunk (see the GC contract in gateway/cluster/writes.py), it must
 tell repair's apart, or repair would keep every garbage chunk young forever.
 
+After its copies, a pass counts the local chunks that still have fewer than R copies on
+the nodes that answered (this one included): `below_replicas` while it runs, and
+`last_below_replicas` once it finishes (-1 before the first finished pass), which the
+node exports as `cargohold_node_repair_chunks_below_replicas` (node/metrics.py). Every
+holder counts the chunks it holds, so the cluster's figure is the largest node's, not the
+sum; a pass resumed from its cursor counts only what it walked.
+
 Progress is resumable: after each page the last id is written to `<data_dir>/repair.cursor`
 (plain hex, replaced atomically; losing it only repeats work), and a node that restarts
 mid-pass resumes there at once. `progress()` is the JSON the node reports in
@@ -104,6 +111,10 @@ class RepairStats(PassStats):
     moved_away_bytes: int = 0
     copy_failures: int = 0
     skipped_full: int = 0
+    # Local chunks left with fewer than R copies on answering nodes after this pass's
+    # copies; the figure of the last finished pass (-1: none finished yet).
+    below_replicas: int = 0
+    last_below_replicas: int = -1
     # Since the process started.
     total_repaired_bytes: int = 0
     total_moved_away_bytes: int = 0
@@ -121,6 +132,7 @@ class RepairStats(PassStats):
             "moved_away_bytes",
             "copy_failures",
             "skipped_full",
+            "below_replicas",
         ):
             setattr(self, name, 0)
         self.skipped = ""
@@ -230,11 +242,13 @@ class RepairRole:
         moved = stats.repaired_bytes
         stats.last_copy_mb_s = round(moved / elapsed / 1e6, 2) if moved else 0.0
         stats.end_pass()
+        stats.last_below_replicas = stats.below_replicas
         log_event(
             logger,
             "repair.pass_done",
             scanned=stats.scanned,
             under_replicated=stats.under_replicated,
+            below_replicas=stats.below_replicas,
             repaired_bytes=stats.repaired_bytes,
             moved_away_bytes=stats.moved_away_bytes,
             seconds=round(elapsed, 3),
@@ -280,6 +294,12 @@ class RepairRole:
                 self.stats.skipped_full += sum(1 for n in plan.missing if n in view.full)
                 plan.missing = [n for n in plan.missing if n not in view.full]
         await self._copy(view, [p for p in plans if p.missing], present)
+        # `present` now includes the copies just made.
+        self.stats.below_replicas += sum(
+            1
+            for p in plans
+            if 1 + sum(1 for n, ids in present.items() if n != me and p.chunk_id in ids) < replicas
+        )
         if read_members(self._members) != view.raw:
             raise _MembersChanged
         # Too few active members for R copies (a drain in a small cluster): keep ours.

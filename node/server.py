@@ -19,7 +19,9 @@
    and the background roles, each its own module: repair (node/repair.py) and scrub
    (node/scrub.py, whose re-fetch also heals copies the Chunks `Get` finds corrupt);
    membership changes arrive through Admin (node/membership.py);
-5. on SIGTERM/SIGINT: stops gRPC with `shutdown_grace`, stops Raft, closes LMDB.
+5. serves Prometheus metrics, `/healthz` and `/readyz` on `node.metrics_address` when set
+   (node/metrics.py, node/metrics_http.py: a thread of its own, off the gRPC loop);
+6. on SIGTERM/SIGINT: stops gRPC with `shutdown_grace`, stops Raft, closes LMDB.
 
 `main(cfg)` tunes malloc for chunk-sized buffers (cargohold/memtune.py) and runs it on
 uvloop; `cargohold node --config F` calls it.
@@ -32,7 +34,9 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import uvloop
@@ -58,6 +62,8 @@ from node.disk import DiskSpace
 from node.membership import Membership
 from node.metadata.raft import RaftMember
 from node.metadata.service import MetadataServicer
+from node.metrics import node_metrics
+from node.metrics_http import MetricsServer
 from node.peers import PeerPool
 from node.repair import RepairRole
 from node.scrub import ScrubRole
@@ -130,10 +136,26 @@ def claim_data_dir(cfg: Config) -> DataDirLock:
     try:
         ensure_bindable(node.grpc_listen, "gRPC")
         ensure_bindable(node.raft_listen, "Raft")
+        if node.metrics_address:
+            ensure_bindable(node.metrics_address, "metrics HTTP")
     except BaseException:
         lock.release()
         raise
     return lock
+
+
+def _ready_check(raft: RaftMember) -> Callable[[], tuple[bool, dict[str, Any]]]:
+    """`/readyz` of the node: it knows a Raft leader and reaches a majority."""
+
+    def ready() -> tuple[bool, dict[str, Any]]:
+        try:
+            st = raft.status()
+        except (RegistryError, RuntimeError):
+            return False, {"reason": "raft status unavailable"}
+        detail = {"role": st.role, "leader_known": bool(st.leader), "has_quorum": st.has_quorum}
+        return bool(st.leader) and st.has_quorum, detail
+
+    return ready
 
 
 async def run_node(cfg: Config) -> None:
@@ -174,6 +196,8 @@ async def _run_locked(cfg: Config) -> None:
     tasks: list[asyncio.Task[None]] = []
     peers = PeerPool(cfg)
     scrub: ScrubRole | None = None
+    metrics_server: MetricsServer | None = None
+    exits = contextlib.ExitStack()
     try:
         # Created on this (the main) thread: pysyncobj's tick thread stops with its creator.
         # A member that cannot go on (an unreadable snapshot) must not serve or vote.
@@ -220,7 +244,18 @@ async def _run_locked(cfg: Config) -> None:
         except RuntimeError:
             raise AddressInUse(f"cannot listen on {node.grpc_listen} (gRPC)") from None
         await server.start()
-        log_event(logger, "node.started", id=node.id, grpc=node.grpc_listen, raft=node.raft_listen)
+        if node.metrics_address:
+            exits.enter_context(node_metrics(node.id, raft, store, space, repair, scrub))
+            metrics_server = MetricsServer(node.metrics_address, _ready_check(raft))
+            metrics_server.start()
+        log_event(
+            logger,
+            "node.started",
+            id=node.id,
+            grpc=node.grpc_listen,
+            raft=node.raft_listen,
+            metrics=node.metrics_address or "-",
+        )
         tasks = [
             loop.create_task(join_cluster(raft, cfg)),
             loop.create_task(housekeeping(raft, cfg)),
@@ -236,6 +271,9 @@ async def _run_locked(cfg: Config) -> None:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if metrics_server is not None:
+            await asyncio.to_thread(metrics_server.stop)
+        exits.close()
         if server is not None:
             await server.stop(node.shutdown_grace)
         if scrub is not None:

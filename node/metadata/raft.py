@@ -131,6 +131,8 @@ _DUMP_MAGIC = b"CHRAFT2\n"
 _DUMP_MAGICS = (_DUMP_MAGIC, b"CHRAFT1\n")
 _FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
 _FAIL_NAMES[NO_SPACE] = "NO_SPACE"
+# pysyncobj's node states, as RaftStatus.role names them.
+_ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 # Seconds before a snapshot that failed (a full disk) is tried again.
 _DUMP_RETRY = 30.0
 
@@ -146,6 +148,8 @@ class RaftStatus:
     log_len: int
     members: list[str] = field(default_factory=list)
     has_quorum: bool = False
+    # "follower", "candidate" or "leader".
+    role: str = "follower"
 
 
 class _ResendFilter(logging.Filter):
@@ -274,6 +278,8 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
         # called there; node/server.py stops the node.
         self.fatal_error: str | None = None
         self._on_fatal = on_fatal
+        # Told each command's op and seconds to its outcome (node/metrics.py sets it).
+        self.command_observer: Callable[[str, float], None] | None = None
         self._lock = threading.Lock()
         self._command_timeout = node.raft_command_timeout
         self._batch_max = max(1, node.raft_batch_max_commands)
@@ -487,6 +493,16 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
     # -- the asyncio bridge (event loop thread) --------------------------------------------------
     async def command(self, op: str, args: dict[str, Any]) -> Any:
         """Commit one command and return its result as applied on this node."""
+        observe = self.command_observer
+        if observe is None or op not in COMMANDS:
+            return await self._command(op, args)
+        start = time.perf_counter()
+        try:
+            return await self._command(op, args)
+        finally:
+            observe(op, time.perf_counter() - start)
+
+    async def _command(self, op: str, args: dict[str, Any]) -> Any:
         if op not in COMMANDS:
             raise RequestInvalid(f"unknown command {op!r}")
         if self._journal.low and self.is_leader():
@@ -671,6 +687,7 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
             log_len=int(raw["log_len"]),
             members=sorted([self_node.id, *others]),
             has_quorum=bool(raw["has_quorum"]),
+            role=_ROLES.get(raw["state"], "follower"),
         )
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -9,16 +9,19 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
 from fakepeers import Cluster, FakeNode, config, fake_cluster_fixture, peers_fixture  # noqa: F401
 
 from cargohold.config import Config
 from cargohold.digests import chunk_id_of
 from cargohold.placement import replicas_for
+from node.chunk_service import add_to_server
 from node.memstore import MemoryChunkStore
 from node.pacing import PassSchedule
 from node.peers import PeerPool
 from node.repair import CURSOR_FILE, RepairRole
+from protos import registry_pb2_grpc as pb_grpc
 
 
 async def _fill(store: MemoryChunkStore, count: int, size: int = 1000) -> list[bytes]:
@@ -261,3 +264,36 @@ async def test_a_full_peer_gets_no_copies_until_space_returns(
     assert role.stats.repaired_chunks == 2 * 12 and role.stats.skipped_full == 0
     for cid in ids:
         assert await _holders(nodes, cid) == {"n1", "n2", "n3"}
+
+
+async def test_chunks_below_r_counts_what_answering_nodes_lack_after_the_copies(
+    fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
+    """3 nodes, R=3: with all up, a pass copies everything and ends at 0 below R; with one
+    silent, every chunk has 2 copies on answering nodes (below R) until it answers again."""
+    nodes, members = await fake_cluster(3)
+    ids = await _fill(nodes[0].store, 12)
+    cfg = config(tmp_path, "n1", replicas=3, peer_probe_timeout=0.5)
+    role = RepairRole(cfg, nodes[0].store, members, peers(cfg))
+    assert role.stats.last_below_replicas == -1  # no pass finished yet
+    await role.run_pass()
+    assert role.stats.repaired_chunks == 2 * 12
+    assert role.stats.below_replicas == role.stats.last_below_replicas == 0
+    dead = nodes[2]
+    assert dead.server is not None
+    await dead.server.stop(None)
+    dead.server = None
+    await role.run_pass()
+    assert role.stats.last_below_replicas == len(ids)
+    dead.server = grpc.aio.server()
+    add_to_server(dead.server, dead.store)
+    pb_grpc.add_AdminServicer_to_server(dead.status, dead.server)
+    dead.server.add_insecure_port(dead.address)
+    await dead.server.start()
+    # The peer channel reconnects with a backoff: a pass or a few until the probe answers.
+    for _ in range(50):
+        await role.run_pass()
+        if role.stats.last_below_replicas == 0:
+            break
+        await asyncio.sleep(0.2)
+    assert role.stats.last_below_replicas == 0

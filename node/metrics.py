@@ -1,0 +1,236 @@
+"""The node's Prometheus metrics: state read when scraped, latencies observed as they happen.
+
+`NodeCollector` reads, at scrape time and in the metrics thread (node/metrics_http.py),
+what the node already keeps: Raft role, term, commit and applied index (and the apply lag
+between them), the chunk store's counters and LMDB map use, the data filesystem's
+capacity, use, free space and reserve (node/disk.py), and the repair and scrub roles'
+progress, among it `cargohold_node_repair_chunks_below_replicas` (node/repair.py). Nothing
+is counted on the hot paths for these. Two histograms are observed as things happen:
+`cargohold_node_raft_command_seconds` (per command op, a fixed set) and
+`cargohold_node_chunk_commit_seconds` (one per LMDB write transaction, fsync included:
+one observe per group commit, not per chunk). Every series carries `node` (the node id);
+no label takes a repository name, digest or chunk id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from prometheus_client import REGISTRY, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from cargohold.errors import RegistryError
+from node.chunkstore import StoreUsage
+from node.disk import DiskSpace
+
+RAFT_COMMAND_SECONDS = Histogram(
+    "cargohold_node_raft_command_seconds",
+    "Metadata commands from submission to their commit and apply on this node, by op",
+    ["node", "op"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CHUNK_COMMIT_SECONDS = Histogram(
+    "cargohold_node_chunk_commit_seconds",
+    "Chunk store write transactions (a group of puts/deletes), fsync included",
+    ["node"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+RAFT_ROLES = ("follower", "candidate", "leader")
+
+
+class _Raft(Protocol):
+    def status(self) -> Any: ...
+
+
+class _Store(Protocol):
+    def usage(self) -> StoreUsage: ...
+
+
+class _Role(Protocol):
+    stats: Any
+
+
+class NodeCollector(Collector):
+    """Everything a node reports at scrape time; see the module docstring."""
+
+    def __init__(
+        self,
+        node_id: str,
+        raft: _Raft,
+        store: _Store,
+        space: DiskSpace,
+        repair: _Role,
+        scrub: _Role,
+    ) -> None:
+        self._node = node_id
+        self._raft = raft
+        self._store = store
+        self._space = space
+        self._repair = repair
+        self._scrub = scrub
+
+    def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, doc, labels=["node"])
+        family.add_metric([self._node], value)
+        return family
+
+    def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, doc, labels=["node"])
+        family.add_metric([self._node], value)
+        return family
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._raft_metrics()
+        yield from self._store_metrics()
+        yield from self._disk_metrics()
+        yield from self._repair_metrics()
+        yield from self._scrub_metrics()
+
+    def _raft_metrics(self) -> Iterator[Any]:
+        try:
+            st = self._raft.status()
+        except (RegistryError, RuntimeError):
+            return
+        role = GaugeMetricFamily(
+            "cargohold_node_raft_role",
+            "1 for this node's current Raft role",
+            labels=["node", "role"],
+        )
+        for name in RAFT_ROLES:
+            role.add_metric([self._node, name], 1.0 if st.role == name else 0.0)
+        yield role
+        g = self._gauge
+        yield g("cargohold_node_raft_term", "Current Raft term", st.term)
+        yield g("cargohold_node_raft_commit_index", "Highest committed log index", st.commit_index)
+        yield g("cargohold_node_raft_applied_index", "Highest applied log index", st.last_applied)
+        yield g(
+            "cargohold_node_raft_apply_lag",
+            "Committed log entries not yet applied here",
+            max(0, st.commit_index - st.last_applied),
+        )
+        yield g(
+            "cargohold_node_raft_leader_known", "1 when this node knows a leader", bool(st.leader)
+        )
+        yield g(
+            "cargohold_node_raft_has_quorum",
+            "1 when this node reaches a majority of the members",
+            st.has_quorum,
+        )
+        yield g("cargohold_node_raft_members", "Raft members this node knows", len(st.members))
+
+    def _store_metrics(self) -> Iterator[Any]:
+        try:
+            u = self._store.usage()
+        except RegistryError:  # closed (the node is stopping)
+            return
+        g = self._gauge
+        yield g("cargohold_node_chunks", "Chunks this node stores", u.count)
+        yield g("cargohold_node_chunk_bytes", "Bytes of chunk data this node stores", u.bytes)
+        yield g(
+            "cargohold_node_chunks_quarantined",
+            "Copies that failed their checksum, kept aside",
+            u.quarantined,
+        )
+        yield g("cargohold_node_lmdb_map_size_bytes", "The LMDB map size", u.map_size)
+        yield g("cargohold_node_lmdb_map_used_bytes", "LMDB pages in use, in bytes", u.map_used)
+
+    def _disk_metrics(self) -> Iterator[Any]:
+        try:
+            d = self._space.usage()
+        except OSError:
+            return
+        g = self._gauge
+        yield g(
+            "cargohold_node_disk_capacity_bytes",
+            "Size of the filesystem holding the data directory",
+            d.capacity,
+        )
+        yield g("cargohold_node_disk_used_bytes", "Bytes used on it (by anything)", d.used)
+        yield g("cargohold_node_disk_free_bytes", "Bytes this node may still allocate", d.free)
+        yield g(
+            "cargohold_node_disk_reserve_bytes",
+            "Free space chunk writes leave for metadata",
+            d.reserve,
+        )
+        yield g("cargohold_node_disk_full", "1 while chunk writes are refused", d.full)
+
+    def _repair_metrics(self) -> Iterator[Any]:
+        s = self._repair.stats
+        g, c = self._gauge, self._counter
+        yield c("cargohold_node_repair_passes", "Repair passes finished", s.passes)
+        yield g("cargohold_node_repair_running", "1 while a repair pass runs", s.running)
+        yield g(
+            "cargohold_node_repair_last_pass_end_timestamp_seconds",
+            "When the last repair pass ended (Unix time; 0: none yet)",
+            s.last_pass_end,
+        )
+        yield g(
+            "cargohold_node_repair_scanned_chunks",
+            "Local chunks the running (or last) pass has looked at",
+            s.scanned,
+        )
+        yield c(
+            "cargohold_node_repair_copied_bytes",
+            "Bytes repair copied to nodes lacking a chunk",
+            s.total_repaired_bytes,
+        )
+        yield c(
+            "cargohold_node_repair_moved_away_bytes",
+            "Bytes repair deleted here once their owners held them",
+            s.total_moved_away_bytes,
+        )
+        if s.last_below_replicas >= 0:
+            yield g(
+                "cargohold_node_repair_chunks_below_replicas",
+                "Local chunks with fewer than R copies on answering nodes after the last "
+                "finished repair pass",
+                s.last_below_replicas,
+            )
+
+    def _scrub_metrics(self) -> Iterator[Any]:
+        s = self._scrub.stats
+        g, c = self._gauge, self._counter
+        yield c("cargohold_node_scrub_passes", "Scrub passes finished", s.passes)
+        yield g("cargohold_node_scrub_running", "1 while a scrub pass runs", s.running)
+        yield c("cargohold_node_scrub_chunks", "Chunks scrub has verified", s.chunks_scrubbed)
+        yield c("cargohold_node_scrub_bytes", "Bytes scrub has verified", s.bytes_scrubbed)
+        yield c("cargohold_node_scrub_corrupt", "Corrupt copies scrub found", s.corrupt_found)
+        yield c("cargohold_node_scrub_refetched", "Corrupt copies replaced from a peer", s.repaired)
+        yield c(
+            "cargohold_node_scrub_refetch_failed",
+            "Re-fetches that found no good copy",
+            s.refetch_failed,
+        )
+
+
+@contextlib.contextmanager
+def node_metrics(
+    node_id: str,
+    raft: Any,
+    store: Any,
+    space: DiskSpace,
+    repair: _Role,
+    scrub: _Role,
+) -> Iterator[NodeCollector]:
+    """Register the collector and the latency observers for the node's lifetime."""
+    commands: dict[str, Any] = {}
+
+    def observe_command(op: str, seconds: float) -> None:
+        child = commands.get(op)
+        if child is None:
+            child = commands[op] = RAFT_COMMAND_SECONDS.labels(node_id, op)
+        child.observe(seconds)
+
+    collector = NodeCollector(node_id, raft, store, space, repair, scrub)
+    raft.command_observer = observe_command
+    store.commit_observer = CHUNK_COMMIT_SECONDS.labels(node_id).observe
+    REGISTRY.register(collector)
+    try:
+        yield collector
+    finally:
+        REGISTRY.unregister(collector)
+        raft.command_observer = None
+        store.commit_observer = None
