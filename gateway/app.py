@@ -38,6 +38,7 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
     )
     app[CONTEXT] = ctx
     app[BUDGET] = BodyBudget(ctx.cfg.gateway.max_buffered_bytes)
+    metrics.watch_budget(app[BUDGET])
     readiness = health.Readiness(ctx.cfg, ctx.meta)
     app[health.READINESS] = readiness
 

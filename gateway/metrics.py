@@ -4,10 +4,11 @@
 ends: by route *template* (`/v2/{name}/blobs/{digest}`, never the path, so no repository
 names or digests become label values), method (the standard ones, else `other`) and status;
 its duration, request body bytes read and response bytes written (for a streamed
-response, what went to the socket, headers included; else the body). Requests and uploads in
-flight are gauges. Requests the HTTP parser refuses before routing are not counted here
-(they are logged by gateway/connection.py). gRPC calls to nodes are measured per node by
-`cargohold.grpc_metrics`, and the process collector adds memory, CPU and open files.
+response, what went to the socket, headers included; else the body). Requests and uploads
+in flight are gauges, and so is the body budget's use (`watch_budget`). Requests the HTTP
+parser refuses before routing are not counted here (gateway/connection.py logs them).
+gRPC calls to nodes are measured per node by `cargohold.grpc_metrics`, and the process
+collector adds memory, CPU and open files.
 
 Everything lives in prometheus_client's default registry: one gateway per process.
 Series are looked up once per (route, method) and kept, so a request costs a few
@@ -31,6 +32,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.body import BodyBudget
 
 # No `*_created` series: every series starts with the process anyway.
 disable_created_metrics()
@@ -69,8 +72,18 @@ UPLOADS_IN_FLIGHT = Gauge(
 )
 BUFFERED_BYTES = Gauge(
     "cargohold_gateway_buffered_request_bytes",
-    "Request body bytes read from clients and not yet stored (gateway.max_buffered_bytes)",
+    "Request body bytes reserved in the gateway's body budget now (gateway/body.py)",
 )
+BUFFERED_LIMIT = Gauge(
+    "cargohold_gateway_buffered_request_bytes_limit",
+    "The body budget, gateway.max_buffered_bytes (0 = no limit)",
+)
+
+
+def watch_budget(budget: BodyBudget) -> None:
+    """Report this gateway's body budget (read at scrape time, on the loop)."""
+    BUFFERED_BYTES.set_function(lambda: budget.used)
+    BUFFERED_LIMIT.set(budget.limit)
 
 
 class _Series:

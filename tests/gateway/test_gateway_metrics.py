@@ -88,6 +88,9 @@ async def test_requests_counted_by_route_template_never_by_repository(dp: DataPa
     # Gauges exist and are back to zero once nothing runs.
     assert value(after, "cargohold_gateway_uploads_in_flight") == 0
     assert value(after, "cargohold_gateway_requests_in_flight") == 1  # the scrape itself
+    assert value(after, "cargohold_gateway_buffered_request_bytes") == 0
+    limit = value(after, "cargohold_gateway_buffered_request_bytes_limit")
+    assert limit == dp.cfg.gateway.max_buffered_bytes
 
 
 async def test_health_and_readiness_against_answering_nodes(dp: DataPath) -> None:
