@@ -39,10 +39,16 @@ class KeyValueFormatter(logging.Formatter):
         return " ".join(parts)
 
 
+# Control characters (a client's repository name or user agent may carry any) are
+# written as \xNN, so one event stays one line and the log stays text.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F] if c != 0x0A}
+
+
 def _quote(value: Any) -> str:
     text = str(value)
-    if not text or any(c in text for c in ' "=\n'):
-        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if not text or any(c in text for c in ' "=\n') or not text.isprintable():
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return '"' + escaped.translate(_CONTROL) + '"'
     return text
 
 
