@@ -256,6 +256,14 @@ async def raw_request(host: str, port: int, data: bytes) -> int | None:
 
 async def _prepare(http: aiohttp.ClientSession, base: str, corpus: Corpus) -> None:
     """Real blobs and upload sessions, so that the fuzzed requests reach deep code."""
+    # Ready once the gateway has learned a leader (its view refreshes every few seconds).
+    for _ in range(60):
+        async with http.get(f"{base}/readyz") as resp:
+            if resp.status == 200:
+                break
+            assert resp.status == 503
+        await asyncio.sleep(0.5)
+    assert resp.status == 200, await resp.text()
     for repo in corpus.repos:
         for blob in (corpus.config, corpus.layer):
             url = f"{base}/v2/{repo}/blobs/uploads/?digest={sha(blob)}"
