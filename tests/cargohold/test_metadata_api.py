@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cargohold import metadata_api as api
-from cargohold.errors import PaginationInvalid, RequestInvalid
+from cargohold.errors import BlobUploadUnknown, PaginationInvalid, RequestInvalid
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metadata.md"
 D = "sha256:" + "ab" * 32
@@ -119,3 +119,59 @@ def test_results_roundtrip_through_json() -> None:
     assert api.UploadAppend.decode_result(api.UploadAppend.encode_result(7)) == 7
     assert api.BlobMount.decode_result(api.BlobMount.encode_result(True)) is True
     assert api.ExpireUploads.decode_result(api.ExpireUploads.encode_result(2)) == 2
+
+
+def test_the_facade_has_one_method_per_op() -> None:
+    assert all(callable(getattr(api.Metadata, op, None)) for op in api.COMMANDS | api.QUERIES)
+
+
+class _JsonTransport:
+    """The real state machine behind JSON in, JSON out (what a node does, minus gRPC)."""
+
+    def __init__(self) -> None:
+        from node.metadata.state import MetadataState
+
+        self.state = MetadataState()
+        self.sent: list[tuple[str, Any]] = []
+
+    async def command(self, op: str, args: dict[str, Any]) -> Any:
+        self.sent.append((op, json.loads(json.dumps(args))))
+        return json.loads(json.dumps(self.state.apply(op, self.sent[-1][1])))
+
+    async def query(self, op: str, args: dict[str, Any], linearizable: bool = True) -> Any:
+        self.sent.append((op, json.loads(json.dumps(args))))
+        return json.loads(json.dumps(self.state.query(op, self.sent[-1][1])))
+
+
+async def test_every_facade_method_against_the_state() -> None:
+    transport = _JsonTransport()
+    meta = api.Metadata(transport)
+    repo, layer, m = "lib/app", "sha256:" + "01" * 32, "sha256:" + "02" * 32
+    chunk = ["cd" * 32, 3]
+    await meta.barrier()
+    assert await meta.upload_append(api.UploadAppend("u1", repo, 0, [chunk], "r1", 1.0)) == 3
+    assert await meta.upload_get("u1") == api.UploadInfo("open", repo, 3, [chunk], "r1")
+    await meta.blob_commit(api.BlobCommit(repo, layer, {"size": 3, "chunks": [chunk]}, "u1", 2.0))
+    with pytest.raises(BlobUploadUnknown):  # closed by the commit
+        await meta.upload_get("u1")
+    assert await meta.blob_get(repo, layer) == {"size": 3, "chunks": [chunk]}
+    assert await meta.blob_mount("lib/other", layer, repo) is True
+    await meta.blob_unlink("lib/other", layer)
+    put = api.ManifestPut(repo, m, "application/x", RECIPE, (layer,), subject=layer, tag="v1")
+    await meta.manifest_put(put)
+    info = await meta.tag_get(repo, "v1")
+    assert info == await meta.manifest_get(repo, m)
+    assert (info.digest, info.size, info.subject) == (m, 3, layer)
+    assert await meta.tags_list(repo, None, None) == api.Page(["v1"], False)
+    assert await meta.catalog(None, None) == api.Page([repo], False)
+    [descriptor] = await meta.referrers(repo, layer, None)
+    assert descriptor["digest"] == m
+    await meta.tag_delete(repo, "v1")
+    await meta.manifest_delete(repo, m)
+    await meta.upload_cancel("u2", 3.0)
+    assert await meta.expire_uploads(100.0, 10.0) == 2
+    await meta.member_join("n1", "h:1", "h:2")
+    await meta.member_set_state("n1", "draining")
+    assert await meta.members() == [api.MemberInfo("n1", "h:1", "h:2", "draining")]
+    assert await meta.status() == api.MetadataStatus(1, 2, 0, 0, 6)
+    assert {op for op, _ in transport.sent} == api.COMMANDS | api.QUERIES
