@@ -23,7 +23,7 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 
 help:
 	@echo "make venv          create .venv and install cargohold[dev] (fast when up to date)"
-	@echo "make system-deps   apt-get install skopeo docker-registry debootstrap busybox-static haproxy (if missing)"
+	@echo "make system-deps   apt-get install skopeo docker-registry debootstrap busybox-static haproxy prometheus (if missing)"
 	@echo "make run           a local 3-node cluster + gateway on 127.0.0.1:5000 (data in ./data)"
 	@echo "make test          everything CI runs: unit, cluster, then client/docker tests"
 	@echo "make test-unit     one phase only (also test-cluster, test-clients); PYTEST_ARGS=..."

@@ -5,9 +5,11 @@
 #   debootstrap     the offline base image (scripts/build-base-image.sh)
 #   busybox-static  the offline test images (tests/clients/images.py)
 #   haproxy         the load balancer of cluster-compose.yml and of local tests
+#   prometheus      the real-Prometheus tests (and promtool for deploy/prometheus-*.yml);
+#                   each test runs its own instance, the distro's service never runs
 #   docker-compose  only when neither `docker compose` nor `docker-compose` exists
 # Package post-install scripts must not start daemons here: Distribution would grab
-# port 5000 (the gateway's). A policy-rc.d that denies starts is put in place for the
+# port 5000 (the gateway's), Prometheus 9090. A policy-rc.d that denies starts is put in place for the
 # install, and any instance that runs anyway is stopped afterwards.
 set -euo pipefail
 
@@ -17,6 +19,7 @@ declare -A wanted=(
   [debootstrap]=debootstrap
   [busybox-static]=busybox
   [haproxy]=haproxy
+  [prometheus]=prometheus
 )
 missing=()
 for pkg in "${!wanted[@]}"; do
@@ -60,8 +63,9 @@ fi
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
   "${missing[@]}" >/dev/null
 
-# Never leave the distro's registry or haproxy running (port 5000 belongs to the gateway).
-for svc in docker-registry haproxy; do
+# Never leave the distro's registry, haproxy or Prometheus running (port 5000 belongs to
+# the gateway; tests start their own Prometheus on a free port).
+for svc in docker-registry haproxy prometheus; do
   if [[ -d /run/systemd/system ]]; then
     $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
   elif command -v service >/dev/null; then

@@ -6,6 +6,7 @@ second, loading the project's alert rules; the HTTP API (/api/v1/targets, /api/v
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -18,7 +19,28 @@ from typing import Any
 from cargohold_cli.devcluster import free_port, signal_process
 
 REPO = Path(__file__).resolve().parents[2]
-RULE_FILES = [REPO / "deploy" / "prometheus-rules.yml"]
+RULE_FILES = [REPO / "deploy" / "prometheus-rules.yml", REPO / "deploy" / "prometheus-alerts.yml"]
+DASHBOARD = REPO / "deploy" / "grafana-dashboard.json"
+_NAME = re.compile(r"\bcargohold_[a-z0-9_]*[a-z0-9]\b")
+
+
+def dashboard_exprs() -> list[str]:
+    """Every PromQL expression of the Grafana dashboard, Grafana's `$__rate_interval`
+    replaced by a fixed range so Prometheus itself can evaluate it."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [
+        target["expr"].replace("$__rate_interval", "1m")
+        for panel in panels
+        for target in panel.get("targets", [])
+    ]
+
+
+def deploy_metric_names() -> set[str]:
+    """The cargohold_* series the dashboard and the alert rules use (comments left out)."""
+    texts = [*dashboard_exprs()]
+    for path in RULE_FILES:
+        texts += [ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    return {name for text in texts for name in _NAME.findall(text)}
 
 
 def binary() -> str | None:

@@ -1,12 +1,9 @@
 """A real Prometheus scraping a real cluster (issue 10): 3 nodes and a gateway started by
 LocalCluster, a `prometheus` process of the test's own (config, data dir and port under
-tmp, 1 s scrapes, the project's alert rules loaded). Every target is up; after a few blobs
-a SIGKILLed node makes `cargohold_node_repair_chunks_below_replicas` rise on the others,
-and once it is back and repair has run, the metric returns to 0.
-
-Repair passes run when the test triggers them (Admin.Trigger, the admin repair verb's RPC);
-every wait is a bounded poll.
-"""
+tmp, 1 s scrapes, the project's alert rules loaded). Every target is up; every series the
+dashboard and the rules in deploy/ name is exported, and each dashboard query evaluates.
+After a few blobs, a SIGKILLed node makes `cargohold_node_repair_chunks_below_replicas`
+rise on the others, and once it is back and repair has run, the metric returns to 0."""
 
 from __future__ import annotations
 
@@ -21,7 +18,13 @@ import pytest
 
 from cargohold_cli.devcluster import LocalCluster
 from cluster.chunkcheck import push_blob
-from cluster.prometheus import Prometheus, binary, wait_for
+from cluster.prometheus import (
+    Prometheus,
+    binary,
+    dashboard_exprs,
+    deploy_metric_names,
+    wait_for,
+)
 from cluster.roles import trigger, wait_answering
 from cluster.shapes import MiB
 
@@ -93,6 +96,14 @@ async def test_prometheus_sees_every_target_and_chunks_below_r_after_a_kill(
     )
     leaders = prom.scalar("sum(cargohold_node_raft_role{role='leader'})")
     assert leaders == 1
+    # deploy/: every series the dashboard and the alert rules name is really exported,
+    # and every dashboard expression is PromQL this Prometheus evaluates.
+    names = deploy_metric_names()
+    assert "cargohold_node_disk_free_bytes" in names and len(names) > 30
+    for name in sorted(names):
+        wait_for(lambda n=name: prom.query(f'count({{__name__="{n}"}})'), f"a {name} series")
+    for expr in dashboard_exprs():
+        prom.query(expr)  # raises on a query Prometheus refuses
 
     cluster.kill_node(2, signal.SIGKILL)
     _repair(cluster, [0, 1])
