@@ -91,6 +91,7 @@ image: base-image wheels
 images: image
 
 cluster-up: image
+	@scripts/cluster-secrets.sh
 	BASE_IMAGE=$(BASE_IMAGE) CARGOHOLD_IMAGE=$(IMAGE) $(COMPOSE) -p $(COMPOSE_PROJECT) \
 	  -f $(COMPOSE_FILE) up -d
 	@scripts/wait-http.sh http://127.0.0.1:5000/v2/ 120

@@ -33,15 +33,29 @@ GiB = 1024 * MiB
 class ClusterConfig:
     """Settings every node and gateway of one cluster must agree on."""
 
-    # Shared secret: the Raft port's password and the key that signs upload ids.
-    secret: str = "cargohold-dev-secret-change-me"
+    # Shared secret (no default: nodes and gateways refuse to start without it; only
+    # `cargohold dev` generates one): the Raft port's password and the root of the per-role
+    # gRPC call keys (cargohold/cluster_auth.py). `secret_file` reads it from a file instead
+    # (systemd credentials, Docker secrets); setting both is an error.
+    secret: str = ""
+    secret_file: str = ""
+    # A process that must not hold the secret (a gateway, an operator's admin CLI) can hold
+    # only its role's key instead: "<role>:<hex>" from `cargohold admin keys <role>`.
+    credential: str = ""
+    credential_file: str = ""
+    # Per-call tokens: accepted this many seconds off the node's clock either way; the
+    # replay cache remembers at most this many nonces (a full cache refuses calls).
+    auth_max_skew: float = 30.0
+    auth_nonce_cache_max: int = 2_000_000
     # How many copies of each chunk are kept (R) and how many fsynced copies
     # acknowledge a write (W).
     replicas: int = 3
     write_quorum: int = 2
     # Fixed-size chunking of blob bodies.
     chunk_size: int = 4 * MiB
-    # TLS for gateway<->node gRPC: PEM paths; empty means plaintext.
+    # TLS for gRPC to and between nodes: PEM paths; empty means plaintext. With `tls_ca` set
+    # on a node, clients must present a certificate of that CA naming their role
+    # (`cargohold admin certs`); then the certificate, not the per-call token, decides.
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
@@ -270,6 +284,9 @@ class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     log_level: str = "warning"
+    # Not a setting: the role this process calls nodes as ("gateway", "node", "admin"),
+    # set by its entry point (cargohold/cluster_auth.py).
+    role: str = "gateway"
 
 
 _SECTIONS = ("cluster", "node", "gateway")
@@ -350,8 +367,26 @@ def load_config(
             raise ConfigError(f"unknown override {dotted}")
         _apply(getattr(cfg, section), section, {key: value})
     cfg.node.__post_init__()
+    _read_secret_files(cfg.cluster)
     validate(cfg)
     return cfg
+
+
+def _read_secret_files(c: ClusterConfig) -> None:
+    """`secret_file` / `credential_file` -> `secret` / `credential` (trailing newline cut)."""
+    for name in ("secret", "credential"):
+        path = getattr(c, f"{name}_file")
+        if not path:
+            continue
+        if getattr(c, name):
+            raise ConfigError(f"set cluster.{name} or cluster.{name}_file, not both")
+        try:
+            value = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read cluster.{name}_file {path}: {exc}") from exc
+        if not value:
+            raise ConfigError(f"cluster.{name}_file {path} is empty")
+        setattr(c, name, value)
 
 
 def validate(cfg: Config) -> None:
@@ -376,6 +411,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "node.disk_reserve_fraction must be in [0, 1) and disk_reserve_max_bytes >= 0"
         )
+    if c.auth_max_skew <= 0 or c.auth_nonce_cache_max < 1:
+        raise ConfigError("cluster.auth_max_skew and auth_nonce_cache_max must be > 0")
     if cfg.gateway.upload_writes_in_flight < 1 or cfg.gateway.metadata_attempts < 1:
         raise ConfigError("gateway.upload_writes_in_flight and metadata_attempts must be >= 1")
 

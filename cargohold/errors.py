@@ -203,6 +203,17 @@ class RequestTimeout(
 ): ...
 
 
+class RecipeConflict(
+    RegistryError,
+    code="BLOB_UPLOAD_INVALID",
+    status=409,
+    message="this digest is recorded with another chunk list",
+):
+    """A commit whose recipe differs from the one first recorded for its digest: refused
+    (the first recipe is never replaced); the gateway verifies the recorded one
+    (gateway/uploads.py, docs/security.md)."""
+
+
 # Chunk store (node side): a chunk this node does not hold, a stored copy that failed its
 # checksum (quarantined, to be repaired from another replica).
 class ChunkMissing(
@@ -303,7 +314,7 @@ def grpc_status_name(err: RegistryError) -> str:
     RESOURCE_EXHAUSTED for no space (StorageFull and its metadata counterpart).
     """
     name = type(err).__name__
-    if name in ("Conflict", "RangeInvalid"):
+    if name in ("Conflict", "RangeInvalid", "RecipeConflict"):
         return "FAILED_PRECONDITION"
     if name == "Unavailable":
         return "UNAVAILABLE"

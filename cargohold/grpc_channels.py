@@ -6,15 +6,24 @@ the same on every client side (the server side is `node/server.py`), and both ho
 in the same `ChannelPool` of `NodeChannel`s. Every channel carries the current request id
 to the node (`cargohold.request_ids`) and measures each call's latency
 (`cargohold.grpc_metrics`).
+
+Every call is signed for the process's role (`cfg.role`: gateway, node or admin) with the
+per-call token of cargohold/cluster_auth.py, added by `SignedChannel` when the config
+holds a secret or a credential; with mTLS the client certificate names the role as well.
+`open_sync_channel` is the same for blocking callers (the admin CLI, the dev launcher's
+readiness checks, tests).
 """
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import grpc.aio
 
+from cargohold.cluster_auth import METADATA_KEY, Credential, client_credential, sign
 from cargohold.config import Config
 from cargohold.grpc_metrics import LatencyInterceptor
 from cargohold.request_ids import RequestIdClientInterceptor
@@ -52,10 +61,100 @@ def channel_options(cfg: Config) -> list[tuple[str, int]]:
     ]
 
 
+def _method(method: str | bytes) -> str:
+    return method.decode() if isinstance(method, bytes) else method
+
+
+def _signed(metadata: Any, credential: Credential, method: str | bytes) -> list[tuple[str, str]]:
+    return [*(metadata or ()), (METADATA_KEY, sign(credential, _method(method)))]
+
+
+class _SignedCallable:
+    """A multicallable that adds a fresh token to every call's metadata."""
+
+    __slots__ = ("_credential", "_inner", "_method")
+
+    def __init__(self, inner: Any, method: str, credential: Credential) -> None:
+        self._inner = inner
+        self._method = method
+        self._credential = credential
+
+    def __call__(self, request: Any, *, metadata: Any = None, **kwargs: Any) -> Any:
+        token = (METADATA_KEY, sign(self._credential, self._method))
+        return self._inner(request, metadata=(*(metadata or ()), token), **kwargs)
+
+
+class SignedChannel:
+    """A grpc.aio channel whose unary-unary and unary-stream calls are signed.
+
+    Wrapping the multicallables the stubs create costs one Python call per RPC; grpc.aio's
+    client interceptors cost several times more (measured: bench/auth_cost.py).
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, credential: Credential) -> None:
+        self._channel = channel
+        self._credential = credential
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        inner = self._channel.unary_unary(method, *args, **kwargs)
+        return _SignedCallable(inner, _method(method), self._credential)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        inner = self._channel.unary_stream(method, *args, **kwargs)
+        return _SignedCallable(inner, _method(method), self._credential)
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
+
+    async def __aenter__(self) -> SignedChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._channel.close(None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+
+class _SyncDetails(
+    collections.namedtuple(
+        "_SyncDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _SyncSigner(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    def __init__(self, credential: Credential) -> None:
+        self._credential = credential
+
+    def _details(self, d: Any) -> grpc.ClientCallDetails:
+        return _SyncDetails(
+            d.method,
+            d.timeout,
+            _signed(d.metadata, self._credential, d.method),
+            d.credentials,
+            d.wait_for_ready,
+            getattr(d, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
 def open_channel(
-    address: str, cfg: Config, credentials: grpc.ChannelCredentials | None = None
+    address: str,
+    cfg: Config,
+    credentials: grpc.ChannelCredentials | None = None,
+    role: str | None = None,
 ) -> grpc.aio.Channel:
-    """An asyncio channel to `address` with the cluster's options and credentials.
+    """An asyncio channel to `address` with the cluster's options and credentials, its
+    calls signed as `role` (default `cfg.role`; a `SignedChannel` when there is a key).
 
     Pass `credentials` from one `channel_credentials(cfg)` call when opening many channels,
     so the PEM files are read once.
@@ -66,8 +165,29 @@ def open_channel(
         LatencyInterceptor(address),
     ]
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
-    return grpc.aio.secure_channel(address, credentials, options=options, interceptors=interceptors)
+        channel = grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+    else:
+        channel = grpc.aio.secure_channel(
+            address, credentials, options=options, interceptors=interceptors
+        )
+    credential = client_credential(cfg, role or cfg.role)
+    if credential is None:
+        return channel
+    return cast(grpc.aio.Channel, SignedChannel(channel, credential))
+
+
+def open_sync_channel(address: str, cfg: Config, role: str | None = None) -> grpc.Channel:
+    """A blocking channel to `address`, TLS and call signing as in `open_channel`."""
+    options = channel_options(cfg)
+    credentials = channel_credentials(cfg)
+    if credentials is None:
+        channel = grpc.insecure_channel(address, options=options)
+    else:
+        channel = grpc.secure_channel(address, credentials, options=options)
+    credential = client_credential(cfg, role or cfg.role)
+    if credential is None:
+        return channel
+    return grpc.intercept_channel(channel, _SyncSigner(credential))
 
 
 class NodeChannel:

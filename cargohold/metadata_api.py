@@ -562,6 +562,19 @@ class BlobGet(Query[Recipe]):
 
 
 @dataclass(frozen=True, slots=True)
+class BlobRecipe(Query[Recipe]):
+    """The recipe recorded for `digest`, whichever repositories link it (gateways verify
+    it after a `RecipeConflict`)."""
+
+    op: ClassVar[str] = "blob_recipe"
+    digest: str
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> BlobRecipe:
+        return cls(_field(args, "digest", str))
+
+
+@dataclass(frozen=True, slots=True)
 class UploadGet(Query[UploadInfo]):
     op: ClassVar[str] = "upload_get"
     upload: str
@@ -701,6 +714,7 @@ QUERY_TYPES: dict[str, type[Query[Any]]] = {
         TagGet,
         ManifestGet,
         BlobGet,
+        BlobRecipe,
         UploadGet,
         TagsList,
         Catalog,
@@ -807,6 +821,9 @@ class Metadata:
 
     async def blob_get(self, repo: str, digest: str) -> Recipe:
         return await self.call(BlobGet(repo, digest))
+
+    async def blob_recipe(self, digest: str) -> Recipe:
+        return await self.call(BlobRecipe(digest))
 
     async def upload_get(self, upload: str) -> UploadInfo:
         return await self.call(UploadGet(upload))

@@ -4,7 +4,9 @@
 `Admin.Status` and the replicated member list, and returns one plain dict; `format_status`
 renders it for a terminal. `member_change` runs a membership change on the Raft leader
 (`admin nodes add|drain|remove`), `trigger` starts repair or scrub passes (`admin repair`).
-Synchronous on purpose: this is a CLI path.
+Synchronous on purpose: this is a CLI path. Every call is signed as the `admin` role
+from `cfg` (its `cluster.secret` or admin `cluster.credential`, see
+cargohold/cluster_auth.py); without one, the nodes answer UNAUTHENTICATED.
 """
 
 from __future__ import annotations
@@ -16,12 +18,25 @@ from typing import Any
 
 import grpc
 
+from cargohold.config import Config, load_config
+from cargohold.grpc_channels import open_sync_channel
 from cargohold.metadata_api import Members
 from protos import registry_pb2, registry_pb2_grpc
 
 
-def _status(address: str, timeout: float) -> dict[str, Any]:
-    with grpc.insecure_channel(address) as channel:
+def admin_config(path: str | None = None) -> Config:
+    """The admin CLI's Config: `path` (`--config`), then CARGOHOLD_* environment."""
+    cfg = load_config(path)
+    cfg.role = "admin"
+    return cfg
+
+
+def _channel(address: str, cfg: Config | None) -> grpc.Channel:
+    return open_sync_channel(address, cfg or admin_config(), "admin")
+
+
+def _status(address: str, timeout: float, cfg: Config | None) -> dict[str, Any]:
+    with _channel(address, cfg) as channel:
         reply = registry_pb2_grpc.AdminStub(channel).Status(
             registry_pb2.StatusRequest(), timeout=timeout
         )
@@ -47,19 +62,21 @@ def _status(address: str, timeout: float) -> dict[str, Any]:
     }
 
 
-def _members(address: str, timeout: float) -> list[dict[str, Any]]:
-    with grpc.insecure_channel(address) as channel:
+def _members(address: str, timeout: float, cfg: Config | None) -> list[dict[str, Any]]:
+    with _channel(address, cfg) as channel:
         reply = registry_pb2_grpc.MetadataStub(channel).Query(
             registry_pb2.MetadataRequest(op=Members.op, args=Members().args_json()), timeout=timeout
         )
     return list(json.loads(reply.result))
 
 
-def cluster_status(addresses: list[str], timeout: float = 3.0) -> dict[str, Any]:
+def cluster_status(
+    addresses: list[str], timeout: float = 3.0, cfg: Config | None = None
+) -> dict[str, Any]:
     members: list[dict[str, Any]] = []
     for address in addresses:
         try:
-            members = _members(address, timeout)
+            members = _members(address, timeout, cfg)
             break
         except grpc.RpcError:
             continue
@@ -67,7 +84,7 @@ def cluster_status(addresses: list[str], timeout: float = 3.0) -> dict[str, Any]
     nodes: list[dict[str, Any]] = []
     for address in to_ask:
         try:
-            nodes.append(_status(address, timeout))
+            nodes.append(_status(address, timeout, cfg))
         except grpc.RpcError as exc:
             nodes.append({"address": address, "error": exc.code().name})
     leader = next((n for n in nodes if n.get("is_leader")), None)
@@ -127,8 +144,8 @@ def format_status(status: dict[str, Any]) -> str:
 # -- membership and background roles (Admin RPCs served by the Raft leader / any node) ------
 
 
-def _leader_address(addresses: list[str], timeout: float) -> str:
-    status = cluster_status(addresses, timeout)
+def _leader_address(addresses: list[str], timeout: float, cfg: Config | None) -> str:
+    status = cluster_status(addresses, timeout, cfg)
     for node in status["nodes"]:
         if node.get("is_leader"):
             return str(node["address"])
@@ -150,6 +167,7 @@ def member_change(
     force: bool = False,
     timeout: float = 30.0,
     attempts: int = 10,
+    cfg: Config | None = None,
 ) -> list[dict[str, Any]]:
     """Run AddMember / SetMemberState / RemoveMember on the leader, retrying while the
     leadership moves (UNAVAILABLE); any other refusal raises RuntimeError with its reason."""
@@ -159,8 +177,8 @@ def member_change(
     last = ""
     for attempt in range(attempts):
         try:
-            leader = _leader_address(addresses, 3.0)
-            with grpc.insecure_channel(leader) as channel:
+            leader = _leader_address(addresses, 3.0, cfg)
+            with _channel(leader, cfg) as channel:
                 stub = registry_pb2_grpc.AdminStub(channel)
                 reply = getattr(stub, verb)(request, timeout=timeout)
             return list(json.loads(reply.members))
@@ -175,14 +193,18 @@ def member_change(
 
 
 def trigger(
-    addresses: list[str], role: str = "repair", wait: bool = False, timeout: float = 3600.0
+    addresses: list[str],
+    role: str = "repair",
+    wait: bool = False,
+    timeout: float = 3600.0,
+    cfg: Config | None = None,
 ) -> dict[str, Any]:
     """Trigger a background role on every listed node at once (passes run in parallel);
     {address: progress or {"error": status}}."""
 
     def one(address: str) -> dict[str, Any]:
         try:
-            with grpc.insecure_channel(address) as channel:
+            with _channel(address, cfg) as channel:
                 reply = registry_pb2_grpc.AdminStub(channel).Trigger(
                     registry_pb2.TriggerRequest(role=role, wait=wait), timeout=timeout
                 )

@@ -8,6 +8,14 @@
     cargohold admin nodes drain ID | undrain ID | remove ID [--force]
     cargohold admin repair [--scrub] [--wait]       run a repair (or scrub) pass now
     cargohold admin stop --data DIR                 stop the processes owning DIR's locks
+    cargohold admin certs ca --dir DIR              create the cluster CA (mTLS)
+    cargohold admin certs issue --dir DIR --role node|gateway|admin --name N [--host H]..
+    cargohold admin keys gateway|admin              a role credential derived from the secret
+
+Admin verbs authenticate as the `admin` role with the cluster secret or an admin
+credential from `--config FILE` or the environment (CARGOHOLD_CLUSTER_SECRET[_FILE],
+CARGOHOLD_CLUSTER_CREDENTIAL[_FILE]); `cargohold dev` writes one in
+<data>/config/admin.toml. See docs/security.md.
 
 Every verb has `--help`. Settings come from cargohold/config.py (file, environment,
 then these flags). Exit statuses: cargohold_cli/exits.py (README.md, "Exit codes").
@@ -23,7 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cargohold.config import load_config
+from cargohold.cluster_auth import format_credential, require_secret
+from cargohold.config import Config, load_config
 from cargohold.errors import CargoholdError
 from cargohold.log import setup_logging
 
@@ -87,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--nodes", help="comma-separated node gRPC addresses")
 
     admin = sub.add_parser("admin", help="inspect and manage a running cluster")
+    admin.add_argument("--config", help="TOML config with [cluster] secret or credential")
     admin_sub = admin.add_subparsers(dest="admin_verb", required=True)
     status = admin_sub.add_parser("status", help="members, Raft leader, chunks per node")
     status.add_argument(
@@ -143,13 +153,35 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument(
         "--timeout", type=float, default=30.0, help="seconds after SIGTERM before SIGKILL"
     )
+    certs = admin_sub.add_parser("certs", help="cluster CA and mTLS certificates")
+    certs_sub = certs.add_subparsers(dest="certs_verb", required=True)
+    ca = certs_sub.add_parser("ca", help="create the cluster CA (ca.pem, ca-key.pem)")
+    ca.add_argument("--dir", required=True, help="directory for the CA (created 0700)")
+    ca.add_argument("--days", type=int, default=3650, help="validity (default 10 years)")
+    issue = certs_sub.add_parser("issue", help="issue a node, gateway or admin certificate")
+    issue.add_argument("--dir", required=True, help="the CA's directory (output goes there)")
+    issue.add_argument("--role", required=True, choices=("node", "gateway", "admin"))
+    issue.add_argument("--name", required=True, help="CN and file name (n1, gateway-1, ...)")
+    issue.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="DNS name or IP clients dial (repeat; nodes need theirs)",
+    )
+    issue.add_argument("--days", type=int, default=730, help="validity (default 2 years)")
+    keys = admin_sub.add_parser(
+        "keys", help="print the credential of one role, derived from the cluster secret"
+    )
+    keys.add_argument("role", choices=("gateway", "admin", "node"))
+    for one in (status, nodes, repair, keys):
+        one.add_argument("--config", default=argparse.SUPPRESS, help="as `admin --config`")
     return parser
 
 
 def run_status(args: argparse.Namespace) -> int:
     from cargohold_cli.admin import cluster_status, format_status
 
-    status = cluster_status([a.strip() for a in args.nodes.split(",") if a.strip()])
+    status = cluster_status(_addresses(args.nodes), cfg=_admin_cfg(args))
     if args.json:
         print(json.dumps(status, indent=2))
     else:
@@ -161,18 +193,53 @@ def _addresses(text: str) -> list[str]:
     return [a.strip() for a in text.split(",") if a.strip()]
 
 
+def _admin_cfg(args: argparse.Namespace) -> Config:
+    from cargohold_cli.admin import admin_config
+
+    cfg = admin_config(args.config)
+    require_secret(cfg, "admin")
+    return cfg
+
+
+def run_certs(args: argparse.Namespace) -> int:
+    from cargohold.certs import create_ca, issue
+
+    try:
+        if args.certs_verb == "ca":
+            print(create_ca(args.dir, days=args.days))
+        else:
+            for path in issue(args.dir, args.role, args.name, args.host, days=args.days):
+                print(path)
+    except (OSError, ValueError) as exc:
+        print(f"cargohold: certs {args.certs_verb}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    from cargohold_cli.admin import admin_config
+
+    cfg = admin_config(args.config)
+    if not cfg.cluster.secret:
+        print("cargohold: keys needs cluster.secret (--config or environment)", file=sys.stderr)
+        return 1
+    print(format_credential(cfg.cluster.secret, args.role))
+    return 0
+
+
 def run_nodes(args: argparse.Namespace) -> int:
     from cargohold_cli.admin import member_change
 
     addresses = _addresses(args.nodes)
+    cfg = _admin_cfg(args)
     try:
         if args.nodes_verb == "add":
-            members = member_change(addresses, "AddMember", args.id, args.grpc, args.raft)
+            members = member_change(addresses, "AddMember", args.id, args.grpc, args.raft, cfg=cfg)
         elif args.nodes_verb in ("drain", "undrain"):
             state = "draining" if args.nodes_verb == "drain" else "active"
-            members = member_change(addresses, "SetMemberState", args.id, state=state)
+            members = member_change(addresses, "SetMemberState", args.id, state=state, cfg=cfg)
         else:
-            members = member_change(addresses, "RemoveMember", args.id, force=args.force)
+            members = member_change(addresses, "RemoveMember", args.id, force=args.force, cfg=cfg)
     except RuntimeError as exc:
         print(f"cargohold: {args.nodes_verb} {args.id}: {exc}", file=sys.stderr)
         return 1
@@ -185,9 +252,10 @@ def run_repair(args: argparse.Namespace) -> int:
     from cargohold_cli.admin import cluster_status, trigger
 
     addresses = _addresses(args.nodes)
-    members = cluster_status(addresses)["members"]
+    cfg = _admin_cfg(args)
+    members = cluster_status(addresses, cfg=cfg)["members"]
     targets = [m["grpc"] for m in members if m.get("state") != "removed"] or addresses
-    results = trigger(targets, "scrub" if args.scrub else "repair", wait=args.wait)
+    results = trigger(targets, "scrub" if args.scrub else "repair", wait=args.wait, cfg=cfg)
     if args.json:
         print(json.dumps(results, indent=2))
     keys = (
@@ -239,6 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_repair(args)
             if args.admin_verb == "stop":
                 return run_stop(args)
+            if args.admin_verb == "certs":
+                return run_certs(args)
+            if args.admin_verb == "keys":
+                return run_keys(args)
             return 2
         if args.lifeline_fd is not None:
             from cargohold_cli.lifeline import watch

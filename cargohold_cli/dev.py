@@ -115,8 +115,8 @@ def _run_locked(args: argparse.Namespace, data: Path) -> int:
             f"ready http://{cluster.gateway_metrics(j)}/readyz"
         )
     print(
-        f"  logs: {data / 'logs'}   status: cargohold admin status --nodes "
-        f"{','.join(cluster.node_grpc_addresses)}"
+        f"  logs: {data / 'logs'}   status: cargohold admin --config "
+        f"{cluster.admin_config_path()} status --nodes {','.join(cluster.node_grpc_addresses)}"
     )
     print("  Ctrl-C stops the cluster; data is kept for the next start.", flush=True)
     try:

@@ -15,6 +15,11 @@ Layout under `base_dir`:
     nodes/n<i>/               each node's data directory (LMDB, Raft journal and dump)
     logs/<name>.log           each process's stderr/stdout
 
+The secret is generated on first start (the only place a secret is ever made up), and
+`base_dir`, `config/` and `cluster.toml` are private to the user (0700 directories, 0600
+files): they hold it. Helpers that talk to the nodes (`channel`, `node_status`, `members`)
+sign their calls like any client (cargohold/grpc_channels.py), as `admin` by default.
+
 Process control (kill with any signal, restart, stop) is by index, for chaos tests.
 
 Process hygiene: `start()` first checks that nothing else holds a node's data directory
@@ -44,7 +49,10 @@ from typing import Any
 import grpc
 
 from cargohold import datadir_lock
+from cargohold.cluster_auth import format_credential
+from cargohold.config import Config, load_config
 from cargohold.errors import DataDirInUse
+from cargohold.grpc_channels import open_sync_channel
 from cargohold.metadata_api import Members
 from cargohold.ports import ensure_bindable, listens
 from cargohold_cli import lifeline
@@ -90,6 +98,9 @@ class ClusterLayout:
     gateway_ports: list[int] = field(default_factory=list)
     # Per-node host addresses (test hosts in network namespaces); empty = all on `host`.
     node_hosts: list[str] = field(default_factory=list)
+    # Mutual TLS on gRPC: a cluster CA and one certificate per role under tls/ (made on
+    # first start, cargohold/certs.py); every process presents its role's certificate.
+    mtls: bool = False
     # Extra settings per section merged into every process's config ({"node": {...}}).
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -120,6 +131,20 @@ def to_toml(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _private_dir(path: Path) -> None:
+    """Create `path` (and parents) and make it 0700: it holds secrets."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by the owner only (0600, also when it existed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 class LocalCluster:
     """Start, inspect, kill and restart a cluster of real node and gateway processes."""
 
@@ -139,6 +164,7 @@ class LocalCluster:
         node_hosts: list[str] | None = None,
         node_exec_prefixes: list[list[str]] | None = None,
         orphan_grace: float = 3.0,
+        mtls: bool = False,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.log_level = log_level
@@ -155,6 +181,7 @@ class LocalCluster:
             extra or {},
             host,
             node_hosts or [],
+            mtls,
         )
         # Commands that wrap a node's process (e.g. `ip netns exec <ns>`); not persisted.
         self.node_exec_prefixes = node_exec_prefixes or [[] for _ in range(self.node_count)]
@@ -176,6 +203,7 @@ class LocalCluster:
         extra: dict[str, dict[str, Any]],
         host: str,
         node_hosts: list[str],
+        mtls: bool = False,
     ) -> ClusterLayout:
         path = self.base_dir / "cluster.toml"
         if path.exists():
@@ -214,6 +242,7 @@ class LocalCluster:
             gateway_ports=gw_ports,
             node_hosts=list(node_hosts),
             extra=extra,
+            mtls=mtls,
         )
         self._add_metrics_ports(layout, node_base_port)
         if chunk_size:
@@ -235,9 +264,12 @@ class LocalCluster:
             layout.node_metrics_ports.append(port)
 
     def _save_layout(self, layout: ClusterLayout) -> None:
-        self.base_dir.mkdir(parents=True, exist_ok=True)
+        """cluster.toml, private to the user: it holds the secret."""
+        _private_dir(self.base_dir)
         flat = {k: v for k, v in asdict(layout).items() if k != "extra"}
-        (self.base_dir / "cluster.toml").write_text(to_toml(flat) + self._extra_toml(layout.extra))
+        _write_private(
+            self.base_dir / "cluster.toml", to_toml(flat) + self._extra_toml(layout.extra)
+        )
 
     @staticmethod
     def _extra_toml(extra: dict[str, dict[str, Any]]) -> str:
@@ -299,13 +331,32 @@ class LocalCluster:
     def node_grpc_addresses(self) -> list[str]:
         return [self.node_grpc(i) for i in range(self.node_count)]
 
-    def _cluster_section(self) -> dict[str, Any]:
+    def _tls_section(self, role: str) -> dict[str, str]:
+        """tls_ca/tls_cert/tls_key of `role` when the layout asks for mTLS (made once)."""
+        if not self.layout.mtls:
+            return {}
+        tls = self.base_dir / "tls"
+        if not (tls / "ca.pem").exists():
+            from cargohold.certs import create_ca, issue
+
+            create_ca(tls)
+            hosts = sorted({self.layout.host, *self.layout.node_hosts, "localhost"})
+            for name in ("node", "gateway", "admin"):
+                issue(tls, name, name, hosts)
+        return {
+            "tls_ca": str(tls / "ca.pem"),
+            "tls_cert": str(tls / f"{role}.pem"),
+            "tls_key": str(tls / f"{role}-key.pem"),
+        }
+
+    def _cluster_section(self, role: str = "node") -> dict[str, Any]:
         section = {
             "secret": self.layout.secret,
             "replicas": self.layout.replicas,
             "write_quorum": self.layout.write_quorum,
             "chunk_size": self.layout.chunk_size,
         }
+        section.update(self._tls_section(role))
         section.update(self.layout.extra.get("cluster", {}))
         return section
 
@@ -332,16 +383,40 @@ class LocalCluster:
             "nodes": self.node_grpc_addresses,
         }
         gateway.update(self.layout.extra.get("gateway", {}))
+        # A gateway holds its role's key, not the cluster secret (least privilege).
+        cluster = self._cluster_section("gateway")
+        cluster["credential"] = format_credential(str(cluster.pop("secret")), "gateway")
         self._write_config(
-            path,
-            {"log_level": self.log_level, "cluster": self._cluster_section(), "gateway": gateway},
+            path, {"log_level": self.log_level, "cluster": cluster, "gateway": gateway}
         )
         return path
 
     @staticmethod
     def _write_config(path: Path, data: dict[str, Any]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(to_toml(data))
+        _private_dir(path.parent)
+        _write_private(path, to_toml(data))
+
+    def admin_config_path(self) -> Path:
+        """config/admin.toml: the admin credential and TLS settings, for `cargohold admin
+        --config` (no node or gateway section)."""
+        path = self.base_dir / "config" / "admin.toml"
+        cluster = self._cluster_section("admin")
+        cluster["credential"] = format_credential(str(cluster.pop("secret")), "admin")
+        self._write_config(path, {"cluster": cluster})
+        return path
+
+    def client_config(self, role: str = "admin") -> Config:
+        """A Config that calls this cluster's nodes as `role` (secret, TLS settings)."""
+        section = self._cluster_section(role)
+        cfg = load_config(overrides={f"cluster.{k}": v for k, v in section.items()}, environ={})
+        cfg.role = role
+        return cfg
+
+    def channel(self, node: int | str, role: str = "admin") -> grpc.Channel:
+        """A blocking channel to node `node` (an index or a gRPC address) whose calls are
+        signed as `role`."""
+        address = self.node_grpc(node) if isinstance(node, int) else node
+        return open_sync_channel(address, self.client_config(role))
 
     # -- processes ----------------------------------------------------------------------
     def _spawn(
@@ -426,6 +501,7 @@ class LocalCluster:
 
     def start(self, timeout: float = 60.0) -> LocalCluster:
         self.preflight()
+        self.admin_config_path()
         for i in range(self.node_count):
             self.start_node(i)
         for j in range(self.gateway_count):
@@ -468,12 +544,12 @@ class LocalCluster:
 
     # -- readiness and inspection ---------------------------------------------------------
     def node_status(self, i: int, timeout: float = 2.0) -> registry_pb2.StatusReply:
-        with grpc.insecure_channel(self.node_grpc(i)) as channel:
+        with self.channel(i) as channel:
             stub = registry_pb2_grpc.AdminStub(channel)
             return stub.Status(registry_pb2.StatusRequest(), timeout=timeout)
 
     def members(self, i: int = 0, timeout: float = 2.0) -> list[dict[str, Any]]:
-        with grpc.insecure_channel(self.node_grpc(i)) as channel:
+        with self.channel(i) as channel:
             stub = registry_pb2_grpc.MetadataStub(channel)
             reply = stub.Query(
                 registry_pb2.MetadataRequest(op=Members.op, args=Members().args_json()),

@@ -21,6 +21,7 @@ import ssl
 import uvloop
 from aiohttp import web
 
+from cargohold.cluster_auth import require_secret
 from cargohold.config import Config, split_hostport
 from cargohold.errors import AddressInUse, StartupError
 from cargohold.log import log_event
@@ -139,5 +140,7 @@ async def _main(cfg: Config) -> None:
 def main(cfg: Config) -> None:
     """Run one gateway until SIGTERM or SIGINT (called by `cargohold gateway`); malloc is
     tuned for chunk-sized buffers first (cargohold/memtune.py)."""
+    require_secret(cfg, "gateway")
+    cfg.role = "gateway"
     tune_malloc(cfg.gateway.malloc_retain_bytes)
     uvloop.run(_main(cfg))

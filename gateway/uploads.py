@@ -23,11 +23,19 @@ here. Choices:
   with 400 SIZE_INVALID.
 - A mount that is impossible (unknown or invalid `from`, blob absent there, bad digest)
   falls back to a normal 202 session, never an error.
+- The first recipe recorded for a digest is never replaced: a commit whose chunk list
+  differs (another client's PATCH sizes cut other chunks) is refused by the node
+  (`RecipeConflict`). This gateway then verifies the recorded recipe, reading it back
+  and hashing it against the digest: when it matches, the blob is linked with the
+  recorded recipe (the new chunks are garbage for GC); when it does not (a squatted
+  digest), the push fails with 500 and `upload.recipe_conflict_unverified` is logged
+  for the operator, and nothing of the push is linked (docs/security.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -37,6 +45,8 @@ from typing import Any
 
 from aiohttp import ClientPayloadError, http_exceptions, web
 
+from cargohold.cluster_auth import upload_id_key
+from cargohold.concurrency import hash_off_loop
 from cargohold.digests import new_hasher, parse_digest
 from cargohold.errors import (
     BlobUploadInvalid,
@@ -45,13 +55,14 @@ from cargohold.errors import (
     MetadataStorageFull,
     NameInvalid,
     RangeInvalid,
+    RecipeConflict,
     RegistryError,
     RequestTimeout,
     SizeInvalid,
     Unavailable,
 )
 from cargohold.log import log_event
-from cargohold.metadata_api import BlobCommit, UploadAppend
+from cargohold.metadata_api import BlobCommit, Recipe, UploadAppend
 from cargohold.names import validate_name
 from gateway.body import BodyTimeout, BudgetedBody, budget
 from gateway.chunking import ingest
@@ -132,7 +143,7 @@ def _ids(request: web.Request) -> tuple[GatewayContext, str, UploadId]:
     ctx = context(request)
     name = validate_name(request.match_info["name"])
     upload = parse_upload_id(
-        ctx.cfg.cluster.secret,
+        upload_id_key(ctx.cfg),
         name,
         request.match_info["upload"],
         ctx.cfg.gateway.upload_expiry_seconds,
@@ -254,7 +265,7 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
         return _created(name, mount)
     if "digest" in query:
         return await _monolithic(ctx, request, name, query["digest"])
-    upload = new_upload_id(ctx.cfg.cluster.secret, name)
+    upload = new_upload_id(upload_id_key(ctx.cfg), name)
     response = _accepted(name, upload.value, 0)
     # distribution-spec v1.1: chunked clients (regctl) send PATCHes of at least this size,
     # so stored chunks stay full-size (fewer chunks per recipe, better deduplication).
@@ -277,6 +288,35 @@ async def _try_mount(ctx: GatewayContext, name: str, digest: str, source: str) -
     return mounted
 
 
+async def _commit(
+    ctx: GatewayContext, name: str, digest: str, recipe: Recipe, upload: str | None
+) -> None:
+    """`blob_commit`, verifying the recorded recipe when the node reports a conflict."""
+    try:
+        await ctx.meta.blob_commit(BlobCommit(name, digest, recipe, upload, _now()))
+        return
+    except RecipeConflict:
+        recorded = await ctx.meta.blob_recipe(digest)
+    if not await _recipe_matches(ctx, recorded, digest):
+        log_event(logger, "upload.recipe_conflict_unverified", logging.ERROR, digest=digest)
+        raise RegistryError(
+            "this digest is recorded with content that does not match it",
+            detail={"digest": digest},
+        )
+    await ctx.meta.blob_commit(BlobCommit(name, digest, recorded, upload, _now()))
+
+
+async def _recipe_matches(ctx: GatewayContext, recipe: Recipe, digest: str) -> bool:
+    """Whether the stored bytes of `recipe` hash to `digest` (read through the verified
+    chunk path, hashed off the event loop)."""
+    algorithm, _ = parse_digest(digest)
+    hasher = new_hasher(algorithm)
+    async with contextlib.aclosing(ctx.cluster.read_range(dict(recipe), 0, recipe["size"])) as it:
+        async for piece in it:
+            await hash_off_loop(hasher.update, piece)
+    return f"{algorithm}:{hasher.hexdigest()}" == digest
+
+
 async def _monolithic(
     ctx: GatewayContext, request: web.Request, name: str, digest: str
 ) -> web.StreamResponse:
@@ -285,9 +325,7 @@ async def _monolithic(
     chunks, total = await _ingest(ctx, request, hasher, 0)
     if f"{algorithm}:{hasher.hexdigest()}" != digest:
         raise DigestInvalid(detail={"digest": digest})
-    await ctx.meta.blob_commit(
-        BlobCommit(name, digest, {"size": total, "chunks": chunks}, None, _now())
-    )
+    await _commit(ctx, name, digest, {"size": total, "chunks": chunks}, None)
     return _created(name, digest)
 
 
@@ -344,14 +382,8 @@ async def put_upload(request: web.Request) -> web.StreamResponse:
         if algorithm == "sha256":
             hash_cache(ctx).put(upload.value, size, base)
         raise DigestInvalid(detail={"digest": digest})
-    await ctx.meta.blob_commit(
-        BlobCommit(
-            name,
-            digest,
-            {"size": size + added, "chunks": chunks + new_chunks},
-            upload.value,
-            _now(),
-        )
+    await _commit(
+        ctx, name, digest, {"size": size + added, "chunks": chunks + new_chunks}, upload.value
     )
     hash_cache(ctx).drop(upload.value)
     return _created(name, digest)

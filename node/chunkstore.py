@@ -141,8 +141,8 @@ class ChunkStore(Protocol):
     async def stats(self) -> ChunkStats: ...
 
     async def verify(self, chunk_id: bytes) -> bool:
-        """Scrub one chunk: False (and quarantined) when its checksum fails.
-        Raises ChunkMissing when it is not held."""
+        """Scrub one chunk: False (and quarantined) when its checksum fails or its bytes do
+        not hash (sha256) to its id. Raises ChunkMissing when it is not held."""
         ...
 
     def close(self) -> None: ...
@@ -178,6 +178,12 @@ def is_intact(value: bytes | memoryview) -> bool:
     return checksum_of(value[CHECKSUM_LEN:]) == bytes(value[:CHECKSUM_LEN])
 
 
+def is_sound(chunk_id: bytes, value: bytes | memoryview) -> bool:
+    """`is_intact`, and the data's sha256 is the chunk id (what scrub checks: a copy with a
+    matching checksum but other bytes, written under a wrong id, is caught too)."""
+    return is_intact(value) and hashlib.sha256(value[CHECKSUM_LEN:]).digest() == chunk_id
+
+
 async def prepare_value_async(
     chunk_id: bytes, data: bytes | memoryview, checksum: bytes | None, verify_id: bool = True
 ) -> bytes:
@@ -209,10 +215,10 @@ class _Batch:
         self.txn.put(_META_QUARANTINED, _U64.pack(self.quarantined), db=meta)
 
     def quarantine(self, chunk_id: bytes) -> bool:
-        """Move a failing copy out of "chunks"; False when absent or (now) intact."""
+        """Move a failing copy out of "chunks"; False when absent or (now) sound."""
         txn, s = self.txn, self.store
         current = txn.get(chunk_id, db=s._chunks)
-        if current is None or is_intact(current):
+        if current is None or is_sound(chunk_id, current):
             return False
         value = bytes(current)
         txn.delete(chunk_id, db=s._chunks)
@@ -373,7 +379,7 @@ class LmdbChunkStore:
 
     async def verify(self, chunk_id: bytes) -> bool:
         try:
-            await asyncio.to_thread(self._read, chunk_id, False)
+            await asyncio.to_thread(self._check_sound, chunk_id)
         except _Corrupt:
             await self._quarantine_copy(chunk_id)
             return False
@@ -457,6 +463,11 @@ class LmdbChunkStore:
             value = self._intact_value(txn, chunk_id)
             checksum = bytes(value[:CHECKSUM_LEN])
             return (bytes(value[CHECKSUM_LEN:]) if copy else None), checksum
+
+    def _check_sound(self, chunk_id: bytes) -> None:
+        with self._reading() as txn:
+            if not is_sound(chunk_id, self._intact_value(txn, chunk_id)):
+                raise _Corrupt
 
     def _read_encoded(self, chunk_id: bytes, encode: Callable[[memoryview, bytes], bytes]) -> bytes:
         with self._reading() as txn:

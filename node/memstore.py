@@ -16,6 +16,7 @@ from node.chunkstore import (
     CHUNK_ID_LEN,
     ChunkStats,
     is_intact,
+    is_sound,
     prepare_value_async,
 )
 
@@ -68,7 +69,7 @@ class MemoryChunkStore:
         return encode(memoryview(data), checksum)
 
     async def verify(self, chunk_id: bytes) -> bool:
-        if is_intact(self._value(chunk_id)):
+        if is_sound(chunk_id, self._value(chunk_id)):
             return True
         self._move_to_quarantine(chunk_id)
         return False

@@ -4,8 +4,9 @@ and the re-fetch that replaces a corrupt copy with a good one from another repli
 `ScrubRole` runs a pass every `scrub_interval` seconds (or at once on `trigger()`, the
 Admin `Trigger` RPC with role "scrub"), walking the chunk ids in key order and calling
 `store.verify` on each, paced to `scrub_rate_bytes` per second. `verify` moves a copy that
-fails its xxh3 checksum to quarantine (the chunk store owns that); scrub then asks
-`Refetcher` for a good copy at once.
+fails its xxh3 checksum, or whose bytes do not hash (sha256) to its chunk id, to quarantine
+(the chunk store owns that): a copy written with a matching checksum but other bytes is
+caught too. Scrub then asks `Refetcher` for a good copy at once.
 
 `Refetcher.schedule(id)` is also what the Chunks service calls when a `Get` finds a corrupt
 copy, so a read that hit bit rot heals the copy in the background. It asks the other

@@ -12,7 +12,10 @@
    follow the disk even when no write asks;
 2. serves `Chunks`, `Metadata` and `Admin` on `cfg.node.grpc_listen` (one grpc.aio server,
    message limits = `grpc_max_message`, HTTP/2 frames up to `grpc_max_frame_size`, TLS
-   when `cluster.tls_cert`/`tls_key` are set, mTLS when `cluster.tls_ca` is set too);
+   when `cluster.tls_cert`/`tls_key` are set, mTLS when `cluster.tls_ca` is set too),
+   every call authenticated and checked against the role matrix (node/access.py): by
+   the client certificate under mTLS, else by the per-call token; a node without
+   `cluster.secret` refuses to start;
 3. joins the member list (`member_join`, retried until a leader commits it);
 4. runs leader housekeeping: every `housekeeping_interval` the leader expires upload
    sessions untouched for `upload_expire_after` (the catalogue's `expire_uploads`);
@@ -42,6 +45,7 @@ import grpc
 import uvloop
 
 from cargohold import metadata_api as api
+from cargohold.cluster_auth import require_secret
 from cargohold.config import Config
 from cargohold.datadir_lock import DataDirLock
 from cargohold.errors import (
@@ -56,6 +60,7 @@ from cargohold.memtune import tune_malloc
 from cargohold.ports import ensure_bindable
 from cargohold.request_ids import RequestIdServerInterceptor
 from node import chunk_service
+from node.access import AccessInterceptor
 from node.admin_service import AdminServicer
 from node.chunkstore import LmdbChunkStore
 from node.disk import DiskSpace
@@ -161,6 +166,9 @@ def _ready_check(raft: RaftMember) -> Callable[[], tuple[bool, dict[str, Any]]]:
 async def run_node(cfg: Config) -> None:
     """Run one storage node until SIGTERM/SIGINT; the data directory stays locked for its
     whole life (cargohold/datadir_lock.py)."""
+    require_secret(cfg, "node")
+    # This process calls its peers as a node (cargohold/grpc_channels.py signs with it).
+    cfg.role = "node"
     lock = await asyncio.to_thread(claim_data_dir, cfg)
     try:
         await _run_locked(cfg)
@@ -208,9 +216,15 @@ async def _run_locked(cfg: Config) -> None:
         await raft.wait_bound()
         scrub = ScrubRole(cfg, store, raft, peers)
         repair = RepairRole(cfg, store, raft, peers, on_corrupt=scrub.refetcher.schedule)
+        try:
+            creds = _server_credentials(cfg)
+        except OSError as exc:
+            raise StartupError(f"cannot read the TLS files: {exc}") from None
+        mtls = creds is not None and bool(cfg.cluster.tls_ca)
         server = grpc.aio.server(
-            # Log lines caused by a gateway request carry its id (cargohold/request_ids.py).
-            interceptors=[RequestIdServerInterceptor()],
+            # Every call authenticated and checked against the role matrix (node/access.py);
+            # log lines caused by a gateway request carry its id (cargohold/request_ids.py).
+            interceptors=[AccessInterceptor(cfg, mtls=mtls), RequestIdServerInterceptor()],
             options=[
                 ("grpc.max_send_message_length", node.grpc_max_message),
                 ("grpc.max_receive_message_length", node.grpc_max_message),
@@ -232,10 +246,6 @@ async def _run_locked(cfg: Config) -> None:
             ),
             server,
         )
-        try:
-            creds = _server_credentials(cfg)
-        except OSError as exc:
-            raise StartupError(f"cannot read the TLS files: {exc}") from None
         try:
             if creds is None:
                 server.add_insecure_port(node.grpc_listen)

@@ -2,17 +2,17 @@
 
 A barrier is the smallest replicated command (a no-op committed on a majority), so this
 is the ceiling of the metadata group as the gateways see it. Calls go round-robin to every
-node (a follower forwards to the leader, as for a gateway's commands). Cargohold only.
+node (a follower forwards to the leader, as for a gateway's commands), signed as a
+gateway's calls are (cargohold/grpc_channels.py). Cargohold only.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import grpc
-
 from bench.driver import drive
 from bench.workloads.common import Context
+from cargohold.grpc_channels import open_channel
 from protos import registry_pb2, registry_pb2_grpc
 
 
@@ -21,7 +21,11 @@ async def run(ctx: Context) -> dict[str, Any]:
     if not addresses:
         return {}
     p = ctx.profile
-    channels = [grpc.aio.insecure_channel(a) for a in addresses]
+    cluster = getattr(ctx.system, "cluster", None)
+    if cluster is None:
+        return {}
+    cfg = cluster.client_config("gateway")
+    channels = [open_channel(a, cfg) for a in addresses]
     try:
         stubs = [registry_pb2_grpc.MetadataStub(c) for c in channels]
         request = registry_pb2.MetadataRequest(op="barrier", args=b"{}")

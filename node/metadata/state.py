@@ -49,6 +49,7 @@ from cargohold.errors import (
     NameUnknown,
     NotFound,
     RangeInvalid,
+    RecipeConflict,
     RequestInvalid,
     SizeInvalid,
 )
@@ -276,6 +277,7 @@ class MetadataState:
             api.TagGet: self._tag_get,
             api.ManifestGet: self._manifest_get,
             api.BlobGet: self._blob_get,
+            api.BlobRecipe: self._blob_recipe,
             api.UploadGet: self._upload_get,
             api.TagsList: self._tags_list,
             api.Catalog: self._catalog_page,
@@ -483,9 +485,16 @@ class MetadataState:
         self._set_upload(upload, CancelledUpload(record.repo if record else None, req.now))
         return None
 
+    def _check_recipe(self, digest: str, recipe: Recipe) -> None:
+        """The first recipe recorded for a digest stays: a different one is refused."""
+        recorded = self.blobs.get(digest)
+        if recorded is not None and recorded != recipe:
+            raise RecipeConflict(f"{digest} is recorded with another chunk list")
+
     def _blob_commit(self, req: api.BlobCommit) -> None:
         repo, digest, upload = req.repo, req.digest, req.upload
         recipe = _pack_recipe(req.recipe)
+        self._check_recipe(digest, recipe)
         if upload is not None:
             record = self.uploads.get(upload)
             if record is not None:
@@ -493,6 +502,14 @@ class MetadataState:
                     raise BlobUploadUnknown(f"upload {upload} is {_upload_state(record)}")
                 if isinstance(record, ClosedUpload) and record.digest != digest:
                     raise BlobUploadUnknown(f"upload {upload} was committed as another blob")
+                # What this session appended is the start of what it commits, unless it
+                # adopts the digest's recorded recipe (the gateway verified both).
+                if (
+                    isinstance(record, OpenUpload)
+                    and self.blobs.get(digest) != recipe
+                    and not (record.size <= recipe.size and recipe.packed.startswith(record.packed))
+                ):
+                    raise SizeInvalid(f"upload {upload}: the recipe does not extend its chunks")
             if record is None or isinstance(record, OpenUpload):
                 self._set_upload(upload, ClosedUpload(repo, digest, req.now))
         self._add_blob(digest, recipe)
@@ -520,6 +537,7 @@ class MetadataState:
     def _manifest_put(self, req: api.ManifestPut) -> None:
         repo, digest, subject, tag = req.repo, req.digest, req.subject, req.tag
         recipe = _pack_recipe(req.recipe)
+        self._check_recipe(digest, recipe)
         linked = self.links.get(repo, ())
         missing = sorted(b for b in req.blobs if b not in linked)
         present = self.manifests.get(repo, {})
@@ -660,6 +678,12 @@ class MetadataState:
         if req.digest not in self.links.get(req.repo, ()):
             raise BlobUnknown(f"blob {req.digest} unknown in {req.repo}")
         return recipe_json(self.blobs[req.digest])
+
+    def _blob_recipe(self, req: api.BlobRecipe) -> api.Recipe:
+        recipe = self.blobs.get(req.digest)
+        if recipe is None:
+            raise BlobUnknown(f"blob {req.digest} unknown")
+        return recipe_json(recipe)
 
     def _upload_get(self, req: api.UploadGet) -> api.UploadInfo:
         record = self.uploads.get(req.upload)

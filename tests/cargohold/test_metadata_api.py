@@ -68,6 +68,7 @@ EXAMPLES: list[api.Request[Any]] = [
     api.TagGet("lib/app", "v1"),
     api.ManifestGet("lib/app", D),
     api.BlobGet("lib/app", D),
+    api.BlobRecipe(D),
     api.UploadGet("u1"),
     api.TagsList("lib/app", 10, "a"),
     api.Catalog(None, None),

@@ -88,6 +88,7 @@ class ComposeCluster:
 
     def up(self, timeout: float = 180.0) -> None:
         self._ids.clear()
+        subprocess.run([str(REPO_ROOT / "scripts" / "cluster-secrets.sh")], check=True)
         self._compose("up", "-d", "--no-build")
         self.wait_ready(timeout)
 

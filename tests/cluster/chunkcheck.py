@@ -55,7 +55,7 @@ async def pull_blob(http: aiohttp.ClientSession, base: str, repo: str, digest: s
 
 
 def has(cluster: LocalCluster, i: int, ids: list[bytes]) -> list[bool]:
-    with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
+    with cluster.channel(i, "node") as channel:
         reply = registry_pb2_grpc.ChunksStub(channel).Has(
             registry_pb2.HasChunksRequest(ids=ids), timeout=30
         )
@@ -95,8 +95,8 @@ def misplaced(cluster: LocalCluster, ids: list[bytes], ask: int = 0) -> list[str
     return wrong
 
 
-def _metadata_query(address: str, op: str, args: dict[str, Any]) -> Any:
-    with grpc.insecure_channel(address) as channel:
+def _metadata_query(cluster: LocalCluster, address: str, op: str, args: dict[str, Any]) -> Any:
+    with cluster.channel(address) as channel:
         stub = registry_pb2_grpc.MetadataStub(channel)
         reply = stub.Query(
             registry_pb2.MetadataRequest(op=op, args=json.dumps(args).encode(), linearizable=True),
@@ -115,7 +115,7 @@ def cluster_query(cluster: LocalCluster, op: str, args: dict[str, Any], limit: f
         address = cluster.node_grpc(nodes[attempt % len(nodes)])
         attempt += 1
         try:
-            return _metadata_query(address, op, args)
+            return _metadata_query(cluster, address, op, args)
         except grpc.RpcError as exc:
             if (
                 exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -150,7 +150,7 @@ def replica_counts(cluster: LocalCluster, chunk_ids: Iterable[str]) -> dict[str,
     ids = list(chunk_ids)
     counts = dict.fromkeys(ids, 0)
     for i in cluster.running_nodes():
-        with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
+        with cluster.channel(i, "node") as channel:
             stub = registry_pb2_grpc.ChunksStub(channel)
             for start in range(0, len(ids), 500):
                 batch = ids[start : start + 500]
@@ -194,7 +194,7 @@ def flip_stored_bytes(
 
 def node_chunk(cluster: LocalCluster, i: int, chunk_id: bytes) -> bytes | None:
     """Node i's verified copy of a chunk (Chunks.Get), or None when it serves none."""
-    with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
+    with cluster.channel(i, "node") as channel:
         stub = registry_pb2_grpc.ChunksStub(channel)
         try:
             return bytes(stub.Get(registry_pb2.GetChunkRequest(id=chunk_id), timeout=15).data)

@@ -23,7 +23,7 @@ def wait_answering(cluster: LocalCluster, i: int, timeout: float = 60.0) -> None
 
 def trigger(cluster: LocalCluster, i: int, role: str = "repair") -> dict[str, Any]:
     """Run one whole pass of a role on node i and return its progress."""
-    with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
+    with cluster.channel(i) as channel:
         reply = registry_pb2_grpc.AdminStub(channel).Trigger(
             registry_pb2.TriggerRequest(role=role, wait=True), timeout=300
         )
@@ -40,7 +40,7 @@ def trigger_role(
 ) -> dict[str, Any] | None:
     """Run one pass of `role` on node i now (Admin.Trigger) and return its progress
     counters; None when the node does not serve that role."""
-    with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
+    with cluster.channel(i) as channel:
         stub = registry_pb2_grpc.AdminStub(channel)
         try:
             reply = stub.Trigger(registry_pb2.TriggerRequest(role=role, wait=wait), timeout=timeout)

@@ -131,7 +131,7 @@ def sticky_gateway(cluster: LocalCluster, node: int) -> Iterator[str]:
 
 
 def _tag_on_node(cluster: LocalCluster, i: int, repo: str, linearizable: bool) -> str:
-    with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
+    with cluster.channel(i) as channel:
         stub = registry_pb2_grpc.MetadataStub(channel)
         reply = stub.Query(
             registry_pb2.MetadataRequest(

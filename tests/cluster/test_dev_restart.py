@@ -60,6 +60,8 @@ def test_dev_cluster_keeps_everything_across_restarts(tmp_path: Path) -> None:
                 "-m",
                 "cargohold_cli",
                 "admin",
+                "--config",
+                str(data / "config" / "admin.toml"),
                 "status",
                 "--json",
                 "--nodes",

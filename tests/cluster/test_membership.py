@@ -14,11 +14,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
 
-from cargohold_cli.admin import member_change
+from cargohold_cli import admin
 from cargohold_cli.devcluster import LocalCluster
 from cluster.chunkcheck import chunk_ids, copies, misplaced, pull_blob, push_blob
 from cluster.roles import status_extra, trigger, wait_answering
@@ -68,6 +69,11 @@ class Load:
         await asyncio.gather(*self._tasks)
 
 
+def member_change(cluster: LocalCluster, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """`cargohold admin nodes ...` as the operator runs it: signed as the admin role."""
+    return admin.member_change(*args, cfg=cluster.client_config("admin"), **kwargs)
+
+
 async def _repair_until_placed(
     cluster: LocalCluster, nodes: list[int], ids: list[bytes], rounds: int = 6
 ) -> None:
@@ -100,6 +106,7 @@ async def test_add_then_drain_and_remove_the_leader_under_load(
         await asyncio.to_thread(wait_answering, cluster, new)
         members = await asyncio.to_thread(
             member_change,
+            cluster,
             seeds,
             "AddMember",
             cluster.node_id(new),
@@ -119,7 +126,9 @@ async def test_add_then_drain_and_remove_the_leader_under_load(
         victim = cluster.leader_index()
         assert victim is not None
         victim_id = cluster.node_id(victim)
-        await asyncio.to_thread(member_change, seeds, "SetMemberState", victim_id, state="draining")
+        await asyncio.to_thread(
+            member_change, cluster, seeds, "SetMemberState", victim_id, state="draining"
+        )
         await asyncio.sleep(2.5)  # gateways re-learn members every second: no new writes
         rest = [i for i in range(cluster.node_count) if i != victim]
         for _ in range(8):
@@ -127,7 +136,7 @@ async def test_add_then_drain_and_remove_the_leader_under_load(
             if cluster.node_status(victim).chunk_count == 0:
                 break
         assert cluster.node_status(victim).chunk_count == 0
-        members = await asyncio.to_thread(member_change, seeds, "RemoveMember", victim_id)
+        members = await asyncio.to_thread(member_change, cluster, seeds, "RemoveMember", victim_id)
         assert {m["id"]: m["state"] for m in members}[victim_id] == "removed"
         await asyncio.sleep(1.5)
         cluster.kill_node(victim, signal.SIGTERM)
@@ -165,21 +174,27 @@ async def test_remove_refuses_an_active_or_unemptied_member(
     await push_blob(http, cluster.gateway_url, "refuse/a", os.urandom(MiB))
     victim = next(i for i in range(3) if i != cluster.leader_index())
     with pytest.raises(RuntimeError, match="is active: drain it first"):
-        await asyncio.to_thread(member_change, seeds, "RemoveMember", cluster.node_id(victim))
+        await asyncio.to_thread(
+            member_change, cluster, seeds, "RemoveMember", cluster.node_id(victim)
+        )
     await asyncio.to_thread(
-        member_change, seeds, "SetMemberState", cluster.node_id(victim), state="draining"
+        member_change, cluster, seeds, "SetMemberState", cluster.node_id(victim), state="draining"
     )
     # With 3 nodes and R=3 its chunks have nowhere to go: it keeps them, remove refuses.
     progress = await asyncio.to_thread(trigger, cluster, victim)
     assert progress["moved_away_chunks"] == 0
     with pytest.raises(RuntimeError, match="still holds 4 chunks"):
-        await asyncio.to_thread(member_change, seeds, "RemoveMember", cluster.node_id(victim))
+        await asyncio.to_thread(
+            member_change, cluster, seeds, "RemoveMember", cluster.node_id(victim)
+        )
     # The same refusal through the CLI: exit 1, the reason on stderr.
     cli = [
         sys.executable,
         "-m",
         "cargohold_cli",
         "admin",
+        "--config",
+        str(cluster.admin_config_path()),
         "nodes",
         "--nodes",
         ",".join(seeds),
@@ -193,6 +208,8 @@ async def test_remove_refuses_an_active_or_unemptied_member(
         "-m",
         "cargohold_cli",
         "admin",
+        "--config",
+        str(cluster.admin_config_path()),
         "repair",
         "--wait",
         "--nodes",
@@ -203,7 +220,7 @@ async def test_remove_refuses_an_active_or_unemptied_member(
     )
     assert done.returncode == 0 and done.stdout.count("passes=") == 3, done.stdout
     members = await asyncio.to_thread(
-        member_change, seeds, "SetMemberState", cluster.node_id(victim), state="active"
+        member_change, cluster, seeds, "SetMemberState", cluster.node_id(victim), state="active"
     )
     assert {m["id"]: m["state"] for m in members}[cluster.node_id(victim)] == "active"
 
@@ -220,12 +237,14 @@ async def test_a_dead_node_removed_with_force_is_rebuilt_elsewhere(
     dead = next(i for i in range(4) if i != cluster.leader_index())
     cluster.kill_node(dead, signal.SIGKILL)
     await asyncio.to_thread(
-        member_change, seeds, "SetMemberState", cluster.node_id(dead), state="draining"
+        member_change, cluster, seeds, "SetMemberState", cluster.node_id(dead), state="draining"
     )
     with pytest.raises(RuntimeError, match="does not answer"):
-        await asyncio.to_thread(member_change, seeds, "RemoveMember", cluster.node_id(dead))
+        await asyncio.to_thread(
+            member_change, cluster, seeds, "RemoveMember", cluster.node_id(dead)
+        )
     members = await asyncio.to_thread(
-        member_change, seeds, "RemoveMember", cluster.node_id(dead), force=True
+        member_change, cluster, seeds, "RemoveMember", cluster.node_id(dead), force=True
     )
     assert {m["id"]: m["state"] for m in members}[cluster.node_id(dead)] == "removed"
     rest = [i for i in range(4) if i != dead]

@@ -44,8 +44,8 @@ def _args(k: int) -> dict[str, object]:
     }
 
 
-def _command(address: str, k: int, timeout: float) -> None:
-    with grpc.insecure_channel(address) as channel:
+def _command(cluster: LocalCluster, address: str, k: int, timeout: float) -> None:
+    with cluster.channel(address, "gateway") as channel:
         registry_pb2_grpc.MetadataStub(channel).Command(
             registry_pb2.MetadataRequest(op="manifest_put", args=json.dumps(_args(k)).encode()),
             timeout=timeout,
@@ -58,7 +58,7 @@ def _commit(cluster: LocalCluster, nodes: list[int], k: int) -> None:
     while True:
         for i in nodes:
             try:
-                _command(cluster.node_grpc(i), k, timeout=5)
+                _command(cluster, cluster.node_grpc(i), k, timeout=5)
                 return
             except grpc.RpcError:
                 if time.monotonic() > deadline:
@@ -67,7 +67,7 @@ def _commit(cluster: LocalCluster, nodes: list[int], k: int) -> None:
 
 
 def _tags(cluster: LocalCluster, i: int) -> set[str]:
-    with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
+    with cluster.channel(i) as channel:
         reply = registry_pb2_grpc.MetadataStub(channel).Query(
             registry_pb2.MetadataRequest(
                 op="tags_list",
@@ -131,6 +131,6 @@ def test_healed_leader_with_divergent_suffix_catches_up(
 
 def _swallow(cluster: LocalCluster, i: int, k: int) -> None:
     try:
-        _command(cluster.node_grpc(i), k, timeout=10)
+        _command(cluster, cluster.node_grpc(i), k, timeout=10)
     except grpc.RpcError:
         pass

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import grpc
 import lmdb
 import pytest
 
@@ -107,7 +106,7 @@ def _flip_stored_byte(data_dir: Path, chunk_id: bytes) -> None:
 
 
 def _get(cluster: LocalCluster, i: int, chunk_id: bytes) -> bytes:
-    with grpc.insecure_channel(cluster.node_grpc(i)) as channel:
+    with cluster.channel(i, "node") as channel:
         return (
             registry_pb2_grpc.ChunksStub(channel)
             .Get(registry_pb2.GetChunkRequest(id=chunk_id), timeout=30)

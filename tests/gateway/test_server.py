@@ -131,6 +131,7 @@ class Fake:
 server.ClusterClient = Fake
 cfg = Config()
 cfg.gateway.listen = sys.argv[1]
+cfg.cluster.secret = "test-secret"
 server.main(cfg)
 print("exited", flush=True)
 """

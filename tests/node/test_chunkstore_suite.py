@@ -225,6 +225,17 @@ async def test_verify_scrubs_one_chunk(kit: Kit, store: ChunkStore) -> None:
         await store.verify(bad[0])
 
 
+async def test_verify_catches_a_copy_whose_bytes_are_not_its_id(store: ChunkStore) -> None:
+    # Swapped content (issue 9, reproduction 1): another chunk's bytes stored under this id
+    # with their own valid checksum pass the xxh3 check but not sha256.
+    cid, _ = random_chunk(60 * KiB)
+    _, swapped = random_chunk(60 * KiB)
+    await store.put(cid, swapped, checksum=checksum_of(swapped), verify_id=False)
+    assert await store.verify(cid) is False
+    assert await store.has([cid]) == [False]
+    assert (await store.stats()).quarantined == 1
+
+
 async def test_put_replaces_an_undetected_corrupt_copy(kit: Kit, store: ChunkStore) -> None:
     cid, data = random_chunk(80 * KiB)
     await store.put(cid, data)

@@ -418,19 +418,24 @@ CLUSTER_NODE_SETTINGS = {
 }
 
 
-def stub(address: str) -> registry_pb2_grpc.MetadataStub:
-    return registry_pb2_grpc.MetadataStub(grpc.insecure_channel(address))
+def stub(cluster: LocalCluster, address: str) -> registry_pb2_grpc.MetadataStub:
+    """A Metadata stub whose calls are signed as a gateway (registry commands)."""
+    return registry_pb2_grpc.MetadataStub(cluster.channel(address, "gateway"))
 
 
-def command(address: str, op: str, args: dict[str, Any], timeout: float = 5.0) -> Any:
-    reply = stub(address).Command(
+def command(
+    cluster: LocalCluster, address: str, op: str, args: dict[str, Any], timeout: float = 5.0
+) -> Any:
+    reply = stub(cluster, address).Command(
         registry_pb2.MetadataRequest(op=op, args=json.dumps(args).encode()), timeout=timeout
     )
     return json.loads(reply.result)
 
 
-def query(address: str, op: str, args: dict[str, Any], linearizable: bool = True) -> Any:
-    reply = stub(address).Query(
+def query(
+    cluster: LocalCluster, address: str, op: str, args: dict[str, Any], linearizable: bool = True
+) -> Any:
+    reply = stub(cluster, address).Query(
         registry_pb2.MetadataRequest(
             op=op, args=json.dumps(args).encode(), linearizable=linearizable
         ),
@@ -439,13 +444,17 @@ def query(address: str, op: str, args: dict[str, Any], linearizable: bool = True
     return json.loads(reply.result)
 
 
-def listed_tags(address: str, limit: float = 30.0) -> set[str]:
+def listed_tags(cluster: LocalCluster, address: str, limit: float = 30.0) -> set[str]:
     """Every tag of REPO, read linearizably through `address`; waits while the node (just
     restarted, say) does not answer yet."""
     deadline = time.monotonic() + limit
     while True:
         try:
-            return set(query(address, "tags_list", {"repo": REPO, "n": None, "last": None})["tags"])
+            return set(
+                query(cluster, address, "tags_list", {"repo": REPO, "n": None, "last": None})[
+                    "tags"
+                ]
+            )
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
                 raise
@@ -494,7 +503,7 @@ class Writers:
             args = tag_cmd(i, self.prefix)
             address = self.cluster.node_grpc(random.randrange(self.cluster.node_count))
             try:
-                command(address, "manifest_put", args, timeout=3.0)
+                command(self.cluster, address, "manifest_put", args, timeout=3.0)
             except grpc.RpcError:
                 time.sleep(0.05)
                 continue  # outcome unknown: retried (idempotent), maybe through another node
@@ -514,11 +523,13 @@ def test_follower_command_is_visible_through_another_node(three_nodes: LocalClus
     leader = three_nodes.leader_index()
     assert leader is not None
     follower, other = [i for i in range(3) if i != leader]
-    command(three_nodes.node_grpc(follower), "manifest_put", tag_cmd(1))
-    record = query(three_nodes.node_grpc(other), "tag_get", {"repo": REPO, "tag": "t1"})
+    command(three_nodes, three_nodes.node_grpc(follower), "manifest_put", tag_cmd(1))
+    record = query(
+        three_nodes, three_nodes.node_grpc(other), "tag_get", {"repo": REPO, "tag": "t1"}
+    )
     assert record["digest"] == dg("t1")
     with pytest.raises(grpc.RpcError) as err:
-        query(three_nodes.node_grpc(other), "tag_get", {"repo": REPO, "tag": "absent"})
+        query(three_nodes, three_nodes.node_grpc(other), "tag_get", {"repo": REPO, "tag": "absent"})
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert err.value.details().startswith("ManifestUnknown:")
     with pytest.raises(grpc.RpcError) as err:
@@ -530,9 +541,9 @@ def test_follower_command_is_visible_through_another_node(three_nodes: LocalClus
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert err.value.details() == "RangeInvalid:size=0"
     for call in (
-        lambda: command(three_nodes.node_grpc(other), "manifest_put", {"repo": REPO}),
-        lambda: query(three_nodes.node_grpc(other), "no_such_query", {}),
-        lambda: command(three_nodes.node_grpc(other), "blob_mount", {"repo": "UP"}),
+        lambda: command(three_nodes, three_nodes.node_grpc(other), "manifest_put", {"repo": REPO}),
+        lambda: query(three_nodes, three_nodes.node_grpc(other), "no_such_query", {}),
+        lambda: command(three_nodes, three_nodes.node_grpc(other), "blob_mount", {"repo": "UP"}),
     ):
         with pytest.raises(grpc.RpcError) as err:
             call()
@@ -564,10 +575,10 @@ def test_leader_sigkill_elects_a_new_leader_and_keeps_acknowledged(
     new_leader = three_nodes.leader_index()
     assert new_leader in survivors
     for i in survivors:
-        assert acked <= listed_tags(three_nodes.node_grpc(i))
+        assert acked <= listed_tags(three_nodes, three_nodes.node_grpc(i))
     three_nodes.start_node(old_leader)
     three_nodes.wait_ready(timeout=60)
-    assert acked <= listed_tags(three_nodes.node_grpc(old_leader))
+    assert acked <= listed_tags(three_nodes, three_nodes.node_grpc(old_leader))
 
 
 @pytest.mark.cluster
@@ -584,7 +595,7 @@ def test_whole_cluster_sigkill_under_writes_keeps_acknowledged(three_nodes: Loca
         acked |= writers.acked
         three_nodes.start(timeout=60)
         for i in range(3):
-            missing = acked - listed_tags(three_nodes.node_grpc(i))
+            missing = acked - listed_tags(three_nodes, three_nodes.node_grpc(i))
             assert not missing, f"round {round_}: node {i} lost {len(missing)} acknowledged"
     dumps = [three_nodes.node_data_dir(i) / "raft" / "state.dump" for i in range(3)]
     assert any(path.exists() for path in dumps), "no snapshot was written: dump path untested"
@@ -594,7 +605,7 @@ def test_whole_cluster_sigkill_under_writes_keeps_acknowledged(three_nodes: Loca
 def test_a_fourth_node_joins_after_a_raft_add(three_nodes: LocalCluster, tmp_path: Path) -> None:
     leader = three_nodes.leader_index()
     assert leader is not None
-    command(three_nodes.node_grpc(leader), "manifest_put", tag_cmd(1))
+    command(three_nodes, three_nodes.node_grpc(leader), "manifest_put", tag_cmd(1))
     raft_addr = f"127.0.0.1:{free_port()}"
     grpc_addr = f"127.0.0.1:{free_port()}"
     config = tmp_path / "n4.toml"
@@ -628,7 +639,7 @@ def test_a_fourth_node_joins_after_a_raft_add(three_nodes: LocalCluster, tmp_pat
             assert time.monotonic() < deadline, "n4 never committed its member_join"
             time.sleep(0.1)
         # The new member serves linearizable reads of what was committed before it came.
-        assert "t1" in listed_tags(grpc_addr)
+        assert "t1" in listed_tags(three_nodes, grpc_addr)
         status = raft_utility(three_nodes.node_raft(leader), three_nodes.layout.secret, ["status"])
         assert status["partner_nodes_count"] == 3
     finally:
@@ -653,7 +664,7 @@ def test_a_node_far_behind_catches_up_from_a_snapshot(three_nodes: LocalCluster)
             time.sleep(0.1)
     acked = writers.acked
     three_nodes.start_node(behind)
-    assert acked <= listed_tags(three_nodes.node_grpc(behind))
+    assert acked <= listed_tags(three_nodes, three_nodes.node_grpc(behind))
     received = three_nodes.node_data_dir(behind) / "raft" / "state.dump"
     assert received.exists(), "caught up without a snapshot: the install path is untested"
 

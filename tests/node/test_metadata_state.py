@@ -20,6 +20,7 @@ from cargohold.errors import (
     NotFound,
     PaginationInvalid,
     RangeInvalid,
+    RecipeConflict,
     RequestInvalid,
     SizeInvalid,
     TagInvalid,
@@ -902,3 +903,69 @@ def test_status_counters_match_a_recount(st: MetadataState) -> None:
 def test_json_results_are_plain(st: MetadataState) -> None:
     _workload(st)
     json.dumps(_everything(st))
+
+
+def test_the_first_recipe_of_a_digest_is_never_replaced(st: MetadataState) -> None:
+    """Digest squatting (issue 9): a conflicting recipe for a recorded digest is refused,
+    in blob_commit and manifest_put alike, and the state is unchanged."""
+    digest = commit_blob(st, OTHER, "c")
+    before = st.dump()
+    args = {"repo": REPO, "digest": digest, "recipe": recipe(("evil", 10)), "now": 2.0}
+    with pytest.raises(RecipeConflict):
+        st.apply("blob_commit", {**args, "upload": None})
+    with pytest.raises(RecipeConflict):
+        st.apply(
+            "manifest_put",
+            {**args, "media_type": "x", "blobs": [], "manifests": [], "tag": "t"},
+        )
+    assert st.dump() == before
+    # The same recipe links (a re-push into another repository), and any gateway can read
+    # the recorded recipe to verify it.
+    commit_blob(st, REPO, "c")
+    assert st.query("blob_get", {"repo": REPO, "digest": digest}) == recipe(("c", 10))
+    assert st.query("blob_recipe", {"digest": digest}) == recipe(("c", 10))
+    with pytest.raises(BlobUnknown):
+        st.query("blob_recipe", {"digest": dg("nothing")})
+
+
+def test_a_commit_extends_what_its_session_appended(st: MetadataState) -> None:
+    st.apply(
+        "upload_append",
+        {
+            "upload": "u1",
+            "repo": REPO,
+            "offset": 0,
+            "chunks": [[cid("a"), 10]],
+            "request": "r1",
+            "now": 1.0,
+        },
+    )
+    for wrong in (recipe(("b", 10), ("a", 10)), recipe(("b", 5))):
+        with pytest.raises(SizeInvalid):
+            st.apply(
+                "blob_commit",
+                {"repo": REPO, "digest": dg("ab"), "recipe": wrong, "upload": "u1", "now": 2.0},
+            )
+    # Another repository's session cannot be committed here (a cross-repository link).
+    with pytest.raises(BlobUploadUnknown):
+        st.apply(
+            "blob_commit",
+            {
+                "repo": OTHER,
+                "digest": dg("ab"),
+                "recipe": recipe(("a", 10), ("b", 3)),
+                "upload": "u1",
+                "now": 2.0,
+            },
+        )
+    st.apply(
+        "blob_commit",
+        {
+            "repo": REPO,
+            "digest": dg("ab"),
+            "recipe": recipe(("a", 10), ("b", 3)),
+            "upload": "u1",
+            "now": 2.0,
+        },
+    )
+    assert st.query("blob_get", {"repo": REPO, "digest": dg("ab")})["size"] == 13

@@ -13,7 +13,7 @@ import pytest
 from fakepeers import Cluster, Members, config, fake_cluster_fixture, peers_fixture  # noqa: F401
 
 from cargohold.config import Config
-from cargohold.digests import chunk_id_of
+from cargohold.digests import checksum_of, chunk_id_of
 from node.chunk_service import add_to_server
 from node.memstore import MemoryChunkStore
 from node.peers import PeerPool
@@ -49,6 +49,22 @@ async def test_scrub_quarantines_a_flipped_byte_and_refetches_a_good_copy(
     assert stats.corrupt_found == 1 and stats.repaired == 1 and stats.refetch_failed == 0
     assert await nodes[0].store.get(victim) == data
     assert (await nodes[0].store.stats()).quarantined == 1
+
+
+async def test_scrub_replaces_a_swapped_copy_with_a_valid_checksum(
+    fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
+    nodes, members = await fake_cluster(2)
+    chunks = await _put_everywhere([n.store for n in nodes], 3)
+    victim, data = chunks[1]
+    evil = os.urandom(4096)
+    await nodes[0].store.delete([victim])
+    await nodes[0].store.put(victim, evil, checksum_of(evil), verify_id=False)
+    cfg = config(tmp_path, "n1", replicas=2)
+    role = ScrubRole(cfg, nodes[0].store, members, peers(cfg))
+    await role.run_pass()
+    assert role.stats.corrupt_found == 1 and role.stats.repaired == 1
+    assert await nodes[0].store.get(victim) == data
 
 
 async def test_refetch_refuses_wrong_bytes_and_reports_when_no_replica_has_it(
