@@ -156,6 +156,7 @@ async def test_every_facade_method_against_the_state() -> None:
     with pytest.raises(BlobUploadUnknown):  # closed by the commit
         await meta.upload_get("u1")
     assert await meta.blob_get(repo, layer) == {"size": 3, "chunks": [chunk]}
+    assert await meta.blob_recipe(layer) == {"size": 3, "chunks": [chunk]}
     assert await meta.blob_mount("lib/other", layer, repo) is True
     await meta.blob_unlink("lib/other", layer)
     put = api.ManifestPut(repo, m, "application/x", RECIPE, (layer,), subject=layer, tag="v1")
