@@ -1,12 +1,12 @@
 """Node -> node gRPC client: chunk copies for repair and scrub, and a cheap health view.
 
-`PeerPool` keeps one grpc.aio channel per peer address (TLS/mTLS from ClusterConfig like
-the gateway's client) and offers exactly what the background roles need: `has` (batched),
-`put`, `get`, `status`, `probe` and `live` (which of some addresses answer `Admin.Status`
-within `peer_probe_timeout`, probed in parallel, and what they answered: repair reads
-`disk_full` there). Failures surface as `Unavailable` (the peer did
-not answer) or the `RegistryError` the peer sent (`from_grpc_details`), never as raw gRPC
-errors, so callers handle one family of exceptions.
+`PeerPool` keeps one channel per peer address in the `ChannelPool` the gateway's client
+uses too (`cargohold.grpc_channels`: same options, TLS/mTLS) and offers exactly what the
+background roles need: `has` (batched), `put`, `get`, `status`, `probe` and `live` (which
+of some addresses answer `Admin.Status` within `peer_probe_timeout`, probed in parallel,
+and what they answered: repair reads `disk_full` there). Failures surface as `Unavailable`
+(the peer did not answer) or the `RegistryError` the peer sent (`from_grpc_details`),
+never as raw gRPC errors, so callers handle one family of exceptions.
 """
 
 from __future__ import annotations
@@ -20,24 +20,13 @@ import grpc.aio
 
 from cargohold.config import Config
 from cargohold.errors import RegistryError, Unavailable, from_grpc_details
-from cargohold.grpc_channels import channel_credentials, open_channel
+from cargohold.grpc_channels import RETRYABLE, ChannelPool, NodeChannel
 from protos import registry_pb2 as pb
-from protos import registry_pb2_grpc as pb_grpc
-
-
-class _Peer:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.channel = channel
-        self.chunks = pb_grpc.ChunksStub(channel)
-        self.admin = pb_grpc.AdminStub(channel)
 
 
 def _error(address: str, exc: grpc.aio.AioRpcError) -> RegistryError:
     decoded = from_grpc_details(exc.details(), exc.trailing_metadata())
-    if decoded is not None and exc.code() not in (
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-    ):
+    if decoded is not None and exc.code() not in RETRYABLE:
         return decoded
     return Unavailable(f"peer {address}: {exc.code().name}", detail={"peer": address})
 
@@ -47,15 +36,10 @@ class PeerPool:
 
     def __init__(self, cfg: Config) -> None:
         self._cfg = cfg
-        self._peers: dict[str, _Peer] = {}
-        self._credentials = channel_credentials(cfg)
+        self._channels = ChannelPool(cfg)
 
-    def _peer(self, address: str) -> _Peer:
-        peer = self._peers.get(address)
-        if peer is None:
-            channel = open_channel(address, self._cfg, self._credentials)
-            peer = self._peers[address] = _Peer(channel)
-        return peer
+    def _peer(self, address: str) -> NodeChannel:
+        return self._channels.node(address)
 
     async def status(self, address: str, deadline: float | None = None) -> pb.StatusReply:
         try:
@@ -117,6 +101,4 @@ class PeerPool:
         return reply.data, reply.checksum
 
     async def close(self) -> None:
-        peers, self._peers = list(self._peers.values()), {}
-        for peer in peers:
-            await peer.channel.close()
+        await self._channels.close()
