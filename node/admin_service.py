@@ -12,11 +12,11 @@ import grpc
 
 from cargohold.config import Config
 from cargohold.errors import NotFound, RegistryError, Unavailable
+from cargohold.grpc_status import abort_with
 from cargohold.metadata_api import Status, local
 from node.disk import DiskSpace
 from node.membership import Membership
 from node.metadata.raft import RaftMember, resent_truncations
-from node.metadata.service import abort_with
 from protos import registry_pb2, registry_pb2_grpc
 
 

@@ -1,9 +1,8 @@
 """The gRPC `Chunks` service of a node: Put/Get/Has/Delete/List over one `ChunkStore`.
 
 Handlers stay thin: the store owns verification, durability and quarantine. Every
-`RegistryError` leaves as a gRPC status whose details are `to_grpc_details(err)` (its detail
-in the trailer, `to_grpc_trailer`), so the gateway's cluster client re-raises the same
-class:
+`RegistryError` leaves through `cargohold.grpc_status.abort_with` (the one status table,
+in `cargohold.errors`), so the gateway's cluster client re-raises the same class:
 
     ChunkMissing  -> NOT_FOUND            (this replica lacks it: try the next one)
     ChunkCorrupt  -> DATA_LOSS            (copy quarantined: try the next one, repair later)
@@ -36,14 +35,10 @@ import grpc
 from cargohold.config import NodeConfig
 from cargohold.errors import (
     ChunkCorrupt,
-    ChunkMissing,
     DigestInvalid,
     RegistryError,
-    StorageFull,
-    Unavailable,
-    to_grpc_details,
-    to_grpc_trailer,
 )
+from cargohold.grpc_status import abort_with
 from cargohold.log import log_event
 from cargohold.wire import decode_bytes_fields, encode_bytes_fields
 from node.chunkstore import ChunkStore
@@ -52,30 +47,12 @@ from protos import registry_pb2_grpc as pb_grpc
 
 logger = logging.getLogger("cargohold.node.chunk_service")
 
-_STATUS: dict[type[RegistryError], grpc.StatusCode] = {
-    ChunkMissing: grpc.StatusCode.NOT_FOUND,
-    ChunkCorrupt: grpc.StatusCode.DATA_LOSS,
-    DigestInvalid: grpc.StatusCode.INVALID_ARGUMENT,
-    StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-}
-_BY_HTTP = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    404: grpc.StatusCode.NOT_FOUND,
-    503: grpc.StatusCode.UNAVAILABLE,
-}
-
 T = TypeVar("T")
-
-
-def status_for(err: RegistryError) -> grpc.StatusCode:
-    """The gRPC status a RegistryError travels as."""
-    return _STATUS.get(type(err)) or _BY_HTTP.get(err.status, grpc.StatusCode.INTERNAL)
 
 
 async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> NoReturn:
     if isinstance(exc, RegistryError):
-        await context.abort(status_for(exc), to_grpc_details(exc), to_grpc_trailer(exc))
+        await abort_with(context, exc)
     log_event(logger, "chunks.rpc_failed", logging.ERROR, method=method, error=repr(exc))
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
     raise AssertionError("unreachable: context.abort raises")

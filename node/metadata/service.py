@@ -2,25 +2,19 @@
 
 `Command` commits one catalogue command (docs/metadata.md) and answers its JSON result once
 this node has applied it. `Query` reads the applied state, after a Raft barrier when the
-request says `linearizable`. Failures end the call with the status code of
-`cargohold.errors.grpc_status_name` and the details string of `to_grpc_details`, so the
-gateway re-raises the same typed error.
+request says `linearizable`. Failures end the call through `cargohold.grpc_status.abort_with`,
+so the gateway re-raises the same typed error.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
-from cargohold.errors import (
-    RegistryError,
-    RequestInvalid,
-    grpc_status_name,
-    to_grpc_details,
-    to_grpc_trailer,
-)
+from cargohold.errors import RegistryError, RequestInvalid
+from cargohold.grpc_status import abort_with
 from node.metadata.raft import RaftMember
 from protos import registry_pb2, registry_pb2_grpc
 
@@ -39,16 +33,6 @@ def _decode_args(raw: bytes) -> dict[str, Any]:
 
 def _encode(result: Any) -> registry_pb2.MetadataReply:
     return registry_pb2.MetadataReply(result=json.dumps(result, separators=(",", ":")).encode())
-
-
-async def abort_with(context: grpc.aio.ServicerContext, err: RegistryError) -> NoReturn:
-    """End the call with the status and details the catalogue prescribes for `err`."""
-    await context.abort(
-        getattr(grpc.StatusCode, grpc_status_name(err)),
-        to_grpc_details(err),
-        to_grpc_trailer(err),
-    )
-    raise AssertionError("unreachable: context.abort raises")
 
 
 class MetadataServicer(registry_pb2_grpc.MetadataServicer):

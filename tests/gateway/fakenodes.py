@@ -32,10 +32,8 @@ from cargohold.errors import (
     RegistryError,
     StorageFull,
     Unavailable,
-    grpc_status_name,
-    to_grpc_details,
-    to_grpc_trailer,
 )
+from cargohold.grpc_status import abort_with
 from cargohold.metadata_api import MemberJoin
 from gateway.app import build_app
 from gateway.cluster import ClusterClient
@@ -62,12 +60,6 @@ class FakeState(InProcessMetadata):
         return super().command(op, args)
 
 
-async def _abort(context: grpc.aio.ServicerContext, err: RegistryError) -> None:
-    await context.abort(
-        getattr(grpc.StatusCode, grpc_status_name(err)), to_grpc_details(err), to_grpc_trailer(err)
-    )
-
-
 class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminServicer):
     def __init__(self, node_id: str, state: FakeState, cluster: FakeNodes) -> None:
         self.id = node_id
@@ -91,7 +83,7 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
 
     async def _gate(self, context: grpc.aio.ServicerContext) -> None:
         if self.down:
-            await _abort(context, Unavailable("node down"))
+            await abort_with(context, Unavailable("node down"))
 
     async def Put(
         self, request: pb.PutChunkRequest, context: grpc.aio.ServicerContext
@@ -99,7 +91,7 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
         await self._gate(context)
         self.put_calls += 1
         if self.full:
-            await _abort(
+            await abort_with(
                 context,
                 StorageFull(f"node {self.id} has no space", detail=self.disk_figures()),
             )
@@ -124,7 +116,7 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
             await self.slow.wait()
         data = self.chunks.get(request.id)
         if data is None or self.missing:
-            await _abort(context, ChunkMissing())
+            await abort_with(context, ChunkMissing())
         assert data is not None
         checksum = checksum_of(data)
         if self.corrupt or self.lying:
@@ -147,7 +139,7 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
         try:
             result = self.state.command(request.op, json.loads(request.args or b"{}"))
         except RegistryError as err:
-            await _abort(context, err)
+            await abort_with(context, err)
         return pb.MetadataReply(result=json.dumps(result).encode())
 
     async def Query(
@@ -157,7 +149,7 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
         try:
             result = self.state.query(request.op, json.loads(request.args or b"{}"))
         except RegistryError as err:
-            await _abort(context, err)
+            await abort_with(context, err)
         return pb.MetadataReply(result=json.dumps(result).encode())
 
     async def Status(
