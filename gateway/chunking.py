@@ -6,15 +6,14 @@ once `ingest` returns every byte it consumed is durable on W nodes). A chunk is 
 joined into one buffer of its own: its pieces (memoryviews of aiohttp's buffers) are
 hashed in one worker-thread hop — its sha256 id, its xxh3 checksum and the running blob
 digest the caller passes in, piece by piece while each piece is hot in cache — and then
-copied once, straight into the encoded PutChunkRequest (`cargohold.wire.encode_put`) that goes to
-all R replicas. Up to `gateway.upload_writes_in_flight` chunk writes per upload, and
+copied once, straight into the encoded PutChunkRequest (`cargohold.wire.encode_put`)
+that goes to all R replicas. Up to `gateway.upload_writes_in_flight` chunk writes per upload, and
 `gateway.chunk_writes_in_flight_total` across the gateway, run while reading goes on, so
 memory is bounded by about (in-flight + 1) chunks per upload and by the total; a layer is
 never buffered.
 
-Hashing runs in a thread (`asyncio.to_thread`) for chunks of 64 KiB or more: hashlib
-releases the GIL on big buffers, so hashing a chunk overlaps the event loop instead of
-stalling every other request for that long.
+Hashing runs off the event loop for all but small chunks (`cargohold.concurrency`), so
+hashing a chunk overlaps the loop instead of stalling every other request for that long.
 
 If reading the body fails (client gone, bad chunked encoding) or a write fails, the
 writes in flight are cancelled and awaited, and the exception propagates: the caller
@@ -31,12 +30,10 @@ from typing import Any, Protocol
 
 import xxhash
 
+from cargohold.concurrency import hash_off_loop
 from cargohold.errors import SizeInvalid
 from cargohold.wire import encode_put
 from gateway.cluster import ClusterClient
-
-# Below this size a thread hop costs more than the hashing it moves off the loop.
-_INLINE_BYTES = 64 * 1024
 
 Pieces = list[memoryview]
 
@@ -64,7 +61,7 @@ async def cut_chunks(stream: BodyStream, chunk_size: int) -> AsyncIterator[Piece
         yield pieces
 
 
-def _encode(running: Any, pieces: Pieces, length: int) -> tuple[bytes, bytes]:
+def _encode(running: Any, pieces: Pieces) -> tuple[bytes, bytes]:
     chunk, checksum = hashlib.sha256(), xxhash.xxh3_128()
     for piece in pieces:
         running.update(piece)
@@ -76,9 +73,7 @@ def _encode(running: Any, pieces: Pieces, length: int) -> tuple[bytes, bytes]:
 
 async def encode_chunk(running: Any, pieces: Pieces, length: int) -> tuple[bytes, bytes]:
     """Feed the pieces to the running digest; return (chunk id, encoded Put request)."""
-    if length < _INLINE_BYTES:
-        return _encode(running, pieces, length)
-    return await asyncio.to_thread(_encode, running, pieces, length)
+    return await hash_off_loop(length, _encode, running, pieces)
 
 
 def _after(stored: Callable[[int], None], length: int) -> Callable[[asyncio.Task[None]], None]:

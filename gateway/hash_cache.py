@@ -11,11 +11,11 @@ loser of the Raft offset CAS gets a 416 anyway).
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 from typing import Any
 
+from cargohold.concurrency import hash_off_loop
 from cargohold.digests import new_hasher
 from gateway.cluster import ClusterClient
 
@@ -54,8 +54,5 @@ async def rebuild(cluster: ClusterClient, chunks: list[list[Any]], algorithm: st
     recipe = {"size": size, "chunks": chunks}
     async with contextlib.aclosing(cluster.read_range(recipe, 0, size)) as pieces:
         async for piece in pieces:
-            if len(piece) >= 64 * 1024:
-                await asyncio.to_thread(hasher.update, piece)
-            else:
-                hasher.update(piece)
+            await hash_off_loop(len(piece), hasher.update, piece)
     return hasher

@@ -38,13 +38,13 @@ on it (`manifest_delete`). 202 on success; 405 `UNSUPPORTED` when deletes are di
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 from aiohttp import ClientPayloadError, http_exceptions, web
 from multidict import CIMultiDict
 
+from cargohold.concurrency import hash_off_loop
 from cargohold.digests import digest_of, is_digest, parse_digest
 from cargohold.errors import (
     DigestInvalid,
@@ -72,8 +72,6 @@ RECORDS: web.AppKey[RecordCache] = web.AppKey("cargohold_manifest_records", Reco
 _READ_SIZE = 64 * 1024
 # What reading a body raises when the client vanishes or breaks its framing mid-body.
 _BODY_ERRORS = (ConnectionError, ClientPayloadError, http_exceptions.HttpProcessingError)
-# Hash bodies above this size off the event loop.
-_THREAD_HASH_BYTES = 1024 * 1024
 
 
 class _Reference:
@@ -91,9 +89,7 @@ class _Reference:
 
 
 async def _digest(body: bytes, algorithm: str) -> str:
-    if len(body) > _THREAD_HASH_BYTES:
-        return await asyncio.to_thread(digest_of, body, algorithm)
-    return digest_of(body, algorithm)
+    return await hash_off_loop(len(body), digest_of, body, algorithm)
 
 
 async def read_bounded(request: web.Request, limit: int, idle: float = 0) -> bytes:

@@ -50,6 +50,7 @@ from typing import Any, Protocol
 
 import lmdb
 
+from cargohold.concurrency import hash_off_loop
 from cargohold.digests import checksum_of
 from cargohold.errors import (
     ChunkCorrupt,
@@ -67,8 +68,6 @@ logger = logging.getLogger("cargohold.node.chunkstore")
 
 CHECKSUM_LEN = 16
 CHUNK_ID_LEN = 32
-# Below this size sha256 is cheaper inline than a hop to an executor thread.
-_INLINE_HASH_BYTES = 64 * 1024
 _U64 = struct.Struct(">Q")
 _META_COUNT, _META_BYTES, _META_QUARANTINED = b"count", b"bytes", b"quarantined"
 
@@ -187,9 +186,7 @@ def is_sound(chunk_id: bytes, value: bytes | memoryview) -> bool:
 async def prepare_value_async(
     chunk_id: bytes, data: bytes | memoryview, checksum: bytes | None, verify_id: bool = True
 ) -> bytes:
-    if len(data) <= _INLINE_HASH_BYTES:
-        return prepare_value(chunk_id, data, checksum, verify_id)
-    return await asyncio.to_thread(prepare_value, chunk_id, data, checksum, verify_id)
+    return await hash_off_loop(len(data), prepare_value, chunk_id, data, checksum, verify_id)
 
 
 class _Corrupt(Exception):

@@ -150,7 +150,7 @@ class ChunkReader(ClusterParts):
         if self.cfg.gateway.verify_reads == "xxh3" and checksum:
             ok = checksum_of(data) == checksum
         else:
-            ok = await hash_off_loop(chunk_id_of, data) == chunk_id
+            ok = await hash_off_loop(len(data), chunk_id_of, data) == chunk_id
         if not ok:
             log_chunk_event("cluster.chunk_corrupt_read", logging.WARNING, member, chunk_id)
             raise ChunkCorrupt(f"{member.id}: chunk failed verification")

@@ -216,7 +216,7 @@ class ChunkWriter(ClusterParts):
         size = self.cfg.cluster.chunk_size
         view = memoryview(data)
         pieces = [bytes(view[i : i + size]) for i in range(0, len(data), size)]
-        ids = [await hash_off_loop(chunk_id_of, p) for p in pieces]
+        ids = [await hash_off_loop(len(p), chunk_id_of, p) for p in pieces]
         await asyncio.gather(*(self.store_chunk(i, p) for i, p in zip(ids, pieces, strict=True)))
         return {
             "size": len(data),
