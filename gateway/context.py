@@ -1,5 +1,6 @@
-"""What every request handler may reach: the config, the cluster client and `meta`, the
-typed metadata calls (cargohold/metadata_api.py) over that client.
+"""What every request handler may reach: the config, the cluster client, `meta` (the typed
+metadata calls of cargohold/metadata_api.py over that client) and the running upload
+hashes.
 
 One `GatewayContext` per gateway process, stored on the aiohttp application under
 `CONTEXT`; handlers fetch it with `context(request)`. Nothing here outlives a restart
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from cargohold.config import Config
 from cargohold.metadata_api import Metadata
+from gateway.hash_cache import HashCache
 
 if TYPE_CHECKING:
     from gateway.cluster import ClusterClient
@@ -26,9 +28,12 @@ class GatewayContext:
     cluster: ClusterClient
     # Typed metadata calls over the cluster client's raw command/query (linearizable reads).
     meta: Metadata = field(init=False)
+    # The running sha256 of the uploads this gateway served (gateway/hash_cache.py).
+    upload_hashes: HashCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.meta = Metadata(self.cluster)
+        self.upload_hashes = HashCache(self.cfg.gateway.upload_hash_cache_entries)
 
 
 CONTEXT: web.AppKey[GatewayContext] = web.AppKey("cargohold_context", GatewayContext)

@@ -12,10 +12,11 @@ here. Choices:
   tail becoming a short chunk, every chunk is on W nodes, and `upload_append` committed
   before the answer. A client that disconnects mid-PATCH commits nothing: the session
   stays at its previous size and the chunks already written are garbage for GC.
-- The running sha256 lives in the per-gateway `HashCache`; a PATCH/PUT that finds none
-  at the right offset rebuilds it from the stored chunks. A PUT asking for sha512 after
-  earlier PATCHes re-reads the stored bytes to hash them (rare); a monolithic upload
-  (POST ?digest= or a PUT on a session without PATCHes) hashes sha512 while streaming.
+- The running sha256 lives in the gateway's `HashCache` (`ctx.upload_hashes`); a
+  PATCH/PUT that finds none at the right offset rebuilds it from the stored chunks. A PUT
+  asking for sha512 after earlier PATCHes re-reads the stored bytes to hash them (rare); a
+  monolithic upload (POST ?digest= or a PUT on a session without PATCHes) hashes sha512
+  while streaming.
 - A PUT whose digest does not match answers 400 DIGEST_INVALID, commits nothing, and
   leaves the session usable at its previous size (unlike Distribution, which cancels
   it): the client may retry the PUT; an abandoned session expires anyway.
@@ -40,7 +41,6 @@ import logging
 import re
 import secrets
 import time
-import weakref
 from typing import Any
 
 from aiohttp import ClientPayloadError, http_exceptions, web
@@ -66,9 +66,8 @@ from cargohold.metadata_api import BlobCommit, Recipe, UploadAppend
 from cargohold.names import validate_name
 from gateway.body import BodyTimeout, BudgetedBody, budget
 from gateway.chunking import ingest
-from gateway.cluster import ClusterClient
 from gateway.context import GatewayContext, context
-from gateway.hash_cache import HashCache, rebuild
+from gateway.hash_cache import rebuild
 from gateway.upload_ids import UploadId, new_upload_id, parse_upload_id
 
 logger = logging.getLogger("cargohold.gateway.uploads")
@@ -79,10 +78,6 @@ _CONTENT_RANGE_RE = re.compile(
     r"(?:bytes[ =])?([0-9]{1,18})-([0-9]{1,18})(?:/(?:[0-9]{1,18}|\*))?", re.ASCII
 )
 _SIZE_IN_MESSAGE_RE = re.compile(r"size=(\d+)")
-
-# One running-hash cache per gateway process, keyed (weakly) by its cluster client so that
-# the cache lives exactly as long as the GatewayContext it belongs to.
-_HASH_CACHES: weakref.WeakKeyDictionary[ClusterClient, HashCache] = weakref.WeakKeyDictionary()
 
 # What reading a body raises when the client goes away (ConnectionResetError) or sends a
 # broken body (aiohttp's payload/transfer-encoding errors). With handler cancellation
@@ -99,14 +94,6 @@ class ClientGone(BlobUploadInvalid):
     """The request body ended early (client disconnected or broke the encoding)."""
 
     default_message = "request body incomplete"
-
-
-def hash_cache(ctx: GatewayContext) -> HashCache:
-    cache = _HASH_CACHES.get(ctx.cluster)
-    if cache is None:
-        cache = HashCache(ctx.cfg.gateway.upload_hash_cache_entries)
-        _HASH_CACHES[ctx.cluster] = cache
-    return cache
 
 
 # -- headers --------------------------------------------------------------------------
@@ -192,7 +179,7 @@ async def _running_hash(
     ctx: GatewayContext, upload: str, size: int, chunks: list[list[Any]], algorithm: str = "sha256"
 ) -> Any:
     if algorithm == "sha256":
-        cached = hash_cache(ctx).take(upload, size)
+        cached = ctx.upload_hashes.take(upload, size)
         if cached is not None:
             return cached
     if size == 0:
@@ -340,7 +327,7 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
     if expected is not None and added != expected:
         raise SizeInvalid(detail={"expected": expected, "received": added})
     if added == 0:
-        hash_cache(ctx).put(upload.value, size, hasher)
+        ctx.upload_hashes.put(upload.value, size, hasher)
         return _accepted(name, upload.value, size)
     try:
         new_size = await ctx.meta.upload_append(
@@ -360,7 +347,7 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
         raise RangeInvalid(
             detail={"size": current}, headers=session_headers(name, upload.value, current)
         ) from None
-    hash_cache(ctx).put(upload.value, new_size, hasher)
+    ctx.upload_hashes.put(upload.value, new_size, hasher)
     return _accepted(name, upload.value, new_size)
 
 
@@ -380,12 +367,12 @@ async def put_upload(request: web.Request) -> web.StreamResponse:
         raise SizeInvalid(detail={"expected": expected, "received": added})
     if f"{algorithm}:{hasher.hexdigest()}" != digest:
         if algorithm == "sha256":
-            hash_cache(ctx).put(upload.value, size, base)
+            ctx.upload_hashes.put(upload.value, size, base)
         raise DigestInvalid(detail={"digest": digest})
     await _commit(
         ctx, name, digest, {"size": size + added, "chunks": chunks + new_chunks}, upload.value
     )
-    hash_cache(ctx).drop(upload.value)
+    ctx.upload_hashes.drop(upload.value)
     return _created(name, digest)
 
 
@@ -402,5 +389,5 @@ async def cancel_upload(request: web.Request) -> web.StreamResponse:
     # Cancelling twice is a no-op in the state machine; the client must see 404 instead.
     await _session(ctx, upload)
     await ctx.meta.upload_cancel(upload.value, _now())
-    hash_cache(ctx).drop(upload.value)
+    ctx.upload_hashes.drop(upload.value)
     return web.Response(status=204)
