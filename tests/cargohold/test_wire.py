@@ -6,7 +6,15 @@ import os
 
 import pytest
 
-from cargohold.wire import decode_bytes_fields, encode_bytes_fields, read_varint, varint
+from cargohold.digests import checksum_of, chunk_id_of
+from cargohold.wire import (
+    decode_bytes_fields,
+    decode_get_reply,
+    encode_bytes_fields,
+    encode_put,
+    read_varint,
+    varint,
+)
 from protos import registry_pb2 as pb
 
 
@@ -40,3 +48,28 @@ def test_decode_reads_what_protobuf_wrote(size: int) -> None:
 def test_decode_refuses_truncated_or_foreign_wire_types(raw: bytes) -> None:
     with pytest.raises(ValueError):
         decode_bytes_fields(raw)
+
+
+@pytest.mark.parametrize("size", [1, 127, 128, 300, 70_000, 4 * 1024 * 1024])
+def test_encode_put_matches_protobuf(size: int) -> None:
+    data = os.urandom(size)
+    cid, checksum = chunk_id_of(data), checksum_of(data)
+    pieces = [memoryview(data)[i : i + 1000] for i in range(0, size, 1000)]
+    expected = pb.PutChunkRequest(id=cid, data=data, checksum=checksum).SerializeToString()
+    assert encode_put(cid, pieces, checksum) == expected
+
+
+@pytest.mark.parametrize("size", [0, 1, 200, 4 * 1024 * 1024])
+def test_decode_get_reply_matches_protobuf(size: int) -> None:
+    data = os.urandom(size)
+    raw = pb.GetChunkReply(data=data, checksum=checksum_of(data)).SerializeToString()
+    got, checksum = decode_get_reply(raw)
+    assert got == data and checksum == checksum_of(data)
+    with pytest.raises(ValueError):
+        decode_get_reply(raw[:-1] if raw else b"\x0a")
+
+
+def test_encode_put_of_an_empty_chunk_matches_protobuf() -> None:
+    cid, checksum = chunk_id_of(b""), checksum_of(b"")
+    expected = pb.PutChunkRequest(id=cid, data=b"", checksum=checksum).SerializeToString()
+    assert encode_put(cid, [], checksum) == expected

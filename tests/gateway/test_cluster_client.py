@@ -9,12 +9,10 @@ from collections.abc import AsyncIterator
 import pytest
 from fakenodes import FakeNodes
 
-from cargohold.digests import checksum_of, chunk_id_of
+from cargohold.digests import chunk_id_of
 from cargohold.errors import BlobUnknown, RangeInvalid, Unavailable
-from cargohold.wire import decode_get_reply, encode_put
 from gateway.cluster import ClusterClient
 from gateway.cluster.reads import _slices
-from protos import registry_pb2
 
 
 @pytest.fixture
@@ -271,27 +269,6 @@ async def test_no_node_reachable_is_unavailable(nodes: FakeNodes, client: Cluste
         node.down = True
     with pytest.raises(Unavailable):
         await client.query("upload_get", {"upload": "x"})
-
-
-@pytest.mark.parametrize("size", [1, 127, 128, 300, 70_000, 4 * 1024 * 1024])
-def test_encode_put_matches_protobuf(size: int) -> None:
-    data = os.urandom(size)
-    cid, checksum = chunk_id_of(data), checksum_of(data)
-    pieces = [memoryview(data)[i : i + 1000] for i in range(0, size, 1000)]
-    expected = registry_pb2.PutChunkRequest(
-        id=cid, data=data, checksum=checksum
-    ).SerializeToString()
-    assert encode_put(cid, pieces, checksum) == expected
-
-
-@pytest.mark.parametrize("size", [0, 1, 200, 4 * 1024 * 1024])
-def test_decode_get_reply_matches_protobuf(size: int) -> None:
-    data = os.urandom(size)
-    raw = registry_pb2.GetChunkReply(data=data, checksum=checksum_of(data)).SerializeToString()
-    got, checksum = decode_get_reply(raw)
-    assert got == data and checksum == checksum_of(data)
-    with pytest.raises(ValueError):
-        decode_get_reply(raw[:-1] if raw else b"\x0a")
 
 
 async def test_a_hung_replica_does_not_pile_up_background_writes(nodes: FakeNodes) -> None:
