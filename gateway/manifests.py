@@ -38,6 +38,7 @@ on it (`manifest_delete`). 202 on success; 405 `UNSUPPORTED` when deletes are di
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 

@@ -300,7 +300,7 @@ async def _recipe_matches(ctx: GatewayContext, recipe: Recipe, digest: str) -> b
     hasher = new_hasher(algorithm)
     async with contextlib.aclosing(ctx.cluster.read_range(dict(recipe), 0, recipe["size"])) as it:
         async for piece in it:
-            await hash_off_loop(hasher.update, piece)
+            await hash_off_loop(len(piece), hasher.update, piece)
     return f"{algorithm}:{hasher.hexdigest()}" == digest
 
 
