@@ -3,9 +3,9 @@
 Gateways (`gateway/cluster/`) and nodes talking to their peers (`node/peers.py`) open
 their channels here, so message limits, HTTP/2 frame size, reconnect backoff and mTLS are
 the same on every client side (the server side is `node/server.py`), and both hold them
-in the same `ChannelPool` of `NodeChannel`s. Every channel carries the current request id
-to the node (`cargohold.request_ids`) and measures each call's latency
-(`cargohold.grpc_metrics`).
+in the same `ChannelPool` of `NodeChannel`s. Every channel measures each call's latency
+(`cargohold.grpc_metrics`); the gateway's calls pass the request id themselves
+(`cargohold.request_ids.call_metadata`).
 
 Every call is signed for the process's role (`cfg.role`: gateway, node or admin) with the
 per-call token of cargohold/cluster_auth.py, added by `SignedChannel` when the config
@@ -26,7 +26,6 @@ import grpc.aio
 from cargohold.cluster_auth import METADATA_KEY, Credential, client_credential, sign
 from cargohold.config import Config
 from cargohold.grpc_metrics import LatencyInterceptor
-from cargohold.request_ids import RequestIdClientInterceptor
 from protos import registry_pb2, registry_pb2_grpc
 
 # The status codes of a call that did not reach a node, or got no answer in time: the
@@ -160,10 +159,7 @@ def open_channel(
     so the PEM files are read once.
     """
     options = channel_options(cfg)
-    interceptors: list[grpc.aio.ClientInterceptor] = [
-        RequestIdClientInterceptor(),
-        LatencyInterceptor(address),
-    ]
+    interceptors: list[grpc.aio.ClientInterceptor] = [LatencyInterceptor(address)]
     if credentials is None:
         channel = grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
     else:

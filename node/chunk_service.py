@@ -40,6 +40,7 @@ from cargohold.errors import (
 )
 from cargohold.grpc_status import abort_with
 from cargohold.log import log_event
+from cargohold.request_ids import adopt
 from cargohold.wire import decode_bytes_fields, encode_bytes_fields
 from node.chunkstore import ChunkStore
 from protos import registry_pb2 as pb
@@ -61,6 +62,7 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception)
 async def _call(
     context: grpc.aio.ServicerContext, method: str, work: Callable[[], Awaitable[T]]
 ) -> T:
+    adopt(context)  # log lines of this call name the gateway request behind it
     try:
         return await work()
     except Exception as exc:
@@ -134,6 +136,7 @@ class ChunksServicer(pb_grpc.ChunksServicer):
         context: grpc.aio.ServicerContext,
         read: Callable[[bytes], Awaitable[T]],
     ) -> T:
+        adopt(context)
         try:
             return await read(chunk_id)
         except ChunkCorrupt as exc:

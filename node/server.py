@@ -58,7 +58,6 @@ from cargohold.errors import (
 from cargohold.log import log_event
 from cargohold.memtune import tune_malloc
 from cargohold.ports import ensure_bindable
-from cargohold.request_ids import RequestIdServerInterceptor
 from node import chunk_service
 from node.access import AccessInterceptor
 from node.admin_service import AdminServicer
@@ -222,9 +221,8 @@ async def _run_locked(cfg: Config) -> None:
             raise StartupError(f"cannot read the TLS files: {exc}") from None
         mtls = creds is not None and bool(cfg.cluster.tls_ca)
         server = grpc.aio.server(
-            # Every call authenticated and checked against the role matrix (node/access.py);
-            # log lines caused by a gateway request carry its id (cargohold/request_ids.py).
-            interceptors=[AccessInterceptor(cfg, mtls=mtls), RequestIdServerInterceptor()],
+            # Every call authenticated and checked against the role matrix (node/access.py).
+            interceptors=[AccessInterceptor(cfg, mtls=mtls)],
             options=[
                 ("grpc.max_send_message_length", node.grpc_max_message),
                 ("grpc.max_receive_message_length", node.grpc_max_message),

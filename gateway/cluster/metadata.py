@@ -22,6 +22,7 @@ from cargohold.config import Config
 from cargohold.errors import RegistryError, Unavailable, from_grpc_details
 from cargohold.grpc_channels import RETRYABLE, ChannelPool
 from cargohold.log import log_event
+from cargohold.request_ids import call_metadata
 from gateway.cluster.membership import MembershipView
 from protos import registry_pb2
 
@@ -69,7 +70,7 @@ class MetadataClient:
             if remaining <= 0:
                 break
             try:
-                reply = await call(request, timeout=remaining)
+                reply = await call(request, timeout=remaining, metadata=call_metadata())
             except grpc.aio.AioRpcError as exc:
                 err = from_grpc_details(exc.details(), exc.trailing_metadata())
                 if exc.code() in RETRYABLE or isinstance(err, Unavailable):

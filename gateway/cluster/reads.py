@@ -35,6 +35,7 @@ from cargohold.digests import checksum_of, chunk_id_of
 from cargohold.errors import ChunkCorrupt, Unavailable
 from cargohold.grpc_channels import RETRYABLE
 from cargohold.log import log_event
+from cargohold.request_ids import call_metadata
 from cargohold.wire import decode_get_reply
 from gateway.cluster.membership import Member
 from gateway.cluster.parts import ClusterParts, log_chunk_event
@@ -136,6 +137,7 @@ class ChunkReader(ClusterParts):
             raw = await node.get_serialized(
                 registry_pb2.GetChunkRequest(id=chunk_id),
                 timeout=self.cfg.gateway.rpc_timeout_seconds,
+                metadata=call_metadata(),
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in RETRYABLE:

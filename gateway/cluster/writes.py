@@ -37,6 +37,7 @@ from cargohold.concurrency import hash_off_loop
 from cargohold.digests import checksum_of, chunk_id_of
 from cargohold.errors import StorageFull, Unavailable, from_grpc_details
 from cargohold.grpc_channels import RETRYABLE
+from cargohold.request_ids import call_metadata
 from cargohold.wire import encode_put
 from gateway.cluster.membership import Member
 from gateway.cluster.parts import ClusterParts, log_chunk_event
@@ -187,14 +188,17 @@ class ChunkWriter(ClusterParts):
     async def _put_one(self, member: Member, chunk_id: bytes, length: int, request: bytes) -> None:
         node = self.pool.node(member.grpc)
         timeout = self.cfg.gateway.rpc_timeout_seconds
+        metadata = call_metadata()
         try:
             if length >= self.cfg.gateway.has_check_min_bytes:
                 has = await node.chunks.Has(
-                    registry_pb2.HasChunksRequest(ids=[chunk_id]), timeout=timeout
+                    registry_pb2.HasChunksRequest(ids=[chunk_id]),
+                    timeout=timeout,
+                    metadata=metadata,
                 )
                 if has.present and has.present[0]:
                     return
-            await node.put_serialized(request, timeout=timeout)
+            await node.put_serialized(request, timeout=timeout, metadata=metadata)
             self.view.full.clear(member.grpc)  # it took a chunk: it has space again
         except grpc.aio.AioRpcError as exc:
             err = from_grpc_details(exc.details(), exc.trailing_metadata())

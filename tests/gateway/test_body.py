@@ -136,3 +136,15 @@ async def test_an_idle_manifest_body_is_408(dp: DataPath) -> None:
     assert json.loads(data)["errors"][0]["code"] == "TIMEOUT"
     assert dp.http.app is not None
     assert dp.http.app[body.BUDGET].used == 0
+
+
+@pytest.mark.parametrize(
+    "content_range", ["0-" + "9" * 5000, "9" * 5000 + "-1", "\u0660-\u0661", "0--1"]
+)
+async def test_huge_or_odd_content_range_numbers_are_400(dp: DataPath, content_range: str) -> None:
+    start = await dp.http.post("/v2/lib/cr/blobs/uploads/")
+    resp = await dp.http.patch(
+        start.headers["Location"], data=b"abc", headers={"Content-Range": content_range}
+    )
+    assert resp.status == 400
+    assert (await resp.json())["errors"][0]["code"] == "BLOB_UPLOAD_INVALID"

@@ -21,7 +21,7 @@ from fakecluster import FakeCluster
 
 from cargohold.config import Config
 from cargohold.grpc_channels import open_channel
-from cargohold.request_ids import REQUEST_ID, RequestIdServerInterceptor
+from cargohold.request_ids import REQUEST_ID, adopt, call_metadata
 from cargohold_cli.devcluster import free_port
 from gateway.app import build_app
 from gateway.context import GatewayContext
@@ -202,11 +202,12 @@ async def test_request_id_travels_as_grpc_metadata_to_the_node(cfg: Config) -> N
     seen: list[str | None] = []
 
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        adopt(context)  # as the node's metadata and chunk services do
         seen.append(REQUEST_ID.get())
         return request
 
     handler: Callable[..., Any] = grpc.unary_unary_rpc_method_handler(echo)
-    server = grpc.aio.server(interceptors=[RequestIdServerInterceptor()])
+    server = grpc.aio.server()
     server.add_generic_rpc_handlers(
         [grpc.method_handlers_generic_handler("test.Echo", {"Call": handler})]
     )
@@ -215,10 +216,10 @@ async def test_request_id_travels_as_grpc_metadata_to_the_node(cfg: Config) -> N
     channel = open_channel(f"127.0.0.1:{number}", cfg)
     try:
         call = channel.unary_unary("/test.Echo/Call")
-        assert await call(b"x", timeout=_GUARD) == b"x"
+        assert await call(b"x", timeout=_GUARD, metadata=call_metadata()) == b"x"
         token = REQUEST_ID.set("req-42")
         try:
-            assert await call(b"y", timeout=_GUARD) == b"y"
+            assert await call(b"y", timeout=_GUARD, metadata=call_metadata()) == b"y"
         finally:
             REQUEST_ID.reset(token)
         assert seen == [None, "req-42"]
