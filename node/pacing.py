@@ -1,6 +1,6 @@
 """Pacing for the node's background roles (repair, scrub): a byte-rate limiter and the
 schedule of passes (every interval, or now when an operator or a test asks), and the pass
-bookkeeping every role reports (`PassStats`).
+bookkeeping and control every role shares (`PassStats`, `PassRole`).
 
 `RateLimiter(rate)` spaces work so that, over time, at most `rate` bytes per second go
 through `acquire`; a single item larger than a second's budget is let through and paid
@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, TypeVar
 
 
 @dataclass
@@ -81,3 +82,25 @@ class PassSchedule:
     async def wait_for(self, number: int) -> None:
         async with self._changed:
             await self._changed.wait_for(lambda: self.finished >= number)
+
+
+S = TypeVar("S", bound=PassStats)
+
+
+class PassRole(Generic[S]):
+    """A background role run in passes: what `Admin.Trigger` and `Admin.Status` see of it.
+
+    Subclasses set `stats` (a `PassStats`) and `_schedule` (a `PassSchedule`) and run
+    their passes; `trigger` asks for a pass that begins after the call."""
+
+    stats: S
+    _schedule: PassSchedule
+
+    def progress(self) -> dict[str, Any]:
+        return asdict(self.stats)
+
+    async def trigger(self, wait: bool = False) -> dict[str, Any]:
+        number = self._schedule.request()
+        if wait:
+            await self._schedule.wait_for(number)
+        return self.progress()

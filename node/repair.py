@@ -56,9 +56,8 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cargohold.config import Config
 from cargohold.errors import ChunkCorrupt, ChunkMissing, RegistryError, StorageFull
@@ -66,7 +65,7 @@ from cargohold.log import log_event
 from cargohold.metadata_api import LocalQueries, Members, local
 from cargohold.placement import replicas_for
 from node.chunkstore import ChunkStore
-from node.pacing import PassSchedule, PassStats, RateLimiter
+from node.pacing import PassRole, PassSchedule, PassStats, RateLimiter
 from node.peers import PeerPool
 
 logger = logging.getLogger("cargohold.node.repair")
@@ -151,7 +150,7 @@ class _MembersChanged(Exception):
     """The member list changed during a pass: stop before deleting, run again."""
 
 
-class RepairRole:
+class RepairRole(PassRole[RepairStats]):
     def __init__(
         self,
         cfg: Config,
@@ -172,15 +171,6 @@ class RepairRole:
         self.stats = RepairStats()
 
     # -- control ---------------------------------------------------------------------------
-    def progress(self) -> dict[str, Any]:
-        return asdict(self.stats)
-
-    async def trigger(self, wait: bool = False) -> dict[str, Any]:
-        number = self._schedule.request()
-        if wait:
-            await self._schedule.wait_for(number)
-        return self.progress()
-
     async def run(self) -> None:
         """The role's loop: one pass per interval or trigger, until cancelled."""
         resume = await asyncio.to_thread(self._load_cursor)

@@ -21,15 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from cargohold.config import Config
 from cargohold.errors import ChunkMissing, RegistryError
 from cargohold.log import log_event
 from cargohold.placement import rank_nodes
 from node.chunkstore import ChunkStore
-from node.pacing import PassSchedule, PassStats, RateLimiter
+from node.pacing import PassRole, PassSchedule, PassStats, RateLimiter
 from node.peers import PeerPool
 from node.repair import MemberSource, read_members
 
@@ -118,7 +117,7 @@ class Refetcher:
                 await task
 
 
-class ScrubRole:
+class ScrubRole(PassRole[ScrubStats]):
     def __init__(
         self, cfg: Config, store: ChunkStore, members: MemberSource, peers: PeerPool
     ) -> None:
@@ -128,15 +127,6 @@ class ScrubRole:
         self.refetcher = Refetcher(cfg, store, members, peers, self.stats)
         self._schedule = PassSchedule(cfg.node.scrub_interval)
         self._rate = RateLimiter(cfg.node.scrub_rate_bytes)
-
-    def progress(self) -> dict[str, Any]:
-        return asdict(self.stats)
-
-    async def trigger(self, wait: bool = False) -> dict[str, Any]:
-        number = self._schedule.request()
-        if wait:
-            await self._schedule.wait_for(number)
-        return self.progress()
 
     async def run(self) -> None:
         while True:
