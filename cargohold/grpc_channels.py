@@ -25,7 +25,7 @@ import grpc.aio
 
 from cargohold.cluster_auth import METADATA_KEY, Credential, client_credential, sign
 from cargohold.config import Config
-from cargohold.grpc_metrics import LatencyInterceptor
+from cargohold.grpc_metrics import TimedChannel
 from protos import registry_pb2, registry_pb2_grpc
 
 # The status codes of a call that did not reach a node, or got no answer in time: the
@@ -159,13 +159,11 @@ def open_channel(
     so the PEM files are read once.
     """
     options = channel_options(cfg)
-    interceptors: list[grpc.aio.ClientInterceptor] = [LatencyInterceptor(address)]
     if credentials is None:
-        channel = grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+        raw = grpc.aio.insecure_channel(address, options=options)
     else:
-        channel = grpc.aio.secure_channel(
-            address, credentials, options=options, interceptors=interceptors
-        )
+        raw = grpc.aio.secure_channel(address, credentials, options=options)
+    channel = cast(grpc.aio.Channel, TimedChannel(raw, address))
     credential = client_credential(cfg, role or cfg.role)
     if credential is None:
         return channel

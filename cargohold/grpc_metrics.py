@@ -1,20 +1,22 @@
 """Latency of the gRPC calls this process makes to nodes, as a Prometheus histogram.
 
-`LatencyInterceptor(address)` is installed on every client channel by
-`cargohold.grpc_channels.open_channel`, so gateways (chunk and metadata calls) and nodes
-(repair and scrub calls to peers) measure every unary call in the one place calls are made.
-Labels: `target` (the channel's node address: bounded by the cluster size), `method` (the
-RPC, e.g. `Chunks/Put`) and `code` (the gRPC status name). The histogram child of each
-(method, code) is looked up once per channel and kept, so a call costs one clock read and
-one uncontended observe. A cancelled call (a hedged read that lost) is counted as CANCELLED
-and cancelled on the wire too.
+`TimedChannel(channel, address)` wraps every client channel `cargohold.grpc_channels`
+opens, so gateways (chunk and metadata calls) and nodes (repair and scrub calls to peers)
+measure every unary call in the one place channels are made. Like the call signing there,
+it wraps the multicallables the stubs create instead of installing a grpc.aio client
+interceptor (which costs several times more per call, bench/auth_cost.py): a call is timed
+from its creation until its `await` ends. Labels: `target` (the node address: bounded by
+the cluster size), `method` (the RPC, e.g. `Chunks/Put`) and `code` (the gRPC status
+name; CANCELLED for a hedged read that lost). The histogram child of each (method, code)
+is looked up once per channel and kept, so a call costs one clock read and one
+uncontended observe.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Generator
 from typing import Any
 
 import grpc
@@ -38,39 +40,85 @@ def short_method(method: str | bytes) -> str:
     return f"{service.rpartition('.')[2]}/{name}"
 
 
-class LatencyInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """Observes each unary call's duration into `GRPC_CLIENT_SECONDS`."""
+class _Series:
+    """The histogram children of one channel, by (method, code), looked up once."""
+
+    __slots__ = ("_address", "_children")
 
     def __init__(self, address: str) -> None:
         self._address = address
-        self._children: dict[tuple[Any, str], Any] = {}
+        self._children: dict[tuple[str, str], Any] = {}
 
-    def _child(self, method: Any, code: str) -> Any:
+    def observe(self, method: str, code: str, seconds: float) -> None:
         key = (method, code)
         child = self._children.get(key)
         if child is None:
             child = GRPC_CLIENT_SECONDS.labels(self._address, short_method(method), code)
             self._children[key] = child
-        return child
+        child.observe(seconds)
 
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        start = time.perf_counter()
-        call = await continuation(client_call_details, request)
+
+class _TimedCall:
+    """A unary call whose `await` is timed; everything else is the call's own."""
+
+    __slots__ = ("_call", "_method", "_series", "_start")
+
+    def __init__(self, call: Any, series: _Series, method: str, start: float) -> None:
+        self._call = call
+        self._series = series
+        self._method = method
+        self._start = start
+
+    def __await__(self) -> Generator[Any, None, Any]:
         code = "OK"
         try:
-            await call
+            return (yield from self._call.__await__())
         except grpc.aio.AioRpcError as exc:
             code = exc.code().name
+            raise
         except asyncio.CancelledError:
             code = "CANCELLED"
-            call.cancel()
             raise
         finally:
-            self._child(client_call_details.method, code).observe(time.perf_counter() - start)
-        # Done: awaiting it again answers the same response or raises the same error.
-        return call
+            self._series.observe(self._method, code, time.perf_counter() - self._start)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+
+class _TimedCallable:
+    __slots__ = ("_inner", "_method", "_series")
+
+    def __init__(self, inner: Any, method: str, series: _Series) -> None:
+        self._inner = inner
+        self._method = method
+        self._series = series
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _TimedCall:
+        start = time.perf_counter()
+        return _TimedCall(self._inner(*args, **kwargs), self._series, self._method, start)
+
+
+class TimedChannel:
+    """A grpc.aio channel whose unary-unary calls are timed into `GRPC_CLIENT_SECONDS`."""
+
+    def __init__(self, channel: grpc.aio.Channel, address: str) -> None:
+        self._channel = channel
+        self._series = _Series(address)
+
+    def unary_unary(self, method: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        inner = self._channel.unary_unary(method, *args, **kwargs)
+        name = method.decode() if isinstance(method, bytes) else method
+        return _TimedCallable(inner, name, self._series)
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
+
+    async def __aenter__(self) -> TimedChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._channel.close(None)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
