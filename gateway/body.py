@@ -159,7 +159,8 @@ class BudgetedBody:
 
     async def _read(self, size: int) -> bytes:
         try:
-            return await asyncio.wait_for(self._content.read(size), self._idle)
+            async with asyncio.timeout(self._idle):  # no extra task per read, unlike wait_for
+                return await self._content.read(size)
         except TimeoutError:
             raise BodyTimeout() from None
 

@@ -102,9 +102,8 @@ async def read_bounded(request: web.Request, limit: int, idle: float = 0) -> byt
     buf = bytearray()
     while True:
         try:
-            piece = await asyncio.wait_for(
-                request.content.read(min(_READ_SIZE, limit + 1 - len(buf))), idle or None
-            )
+            async with asyncio.timeout(idle or None):
+                piece = await request.content.read(min(_READ_SIZE, limit + 1 - len(buf)))
         except TimeoutError:
             raise RequestTimeout(detail={"received": len(buf)}) from None
         except _BODY_ERRORS as exc:
