@@ -4,7 +4,8 @@ Configuration is data, loaded once at process start by `load_config` and passed 
 Sources, later ones winning:
 
 1. the defaults below;
-2. a TOML file (`--config FILE`) with the sections `[cluster]`, `[node]`, `[gateway]`;
+2. a TOML file (`--config FILE`) with the sections `[cluster]`, `[node]`, `[gateway]`,
+   `[lifecycle]`;
 3. environment variables `CARGOHOLD_<SECTION>_<FIELD>` (for example
    `CARGOHOLD_NODE_ID=n1`, `CARGOHOLD_GATEWAY_NODES=node1:7001,node2:7001`); lists are
    comma-separated, booleans `1/0/true/false`;
@@ -279,17 +280,38 @@ class GatewayConfig:
 
 
 @dataclass
+class LifecycleConfig:
+    """Garbage collection (node/gc.py; docs/operations.md "Garbage collection")."""
+
+    # Seconds between GC passes on every node; 0 = only on `cargohold admin gc`. On by
+    # default: a pass is online (no read-only window, pushes go on) and paced, and without
+    # it deleted images never give their space back.
+    gc_interval_seconds: float = 3600.0
+    # An unreferenced chunk younger than this (written, or found present by Has) is spared,
+    # and an unlinked recipe is forgotten only once it stayed unlinked this long. Must exceed
+    # the longest PATCH/PUT of an upload (a chunk is referenced only once its request ends).
+    gc_grace_seconds: float = 3600.0
+    # Chunks deleted per write transaction of a sweep, and the sweep's pace (chunk ids
+    # examined per second; 0 = unpaced).
+    gc_delete_batch: int = 256
+    gc_rate_chunks: float = 20_000.0
+    # Digests per `gc_prune` command (one Raft command per batch, not per blob).
+    gc_prune_batch: int = 1000
+
+
+@dataclass
 class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     log_level: str = "warning"
     # Not a setting: the role this process calls nodes as ("gateway", "node", "admin"),
     # set by its entry point (cargohold/cluster_auth.py).
     role: str = "gateway"
 
 
-_SECTIONS = ("cluster", "node", "gateway")
+_SECTIONS = ("cluster", "node", "gateway", "lifecycle")
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -413,6 +435,11 @@ def validate(cfg: Config) -> None:
         )
     if c.auth_max_skew <= 0 or c.auth_nonce_cache_max < 1:
         raise ConfigError("cluster.auth_max_skew and auth_nonce_cache_max must be > 0")
+    life = cfg.lifecycle
+    if life.gc_interval_seconds < 0 or life.gc_grace_seconds < 0 or life.gc_rate_chunks < 0:
+        raise ConfigError("lifecycle.gc_interval_seconds, gc_grace_seconds, gc_rate_chunks >= 0")
+    if life.gc_delete_batch < 1 or life.gc_prune_batch < 1:
+        raise ConfigError("lifecycle.gc_delete_batch and gc_prune_batch must be >= 1")
     if cfg.gateway.upload_writes_in_flight < 1 or cfg.gateway.metadata_attempts < 1:
         raise ConfigError("gateway.upload_writes_in_flight and metadata_attempts must be >= 1")
 

@@ -506,6 +506,30 @@ class ExpireUploads(Command[int]):
         return int(raw["expired"]) if raw else 0
 
 
+@dataclass(frozen=True, slots=True)
+class GcPrune(Command[int]):
+    """Garbage collection: forget the recipes of these blobs where no repository links them
+    (checked when applied); answers how many were forgotten."""
+
+    op: ClassVar[str] = "gc_prune"
+    blobs: tuple[str, ...]
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> GcPrune:
+        return cls(_digests(args, "blobs"))
+
+    def to_args(self) -> dict[str, Any]:
+        return {"blobs": list(self.blobs)}
+
+    @staticmethod
+    def encode_result(result: int) -> dict[str, int]:
+        return {"pruned": result}
+
+    @staticmethod
+    def decode_result(raw: Any) -> int:
+        return int(raw["pruned"]) if raw else 0
+
+
 # -- queries ---------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class TagGet(Query[ManifestInfo]):
@@ -706,6 +730,7 @@ COMMAND_TYPES: dict[str, type[Command[Any]]] = {
         MemberJoin,
         MemberSetState,
         ExpireUploads,
+        GcPrune,
     )
 }
 QUERY_TYPES: dict[str, type[Query[Any]]] = {
@@ -811,6 +836,9 @@ class Metadata:
 
     async def expire_uploads(self, now: float, older_than: float) -> int:
         return await self.call(ExpireUploads(now, older_than))
+
+    async def gc_prune(self, blobs: tuple[str, ...]) -> int:
+        return await self.call(GcPrune(blobs))
 
     # queries
     async def tag_get(self, repo: str, tag: str) -> ManifestInfo:

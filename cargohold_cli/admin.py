@@ -3,9 +3,9 @@
 `cluster_status` asks every member it can find (starting from the given addresses) for its
 `Admin.Status` and the replicated member list, and returns one plain dict; `format_status`
 renders it for a terminal. `member_change` runs a membership change on the Raft leader
-(`admin nodes add|drain|remove`), `trigger` starts repair or scrub passes (`admin repair`).
-Synchronous on purpose: this is a CLI path. Every call is signed as the `admin` role
-from `cfg` (its `cluster.secret` or admin `cluster.credential`, see
+(`admin nodes add|drain|remove`), `trigger` starts repair, scrub or gc passes (`admin
+repair`, `admin gc`). Synchronous on purpose: this is a CLI path. Every call is signed as
+the `admin` role from `cfg` (its `cluster.secret` or admin `cluster.credential`, see
 cargohold/cluster_auth.py); without one, the nodes answer UNAUTHENTICATED.
 """
 
@@ -214,3 +214,23 @@ def trigger(
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(addresses))) as pool:
         return dict(zip(addresses, pool.map(one, addresses), strict=True))
+
+
+def run_gc(
+    addresses: list[str], dry_run: bool = False, wait: bool = False, cfg: Config | None = None
+) -> dict[str, dict[str, Any]]:
+    """A GC pass on every member: the Raft leader's first (it prunes unlinked recipes from
+    the state, so the other nodes' marks, taken after, already free those chunks), then
+    the others in parallel. {address: progress or {"error": status}}."""
+    status = cluster_status(addresses, cfg=cfg)
+    members = [m["grpc"] for m in status["members"] if m.get("state") != "removed"]
+    targets = members or addresses
+    role = "gc-dry-run" if dry_run else "gc"
+    leader = next((n["address"] for n in status["nodes"] if n.get("is_leader")), None)
+    results: dict[str, dict[str, Any]] = {}
+    if leader is not None:
+        results.update(trigger([leader], role, wait=True, cfg=cfg))
+        targets = [t for t in targets if t != leader]
+    if targets:
+        results.update(trigger(targets, role, wait=wait, cfg=cfg))
+    return results

@@ -7,6 +7,7 @@
     cargohold admin nodes add --id ID --grpc ADDR --raft ADDR   add a storage node
     cargohold admin nodes drain ID | undrain ID | remove ID [--force]
     cargohold admin repair [--scrub] [--wait]       run a repair (or scrub) pass now
+    cargohold admin gc [--dry-run] [--wait] [--json]  garbage collection pass on every node
     cargohold admin stop --data DIR                 stop the processes owning DIR's locks
     cargohold admin certs ca --dir DIR              create the cluster CA (mTLS)
     cargohold admin certs issue --dir DIR --role node|gateway|admin --name N [--host H]..
@@ -142,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     repair.add_argument("--wait", action="store_true", help="wait until the passes finish")
     repair.add_argument("--json", action="store_true", help="every progress counter, as JSON")
 
+    gc = admin_sub.add_parser(
+        "gc", help="garbage collection pass on every node (the leader's first: it prunes)"
+    )
+    gc.add_argument(
+        "--nodes",
+        default=nodes_default,
+        help="comma-separated node gRPC addresses to ask (default: dev)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
+    gc.add_argument("--wait", action="store_true", help="wait until the passes finish")
+    gc.add_argument("--json", action="store_true", help="every progress counter, as JSON")
+
     stop = admin_sub.add_parser(
         "stop", help="stop the processes that hold a data directory (launcher, gateways, nodes)"
     )
@@ -173,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         "keys", help="print the credential of one role, derived from the cluster secret"
     )
     keys.add_argument("role", choices=("gateway", "admin", "node"))
-    for one in (status, nodes, repair, keys):
+    for one in (status, nodes, repair, gc, keys):
         one.add_argument("--config", default=argparse.SUPPRESS, help="as `admin --config`")
     return parser
 
@@ -274,6 +287,26 @@ def run_repair(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in results.values()) else 0
 
 
+def run_gc(args: argparse.Namespace) -> int:
+    from cargohold_cli.admin import run_gc as gc_passes
+
+    results = gc_passes(
+        _addresses(args.nodes), dry_run=args.dry_run, wait=args.wait, cfg=_admin_cfg(args)
+    )
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 1 if any("error" in r for r in results.values()) else 0
+    keys = ("swept_chunks", "swept_bytes", "spared_young", "pruned_blobs", "marked_chunks")
+    for address, progress in results.items():
+        if "error" in progress:
+            print(f"{address:<22} error {progress['error']}")
+            continue
+        detail = " ".join(f"{k}={progress.get(k)}" for k in keys)
+        dry = " (dry run)" if progress.get("dry_run") else ""
+        print(f"{address:<22} passes={progress.get('passes')} {detail}{dry}")
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
 def run_stop(args: argparse.Namespace) -> int:
     from cargohold_cli.stop import stop_data_dir
 
@@ -305,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_nodes(args)
             if args.admin_verb == "repair":
                 return run_repair(args)
+            if args.admin_verb == "gc":
+                return run_gc(args)
             if args.admin_verb == "stop":
                 return run_stop(args)
             if args.admin_verb == "certs":

@@ -371,9 +371,10 @@ class LocalCluster:
             "peers": [self.node_raft(k) for k in range(self.node_count) if k != i],
         }
         node.update(self.layout.extra.get("node", {}))
-        self._write_config(
-            path, {"log_level": self.log_level, "cluster": self._cluster_section(), "node": node}
-        )
+        data = {"log_level": self.log_level, "cluster": self._cluster_section(), "node": node}
+        if self.layout.extra.get("lifecycle"):
+            data["lifecycle"] = dict(self.layout.extra["lifecycle"])
+        self._write_config(path, data)
         return path
 
     def gateway_config_path(self, j: int) -> Path:

@@ -76,6 +76,7 @@ COMMAND_ROLES: dict[str, frozenset[str]] = {
     "member_join": _OPERATORS,
     "member_set_state": _OPERATORS,
     "expire_uploads": _OPERATORS,
+    "gc_prune": _OPERATORS,
 }
 _SEEN_MAX = 10_000
 

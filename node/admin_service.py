@@ -1,6 +1,7 @@
 """The gRPC `Admin` service: one node's status (identity, Raft, chunk store, disk space and
-reserve, state counts), background-role triggers (`Trigger`: repair, scrub) and membership
-changes (delegated to node/membership.py)."""
+reserve, state counts, the chunk store's LMDB file against the pages its data uses),
+background-role triggers (`Trigger`: repair, scrub, gc, gc-dry-run) and membership changes
+(delegated to node/membership.py)."""
 
 from __future__ import annotations
 
@@ -75,7 +76,14 @@ class AdminServicer(registry_pb2_grpc.AdminServicer):
             "chunks_quarantined": getattr(stats, "quarantined", 0),
         }
         for name, role in self._roles.items():
-            extra[name] = role.progress()
+            if not getattr(role, "alias", False):  # "gc-dry-run" is "gc" reached another way
+                extra[name] = role.progress()
+        file_usage = getattr(self._store, "file_usage", None)
+        if file_usage is not None:
+            try:
+                extra["lmdb"] = await asyncio.to_thread(file_usage)
+            except (RegistryError, OSError):
+                pass
         return registry_pb2.StatusReply(
             node_id=self._cfg.node.id,
             raft_address=raft.self_address,

@@ -14,6 +14,11 @@ Key layout of the one LMDB environment per node, `<data_dir>/chunks/` (named DBs
           key   b"bytes"             u64 big-endian: sum of data lengths in "chunks"
           key   b"quarantined"       u64 big-endian: entries in "quarantine"
 
+Garbage collection deletes with `sweep(ids, idle_before)`: a delete, in the writer thread,
+of only those chunks not written nor found present by `has` since `idle_before` (the
+in-RAM record of node/chunk_touch.py, whose lock the sweep's transaction holds until its
+commit, so a `has` answering "present" is never followed by that chunk's deletion).
+
 Writes go through one writer thread that drains a queue: concurrent puts, deletes and
 quarantine moves are grouped into one write transaction (group commit, at most
 `batch_max_items` ops / `batch_max_bytes` bytes) whose fsynced commit acknowledges all of
@@ -62,6 +67,7 @@ from cargohold.errors import (
     Unavailable,
 )
 from cargohold.log import log_event
+from node.chunk_touch import ChunkTouches
 from node.disk import DiskSpace
 
 logger = logging.getLogger("cargohold.node.chunkstore")
@@ -132,6 +138,13 @@ class ChunkStore(Protocol):
     async def delete(self, ids: list[bytes]) -> int:
         """Remove these chunks; returns how many were present."""
         ...
+
+    async def sweep(self, ids: list[bytes], idle_before: float) -> tuple[int, int]:
+        """Garbage collection's delete: remove those of `ids` not written nor found
+        present by `has` since `idle_before` (monotonic); (chunks, bytes) removed."""
+        ...
+
+    touches: ChunkTouches
 
     async def list_ids(self, after: bytes, limit: int) -> list[tuple[bytes, int]]:
         """Up to `limit` (id, size) pairs with id > `after` (b"" = from the start), key order."""
@@ -231,9 +244,11 @@ class _Batch:
         existing = self.txn.get(chunk_id, db=self.store._chunks)
         if existing is not None:
             if is_intact(existing):
+                self.store.touches.touch((chunk_id,))
                 return True
             # A silently corrupted copy is replaced by the good bytes we were just sent.
             self.quarantine(chunk_id)
+        self.store.touches.touch((chunk_id,))
         self.txn.put(chunk_id, value, db=self.store._chunks)
         self.count += 1
         self.bytes += len(value) - CHECKSUM_LEN
@@ -254,6 +269,13 @@ class _Batch:
             deleted += 1
         return deleted
 
+    def sweep(self, ids: list[bytes], cutoff: float) -> tuple[int, int]:
+        """Delete the chunks of `ids` idle since before `cutoff`; (chunks, bytes)."""
+        touches = self.store.touches
+        idle = [i for i in ids if touches.idle_before(i, cutoff)]
+        before = self.bytes
+        return self.delete(idle), before - self.bytes
+
 
 @dataclass
 class _Op:
@@ -264,6 +286,8 @@ class _Op:
     chunk_id: bytes = b""
     value: bytes = b""
     ids: tuple[bytes, ...] = ()
+    cutoff: float = 0.0
+    freed: int = 0  # sweep: bytes removed
 
     @property
     def weight(self) -> int:
@@ -275,6 +299,9 @@ class _Op:
             return batch.put(self.chunk_id, self.value)
         if self.kind == "delete":
             return batch.delete(list(self.ids))
+        if self.kind == "sweep":
+            count, self.freed = batch.sweep(list(self.ids), self.cutoff)
+            return count
         return batch.quarantine(self.chunk_id)
 
 
@@ -321,6 +348,7 @@ class LmdbChunkStore:
         self._readers = 0
         self._commits = 0
         self._full = False
+        self.touches = ChunkTouches()
         # Told the seconds of each write transaction, fsync included (node/metrics.py).
         self.commit_observer: Callable[[float], None] | None = None
         self._writer = threading.Thread(
@@ -391,6 +419,13 @@ class LmdbChunkStore:
         result = await self._submit(_Op("delete", concurrent.futures.Future(), ids=tuple(ids)))
         return result
 
+    async def sweep(self, ids: list[bytes], idle_before: float) -> tuple[int, int]:
+        if not ids:
+            return 0, 0
+        op = _Op("sweep", concurrent.futures.Future(), ids=tuple(ids), cutoff=idle_before)
+        count = await self._submit(op)
+        return count, op.freed
+
     async def list_ids(self, after: bytes, limit: int) -> list[tuple[bytes, int]]:
         if limit <= 0:
             return []
@@ -410,6 +445,22 @@ class LmdbChunkStore:
                 map_size=int(info["map_size"]),
                 map_used=(int(info["last_pgno"]) + 1) * int(stat["psize"]),
             )
+
+    def file_usage(self) -> dict[str, int]:
+        """The LMDB file against its use: `file_bytes` (data.mdb on disk; LMDB never
+        shrinks it), `high_water_bytes` (pages ever allocated) and `data_bytes` (pages the
+        databases hold now). Pages freed by deletes are reused by later writes; only a
+        compacting copy gives the file's space back (docs/operations.md)."""
+        with self._reading() as txn:
+            psize = int(self._env.stat()["psize"])
+            pages = 0
+            for db in (None, self._chunks, self._quarantine, self._meta):
+                st = txn.stat(db) if db is not None else self._env.stat()
+                pages += int(st["branch_pages"]) + int(st["leaf_pages"])
+                pages += int(st["overflow_pages"])
+            high = (int(self._env.info()["last_pgno"]) + 1) * psize
+        size = os.path.getsize(os.path.join(self.path, "data.mdb"))
+        return {"file_bytes": size, "high_water_bytes": high, "data_bytes": pages * psize}
 
     @property
     def commits(self) -> int:
@@ -472,6 +523,9 @@ class LmdbChunkStore:
             return encode(view[CHECKSUM_LEN:], bytes(view[:CHECKSUM_LEN]))
 
     def _has(self, ids: list[bytes]) -> list[bool]:
+        # A "present" answer counts as a use: touched before the read, under the sweep lock.
+        with self.touches.lock:
+            self.touches.touch(i for i in ids if len(i) == CHUNK_ID_LEN)
         with self._reading() as txn:
             return [len(i) == CHUNK_ID_LEN and txn.get(i, db=self._chunks) is not None for i in ids]
 
@@ -585,7 +639,7 @@ class LmdbChunkStore:
     def _commit_when_full(self, op: _Op) -> None:
         """A lone op hit a full map. Deletes must still get through (gc frees space): a
         large delete needs more fresh pages than a full map has, one id per txn does not."""
-        if op.kind != "delete" or len(op.ids) < 2:
+        if op.kind not in ("delete", "sweep") or len(op.ids) < 2:
             # LMDB reuses the pages a txn freed only from the txn after next: one small
             # write makes the space of a just-committed delete usable, then retry once.
             try:
@@ -601,8 +655,9 @@ class LmdbChunkStore:
         deleted = 0
         try:
             for chunk_id in op.ids:
-                alone = _Op("delete", op.future, ids=(chunk_id,))
+                alone = _Op(op.kind, op.future, ids=(chunk_id,), cutoff=op.cutoff)
                 deleted += self._transact([alone])[0]
+                op.freed += alone.freed
         except Exception as exc:
             self._fail([op], exc)
             return
@@ -611,10 +666,13 @@ class LmdbChunkStore:
     def _transact(self, ops: list[_Op]) -> list[int]:
         """Apply ops in one write transaction; returns their results once it is fsynced."""
         start = time.perf_counter()
-        with self._env.begin(write=True, buffers=True) as txn:
-            batch = _Batch(self, txn)
-            results = [op.apply(batch) for op in ops]
-            batch.save_counters()
+        sweeping = any(op.kind == "sweep" for op in ops)
+        # A sweep holds the touch lock from its checks to its commit (see ChunkTouches).
+        with self.touches.lock if sweeping else contextlib.nullcontext():
+            with self._env.begin(write=True, buffers=True) as txn:
+                batch = _Batch(self, txn)
+                results = [op.apply(batch) for op in ops]
+                batch.save_counters()
         self._commits += 1
         if self.commit_observer is not None:
             self.commit_observer(time.perf_counter() - start)

@@ -11,6 +11,7 @@ import bisect
 from collections.abc import Callable
 
 from cargohold.errors import ChunkCorrupt, ChunkMissing, StorageFull, Unavailable
+from node.chunk_touch import ChunkTouches
 from node.chunkstore import (
     CHECKSUM_LEN,
     CHUNK_ID_LEN,
@@ -29,6 +30,7 @@ class MemoryChunkStore:
         self._bytes = 0
         self._capacity = capacity_bytes
         self._closed = False
+        self.touches = ChunkTouches()
 
     async def put(
         self,
@@ -40,6 +42,7 @@ class MemoryChunkStore:
         self._check_open()
         value = await prepare_value_async(chunk_id, data, checksum, verify_id)
         existing = self._values.get(chunk_id)
+        self.touches.touch((chunk_id,))
         if existing is not None:
             if is_intact(existing):
                 return True
@@ -76,6 +79,7 @@ class MemoryChunkStore:
 
     async def has(self, ids: list[bytes]) -> list[bool]:
         self._check_open()
+        self.touches.touch(ids)
         return [i in self._values for i in ids]
 
     async def delete(self, ids: list[bytes]) -> int:
@@ -86,6 +90,15 @@ class MemoryChunkStore:
                 self._remove(chunk_id)
                 deleted += 1
         return deleted
+
+    async def sweep(self, ids: list[bytes], idle_before: float) -> tuple[int, int]:
+        self._check_open()
+        count = freed = 0
+        for chunk_id in ids:
+            if chunk_id in self._values and self.touches.idle_before(chunk_id, idle_before):
+                freed += len(self._remove(chunk_id)) - CHECKSUM_LEN
+                count += 1
+        return count, freed
 
     async def list_ids(self, after: bytes, limit: int) -> list[tuple[bytes, int]]:
         self._check_open()

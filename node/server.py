@@ -19,8 +19,9 @@
 3. joins the member list (`member_join`, retried until a leader commits it);
 4. runs leader housekeeping: every `housekeeping_interval` the leader expires upload
    sessions untouched for `upload_expire_after` (the catalogue's `expire_uploads`);
-   and the background roles, each its own module: repair (node/repair.py) and scrub
-   (node/scrub.py, whose re-fetch also heals copies the Chunks `Get` finds corrupt);
+   and the background roles, each its own module: repair (node/repair.py), scrub
+   (node/scrub.py, whose re-fetch also heals copies the Chunks `Get` finds corrupt) and
+   garbage collection (node/gc.py);
    membership changes arrive through Admin (node/membership.py);
 5. serves Prometheus metrics, `/healthz` and `/readyz` on `node.metrics_address` when set
    (node/metrics.py, node/metrics_http.py: a thread of its own, off the gRPC loop);
@@ -63,6 +64,7 @@ from node.access import AccessInterceptor
 from node.admin_service import AdminServicer
 from node.chunkstore import LmdbChunkStore
 from node.disk import DiskSpace
+from node.gc import DryRunTrigger, GcRole
 from node.membership import Membership
 from node.metadata.raft import RaftMember
 from node.metadata.service import MetadataServicer
@@ -220,6 +222,7 @@ async def _run_locked(cfg: Config) -> None:
         except OSError as exc:
             raise StartupError(f"cannot read the TLS files: {exc}") from None
         mtls = creds is not None and bool(cfg.cluster.tls_ca)
+        gc = GcRole(cfg, store, raft)
         server = grpc.aio.server(
             # Every call authenticated and checked against the role matrix (node/access.py).
             interceptors=[AccessInterceptor(cfg, mtls=mtls)],
@@ -238,7 +241,7 @@ async def _run_locked(cfg: Config) -> None:
                 cfg,
                 raft,
                 store,
-                roles={"repair": repair, "scrub": scrub},
+                roles={"repair": repair, "scrub": scrub, "gc": gc, "gc-dry-run": DryRunTrigger(gc)},
                 membership=Membership(cfg, raft, peers),
                 space=space,
             ),
@@ -269,6 +272,7 @@ async def _run_locked(cfg: Config) -> None:
             loop.create_task(housekeeping(raft, cfg)),
             loop.create_task(repair.run()),
             loop.create_task(scrub.run()),
+            loop.create_task(gc.run()),
             loop.create_task(watch_disk(space, node.disk_check_interval)),
         ]
         await stop.wait()

@@ -656,6 +656,12 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
         with self._lock:
             return self.state.query(op, args)
 
+    def state_snapshot(self) -> tuple[dict[str, Any], int]:
+        """A consistent copy of the applied state's containers and the index it reflects
+        (garbage collection marks from it off the lock; the records inside are immutable)."""
+        with self._lock:
+            return self.state.snapshot(), int(self.raftLastApplied)
+
     # -- status ----------------------------------------------------------------------------
     def is_leader(self) -> bool:
         return bool(self._isLeader())

@@ -20,12 +20,12 @@ The whole state, as it sits in RAM on every node and in every snapshot::
     blob_bytes int                                sum of the sizes in `blobs`
 
 A repository exists while it has a linked blob or a manifest (no empty containers). An
-upload id absent from `uploads` is "new". `blobs` is never shrunk here: unlinking only
-removes `links`. `apply` is deterministic (`now` comes from the caller), validates before
-it mutates, and is idempotent as docs/metadata.md says. Snapshots are a stream of pickled
-plain-tuple rows (the layout of every earlier version); the sorted catalogue, the sorted tag
-lists and the `status` counters are derived and never snapshotted. This module holds no
-lock: `node/metadata/raft.py` serialises `apply` and `query`.
+upload id absent from `uploads` is "new". Unlinking only removes `links`; only `gc_prune`
+(garbage collection) forgets recipes. `apply` is deterministic (`now` comes from the
+caller), validates before it mutates, and is idempotent as docs/metadata.md says.
+Snapshots are a stream of pickled plain-tuple rows (the layout of every earlier version);
+the sorted catalogue, the sorted tag lists and the `status` counters are derived and never
+snapshotted. This module holds no lock: `node/metadata/raft.py` serialises `apply` and `query`.
 """
 
 from __future__ import annotations
@@ -274,6 +274,7 @@ class MetadataState:
             api.MemberJoin: self._member_join,
             api.MemberSetState: self._member_set_state,
             api.ExpireUploads: self._expire_uploads,
+            api.GcPrune: self._gc_prune,
             api.TagGet: self._tag_get,
             api.ManifestGet: self._manifest_get,
             api.BlobGet: self._blob_get,
@@ -645,6 +646,22 @@ class MetadataState:
         for upload in stale:
             self._open_uploads -= isinstance(self.uploads.pop(upload), OpenUpload)
         return len(stale)
+
+    def _gc_prune(self, req: api.GcPrune) -> int:
+        # Only here does `blobs` shrink: a recipe no repository links (GC chose it a grace
+        # period ago; a link made since keeps it). Manifests hold their own recipe.
+        linked: set[str] = set()
+        for digests in self.links.values():
+            linked |= digests
+        pruned = 0
+        for digest in req.blobs:
+            recipe = self.blobs.get(digest)
+            if recipe is None or digest in linked:
+                continue
+            del self.blobs[digest]
+            self.blob_bytes -= recipe.size
+            pruned += 1
+        return pruned
 
     # -- queries --------------------------------------------------------------------------------
     @staticmethod

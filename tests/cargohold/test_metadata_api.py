@@ -65,6 +65,7 @@ EXAMPLES: list[api.Request[Any]] = [
     api.MemberJoin("n1", "h:1", "h:2"),
     api.MemberSetState("n1", "draining"),
     api.ExpireUploads(10.0, 5.0),
+    api.GcPrune((D,)),
     api.TagGet("lib/app", "v1"),
     api.ManifestGet("lib/app", D),
     api.BlobGet("lib/app", D),
@@ -120,6 +121,7 @@ def test_results_roundtrip_through_json() -> None:
     assert api.UploadAppend.decode_result(api.UploadAppend.encode_result(7)) == 7
     assert api.BlobMount.decode_result(api.BlobMount.encode_result(True)) is True
     assert api.ExpireUploads.decode_result(api.ExpireUploads.encode_result(2)) == 2
+    assert api.GcPrune.decode_result(api.GcPrune.encode_result(4)) == 4
 
 
 def test_the_facade_has_one_method_per_op() -> None:
@@ -176,4 +178,7 @@ async def test_every_facade_method_against_the_state() -> None:
     await meta.member_set_state("n1", "draining")
     assert await meta.members() == [api.MemberInfo("n1", "h:1", "h:2", "draining")]
     assert await meta.status() == api.MetadataStatus(1, 2, 0, 0, 6)
+    # The manifest's bytes were unlinked by manifest_delete; the layer is still linked.
+    assert await meta.gc_prune((m, layer)) == 1
+    assert await meta.status() == api.MetadataStatus(1, 1, 0, 0, 3)
     assert {op for op, _ in transport.sent} == api.COMMANDS | api.QUERIES
