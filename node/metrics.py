@@ -3,8 +3,10 @@
 `NodeCollector` reads, at scrape time and in the metrics thread (node/metrics_http.py),
 what the node already keeps: Raft role, term, commit and applied index (and the apply lag
 between them), the chunk store's counters and LMDB map use, the data filesystem's
-capacity, use, free space and reserve (node/disk.py), and the repair and scrub roles'
-progress, among it `cargohold_node_repair_chunks_below_replicas` (node/repair.py). Nothing
+capacity, use, free space and reserve (node/disk.py), the repair, scrub and garbage
+collection roles' progress, among it `cargohold_node_repair_chunks_below_replicas`
+(node/repair.py) and `cargohold_node_gc_reclaimed_bytes` (node/gc.py), and the LMDB file
+size against the pages its data holds. Nothing
 is counted on the hot paths for these. Two histograms are observed as things happen:
 `cargohold_node_raft_command_seconds` (per command op, a fixed set) and
 `cargohold_node_chunk_commit_seconds` (one per LMDB write transaction, fsync included:
@@ -64,6 +66,7 @@ class NodeCollector(Collector):
         space: DiskSpace,
         repair: _Role,
         scrub: _Role,
+        gc: _Role | None = None,
     ) -> None:
         self._node = node_id
         self._raft = raft
@@ -71,6 +74,7 @@ class NodeCollector(Collector):
         self._space = space
         self._repair = repair
         self._scrub = scrub
+        self._gc = gc
 
     def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
         family = GaugeMetricFamily(name, doc, labels=["node"])
@@ -88,6 +92,7 @@ class NodeCollector(Collector):
         yield from self._disk_metrics()
         yield from self._repair_metrics()
         yield from self._scrub_metrics()
+        yield from self._gc_metrics()
 
     def _raft_metrics(self) -> Iterator[Any]:
         try:
@@ -205,6 +210,51 @@ class NodeCollector(Collector):
             s.refetch_failed,
         )
 
+    def _gc_metrics(self) -> Iterator[Any]:
+        if self._gc is None:
+            return
+        s = self._gc.stats
+        g, c = self._gauge, self._counter
+        yield c("cargohold_node_gc_passes", "Garbage collection passes finished", s.passes)
+        yield g("cargohold_node_gc_running", "1 while a garbage collection pass runs", s.running)
+        yield c(
+            "cargohold_node_gc_reclaimed_chunks",
+            "Chunks garbage collection deleted from this node",
+            s.reclaimed_chunks_total,
+        )
+        yield c(
+            "cargohold_node_gc_reclaimed_bytes",
+            "Chunk bytes garbage collection deleted from this node",
+            s.reclaimed_bytes_total,
+        )
+        yield c(
+            "cargohold_node_gc_pruned_blobs",
+            "Unlinked blob recipes this node, as leader, pruned from the state",
+            s.pruned_blobs_total,
+        )
+        yield c("cargohold_node_gc_failed_passes", "GC passes that failed", s.failed_passes)
+        yield g(
+            "cargohold_node_gc_spared_young_chunks",
+            "Unreferenced chunks the last GC pass spared as younger than the grace",
+            s.spared_young,
+        )
+        file_usage = getattr(self._store, "file_usage", None)
+        if file_usage is not None:
+            try:
+                usage = file_usage()
+            except (RegistryError, OSError):
+                return
+            yield g(
+                "cargohold_node_lmdb_file_bytes",
+                "Size of the chunk store's data.mdb (LMDB never shrinks it)",
+                usage["file_bytes"],
+            )
+            yield g(
+                "cargohold_node_lmdb_data_bytes",
+                "Bytes of the LMDB pages the chunk store's data holds now",
+                usage["data_bytes"],
+            )
+
 
 @contextlib.contextmanager
 def node_metrics(
@@ -214,6 +264,7 @@ def node_metrics(
     space: DiskSpace,
     repair: _Role,
     scrub: _Role,
+    gc: _Role | None = None,
 ) -> Iterator[NodeCollector]:
     """Register the collector and the latency observers for the node's lifetime."""
     commands: dict[str, Any] = {}
@@ -224,7 +275,7 @@ def node_metrics(
             child = commands[op] = RAFT_COMMAND_SECONDS.labels(node_id, op)
         child.observe(seconds)
 
-    collector = NodeCollector(node_id, raft, store, space, repair, scrub)
+    collector = NodeCollector(node_id, raft, store, space, repair, scrub, gc)
     raft.command_observer = observe_command
     store.commit_observer = CHUNK_COMMIT_SECONDS.labels(node_id).observe
     REGISTRY.register(collector)

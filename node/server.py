@@ -256,7 +256,7 @@ async def _run_locked(cfg: Config) -> None:
             raise AddressInUse(f"cannot listen on {node.grpc_listen} (gRPC)") from None
         await server.start()
         if node.metrics_address:
-            exits.enter_context(node_metrics(node.id, raft, store, space, repair, scrub))
+            exits.enter_context(node_metrics(node.id, raft, store, space, repair, scrub, gc))
             metrics_server = MetricsServer(node.metrics_address, _ready_check(raft))
             metrics_server.start()
         log_event(

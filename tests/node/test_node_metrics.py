@@ -21,6 +21,7 @@ from cargohold.errors import AddressInUse
 from cargohold_cli.devcluster import free_port
 from node.chunkstore import LmdbChunkStore, StoreUsage
 from node.disk import DiskSpace
+from node.gc import GcStats
 from node.metadata.raft import RaftStatus
 from node.metrics import RAFT_ROLES, node_metrics
 from node.metrics_http import MetricsServer
@@ -69,7 +70,8 @@ def test_node_metrics_names_labels_and_values(tmp_path: Path) -> None:
     space = DiskSpace(str(tmp_path), 0.05, 1 << 30, headroom=1 << 20)
     repair, scrub = FakeRole(RepairStats()), FakeRole(ScrubStats(passes=2, chunks_scrubbed=9))
     raft, store = FakeRaft(), FakeStore()
-    with node_metrics("n7", raft, store, space, repair, scrub):
+    gc = FakeRole(GcStats(passes=3, reclaimed_bytes_total=4096))
+    with node_metrics("n7", raft, store, space, repair, scrub, gc):
         raft.command_observer("manifest_put", 0.003)
         store.commit_observer(0.0004)
         got = scrape()
@@ -85,6 +87,8 @@ def test_node_metrics_names_labels_and_values(tmp_path: Path) -> None:
         assert ours["cargohold_node_chunks"][0][1] == 5
         assert ours["cargohold_node_lmdb_map_used_bytes"][0][1] == 1 << 20
         assert ours["cargohold_node_scrub_chunks_total"][0][1] == 9
+        assert ours["cargohold_node_gc_passes_total"][0][1] == 3
+        assert ours["cargohold_node_gc_reclaimed_bytes_total"][0][1] == 4096
         for name in DISK_GAUGES:
             assert name in ours, name
         assert ours["cargohold_node_disk_capacity_bytes"][0][1] > 0
