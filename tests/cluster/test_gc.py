@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from cargohold_cli.admin import run_gc, trigger
+from cargohold.config import Config
+from cargohold_cli.admin import admin_config, run_gc, trigger
 from cargohold_cli.devcluster import LocalCluster
 from cluster.chunkcheck import chunk_ids, has
 from cluster.images import CONFIG_TYPE, LAYER_TYPE, MANIFEST_TYPE, sha256
@@ -82,6 +83,10 @@ class Image:
             + chunk_ids(config, CHUNK)
             + chunk_ids(self.manifest(), CHUNK)
         )
+
+
+def admin(cluster: LocalCluster) -> Config:
+    return admin_config(str(cluster.admin_config_path()))
 
 
 def gc_cluster(make_cluster: Callable[..., LocalCluster], grace: float) -> LocalCluster:
@@ -166,7 +171,9 @@ async def test_deleted_image_bytes_leave_every_node_and_freed_pages_are_reused(
     for data in (config, big_layer):
         async with http.delete(f"{base}/v2/gc/big/blobs/{sha256(data)}") as resp:
             assert resp.status == 202
-    results = await asyncio.to_thread(run_gc, cluster.node_grpc_addresses, False, True)
+    results = await asyncio.to_thread(
+        run_gc, cluster.node_grpc_addresses, False, True, admin(cluster)
+    )
     assert all("error" not in r for r in results.values()), results
     collected = node_figures(cluster)
     for b, c in zip(before, collected, strict=True):
@@ -189,14 +196,14 @@ async def test_deleted_image_bytes_leave_every_node_and_freed_pages_are_reused(
 def _gc_loop(cluster: LocalCluster, stop: threading.Event, passes: list[int]) -> None:
     """`admin gc --wait`, back to back, until told to stop (errors of a dead node count)."""
     while not stop.is_set():
-        results = run_gc(cluster.node_grpc_addresses, wait=True)
+        results = run_gc(cluster.node_grpc_addresses, wait=True, cfg=admin(cluster))
         passes.append(sum(1 for r in results.values() if "error" not in r))
 
 
 def _kill_mid_pass(cluster: LocalCluster, i: int) -> bool:
     """Trigger a GC pass on node i and SIGKILL it while the pass runs; True when it was
     seen running (else it is killed anyway, right after the trigger)."""
-    trigger([cluster.node_grpc(i)], "gc", wait=False)
+    trigger([cluster.node_grpc(i)], "gc", wait=False, cfg=admin(cluster))
     seen = False
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline and not seen:
@@ -251,8 +258,9 @@ async def test_pushes_racing_back_to_back_gc_and_a_killed_node_lose_nothing(
             if len(acked) % 3 == 0:
                 await delete(http, base, image)
                 deleted.append(image)
-            if len(acked) == killed_at:
-                killed_mid_pass.append(await asyncio.to_thread(_kill_mid_pass, cluster, 2))
+            if len(acked) >= killed_at and not killed_mid_pass:
+                killed_mid_pass.append(False)  # claimed: one kill, by one writer
+                killed_mid_pass[0] = await asyncio.to_thread(_kill_mid_pass, cluster, 2)
                 await asyncio.sleep(1.0)
                 cluster.start_node(2)
 
@@ -271,12 +279,16 @@ async def test_pushes_racing_back_to_back_gc_and_a_killed_node_lose_nothing(
     # GC still reclaims the deleted ones: a recipe is pruned once the leader has seen it
     # unlinked for a grace period (a leader elected after the SIGKILL starts counting at
     # its first pass), and a restarted node counts every chunk young for one grace.
-    await asyncio.to_thread(trigger, cluster.node_grpc_addresses, "repair", True)
-    await asyncio.to_thread(run_gc, cluster.node_grpc_addresses, False, True)
+    await asyncio.to_thread(
+        trigger, cluster.node_grpc_addresses, "repair", True, 3600.0, admin(cluster)
+    )
+    await asyncio.to_thread(run_gc, cluster.node_grpc_addresses, False, True, admin(cluster))
     await asyncio.sleep(grace + 1)
     pruned = 0
     for _ in range(2):  # the leader prunes then sweeps; the others sweep after it
-        results = await asyncio.to_thread(run_gc, cluster.node_grpc_addresses, False, True)
+        results = await asyncio.to_thread(
+            run_gc, cluster.node_grpc_addresses, False, True, admin(cluster)
+        )
         assert all("error" not in r for r in results.values()), results
         pruned += sum(r["pruned_blobs"] for r in results.values())
     garbage = [cid for image in deleted for cid in image.own_chunks()]
