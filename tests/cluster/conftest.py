@@ -1,5 +1,6 @@
 """Fixtures of the cluster tests: an HTTP session, clusters with quiet background roles,
-the chaos summary writer, and three namespaced test hosts for partition tests."""
+the chaos summary writer, small filesystems (tmpfs) and three namespaced test hosts for
+partition tests."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from cluster import netns
 from cluster.netns import NetnsLab
 from cluster.shapes import CHUNK, QUIET_ROLES
 from cluster.summary import RecordSummary, Summary, summary_path
+from cluster.tmpfs import Tmpfs
 
 
 @pytest.fixture
@@ -51,6 +53,17 @@ def record_summary(tmp_path: Path) -> RecordSummary:
         return summary.write(summary_path(tmp_path))
 
     return record
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Tmpfs]:
+    """Small filesystems for node data dirs. Request it before `make_cluster`, so its
+    teardown (unmount) runs after the cluster's."""
+    disks = Tmpfs()
+    try:
+        yield disks
+    finally:
+        disks.unmount_all()
 
 
 @pytest.fixture

@@ -17,9 +17,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from cluster.images import random_image
 from cluster.registry_client import RegistryClient, check_image
 from cluster.roles import trigger
 from cluster.shapes import CHUNK, QUIET_ROLES, MiB
+from cluster.tmpfs import Tmpfs
 from node.disk import reserve_bytes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
@@ -47,64 +47,22 @@ SETTINGS = {
 }
 
 
-class SmallDisks:
-    """tmpfs mounts on node data dirs, and the filler files that fill them."""
-
-    def __init__(self) -> None:
-        self.mounts: list[Path] = []
-
-    def mount(self, path: Path, size: str = DISK) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs (the cluster phase runs as root): {done.stderr}")
-        self.mounts.append(path)
-        return path
-
-    @staticmethod
-    def fill(path: Path) -> int:
-        """Leave half the node's reserve free (below its watermark, above zero)."""
-        st = os.statvfs(path)
-        cfg = NodeConfig()
-        reserve = reserve_bytes(
-            st.f_blocks * st.f_frsize, cfg.disk_reserve_fraction, cfg.disk_reserve_max_bytes
-        )
-        size = st.f_bavail * st.f_frsize - reserve // 2
-        with open(path / "filler", "wb") as f:
-            os.posix_fallocate(f.fileno(), 0, size)
-        return size
-
-    @staticmethod
-    def free(path: Path) -> None:
-        (path / "filler").unlink()
-
-    def unmount_all(self) -> None:
-        for path in reversed(self.mounts):
-            if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(path)], check=False)
-        self.mounts.clear()
-
-
-@pytest.fixture
-def small_disks() -> Iterator[SmallDisks]:
-    """Requested before `make_cluster`, so its teardown (unmount) runs after the cluster's."""
-    disks = SmallDisks()
-    try:
-        yield disks
-    finally:
-        disks.unmount_all()
+def _fill_below_watermark(disks: Tmpfs, path: Path) -> int:
+    """Leave half the node's reserve free (below its watermark, above zero)."""
+    st = os.statvfs(path)
+    cfg = NodeConfig()
+    reserve = reserve_bytes(
+        st.f_blocks * st.f_frsize, cfg.disk_reserve_fraction, cfg.disk_reserve_max_bytes
+    )
+    return disks.fill(path, leave=reserve // 2)
 
 
 def _cluster(
-    make_cluster: Callable[..., LocalCluster], disks: SmallDisks, on_tmpfs: list[int]
+    make_cluster: Callable[..., LocalCluster], disks: Tmpfs, on_tmpfs: list[int]
 ) -> LocalCluster:
     cluster = make_cluster(start=False, nodes=3, gateways=1, chunk_size=CHUNK, extra=SETTINGS)
     for i in on_tmpfs:
-        disks.mount(cluster.node_data_dir(i))
+        disks.mount(cluster.node_data_dir(i), DISK)
     cluster.start(timeout=60)
     return cluster
 
@@ -143,16 +101,16 @@ def _log_events(cluster: LocalCluster, name: str, event: str) -> int:
 
 
 async def test_one_full_node_costs_redundancy_not_availability(
-    small_disks: SmallDisks,
+    tmpfs: Tmpfs,
     make_cluster: Callable[..., LocalCluster],
     http: aiohttp.ClientSession,
 ) -> None:
-    cluster = _cluster(make_cluster, small_disks, on_tmpfs=[2])
+    cluster = _cluster(make_cluster, tmpfs, on_tmpfs=[2])
     base, repo, n3 = cluster.gateway_url, "disk/one-full", 2
     try:
         blobs = [os.urandom(MiB)]
         digests = [await push_blob(http, base, repo, blobs[0])]
-        small_disks.fill(cluster.node_data_dir(n3))
+        _fill_below_watermark(tmpfs, cluster.node_data_dir(n3))
         await _until("n3 reports full", lambda: _full(cluster, n3), within=10)
 
         # Pushes go on: W=2 copies land on n1 and n2, n3 refuses its copy.
@@ -175,7 +133,7 @@ async def test_one_full_node_costs_redundancy_not_availability(
             assert await pull_blob(http, base, repo, digest) == data
 
         # Space returns: n3 takes writes again by itself, and repair restores R copies.
-        small_disks.free(cluster.node_data_dir(n3))
+        tmpfs.free(cluster.node_data_dir(n3))
         took = await _until("n3 leaves full", lambda: not _full(cluster, n3), RESUME_WITHIN)
         print(f"\nn3 writable again {took:.1f} s after the filler was deleted")
         ids = [cid for data in blobs for cid in chunk_ids(data, CHUNK)]
@@ -205,11 +163,11 @@ async def _refused_push(http: aiohttp.ClientSession, base: str, repo: str) -> di
 
 
 async def test_whole_cluster_full_refuses_with_507_and_keeps_serving(
-    small_disks: SmallDisks,
+    tmpfs: Tmpfs,
     make_cluster: Callable[..., LocalCluster],
     http: aiohttp.ClientSession,
 ) -> None:
-    cluster = _cluster(make_cluster, small_disks, on_tmpfs=[0, 1, 2])
+    cluster = _cluster(make_cluster, tmpfs, on_tmpfs=[0, 1, 2])
     base, repo = cluster.gateway_url, "disk/all-full"
     client = RegistryClient(http)
     rng = random.Random(19)
@@ -220,7 +178,7 @@ async def test_whole_cluster_full_refuses_with_507_and_keeps_serving(
                 await client.push_blob(base, spec.repo, digest, data, monolithic=False)
             await client.put_manifest(base, spec.repo, spec.tag, spec.manifest())
         for i in range(3):
-            small_disks.fill(cluster.node_data_dir(i))
+            _fill_below_watermark(tmpfs, cluster.node_data_dir(i))
         for i in range(3):
             await _until(f"n{i + 1} reports full", lambda i=i: _full(cluster, i), within=10)
 
@@ -254,7 +212,7 @@ async def test_whole_cluster_full_refuses_with_507_and_keeps_serving(
 
         # Space returns: pushes succeed again by themselves, no restart.
         for i in range(3):
-            small_disks.free(cluster.node_data_dir(i))
+            tmpfs.free(cluster.node_data_dir(i))
         started = time.monotonic()
         later = random_image(rng, repo, CHUNK)
         while True:

@@ -18,19 +18,16 @@ meanwhile, so space runs out during snapshots too. What must hold:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 
 from cargohold_cli.devcluster import LocalCluster
 from cluster.images import CONFIG_TYPE, MANIFEST_TYPE, sha256
+from cluster.tmpfs import Tmpfs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 
@@ -48,59 +45,6 @@ RAFT_SMALL = {
     "repair_interval": 3600.0,
     "scrub_interval": 3600.0,
 }
-
-
-class Tmpfs:
-    def __init__(self) -> None:
-        self.mounts: list[Path] = []
-
-    def mount(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={DISK}", "tmpfs", str(path)],
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs (the cluster phase runs as root): {done.stderr}")
-        self.mounts.append(path)
-
-    @staticmethod
-    def fill(path: Path) -> None:
-        """Take every free byte (then a few more tries: tmpfs rounds to pages)."""
-        with open(path / "filler", "wb") as f:
-            st = os.statvfs(path)
-            with contextlib.suppress(OSError):
-                os.posix_fallocate(f.fileno(), 0, st.f_bavail * st.f_frsize)
-            size = os.fstat(f.fileno()).st_size
-            for step in (65536, 4096):
-                while True:
-                    try:
-                        os.posix_fallocate(f.fileno(), size, step)
-                    except OSError:
-                        break
-                    size += step
-        assert os.statvfs(path).f_bavail == 0
-
-    @staticmethod
-    def free(path: Path) -> None:
-        (path / "filler").unlink()
-
-    def unmount_all(self) -> None:
-        for path in reversed(self.mounts):
-            if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(path)], check=False)
-        self.mounts.clear()
-
-
-@pytest.fixture
-def tmpfs() -> Iterator[Tmpfs]:
-    """Requested before `make_cluster`, so its teardown (unmount) runs after the cluster's."""
-    disks = Tmpfs()
-    try:
-        yield disks
-    finally:
-        disks.unmount_all()
 
 
 CONFIG = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {}}).encode()
@@ -234,7 +178,7 @@ async def test_the_raft_log_fills_the_disk_without_a_death_or_a_loss(
 ) -> None:
     cluster = make_cluster(start=False, nodes=3, gateways=1, extra={"node": RAFT_SMALL})
     for i in range(cluster.node_count):
-        tmpfs.mount(cluster.node_data_dir(i))
+        tmpfs.mount(cluster.node_data_dir(i), DISK)
     cluster.start(timeout=60)
     base = cluster.gateway_url
     timeout = aiohttp.ClientTimeout(total=30)
