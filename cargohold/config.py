@@ -5,7 +5,7 @@ Sources, later ones winning:
 
 1. the defaults below;
 2. a TOML file (`--config FILE`) with the sections `[cluster]`, `[node]`, `[gateway]`,
-   `[lifecycle]`;
+   `[lifecycle]`, `[auth]`;
 3. environment variables `CARGOHOLD_<SECTION>_<FIELD>` (for example
    `CARGOHOLD_NODE_ID=n1`, `CARGOHOLD_GATEWAY_NODES=node1:7001,node2:7001`); lists are
    comma-separated, booleans `1/0/true/false`;
@@ -300,18 +300,63 @@ class LifecycleConfig:
 
 
 @dataclass
+class AuthConfig:
+    """Who may use the registry (gateway/auth/, docs/security.md "Registry users")."""
+
+    # "none" (anyone may do anything), "htpasswd" (HTTP Basic against `htpasswd`) or
+    # "token" (Docker registry token auth: Bearer JWTs from `realm`).
+    mode: str = "none"
+    # A bcrypt-only htpasswd file (`htpasswd -B`): the users of "htpasswd" mode, and of the
+    # built-in token service. Re-read when its modification time or size changes, looked at
+    # at most every `htpasswd_check_seconds`.
+    htpasswd: str = ""
+    htpasswd_check_seconds: float = 1.0
+    # Token mode. `realm`: the token service URL put in challenges; empty = this gateway's
+    # own `/auth/token` (built from the request's Host). `service` and `issuer` are the
+    # JWT `aud` and `iss` every token must carry.
+    realm: str = ""
+    service: str = "cargohold"
+    issuer: str = "cargohold"
+    # The built-in token service signs with this PEM EC P-256 private key (ES256), the same
+    # file on every gateway; empty = no built-in service (an external issuer signs).
+    signing_key: str = ""
+    # Keys tokens are verified with: PEM public (or private) keys and/or JWKS JSON files;
+    # a PEM key's `kid` is its RFC 7638 thumbprint. The signing key is always one of them;
+    # list the old key here while rotating.
+    verify_keys: list[str] = field(default_factory=list)
+    # Lifetime of access tokens, and of the refresh tokens `docker login` stores.
+    token_ttl_seconds: int = 300
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    # Accepted clock difference for a token's exp/nbf/iat.
+    token_leeway_seconds: float = 30.0
+    # Successful password checks (bcrypt is slow on purpose) are remembered this long.
+    login_cache_seconds: float = 60.0
+    login_cache_entries: int = 10_000
+    # Failed logins (gateway/auth/limits.py): after `login_failures_free` failures in a row
+    # a user or a client address waits `login_backoff_seconds`, doubled for each further
+    # failure up to `login_backoff_max_seconds` (429 with Retry-After meanwhile); a
+    # success clears the user's count; counts are forgotten after `login_failure_window`.
+    login_failures_free: int = 5
+    login_backoff_seconds: float = 1.0
+    login_backoff_max_seconds: float = 300.0
+    login_failure_window: float = 900.0
+    login_limit_entries: int = 100_000
+
+
+@dataclass
 class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     log_level: str = "warning"
     # Not a setting: the role this process calls nodes as ("gateway", "node", "admin"),
     # set by its entry point (cargohold/cluster_auth.py).
     role: str = "gateway"
 
 
-_SECTIONS = ("cluster", "node", "gateway", "lifecycle")
+_SECTIONS = ("cluster", "node", "gateway", "lifecycle", "auth")
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -442,6 +487,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError("lifecycle.gc_delete_batch and gc_prune_batch must be >= 1")
     if cfg.gateway.upload_writes_in_flight < 1 or cfg.gateway.metadata_attempts < 1:
         raise ConfigError("gateway.upload_writes_in_flight and metadata_attempts must be >= 1")
+    _validate_auth(cfg.auth)
+
+
+def _validate_auth(a: AuthConfig) -> None:
+    if a.mode not in ("none", "htpasswd", "token"):
+        raise ConfigError("auth.mode must be none, htpasswd or token")
+    if a.mode == "htpasswd" and not a.htpasswd:
+        raise ConfigError("auth.mode = htpasswd needs auth.htpasswd (a bcrypt htpasswd file)")
+    if a.mode == "token":
+        if not a.signing_key and not a.verify_keys:
+            raise ConfigError("auth.mode = token needs auth.signing_key or auth.verify_keys")
+        if not a.signing_key and not a.realm:
+            raise ConfigError("auth.mode = token with an external issuer needs auth.realm")
+        if a.signing_key and not a.htpasswd:
+            raise ConfigError("the built-in token service needs auth.htpasswd (its users)")
+    if a.token_ttl_seconds < 1 or a.refresh_token_ttl_seconds < 1:
+        raise ConfigError("auth.token_ttl_seconds and refresh_token_ttl_seconds must be >= 1")
+    if a.login_failures_free < 0 or a.login_backoff_seconds <= 0:
+        raise ConfigError("auth.login_failures_free >= 0 and login_backoff_seconds > 0")
 
 
 def split_hostport(address: str) -> tuple[str, int]:

@@ -387,9 +387,10 @@ class LocalCluster:
         # A gateway holds its role's key, not the cluster secret (least privilege).
         cluster = self._cluster_section("gateway")
         cluster["credential"] = format_credential(str(cluster.pop("secret")), "gateway")
-        self._write_config(
-            path, {"log_level": self.log_level, "cluster": cluster, "gateway": gateway}
-        )
+        data = {"log_level": self.log_level, "cluster": cluster, "gateway": gateway}
+        if self.layout.extra.get("auth"):
+            data["auth"] = dict(self.layout.extra["auth"])
+        self._write_config(path, data)
         return path
 
     @staticmethod

@@ -7,7 +7,7 @@ nodes and log lines name it, and `add_request_id_header` echoes it as `X-Request
 
 `AccessLogger` writes one `access` line per request on the `cargohold.access` logger
 (on by default: `gateway.access_log`), through the project's key=value formatter:
-request id, client address, user (empty until there is authentication), method, route
+request id, client address, user (empty when anonymous or without auth), method, route
 template (not the path: no repository names or digests in it), repository, status, bytes
 in and out, duration and user agent. Successful blob and manifest pulls (GET/HEAD) are
 sampled: each is logged with probability `gateway.access_log_pull_sample` (1 = all).
@@ -27,6 +27,8 @@ from cargohold.request_ids import HEADER, REQUEST_ID, accept_or_new
 
 ACCESS_LOGGER = "cargohold.access"
 REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("cargohold_request_id", str)
+# The authenticated user, set by gateway/auth/middleware.py ("" = anonymous or no auth).
+USER_KEY: web.RequestKey[str] = web.RequestKey("cargohold_user", str)
 _PULL_ROUTES = ("/manifests/{reference}", "/blobs/{digest}")
 
 
@@ -71,7 +73,7 @@ def access_logger_class(pull_sample: float) -> type[AbstractAccessLogger]:
             fields = {
                 "request_id": request.get(REQUEST_ID_KEY) or "-",
                 "client": request.remote or "-",
-                "user": "",
+                "user": request.get(USER_KEY) or "",
                 "method": request.method,
                 "route": route,
                 "repo": (match_info.get("name") if match_info is not None else None) or "",

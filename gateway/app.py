@@ -6,6 +6,9 @@ last segment has no `/` (`/manifests/<ref>`, `/blobs/<digest>`, `/blobs/uploads/
 right-most suffix win: `/v2/a/blobs/b/manifests/latest` is a manifest of `a/blobs/b`.
 Handlers validate their own inputs; this module validates nothing.
 
+Every `/v2/` request passes `gateway.auth.middleware` first (`[auth]` mode); with the
+built-in token service, `/auth/token` (gateway/auth/token_service.py).
+
 Next to `/v2/`: `/healthz` and `/readyz` (gateway/health.py), and `/metrics`
 (gateway/metrics.py) unless `gateway.metrics_address` names a listener of its own
 (`build_metrics_app`, started by gateway/server.py).
@@ -20,6 +23,9 @@ from aiohttp.typedefs import Handler
 
 from gateway import base, blobs, catalog, health, manifests, metrics, referrers, tags, uploads
 from gateway.access_log import add_request_id_header, request_id_middleware
+from gateway.auth import token_service
+from gateway.auth.middleware import auth_middleware
+from gateway.auth.state import AUTH, AuthState
 from gateway.body import BUDGET, BodyBudget
 from gateway.coalesce import Coalescer
 from gateway.context import CONTEXT, GatewayContext
@@ -33,10 +39,16 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
     """The gateway's application; `client_max_size` bounds buffered request bodies."""
     max_size = client_max_size or ctx.cfg.gateway.max_manifest_size + 64 * 1024
     app = web.Application(
-        middlewares=[metrics.metrics_middleware, request_id_middleware, error_middleware],
+        middlewares=[
+            metrics.metrics_middleware,
+            request_id_middleware,
+            error_middleware,
+            auth_middleware,
+        ],
         client_max_size=max_size,
     )
     app[CONTEXT] = ctx
+    app[AUTH] = AuthState(ctx.cfg.auth)
     app[BUDGET] = BodyBudget(ctx.cfg.gateway.max_buffered_bytes)
     metrics.watch_budget(app[BUDGET])
     readiness = health.Readiness(ctx.cfg, ctx.meta)
@@ -54,6 +66,9 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
     app.on_response_prepare.append(add_api_version_header)
     app.on_response_prepare.append(add_request_id_header)
     _routes(app.router)
+    if app[AUTH].issuer is not None:
+        app.router.add_get("/auth/token", token_service.token_get)
+        app.router.add_post("/auth/token", token_service.token_post)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     if not ctx.cfg.gateway.metrics_address:

@@ -64,6 +64,7 @@ from cargohold.errors import (
 from cargohold.log import log_event
 from cargohold.metadata_api import BlobCommit, Recipe, UploadAppend
 from cargohold.names import validate_name
+from gateway.auth.middleware import MOUNT_ALLOWED
 from gateway.body import BodyTimeout, BudgetedBody, budget
 from gateway.chunking import ingest
 from gateway.context import GatewayContext, context
@@ -248,6 +249,9 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
     name = validate_name(request.match_info["name"])
     query = request.query
     mount, source = query.get("mount"), query.get("from")
+    # No pull right on `from` (gateway/auth/middleware.py): a plain upload, no existence leak.
+    if not request.get(MOUNT_ALLOWED, True):
+        mount = None
     if mount and source and await _try_mount(ctx, name, mount, source):
         return _created(name, mount)
     if "digest" in query:

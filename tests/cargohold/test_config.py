@@ -59,3 +59,34 @@ def test_split_hostport() -> None:
     assert split_hostport("[::1]:5000") == ("::1", 5000)
     with pytest.raises(ConfigError):
         split_hostport("nohost")
+
+
+def test_auth_section(tmp_path) -> None:
+    assert load_config(environ={}).auth.mode == "none"
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[auth]\nmode = "token"\nsigning_key = "/k.pem"\nhtpasswd = "/h"\n'
+        'verify_keys = ["/old.pem"]\ntoken_ttl_seconds = 60\n'
+    )
+    cfg = load_config(path, environ={})
+    assert (cfg.auth.mode, cfg.auth.verify_keys, cfg.auth.token_ttl_seconds) == (
+        "token",
+        ["/old.pem"],
+        60,
+    )
+    assert load_config(environ={"CARGOHOLD_AUTH_MODE": "htpasswd", "CARGOHOLD_AUTH_HTPASSWD": "/h"})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"auth.mode": "ldap"}, "auth.mode must be"),
+        ({"auth.mode": "htpasswd"}, "needs auth.htpasswd"),
+        ({"auth.mode": "token"}, "needs auth.signing_key or auth.verify_keys"),
+        ({"auth.mode": "token", "auth.verify_keys": "/k.pem"}, "external issuer needs auth.realm"),
+        ({"auth.mode": "token", "auth.signing_key": "/k.pem"}, "needs auth.htpasswd"),
+    ],
+)
+def test_bad_auth_settings(values: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=values, environ={})
