@@ -615,8 +615,12 @@ class LocalCluster:
         for j, proc in enumerate(self.gateway_procs):
             if proc is None or proc.poll() is not None:
                 continue
-            with urllib.request.urlopen(f"{self.gateway_urls[j]}/v2/", timeout=2) as resp:
-                assert resp.status == 200, f"gateway {j} answered {resp.status}"
+            try:
+                with urllib.request.urlopen(f"{self.gateway_urls[j]}/v2/", timeout=2) as resp:
+                    status = resp.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code  # 401: [auth] is on, the gateway answers
+            assert status in (200, 401), f"gateway {j} answered {status}"
         self._check_own_listeners()
 
     def _check_own_listeners(self) -> None:
