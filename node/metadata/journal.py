@@ -5,7 +5,12 @@
 - `log`: an 8-byte header, then records appended one after another. A record is
   `u32 body length, u32 crc32 of the body, body = u32 gen, u64 idx, u64 term, command`.
   The file is grown only by `os.posix_fallocate` in whole extents (`raft_journal_extent`),
-  claimed ahead of use: a full disk is an `OSError` when claiming, never a SIGBUS. Appends
+  claimed ahead of use: a full disk is an `OSError` when claiming, never a SIGBUS. A claimed
+  extent is also filled with zeroes (by a background thread, while half an extent is still
+  free): overwriting written blocks changes no file metadata, so the `fdatasync` after an
+  append is a data flush only, not a filesystem journal commit that would also flush every
+  other file's pending writes (ext4 records the first write into a fallocated block in its
+  journal). Appends
   go to a buffer; `sync()` writes the buffer and a trailing end marker with one `pwrite`
   and makes them durable with one `fdatasync` (group commit: one sync covers every entry
   appended since the last). Loading scans records until the end marker, a zero length, a
@@ -35,6 +40,7 @@ import logging
 import os
 import pickle
 import struct
+import threading
 import time
 import zlib
 from typing import Any, NamedTuple
@@ -77,6 +83,15 @@ class JournalSpace(NamedTuple):
     used: int
     room: int
     low: bool
+
+
+def _extend(fd: int, start: int, size: int) -> None:
+    """Claim [start, start+size) for real and write zeroes over it (module docstring)."""
+    os.posix_fallocate(fd, start, size)
+    zeros = bytes(min(size, 1 << 20))
+    pos, end = start, start + size
+    while pos < end:
+        pos += os.pwrite(fd, zeros[: end - pos], pos)
 
 
 def _record(gen: int, idx: int, term: int, command: bytes) -> bytes:
@@ -271,6 +286,9 @@ class RaftJournal(Journal):
         self._marker_due = True
         self._claim_failed_at = 0.0
         self._claim_error: str | None = None
+        self._claimer: threading.Thread | None = None
+        self._claim_lock = threading.Lock()
+        self._file_epoch = 0  # rises when `log` is replaced by a rewrite
         self.sync_failures = 0
         if not scanned.clean:
             log_event(
@@ -285,7 +303,7 @@ class RaftJournal(Journal):
         tmp = path + ".new"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.posix_fallocate(fd, 0, self._extent)
+            _extend(fd, 0, self._extent)
             os.pwrite(fd, _LOG_MAGIC, 0)
             os.fsync(fd)
         finally:
@@ -329,6 +347,7 @@ class RaftJournal(Journal):
         return len(self._entries)
 
     def _destroy(self) -> None:
+        self._wait_claimer()
         with contextlib.suppress(OSError):
             self.sync()
         with contextlib.suppress(OSError):
@@ -419,31 +438,68 @@ class RaftJournal(Journal):
         return self.space().low
 
     def _claim(self, needed: int) -> None:
-        """Make the file's claimed size cover `needed` bytes (whole extents)."""
+        """Make the file's claimed size cover `needed` bytes (whole extents), now: the
+        appends outran the claim ahead (or it failed)."""
+        if needed <= self._allocated:
+            return
+        self._wait_claimer()
         if needed <= self._allocated:
             return
         size = self._allocated
         while size < needed:
             size += self._extent
         try:
-            os.posix_fallocate(self._fd, self._allocated, size - self._allocated)
+            _extend(self._fd, self._allocated, size - self._allocated)
         except OSError as exc:
             self._note_claim_failure(exc)
             raise
+        self._claimed(size)
+
+    def _claimed(self, size: int) -> None:
         self._allocated = size
         if self._claim_error is not None:
             log_event(logger, "raft.journal_space_back", claimed=size)
             self._claim_error = None
 
     def _claim_ahead(self) -> None:
-        """Claim the next extent while half of one is still free, so appends continue for
-        a while when the disk fills; retried at most once a second after a failure."""
+        """Claim the next extent in the background while half of one is still free, so
+        appends continue for a while when the disk fills; retried at most once a second
+        after a failure."""
         if self._allocated - self._end >= self._extent // 2:
             return
         if time.monotonic() - self._claim_failed_at < 1.0:
             return
-        with contextlib.suppress(OSError):
-            self._claim(self._allocated + 1)
+        if self._claimer is not None and self._claimer.is_alive():
+            return
+        self._claimer = threading.Thread(
+            target=self._claim_in_background,
+            args=(self._fd, self._allocated, self._file_epoch),
+            name="raft-log-claim",
+            daemon=True,
+        )
+        self._claimer.start()
+
+    def _claim_in_background(self, fd: int, start: int, epoch: int) -> None:
+        """Claim thread: the region past `_allocated` is written by nobody else until
+        it is published here (the tick thread waits for this thread before it claims or
+        replaces the file itself)."""
+        try:
+            _extend(fd, start, self._extent)
+            if self._fsync:
+                os.fdatasync(fd)
+        except OSError as exc:
+            with self._claim_lock:
+                self._note_claim_failure(exc)
+            return
+        with self._claim_lock:
+            if self._file_epoch == epoch and self._allocated == start:
+                self._claimed(start + self._extent)
+
+    def _wait_claimer(self) -> None:
+        claimer = self._claimer
+        if claimer is not None:
+            claimer.join()
+            self._claimer = None
 
     def _note_claim_failure(self, exc: OSError) -> None:
         self._claim_failed_at = time.monotonic()
@@ -473,6 +529,7 @@ class RaftJournal(Journal):
 
     def _rewrite(self, entries: list[tuple[bytes, int, int]]) -> None:
         """Write `entries` to a new file, sync it, rename it over `log`, sync the dir."""
+        self._wait_claimer()
         tmp = self._path + ".new"
         gen = self._gen + 1
         body = bytearray(_LOG_MAGIC)
@@ -485,7 +542,7 @@ class RaftJournal(Journal):
         size = self._extent * (len(body) // self._extent + 1)
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.posix_fallocate(fd, 0, size)
+            _extend(fd, 0, size)
             os.pwrite(fd, bytes(body), 0)
             os.fsync(fd)
             os.replace(tmp, self._path)
@@ -500,6 +557,7 @@ class RaftJournal(Journal):
             fsync_dir(self._dir)
         os.close(self._fd)
         self._fd = fd
+        self._file_epoch += 1
         self._offsets = offsets
         self._end = self._written = end
         self._allocated = size
