@@ -8,7 +8,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from cargohold.config import Config
-from cargohold.errors import StorageFull, TooManyRequests, Unavailable
+from cargohold.errors import MetadataStorageFull, StorageFull, TooManyRequests, Unavailable
 from gateway import base, blobs, catalog, manifests, referrers, tags, uploads
 from gateway.app import build_app
 from gateway.context import GatewayContext
@@ -216,11 +216,12 @@ async def test_failure_after_response_started_drops_the_connection(fake_cluster)
             await resp.read()
 
 
+@pytest.mark.parametrize("error", [StorageFull, MetadataStorageFull])
 async def test_storage_full_is_507_denied_with_the_nodes_in_the_detail(
-    gw: TestClient, fake_cluster
+    gw: TestClient, fake_cluster, error
 ) -> None:
     nodes = [{"node": "n1", "free_bytes": 1024, "reserve_bytes": 4096}]
-    fake_cluster.fail_next = StorageFull(detail={"nodes": nodes})
+    fake_cluster.fail_next = error(detail={"nodes": nodes})
     resp = await gw.get("/v2/_catalog")
     assert resp.status == 507
     assert resp.headers["Content-Type"].startswith("application/json")
