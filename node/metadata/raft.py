@@ -618,8 +618,12 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
 
     async def _confirm_leadership(self) -> None:
         """A read barrier without a log append (the log cannot grow): on the leader, take
-        the commit index, wait for a majority to answer a heartbeat sent after this call
-        began (no other leader can exist then), and for this node to apply up to it."""
+        the commit index, wait until a majority has answered this leader after this call
+        began (then no other leader had been elected before it), and for this node to
+        apply up to it. Limit: pysyncobj's answers do not say which heartbeat they answer,
+        so one delayed longer than an election (sent before this call, received after)
+        could confirm a deposed leader; a leader without a majority also steps down after
+        `raft_leader_fallback_timeout`. Used only while the log is short of space."""
         if not self.is_leader():
             raise Unavailable("raft: not the leader; retry")
         loop = asyncio.get_running_loop()
