@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 
 from cargohold.config import NodeConfig
-from cargohold_cli.admin import cluster_status, format_status
+from cargohold_cli.admin import admin_config, cluster_status, format_status
 from cargohold_cli.devcluster import LocalCluster
 from cluster.chunkcheck import chunk_ids, copies, digest_of, misplaced, pull_blob, push_blob
 from cluster.images import random_image
@@ -122,7 +122,8 @@ async def test_one_full_node_costs_redundancy_not_availability(
         held = copies(cluster, [0, 1, 2], later)
         assert all(holders == {0, 1} for holders in held.values()), held
 
-        status = await asyncio.to_thread(cluster_status, cluster.node_grpc_addresses)
+        admin = admin_config(str(cluster.admin_config_path()))
+        status = await asyncio.to_thread(cluster_status, cluster.node_grpc_addresses, 10.0, admin)
         node = next(n for n in status["nodes"] if n.get("id") == "n3")
         assert node["disk"]["full"] and node["disk"]["free_bytes"] < node["disk"]["reserve_bytes"]
         assert node["disk"]["capacity_bytes"] > 0 and node["disk"]["used_bytes"] > 0
