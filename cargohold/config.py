@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cargohold.errors import ConfigError
+from cargohold.lifecycle_rules import parse_rule
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -297,6 +298,11 @@ class LifecycleConfig:
     gc_rate_chunks: float = 20_000.0
     # Digests per `gc_prune` command (one Raft command per batch, not per blob).
     gc_prune_batch: int = 1000
+    # Immutable tag rules `REPO_GLOB:TAG_PATTERN` (e.g. `prod/*:v*`): such a tag is never
+    # moved to another manifest nor deleted. Read by gateways; keep it identical on all.
+    immutable_tags: list[str] = field(default_factory=list)
+    # Repository-name prefixes (namespaces) where every delete is refused (gateways).
+    delete_protected: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -485,6 +491,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("lifecycle.gc_interval_seconds, gc_grace_seconds, gc_rate_chunks >= 0")
     if life.gc_delete_batch < 1 or life.gc_prune_batch < 1:
         raise ConfigError("lifecycle.gc_delete_batch and gc_prune_batch must be >= 1")
+    for rule in life.immutable_tags:
+        parse_rule(rule)
     if cfg.gateway.upload_writes_in_flight < 1 or cfg.gateway.metadata_attempts < 1:
         raise ConfigError("gateway.upload_writes_in_flight and metadata_attempts must be >= 1")
     _validate_auth(cfg.auth)

@@ -156,6 +156,17 @@ class Denied(
 ): ...
 
 
+# An immutable tag rule refused to move or remove a tag (cargohold/lifecycle_rules.py);
+# the message names the rule. DENIED is the OCI code clients show as-is.
+class TagImmutable(RegistryError, code="DENIED", status=403, message="the tag is immutable"): ...
+
+
+# A delete in a namespace whose delete protection is on.
+class DeleteProtected(
+    RegistryError, code="DENIED", status=403, message="deletes are disabled in this namespace"
+): ...
+
+
 class Unsupported(
     RegistryError, code="UNSUPPORTED", status=405, message="the operation is unsupported"
 ): ...

@@ -70,6 +70,13 @@ def _digests(args: dict[str, Any], key: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _strings(args: dict[str, Any], key: str) -> tuple[str, ...]:
+    values = _field(args, key, list, optional=True) or []
+    if not all(isinstance(v, str) for v in values):
+        raise RequestInvalid(f"argument {key!r} must list strings")
+    return tuple(values)
+
+
 def _number(args: dict[str, Any], key: str) -> float:
     return float(_field(args, key, (int, float)))
 
@@ -400,6 +407,9 @@ class ManifestPut(Command[None]):
     annotations: dict[str, Any] | None = None
     tag: str | None = None
     now: float | None = None
+    # Immutable tag rules of this repository (cargohold/lifecycle_rules.py): `tag` may not
+    # move to another manifest when one of them matches it.
+    immutable: tuple[str, ...] = ()
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> ManifestPut:
@@ -428,6 +438,7 @@ class ManifestPut(Command[None]):
             annotations,
             tag,
             float(now) if isinstance(now, (int, float)) and not isinstance(now, bool) else None,
+            _strings(args, "immutable"),
         )
 
 
@@ -436,11 +447,12 @@ class TagDelete(Command[None]):
     op: ClassVar[str] = "tag_delete"
     repo: str
     tag: str
+    immutable: tuple[str, ...] = ()
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> TagDelete:
         repo = _repo(args)
-        return cls(repo, _field(args, "tag", str))
+        return cls(repo, _field(args, "tag", str), _strings(args, "immutable"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,11 +460,12 @@ class ManifestDelete(Command[None]):
     op: ClassVar[str] = "manifest_delete"
     repo: str
     digest: str
+    immutable: tuple[str, ...] = ()
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> ManifestDelete:
         repo = _repo(args)
-        return cls(repo, _digest(args))
+        return cls(repo, _digest(args), _strings(args, "immutable"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -822,11 +835,13 @@ class Metadata:
     async def manifest_put(self, request: ManifestPut) -> None:
         await self.call(request)
 
-    async def tag_delete(self, repo: str, tag: str) -> None:
-        await self.call(TagDelete(repo, tag))
+    async def tag_delete(self, repo: str, tag: str, immutable: tuple[str, ...] = ()) -> None:
+        await self.call(TagDelete(repo, tag, immutable))
 
-    async def manifest_delete(self, repo: str, digest: str) -> None:
-        await self.call(ManifestDelete(repo, digest))
+    async def manifest_delete(
+        self, repo: str, digest: str, immutable: tuple[str, ...] = ()
+    ) -> None:
+        await self.call(ManifestDelete(repo, digest, immutable))
 
     async def member_join(self, node_id: str, grpc: str, raft: str) -> None:
         await self.call(MemberJoin(node_id, grpc, raft))

@@ -390,6 +390,8 @@ class LocalCluster:
         data = {"log_level": self.log_level, "cluster": cluster, "gateway": gateway}
         if self.layout.extra.get("auth"):
             data["auth"] = dict(self.layout.extra["auth"])
+        if self.layout.extra.get("lifecycle"):  # immutable tags, delete protection
+            data["lifecycle"] = dict(self.layout.extra["lifecycle"])
         self._write_config(path, data)
         return path
 

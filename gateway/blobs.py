@@ -24,6 +24,7 @@ from aiohttp import web
 
 from cargohold.digests import parse_digest
 from cargohold.errors import RangeInvalid, Unsupported
+from cargohold.lifecycle_rules import refuse_protected_delete
 from cargohold.log import log_event
 from cargohold.names import validate_name
 from gateway.context import context
@@ -117,6 +118,7 @@ async def delete_blob(request: web.Request) -> web.StreamResponse:
     name = validate_name(request.match_info["name"])
     if not ctx.cfg.gateway.delete_enabled:
         raise Unsupported("deletes are disabled")
+    refuse_protected_delete(ctx.cfg.lifecycle.delete_protected, name)
     digest = request.match_info["digest"]
     parse_digest(digest)
     await ctx.meta.blob_unlink(name, digest)

@@ -33,7 +33,9 @@ Unknown references: 404 `MANIFEST_UNKNOWN`; by tag in a repository that does not
 the node may answer `NAME_UNKNOWN` (also 404) and that is passed through.
 
 DELETE by tag removes the tag only (`tag_delete`); by digest the manifest and every tag
-on it (`manifest_delete`). 202 on success; 405 `UNSUPPORTED` when deletes are disabled.
+on it (`manifest_delete`). 202 on success; 405 `UNSUPPORTED` when deletes are disabled;
+403 `DENIED` in a delete-protected namespace, or when an immutable tag rule covers the tag
+(the state refuses: `TagImmutable`; a push moving such a tag gets the same).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from cargohold.errors import (
     TagInvalid,
     Unsupported,
 )
+from cargohold.lifecycle_rules import refuse_protected_delete, rules_for_repo
 from cargohold.log import log_event
 from cargohold.metadata_api import ManifestGet, ManifestInfo, ManifestPut, Recipe, TagGet
 from cargohold.names import validate_name, validate_tag
@@ -160,6 +163,8 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     # their tag, the command being idempotent): each is atomic, together they are not.
     tags: list[str | None] = [ref.tag] if ref.tag is not None else []
     tags += extra_tags
+    # The state refuses to move a tag these rules protect (cargohold/lifecycle_rules.py).
+    immutable = rules_for_repo(ctx.cfg.lifecycle.immutable_tags, name)
     for tag in tags or [None]:
         await ctx.meta.manifest_put(
             ManifestPut(
@@ -174,6 +179,7 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
                 annotations=parsed.annotations,
                 tag=tag,
                 now=time.time(),
+                immutable=immutable if tag is not None else (),
             )
         )
     request.app[MANIFEST_CACHE].put(digest, body)
@@ -260,12 +266,14 @@ async def delete_manifest(request: web.Request) -> web.StreamResponse:
     name = validate_name(request.match_info["name"])
     if not ctx.cfg.gateway.delete_enabled:
         raise Unsupported("deletes are disabled on this registry")
+    refuse_protected_delete(ctx.cfg.lifecycle.delete_protected, name)
     ref = _Reference(request.match_info["reference"])
+    immutable = rules_for_repo(ctx.cfg.lifecycle.immutable_tags, name)
     if ref.digest is not None:
-        await ctx.meta.manifest_delete(name, ref.digest)
+        await ctx.meta.manifest_delete(name, ref.digest, immutable)
         request.app[RECORDS].discard(name, ref.digest)
         request.app[MANIFEST_CACHE].discard(ref.digest)
     else:
         assert ref.tag is not None
-        await ctx.meta.tag_delete(name, ref.tag)
+        await ctx.meta.tag_delete(name, ref.tag, immutable)
     return web.Response(status=202)

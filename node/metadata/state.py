@@ -52,7 +52,9 @@ from cargohold.errors import (
     RecipeConflict,
     RequestInvalid,
     SizeInvalid,
+    TagImmutable,
 )
+from cargohold.lifecycle_rules import rule_for_tag
 
 _CHUNK = struct.Struct(">32sQ")
 _SNAPSHOT_VERSION = 2
@@ -561,6 +563,10 @@ class MetadataState:
             req.blobs,
             req.manifests,
         )
+        if tag is not None and req.immutable:
+            current = self.tags.get(repo, {}).get(tag)
+            if current is not None and current != digest:
+                _refuse_immutable(repo, tag, req.immutable)
         old = present.get(digest)
         if repo not in self.manifests:
             if repo not in self.links:
@@ -596,6 +602,8 @@ class MetadataState:
         tags = self.tags.get(repo)
         if not tags or tag not in tags:
             raise ManifestUnknown(f"tag {tag} unknown in {repo}")
+        if req.immutable:
+            _refuse_immutable(repo, tag, req.immutable)
         del tags[tag]
         self._tag_order.pop(repo, None)
         if not tags:
@@ -607,6 +615,10 @@ class MetadataState:
         present = self.manifests.get(repo)
         if not present or digest not in present:
             raise ManifestUnknown(f"manifest {digest} unknown in {repo}")
+        if req.immutable:
+            for tag, target in self.tags.get(repo, {}).items():
+                if target == digest:
+                    _refuse_immutable(repo, tag, req.immutable)
         record = present.pop(digest)
         self._manifest_count -= 1
         tags = self.tags.get(repo)
@@ -761,6 +773,16 @@ class MetadataState:
             manifests=self._manifest_count,
             uploads=self._open_uploads,
             blob_bytes=self.blob_bytes,
+        )
+
+
+def _refuse_immutable(repo: str, tag: str, rules: tuple[str, ...]) -> None:
+    """TagImmutable when one of the repository's immutable rules matches `tag`."""
+    rule = rule_for_tag(rules, tag)
+    if rule is not None:
+        raise TagImmutable(
+            f"tag {tag} of {repo} is immutable (rule {rule})",
+            detail={"repository": repo, "tag": tag, "rule": rule},
         )
 
 

@@ -969,3 +969,36 @@ def test_a_commit_extends_what_its_session_appended(st: MetadataState) -> None:
         },
     )
     assert st.query("blob_get", {"repo": REPO, "digest": dg("ab")})["size"] == 13
+
+
+def test_immutable_rules_refuse_moving_and_removing_a_tag(st: MetadataState) -> None:
+    from cargohold.errors import TagImmutable
+
+    rules = ["library/*:v*"]
+    first = image(st, REPO, "one", tag="v1")
+    second = image(st, REPO, "two")
+    args = {
+        "repo": REPO,
+        "digest": second,
+        "media_type": "application/vnd.oci.image.manifest.v1+json",
+        "recipe": recipe(("two", 100)),
+        "tag": "v1",
+        "now": 3.0,
+        "immutable": rules,
+    }
+    with pytest.raises(TagImmutable, match=r"rule library/\*:v\*"):
+        st.apply("manifest_put", args)
+    assert st.query("tag_get", {"repo": REPO, "tag": "v1"})["digest"] == first
+    # Re-pushing the same manifest under the tag, and a tag the rule does not match, pass.
+    st.apply("manifest_put", {**args, "digest": first, "recipe": recipe(("one", 100))})
+    st.apply("manifest_put", {**args, "tag": "latest"})
+    with pytest.raises(TagImmutable) as refused:
+        st.apply("tag_delete", {"repo": REPO, "tag": "v1", "immutable": rules})
+    assert refused.value.detail == {"repository": REPO, "tag": "v1", "rule": rules[0]}
+    with pytest.raises(TagImmutable):
+        st.apply("manifest_delete", {"repo": REPO, "digest": first, "immutable": rules})
+    st.apply("tag_delete", {"repo": REPO, "tag": "latest", "immutable": rules})
+    st.apply("manifest_delete", {"repo": REPO, "digest": second, "immutable": rules})
+    # Commands logged before the rules existed carry no `immutable`: nothing is refused.
+    st.apply("tag_delete", {"repo": REPO, "tag": "v1"})
+    assert st.query("tags_list", {"repo": REPO, "n": None, "last": None})["tags"] == []
