@@ -185,7 +185,12 @@ def test_taken_ports_are_one_line_and_a_distinct_status(tmp_path: Path) -> None:
     with _listen(port):
         gateway = tmp_path / "gateway.toml"
         gateway.write_text(
-            to_toml({"gateway": {"listen": f"127.0.0.1:{port}", "nodes": ["127.0.0.1:9"]}})
+            to_toml(
+                {
+                    "cluster": {"secret": "hygiene-test-secret"},
+                    "gateway": {"listen": f"127.0.0.1:{port}", "nodes": ["127.0.0.1:9"]},
+                }
+            )
         )
         result = _cli("gateway", "--config", str(gateway))
         assert result.returncode == AddressInUse.exit_code, result.stderr
