@@ -534,6 +534,7 @@ def test_follower_command_is_visible_through_another_node(three_nodes: LocalClus
     assert err.value.details().startswith("ManifestUnknown:")
     with pytest.raises(grpc.RpcError) as err:
         command(
+            three_nodes,
             three_nodes.node_grpc(other),
             "upload_append",
             {"upload": "u", "repo": REPO, "offset": 3, "chunks": [], "request": "r", "now": 1},
