@@ -8,31 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-import bcrypt
 import pytest
 
 from cargohold_cli.devcluster import LocalCluster
 from cluster.images import ImageSpec
 from cluster.shapes import CHUNK, QUIET_ROLES
-from cluster.token_client import TokenClient, parse_challenge
-from gateway.auth.keys import generate_signing_key
+from cluster.token_client import TokenClient, parse_challenge, token_auth
 
 pytestmark = pytest.mark.cluster
 
 USERS = {"alice": "alice-pw"}
-
-
-def token_auth(tmp_path: Path, users: dict[str, str]) -> dict[str, str]:
-    """An `[auth]` section of token mode: a fresh signing key and a bcrypt htpasswd file."""
-    key, htpasswd = tmp_path / "token-key.pem", tmp_path / "htpasswd"
-    generate_signing_key(str(key))
-    htpasswd.write_text(
-        "".join(
-            f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}\n"
-            for u, p in users.items()
-        )
-    )
-    return {"mode": "token", "signing_key": str(key), "htpasswd": str(htpasswd)}
 
 
 def token_cluster(make_cluster: Callable[..., LocalCluster], tmp_path: Path) -> LocalCluster:

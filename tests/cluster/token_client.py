@@ -1,14 +1,19 @@
-"""A hand-written registry client of the Docker token protocol: send a request, read the
-401 challenge, fetch a token from its realm for its scope (with Basic credentials or
-anonymously), retry with the Bearer token. Tokens are cached per scope."""
+"""The `[auth]` section of a token-mode test cluster, and a hand-written registry client
+of the Docker token protocol: send a request, read the 401 challenge, fetch a token from
+its realm for its scope (with Basic credentials or anonymously), retry with the Bearer
+token. Tokens are cached per scope."""
 
 from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import bcrypt
+
+from gateway.auth.keys import generate_signing_key
 
 _PARAM = re.compile(r'(\w+)="([^"]*)"')
 
@@ -60,3 +65,16 @@ class TokenClient:
             self.tokens[scope] = token
             headers["Authorization"] = f"Bearer {token}"
         raise AssertionError("unreachable")
+
+
+def token_auth(tmp_path: Path, users: dict[str, str]) -> dict[str, str]:
+    """An `[auth]` section of token mode: a fresh signing key and a bcrypt htpasswd file."""
+    key, htpasswd = tmp_path / "token-key.pem", tmp_path / "htpasswd"
+    generate_signing_key(str(key))
+    htpasswd.write_text(
+        "".join(
+            f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}\n"
+            for u, p in users.items()
+        )
+    )
+    return {"mode": "token", "signing_key": str(key), "htpasswd": str(htpasswd)}

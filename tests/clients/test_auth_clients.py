@@ -1,0 +1,85 @@
+"""Real clients against a token-mode cluster (built-in token service, one htpasswd user):
+skopeo pushes with `--dest-creds` and pulls with `--src-creds`, is refused without
+credentials; `docker login` stores an identity token and docker pushes and pulls with it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cluster.token_client import token_auth
+
+from cargohold_cli.devcluster import LocalCluster
+from clients.images import LayeredImage, build_layered
+from clients.oci_layout import read_blobs, write_image_layout
+from clients.tools import ToolError, run, skopeo
+
+pytestmark = [pytest.mark.clients, pytest.mark.cluster]
+
+USERS = {"alice": "alice-pw-1"}
+NO_TLS = ("--src-tls-verify=false", "--dest-tls-verify=false")
+
+
+@pytest.fixture
+def token_host(make_cluster: Callable[..., LocalCluster], tmp_path: Path) -> str:
+    cluster = make_cluster(nodes=3, gateways=1, extra={"auth": token_auth(tmp_path, USERS)})
+    return cluster.gateway_urls[0].removeprefix("http://")
+
+
+def test_skopeo_with_creds(skopeo_tool: None, token_host: str, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    write_image_layout(layout, seed=uuid.uuid4().hex, big_size=1024 * 1024)
+    dest = f"docker://{token_host}/team/app:v1"
+    with pytest.raises(ToolError) as refused:
+        skopeo("copy", "--quiet", *NO_TLS, f"oci:{layout}:v1", dest)
+    # skopeo words the 401 after its anonymous token as "requested access ... is denied".
+    assert "401" in refused.value.output or "unauthorized" in refused.value.output.lower()
+    skopeo(
+        "copy", "--quiet", "--preserve-digests", *NO_TLS,
+        "--dest-creds", f"alice:{USERS['alice']}", f"oci:{layout}:v1", dest,
+    )  # fmt: skip
+    out = tmp_path / "out"
+    skopeo(
+        "copy", "--quiet", "--preserve-digests", *NO_TLS,
+        "--src-creds", f"alice:{USERS['alice']}", dest, f"oci:{out}:v1",
+    )  # fmt: skip
+    assert read_blobs(out) == read_blobs(layout)
+    with pytest.raises(ToolError):
+        skopeo("inspect", "--tls-verify=false", "--creds", "alice:wrong", dest, timeout=60)
+
+
+@pytest.fixture
+def fresh_image(docker_engine: None, tmp_path: Path) -> Iterator[LayeredImage]:
+    image = build_layered(tmp_path, big_size=1024 * 1024)
+    try:
+        yield image
+    finally:
+        image.remove()
+
+
+@pytest.mark.docker
+def test_docker_login_push_pull(fresh_image: LayeredImage, token_host: str, tmp_path: Path) -> None:
+    config = tmp_path / "docker-config"
+    config.mkdir()
+
+    def docker(*args: str, stdin: bytes | None = None) -> str:
+        return run(["docker", "--config", str(config), *args], input_bytes=stdin)
+
+    ref = f"{token_host}/team/app:v1"
+    docker("tag", fresh_image.tag, ref)
+    fresh_image.extra_tags.append(ref)
+    with pytest.raises(ToolError) as refused:
+        docker("push", ref)
+    assert "unauthorized" in refused.value.output.lower() or "denied" in refused.value.output
+    docker("login", "-u", "alice", "--password-stdin", token_host, stdin=USERS["alice"].encode())
+    stored = json.loads((config / "config.json").read_text())["auths"][token_host]
+    # docker keeps the refresh token (identity token) from the OAuth2 password grant.
+    assert stored.get("identitytoken")
+    docker("push", ref)
+    docker("rmi", ref)
+    docker("pull", ref)
+    out = docker("run", "--rm", "--network", "none", ref, "cat", "/data/hello.txt")
+    assert out.strip().encode() == fresh_image.files["/data/hello.txt"].strip()
