@@ -314,10 +314,14 @@ class AuthConfig:
     # "token" (Docker registry token auth: Bearer JWTs from `realm`).
     mode: str = "none"
     # A bcrypt-only htpasswd file (`htpasswd -B`): the users of "htpasswd" mode, and of the
-    # built-in token service. Re-read when its modification time or size changes, looked at
-    # at most every `htpasswd_check_seconds`.
+    # built-in token service if set (its users may then do everything). Re-read when its
+    # modification time or size changes, looked at at most every `htpasswd_check_seconds`.
+    # Token mode without it: users, namespaces and roles of the cluster metadata
+    # (`cargohold admin users|namespaces`), re-read every `directory_refresh_seconds` (how
+    # long a disabled user or revoked grant may still work on a gateway).
     htpasswd: str = ""
     htpasswd_check_seconds: float = 1.0
+    directory_refresh_seconds: float = 2.0
     # Token mode. `realm`: the token service URL put in challenges; empty = this gateway's
     # own `/auth/token` (built from the request's Host). `service` and `issuer` are the
     # JWT `aud` and `iss` every token must carry.
@@ -509,8 +513,6 @@ def _validate_auth(a: AuthConfig) -> None:
             raise ConfigError("auth.mode = token needs auth.signing_key or auth.verify_keys")
         if not a.signing_key and not a.realm:
             raise ConfigError("auth.mode = token with an external issuer needs auth.realm")
-        if a.signing_key and not a.htpasswd:
-            raise ConfigError("the built-in token service needs auth.htpasswd (its users)")
     if a.token_ttl_seconds < 1 or a.refresh_token_ttl_seconds < 1:
         raise ConfigError("auth.token_ttl_seconds and refresh_token_ttl_seconds must be >= 1")
     if a.login_failures_free < 0 or a.login_backoff_seconds <= 0:

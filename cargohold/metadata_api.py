@@ -12,6 +12,7 @@ logs and snapshots must replay (tests/node/test_metadata_replay.py).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Generic, Protocol, Self, TypedDict, TypeVar
@@ -543,6 +544,119 @@ class GcPrune(Command[int]):
         return int(raw["pruned"]) if raw else 0
 
 
+# -- registry users, namespaces and roles (gateway/auth/directory.py reads them) -----------
+ROLES = ("admin", "maintainer", "developer", "reader")
+VISIBILITIES = ("private", "public")
+_USER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def _user(args: dict[str, Any], key: str = "name") -> str:
+    value = _field(args, key, str)
+    if not _USER_NAME.fullmatch(value):
+        raise RequestInvalid(f"invalid user name {value!r}: [a-z0-9][a-z0-9._-]{{0,63}}")
+    return value
+
+
+def _optional_bool(args: dict[str, Any], key: str) -> bool | None:
+    value = _field(args, key, bool, optional=True)
+    return None if value is None else bool(value)
+
+
+@dataclass(frozen=True, slots=True)
+class UserPut(Command[None]):
+    """Create a user (a bcrypt `password_hash` is then required) or change one: a new hash,
+    disabled or not, cluster admin or not (None keeps the current value)."""
+
+    op: ClassVar[str] = "user_put"
+    name: str
+    password_hash: str | None = None
+    disabled: bool | None = None
+    admin: bool | None = None
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> UserPut:
+        hashed = _field(args, "password_hash", str, optional=True)
+        if hashed is not None and not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            raise RequestInvalid("password_hash must be a bcrypt hash")
+        return cls(
+            _user(args), hashed, _optional_bool(args, "disabled"), _optional_bool(args, "admin")
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NamespacePut(Command[None]):
+    """Create a namespace (a repository-name prefix) or change its visibility."""
+
+    op: ClassVar[str] = "namespace_put"
+    name: str
+    visibility: str
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> NamespacePut:
+        visibility = _field(args, "visibility", str)
+        if visibility not in VISIBILITIES:
+            raise RequestInvalid(f"visibility must be one of {', '.join(VISIBILITIES)}")
+        return cls(validate_name(_field(args, "name", str)), visibility)
+
+
+@dataclass(frozen=True, slots=True)
+class GrantSet(Command[None]):
+    """Give `user` `role` in `namespace`; role None revokes. NotFound for an unknown user
+    or namespace."""
+
+    op: ClassVar[str] = "grant_set"
+    namespace: str
+    user: str
+    role: str | None
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> GrantSet:
+        role = _field(args, "role", str, optional=True)
+        if role is not None and role not in ROLES:
+            raise RequestInvalid(f"role must be one of {', '.join(ROLES)}")
+        return cls(validate_name(_field(args, "namespace", str)), _user(args, "user"), role)
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    name: str
+    password_hash: str
+    disabled: bool
+    admin: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "password_hash": self.password_hash,
+            "disabled": self.disabled,
+            "admin": self.admin,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> UserInfo:
+        return cls(raw["name"], raw["password_hash"], bool(raw["disabled"]), bool(raw["admin"]))
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceInfo:
+    name: str
+    visibility: str
+    grants: dict[str, str]  # user -> role
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "visibility": self.visibility, "grants": dict(self.grants)}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> NamespaceInfo:
+        return cls(raw["name"], raw["visibility"], dict(raw.get("grants") or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class AccessData:
+    users: list[UserInfo]
+    namespaces: list[NamespaceInfo]
+
+
 # -- queries ---------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class TagGet(Query[ManifestInfo]):
@@ -727,6 +841,32 @@ class Status(Query[MetadataStatus]):
         return MetadataStatus.from_json(raw)
 
 
+@dataclass(frozen=True, slots=True)
+class AccessList(Query[AccessData]):
+    """Every user (with its password hash) and namespace (with its grants), by name."""
+
+    op: ClassVar[str] = "access_list"
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> AccessList:
+        return cls()
+
+    @staticmethod
+    def encode_result(result: AccessData) -> dict[str, Any]:
+        return {
+            "users": [u.to_json() for u in result.users],
+            "namespaces": [n.to_json() for n in result.namespaces],
+        }
+
+    @staticmethod
+    def decode_result(raw: Any) -> AccessData:
+        raw = raw or {}
+        return AccessData(
+            [UserInfo.from_json(u) for u in raw.get("users", [])],
+            [NamespaceInfo.from_json(n) for n in raw.get("namespaces", [])],
+        )
+
+
 # -- the catalogue ---------------------------------------------------------------------------
 COMMAND_TYPES: dict[str, type[Command[Any]]] = {
     c.op: c
@@ -744,6 +884,9 @@ COMMAND_TYPES: dict[str, type[Command[Any]]] = {
         MemberSetState,
         ExpireUploads,
         GcPrune,
+        UserPut,
+        NamespacePut,
+        GrantSet,
     )
 }
 QUERY_TYPES: dict[str, type[Query[Any]]] = {
@@ -759,6 +902,7 @@ QUERY_TYPES: dict[str, type[Query[Any]]] = {
         Referrers,
         Members,
         Status,
+        AccessList,
     )
 }
 COMMANDS = frozenset(COMMAND_TYPES)
@@ -855,6 +999,15 @@ class Metadata:
     async def gc_prune(self, blobs: tuple[str, ...]) -> int:
         return await self.call(GcPrune(blobs))
 
+    async def user_put(self, request: UserPut) -> None:
+        await self.call(request)
+
+    async def namespace_put(self, name: str, visibility: str) -> None:
+        await self.call(NamespacePut(name, visibility))
+
+    async def grant_set(self, namespace: str, user: str, role: str | None) -> None:
+        await self.call(GrantSet(namespace, user, role))
+
     # queries
     async def tag_get(self, repo: str, tag: str) -> ManifestInfo:
         return await self.call(TagGet(repo, tag))
@@ -887,6 +1040,9 @@ class Metadata:
 
     async def status(self) -> MetadataStatus:
         return await self.call(Status())
+
+    async def access_list(self) -> AccessData:
+        return await self.call(AccessList())
 
 
 class LocalQueries(Protocol):

@@ -12,6 +12,8 @@
     cargohold admin certs ca --dir DIR              create the cluster CA (mTLS)
     cargohold admin certs issue --dir DIR --role node|gateway|admin --name N [--host H]..
     cargohold admin keys gateway|admin              a role credential derived from the secret
+    cargohold admin users add|passwd|disable|enable|list ...   registry users (token mode)
+    cargohold admin namespaces add|set-visibility|grant|revoke|list ...   namespaces, roles
 
 Admin verbs authenticate as the `admin` role with the cluster secret or an admin
 credential from `--config FILE` or the environment (CARGOHOLD_CLUSTER_SECRET[_FILE],
@@ -34,8 +36,9 @@ from typing import Any
 
 from cargohold.cluster_auth import format_credential, require_secret
 from cargohold.config import Config, load_config
-from cargohold.errors import CargoholdError
+from cargohold.errors import CargoholdError, ConfigError
 from cargohold.log import setup_logging
+from cargohold.metadata_api import ROLES, VISIBILITIES
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="first node gRPC port; Raft ports are +100 (first start only)",
     )
     dev.add_argument("--log-level", default="warning")
+    dev.add_argument(
+        "--auth",
+        action="store_true",
+        help="token auth with users in the cluster; creates `admin` (password in "
+        "<data>/admin-password)",
+    )
     dev.add_argument(
         "--max-start-failures",
         type=int,
@@ -186,7 +195,42 @@ def build_parser() -> argparse.ArgumentParser:
         "keys", help="print the credential of one role, derived from the cluster secret"
     )
     keys.add_argument("role", choices=("gateway", "admin", "node"))
-    for one in (status, nodes, repair, gc, keys):
+    users = admin_sub.add_parser("users", help="registry users (token mode without htpasswd)")
+    users_sub = users.add_subparsers(dest="users_verb", required=True)
+    u_add = users_sub.add_parser("add", help="create a user (password generated unless given)")
+    u_add.add_argument("name")
+    u_add.add_argument("--admin", action="store_true", help="a cluster admin (everything)")
+    u_passwd = users_sub.add_parser("passwd", help="set a new password")
+    u_passwd.add_argument("name")
+    for one in (u_add, u_passwd):
+        one.add_argument(
+            "--password-stdin", action="store_true", help="read the password from stdin"
+        )
+    u_disable = users_sub.add_parser("disable", help="refuse the user's logins and tokens")
+    u_disable.add_argument("name")
+    u_enable = users_sub.add_parser("enable", help="undo disable")
+    u_enable.add_argument("name")
+    u_list = users_sub.add_parser("list", help="users, admins and their roles")
+    namespaces = admin_sub.add_parser("namespaces", help="namespaces (repository prefixes)")
+    ns_sub = namespaces.add_subparsers(dest="ns_verb", required=True)
+    ns_add = ns_sub.add_parser("add", help="create a namespace")
+    ns_vis = ns_sub.add_parser("set-visibility", help="private or public (anonymous pull)")
+    for one in (ns_add, ns_vis):
+        one.add_argument("name")
+        one.add_argument("visibility", nargs="?", default="private", choices=VISIBILITIES)
+    ns_grant = ns_sub.add_parser("grant", help="give a user a role in a namespace")
+    ns_grant.add_argument("namespace")
+    ns_grant.add_argument("user")
+    ns_grant.add_argument("role", choices=ROLES)
+    ns_revoke = ns_sub.add_parser("revoke", help="take a user's role away")
+    ns_revoke.add_argument("namespace")
+    ns_revoke.add_argument("user")
+    ns_list = ns_sub.add_parser("list", help="namespaces, visibility and grants")
+    access_verbs = (u_add, u_passwd, u_disable, u_enable, u_list, ns_add, ns_vis, ns_grant)
+    for one in (*access_verbs, ns_revoke, ns_list):
+        one.add_argument("--nodes", default=nodes_default, help="node gRPC addresses")
+        one.add_argument("--json", action="store_true", help="machine-readable list output")
+    for one in (status, nodes, repair, gc, keys, users, namespaces):
         one.add_argument("--config", default=argparse.SUPPRESS, help="as `admin --config`")
     return parser
 
@@ -307,6 +351,52 @@ def run_gc(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in results.values()) else 0
 
 
+def _password(args: argparse.Namespace) -> tuple[str, bool]:
+    """(password, generated)."""
+    from cargohold_cli.admin_access import new_password
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        if not password:
+            raise ConfigError("empty password on stdin")
+        return password, False
+    return new_password(), True
+
+
+def run_access(args: argparse.Namespace) -> int:
+    from cargohold_cli import admin_access as access
+
+    cfg, nodes = _admin_cfg(args), _addresses(args.nodes)
+    verb = f"{args.admin_verb} {getattr(args, 'users_verb', None) or args.ns_verb}"
+    if verb in ("users add", "users passwd"):
+        password, generated = _password(args)
+        if verb == "users add":
+            access.add_user(nodes, cfg, args.name, password, args.admin)
+        else:
+            access.set_password(nodes, cfg, args.name, password)
+        if generated:
+            print(f"password for {args.name} (shown once): {password}")
+    elif verb in ("users disable", "users enable"):
+        access.set_user(nodes, cfg, args.name, verb == "users disable", None)
+    elif verb in ("namespaces add", "namespaces set-visibility"):
+        access.put_namespace(nodes, cfg, args.name, args.visibility)
+    elif verb in ("namespaces grant", "namespaces revoke"):
+        role = args.role if verb == "namespaces grant" else None
+        access.grant(nodes, cfg, args.namespace, args.user, role)
+    else:
+        data = access.access_list(nodes, cfg)
+        if args.json:
+            rows: Any = data.users if args.admin_verb == "users" else data.namespaces
+            # Password hashes stay out of listings.
+            out = [{k: v for k, v in r.to_json().items() if k != "password_hash"} for r in rows]
+            print(json.dumps(out, indent=2))
+        elif args.admin_verb == "users":
+            print(access.format_users(data))
+        else:
+            print(access.format_namespaces(data))
+    return 0
+
+
 def run_stop(args: argparse.Namespace) -> int:
     from cargohold_cli.stop import stop_data_dir
 
@@ -346,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_certs(args)
             if args.admin_verb == "keys":
                 return run_keys(args)
+            if args.admin_verb in ("users", "namespaces"):
+                return run_access(args)
             return 2
         if args.lifeline_fd is not None:
             from cargohold_cli.lifeline import watch

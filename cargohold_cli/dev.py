@@ -9,11 +9,17 @@ child that exits is restarted, unless it failed the same way at startup
 `--start-window` seconds): then it is left stopped and the reason printed. SIGINT,
 SIGTERM and SIGHUP stop the gateways, then the nodes; the children also stop by
 themselves if this process dies (cargohold_cli/lifeline.py).
+
+`--auth` turns on token auth (the gateway's built-in token service, users and roles in
+the cluster metadata): the signing key is `<data>/auth/token-key.pem`, and on the first
+such start an `admin` cluster admin is created with a generated password written 0600 to
+`<data>/admin-password` (printed once). Without `--auth` the registry is open.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -75,6 +81,10 @@ def _run_locked(args: argparse.Namespace, data: Path) -> int:
         log_level=args.log_level,
         host=args.host,
     )
+    if args.auth:
+        cluster.layout.extra["auth"] = _auth_section(data)
+    else:
+        cluster.layout.extra.pop("auth", None)
     stopping = False
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -99,6 +109,11 @@ def _run_locked(args: argparse.Namespace, data: Path) -> int:
         _print(f"cluster failed to start: {exc}", error=True)
         cluster.stop()
         return 1
+    if args.auth:
+        try:
+            _ensure_admin(cluster, data)
+        except Exception as exc:  # the registry runs; say why there is no admin
+            _print(f"could not create the initial admin user: {exc}", error=True)
     print(
         f"cargohold dev: registry ready at {cluster.gateway_url}  (try: docker push "
         f"{cluster.gateway_url.removeprefix('http://')}/myimage:latest)"
@@ -125,6 +140,34 @@ def _run_locked(args: argparse.Namespace, data: Path) -> int:
         _print("stopping")
         cluster.stop()
     return 1 if everything_failed else 0
+
+
+def _auth_section(data: Path) -> dict[str, Any]:
+    """Token mode with a signing key kept in `<data>/auth/` (created 0700/0600 once)."""
+    from gateway.auth.keys import generate_signing_key
+
+    auth_dir = data / "auth"
+    auth_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = auth_dir / "token-key.pem"
+    if not key.exists():
+        generate_signing_key(str(key))
+    return {"mode": "token", "signing_key": str(key)}
+
+
+def _ensure_admin(cluster: LocalCluster, data: Path) -> None:
+    """On the first `--auth` start: a cluster admin `admin`, password in admin-password."""
+    from cargohold_cli.admin_access import add_user, new_password
+
+    path = data / "admin-password"
+    if path.exists():
+        _print(f"admin password in {path}")
+        return
+    password = new_password()
+    add_user(cluster.node_grpc_addresses, cluster.client_config("admin"), "admin", password, True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    _print(f"created user admin; password (shown once, kept in {path}): {password}")
 
 
 def _supervise(cluster: LocalCluster, args: argparse.Namespace, data: Path, stopping: Any) -> bool:

@@ -48,7 +48,7 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
         client_max_size=max_size,
     )
     app[CONTEXT] = ctx
-    app[AUTH] = AuthState(ctx.cfg.auth)
+    app[AUTH] = AuthState(ctx.cfg.auth, ctx.meta)
     app[BUDGET] = BodyBudget(ctx.cfg.gateway.max_buffered_bytes)
     metrics.watch_budget(app[BUDGET])
     readiness = health.Readiness(ctx.cfg, ctx.meta)

@@ -77,6 +77,10 @@ COMMAND_ROLES: dict[str, frozenset[str]] = {
     "member_set_state": _OPERATORS,
     "expire_uploads": _OPERATORS,
     "gc_prune": _OPERATORS,
+    # Registry users, namespaces and roles: the operator's admin CLI only.
+    "user_put": _ADMIN,
+    "namespace_put": _ADMIN,
+    "grant_set": _ADMIN,
 }
 _SEEN_MAX = 10_000
 

@@ -1,4 +1,5 @@
-"""Password checks: bcrypt in a worker thread, with a short cache of successful checks.
+"""Password checks against a user source: bcrypt in a worker thread, with a short cache of
+successful checks.
 
 A success is remembered for `auth.login_cache_seconds` under an HMAC (with a per-process
 random key) of user, password and stored hash, so a changed password or file entry misses
@@ -13,16 +14,23 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
+from typing import Protocol
 
 import bcrypt
-
-from gateway.auth.htpasswd import HtpasswdFile
 
 _DUMMY_HASH = bcrypt.hashpw(b"cargohold-no-such-user", bcrypt.gensalt(10))
 
 
+class UserSource(Protocol):
+    """Where users and their bcrypt hashes come from (an htpasswd file, the metadata)."""
+
+    async def refresh(self) -> None: ...
+
+    def lookup(self, user: str) -> bytes | None: ...
+
+
 class PasswordChecker:
-    def __init__(self, users: HtpasswdFile, cache_seconds: float, cache_entries: int) -> None:
+    def __init__(self, users: UserSource, cache_seconds: float, cache_entries: int) -> None:
         self.users = users
         self.cache_seconds = cache_seconds
         self.cache_entries = cache_entries

@@ -18,6 +18,8 @@ from aiohttp import web
 from cargohold.config import AuthConfig
 from cargohold.errors import TooManyRequests, Unauthorized
 from cargohold.log import log_event
+from cargohold.metadata_api import Metadata
+from gateway.auth.directory import Directory, RolePolicy
 from gateway.auth.htpasswd import HtpasswdFile
 from gateway.auth.keys import load_signing_key, load_verify_keys
 from gateway.auth.limits import LoginLimiter
@@ -47,16 +49,25 @@ def basic_credentials(header: str) -> tuple[str, str] | None:
 
 
 class AuthState:
-    def __init__(self, cfg: AuthConfig, policy: Policy | None = None) -> None:
+    def __init__(self, cfg: AuthConfig, meta: Metadata | None = None) -> None:
         self.cfg = cfg
         self.mode = cfg.mode
-        self.policy: Policy = policy or AnyUserPolicy()
         self.limiter = LoginLimiter(cfg)
         self.passwords: PasswordChecker | None = None
+        self.directory: Directory | None = None
+        # Users of an htpasswd file may do everything; without one (token mode), users,
+        # namespaces and roles come from the cluster metadata (gateway/auth/directory.py).
+        self.policy: Policy = AnyUserPolicy()
         if cfg.htpasswd:
             users = HtpasswdFile(cfg.htpasswd, cfg.htpasswd_check_seconds)
             self.passwords = PasswordChecker(
                 users, cfg.login_cache_seconds, cfg.login_cache_entries
+            )
+        elif cfg.mode == "token" and meta is not None:
+            self.directory = Directory(meta, cfg.directory_refresh_seconds)
+            self.policy = RolePolicy(self.directory)
+            self.passwords = PasswordChecker(
+                self.directory, cfg.login_cache_seconds, cfg.login_cache_entries
             )
         self.issuer: TokenIssuer | None = None
         self.verifier: TokenVerifier | None = None

@@ -17,6 +17,8 @@ The whole state, as it sits in RAM on every node and in every snapshot::
                          | ClosedUpload(repo, digest, closed_at)      by blob_commit
                          | CancelledUpload(repo|None, closed_at)}
     members    {node_id: Member(grpc, raft, "active"|"draining"|"removed")}
+    users      {name: User(password_hash, disabled, admin)}   registry users (bcrypt only)
+    namespaces {prefix: Namespace(visibility, grants)}        grants: sorted (user, role)
     blob_bytes int                                sum of the sizes in `blobs`
 
 A repository exists while it has a linked blob or a manifest (no empty containers). An
@@ -57,9 +59,11 @@ from cargohold.errors import (
 from cargohold.lifecycle_rules import rule_for_tag
 
 _CHUNK = struct.Struct(">32sQ")
-_SNAPSHOT_VERSION = 2
+_SNAPSHOT_VERSION = 3
 _SNAPSHOT_BATCH = 4096
-_SECTIONS = ("blobs", "links", "manifests", "tags", "referrers", "uploads", "members")
+# Version 2 snapshots end after `members`; version 3 adds the access sections.
+_SECTIONS_V2 = ("blobs", "links", "manifests", "tags", "referrers", "uploads", "members")
+_SECTIONS = (*_SECTIONS_V2, "users", "namespaces")
 
 OPEN, CLOSED, CANCELLED = "open", "closed", "cancelled"
 MEMBER_STATES = api.MEMBER_STATES
@@ -112,6 +116,17 @@ class Member(NamedTuple):
     grpc: str
     raft: str
     state: str
+
+
+class User(NamedTuple):
+    password_hash: str
+    disabled: bool
+    admin: bool
+
+
+class Namespace(NamedTuple):
+    visibility: str
+    grants: tuple[tuple[str, str], ...]  # (user, role), sorted by user
 
 
 def _upload_state(record: Upload) -> str:
@@ -223,9 +238,12 @@ def _flatten(name: str, section: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
     elif name == "uploads":
         for upload, record in section.items():
             yield upload, _upload_row(record)
-    elif name == "members":
-        for node_id, member in section.items():
-            yield node_id, tuple(member)
+    elif name in ("members", "users"):
+        for key, record in section.items():
+            yield key, tuple(record)
+    elif name == "namespaces":
+        for prefix, ns in section.items():
+            yield prefix, ns.visibility, tuple(ns.grants)
     elif name == "links":
         for repo, linked in section.items():
             for digest in linked:
@@ -256,6 +274,8 @@ class MetadataState:
         self.referrers: dict[str, dict[str, set[str]]] = {}
         self.uploads: dict[str, Upload] = {}
         self.members: dict[str, Member] = {}
+        self.users: dict[str, User] = {}
+        self.namespaces: dict[str, Namespace] = {}
         self.blob_bytes = 0
         # Query caches, rebuilt on demand and dropped when what they order changes.
         self._catalog: list[str] | None = None
@@ -277,6 +297,10 @@ class MetadataState:
             api.MemberSetState: self._member_set_state,
             api.ExpireUploads: self._expire_uploads,
             api.GcPrune: self._gc_prune,
+            api.UserPut: self._user_put,
+            api.NamespacePut: self._namespace_put,
+            api.GrantSet: self._grant_set,
+            api.AccessList: self._access_list,
             api.TagGet: self._tag_get,
             api.ManifestGet: self._manifest_get,
             api.BlobGet: self._blob_get,
@@ -325,6 +349,8 @@ class MetadataState:
             },
             "uploads": self.uploads.copy(),
             "members": self.members.copy(),
+            "users": self.users.copy(),
+            "namespaces": self.namespaces.copy(),
         }
 
     @staticmethod
@@ -333,10 +359,12 @@ class MetadataState:
         per section its flattened rows in batches and a None. Each batch is one short C call
         (nested containers are flattened so no row is large), so a thread encoding a large
         state lets the others run in between."""
-        yield pickle.dumps(
-            {"version": _SNAPSHOT_VERSION, "blob_bytes": snap["blob_bytes"]}, protocol=5
-        )
-        for name in _SECTIONS:
+        # Without users or namespaces the snapshot is written as version 2, which earlier
+        # versions read too (a cluster that never used registry users can still roll back).
+        access = snap.get("users") or snap.get("namespaces")
+        version, names = (_SNAPSHOT_VERSION, _SECTIONS) if access else (2, _SECTIONS_V2)
+        yield pickle.dumps({"version": version, "blob_bytes": snap["blob_bytes"]}, protocol=5)
+        for name in names:
             rows = _flatten(name, snap[name])
             while chunk := list(islice(rows, batch)):
                 yield pickle.dumps(chunk, protocol=5)
@@ -359,18 +387,22 @@ class MetadataState:
         if isinstance(header, dict) and header.get("version") == 1:
             self._load_v1(header)
             return
-        if not isinstance(header, dict) or header.get("version") != _SNAPSHOT_VERSION:
+        version = header.get("version") if isinstance(header, dict) else None
+        if version not in (2, _SNAPSHOT_VERSION):
             raise ValueError(f"unknown metadata snapshot header {header!r:.80}")
-        self._load_rows(
-            int(header["blob_bytes"]),
-            {name: _batches(stream) for name in _SECTIONS},
-        )
+        names = _SECTIONS_V2 if version == 2 else _SECTIONS
+        sections = {name: _batches(stream) for name in names}
+        sections.update({name: iter(()) for name in _SECTIONS if name not in names})
+        self._load_rows(int(header["blob_bytes"]), sections)
 
     def _load_v1(self, snap: dict[str, Any]) -> None:
         """Version 1 snapshots (one pickle of the whole state) are still read."""
         self._load_rows(
             int(snap["blob_bytes"]),
-            {name: iter([list(_flatten(name, snap[name]))]) for name in _SECTIONS},
+            {
+                name: iter([list(_flatten(name, snap.get(name, {})))] if name in snap else [])
+                for name in _SECTIONS
+            },
         )
 
     def _load_rows(self, blob_bytes: int, sections: dict[str, Iterator[list[Any]]]) -> None:
@@ -381,6 +413,8 @@ class MetadataState:
         referrers: dict[str, dict[str, set[str]]] = {}
         uploads: dict[str, Upload] = {}
         members: dict[str, Member] = {}
+        users: dict[str, User] = {}
+        namespaces: dict[str, Namespace] = {}
         # Sections are consumed in order: a stream holds them one after the other.
         for name in _SECTIONS:
             for chunk in sections[name]:
@@ -402,10 +436,17 @@ class MetadataState:
                         ).add(_intern(d))
                 elif name == "uploads":
                     uploads.update((u, _upload_from_row(row)) for u, row in chunk)
-                else:
+                elif name == "members":
                     members.update((i, Member._make(m)) for i, m in chunk)
+                elif name == "users":
+                    users.update((u, User._make(r)) for u, r in chunk)
+                else:
+                    namespaces.update(
+                        (p, Namespace(v, tuple(tuple(g) for g in grants))) for p, v, grants in chunk
+                    )
         self.blobs, self.links, self.manifests, self.tags = blobs, links, manifests, tags
         self.referrers, self.uploads, self.members = referrers, uploads, members
+        self.users, self.namespaces = users, namespaces
         self.blob_bytes = blob_bytes
         self._catalog = None
         self._tag_order = {}
@@ -675,7 +716,48 @@ class MetadataState:
             pruned += 1
         return pruned
 
+    def _user_put(self, req: api.UserPut) -> None:
+        old = self.users.get(req.name)
+        if old is None:
+            if req.password_hash is None:
+                raise RequestInvalid(f"new user {req.name!r} needs a password hash")
+            old = User(req.password_hash, False, False)
+        self.users[req.name] = User(
+            req.password_hash if req.password_hash is not None else old.password_hash,
+            req.disabled if req.disabled is not None else old.disabled,
+            req.admin if req.admin is not None else old.admin,
+        )
+
+    def _namespace_put(self, req: api.NamespacePut) -> None:
+        old = self.namespaces.get(req.name)
+        self.namespaces[req.name] = Namespace(req.visibility, old.grants if old else ())
+
+    def _grant_set(self, req: api.GrantSet) -> None:
+        ns = self.namespaces.get(req.namespace)
+        if ns is None:
+            raise NotFound(f"no namespace {req.namespace!r}")
+        if req.user not in self.users:
+            raise NotFound(f"no user {req.user!r}")
+        grants = dict(ns.grants)
+        if req.role is None:
+            grants.pop(req.user, None)
+        else:
+            grants[req.user] = req.role
+        self.namespaces[req.namespace] = ns._replace(grants=tuple(sorted(grants.items())))
+
     # -- queries --------------------------------------------------------------------------------
+    def _access_list(self, req: api.AccessList) -> api.AccessData:
+        return api.AccessData(
+            [
+                api.UserInfo(name, u.password_hash, u.disabled, u.admin)
+                for name, u in sorted(self.users.items())
+            ],
+            [
+                api.NamespaceInfo(name, ns.visibility, dict(ns.grants))
+                for name, ns in sorted(self.namespaces.items())
+            ],
+        )
+
     @staticmethod
     def _manifest_info(digest: str, record: Manifest) -> api.ManifestInfo:
         return api.ManifestInfo(

@@ -84,7 +84,6 @@ def test_auth_section(tmp_path) -> None:
         ({"auth.mode": "htpasswd"}, "needs auth.htpasswd"),
         ({"auth.mode": "token"}, "needs auth.signing_key or auth.verify_keys"),
         ({"auth.mode": "token", "auth.verify_keys": "/k.pem"}, "external issuer needs auth.realm"),
-        ({"auth.mode": "token", "auth.signing_key": "/k.pem"}, "needs auth.htpasswd"),
     ],
 )
 def test_bad_auth_settings(values: dict[str, str], message: str) -> None:

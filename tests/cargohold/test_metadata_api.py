@@ -66,6 +66,11 @@ EXAMPLES: list[api.Request[Any]] = [
     api.MemberSetState("n1", "draining"),
     api.ExpireUploads(10.0, 5.0),
     api.GcPrune((D,)),
+    api.UserPut("alice", "$2b$04$" + "a" * 53, False, True),
+    api.UserPut("alice", None, True, None),
+    api.NamespacePut("team", "public"),
+    api.GrantSet("team", "alice", "developer"),
+    api.GrantSet("team", "alice", None),
     api.TagGet("lib/app", "v1"),
     api.ManifestGet("lib/app", D),
     api.BlobGet("lib/app", D),
@@ -76,6 +81,7 @@ EXAMPLES: list[api.Request[Any]] = [
     api.Referrers("lib/app", D, None),
     api.Members(),
     api.Status(),
+    api.AccessList(),
 ]
 
 
@@ -181,4 +187,13 @@ async def test_every_facade_method_against_the_state() -> None:
     # The manifest's bytes were unlinked by manifest_delete; the layer is still linked.
     assert await meta.gc_prune((m, layer)) == 1
     assert await meta.status() == api.MetadataStatus(1, 1, 0, 0, 3)
+    hashed = "$2b$04$" + "b" * 53
+    await meta.user_put(api.UserPut("alice", hashed))
+    await meta.user_put(api.UserPut("alice", disabled=True))
+    await meta.namespace_put("team", "private")
+    await meta.grant_set("team", "alice", "reader")
+    assert await meta.access_list() == api.AccessData(
+        [api.UserInfo("alice", hashed, True, False)],
+        [api.NamespaceInfo("team", "private", {"alice": "reader"})],
+    )
     assert {op for op, _ in transport.sent} == api.COMMANDS | api.QUERIES

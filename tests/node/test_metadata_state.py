@@ -4,7 +4,9 @@ query of the catalogue, idempotency, pagination, referrers, deletes, snapshots."
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import pickle
 from typing import Any
 
 import pytest
@@ -1002,3 +1004,36 @@ def test_immutable_rules_refuse_moving_and_removing_a_tag(st: MetadataState) -> 
     # Commands logged before the rules existed carry no `immutable`: nothing is refused.
     st.apply("tag_delete", {"repo": REPO, "tag": "v1"})
     assert st.query("tags_list", {"repo": REPO, "n": None, "last": None})["tags"] == []
+
+
+def test_users_namespaces_and_grants_survive_a_snapshot() -> None:
+    st = MetadataState()
+    hashed = "$2b$04$" + "c" * 53
+    with pytest.raises(RequestInvalid):  # a new user needs a hash
+        st.apply("user_put", {"name": "bob"})
+    with pytest.raises(RequestInvalid):  # bcrypt only
+        st.apply("user_put", {"name": "bob", "password_hash": "{SHA}abc"})
+    st.apply("user_put", {"name": "bob", "password_hash": hashed, "admin": True})
+    st.apply("namespace_put", {"name": "team", "visibility": "public"})
+    with pytest.raises(NotFound):
+        st.apply("grant_set", {"namespace": "team", "user": "carol", "role": "reader"})
+    with pytest.raises(NotFound):
+        st.apply("grant_set", {"namespace": "other", "user": "bob", "role": "reader"})
+    st.apply("grant_set", {"namespace": "team", "user": "bob", "role": "maintainer"})
+    st.apply("user_put", {"name": "bob", "disabled": True})
+    data = st.dump()
+    assert pickle.load(io.BytesIO(data))["version"] == 3
+    again = MetadataState()
+    again.load(data)
+    assert (
+        again.query("access_list", {})
+        == st.query("access_list", {})
+        == {
+            "users": [{"name": "bob", "password_hash": hashed, "disabled": True, "admin": True}],
+            "namespaces": [
+                {"name": "team", "visibility": "public", "grants": {"bob": "maintainer"}}
+            ],
+        }
+    )
+    st.apply("grant_set", {"namespace": "team", "user": "bob", "role": None})
+    assert st.query("access_list", {})["namespaces"][0]["grants"] == {}
