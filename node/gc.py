@@ -194,13 +194,18 @@ class GcRole:
             stats.pruned_blobs = len(ready)
             stats.pruned_bytes = sum(unlinked[d] for d in ready)
             return
-        for i in range(0, len(ready), life.gc_prune_batch):
-            batch = tuple(ready[i : i + life.gc_prune_batch])
-            pruned = await self._meta.gc_prune(batch)
-            stats.pruned_blobs += pruned
-            stats.pruned_bytes += sum(unlinked[d] for d in batch)
-            for d in batch:
-                since.pop(d, None)
+        try:
+            for i in range(0, len(ready), life.gc_prune_batch):
+                batch = tuple(ready[i : i + life.gc_prune_batch])
+                pruned = await self._meta.gc_prune(batch)
+                stats.pruned_blobs += pruned
+                stats.pruned_bytes += sum(unlinked[d] for d in batch)
+                for d in batch:
+                    since.pop(d, None)
+        except RegistryError as exc:
+            # A log that cannot grow (or a lost leadership) must not stop the sweep: the
+            # recipes left are pruned by a later pass.
+            log_event(logger, "gc.prune_failed", logging.WARNING, error=str(exc))
         stats.pruned_blobs_total += stats.pruned_blobs
         try:
             stats.expired_uploads = await self._meta.expire_uploads(

@@ -285,3 +285,24 @@ async def test_lmdb_reopened_store_counts_chunks_young_for_a_grace(
     assert await second.sweep([chunk_id(a)], time.monotonic()) == (1, 1000)
     usage = second.file_usage()
     assert usage["file_bytes"] >= usage["high_water_bytes"] >= usage["data_bytes"] > 0
+
+
+async def test_a_refused_prune_does_not_stop_the_sweep() -> None:
+    from cargohold.errors import MetadataStorageFull
+
+    class FullLog(FakeRaft):
+        async def command(self, op: str, args: dict[str, Any]) -> Any:
+            if op == "gc_prune":
+                raise MetadataStorageFull()
+            return await super().command(op, args)
+
+    store = MemoryChunkStore()
+    raft = FullLog()
+    blob = await store_blob(store, raft, REPO, data("a"))
+    await api.Metadata(raft).blob_unlink(REPO, blob)
+    orphan = data("orphan")
+    await store.put(chunk_id(orphan), orphan)
+    gc = GcRole(config(grace=0.0), store, raft)
+    await gc.run_pass()
+    assert blob in raft.state.blobs and gc.stats.failed_passes == 0
+    assert await held(store) == {chunk_id(data("a"))}  # the orphan went all the same
