@@ -6,7 +6,9 @@ htpasswd mode: HTTP Basic credentials checked by `AuthState.login`; none or wron
 token mode: a Bearer JWT verified by `TokenVerifier` (cheap: on the loop); none or
 invalid -> 401 with the Bearer challenge naming the scope the route needs. A valid token
 lacking that scope -> 401 `insufficient_scope` (the client fetches a new token), unless
-the built-in service knows the user may not have it: then 403 `DENIED`.
+the built-in service knows the user may not have it: then 403 `DENIED`. With users from
+the cluster metadata, a token's user must still be enabled and still hold the right
+(checked against the cached directory), so revocation does not wait for expiry.
 
 A cross-repository mount (`POST .../blobs/uploads/?mount=&from=`) is only tried when the
 caller may pull `from`; otherwise `MOUNT_ALLOWED` is False and the upload handler opens a
@@ -66,6 +68,16 @@ async def _htpasswd(auth: AuthState, request: web.Request, scope: Scope | None) 
 async def _token(auth: AuthState, request: web.Request, scope: Scope | None) -> None:
     token = _bearer(auth, request, scope)
     request[USER_KEY] = token.subject
+    if auth.directory is not None and token.subject:
+        # Cluster users: a disabled user or a revoked grant ends its tokens at once (as
+        # soon as this gateway re-reads the directory), not when they expire.
+        await auth.directory.refresh()
+        if auth.directory.user(token.subject) is None:
+            raise auth.unauthorized(request, scope, "invalid_token")
+        if scope is not None and not covers(
+            await auth.policy.granted(token.subject, scope), scope.actions
+        ):
+            raise Denied(detail={"scope": str(scope)})
     if scope is not None and not covers(token.granted(scope.type, scope.name), scope.actions):
         if token.subject and auth.issuer is not None:
             may = await auth.policy.granted(token.subject, scope)

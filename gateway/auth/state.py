@@ -55,15 +55,16 @@ class AuthState:
         self.limiter = LoginLimiter(cfg)
         self.passwords: PasswordChecker | None = None
         self.directory: Directory | None = None
-        # Users of an htpasswd file may do everything; without one (token mode), users,
-        # namespaces and roles come from the cluster metadata (gateway/auth/directory.py).
+        # Users of an htpasswd file may do everything; the built-in token service without
+        # one takes users, namespaces and roles from the cluster metadata
+        # (gateway/auth/directory.py); an external issuer's tokens carry their own rights.
         self.policy: Policy = AnyUserPolicy()
         if cfg.htpasswd:
             users = HtpasswdFile(cfg.htpasswd, cfg.htpasswd_check_seconds)
             self.passwords = PasswordChecker(
                 users, cfg.login_cache_seconds, cfg.login_cache_entries
             )
-        elif cfg.mode == "token" and meta is not None:
+        elif cfg.mode == "token" and cfg.signing_key and meta is not None:
             self.directory = Directory(meta, cfg.directory_refresh_seconds)
             self.policy = RolePolicy(self.directory)
             self.passwords = PasswordChecker(

@@ -217,3 +217,46 @@ def test_non_bcrypt_htpasswd_refused_at_load(tmp_path: Path) -> None:
 async def test_mode_none_is_open(gw: TestClient) -> None:
     assert (await gw.get("/v2/")).status == 200
     assert (await gw.get("/auth/token")).status == 404
+
+
+async def test_external_issuer(tmp_path: Path) -> None:
+    """No built-in service: tokens of another issuer, verified with its JWKS."""
+    import json
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from gateway.auth.scopes import Scope
+    from gateway.auth.tokens import TokenIssuer
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(private.public_key()))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "corp-1"}]}))
+    cfg = Config()
+    cfg.auth = AuthConfig(
+        mode="token",
+        realm="https://sso.example/token",
+        service="registry.example",
+        issuer="corp-sso",
+        verify_keys=[str(jwks)],
+    )
+    gw = await _client(cfg)
+    try:
+        resp = await gw.get("/v2/team/a/tags/list")
+        assert await _challenge(resp) == (
+            'Bearer realm="https://sso.example/token",service="registry.example",'
+            'scope="repository:team/a:pull"'
+        )
+        assert (await gw.get("/auth/token")).status == 404
+        issuer = TokenIssuer("corp-1", private, "corp-sso", "registry.example", 60, 60)
+        good = issuer.access_token("u", [Scope("repository", "team/a", frozenset({"pull"}))])
+        assert (await gw.get("/v2/team/a/tags/list", headers=bearer(good))).status == 404
+        wrong_iss = TokenIssuer("corp-1", private, "other", "registry.example", 60, 60)
+        bad = wrong_iss.access_token("u", [Scope("repository", "team/a", frozenset({"pull"}))])
+        assert (await gw.get("/v2/team/a/tags/list", headers=bearer(bad))).status == 401
+        # Lacking scope with an external issuer: always 401 insufficient_scope.
+        resp = await gw.post("/v2/team/a/blobs/uploads/", headers=bearer(good))
+        assert 'error="insufficient_scope"' in await _challenge(resp)
+    finally:
+        await gw.close()

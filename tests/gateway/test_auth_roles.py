@@ -119,3 +119,16 @@ async def test_mount_from_a_repository_the_caller_cannot_pull(gw: TestClient) ->
     assert await call(gw, "POST", path, dev) == 202
     _, root = await token(gw, "root", *scopes)
     assert await call(gw, "POST", path, root) == 201
+
+
+async def test_disabling_and_revoking_end_existing_tokens(gw: TestClient) -> None:
+    from gateway.context import CONTEXT
+
+    meta = gw.app[CONTEXT].meta
+    _, dev = await token(gw, "dev", "repository:team/app:pull,push")
+    assert await call(gw, "POST", "/v2/team/app/blobs/uploads/", dev) == 202
+    await meta.grant_set("team", "dev", "reader")
+    assert await call(gw, "POST", "/v2/team/app/blobs/uploads/", dev) == 403
+    assert await call(gw, "GET", "/v2/team/app/tags/list", dev) == 200
+    await meta.user_put(UserPut("dev", disabled=True))
+    assert await call(gw, "GET", "/v2/team/app/tags/list", dev) == 401
