@@ -83,3 +83,42 @@ def test_docker_login_push_pull(fresh_image: LayeredImage, token_host: str, tmp_
     docker("pull", ref)
     out = docker("run", "--rm", "--network", "none", ref, "cat", "/data/hello.txt")
     assert out.strip().encode() == fresh_image.files["/data/hello.txt"].strip()
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_docker_login_against_dev_auth(fresh_image: LayeredImage, tmp_path: Path) -> None:
+    """`cargohold dev --auth`: docker login as the generated admin, push, pull, run."""
+    import socket
+
+    from cluster.devprocess import DevProcess, free_node_base
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    data = tmp_path / "dev"
+    dev = DevProcess(data, port, free_node_base(), "--auth")
+    config = tmp_path / "docker-config"
+    config.mkdir()
+
+    def docker(*args: str, stdin: bytes | None = None) -> str:
+        return run(["docker", "--config", str(config), *args], input_bytes=stdin)
+
+    try:
+        dev.wait_for("registry ready")
+        password = (data / "admin-password").read_text().strip()
+        host = f"127.0.0.1:{port}"
+        ref = f"{host}/dev/app:v1"
+        docker("tag", fresh_image.tag, ref)
+        fresh_image.extra_tags.append(ref)
+        with pytest.raises(ToolError):
+            docker("push", ref)
+        docker("login", "-u", "admin", "--password-stdin", host, stdin=password.encode())
+        docker("push", ref)
+        docker("rmi", ref)
+        docker("pull", ref)
+        out = docker("run", "--rm", "--network", "none", ref, "cat", "/data/hello.txt")
+        assert out.strip().encode() == fresh_image.files["/data/hello.txt"].strip()
+        assert dev.interrupt() == 0
+    finally:
+        dev.kill()
