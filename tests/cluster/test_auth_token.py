@@ -94,3 +94,8 @@ async def test_token_dance_push_pull_across_gateways(
     # Catalog through the dance.
     status, _h, body = await alice.request("GET", "/v2/_catalog")
     assert status == 200 and b"team/app" in body
+    # The access log names the user of each request (and nobody for anonymous ones).
+    log = (cluster.base_dir / "logs" / "gateway-1.log").read_text()
+    pushes = [ln for ln in log.splitlines() if "route=/v2/{name}/manifests/{reference}" in ln]
+    assert any("user=alice" in ln and "method=PUT" in ln and "status=201" in ln for ln in pushes)
+    assert any('user=""' in ln and "status=401" in ln for ln in log.splitlines())
