@@ -149,7 +149,8 @@ class ChunksServicer(pb_grpc.ChunksServicer):
     async def Has(
         self, request: pb.HasChunksRequest, context: grpc.aio.ServicerContext
     ) -> pb.HasChunksReply:
-        present = await _call(context, "Has", lambda: self._store.has(list(request.ids)))
+        ids, touch = list(request.ids), not request.probe_only
+        present = await _call(context, "Has", lambda: self._store.has(ids, touch=touch))
         return pb.HasChunksReply(present=present)
 
     async def Delete(

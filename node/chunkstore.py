@@ -133,7 +133,11 @@ class ChunkStore(Protocol):
         Raises like `get_with_checksum`."""
         ...
 
-    async def has(self, ids: list[bytes]) -> list[bool]: ...
+    async def has(self, ids: list[bytes], *, touch: bool = True) -> list[bool]:
+        """Which of these chunks are held; with `touch` (a client's question) every valid
+        id counts as a use for garbage collection (node/chunk_touch.py), without it (an
+        internal probe: repair, rebalancing) nothing is recorded."""
+        ...
 
     async def delete(self, ids: list[bytes]) -> int:
         """Remove these chunks; returns how many were present."""
@@ -410,8 +414,8 @@ class LmdbChunkStore:
             return False
         return True
 
-    async def has(self, ids: list[bytes]) -> list[bool]:
-        return await asyncio.to_thread(self._has, list(ids))
+    async def has(self, ids: list[bytes], *, touch: bool = True) -> list[bool]:
+        return await asyncio.to_thread(self._has, list(ids), touch)
 
     async def delete(self, ids: list[bytes]) -> int:
         if not ids:
@@ -522,10 +526,12 @@ class LmdbChunkStore:
             view = memoryview(self._intact_value(txn, chunk_id))
             return encode(view[CHECKSUM_LEN:], bytes(view[:CHECKSUM_LEN]))
 
-    def _has(self, ids: list[bytes]) -> list[bool]:
-        # A "present" answer counts as a use: touched before the read, under the sweep lock.
-        with self.touches.lock:
-            self.touches.touch(i for i in ids if len(i) == CHUNK_ID_LEN)
+    def _has(self, ids: list[bytes], touch: bool) -> list[bool]:
+        # A client's "present" answer counts as a use: touched before the read, under the
+        # sweep lock. An internal probe (touch=False) records nothing.
+        if touch:
+            with self.touches.lock:
+                self.touches.touch(i for i in ids if len(i) == CHUNK_ID_LEN)
         with self._reading() as txn:
             return [len(i) == CHUNK_ID_LEN and txn.get(i, db=self._chunks) is not None for i in ids]
 

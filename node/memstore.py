@@ -77,9 +77,10 @@ class MemoryChunkStore:
         self._move_to_quarantine(chunk_id)
         return False
 
-    async def has(self, ids: list[bytes]) -> list[bool]:
+    async def has(self, ids: list[bytes], *, touch: bool = True) -> list[bool]:
         self._check_open()
-        self.touches.touch(ids)
+        if touch:
+            self.touches.touch(ids)
         return [i in self._values for i in ids]
 
     async def delete(self, ids: list[bytes]) -> int:

@@ -67,11 +67,13 @@ class PeerPool:
         return {a: reply for a, reply in zip(wanted, found, strict=True) if reply is not None}
 
     async def has(self, address: str, ids: list[bytes]) -> list[bool]:
+        """Which of `ids` the peer holds. A probe (`probe_only`): not a use for its GC."""
         if not ids:
             return []
         try:
             reply = await self._peer(address).chunks.Has(
-                pb.HasChunksRequest(ids=ids), timeout=self._cfg.node.peer_rpc_timeout
+                pb.HasChunksRequest(ids=ids, probe_only=True),
+                timeout=self._cfg.node.peer_rpc_timeout,
             )
         except grpc.aio.AioRpcError as exc:
             raise _error(address, exc) from None

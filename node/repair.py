@@ -31,9 +31,10 @@ sees the member list change under it stops before deleting anything and runs aga
 
 Garbage: repair does not know which chunks are referenced. A chunk that GC has deleted on
 some nodes but not yet here is copied back to its owners; GC's next pass deletes it again.
-Repair's `Chunks.Has` probes are not client uses: if GC ever counts a Has answering
-"present" as a use of a chunk (see the GC contract in gateway/cluster/writes.py), it must
-tell repair's apart, or repair would keep every garbage chunk young forever.
+Repair's `Chunks.Has` probes are not client uses: GC counts a Has answering "present" as
+a use of a chunk (see the GC contract in gateway/cluster/writes.py), so repair's probes
+(node/peers.py) set `probe_only` and the peer records no use, or repair would keep every
+garbage chunk young forever.
 
 After its copies, a pass counts the local chunks that still have fewer than R copies on
 the nodes that answered (this one included): `below_replicas` while it runs, and

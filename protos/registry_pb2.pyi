@@ -37,10 +37,12 @@ class GetChunkReply(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., checksum: _Optional[bytes] = ...) -> None: ...
 
 class HasChunksRequest(_message.Message):
-    __slots__ = ("ids",)
+    __slots__ = ("ids", "probe_only")
     IDS_FIELD_NUMBER: _ClassVar[int]
+    PROBE_ONLY_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, ids: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    probe_only: bool
+    def __init__(self, ids: _Optional[_Iterable[bytes]] = ..., probe_only: _Optional[bool] = ...) -> None: ...
 
 class HasChunksReply(_message.Message):
     __slots__ = ("present",)

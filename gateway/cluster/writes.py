@@ -19,7 +19,9 @@ Contract with garbage collection: between a chunk write (or a Has that answered
 references the chunk. GC must spare unreferenced chunks younger than a grace period
 (longer than the longest PATCH), and a Has answering "present" must count as a use (or
 GC must re-check references after deleting), or the Has skip must be turned off
-(`gateway.has_check_min_bytes` above the chunk size) while GC runs.
+(`gateway.has_check_min_bytes` above the chunk size) while GC runs. The nodes count it
+(docs/operations.md, "Garbage collection"): this Has leaves `probe_only` unset, which only
+the nodes' own repair probes set.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""What the nodes hold, asked directly: chunk presence and placement (Chunks.Has), the
+"""What the nodes hold, asked directly: chunk presence and placement (Chunks.Has, as a
+probe, so asking keeps no chunk young for garbage collection), the
 recipes of test images (a linearizable metadata query), single stored copies (Chunks.Get),
 and damaging a stored copy on disk; plus plain blob push/pull over HTTP for the repair and
 membership tests."""
@@ -57,7 +58,7 @@ async def pull_blob(http: aiohttp.ClientSession, base: str, repo: str, digest: s
 def has(cluster: LocalCluster, i: int, ids: list[bytes]) -> list[bool]:
     with cluster.channel(i, "node") as channel:
         reply = registry_pb2_grpc.ChunksStub(channel).Has(
-            registry_pb2.HasChunksRequest(ids=ids), timeout=30
+            registry_pb2.HasChunksRequest(ids=ids, probe_only=True), timeout=30
         )
     return list(reply.present)
 
@@ -155,7 +156,10 @@ def replica_counts(cluster: LocalCluster, chunk_ids: Iterable[str]) -> dict[str,
             for start in range(0, len(ids), 500):
                 batch = ids[start : start + 500]
                 reply = stub.Has(
-                    registry_pb2.HasChunksRequest(ids=[bytes.fromhex(c) for c in batch]), timeout=15
+                    registry_pb2.HasChunksRequest(
+                        ids=[bytes.fromhex(c) for c in batch], probe_only=True
+                    ),
+                    timeout=15,
                 )
                 for chunk_hex, present in zip(batch, reply.present, strict=True):
                     counts[chunk_hex] += int(present)

@@ -219,3 +219,17 @@ async def test_full_node_is_resource_exhausted(
             await stub.Put(pb.PutChunkRequest(id=cid, data=data))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert isinstance(decoded(info.value), StorageFull)
+
+
+async def test_a_probe_only_has_is_no_use_for_gc(
+    stub: pb_grpc.ChunksStub, lmdb_chunk_store: LmdbChunkStore
+) -> None:
+    """A node's internal probe (repair) leaves no touch; a gateway's Has (the default) does."""
+    cid, data = random_chunk(10)
+    await stub.Put(pb.PutChunkRequest(id=cid, data=data))
+    written = lmdb_chunk_store.touches.last(cid)
+    probe = await stub.Has(pb.HasChunksRequest(ids=[cid], probe_only=True))
+    assert list(probe.present) == [True]
+    assert lmdb_chunk_store.touches.last(cid) == written
+    assert list((await stub.Has(pb.HasChunksRequest(ids=[cid]))).present) == [True]
+    assert lmdb_chunk_store.touches.last(cid) > written

@@ -437,3 +437,13 @@ async def test_lmdb_acknowledged_puts_survive_sigkill(
     listed = await store.list_ids(b"", stats.count + 1)
     assert len(listed) == stats.count
     assert sum(size for _, size in listed) == stats.bytes
+
+
+async def test_has_touches_unless_told_not_to(store: ChunkStore) -> None:
+    cid, data = chunk(b"touched")
+    await store.put(cid, data)
+    written = store.touches.last(cid)
+    assert await store.has([cid], touch=False) == [True]
+    assert store.touches.last(cid) == written
+    assert await store.has([cid]) == [True]
+    assert store.touches.last(cid) > written

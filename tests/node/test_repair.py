@@ -297,3 +297,22 @@ async def test_chunks_below_r_counts_what_answering_nodes_lack_after_the_copies(
             break
         await asyncio.sleep(0.2)
     assert role.stats.last_below_replicas == 0
+
+
+async def test_repair_probes_are_no_use_of_the_peers_chunks_for_gc(
+    fake_cluster: Cluster, peers: Callable[[Config], PeerPool], tmp_path: Path
+) -> None:
+    """Repair asks every owner about every local chunk each pass; those `Has` must not keep
+    garbage young on the peers (docs/operations.md, "Garbage collection")."""
+    nodes, members = await fake_cluster(2)
+    blobs = [os.urandom(1000) for _ in range(10)]
+    ids = [chunk_id_of(b) for b in blobs]
+    for node in nodes:
+        for cid, data in zip(ids, blobs, strict=True):
+            await node.store.put(cid, data)
+    written = [nodes[1].store.touches.last(cid) for cid in ids]
+    cfg = config(tmp_path, "n1", replicas=2)
+    role = RepairRole(cfg, nodes[0].store, members, peers(cfg))
+    await role.run_pass()
+    assert role.stats.scanned == 10 and role.stats.repaired_chunks == 0  # it did ask n2
+    assert [nodes[1].store.touches.last(cid) for cid in ids] == written
