@@ -340,6 +340,9 @@ class AuthConfig:
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     # Accepted clock difference for a token's exp/nbf/iat.
     token_leeway_seconds: float = 30.0
+    # Verified access tokens remembered until they expire (one ECDSA check per token, not
+    # per request); 0 = verify every request.
+    token_cache_entries: int = 10_000
     # Successful password checks (bcrypt is slow on purpose) are remembered this long.
     login_cache_seconds: float = 60.0
     login_cache_entries: int = 10_000

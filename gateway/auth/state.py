@@ -85,7 +85,9 @@ class AuthState:
                     cfg.token_ttl_seconds,
                     cfg.refresh_token_ttl_seconds,
                 )
-            self.verifier = TokenVerifier(keys, cfg.issuer, cfg.service, cfg.token_leeway_seconds)
+            self.verifier = TokenVerifier(
+                keys, cfg.issuer, cfg.service, cfg.token_leeway_seconds, cfg.token_cache_entries
+            )
 
     # -- challenges ---------------------------------------------------------------------
     def realm(self, request: web.Request) -> str:

@@ -7,12 +7,18 @@ its header names the signing key's `kid`. Verification accepts only ES256, only 
 `kid`, the configured issuer and audience, and checks exp/nbf/iat (with
 `auth.token_leeway_seconds`). A refresh token (what `docker login` stores) is a JWT for
 the audience `<service>#refresh` with no access: never usable as an access token.
+
+A client sends the same token with every request until it expires, so the outcome of a
+successful verification is remembered per token string (its signature included) until the
+token's `exp` (an LRU of `auth.token_cache_entries`): an ECDSA verify per token, not per
+request.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +39,7 @@ class TokenInvalid(Exception):
 class VerifiedToken:
     subject: str
     access: tuple[Scope, ...]
+    expires: float = 0.0  # unix time (`exp` + leeway)
 
     def granted(self, kind: str, name: str) -> frozenset[str]:
         actions: set[str] = set()
@@ -49,11 +56,14 @@ class TokenVerifier:
         issuer: str,
         service: str,
         leeway: float,
+        cache_entries: int = 0,
     ) -> None:
         self.keys = keys
         self.issuer = issuer
         self.service = service
         self.leeway = leeway
+        self.cache_entries = cache_entries
+        self._cache: OrderedDict[str, VerifiedToken] = OrderedDict()
 
     def _decode(self, token: str, audience: str) -> dict[str, Any]:
         try:
@@ -79,8 +89,23 @@ class TokenVerifier:
             raise TokenInvalid(str(exc)) from None
 
     def verify(self, token: str) -> VerifiedToken:
+        cached = self._cache.get(token)
+        if cached is not None:
+            if cached.expires > time.time():
+                self._cache.move_to_end(token)
+                return cached
+            del self._cache[token]
         claims = self._decode(token, self.service)
-        return VerifiedToken(str(claims["sub"]), _access(claims.get("access")))
+        verified = VerifiedToken(
+            str(claims["sub"]),
+            _access(claims.get("access")),
+            float(claims["exp"]) + self.leeway,
+        )
+        if self.cache_entries > 0:
+            self._cache[token] = verified
+            while len(self._cache) > self.cache_entries:
+                self._cache.popitem(last=False)
+        return verified
 
     def verify_refresh(self, token: str) -> str:
         """The user a refresh token was issued to."""

@@ -219,3 +219,29 @@ def test_scope_parsing() -> None:
         Scope("repository", "a", frozenset({"pull"})),
         Scope("repository", "b", frozenset({"push"})),
     ]
+
+
+def test_verified_tokens_are_cached_until_they_expire(
+    key: tuple[str, ec.EllipticCurvePrivateKey],
+) -> None:
+    kid, private = key
+    verifier = TokenVerifier({kid: private.public_key()}, "cargohold", "registry", 0, 2)
+    token = _sign(key)
+    first = verifier.verify(token)
+    verifier.keys = {}  # a cached token no longer needs its key ...
+    assert verifier.verify(token) is first
+    # ... but a forged variant of it is not the same string: verified (and refused) afresh.
+    with pytest.raises(TokenInvalid, match="unknown kid"):
+        verifier.verify(token[:-2] + ("AA" if not token.endswith("AA") else "BB"))
+    verifier.keys = {kid: private.public_key()}
+    expired = _sign(key, exp=int(time.time()) + 1)
+    assert verifier.verify(expired).subject == "alice"
+    object.__setattr__(verifier._cache[expired], "expires", time.time() - 1)
+    verifier.keys = {}
+    with pytest.raises(TokenInvalid):  # expired in the cache: verified again, refused
+        verifier.verify(expired)
+    # Bounded: the oldest entries go.
+    verifier.keys = {kid: private.public_key()}
+    for sub in ("a", "b", "c"):
+        verifier.verify(_sign(key, sub=sub))
+    assert len(verifier._cache) == 2
