@@ -12,6 +12,10 @@ IMAGE ?= cargohold:latest
 BASE_IMAGE ?= cargohold-base:bookworm
 COMPOSE_FILE ?= cluster-compose.yml
 COMPOSE_PROJECT ?= cargohold
+# TLS=1: mutual TLS on the compose cluster's gRPC (cluster-compose.tls.yml; certificates
+# from scripts/cluster-certs.sh into deploy/secrets/tls). Default: per-call HMAC tokens.
+TLS ?=
+COMPOSE_FILES := -f $(COMPOSE_FILE) $(if $(filter 1,$(TLS)),-f cluster-compose.tls.yml,)
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
 # `docker compose` (v2 plugin) when present, else the standalone docker-compose.
@@ -32,7 +36,8 @@ help:
 	@echo "make wheels        wheels of cargohold and its deps into build/wheels"
 	@echo "make base-image    offline base image $(BASE_IMAGE) (debootstrap + docker import)"
 	@echo "make image         the cargohold image $(IMAGE) from $(BASE_IMAGE)"
-	@echo "make cluster-up    3 nodes + 2 gateways + HAProxy on 127.0.0.1:5000 ($(COMPOSE_FILE))"
+	@echo "make cluster-up    3 nodes + 2 gateways + HAProxy on 127.0.0.1:5000 ($(COMPOSE_FILE));"
+	@echo "                   TLS=1 adds mutual TLS between gateways/admin and nodes"
 	@echo "make cluster-down  stop it (volumes kept; VOLUMES=1 removes them); cluster-logs"
 	@echo "make bench         full benchmark vs Distribution; bench-quick a short one"
 
@@ -92,16 +97,17 @@ images: image
 
 cluster-up: image
 	@scripts/cluster-secrets.sh
+	@$(if $(filter 1,$(TLS)),scripts/cluster-certs.sh deploy/secrets/tls 172.29.42 $(IMAGE),true)
 	BASE_IMAGE=$(BASE_IMAGE) CARGOHOLD_IMAGE=$(IMAGE) $(COMPOSE) -p $(COMPOSE_PROJECT) \
-	  -f $(COMPOSE_FILE) up -d
+	  $(COMPOSE_FILES) up -d
 	@scripts/wait-http.sh http://127.0.0.1:5000/v2/ 120
 
 cluster-down:
 	BASE_IMAGE=$(BASE_IMAGE) CARGOHOLD_IMAGE=$(IMAGE) $(COMPOSE) -p $(COMPOSE_PROJECT) \
-	  -f $(COMPOSE_FILE) down --remove-orphans $(if $(filter 1,$(VOLUMES)),--volumes,)
+	  $(COMPOSE_FILES) down --remove-orphans $(if $(filter 1,$(VOLUMES)),--volumes,)
 
 cluster-logs:
-	$(COMPOSE) -p $(COMPOSE_PROJECT) -f $(COMPOSE_FILE) logs --tail=100
+	$(COMPOSE) -p $(COMPOSE_PROJECT) $(COMPOSE_FILES) logs --tail=100
 
 bench: $(VENV)/.cargohold-bench-installed system-deps
 	$(PY) -m bench --full $(BENCH_ARGS)

@@ -5,6 +5,9 @@ network /24 (so it never collides with `make cluster-up`), with `--no-build`: th
 must exist (`make image`; `ensure_image()` runs it when missing). `down()` removes the
 containers, the network and the node volumes, after saving every container's log.
 Works with `docker compose` (v2) and the standalone `docker-compose` 1.29.
+With `tls_dir` set, the cluster runs with mutual TLS on gRPC: `up()` issues the
+certificates into that directory (scripts/cluster-certs.sh) and adds
+cluster-compose.tls.yml; `status()` then asks as the admin certificate.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from clients.tools import ToolError, docker, run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "cluster-compose.yml"
+TLS_COMPOSE_FILE = REPO_ROOT / "cluster-compose.tls.yml"
+# Where cluster-compose.tls.yml mounts the admin certificate inside the node containers.
+ADMIN_TLS = "/etc/cargohold/admin-tls"
 NODES = ("node1", "node2", "node3")
 GATEWAYS = ("gateway1", "gateway2")
 
@@ -59,6 +65,7 @@ class ComposeCluster:
     net_prefix: str
     image: str = "cargohold:latest"
     log_dir: Path | None = None
+    tls_dir: Path | None = None
     compose: list[str] = field(default_factory=lambda: compose_command() or ["docker-compose"])
     _ids: dict[str, str] = field(default_factory=dict)
 
@@ -68,10 +75,18 @@ class ComposeCluster:
         env.update(
             CARGOHOLD_IMAGE=self.image, CARGOHOLD_PORT=str(self.port), CARGOHOLD_NET=self.net_prefix
         )
+        if self.tls_dir is not None:
+            env["CARGOHOLD_TLS_DIR"] = str(self.tls_dir)
         return env
 
+    def _files(self) -> list[str]:
+        files = ["-f", str(COMPOSE_FILE)]
+        if self.tls_dir is not None:
+            files += ["-f", str(TLS_COMPOSE_FILE)]
+        return files
+
     def _compose(self, *args: str, timeout: float = 300.0, check: bool = True) -> str:
-        argv = [*self.compose, "-p", self.project, "-f", str(COMPOSE_FILE), *args]
+        argv = [*self.compose, "-p", self.project, *self._files(), *args]
         proc = subprocess.run(
             argv,
             env=self._env(),
@@ -89,6 +104,11 @@ class ComposeCluster:
     def up(self, timeout: float = 180.0) -> None:
         self._ids.clear()
         subprocess.run([str(REPO_ROOT / "scripts" / "cluster-secrets.sh")], check=True)
+        if self.tls_dir is not None:
+            script = REPO_ROOT / "scripts" / "cluster-certs.sh"
+            subprocess.run(
+                [str(script), str(self.tls_dir), self.net_prefix, self.image], check=True
+            )
         self._compose("up", "-d", "--no-build")
         self.wait_ready(timeout)
 
@@ -131,6 +151,18 @@ class ComposeCluster:
         return ids[0]
 
     # -- health -----------------------------------------------------------------------
+    def admin_env(self) -> list[str]:
+        """`docker exec` options that make `cargohold admin` in a node present the admin
+        certificate (TLS) instead of the node's own; none without TLS."""
+        if self.tls_dir is None:
+            return []
+        return [
+            "-e",
+            f"CARGOHOLD_CLUSTER_TLS_CERT={ADMIN_TLS}/cert.pem",
+            "-e",
+            f"CARGOHOLD_CLUSTER_TLS_KEY={ADMIN_TLS}/key.pem",
+        ]
+
     def status(self) -> dict[str, object] | None:
         """`cargohold admin status --json` asked from inside a running node, or None."""
         nodes = ",".join(f"{self.ip(n)}:7001" for n in NODES)
@@ -140,6 +172,7 @@ class ComposeCluster:
                 continue
             out = docker(
                 "exec",
+                *self.admin_env(),
                 cid,
                 "cargohold",
                 "admin",
