@@ -24,6 +24,7 @@ import random
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from email.message import Message
 
 import pytest
 from clients.compose import NODES, REPO_ROOT, ComposeCluster, compose_command, ensure_image
@@ -68,10 +69,11 @@ def _sha(data: bytes) -> str:
 
 def _call(
     method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
+) -> tuple[int, Message, bytes]:
+    """One HTTP call; the headers are case-insensitive (HAProxy lowercases names)."""
     req = urllib.request.Request(url, data=body or None, method=method, headers=headers or {})
     with urllib.request.urlopen(req, timeout=60) as resp:
-        return resp.status, dict(resp.headers), resp.read()
+        return resp.status, resp.headers, resp.read()
 
 
 def _push_blob(base: str, repo: str, data: bytes) -> str:
