@@ -201,9 +201,10 @@ class GatewayConfig:
     tls_cert: str = ""
     tls_key: str = ""
     # One `access` line per request (gateway/access_log.py); successful blob/manifest
-    # GET/HEADs are logged with this probability (1 = every one).
+    # GET/HEADs are logged with this probability (1 = every one). Sampled by default: a
+    # line costs about as much gateway CPU as serving a cached manifest (docs/operations.md).
     access_log: bool = True
-    access_log_pull_sample: float = 1.0
+    access_log_pull_sample: float = 0.01
     # Connections (gateway/connection.py): a request's headers must arrive within
     # `header_timeout_seconds` of its first byte (408, closed); an idle keep-alive
     # connection closes after `keepalive_timeout_seconds`; at most
