@@ -173,6 +173,12 @@ async def test_remove_refuses_an_active_or_unemptied_member(
     seeds = cluster.node_grpc_addresses
     await push_blob(http, cluster.gateway_url, "refuse/a", os.urandom(MiB))
     victim = next(i for i in range(3) if i != cluster.leader_index())
+    # The push returned after W=2 copies; the premise below is that the victim holds its
+    # (third) copy, which the gateway finishes writing in the background.
+    deadline = time.monotonic() + 30
+    while cluster.node_status(victim).chunk_count < 4:
+        assert time.monotonic() < deadline, "the victim never received its copy of the blob"
+        await asyncio.sleep(0.1)
     with pytest.raises(RuntimeError, match="is active: drain it first"):
         await asyncio.to_thread(
             member_change, cluster, seeds, "RemoveMember", cluster.node_id(victim)
