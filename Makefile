@@ -27,7 +27,7 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 
 help:
 	@echo "make venv          create .venv and install cargohold[dev] (fast when up to date)"
-	@echo "make system-deps   apt-get install skopeo docker-registry debootstrap busybox-static haproxy prometheus (if missing)"
+	@echo "make system-deps   apt-get install skopeo docker-registry debootstrap busybox-static haproxy prometheus podman (if missing)"
 	@echo "make run           a local 3-node cluster + gateway on 127.0.0.1:5000 (data in ./data)"
 	@echo "make test          everything CI runs: unit, cluster, then client/docker tests"
 	@echo "make test-unit     one phase only (also test-cluster, test-clients); PYTEST_ARGS=..."
@@ -60,11 +60,11 @@ run: venv
 	$(VENV)/bin/cargohold dev
 
 # Unit tests, then real-process cluster tests, then real clients (skopeo, docker, compose).
-# The images are built first where a Docker engine answers; tests needing it skip otherwise.
+# Where a Docker engine answers, the images are built in the background while the unit and
+# cluster phases run (base image and wheels side by side); the clients phase waits for
+# them. Without an engine the docker tests skip.
 test: venv system-deps
-	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images; \
-	  else echo "docker engine not answering: docker tests will skip"; fi
-	@PY=$(PY) scripts/run-tests.sh $(PYTEST_ARGS)
+	@PY=$(PY) IMAGES_CMD="$(MAKE) --no-print-directory -j2 images" scripts/run-tests.sh $(PYTEST_ARGS)
 
 test-unit: venv
 	@PY=$(PY) PHASES=unit scripts/run-tests.sh $(PYTEST_ARGS)

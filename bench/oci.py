@@ -1,6 +1,7 @@
 """A small asyncio OCI Distribution client (aiohttp) that speaks the protocol itself.
 
-It does what `docker push`/`pull` do on the wire, minus auth:
+It does what `docker push`/`pull` do on the wire (with token auth when given a
+`bench.auth.TokenSource`: a Bearer token per repository scope, fetched once):
 - blob push: `POST /blobs/uploads/`, one streamed `PATCH` with chunked transfer encoding
   (no Content-Length, no Content-Range), then `PUT <location>?digest=` with an empty body;
 - blob pull: `GET /blobs/<digest>`, body read as it arrives and counted (optionally
@@ -20,6 +21,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 
+from bench.auth import TokenSource
 from bench.blobdata import BlobSpec
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -67,9 +69,20 @@ async def _stream(spec: BlobSpec, on_bytes: Callable[[int], None] | None) -> Asy
 class OciClient:
     """One registry endpoint; stateless apart from its base URL and session."""
 
-    def __init__(self, base_url: str, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, base_url: str, session: aiohttp.ClientSession, tokens: TokenSource | None = None
+    ) -> None:
         self.base = base_url.rstrip("/")
         self.session = session
+        self.tokens = tokens
+
+    async def _auth(
+        self, repo: str, push: bool = False, headers: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        out = dict(headers or {})
+        if self.tokens is not None:
+            out.update(await self.tokens.header(self.session, repo, push))
+        return out
 
     def _url(self, path: str) -> str:
         return f"{self.base}{path}"
@@ -86,18 +99,21 @@ class OciClient:
     ) -> int:
         """Docker-style three-request push; returns the bytes acknowledged.
         `on_bytes` is told of every piece handed to the connection (progress)."""
-        async with self.session.post(self._url(f"/v2/{repo}/blobs/uploads/")) as resp:
+        async with self.session.post(
+            self._url(f"/v2/{repo}/blobs/uploads/"), headers=await self._auth(repo, True)
+        ) as resp:
             await _check(resp, 202)
             location = self._resolve(resp.headers["Location"])
         async with self.session.patch(
             location,
             data=_stream(spec, on_bytes),
-            headers={"Content-Type": "application/octet-stream"},
+            headers=await self._auth(repo, True, {"Content-Type": "application/octet-stream"}),
         ) as resp:
             await _check(resp, 202)
             location = self._resolve(resp.headers["Location"])
         async with self.session.put(
-            _with_digest(location, digest), headers={"Content-Length": "0"}
+            _with_digest(location, digest),
+            headers=await self._auth(repo, True, {"Content-Length": "0"}),
         ) as resp:
             await _check(resp, 201)
             if resp.headers.get("Docker-Content-Digest", digest) != digest:
@@ -106,18 +122,21 @@ class OciClient:
 
     async def push_bytes(self, repo: str, data: bytes, digest: str) -> int:
         """Small blob (config, tiny layer): POST, PATCH with Content-Length, PUT."""
-        async with self.session.post(self._url(f"/v2/{repo}/blobs/uploads/")) as resp:
+        async with self.session.post(
+            self._url(f"/v2/{repo}/blobs/uploads/"), headers=await self._auth(repo, True)
+        ) as resp:
             await _check(resp, 202)
             location = self._resolve(resp.headers["Location"])
         async with self.session.patch(
             location,
             data=data,
-            headers={"Content-Type": "application/octet-stream"},
+            headers=await self._auth(repo, True, {"Content-Type": "application/octet-stream"}),
         ) as resp:
             await _check(resp, 202)
             location = self._resolve(resp.headers["Location"])
         async with self.session.put(
-            _with_digest(location, digest), headers={"Content-Length": "0"}
+            _with_digest(location, digest),
+            headers=await self._auth(repo, True, {"Content-Length": "0"}),
         ) as resp:
             await _check(resp, 201)
         return len(data)
@@ -126,7 +145,9 @@ class OciClient:
         """GET a blob, read it all; returns its size. `verify` hashes it (client cost)."""
         h = hashlib.sha256() if verify else None
         total = 0
-        async with self.session.get(self._url(f"/v2/{repo}/blobs/{digest}")) as resp:
+        async with self.session.get(
+            self._url(f"/v2/{repo}/blobs/{digest}"), headers=await self._auth(repo)
+        ) as resp:
             await _check(resp, 200)
             expected = int(resp.headers.get("Content-Length", "-1"))
             async for piece in resp.content.iter_any():
@@ -145,21 +166,23 @@ class OciClient:
         async with self.session.put(
             self._url(f"/v2/{repo}/manifests/{ref}"),
             data=body,
-            headers={"Content-Type": media_type},
+            headers=await self._auth(repo, True, {"Content-Type": media_type}),
         ) as resp:
             await _check(resp, 201)
             return resp.headers["Docker-Content-Digest"]
 
     async def get_manifest(self, repo: str, ref: str) -> bytes:
         async with self.session.get(
-            self._url(f"/v2/{repo}/manifests/{ref}"), headers={"Accept": ACCEPT_MANIFESTS}
+            self._url(f"/v2/{repo}/manifests/{ref}"),
+            headers=await self._auth(repo, False, {"Accept": ACCEPT_MANIFESTS}),
         ) as resp:
             await _check(resp, 200)
             return await resp.read()
 
     async def head_manifest(self, repo: str, ref: str) -> str:
         async with self.session.head(
-            self._url(f"/v2/{repo}/manifests/{ref}"), headers={"Accept": ACCEPT_MANIFESTS}
+            self._url(f"/v2/{repo}/manifests/{ref}"),
+            headers=await self._auth(repo, False, {"Accept": ACCEPT_MANIFESTS}),
         ) as resp:
             await _check(resp, 200)
             return resp.headers["Docker-Content-Digest"]

@@ -1,6 +1,7 @@
 """Physical bounds of this machine, measured the same run: what no registry can beat.
 
 - `sha256_mb_s`: hashlib sha256 on one core (every pushed byte is hashed at least once);
+- `xxh3_mb_s`: the chunk checksum, xxh3-128, on one core (every pulled byte is checked);
 - `lmdb_fsync_write_mb_s`: LMDB puts of 4 MiB values, one fsynced commit each, in the
   harness's work dir (the node's durable write path);
 - `loopback_copy_mb_s`: one TCP stream over 127.0.0.1, 1 MiB sends, receiver in another
@@ -21,6 +22,8 @@ from typing import Any
 
 import lmdb
 
+from cargohold.digests import checksum_of
+
 MiB = 1024 * 1024
 
 
@@ -31,6 +34,17 @@ def sha256_mb_s(total: int) -> float:
     done = 0
     while done < total:
         h.update(buf)
+        done += len(buf)
+    return done / (time.perf_counter() - start) / 1e6
+
+
+def xxh3_mb_s(total: int) -> float:
+    """The chunk checksum (xxh3-128) on one core: every pulled byte is checked once."""
+    buf = bytes(range(256)) * (4 * MiB // 256)
+    start = time.perf_counter()
+    done = 0
+    while done < total:
+        checksum_of(buf)
         done += len(buf)
     return done / (time.perf_counter() - start) / 1e6
 
@@ -105,6 +119,7 @@ def measure(workdir: Path, scale: int) -> dict[str, Any]:
     """All bounds; `scale` bytes per measurement (LMDB gets a quarter: it hits the disk)."""
     return {
         "sha256_MB_per_s": round(sha256_mb_s(scale), 1),
+        "xxh3_MB_per_s": round(xxh3_mb_s(scale), 1),
         "memcpy_MB_per_s": round(memcpy_mb_s(scale), 1),
         "loopback_copy_MB_per_s": round(loopback_copy_mb_s(scale), 1),
         "lmdb_fsync_write_MB_per_s": round(

@@ -27,10 +27,10 @@ from bench.blobdata import BlobSpec, digest_of
 from bench.driver import drive
 from bench.images import Image, push_image
 from bench.profiles import QUICK
-from bench.systems import _stop_process, _wait_http
+from bench.systems import _wait_http
 from bench.workloads.common import Context, pick, sessions
 from bench.workloads.manifests import _read_cell
-from cargohold_cli.devcluster import LocalCluster
+from cargohold_cli.devcluster import LocalCluster, signal_process
 
 HERE = Path(__file__).resolve().parent
 MiB = 1024 * 1024
@@ -44,6 +44,9 @@ class _Fixed:
         self.grpc_addresses: list[str] = []
         self.replicas = 1
         self.name = self.label = "profiled"
+
+    def processes(self) -> dict[str, int]:
+        return {}
 
 
 async def _load(url: str, size: int, count: int) -> dict[str, Any]:
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             load = uvloop.run(_load(cluster.gateway_url, args.size_mib * MiB, args.count))
             elapsed = time.perf_counter() - started
         finally:
-            _stop_process(proc)
+            signal_process(proc)
             cluster.stop()
     buf = io.StringIO()
     stats = pstats.Stats(str(raw), stream=buf)

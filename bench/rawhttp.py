@@ -63,10 +63,11 @@ class RawClient:
         if self.conn is not None and self.conn.transport is not None:
             self.conn.transport.close()
 
-    def build(self, method: str, path: str, accept: str) -> bytes:
+    def build(self, method: str, path: str, accept: str, authorization: str = "") -> bytes:
+        auth = f"Authorization: {authorization}\r\n" if authorization else ""
         return (
             f"{method} {path} HTTP/1.1\r\nHost: {self.hostport}\r\n"
-            f"Accept: {accept}\r\nUser-Agent: cargohold-bench\r\n\r\n"
+            f"Accept: {accept}\r\nUser-Agent: cargohold-bench\r\n{auth}\r\n"
         ).encode()
 
     async def request(self, raw: bytes, head: bool, expect: int = 200) -> int:
@@ -199,7 +200,7 @@ class RawBlobReader:
         self.proto: _BodyCounter | None = None
         self._received = 0
 
-    async def get(self, path: str) -> int:
+    async def get(self, path: str, authorization: str = "") -> int:
         if self.proto is None or self.proto.closed:
             loop = asyncio.get_running_loop()
             _, self.proto = await loop.create_connection(
@@ -209,9 +210,10 @@ class RawBlobReader:
         if proto.transport is None:
             raise RawHTTPError("not connected")
         proto.done = asyncio.get_running_loop().create_future()
+        auth = f"Authorization: {authorization}\r\n" if authorization else ""
         proto.transport.write(
             f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            "User-Agent: cargohold-bench\r\n\r\n".encode()
+            f"User-Agent: cargohold-bench\r\n{auth}\r\n".encode()
         )
         try:
             return await proto.done

@@ -4,7 +4,9 @@ Ratios are Cargohold / Distribution of the same cell in the same run, so "higher
 better" for throughput and "lower is better" for latency. Targets (bench/README.md):
 push R=1 >= 1.5x, push R=3 >= 1.0x, pull (R=1, R=3) >= 1.0x (geometric mean of the
 blob cells' ratios); manifest GET by digest at 32 connections >= 3x; GET and HEAD by tag at
-32 connections >= 1.5x; pull storm p99 <= Distribution's.
+32 connections >= 1.5x; pull storm p99 <= Distribution's; server CPU-seconds per GB
+pulled <= Distribution's. The efficiency table shows every system's server CPU per GB
+pushed and pulled and each process's peak RSS (bench/procstats.py).
 """
 
 from __future__ import annotations
@@ -74,6 +76,18 @@ def _geomean_ratio(run: dict[str, Any], system: str, group: str) -> float | None
     return math.exp(sum(math.log(r) for r in good) / len(good))
 
 
+def cpu_per_gb(run: dict[str, Any], system: str, group: str) -> float | None:
+    """Server CPU-seconds per GB over every cell of `group` (blob_push or blob_pull):
+    the CPU all cells used over the bytes all of them moved."""
+    cells = [c for c in (_results(run, system).get(group) or {}).values() if isinstance(c, dict)]
+    measured = [c for c in cells if "server_cpu_s" in c and c.get("server_bytes_moved")]
+    if not measured:
+        return None
+    cpu = sum(float(c["server_cpu_s"]) for c in measured)
+    moved = sum(int(c["server_bytes_moved"]) for c in measured)
+    return cpu / (moved / 1e9)
+
+
 def targets(run: dict[str, Any]) -> list[Target]:
     out = [
         Target(
@@ -99,6 +113,16 @@ def targets(run: dict[str, Any]) -> list[Target]:
                 _geomean_ratio(run, system, "blob_pull"),
                 1.0,
                 True,
+            )
+        )
+    for system in CARGOHOLD:
+        out.append(
+            Target(
+                f"server CPU per GB pulled (ratio, lower is better), {system[-2:].upper()}",
+                system,
+                ratio(cpu_per_gb(run, system, "blob_pull"), cpu_per_gb(run, BASELINE, "blob_pull")),
+                1.0,
+                False,
             )
         )
     for system in CARGOHOLD:
@@ -170,8 +194,18 @@ def _flag(cell: dict[str, Any] | None) -> str:
 
 # (group, title, fields shown per system, the field the ratio is taken on)
 TABLES: list[tuple[str, str, tuple[str, ...], str]] = [
-    ("blob_push", "Blob push (MB/s)", ("MB_per_s",), "MB_per_s"),
-    ("blob_pull", "Blob pull (MB/s)", ("MB_per_s",), "MB_per_s"),
+    (
+        "blob_push",
+        "Blob push (MB/s; server CPU-s per GB)",
+        ("MB_per_s", "server_cpu_s_per_GB"),
+        "MB_per_s",
+    ),
+    (
+        "blob_pull",
+        "Blob pull (MB/s; server CPU-s per GB)",
+        ("MB_per_s", "server_cpu_s_per_GB"),
+        "MB_per_s",
+    ),
     (
         "manifest_reads",
         "Manifest reads (req/s; p50/p99 ms)",
@@ -240,6 +274,34 @@ def _table(
     return [*lines, ""]
 
 
+def _efficiency(run: dict[str, Any]) -> list[str]:
+    """Server CPU-seconds per GB pushed and pulled, and peak RSS per process."""
+    rows = []
+    for name, rec in run.get("systems", {}).items():
+        push, pull = cpu_per_gb(run, name, "blob_push"), cpu_per_gb(run, name, "blob_pull")
+        peaks = rec.get("peak_rss_MiB") or {}
+        if push is None and pull is None and not peaks:
+            continue
+        rss = ", ".join(f"{p} {_fmt(float(v), 0)}" for p, v in peaks.items()) or "—"
+        total = _fmt(float(sum(peaks.values())), 0) if peaks else "—"
+        rows.append(f"| {name} | {_fmt(push, 2)} | {_fmt(pull, 2)} | {rss} | {total} |")
+    if not rows:
+        return []
+    return [
+        "",
+        "## Efficiency (server side, from /proc)",
+        "",
+        "CPU-seconds of all of a system's processes (user + system, children included) "
+        "over every blob cell, per GB (10^9 bytes) moved; peak RSS is each process's "
+        "VmHWM over the whole run, in MiB.",
+        "",
+        "| system | CPU-s per GB pushed | CPU-s per GB pulled | peak RSS per process (MiB) "
+        "| sum of peaks (MiB) |",
+        "|---|---|---|---|---|",
+        *rows,
+    ]
+
+
 def markdown(run: dict[str, Any], charts: list[str]) -> str:
     m = run["machine"]
     lines = [
@@ -306,6 +368,7 @@ def markdown(run: dict[str, Any], charts: list[str]) -> str:
             f"{_fmt(rec.get('elapsed_s'))} | {rec.get('load_average_before')} → "
             f"{rec.get('load_average_after')} |"
         )
+    lines += _efficiency(run)
     lines += ["", "## Results", ""]
     for group, title, fields, ratio_field in TABLES:
         lines += _table(run, group, title, fields, ratio_field)

@@ -11,10 +11,12 @@ import asyncio
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench import machine, physical
+from bench.procstats import peak_rss_mib
 from bench.profiles import Profile
 from bench.progress import Progress
 from bench.systems import (
@@ -30,45 +32,70 @@ from bench.workloads.common import Context, settle
 
 SYSTEM_NAMES = ("distribution", "cargohold-r1", "cargohold-r3")
 # Variants run only when named in --systems: the same cluster with its Raft log unsynced
-# (node.raft_fsync = false), to measure what the sync before each acknowledgement costs.
-VARIANT_NAMES = ("cargohold-r3-nofsync",)
+# (node.raft_fsync = false), to measure what the sync before each acknowledgement costs;
+# the 1-node cluster with its gateways' access log off, to measure what the log costs;
+# the 3-node cluster with token auth on (the gateways' token service, the client sending
+# Bearer tokens like docker; the activity log is on by default), to measure what auth costs.
+# The 1- and 3-node clusters with every chunk read over gRPC (no short-circuit local reads,
+# gateway/cluster/local_reads.py), to measure what reading the local LMDB gains.
+VARIANT_NAMES = (
+    "cargohold-r3-nofsync",
+    "cargohold-r1-noaccesslog",
+    "cargohold-r3-auth",
+    "cargohold-r1-grpcreads",
+    "cargohold-r3-grpcreads",
+)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """One Cargohold system of the benchmark: its cluster shape and what differs."""
+
+    nodes: int
+    label: str
+    node_settings: dict[str, object] = field(default_factory=dict)
+    gateway_settings: dict[str, object] = field(default_factory=dict)
+    auth: bool = False
+    local_reads: bool = True
+
+    @property
+    def write_quorum(self) -> int:
+        return 1 if self.nodes == 1 else 2
+
+
+_R1, _R3 = "Cargohold 1 node R=1", "Cargohold 3 nodes R=3 W=2"
+CARGOHOLD_SHAPES: dict[str, _Shape] = {
+    "cargohold-r1": _Shape(1, _R1),
+    "cargohold-r3": _Shape(3, _R3),
+    "cargohold-r3-nofsync": _Shape(3, f"{_R3}, raft_fsync off", {"raft_fsync": False}),
+    "cargohold-r1-noaccesslog": _Shape(
+        1, f"{_R1}, access log off", gateway_settings={"access_log": False}
+    ),
+    "cargohold-r3-auth": _Shape(3, f"{_R3}, token auth", auth=True),
+    "cargohold-r1-grpcreads": _Shape(1, f"{_R1}, reads over gRPC only", local_reads=False),
+    "cargohold-r3-grpcreads": _Shape(3, f"{_R3}, reads over gRPC only", local_reads=False),
+}
 
 
 def make_system(name: str, workdir: Path, profile: Profile) -> SystemUnderTest:
     if name == "distribution":
         return Distribution(workdir)
-    if name == "cargohold-r1":
-        return Cargohold(
-            workdir,
-            nodes=1,
-            replicas_=1,
-            write_quorum=1,
-            gateways=profile.gateways,
-            name=name,
-            label="Cargohold 1 node R=1",
-        )
-    if name == "cargohold-r3":
-        return Cargohold(
-            workdir,
-            nodes=3,
-            replicas_=3,
-            write_quorum=2,
-            gateways=profile.gateways,
-            name=name,
-            label="Cargohold 3 nodes R=3 W=2",
-        )
-    if name == "cargohold-r3-nofsync":
-        return Cargohold(
-            workdir,
-            nodes=3,
-            replicas_=3,
-            write_quorum=2,
-            gateways=profile.gateways,
-            name=name,
-            label="Cargohold 3 nodes R=3 W=2, raft_fsync off",
-            node_settings={"raft_fsync": False},
-        )
-    raise ValueError(f"unknown system {name!r}; choose from {SYSTEM_NAMES + VARIANT_NAMES}")
+    shape = CARGOHOLD_SHAPES.get(name)
+    if shape is None:
+        raise ValueError(f"unknown system {name!r}; choose from {SYSTEM_NAMES + VARIANT_NAMES}")
+    return Cargohold(
+        workdir,
+        nodes=shape.nodes,
+        replicas_=shape.nodes,
+        write_quorum=shape.write_quorum,
+        gateways=profile.gateways,
+        name=name,
+        label=shape.label,
+        node_settings=dict(shape.node_settings),
+        gateway_settings=dict(shape.gateway_settings),
+        auth=shape.auth,
+        local_reads=shape.local_reads,
+    )
 
 
 async def _run_workloads(
@@ -126,6 +153,8 @@ async def bench_system(
         traceback.print_exc()
     finally:
         bar.close()
+        # High-water marks over the whole run, read while the processes still live.
+        record["peak_rss_MiB"] = peak_rss_mib(system.processes())
         try:
             await system.stop()
         finally:

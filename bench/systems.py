@@ -6,11 +6,15 @@
 - `Cargohold`: a `cargohold_cli.devcluster.LocalCluster` of real node and gateway processes
   (1 node R=1 W=1, or 3 nodes R=3 W=2), with one or more gateways; the client spreads its
   connections over the gateways as a load balancer would.
+  The `auth` variant runs it in token mode (the gateways' built-in token service, a
+  cluster-admin user `bench` created after start) and gives the client its `credentials`,
+  so requests carry Bearer tokens as docker's do (bench/auth.py).
 - `Trivial`: `bench.trivial_server`, an in-memory aiohttp registry that does no work, to
   measure the client's own ceiling.
 
-A system reports the bytes it stores (`stored_bytes`) for the dedup workload, and whether it
-exposes Cargohold's gRPC metadata service (`raft_addresses`).
+A system reports the bytes it stores (`stored_bytes`) for the dedup workload, whether it
+exposes Cargohold's gRPC metadata service (`raft_addresses`), and its server processes
+(`processes`: name -> PID), whose CPU and peak RSS the harness reads from /proc.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -52,6 +57,10 @@ class SystemUnderTest(Protocol):
     async def stop(self) -> None: ...
 
     async def stored_bytes(self) -> int | None: ...
+
+    def processes(self) -> dict[str, int]:
+        """PID of every server process of the system by name (bench/procstats.py)."""
+        ...
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
@@ -163,6 +172,9 @@ class Distribution:
     async def stored_bytes(self) -> int | None:
         return await asyncio.to_thread(_dir_bytes, self.storage_dir)
 
+    def processes(self) -> dict[str, int]:
+        return _running({"docker-registry": self.proc})
+
 
 @dataclass
 class Cargohold:
@@ -178,6 +190,18 @@ class Cargohold:
     cluster: LocalCluster | None = None
     # [node] settings that differ from the defaults (a variant such as raft_fsync off).
     node_settings: dict[str, object] = field(default_factory=dict)
+    # [gateway] settings that differ from the defaults (a variant such as access_log off).
+    gateway_settings: dict[str, object] = field(default_factory=dict)
+    # Token auth on (module docstring); then `credentials` is (user, password).
+    auth: bool = False
+    # [auth] settings on top of the token-mode ones (bench/auth_requests.py --auth-setting).
+    auth_settings: dict[str, object] = field(default_factory=dict)
+    credentials: tuple[str, str] | None = None
+    # [lifecycle] settings (bench/gc_cost.py: GC passes back to back during the workloads).
+    lifecycle_settings: dict[str, object] = field(default_factory=dict)
+    # Each gateway reads chunks from its host's node's LMDB first (the documented
+    # deployment: a node and a gateway on every host; gateway.local_node_data_dir).
+    local_reads: bool = True
 
     @property
     def urls(self) -> list[str]:
@@ -193,6 +217,20 @@ class Cargohold:
     def replicas(self) -> int:
         return self.replicas_
 
+    def _auth_settings(self) -> dict[str, object]:
+        from gateway.auth.keys import generate_signing_key
+
+        key = self.workdir / "token-key.pem"
+        generate_signing_key(str(key))
+        # Tokens live an hour: a token's lifetime does not change what a request costs
+        # (verified tokens are cached until they expire), and the run needs no refresh.
+        return {
+            "mode": "token",
+            "signing_key": str(key),
+            "token_ttl_seconds": 3600,
+            **self.auth_settings,
+        }
+
     def _start_blocking(self) -> None:
         self.cluster = LocalCluster(
             self.workdir / "cluster",
@@ -200,13 +238,32 @@ class Cargohold:
             gateways=self.gateways,
             replicas=self.replicas_,
             write_quorum=self.write_quorum,
-            extra={"node": dict(self.node_settings)} if self.node_settings else None,
+            extra=self._extra(),
+            local_reads=self.local_reads,
         )
         try:
             self.cluster.start(timeout=90)
+            if self.auth:
+                from cargohold_cli.admin_access import add_user
+
+                password = secrets.token_urlsafe(18)
+                cfg = self.cluster.client_config("admin")
+                add_user(self.cluster.node_grpc_addresses, cfg, "bench", password, True)
+                self.credentials = ("bench", password)
         except BaseException:
             self.cluster.kill_all()
             raise
+
+    def _extra(self) -> dict[str, dict[str, object]] | None:
+        sections = {
+            "node": self.node_settings,
+            "gateway": self.gateway_settings,
+            "lifecycle": self.lifecycle_settings,
+        }
+        extra = {name: dict(values) for name, values in sections.items() if values}
+        if self.auth:
+            extra["auth"] = self._auth_settings()
+        return extra or None
 
     async def start(self) -> None:
         await asyncio.to_thread(self._start_blocking)
@@ -225,6 +282,14 @@ class Cargohold:
     async def stored_bytes(self) -> int | None:
         """Chunk bytes on all nodes together (every replica counted)."""
         return await asyncio.to_thread(self._chunk_bytes)
+
+    def processes(self) -> dict[str, int]:
+        if self.cluster is None:
+            return {}
+        c = self.cluster
+        named = {c.node_id(i): p for i, p in enumerate(c.node_procs)}
+        named |= {f"gateway-{j + 1}": p for j, p in enumerate(c.gateway_procs)}
+        return _running(named)
 
 
 @dataclass
@@ -267,6 +332,13 @@ class Trivial:
 
     async def stored_bytes(self) -> int | None:
         return None
+
+    def processes(self) -> dict[str, int]:
+        return _running({"trivial": self.proc})
+
+
+def _running(procs: dict[str, subprocess.Popen[bytes] | None]) -> dict[str, int]:
+    return {name: p.pid for name, p in procs.items() if p is not None and p.poll() is None}
 
 
 def _start_http_server(

@@ -5,7 +5,7 @@ Sources, later ones winning:
 
 1. the defaults below;
 2. a TOML file (`--config FILE`) with the sections `[cluster]`, `[node]`, `[gateway]`,
-   `[lifecycle]`, `[auth]`;
+   `[lifecycle]`, `[auth]`, `[audit]`, `[policy]`, `[webhooks]`;
 3. environment variables `CARGOHOLD_<SECTION>_<FIELD>` (for example
    `CARGOHOLD_NODE_ID=n1`, `CARGOHOLD_GATEWAY_NODES=node1:7001,node2:7001`); lists are
    comma-separated, booleans `1/0/true/false`;
@@ -17,6 +17,7 @@ Every limit the system enforces (sizes, timeouts, rates) is named here with its 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import typing
@@ -24,11 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cargohold.errors import ConfigError
+from cargohold.errors import ConfigError, RegistryError
 from cargohold.lifecycle_rules import parse_rule
+from cargohold.replication import parse_rules
+from cargohold.retention import parse_policies
+from cargohold.webhooks import parse_config_endpoints
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
+# pysyncobj 0.3.17's `connectionTimeout` (we keep its default): it asserts
+# `connectionTimeout >= raftMaxTimeout` when the member starts, so a larger
+# `node.raft_max_timeout` is refused here instead (tests/cargohold/test_config.py pins it).
+PYSYNCOBJ_CONNECTION_TIMEOUT = 3.5
 
 
 @dataclass
@@ -78,6 +86,11 @@ class NodeConfig:
     raft_advertise: str = ""
     # Raft addresses (advertised form) of the other initial members.
     peers: list[str] = field(default_factory=list)
+    # A registry user created as cluster admin by the Raft leader while the cluster has no
+    # user at all (node/initial_admin.py): its generated password is logged once
+    # (`auth.initial_admin`) and written 0600 to `<data_dir>/admin-password` of that node.
+    # The deploy configs set "admin"; empty = none.
+    initial_admin: str = ""
     # LMDB map size: the most chunk bytes this node can hold.
     lmdb_map_size: int = 64 * GiB
     # Free space chunk writes may not use, kept for Raft (journal, term/vote, snapshots)
@@ -96,8 +109,36 @@ class NodeConfig:
     raft_max_timeout: float = 0.9
     raft_connection_retry: float = 0.5
     raft_leader_fallback_timeout: float = 2.0
+    # Access leases (node/metadata/access_leases.py, docs/security.md "Revocation at
+    # once"): the leader lets a gateway trust its access revision for this long after the
+    # gateway sent a ping the leader answered with a confirmed leadership. The leader adds
+    # `access_lease_guard_seconds` (clock-rate drift, scheduling) to every bound it keeps
+    # on a gateway's lease: an access change waits at most lease + guard for a gateway
+    # that does not acknowledge it, and a new leader acknowledges access changes only
+    # lease + guard after it took office. A lease shorter than a heartbeat period plus a
+    # round trip is confirmed too late to be of use (the gateways then read per window).
+    access_lease_seconds: float = 0.25
+    access_lease_guard_seconds: float = 0.05
+    # Snapshots (log compaction) are driven by the log's size, so a restart replays a
+    # bounded tail: one starts once the log holds `raft_compaction_log_bytes` bytes or
+    # `raft_compaction_min_entries` entries, or `raft_compaction_min_time` seconds after the
+    # last one (members stagger these by up to a third so they rarely snapshot together).
+    raft_compaction_log_bytes: int = 64 * MiB
     raft_compaction_min_entries: int = 50_000
     raft_compaction_min_time: float = 600.0
+    # true: a snapshot is written by a forked child over a copy-on-write view of the state
+    # (the only pause is the fork itself); false: the state's containers are copied on the
+    # Raft thread and a background thread writes them (docs/raft.md, "Snapshots").
+    raft_snapshot_fork: bool = True
+    # true: snapshots in the compact format (version 5: half the bytes, loads several times
+    # faster); false: the row format (version 4) that nodes before the compact format read.
+    # Set it false while a rolling upgrade from such a version is under way: a node that
+    # cannot read a snapshot sent by the leader refuses it and exits (docs/raft.md).
+    raft_snapshot_compact: bool = True
+    # A forked snapshot child still running after this many seconds is killed and the
+    # snapshot counted as failed (retried later): a child of a process with gRPC threads
+    # can hang on a lock one of them held at the fork. 1 M manifests take ~20-30 s here.
+    raft_snapshot_child_timeout: float = 600.0
     # Attempts (one a second) to bind the Raft port before the node gives up and exits.
     raft_bind_retries: int = 10
     # How long a metadata command or barrier may wait for Raft before failing.
@@ -124,6 +165,14 @@ class NodeConfig:
     upload_expire_after: float = 24 * 3600.0
     # SIGTERM: seconds in-flight gRPC calls get to finish before the node exits.
     shutdown_grace: float = 5.0
+    # The search index (node/metadata/search_build.py) is built in the background at start
+    # and after a snapshot load, `search_build_slice` tags at a time under the state's
+    # lock with `search_build_pause` seconds off it between slices; a search arriving
+    # before it is ready waits up to `search_ready_wait` seconds, then is answered
+    # UNAVAILABLE (the gateway asks the next node).
+    search_build_slice: int = 256
+    search_build_pause: float = 0.002
+    search_ready_wait: float = 2.0
     # Background roles.
     repair_interval: float = 30.0
     repair_rate_bytes: int = 200 * MiB
@@ -168,6 +217,12 @@ class NodeConfig:
             self.grpc_advertise = self.grpc_listen
         if not self.raft_advertise:
             self.raft_advertise = self.raft_listen
+
+    @property
+    def raft_heartbeat_period(self) -> float:
+        """pysyncobj's `appendEntriesPeriod`: heartbeats well inside the election timeout
+        (pysyncobj asserts `raftMinTimeout > 3 * appendEntriesPeriod`)."""
+        return min(0.1, self.raft_min_timeout / 4)
 
 
 @dataclass
@@ -228,6 +283,12 @@ class GatewayConfig:
     # Data path (gateway/cluster/, gateway/uploads.py):
     # how often the member list and the Raft leader are re-learned from the cluster.
     members_refresh_seconds: float = 5.0
+    # For this long after the gateway starts, while a node named in `nodes` is not yet in
+    # the member list (it is still joining), the list is re-learned every
+    # `members_settle_refresh_seconds` instead: chunks written meanwhile would go to fewer
+    # nodes than the cluster has (0 = off).
+    members_settle_seconds: float = 60.0
+    members_settle_refresh_seconds: float = 0.5
     # A node that answered a chunk write with StorageFull (or says disk_full when a
     # refresh asks every active member) gets no chunk writes for this long, unless too few
     # others have space (gateway/cluster/fullness.py); each refresh asks again.
@@ -243,14 +304,23 @@ class GatewayConfig:
     # this many chunks, plus one being cut per upload).
     chunk_writes_in_flight_total: int = 64
     # Chunks at least this large are offered with Chunks.Has first, so a node that
-    # already holds one is not sent the bytes again.
-    has_check_min_bytes: int = 1024 * 1024
+    # already holds one is not sent the bytes again. The default offers full-size chunks
+    # only: a short chunk (a blob's tail, a small blob) costs a round trip per replica to
+    # save sending at most a few MiB that are rarely held already (bench/README.md).
+    has_check_min_bytes: int = 4 * MiB
     # Running upload hashes kept per gateway (an LRU; a miss rebuilds from stored bytes).
     upload_hash_cache_entries: int = 1024
     # How a gateway verifies chunk bytes read from a node: "xxh3" (the checksum the node
     # verified its stored copy against, re-checked on the received bytes; far cheaper) or
     # "sha256" (re-hash against the chunk id, end to end; its cost is in bench/README.md).
     verify_reads: str = "xxh3"
+    # Short-circuit local reads (gateway/cluster/local_reads.py): the data directory of
+    # the node on this host; chunks it holds are read from its LMDB (read-only, verified
+    # as `verify_reads` says) instead of over gRPC. Empty = off. `local_node_id` names
+    # that node, so a local copy that fails its check is reported to it first (its own
+    # read quarantines the copy and re-fetches a good one); empty = unknown.
+    local_node_data_dir: str = ""
+    local_node_id: str = ""
     # Largest blob an upload may commit (bytes); 0 means no limit.
     max_blob_size: int = 0
     # Manifest bodies are immutable by digest: an LRU of this many bytes in each gateway.
@@ -280,6 +350,24 @@ class GatewayConfig:
     # per `readiness_cache_seconds`, each probe bounded by `readiness_timeout_seconds`.
     readiness_timeout_seconds: float = 2.0
     readiness_cache_seconds: float = 1.0
+    # Proxies (CIDRs, e.g. ["10.0.0.0/8"]) whose `X-Forwarded-For` is believed: the client
+    # address of the access log, the failed-login limits and the activity log is the TCP
+    # peer, or, when the peer is one of these, the right-most X-Forwarded-For entry that is
+    # not (gateway/client_address.py). Empty: X-Forwarded-For is ignored.
+    trusted_proxies: list[str] = field(default_factory=list)
+    # Search (docs/search.md): a pushed image's config blob up to this size is read at
+    # manifest PUT for its platform and labels (larger ones are indexed without them).
+    search_config_max_bytes: int = 256 * 1024
+    # Manifests stored before search recorded platforms and labels get them from a pass
+    # each gateway runs once, this long after it started (gateway/search_backfill.py),
+    # `search_backfill_batch` manifests per read and per command.
+    search_backfill: bool = True
+    search_backfill_delay_seconds: float = 30.0
+    search_backfill_batch: int = 100
+    # The web UI at /ui/ (gateway/ui/); off: /ui/ is 404.
+    ui_enabled: bool = True
+    # Rows per page of the UI's lists.
+    ui_page_size: int = 50
 
 
 @dataclass
@@ -305,6 +393,27 @@ class LifecycleConfig:
     immutable_tags: list[str] = field(default_factory=list)
     # Repository-name prefixes (namespaces) where every delete is refused (gateways).
     delete_protected: list[str] = field(default_factory=list)
+    # Pull times (gateway/pull_events.py): each gateway sends its manifest GETs as one
+    # `pull_record` command every `pull_flush_seconds` (0 = record no pulls) or once
+    # `pull_batch_max` wait; at most `pull_queue_max` wait, more are dropped and counted.
+    pull_flush_seconds: float = 5.0
+    pull_batch_max: int = 500
+    pull_queue_max: int = 10_000
+    # Retention policies (cargohold/retention.py), `REPO_GLOB: RULE ...`, e.g.
+    # `team/*: keep_tags=v*|latest most_recently_pushed=5 untagged_after=1d`; applied by the
+    # Raft leader every `retention_interval_seconds` (0 = only on `cargohold admin
+    # retention`). Read by nodes: keep identical on all (with immutable_tags).
+    retention: list[str] = field(default_factory=list)
+    retention_interval_seconds: float = 3600.0
+    # Gateways refuse an upload body that cannot fit in its namespace's quota (set with
+    # `cargohold admin namespaces quota`) before reading it, using the quota usage they
+    # re-read at most this often; the metadata state checks exactly at each commit.
+    quota_refresh_seconds: float = 2.0
+    # Seconds a deleted manifest or tag stays in the trash, restorable with `cargohold
+    # admin trash restore` (its blobs are kept meanwhile); the first GC pass after that
+    # purges it. 0 = no trash: deletes are final (and a GC pass empties the trash). Read by
+    # gateways (whether a delete is trashed) and by the GC leader (when to purge).
+    trash_retention_seconds: float = 86400.0
 
 
 @dataclass
@@ -317,12 +426,32 @@ class AuthConfig:
     # A bcrypt-only htpasswd file (`htpasswd -B`): the users of "htpasswd" mode, and of the
     # built-in token service if set (its users may then do everything). Re-read when its
     # modification time or size changes, looked at at most every `htpasswd_check_seconds`.
-    # Token mode without it: users, namespaces and roles of the cluster metadata
-    # (`cargohold admin users|namespaces`), re-read every `directory_refresh_seconds` (how
-    # long a disabled user or revoked grant may still work on a gateway).
+    # Token mode without it: users, groups, namespaces and roles of the cluster metadata
+    # (`cargohold admin users|groups|namespaces`). Robot accounts (`cargohold admin
+    # robots`) work in both modes. The cluster's part is re-read every
+    # `directory_refresh_seconds`, and at once when `revocation_check` finds it moved:
+    # each authenticated request then reads the cluster's access revision first (one small
+    # read of the Raft leader, shared by concurrent requests; gateway/auth/revision.py),
+    # so a disabled user, a revoked grant or a revoked robot is refused by every gateway
+    # from the next request on. Off: such changes take up to `directory_refresh_seconds`
+    # on the gateways that did not make them.
     htpasswd: str = ""
     htpasswd_check_seconds: float = 1.0
     directory_refresh_seconds: float = 2.0
+    revocation_check: bool = True
+    # The revision reads are paced: at most one per this many seconds per gateway (a
+    # request waits for the next one; gateway/auth/revision.py). Bounds their cost under
+    # load; 0 = back to back (one read per round trip). Measured (bench/README.md "Token
+    # auth"): 0.005 is the best of 0, 0.002, 0.005 and 0.02 here; longer adds latency.
+    revocation_check_interval: float = 0.005
+    # With `revocation_check`: keep a lease on the Raft leader's access revision (a
+    # `Metadata.WatchAccess` stream, gateway/auth/lease.py) and trust it without any round
+    # trip while the lease is fresh; the leader pushes every access change to the gateway
+    # before the change is acknowledged. The lease is renewed every
+    # `revocation_lease_renew_seconds`; while it is not fresh (stream down, leader change,
+    # slow answers) each request falls back to the paced leader read above.
+    revocation_lease: bool = True
+    revocation_lease_renew_seconds: float = 0.05
     # Token mode. `realm`: the token service URL put in challenges; empty = this gateway's
     # own `/auth/token` (built from the request's Host). `service` and `issuer` are the
     # JWT `aud` and `iss` every token must carry.
@@ -359,25 +488,286 @@ class AuthConfig:
 
 
 @dataclass
+class AuditConfig:
+    """The activity log (gateway/activity.py, docs/security.md "Activity log")."""
+
+    # Record events at all. Pushes, deletes and admin changes travel with their own command
+    # (no extra Raft round trip); logins and denied requests are batched per gateway. Pulls
+    # are recorded from the `pull_record` batches (`lifecycle.pull_*` settings) regardless.
+    enabled: bool = True
+    # Record blob (layer, config) pushes, pulls and deletes too, for webhooks' blob events
+    # (docs/webhooks.md): a push or delete in its own command, a GET from the first byte in
+    # the `pull_record` batches. false: manifests only.
+    blob_events: bool = True
+    # A gateway sends its batched events as one `audit_append` command every
+    # `flush_seconds`, or sooner once `max_batch` are waiting. At most `max_pending` wait
+    # (while the cluster cannot take them); further events are dropped and counted
+    # (`cargohold_audit_dropped_total`, an `audit.dropped` warning).
+    flush_seconds: float = 1.0
+    max_batch: int = 1000
+    max_pending: int = 100_000
+    # Every `seal_interval_seconds` a gateway seals the oldest `segment_records` records
+    # of the in-memory log into a segment (a content-addressed blob in the chunk store)
+    # once at least that many are waiting; 0 = never seal (memory then grows).
+    segment_records: int = 10_000
+    seal_interval_seconds: float = 30.0
+    # Sealed segments whose newest record is older than this many days are forgotten (and
+    # their chunks collected); 0 = keep every segment.
+    retention_days: float = 0.0
+
+
+@dataclass
+class PolicyConfig:
+    """Pull policy: signature verification (gateway/signatures/, docs/security.md
+    "Signed images"); the keys and `require_signature` live in the cluster metadata."""
+
+    # How often a gateway re-reads the namespaces' keys and pull policies: how long a
+    # changed policy or key may take to apply on a gateway that did not make the change.
+    refresh_seconds: float = 5.0
+    # A manifest found signed stays allowed this long (and until its namespace's keys
+    # change); one refused is asked again after `refused_cache_seconds`, so a signature
+    # pushed through another gateway counts soon (through this one: at once).
+    verified_cache_seconds: float = 300.0
+    refused_cache_seconds: float = 2.0
+    # Verdicts kept per gateway (least recently used first out).
+    cache_entries: int = 100_000
+    # Every refused pull goes into the activity log; an allowed pull in a protected
+    # namespace too when this is on, but only when decided afresh (at most once per image
+    # per `verified_cache_seconds` and gateway), never from the verdict cache.
+    audit_allowed: bool = True
+    # Vulnerability matching (gateway/vulns/, docs/supply-chain.md): how often a gateway
+    # asks whether a new database was imported; every how many seconds it walks the
+    # repositories to (re-)match each SBOM'd image whose report is missing or older than
+    # the database (0: only on demand, when an image is pulled or shown); the largest SBOM
+    # it reads; reports kept parsed in memory.
+    vulndb_refresh_seconds: float = 5.0
+    rematch_interval_seconds: float = 60.0
+    max_sbom_bytes: int = 64 * 1024 * 1024
+    report_cache_entries: int = 10_000
+
+
+@dataclass
+class WebhooksConfig:
+    """Webhook notifications (gateway/webhooks.py, docs/webhooks.md). Endpoints come from
+    `[[webhooks.endpoints]]` here (give every gateway the same list) and from the replicated
+    metadata (`cargohold admin webhooks add`); one gateway at a time delivers them all
+    (a lease in the metadata)."""
+
+    # Run the deliverer on this gateway (it still only delivers while it holds the lease).
+    enabled: bool = True
+    # Tables of {name, url, namespace, actions, repositories, headers, timeout} (see
+    # cargohold/webhooks.py Endpoint); a name also used by a replicated endpoint loses.
+    endpoints: list[dict[str, Any]] = field(default_factory=list)
+    # The registry's public base URL for events' `target.url` and `request.host`;
+    # "" = http://<gateway.listen>.
+    public_url: str = ""
+    # How often an idle endpoint looks for new records in the activity log.
+    poll_seconds: float = 1.0
+    # Records read per page, and events sent per request (one envelope) at most.
+    read_batch: int = 1000
+    batch_events: int = 50
+    # The delivery lease: held this long, renewed every third of it; a gateway that dies
+    # holding it is replaced once it expires.
+    lease_seconds: float = 15.0
+    # Retries: exponential back-off from `backoff_seconds`, doubling up to
+    # `backoff_max_seconds` (+-20 % jitter). Events whose batch failed `max_attempts`
+    # times in a row (0 = no limit), or whose record is older than `max_age_seconds`
+    # (0 = no limit) while still failing, go to the endpoint's dead letters.
+    backoff_seconds: float = 1.0
+    backoff_max_seconds: float = 60.0
+    max_attempts: int = 50
+    max_age_seconds: float = 86400.0
+    # Dead letters kept per endpoint in the metadata (oldest dropped first).
+    dead_letters_max: int = 10_000
+
+
+@dataclass
+class ProxyConfig:
+    """One proxy namespace: pulls of `<namespace>/<repo>` are served from `url`'s `<repo>`."""
+
+    namespace: str
+    url: str
+    # Credentials for the upstream (HTTP Basic, or the Docker token protocol's login);
+    # empty = anonymous. `password_file` reads the password from a file instead.
+    username: str = ""
+    password: str = ""
+    password_file: str = ""
+    # Registry host names this upstream answers for in containerd's `?ns=` mirror
+    # requests (e.g. ["docker.io"]), see `MirrorConfig.root`.
+    hosts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MirrorConfig:
+    """Pull-through cache of upstream registries (gateway/mirror/, docs/mirroring.md)."""
+
+    # Proxy namespaces, as `[[mirror.proxy]]` tables (namespace, url, username, password,
+    # password_file, hosts) or as "NAMESPACE=URL" strings (env: comma-separated); a URL may
+    # carry `user:password@` credentials.
+    proxies: list[ProxyConfig] = field(default_factory=list)
+    # A tag is asked upstream (one HEAD) at most once per `tag_ttl_seconds` per gateway;
+    # meanwhile it answers with the digest last resolved. When the upstream cannot be
+    # reached (or refuses), the last known digest is served however old it is.
+    tag_ttl_seconds: float = 300.0
+    # Upstream HTTP: connecting, the wait for a response's headers, the longest pause
+    # within a body, and a whole manifest request.
+    connect_timeout_seconds: float = 10.0
+    response_timeout_seconds: float = 30.0
+    read_idle_timeout_seconds: float = 60.0
+    manifest_timeout_seconds: float = 30.0
+    # Upstream blob downloads running at once in this gateway (more wait their turn), and
+    # upstream connections this gateway keeps open.
+    max_concurrent_fetches: int = 16
+    max_connections: int = 64
+    # Redirects followed for one upstream request (blob storage behind a CDN).
+    max_redirects: int = 5
+    # Where a download is spooled while clients stream it (empty: the system temp dir).
+    spool_dir: str = ""
+    # A finished download stays joinable (its spool kept) this long, for pulls that looked
+    # for the blob in the cluster just before it was stored: they do not fetch it again.
+    fetch_linger_seconds: float = 5.0
+    # The last bytes of each download kept in memory as well as in the spool: clients
+    # (and the cluster write) near the download's front are sent them from there, with no
+    # re-read of the spool.
+    stream_memory_bytes: int = 8 * MiB
+    # A download's cluster write yields to clients: while any client of this gateway has
+    # proxied bytes waiting to be sent, it pauses, at most this long in all per download
+    # (then it goes on regardless). On a busy gateway clients come first; the commit
+    # comes later.
+    store_yield_seconds: float = 30.0
+    # Upstream manifests fetched and not yet stored (waiting for their blobs) kept in
+    # memory per gateway, as bytes.
+    pending_manifest_bytes: int = 64 * MiB
+    # Tags whose upstream answer a gateway remembers (an LRU).
+    tag_entries: int = 100_000
+    # Root mirror mode: pulls of a name outside every proxy namespace that are not found
+    # locally (and containerd's requests whose `?ns=` is one of that proxy's `hosts`) are
+    # served by this proxy namespace, so `/v2/library/busybox` works as Docker Hub's.
+    root: str = ""
+
+
+@dataclass
+class ReplicationConfig:
+    """Replication rules (gateway/replication/, docs/mirroring.md "Replication"): copies
+    to and from other registries, on push, on a schedule or when asked. One gateway at a
+    time runs a given rule (a lease per rule in the metadata)."""
+
+    # Run rules on this gateway (it still only runs a rule while it holds the rule's lease).
+    enabled: bool = True
+    # `[[replication.rules]]` tables of {name, direction, url, username, password,
+    # password_file, repositories, tags, target_prefix, triggers, interval_seconds,
+    # enabled} (cargohold/replication.py `Rule`); give every gateway the same list.
+    rules: list[dict[str, Any]] = field(default_factory=list)
+    # A rule's lease: held this long, renewed every third of it.
+    lease_seconds: float = 15.0
+    # How often an on_push rule looks for new push records in the activity log, and how
+    # many records it reads at once.
+    poll_seconds: float = 1.0
+    read_batch: int = 500
+    # Retries of a failed copy (push events and runs alike): exponential back-off from
+    # `backoff_seconds` up to `backoff_max_seconds` (+-20 % jitter), for ever: a push
+    # event is never skipped, its rule's lag grows (`admin replication status`).
+    backoff_seconds: float = 2.0
+    backoff_max_seconds: float = 300.0
+    # Bounds of one full run: repositories and tags per repository listed at the source.
+    max_repositories: int = 10_000
+    max_tags: int = 10_000
+    # Referrers followed per manifest (signatures, SBOMs), and how deep (referrers of
+    # referrers, e.g. a signature of an SBOM).
+    max_referrers: int = 256
+    referrer_depth: int = 2
+    # Blobs at most this big are uploaded in one PUT; bigger ones in PATCH chunks of this
+    # size (each held in memory while it is sent).
+    upload_chunk_bytes: int = 16 * MiB
+    # One whole rule run's (or one push event's copy's) bound; 0 = none. The remote's
+    # HTTP waits are the [mirror] client's (connect, response, read idle timeouts).
+    run_timeout_seconds: float = 0.0
+
+
+@dataclass
+class ScannerConfig:
+    """The SBOM scanner (gateway/scanner/, docs/supply-chain.md): a background role of the
+    gateways that scans every image manifest pushed through them."""
+
+    # Queue image manifests pushed through this gateway and run scans here. Off: nothing is
+    # queued (pushes cost exactly what they did) and this gateway claims no scans.
+    enabled: bool = False
+    # Scans running at once in this gateway (each one layer at a time, in a worker thread);
+    # 0 = queue what is pushed here but leave the scanning to other gateways.
+    concurrency: int = 1
+    # A layer larger than this (compressed, as pushed) fails the scan before it is read.
+    max_layer_bytes: int = 4 * GiB
+    # A layer that unpacks to more than this fails the scan (a decompression bomb).
+    max_unpacked_bytes: int = 16 * GiB
+    # One package database file (a dpkg status, a METADATA) larger than this fails the scan;
+    # all of them in one layer together may hold at most `max_kept_bytes` in memory.
+    max_file_bytes: int = 64 * MiB
+    max_kept_bytes: int = 256 * MiB
+    # Layer bytes read per second per scan (0 = as fast as the cluster serves them).
+    read_rate_bytes: int = 0
+    # A scan running longer is abandoned and queued again after `retry_seconds`.
+    scan_timeout_seconds: float = 600.0
+    # How long a claim holds a scan: a scanner that died (SIGKILL) is replaced after this.
+    # Must exceed `scan_timeout_seconds`, so a live scan is never taken over.
+    lease_seconds: float = 660.0
+    # Claims of one manifest before it fails for good (a scanner that keeps dying on it).
+    max_attempts: int = 3
+    # A scan that ended in a transient error (the cluster unavailable) is retried after this.
+    retry_seconds: float = 30.0
+    # How often an idle scanner looks for work (a local read: no Raft entry while idle).
+    poll_seconds: float = 2.0
+    # Scans yield to pushes: none starts (and a running one pauses before its next layer)
+    # until this gateway stored no image for `yield_seconds`; queued work waits at most
+    # `max_defer_seconds` however busy the gateway is. 0 = never yield.
+    yield_seconds: float = 1.0
+    max_defer_seconds: float = 60.0
+    # What earlier scans found in each layer, by layer digest (a shared base layer is read
+    # once per gateway, not once per image), bounded by the bytes kept; 0 = no cache.
+    layer_cache_bytes: int = 64 * MiB
+
+
+@dataclass
 class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     lifecycle: LifecycleConfig = field(default_factory=LifecycleConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    mirror: MirrorConfig = field(default_factory=MirrorConfig)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
+    scanner: ScannerConfig = field(default_factory=ScannerConfig)
     log_level: str = "warning"
     # Not a setting: the role this process calls nodes as ("gateway", "node", "admin"),
     # set by its entry point (cargohold/cluster_auth.py).
     role: str = "gateway"
 
 
-_SECTIONS = ("cluster", "node", "gateway", "lifecycle", "auth")
+_SECTIONS = (
+    "cluster",
+    "node",
+    "gateway",
+    "lifecycle",
+    "auth",
+    "audit",
+    "policy",
+    "webhooks",
+    "mirror",
+    "replication",
+    "scanner",
+)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Convert a TOML/env/CLI value into the field's declared type."""
     origin = typing.get_origin(annotation)
     try:
+        if origin is list and typing.get_args(annotation)[:1] == (dict[str, Any],):
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ValueError(value)
+            return [dict(v) for v in value]
         if origin is list:
             if isinstance(value, str):
                 return [v.strip() for v in value.split(",") if v.strip()]
@@ -400,10 +790,30 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         raise ConfigError(f"bad value for {key}: {value!r}") from exc
 
 
+def _proxy(value: Any) -> ProxyConfig:
+    """A `[[mirror.proxy]]` table or a "NAMESPACE=URL" string."""
+    if isinstance(value, ProxyConfig):
+        return value
+    if isinstance(value, str):
+        namespace, sep, url = value.partition("=")
+        if not sep:
+            raise ConfigError(f"mirror.proxies: want NAMESPACE=URL, got {value!r}")
+        return ProxyConfig(namespace.strip(), url.strip())
+    if not isinstance(value, dict):
+        raise ConfigError(f"mirror.proxies: bad entry {value!r}")
+    proxy = ProxyConfig(str(value.get("namespace", "")), str(value.get("url", "")))
+    _apply(proxy, "mirror.proxy", {k: v for k, v in value.items() if k not in ("namespace", "url")})
+    return proxy
+
+
 def _apply(section_obj: Any, section: str, values: dict[str, Any]) -> None:
     hints = typing.get_type_hints(type(section_obj))
     names = {f.name for f in dataclasses.fields(section_obj)}
     for key, value in values.items():
+        if section == "mirror" and key in ("proxies", "proxy"):
+            items = value.split(",") if isinstance(value, str) else list(value)
+            section_obj.proxies = [_proxy(v) for v in items if not isinstance(v, str) or v.strip()]
+            continue
         if key not in names:
             raise ConfigError(f"unknown setting {section}.{key}")
         setattr(section_obj, key, _coerce(value, hints[key], f"{section}.{key}"))
@@ -489,6 +899,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("gateway.manifest_digest_ttl_seconds must be >= 0")
     if cfg.gateway.verify_reads not in ("sha256", "xxh3"):
         raise ConfigError("gateway.verify_reads must be sha256 or xxh3")
+    if not 1 <= cfg.gateway.search_backfill_batch <= 1000:
+        raise ConfigError("gateway.search_backfill_batch must be in 1..1000")
+    if cfg.node.search_build_slice < 1 or cfg.node.search_build_pause < 0:
+        raise ConfigError("node.search_build_slice must be >= 1, search_build_pause >= 0")
+    if cfg.node.search_ready_wait < 0:
+        raise ConfigError("node.search_ready_wait must be >= 0")
     if not 0.0 <= cfg.node.disk_reserve_fraction < 1.0 or cfg.node.disk_reserve_max_bytes < 0:
         raise ConfigError(
             "node.disk_reserve_fraction must be in [0, 1) and disk_reserve_max_bytes >= 0"
@@ -498,13 +914,153 @@ def validate(cfg: Config) -> None:
     life = cfg.lifecycle
     if life.gc_interval_seconds < 0 or life.gc_grace_seconds < 0 or life.gc_rate_chunks < 0:
         raise ConfigError("lifecycle.gc_interval_seconds, gc_grace_seconds, gc_rate_chunks >= 0")
+    if life.pull_flush_seconds < 0 or life.pull_batch_max < 1 or life.pull_queue_max < 1:
+        raise ConfigError("lifecycle.pull_flush_seconds >= 0, pull_batch_max and queue_max >= 1")
+    if life.trash_retention_seconds < 0:
+        raise ConfigError("lifecycle.trash_retention_seconds must be >= 0")
     if life.gc_delete_batch < 1 or life.gc_prune_batch < 1:
         raise ConfigError("lifecycle.gc_delete_batch and gc_prune_batch must be >= 1")
     for rule in life.immutable_tags:
         parse_rule(rule)
+    parse_policies(life.retention)
+    if life.retention_interval_seconds < 0:
+        raise ConfigError("lifecycle.retention_interval_seconds must be >= 0")
     if cfg.gateway.upload_writes_in_flight < 1 or cfg.gateway.metadata_attempts < 1:
         raise ConfigError("gateway.upload_writes_in_flight and metadata_attempts must be >= 1")
+    for cidr in cfg.gateway.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"gateway.trusted_proxies: bad CIDR {cidr!r}") from None
+    pol = cfg.policy
+    if min(pol.refresh_seconds, pol.verified_cache_seconds, pol.refused_cache_seconds) < 0:
+        raise ConfigError("policy.refresh_seconds and the cache seconds must be >= 0")
+    if pol.cache_entries < 1:
+        raise ConfigError("policy.cache_entries must be >= 1")
+    if min(pol.vulndb_refresh_seconds, pol.rematch_interval_seconds) < 0:
+        raise ConfigError("policy.vulndb_refresh_seconds and rematch_interval_seconds must be >= 0")
+    if pol.max_sbom_bytes < 1 or pol.report_cache_entries < 1:
+        raise ConfigError("policy.max_sbom_bytes and report_cache_entries must be >= 1")
+    _validate_raft(cfg.node)
     _validate_auth(cfg.auth)
+    _validate_webhooks(cfg.webhooks)
+    _validate_mirror(cfg.mirror)
+    _validate_replication(cfg.replication)
+    _validate_scanner(cfg.scanner)
+
+
+def _validate_raft(n: NodeConfig) -> None:
+    """The Raft settings pysyncobj asserts on when the member starts (a node would die at
+    start with a bare AssertionError), and the limits the member needs, refused here."""
+    if not 0 < n.raft_min_timeout < n.raft_max_timeout:
+        raise ConfigError(
+            "node.raft_min_timeout must be > 0 and below node.raft_max_timeout "
+            f"(got {n.raft_min_timeout} and {n.raft_max_timeout})"
+        )
+    if n.raft_max_timeout > PYSYNCOBJ_CONNECTION_TIMEOUT:
+        raise ConfigError(
+            f"node.raft_max_timeout must be <= {PYSYNCOBJ_CONNECTION_TIMEOUT} s, pysyncobj's "
+            f"connection timeout (got {n.raft_max_timeout})"
+        )
+    if n.access_lease_seconds <= 0 or n.access_lease_guard_seconds < 0:
+        raise ConfigError(
+            "node.access_lease_seconds must be > 0 and node.access_lease_guard_seconds >= 0 "
+            f"(got {n.access_lease_seconds} and {n.access_lease_guard_seconds})"
+        )
+    if n.raft_leader_fallback_timeout <= n.raft_heartbeat_period:
+        raise ConfigError(
+            "node.raft_leader_fallback_timeout must exceed the heartbeat period "
+            f"min(0.1, raft_min_timeout / 4) = {n.raft_heartbeat_period} s"
+        )
+    if n.raft_connection_retry < 0:
+        raise ConfigError("node.raft_connection_retry must be >= 0")
+    if n.raft_compaction_min_entries < 2 or n.raft_compaction_min_time <= 0:
+        raise ConfigError(
+            "node.raft_compaction_min_entries must be >= 2 and raft_compaction_min_time > 0"
+        )
+    if n.raft_compaction_log_bytes < 1:
+        raise ConfigError("node.raft_compaction_log_bytes must be >= 1")
+    if n.raft_command_timeout <= 0 or n.raft_snapshot_child_timeout <= 0:
+        raise ConfigError("node.raft_command_timeout and raft_snapshot_child_timeout must be > 0")
+    if n.raft_batch_max_commands < 1 or n.raft_batches_in_flight < 1:
+        raise ConfigError("node.raft_batch_max_commands and raft_batches_in_flight must be >= 1")
+    if n.raft_bind_retries < 0 or n.raft_journal_extent < 1 or n.raft_journal_floor < 0:
+        raise ConfigError(
+            "node.raft_bind_retries >= 0, raft_journal_extent >= 1, raft_journal_floor >= 0"
+        )
+
+
+def _validate_webhooks(w: WebhooksConfig) -> None:
+    if min(w.poll_seconds, w.lease_seconds, w.backoff_seconds, w.backoff_max_seconds) <= 0:
+        raise ConfigError("webhooks: poll, lease and backoff seconds must be > 0")
+    if w.read_batch < 1 or w.batch_events < 1 or w.dead_letters_max < 1:
+        raise ConfigError("webhooks.read_batch, batch_events and dead_letters_max must be >= 1")
+    if w.max_attempts < 0 or w.max_age_seconds < 0:
+        raise ConfigError("webhooks.max_attempts and max_age_seconds must be >= 0")
+    try:
+        parse_config_endpoints(w.endpoints)
+    except RegistryError as exc:
+        raise ConfigError(f"webhooks.endpoints: {exc.message}") from None
+
+
+def _validate_replication(r: ReplicationConfig) -> None:
+    if min(r.lease_seconds, r.poll_seconds, r.backoff_seconds) <= 0:
+        raise ConfigError("replication.lease_seconds, poll_seconds, backoff_seconds must be > 0")
+    if r.backoff_max_seconds < r.backoff_seconds:
+        raise ConfigError("replication.backoff_max_seconds must be >= backoff_seconds")
+    if min(r.read_batch, r.max_repositories, r.max_tags, r.max_referrers) < 1:
+        raise ConfigError("replication.read_batch, max_repositories, max_tags, max_referrers >= 1")
+    if r.referrer_depth < 0 or r.upload_chunk_bytes < 1024:
+        raise ConfigError("replication.referrer_depth >= 0, upload_chunk_bytes >= 1024")
+    if r.run_timeout_seconds < 0:
+        raise ConfigError("replication.run_timeout_seconds must be >= 0")
+    try:
+        parse_rules(r.rules)
+    except RegistryError as exc:
+        raise ConfigError(f"replication.rules: {exc.message}") from None
+
+
+def _validate_mirror(m: MirrorConfig) -> None:
+    seen: set[str] = set()
+    for proxy in m.proxies:
+        proxy.namespace = proxy.namespace.strip("/")
+        if not proxy.namespace or "/" in proxy.namespace or proxy.namespace in seen:
+            raise ConfigError(
+                f"mirror: proxy namespace {proxy.namespace!r} must be one unique path segment"
+            )
+        seen.add(proxy.namespace)
+        if not proxy.url.startswith(("http://", "https://")):
+            raise ConfigError(f"mirror: proxy {proxy.namespace} url must be http(s)://")
+        if proxy.password and proxy.password_file:
+            raise ConfigError(f"mirror: proxy {proxy.namespace}: password or password_file")
+        if proxy.password_file:
+            try:
+                proxy.password = Path(proxy.password_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"mirror: cannot read {proxy.password_file}: {exc}") from exc
+    if m.root and m.root not in seen:
+        raise ConfigError(f"mirror.root {m.root!r} is not a proxy namespace")
+    if min(m.tag_ttl_seconds, m.connect_timeout_seconds, m.response_timeout_seconds) < 0:
+        raise ConfigError("mirror timeouts and tag_ttl_seconds must be >= 0")
+    if m.max_concurrent_fetches < 1 or m.max_connections < 1 or m.tag_entries < 1:
+        raise ConfigError("mirror.max_concurrent_fetches, max_connections, tag_entries >= 1")
+    if m.stream_memory_bytes < 0 or m.store_yield_seconds < 0:
+        raise ConfigError("mirror.stream_memory_bytes and store_yield_seconds must be >= 0")
+
+
+def _validate_scanner(sc: ScannerConfig) -> None:
+    if sc.concurrency < 0 or sc.max_attempts < 1:
+        raise ConfigError("scanner.concurrency must be >= 0 and scanner.max_attempts >= 1")
+    if min(sc.max_layer_bytes, sc.max_unpacked_bytes, sc.max_file_bytes, sc.max_kept_bytes) < 1:
+        raise ConfigError("scanner.max_*_bytes must be >= 1")
+    if sc.scan_timeout_seconds <= 0 or sc.lease_seconds <= sc.scan_timeout_seconds:
+        raise ConfigError("scanner.lease_seconds must exceed scanner.scan_timeout_seconds > 0")
+    if sc.layer_cache_bytes < 0:
+        raise ConfigError("scanner.layer_cache_bytes must be >= 0")
+    if sc.yield_seconds < 0 or sc.max_defer_seconds < 0:
+        raise ConfigError("scanner.yield_seconds and max_defer_seconds must be >= 0")
+    if sc.read_rate_bytes < 0 or sc.retry_seconds < 0 or sc.poll_seconds <= 0:
+        raise ConfigError("scanner.read_rate_bytes, retry_seconds >= 0; poll_seconds > 0")
 
 
 def _validate_auth(a: AuthConfig) -> None:
@@ -519,6 +1075,10 @@ def _validate_auth(a: AuthConfig) -> None:
             raise ConfigError("auth.mode = token with an external issuer needs auth.realm")
     if a.token_ttl_seconds < 1 or a.refresh_token_ttl_seconds < 1:
         raise ConfigError("auth.token_ttl_seconds and refresh_token_ttl_seconds must be >= 1")
+    if a.revocation_check_interval < 0:
+        raise ConfigError("auth.revocation_check_interval must be >= 0")
+    if a.revocation_lease_renew_seconds <= 0:
+        raise ConfigError("auth.revocation_lease_renew_seconds must be > 0")
     if a.login_failures_free < 0 or a.login_backoff_seconds <= 0:
         raise ConfigError("auth.login_failures_free >= 0 and login_backoff_seconds > 0")
 

@@ -44,6 +44,12 @@ class AddressInUse(StartupError):
     exit_code = 4
 
 
+class ScanError(CargoholdError):
+    """A scan cannot finish for a reason a retry does not change: a layer that is not a
+    (gzip/zstd) tar, or one that breaks a `[scanner]` limit. The scanner records the message
+    as the scan's error (state `failed`, docs/supply-chain.md); no client ever sees it."""
+
+
 class RegistryError(CargoholdError):
     """An error the client sees as an OCI error response."""
 
@@ -161,9 +167,45 @@ class Denied(
 class TagImmutable(RegistryError, code="DENIED", status=403, message="the tag is immutable"): ...
 
 
+# A trash restore that would move a tag which now points at another manifest (the
+# operator repeats it with --force to move it back).
+class TrashConflict(
+    RegistryError, code="DENIED", status=409, message="the tag now points to another manifest"
+): ...
+
+
 # A delete in a namespace whose delete protection is on.
+# A namespace's pull policy refused a manifest (gateway/signatures/policy.py); the message
+# names the reason (unsigned, an unregistered key, a signature naming another digest).
+class SignatureRequired(
+    RegistryError, code="DENIED", status=403, message="the pull policy refused this manifest"
+): ...
+
+
+# A namespace's vulnerability policy refused an image (gateway/vulns/gate.py): the
+# message names the advisories (CVE ids), or says the image is not scanned.
+class VulnerabilityPolicy(
+    RegistryError, code="DENIED", status=403, message="the vulnerability policy refused this image"
+): ...
+
+
+# A stored SBOM, report or vulnerability index is not what it claims (not JSON, a digest
+# that differs): the image counts as not scanned (docs/supply-chain.md).
+class ScanFailed(
+    RegistryError, code="UNKNOWN", status=500, message="vulnerability scan failed"
+): ...
+
+
 class DeleteProtected(
     RegistryError, code="DENIED", status=403, message="deletes are disabled in this namespace"
+): ...
+
+
+# A push that would take a namespace's stored bytes past its quota (node/metadata/quotas.py):
+# the message names the namespace, its usage and limit. DENIED, as for the other refusals
+# by policy, is a code every client shows as-is and does not retry.
+class QuotaExceeded(
+    RegistryError, code="DENIED", status=403, message="the namespace's storage quota is exceeded"
 ): ...
 
 
@@ -204,6 +246,11 @@ class Conflict(
 
 
 class NotFound(RegistryError, code="NOT_FOUND", status=404, message="not found"): ...
+
+
+# The admin API (gateway/admin_api/) was asked to create a user, group, robot or namespace
+# that exists already.
+class AlreadyExists(RegistryError, code="CONFLICT", status=409, message="already exists"): ...
 
 
 # A request body that sent nothing for `gateway.body_idle_timeout_seconds` (gateway/body.py).
@@ -325,7 +372,7 @@ def grpc_status_name(err: RegistryError) -> str:
     RESOURCE_EXHAUSTED for no space (StorageFull and its metadata counterpart).
     """
     name = type(err).__name__
-    if name in ("Conflict", "RangeInvalid", "RecipeConflict"):
+    if name in ("Conflict", "RangeInvalid", "RecipeConflict", "TrashConflict"):
         return "FAILED_PRECONDITION"
     if name == "Unavailable":
         return "UNAVAILABLE"

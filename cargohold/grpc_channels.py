@@ -78,13 +78,13 @@ class _SignedCallable:
         self._method = method
         self._credential = credential
 
-    def __call__(self, request: Any, *, metadata: Any = None, **kwargs: Any) -> Any:
+    def __call__(self, *request: Any, metadata: Any = None, **kwargs: Any) -> Any:
         token = (METADATA_KEY, sign(self._credential, self._method))
-        return self._inner(request, metadata=(*(metadata or ()), token), **kwargs)
+        return self._inner(*request, metadata=(*(metadata or ()), token), **kwargs)
 
 
 class SignedChannel:
-    """A grpc.aio channel whose unary-unary and unary-stream calls are signed.
+    """A grpc.aio channel whose unary-unary, unary-stream and stream-stream calls are signed.
 
     Wrapping the multicallables the stubs create costs one Python call per RPC; a grpc.aio
     client interceptor runs every call through an extra task (bench/auth_cost.py measures).
@@ -100,6 +100,10 @@ class SignedChannel:
 
     def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
         inner = self._channel.unary_stream(method, *args, **kwargs)
+        return _SignedCallable(inner, _method(method), self._credential)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        inner = self._channel.stream_stream(method, *args, **kwargs)
         return _SignedCallable(inner, _method(method), self._credential)
 
     async def close(self, grace: float | None = None) -> None:

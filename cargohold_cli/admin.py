@@ -20,7 +20,9 @@ import grpc
 
 from cargohold.config import Config, load_config
 from cargohold.grpc_channels import open_sync_channel
-from cargohold.metadata_api import Members
+from cargohold.metadata_api import Members, QuotaList
+from cargohold.node_status import status_record
+from cargohold.quotas import human
 from protos import registry_pb2, registry_pb2_grpc
 
 
@@ -40,26 +42,7 @@ def _status(address: str, timeout: float, cfg: Config | None) -> dict[str, Any]:
         reply = registry_pb2_grpc.AdminStub(channel).Status(
             registry_pb2.StatusRequest(), timeout=timeout
         )
-    extra = json.loads(reply.extra) if reply.extra else {}
-    return {
-        "address": address,
-        "id": reply.node_id,
-        "raft": reply.raft_address,
-        "leader_raft": reply.leader_raft_address,
-        "is_leader": reply.is_leader,
-        "commit_index": reply.raft_commit_index,
-        "last_applied": reply.raft_last_applied,
-        "chunks": reply.chunk_count,
-        "chunk_bytes": reply.chunk_bytes,
-        "disk": {
-            "capacity_bytes": reply.disk_capacity_bytes,
-            "used_bytes": reply.disk_used_bytes,
-            "free_bytes": reply.disk_free_bytes,
-            "reserve_bytes": reply.disk_reserve_bytes,
-            "full": reply.disk_full,
-        },
-        "extra": extra,
-    }
+    return status_record(address, reply)
 
 
 def _members(address: str, timeout: float, cfg: Config | None) -> list[dict[str, Any]]:
@@ -68,6 +51,23 @@ def _members(address: str, timeout: float, cfg: Config | None) -> list[dict[str,
             registry_pb2.MetadataRequest(op=Members.op, args=Members().args_json()), timeout=timeout
         )
     return list(json.loads(reply.result))
+
+
+def _quotas(addresses: list[str], timeout: float, cfg: Config | None) -> list[dict[str, Any]]:
+    """The namespace quotas with their usage (docs/operations.md "Quotas"); [] when none
+    or no node answers."""
+    for address in addresses:
+        try:
+            with _channel(address, cfg) as channel:
+                reply = registry_pb2_grpc.MetadataStub(channel).Query(
+                    registry_pb2.MetadataRequest(op=QuotaList.op, args=QuotaList().args_json()),
+                    timeout=timeout,
+                )
+        except grpc.RpcError:
+            continue
+        rows = QuotaList.decode_result(json.loads(reply.result) if reply.result else [])
+        return [{**q.to_json(), "free": max(0, q.limit - q.used)} for q in rows]
+    return []
 
 
 def cluster_status(
@@ -88,7 +88,12 @@ def cluster_status(
         except grpc.RpcError as exc:
             nodes.append({"address": address, "error": exc.code().name})
     leader = next((n for n in nodes if n.get("is_leader")), None)
-    return {"members": members, "nodes": nodes, "leader": leader["id"] if leader else None}
+    return {
+        "members": members,
+        "nodes": nodes,
+        "leader": leader["id"] if leader else None,
+        "quotas": _quotas(to_ask, timeout, cfg),
+    }
 
 
 def _human(n: int) -> str:
@@ -138,6 +143,12 @@ def format_status(status: dict[str, Any]) -> str:
             if isinstance(value, dict):
                 detail = " ".join(f"{k}={v}" for k, v in value.items())
                 lines.append(f"{'':<6} {key}: {detail}")
+    for quota in status.get("quotas", ()):
+        pct = 100 * quota["used"] / quota["limit"] if quota["limit"] else 100.0
+        lines.append(
+            f"quota {quota['namespace']}: {human(quota['used'])} used of "
+            f"{human(quota['limit'])} ({pct:.0f}%), {quota['blobs']} blobs"
+        )
     return "\n".join(lines)
 
 
@@ -234,3 +245,50 @@ def run_gc(
     if targets:
         results.update(trigger(targets, role, wait=wait, cfg=cfg))
     return results
+
+
+def run_retention(
+    addresses: list[str], dry_run: bool = False, cfg: Config | None = None
+) -> dict[str, Any]:
+    """One retention pass on the Raft leader (the only node that acts), waited for: its
+    progress and `report` (node/retention.py), or {"error": ...}."""
+    status = cluster_status(addresses, cfg=cfg)
+    leader = next((n["address"] for n in status["nodes"] if n.get("is_leader")), None)
+    if leader is None:
+        return {"error": "no Raft leader answered"}
+    role = "retention-dry-run" if dry_run else "retention"
+    return trigger([leader], role, wait=True, cfg=cfg)[leader]
+
+
+def format_retention(result: dict[str, Any]) -> str:
+    """The report of `run_retention` for people: one line per decision that matters."""
+    if "error" in result:
+        return f"error {result['error']}"
+    report = result.get("report") or {}
+    if "skipped" in report:
+        return f"retention did nothing: {report['skipped']}"
+    verb = "would delete" if report.get("dry_run") else "deleted"
+    lines = []
+    for repo in report.get("repositories", []):
+        name = repo["repo"]
+        lines.append(f"{name}  (policy {repo['policy']})")
+        for t in repo["tags"]:
+            action = verb if t["action"] == "delete" else "keep"
+            lines.append(f"  {name}:{t['tag']:<24} {action:<12} {'; '.join(t['reasons'])}")
+        for m in repo["manifests"]:
+            action = verb if m["action"] == "delete" else "keep"
+            lines.append(f"  {name}@{m['digest'][:19]}  {action:<12} {'; '.join(m['reasons'])}")
+    for skipped in report.get("protected", []):
+        lines.append(f"{skipped['repo']}  untouched: {skipped['reason']}")
+    for refused in report.get("refused", []):
+        lines.append(f"refused {refused['repo']} {refused['reference']}: {refused['error']}")
+    lines.append(
+        f"{verb}: {result.get('tags_deleted', 0)} tags, {result.get('manifests_deleted', 0)} "
+        f"manifests in {result.get('repositories', 0)} repositories"
+        + (
+            f"; {result.get('skipped_changed')} changed since planned"
+            if result.get("skipped_changed")
+            else ""
+        )
+    )
+    return "\n".join(lines)

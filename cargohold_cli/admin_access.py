@@ -9,21 +9,28 @@ from `--password-stdin` or is generated and printed once.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
-import secrets
+import socket
 import time
 from typing import Any
 
-import bcrypt
 import grpc
 
 from cargohold.config import Config
+from cargohold.credentials import hash_password
 from cargohold.errors import RegistryError, Unavailable, from_grpc_details
 from cargohold.grpc_channels import open_sync_channel
-from cargohold.metadata_api import AccessData, Metadata, UserPut
+from cargohold.metadata_api import (
+    AccessData,
+    Actor,
+    GrantSet,
+    GroupGrantSet,
+    Metadata,
+    NamespacePut,
+    UserPut,
+)
 from protos import registry_pb2, registry_pb2_grpc
-
-BCRYPT_ROUNDS = 12
 
 
 class AdminTransport:
@@ -64,43 +71,63 @@ class AdminTransport:
         return await asyncio.to_thread(self._call, "Query", request)
 
 
-def hash_password(password: str, rounds: int = BCRYPT_ROUNDS) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+def cli_actor() -> Actor:
+    """The actor context of an admin change made with this CLI (the activity log names the
+    operating-system user who ran it, kind `admin`)."""
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = "?"
+    return {
+        "time": round(time.time(), 6),
+        "actor": f"cli:{who}",
+        "actor_kind": "admin",
+        "client": socket.gethostname(),
+        "user_agent": "cargohold-admin",
+    }
 
 
-def new_password() -> str:
-    return secrets.token_urlsafe(18)
-
-
-def _meta(addresses: list[str], cfg: Config) -> Metadata:
+def metadata(addresses: list[str], cfg: Config) -> Metadata:
+    """The typed metadata calls over the nodes at `addresses`, signed as `admin`."""
     return Metadata(AdminTransport(addresses, cfg))
+
+
+_meta = metadata
 
 
 def add_user(addresses: list[str], cfg: Config, name: str, password: str, admin: bool) -> None:
     meta = _meta(addresses, cfg)
-    asyncio.run(meta.user_put(UserPut(name, hash_password(password), False, admin)))
+    asyncio.run(meta.user_put(UserPut(name, hash_password(password), False, admin, cli_actor())))
 
 
 def set_password(addresses: list[str], cfg: Config, name: str, password: str) -> None:
-    asyncio.run(_meta(addresses, cfg).user_put(UserPut(name, hash_password(password))))
+    request = UserPut(name, hash_password(password), audit=cli_actor())
+    asyncio.run(_meta(addresses, cfg).user_put(request))
 
 
 def set_user(
     addresses: list[str], cfg: Config, name: str, disabled: bool | None, admin: bool | None
 ) -> None:
-    asyncio.run(_meta(addresses, cfg).user_put(UserPut(name, None, disabled, admin)))
+    asyncio.run(_meta(addresses, cfg).user_put(UserPut(name, None, disabled, admin, cli_actor())))
 
 
 def put_namespace(addresses: list[str], cfg: Config, name: str, visibility: str) -> None:
-    asyncio.run(_meta(addresses, cfg).namespace_put(name, visibility))
+    asyncio.run(_meta(addresses, cfg).call(NamespacePut(name, visibility, cli_actor())))
 
 
 def grant(addresses: list[str], cfg: Config, namespace: str, user: str, role: str | None) -> None:
-    asyncio.run(_meta(addresses, cfg).grant_set(namespace, user, role))
+    asyncio.run(_meta(addresses, cfg).call(GrantSet(namespace, user, role, cli_actor())))
+
+
+def grant_group(
+    addresses: list[str], cfg: Config, namespace: str, group: str, role: str | None
+) -> None:
+    request = GroupGrantSet(namespace, group, role, cli_actor())
+    asyncio.run(_meta(addresses, cfg).call(request))
 
 
 def access_list(addresses: list[str], cfg: Config) -> AccessData:
-    return asyncio.run(_meta(addresses, cfg).access_list())
+    return asyncio.run(metadata(addresses, cfg).access_list())
 
 
 def format_users(data: AccessData) -> str:
@@ -119,6 +146,10 @@ def format_users(data: AccessData) -> str:
 def format_namespaces(data: AccessData) -> str:
     lines = [f"{'NAMESPACE':<32} {'VISIBILITY':<10} GRANTS"]
     for ns in data.namespaces:
-        grants = " ".join(f"{u}:{r}" for u, r in sorted(ns.grants.items())) or "-"
+        grants = " ".join(
+            [f"{u}:{r}" for u, r in sorted(ns.grants.items())]
+            + [f"group:{g}:{r}" for g, r in sorted(ns.group_grants.items())]
+        )
+        grants = grants or "-"
         lines.append(f"{ns.name:<32} {ns.visibility:<10} {grants}")
     return "\n".join(lines)

@@ -8,12 +8,25 @@
     cargohold admin nodes drain ID | undrain ID | remove ID [--force]
     cargohold admin repair [--scrub] [--wait]       run a repair (or scrub) pass now
     cargohold admin gc [--dry-run] [--wait] [--json]  garbage collection pass on every node
+    cargohold admin retention [--dry-run] [--json]  apply (or report) the retention policies
+    cargohold admin trash list [--repo R] [--json]  deleted manifests and tags, restorable
+    cargohold admin trash restore REPO@DIGEST|REPO:TAG [--force]   put one back
+    cargohold admin trash purge [--repo R] [--older-than S]        empty the trash now
     cargohold admin stop --data DIR                 stop the processes owning DIR's locks
     cargohold admin certs ca --dir DIR              create the cluster CA (mTLS)
     cargohold admin certs issue --dir DIR --role node|gateway|admin --name N [--host H]..
     cargohold admin keys gateway|admin              a role credential derived from the secret
     cargohold admin users add|passwd|disable|enable|list ...   registry users (token mode)
     cargohold admin namespaces add|set-visibility|grant|revoke|list ...   namespaces, roles
+    cargohold admin audit [verify|export] [--repo R] [--actor A] [--action X] [--since T]
+                          [--until T] [--json] [--anchor FILE]   list, JSON lines, verify
+    cargohold admin namespaces quota set NS SIZE | unset NS | show [NS]   storage quotas
+    cargohold admin trust add-key|remove-key|require-signature|list ...   signed images
+    cargohold admin groups add|delete|add-member|remove-member|list ...   groups of users
+    cargohold admin robots add|list|revoke ...      robot accounts for CI
+    cargohold admin webhooks add|list|remove|dead-letters|retry ...   notifications
+    cargohold admin replication list|status|run ...   replication rules
+    cargohold admin sbom list [--repo R] [--state S] [--json] | rescan REPO@DIGEST   SBOM scans
 
 Admin verbs authenticate as the `admin` role with the cluster secret or an admin
 credential from `--config FILE` or the environment (CARGOHOLD_CLUSTER_SECRET[_FILE],
@@ -36,9 +49,17 @@ from typing import Any
 
 from cargohold.cluster_auth import format_credential, require_secret
 from cargohold.config import Config, load_config
-from cargohold.errors import CargoholdError, ConfigError
+from cargohold.errors import CargoholdError, ConfigError, RegistryError
 from cargohold.log import setup_logging
 from cargohold.metadata_api import ROLES, VISIBILITIES
+from cargohold_cli import (
+    admin_replication,
+    admin_robots,
+    admin_sbom,
+    admin_trust,
+    admin_vulns,
+    admin_webhooks,
+)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -164,6 +185,38 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--wait", action="store_true", help="wait until the passes finish")
     gc.add_argument("--json", action="store_true", help="every progress counter, as JSON")
 
+    retention = admin_sub.add_parser(
+        "retention", help="apply the retention policies now (on the Raft leader) and report"
+    )
+    retention.add_argument(
+        "--nodes",
+        default=nodes_default,
+        help="comma-separated node gRPC addresses to ask (default: dev)",
+    )
+    retention.add_argument(
+        "--dry-run", action="store_true", help="report what would be deleted, delete nothing"
+    )
+    retention.add_argument("--json", action="store_true", help="the whole report, as JSON")
+    trash = admin_sub.add_parser(
+        "trash", help="deleted manifests and tags, restorable until the retention ends"
+    )
+    trash_sub = trash.add_subparsers(dest="trash_verb", required=True)
+    t_list = trash_sub.add_parser("list", help="what the trash holds")
+    t_list.add_argument("--repo", help="one repository only")
+    t_list.add_argument("--json", action="store_true", help="machine-readable output")
+    t_restore = trash_sub.add_parser("restore", help="put a manifest or tag back")
+    t_restore.add_argument("ref", help="REPO@DIGEST (the manifest and its tags) or REPO:TAG")
+    t_restore.add_argument(
+        "--force", action="store_true", help="move a tag back that now points elsewhere"
+    )
+    t_purge = trash_sub.add_parser("purge", help="forget trash entries now (GC reclaims next)")
+    t_purge.add_argument("--repo", help="one repository only")
+    t_purge.add_argument(
+        "--older-than", type=float, default=0.0, help="only entries deleted this many seconds ago"
+    )
+    for one in (t_list, t_restore, t_purge):
+        one.add_argument("--nodes", default=nodes_default, help="node gRPC addresses")
+
     stop = admin_sub.add_parser(
         "stop", help="stop the processes that hold a data directory (launcher, gateways, nodes)"
     )
@@ -218,19 +271,72 @@ def build_parser() -> argparse.ArgumentParser:
     for one in (ns_add, ns_vis):
         one.add_argument("name")
         one.add_argument("visibility", nargs="?", default="private", choices=VISIBILITIES)
-    ns_grant = ns_sub.add_parser("grant", help="give a user a role in a namespace")
+    ns_grant = ns_sub.add_parser("grant", help="give a user (or --group) a role in a namespace")
     ns_grant.add_argument("namespace")
     ns_grant.add_argument("user")
     ns_grant.add_argument("role", choices=ROLES)
-    ns_revoke = ns_sub.add_parser("revoke", help="take a user's role away")
+    ns_revoke = ns_sub.add_parser("revoke", help="take a user's (or --group's) role away")
     ns_revoke.add_argument("namespace")
     ns_revoke.add_argument("user")
+    for one in (ns_grant, ns_revoke):
+        one.add_argument("--group", action="store_true", help="USER names a group")
     ns_list = ns_sub.add_parser("list", help="namespaces, visibility and grants")
+    audit = admin_sub.add_parser(
+        "audit", help="the activity log: list (default), export (JSON lines), verify"
+    )
+    audit.add_argument(
+        "audit_verb", nargs="?", default="list", choices=("list", "export", "verify")
+    )
+    audit.add_argument("--repo", help="one repository, or a prefix ending in /")
+    audit.add_argument("--actor", help="user or robot name ('' = anonymous)")
+    audit.add_argument("--action", help="push, pull, delete, login, denied, admin, ...")
+    audit.add_argument("--since", help="from this time (epoch seconds or ISO 8601, UTC)")
+    audit.add_argument("--until", help="before this time")
+    audit.add_argument("--nodes", default=nodes_default, help="node gRPC addresses")
+    audit.add_argument("--json", action="store_true", help="JSON lines (as export)")
+    audit.add_argument(
+        "--anchor",
+        metavar="FILE",
+        help="export: also write the chain's head to FILE (keep it off the cluster); "
+        "verify: also check the chain still passes through FILE's head",
+    )
+    ns_quota = ns_sub.add_parser("quota", help="storage quota of a namespace (any prefix)")
+    quota_sub = ns_quota.add_subparsers(dest="quota_verb", required=True)
+    q_set = quota_sub.add_parser("set", help="limit the namespace's stored bytes")
+    q_set.add_argument("namespace")
+    q_set.add_argument("size", help="bytes, or with a unit: 500MB, 10GiB, ...")
+    q_unset = quota_sub.add_parser("unset", help="remove the namespace's quota")
+    q_unset.add_argument("namespace")
+    q_show = quota_sub.add_parser("show", help="quotas with their deduplicated usage")
+    q_show.add_argument("namespace", nargs="?", help="only this namespace")
     access_verbs = (u_add, u_passwd, u_disable, u_enable, u_list, ns_add, ns_vis, ns_grant)
-    for one in (*access_verbs, ns_revoke, ns_list):
+    for one in (*access_verbs, ns_revoke, ns_list, q_set, q_unset, q_show):
         one.add_argument("--nodes", default=nodes_default, help="node gRPC addresses")
         one.add_argument("--json", action="store_true", help="machine-readable list output")
-    for one in (status, nodes, repair, gc, keys, users, namespaces):
+    trust = admin_trust.add_parser(admin_sub, nodes_default)
+    webhooks = admin_webhooks.add_parser(admin_sub, nodes_default)
+    replication = admin_replication.add_parser(admin_sub, nodes_default)
+    sbom = admin_sbom.add_parser(admin_sub, nodes_default)
+    groups_robots = admin_robots.add_parsers(admin_sub, nodes_default)
+    vulns = admin_vulns.add_parsers(admin_sub, nodes_default)
+    for one in (
+        status,
+        nodes,
+        repair,
+        gc,
+        retention,
+        keys,
+        users,
+        namespaces,
+        audit,
+        trash,
+        trust,
+        webhooks,
+        replication,
+        sbom,
+        *groups_robots,
+        *vulns,
+    ):
         one.add_argument("--config", default=argparse.SUPPRESS, help="as `admin --config`")
     return parser
 
@@ -351,9 +457,21 @@ def run_gc(args: argparse.Namespace) -> int:
     return 1 if any("error" in r for r in results.values()) else 0
 
 
+def run_retention(args: argparse.Namespace) -> int:
+    from cargohold_cli.admin import format_retention
+    from cargohold_cli.admin import run_retention as retention_pass
+
+    result = retention_pass(_addresses(args.nodes), dry_run=args.dry_run, cfg=_admin_cfg(args))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_retention(result))
+    return 1 if "error" in result or "error" in (result.get("report") or {}) else 0
+
+
 def _password(args: argparse.Namespace) -> tuple[str, bool]:
     """(password, generated)."""
-    from cargohold_cli.admin_access import new_password
+    from cargohold.credentials import new_password
 
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -363,9 +481,36 @@ def _password(args: argparse.Namespace) -> tuple[str, bool]:
     return new_password(), True
 
 
+def run_quota(args: argparse.Namespace) -> int:
+    from cargohold.quotas import parse_size
+    from cargohold_cli import admin_quotas as quotas
+
+    cfg, nodes = _admin_cfg(args), _addresses(args.nodes)
+    if args.quota_verb == "set":
+        quotas.set_quota(nodes, cfg, args.namespace, parse_size(args.size))
+    elif args.quota_verb == "unset":
+        quotas.set_quota(nodes, cfg, args.namespace, None)
+    else:
+        rows = [
+            q
+            for q in quotas.quota_list(nodes, cfg)
+            if args.namespace is None or q.namespace == args.namespace
+        ]
+        if args.json:
+            print(json.dumps([quotas.quota_json(q) for q in rows], indent=2))
+        else:
+            print(quotas.format_quotas(rows))
+        if args.namespace is not None and not rows:
+            print(f"cargohold: no quota on namespace {args.namespace}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def run_access(args: argparse.Namespace) -> int:
     from cargohold_cli import admin_access as access
 
+    if getattr(args, "ns_verb", None) == "quota":
+        return run_quota(args)
     cfg, nodes = _admin_cfg(args), _addresses(args.nodes)
     verb = f"{args.admin_verb} {getattr(args, 'users_verb', None) or args.ns_verb}"
     if verb in ("users add", "users passwd"):
@@ -382,7 +527,10 @@ def run_access(args: argparse.Namespace) -> int:
         access.put_namespace(nodes, cfg, args.name, args.visibility)
     elif verb in ("namespaces grant", "namespaces revoke"):
         role = args.role if verb == "namespaces grant" else None
-        access.grant(nodes, cfg, args.namespace, args.user, role)
+        if args.group:
+            access.grant_group(nodes, cfg, args.namespace, args.user, role)
+        else:
+            access.grant(nodes, cfg, args.namespace, args.user, role)
     else:
         data = access.access_list(nodes, cfg)
         if args.json:
@@ -394,6 +542,74 @@ def run_access(args: argparse.Namespace) -> int:
             print(access.format_users(data))
         else:
             print(access.format_namespaces(data))
+    return 0
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from cargohold_cli import admin_audit
+
+    cfg, nodes = _admin_cfg(args), _addresses(args.nodes)
+    if args.audit_verb == "verify":
+        anchor = admin_audit.read_anchor(args.anchor) if args.anchor else None
+        report = admin_audit.verify_cluster(nodes, cfg, anchor)
+        if args.json:
+            print(json.dumps(report.to_json(), indent=2))
+        else:
+            state = "intact" if report.ok else "TAMPERED OR DAMAGED"
+            print(
+                f"activity log {state}: {report.checked} records checked "
+                f"({report.segments} sealed segments), head seq {report.head_seq} "
+                f"hash {report.head_hash}"
+            )
+            if report.anchor_checked:
+                print(f"  passes through the anchor in {args.anchor}")
+            for problem in report.problems:
+                print(f"  {problem}")
+        return 0 if report.ok else 1
+    if args.anchor and args.audit_verb == "export":
+        # The head first: every record up to it is in the export that follows.
+        written = admin_audit.write_anchor(nodes, cfg, args.anchor)
+        print(f"anchor: seq {written['seq']} hash {written['hash']}", file=sys.stderr)
+    records = admin_audit.query(
+        nodes,
+        cfg,
+        repo=args.repo,
+        actor=args.actor,
+        action=args.action,
+        since=admin_audit.parse_time(args.since),
+        until=admin_audit.parse_time(args.until),
+    )
+    as_json = args.json or args.audit_verb == "export"
+    for record in records:
+        print(json.dumps(record) if as_json else admin_audit.format_record(record))
+    return 0
+
+
+def run_trash(args: argparse.Namespace) -> int:
+    from cargohold_cli import admin_trash
+
+    cfg, nodes = _admin_cfg(args), _addresses(args.nodes)
+    retention = cfg.lifecycle.trash_retention_seconds
+    try:
+        if args.trash_verb == "list":
+            entries = admin_trash.list_trash(nodes, cfg, args.repo)
+            if args.json:
+                print(json.dumps([admin_trash.entry_json(e, retention) for e in entries], indent=2))
+            else:
+                print(admin_trash.format_entries(entries, retention))
+        elif args.trash_verb == "restore":
+            repo, restored = admin_trash.restore(nodes, cfg, args.ref, args.force)
+            for digest in restored.manifests:
+                print(f"restored manifest {repo}@{digest}")
+            for tag in restored.tags:
+                print(f"restored tag {repo}:{tag}")
+        else:
+            purged = admin_trash.purge(nodes, cfg, args.repo, args.older_than)
+            print(f"purged {purged} trash entries; `cargohold admin gc` reclaims their bytes")
+    except RegistryError as exc:
+        # A refusal of the state (not in the trash, a tag moved since): the admin call failed.
+        print(f"cargohold admin trash {args.trash_verb}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -430,6 +646,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_repair(args)
             if args.admin_verb == "gc":
                 return run_gc(args)
+            if args.admin_verb == "retention":
+                return run_retention(args)
             if args.admin_verb == "stop":
                 return run_stop(args)
             if args.admin_verb == "certs":
@@ -438,6 +656,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_keys(args)
             if args.admin_verb in ("users", "namespaces"):
                 return run_access(args)
+            if args.admin_verb == "audit":
+                return run_audit(args)
+            if args.admin_verb == "trash":
+                return run_trash(args)
+            if args.admin_verb == "trust":
+                return admin_trust.run(args, _admin_cfg(args), _addresses(args.nodes))
+            if args.admin_verb == "webhooks":
+                return admin_webhooks.run(args, _admin_cfg(args), _addresses(args.nodes))
+            if args.admin_verb == "replication":
+                return admin_replication.run(args, _admin_cfg(args), _addresses(args.nodes))
+            if args.admin_verb == "sbom":
+                return admin_sbom.run(args, _admin_cfg(args), _addresses(args.nodes))
+            if args.admin_verb in ("groups", "robots"):
+                return admin_robots.run(args, _admin_cfg(args), _addresses(args.nodes))
+            if args.admin_verb in ("vulndb", "scan"):
+                return admin_vulns.run(args, _admin_cfg(args), _addresses(args.nodes))
             return 2
         if args.lifeline_fd is not None:
             from cargohold_cli.lifeline import watch

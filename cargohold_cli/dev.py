@@ -156,7 +156,8 @@ def _auth_section(data: Path) -> dict[str, Any]:
 
 def _ensure_admin(cluster: LocalCluster, data: Path) -> None:
     """On the first `--auth` start: a cluster admin `admin`, password in admin-password."""
-    from cargohold_cli.admin_access import add_user, new_password
+    from cargohold.credentials import new_password
+    from cargohold_cli.admin_access import add_user
 
     path = data / "admin-password"
     if path.exists():

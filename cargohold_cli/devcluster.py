@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -58,6 +59,10 @@ from cargohold.ports import ensure_bindable, listens
 from cargohold_cli import lifeline
 from protos import registry_pb2, registry_pb2_grpc
 
+# Seconds between two readiness checks while waiting for processes to come up: every test
+# of the cluster phase waits for at least one start, so the poll's slack adds up.
+_READY_POLL = 0.05
+
 
 def signal_process(
     proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, wait: float = 10.0
@@ -75,10 +80,45 @@ def signal_process(
         proc.wait(timeout=wait)
 
 
+# Ports handed out by this process (a port is never handed out twice).
+_HANDED_OUT: set[int] = set()
+# Where `free_port` picks from when the kernel's ephemeral range leaves room below it.
+_LOWEST_PORT = 15000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now, chosen below the kernel's ephemeral range.
+
+    A port the kernel hands out for `bind(0)` comes from the same range as the local ports
+    of outgoing connections: between choosing it and the child binding it, a gRPC client
+    connecting somewhere could take it ("address in use"). Below that range only listeners
+    bind, so the window is shared with nothing but other listeners. Falls back to `bind(0)`
+    where the range leaves no room below it."""
+    top = _ephemeral_low() - 1
+    if top - _LOWEST_PORT >= 1000:
+        for _ in range(200):
+            port = random.randint(_LOWEST_PORT, top)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        port = int(sock.getsockname()[1])
+    _HANDED_OUT.add(port)
+    return port
 
 
 @dataclass
@@ -112,7 +152,25 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table (e.g. `[mirror] proxies = [{...}]`)
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     return json.dumps(str(value))
+
+
+# Config sections a gateway reads besides [cluster] and [gateway], passed from `extra`:
+# auth, lifecycle (immutable tags, delete protection), the activity log, proxy namespaces,
+# replication rules, SBOM scanning, the pull policy (signatures, vulnerabilities), webhook
+# delivery.
+_GATEWAY_SECTIONS = (
+    "auth",
+    "lifecycle",
+    "audit",
+    "mirror",
+    "replication",
+    "scanner",
+    "policy",
+    "webhooks",
+)
 
 
 def to_toml(data: dict[str, Any]) -> str:
@@ -165,8 +223,12 @@ class LocalCluster:
         node_exec_prefixes: list[list[str]] | None = None,
         orphan_grace: float = 3.0,
         mtls: bool = False,
+        local_reads: bool = False,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
+        # Gateway j reads chunks from node j's LMDB (mod the node count) before gRPC, as a
+        # gateway on a node's host may (gateway.local_node_data_dir); not persisted.
+        self.local_reads = local_reads
         self.log_level = log_level
         # Seconds an orphaned child (its launcher died) gets to stop cleanly before it ends.
         self.orphan_grace = orphan_grace
@@ -383,15 +445,18 @@ class LocalCluster:
             "listen": f"{self.layout.host}:{self.layout.gateway_ports[j]}",
             "nodes": self.node_grpc_addresses,
         }
+        if self.local_reads:
+            local = j % self.node_count
+            gateway["local_node_data_dir"] = str(self.node_data_dir(local))
+            gateway["local_node_id"] = self.node_id(local)
         gateway.update(self.layout.extra.get("gateway", {}))
         # A gateway holds its role's key, not the cluster secret (least privilege).
         cluster = self._cluster_section("gateway")
         cluster["credential"] = format_credential(str(cluster.pop("secret")), "gateway")
         data = {"log_level": self.log_level, "cluster": cluster, "gateway": gateway}
-        if self.layout.extra.get("auth"):
-            data["auth"] = dict(self.layout.extra["auth"])
-        if self.layout.extra.get("lifecycle"):  # immutable tags, delete protection
-            data["lifecycle"] = dict(self.layout.extra["lifecycle"])
+        for section in _GATEWAY_SECTIONS:
+            if self.layout.extra.get(section):
+                data[section] = dict(self.layout.extra[section])
         self._write_config(path, data)
         return path
 
@@ -585,7 +650,7 @@ class LocalCluster:
             except grpc.RpcError:
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.1)
+                time.sleep(_READY_POLL)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until a leader exists, every running node joined, and every gateway answers /v2/."""
@@ -598,7 +663,7 @@ class LocalCluster:
                 return
             except (grpc.RpcError, OSError, urllib.error.URLError, AssertionError) as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
-            time.sleep(0.2)
+            time.sleep(_READY_POLL)
         raise TimeoutError(f"cluster not ready after {timeout}s: {last_error}\n{self.tail_logs()}")
 
     def _check_ready(self) -> None:

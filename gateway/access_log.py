@@ -7,7 +7,8 @@ nodes and log lines name it, and `add_request_id_header` echoes it as `X-Request
 
 `AccessLogger` writes one `access` line per request on the `cargohold.access` logger
 (on by default: `gateway.access_log`), through the project's key=value formatter:
-request id, client address, user (empty when anonymous or without auth), method, route
+request id, client address (gateway/client_address.py: the peer, or X-Forwarded-For
+from a trusted proxy), user (empty when anonymous or without auth), method, route
 template (not the path: no repository names or digests in it), repository, status, bytes
 in and out, duration and user agent. Successful blob and manifest pulls (GET/HEAD) are
 sampled: each is logged with probability `gateway.access_log_pull_sample` (1 = all).
@@ -24,6 +25,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
 from cargohold.request_ids import HEADER, REQUEST_ID, accept_or_new
+from gateway.client_address import TrustedProxies, client_address
 
 ACCESS_LOGGER = "cargohold.access"
 REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("cargohold_request_id", str)
@@ -54,8 +56,11 @@ def _route(request: Any) -> str:
     return resource.canonical if resource is not None else "-"
 
 
-def access_logger_class(pull_sample: float) -> type[AbstractAccessLogger]:
-    """The access logger class aiohttp instantiates, with the pull sampling rate baked in."""
+def access_logger_class(
+    pull_sample: float, proxies: TrustedProxies | None = None
+) -> type[AbstractAccessLogger]:
+    """The access logger class aiohttp instantiates, with the pull sampling rate and the
+    trusted proxies (gateway/client_address.py) baked in."""
 
     class AccessLogger(AbstractAccessLogger):
         def log(self, request: Any, response: web.StreamResponse, time: float) -> None:
@@ -72,7 +77,7 @@ def access_logger_class(pull_sample: float) -> type[AbstractAccessLogger]:
             content = getattr(request, "_payload", None)
             fields = {
                 "request_id": request.get(REQUEST_ID_KEY) or "-",
-                "client": request.remote or "-",
+                "client": client_address(request, proxies),
                 "user": request.get(USER_KEY) or "",
                 "method": request.method,
                 "route": route,

@@ -12,22 +12,33 @@ an unsatisfiable one (a start past the end, an end before the start, `bytes=-0`)
 with `Content-Range: bytes */total`. A malformed or multi-range header is ignored (200
 with the whole blob), as RFC 9110 allows. Positions of any length are accepted (a
 start of 5,000 digits is simply past the end).
+
+In a proxy namespace (gateway/mirror/), a blob not stored yet is streamed from the
+gateway's one upstream download of it while that download is stored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from cargohold.digests import parse_digest
-from cargohold.errors import RangeInvalid, Unsupported
+from cargohold.errors import BlobUnknown, NameUnknown, RangeInvalid, Unavailable, Unsupported
 from cargohold.lifecycle_rules import refuse_protected_delete
 from cargohold.log import log_event
+from cargohold.metadata_api import Recipe
 from cargohold.names import validate_name
-from gateway.context import context
+from gateway.activity import blob_actor
+from gateway.context import GatewayContext, context
+from gateway.mirror.fetch import BlobFetch
+from gateway.mirror.proxy import MIRROR
+from gateway.mirror.upstream import UpstreamFailed, UpstreamNotFound
+from gateway.pull_events import record_pull
 
 logger = logging.getLogger("cargohold.gateway.blobs")
 
@@ -74,9 +85,31 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     name = validate_name(request.match_info["name"])
     digest = request.match_info["digest"]
     parse_digest(digest)
-    recipe = await ctx.meta.blob_get(name, digest)
-    size = int(recipe["size"])
-    span = parse_range(request.headers.get("Range"), size)
+    mirror = request.app.get(MIRROR)
+    route = mirror.route(request, name) if mirror is not None else None
+    if route is None and mirror is not None and mirror.cfg.mirror.root:
+        try:
+            recipe = await ctx.meta.blob_get(name, digest)
+        except (BlobUnknown, NameUnknown):
+            route = mirror.root_route(name)
+            if route is None:
+                raise
+        else:
+            return await _serve(request, ctx, name, digest, recipe)
+    if mirror is not None and route is not None:
+        try:
+            recipe = await ctx.meta.blob_get(route.name, digest)
+        except (BlobUnknown, NameUnknown):
+            return await _proxied(request, mirror.join_blob(route, digest), digest)
+        return await _serve(request, ctx, name, digest, recipe)
+    return await _serve(request, ctx, name, digest, await ctx.meta.blob_get(name, digest))
+
+
+def _response(
+    request: web.Request, digest: str, size: int | None
+) -> tuple[web.StreamResponse, int, int | None]:
+    """The response's status and headers; (response, start, end) of the bytes to send."""
+    span = parse_range(request.headers.get("Range"), size) if size is not None else None
     response = web.StreamResponse(status=200 if span is None else 206)
     response.headers["Docker-Content-Digest"] = digest
     response.headers["Accept-Ranges"] = "bytes"
@@ -85,31 +118,79 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     response.headers["ETag"] = f'"{digest}"'
     start, end = (0, size) if span is None else span
     if span is not None:
-        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    response.content_length = end - start
-    await response.prepare(request)
-    if request.method != "HEAD" and end > start:
-        sent = 0
-        try:
-            async with contextlib.aclosing(
-                ctx.cluster.read_range(dict(recipe), start, end)
-            ) as pieces:
-                async for piece in pieces:
-                    await response.write(piece)
-                    sent += len(piece)
-        except (ConnectionError, OSError) as exc:
-            # The client went away mid-body; nothing to answer any more.
-            log_event(
-                logger,
-                "blob.client_gone",
-                logging.DEBUG,
-                digest=digest,
-                sent=sent,
-                error=type(exc).__name__,
-            )
-            return response
+        response.headers["Content-Range"] = f"bytes {start}-{span[1] - 1}/{size}"
+    if end is not None:
+        response.content_length = end - start
+    return response, start, end
+
+
+async def _send(
+    request: web.Request,
+    response: web.StreamResponse,
+    digest: str,
+    pieces: AsyncIterator[bytes | memoryview],
+) -> web.StreamResponse:
+    """Stream the body (not for HEAD); a client going away mid-body is only logged."""
+    sent = 0
+    try:
+        async with contextlib.aclosing(pieces) as body:  # type: ignore[type-var]
+            async for piece in body:
+                await response.write(piece)
+                sent += len(piece)
+    except (ConnectionError, OSError) as exc:
+        # The client went away mid-body; nothing to answer any more.
+        log_event(
+            logger,
+            "blob.client_gone",
+            logging.DEBUG,
+            digest=digest,
+            sent=sent,
+            error=type(exc).__name__,
+        )
+        return response
     await response.write_eof()
     return response
+
+
+async def _serve(
+    request: web.Request, ctx: GatewayContext, name: str, digest: str, recipe: Recipe
+) -> web.StreamResponse:
+    """A stored blob, from the cluster's chunks."""
+    size = int(recipe["size"])
+    response, start, end = _response(request, digest, size)
+    await response.prepare(request)
+    if request.method == "HEAD" or end is None or end <= start:
+        await response.write_eof()
+        return response
+    audit = ctx.cfg.audit
+    if start == 0 and audit.enabled and audit.blob_events:  # not a pull resumed by range
+        record_pull(request, name, digest, None, size)
+    return await _send(request, response, digest, ctx.cluster.read_range(dict(recipe), start, end))
+
+
+async def _proxied(request: web.Request, fetch: BlobFetch, digest: str) -> web.StreamResponse:
+    """A blob of a proxy namespace not stored yet: streamed from its single-flight
+    download (gateway/mirror/fetch.py) while that download is stored; a download that
+    fails before the response started is an error, after it a response cut short."""
+    fetch.acquire()
+    try:
+        try:
+            size = await asyncio.shield(fetch.headers)
+        except UpstreamNotFound:
+            raise BlobUnknown(detail={"digest": digest}) from None
+        except UpstreamFailed as exc:
+            raise Unavailable(
+                "the upstream registry cannot send this blob now",
+                detail={"digest": digest, "upstream": str(exc)},
+            ) from None
+        response, start, end = _response(request, digest, size)
+        await response.prepare(request)
+        if request.method == "HEAD" or (end is not None and end <= start):
+            await response.write_eof()
+            return response
+        return await _send(request, response, digest, fetch.stream(start, end))
+    finally:
+        fetch.release()
 
 
 async def delete_blob(request: web.Request) -> web.StreamResponse:
@@ -121,5 +202,5 @@ async def delete_blob(request: web.Request) -> web.StreamResponse:
     refuse_protected_delete(ctx.cfg.lifecycle.delete_protected, name)
     digest = request.match_info["digest"]
     parse_digest(digest)
-    await ctx.meta.blob_unlink(name, digest)
+    await ctx.meta.blob_unlink(name, digest, blob_actor(request))
     return web.Response(status=202)

@@ -5,7 +5,8 @@ fixed-size chunks (`cluster.chunk_size`; the body's tail becomes a short chunk, 
 once `ingest` returns every byte it consumed is durable on W nodes). A chunk is never
 joined into one buffer of its own: its pieces (memoryviews of aiohttp's buffers) are
 hashed in one worker-thread hop — its sha256 id, its xxh3 checksum and the running blob
-digest the caller passes in, piece by piece while each piece is hot in cache — and then
+digest the caller passes in, piece by piece while each piece is hot in cache (the first
+chunk of a blob is hashed once: its id is the running sha256 after it) — and then
 copied once, straight into the encoded PutChunkRequest (`cargohold.wire.encode_put`)
 that goes to all R replicas. Up to `gateway.upload_writes_in_flight` chunk writes per upload, and
 `gateway.chunk_writes_in_flight_total` across the gateway, run while reading goes on, so
@@ -39,7 +40,7 @@ Pieces = list[memoryview]
 
 
 class BodyStream(Protocol):
-    def iter_any(self) -> AsyncIterator[bytes]: ...
+    def iter_any(self) -> AsyncIterator[bytes | memoryview]: ...
 
 
 async def cut_chunks(stream: BodyStream, chunk_size: int) -> AsyncIterator[Pieces]:
@@ -61,19 +62,32 @@ async def cut_chunks(stream: BodyStream, chunk_size: int) -> AsyncIterator[Piece
         yield pieces
 
 
-def _encode(running: Any, pieces: Pieces) -> tuple[bytes, bytes]:
-    chunk, checksum = hashlib.sha256(), xxhash.xxh3_128()
-    for piece in pieces:
-        running.update(piece)
-        chunk.update(piece)
-        checksum.update(piece)
-    chunk_id = chunk.digest()
+def _encode(running: Any, pieces: Pieces, id_from_running: bool) -> tuple[bytes, bytes]:
+    checksum = xxhash.xxh3_128()
+    if id_from_running:
+        # `running` is a sha256 that had seen no byte: after this chunk it *is* the chunk's
+        # sha256, so its digest is the id and the bytes are hashed once, not twice.
+        for piece in pieces:
+            running.update(piece)
+            checksum.update(piece)
+        chunk_id = running.copy().digest()
+    else:
+        chunk = hashlib.sha256()
+        for piece in pieces:
+            running.update(piece)
+            chunk.update(piece)
+            checksum.update(piece)
+        chunk_id = chunk.digest()
     return chunk_id, encode_put(chunk_id, pieces, checksum.digest())
 
 
-async def encode_chunk(running: Any, pieces: Pieces, length: int) -> tuple[bytes, bytes]:
-    """Feed the pieces to the running digest; return (chunk id, encoded Put request)."""
-    return await hash_off_loop(length, _encode, running, pieces)
+async def encode_chunk(
+    running: Any, pieces: Pieces, length: int, id_from_running: bool = False
+) -> tuple[bytes, bytes]:
+    """Feed the pieces to the running digest; return (chunk id, encoded Put request).
+    `id_from_running`: `running` is a sha256 that has seen no byte yet, so the chunk id is
+    read off it instead of hashing the chunk a second time."""
+    return await hash_off_loop(length, _encode, running, pieces, id_from_running)
 
 
 def _after(stored: Callable[[int], None], length: int) -> Callable[[asyncio.Task[None]], None]:
@@ -93,10 +107,13 @@ async def ingest(
     in_flight: int,
     limit: int | None = None,
     stored: Callable[[int], None] | None = None,
+    fresh: bool = False,
 ) -> tuple[list[list[Any]], int]:
     """Store a body as chunks; return ([[chunk_hex, length], ...], total bytes).
 
-    `running` (a hashlib object) is updated with every byte in order. `limit`, when set,
+    `running` (a hashlib object) is updated with every byte in order; `fresh` says it is a
+    sha256 that has seen no byte (the body starts the blob), so the first chunk's id is
+    the running digest after it (one sha256 pass over that chunk). `limit`, when set,
     is the most bytes this body may add (SizeInvalid beyond it). `stored(length)` is
     called when a chunk's write ended (its buffer is no longer held for the body budget,
     gateway/body.py).
@@ -110,7 +127,7 @@ async def ingest(
             total += length
             if limit is not None and total > limit:
                 raise SizeInvalid("blob exceeds the size limit", detail={"limit": limit})
-            chunk_id, request = await encode_chunk(running, pieces, length)
+            chunk_id, request = await encode_chunk(running, pieces, length, fresh and not chunks)
             del pieces
             chunks.append([chunk_id.hex(), length])
             while len(writes) >= in_flight:

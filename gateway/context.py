@@ -17,6 +17,7 @@ from aiohttp import web
 from cargohold.config import Config
 from cargohold.metadata_api import Metadata
 from gateway.hash_cache import HashCache
+from gateway.quotas import QuotaView
 
 if TYPE_CHECKING:
     from gateway.cluster import ClusterClient
@@ -30,10 +31,13 @@ class GatewayContext:
     meta: Metadata = field(init=False)
     # The running sha256 of the uploads this gateway served (gateway/hash_cache.py).
     upload_hashes: HashCache = field(init=False)
+    # The namespace quotas, for refusing an upload before reading it (gateway/quotas.py).
+    quotas: QuotaView = field(init=False)
 
     def __post_init__(self) -> None:
         self.meta = Metadata(self.cluster)
         self.upload_hashes = HashCache(self.cfg.gateway.upload_hash_cache_entries)
+        self.quotas = QuotaView(self.meta, self.cfg.lifecycle.quota_refresh_seconds)
 
 
 CONTEXT: web.AppKey[GatewayContext] = web.AppKey("cargohold_context", GatewayContext)

@@ -91,16 +91,21 @@ class Readiness:
 
     async def _probe(self, address: str) -> bool:
         """Whether the node at `address` answers within the timeout and takes writes."""
+        try:
+            reply = await self.status(address)
+        except grpc.aio.AioRpcError:
+            return False
+        return not reply.disk_full
+
+    async def status(self, address: str) -> registry_pb2.StatusReply:
+        """The `Admin.Status` of the node at `address` (the web UI's cluster page too);
+        grpc.aio.AioRpcError when it does not answer within the readiness timeout."""
         timeout = self._cfg.gateway.readiness_timeout_seconds
         channel = self._channels.get(address)
         if channel is None:
             channel = self._channels[address] = open_channel(address, self._cfg, self._credentials)
         stub = registry_pb2_grpc.AdminStub(channel)
-        try:
-            reply = await stub.Status(registry_pb2.StatusRequest(), timeout=timeout)
-        except grpc.aio.AioRpcError:
-            return False
-        return not reply.disk_full
+        return await stub.Status(registry_pb2.StatusRequest(), timeout=timeout)
 
     async def close(self) -> None:
         if self._running is not None:

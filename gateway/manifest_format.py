@@ -31,11 +31,14 @@ and digests with anything after them (a trailing newline would later break the
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cargohold.digests import parse_digest
 from cargohold.errors import DigestInvalid, ManifestInvalid
+from cargohold.metadata_api import ManifestPut, Recipe
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -55,6 +58,19 @@ DEFAULT_MAX_DEPTH = 32
 _GENERIC_TYPES = ("", "application/json", "application/octet-stream", "text/plain")
 
 
+# Config media types of container images (the SBOM scanner scans only these).
+IMAGE_CONFIG_TYPES = (
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+)
+
+
+def is_filesystem_layer(media_type: str) -> bool:
+    """A layer that is a (compressed) tar of files: OCI `...layer.v1.tar[+gzip|+zstd]`
+    (non-distributable too) and Docker `...rootfs.diff.tar.gzip` (foreign too)."""
+    return ".tar" in media_type or media_type.endswith("/tar")
+
+
 @dataclass
 class ParsedManifest:
     media_type: str
@@ -63,6 +79,39 @@ class ParsedManifest:
     subject: str | None = None
     artifact_type: str | None = None
     annotations: dict[str, str] | None = None
+    # An image manifest with at least one filesystem layer (not an artifact, a signature
+    # or a referrer): what the SBOM scanner scans.
+    scannable: bool = False
+
+
+def put_command(
+    repo: str,
+    digest: str,
+    media_type: str,
+    recipe: dict[str, Any],
+    parsed: ParsedManifest,
+    tag: str | None,
+    manifests: Iterable[str] | None = None,
+    **extra: Any,
+) -> ManifestPut:
+    """The `manifest_put` storing a parsed manifest whose bytes are stored as `recipe`:
+    what it names comes from `parsed` (its child `manifests` narrowed where only some are
+    stored, as the mirror does); `extra` are the caller's own fields (immutable rules,
+    audit actor, search info, scan)."""
+    return ManifestPut(
+        repo=repo,
+        digest=digest,
+        media_type=media_type,
+        recipe=Recipe(size=recipe["size"], chunks=recipe["chunks"]),
+        blobs=tuple(parsed.blobs),
+        manifests=tuple(parsed.manifests if manifests is None else manifests),
+        subject=parsed.subject,
+        artifact_type=parsed.artifact_type,
+        annotations=parsed.annotations,
+        tag=tag,
+        now=time.time(),
+        **extra,
+    )
 
 
 def base_media_type(content_type: str | None) -> str:
@@ -200,6 +249,11 @@ def parse_manifest(
         )
         if parsed.artifact_type is None:
             parsed.artifact_type = config["mediaType"]
+        parsed.scannable = (
+            parsed.subject is None
+            and parsed.artifact_type in IMAGE_CONFIG_TYPES
+            and any(is_filesystem_layer(str(d["mediaType"])) for d in layers)
+        )
     else:
         children = _descriptors(doc.get("manifests"), "manifests")
         parsed.manifests = _unique([d["digest"] for d in children])

@@ -7,6 +7,8 @@ algorithm when pushed by digest, which must then match: `DIGEST_INVALID`), store
 bytes as chunks (`cluster.store_bytes`) and commits ONE `manifest_put` command, which
 checks that the referenced blobs and child manifests exist (`MANIFEST_BLOB_UNKNOWN`) and
 moves the tag when pushed by tag.
+Before the commit an image's config blob is read for its platform and labels (search
+indexes them: gateway/image_info.py), which never fails the push.
 
 GET/HEAD by tag ask a linearizable `tag_get`: one small query per request, so a tag
 pushed, moved or deleted through any gateway is seen at once (docs/architecture.md,
@@ -27,15 +29,21 @@ Identical concurrent lookups share one query that started after each of them arr
 and turns a herd of pulls of one tag into at most two queries in flight.
 Bodies come from the gateway's `ManifestCache` (immutable by digest) or the chunk store.
 The stored media type is echoed exactly, whatever `Accept` says; HEAD
-carries the real `Content-Length` without reading the body.
+carries the real `Content-Length` without reading the body. A GET answered 200 is queued
+as a pull (gateway/pull_events.py: batched, never awaited) for the last-pulled times and
+the activity log (the state appends a `pull` record per event). Pushes and deletes carry
+their actor context (gateway/activity.py), so the state appends their activity-log record
+in the same apply.
 
 Unknown references: 404 `MANIFEST_UNKNOWN`; by tag in a repository that does not exist,
 the node may answer `NAME_UNKNOWN` (also 404) and that is passed through.
 
 DELETE by tag removes the tag only (`tag_delete`); by digest the manifest and every tag
-on it (`manifest_delete`). 202 on success; 405 `UNSUPPORTED` when deletes are disabled;
-403 `DENIED` in a delete-protected namespace, or when an immutable tag rule covers the tag
-(the state refuses: `TagImmutable`; a push moving such a tag gets the same).
+on it (`manifest_delete`); with `lifecycle.trash_retention_seconds` > 0 both keep what
+they remove in the trash, restorable by an operator. 202 on success; 405 `UNSUPPORTED`
+when deletes are disabled; 403 `DENIED` in a delete-protected namespace, or when an
+immutable tag rule covers the tag (the state refuses: `TagImmutable`; a push moving such a
+tag gets the same).
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ from cargohold.errors import (
     DigestInvalid,
     ManifestInvalid,
     ManifestTooLarge,
+    ManifestUnknown,
+    NameUnknown,
     RegistryError,
     RequestTimeout,
     TagInvalid,
@@ -60,13 +70,27 @@ from cargohold.errors import (
 )
 from cargohold.lifecycle_rules import refuse_protected_delete, rules_for_repo
 from cargohold.log import log_event
-from cargohold.metadata_api import ManifestGet, ManifestInfo, ManifestPut, Recipe, TagGet
+from cargohold.metadata_api import (
+    ManifestDelete,
+    ManifestGet,
+    ManifestInfo,
+    Recipe,
+    TagDelete,
+    TagGet,
+)
 from cargohold.names import validate_name, validate_tag
+from gateway.activity import actor_context
 from gateway.body import budget
 from gateway.coalesce import Coalescer
 from gateway.context import GatewayContext, context
+from gateway.image_info import manifest_info
 from gateway.manifest_cache import ManifestCache, RecordCache
-from gateway.manifest_format import parse_manifest
+from gateway.manifest_format import parse_manifest, put_command
+from gateway.mirror.proxy import MIRROR, Mirror, Route
+from gateway.pull_events import record_pull
+from gateway.scanner.worker import SCANNER
+from gateway.signatures.policy import POLICY
+from gateway.signatures.policy import enforce as enforce_pull_policy
 
 logger = logging.getLogger("cargohold.gateway.manifests")
 
@@ -159,30 +183,38 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
         if ref.digest is not None and digest != ref.digest:
             raise DigestInvalid(detail={"reference": ref.digest, "digest": digest})
         recipe = await ctx.cluster.store_bytes(body)
+    # Platform and labels for search (gateway/image_info.py): never fails the push.
+    info = await manifest_info(ctx, name, body, parsed.media_type)
     # One manifest_put per tag (the first also stores the manifest; the others only move
     # their tag, the command being idempotent): each is atomic, together they are not.
     tags: list[str | None] = [ref.tag] if ref.tag is not None else []
     tags += extra_tags
     # The state refuses to move a tag these rules protect (cargohold/lifecycle_rules.py).
     immutable = rules_for_repo(ctx.cfg.lifecycle.immutable_tags, name)
+    actor = actor_context(request, ctx.cfg.audit.enabled)
+    # An image manifest is queued for the SBOM scanner in the same command (gateway/scanner/).
+    scan = True if ctx.cfg.scanner.enabled and parsed.scannable else None
     for tag in tags or [None]:
         await ctx.meta.manifest_put(
-            ManifestPut(
-                repo=name,
-                digest=digest,
-                media_type=parsed.media_type,
-                recipe=Recipe(size=recipe["size"], chunks=recipe["chunks"]),
-                blobs=tuple(parsed.blobs),
-                manifests=tuple(parsed.manifests),
-                subject=parsed.subject,
-                artifact_type=parsed.artifact_type,
-                annotations=parsed.annotations,
-                tag=tag,
-                now=time.time(),
+            put_command(
+                name,
+                digest,
+                parsed.media_type,
+                recipe,
+                parsed,
+                tag,
                 immutable=immutable if tag is not None else (),
+                audit=actor,
+                info=info,
+                scan=scan,
             )
         )
     request.app[MANIFEST_CACHE].put(digest, body)
+    scanner = request.app.get(SCANNER)
+    if scan and scanner is not None:
+        scanner.nudge()
+    for tag in tags or [None]:  # a new signature: the pull policy asks again
+        request.app[POLICY].signature_stored(name, parsed.subject, tag)
     headers = CIMultiDict(
         {"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest}
     )
@@ -234,7 +266,7 @@ async def _load(ctx: GatewayContext, cache: ManifestCache, record: ManifestInfo)
     return body
 
 
-async def _body(request: web.Request, ctx: GatewayContext, record: ManifestInfo) -> bytes:
+async def manifest_body(request: web.Request, ctx: GatewayContext, record: ManifestInfo) -> bytes:
     """The manifest's bytes: from the cache, else read once for all concurrent misses."""
     cache = request.app[MANIFEST_CACHE]
     body = cache.get(record.digest)
@@ -252,28 +284,91 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
     ctx = context(request)
     name = validate_name(request.match_info["name"])
     ref = _Reference(request.match_info["reference"])
-    record = await _lookup(request, ctx, name, ref)
+    mirror = request.app.get(MIRROR)
+    route = mirror.route(request, name) if mirror is not None else None
+    if mirror is not None and route is None and mirror.cfg.mirror.root:
+        try:
+            return await _serve(request, ctx, name, ref, await _lookup(request, ctx, name, ref))
+        except (ManifestUnknown, NameUnknown):
+            route = mirror.root_route(name)
+            if route is None:
+                raise
+    if mirror is not None and route is not None:
+        return await _proxied(request, ctx, mirror, route, ref)
+    return await _serve(request, ctx, name, ref, await _lookup(request, ctx, name, ref))
+
+
+async def _proxied(
+    request: web.Request, ctx: GatewayContext, mirror: Mirror, route: Route, ref: _Reference
+) -> web.StreamResponse:
+    """A pull of a proxy namespace (gateway/mirror/): the digest the upstream names for a
+    tag (at most one HEAD per TTL), served from the cluster when stored, else fetched."""
+    name = route.name
+    digest = ref.digest if ref.digest is not None else await mirror.resolve(route, ref.tag or "")
+    by_digest = _Reference(digest)
+    try:
+        record = await _lookup(request, ctx, name, by_digest)
+    except (ManifestUnknown, NameUnknown):
+        fetched = await mirror.fetch_manifest(route, digest, ref.tag)
+        record = ManifestInfo(
+            digest,
+            fetched.media_type,
+            len(fetched.body),
+            Recipe(size=0, chunks=[]),
+            fetched.parsed.subject,
+            fetched.parsed.artifact_type,
+            fetched.parsed.annotations,
+        )
+        request.app[MANIFEST_CACHE].put(digest, fetched.body)
+        return await _serve(request, ctx, name, ref, record)
+    if ref.tag is not None and mirror.needs_retag(route, ref.tag, digest):
+        # The upstream moved the tag to a manifest stored already: move the stored tag.
+        mirror.retag_soon(route, digest, ref.tag, await manifest_body(request, ctx, record))
+    return await _serve(request, ctx, name, ref, record)
+
+
+async def _serve(
+    request: web.Request, ctx: GatewayContext, name: str, ref: _Reference, record: ManifestInfo
+) -> web.StreamResponse:
+    # A namespace may require a signature (gateway/signatures/policy.py): 403 DENIED if not.
+    await enforce_pull_policy(
+        request, name, ref.tag or record.digest, record, lambda r: manifest_body(request, ctx, r)
+    )
     headers = {"Content-Type": record.media_type, "Docker-Content-Digest": record.digest}
     if request.method == "HEAD":
         headers["Content-Length"] = str(record.size)
         return web.Response(headers=headers)
-    body = await _body(request, ctx, record)
+    body = await manifest_body(request, ctx, record)
+    record_pull(request, name, record.digest, ref.tag)  # a pull time for retention
     return web.Response(body=body, headers=headers)
 
 
 async def delete_manifest(request: web.Request) -> web.StreamResponse:
-    ctx = context(request)
     name = validate_name(request.match_info["name"])
+    await delete_reference(request, name, request.match_info["reference"])
+    return web.Response(status=202)
+
+
+async def delete_reference(request: web.Request, name: str, reference: str) -> None:
+    """Delete a tag, or a manifest by digest (the module docstring's rules; the web UI's
+    delete too). The caller checked the right to delete."""
+    ctx = context(request)
     if not ctx.cfg.gateway.delete_enabled:
         raise Unsupported("deletes are disabled on this registry")
     refuse_protected_delete(ctx.cfg.lifecycle.delete_protected, name)
-    ref = _Reference(request.match_info["reference"])
+    ref = _Reference(reference)
     immutable = rules_for_repo(ctx.cfg.lifecycle.immutable_tags, name)
+    actor = actor_context(request, ctx.cfg.audit.enabled)
+    # With a trash, what this removes stays restorable (node/metadata/trash.py).
+    trash = ctx.cfg.lifecycle.trash_retention_seconds > 0
     if ref.digest is not None:
-        await ctx.meta.manifest_delete(name, ref.digest, immutable)
+        await ctx.meta.call(
+            ManifestDelete(name, ref.digest, immutable, actor, now=time.time(), trash=trash)
+        )
         request.app[RECORDS].discard(name, ref.digest)
         request.app[MANIFEST_CACHE].discard(ref.digest)
     else:
         assert ref.tag is not None
-        await ctx.meta.tag_delete(name, ref.tag, immutable)
-    return web.Response(status=202)
+        await ctx.meta.call(
+            TagDelete(name, ref.tag, immutable, actor, now=time.time(), trash=trash)
+        )

@@ -79,6 +79,17 @@ BUFFERED_LIMIT = Gauge(
     "The body budget, gateway.max_buffered_bytes (0 = no limit)",
 )
 
+# Access revisions an authenticated request was checked against (docs/security.md
+# "Revocation at once"): `lease` trusted without a round trip, `read` a leader read
+# (no fresh lease: the fallback).
+AUTH_REVISIONS = Counter(
+    "cargohold_gateway_auth_revisions_total",
+    "Access revisions requests were checked against, by source (lease or read)",
+    ["source"],
+)
+AUTH_REVISION_LEASED = AUTH_REVISIONS.labels(source="lease")
+AUTH_REVISION_READ = AUTH_REVISIONS.labels(source="read")
+
 
 def watch_budget(budget: BodyBudget) -> None:
     """Report this gateway's body budget (read at scrape time, on the loop)."""

@@ -29,6 +29,7 @@ from cargohold.memtune import tune_malloc
 from cargohold.ports import ensure_bindable
 from gateway.access_log import ACCESS_LOGGER, access_logger_class
 from gateway.app import build_app, build_metrics_app
+from gateway.client_address import TrustedProxies
 from gateway.cluster import ClusterClient
 from gateway.connection import GatewayRunner
 from gateway.context import GatewayContext
@@ -61,7 +62,9 @@ def make_runner(app: web.Application, cfg: Config) -> web.AppRunner:
         cfg.gateway,
         handle_signals=False,
         access_log=_access_logger(cfg),
-        access_log_class=access_logger_class(cfg.gateway.access_log_pull_sample),
+        access_log_class=access_logger_class(
+            cfg.gateway.access_log_pull_sample, TrustedProxies(cfg.gateway.trusted_proxies)
+        ),
         shutdown_timeout=cfg.gateway.shutdown_grace_seconds,
     )
 

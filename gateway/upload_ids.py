@@ -13,9 +13,11 @@ an upload only at its first non-empty PATCH (`upload_append`); until then `uploa
 answers `{"state": "new"}`.
 
 Expiry is counted from creation, the nodes' `node.upload_expire_after` from the last
-touch, so with equal settings (the defaults) Raft never forgets a session whose id is
-still valid; keep `gateway.upload_expiry_seconds <= node.upload_expire_after`, or an old
-id could find its session forgotten and start over as "new".
+touch, so with equal settings (the defaults) Raft never forgets an open session whose id
+is still valid; keep `gateway.upload_expiry_seconds <= node.upload_expire_after`, or an old
+id could find its session forgotten and start over as "new". A closed session is kept
+only among the newest 4,096 closed ones (docs/metadata.md): an older completed id is
+"new" again, and starting over on it uploads a blob as a fresh session would.
 """
 
 from __future__ import annotations

@@ -13,7 +13,17 @@ here. Choices:
   before the answer. A client that disconnects mid-PATCH commits nothing: the session
   stays at its previous size and the chunks already written are garbage for GC.
 - The running sha256 lives in the gateway's `HashCache` (`ctx.upload_hashes`); a
-  PATCH/PUT that finds none at the right offset rebuilds it from the stored chunks. A PUT
+  PATCH/PUT that finds none at the right offset rebuilds it from the stored chunks.
+- A PATCH/PUT on a session whose entry (size, running sha256, chunk list) this gateway
+  holds — it answered the POST or the last PATCH — skips the linearizable `upload_get`
+  read (one Raft log entry each: two of the four a three-request push cost). The entry
+  can only be stale when another gateway appended to the session since; the Raft state
+  catches that at the write: `upload_append` is a CAS on the offset (a streamed PATCH
+  then appends at the real size and drops its running hash, a Content-Range one gets
+  the 416 it would have had), and `blob_commit` refuses a recipe that does not extend
+  what the session appended (the PUT then redoes the check from the stored bytes, as
+  without the entry). A commit never links a recipe whose bytes this gateway did not
+  hash to the digest, whichever path it took. A PUT
   asking for sha512 after earlier PATCHes re-reads the stored bytes to hash them (rare); a
   monolithic upload (POST ?digest= or a PUT on a session without PATCHes) hashes sha512
   while streaming.
@@ -22,6 +32,11 @@ here. Choices:
   it): the client may retry the PUT; an abandoned session expires anyway.
 - `gateway.max_blob_size` (0 = no limit) rejects a body that would grow a blob past it
   with 400 SIZE_INVALID.
+- Namespace quotas (gateway/quotas.py): a body whose declared length (Content-Length or
+  Content-Range) cannot fit in the room its namespace has left is refused with 403 DENIED
+  before a byte of it is read; a streamed one as soon as it crosses; the state refuses
+  the `upload_append` that crosses, and every commit or mount past the quota, exactly.
+  A mount refused by a quota is an error, not a fallback to an upload.
 - A mount that is impossible (unknown or invalid `from`, blob absent there, bad digest)
   falls back to a normal 202 session, never an error.
 - The first recipe recorded for a digest is never replaced: a commit whose chunk list
@@ -54,6 +69,7 @@ from cargohold.errors import (
     DigestInvalid,
     MetadataStorageFull,
     NameInvalid,
+    QuotaExceeded,
     RangeInvalid,
     RecipeConflict,
     RegistryError,
@@ -62,13 +78,15 @@ from cargohold.errors import (
     Unavailable,
 )
 from cargohold.log import log_event
-from cargohold.metadata_api import BlobCommit, Recipe, UploadAppend
+from cargohold.metadata_api import Actor, BlobCommit, Recipe, UploadAppend
 from cargohold.names import validate_name
+from gateway.activity import blob_actor
 from gateway.auth.middleware import MOUNT_ALLOWED
 from gateway.body import BodyTimeout, BudgetedBody, budget
 from gateway.chunking import ingest
 from gateway.context import GatewayContext, context
 from gateway.hash_cache import rebuild
+from gateway.quotas import Room
 from gateway.upload_ids import UploadId, new_upload_id, parse_upload_id
 
 logger = logging.getLogger("cargohold.gateway.uploads")
@@ -171,9 +189,59 @@ def _content_range(request: web.Request, name: str, upload: str, size: int) -> i
     return length
 
 
+# A streamed body (no declared length) starting with less room than this many chunks left
+# in its namespace makes the gateway read the quotas again first.
+_TIGHT_CHUNKS = 64
+
+
 def _limit(ctx: GatewayContext, size: int) -> int | None:
     limit = ctx.cfg.gateway.max_blob_size
     return None if limit <= 0 else max(0, limit - size)
+
+
+async def _quota_room(
+    ctx: GatewayContext, request: web.Request, name: str, size: int, expected: int | None
+) -> Room | None:
+    """The quota a body for `name` must fit in (None: none); refuses at once, before the
+    body is read, when its declared length does not fit next to the session's `size`.
+    The quotas are read again before a refusal, and before a body of unknown length starts
+    with less than `_TIGHT_CHUNKS` chunks of room (gateway/quotas.py)."""
+    room = await ctx.quotas.room(name)
+    if room is None:
+        return None
+    declared = expected if expected is not None else request.content_length
+    tight = room.left - size < _TIGHT_CHUNKS * ctx.cfg.cluster.chunk_size
+    if (declared is not None and size + declared > room.left) or (declared is None and tight):
+        room = await ctx.quotas.room(name, fresh=True)
+        if room is None:
+            return None
+    if declared is not None and size + declared > room.left:
+        raise room.refuse(size + declared)
+    return room
+
+
+def _declared_start(request: web.Request) -> int | None:
+    """The start offset a `Content-Range` header declares (None: absent or malformed)."""
+    match = _CONTENT_RANGE_RE.fullmatch(request.headers.get("Content-Range", "").strip())
+    return int(match.group(1)) if match else None
+
+
+async def _open_session(
+    ctx: GatewayContext, request: web.Request, upload: UploadId, algorithm: str = "sha256"
+) -> tuple[int, list[list[Any]], Any, bool]:
+    """(size, chunks, running hash, from_cache) of a session: from this gateway's entry
+    when it holds one that the request's Content-Range agrees with (no Raft read), else
+    from the cluster (`upload_get`). See the module docstring for why a stale entry is
+    caught by the state machine."""
+    if algorithm == "sha256":
+        known = ctx.upload_hashes.take_session(upload.value)
+        if known is not None and known.chunks is not None:
+            if _declared_start(request) in (None, known.offset):
+                return known.offset, known.chunks, known.hasher, True
+            # The client knows of bytes this gateway did not see: ask the cluster.
+            ctx.upload_hashes.put(upload.value, known.offset, known.hasher, known.chunks)
+    size, chunks = await _session(ctx, upload)
+    return size, chunks, await _running_hash(ctx, upload.value, size, chunks, algorithm), False
 
 
 async def _running_hash(
@@ -195,12 +263,19 @@ async def _ingest(
     hasher: Any,
     size: int,
     resume: dict[str, str] | None = None,
+    quota: Room | None = None,
 ) -> tuple[list[list[Any]], int]:
     """Store the request body as chunks under the body budget (gateway/body.py).
 
     A body idle for `gateway.body_idle_timeout_seconds` is 408 with `resume` (the session's
     Location/Range at its last acknowledged size) as headers: nothing of it is committed.
+    A body crossing the room `quota` leaves is refused as it crosses (nothing committed).
     """
+    limit = _limit(ctx, size)
+    quota_limit = None if quota is None else max(0, quota.left - size)
+    by_quota = quota_limit is not None and (limit is None or quota_limit < limit)
+    if by_quota:
+        limit = quota_limit
     body = BudgetedBody(
         request.content,
         budget(request),
@@ -216,9 +291,15 @@ async def _ingest(
             hasher,
             ctx.cfg.cluster.chunk_size,
             ctx.cfg.gateway.upload_writes_in_flight,
-            _limit(ctx, size),
+            limit,
             stored=body.chunk_stored,
+            # A body that starts a sha256 blob: its first chunk's id is the running digest.
+            fresh=size == 0 and getattr(hasher, "name", "") == "sha256",
         )
+    except SizeInvalid:
+        if quota is not None and by_quota:
+            raise quota.refuse(size + (limit or 0) + 1) from None
+        raise
     except BodyTimeout:
         log_event(logger, "upload.body_idle", logging.INFO, path=request.path, size=size)
         raise RequestTimeout(detail={"size": size}, headers=resume) from None
@@ -257,6 +338,8 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
     if "digest" in query:
         return await _monolithic(ctx, request, name, query["digest"])
     upload = new_upload_id(upload_id_key(ctx.cfg), name)
+    # This gateway knows the new session (empty): its first PATCH/PUT here needs no read.
+    ctx.upload_hashes.put(upload.value, 0, new_hasher("sha256"), [])
     response = _accepted(name, upload.value, 0)
     # distribution-spec v1.1: chunked clients (regctl) send PATCHes of at least this size,
     # so stored chunks stay full-size (fewer chunks per recipe, better deduplication).
@@ -271,7 +354,7 @@ async def _try_mount(ctx: GatewayContext, name: str, digest: str, source: str) -
         mounted = await ctx.meta.blob_mount(name, digest, source)
     except (DigestInvalid, NameInvalid):
         return False
-    except (Unavailable, MetadataStorageFull):
+    except (Unavailable, MetadataStorageFull, QuotaExceeded):
         raise  # not a refusal of the mount: the client must hear it
     except RegistryError as exc:
         log_event(logger, "upload.mount_refused", logging.DEBUG, repo=name, error=exc.message)
@@ -279,12 +362,18 @@ async def _try_mount(ctx: GatewayContext, name: str, digest: str, source: str) -
     return mounted
 
 
-async def _commit(
-    ctx: GatewayContext, name: str, digest: str, recipe: Recipe, upload: str | None
+async def commit_blob(
+    ctx: GatewayContext,
+    name: str,
+    digest: str,
+    recipe: Recipe,
+    upload: str | None,
+    audit: Actor | None = None,
 ) -> None:
-    """`blob_commit`, verifying the recorded recipe when the node reports a conflict."""
+    """`blob_commit`, verifying the recorded recipe when the node reports a conflict (also
+    the pull-through cache's, gateway/mirror/fetch.py, which records no push: `audit`)."""
     try:
-        await ctx.meta.blob_commit(BlobCommit(name, digest, recipe, upload, _now()))
+        await ctx.meta.blob_commit(BlobCommit(name, digest, recipe, upload, _now(), audit))
         return
     except RecipeConflict:
         recorded = await ctx.meta.blob_recipe(digest)
@@ -294,7 +383,7 @@ async def _commit(
             "this digest is recorded with content that does not match it",
             detail={"digest": digest},
         )
-    await ctx.meta.blob_commit(BlobCommit(name, digest, recorded, upload, _now()))
+    await ctx.meta.blob_commit(BlobCommit(name, digest, recorded, upload, _now(), audit))
 
 
 async def _recipe_matches(ctx: GatewayContext, recipe: Recipe, digest: str) -> bool:
@@ -313,46 +402,71 @@ async def _monolithic(
 ) -> web.StreamResponse:
     algorithm, _ = parse_digest(digest)
     hasher = new_hasher(algorithm)
-    chunks, total = await _ingest(ctx, request, hasher, 0)
+    quota = await _quota_room(ctx, request, name, 0, None)
+    chunks, total = await _ingest(ctx, request, hasher, 0, quota=quota)
     if f"{algorithm}:{hasher.hexdigest()}" != digest:
         raise DigestInvalid(detail={"digest": digest})
-    await _commit(ctx, name, digest, {"size": total, "chunks": chunks}, None)
+    await commit_blob(
+        ctx, name, digest, {"size": total, "chunks": chunks}, None, blob_actor(request)
+    )
     return _created(name, digest)
 
 
 async def patch_upload(request: web.Request) -> web.StreamResponse:
     """PATCH an upload: streamed (no Content-Range/Length) or one chunk with Content-Range."""
     ctx, name, upload = _ids(request)
-    size, chunks = await _session(ctx, upload)
+    size, chunks, hasher, cached = await _open_session(ctx, request, upload)
     expected = _content_range(request, name, upload.value, size)
-    hasher = await _running_hash(ctx, upload.value, size, chunks)
+    quota = await _quota_room(ctx, request, name, size, expected)
     resume = session_headers(name, upload.value, size)
-    new_chunks, added = await _ingest(ctx, request, hasher, size, resume)
+    new_chunks, added = await _ingest(ctx, request, hasher, size, resume, quota)
     if expected is not None and added != expected:
         raise SizeInvalid(detail={"expected": expected, "received": added})
     if added == 0:
-        ctx.upload_hashes.put(upload.value, size, hasher)
+        ctx.upload_hashes.put(upload.value, size, hasher, chunks)
         return _accepted(name, upload.value, size)
     try:
-        new_size = await ctx.meta.upload_append(
+        new_size = await _append(ctx, upload, name, size, new_chunks)
+    except RangeInvalid as exc:
+        current = exc.detail["size"]
+        if not (cached and expected is None and current > size):
+            raise
+        # This gateway's entry was stale (another gateway appended): a streamed body
+        # goes at the real end, as it would have without the entry. The running hash
+        # covers the stale prefix only, so it is not kept (the PUT rebuilds it).
+        log_event(logger, "upload.session_stale", logging.DEBUG, upload=upload.value, size=current)
+        limit = _limit(ctx, current)
+        if limit is not None and added > limit:
+            raise SizeInvalid("blob exceeds the size limit", detail={"limit": limit}) from None
+        new_size = await _append(ctx, upload, name, current, new_chunks)
+        return _accepted(name, upload.value, new_size)
+    ctx.upload_hashes.put(upload.value, new_size, hasher, chunks + new_chunks)
+    return _accepted(name, upload.value, new_size)
+
+
+async def _append(
+    ctx: GatewayContext, upload: UploadId, name: str, offset: int, chunks: list[list[Any]]
+) -> int:
+    """`upload_append` of `chunks` at `offset`; the session's new size. RangeInvalid (416,
+    with the session's real size in `detail` and headers) when another request appended
+    first."""
+    try:
+        return await ctx.meta.upload_append(
             UploadAppend(
                 upload=upload.value,
                 repo=name,
-                offset=size,
-                chunks=new_chunks,
+                offset=offset,
+                chunks=chunks,
                 request=secrets.token_hex(12),
                 now=_now(),
             )
         )
     except RangeInvalid as exc:
-        # Another request appended first: tell the client where the session really is.
         match = _SIZE_IN_MESSAGE_RE.search(exc.message)
-        current = int(match.group(1)) if match else size
+        current = int(match.group(1)) if match else offset
         raise RangeInvalid(
             detail={"size": current}, headers=session_headers(name, upload.value, current)
         ) from None
-    ctx.upload_hashes.put(upload.value, new_size, hasher)
-    return _accepted(name, upload.value, new_size)
 
 
 async def put_upload(request: web.Request) -> web.StreamResponse:
@@ -360,24 +474,64 @@ async def put_upload(request: web.Request) -> web.StreamResponse:
     ctx, name, upload = _ids(request)
     digest = request.query.get("digest", "")
     algorithm, _ = parse_digest(digest)
-    size, chunks = await _session(ctx, upload)
+    size, chunks, base, cached = await _open_session(ctx, request, upload, algorithm)
     expected = _content_range(request, name, upload.value, size)
-    base = await _running_hash(ctx, upload.value, size, chunks, algorithm)
+    quota = await _quota_room(ctx, request, name, size, expected)
     # Hash the last piece into a copy: on a digest mismatch the session stays usable.
     hasher = base.copy()
     resume = session_headers(name, upload.value, size)
-    new_chunks, added = await _ingest(ctx, request, hasher, size, resume)
+    new_chunks, added = await _ingest(ctx, request, hasher, size, resume, quota)
     if expected is not None and added != expected:
         raise SizeInvalid(detail={"expected": expected, "received": added})
-    if f"{algorithm}:{hasher.hexdigest()}" != digest:
+    recipe: Recipe = {"size": size + added, "chunks": chunks + new_chunks}
+    try:
+        if f"{algorithm}:{hasher.hexdigest()}" != digest:
+            raise DigestInvalid(detail={"digest": digest})
+        await commit_blob(ctx, name, digest, recipe, upload.value, blob_actor(request))
+    except (DigestInvalid, SizeInvalid):
+        if cached and await _settle_stale(ctx, request, name, upload, digest, size, new_chunks):
+            return _created(name, digest)
         if algorithm == "sha256":
-            ctx.upload_hashes.put(upload.value, size, base)
-        raise DigestInvalid(detail={"digest": digest})
-    await _commit(
-        ctx, name, digest, {"size": size + added, "chunks": chunks + new_chunks}, upload.value
-    )
+            ctx.upload_hashes.put(upload.value, size, base, chunks)
+        raise
     ctx.upload_hashes.drop(upload.value)
     return _created(name, digest)
+
+
+async def _settle_stale(
+    ctx: GatewayContext,
+    request: web.Request,
+    name: str,
+    upload: UploadId,
+    digest: str,
+    size: int,
+    new_chunks: list[list[Any]],
+) -> bool:
+    """A PUT that trusted this gateway's entry failed its digest or recipe check: when the
+    cluster holds more of the session than the entry knew (another gateway appended),
+    check and commit the whole session from the stored bytes, as without the entry.
+    False when the entry was current (the failure stands)."""
+    current, chunks = await _session(ctx, upload)
+    if current == size:
+        return False
+    ctx.upload_hashes.drop(upload.value)
+    if _declared_start(request) is not None:
+        # The client placed its body at a size the session no longer has: 416, as a read
+        # of the session before the body would have answered.
+        raise RangeInvalid(
+            detail={"size": current}, headers=session_headers(name, upload.value, current)
+        )
+    log_event(logger, "upload.session_stale", logging.DEBUG, upload=upload.value, size=current)
+    algorithm, _ = parse_digest(digest)
+    whole = chunks + new_chunks
+    hasher = await rebuild(ctx.cluster, whole, algorithm)
+    if f"{algorithm}:{hasher.hexdigest()}" != digest:
+        raise DigestInvalid(detail={"digest": digest})
+    total = sum(int(c[1]) for c in whole)
+    await commit_blob(
+        ctx, name, digest, {"size": total, "chunks": whole}, upload.value, blob_actor(request)
+    )
+    return True
 
 
 async def get_upload_status(request: web.Request) -> web.StreamResponse:

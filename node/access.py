@@ -10,7 +10,8 @@ and reason (`access.refused`), not once per call.
 The matrix (docs/security.md renders it):
 
     RPC                         gateway   node   admin
-    Chunks.Put/Get/Has          yes       yes    -
+    Chunks.Put/Has              yes       yes    yes (`admin vulndb import` stores the index)
+    Chunks.Get                  yes       yes    yes (audit verify reads sealed segments)
     Chunks.List/Delete          -         yes    -
     Metadata.Query              yes       yes    yes
     Metadata.Command            registry  internal  internal  (by `op`, `_COMMAND_ROLES`)
@@ -43,13 +44,17 @@ _OPERATORS = frozenset({"node", "admin"})
 _ADMIN = frozenset({"admin"})
 
 RPC_ROLES: dict[str, frozenset[str]] = {
-    "/cargohold.v1.Chunks/Put": _DATA,
-    "/cargohold.v1.Chunks/Get": _DATA,
-    "/cargohold.v1.Chunks/Has": _DATA,
+    # The admin CLI stores the vulnerability database's index (`cargohold admin vulndb`).
+    "/cargohold.v1.Chunks/Put": _ALL,
+    # The admin CLI reads the activity log's sealed segments (`cargohold admin audit`).
+    "/cargohold.v1.Chunks/Get": _ALL,
+    "/cargohold.v1.Chunks/Has": _ALL,
     "/cargohold.v1.Chunks/List": _NODE,
     "/cargohold.v1.Chunks/Delete": _NODE,
     "/cargohold.v1.Metadata/Query": _ALL,
     "/cargohold.v1.Metadata/Command": _ALL,
+    # A gateway's access lease on the leader (node/metadata/access_leases.py).
+    "/cargohold.v1.Metadata/WatchAccess": frozenset({"gateway"}),
     "/cargohold.v1.Admin/Status": _ALL,
     "/cargohold.v1.Admin/Trigger": _OPERATORS,
     "/cargohold.v1.Admin/AddMember": _ADMIN,
@@ -69,7 +74,37 @@ _REGISTRY_OPS = (
     "manifest_put",
     "tag_delete",
     "manifest_delete",
+    # A gateway's batched pulls (last-pulled times and the activity log's pull records).
+    "pull_record",
+    # The activity log: a gateway's batched events, sealing and retention of segments.
+    "audit_append",
+    "audit_seal",
+    "audit_expire",
+    # Webhook delivery (gateway/webhooks.py): the lease and the endpoints' cursors.
+    "webhook_lease",
+    "webhook_advance",
+    # Search's platforms and labels of manifests pushed before they were recorded
+    # (gateway/search_backfill.py).
+    "image_info_backfill",
+    # Replication rules (gateway/replication/): a rule's lease, cursor and status.
+    "replication_lease",
+    "replication_report",
 )
+ACCESS_OPS = (
+    "user_put",
+    "namespace_put",
+    "grant_set",
+    "group_put",
+    "group_delete",
+    "group_member_set",
+    "group_grant_set",
+    "robot_put",
+    "robot_delete",
+    "trust_key_put",
+    "pull_policy_put",
+    "vuln_policy_put",
+)
+_ACCESS_WRITERS = frozenset({"admin", "gateway"})
 COMMAND_ROLES: dict[str, frozenset[str]] = {
     **{op: frozenset({"gateway"}) for op in _REGISTRY_OPS},
     "barrier": _ALL,
@@ -77,10 +112,32 @@ COMMAND_ROLES: dict[str, frozenset[str]] = {
     "member_set_state": _OPERATORS,
     "expire_uploads": _OPERATORS,
     "gc_prune": _OPERATORS,
-    # Registry users, namespaces and roles: the operator's admin CLI only.
-    "user_put": _ADMIN,
-    "namespace_put": _ADMIN,
-    "grant_set": _ADMIN,
+    # Registry users, groups, robots, namespaces, roles and signature trust: the operator's
+    # admin CLI, and gateways for their HTTP admin API (gateway/admin_api/), which checks
+    # its caller is a cluster or namespace admin first. A gateway holds the token signing
+    # key anyway, so it could already mint any token: this gives it nothing it could not
+    # take.
+    **{op: _ACCESS_WRITERS for op in ACCESS_OPS},
+    # Namespace storage quotas (node/metadata/quotas.py): the operator's admin CLI only.
+    "quota_set": _ADMIN,
+    # The trash: purged by the GC leader (or the operator), restored by the operator only
+    # (a gateway, or a stolen gateway credential, can delete but never purge the trash).
+    "trash_purge": _OPERATORS,
+    "trash_restore": _ADMIN,
+    # Webhook endpoints and their dead letters: the operator's admin CLI only (an endpoint's
+    # headers may carry a receiver's credential).
+    "webhook_put": _ADMIN,
+    "webhook_remove": _ADMIN,
+    "webhook_retry": _ADMIN,
+    # A replication rule's run, asked for by the operator (`cargohold admin replication run`).
+    "replication_run": _ADMIN,
+    # The SBOM scanner's queue (node/metadata/scans.py): gateways run the scans; a rescan
+    # may come from the operator too.
+    "scan_claim": frozenset({"gateway"}),
+    "scan_finish": frozenset({"gateway"}),
+    "scan_enqueue": _ACCESS_WRITERS,
+    # The vulnerability database (docs/supply-chain.md): imported by the operator only.
+    "vulndb_put": _ADMIN,
 }
 _SEEN_MAX = 10_000
 
@@ -205,6 +262,13 @@ def _refusal(
     reason: str,
 ) -> grpc.RpcMethodHandler:
     """A handler of the same shape as `handler` that refuses without parsing the request."""
+    if handler.stream_stream is not None:
+
+        async def refuse_bidi(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            await interceptor.refuse(context, code, reason)
+            yield  # pragma: no cover - makes this an async generator
+
+        return grpc.stream_stream_rpc_method_handler(refuse_bidi, request_deserializer=_identity)
     if handler.unary_stream is not None:
 
         async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -223,16 +287,21 @@ def _wrap(
     handler: grpc.RpcMethodHandler,
     check: Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]],
 ) -> grpc.RpcMethodHandler:
-    """`handler` with `check(request, context)` run before its behaviour."""
-    if handler.unary_stream is not None:
-        inner_stream = handler.unary_stream
+    """`handler` with `check(request, context)` run before its behaviour (a stream of
+    requests: `check(None, context)`)."""
+    streaming = handler.stream_stream or handler.unary_stream
+    if streaming is not None:
+        bidi = handler.stream_stream is not None
 
         async def checked_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
-            await check(request, context)
-            async for item in inner_stream(request, context):
+            await check(None if bidi else request, context)
+            async for item in streaming(request, context):
                 yield item
 
-        return grpc.unary_stream_rpc_method_handler(
+        make = (
+            grpc.stream_stream_rpc_method_handler if bidi else grpc.unary_stream_rpc_method_handler
+        )
+        return make(
             checked_stream,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,

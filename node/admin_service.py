@@ -1,7 +1,7 @@
 """The gRPC `Admin` service: one node's status (identity, Raft, chunk store, disk space and
 reserve, state counts, the chunk store's LMDB file against the pages its data uses),
-background-role triggers (`Trigger`: repair, scrub, gc, gc-dry-run) and membership changes
-(delegated to node/membership.py)."""
+background-role triggers (`Trigger`: repair, scrub, gc, gc-dry-run, snapshot) and
+membership changes (delegated to node/membership.py)."""
 
 from __future__ import annotations
 

@@ -14,6 +14,11 @@ Key layout of the one LMDB environment per node, `<data_dir>/chunks/` (named DBs
           key   b"bytes"             u64 big-endian: sum of data lengths in "chunks"
           key   b"quarantined"       u64 big-endian: entries in "quarantine"
 
+Other processes may read this environment: a gateway on the same host opens it read-only
+(gateway/cluster/local_reads.py), each of its read transactions a slot in the reader
+table, so this writer never reuses a page it reads. Slots of a process that died inside a
+transaction are cleared (`reader_check`) before a write at most every 10 s.
+
 Garbage collection deletes with `sweep(ids, idle_before)`: a delete, in the writer thread,
 of only those chunks not written nor found present by `has` since `idle_before` (the
 in-RAM record of node/chunk_touch.py, whose lock the sweep's transaction holds until its
@@ -76,6 +81,8 @@ CHECKSUM_LEN = 16
 CHUNK_ID_LEN = 32
 _U64 = struct.Struct(">Q")
 _META_COUNT, _META_BYTES, _META_QUARANTINED = b"count", b"bytes", b"quarantined"
+# At most this often, a write first clears the reader slots of dead processes.
+READER_CHECK_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -351,6 +358,7 @@ class LmdbChunkStore:
         self._closed = False
         self._readers = 0
         self._commits = 0
+        self._next_reader_check = 0.0
         self._full = False
         self.touches = ChunkTouches()
         # Told the seconds of each write transaction, fsync included (node/metrics.py).
@@ -672,6 +680,13 @@ class LmdbChunkStore:
     def _transact(self, ops: list[_Op]) -> list[int]:
         """Apply ops in one write transaction; returns their results once it is fsynced."""
         start = time.perf_counter()
+        if start >= self._next_reader_check:
+            # Reader slots of processes that died inside a read txn (a gateway reading this
+            # store directly, gateway/cluster/local_reads.py) would pin old pages forever.
+            self._next_reader_check = start + READER_CHECK_SECONDS
+            stale = self._env.reader_check()
+            if stale:
+                log_event(logger, "chunkstore.stale_readers_cleared", count=stale)
         sweeping = any(op.kind == "sweep" for op in ops)
         # A sweep holds the touch lock from its checks to its commit (see ChunkTouches).
         with self.touches.lock if sweeping else contextlib.nullcontext():

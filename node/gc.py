@@ -4,17 +4,24 @@ pushes and pulls go on (docs/operations.md, "Garbage collection").
 A pass on every node, every `lifecycle.gc_interval_seconds` or at once on `trigger()`
 (the Admin `Trigger` RPC, role "gc"; role "gc-dry-run" counts without deleting):
 
-1. on the Raft leader only, the state: recipes of blobs that no repository links, seen so
-   a grace period ago and still unlinked, are forgotten by `gc_prune` commands (one per
-   `gc_prune_batch` digests; the state re-checks the links when applying), and upload
-   sessions older than `node.upload_expire_after` are expired;
+1. on the Raft leader only, the state: the trash is purged of what was deleted more than
+   `lifecycle.trash_retention_seconds` ago (`trash_purge`); recipes of blobs that no
+   repository links and no trashed manifest holds, seen so a grace period ago and still
+   unlinked, are forgotten by `gc_prune` commands (one per `gc_prune_batch` digests; the
+   state re-checks links and trash when applying), and upload sessions older than
+   `node.upload_expire_after` are expired;
 2. mark: note the time T, pass a Raft barrier (every command committed before T is then
    applied here), copy the applied state and collect, off the Raft lock, every chunk of
    every recipe it holds: blobs (linked or not yet pruned), manifests (their own recipes,
-   so referrers and index children too) and open upload sessions;
+   so referrers and index children too), manifests in the trash, open upload sessions and
+   the sealed segments of the activity log;
 3. sweep this node's own store in key order: a chunk outside the mark set is deleted only
    if this node has not written it nor answered "present" for it to a `Has` since
    T - `gc_grace_seconds` (`ChunkStore.sweep` checks that in its write transaction).
+
+A real pass that deleted anything says so in the activity log: one `gc` event per node
+and pass, and one `purge` record per repository the trash purge emptied
+(node/audit_events.py).
 
 Why a push never loses a chunk: a chunk becomes referenced by an `upload_append` /
 `blob_commit` at most one request after its write or its `Has` (docs of
@@ -36,7 +43,9 @@ from cargohold import metadata_api as api
 from cargohold.config import Config
 from cargohold.errors import RegistryError
 from cargohold.log import log_event
+from node import audit_events
 from node.chunkstore import ChunkStore
+from node.metadata.trash import held_blobs
 from node.pacing import PassSchedule, PassStats
 
 logger = logging.getLogger("cargohold.node.gc")
@@ -73,16 +82,19 @@ class GcStats(PassStats):
     pruned_blobs: int = 0  # recipes forgotten (leader; a dry run: would forget)
     pruned_bytes: int = 0
     expired_uploads: int = 0
+    purged_trash: int = 0  # trash entries forgotten (leader; a dry run: would forget)
     pass_seconds: float = 0.0
     # Since the process started (real passes only).
     reclaimed_chunks_total: int = 0
     reclaimed_bytes_total: int = 0
     pruned_blobs_total: int = 0
+    purged_trash_total: int = 0
     failed_passes: int = 0
 
 
 def mark(snapshot: dict[str, Any]) -> set[bytes]:
-    """Every chunk id a recipe of the state references (blobs, manifests, open uploads)."""
+    """Every chunk id a recipe of the state references (blobs, manifests, the trash's
+    manifests, open uploads, sealed activity-log segments)."""
     marked: set[bytes] = set()
     add = marked.add
 
@@ -90,24 +102,31 @@ def mark(snapshot: dict[str, Any]) -> set[bytes]:
         for i in range(0, len(packed), _CHUNK_REF):
             add(packed[i : i + _ID_LEN])
 
-    for recipe in snapshot["blobs"].values():
-        take(recipe[1])
+    for digest, recipe in snapshot["blobs"].items():
+        take(recipe.chunks_for(digest))
     for present in snapshot["manifests"].values():
-        for manifest in present.values():
-            take(manifest[2][1])
+        for digest, manifest in present.items():
+            take(manifest.recipe.chunks_for(digest))
+    for trashed in snapshot.get("trash", {}).values():
+        for digest, entry in trashed.items():
+            take(entry.manifest.recipe.chunks_for(digest))
     for record in snapshot["uploads"].values():
         packed = getattr(record, "packed", None)
         if packed:
+            take(packed)
+    audit = snapshot.get("audit")
+    if audit is not None:  # sealed activity-log segments (node/metadata/audit_log.py)
+        for packed in audit.packed_recipes():
             take(packed)
     return marked
 
 
 def unlinked_blobs(snapshot: dict[str, Any]) -> dict[str, int]:
-    """{digest: size} of the recipes no repository links."""
-    linked: set[str] = set()
+    """{digest: size} of the recipes no repository links and no trashed manifest holds."""
+    linked: set[str] = held_blobs(snapshot.get("trash", {}))
     for digests in snapshot["links"].values():
         linked |= digests
-    return {d: r[0] for d, r in snapshot["blobs"].items() if d not in linked}
+    return {d: r.size for d, r in snapshot["blobs"].items() if d not in linked}
 
 
 class GcRole:
@@ -119,7 +138,6 @@ class GcRole:
         self.stats = GcStats()
         life = cfg.lifecycle
         self._schedule = PassSchedule(life.gc_interval_seconds or _NEVER)
-        self._want_real = self._want_dry = False
         # Leader only: when each unlinked recipe was first seen unlinked (monotonic).
         self._unlinked_since: dict[str, float] = {}
 
@@ -128,20 +146,14 @@ class GcRole:
 
     async def trigger(self, wait: bool = False, dry_run: bool = False) -> dict[str, Any]:
         """Run a pass now (a real one wins over a dry run asked at the same time)."""
-        if dry_run:
-            self._want_dry = True
-        else:
-            self._want_real = True
-        number = self._schedule.request()
+        number = self._schedule.request(dry_run)
         if wait:
             await self._schedule.wait_for(number)
         return self.progress()
 
     async def run(self) -> None:
         while True:
-            await self._schedule.next_pass()
-            dry = self._want_dry and not self._want_real
-            self._want_dry = self._want_real = False
+            dry = await self._schedule.next_pass()
             try:
                 await self.run_pass(dry_run=dry)
             except Exception as exc:  # a bad pass must not end the role
@@ -158,6 +170,7 @@ class GcRole:
         started = time.monotonic()
         stats.dry_run = dry_run
         stats.pruned_blobs = stats.pruned_bytes = stats.expired_uploads = 0
+        stats.purged_trash = 0
         if self._raft.is_leader():
             await self._clean_state(dry_run)
         else:
@@ -166,6 +179,8 @@ class GcRole:
         await self._sweep(marked, cutoff, dry_run)
         stats.pass_seconds = round(time.monotonic() - started, 3)
         stats.end_pass()
+        if not dry_run:
+            await self._record(stats)
         log_event(
             logger,
             "gc.pass_done",
@@ -180,9 +195,26 @@ class GcRole:
             seconds=stats.pass_seconds,
         )
 
+    async def _record(self, stats: GcStats) -> None:
+        """What this pass deleted, as one activity-log event (node/audit_events.py)."""
+        if not self._cfg.audit.enabled or not (
+            stats.pruned_blobs or stats.expired_uploads or stats.swept_chunks
+        ):
+            return
+        actor = audit_events.system_actor("gc", self._cfg.node.id)
+        detail = (
+            f"pruned {stats.pruned_blobs} blob recipes ({stats.pruned_bytes} bytes), "
+            f"expired {stats.expired_uploads} uploads, "
+            f"swept {stats.swept_chunks} chunks ({stats.swept_bytes} bytes)"
+        )
+        await audit_events.append(
+            self._raft, [audit_events.system_event(actor, "gc", reference="pass", detail=detail)]
+        )
+
     # -- 1. the state (leader) --------------------------------------------------------------
     async def _clean_state(self, dry_run: bool) -> None:
         life, stats = self._cfg.lifecycle, self.stats
+        await self._purge_trash(dry_run)
         await self._raft.barrier()
         snapshot, _ = self._raft.state_snapshot()
         unlinked = await asyncio.to_thread(unlinked_blobs, snapshot)
@@ -213,6 +245,24 @@ class GcRole:
             )
         except RegistryError as exc:
             log_event(logger, "gc.expire_failed", logging.WARNING, error=str(exc))
+
+    async def _purge_trash(self, dry_run: bool) -> None:
+        """What stayed in the trash longer than the retention goes (0: all of it)."""
+        retention = self._cfg.lifecycle.trash_retention_seconds
+        now = time.time()
+        if dry_run:
+            entries = await self._meta.trash_list()
+            self.stats.purged_trash = sum(e.deleted_at <= now - retention for e in entries)
+            return
+        try:
+            # The state records one `purge` per repository, as this actor.
+            actor = audit_events.system_actor("gc", self._cfg.node.id, "trash purge")
+            audit = actor if self._cfg.audit.enabled else None
+            self.stats.purged_trash = await self._meta.trash_purge(now, retention, None, audit)
+        except RegistryError as exc:
+            log_event(logger, "gc.trash_purge_failed", logging.WARNING, error=str(exc))
+            return
+        self.stats.purged_trash_total += self.stats.purged_trash
 
     # -- 2. mark ------------------------------------------------------------------------------
     async def _mark(self) -> tuple[set[bytes], float]:
@@ -258,18 +308,3 @@ class GcRole:
             if len(page) < page_size:
                 return
             after = page[-1][0]
-
-
-class DryRunTrigger:
-    """The Admin role "gc-dry-run": a GC pass that counts what it would remove."""
-
-    alias = True  # Admin.Status shows its progress once, as "gc"
-
-    def __init__(self, role: GcRole) -> None:
-        self._role = role
-
-    def progress(self) -> dict[str, Any]:
-        return self._role.progress()
-
-    async def trigger(self, wait: bool = False) -> dict[str, Any]:
-        return await self._role.trigger(wait=wait, dry_run=True)

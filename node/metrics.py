@@ -67,6 +67,7 @@ class NodeCollector(Collector):
         repair: _Role,
         scrub: _Role,
         gc: _Role | None = None,
+        retention: _Role | None = None,
     ) -> None:
         self._node = node_id
         self._raft = raft
@@ -75,6 +76,7 @@ class NodeCollector(Collector):
         self._repair = repair
         self._scrub = scrub
         self._gc = gc
+        self._retention = retention
 
     def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
         family = GaugeMetricFamily(name, doc, labels=["node"])
@@ -93,6 +95,7 @@ class NodeCollector(Collector):
         yield from self._repair_metrics()
         yield from self._scrub_metrics()
         yield from self._gc_metrics()
+        yield from self._retention_metrics()
 
     def _raft_metrics(self) -> Iterator[Any]:
         try:
@@ -232,6 +235,11 @@ class NodeCollector(Collector):
             "Unlinked blob recipes this node, as leader, pruned from the state",
             s.pruned_blobs_total,
         )
+        yield c(
+            "cargohold_node_gc_purged_trash",
+            "Trash entries (manifests, tags) this node, as leader, purged after the retention",
+            s.purged_trash_total,
+        )
         yield c("cargohold_node_gc_failed_passes", "GC passes that failed", s.failed_passes)
         yield g(
             "cargohold_node_gc_spared_young_chunks",
@@ -255,6 +263,33 @@ class NodeCollector(Collector):
                 usage["data_bytes"],
             )
 
+    def _retention_metrics(self) -> Iterator[Any]:
+        if self._retention is None:
+            return
+        s = self._retention.stats
+        g, c = self._gauge, self._counter
+        yield c("cargohold_node_retention_passes", "Retention passes finished", s.passes)
+        yield c(
+            "cargohold_node_retention_tags_deleted",
+            "Tags retention deleted (this node as leader)",
+            s.tags_deleted_total,
+        )
+        yield c(
+            "cargohold_node_retention_manifests_deleted",
+            "Manifests retention deleted (this node as leader)",
+            s.manifests_deleted_total,
+        )
+        yield c(
+            "cargohold_node_retention_failed_passes",
+            "Retention passes that failed",
+            s.failed_passes,
+        )
+        yield g(
+            "cargohold_node_retention_skipped_changed",
+            "Deletions the last retention pass left because a push or pull raced them",
+            s.skipped_changed,
+        )
+
 
 @contextlib.contextmanager
 def node_metrics(
@@ -265,6 +300,7 @@ def node_metrics(
     repair: _Role,
     scrub: _Role,
     gc: _Role | None = None,
+    retention: _Role | None = None,
 ) -> Iterator[NodeCollector]:
     """Register the collector and the latency observers for the node's lifetime."""
     commands: dict[str, Any] = {}
@@ -275,7 +311,7 @@ def node_metrics(
             child = commands[op] = RAFT_COMMAND_SECONDS.labels(node_id, op)
         child.observe(seconds)
 
-    collector = NodeCollector(node_id, raft, store, space, repair, scrub, gc)
+    collector = NodeCollector(node_id, raft, store, space, repair, scrub, gc, retention)
     raft.command_observer = observe_command
     store.commit_observer = CHUNK_COMMIT_SECONDS.labels(node_id).observe
     REGISTRY.register(collector)

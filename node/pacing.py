@@ -60,19 +60,30 @@ class PassSchedule:
         self._changed = asyncio.Condition()
         self.started = 0
         self.finished = 0
+        self._want_real = self._want_dry = False
 
-    def request(self) -> int:
-        """Ask for a pass now; returns the number of the pass that will serve the request."""
+    def request(self, dry_run: bool = False) -> int:
+        """Ask for a pass now (a rehearsal with `dry_run`); returns the number of the pass
+        that will serve the request."""
+        if dry_run:
+            self._want_dry = True
+        else:
+            self._want_real = True
         self._wake.set()
         return self.started + 1
 
-    async def next_pass(self, immediately: bool = False) -> None:
-        """Wait for the interval or a request, then count a new pass as started."""
+    async def next_pass(self, immediately: bool = False) -> bool:
+        """Wait for the interval or a request, then count a new pass as started. Returns
+        whether it is a dry run: only dry runs were asked for since the last pass (a real
+        pass asked at the same time wins; a scheduled pass is real)."""
         if not immediately and not self._wake.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
         self._wake.clear()
         self.started += 1
+        dry = self._want_dry and not self._want_real
+        self._want_dry = self._want_real = False
+        return dry
 
     async def finish(self) -> None:
         self.finished = self.started

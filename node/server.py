@@ -21,7 +21,8 @@
    sessions untouched for `upload_expire_after` (the catalogue's `expire_uploads`);
    and the background roles, each its own module: repair (node/repair.py), scrub
    (node/scrub.py, whose re-fetch also heals copies the Chunks `Get` finds corrupt) and
-   garbage collection (node/gc.py);
+   garbage collection (node/gc.py); retention policies (node/retention.py); the search
+   index is built in a thread of its own (node/metadata/search_build.py);
    membership changes arrive through Admin (node/membership.py);
 5. serves Prometheus metrics, `/healthz` and `/readyz` on `node.metrics_address` when set
    (node/metrics.py, node/metrics_http.py: a thread of its own, off the gRPC loop);
@@ -64,14 +65,19 @@ from node.access import AccessInterceptor
 from node.admin_service import AdminServicer
 from node.chunkstore import LmdbChunkStore
 from node.disk import DiskSpace
-from node.gc import DryRunTrigger, GcRole
+from node.dry_run import DryRunTrigger
+from node.gc import GcRole
+from node.initial_admin import ensure_initial_admin
 from node.membership import Membership
 from node.metadata.raft import RaftMember
+from node.metadata.search_build import SearchIndexBuilder
 from node.metadata.service import MetadataServicer
+from node.metadata.snapshot_role import SnapshotRole
 from node.metrics import node_metrics
 from node.metrics_http import MetricsServer
 from node.peers import PeerPool
 from node.repair import RepairRole
+from node.retention import RetentionRole
 from node.scrub import ScrubRole
 from protos import registry_pb2_grpc
 
@@ -202,6 +208,7 @@ async def _run_locked(cfg: Config) -> None:
         space=space,
     )
     raft: RaftMember | None = None
+    search: SearchIndexBuilder | None = None
     server: grpc.aio.Server | None = None
     tasks: list[asyncio.Task[None]] = []
     peers = PeerPool(cfg)
@@ -216,6 +223,10 @@ async def _run_locked(cfg: Config) -> None:
 
         raft = RaftMember(cfg, on_fatal=stop_soon)
         await raft.wait_bound()
+        search = SearchIndexBuilder(
+            raft.state, raft.state_lock, node.search_build_slice, node.search_build_pause
+        )
+        search.start()
         scrub = ScrubRole(cfg, store, raft, peers)
         repair = RepairRole(cfg, store, raft, peers, on_corrupt=scrub.refetcher.schedule)
         try:
@@ -224,6 +235,7 @@ async def _run_locked(cfg: Config) -> None:
             raise StartupError(f"cannot read the TLS files: {exc}") from None
         mtls = creds is not None and bool(cfg.cluster.tls_ca)
         gc = GcRole(cfg, store, raft)
+        retention = RetentionRole(cfg, raft)
         server = grpc.aio.server(
             # Every call authenticated and checked against the role matrix (node/access.py).
             interceptors=[AccessInterceptor(cfg, mtls=mtls)],
@@ -236,13 +248,23 @@ async def _run_locked(cfg: Config) -> None:
             ],
         )
         chunk_service.add_to_server(server, store, node, on_corrupt=scrub.refetcher.schedule)
-        registry_pb2_grpc.add_MetadataServicer_to_server(MetadataServicer(raft), server)
+        registry_pb2_grpc.add_MetadataServicer_to_server(
+            MetadataServicer(raft, search, node.search_ready_wait), server
+        )
         registry_pb2_grpc.add_AdminServicer_to_server(
             AdminServicer(
                 cfg,
                 raft,
                 store,
-                roles={"repair": repair, "scrub": scrub, "gc": gc, "gc-dry-run": DryRunTrigger(gc)},
+                roles={
+                    "repair": repair,
+                    "scrub": scrub,
+                    "gc": gc,
+                    "gc-dry-run": DryRunTrigger(gc),
+                    "snapshot": SnapshotRole(raft),
+                    "retention": retention,
+                    "retention-dry-run": DryRunTrigger(retention),
+                },
                 membership=Membership(cfg, raft, peers),
                 space=space,
             ),
@@ -257,7 +279,9 @@ async def _run_locked(cfg: Config) -> None:
             raise AddressInUse(f"cannot listen on {node.grpc_listen} (gRPC)") from None
         await server.start()
         if node.metrics_address:
-            exits.enter_context(node_metrics(node.id, raft, store, space, repair, scrub, gc))
+            exits.enter_context(
+                node_metrics(node.id, raft, store, space, repair, scrub, gc, retention)
+            )
             metrics_server = MetricsServer(node.metrics_address, _ready_check(raft))
             metrics_server.start()
         log_event(
@@ -271,9 +295,11 @@ async def _run_locked(cfg: Config) -> None:
         tasks = [
             loop.create_task(join_cluster(raft, cfg)),
             loop.create_task(housekeeping(raft, cfg)),
+            loop.create_task(ensure_initial_admin(raft, cfg)),
             loop.create_task(repair.run()),
             loop.create_task(scrub.run()),
             loop.create_task(gc.run()),
+            loop.create_task(retention.run()),
             loop.create_task(watch_disk(space, node.disk_check_interval)),
         ]
         await stop.wait()
@@ -291,6 +317,8 @@ async def _run_locked(cfg: Config) -> None:
             await server.stop(node.shutdown_grace)
         if scrub is not None:
             await scrub.close()
+        if search is not None:
+            await asyncio.to_thread(search.stop)
         await peers.close()
         if raft is not None:
             await raft.close()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/registry.proto\x12\x0c\x63\x61rgohold.v1\"=\n\x0fPutChunkRequest\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x0c\" \n\rPutChunkReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\x1d\n\x0fGetChunkRequest\x12\n\n\x02id\x18\x01 \x01(\x0c\"/\n\rGetChunkReply\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x0c\"3\n\x10HasChunksRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x0c\x12\x12\n\nprobe_only\x18\x02 \x01(\x08\"!\n\x0eHasChunksReply\x12\x0f\n\x07present\x18\x01 \x03(\x08\"\"\n\x13\x44\x65leteChunksRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x0c\"$\n\x11\x44\x65leteChunksReply\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"5\n\x11ListChunksRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x0c\x12\x11\n\tpage_size\x18\x02 \x01(\r\"-\n\x0fListChunksReply\x12\x0b\n\x03ids\x18\x01 \x03(\x0c\x12\r\n\x05sizes\x18\x02 \x03(\r\"A\n\x0fMetadataRequest\x12\n\n\x02op\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x01(\x0c\x12\x14\n\x0clinearizable\x18\x03 \x01(\x08\"\x1f\n\rMetadataReply\x12\x0e\n\x06result\x18\x01 \x01(\x0c\"\x0f\n\rStatusRequest\"\xd1\x02\n\x0bStatusReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12\x1b\n\x13leader_raft_address\x18\x03 \x01(\t\x12\x11\n\tis_leader\x18\x04 \x01(\x08\x12\x19\n\x11raft_commit_index\x18\x05 \x01(\x04\x12\x19\n\x11raft_last_applied\x18\x06 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x08 \x01(\x04\x12\r\n\x05\x65xtra\x18\t \x01(\x0c\x12\x1b\n\x13\x64isk_capacity_bytes\x18\n \x01(\x04\x12\x17\n\x0f\x64isk_used_bytes\x18\x0b \x01(\x04\x12\x17\n\x0f\x64isk_free_bytes\x18\x0c \x01(\x04\x12\x1a\n\x12\x64isk_reserve_bytes\x18\r \x01(\x04\x12\x11\n\tdisk_full\x18\x0e \x01(\x08\",\n\x0eTriggerRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\" \n\x0cTriggerReply\x12\x10\n\x08progress\x18\x01 \x01(\x0c\"U\n\rMemberRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04grpc\x18\x02 \x01(\t\x12\x0c\n\x04raft\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\"\x1e\n\x0bMemberReply\x12\x0f\n\x07members\x18\x01 \x01(\x0c\x32\xeb\x02\n\x06\x43hunks\x12\x41\n\x03Put\x12\x1d.cargohold.v1.PutChunkRequest\x1a\x1b.cargohold.v1.PutChunkReply\x12\x41\n\x03Get\x12\x1d.cargohold.v1.GetChunkRequest\x1a\x1b.cargohold.v1.GetChunkReply\x12\x43\n\x03Has\x12\x1e.cargohold.v1.HasChunksRequest\x1a\x1c.cargohold.v1.HasChunksReply\x12L\n\x06\x44\x65lete\x12!.cargohold.v1.DeleteChunksRequest\x1a\x1f.cargohold.v1.DeleteChunksReply\x12H\n\x04List\x12\x1f.cargohold.v1.ListChunksRequest\x1a\x1d.cargohold.v1.ListChunksReply0\x01\x32\x96\x01\n\x08Metadata\x12\x45\n\x07\x43ommand\x12\x1d.cargohold.v1.MetadataRequest\x1a\x1b.cargohold.v1.MetadataReply\x12\x43\n\x05Query\x12\x1d.cargohold.v1.MetadataRequest\x1a\x1b.cargohold.v1.MetadataReply2\xe5\x02\n\x05\x41\x64min\x12@\n\x06Status\x12\x1b.cargohold.v1.StatusRequest\x1a\x19.cargohold.v1.StatusReply\x12\x43\n\x07Trigger\x12\x1c.cargohold.v1.TriggerRequest\x1a\x1a.cargohold.v1.TriggerReply\x12\x43\n\tAddMember\x12\x1b.cargohold.v1.MemberRequest\x1a\x19.cargohold.v1.MemberReply\x12H\n\x0eSetMemberState\x12\x1b.cargohold.v1.MemberRequest\x1a\x19.cargohold.v1.MemberReply\x12\x46\n\x0cRemoveMember\x12\x1b.cargohold.v1.MemberRequest\x1a\x19.cargohold.v1.MemberReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/registry.proto\x12\x0c\x63\x61rgohold.v1\"=\n\x0fPutChunkRequest\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x03 \x01(\x0c\" \n\rPutChunkReply\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\x1d\n\x0fGetChunkRequest\x12\n\n\x02id\x18\x01 \x01(\x0c\"/\n\rGetChunkReply\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x0c\"3\n\x10HasChunksRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x0c\x12\x12\n\nprobe_only\x18\x02 \x01(\x08\"!\n\x0eHasChunksReply\x12\x0f\n\x07present\x18\x01 \x03(\x08\"\"\n\x13\x44\x65leteChunksRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x0c\"$\n\x11\x44\x65leteChunksReply\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"5\n\x11ListChunksRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\x0c\x12\x11\n\tpage_size\x18\x02 \x01(\r\"-\n\x0fListChunksReply\x12\x0b\n\x03ids\x18\x01 \x03(\x0c\x12\r\n\x05sizes\x18\x02 \x03(\r\"A\n\x0fMetadataRequest\x12\n\n\x02op\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x01(\x0c\x12\x14\n\x0clinearizable\x18\x03 \x01(\x08\"\x1f\n\rMetadataReply\x12\x0e\n\x06result\x18\x01 \x01(\x0c\"\'\n\nAccessPing\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04seen\x18\x02 \x01(\t\"a\n\x0b\x41\x63\x63\x65ssLease\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\x12\x0e\n\x06leader\x18\x04 \x01(\t\x12\x0c\n\x04term\x18\x05 \x01(\x04\"\x0f\n\rStatusRequest\"\xd1\x02\n\x0bStatusReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0craft_address\x18\x02 \x01(\t\x12\x1b\n\x13leader_raft_address\x18\x03 \x01(\t\x12\x11\n\tis_leader\x18\x04 \x01(\x08\x12\x19\n\x11raft_commit_index\x18\x05 \x01(\x04\x12\x19\n\x11raft_last_applied\x18\x06 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\x04\x12\x13\n\x0b\x63hunk_bytes\x18\x08 \x01(\x04\x12\r\n\x05\x65xtra\x18\t \x01(\x0c\x12\x1b\n\x13\x64isk_capacity_bytes\x18\n \x01(\x04\x12\x17\n\x0f\x64isk_used_bytes\x18\x0b \x01(\x04\x12\x17\n\x0f\x64isk_free_bytes\x18\x0c \x01(\x04\x12\x1a\n\x12\x64isk_reserve_bytes\x18\r \x01(\x04\x12\x11\n\tdisk_full\x18\x0e \x01(\x08\",\n\x0eTriggerRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\" \n\x0cTriggerReply\x12\x10\n\x08progress\x18\x01 \x01(\x0c\"U\n\rMemberRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04grpc\x18\x02 \x01(\t\x12\x0c\n\x04raft\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\"\x1e\n\x0bMemberReply\x12\x0f\n\x07members\x18\x01 \x01(\x0c\x32\xeb\x02\n\x06\x43hunks\x12\x41\n\x03Put\x12\x1d.cargohold.v1.PutChunkRequest\x1a\x1b.cargohold.v1.PutChunkReply\x12\x41\n\x03Get\x12\x1d.cargohold.v1.GetChunkRequest\x1a\x1b.cargohold.v1.GetChunkReply\x12\x43\n\x03Has\x12\x1e.cargohold.v1.HasChunksRequest\x1a\x1c.cargohold.v1.HasChunksReply\x12L\n\x06\x44\x65lete\x12!.cargohold.v1.DeleteChunksRequest\x1a\x1f.cargohold.v1.DeleteChunksReply\x12H\n\x04List\x12\x1f.cargohold.v1.ListChunksRequest\x1a\x1d.cargohold.v1.ListChunksReply0\x01\x32\xde\x01\n\x08Metadata\x12\x45\n\x07\x43ommand\x12\x1d.cargohold.v1.MetadataRequest\x1a\x1b.cargohold.v1.MetadataReply\x12\x43\n\x05Query\x12\x1d.cargohold.v1.MetadataRequest\x1a\x1b.cargohold.v1.MetadataReply\x12\x46\n\x0bWatchAccess\x12\x18.cargohold.v1.AccessPing\x1a\x19.cargohold.v1.AccessLease(\x01\x30\x01\x32\xe5\x02\n\x05\x41\x64min\x12@\n\x06Status\x12\x1b.cargohold.v1.StatusRequest\x1a\x19.cargohold.v1.StatusReply\x12\x43\n\x07Trigger\x12\x1c.cargohold.v1.TriggerRequest\x1a\x1a.cargohold.v1.TriggerReply\x12\x43\n\tAddMember\x12\x1b.cargohold.v1.MemberRequest\x1a\x19.cargohold.v1.MemberReply\x12H\n\x0eSetMemberState\x12\x1b.cargohold.v1.MemberRequest\x1a\x19.cargohold.v1.MemberReply\x12\x46\n\x0cRemoveMember\x12\x1b.cargohold.v1.MemberRequest\x1a\x19.cargohold.v1.MemberReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,22 +55,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METADATAREQUEST']._serialized_end=545
   _globals['_METADATAREPLY']._serialized_start=547
   _globals['_METADATAREPLY']._serialized_end=578
-  _globals['_STATUSREQUEST']._serialized_start=580
-  _globals['_STATUSREQUEST']._serialized_end=595
-  _globals['_STATUSREPLY']._serialized_start=598
-  _globals['_STATUSREPLY']._serialized_end=935
-  _globals['_TRIGGERREQUEST']._serialized_start=937
-  _globals['_TRIGGERREQUEST']._serialized_end=981
-  _globals['_TRIGGERREPLY']._serialized_start=983
-  _globals['_TRIGGERREPLY']._serialized_end=1015
-  _globals['_MEMBERREQUEST']._serialized_start=1017
-  _globals['_MEMBERREQUEST']._serialized_end=1102
-  _globals['_MEMBERREPLY']._serialized_start=1104
-  _globals['_MEMBERREPLY']._serialized_end=1134
-  _globals['_CHUNKS']._serialized_start=1137
-  _globals['_CHUNKS']._serialized_end=1500
-  _globals['_METADATA']._serialized_start=1503
-  _globals['_METADATA']._serialized_end=1653
-  _globals['_ADMIN']._serialized_start=1656
-  _globals['_ADMIN']._serialized_end=2013
+  _globals['_ACCESSPING']._serialized_start=580
+  _globals['_ACCESSPING']._serialized_end=619
+  _globals['_ACCESSLEASE']._serialized_start=621
+  _globals['_ACCESSLEASE']._serialized_end=718
+  _globals['_STATUSREQUEST']._serialized_start=720
+  _globals['_STATUSREQUEST']._serialized_end=735
+  _globals['_STATUSREPLY']._serialized_start=738
+  _globals['_STATUSREPLY']._serialized_end=1075
+  _globals['_TRIGGERREQUEST']._serialized_start=1077
+  _globals['_TRIGGERREQUEST']._serialized_end=1121
+  _globals['_TRIGGERREPLY']._serialized_start=1123
+  _globals['_TRIGGERREPLY']._serialized_end=1155
+  _globals['_MEMBERREQUEST']._serialized_start=1157
+  _globals['_MEMBERREQUEST']._serialized_end=1242
+  _globals['_MEMBERREPLY']._serialized_start=1244
+  _globals['_MEMBERREPLY']._serialized_end=1274
+  _globals['_CHUNKS']._serialized_start=1277
+  _globals['_CHUNKS']._serialized_end=1640
+  _globals['_METADATA']._serialized_start=1643
+  _globals['_METADATA']._serialized_end=1865
+  _globals['_ADMIN']._serialized_start=1868
+  _globals['_ADMIN']._serialized_end=2225
 # @@protoc_insertion_point(module_scope)

@@ -94,6 +94,28 @@ class MetadataReply(_message.Message):
     result: bytes
     def __init__(self, result: _Optional[bytes] = ...) -> None: ...
 
+class AccessPing(_message.Message):
+    __slots__ = ("seq", "seen")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    SEEN_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    seen: str
+    def __init__(self, seq: _Optional[int] = ..., seen: _Optional[str] = ...) -> None: ...
+
+class AccessLease(_message.Message):
+    __slots__ = ("seq", "revision", "lease_seconds", "leader", "term")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    revision: str
+    lease_seconds: float
+    leader: str
+    term: int
+    def __init__(self, seq: _Optional[int] = ..., revision: _Optional[str] = ..., lease_seconds: _Optional[float] = ..., leader: _Optional[str] = ..., term: _Optional[int] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -298,6 +298,11 @@ class MetadataStub:
                 request_serializer=protos_dot_registry__pb2.MetadataRequest.SerializeToString,
                 response_deserializer=protos_dot_registry__pb2.MetadataReply.FromString,
                 _registered_method=True)
+        self.WatchAccess = channel.stream_stream(
+                '/cargohold.v1.Metadata/WatchAccess',
+                request_serializer=protos_dot_registry__pb2.AccessPing.SerializeToString,
+                response_deserializer=protos_dot_registry__pb2.AccessLease.FromString,
+                _registered_method=True)
 
 
 class MetadataServicer:
@@ -317,6 +322,16 @@ class MetadataServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchAccess(self, request_iterator, context):
+        """The Raft leader's access-directory revision under a lease (docs/security.md
+        "Revocation at once"): the gateway pings, the leader answers each ping once a majority
+        has confirmed its leadership after the ping arrived, and pushes a new revision before
+        an access change is acknowledged (`access_fence`). Followers refuse (UNAVAILABLE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -329,6 +344,11 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.Query,
                     request_deserializer=protos_dot_registry__pb2.MetadataRequest.FromString,
                     response_serializer=protos_dot_registry__pb2.MetadataReply.SerializeToString,
+            ),
+            'WatchAccess': grpc.stream_stream_rpc_method_handler(
+                    servicer.WatchAccess,
+                    request_deserializer=protos_dot_registry__pb2.AccessPing.FromString,
+                    response_serializer=protos_dot_registry__pb2.AccessLease.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -385,6 +405,33 @@ class Metadata:
             '/cargohold.v1.Metadata/Query',
             protos_dot_registry__pb2.MetadataRequest.SerializeToString,
             protos_dot_registry__pb2.MetadataReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchAccess(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cargohold.v1.Metadata/WatchAccess',
+            protos_dot_registry__pb2.AccessPing.SerializeToString,
+            protos_dot_registry__pb2.AccessLease.FromString,
             options,
             channel_credentials,
             insecure,

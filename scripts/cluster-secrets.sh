@@ -23,3 +23,29 @@ for name, line in (("node.env", f"CARGOHOLD_CLUSTER_SECRET={secret}"),
 PY
   echo "cluster-secrets: generated $dir/node.env and $dir/gateway.env"
 fi
+
+# The token signing key (ES256, P-256) every gateway signs and verifies registry tokens
+# with: deploy/secrets/auth/token-key.pem, 0600, owned by the image's `cargohold` user
+# (the gateways mount the directory read-only). Kept once generated.
+auth="$dir/auth"
+if [[ ! -s "$auth/token-key.pem" ]]; then
+  image="${CARGOHOLD_IMAGE:-cargohold:latest}"
+  mkdir -p "$auth"
+  chmod 0700 "$auth"
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$auth/token-key.pem.tmp" 2>/dev/null
+  chmod 0600 "$auth/token-key.pem.tmp"
+  mv "$auth/token-key.pem.tmp" "$auth/token-key.pem"
+  if [[ -n "${CARGOHOLD_UID:-}" ]]; then
+    uid="$CARGOHOLD_UID"
+    gid="${CARGOHOLD_GID:-$CARGOHOLD_UID}"
+  else
+    uid="$(docker run --rm --entrypoint id "$image" -u cargohold)"
+    gid="$(docker run --rm --entrypoint id "$image" -g cargohold)"
+  fi
+  if [[ "$(id -u)" == 0 ]]; then
+    chown -R "$uid:$gid" "$auth"
+  else  # only root may give files away: let a root container do it
+    docker run --rm --user 0 --entrypoint chown -v "$auth:/auth" "$image" -R "$uid:$gid" /auth
+  fi
+  echo "cluster-secrets: generated the token signing key $auth/token-key.pem"
+fi

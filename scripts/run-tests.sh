@@ -6,6 +6,11 @@
 # pytest's exit code 5 (nothing selected) counts as success for a phase. Every phase runs
 # even when an earlier one failed; the script fails if any did, and ends with one total
 # line over all phases.
+# IMAGES_CMD (set by `make test`): the command that builds the images the clients phase
+# needs. When Docker answers and clients is among the phases it runs in the background
+# from the start (debootstrap, wheels, docker build: minutes of mostly network and disk
+# wait that the unit and cluster phases do not need), and the clients phase waits for it;
+# its output goes to build/test-reports/images.log, and a failed build fails the run.
 #   usage: PHASES="unit cluster clients" scripts/run-tests.sh [extra pytest args]
 set -uo pipefail
 
@@ -25,13 +30,40 @@ declare -A marker=(
 # Upper bounds in seconds (a hung test must not eat CI's budget), overridable.
 declare -A limit=(
   [unit]="${TEST_TIMEOUT_UNIT:-300}"
-  [cluster]="${TEST_TIMEOUT_CLUSTER:-900}"
-  [clients]="${TEST_TIMEOUT_CLIENTS:-900}"
+  [cluster]="${TEST_TIMEOUT_CLUSTER:-1500}"
+  [clients]="${TEST_TIMEOUT_CLIENTS:-1500}"
 )
 
 failed_phases=()
+images_pid=""
+if [[ -n ${IMAGES_CMD:-} && " $PHASES " == *" clients "* ]]; then
+  if docker info >/dev/null 2>&1; then
+    echo "=== building the images in the background (log: $REPORTS/images.log)"
+    images_started=$SECONDS
+    bash -c "$IMAGES_CMD" >"$REPORTS/images.log" 2>&1 </dev/null &
+    images_pid=$!
+  else
+    echo "docker engine not answering: docker tests will skip"
+  fi
+fi
+
+# Before the clients phase: the background image build must have succeeded.
+wait_for_images() {
+  [[ -n $images_pid ]] || return 0
+  echo "=== waiting for the image build"
+  wait "$images_pid"
+  local rc=$?
+  images_pid=""
+  cat "$REPORTS/images.log"
+  echo "=== images: exit $rc after $((SECONDS - images_started))s"
+  if ((rc != 0)); then failed_phases+=(images); fi
+}
+
 for phase in $PHASES; do
-  if [[ $phase == clients ]]; then "$ROOT/scripts/clean-test-docker.sh"; fi
+  if [[ $phase == clients ]]; then
+    wait_for_images
+    "$ROOT/scripts/clean-test-docker.sh"
+  fi
   echo "=== pytest phase: $phase (-m \"${marker[$phase]}\", at most ${limit[$phase]}s)"
   started=$SECONDS
   timeout --signal=INT --kill-after=30 "${limit[$phase]}" \

@@ -7,6 +7,8 @@
 #   haproxy         the load balancer of cluster-compose.yml and of local tests
 #   prometheus      the real-Prometheus tests (and promtool for deploy/prometheus-*.yml);
 #                   each test runs its own instance, the distro's service never runs
+#   podman          real-client tests (podman login, push, pull; no container is run)
+#   chromium, chromium-driver  the web UI's real-browser test (headless, driven by selenium)
 #   docker-compose  only when neither `docker compose` nor `docker-compose` exists
 # Package post-install scripts must not start daemons here: Distribution would grab
 # port 5000 (the gateway's), Prometheus 9090. A policy-rc.d that denies starts is put in place for the
@@ -20,6 +22,9 @@ declare -A wanted=(
   [busybox-static]=busybox
   [haproxy]=haproxy
   [prometheus]=prometheus
+  [podman]=podman
+  [chromium]=chromium
+  [chromium-driver]=chromium-driver
 )
 missing=()
 for pkg in "${!wanted[@]}"; do

@@ -7,6 +7,10 @@ hashed (untimed) to check the system returns the right bytes. Pull: the cell's b
 reused buffer and counted, not hashed (`bench.rawhttp.RawBlobReader`: the client costs only
 the kernel's copy, so it does not cap a fast registry).
 Digests are computed before the clock starts.
+
+Each cell also records the server's cost (bench/procstats.py): CPU-seconds of all of the
+system's processes during the push (up to the flush after it, so copies written after the
+acknowledgement count) and during the pull, per process and per GB moved.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 from bench.blobdata import BlobSpec, digest_of
 from bench.driver import drive
+from bench.procstats import CpuMeter, cpu_s_per_gb
 from bench.profiles import BlobCell
 from bench.rawhttp import RawBlobReader
 from bench.workloads.common import (
@@ -100,6 +105,7 @@ async def _run_cell(
     def count(n: int) -> None:
         sent[0] += n
 
+    meter = CpuMeter(ctx.system.processes())
     async with sessions(ctx, cell.concurrency) as clients:
 
         async def push_one(i: int) -> int:
@@ -110,6 +116,8 @@ async def _run_cell(
         push = pushed.to_json("bytes") | {"size": cell.size}
         ctx.advance(f"push {key}")
         await settle()
+        # After the settle: copies written after the acknowledgement count too.
+        push |= _efficiency(meter, pushed.moved)
         if pushed.ops == 0:
             ctx.advance(f"pull {key}")
             return push, {"skipped": "nothing was pushed"}
@@ -133,12 +141,29 @@ async def _run_cell(
         finally:
             pool.put_nowait(reader)
 
+    meter.reset()
     try:
         pulled = await drive(cell.concurrency, pull_one, available * rounds, seconds)
     finally:
         for reader in readers:
             reader.close()
     pulled.moved = sum(reader.received for reader in readers)
+    pull = pulled.to_json("bytes") | {"size": cell.size} | _efficiency(meter, pulled.moved)
     await settle()
     ctx.advance(f"pull {key}")
-    return push, pulled.to_json("bytes") | {"size": cell.size}
+    return push, pull
+
+
+def _efficiency(meter: CpuMeter, moved: int) -> dict[str, Any]:
+    """The server's CPU for a phase: total, per process, per GB moved."""
+    used = meter.used()
+    if not used:
+        return {}
+    total = sum(used.values())
+    per_gb = cpu_s_per_gb(total, moved)
+    return {
+        "server_cpu_s": round(total, 3),
+        "server_bytes_moved": moved,
+        "server_cpu_s_by_process": {name: round(v, 3) for name, v in used.items()},
+        "server_cpu_s_per_GB": round(per_gb, 3) if per_gb is not None else None,
+    }

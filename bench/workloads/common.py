@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.auth import TokenSource
 from bench.oci import READ_BUFFER, OciClient
 from bench.profiles import Profile
 from bench.systems import SystemUnderTest
@@ -41,6 +42,14 @@ class Context:
     system: SystemUnderTest
     profile: Profile
     advance: Callable[[str], None] = field(default=lambda _label: None)
+    # Token auth like docker's (bench/auth.py) when the system has credentials; shared by
+    # every client of the run, so each scope's token is fetched once.
+    tokens: TokenSource | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        credentials = getattr(self.system, "credentials", None)
+        if credentials is not None:
+            self.tokens = TokenSource(self.system.urls[0], *credentials)
 
     @property
     def urls(self) -> list[str]:
@@ -57,7 +66,7 @@ async def sessions(ctx: Context, connections: int) -> AsyncIterator[list[OciClie
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, auto_decompress=False, read_bufsize=READ_BUFFER
     ) as session:
-        yield [OciClient(url, session) for url in ctx.urls]
+        yield [OciClient(url, session, ctx.tokens) for url in ctx.urls]
 
 
 def pick(clients: list[OciClient], index: int) -> OciClient:

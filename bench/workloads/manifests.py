@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
+
 from bench.blobdata import BlobSpec
 from bench.driver import drive
 from bench.images import Image, push_image
@@ -55,6 +57,11 @@ async def _read_cell(ctx: Context, op: str, ref: str, conns: int) -> dict[str, A
     head = op.startswith("head")
     pool: asyncio.Queue[tuple[RawClient, bytes]] = asyncio.Queue()
     clients = [RawClient(ctx.urls[i % len(ctx.urls)]) for i in range(conns)]
+    authorization = ""
+    if ctx.tokens is not None:  # one pull token for the repository, like docker's
+        async with aiohttp.ClientSession() as session:
+            header = await ctx.tokens.header(session, REPO)
+        authorization = header["Authorization"]
     try:
         for c in clients:
             await c.connect()
@@ -62,7 +69,10 @@ async def _read_cell(ctx: Context, op: str, ref: str, conns: int) -> dict[str, A
                 (
                     c,
                     c.build(
-                        "HEAD" if head else "GET", f"/v2/{REPO}/manifests/{ref}", ACCEPT_MANIFESTS
+                        "HEAD" if head else "GET",
+                        f"/v2/{REPO}/manifests/{ref}",
+                        ACCEPT_MANIFESTS,
+                        authorization,
                     ),
                 )
             )

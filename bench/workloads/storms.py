@@ -62,7 +62,12 @@ async def run_pull_storm(ctx: Context) -> dict[str, Any]:
             timeout=aiohttp.ClientTimeout(total=None),
         ) as s:
             url = ctx.urls[index % len(ctx.urls)]
-            oci = OciClient(url, s)
+            oci = OciClient(url, s, ctx.tokens)
+            # With token auth (the `cargohold-r3-auth` system): the repository's pull token,
+            # fetched before the start like a client that logged in, sent on every blob GET.
+            authorization = ""
+            if ctx.tokens is not None:
+                authorization = (await ctx.tokens.header(s, STORM_REPO))["Authorization"]
             readers: asyncio.Queue[RawBlobReader] = asyncio.Queue()
             for _ in range(LAYER_PARALLELISM):
                 readers.put_nowait(RawBlobReader(url))
@@ -70,7 +75,7 @@ async def run_pull_storm(ctx: Context) -> dict[str, Any]:
             async def fetch(repo: str, digest: str) -> int:
                 reader = await readers.get()
                 try:
-                    return await reader.get(f"/v2/{repo}/blobs/{digest}")
+                    return await reader.get(f"/v2/{repo}/blobs/{digest}", authorization)
                 finally:
                     readers.put_nowait(reader)
 

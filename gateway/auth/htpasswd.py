@@ -81,7 +81,7 @@ class HtpasswdFile:
         self.users = parse_htpasswd(self._read(), self.path)
         log_event(logger, "auth.htpasswd_reloaded", path=self.path, users=len(self.users))
 
-    async def refresh(self) -> None:
+    async def refresh(self, user: str = "") -> None:
         """Re-read the file if it changed (looked at most every `check_seconds`)."""
         if time.monotonic() - self._checked < self.check_seconds:
             return

@@ -6,9 +6,10 @@ htpasswd mode: HTTP Basic credentials checked by `AuthState.login`; none or wron
 token mode: a Bearer JWT verified by `TokenVerifier` (cheap: on the loop); none or
 invalid -> 401 with the Bearer challenge naming the scope the route needs. A valid token
 lacking that scope -> 401 `insufficient_scope` (the client fetches a new token), unless
-the built-in service knows the user may not have it: then 403 `DENIED`. With users from
-the cluster metadata, a token's user must still be enabled and still hold the right
-(checked against the cached directory), so revocation does not wait for expiry.
+the built-in service knows the user may not have it: then 403 `DENIED`. With users or
+robots from the cluster metadata, a token's user must still be enabled (a robot: still
+exist, unexpired) and still hold the right (checked against the cached directory), so
+revocation does not wait for expiry.
 
 A cross-repository mount (`POST .../blobs/uploads/?mount=&from=`) is only tried when the
 caller may pull `from`; otherwise `MOUNT_ALLOWED` is False and the upload handler opens a
@@ -69,10 +70,10 @@ async def _token(auth: AuthState, request: web.Request, scope: Scope | None) -> 
     token = _bearer(auth, request, scope)
     request[USER_KEY] = token.subject
     if auth.directory is not None and token.subject:
-        # Cluster users: a disabled user or a revoked grant ends its tokens at once (as
-        # soon as this gateway re-reads the directory), not when they expire.
-        await auth.directory.refresh()
-        if auth.directory.user(token.subject) is None:
+        # Cluster users and robots: a disabled user, a revoked grant or robot ends its
+        # tokens at once (as soon as this gateway re-reads the directory), an expired
+        # robot at its expiry; not when the token expires.
+        if not await auth.still_valid(token.subject):
             raise auth.unauthorized(request, scope, "invalid_token")
         if scope is not None and not covers(
             await auth.policy.granted(token.subject, scope), scope.actions

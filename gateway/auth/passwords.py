@@ -24,7 +24,9 @@ _DUMMY_HASH = bcrypt.hashpw(b"cargohold-no-such-user", bcrypt.gensalt(10))
 class UserSource(Protocol):
     """Where users and their bcrypt hashes come from (an htpasswd file, the metadata)."""
 
-    async def refresh(self) -> None: ...
+    async def refresh(self, user: str = "") -> None:
+        """Bring the source up to date before `user` is looked up."""
+        ...
 
     def lookup(self, user: str) -> bytes | None: ...
 
@@ -42,11 +44,11 @@ class PasswordChecker:
         return hmac.new(self._key, material, hashlib.sha256).digest()
 
     async def exists(self, user: str) -> bool:
-        await self.users.refresh()
+        await self.users.refresh(user)
         return self.users.lookup(user) is not None
 
     async def check(self, user: str, password: str) -> bool:
-        await self.users.refresh()
+        await self.users.refresh(user)
         stored = self.users.lookup(user)
         if stored is None:
             await asyncio.to_thread(bcrypt.checkpw, password.encode(), _DUMMY_HASH)

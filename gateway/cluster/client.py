@@ -67,6 +67,7 @@ class ClusterClient:
         await self.view.stop()
         await self.background.close(self._cfg.gateway.rpc_timeout_seconds)
         await self.pool.close()
+        self.reader.close()
 
     # -- membership -----------------------------------------------------------------------
     @property

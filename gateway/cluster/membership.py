@@ -1,9 +1,11 @@
 """The gateway's view of the cluster: members, the Raft leader, and who failed recently.
 
-Re-learned every `gateway.members_refresh_seconds` and soon after a failure, from the
-first node that answers the `members` query and `Admin.Status` while knowing a leader
-(seeds are `gateway.nodes`). A node that knows no leader (cut off by a partition, or an
-election is running) may hold a stale view: it is used only when no node knows a leader.
+Re-learned every `gateway.members_refresh_seconds` (more often right after start while a
+configured node has not joined yet: `gateway.members_settle_seconds`) and soon after a
+failure, from the first node that answers the `members` query and `Admin.Status` while
+knowing a leader (seeds are `gateway.nodes`). A node that knows no leader (cut off by a
+partition, or an election is running) may hold a stale view: it is used only when no node
+knows a leader.
 Every other part of the client reads members and leader from here and reports failures
 to `failures` (`RecentFailures`). Each periodic refresh also asks every active member
 whether its disk is full (`Admin.Status.disk_full`) and records the answer in `full`
@@ -136,13 +138,26 @@ class MembershipView:
                 await self._refresh_task
 
     async def _refresh_loop(self) -> None:
+        started = time.monotonic()
         while True:
-            await asyncio.sleep(self._cfg.gateway.members_refresh_seconds)
+            await asyncio.sleep(self._next_refresh_in(time.monotonic() - started))
             try:
                 await self.refresh()
             except Unavailable:
                 log_event(logger, "cluster.refresh_failed", logging.DEBUG)
             await self.probe_disks()
+
+    def _next_refresh_in(self, since_start: float) -> float:
+        """`members_refresh_seconds`, or the settle period's short interval while a
+        configured node is missing from the list shortly after start."""
+        gw = self._cfg.gateway
+        if since_start < gw.members_settle_seconds and not self._knows_every_seed():
+            return min(gw.members_settle_refresh_seconds, gw.members_refresh_seconds)
+        return gw.members_refresh_seconds
+
+    def _knows_every_seed(self) -> bool:
+        known = {m.grpc for m in self._members if m.state != "removed"}
+        return set(self._cfg.gateway.nodes) <= known
 
     async def probe_disks(self) -> None:
         """Ask every active member whether it is full; a silent one keeps its mark."""
@@ -164,6 +179,15 @@ class MembershipView:
     async def refresh_quietly(self) -> None:
         with contextlib.suppress(Unavailable):
             await self.refresh()
+
+    async def refresh_unless_recent(self) -> None:
+        """`refresh_quietly`, unless the list was learned within `_REFRESH_GAP_SECONDS`
+        (a burst of failing writes re-learns it once, not once each)."""
+        if time.monotonic() - self._last_refresh >= _REFRESH_GAP_SECONDS:
+            async with self._refresh_lock:
+                pass  # one already running: wait for it, then judge its result's age
+            if time.monotonic() - self._last_refresh >= _REFRESH_GAP_SECONDS:
+                await self.refresh_quietly()
 
     async def ensure_members(self) -> None:
         if not self._members:

@@ -6,6 +6,12 @@ errors move on to the next node after a doubling backoff, bounded by
 `gateway.metadata_attempts` and `gateway.rpc_timeout_seconds` in total; that is safe
 because every command is idempotent (protos/README.md). Any other failure is the
 `RegistryError` the node sent (`from_grpc_details`); exhausted retries are `Unavailable`.
+
+A removal is idempotent in effect but not in answer: when an attempt's outcome is unknown
+(the node went away or timed out after the command was sent, as when the leader is
+SIGKILLed between its commit and its reply) and a later attempt answers "unknown"
+(404), the earlier attempt removed it, or another client did meanwhile: either way it is
+gone, and the removal succeeded (`_REMOVALS`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,13 @@ from typing import Any
 import grpc.aio
 
 from cargohold.config import Config
-from cargohold.errors import RegistryError, Unavailable, from_grpc_details
+from cargohold.errors import (
+    BlobUnknown,
+    ManifestUnknown,
+    RegistryError,
+    Unavailable,
+    from_grpc_details,
+)
 from cargohold.grpc_channels import RETRYABLE, ChannelPool
 from cargohold.log import log_event
 from cargohold.request_ids import call_metadata
@@ -30,6 +42,9 @@ logger = logging.getLogger("cargohold.gateway.cluster")
 
 # The longest pause between two attempts.
 _MAX_BACKOFF_SECONDS = 1.0
+# Commands whose retry after an unknown outcome may find their target already gone.
+_REMOVALS = frozenset({"blob_unlink", "manifest_delete", "tag_delete"})
+_GONE = (BlobUnknown, ManifestUnknown)
 
 
 class MetadataClient:
@@ -61,6 +76,7 @@ class MetadataClient:
         deadline = time.monotonic() + gw.rpc_timeout_seconds
         backoff = gw.retry_backoff_seconds
         last = "no node"
+        outcome_unknown = False
         for attempt in range(gw.metadata_attempts):
             targets = self._targets()
             address = targets[attempt % len(targets)]
@@ -74,6 +90,7 @@ class MetadataClient:
             except grpc.aio.AioRpcError as exc:
                 err = from_grpc_details(exc.details(), exc.trailing_metadata())
                 if exc.code() in RETRYABLE or isinstance(err, Unavailable):
+                    outcome_unknown = outcome_unknown or is_command
                     last = f"{address}: {exc.code().name} {exc.details()}"
                     if err is None:  # the node itself is unreachable
                         self._view.failures.record_failure(address)
@@ -90,6 +107,9 @@ class MetadataClient:
                     await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
                     backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
                     continue
+                if outcome_unknown and op in _REMOVALS and isinstance(err, _GONE):
+                    log_event(logger, "cluster.removal_already_done", logging.INFO, op=op)
+                    return None
                 raise _error(exc, err) from None
             return json.loads(reply.result) if reply.result else None
         raise Unavailable(detail={"op": op, "last": last})

@@ -16,6 +16,12 @@ at a CPU cost measured in bench/README.md.
 Concurrent reads of one chunk share one node read (`gateway.share_chunk_reads`): chunks
 are immutable and addressed by content, so a pull storm costs one read per chunk, not one
 per client. A caller that goes away does not cancel the shared read.
+
+Short-circuit local reads (`gateway.local_node_data_dir`, gateway/cluster/local_reads.py):
+a chunk the co-located node holds is read from its LMDB, verified, before any gRPC; a
+miss, or a local read slower than the hedge delay, goes the usual way, and a local copy
+that fails its check is never served: the replicas are asked with the local node first,
+so it notices the corruption itself.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from cargohold.grpc_channels import RETRYABLE
 from cargohold.log import log_event
 from cargohold.request_ids import call_metadata
 from cargohold.wire import decode_get_reply
+from gateway.cluster.local_reads import LocalChunkStore, LocalCopyCorrupt
 from gateway.cluster.membership import Member
 from gateway.cluster.parts import ClusterParts, log_chunk_event
 from protos import registry_pb2
@@ -50,6 +57,16 @@ class ChunkReader(ClusterParts):
     def __post_init__(self) -> None:
         # Chunk reads in flight, shared by concurrent readers of the same chunk.
         self._reads: dict[tuple[str, int | None], asyncio.Task[memoryview]] = {}
+        gw = self.cfg.gateway
+        self.local: LocalChunkStore | None = (
+            LocalChunkStore(gw.local_node_data_dir, gw.verify_reads)
+            if gw.local_node_data_dir
+            else None
+        )
+
+    def close(self) -> None:
+        if self.local is not None:
+            self.local.close()
 
     async def read_chunk(self, chunk_hex: str, length: int | None = None) -> memoryview:
         """The verified bytes of one chunk from the first healthy replica, hedged.
@@ -74,11 +91,22 @@ class ChunkReader(ClusterParts):
             del self._reads[key]
 
     async def _read_chunk(self, chunk_hex: str, length: int | None) -> memoryview:
-        await self.view.ensure_members()
         chunk_id = bytes.fromhex(chunk_hex)
+        local_corrupt = False
+        if self.local is not None:
+            try:
+                data = await self._read_local(self.local, chunk_id, length)
+            except LocalCopyCorrupt:
+                local_corrupt = True
+            else:
+                if data is not None:
+                    return memoryview(data)
+        await self.view.ensure_members()
         order = self.placement.read_order(chunk_id)
         if not order:
             raise Unavailable("no storage node known")
+        if local_corrupt:
+            order = self._local_first(order)
         hedge = self.cfg.gateway.hedge_after_seconds
         pending: set[asyncio.Task[memoryview]] = set()
         owner: dict[asyncio.Task[memoryview], Member] = {}
@@ -130,6 +158,29 @@ class ChunkReader(ClusterParts):
         raise Unavailable(
             "no replica could serve a chunk", detail={"chunk": chunk_hex, "errors": failures}
         )
+
+    async def _read_local(
+        self, local: LocalChunkStore, chunk_id: bytes, length: int | None
+    ) -> bytes | None:
+        """The local read, hedged like a replica: when the local disk takes longer than
+        `gateway.hedge_after_seconds` (a cold page on a slow or failing disk), the chunk
+        is read over gRPC instead and the local answer, when it comes, is dropped."""
+        task = asyncio.ensure_future(local.read(chunk_id, length))
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(task), self.cfg.gateway.hedge_after_seconds
+            )
+        except TimeoutError:
+            task.add_done_callback(_drop_result)
+            log_event(logger, "cluster.local_read_slow", logging.INFO, chunk=chunk_id.hex())
+            return None
+
+    def _local_first(self, order: list[Member]) -> list[Member]:
+        """The read order with the local node first: its own read of the copy that failed
+        here answers DATA_LOSS, quarantines it and re-fetches a good one (a healthy copy,
+        e.g. rewritten meanwhile, it simply serves); the next replica serves otherwise."""
+        local = self.cfg.gateway.local_node_id
+        return sorted(order, key=lambda m: m.id != local) if local else order
 
     async def _get_one(self, member: Member, chunk_id: bytes, length: int | None) -> memoryview:
         node = self.pool.node(member.grpc)
@@ -193,6 +244,12 @@ class ChunkReader(ClusterParts):
             self.read_range(recipe, 0, int(recipe.get("size", 0)))
         ) as pieces:
             return b"".join([p async for p in pieces])
+
+
+def _drop_result(task: asyncio.Future[bytes | None]) -> None:
+    """Retrieve an abandoned local read's outcome (its counters already counted it)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _recipe_chunks(recipe: dict[str, Any]) -> list[tuple[str, int]]:

@@ -92,8 +92,21 @@ class ChunkWriter(ClusterParts):
 
         for _ in range(min(replicas, len(queue))):
             launch()
+        relearned = False
         try:
             while acks < quorum:
+                if (acks + len(pending) + len(queue) < quorum or not pending) and not relearned:
+                    # Out of members to ask: the member list may be older than a node that
+                    # joined since (learned while the cluster was starting). Re-learn it
+                    # once and ask the members not asked yet before refusing the write.
+                    relearned = True
+                    await self.view.refresh_unless_recent()
+                    asked = {m.id for m in owner.values()}
+                    queue = [m for m in self.placement.write_order(chunk_id) if m.id not in asked]
+                    while queue and len(pending) + acks < quorum:
+                        launch()
+                    if pending:
+                        continue
                 if acks + len(pending) + len(queue) < quorum or not pending:
                     if refused_full:
                         raise self._storage_full(refused_full, failures)

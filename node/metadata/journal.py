@@ -24,6 +24,12 @@
   the file never changes size, so recording a term or a vote needs no free space, and a
   torn write leaves the other slot intact. `set_term` returns only once it is durable.
 
+In RAM the journal keeps each entry's offset (8 bytes) and only the newest entries
+themselves (`_TAIL_ENTRIES`, `_TAIL_BYTES`, never one not yet written): pysyncobj's reads
+of older ones (a follower catching up, the replay after a restart, the entries a compaction
+keeps) read the file back, so the log between two snapshots costs the node almost no memory
+(node/metadata/log_entries.py).
+
 Journals written by pysyncobj's own `FileJournal` (`journal`, `journal.meta`) are read
 once, rewritten into these files, and removed (`migrate_pysyncobj_journal`).
 
@@ -43,11 +49,14 @@ import struct
 import threading
 import time
 import zlib
+from collections import deque
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from pysyncobj.journal import Journal
 
 from cargohold.log import log_event
+from node.metadata.log_entries import LogEntries
 
 logger = logging.getLogger("cargohold.node.raft")
 
@@ -59,6 +68,11 @@ _REC = struct.Struct("<II")  # body length, crc32(body)
 _BODY = struct.Struct("<IQQ")  # gen, idx, term
 _END_IDX = 0  # a record with idx 0 (never a real Raft index) marks the end of the log
 _MAX_RECORD = 1 << 30
+_SLACK = 1 << 20  # claim granule when compaction rewrites the log
+# Entries kept in RAM: the newest, up to this many and (past the newest) this many bytes of
+# commands; older ones are read back from the file (node/metadata/log_entries.py).
+_TAIL_ENTRIES = 1024
+_TAIL_BYTES = 8 << 20
 
 _TERM_MAGIC = b"CHTERM1\0"
 _SLOT = 512
@@ -107,15 +121,17 @@ class ScannedLog(NamedTuple):
     clean: bool  # ended at an end marker or zeroes, not at a torn or stale record
 
 
-def scan_log(data: bytes) -> ScannedLog:
-    """Parse a log file's bytes into its valid prefix.
+def scan_log(data: bytes, keep: int | None = None) -> ScannedLog:
+    """Parse a log file's bytes into its valid prefix (`entries`: only the last `keep`
+    when given; `offsets`: every entry's).
 
     Stops at the end marker or at the first record that is incomplete, fails its checksum,
     breaks the idx sequence or has a lower gen than the one before."""
     if data[:_HEADER] != _LOG_MAGIC:
         raise ValueError("not a cargohold raft log (bad header)")
-    entries: list[tuple[bytes, int, int]] = []
+    kept: deque[tuple[bytes, int, int]] = deque(maxlen=keep)
     offsets: list[int] = []
+    last_idx = None
     pos, gen, size, clean = _HEADER, 0, len(data), True
     while pos + _REC.size + _BODY.size <= size:
         length, crc = _REC.unpack_from(data, pos)
@@ -128,17 +144,33 @@ def scan_log(data: bytes) -> ScannedLog:
         if zlib.crc32(body) != crc:
             break
         rgen, idx, term = _BODY.unpack_from(body)
-        if rgen < gen or (entries and idx not in (_END_IDX, entries[-1][1] + 1)):
+        if rgen < gen or (last_idx is not None and idx not in (_END_IDX, last_idx + 1)):
             break
         if idx == _END_IDX:
             clean = True
             break
         clean = True
         gen = rgen
-        entries.append((body[_BODY.size :], idx, term))
+        last_idx = idx
+        kept.append((body[_BODY.size :], idx, term))
         offsets.append(pos)
         pos += _REC.size + length
-    return ScannedLog(entries, offsets, pos, gen, clean)
+    return ScannedLog(list(kept), offsets, pos, gen, clean)
+
+
+def read_records(data: bytes) -> list[tuple[bytes, int, int]]:
+    """The entries of consecutive whole records, checked (a read back of written ones)."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        length, crc = _REC.unpack_from(data, pos)
+        body = data[pos + _REC.size : pos + _REC.size + length]
+        if len(body) != length or length < _BODY.size or zlib.crc32(body) != crc:
+            raise OSError(f"raft log record at +{pos} unreadable")
+        _, idx, term = _BODY.unpack_from(body)
+        out.append((body[_BODY.size :], idx, term))
+        pos += _REC.size + length
+    return out
 
 
 class TermStore:
@@ -276,12 +308,22 @@ class RaftJournal(Journal):
         self._fd = os.open(self._path, os.O_RDWR)
         with open(self._path, "rb") as f:
             data = f.read()
-        scanned = scan_log(data)
-        self._entries, self._offsets, self._end = scanned.entries, scanned.offsets, scanned.end
-        self._allocated = len(data)
+        # Only a tail of the entries stays in RAM (node/metadata/log_entries.py).
+        scanned = scan_log(data, keep=_TAIL_ENTRIES)
+        del data
+        self._entries = LogEntries(self._read_records, _TAIL_ENTRIES, _TAIL_BYTES)
+        self._end = scanned.end
+        first = len(scanned.offsets) - len(scanned.entries)
+        if scanned.offsets:
+            self._entries.start_at(scanned.offsets[:first], scanned.entries[0][1] - first)
+        for (command, idx, term), offset in zip(
+            scanned.entries, scanned.offsets[first:], strict=True
+        ):
+            self._entries.append(command, idx, term, offset)
+        self._allocated = os.fstat(self._fd).st_size
         self._gen = scanned.gen + 1
         self._commit = self._terms.commit
-        self._written = self._end  # file bytes up to here hold the records in `_entries`
+        self._written = self._end  # file bytes up to here hold the records of `_entries`
         self._pending = bytearray()  # records after `_written`, not yet written
         self._marker_due = True
         self._claim_failed_at = 0.0
@@ -313,8 +355,7 @@ class RaftJournal(Journal):
 
     # -- pysyncobj's Journal interface -----------------------------------------------------
     def add(self, command: bytes, idx: int, term: int) -> None:
-        self._entries.append((command, idx, term))
-        self._offsets.append(self._end)
+        self._entries.append(command, idx, term, self._end)
         rec = _record(self._gen, idx, term, bytes(command))
         self._pending += rec
         self._end += len(rec)
@@ -329,19 +370,26 @@ class RaftJournal(Journal):
     def deleteEntriesTo(self, entryTo: int) -> None:
         if entryTo <= 0:
             return
-        keep = self._entries[entryTo:]
-        keep_offsets = self._offsets[entryTo:]
+        entryTo = min(entryTo, len(self._entries))
         try:
-            self._rewrite(keep)
+            offsets = self._rewrite(self._entries[entryTo:])
         except OSError as exc:
             # The old file stays valid; its dropped prefix is skipped at the next start.
             log_event(logger, "raft.journal_compaction_failed", logging.WARNING, error=repr(exc))
-            self._entries, self._offsets = keep, keep_offsets
+            self._entries.drop_prefix(entryTo)
             return
-        self._entries = keep
+        self._entries.drop_prefix(entryTo, offsets)
 
     def __getitem__(self, item: Any) -> Any:
         return self._entries[item]
+
+    def ram_entries(self) -> int:
+        """How many entries are held in RAM (the newest; the others are read back)."""
+        return self._entries.ram_entries()
+
+    def _read_records(self, offset: int, length: int) -> list[tuple[bytes, int, int]]:
+        """The entries of the written records in file bytes [offset, offset + length)."""
+        return read_records(os.pread(self._fd, length, offset))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -358,7 +406,7 @@ class RaftJournal(Journal):
         self._commit = raftCommitIndex
 
     def getRaftCommitIndex(self) -> int:
-        last = self._entries[-1][1] if self._entries else 1
+        last = self._entries[-1][1] if len(self._entries) else 1
         return max(1, min(self._terms.commit, last))
 
     def setCurrentTerm(self, term: int, votedForNodeId: Any) -> None:
@@ -416,6 +464,7 @@ class RaftJournal(Journal):
         self._written = self._end
         self._pending.clear()
         self._marker_due = False
+        self._entries.evict(self._written)
         if self.sync_failures:
             log_event(logger, "raft.journal_sync_recovered", failures=self.sync_failures)
             self.sync_failures = 0
@@ -424,8 +473,8 @@ class RaftJournal(Journal):
 
     def synced_index(self) -> int:
         """The Raft index of the last entry written by a successful sync (0: none)."""
-        k = bisect.bisect_left(self._offsets, self._written)
-        return self._entries[k - 1][1] if k else 0
+        k = bisect.bisect_left(self._entries.offsets, self._written)
+        return self._entries.idx_at(k - 1) if k else 0
 
     def space(self) -> JournalSpace:
         room = self._allocated - self._end
@@ -515,9 +564,9 @@ class RaftJournal(Journal):
 
     def _truncate(self, keep: int) -> None:
         """Keep the first `keep` entries; later records on disk become unreachable."""
-        new_end = self._offsets[keep] if keep < len(self._offsets) else self._end
-        del self._entries[keep:]
-        del self._offsets[keep:]
+        offsets = self._entries.offsets
+        new_end = offsets[keep] if keep < len(offsets) else self._end
+        self._entries.truncate(keep, new_end)
         if new_end >= self._written:
             del self._pending[new_end - self._written :]
         else:
@@ -527,8 +576,9 @@ class RaftJournal(Journal):
         self._end = new_end
         self._marker_due = True
 
-    def _rewrite(self, entries: list[tuple[bytes, int, int]]) -> None:
-        """Write `entries` to a new file, sync it, rename it over `log`, sync the dir."""
+    def _rewrite(self, entries: Iterable[tuple[bytes, int, int]]) -> list[int]:
+        """Write `entries` to a new file, sync it, rename it over `log`, sync the dir;
+        their offsets in it."""
         self._wait_claimer()
         tmp = self._path + ".new"
         gen = self._gen + 1
@@ -539,7 +589,11 @@ class RaftJournal(Journal):
             body += _record(gen, idx, term, bytes(command))
         end = len(body)
         body += _record(gen, _END_IDX, 0, b"")
-        size = self._extent * (len(body) // self._extent + 1)
+        # Claimed (and zero-filled) here, on the Raft thread: what the kept entries need
+        # plus some slack; the next extent is claimed in the background right after (a
+        # whole extent written and synced here stalled every compaction).
+        step = min(self._extent, _SLACK)
+        size = step * (len(body) // step + 2)
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             _extend(fd, 0, size)
@@ -558,9 +612,10 @@ class RaftJournal(Journal):
         os.close(self._fd)
         self._fd = fd
         self._file_epoch += 1
-        self._offsets = offsets
         self._end = self._written = end
         self._allocated = size
         self._gen = gen
         self._pending.clear()
         self._marker_due = False
+        self._claim_ahead()
+        return offsets

@@ -14,13 +14,35 @@ module is the only one that touches them (pinned by `pysyncobj==0.3.17`). It pro
   the last (group commit). A leader whose log cannot be made durable does not tick (no
   commit, no heartbeat) until it can; a follower that cannot sync acknowledges only up to
   what is on disk.
-  While the log is short of space, the leader refuses queued commands with `NO_SPACE`.
+  While the log cannot grow (`_log_cannot_grow`: the leader's own log is short of space, or
+  so many followers' are that no majority is left to store an entry), the leader refuses
+  queued commands with `NO_SPACE`.
 - `SyncingTransport`: pysyncobj's TCP transport, holding `next_node_idx` messages (the
-  AppendEntries acknowledgement) while the journal has unsynced entries.
+  AppendEntries acknowledgement) while the journal has unsynced entries. Every such
+  acknowledgement also says whether the follower's log is short of space (`low`, a key
+  pysyncobj ignores), and the leader's transport keeps the last word of each follower:
+  without it, followers whose disks filled before the leader's took every entry the
+  leader appended to no commit, and commands waited out `raft_command_timeout` (a 503)
+  instead of a prompt 507.
+- leadership stamps (`SyncingTransport`, read by `RaftInternals._lease_confirmed_at`):
+  every `append_entries` the leader sends carries `stamp` (its monotonic clock when sent);
+  a follower that accepts the message (its term is not above the message's, so it has not
+  voted in a later term) echoes the latest accepted `[term, stamp]` of that leader in its
+  next `next_node_idx`. When a majority (the leader counting with "now") has echoed stamps
+  of the leader's current term at or after T, every later-term leader was elected after
+  T: one of its voters is among that majority and voted only after accepting the message
+  stamped T. The access leases rest on this (node/metadata/access_leases.py). pysyncobj
+  ignores keys it does not know in messages.
 - read-only accessors (`RaftInternals`) the member needs: the log, the peers, the
   leader's last contact with each follower (a barrier without a log append), the wake-up
   pipe and the tick thread.
 - `ConflictTruncation`, a fix for a follower with a divergent log suffix (below).
+- `SizedCompaction`: when to snapshot. pysyncobj's own rule (`logCompactionSplit`) lets a
+  member compact only in its slot of a `logCompactionMinTime` period (a 60 s window every
+  600 s by default), so under load the log, and the replay after a restart, grew with
+  the write rate times ten minutes. Ours starts a snapshot once the member says one is
+  due (`_compaction_due`: the log's size, entries or age), in any tick; the handling of
+  the serializer's answers and the truncation are pysyncobj's, unchanged.
 
 ConflictTruncation: a follower with a divergent log suffix never catches up in 0.3.17.
 The case: a leader cut off from its peers (a partition) appends a few commands it can never
@@ -57,6 +79,7 @@ from typing import Any
 
 import pysyncobj.syncobj as _syncobj
 from pysyncobj import SyncObj
+from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.journal import Journal
 from pysyncobj.transport import TCPTransport
 
@@ -109,6 +132,40 @@ class ConflictTruncation:
         )
 
 
+class SizedCompaction:
+    """Replaces pysyncobj's `__tryLogCompaction`: the same serializer handshake and log
+    truncation, but started when `_compaction_due(seconds since the last snapshot)` says so
+    instead of in pysyncobj's time slots (see the module docstring)."""
+
+    def _compaction_due(self, since_last: float) -> bool:
+        raise NotImplementedError
+
+    def _SyncObj__tryLogCompaction(self) -> None:
+        me: Any = self
+        now = time.monotonic()
+        serializer = me._SyncObj__serializer
+        state, serialize_id = serializer.checkSerializing()
+        if state == SERIALIZER_STATE.SUCCESS:
+            me._SyncObj__lastSerializedTime = now
+            me._SyncObj__deleteEntriesTo(serialize_id)
+            me._SyncObj__lastSerializedEntry = serialize_id
+        if state == SERIALIZER_STATE.FAILED:
+            log_event(logger, "raft.snapshot_failed", logging.WARNING)
+        if state != SERIALIZER_STATE.NOT_SERIALIZING:
+            return
+        if not me._SyncObj__forceLogCompaction and not self._compaction_due(
+            now - me._SyncObj__lastSerializedTime
+        ):
+            return
+        me._SyncObj__forceLogCompaction = False
+        last = me._SyncObj__getEntries(me._SyncObj__raftLastApplied - 1, 2)
+        if len(last) < 2 or last[0][1] == me._SyncObj__lastSerializedEntry:
+            me._SyncObj__lastSerializedTime = now
+            return
+        cluster = me._SyncObj__otherNodes | {me._SyncObj__selfNode}
+        serializer.serialize((None, last[1], last[0], cluster), last[0][1])
+
+
 # -- the journal seam ---------------------------------------------------------------------------
 # A FAIL_REASON code of our own (pysyncobj's are 0..9): the leader's log is short of space.
 NO_SPACE = 100
@@ -139,16 +196,54 @@ class SyncingTransport(TCPTransport):
         super().__init__(syncObj, selfNode, otherNodes)
         self._journal: Any = syncObj._SyncObj__raftLog
         self._held: list[tuple[Any, Any]] = []
+        self._raft: Any = syncObj
+        # Follower id -> its log was short of space at its last acknowledgement.
+        self.peer_low: dict[str, bool] = {}
+        # Leader: follower id -> the latest [term, stamp] it echoed (module docstring).
+        self.peer_echo: dict[str, tuple[int, float]] = {}
+        # Follower: leader id -> the latest [term, stamp] of its that this node accepted.
+        self._accepted: dict[str, tuple[int, float]] = {}
 
     def send(self, node: Any, message: Any) -> bool:
-        if (
-            isinstance(message, dict)
-            and message.get("type") == "next_node_idx"
-            and (self._held or self._journal.dirty)
-        ):
-            self._held.append((node, message))
-            return True
+        if isinstance(message, dict):
+            kind = message.get("type")
+            if kind == "append_entries":
+                message = dict(message, stamp=time.monotonic())
+            elif kind == "next_node_idx":
+                message = dict(message, low=self._journal.low, echo=self._accepted.get(node.id))
+                if self._held or self._journal.dirty:
+                    self._held.append((node, message))
+                    return True
         return bool(super().send(node, message))
+
+    def setOnMessageReceivedCallback(self, callback: Any) -> None:
+        if callback is None:
+            super().setOnMessageReceivedCallback(None)
+            return
+
+        def received(node: Any, message: Any) -> None:  # tick thread, before pysyncobj
+            if isinstance(message, dict):
+                kind = message.get("type")
+                if kind == "next_node_idx":
+                    low = message.get("low")
+                    if low is not None:
+                        self.peer_low[node.id] = bool(low)
+                    echo = message.get("echo")
+                    if echo is not None:
+                        self._note_echo(node.id, int(echo[0]), float(echo[1]))
+                elif kind == "append_entries" and "stamp" in message:
+                    term = int(message.get("term", -1))
+                    # pysyncobj accepts it (and answers) only from a term not below ours.
+                    if term >= self._raft._SyncObj__raftCurrentTerm:
+                        self._accepted[node.id] = (term, float(message["stamp"]))
+            callback(node, message)
+
+        super().setOnMessageReceivedCallback(received)
+
+    def _note_echo(self, node_id: str, term: int, stamp: float) -> None:
+        last = self.peer_echo.get(node_id)
+        if last is None or (term, stamp) > last:
+            self.peer_echo[node_id] = (term, stamp)
 
     def release(self, synced: bool) -> None:
         """Send what was held. When the journal could not be synced (no space), an
@@ -189,9 +284,31 @@ class DurableTicks:
             transport.release(synced)
         return synced
 
+    def _log_cannot_grow(self) -> bool:
+        """Leader: its own log is short of space, or the followers whose last
+        acknowledgement said theirs is leave no majority that could store an entry (any
+        thread; a follower not heard from yet counts as having room)."""
+        me: Any = self
+        if me._SyncObj__raftLog.low:
+            return True
+        transport = me._SyncObj__transport
+        if not isinstance(transport, SyncingTransport) or not transport.peer_low:
+            return False
+        for _ in range(5):
+            try:
+                ids = [node.id for node in me._SyncObj__otherNodes]
+                break
+            except RuntimeError:  # resized by the tick thread meanwhile
+                continue
+        else:
+            return False
+        low = sum(1 for node_id in ids if transport.peer_low.get(node_id))
+        members = len(ids) + 1
+        return members - low <= members // 2
+
     def _checkCommandsToApply(self) -> None:
         me: Any = self
-        if me._SyncObj__raftState == _LEADER and me._SyncObj__raftLog.low:
+        if me._SyncObj__raftState == _LEADER and self._log_cannot_grow():
             commands = me._SyncObj__commandsQueue
             while True:
                 try:
@@ -222,26 +339,60 @@ class RaftInternals:
         if notifier is not None:
             notifier.notify()
 
+    def _postpone_election(self) -> None:
+        """Tick thread: restart the election timer (after a long snapshot install the
+        timer has run out, and an election would depose a healthy leader)."""
+        me: Any = self
+        me._SyncObj__raftElectionDeadline = time.monotonic() + me._SyncObj__generateRaftTimeout()
+
+    def _member_rank(self) -> tuple[int, int]:
+        """This member's position among the sorted member ids, and the member count."""
+        me: Any = self
+        for _ in range(5):
+            try:
+                ids = sorted(
+                    [node.id for node in me._SyncObj__otherNodes] + [me._SyncObj__selfNode.id]
+                )
+                break
+            except RuntimeError:  # resized by the tick thread meanwhile
+                continue
+        else:
+            return 0, 1
+        return ids.index(me._SyncObj__selfNode.id), len(ids)
+
     def _tick_thread(self) -> threading.Thread | None:
         me: Any = self
         thread: threading.Thread | None = me._SyncObj__thread
         return thread
 
-    def _majority_heard_since(self, since: float) -> bool:
-        """Leader only: a majority (counting this node) answered after `since`
-        (time.monotonic), so no other leader can have been elected before then."""
+    def _lease_confirmed_at(self) -> float:
+        """Leader only (any thread): the latest time T (time.monotonic) such that a majority,
+        this node counting as "now", accepted a message of this leader's current term sent
+        at T or later: no later-term leader was elected before T (module docstring).
+        -inf when no such majority is known."""
         me: Any = self
+        transport = me._SyncObj__transport
+        echoes = transport.peer_echo if isinstance(transport, SyncingTransport) else {}
         for _ in range(5):
             try:
-                others = list(me._SyncObj__otherNodes)
-                heard = dict(me._SyncObj__lastResponseTime)
+                ids = [node.id for node in me._SyncObj__otherNodes]
+                heard = dict(echoes)
                 break
             except RuntimeError:  # resized by the tick thread meanwhile
                 continue
         else:
-            return False
-        count = 1 + sum(1 for node in others if heard.get(node, 0.0) > since)
-        return count > (len(others) + 1) / 2
+            return float("-inf")
+        term = me._SyncObj__raftCurrentTerm
+        stamps = [time.monotonic()]
+        for node_id in ids:
+            echo = heard.get(node_id)
+            if echo is not None and echo[0] == term:
+                stamps.append(echo[1])
+        needed = (len(ids) + 1) // 2 + 1
+        if len(stamps) < needed:
+            return float("-inf")
+        stamps.sort(reverse=True)
+        return stamps[needed - 1]
 
     def _committed_in_term(self) -> bool:
         """Leader only: its commit index covers an entry of its own term (its no-op), so

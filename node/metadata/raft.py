@@ -11,24 +11,25 @@ Configuration (docs/raft.md is the reasoning; every number comes from NodeConfig
   `<data_dir>/raft/` (a journal without a dump comes back empty after the first
   compaction);
 - `appendEntriesUseBatch=False` (a commit costs a round trip, not a 100 ms batch period),
-  `logCompactionSplit=True` (nodes compact in disjoint time slots, trap 3), compaction
-  thresholds from NodeConfig, `dynamicMembershipChange=True`;
+  compaction started by the log's size (`SizedCompaction` in pysyncobj_seam.py replaces
+  pysyncobj's time slots: `_compaction_due`), `dynamicMembershipChange=True`;
 - `password` = ClusterConfig.secret (pysyncobj unpickles what its port receives: without
   it one packet runs code) and `bindAddress` = NodeConfig.raft_listen, self address =
   raft_advertise, partners = peers;
-- custom `serializer`/`deserializer`/`serializeChecker`: no fork snapshots. pysyncobj
+- custom `serializer`/`deserializer`/`serializeChecker`: our own snapshots. pysyncobj
   calls the serializer on its tick thread with `data[1:]` (the last two applied log entries
   and the member set; `data[0]`, its own pickled attributes, is None with custom hooks),
   so our snapshot file `<data_dir>/raft/state.dump` holds that tuple and the state:
   `CHRAFT2\n`, u64 length, pickle(data[1:]), then `MetadataState.encode_snapshot`. The
-  hook only takes `MetadataState.snapshot()` (a copy of the containers, not of the records:
-  the one pause of the tick thread, ~0.2 s per million entries with the heap frozen, see
-  `_freeze_heap`) and hands it to a background thread, which writes and
-  fsyncs `state.dump.writing`. The checker says SERIALIZING meanwhile; then, on the tick
-  thread, it renames the file over `state.dump`, fsyncs the directory and says SUCCESS,
-  and only SUCCESS lets pysyncobj truncate the journal. (pysyncobj's own rename of its
-  tmp path fails harmlessly because we never create that file; with a checker, the
-  checker's answer is all pysyncobj reads.)
+  hook forks (`raft_snapshot_fork`): the child writes and fsyncs `state.dump.writing`
+  from its copy-on-write view of the state and exits, so the tick thread pauses only for
+  the fork. With the setting off it takes `MetadataState.snapshot()` (a copy of the
+  containers, not of the records, ~0.4 s per million manifests with the heap frozen, see
+  `_freeze_heap`) and hands it to a background thread that writes it. The checker says
+  SERIALIZING meanwhile; then, on the tick thread, it renames the file over `state.dump`,
+  fsyncs the directory and says SUCCESS, and only SUCCESS lets pysyncobj truncate the
+  journal. (pysyncobj's own rename of its tmp path fails harmlessly because we never
+  create that file; with a checker, the checker's answer is all pysyncobj reads.)
 - The state exists before `super().__init__()` starts the tick thread (trap 2).
 
 Trap 3 (a kill between "dump renamed" and "journal truncated" makes pysyncobj clear the
@@ -53,7 +54,8 @@ acknowledged. With `raft_fsync = false` only the per-append sync is skipped (REA
 "Guarantees").
 
 Full disk: the journal claims its space in extents ahead of use. When no further extent
-can be claimed and less than `raft_journal_floor` is left, commands are refused with
+can be claimed and less than `raft_journal_floor` is left, on the leader or on so many
+followers that no majority could store an entry, commands are refused with
 `MetadataStorageFull` (the leader refuses forwarded ones too), and a linearizable read on
 the leader confirms leadership by a heartbeat round instead of a log append
 (`_confirm_leadership`), so reads keep working. A snapshot that cannot be written fails
@@ -89,11 +91,14 @@ reader has already seen acknowledged.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import ctypes
 import gc
 import logging
 import os
 import pickle
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -113,13 +118,15 @@ from cargohold.errors import (
     Unavailable,
 )
 from cargohold.log import log_event
-from cargohold.metadata_api import Barrier
+from cargohold.metadata_api import AccessFence, Barrier
+from node.metadata.access_leases import AccessLeases
 from node.metadata.journal import JournalSpace, RaftJournal, fsync_dir
 from node.metadata.pysyncobj_seam import (
     NO_SPACE,
     ConflictTruncation,
     DurableTicks,
     RaftInternals,
+    SizedCompaction,
     SyncingTransport,
 )
 from node.metadata.state import COMMANDS, QUERIES, MetadataState
@@ -135,6 +142,20 @@ _FAIL_NAMES[NO_SPACE] = "NO_SPACE"
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 # Seconds before a snapshot that failed (a full disk) is tried again.
 _DUMP_RETRY = 30.0
+# Recent snapshots whose figures the `snapshot` admin role reports.
+_SNAPSHOT_HISTORY = 32
+# Reads that must reflect every command acknowledged so far, without a barrier's log
+# append: answered by the leader only (it applies a command before anyone is told it
+# committed; a follower may not have yet). A follower answers Unavailable, and the gateway
+# asks the next node. Used by the per-request revocation check (gateway/auth/revision.py).
+_LEADER_READS = frozenset({"access_revision"})
+# prctl(PR_SET_PDEATHSIG), resolved before any fork: a snapshot child must not outlive the
+# node (a restarted node would find it still writing into its raft directory).
+_PR_SET_PDEATHSIG = 1
+try:
+    _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: the child only checks its parent
+    _PRCTL = None
 
 
 @dataclass
@@ -262,7 +283,23 @@ def _resolve_all(
             fut.set_result((results[i] if ok and results is not None else None, error))
 
 
-class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
+def _child_init(parent: int) -> None:
+    """In a forked snapshot child: die with the parent, take no signal meant for the node
+    (its asyncio wakeup fd is the parent's), leave the collector off (it would touch, and
+    so copy, every page of the shared heap)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+    gc.disable()
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(sig, signal.SIG_DFL)
+
+
+class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternals, SyncObj):
     """One Raft member holding the metadata state; see the module docstring."""
 
     def __init__(
@@ -288,12 +325,36 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
         self._in_flight = 0
         self._flush_scheduled = False
         self._dump_thread: threading.Thread | None = None
+        self._dump_pid = 0
+        self._dump_pending = False
+        self._dump_started = 0.0
         self._dump_ok: bool | None = None
+        self._snapshot_fork = node.raft_snapshot_fork and hasattr(os, "fork")
+        self._snapshot_compact = node.raft_snapshot_compact
+        self._snapshot_child_timeout = node.raft_snapshot_child_timeout
+        self._compaction_bytes = node.raft_compaction_log_bytes
+        self._compaction_entries = node.raft_compaction_min_entries
+        self._compaction_time = node.raft_compaction_min_time
+        # Written by the tick thread: the recent snapshots' figures (the `snapshot` role).
+        self.snapshots_taken = 0
+        # Snapshots whose writer failed (a `snapshot` role waiting for one stops at a failure).
+        self.snapshots_failed = 0
+        self.snapshot_history: collections.deque[dict[str, float]] = collections.deque(
+            maxlen=_SNAPSHOT_HISTORY
+        )
+        self.last_snapshot: dict[str, float] = {}
+        self._snapshot_load_seconds: float | None = None
         self._dump_superseded = False
         self._dump_retry_at = 0.0
         self._barrier_next: asyncio.Future[None] | None = None
         self._barrier_running = False
         self._barrier_task: asyncio.Task[None] | None = None
+        # When (time.monotonic) this node took office as leader, noted on the tick after it
+        # did (so never early); None while not the leader. The access fence waits a lease
+        # after it (node/metadata/access_leases.py).
+        self.leader_since: float | None = None
+        self._leading_term: int | None = None
+        self.leases = AccessLeases(self, node.access_lease_seconds, node.access_lease_guard_seconds)
         raft_dir = Path(node.data_dir) / "raft"
         raft_dir.mkdir(parents=True, exist_ok=True)
         self._raft_dir = str(raft_dir)
@@ -314,8 +375,7 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
             bindAddress=node.raft_listen,
             password=cfg.cluster.secret,
             appendEntriesUseBatch=False,
-            # Heartbeats must be well inside the election timeout (pysyncobj asserts 3x).
-            appendEntriesPeriod=min(0.1, node.raft_min_timeout / 4),
+            appendEntriesPeriod=node.raft_heartbeat_period,
             logCompactionSplit=True,
             logCompactionMinEntries=node.raft_compaction_min_entries,
             logCompactionMinTime=node.raft_compaction_min_time,
@@ -332,8 +392,16 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
             node.raft_advertise, list(node.peers), conf, transportClass=SyncingTransport
         )
         self.addOnTickCallback(self._wake_if_alone)
+        self.addOnTickCallback(self._note_office)
         # Before the poll: the leader's fresh appends reach the disk while followers work.
         self.addOnTickCallback(self._durable_point)
+
+    def _note_office(self) -> None:
+        """Tick thread: note when this node became leader (`leader_since`)."""
+        term = int(self.raftCurrentTerm) if self._isLeader() else None
+        if term != self._leading_term:
+            self._leading_term = term
+            self.leader_since = time.monotonic() if term is not None else None
 
     def _wake_if_alone(self) -> None:
         """Tick thread, before it polls: a one-member group commits an entry on the tick
@@ -370,43 +438,100 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
             return RequestInvalid(f"command {op} failed: {exc!r}")
 
     # -- snapshots -------------------------------------------------------------------------
-    def _write_dump(self, tmp_path: str, raft_data: tuple[Any, ...]) -> None:
-        """pysyncobj's serializer hook (tick thread): copy the state, write it elsewhere.
-
-        The copy (`MetadataState.snapshot`) is the only part that blocks the tick thread;
-        a background thread encodes and writes it. `tmp_path` is deliberately left
-        uncreated: pysyncobj's rename of it then fails harmlessly; `_check_dump` renames
-        our own file into place once it is complete and fsynced.
-        """
+    def _compaction_due(self, since_last: float) -> bool:
+        """Tick thread: a snapshot is due once the log holds `raft_compaction_log_bytes`
+        bytes or `raft_compaction_min_entries` entries, or `raft_compaction_min_time`
+        seconds after the last one. Each member's thresholds are raised by up to a third
+        by its rank, so members rarely snapshot at the same moment (trap 3 is handled at
+        load anyway; this keeps it rare, as pysyncobj's time slots did)."""
         if time.monotonic() < self._dump_retry_at:
-            return  # the last attempt failed (a full disk): no state copy every tick
+            return False  # the last attempt failed (a full disk): not every tick
+        rank, count = self._member_rank()
+        stagger = 1.0 + rank / (3.0 * count)
+        if self._journal.space().used >= self._compaction_bytes * stagger:
+            return True
+        if len(self._raft_log()) > self._compaction_entries * stagger:
+            return True
+        return since_last > self._compaction_time * stagger
+
+    def _write_dump(self, tmp_path: str, raft_data: tuple[Any, ...]) -> None:
+        """pysyncobj's serializer hook (tick thread): start writing a snapshot elsewhere.
+
+        With `raft_snapshot_fork` a forked child writes the state as it was at the fork (a
+        copy-on-write view: the tick thread goes on applying commands at once; the pause
+        is the fork, a copy of the page tables). Otherwise the state's containers are
+        copied here (`MetadataState.snapshot`, the one pause) and a background thread
+        writes them. `tmp_path` is deliberately left uncreated: pysyncobj's rename of it
+        then fails harmlessly; `_check_dump` renames our own file into place once it is
+        complete and fsynced.
+        """
         head = pickle.dumps(raft_data, protocol=5)
+        index = int(raft_data[0][1])
+        # Every call gets an answer from the checker (pysyncobj starts no other snapshot,
+        # and sends none to a follower, until it hears SUCCESS or FAILED).
+        self._dump_pending = True
+        self._dump_ok = None
+        self._dump_superseded = False
+        self._dump_started = time.monotonic()
+        self.last_snapshot = {"started_at": time.time(), "index": index}
+        if self._snapshot_fork:
+            self._fork_dump(head)
+            return
         # No lock: this thread is the only writer, and readers may read meanwhile.
         snap = self.state.snapshot()
         _freeze_heap()
-        self._dump_ok = None
-        self._dump_superseded = False
+        self.last_snapshot["pause_seconds"] = time.monotonic() - self._dump_started
         self._dump_thread = threading.Thread(
             target=self._dump_worker,
-            args=(head, snap, raft_data[0][1]),
+            args=(head, snap, index),
             name="raft-dump",
             daemon=True,
         )
         self._dump_thread.start()
 
-    def _dump_worker(self, head: bytes, snap: dict[str, Any], index: int) -> None:
-        """Background thread: encode and write the snapshot to `state.dump.writing`."""
+    def _fork_dump(self, head: bytes) -> None:
+        """Tick thread: fork a child that writes the snapshot and exits (0: written)."""
+        _freeze_heap()  # the child's collector stays off; the parent's skips the old heap
+        parent = os.getpid()
         try:
-            size = 0
-            with open(self._dump_writing, "wb") as f:
-                f.write(_DUMP_MAGIC)
-                f.write(len(head).to_bytes(8, "big"))
-                f.write(head)
-                for piece in MetadataState.encode_snapshot(snap):
-                    f.write(piece)
-                    size += len(piece)
-                f.flush()
-                os.fsync(f.fileno())
+            pid = os.fork()
+        except OSError as exc:
+            log_event(logger, "raft.dump_failed", logging.ERROR, error=repr(exc))
+            self._dump_ok = False
+            self._dump_retry_at = time.monotonic() + _DUMP_RETRY
+            return
+        if pid == 0:  # the child: no logging, no locks, no return
+            code = 1
+            try:
+                _child_init(parent)
+                self._write_file(head, self.state.snapshot())
+                code = 0
+            except BaseException as exc:
+                with contextlib.suppress(BaseException):
+                    os.write(2, f"raft snapshot child: {exc!r}\n".encode())
+            finally:
+                os._exit(code)
+        self._dump_pid = pid
+        self.last_snapshot["pause_seconds"] = time.monotonic() - self._dump_started
+
+    def _write_file(self, head: bytes, snap: dict[str, Any]) -> int:
+        """Encode `snap` into `state.dump.writing` and fsync it; its size in bytes."""
+        size = len(_DUMP_MAGIC) + 8 + len(head)
+        with open(self._dump_writing, "wb") as f:
+            f.write(_DUMP_MAGIC)
+            f.write(len(head).to_bytes(8, "big"))
+            f.write(head)
+            for piece in MetadataState.encode_snapshot(snap, compact=self._snapshot_compact):
+                f.write(piece)
+                size += len(piece)
+            f.flush()
+            os.fsync(f.fileno())
+        return size
+
+    def _dump_worker(self, head: bytes, snap: dict[str, Any], index: int) -> None:
+        """Background thread (`raft_snapshot_fork` off): write the snapshot."""
+        try:
+            self._write_file(head, snap)
         except Exception as exc:
             log_event(logger, "raft.dump_failed", logging.ERROR, error=repr(exc))
             self._dump_ok = False
@@ -414,36 +539,86 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
             with contextlib.suppress(OSError):
                 os.unlink(self._dump_writing)  # give the space back now
             return
-        log_event(logger, "raft.dump_written", index=index, bytes=size)
         self._dump_ok = True
 
+    def _dump_running(self) -> bool:
+        """Tick thread: whether the writer (child or thread) is still at work; once it is
+        done, `_dump_ok` says whether the file is complete."""
+        if self._dump_pid:
+            try:
+                pid, status = os.waitpid(self._dump_pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self._dump_pid, 1
+            if pid == 0:
+                if time.monotonic() - self._dump_started <= self._snapshot_child_timeout:
+                    return True
+                # A forked child of a process with gRPC threads can hang (a lock one of
+                # them held at the fork): stop waiting for it, or no snapshot comes again.
+                with contextlib.suppress(OSError):
+                    os.kill(self._dump_pid, signal.SIGKILL)
+                    pid, status = os.waitpid(self._dump_pid, 0)
+                log_event(logger, "raft.dump_child_timeout", logging.ERROR, pid=self._dump_pid)
+                pid, status = self._dump_pid, 1
+            self._dump_pid = 0
+            self._dump_ok = os.waitstatus_to_exitcode(status) == 0
+            if not self._dump_ok:
+                log_event(logger, "raft.dump_failed", logging.ERROR, child_status=status)
+                self._dump_retry_at = time.monotonic() + _DUMP_RETRY
+            return False
+        thread = self._dump_thread
+        if thread is not None and thread.is_alive():
+            return True
+        self._dump_thread = None
+        return False
+
     def _check_dump(self) -> int:
-        """pysyncobj's serializeChecker (tick thread): once the worker is done, rename its
+        """pysyncobj's serializeChecker (tick thread): once the writer is done, rename its
         file into place and fsync the directory, then SUCCESS lets pysyncobj truncate the
         journal up to the dump. The rename happens here, on the tick thread, so it cannot
         race a snapshot installed from the leader (which also lands on this thread)."""
-        thread = self._dump_thread
-        if thread is None:
+        if not self._dump_pending:
             return SERIALIZER_STATE.NOT_SERIALIZING
-        if thread.is_alive():
+        if self._dump_running():
             return SERIALIZER_STATE.SERIALIZING
-        self._dump_thread = None
+        self._dump_pending = False
+        ok = self._dump_ok
         try:
-            if not self._dump_ok or self._dump_superseded:
+            if not ok or self._dump_superseded:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._dump_writing)
+                self.snapshots_failed += not ok
                 return SERIALIZER_STATE.FAILED
+            size = os.path.getsize(self._dump_writing)
             os.replace(self._dump_writing, self.dump_path)
             fsync_dir(self._raft_dir)
         except OSError as exc:
             log_event(logger, "raft.dump_rename_failed", logging.ERROR, error=repr(exc))
+            self.snapshots_failed += 1
             return SERIALIZER_STATE.FAILED
+        seconds = time.monotonic() - self._dump_started
+        self.last_snapshot.update(bytes=size, seconds=seconds)
+        self.snapshot_history.append(self.last_snapshot)
+        self.snapshots_taken += 1
+        log_event(logger, "raft.dump_written", bytes=size, seconds=round(seconds, 3))
         return SERIALIZER_STATE.SUCCESS
+
+    def snapshot_stats(self) -> dict[str, Any]:
+        """Snapshots taken, writing now or not, the last load's seconds and the recent
+        snapshots (started_at wall time, index, pause_seconds, seconds, bytes)."""
+        return {
+            "taken": self.snapshots_taken,
+            "failed": self.snapshots_failed,
+            "writing": self._dump_pending,
+            "fork": self._snapshot_fork,
+            "load_seconds": self._snapshot_load_seconds,
+            "recent": list(self.snapshot_history),
+        }
 
     def _read_dump(self, path: str) -> tuple[Any, ...]:
         """pysyncobj's deserializer hook (tick thread): load the state, hand back the raft
         head tuple. A dump of ours still being written is now older than this: dropped."""
-        self._dump_superseded = self._dump_thread is not None
+        self._dump_superseded = self._dump_thread is not None or self._dump_pid != 0
+        started = time.monotonic()
         try:
             with open(path, "rb") as f:
                 # A snapshot received from the leader was renamed into place unsynced; it
@@ -454,8 +629,17 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
                     raise ValueError(f"{path} is not a cargohold raft snapshot")
                 head_len = int.from_bytes(f.read(8), "big")
                 raft_data = pickle.loads(f.read(head_len))
-                with self._lock:
-                    self.state.load_stream(f)
+                # The cyclic collector off while millions of tuples are built: each full
+                # collection would traverse the whole growing state (it holds no cycles,
+                # and is frozen right after, `_freeze_heap`).
+                collecting = gc.isenabled()
+                gc.disable()
+                try:
+                    with self._lock:
+                        self.state.load_stream(f)
+                finally:
+                    if collecting:
+                        gc.enable()
         except Exception as exc:
             # pysyncobj would log this and carry on with an empty state: never serve that.
             self.fatal_error = f"cannot load the raft snapshot {path}: {exc!r}"
@@ -465,7 +649,12 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
             raise
         _freeze_heap()
         self._finish_interrupted_compaction(raft_data[1], raft_data[0])
-        log_event(logger, "raft.dump_loaded", index=raft_data[0][1])
+        # Loading took this thread a while: an election timer that ran out meanwhile would
+        # depose a healthy leader (a follower installing the leader's snapshot).
+        self._postpone_election()
+        seconds = time.monotonic() - started
+        self._snapshot_load_seconds = seconds
+        log_event(logger, "raft.dump_loaded", index=raft_data[0][1], seconds=round(seconds, 3))
         return tuple(raft_data)
 
     def _finish_interrupted_compaction(
@@ -505,7 +694,7 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
     async def _command(self, op: str, args: dict[str, Any]) -> Any:
         if op not in COMMANDS:
             raise RequestInvalid(f"unknown command {op!r}")
-        if self._journal.low and self.is_leader():
+        if self.is_leader() and self._log_cannot_grow():
             raise _storage_full(self._journal.space())
         if not self._reaches_quorum():
             # A minority side cannot commit anything: say so now rather than after the
@@ -584,7 +773,7 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
     async def barrier(self) -> None:
         """Return once a no-op committed after this call started is applied here; with the
         log short of space, once leadership is confirmed without one."""
-        if self._journal.low and self.is_leader():
+        if self.is_leader() and self._log_cannot_grow():
             await self._confirm_leadership()
             return
         fut = self._barrier_next
@@ -617,23 +806,27 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
             self._barrier_running = False
 
     async def _confirm_leadership(self) -> None:
-        """A read barrier without a log append (the log cannot grow): on the leader, take
-        the commit index, wait until a majority has answered this leader after this call
-        began (then no other leader had been elected before it), and for this node to
-        apply up to it. Limit: pysyncobj's answers do not say which heartbeat they answer,
-        so one delayed longer than an election (sent before this call, received after)
-        could confirm a deposed leader; a leader without a majority also steps down after
-        `raft_leader_fallback_timeout`. Used only while the log is short of space."""
+        """A read barrier without a log append (the log cannot grow)."""
+        await self.confirm_leadership(self._command_timeout)
+
+    async def confirm_leadership(self, within: float) -> None:
+        """A read point without a log append: on the leader, take the commit index, wait
+        until a majority has accepted a message this leader sent after this call began
+        (`_lease_confirmed_at`: then no later leader had been elected before the call),
+        and for this node to apply up to that commit index. Then the applied state holds
+        everything committed (and so acknowledged) before the call began. Unavailable when
+        not the leader, or not confirmed within `within` seconds. Used while the log is
+        short of space, and by the access leases (node/metadata/access_leases.py)."""
         if not self.is_leader():
             raise Unavailable("raft: not the leader; retry")
         loop = asyncio.get_running_loop()
         start = time.monotonic()
-        deadline = loop.time() + self._command_timeout
+        deadline = loop.time() + within
         term, commit = self.raftCurrentTerm, self.raftCommitIndex
-        while not (self._committed_in_term() and self._majority_heard_since(start)):
+        while not (self._committed_in_term() and self._lease_confirmed_at() >= start):
             if loop.time() > deadline or not self.is_leader():
                 raise Unavailable("raft: leadership not confirmed; retry")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.005)
             commit = self.raftCommitIndex
         while self.raftLastApplied < commit:
             if loop.time() > deadline:
@@ -650,8 +843,18 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
         """Read the applied state, after a barrier when `linearizable`."""
         if op not in QUERIES:
             raise RequestInvalid(f"unknown query {op!r}")
+        if op == AccessFence.op:
+            # Everything acknowledged before is applied here (a barrier), then every
+            # gateway holding a lease has it or can no longer trust an older revision.
+            if not self.is_leader():
+                raise Unavailable("raft: access_fence runs on the leader; retry there")
+            await self.barrier()
+            await self.leases.fence(self._command_timeout)
+            return None
         if linearizable:
             await self.barrier()
+        elif op in _LEADER_READS and not self.is_leader():
+            raise Unavailable(f"raft: {op} is read from the leader; retry there")
         with self._lock:
             return self.state.query(op, args)
 
@@ -659,6 +862,12 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
         """A non-linearizable read of the local state (any thread)."""
         with self._lock:
             return self.state.query(op, args)
+
+    @property
+    def state_lock(self) -> threading.Lock:
+        """The lock `apply` and `query` hold (background builders of derived indexes take
+        it in short slices: node/metadata/search_build.py)."""
+        return self._lock
 
     def state_snapshot(self) -> tuple[dict[str, Any], int]:
         """A consistent copy of the applied state's containers and the index it reflects
@@ -712,6 +921,12 @@ class RaftMember(DurableTicks, ConflictTruncation, RaftInternals, SyncObj):
         """Stop the tick thread (closes Raft sockets and the journal) and wait for it."""
         self.destroy()
         await asyncio.to_thread(self._join_tick_thread)
+        pid, self._dump_pid = self._dump_pid, 0
+        if pid:  # a snapshot child still writing: its file is never renamed into place
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                await asyncio.to_thread(os.waitpid, pid, 0)
 
     def _join_tick_thread(self) -> None:
         thread = self._tick_thread()

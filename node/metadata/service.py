@@ -2,14 +2,19 @@
 
 `Command` commits one catalogue command (docs/metadata.md) and answers its JSON result once
 this node has applied it. `Query` reads the applied state, after a Raft barrier when the
-request says `linearizable`. Failures end the call through `cargohold.grpc_status.abort_with`,
-so the gateway re-raises the same typed error.
+request says `linearizable` (a `search` first waits a bounded time for the node's index:
+node/metadata/search_build.py). Failures end the call through `cargohold.grpc_status.abort_with`,
+so the gateway re-raises the same typed error. `WatchAccess` is a gateway's access lease
+stream (node/metadata/access_leases.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -19,6 +24,7 @@ from cargohold.grpc_status import abort_with
 from cargohold.log import log_event
 from cargohold.request_ids import adopt
 from node.metadata.raft import RaftMember
+from node.metadata.search_build import SearchIndexBuilder
 from protos import registry_pb2, registry_pb2_grpc
 
 logger = logging.getLogger("cargohold.node.metadata")
@@ -41,8 +47,15 @@ def _encode(result: Any) -> registry_pb2.MetadataReply:
 
 
 class MetadataServicer(registry_pb2_grpc.MetadataServicer):
-    def __init__(self, raft: RaftMember) -> None:
+    def __init__(
+        self,
+        raft: RaftMember,
+        search: SearchIndexBuilder | None = None,
+        search_ready_wait: float = 0.0,
+    ) -> None:
         self._raft = raft
+        self._search = search
+        self._search_ready_wait = search_ready_wait
 
     async def Command(
         self, request: registry_pb2.MetadataRequest, context: grpc.aio.ServicerContext
@@ -63,6 +76,12 @@ class MetadataServicer(registry_pb2_grpc.MetadataServicer):
         self, request: registry_pb2.MetadataRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.MetadataReply:
         adopt(context)
+        if request.op == "search" and self._search is not None:
+            # A node just started builds its index in the background: wait a little for
+            # it, then the state answers UNAVAILABLE and the gateway asks another node.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._search_ready_wait):
+                    await self._search.wait_ready()
         try:
             result = await self._raft.query(
                 request.op, _decode_args(request.args), linearizable=request.linearizable
@@ -70,3 +89,14 @@ class MetadataServicer(registry_pb2_grpc.MetadataServicer):
         except RegistryError as err:
             await abort_with(context, err)
         return _encode(result)
+
+    async def WatchAccess(
+        self,
+        request_iterator: AsyncIterator[registry_pb2.AccessPing],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[registry_pb2.AccessLease]:
+        try:
+            async for lease in self._raft.leases.watch(request_iterator):
+                yield lease
+        except RegistryError as err:
+            await abort_with(context, err)

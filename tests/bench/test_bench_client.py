@@ -87,3 +87,30 @@ async def test_raw_blob_reader_counts_bodies_on_one_connection(registry: str) ->
         assert await reader.get(f"/v2/a/raw/blobs/{digest_of(specs[2])}") == sizes[2]
     finally:
         reader.close()
+
+
+async def test_raw_blob_reader_sends_the_authorization_it_is_given() -> None:
+    """The pull storm's blob GETs carry the client's Bearer token (auth-on systems)."""
+    seen: list[str] = []
+
+    async def blob(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        if request.headers.get("Authorization") != "Bearer t0k":
+            return web.Response(status=401)
+        return web.Response(body=b"x" * 10)
+
+    app = web.Application()
+    app.router.add_get("/v2/a/blobs/{digest}", blob)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    reader = RawBlobReader(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    try:
+        assert await reader.get("/v2/a/blobs/d", "Bearer t0k") == 10
+        with pytest.raises(RawHTTPError):
+            await reader.get("/v2/a/blobs/d")
+        assert seen == ["Bearer t0k", ""]
+    finally:
+        reader.close()
+        await runner.cleanup()

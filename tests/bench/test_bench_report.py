@@ -10,7 +10,13 @@ from bench import charts, report
 
 
 def _system(
-    push: float, pull: float, get_digest: float, tag: float, storm_p99: float, errors: int = 0
+    push: float,
+    pull: float,
+    get_digest: float,
+    tag: float,
+    storm_p99: float,
+    errors: int = 0,
+    pull_cpu_s: float = 1.0,
 ) -> dict[str, Any]:
     reads = {
         f"{op}_c32": {"ops_per_s": tag, "p50_ms": 1.0, "p99_ms": 2.0}
@@ -19,12 +25,26 @@ def _system(
     reads["get_digest_c32"] = {"ops_per_s": get_digest, "p50_ms": 1.0, "p99_ms": 2.0}
     return {
         "label": "x",
+        "peak_rss_MiB": {"p1": 10.0, "p2": 20.0},
         "results": {
             "blob_push": {
                 "1MiB_c1": {"MB_per_s": push, "errors": errors},
                 "64MiB_c8": {"MB_per_s": push * 2},
             },
-            "blob_pull": {"1MiB_c1": {"MB_per_s": pull}, "64MiB_c8": {"MB_per_s": pull}},
+            "blob_pull": {
+                # 2 GB pulled in all, `pull_cpu_s` CPU-seconds each cell.
+                "1MiB_c1": {
+                    "MB_per_s": pull,
+                    "server_cpu_s": pull_cpu_s,
+                    "server_bytes_moved": 10**9,
+                    "server_cpu_s_per_GB": pull_cpu_s,
+                },
+                "64MiB_c8": {
+                    "MB_per_s": pull,
+                    "server_cpu_s": pull_cpu_s,
+                    "server_bytes_moved": 10**9,
+                },
+            },
             "manifest_reads": reads,
             "pull_storm": {"p50_ms": storm_p99 / 2, "p99_ms": storm_p99, "MB_per_s": 1.0},
             "dedup": {
@@ -55,7 +75,7 @@ def _run() -> dict[str, Any]:
         "physical": {"sha256_MB_per_s": 2000.0},
         "systems": {
             "distribution": _system(100.0, 1000.0, 1000.0, 1000.0, 100.0),
-            "cargohold-r1": _system(200.0, 1000.0, 2000.0, 2000.0, 90.0, errors=1),
+            "cargohold-r1": _system(200.0, 1000.0, 2000.0, 2000.0, 90.0, errors=1, pull_cpu_s=0.5),
         },
     }
 
@@ -67,6 +87,7 @@ def test_targets_are_ratios_against_distribution() -> None:
     assert status["manifest GET by digest, 32 conns, R1"] == (2.0, "MISSED")
     assert status["manifest HEAD by tag, 32 conns, R1"] == (2.0, "met")
     assert status["pull storm p99 (ratio, lower is better), R1"] == (0.9, "met")
+    assert status["server CPU per GB pulled (ratio, lower is better), R1"] == (0.5, "met")
     # A system that was not run has no target rows.
     assert not [t for t in report.targets(_run()) if t.system == "cargohold-r3"]
 
@@ -84,7 +105,11 @@ def test_files_written(tmp_path: Path) -> None:
     saved = json.loads(paths[0].read_text())
     assert saved["targets"] and saved["systems"]["cargohold-r1"]
     md = paths[1].read_text()
-    assert "| 1MiB_c1 | 100.0 | 200.0 (1 err) | 2.00x |" in md
+    assert "| 1MiB_c1 | 100.0 | — | 200.0 (1 err) | — | 2.00x |" in md
+    assert "| 1MiB_c1 | 1,000.0 | 1.0 | 1,000.0 | 0.5 | 1.00x |" in md
+    # Efficiency: 1 CPU-s per GB pulled (Distribution), 0.5 (Cargohold); no push figures.
+    assert "| distribution | — | 1.00 | p1 10, p2 20 | 30 |" in md
+    assert "| cargohold-r1 | — | 0.50 | p1 10, p2 20 | 30 |" in md
     assert "| cargohold-r1 | 100 | 50 | 1 | 50 | 2.00 |" in md
     try:
         import matplotlib  # noqa: F401

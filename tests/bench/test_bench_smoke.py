@@ -41,3 +41,17 @@ async def test_smoke_run_every_workload(tmp_path: Path) -> None:
     assert "## Targets" in paths[1].read_text()
     # The harness removed every system's data.
     assert not [p for p in (tmp_path / "work").iterdir() if p.is_dir()]
+
+
+async def test_auth_variant_reads_manifests_with_tokens(tmp_path: Path) -> None:
+    """`cargohold-r3-auth`: the client gets its token once per scope and every read and
+    the tag puts succeed with it (a client without auth would get 401s)."""
+    run = await runner.run(
+        SMOKE, ["cargohold-r3-auth"], ["manifests", "tag_puts"], tmp_path / "work",
+        skip_calibration=True,
+    )  # fmt: skip
+    record = run["systems"]["cargohold-r3-auth"]
+    assert "errors" not in record, record.get("errors")
+    for group in ("manifest_reads", "tag_puts"):
+        for cell, data in record["results"][group].items():
+            assert data["ops"] > 0 and data["errors"] == 0, (group, cell, data)

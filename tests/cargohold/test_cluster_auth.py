@@ -25,6 +25,7 @@ from cargohold.cluster_auth import (
 )
 from cargohold.config import Config, load_config
 from cargohold.errors import ConfigError
+from gateway.auth.keys import load_signing_key
 
 SECRET = "0123456789abcdef0123456789abcdef"
 METHOD = "/cargohold.v1.Chunks/Put"
@@ -161,8 +162,14 @@ def test_nothing_committed_holds_a_usable_secret() -> None:
 def test_compose_secrets_are_generated_once_and_private(tmp_path: Path) -> None:
     target = tmp_path / "secrets"
     script = REPO / "scripts" / "cluster-secrets.sh"
-    subprocess.run([str(script), str(target)], check=True, capture_output=True)
+    # The token key is given to this uid (not the image's user: no Docker needed here).
+    env = {**os.environ, "CARGOHOLD_UID": str(os.getuid()), "CARGOHOLD_GID": str(os.getgid())}
+    subprocess.run([str(script), str(target)], check=True, capture_output=True, env=env)
     assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    key = target / "auth" / "token-key.pem"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    key_id, _ = load_signing_key(str(key))  # a P-256 key the gateways accept
     node_env = (target / "node.env").read_text()
     for name in ("node.env", "gateway.env"):
         assert stat.S_IMODE((target / name).stat().st_mode) == 0o600
@@ -170,6 +177,7 @@ def test_compose_secrets_are_generated_once_and_private(tmp_path: Path) -> None:
     assert len(secret) == 64
     gateway_env = (target / "gateway.env").read_text().strip()
     assert gateway_env == f"CARGOHOLD_CLUSTER_CREDENTIAL={format_credential(secret, 'gateway')}"
-    subprocess.run([str(script), str(target)], check=True, capture_output=True)
+    subprocess.run([str(script), str(target)], check=True, capture_output=True, env=env)
     assert (target / "node.env").read_text() == node_env  # kept, not regenerated
+    assert load_signing_key(str(key))[0] == key_id
     assert os.access(target / "node.env", os.R_OK)

@@ -89,3 +89,104 @@ def test_auth_section(tmp_path) -> None:
 def test_bad_auth_settings(values: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=values, environ={})
+
+
+def test_mirror_proxies_as_tables_strings_and_env(tmp_path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[mirror]\ntag_ttl_seconds = 5\nroot = "hub"\n'
+        '[[mirror.proxy]]\nnamespace = "hub"\nurl = "https://registry-1.docker.io"\n'
+        f'username = "me"\npassword_file = "{secret}"\nhosts = ["docker.io"]\n'
+        '[[mirror.proxy]]\nnamespace = "/ghcr/"\nurl = "https://ghcr.io"\n'
+    )
+    cfg = load_config(path, environ={})
+    hub, ghcr = cfg.mirror.proxies
+    assert (hub.namespace, hub.username, hub.password, hub.hosts) == (
+        "hub",
+        "me",
+        "s3cret",
+        ["docker.io"],
+    )
+    assert ghcr.namespace == "ghcr" and cfg.mirror.tag_ttl_seconds == 5
+    env = load_config(environ={"CARGOHOLD_MIRROR_PROXIES": "a=http://x:1, b=https://y"})
+    assert [(p.namespace, p.url) for p in env.mirror.proxies] == [
+        ("a", "http://x:1"),
+        ("b", "https://y"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "proxies",
+    [
+        "nourl",  # not NAMESPACE=URL
+        "a=ftp://x",  # not http(s)
+        "a/b=http://x",  # more than one segment
+        "a=http://x,a=http://y",  # twice
+    ],
+)
+def test_bad_mirror_proxies_are_refused(proxies: str) -> None:
+    with pytest.raises(ConfigError):
+        load_config(environ={"CARGOHOLD_MIRROR_PROXIES": proxies})
+
+
+def test_mirror_root_must_be_a_proxy() -> None:
+    with pytest.raises(ConfigError):
+        load_config(
+            environ={"CARGOHOLD_MIRROR_PROXIES": "a=http://x", "CARGOHOLD_MIRROR_ROOT": "b"}
+        )
+
+
+def test_pysyncobj_connection_timeout_is_the_one_pinned() -> None:
+    from pysyncobj import SyncObjConf
+
+    from cargohold.config import PYSYNCOBJ_CONNECTION_TIMEOUT
+
+    assert SyncObjConf().connectionTimeout == PYSYNCOBJ_CONNECTION_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"node.raft_max_timeout": "4.0"}, r"raft_max_timeout must be <= 3.5 s"),
+        ({"node.raft_min_timeout": "0.9"}, "raft_min_timeout must be > 0 and below"),
+        ({"node.raft_min_timeout": "0"}, "raft_min_timeout must be > 0 and below"),
+        ({"node.raft_leader_fallback_timeout": "0.05"}, "must exceed the heartbeat period"),
+        ({"node.raft_connection_retry": "-1"}, "raft_connection_retry must be >= 0"),
+        ({"node.raft_compaction_min_entries": "1"}, "raft_compaction_min_entries must be >= 2"),
+        ({"node.raft_compaction_min_time": "0"}, "raft_compaction_min_time > 0"),
+        ({"node.raft_command_timeout": "0"}, "raft_command_timeout"),
+        ({"node.raft_batches_in_flight": "0"}, "raft_batches_in_flight must be >= 1"),
+        ({"node.raft_journal_extent": "0"}, "raft_journal_extent >= 1"),
+    ],
+)
+def test_bad_raft_settings_are_refused_at_load(values: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=values, environ={})
+
+
+def test_raft_settings_pysyncobj_accepts_at_the_limits(tmp_path) -> None:
+    """What validation lets through, pysyncobj's own checks accept (no AssertionError)."""
+    from pysyncobj import SyncObjConf
+
+    cfg = load_config(
+        overrides={
+            "node.raft_max_timeout": "3.5",
+            "node.raft_min_timeout": "0.01",
+            "node.raft_leader_fallback_timeout": "0.003",
+            "node.raft_compaction_min_entries": "2",
+        },
+        environ={},
+    )
+    n = cfg.node
+    SyncObjConf(
+        raftMinTimeout=n.raft_min_timeout,
+        raftMaxTimeout=n.raft_max_timeout,
+        appendEntriesPeriod=n.raft_heartbeat_period,
+        leaderFallbackTimeout=n.raft_leader_fallback_timeout,
+        connectionRetryTime=n.raft_connection_retry,
+        logCompactionMinEntries=n.raft_compaction_min_entries,
+        logCompactionMinTime=n.raft_compaction_min_time,
+        fullDumpFile=str(tmp_path / "dump"),
+    ).validate()

@@ -54,3 +54,16 @@ def test_table_shows_full_and_the_disk_figures() -> None:
         f"reserve={5 * MiB}",
         "full=true",
     ]
+
+
+def test_status_shows_each_quota_with_its_usage() -> None:
+    status = {
+        "leader": "n1",
+        "members": [{"id": "n1", "state": "active"}],
+        "nodes": [_node("n1", False, 50 * MiB)],
+        "quotas": [
+            {"namespace": "team", "limit": 10 * MiB, "used": 5 * MiB, "blobs": 3, "free": 5 * MiB}
+        ],
+    }
+    lines = format_status(status).splitlines()
+    assert "quota team: 5.0 MiB used of 10.0 MiB (50%), 3 blobs" in lines

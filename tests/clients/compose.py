@@ -8,10 +8,14 @@ Works with `docker compose` (v2) and the standalone `docker-compose` 1.29.
 With `tls_dir` set, the cluster runs with mutual TLS on gRPC: `up()` issues the
 certificates into that directory (scripts/cluster-certs.sh) and adds
 cluster-compose.tls.yml; `status()` then asks as the admin certificate.
+The compose cluster starts in token auth with a generated `admin` (cluster-compose.yml):
+`admin_password()` reads it from the node that created it, `login()` runs `docker login`
+(undone by `down()`), `bearer(scopes)` is an Authorization header for raw HTTP clients.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -68,6 +72,7 @@ class ComposeCluster:
     tls_dir: Path | None = None
     compose: list[str] = field(default_factory=lambda: compose_command() or ["docker-compose"])
     _ids: dict[str, str] = field(default_factory=dict)
+    _logged_in: bool = False
 
     # -- lifecycle ---------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -113,6 +118,9 @@ class ComposeCluster:
         self.wait_ready(timeout)
 
     def down(self) -> None:
+        if self._logged_in:
+            docker("logout", self.registry, check=False)
+            self._logged_in = False
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             for service in (*NODES, *GATEWAYS, "lb"):
@@ -212,11 +220,52 @@ class ComposeCluster:
         return all(n["extra"]["raft"]["has_quorum"] for n in nodes)
 
     def lb_answers(self) -> bool:
+        """`/v2/` through the load balancer answers 200, or 401 (token auth)."""
         try:
             with urllib.request.urlopen(f"http://{self.registry}/v2/", timeout=3) as resp:
                 return resp.status == 200
+        except urllib.error.HTTPError as exc:
+            return exc.code == 401
         except (OSError, urllib.error.URLError):
             return False
+
+    # -- registry auth ----------------------------------------------------------------
+    def admin_password(self, timeout: float = 60.0) -> str:
+        """The generated password of `admin`, from `/data/admin-password` of the node whose
+        leader created it (node/initial_admin.py)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for service in NODES:
+                cid = self.container(service, check=False)
+                if not cid or not self.running(cid):
+                    continue
+                out = docker("exec", cid, "cat", "/data/admin-password", check=False)
+                if out.strip() and "No such file" not in out:
+                    return out.strip()
+            time.sleep(1)
+        raise TimeoutError("no node wrote /data/admin-password")
+
+    def login(self) -> None:
+        """`docker login` as admin (the engine's credentials for this host:port)."""
+        password = self.admin_password()
+        run(
+            ["docker", "login", "-u", "admin", "--password-stdin", self.registry],
+            input_bytes=password.encode(),
+        )
+        self._logged_in = True
+
+    def bearer(self, scopes: list[str]) -> dict[str, str]:
+        """An Authorization header with an admin token for `scopes` (from the gateways'
+        token service, through the load balancer)."""
+        basic = base64.b64encode(f"admin:{self.admin_password()}".encode()).decode()
+        query = "&".join(["service=cargohold", *(f"scope={s}" for s in scopes)])
+        req = urllib.request.Request(
+            f"http://{self.registry}/auth/token?{query}",
+            headers={"Authorization": f"Basic {basic}"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            token = json.loads(resp.read())["token"]
+        return {"Authorization": f"Bearer {token}"}
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         """Every service healthy, the Raft group settled and the LB answering."""

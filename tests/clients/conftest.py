@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +45,16 @@ def layered_image(
 ) -> Iterator[LayeredImage]:
     """One three-layer image shared by the tests that only read it."""
     image = build_layered(tmp_path_factory.mktemp("image-ctx"))
+    try:
+        yield image
+    finally:
+        image.remove()
+
+
+@pytest.fixture
+def fresh_image(docker_engine: None, tmp_path: Path) -> Iterator[LayeredImage]:
+    """A three-layer image of this test's own (1 MiB largest layer), removed after."""
+    image = build_layered(tmp_path, big_size=1024 * 1024)
     try:
         yield image
     finally:

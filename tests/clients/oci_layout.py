@@ -4,7 +4,8 @@
 manifest (tag `v1`) with three gzip layers of known content — the largest (9 MiB of
 seeded random bytes, incompressible) spans several 4 MiB chunks — and an image config.
 `write_index_layout` adds an OCI image index over two such manifests (two platforms) for
-`skopeo copy --all`. Every blob is kept in `OciLayout.blobs`, digest → bytes, so a copy
+`skopeo copy --all`; `write_artifact_layout` holds one given manifest and its blobs.
+Every blob is kept in `OciLayout.blobs`, digest → bytes, so a copy
 that came back out of a registry can be compared byte for byte.
 """
 
@@ -129,6 +130,18 @@ def write_index_layout(path: Path, seed: str, big_size: int = 1 * MiB) -> OciLay
     desc = layout.add_blob(json.dumps(index, indent=2).encode())
     layout.top_digest, layout.top_media_type = desc["digest"], MT_INDEX
     layout.write_index_json()
+    return layout
+
+
+def write_artifact_layout(path: Path, manifest: bytes, blobs: list[bytes], tag: str) -> OciLayout:
+    """A layout holding one manifest given as bytes (a signature, say) and its blobs, so
+    `skopeo copy --preserve-digests` pushes exactly those bytes."""
+    layout = OciLayout(path)
+    for blob in blobs:
+        layout.add_blob(blob)
+    layout.top_digest = layout.add_blob(manifest)["digest"]
+    layout.top_media_type = str(json.loads(manifest).get("mediaType", MT_MANIFEST))
+    layout.write_index_json(tag)
     return layout
 
 

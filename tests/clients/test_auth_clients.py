@@ -1,21 +1,24 @@
 """Real clients against a token-mode cluster (built-in token service, one htpasswd user):
 skopeo pushes with `--dest-creds` and pulls with `--src-creds`, is refused without
-credentials; `docker login` stores an identity token and docker pushes and pulls with it."""
+credentials; `docker login` stores an identity token and docker pushes and pulls with it;
+podman against `cargohold dev --auth` logs in, pushes and pulls, pulls a public namespace
+anonymously and is refused a push as a `reader` (403)."""
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cluster.token_client import token_auth
 
 from cargohold_cli.devcluster import LocalCluster
-from clients.images import LayeredImage, build_layered
+from clients.images import LayeredImage
 from clients.oci_layout import read_blobs, write_image_layout
-from clients.tools import ToolError, run, skopeo
+from clients.tools import Podman, ToolError, have, run, skopeo
 
 pytestmark = [pytest.mark.clients, pytest.mark.cluster]
 
@@ -49,15 +52,6 @@ def test_skopeo_with_creds(skopeo_tool: None, token_host: str, tmp_path: Path) -
     assert read_blobs(out) == read_blobs(layout)
     with pytest.raises(ToolError):
         skopeo("inspect", "--tls-verify=false", "--creds", "alice:wrong", dest, timeout=60)
-
-
-@pytest.fixture
-def fresh_image(docker_engine: None, tmp_path: Path) -> Iterator[LayeredImage]:
-    image = build_layered(tmp_path, big_size=1024 * 1024)
-    try:
-        yield image
-    finally:
-        image.remove()
 
 
 @pytest.mark.docker
@@ -122,3 +116,78 @@ def test_docker_login_against_dev_auth(fresh_image: LayeredImage, tmp_path: Path
         assert dev.interrupt() == 0
     finally:
         dev.kill()
+
+
+def _dev_admin(dev: object, *argv: str, stdin: str = "") -> str:
+    """`cargohold admin ...` against the dev cluster (its printed --config and --nodes)."""
+    import sys
+
+    line = next(ln for ln in dev.seen if "status: cargohold admin --config" in ln)  # type: ignore[attr-defined]
+    found = re.search(r"--config (\S+) status --nodes (\S+)", line)
+    assert found, line
+    config, nodes = found.groups()
+    cmd = [sys.executable, "-m", "cargohold_cli", "admin", "--config", config, *argv[:2]]
+    return run([*cmd, "--nodes", nodes, *argv[2:]], input_bytes=stdin.encode() or None)
+
+
+@pytest.mark.slow
+def test_podman_login_push_pull_public_and_reader(tmp_path: Path) -> None:
+    """`cargohold dev --auth` with podman: login as the generated admin, push, pull; a
+    public namespace pulls anonymously; a `reader` login pushes into 403."""
+    import socket
+
+    from cluster.devprocess import DevProcess, free_node_base
+
+    if not have("podman"):
+        pytest.skip("podman missing: make system-deps")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    data = tmp_path / "dev"
+    layout = tmp_path / "layout"
+    write_image_layout(layout, seed=uuid.uuid4().hex, big_size=1024 * 1024)
+    podman = Podman(tmp_path / "podman")
+    dev = DevProcess(data, port, free_node_base(), "--auth")
+    try:
+        dev.wait_for("Ctrl-C stops the cluster")  # after the addresses it prints
+        password = (data / "admin-password").read_text().strip()
+        host = f"127.0.0.1:{port}"
+        _dev_admin(dev, "namespaces", "add", "pub", "public")
+        _dev_admin(dev, "users", "add", "rita", "--password-stdin", stdin="rita-pw-1")
+        _dev_admin(dev, "namespaces", "grant", "pub", "rita", "reader")
+
+        podman("pull", "-q", f"oci:{layout}:v1")
+        local = podman("images", "-q").split()[0]
+        # Without a login: refused.
+        refused = podman("push", "--tls-verify=false", local, f"{host}/pub/app:v1", check=False)
+        assert re.search(r"unauthorized|authentication required", refused, re.I), refused
+
+        out = podman(
+            "login", "--tls-verify=false", "-u", "admin", "--password-stdin", host,
+            stdin=password.encode(),
+        )  # fmt: skip
+        assert "Login Succeeded" in out
+        podman("push", "-q", "--tls-verify=false", local, f"{host}/pub/app:v1")
+        podman("push", "-q", "--tls-verify=false", local, f"{host}/team/app:v1")
+        podman("rmi", "-a", "-f")
+        podman("pull", "-q", "--tls-verify=false", f"{host}/team/app:v1")
+        podman("logout", host)
+
+        # Anonymous: the public namespace pulls, a private one does not.
+        podman("rmi", "-a", "-f")
+        podman("pull", "-q", "--tls-verify=false", f"{host}/pub/app:v1")
+        private = podman("pull", "--tls-verify=false", f"{host}/team/app:v1", check=False)
+        assert re.search(r"unauthorized|authentication required|denied", private, re.I), private
+
+        # A reader may log in and pull, but its push is 403 DENIED.
+        podman(
+            "login", "--tls-verify=false", "-u", "rita", "--password-stdin", host,
+            stdin=b"rita-pw-1",
+        )  # fmt: skip
+        local = podman("images", "-q").split()[0]
+        denied = podman("push", "--tls-verify=false", local, f"{host}/pub/app:v2", check=False)
+        assert re.search(r"denied|403|forbidden", denied, re.I), denied
+        assert dev.interrupt() == 0
+    finally:
+        dev.kill()
+        podman.close()

@@ -9,8 +9,10 @@ LocalCluster on 127.0.0.1.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import re
 import subprocess
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,11 +42,12 @@ def _config_for(gateways: list[str], port: int) -> str:
 
 @pytest.fixture
 def lb_cluster(
-    make_cluster: Callable[..., LocalCluster], tmp_path: Path
+    make_cluster: Callable[..., LocalCluster], tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[LocalCluster, str]]:
     if not have("haproxy"):
         pytest.skip("haproxy missing: make system-deps")
-    local = make_cluster(nodes=3, gateways=2)
+    shape = getattr(request, "param", {"nodes": 3, "gateways": 2})
+    local = make_cluster(**shape)
     port = free_port()
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(_config_for([u.removeprefix("http://") for u in local.gateway_urls], port))
@@ -103,3 +106,51 @@ def test_lb_rides_over_a_killed_gateway(
     wait_v2(local.gateway_urls[0].removeprefix("http://"))
     local.kill_gateway(1)
     _all_succeed(base, repo_name, digest, data)
+
+
+def _get_from(source: str, port: int, path: str, forged: str) -> int:
+    """GET from a chosen loopback source address with a forged X-Forwarded-For."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    try:
+        conn.request("GET", path, headers={"X-Forwarded-For": forged})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def _access_clients(local: LocalCluster, repo: str, want: int) -> list[str]:
+    log = local.base_dir / "logs" / "gateway-1.log"
+    found: list[str] = []
+    for _ in range(100):
+        lines = log.read_text(errors="replace").splitlines()
+        found = [
+            m.group(1)
+            for line in lines
+            if "event=access" in line and f"repo={repo}" in line
+            for m in [re.search(r"\bclient=(\S+)", line)]
+            if m
+        ]
+        if len(found) >= want:
+            break
+        time.sleep(0.1)
+    return found
+
+
+@pytest.mark.parametrize(
+    "lb_cluster",
+    [{"nodes": 1, "gateways": 1, "extra": {"gateway": {"trusted_proxies": ["127.0.0.1/32"]}}}],
+    indirect=True,
+)
+def test_forwarded_for_believed_from_haproxy_only(
+    lb_cluster: tuple[LocalCluster, str], repo_name: str
+) -> None:
+    """HAProxy (`option forwardfor`, trusted) names the real client even when the client
+    forges its own X-Forwarded-For; the same forgery sent straight to the gateway from an
+    untrusted address is ignored."""
+    local, base = lb_cluster
+    lb_port = int(base.rsplit(":", 1)[1])
+    gw_port = int(local.gateway_urls[0].rsplit(":", 1)[1])
+    path = f"/v2/{repo_name}/manifests/missing"
+    assert _get_from("127.0.0.5", lb_port, path, "203.0.113.9") == 404
+    assert _get_from("127.0.0.6", gw_port, path, "203.0.113.9") == 404
+    assert _access_clients(local, repo_name, 2) == ["127.0.0.5", "127.0.0.6"]

@@ -1,13 +1,15 @@
 """Running the external client tools (docker, skopeo) from tests, with readable failures.
 
 Every call has a timeout and, on failure, raises `ToolError` carrying the command line,
-exit code and output, so a failed test says exactly what the client printed.
+exit code and output, so a failed test says exactly what the client printed. `Podman` is
+podman with a private store and auth file under a test's directory.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,3 +78,33 @@ def docker(*args: str, timeout: float = DEFAULT_TIMEOUT, check: bool = True) -> 
 
 def skopeo(*args: str, timeout: float = DEFAULT_TIMEOUT, check: bool = True) -> str:
     return run(["skopeo", *args], timeout=timeout, check=check)
+
+
+class Podman:
+    """podman with private storage (vfs: works inside containers) and auth file under
+    `root`; its runroot is a short temporary directory (podman wants at most 50
+    characters), removed by `close`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "auth.json").write_text("{}")
+        self.runroot = Path(tempfile.mkdtemp(prefix="chpod-"))
+
+    def __call__(self, *args: str, stdin: bytes | None = None, check: bool = True) -> str:
+        base = [
+            "podman",
+            "--root", str(self.root / "storage"),
+            "--runroot", str(self.runroot),
+            "--storage-driver", "vfs",
+            "--cgroup-manager", "cgroupfs",
+            "--events-backend", "none",
+        ]  # fmt: skip
+        return run(
+            ["env", f"REGISTRY_AUTH_FILE={self.root / 'auth.json'}", *base, *args],
+            input_bytes=stdin,
+            check=check,
+        )
+
+    def close(self) -> None:
+        shutil.rmtree(self.runroot, ignore_errors=True)

@@ -50,6 +50,13 @@ class RegistryClient:
             raise Retryable(op, status, body[:300].decode(errors="replace"))
         return status, headers, body
 
+    async def push_image(self, base: str, image: Any, chunk: int) -> str:
+        """Every blob of `image` (monolithic when under `chunk` bytes), then its manifest
+        under its tag; the manifest's digest. `image`: repo, tag, blobs(), manifest()."""
+        for _, digest, data in image.blobs():
+            await self.push_blob(base, image.repo, digest, data, monolithic=len(data) < chunk)
+        return await self.put_manifest(base, image.repo, image.tag, image.manifest())
+
     async def push_blob(
         self, base: str, repo: str, digest: str, data: bytes, monolithic: bool
     ) -> None:

@@ -4,7 +4,13 @@ One compose project (own name, port and network) is started for the module from 
 offline-built image and removed afterwards with its volumes. The tests push real images
 with the Docker engine through the load balancer and check what comes back:
 
+The cluster runs as deployed: token auth, the generated `admin` (read from the node
+that created it), `docker login` before the rest:
+
 - push a multi-layer image, remove it locally, pull it, run it;
+- without credentials a push is refused: 401 with the Bearer challenge naming the
+  load balancer's token realm and the push scope, and `docker push` fails; the gateway
+  logs the real client, not the load balancer (X-Forwarded-For from trusted HAProxy);
 - `docker kill` one gateway and one node, pull again;
 - `docker network disconnect` the Raft leader while images are being pushed, reconnect:
   every push that was acknowledged pulls back intact;
@@ -16,8 +22,11 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +34,7 @@ from pathlib import Path
 import pytest
 from clients.compose import GATEWAYS, NODES, ComposeCluster, compose_command, ensure_image
 from clients.images import LayeredImage, build_layered
-from clients.tools import ToolError, docker, docker_answers
+from clients.tools import ToolError, docker, docker_answers, run
 
 from cargohold_cli.devcluster import free_port
 
@@ -52,6 +61,7 @@ def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeCluster
     )
     try:
         cluster.up()
+        cluster.login()  # token auth is the compose default
         yield cluster
     finally:
         cluster.down()
@@ -114,6 +124,37 @@ def test_push_pull_run_through_lb(
     _push(image, ref)
     _forget_locally(image)
     _pull_and_check(image, ref)
+
+
+def test_anonymous_push_is_refused_with_the_challenge(
+    compose: ComposeCluster, images: list[LayeredImage], tmp_path: Path
+) -> None:
+    req = urllib.request.Request(
+        f"http://{compose.registry}/v2/accept/anon/blobs/uploads/", data=b"", method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=30)
+    assert refused.value.code == 401
+    assert refused.value.headers["WWW-Authenticate"] == (
+        f'Bearer realm="http://{compose.registry}/auth/token",service="cargohold",'
+        'scope="repository:accept/anon:pull,push"'
+    )
+    # A real client without credentials (its own empty config) cannot push either.
+    image = _new_image(images, tmp_path, big_size=MiB)
+    ref = f"{compose.registry}/accept/anon:v1"
+    docker("tag", image.tag, ref)
+    image.extra_tags.append(ref)
+    out = run(["docker", "--config", str(tmp_path / "anon"), "push", ref], check=False)
+    # docker words the 401 after its anonymous token as "requested access ... is denied".
+    assert re.search(
+        r"unauthorized|authentication required|access to the resource is denied", out, re.I
+    ), out
+    # The gateways name the client HAProxy saw, never HAProxy itself.
+    clients: set[str] = set()
+    for gateway in GATEWAYS:
+        logs = docker("logs", compose.container(gateway), check=False)
+        clients |= set(re.findall(r"event=access .*?client=(\S+).*?repo=accept/anon", logs))
+    assert clients and compose.ip("lb") not in clients, clients
 
 
 def test_pull_after_killing_a_gateway_and_a_node(

@@ -37,6 +37,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.clients, pytest.
 IMAGE = os.environ.get("CARGOHOLD_IMAGE", "cargohold:latest")
 MiB = 1024 * 1024
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+# The cluster runs token auth: an admin token for the test repository, sent on every call.
+_AUTH: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +60,10 @@ def compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeCluster
     )
     try:
         cluster.up()
+        _AUTH.update(cluster.bearer(["repository:tls/app:pull,push"]))
         yield cluster
     finally:
+        _AUTH.clear()
         cluster.down()
 
 
@@ -71,7 +75,8 @@ def _call(
     method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None
 ) -> tuple[int, Message, bytes]:
     """One HTTP call; the headers are case-insensitive (HAProxy lowercases names)."""
-    req = urllib.request.Request(url, data=body or None, method=method, headers=headers or {})
+    headers = {**_AUTH, **(headers or {})}
+    req = urllib.request.Request(url, data=body or None, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=60) as resp:
         return resp.status, resp.headers, resp.read()
 

@@ -69,8 +69,10 @@ def prometheus(compose: ComposeCluster, tmp_path: Path) -> Iterator[Prometheus]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+async def http(compose: ComposeCluster) -> AsyncIterator[aiohttp.ClientSession]:
+    # The cluster runs token auth: an admin token for the test repository on every request.
+    auth = compose.bearer(["repository:metrics/compose:pull,push"])
+    async with aiohttp.ClientSession(headers=auth) as session:
         yield session
 
 

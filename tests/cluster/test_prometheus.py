@@ -16,7 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from cargohold_cli.devcluster import LocalCluster
+from cargohold_cli.devcluster import LocalCluster, free_port
+from cluster.admin_kit import admin
 from cluster.chunkcheck import push_blob
 from cluster.prometheus import (
     Prometheus,
@@ -98,6 +99,9 @@ async def test_prometheus_sees_every_target_and_chunks_below_r_after_a_kill(
     assert leaders == 1
     # deploy/: every series the dashboard and the alert rules name is really exported,
     # and every dashboard expression is PromQL this Prometheus evaluates.
+    # A webhook endpoint (nobody listens there), so that the webhook series the alert
+    # rules name exist: they are per endpoint.
+    await admin(cluster, "webhooks", "add", "alerts", f"http://127.0.0.1:{free_port()}/hook")
     names = deploy_metric_names()
     assert "cargohold_node_disk_free_bytes" in names and len(names) > 30
     for name in sorted(names):

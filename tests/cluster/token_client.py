@@ -67,6 +67,24 @@ class TokenClient:
         raise AssertionError("unreachable")
 
 
+async def push_image(client: TokenClient, image: Any, tag: str | None = None) -> int:
+    """Push `image` (repo, tag, blobs(), manifest()) through the token dance, as `tag`
+    (default: its own); the first status that is not a success, else the manifest's."""
+    for _media, digest, data in image.blobs():
+        status, _h, _b = await client.request(
+            "POST", f"/v2/{image.repo}/blobs/uploads/?digest={digest}", data=data
+        )
+        if status != 201:
+            return status
+    status, _h, _b = await client.request(
+        "PUT",
+        f"/v2/{image.repo}/manifests/{tag or image.tag}",
+        data=image.manifest(),
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    return status
+
+
 def token_auth(tmp_path: Path, users: dict[str, str]) -> dict[str, str]:
     """An `[auth]` section of token mode: a fresh signing key and a bcrypt htpasswd file."""
     key, htpasswd = tmp_path / "token-key.pem", tmp_path / "htpasswd"

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from cargohold.errors import RegistryError, from_grpc_details, to_grpc_details
-from cargohold.metadata_api import BlobCommit, ManifestDelete, ManifestPut, Recipe
+from cargohold.metadata_api import BlobCommit, ManifestDelete, ManifestPut, Metadata, Recipe
 from node.metadata.state import MetadataState
 
 EMPTY_RECIPE: Recipe = {"size": 0, "chunks": []}
@@ -79,6 +79,10 @@ class FakeCluster:
                 repo, digest, "application/vnd.oci.image.manifest.v1+json", EMPTY_RECIPE, tag=tag
             )
         )
+
+    def meta_api(self) -> Metadata:
+        """The typed metadata facade over this fake (as a GatewayContext builds it)."""
+        return Metadata(self)  # type: ignore[arg-type]
 
     def ops(self, kind: str) -> list[str]:
         return [op for k, op, _ in self.calls if k == kind]

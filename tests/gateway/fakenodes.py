@@ -45,11 +45,12 @@ from protos import registry_pb2_grpc as pb_grpc
 
 class FakeState(InProcessMetadata):
     """The real metadata state machine (one for all fake nodes, as Raft would make it),
-    recording the commands the nodes receive."""
+    recording the commands and the queries the nodes receive."""
 
     def __init__(self) -> None:
         super().__init__()
         self.commands: list[tuple[str, dict[str, Any]]] = []
+        self.queries: list[str] = []
 
     @property
     def blobs(self) -> dict[str, Any]:
@@ -58,6 +59,10 @@ class FakeState(InProcessMetadata):
     def command(self, op: str, args: dict[str, Any]) -> Any:
         self.commands.append((op, args))
         return super().command(op, args)
+
+    def query(self, op: str, args: dict[str, Any]) -> Any:
+        self.queries.append(op)
+        return super().query(op, args)
 
 
 class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminServicer):
@@ -73,6 +78,7 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
         self.slow: asyncio.Event | None = None  # Get waits for it
         self.hung_puts: asyncio.Event | None = None  # Put waits for it
         self.full = False
+        self.lost_replies = 0  # Commands applied whose reply is lost (node died after commit)
         self.free_bytes = 1000  # what a full node reports (its reserve is 4000)
         self.puts = 0
         self.put_calls = 0
@@ -140,6 +146,9 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
             result = self.state.command(request.op, json.loads(request.args or b"{}"))
         except RegistryError as err:
             await abort_with(context, err)
+        if self.lost_replies:
+            self.lost_replies -= 1
+            await abort_with(context, Unavailable("reply lost after the commit"))
         return pb.MetadataReply(result=json.dumps(result).encode())
 
     async def Query(

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from authkit import basic, token_config, write_htpasswd
+from aiohttp.test_utils import TestClient
+from authkit import basic, start_gateway, token_config, write_htpasswd
 from fakecluster import FakeCluster
 
 from cargohold.config import AuthConfig, Config
@@ -23,10 +23,7 @@ DIGEST = "sha256:" + "a" * 64
 
 
 async def _client(cfg: Config) -> TestClient:
-    app = build_app(GatewayContext(cfg=cfg, cluster=FakeCluster()))  # type: ignore[arg-type]
-    client = TestClient(TestServer(app))
-    await client.start_server()
-    return client
+    return await start_gateway(cfg, FakeCluster())
 
 
 @pytest.fixture

@@ -8,16 +8,14 @@ import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import bcrypt
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from authkit import basic
+from aiohttp.test_utils import TestClient
+from authkit import basic, fetch_token, hash_password, signing_config, start_gateway
+from authkit import call as call_with
 from fakecluster import FakeCluster
 
-from cargohold.config import AuthConfig, Config
+from cargohold.config import Config
 from cargohold.metadata_api import BlobCommit, UserPut
-from gateway.app import build_app
-from gateway.auth.keys import generate_signing_key
 from gateway.context import GatewayContext
 
 PASSWORDS = {"root": "root-pw", "dev": "dev-pw", "reader": "reader-pw", "gone": "gone-pw"}
@@ -26,15 +24,12 @@ EMPTY = "sha256:" + hashlib.sha256(b"").hexdigest()
 
 @pytest.fixture
 async def gw(tmp_path: Path) -> AsyncIterator[TestClient]:
-    key = tmp_path / "key.pem"
-    generate_signing_key(str(key))
     cfg = Config()
-    cfg.auth = AuthConfig(mode="token", signing_key=str(key), directory_refresh_seconds=0)
-    ctx = GatewayContext(cfg=cfg, cluster=FakeCluster())  # type: ignore[arg-type]
-    meta = ctx.meta
+    cfg.auth = signing_config(tmp_path, directory_refresh_seconds=0)
+    cluster = FakeCluster()
+    meta = GatewayContext(cfg=cfg, cluster=cluster).meta  # type: ignore[arg-type]
     for name, password in PASSWORDS.items():
-        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
-        await meta.user_put(UserPut(name, hashed, admin=name == "root"))
+        await meta.user_put(UserPut(name, hash_password(password), admin=name == "root"))
     await meta.user_put(UserPut("gone", disabled=True))
     await meta.namespace_put("team", "private")
     await meta.namespace_put("pub", "public")
@@ -43,8 +38,7 @@ async def gw(tmp_path: Path) -> AsyncIterator[TestClient]:
     await meta.grant_set("team", "gone", "admin")
     for repo in ("team/app", "pub/x", "secret/y"):
         await meta.blob_commit(BlobCommit(repo, EMPTY, {"size": 0, "chunks": []}, None, 1.0))
-    client = TestClient(TestServer(build_app(ctx)))
-    await client.start_server()
+    client = await start_gateway(cfg, cluster)
     try:
         yield client
     finally:
@@ -52,20 +46,11 @@ async def gw(tmp_path: Path) -> AsyncIterator[TestClient]:
 
 
 async def token(gw: TestClient, user: str | None, *scopes: str) -> tuple[int, str]:
-    headers = {"Authorization": basic(user, PASSWORDS[user])} if user else {}
-    params = [("service", "cargohold"), *[("scope", s) for s in scopes]]
-    resp = await gw.get("/auth/token", params=params, headers=headers)
-    if resp.status != 200:
-        return resp.status, ""
-    body = await resp.json()
-    return 200, body["token"]
+    return await fetch_token(gw, basic(user, PASSWORDS[user]) if user else None, *scopes)
 
 
 async def call(gw: TestClient, method: str, path: str, tok: str) -> int:
-    resp = await gw.request(method, path, headers={"Authorization": f"Bearer {tok}"})
-    if resp.status == 403:
-        assert (await resp.json())["errors"][0]["code"] == "DENIED"
-    return resp.status
+    return await call_with(gw, method, path, f"Bearer {tok}")
 
 
 async def test_roles_decide_push_and_pull(gw: TestClient) -> None:

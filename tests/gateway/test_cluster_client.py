@@ -10,8 +10,9 @@ import pytest
 from fakenodes import FakeNodes
 
 from cargohold.digests import chunk_id_of
-from cargohold.errors import BlobUnknown, RangeInvalid, Unavailable
+from cargohold.errors import BlobUnknown, ManifestUnknown, RangeInvalid, Unavailable
 from gateway.cluster import ClusterClient
+from gateway.cluster.local_reads import LocalCopyCorrupt
 from gateway.cluster.reads import _slices
 
 
@@ -195,6 +196,7 @@ async def test_concurrent_reads_of_a_chunk_share_one_node_read(nodes: FakeNodes)
 async def test_unshared_reads_each_ask_a_node(nodes: FakeNodes) -> None:
     cfg = nodes.config()
     cfg.gateway.share_chunk_reads = False
+    cfg.gateway.hedge_after_seconds = 60.0  # a read slowed by load must not be hedged here
     reader = await ClusterClient.connect(cfg)
     try:
         data = os.urandom(5000)
@@ -311,3 +313,104 @@ async def test_connect_before_the_cluster_answers(nodes: FakeNodes) -> None:
         assert len(client.members) == 4
     finally:
         await client.close()
+
+
+class _FakeLocal:
+    """A stand-in for the local LMDB view (gateway/cluster/local_reads.py): answers `data`
+    after `delay`, or raises LocalCopyCorrupt."""
+
+    def __init__(self, data: bytes | None, delay: float = 0.0, corrupt: bool = False) -> None:
+        self.data, self.delay, self.corrupt = data, delay, corrupt
+        self.reads = 0
+
+    async def read(self, chunk_id: bytes, length: int | None) -> bytes | None:
+        self.reads += 1
+        await asyncio.sleep(self.delay)
+        if self.corrupt:
+            raise LocalCopyCorrupt
+        return self.data
+
+    def close(self) -> None:
+        pass
+
+
+async def _stored(nodes: FakeNodes) -> tuple[bytes, bytes]:
+    data = os.urandom(5000)
+    cid = chunk_id_of(data)
+    writer = await ClusterClient.connect(nodes.config())
+    await writer.store_chunk(cid, data)
+    await writer.close()
+    return cid, data
+
+
+async def test_local_hit_asks_no_node(nodes: FakeNodes) -> None:
+    cid, data = await _stored(nodes)
+    reader = await ClusterClient.connect(nodes.config())
+    reader.reader.local = _FakeLocal(data)  # type: ignore[assignment]
+    try:
+        assert bytes(await reader.read_chunk(cid.hex(), len(data))) == data
+        assert sum(n.gets for n in nodes.nodes) == 0
+    finally:
+        await reader.close()
+
+
+async def test_slow_local_read_is_hedged_to_a_replica(nodes: FakeNodes) -> None:
+    """A local disk slower than the hedge delay does not hold the pull: a replica answers,
+    and the late local answer (here deliberately wrong bytes) is dropped."""
+    cid, data = await _stored(nodes)
+    reader = await ClusterClient.connect(nodes.config())  # hedge_after_seconds 0.05
+    local = _FakeLocal(b"late and never used", delay=0.5)
+    reader.reader.local = local  # type: ignore[assignment]
+    try:
+        assert bytes(await reader.read_chunk(cid.hex(), len(data))) == data
+        assert local.reads == 1 and sum(n.gets for n in nodes.nodes) == 1
+        await asyncio.sleep(0.6)  # the abandoned local read ends without a stray error
+    finally:
+        await reader.close()
+
+
+async def test_corrupt_local_copy_asks_the_local_node_first(nodes: FakeNodes) -> None:
+    cid, data = await _stored(nodes)
+    cfg = nodes.config()
+    probe = await ClusterClient.connect(cfg)
+    owners = [m.id for m in probe.read_order(cid)][:3]
+    last = owners[-1]  # the owner the usual order would ask last
+    await probe.close()
+    cfg.gateway.local_node_id = last
+    reader = await ClusterClient.connect(cfg)
+    reader.reader.local = _FakeLocal(None, corrupt=True)  # type: ignore[assignment]
+    try:
+        assert bytes(await reader.read_chunk(cid.hex(), len(data))) == data
+        # The local node was asked (its own check would quarantine its copy); it held a
+        # good one here, so it served and nobody else was asked.
+        assert nodes.by_id(last).gets == 1
+        assert sum(n.gets for n in nodes.nodes) == 1
+    finally:
+        await reader.close()
+
+
+async def test_a_removal_retried_after_a_lost_reply_is_done_not_unknown(
+    nodes: FakeNodes, client: ClusterClient
+) -> None:
+    """The leader commits a tag delete and dies before replying: the retry finds the tag
+    gone, which is the delete having happened (not a 404). Without a lost reply, deleting
+    an unknown tag is still MANIFEST_UNKNOWN."""
+    digest = "sha256:" + "ab" * 32
+    await client.command(
+        "manifest_put",
+        {
+            "repo": "lost/reply",
+            "digest": digest,
+            "media_type": "application/json",
+            "recipe": {"size": 0, "chunks": []},
+            "tag": "v1",
+            "now": 1.0,
+        },
+    )
+    for node in nodes.nodes:
+        node.lost_replies = 1
+    await client.command("tag_delete", {"repo": "lost/reply", "tag": "v1"})
+    for node in nodes.nodes:
+        node.lost_replies = 0
+    with pytest.raises(ManifestUnknown):
+        await client.command("tag_delete", {"repo": "lost/reply", "tag": "v1"})

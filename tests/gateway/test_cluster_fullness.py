@@ -128,6 +128,23 @@ async def test_fewer_than_w_nodes_with_space_is_storage_full_naming_them(
     assert sorted(nodes.holders(cid)) == ["n1", "n3"]
 
 
+async def test_a_member_list_missing_a_node_is_relearned_before_refusing(
+    nodes: FakeNodes, client: ClusterClient
+) -> None:
+    """The view was learned before n2 joined (a stale member list) and n3 is full: one
+    copy lands on n1, n3 refuses; the write re-learns the members and lands on n2
+    instead of answering 507 with a node to spare."""
+    await client.view.ensure_members()
+    view = client.view
+    view._members = [m for m in view._members if m.id != "n2"]
+    view._last_refresh = 0.0
+    nodes.by_id("n3").full = True
+    cid, data = _chunk()
+    await client.store_chunk(cid, data)
+    assert sorted(nodes.holders(cid)) == ["n1", "n2"]
+    assert "n2" in view.active_ids()
+
+
 @pytest.fixture
 async def dp() -> AsyncIterator[DataPath]:
     async for path in data_path(3):

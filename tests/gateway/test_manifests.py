@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from cargohold.config import Config
+from cargohold.metadata_api import TrashList, TrashRestore
 from gateway.app import build_app
 from gateway.context import GatewayContext
 from gateway.manifest_cache import ManifestCache, RecordCache
@@ -490,7 +491,10 @@ async def test_every_get_asks_the_cluster(gw, fake_cluster) -> None:
     body = await _pushed(gw, fake_cluster)
     await gw.get(f"/v2/{REPO}/manifests/v1")
     await gw.get(f"/v2/{REPO}/manifests/{sha(body)}")
-    assert fake_cluster.ops("query") == ["tag_get", "manifest_get"]
+    # (the pull policy's `trust_list`, re-read every policy.refresh_seconds, is not a lookup,
+    # nor is the push's read of the config blob for search: gateway/image_info.py)
+    lookups = [op for op in fake_cluster.ops("query") if op not in ("trust_list", "blob_get")]
+    assert lookups == ["tag_get", "manifest_get"]
 
 
 async def test_unknown_manifest_is_404(gw, fake_cluster) -> None:
@@ -529,6 +533,26 @@ async def test_delete_by_digest_removes_manifest_and_tags(gw, fake_cluster) -> N
     assert resp.status == 202
     for ref in ("v1", "v2", sha(body)):
         assert (await gw.get(f"/v2/{REPO}/manifests/{ref}")).status == 404
+
+
+async def test_deletes_go_into_the_trash_unless_its_retention_is_0(
+    gw, fake_cluster, gateway_cfg: Config
+) -> None:
+    body = await _pushed(gw, fake_cluster, tag="v1")
+    assert (await put(gw, "v2", body)).status == 201
+    assert (await gw.delete(f"/v2/{REPO}/manifests/v2")).status == 202
+    assert (await gw.delete(f"/v2/{REPO}/manifests/{sha(body)}")).status == 202
+    for ref in ("v1", "v2", sha(body)):
+        assert (await gw.get(f"/v2/{REPO}/manifests/{ref}")).status == 404
+    trash = fake_cluster.state.execute(TrashList(REPO))
+    assert [(e.kind, e.tag) for e in trash] == [("manifest", None), ("tag", "v1"), ("tag", "v2")]
+    assert {e.digest for e in trash} == {sha(body)}
+    fake_cluster.state.execute(TrashRestore(REPO, sha(body)))
+    for ref in ("v1", "v2", sha(body)):
+        assert (await gw.get(f"/v2/{REPO}/manifests/{ref}")).status == 200
+    gateway_cfg.lifecycle.trash_retention_seconds = 0
+    assert (await gw.delete(f"/v2/{REPO}/manifests/{sha(body)}")).status == 202
+    assert fake_cluster.state.execute(TrashList(REPO)) == []
 
 
 async def test_delete_unknown_is_404(gw, fake_cluster) -> None:

@@ -72,8 +72,15 @@ async def test_streamed_patch_then_put(dp: DataPath) -> None:
     assert resp.headers["Range"] == f"0-{len(data) - 1}"
     assert resp.headers["Location"] == location
     assert resp.headers["Docker-Upload-UUID"] == location.rsplit("/", 1)[1]
+    # This gateway answered the POST: the PATCH did not read the session back...
+    assert "upload_get" not in dp.nodes.state.queries
+    resp = await dp.http.get(location)  # (a status request does)
+    assert resp.status == 204
+    assert dp.nodes.state.queries.count("upload_get") == 1
     resp = await dp.http.put(f"{location}?digest={digest}")
     assert resp.status == 201
+    # ...nor did the PUT after the PATCH.
+    assert dp.nodes.state.queries.count("upload_get") == 1
     assert resp.headers["Location"] == f"/v2/lib/app/blobs/{digest}"
     assert resp.headers["Docker-Content-Digest"] == digest
     assert await _blob(dp, "lib/app", digest) == data

@@ -54,3 +54,19 @@ async def test_encode_chunk_feeds_the_running_digest_in_order() -> None:
         assert b"".join(pieces) in request
     assert running.digest() == hashlib.sha256(data).digest()
     assert ids[0] == hashlib.sha256(data[:65536]).digest()
+
+
+async def test_first_chunk_id_read_off_a_fresh_running_digest() -> None:
+    """A body starting a blob: the first chunk's id comes from the running sha256 (one
+    pass), later ones from their own hash; ids and the blob digest are the same as with
+    two passes."""
+    data = os.urandom(200_000)
+    running = hashlib.sha256()
+    ids = []
+    async for pieces in cut_chunks(_Stream(_split(data, 5)), 65536):
+        length = sum(len(p) for p in pieces)
+        chunk_id, request = await encode_chunk(running, pieces, length, not ids)
+        ids.append(chunk_id)
+        assert b"".join(pieces) in request
+    assert running.digest() == hashlib.sha256(data).digest()
+    assert ids == [hashlib.sha256(data[i : i + 65536]).digest() for i in range(0, len(data), 65536)]

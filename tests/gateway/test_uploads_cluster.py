@@ -151,6 +151,46 @@ async def test_content_range_patches_416_and_size_invalid(
     assert status == 200 and body == data
 
 
+async def test_streamed_patches_and_put_on_a_gateway_that_missed_appends(
+    http: aiohttp.ClientSession, a: str, b: str, repo_name: str
+) -> None:
+    """A gateway skips the session read when it holds the session (it answered the POST or
+    the last PATCH); another gateway appending meanwhile makes that entry stale. A streamed
+    PATCH there still goes at the real end, and a PUT there checks the whole session."""
+    parts = [os.urandom(CHUNK + 1000), os.urandom(300_000), os.urandom(CHUNK // 2)]
+    data = b"".join(parts)
+    location = await _start(http, a, repo_name)
+    status, _ = await asyncio.to_thread(_stream_patch, a, location, parts[0])
+    assert status == 202
+    status, _ = await asyncio.to_thread(_stream_patch, b, location, parts[1])
+    assert status == 202
+    # A's entry covers parts[0] only: its append must land after parts[1].
+    status, headers = await asyncio.to_thread(_stream_patch, a, location, parts[2])
+    assert status == 202
+    assert headers["Range"] == f"0-{len(data) - 1}"
+    # B's entry covers parts[0..1] only: a wrong digest is still refused...
+    async with http.put(f"{b}{location}", params={"digest": sha256(parts[0])}) as resp:
+        assert resp.status == 400
+        assert await _code(resp) == "DIGEST_INVALID"
+    # ...and the right one, over every byte the session holds, commits.
+    async with http.put(f"{b}{location}", params={"digest": sha256(data)}) as resp:
+        assert resp.status == 201, await resp.text()
+    status, body, _ = await _get(http, f"{a}/v2/{repo_name}/blobs/{sha256(data)}")
+    assert status == 200 and body == data
+
+    # A PUT with a last piece on a gateway whose entry missed another gateway's PATCH.
+    location = await _start(http, a, repo_name)
+    status, _ = await asyncio.to_thread(_stream_patch, a, location, parts[1])
+    assert status == 202
+    status, _ = await asyncio.to_thread(_stream_patch, b, location, parts[0])
+    assert status == 202
+    whole = parts[1] + parts[0] + parts[2]
+    async with http.put(f"{a}{location}", params={"digest": sha256(whole)}, data=parts[2]) as resp:
+        assert resp.status == 201, await resp.text()
+    status, body, _ = await _get(http, f"{b}/v2/{repo_name}/blobs/{sha256(whole)}")
+    assert status == 200 and body == whole
+
+
 async def test_monolithic_uploads_mount_and_digest_errors(
     http: aiohttp.ClientSession, a: str, b: str, repo_name: str
 ) -> None:
@@ -329,6 +369,9 @@ async def test_patch_survives_gateway_and_node_sigkill(
     assert status == 202
     await asyncio.to_thread(local.kill_gateway, 0)
     await asyncio.to_thread(local.kill_node, 0)
+    # n1 may have led: this PATCH is about surviving bytes, not about riding an election (a
+    # gateway answers 503 when none is done within its metadata attempts).
+    await asyncio.to_thread(local.wait_ready)
     status, _ = await asyncio.to_thread(
         _stream_patch, second, location, data[CHUNK + 3 : 2 * CHUNK]
     )

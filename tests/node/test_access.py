@@ -38,6 +38,7 @@ CALLS: dict[str, tuple[str, Callable[[], Any]]] = {
         "MetadataStub",
         lambda: pb.MetadataRequest(op="barrier"),
     ),
+    "/cargohold.v1.Metadata/WatchAccess": ("MetadataStub", lambda: pb.AccessPing(seq=1)),
     "/cargohold.v1.Admin/Status": ("AdminStub", lambda: pb.StatusRequest()),
     "/cargohold.v1.Admin/Trigger": ("AdminStub", lambda: pb.TriggerRequest(role="scrub")),
     "/cargohold.v1.Admin/AddMember": ("AdminStub", lambda: pb.MemberRequest(id="n9")),
@@ -93,6 +94,9 @@ async def call(channel: grpc.aio.Channel, method: str, request: Any = None) -> g
         if method.endswith("/List"):
             async for _ in rpc(request or make(), timeout=10):
                 pass
+        elif method.endswith("/WatchAccess"):  # a stream of requests
+            async for _ in rpc(iter([request or make()]), timeout=10):
+                pass
         else:
             await rpc(request or make(), timeout=10)
     except grpc.aio.AioRpcError as exc:
@@ -147,9 +151,11 @@ async def test_every_cell_of_the_rpc_matrix(serve: Serve) -> None:
                 got = await call(channel, method)
                 assert got == expected(role, method), (role, method)
                 refused += got == grpc.StatusCode.PERMISSION_DENIED
-    # The gateway: List, Delete, Trigger and the three membership RPCs; node: the three;
-    # admin: Chunks entirely.
-    assert refused == 6 + 3 + 5
+    # The gateway: List, Delete, Trigger and the three membership RPCs; node: the three and
+    # WatchAccess; admin: Chunks.List and Delete (it reads the activity log's sealed
+    # segments and stores the vulnerability database's index) and WatchAccess (the access
+    # leases are the gateways').
+    assert refused == 6 + 4 + 3
 
 
 async def test_every_cell_of_the_command_matrix(serve: Serve) -> None:
@@ -169,6 +175,12 @@ async def test_every_cell_of_the_command_matrix(serve: Serve) -> None:
         assert "gateway" not in COMMAND_ROLES[op]
     for op in ("blob_commit", "blob_mount", "tag_delete", "manifest_put"):
         assert COMMAND_ROLES[op] == {"gateway"}
+    # A gateway (or its stolen credential) deletes into the trash; only the operator
+    # restores, only nodes and the operator purge.
+    assert COMMAND_ROLES["trash_restore"] == {"admin"}
+    assert COMMAND_ROLES["trash_purge"] == {"node", "admin"}
+    # The vulnerability database: the operator only (a gateway could otherwise hide CVEs).
+    assert COMMAND_ROLES["vulndb_put"] == {"admin"}
 
 
 async def test_calls_without_valid_credentials_are_unauthenticated(

@@ -447,3 +447,48 @@ async def test_has_touches_unless_told_not_to(store: ChunkStore) -> None:
     assert store.touches.last(cid) == written
     assert await store.has([cid]) == [True]
     assert store.touches.last(cid) > written
+
+
+async def test_lmdb_clears_reader_slots_of_dead_processes(
+    lmdb_chunk_store: LmdbChunkStore,
+) -> None:
+    """A gateway reading this store directly (gateway/cluster/local_reads.py) that is
+    SIGKILLed inside a read transaction leaves a reader slot that would pin old pages
+    forever: the next write clears it."""
+    cid, data = random_chunk(3 * KiB)
+    await lmdb_chunk_store.put(cid, data)
+    reader = _reader_in_txn(lmdb_chunk_store.path)
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "in txn"
+        assert reader.pid in _reader_pids(lmdb_chunk_store)
+    finally:
+        reader.kill()
+        reader.wait()
+    assert reader.pid in _reader_pids(lmdb_chunk_store)  # the stale slot
+    lmdb_chunk_store._next_reader_check = 0.0
+    await lmdb_chunk_store.put(*random_chunk(3 * KiB))
+    assert reader.pid not in _reader_pids(lmdb_chunk_store)
+
+
+def _reader_in_txn(path: str) -> subprocess.Popen[str]:
+    """Another process with a read transaction open on the store (says "in txn")."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import lmdb, sys, time\n"
+            "env = lmdb.open(sys.argv[1], readonly=True, lock=True, map_size=0, max_dbs=3)\n"
+            "txn = env.begin()\n"
+            "print('in txn', flush=True)\n"
+            "time.sleep(600)\n",
+            path,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _reader_pids(store: LmdbChunkStore) -> set[int]:
+    """PIDs in LMDB's reader table (`readers()`: a header line, then "pid thread txnid")."""
+    lines = store._env.readers().splitlines()[1:]
+    return {int(line.split()[0]) for line in lines if line.split() and line.split()[0].isdigit()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from typing import Any
 
@@ -306,3 +307,109 @@ async def test_a_refused_prune_does_not_stop_the_sweep() -> None:
     await gc.run_pass()
     assert blob in raft.state.blobs and gc.stats.failed_passes == 0
     assert await held(store) == {chunk_id(data("a"))}  # the orphan went all the same
+
+
+async def test_the_documented_copy_compact_of_a_stopped_store_gives_the_space_back(
+    open_lmdb_store: Any, tmp_path: Any
+) -> None:
+    """docs/operations.md "Garbage collection": freed pages are reused by later writes (the
+    file does not grow), and a copy-compact of a stopped node's store (the Python form of
+    `mdb_copy -c`) keeps every chunk and only the pages in use."""
+    import lmdb
+
+    path = tmp_path / "chunks"
+    store: LmdbChunkStore = open_lmdb_store(path)
+    first = [data(f"first-{i}") * 8 for i in range(400)]  # 8 KB each
+    for blob in first:
+        await store.put(chunk_id(blob), blob)
+    swept = await store.sweep([chunk_id(b) for b in first[:300]], time.monotonic())
+    assert swept == (300, 300 * 8000)
+    before = store.file_usage()
+    again = [data(f"again-{i}") * 8 for i in range(300)]  # as much as was freed
+    for blob in again:
+        await store.put(chunk_id(blob), blob)
+    after = store.file_usage()
+    assert after["file_bytes"] - before["file_bytes"] < len(again) * 8000 // 4, (before, after)
+    kept = first[300:] + again
+    await store.sweep([chunk_id(b) for b in again], time.monotonic())
+    used = store.file_usage()
+    store.close()
+
+    compact = tmp_path / "chunks.compact"
+    compact.mkdir()
+    env = lmdb.open(str(path), readonly=True, max_dbs=3)
+    env.copy(str(compact), compact=True)
+    env.close()
+    reopened: LmdbChunkStore = open_lmdb_store(compact)
+    for blob in first[300:]:
+        assert await reopened.get(chunk_id(blob)) == blob
+    assert (await reopened.stats()).count == len(kept) - len(again)
+    smaller = reopened.file_usage()
+    assert smaller["file_bytes"] < used["file_bytes"] // 2, (used, smaller)
+    assert smaller["data_bytes"] <= used["data_bytes"]
+
+
+def _audit_rows(st: MetadataState) -> list[tuple[Any, ...]]:
+    """(actor, actor_kind, client, action, repository, reference, detail) of each record."""
+    rows = []
+    for line in st.execute(api.AuditTail(0)).lines:
+        e = json.loads(line)[2:]  # [seq, prev, *event]
+        rows.append((e[1], e[2], e[3], e[5], e[6], e[7], e[10]))
+    return rows
+
+
+async def _trashed_manifest(raft: FakeRaft, repo: str, name: str) -> None:
+    d = digest(name.encode())
+    raft.state.apply(
+        "manifest_put",
+        {
+            "repo": repo,
+            "digest": d,
+            "media_type": "application/vnd.oci.image.manifest.v1+json",
+            "recipe": {"size": 3, "chunks": [[hashlib.sha256(name.encode()).hexdigest(), 3]]},
+            "tag": None,
+            "now": 1.0,
+        },
+    )
+    raft.state.execute(api.ManifestDelete(repo, d, now=2.0, trash=True))
+
+
+async def test_a_real_pass_puts_what_it_deleted_in_the_activity_log() -> None:
+    store = MemoryChunkStore()
+    raft = FakeRaft()
+    blob = await store_blob(store, raft, REPO, data("a"), data("b"))
+    await api.Metadata(raft).blob_unlink(REPO, blob)
+    await _trashed_manifest(raft, REPO, "one")
+    await _trashed_manifest(raft, REPO, "two")
+    await _trashed_manifest(raft, "lib/other", "three")
+    cfg = config(grace=0.0)
+    cfg.node.id = "n7"
+    gc = GcRole(cfg, store, raft)
+    await gc.run_pass(dry_run=True)
+    assert _audit_rows(raft.state) == []  # a dry run deletes nothing and records nothing
+    before = raft.index
+    await gc.run_pass()
+    gc_actor = ("gc", "system", "n7")
+    assert _audit_rows(raft.state) == [
+        # The state's own records of the purge, one per repository, in the same apply.
+        (*gc_actor, "purge", "lib/app", "trash", _purged(cfg, 2)),
+        (*gc_actor, "purge", "lib/other", "trash", _purged(cfg, 1)),
+        # Then one event for the whole pass (not one per chunk or blob).
+        (
+            *gc_actor,
+            "gc",
+            "",
+            "pass",
+            # The blob, and the three purged manifests' recipes (3 bytes each).
+            "pruned 4 blob recipes (2009 bytes), expired 0 uploads, swept 2 chunks (2000 bytes)",
+        ),
+    ]
+    # trash_purge, one gc_prune batch, expire_uploads and the one audit_append.
+    assert raft.index - before == 4
+    # A pass with nothing to delete adds nothing.
+    await gc.run_pass()
+    assert len(_audit_rows(raft.state)) == 3
+
+
+def _purged(cfg: Config, count: int) -> str:
+    return f"{count} trash entries deleted over {cfg.lifecycle.trash_retention_seconds:g} s ago"

@@ -256,3 +256,36 @@ def test_not_a_journal_is_refused(tmp_path: Path) -> None:
     (tmp_path / LOG_NAME).write_bytes(b"garbage" + struct.pack("<Q", 1))
     with pytest.raises(ValueError, match="not a cargohold raft log"):
         open_journal(tmp_path)
+
+
+def test_only_a_tail_of_the_entries_stays_in_ram(tmp_path: Path) -> None:
+    """Older entries are read back from the file: same entries, bounded RAM."""
+    j = RaftJournal(str(tmp_path), fsync=False)
+    big = [(f"cmd{i}".encode() * 50, i + 1, 1 + i // 700) for i in range(3000)]
+    for command, idx, term in big:
+        j.add(command, idx, term)
+        if idx % 100 == 0:
+            j.sync()
+    j.sync()
+    assert len(j) == 3000 and j.ram_entries() <= 1024
+    assert j[0] == big[0] and j[-1] == big[-1] and j[1500] == big[1500]
+    assert list(j[10:20]) == big[10:20]
+    assert j[2990:] == big[2990:]
+    assert list(j[:]) == big
+    view = j[5:]
+    assert len(view) == 2995 and view[0] == big[5] and view[-1] == big[-1]
+    assert view[:3] == big[5:8]
+    # Truncation below the RAM tail keeps the newest kept entry readable; appends go on.
+    j.deleteEntriesFrom(1000)
+    assert len(j) == 1000 and j[-1] == big[999]
+    j.add(b"new", 1001, 9)
+    j.sync()
+    assert j[-1] == (b"new", 1001, 9) and j[999] == big[999]
+    # Compaction rewrites the file from the kept entries, read back where needed.
+    j.deleteEntriesTo(400)
+    assert len(j) == 601 and j[0] == big[400] and j[599] == big[999]
+    j._destroy()
+    again = RaftJournal(str(tmp_path), fsync=False)
+    assert list(again[:]) == [*big[400:1000], (b"new", 1001, 9)]
+    assert again.ram_entries() <= 1024
+    again._destroy()

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import json
 import os
+import pickle
 import random
 import signal
 import socket
@@ -36,6 +37,7 @@ from cargohold.errors import (
 from cargohold_cli.devcluster import LocalCluster, free_port, to_toml
 from node.metadata.journal import RaftJournal
 from node.metadata.raft import RaftMember, raft_utility
+from node.metadata.state import SNAPSHOT_COMPACT
 from node.server import housekeeping, join_cluster
 from protos import registry_pb2, registry_pb2_grpc
 
@@ -262,10 +264,16 @@ async def test_a_taken_raft_port_is_a_config_error(
             await member.wait_bound()
 
 
+@pytest.mark.parametrize("fork", [True, False], ids=["forked-child", "thread"])
 async def test_snapshot_then_restart_restores_state(
-    tmp_path: Path, members: Callable[..., RaftMember]
+    tmp_path: Path, members: Callable[..., RaftMember], fork: bool
 ) -> None:
-    cfg = member_config(tmp_path, raft_compaction_min_entries=20, raft_compaction_min_time=1.0)
+    cfg = member_config(
+        tmp_path,
+        raft_compaction_min_entries=20,
+        raft_compaction_min_time=1.0,
+        raft_snapshot_fork=fork,
+    )
     member = members(cfg)
     for i in range(60):
         await member.command("manifest_put", tag_cmd(i))
@@ -279,6 +287,78 @@ async def test_snapshot_then_restart_restores_state(
     await again.barrier()
     tags = (await again.query("tags_list", {"repo": REPO}, linearizable=True))["tags"]
     assert sorted(tags) == sorted(f"t{i}" for i in range(70))
+
+
+def _dump_version(path: str) -> int:
+    """The metadata snapshot version in a raft dump file (magic, head length, head, state)."""
+    with open(path, "rb") as f:
+        f.read(8)
+        f.read(int.from_bytes(f.read(8), "big"))
+        version: int = pickle.load(f)["version"]
+    return version
+
+
+async def test_a_row_format_snapshot_upgrades_to_the_compact_format(
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
+    """A rolling upgrade: a node that wrote the row format (`raft_snapshot_compact` off, as
+    versions before the compact format) restarts with it on, loads the old snapshot, and
+    its next snapshot is compact; everything acknowledged is there after each restart."""
+    cfg = member_config(tmp_path, raft_compaction_min_entries=20, raft_compaction_min_time=1.0)
+    cfg.node.raft_snapshot_compact = False
+    member = members(cfg)
+    for i in range(40):
+        await member.command("manifest_put", tag_cmd(i))
+    # A snapshot of the state with the 40 manifests: the row format writes the oldest
+    # version that holds what the state has, so one taken earlier by the 1 s timer (the
+    # commands were slow to start on a loaded machine) is an empty version 2.
+    applied = member.status().last_applied
+    await wait_until(
+        lambda: any(s["index"] >= applied for s in member.snapshot_history),
+        "a row-format snapshot of the 40 manifests",
+    )
+    await member.close()
+    assert _dump_version(member.dump_path) == 4
+    cfg.node.raft_snapshot_compact = True
+    again = members(cfg)
+    await again.barrier()
+    taken = again.snapshots_taken
+    for i in range(40, 80):
+        await again.command("manifest_put", tag_cmd(i))
+    await wait_until(lambda: again.snapshots_taken > taken, "a compact snapshot")
+    await again.close()
+    assert _dump_version(again.dump_path) == SNAPSHOT_COMPACT
+    third = members(cfg)
+    await third.barrier()
+    tags = (await third.query("tags_list", {"repo": REPO}, linearizable=True))["tags"]
+    assert sorted(tags) == sorted(f"t{i}" for i in range(80))
+
+
+async def test_the_log_size_alone_starts_a_snapshot(
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
+    """Size-driven compaction: with the entry and time thresholds out of reach, a log
+    past `raft_compaction_log_bytes` is snapshotted and truncated (the replay a restart
+    does stays bounded whatever the write rate)."""
+    cfg = member_config(
+        tmp_path,
+        raft_compaction_log_bytes=16 * 1024,
+        raft_compaction_min_entries=10**9,
+        raft_compaction_min_time=10**9,
+    )
+    member = members(cfg)
+    i = 0
+    while member.snapshots_taken == 0:
+        await member.command("manifest_put", tag_cmd(i))
+        i += 1
+        assert i < 5000, "no snapshot although the log outgrew raft_compaction_log_bytes"
+    await wait_until(lambda: member.journal_space().used < 16 * 1024, "the log truncated")
+    assert member.last_snapshot["bytes"] > 0
+    await member.close()
+    again = members(cfg)
+    await again.barrier()
+    tags = (await again.query("tags_list", {"repo": REPO}, linearizable=True))["tags"]
+    assert sorted(tags) == sorted(f"t{n}" for n in range(i))
 
 
 async def test_an_unreadable_snapshot_is_fatal(
@@ -370,6 +450,59 @@ async def test_a_full_log_refuses_writes_and_keeps_reads(
     assert record["digest"] == dg("t1")
     assert member.status().log_len == log_len  # the read appended nothing
     assert (await member.query("catalog", {}, linearizable=True))["repositories"] == [REPO]
+
+
+async def test_followers_short_of_space_make_the_leader_refuse_at_once(
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
+    """Both followers' logs are short of space, the leader's is not: no majority could
+    store an entry, so the leader refuses with MetadataStorageFull (507) instead of
+    appending entries that never commit (a command timeout, 503). Reads still answer, and
+    once a follower has room again, writes succeed."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    group = []
+    for i, address in enumerate(addresses):
+        # Slow elections: three members in one loaded process must keep one leader for
+        # the whole test (the leader's view of its followers is what is tested).
+        cfg = member_config(
+            tmp_path / f"m{i}",
+            raft_command_timeout=60.0,
+            raft_min_timeout=1.5,
+            raft_max_timeout=3.0,
+            raft_leader_fallback_timeout=30.0,
+        )
+        cfg.node.raft_listen = cfg.node.raft_advertise = address
+        cfg.node.peers = [a for a in addresses if a != address]
+        group.append(members(cfg))
+    await wait_until(lambda: any(m.is_leader() for m in group), "a leader")
+    leader = next(m for m in group if m.is_leader())
+    followers = [m for m in group if m is not leader]
+    await leader.command("manifest_put", tag_cmd(1))
+    for follower in followers:
+        # Short of space as the journal reports it (its claim thread is not involved: on
+        # this disk a background claim would succeed and end the shortage at once).
+        space = follower.journal_space()
+        short = space._replace(room=10, low=True)
+        follower._journal.space = lambda short=short: short  # type: ignore[method-assign]
+        assert follower.journal_space().low
+    transport = leader._SyncObj__transport  # type: ignore[attr-defined]
+    await wait_until(
+        lambda: sum(transport.peer_low.values()) == 2, "the leader hearing both followers low"
+    )
+    assert not leader.journal_space().low
+    log_len = leader.status().log_len
+    with pytest.raises(MetadataStorageFull):
+        await leader.command("manifest_put", tag_cmd(2))
+    record = await leader.query("tag_get", {"repo": REPO, "tag": "t1"}, linearizable=True)
+    assert record["digest"] == dg("t1")
+    assert leader.status().log_len == log_len  # neither the refusal nor the read appended
+
+    del followers[0]._journal.space  # its disk has room again
+    await wait_until(lambda: sum(transport.peer_low.values()) == 1, "one follower with room")
+    assert leader.is_leader()  # the same leader throughout
+    await leader.command("manifest_put", tag_cmd(3))
+    record = await leader.query("tag_get", {"repo": REPO, "tag": "t3"}, linearizable=True)
+    assert record["digest"] == dg("t3")
 
 
 async def test_join_and_leader_housekeeping(
@@ -703,3 +836,45 @@ def test_a_node_with_an_unreadable_snapshot_exits(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 2
     assert b"cannot load the raft snapshot" in stderr
+
+
+async def test_waiting_for_a_forced_snapshot_ends_when_its_writer_fails(
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
+    """`Admin.Trigger(snapshot, wait)` returned only once a snapshot was taken: a writer
+    that failed (a full disk, a crashed child) left the caller waiting for an hour."""
+    from node.metadata.snapshot_role import SnapshotRole
+
+    member = members(member_config(tmp_path, raft_snapshot_fork=False))
+    await member.command("manifest_put", tag_cmd(1))
+
+    def broken(head: bytes, snap: dict[str, Any]) -> int:
+        raise OSError("ENOSPC (test)")
+
+    member._write_file = broken  # type: ignore[method-assign]
+    progress = await asyncio.wait_for(SnapshotRole(member).trigger(wait=True), 30)
+    assert progress["failed"] == 1 and progress["taken"] == 0
+    assert not member.snapshot_stats()["writing"]
+
+
+async def test_a_hung_snapshot_child_is_killed_and_the_snapshot_retried_later(
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
+    """A forked child of a process with gRPC threads can hang on a lock held at the fork;
+    past `raft_snapshot_child_timeout` it is killed and the snapshot counts as failed
+    (before, the member answered SERIALIZING for ever and never snapshotted again)."""
+    from node.metadata.snapshot_role import SnapshotRole
+
+    cfg = member_config(tmp_path, raft_snapshot_fork=True, raft_snapshot_child_timeout=1.0)
+    member = members(cfg)
+    await member.command("manifest_put", tag_cmd(1))
+
+    def hang(head: bytes, snap: dict[str, Any]) -> int:
+        time.sleep(3600)
+        return 0
+
+    member._write_file = hang  # type: ignore[method-assign]
+    progress = await asyncio.wait_for(SnapshotRole(member).trigger(wait=True), 30)
+    assert progress["failed"] == 1 and progress["taken"] == 0
+    assert not member.snapshot_stats()["writing"]
+    assert member._dump_pid == 0  # reaped, not left running

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import node.metadata.state as state_module
 from cargohold.errors import (
     BlobUnknown,
     BlobUploadUnknown,
@@ -371,6 +372,57 @@ def test_expire_uploads(st: MetadataState) -> None:
     assert st.query("upload_get", {"upload": "gone"}) == {"state": "new"}
     assert st.query("upload_get", {"upload": "new"})["state"] == "open"
     assert st.apply("expire_uploads", {"now": 1100.0, "older_than": 500.0}) == {"expired": 0}
+
+
+def _append(st: MetadataState, upload: str, name: str) -> None:
+    st.apply(
+        "upload_append",
+        {
+            "upload": upload,
+            "repo": REPO,
+            "offset": 0,
+            "chunks": [[cid(name), 10]],
+            "request": "r",
+            "now": 1.0,
+        },
+    )
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_only_the_newest_closed_uploads_are_kept(
+    st: MetadataState, monkeypatch: pytest.MonkeyPatch, compact: bool
+) -> None:
+    """Closed and cancelled sessions beyond CLOSED_UPLOADS_KEPT are forgotten oldest closed
+    first (their ids are "new" again, a retried commit still succeeds), open ones never; a
+    node that loaded a snapshot forgets the same ones as the node that wrote it."""
+    monkeypatch.setattr(state_module, "CLOSED_UPLOADS_KEPT", 3)
+    _append(st, "a", "a")  # opened first, closed last: kept longest
+    _append(st, "open", "o")
+    for name in ("b", "c", "d"):
+        commit_blob(st, REPO, name, upload=name)
+    st.apply("upload_cancel", {"upload": "e", "now": 1.0})
+    commit_blob(st, REPO, "a", upload="a")
+    kept = {"d", "e", "a"}
+    for upload in ("b", "c", "d", "e", "a"):
+        if upload in kept:
+            with pytest.raises(BlobUploadUnknown):
+                st.query("upload_get", {"upload": upload})
+        else:
+            assert st.query("upload_get", {"upload": upload}) == {"state": "new"}
+    assert st.query("upload_get", {"upload": "open"})["state"] == "open"
+    assert st.query("status", {})["uploads"] == 1
+    assert commit_blob(st, REPO, "b", upload="b") == dg("b")  # a retry after the record went
+    loaded = MetadataState()
+    loaded.load_stream(
+        io.BytesIO(b"".join(MetadataState.encode_snapshot(st.snapshot(), compact=compact)))
+    )
+    assert list(loaded.uploads) == list(st.uploads)
+    for state in (st, loaded):
+        commit_blob(state, REPO, "f", upload="f")
+        assert set(state.uploads) == {"open", "a", "b", "f"}
+        assert state.query("status", {})["uploads"] == 1
+    assert st.apply("expire_uploads", {"now": 10.0, "older_than": 1.0}) == {"expired": 4}
+    assert st.uploads == {} and st.query("status", {})["uploads"] == 0
 
 
 # -- blobs -------------------------------------------------------------------------------------
@@ -1031,9 +1083,152 @@ def test_users_namespaces_and_grants_survive_a_snapshot() -> None:
         == {
             "users": [{"name": "bob", "password_hash": hashed, "disabled": True, "admin": True}],
             "namespaces": [
-                {"name": "team", "visibility": "public", "grants": {"bob": "maintainer"}}
+                {
+                    "name": "team",
+                    "visibility": "public",
+                    "grants": {"bob": "maintainer"},
+                    "group_grants": {},
+                }
             ],
+            "groups": [],
+            "robots": [],
         }
     )
     st.apply("grant_set", {"namespace": "team", "user": "bob", "role": None})
     assert st.query("access_list", {})["namespaces"][0]["grants"] == {}
+
+
+def _access_state() -> MetadataState:
+    st = MetadataState()
+    hashed = "$2b$04$" + "c" * 53
+    for user in ("ann", "bob"):
+        st.apply("user_put", {"name": user, "password_hash": hashed})
+    st.apply("namespace_put", {"name": "team", "visibility": "private"})
+    st.apply("namespace_put", {"name": "lib", "visibility": "public"})
+    return st
+
+
+def _robot(name: str, perms: list[dict[str, object]], expires: float | None = 99.0) -> dict:
+    return {
+        "name": name,
+        "secret_hash": "$2b$04$" + "r" * 53,
+        "expires_at": expires,
+        "permissions": perms,
+        "description": "ci",
+        "created_at": 1.0,
+    }
+
+
+def test_groups_members_and_group_grants() -> None:
+    st = _access_state()
+    with pytest.raises(NotFound):
+        st.apply("group_member_set", {"group": "ops", "user": "ann", "member": True})
+    st.apply("group_put", {"name": "ops"})
+    st.apply("group_put", {"name": "ops"})  # idempotent: stays as it is
+    with pytest.raises(NotFound):  # unknown user
+        st.apply("group_member_set", {"group": "ops", "user": "zed", "member": True})
+    for user in ("bob", "ann", "ann"):
+        st.apply("group_member_set", {"group": "ops", "user": user, "member": True})
+    st.apply("group_member_set", {"group": "ops", "user": "zed", "member": False})
+    with pytest.raises(NotFound):
+        st.apply("group_grant_set", {"namespace": "nope", "group": "ops", "role": "reader"})
+    with pytest.raises(NotFound):
+        st.apply("group_grant_set", {"namespace": "team", "group": "nope", "role": "reader"})
+    with pytest.raises(RequestInvalid):
+        st.apply("group_grant_set", {"namespace": "team", "group": "ops", "role": "god"})
+    st.apply("group_grant_set", {"namespace": "team", "group": "ops", "role": "developer"})
+    st.apply("grant_set", {"namespace": "team", "user": "ann", "role": "reader"})
+    data = st.query("access_list", {})
+    assert data["groups"] == [{"name": "ops", "members": ["ann", "bob"]}]
+    team = next(ns for ns in data["namespaces"] if ns["name"] == "team")
+    assert team["grants"] == {"ann": "reader"}
+    assert team["group_grants"] == {"ops": "developer"}
+    st.apply("group_member_set", {"group": "ops", "user": "bob", "member": False})
+    assert st.query("access_list", {})["groups"][0]["members"] == ["ann"]
+    # Deleting a group takes its grants with it: a new group of the same name has none.
+    assert st.apply("group_delete", {"name": "ops"}) == {"deleted": True}
+    assert st.apply("group_delete", {"name": "ops"}) == {"deleted": False}
+    st.apply("group_put", {"name": "ops"})
+    team = next(ns for ns in st.query("access_list", {})["namespaces"] if ns["name"] == "team")
+    assert team["group_grants"] == {} and team["grants"] == {"ann": "reader"}
+
+
+def test_robot_accounts_are_checked_stored_and_deleted() -> None:
+    st = _access_state()
+    with pytest.raises(NotFound):  # permissions name existing namespaces only
+        st.apply("robot_put", _robot("ci", [{"namespace": "nope", "actions": ["pull"]}]))
+    with pytest.raises(RequestInvalid):  # robots never get `*` or roles
+        st.apply("robot_put", _robot("ci", [{"namespace": "team", "actions": ["*"]}]))
+    with pytest.raises(RequestInvalid):
+        st.apply("robot_put", _robot("ci", []))
+    with pytest.raises(RequestInvalid):
+        st.apply("robot_put", _robot("robot$ci", [{"namespace": "team", "actions": ["pull"]}]))
+    with pytest.raises(RequestInvalid):
+        st.apply(
+            "robot_put",
+            {**_robot("ci", [{"namespace": "team", "actions": ["pull"]}]), "secret_hash": "x"},
+        )
+    perms = [
+        {"namespace": "team", "actions": ["push", "pull"]},
+        {"namespace": "lib", "actions": ["pull"]},
+    ]
+    st.apply("robot_put", _robot("ci", perms))
+    st.apply("robot_put", _robot("forever", perms[1:], None))
+    robots = st.query("access_list", {})["robots"]
+    assert robots[0] == {
+        "name": "ci",
+        "secret_hash": "$2b$04$" + "r" * 53,
+        "expires_at": 99.0,
+        "permissions": {"lib": ["pull"], "team": ["pull", "push"]},
+        "description": "ci",
+        "created_at": 1.0,
+    }
+    assert robots[1]["name"] == "forever" and robots[1]["expires_at"] is None
+    assert st.apply("robot_delete", {"name": "forever"}) == {"deleted": True}
+    assert st.apply("robot_delete", {"name": "forever"}) == {"deleted": False}
+    assert [r["name"] for r in st.query("access_list", {})["robots"]] == ["ci"]
+
+
+def test_groups_and_robots_make_a_version_4_snapshot_and_older_ones_still_load() -> None:
+    st = _access_state()
+    data = st.dump()
+    assert pickle.load(io.BytesIO(data))["version"] == 3
+    st.apply("group_put", {"name": "ops"})
+    st.apply("group_member_set", {"group": "ops", "user": "ann", "member": True})
+    st.apply("group_grant_set", {"namespace": "team", "group": "ops", "role": "maintainer"})
+    st.apply("robot_put", _robot("ci", [{"namespace": "team", "actions": ["pull"]}]))
+    data4 = st.dump()
+    assert pickle.load(io.BytesIO(data4))["version"] == 4
+    again = MetadataState()
+    again.load(data4)
+    assert again.query("access_list", {}) == st.query("access_list", {})
+    assert again.snapshot() == st.snapshot()
+    older = MetadataState()
+    older.load(data)  # version 3: no groups, no robots
+    assert older.groups == {} and older.robots == {}
+    assert len(older.users) == 2
+
+
+def test_access_revision_moves_with_access_changes_only() -> None:
+    st = MetadataState()
+    start = st.query("access_revision", {})["revision"]
+    st.apply("namespace_put", {"name": "team", "visibility": "private"})
+    after_namespace = st.query("access_revision", {})["revision"]
+    assert after_namespace != start
+    st.apply("barrier", {})
+    st.apply("audit_append", {"events": []})
+    assert st.query("access_revision", {})["revision"] == after_namespace
+    st.apply("robot_put", _robot("ci", [{"namespace": "team", "actions": ["pull"]}]))
+    after_robot = st.query("access_revision", {})["revision"]
+    st.apply("robot_delete", {"name": "ci"})
+    assert (
+        len({start, after_namespace, after_robot, st.query("access_revision", {})["revision"]}) == 4
+    )
+    # Another process's state (or the same one after loading a snapshot) never answers
+    # a revision seen before.
+    again = MetadataState()
+    again.load(st.dump())
+    assert (
+        again.query("access_revision", {})["revision"]
+        != st.query("access_revision", {})["revision"]
+    )

@@ -26,6 +26,7 @@ from node.metadata.raft import RaftStatus
 from node.metrics import RAFT_ROLES, node_metrics
 from node.metrics_http import MetricsServer
 from node.repair import RepairStats
+from node.retention import RetentionStats
 from node.scrub import ScrubStats
 
 DISK_GAUGES = (
@@ -71,7 +72,8 @@ def test_node_metrics_names_labels_and_values(tmp_path: Path) -> None:
     repair, scrub = FakeRole(RepairStats()), FakeRole(ScrubStats(passes=2, chunks_scrubbed=9))
     raft, store = FakeRaft(), FakeStore()
     gc = FakeRole(GcStats(passes=3, reclaimed_bytes_total=4096))
-    with node_metrics("n7", raft, store, space, repair, scrub, gc):
+    retention = FakeRole(RetentionStats(passes=1, tags_deleted_total=5, skipped_changed=1))
+    with node_metrics("n7", raft, store, space, repair, scrub, gc, retention):
         raft.command_observer("manifest_put", 0.003)
         store.commit_observer(0.0004)
         got = scrape()
@@ -89,6 +91,8 @@ def test_node_metrics_names_labels_and_values(tmp_path: Path) -> None:
         assert ours["cargohold_node_scrub_chunks_total"][0][1] == 9
         assert ours["cargohold_node_gc_passes_total"][0][1] == 3
         assert ours["cargohold_node_gc_reclaimed_bytes_total"][0][1] == 4096
+        assert ours["cargohold_node_retention_tags_deleted_total"][0][1] == 5
+        assert ours["cargohold_node_retention_skipped_changed"][0][1] == 1
         for name in DISK_GAUGES:
             assert name in ours, name
         assert ours["cargohold_node_disk_capacity_bytes"][0][1] > 0

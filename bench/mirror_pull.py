@@ -1,0 +1,179 @@
+"""The pull-through cache's cost: a cold pull through a proxy namespace against a direct
+pull from the upstream, and a warm pull against a pull of the same image pushed to
+Cargohold (its normal pull speed).
+
+The upstream is CNCF Distribution (bench.systems.Distribution); Cargohold is a local
+3-node cluster with one gateway whose `up` proxy namespace points at it. Each round
+pushes a fresh image (random, incompressible layers) to the upstream and to Cargohold,
+then pulls it the way docker does (the manifest, then the blobs, three at a time), in
+alternating order: direct from the upstream, cold through the proxy, warm through the
+proxy (stored by then), and from Cargohold's own repository. Medians over the rounds,
+with the load average before and after (the machine is shared).
+
+`--link-mib-s N` puts a relay limited to N MiB/s (bench/link.py) between Distribution and
+both of its clients (the bench's direct pulls and the proxy): the slow or shared link a
+pull-through cache sits behind, instead of loopback, where a cold pull is bound by CPU.
+
+    .venv/bin/python -m bench.mirror_pull [--rounds 5] [--layer-mib 16] [--layers 4]
+                                          [--link-mib-s 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yarl
+
+from bench.link import Link
+from bench.systems import Distribution
+from cargohold_cli.devcluster import LocalCluster
+
+MiB = 1024 * 1024
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def _image(layers: int, layer_bytes: int) -> tuple[list[tuple[str, bytes]], bytes]:
+    blobs = [os.urandom(layer_bytes) for _ in range(layers)]
+    config = json.dumps({"architecture": "amd64", "os": "linux", "n": os.urandom(8).hex()})
+    entries = [(f"sha256:{hashlib.sha256(b).hexdigest()}", b) for b in [config.encode(), *blobs]]
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": entries[0][0],
+                "size": len(entries[0][1]),
+            },
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": len(b)}
+                for d, b in entries[1:]
+            ],
+        }
+    ).encode()
+    return entries, manifest
+
+
+async def _push(
+    http: aiohttp.ClientSession, base: str, repo: str, blobs: list[tuple[str, bytes]], man: bytes
+) -> None:
+    for digest, data in blobs:
+        async with http.post(f"{base}/v2/{repo}/blobs/uploads/") as r:
+            assert r.status == 202, await r.text()
+            location = yarl.URL(base).join(yarl.URL(r.headers["Location"]))
+        async with http.put(location.update_query(digest=digest), data=data) as r:
+            assert r.status == 201, await r.text()
+    headers = {"Content-Type": MANIFEST}
+    async with http.put(f"{base}/v2/{repo}/manifests/v1", data=man, headers=headers) as r:
+        assert r.status == 201, await r.text()
+
+
+async def _pull(http: aiohttp.ClientSession, base: str, repo: str, parallel: int = 3) -> int:
+    """Pull like docker: the manifest, then its blobs `parallel` at a time; bytes read."""
+    async with http.get(f"{base}/v2/{repo}/manifests/v1", headers={"Accept": MANIFEST}) as r:
+        assert r.status == 200, await r.text()
+        doc = json.loads(await r.read())
+    digests = [doc["config"]["digest"], *(layer["digest"] for layer in doc["layers"])]
+    slots = asyncio.Semaphore(parallel)
+    total = 0
+
+    async def blob(digest: str) -> None:
+        nonlocal total
+        async with slots, http.get(f"{base}/v2/{repo}/blobs/{digest}") as r:
+            assert r.status == 200, await r.text()
+            hasher = hashlib.sha256()
+            async for piece in r.content.iter_chunked(1 << 20):
+                hasher.update(piece)
+                total += len(piece)
+            assert f"sha256:{hasher.hexdigest()}" == digest
+
+    await asyncio.gather(*(blob(d) for d in digests))
+    return total
+
+
+async def _timed(http: aiohttp.ClientSession, base: str, repo: str) -> tuple[float, int]:
+    start = time.perf_counter()
+    size = await _pull(http, base, repo)
+    return time.perf_counter() - start, size
+
+
+async def run(
+    rounds: int, layers: int, layer_mib: int, workdir: Path, link_mib_s: float = 0.0
+) -> dict[str, Any]:
+    upstream = Distribution(workdir / "distribution")
+    await upstream.start()
+    link = Link("127.0.0.1", upstream.port, link_mib_s) if link_mib_s else None
+    if link is not None:
+        await link.start()
+    pull_url = link.url if link is not None else upstream.urls[0]  # pushes go direct
+    mirror = {"proxies": [f"up={pull_url}"], "tag_ttl_seconds": 300.0}
+    cluster = LocalCluster(workdir / "cluster", nodes=3, gateways=1, extra={"mirror": mirror})
+    times: dict[str, list[float]] = {"direct": [], "cold": [], "warm": [], "cargohold": []}
+    load = {"before": os.getloadavg()}
+    size = 0
+    try:
+        await asyncio.to_thread(cluster.start, 90)
+        base = cluster.gateway_url
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as http:
+            for i in range(rounds):
+                blobs, manifest = _image(layers, layer_mib * MiB)
+                repo = f"bench/img{i}"
+                await _push(http, upstream.urls[0], repo, blobs, manifest)
+                await _push(http, base, f"local/img{i}", blobs, manifest)
+                order = ["direct", "cold"] if i % 2 == 0 else ["cold", "direct"]
+                for kind in order:
+                    url, name = (pull_url, repo) if kind == "direct" else (base, f"up/{repo}")
+                    seconds, size = await _timed(http, url, name)
+                    times[kind].append(seconds)
+                await asyncio.sleep(1.0)  # the manifest is stored once its blobs are
+                order = ["warm", "cargohold"] if i % 2 == 0 else ["cargohold", "warm"]
+                for kind in order:
+                    name = f"up/{repo}" if kind == "warm" else f"local/img{i}"
+                    seconds, size = await _timed(http, base, name)
+                    times[kind].append(seconds)
+    finally:
+        await asyncio.to_thread(cluster.stop)
+        await upstream.stop()
+        if link is not None:
+            await link.stop()
+    load["after"] = os.getloadavg()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "image_bytes": size,
+        "rounds": rounds,
+        "link_mib_s": link_mib_s or None,
+        "seconds": times,
+        "median_seconds": med,
+        "median_mib_s": {k: size / MiB / v for k, v in med.items()},
+        "cold_over_direct": med["cold"] / med["direct"],
+        "warm_over_cargohold": med["warm"] / med["cargohold"],
+        "loadavg": load,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--layer-mib", type=int, default=16)
+    parser.add_argument("--link-mib-s", type=float, default=0.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cargohold-mirror-bench-") as tmp:
+        work = run(args.rounds, args.layers, args.layer_mib, Path(tmp), args.link_mib_s)
+        result = asyncio.run(work)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

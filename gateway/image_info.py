@@ -1,0 +1,126 @@
+"""What search indexes of a pushed manifest beyond its record (`manifest_put` `info`).
+
+An image manifest's platform (`os/architecture[/variant]`) and config labels live in its
+config blob, so at manifest PUT the gateway reads that blob (when it is an image config of
+at most `gateway.search_config_max_bytes`) and sends them with the command; an index's
+platforms are its `manifests[].platform` entries. Anything that cannot be read or parsed
+leaves `info` out: the push never fails for it (search then lacks those fields for that
+manifest). Values are cut to the contract's bounds (cargohold/metadata_api.py `image_info`).
+Manifests stored before this existed get theirs from gateway/search_backfill.py, through
+`stored_manifest_info`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from cargohold.errors import RegistryError
+from cargohold.log import log_event
+from cargohold.metadata_api import (
+    MAX_INFO_JSON,
+    MAX_INFO_LABEL,
+    MAX_INFO_LABELS,
+    MAX_INFO_PLATFORMS,
+)
+from gateway.context import GatewayContext
+from gateway.manifest_format import IMAGE_TYPES, INDEX_TYPES
+
+logger = logging.getLogger("cargohold.gateway")
+
+CONFIG_TYPES = (
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+)
+
+
+def platform_of(doc: Any) -> str | None:
+    """`os/arch[/variant]` of a config or a descriptor's `platform` object, lower case."""
+    if not isinstance(doc, dict):
+        return None
+    os_, arch, variant = doc.get("os"), doc.get("architecture"), doc.get("variant")
+    if not isinstance(os_, str) or not isinstance(arch, str) or not os_ or not arch:
+        return None
+    parts = [os_, arch] + ([variant] if isinstance(variant, str) and variant else [])
+    text = "/".join(p.lower() for p in parts)
+    return text if len(text) <= 100 else None
+
+
+def bounded(platforms: list[str], labels: dict[str, Any]) -> dict[str, Any] | None:
+    """An `info` within the contract's bounds: long labels and extra entries are dropped."""
+    kept: dict[str, str] = {}
+    for key in sorted(labels):
+        value = labels[key]
+        if len(kept) == MAX_INFO_LABELS:
+            break
+        if isinstance(value, str) and 0 < len(key) <= MAX_INFO_LABEL:
+            if len(value) <= MAX_INFO_LABEL:
+                kept[key] = value
+    info: dict[str, Any] = {}
+    if platforms:
+        info["platforms"] = sorted(set(platforms))[:MAX_INFO_PLATFORMS]
+    while kept and len(json.dumps({**info, "labels": kept})) > MAX_INFO_JSON:
+        kept.pop(next(reversed(kept)))
+    if kept:
+        info["labels"] = kept
+    return info or None
+
+
+def config_info(data: bytes) -> dict[str, Any] | None:
+    """Platform and labels of an image config blob; None when it is not one."""
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    platform = platform_of(doc)
+    config = doc.get("config")
+    labels = config.get("Labels") if isinstance(config, dict) else None
+    return bounded([platform] if platform else [], labels if isinstance(labels, dict) else {})
+
+
+def index_info(doc: dict[str, Any]) -> dict[str, Any] | None:
+    platforms = [
+        p
+        for d in doc.get("manifests") or []
+        if isinstance(d, dict) and (p := platform_of(d.get("platform")))
+    ]
+    return bounded(platforms, {})
+
+
+async def manifest_info(
+    ctx: GatewayContext, repo: str, body: bytes, media_type: str
+) -> dict[str, Any] | None:
+    """The `info` of a pushed manifest (module docstring); None when there is none."""
+    try:
+        return await stored_manifest_info(ctx, repo, body, media_type)
+    except RegistryError as exc:
+        # A missing config is refused by manifest_put itself (MANIFEST_BLOB_UNKNOWN).
+        log_event(logger, "search.config_unread", logging.DEBUG, repo=repo, error=exc.message)
+        return None
+
+
+async def stored_manifest_info(
+    ctx: GatewayContext, repo: str, body: bytes, media_type: str
+) -> dict[str, Any] | None:
+    """The `info` of a manifest whose body parses (None: nothing to index); the
+    RegistryError of reading its config blob when that fails."""
+    if media_type not in IMAGE_TYPES and media_type not in INDEX_TYPES:
+        return None
+    doc = json.loads(body)
+    if not isinstance(doc, dict):
+        return None
+    if media_type in INDEX_TYPES:
+        return index_info(doc)
+    config = doc.get("config")
+    if not isinstance(config, dict):
+        return None
+    size = config.get("size")
+    if config.get("mediaType") not in CONFIG_TYPES or not isinstance(size, int):
+        return None
+    if size > ctx.cfg.gateway.search_config_max_bytes or not isinstance(config.get("digest"), str):
+        return None
+    recipe = await ctx.meta.blob_get(repo, config["digest"])
+    return config_info(await ctx.cluster.read_all(dict(recipe)))

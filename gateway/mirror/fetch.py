@@ -1,0 +1,399 @@
+"""Single-flight, streamed blob downloads from an upstream (the pull-through cache's core).
+
+`Fetches.join(upstream, repo, upstream_repo, digest)` returns the one `BlobFetch` of that
+blob in this gateway, starting it if none runs: however many clients pull an uncached
+blob at once, the upstream sees one GET. The download runs in a task of its own (a client
+going away cancels nothing). Each piece, as it arrives, is hashed (the blob's digest)
+and appended to a spool file (an unlinked temporary file in `mirror.spool_dir`), from
+which every waiting client streams at its own pace (`BlobFetch.stream`), so the first
+bytes reach clients while the download goes on. The last `mirror.stream_memory_bytes` of
+the download are kept in memory too: readers near its front (the usual case) are sent
+those bytes as they are, with no re-read of the spool. One more reader of the spool feeds
+`gateway.chunking.ingest`, which cuts, hashes and writes the bytes into the cluster like
+a pushed blob; a slow cluster write delays the commit, never the download or the
+clients.
+
+Clients come first: the cluster write is the gateway's (and the nodes') biggest CPU cost
+of a cold pull, so it pauses while any client of this gateway has proxied bytes waiting
+to be sent (`Streams`), at most `mirror.store_yield_seconds` in all per download. When the
+upstream link is the bottleneck, clients wait at the download's front and the write goes
+on beside them; when the CPU is, the clients are served first and the commit follows.
+
+Nothing is visible before the digest is verified: the recipe is committed (`blob_commit`,
+linking the blob into the proxy repository, so retention and GC treat it like pushed
+content) only when the bytes hash to the digest asked for (and their count matches the
+upstream's Content-Length). Clients are never handed the last byte before that check: a
+download that fails or mismatches ends every client's response short (the connection is
+closed), so a client never receives a complete wrong blob; the chunks already written are
+unreferenced garbage for GC.
+
+Single flight is per gateway: N gateways pulling the same cold blob at once fetch it at
+most N times (docs/mirroring.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from cargohold.config import Config
+from cargohold.digests import new_hasher, parse_digest
+from cargohold.errors import SizeInvalid
+from cargohold.log import log_event
+from cargohold.metadata_api import Recipe
+from gateway.chunking import ingest
+from gateway.cluster import ClusterClient
+from gateway.mirror.metrics import BLOB_FETCHES, FETCHED_BYTES, FETCHES_IN_FLIGHT
+from gateway.mirror.upstream import Upstream, UpstreamFailed
+
+logger = logging.getLogger("cargohold.gateway.mirror")
+
+# Largest piece read from the upstream at once (and appended to the spool in one write).
+_PIECE = 1024 * 1024
+# Largest piece a client is sent from the spool at once.
+_SEND = 256 * 1024
+
+Commit = Callable[[str, str, Recipe], Awaitable[None]]
+
+
+class DigestMismatch(Exception):
+    """The upstream's bytes do not hash to the digest they were asked by."""
+
+
+class Streams:
+    """How many client responses of this gateway have proxied bytes ready and not yet sent
+    (`BlobFetch.stream`); cluster writes of downloads wait for none to be left."""
+
+    def __init__(self) -> None:
+        self.behind = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.behind += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.behind -= 1
+        if self.behind == 0:
+            self._idle.set()
+
+    async def wait_idle(self, seconds: float) -> None:
+        """Return when no client is behind, or after `seconds`."""
+        if self.behind == 0:
+            return
+        try:
+            async with asyncio.timeout(seconds):
+                await self._idle.wait()
+        except TimeoutError:
+            pass
+
+
+class BlobFetch:
+    """One upstream download of one blob, spooled for its readers and stored."""
+
+    def __init__(self, repo: str, digest: str, streams: Streams, memory_bytes: int) -> None:
+        self.repo = repo
+        self.digest = digest
+        self.size: int | None = None  # the upstream's Content-Length, once answered
+        self.written = 0  # bytes in the spool
+        self.verified = False  # the digest matched: the whole spool may be read
+        self.committed = False
+        self.error: BaseException | None = None
+        self.headers: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._progress = asyncio.Event()
+        self._fd: int | None = None
+        self._readers = 0
+        self._finished = False
+        self._streams = streams
+        # The download's last pieces (offset, bytes), at most `_memory_bytes` beyond the
+        # newest one: readers near the front are sent these without reading the spool.
+        self._recent: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._recent_bytes = 0
+        self._memory_bytes = memory_bytes
+        self.task: asyncio.Task[None] | None = None
+
+    # The writer side (the download task).
+
+    def _notify(self) -> None:
+        event, self._progress = self._progress, asyncio.Event()
+        event.set()
+
+    async def _append(self, data: bytes, hasher: Any) -> None:
+        if self._fd is None:
+            self._fd = await asyncio.to_thread(_spool_fd, self._spool_dir)
+        await asyncio.to_thread(_spool_write, self._fd, data, self.written, hasher)
+        self._recent.append((self.written, data))
+        self._recent_bytes += len(data)
+        while len(self._recent) > 1 and self._recent_bytes > self._memory_bytes:
+            self._recent_bytes -= len(self._recent.popleft()[1])
+        self.written += len(data)
+        FETCHED_BYTES.labels(self.proxy).inc(len(data))
+        self._notify()
+
+    async def run(
+        self,
+        upstream: Upstream,
+        cluster: ClusterClient,
+        cfg: Config,
+        commit: Commit,
+        slots: asyncio.Semaphore,
+    ) -> None:
+        self._spool_dir = cfg.mirror.spool_dir or None
+        started = time.monotonic()
+        try:
+            async with slots:
+                await self._download(upstream, cluster, cfg, commit)
+            BLOB_FETCHES.labels(self.proxy, "stored").inc()
+            log_event(
+                logger,
+                "mirror.blob_fetched",
+                repo=self.repo,
+                digest=self.digest,
+                size=self.written,
+                seconds=round(time.monotonic() - started, 3),
+            )
+        except BaseException as exc:
+            self.error = exc
+            outcome = "mismatch" if isinstance(exc, DigestMismatch) else "failed"
+            BLOB_FETCHES.labels(self.proxy, outcome).inc()
+            if not self.headers.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    self.headers.cancel()
+                else:
+                    self.headers.set_exception(exc)
+                    self.headers.exception()
+            log_event(
+                logger,
+                "mirror.blob_fetch_failed",
+                logging.WARNING,
+                repo=self.repo,
+                digest=self.digest,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._finished = True
+            self._recent.clear()  # late readers read the spool
+            self._recent_bytes = 0
+            if not self.done.done():
+                self.done.set_result(None)
+            self._notify()
+            self._maybe_close()
+
+    async def _download(
+        self, upstream: Upstream, cluster: ClusterClient, cfg: Config, commit: Commit
+    ) -> None:
+        algorithm, _ = parse_digest(self.digest)
+        hasher = new_hasher(algorithm)
+        limit = cfg.gateway.max_blob_size or None
+        # The cluster is written from the spool, beside the clients: a slow cluster write
+        # never holds back the download (or the clients), only the commit.
+        storing = asyncio.create_task(
+            ingest(
+                cluster,
+                _SpoolBody(self, cfg.mirror.store_yield_seconds),
+                _NO_DIGEST,
+                cfg.cluster.chunk_size,
+                cfg.gateway.upload_writes_in_flight,
+                limit=limit,
+            )
+        )
+        try:
+            async with upstream.open_blob(self.repo_upstream, self.digest) as resp:
+                self.size = resp.content_length
+                self.headers.set_result(self.size)
+                try:
+                    async for data in resp.content.iter_chunked(_PIECE):
+                        if limit is not None and self.written + len(data) > limit:
+                            raise SizeInvalid(
+                                "blob exceeds the size limit", detail={"limit": limit}
+                            )
+                        await self._append(data, hasher)
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    raise UpstreamFailed(f"blob download: {type(exc).__name__}: {exc}") from None
+            got = f"{algorithm}:{hasher.hexdigest()}"
+            if got != self.digest or (self.size is not None and self.written != self.size):
+                raise DigestMismatch(f"upstream sent {self.written} bytes hashing to {got}")
+            self.size = self.written
+            self.verified = True
+            self._notify()
+            chunks, total = await storing
+        except BaseException:
+            storing.cancel()
+            await asyncio.gather(storing, return_exceptions=True)
+            raise
+        await commit(self.repo, self.digest, Recipe(size=total, chunks=chunks))
+        self.committed = True
+
+    repo_upstream: str = ""
+    proxy: str = ""  # the proxy namespace (metrics label)
+    _spool_dir: str | None = None
+
+    # The reader side (client responses).
+
+    async def stream(
+        self, start: int, end: int | None, client: bool = True
+    ) -> AsyncIterator[bytes | memoryview]:
+        """Bytes [start, end) of the blob (end None: to the end) as the download brings
+        them; raises the download's error instead of ever yielding unverified last bytes.
+        A `client` stream counts in `Streams` while bytes are ready for it."""
+        pos = start
+        behind = False
+        try:
+            while end is None or pos < end:
+                progress = self._progress
+                if self.error is not None and not self.verified:
+                    raise self.error
+                # Everything but the last byte may go before the digest is checked.
+                readable = self.written if self.verified else max(self.written - 1, 0)
+                if end is not None:
+                    readable = min(readable, end)
+                if pos < readable:
+                    if client and not behind:
+                        behind = True
+                        self._streams.enter()
+                    data: bytes | memoryview | None = self._in_memory(pos, readable)
+                    if data is None:
+                        assert self._fd is not None
+                        n = min(readable - pos, _SEND)
+                        data = await asyncio.to_thread(os.pread, self._fd, n, pos)
+                    pos += len(data)
+                    yield data
+                    continue
+                if behind:
+                    behind = False
+                    self._streams.leave()
+                if self.verified and end is None:
+                    return
+                if self._finished and not self.verified:
+                    raise DigestMismatch("download ended unverified")
+                await progress.wait()
+        finally:
+            if behind:
+                self._streams.leave()
+
+    def _in_memory(self, pos: int, readable: int) -> memoryview | None:
+        """Bytes from `pos` (short of `readable`) out of the recent pieces, if there."""
+        for offset, piece in reversed(self._recent):
+            if offset <= pos:
+                if pos >= offset + len(piece):
+                    return None
+                return memoryview(piece)[pos - offset : readable - offset]
+        return None
+
+    async def yield_to_clients(self, deadline: float) -> None:
+        """The cluster write's pause: until no client is behind, or `deadline`."""
+        left = deadline - time.monotonic()
+        if left > 0:
+            await self._streams.wait_idle(left)
+
+    def acquire(self) -> None:
+        """A reader holds the spool open until `release` (take it before awaiting)."""
+        self._readers += 1
+
+    def release(self) -> None:
+        self._readers -= 1
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self._finished and self._readers == 0 and self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class _SpoolBody:
+    """The spool as `ingest` reads it: the bytes as they arrive, the last one once the
+    digest matched (a bad download ends it with the download's error)."""
+
+    def __init__(self, fetch: BlobFetch, yield_seconds: float) -> None:
+        self._fetch = fetch
+        self._yield_seconds = yield_seconds
+
+    async def iter_any(self) -> AsyncIterator[bytes | memoryview]:
+        deadline = time.monotonic() + self._yield_seconds
+        async for data in self._fetch.stream(0, None, client=False):
+            await self._fetch.yield_to_clients(deadline)
+            yield data
+
+
+class _NoDigest:
+    """`ingest`'s running digest, unused: the download computes the blob's digest."""
+
+    def update(self, data: Any) -> None:
+        pass
+
+
+_NO_DIGEST = _NoDigest()
+
+
+def _spool_write(fd: int, data: bytes, offset: int, hasher: Any) -> None:
+    """Hash a piece and append it to the spool: one worker-thread hop for both."""
+    hasher.update(data)
+    os.pwrite(fd, data, offset)
+
+
+def _spool_fd(directory: str | None) -> int:
+    fd, path = tempfile.mkstemp(prefix="cargohold-mirror-", dir=directory)
+    os.unlink(path)  # gone with the last descriptor, whatever happens to this process
+    return fd
+
+
+class Fetches:
+    """The blob downloads running in this gateway, by (repository, digest)."""
+
+    def __init__(self, cfg: Config, cluster: ClusterClient, commit: Commit) -> None:
+        self.cfg = cfg
+        self.cluster = cluster
+        self.commit = commit
+        self.slots = asyncio.Semaphore(cfg.mirror.max_concurrent_fetches)
+        self.running: dict[tuple[str, str], BlobFetch] = {}
+        self.streams = Streams()
+        self.started = 0  # downloads begun (tests, metrics)
+
+    def join(self, upstream: Upstream, repo: str, upstream_repo: str, digest: str) -> BlobFetch:
+        key = (repo, digest)
+        fetch = self.running.get(key)
+        if fetch is not None:
+            return fetch
+        fetch = BlobFetch(repo, digest, self.streams, self.cfg.mirror.stream_memory_bytes)
+        fetch.repo_upstream = upstream_repo
+        fetch.proxy = upstream.proxy.namespace
+        self.running[key] = fetch
+        self.started += 1
+
+        async def drive() -> None:
+            fetch.acquire()  # the spool stays readable while the download is joinable
+            FETCHES_IN_FLIGHT.inc()
+            try:
+                try:
+                    await fetch.run(upstream, self.cluster, self.cfg, self.commit, self.slots)
+                finally:
+                    FETCHES_IN_FLIGHT.dec()
+                if fetch.committed:
+                    # A pull that found no blob in the cluster just before the commit joins
+                    # this download rather than start another one.
+                    await asyncio.sleep(self.cfg.mirror.fetch_linger_seconds)
+            finally:
+                if self.running.get(key) is fetch:
+                    del self.running[key]
+                fetch.release()
+
+        fetch.task = asyncio.create_task(drive())
+        return fetch
+
+    async def close(self) -> None:
+        tasks = [f.task for f in self.running.values() if f.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

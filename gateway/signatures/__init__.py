@@ -1,0 +1,1 @@
+"""Signed images: cosign-format signatures and the pull policy that requires them."""

@@ -1,0 +1,1 @@
+"""Vulnerability reports and the vulnerability pull policy (docs/supply-chain.md)."""

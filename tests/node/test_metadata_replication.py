@@ -1,0 +1,70 @@
+"""Replication rules in the replicated state (node/metadata/webhooks.py): a lease per rule,
+the fenced cursor and status report, run requests, snapshots."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cargohold.errors import Conflict, RequestInvalid
+from node.metadata.state import MetadataState
+
+
+def lease(st: MetadataState, rule: str, holder: str, now: float, **kw: Any) -> Any:
+    return st.apply(
+        "replication_lease", {"rule": rule, "holder": holder, "now": now, "ttl": 15.0, **kw}
+    )
+
+
+def report(st: MetadataState, holder: str, after: int | None, to: int | None, **status: Any) -> Any:
+    args = {"rule": "r1", "holder": holder, "after": after, "to": to, "status": status}
+    return st.apply("replication_report", args)
+
+
+def test_each_rule_has_its_own_lease() -> None:
+    st = MetadataState()
+    assert lease(st, "r1", "gw1", 100.0)["holder"] == "gw1"
+    assert lease(st, "r2", "gw2", 100.0)["holder"] == "gw2"  # another rule: free
+    assert lease(st, "r1", "gw2", 110.0)["holder"] == "gw1"  # held until 115
+    assert lease(st, "r1", "gw2", 116.0)["holder"] == "gw2"  # expired
+    lease(st, "r1", "gw2", 117.0, release=True)
+    assert lease(st, "r1", "gw1", 118.0)["holder"] == "gw1"
+    # The webhook delivery lease is another one.
+    assert st.apply("webhook_lease", {"holder": "gw3", "now": 118.0, "ttl": 15.0})["holder"] == (
+        "gw3"
+    )
+
+
+def test_the_report_is_fenced_by_the_lease_and_the_cursor() -> None:
+    st = MetadataState()
+    lease(st, "r1", "gw1", 0.0)
+    assert report(st, "gw1", None, 5, state="ok") == {"cursor": 5}
+    with pytest.raises(Conflict):
+        report(st, "gw2", 5, 6)  # not the holder
+    with pytest.raises(Conflict):
+        report(st, "gw1", 4, 6)  # a stale cursor
+    with pytest.raises(RequestInvalid):
+        report(st, "gw1", 5, 4)  # never back
+    assert report(st, "gw1", None, None, state="retrying") == {"cursor": 5}  # status only
+    (row,) = st.query("replication_list", {})["rules"]
+    assert row["cursor"] == 5 and row["status"] == {"state": "retrying"}
+    with pytest.raises(RequestInvalid):
+        report(st, "gw1", None, None, blob="x" * 20_000)
+
+
+def test_runs_asked_are_counted_audited_and_survive_a_snapshot() -> None:
+    st = MetadataState()
+    actor = {"time": 1.0, "actor": "admin", "actor_kind": "user"}
+    assert st.apply("replication_run", {"rule": "r1", "audit": actor}) == {"runs_requested": 1}
+    assert st.apply("replication_run", {"rule": "r1"}) == {"runs_requested": 2}
+    lease(st, "r1", "gw1", 0.0)
+    report(st, "gw1", None, 3, state="ok", runs_done=1)
+    listing = st.query("replication_list", {})
+    assert listing["rules"][0]["runs_requested"] == 2
+    assert listing["rules"][0]["lease"]["holder"] == "gw1"
+    again = MetadataState()
+    again.load(st.dump())
+    assert again.webhooks == st.webhooks
+    assert again.query("replication_list", {}) == listing
+    assert st.audit.head_seq == 1  # only the run that carried an actor
