@@ -30,6 +30,7 @@ the launcher's lifeline (cargohold_cli/lifeline.py) and stops when the launcher 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -627,15 +628,21 @@ class LocalCluster:
             return list(json.loads(reply.result))
 
     def leader_index(self) -> int | None:
-        """Index of the node that reports itself Raft leader, if one answers."""
-        for i in range(self.node_count):
-            proc = self.node_procs[i]
-            if proc is None or proc.poll() is not None:
-                continue
+        """Index of the node that reports itself Raft leader, if one answers. When two do
+        (a deposed leader that has not heard of the new term yet), the one the most
+        answering nodes name as their leader."""
+        claims: list[tuple[int, str]] = []
+        named: collections.Counter[str] = collections.Counter()
+        for i in self.running_nodes():
             with contextlib.suppress(grpc.RpcError):
-                if self.node_status(i).is_leader:
-                    return i
-        return None
+                status = self.node_status(i)
+                if status.leader_raft_address:
+                    named[status.leader_raft_address] += 1
+                if status.is_leader:
+                    claims.append((i, status.raft_address))
+        if not claims:
+            return None
+        return max(claims, key=lambda claim: named[claim[1]])[0]
 
     def running_nodes(self) -> list[int]:
         return [i for i, p in enumerate(self.node_procs) if p is not None and p.poll() is None]

