@@ -22,8 +22,10 @@ repository, delete to delete in it, cluster admin for the cluster and activity p
 Login in htpasswd mode (no token service to issue the session): the same form and checks
 (`AuthState.login` against the htpasswd file); the cookie is `user.expires.mac`, the user
 name base64url-encoded, `expires` unix seconds (`auth.refresh_token_ttl_seconds` ahead) and
-`mac` an HMAC-SHA256 of both under a key derived from `cluster.secret`, so every gateway of
-the cluster accepts it and nobody without the cluster secret can make one. Every request
+`mac` an HMAC-SHA256 of both under a key derived from the gateway role's key (the key of
+`cluster.credential`, or the one derived from `cluster.secret`: the same key, which every
+gateway holds, cargohold/cluster_auth.py), so every gateway of the cluster accepts it and
+nobody without a gateway's credential or the cluster secret can make one. Every request
 re-checks the MAC, the expiry and that the user is still in the file (removing a user ends
 their UI sessions at the file's next reload).
 """
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from cargohold.cluster_auth import client_credential
 from cargohold.errors import Denied
 from gateway.auth.scopes import repository
 from gateway.auth.state import AUTH, AuthState
@@ -124,8 +127,8 @@ def check_csrf(request: web.Request, form_value: str) -> None:
 class HtpasswdSessions:
     """Sign and check htpasswd-mode session cookies (module docstring)."""
 
-    def __init__(self, cluster_secret: str) -> None:
-        self._key = hmac.new(cluster_secret.encode(), b"cargohold ui session v1", "sha256").digest()
+    def __init__(self, gateway_key: bytes) -> None:
+        self._key = hmac.new(gateway_key, b"cargohold ui session v1", "sha256").digest()
 
     def _mac(self, payload: str) -> str:
         return hmac.new(self._key, payload.encode(), "sha256").hexdigest()
@@ -150,11 +153,14 @@ class HtpasswdSessions:
 
 
 def _htpasswd_sessions(request: web.Request, auth: AuthState) -> HtpasswdSessions | None:
-    """The signer of htpasswd-mode sessions (None in other modes, or without a secret)."""
-    secret = context(request).cfg.cluster.secret
-    if auth.mode != "htpasswd" or auth.passwords is None or not secret:
+    """The signer of htpasswd-mode sessions (None in other modes, or without a gateway key:
+    mTLS alone)."""
+    if auth.mode != "htpasswd" or auth.passwords is None:
         return None
-    return HtpasswdSessions(secret)
+    credential = client_credential(context(request).cfg, "gateway")
+    if credential is None or credential.role != "gateway":
+        return None
+    return HtpasswdSessions(credential.key)
 
 
 def new_session(request: web.Request, user: str) -> tuple[str, int] | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp.test_utils import TestClient
 
+from cargohold.cluster_auth import format_credential, parse_credential, role_key
 from cargohold.config import AuthConfig, Config
 from gateway.ui.render import SECURITY_HEADERS, human_bytes, render_text, short_digest, when
 from gateway.ui.session import SESSION_COOKIE, HtpasswdSessions, Viewer
@@ -131,13 +132,16 @@ async def test_htpasswd_mode_login_and_session(tmp_path: Path, fake_cluster) -> 
         assert cookie["httponly"] and cookie["samesite"] == "Strict"
         text = await (await gw.get("/ui/")).text()
         assert "alice" in text and "acme/web" in text
+        # A gateway holding only its credential (not the secret) accepts it: same key.
+        sessions = HtpasswdSessions(role_key("cluster-secret", "gateway"))
+        credential = parse_credential(format_credential("cluster-secret", "gateway"))
+        assert HtpasswdSessions(credential.key).verify(cookie.value, time.time()) == "alice"
         # Forged or expired: anonymous again.
-        sessions = HtpasswdSessions("cluster-secret")
         user, expires, _mac = cookie.value.split(".")
         for forged in (
             f"{user}.{expires}.{'0' * 64}",
             sessions.sign("alice", time.time() - 1),
-            HtpasswdSessions("another-secret").sign("alice", time.time() + 60),
+            HtpasswdSessions(role_key("another-secret", "gateway")).sign("alice", time.time() + 60),
         ):
             gw.session.cookie_jar.clear()
             gw.session.cookie_jar.update_cookies({SESSION_COOKIE: forged})
