@@ -4,7 +4,9 @@ searches repositories, logs in (a wrong password first), opens a repository and 
 (layers, labels, platform, an SBOM referrer), deletes a tag through the confirmation page
 and the browser's confirm dialog, and, as a cluster admin, opens the cluster and activity
 pages. Screenshots go to build/test-reports/ui/ (next to the JUnit reports) and the test's
-tmp dir; docs/ui-*.png are copies of one run."""
+tmp dir; docs/ui-*.png are copies of one run. A second test logs in against an htpasswd-mode
+cluster of two gateways (a wrong password first) and takes the session cookie from one
+gateway to the other."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
+import bcrypt
 import pytest
 from cluster.shapes import CHUNK, QUIET_ROLES
 from cluster.test_auth_roles import admin
@@ -251,3 +254,82 @@ async def test_ui_in_a_real_browser(
     assert all(
         (shots[0] / f"ui-{n}.png").stat().st_size > 10_000 for n in ("repositories", "image")
     )
+
+
+async def test_htpasswd_login_in_a_real_browser(
+    make_cluster: Callable[..., LocalCluster],
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    browser: object,
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver: WebDriver = browser  # type: ignore[assignment]
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"alice:{bcrypt.hashpw(b'alice-pw', bcrypt.gensalt(4)).decode()}\n")
+    auth = {"mode": "htpasswd", "htpasswd": str(htpasswd)}
+    cluster = make_cluster(
+        nodes=3, gateways=2, chunk_size=CHUNK, extra={"node": dict(QUIET_ROLES), "auth": auth}
+    )
+    one, two = cluster.gateway_urls
+    blobs, body = image("acme/web:1.0", "amd64", {VENDOR: "acme"})
+    alice = aiohttp.BasicAuth("alice", "alice-pw")  # htpasswd mode: Basic on every request
+    for data in blobs:
+        url = f"{one}/v2/acme/web/blobs/uploads/?digest={sha(data)}"
+        async with http.post(url, data=data, auth=alice) as resp:
+            assert resp.status == 201, await resp.text()
+    async with http.put(
+        f"{one}/v2/acme/web/manifests/1.0",
+        data=body,
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        auth=alice,
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+    async with http.get(f"{one}/v2/acme/web/manifests/1.0") as resp:
+        assert resp.status == 401  # anonymous: nothing
+
+    wait = WebDriverWait(driver, 30)
+
+    def repos_listed() -> list[str]:
+        return [a.text for a in driver.find_elements(By.CSS_SELECTOR, "a.repo")]
+
+    def submit() -> None:
+        old = driver.find_element(By.TAG_NAME, "html")
+        driver.find_element(By.ID, "login-submit").click()
+        wait.until(ec.staleness_of(old))
+
+    # Anonymous: the list is empty and offers a login.
+    driver.get(one + "/ui/")
+    assert repos_listed() == []
+    driver.find_element(By.ID, "login-link").click()
+    wait.until(ec.presence_of_element_located((By.ID, "login-form")))
+    driver.find_element(By.ID, "username").send_keys("alice")
+    driver.find_element(By.ID, "password").send_keys("wrong")
+    submit()
+    error = wait.until(ec.presence_of_element_located((By.ID, "login-error")))
+    assert error.is_displayed() and "Wrong user name or password" in error.text
+    assert driver.get_cookie("cargohold_session") is None
+    driver.find_element(By.ID, "username").send_keys("alice")
+    driver.find_element(By.ID, "password").send_keys("alice-pw")
+    submit()
+    assert wait.until(ec.presence_of_element_located((By.ID, "whoami"))).text == "alice"
+    assert repos_listed() == ["acme/web"]
+    cookie = driver.get_cookie("cargohold_session")
+    assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+    # The same session on the other gateway (another port: the browser keeps cookies per
+    # host, not per port, so it sends it there too): signed with a key every gateway has.
+    driver.get(two + "/ui/")
+    assert driver.find_element(By.ID, "whoami").text == "alice"
+    assert repos_listed() == ["acme/web"]
+    driver.find_element(By.CSS_SELECTOR, "a.repo").click()
+    rows = wait.until(ec.presence_of_element_located((By.ID, "tags")))
+    assert "1.0" in rows.text
+    # Without the cookie: anonymous again on both.
+    driver.delete_all_cookies()
+    for base in (one, two):
+        driver.get(base + "/ui/")
+        assert repos_listed() == [] and driver.find_elements(By.ID, "login-link")
