@@ -11,6 +11,10 @@
 # from the start (debootstrap, wheels, docker build: minutes of mostly network and disk
 # wait that the unit and cluster phases do not need), and the clients phase waits for it;
 # its output goes to build/test-reports/images.log, and a failed build fails the run.
+# Rerun: in the cluster and clients phases (real processes on a shared machine), tests that
+# failed run once more, alone. One that passes then is reported as FLAKY by name, here and
+# in the total line, and does not fail the phase; one that fails again does. More than
+# TEST_RERUN_MAX failures (default 3) in a phase is not flakiness: no rerun then.
 #   usage: PHASES="unit cluster clients" scripts/run-tests.sh [extra pytest args]
 set -uo pipefail
 
@@ -33,6 +37,9 @@ declare -A limit=(
   [cluster]="${TEST_TIMEOUT_CLUSTER:-1500}"
   [clients]="${TEST_TIMEOUT_CLIENTS:-1500}"
 )
+
+RERUN_MAX="${TEST_RERUN_MAX:-3}"
+declare -A rerun=([cluster]=1 [clients]=1)
 
 failed_phases=()
 images_pid=""
@@ -66,11 +73,27 @@ for phase in $PHASES; do
   fi
   echo "=== pytest phase: $phase (-m \"${marker[$phase]}\", at most ${limit[$phase]}s)"
   started=$SECONDS
+  # The cache (for --last-failed) lives in the reports, one per phase.
+  cache=(-p no:cacheprovider)
+  [[ -n ${rerun[$phase]:-} ]] && cache=(-o "cache_dir=$REPORTS/cache-$phase")
   timeout --signal=INT --kill-after=30 "${limit[$phase]}" \
-    "$PY" -m pytest -q -ra -p no:cacheprovider --durations=5 -m "${marker[$phase]}" \
+    "$PY" -m pytest -q -ra "${cache[@]}" --durations=5 -m "${marker[$phase]}" \
     --junitxml="$REPORTS/$phase.xml" "$@"
   rc=$?
   echo "=== phase $phase: exit $rc in $((SECONDS - started))s"
+  if ((rc == 1)) && [[ -n ${rerun[$phase]:-} ]]; then
+    failures=$("$PY" -c 'import json, sys; print(len(json.load(open(sys.argv[1]))))' \
+      "$REPORTS/cache-$phase/v/cache/lastfailed" 2>/dev/null || echo 0)
+    if ((failures > 0 && failures <= RERUN_MAX)); then
+      echo "=== rerunning the $failures failed test(s) of phase $phase once, alone"
+      timeout --signal=INT --kill-after=30 "${limit[$phase]}" \
+        "$PY" -m pytest -q -ra "${cache[@]}" --last-failed --last-failed-no-failures none \
+        -m "${marker[$phase]}" --junitxml="$REPORTS/$phase.rerun" "$@"
+      rerun_rc=$?
+      echo "=== phase $phase rerun: exit $rerun_rc"
+      if ((rerun_rc == 0)); then rc=0; fi
+    fi
+  fi
   # An interrupted compose test may leave its containers, network and volumes behind.
   if [[ $phase == clients ]]; then "$ROOT/scripts/clean-test-docker.sh"; fi
   case $rc in
@@ -85,17 +108,36 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+
+
+def cases(report: Path) -> dict[str, str]:
+    """Each test case of a junit report: its outcome (passed, failed or skipped)."""
+    outcome = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        name = f"{case.get('classname')}::{case.get('name')}"
+        bad = case.find("failure") is not None or case.find("error") is not None
+        skipped = case.find("skipped") is not None
+        outcome[name] = "failed" if bad else "skipped" if skipped else "passed"
+    return outcome
+
+
 passed = failed = skipped = 0
+flaky: list[str] = []
 for report in sorted(Path(sys.argv[1]).glob("*.xml")):
-    root = ET.parse(report).getroot()
-    for suite in root.iter("testsuite"):
-        tests = int(suite.get("tests", 0))
-        bad = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
-        skip = int(suite.get("skipped", 0))
-        passed += tests - bad - skip
-        failed += bad
-        skipped += skip
-print(f"total: {passed} passed, {failed} failed, {skipped} skipped")
+    outcome = cases(report)
+    rerun = report.with_suffix(".rerun")
+    if rerun.exists():
+        for name, second in cases(rerun).items():
+            if outcome.get(name) == "failed" and second == "passed":
+                outcome[name] = "passed"
+                flaky.append(name)
+    values = list(outcome.values())
+    passed += values.count("passed")
+    failed += values.count("failed")
+    skipped += values.count("skipped")
+for name in flaky:
+    print(f"FLAKY (failed, then passed when run again alone): {name}")
+print(f"total: {passed} passed, {failed} failed, {skipped} skipped, {len(flaky)} flaky")
 PYEOF
 
 if ((${#failed_phases[@]})); then
