@@ -294,8 +294,11 @@ class GatewayConfig:
     # others have space (gateway/cluster/fullness.py); each refresh asks again.
     full_node_recheck_seconds: float = 10.0
     # Metadata command/query attempts across nodes on UNAVAILABLE, and the first backoff
-    # (doubled per attempt, capped at 1 s).
+    # (doubled per attempt, capped at 1 s). Retries go on past `metadata_attempts` until
+    # `metadata_retry_seconds` have passed (within `rpc_timeout_seconds`), so a request
+    # that arrives during a Raft election waits for the new leader instead of failing.
     metadata_attempts: int = 6
+    metadata_retry_seconds: float = 5.0
     retry_backoff_seconds: float = 0.05
     # Chunk writes in flight per upload while more of the body is read (memory bound:
     # about (this + 1) * cluster.chunk_size per upload).
@@ -927,6 +930,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("lifecycle.retention_interval_seconds must be >= 0")
     if cfg.gateway.upload_writes_in_flight < 1 or cfg.gateway.metadata_attempts < 1:
         raise ConfigError("gateway.upload_writes_in_flight and metadata_attempts must be >= 1")
+    if cfg.gateway.metadata_retry_seconds < 0:
+        raise ConfigError("gateway.metadata_retry_seconds must be >= 0")
     for cidr in cfg.gateway.trusted_proxies:
         try:
             ipaddress.ip_network(cidr, strict=False)

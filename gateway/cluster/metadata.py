@@ -2,10 +2,12 @@
 
 A call goes to the leader when it is known (a linearizable read or a commit is cheapest
 there), else to the other members in turn. UNAVAILABLE, DEADLINE_EXCEEDED and connection
-errors move on to the next node after a doubling backoff, bounded by
-`gateway.metadata_attempts` and `gateway.rpc_timeout_seconds` in total; that is safe
-because every command is idempotent (protos/README.md). Any other failure is the
-`RegistryError` the node sent (`from_grpc_details`); exhausted retries are `Unavailable`.
+errors move on to the next node after a doubling backoff: at least
+`gateway.metadata_attempts` attempts, and more until `gateway.metadata_retry_seconds` have
+passed (long enough to outlast a Raft election), never past `gateway.rpc_timeout_seconds`
+in total; that is safe because every command is idempotent (protos/README.md). Any other
+failure is the `RegistryError` the node sent (`from_grpc_details`); exhausted retries are
+`Unavailable`.
 
 A removal is idempotent in effect but not in answer: when an attempt's outcome is unknown
 (the node went away or timed out after the command was sent, as when the leader is
@@ -73,11 +75,17 @@ class MetadataClient:
         request = registry_pb2.MetadataRequest(
             op=op, args=json.dumps(args, separators=(",", ":")).encode(), linearizable=linearizable
         )
-        deadline = time.monotonic() + gw.rpc_timeout_seconds
+        started = time.monotonic()
+        deadline = started + gw.rpc_timeout_seconds
+        retry_until = started + gw.metadata_retry_seconds
         backoff = gw.retry_backoff_seconds
         last = "no node"
         outcome_unknown = False
-        for attempt in range(gw.metadata_attempts):
+        attempt = -1
+        while True:
+            attempt += 1
+            if attempt >= gw.metadata_attempts and time.monotonic() >= retry_until:
+                break
             targets = self._targets()
             address = targets[attempt % len(targets)]
             node = self._pool.node(address)

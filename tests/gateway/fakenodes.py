@@ -231,6 +231,7 @@ class FakeNodes:
         cfg.gateway.nodes = [n.address for n in self.nodes]
         cfg.gateway.hedge_after_seconds = 0.05
         cfg.gateway.retry_backoff_seconds = 0.01
+        cfg.gateway.metadata_retry_seconds = 0.2
         cfg.gateway.rpc_timeout_seconds = 5.0
         cfg.gateway.has_check_min_bytes = 32 * 1024
         return cfg

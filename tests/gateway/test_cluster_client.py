@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -271,6 +272,44 @@ async def test_no_node_reachable_is_unavailable(nodes: FakeNodes, client: Cluste
         node.down = True
     with pytest.raises(Unavailable):
         await client.query("upload_get", {"upload": "x"})
+
+
+async def test_metadata_calls_ride_out_an_election(nodes: FakeNodes) -> None:
+    """No node answers for a while (as while a new leader is elected): the call retries
+    past `metadata_attempts` until `metadata_retry_seconds` and then succeeds."""
+    cfg = nodes.config()
+    cfg.gateway.metadata_attempts = 2
+    cfg.gateway.metadata_retry_seconds = 20.0
+    client = await ClusterClient.connect(cfg)
+    try:
+        for node in nodes.nodes:
+            node.down = True
+
+        async def back_later() -> None:
+            await asyncio.sleep(0.5)
+            for node in nodes.nodes:
+                node.down = False
+
+        back = asyncio.create_task(back_later())
+        assert await client.query("upload_get", {"upload": "x"}) == {"state": "new"}
+        await back
+    finally:
+        await client.close()
+
+
+async def test_metadata_calls_give_up_after_the_retry_period(nodes: FakeNodes) -> None:
+    cfg = nodes.config()
+    cfg.gateway.metadata_retry_seconds = 0.5
+    client = await ClusterClient.connect(cfg)
+    try:
+        for node in nodes.nodes:
+            node.down = True
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await client.query("upload_get", {"upload": "x"})
+        assert time.monotonic() - started >= 0.5
+    finally:
+        await client.close()
 
 
 async def test_a_hung_replica_does_not_pile_up_background_writes(nodes: FakeNodes) -> None:
