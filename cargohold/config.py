@@ -363,10 +363,13 @@ class GatewayConfig:
     search_config_max_bytes: int = 256 * 1024
     # Manifests stored before search recorded platforms and labels get them from a pass
     # each gateway runs once, this long after it started (gateway/search_backfill.py),
-    # `search_backfill_batch` manifests per read and per command.
+    # `search_backfill_batch` manifests per read and per command; one gateway of the
+    # cluster at a time, holding the backfill's lease (`search_backfill_lease_seconds`,
+    # renewed every third of it; the others wait for it).
     search_backfill: bool = True
     search_backfill_delay_seconds: float = 30.0
     search_backfill_batch: int = 100
+    search_backfill_lease_seconds: float = 30.0
     # The web UI at /ui/ (gateway/ui/); off: /ui/ is 404.
     ui_enabled: bool = True
     # Rows per page of the UI's lists.
@@ -904,6 +907,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("gateway.verify_reads must be sha256 or xxh3")
     if not 1 <= cfg.gateway.search_backfill_batch <= 1000:
         raise ConfigError("gateway.search_backfill_batch must be in 1..1000")
+    if not 0 < cfg.gateway.search_backfill_lease_seconds <= 3600:
+        raise ConfigError("gateway.search_backfill_lease_seconds must be in (0, 3600]")
     if cfg.node.search_build_slice < 1 or cfg.node.search_build_pause < 0:
         raise ConfigError("node.search_build_slice must be >= 1, search_build_pause >= 0")
     if cfg.node.search_ready_wait < 0:

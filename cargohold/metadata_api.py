@@ -2193,6 +2193,35 @@ def _rule_name(args: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class JobLease(Command[tuple[str, float]]):
+    """Take or renew the lease of a once-at-a-time gateway job (`job`: "search_backfill")
+    for `ttl` seconds from `now`; `release` gives it up. Answers the lease after the
+    command (holder "" when none)."""
+
+    op: ClassVar[str] = "job_lease"
+    job: str
+    holder: str
+    now: float
+    ttl: float
+    release: bool = False
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> JobLease:
+        job = _field(args, "job", str)
+        if not 0 < len(job) <= 64:
+            raise RequestInvalid("a job's name must be 1-64 characters")
+        return cls(job, *_lease_fields(args))
+
+    @staticmethod
+    def encode_result(result: tuple[str, float]) -> dict[str, Any]:
+        return {"holder": result[0], "expires": result[1]}
+
+    @staticmethod
+    def decode_result(raw: Any) -> tuple[str, float]:
+        return (str(raw.get("holder") or ""), float(raw.get("expires") or 0.0))
+
+
+@dataclass(frozen=True, slots=True)
 class ReplicationLease(Command[tuple[str, float]]):
     """Take or renew the lease of one replication rule (the gateway that runs it) for
     `ttl` seconds from `now`; `release` gives it up. Answers the lease after the command."""
@@ -2653,6 +2682,7 @@ _COMMAND_CLASSES: tuple[type[Command[Any]], ...] = (
     ReplicationLease,
     ReplicationReport,
     ReplicationRun,
+    JobLease,
     WebhookRetry,
     ScanClaim,
     ScanFinish,
@@ -2995,6 +3025,11 @@ class Metadata:
         self, rule: str, holder: str, now: float, ttl: float, release: bool = False
     ) -> tuple[str, float]:
         return await self.call(ReplicationLease(rule, holder, now, ttl, release))
+
+    async def job_lease(
+        self, job: str, holder: str, now: float, ttl: float, release: bool = False
+    ) -> tuple[str, float]:
+        return await self.call(JobLease(job, holder, now, ttl, release))
 
     async def replication_report(self, request: ReplicationReport) -> int | None:
         return await self.call(request)

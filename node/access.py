@@ -89,6 +89,8 @@ _REGISTRY_OPS = (
     # Replication rules (gateway/replication/): a rule's lease, cursor and status.
     "replication_lease",
     "replication_report",
+    # The lease of a once-at-a-time gateway job (gateway/search_backfill.py).
+    "job_lease",
 )
 ACCESS_OPS = (
     "user_put",

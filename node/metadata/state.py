@@ -544,6 +544,7 @@ class MetadataState:
             api.ReplicationReport: self._replication_report,
             api.ReplicationRun: self._replication_run,
             api.ReplicationList: self._replication_list,
+            api.JobLease: self._job_lease,
             api.ScanClaim: self._scan_claim,
             api.ScanFinish: self._scan_finish,
             api.ScanEnqueue: self._scan_enqueue,
@@ -1467,6 +1468,12 @@ class MetadataState:
             self.webhooks.release(req.holder, req.rule)
             return self.webhooks.rule_leases.get(req.rule) or ("", 0.0)
         return self.webhooks.take_lease(req.holder, req.now, req.ttl, req.rule)
+
+    def _job_lease(self, req: api.JobLease) -> tuple[str, float]:
+        if req.release:
+            self.webhooks.release_job(req.job, req.holder)
+            return self.webhooks.job_leases.get(req.job) or ("", 0.0)
+        return self.webhooks.take_job_lease(req.job, req.holder, req.now, req.ttl)
 
     def _replication_report(self, req: api.ReplicationReport) -> int | None:
         return self.webhooks.rule_report(req.rule, req.holder, req.after, req.to, req.status)

@@ -16,6 +16,11 @@ rules (gateway/replication/, docs/mirroring.md "Replication"), kept apart by nam
     rule_status   {rule: status JSON}        what its runner last reported (progress, errors)
     rule_runs     {rule: n}                  runs asked for by `cargohold admin replication run`
 
+and the leases of the cluster's other once-at-a-time gateway jobs, by job name, the same
+kind of lease without a cursor (today search's backfill: gateway/search_backfill.py):
+
+    job_leases    {job: (holder, expires)}   which gateway runs a job, until when
+
 A rule's cursor and status move only through `rule_report`, fenced like `advance` (its
 rule's lease holder, and the cursor it read).
 
@@ -60,6 +65,7 @@ class WebhookBook:
         self.rule_cursors: dict[str, int] = {}
         self.rule_status: dict[str, str] = {}
         self.rule_runs: dict[str, int] = {}
+        self.job_leases: dict[str, tuple[str, float]] = {}
 
     def __bool__(self) -> bool:
         return bool(
@@ -72,6 +78,7 @@ class WebhookBook:
             or self.rule_cursors
             or self.rule_status
             or self.rule_runs
+            or self.job_leases
         )
 
     def __eq__(self, other: object) -> bool:
@@ -120,6 +127,19 @@ class WebhookBook:
                 self.lease = None
         elif self.rule_leases.get(rule, ("", 0.0))[0] == holder:
             del self.rule_leases[rule]
+
+    def take_job_lease(self, job: str, holder: str, now: float, ttl: float) -> tuple[str, float]:
+        """`take_lease` for the lease of gateway job `job`."""
+        if not holder:
+            raise RequestInvalid("a lease needs a holder")
+        current = self.job_leases.get(job)
+        if current is None or current[0] == holder or current[1] <= now:
+            current = self.job_leases[job] = (holder, now + ttl)
+        return current
+
+    def release_job(self, job: str, holder: str) -> None:
+        if self.job_leases.get(job, ("", 0.0))[0] == holder:
+            del self.job_leases[job]
 
     # -- replication rules ----------------------------------------------------------------
     def rule_report(
@@ -263,6 +283,7 @@ class WebhookBook:
         other.rule_cursors = self.rule_cursors.copy()
         other.rule_status = self.rule_status.copy()
         other.rule_runs = self.rule_runs.copy()
+        other.job_leases = self.job_leases.copy()
         return other
 
     def rows(self) -> Iterator[tuple[Any, ...]]:
@@ -286,6 +307,8 @@ class WebhookBook:
             yield ("rule_status", name, raw)
         for name, n in sorted(self.rule_runs.items()):
             yield ("rule_runs", name, n)
+        for name, (holder, expires) in sorted(self.job_leases.items()):
+            yield ("job_lease", name, holder, expires)
 
     def load_row(self, row: tuple[Any, ...]) -> None:
         kind = row[0]
@@ -307,5 +330,7 @@ class WebhookBook:
             self.rule_status[row[1]] = str(row[2])
         elif kind == "rule_runs":
             self.rule_runs[row[1]] = int(row[2])
+        elif kind == "job_lease":
+            self.job_leases[row[1]] = (str(row[2]), float(row[3]))
         else:
             raise ValueError(f"unknown webhooks snapshot row {kind!r}")

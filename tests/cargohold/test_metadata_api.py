@@ -184,6 +184,8 @@ EXAMPLES: list[api.Request[Any]] = [
     api.ReplicationReport("to-dr", "gw1", 7, None, {"state": "retrying"}),
     api.ReplicationRun("to-dr"),
     api.ReplicationList(),
+    api.JobLease("search_backfill", "gw1", 1.0, 30.0),
+    api.JobLease("search_backfill", "gw1", 2.0, 1.0, release=True),
     api.ManifestPut("lib/app", D, "application/x", RECIPE, now=1.0, scan=True),
     api.ScanClaim("gw1", 2.0, 60.0, 4, 3),
     api.ScanFinish("lib/app", D, "gw1", 3.0, "done", "", D),
@@ -402,6 +404,9 @@ async def test_every_facade_method_against_the_state() -> None:
     assert await meta.replication_report(report) == 3
     assert await meta.replication_run("r") == 1
     assert (await meta.replication_list())["rules"][0]["cursor"] == 3
+    # A gateway job's lease.
+    assert (await meta.job_lease("search_backfill", "gw1", 1.0, 30.0))[0] == "gw1"
+    assert (await meta.job_lease("search_backfill", "gw2", 2.0, 30.0))[0] == "gw1"
     # The scan queue: queued by the push, claimed, finished, listed, queued again.
     await meta.manifest_put(api.ManifestPut(repo, m, "application/x", RECIPE, now=30.0, scan=True))
     assert await meta.scan_claim(api.ScanClaim("gw", 31.0, 60.0, 8, 3)) == [

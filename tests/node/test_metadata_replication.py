@@ -1,5 +1,6 @@
 """Replication rules in the replicated state (node/metadata/webhooks.py): a lease per rule,
-the fenced cursor and status report, run requests, snapshots."""
+the fenced cursor and status report, run requests, snapshots; and the lease of a gateway
+job (search's backfill), kept in the same book."""
 
 from __future__ import annotations
 
@@ -68,3 +69,27 @@ def test_runs_asked_are_counted_audited_and_survive_a_snapshot() -> None:
     assert again.webhooks == st.webhooks
     assert again.query("replication_list", {}) == listing
     assert st.audit.head_seq == 1  # only the run that carried an actor
+
+
+def test_a_gateway_job_has_its_own_lease_which_survives_a_snapshot() -> None:
+    st = MetadataState()
+
+    def job(holder: str, now: float, **kw: Any) -> Any:
+        args = {"job": "search_backfill", "holder": holder, "now": now, "ttl": 30.0, **kw}
+        return st.apply("job_lease", args)
+
+    assert job("gw1", 100.0) == {"holder": "gw1", "expires": 130.0}
+    assert lease(st, "search_backfill", "gw2", 100.0)["holder"] == "gw2"  # a rule's: another
+    assert job("gw2", 129.0)["holder"] == "gw1"  # held until 130
+    assert job("gw1", 129.0)["expires"] == 159.0  # renewed
+    again = MetadataState()
+    again.load(st.dump())
+    assert again.webhooks == st.webhooks
+    assert again.webhooks.job_leases == {"search_backfill": ("gw1", 159.0)}
+    assert job("gw2", 159.0)["holder"] == "gw2"  # expired
+    job("gw1", 160.0, release=True)  # not its own: nothing happens
+    assert job("gw1", 160.0)["holder"] == "gw2"
+    assert job("gw2", 161.0, release=True) == {"holder": "", "expires": 0.0}
+    assert job("gw1", 162.0)["holder"] == "gw1"
+    with pytest.raises(RequestInvalid):
+        st.apply("job_lease", {"job": "", "holder": "gw1", "now": 1.0, "ttl": 30.0})
