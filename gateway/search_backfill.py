@@ -107,11 +107,14 @@ class InfoBackfill:
 
     async def _renew(self) -> bool:
         """Take or renew the lease; whether this gateway holds it now. A failed request
-        keeps a lease taken before, until it could have expired."""
+        keeps a lease taken before, until it could have expired; one still unanswered then
+        (the metadata client retries through an election for seconds) is given up."""
         ttl = self._ctx.cfg.gateway.search_backfill_lease_seconds
         asked = time.monotonic()
+        budget = self._until - asked if self.holding() else ttl
         try:
-            holder, _ = await self._meta.job_lease(JOB, self.holder, time.time(), ttl)
+            async with asyncio.timeout(budget):
+                holder, _ = await self._meta.job_lease(JOB, self.holder, time.time(), ttl)
         except _METADATA_ERRORS as exc:
             log_event(
                 logger, "search.backfill_lease_failed", logging.INFO, error=type(exc).__name__
