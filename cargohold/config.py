@@ -627,6 +627,9 @@ class MirrorConfig:
     max_connections: int = 64
     # Redirects followed for one upstream request (blob storage behind a CDN).
     max_redirects: int = 5
+    # Pages of an upstream's referrers API answer followed (its `Link: rel="next"`); the
+    # referrers on later pages are not seen (logged as `mirror.referrers_truncated`).
+    referrers_max_pages: int = 10
     # Where a download is spooled while clients stream it (empty: the system temp dir).
     spool_dir: str = ""
     # A finished download stays joinable (its spool kept) this long, for pulls that looked
@@ -1052,8 +1055,10 @@ def _validate_mirror(m: MirrorConfig) -> None:
         raise ConfigError(f"mirror.root {m.root!r} is not a proxy namespace")
     if min(m.tag_ttl_seconds, m.connect_timeout_seconds, m.response_timeout_seconds) < 0:
         raise ConfigError("mirror timeouts and tag_ttl_seconds must be >= 0")
-    if m.max_concurrent_fetches < 1 or m.max_connections < 1 or m.tag_entries < 1:
+    if min(m.max_concurrent_fetches, m.max_connections, m.tag_entries) < 1:
         raise ConfigError("mirror.max_concurrent_fetches, max_connections, tag_entries >= 1")
+    if m.referrers_max_pages < 1:
+        raise ConfigError("mirror.referrers_max_pages must be >= 1")
     if m.stream_memory_bytes < 0 or m.store_yield_seconds < 0:
         raise ConfigError("mirror.stream_memory_bytes and store_yield_seconds must be >= 0")
 

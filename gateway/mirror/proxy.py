@@ -57,6 +57,7 @@ from gateway.manifest_cache import ManifestCache
 from gateway.manifest_format import ParsedManifest, parse_manifest, put_command
 from gateway.mirror.fetch import BlobFetch, Commit, Fetches
 from gateway.mirror.metrics import TAG_CHECKS
+from gateway.mirror.referrers import fetch_referrers
 from gateway.mirror.upstream import Upstream, UpstreamFailed, UpstreamNotFound
 
 logger = logging.getLogger("cargohold.gateway.mirror")
@@ -409,9 +410,7 @@ class Mirror:
         try:
             got = await self._once(
                 ("referrers", *key),
-                lambda: route.upstream.referrers(
-                    route.upstream_repo, digest, self.cfg.gateway.max_manifest_size
-                ),
+                lambda: self._upstream_referrers(route, digest),
             )
         except UpstreamFailed as exc:
             serving = "last answer" if known is not None else "stored referrers"
@@ -432,6 +431,12 @@ class Mirror:
         while len(self._referrers) > self.cfg.mirror.tag_entries:
             self._referrers.popitem(last=False)
         return descriptors
+
+    async def _upstream_referrers(self, route: Route, digest: str) -> list[dict[str, Any]]:
+        up = route.upstream
+        repo = up.upstream_repo(route.upstream_repo)
+        limit = self.cfg.gateway.max_manifest_size
+        return (await fetch_referrers(up, repo, digest, up.pull_scope(repo), limit)).descriptors
 
     async def _keep_referrers(self, route: Route, descriptors: list[dict[str, Any]]) -> None:
         """Fetch and store the referring manifests not stored yet (their blobs too)."""

@@ -11,6 +11,8 @@ It speaks what a production registry asks of a client:
 - bounded waits: `connect_timeout_seconds`, `response_timeout_seconds` for the response
   headers, `read_idle_timeout_seconds` between body reads.
 
+A manifest's referrers are asked by gateway/mirror/referrers.py (shared with replication).
+
 Errors are typed: `UpstreamNotFound` (the upstream answered 404: the name, tag or blob
 does not exist there) and `UpstreamFailed` (unreachable, timed out, refused the
 credentials, rate-limited, 5xx): the proxy serves cached content on the second, never on
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -243,14 +244,14 @@ class Upstream:
 
     # The registry API, by what the proxy needs.
 
-    def _scope(self, repo: str) -> str:
+    def pull_scope(self, repo: str) -> str:
         return f"repository:{repo}:pull"
 
     async def head_manifest(self, repo: str, reference: str) -> str | None:
         """The digest a tag points at upstream (None when the upstream does not say)."""
         repo = self.upstream_repo(repo)
         path = f"/v2/{repo}/manifests/{reference}"
-        async with self.request("HEAD", path, self._scope(repo), MANIFEST_ACCEPT) as resp:
+        async with self.request("HEAD", path, self.pull_scope(repo), MANIFEST_ACCEPT) as resp:
             return resp.headers.get("Docker-Content-Digest")
 
     async def get_manifest(self, repo: str, reference: str, limit: int) -> tuple[bytes, str]:
@@ -259,7 +260,9 @@ class Upstream:
         path = f"/v2/{repo}/manifests/{reference}"
         try:
             async with asyncio.timeout(self.cfg.manifest_timeout_seconds or None):
-                async with self.request("GET", path, self._scope(repo), MANIFEST_ACCEPT) as resp:
+                async with self.request(
+                    "GET", path, self.pull_scope(repo), MANIFEST_ACCEPT
+                ) as resp:
                     if (resp.content_length or 0) > limit:
                         raise UpstreamFailed(f"upstream manifest larger than {limit} bytes")
                     body = await resp.content.read(limit + 1)
@@ -276,7 +279,7 @@ class Upstream:
         path = f"/v2/{repo}/tags/list?{query}"
         try:
             async with asyncio.timeout(self.cfg.manifest_timeout_seconds or None):
-                async with self.request("GET", path, self._scope(repo)) as resp:
+                async with self.request("GET", path, self.pull_scope(repo)) as resp:
                     doc = await resp.json(content_type=None)
                     more = "Link" in resp.headers
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -284,39 +287,9 @@ class Upstream:
         tags = doc.get("tags") if isinstance(doc, dict) else None
         return [t for t in tags or [] if isinstance(t, str)], more
 
-    async def referrers(self, repo: str, digest: str, limit: int) -> list[dict[str, Any]]:
-        """The descriptors of the manifests referring to `digest` upstream: its referrers
-        API, or (an upstream without it answers that 404) the OCI tag schema's index,
-        tagged `<alg>-<hex>`; none there is an empty list. An answer over `limit` bytes,
-        or not an index, is `UpstreamFailed`."""
-        upstream_repo = self.upstream_repo(repo)
-        path = f"/v2/{upstream_repo}/referrers/{digest}"
-        try:
-            async with asyncio.timeout(self.cfg.manifest_timeout_seconds or None):
-                async with self.request("GET", path, self._scope(upstream_repo), INDEX_TYPE) as r:
-                    body = await r.content.read(limit + 1)
-        except UpstreamNotFound:
-            algorithm, _, hexpart = digest.partition(":")
-            try:
-                body, _media = await self.get_manifest(repo, f"{algorithm}-{hexpart}", limit)
-            except UpstreamNotFound:
-                return []
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamFailed(f"GET {path}: {type(exc).__name__}: {exc}") from None
-        if len(body) > limit:
-            raise UpstreamFailed(f"upstream referrers larger than {limit} bytes")
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            raise UpstreamFailed("upstream referrers are not JSON") from None
-        manifests = doc.get("manifests") if isinstance(doc, dict) else None
-        if not isinstance(manifests, list):
-            raise UpstreamFailed("upstream referrers are not an image index")
-        return [m for m in manifests if isinstance(m, dict)]
-
     def open_blob(
         self, repo: str, digest: str
     ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         """The blob's response (a context manager); its body is read by the caller."""
         repo = self.upstream_repo(repo)
-        return self.request("GET", f"/v2/{repo}/blobs/{digest}", self._scope(repo))
+        return self.request("GET", f"/v2/{repo}/blobs/{digest}", self.pull_scope(repo))

@@ -30,12 +30,8 @@ from cargohold.digests import digest_of
 from cargohold.errors import ManifestUnknown
 from cargohold.replication import COSIGN_SUFFIXES
 from gateway.manifest_format import parse_manifest
-from gateway.replication.sides import (
-    INDEX_MEDIA_TYPE,
-    Manifest,
-    Registry,
-    fallback_tag,
-)
+from gateway.mirror.referrers import fallback_tag
+from gateway.replication.sides import INDEX_MEDIA_TYPE, Manifest, Registry
 
 
 @dataclass

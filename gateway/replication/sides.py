@@ -5,13 +5,13 @@ token protocol), behind one interface the copier (copy.py) uses in both directio
 Every manifest read is verified against its digest here; a blob's bytes are verified by
 the side that stores them (this cluster hashes them before the commit; a remote registry
 checks the `?digest=` of the upload's last request), so nothing that does not match its
-digest is ever committed at the target.
+digest is ever committed at the target. A remote's referrers are asked as the
+pull-through cache asks them (gateway/mirror/referrers.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ from gateway.chunking import ingest
 from gateway.context import GatewayContext
 from gateway.image_info import manifest_info
 from gateway.manifest_format import parse_manifest, put_command
+from gateway.mirror.referrers import fetch_referrers
 from gateway.mirror.upstream import MANIFEST_ACCEPT, Upstream, UpstreamFailed, UpstreamNotFound
 from gateway.uploads import commit_blob
 
@@ -73,12 +74,6 @@ class Registry(Protocol):
 
 class BlobMismatch(Exception):
     """A blob's bytes do not hash to its digest (or are not as many as announced)."""
-
-
-def fallback_tag(digest: str) -> str:
-    """The OCI referrers tag schema's tag of `digest`'s referrers index."""
-    algorithm, hexpart = digest.split(":", 1)
-    return f"{algorithm}-{hexpart}"
 
 
 def _verified(body: bytes, digest: str) -> None:
@@ -409,31 +404,23 @@ class RemoteRegistry:
         return sent
 
     async def referrers(self, repo: str, digest: str) -> list[dict[str, Any]] | None:
-        """The referrers API's answer; the referrers tag schema's index where the remote
-        has no API (Distribution 2.x)."""
-        if self._referrers_api.get(repo, True):
-            path = f"/v2/{repo}/referrers/{digest}"
-            try:
-                async with self.up.request("GET", path, self._scope(repo)) as resp:
-                    doc = await resp.json(content_type=None)
-                self._referrers_api[repo] = True
-                return _descriptors(doc)
-            except (UpstreamNotFound, ValueError, aiohttp.ClientError):
-                self._referrers_api[repo] = False
-        index = await self.manifest(repo, fallback_tag(digest))
-        if index is None:
-            return []
-        return _descriptors(json.loads(index.body))
+        """The referrers API's answer (every page); the referrers tag schema's index where
+        the remote has no API (Distribution 2.x), which is remembered per repository."""
+        found = await fetch_referrers(
+            self.up,
+            repo,
+            digest,
+            self._scope(repo),
+            self.limit,
+            use_api=self._referrers_api.get(repo, True),
+        )
+        self._referrers_api[repo] = found.api
+        return found.descriptors
 
     async def has_referrers_api(self, repo: str, digest: str) -> bool:
         if repo not in self._referrers_api:
             await self.referrers(repo, digest)
         return self._referrers_api[repo]
-
-
-def _descriptors(doc: Any) -> list[dict[str, Any]]:
-    manifests = doc.get("manifests") if isinstance(doc, dict) else None
-    return [d for d in manifests or [] if isinstance(d, dict) and isinstance(d.get("digest"), str)]
 
 
 def _with_digest(location: str, digest: str) -> str:

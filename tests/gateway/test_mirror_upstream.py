@@ -1,6 +1,7 @@
 """gateway/mirror/upstream.py against small aiohttp servers: the Docker token protocol
 (one token per scope, reused), Basic after a Basic challenge, redirects followed without
-the credentials when they leave the upstream's host, and the typed errors."""
+the credentials when they leave the upstream's host, and the typed errors. (Referrers:
+test_mirror_referrers.py.)"""
 
 from __future__ import annotations
 
@@ -137,52 +138,3 @@ def test_docker_hub_bare_names_mean_library() -> None:
     assert hub.upstream_repo("busybox") == "library/busybox"
     assert hub.upstream_repo("bitnami/redis") == "bitnami/redis"
     assert _upstream("https://ghcr.io").upstream_repo("busybox") == "busybox"
-
-
-async def test_referrers_from_the_api_else_the_tag_schema() -> None:
-    subject = "sha256:" + "d" * 64
-    listed = {
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": "sha256:" + "c" * 64,
-        "size": 10,
-        "artifactType": "application/x-sig",
-    }
-    index = {"schemaVersion": 2, "manifests": [listed]}
-    asked: list[str] = []
-    app = web.Application()
-
-    async def referrers(request: web.Request) -> web.Response:
-        asked.append(request.path)
-        if request.match_info["name"] == "api/x":
-            return web.json_response(index)
-        return web.Response(status=404)  # no referrers API (Distribution 2.x)
-
-    async def manifest(request: web.Request) -> web.Response:
-        asked.append(request.path)
-        name, ref = request.match_info["name"], request.match_info["ref"]
-        if ref != subject.replace(":", "-"):
-            return web.Response(status=404)
-        if name == "tags/x":
-            return web.json_response(index)
-        if name == "tags/bad":
-            return web.Response(body=b"[1, 2]")  # not an index
-        return web.Response(status=404)
-
-    app.router.add_get("/v2/{name:.+}/referrers/{digest}", referrers)
-    app.router.add_get("/v2/{name:.+}/manifests/{ref}", manifest)
-    server = TestServer(app)
-    await server.start_server()
-    up = _upstream(str(server.make_url("")).rstrip("/"), user="", password="")
-    try:
-        assert await up.referrers("api/x", subject, 4096) == [listed]
-        assert asked == [f"/v2/api/x/referrers/{subject}"]
-        assert await up.referrers("tags/x", subject, 4096) == [listed]
-        assert asked[-1] == "/v2/tags/x/manifests/" + subject.replace(":", "-")
-        assert await up.referrers("none/x", subject, 4096) == []
-        with pytest.raises(UpstreamFailed):
-            await up.referrers("tags/bad", subject, 4096)
-        with pytest.raises(UpstreamFailed):  # over the size limit
-            await up.referrers("api/x", subject, 16)
-    finally:
-        await up.close()
-        await server.close()

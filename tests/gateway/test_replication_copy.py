@@ -12,9 +12,10 @@ import pytest
 from fakeregistry import MANIFEST, FakeRegistry, image, index, referrer, remote_side
 
 from cargohold.config import Config
+from gateway.mirror.referrers import fallback_tag
 from gateway.mirror.upstream import UpstreamFailed
 from gateway.replication.copy import Copier
-from gateway.replication.sides import RemoteRegistry, fallback_tag
+from gateway.replication.sides import RemoteRegistry
 
 _OPEN: list[RemoteRegistry] = []
 
