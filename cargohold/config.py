@@ -674,10 +674,16 @@ class ReplicationConfig:
     poll_seconds: float = 1.0
     read_batch: int = 500
     # Retries of a failed copy (push events and runs alike): exponential back-off from
-    # `backoff_seconds` up to `backoff_max_seconds` (+-20 % jitter), for ever: a push
-    # event is never skipped, its rule's lag grows (`admin replication status`).
+    # `backoff_seconds` up to `backoff_max_seconds` (+-20 % jitter). A run is retried for
+    # ever; a push event whose copy failed `event_max_attempts` times (0 = no limit;
+    # failures that say nothing about the event, the remote unreachable or unavailable,
+    # the cluster unavailable, are not counted) becomes one of the rule's dead letters
+    # and the rule goes on with the next (`admin replication status|retry`).
     backoff_seconds: float = 2.0
     backoff_max_seconds: float = 300.0
+    event_max_attempts: int = 10
+    # Dead letters kept per rule in the metadata (the oldest dropped first).
+    dead_letters_max: int = 1000
     # Bounds of one full run: repositories and tags per repository listed at the source.
     max_repositories: int = 10_000
     max_tags: int = 10_000
@@ -1025,8 +1031,10 @@ def _validate_replication(r: ReplicationConfig) -> None:
         raise ConfigError("replication.read_batch, max_repositories, max_tags, max_referrers >= 1")
     if r.referrer_depth < 0 or r.upload_chunk_bytes < 1024:
         raise ConfigError("replication.referrer_depth >= 0, upload_chunk_bytes >= 1024")
-    if r.run_timeout_seconds < 0:
-        raise ConfigError("replication.run_timeout_seconds must be >= 0")
+    if r.run_timeout_seconds < 0 or r.event_max_attempts < 0:
+        raise ConfigError("replication.run_timeout_seconds and event_max_attempts must be >= 0")
+    if r.dead_letters_max < 1:
+        raise ConfigError("replication.dead_letters_max must be >= 1")
     try:
         parse_rules(r.rules)
     except RegistryError as exc:

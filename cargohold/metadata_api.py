@@ -2021,6 +2021,36 @@ def _lease_fields(args: dict[str, Any]) -> tuple[str, float, float, bool]:
     return holder, _number(args, "now"), ttl, bool(args.get("release", False))
 
 
+def _dead_and_retried(args: dict[str, Any]) -> tuple[list[list[Any]], list[int]]:
+    """The `dead` letters ([seq, time, attempts, reason] each) and `retried` seqs of a
+    webhook's advance or a replication rule's report (both optional)."""
+    dead = _field(args, "dead", list, optional=True) or []
+    for d in dead:
+        if (
+            not isinstance(d, list)
+            or len(d) != 4
+            or not isinstance(d[0], int)
+            or not isinstance(d[1], (int, float))
+            or not isinstance(d[2], int)
+            or not isinstance(d[3], str)
+        ):
+            raise RequestInvalid("dead letters are [seq, time, attempts, reason]")
+    retried = _field(args, "retried", list, optional=True) or []
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in retried):
+        raise RequestInvalid("retried must list seqs")
+    return [[d[0], float(d[1]), d[2], d[3][:200]] for d in dead], list(retried)
+
+
+def _retry_seqs(args: dict[str, Any]) -> list[int] | None:
+    seqs = args.get("seqs")
+    if seqs is not None and (
+        not isinstance(seqs, list)
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seqs)
+    ):
+        raise RequestInvalid("seqs must list seqs or be null")
+    return seqs
+
+
 def _webhook_name(args: dict[str, Any]) -> str:
     name = _field(args, "name", str)
     if not 0 < len(name) <= 64:
@@ -2121,28 +2151,15 @@ class WebhookAdvance(Command[int]):
         after = args.get("after")
         if after is not None:
             after = _seq(args, "after")
-        dead = _field(args, "dead", list, optional=True) or []
-        for d in dead:
-            if (
-                not isinstance(d, list)
-                or len(d) != 4
-                or not isinstance(d[0], int)
-                or not isinstance(d[1], (int, float))
-                or not isinstance(d[2], int)
-                or not isinstance(d[3], str)
-            ):
-                raise RequestInvalid("dead letters are [seq, time, attempts, reason]")
-        retried = _field(args, "retried", list, optional=True) or []
-        if not all(isinstance(s, int) and not isinstance(s, bool) for s in retried):
-            raise RequestInvalid("retried must list seqs")
+        dead, retried = _dead_and_retried(args)
         keep = _seq(args, "keep")
         return cls(
             _webhook_name(args),
             _field(args, "holder", str),
             after,
             _seq(args, "to"),
-            [[d[0], float(d[1]), d[2], d[3][:200]] for d in dead],
-            list(retried),
+            dead,
+            retried,
             max(1, keep),
         )
 
@@ -2167,13 +2184,7 @@ class WebhookRetry(Command[int]):
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> WebhookRetry:
-        seqs = args.get("seqs")
-        if seqs is not None and (
-            not isinstance(seqs, list)
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seqs)
-        ):
-            raise RequestInvalid("seqs must list seqs or be null")
-        return cls(_webhook_name(args), seqs, _actor(args))
+        return cls(_webhook_name(args), _retry_seqs(args), _actor(args))
 
     @staticmethod
     def encode_result(result: int) -> dict[str, int]:
@@ -2249,7 +2260,9 @@ class ReplicationLease(Command[tuple[str, float]]):
 @dataclass(frozen=True, slots=True)
 class ReplicationReport(Command[int | None]):
     """A rule runner's report: its `status` (progress, last error; JSON) and, when `to` is
-    not None, its cursor moved from `after` (None: it has none yet). Refused (Conflict)
+    not None, its cursor moved from `after` (None: it has none yet); push events given up
+    on (`dead`: [seq, time, attempts, reason] each, kept up to `keep` per rule) and
+    dead letters sent again (`retried`, dropped from its retry queue). Refused (Conflict)
     unless `holder` holds the rule's lease and the cursor is `after`. Answers the cursor."""
 
     op: ClassVar[str] = "replication_report"
@@ -2258,17 +2271,25 @@ class ReplicationReport(Command[int | None]):
     after: int | None
     to: int | None
     status: dict[str, Any]
+    dead: list[list[Any]] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)
+    keep: int = 1000
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> ReplicationReport:
         after = _seq(args, "after") if args.get("after") is not None else None
         to = _seq(args, "to") if args.get("to") is not None else None
+        dead, retried = _dead_and_retried(args)  # absent in an older gateway's report
+        keep = _seq(args, "keep") if args.get("keep") is not None else 1000
         return cls(
             _rule_name(args),
             _field(args, "holder", str),
             after,
             to,
             _field(args, "status", dict),
+            dead,
+            retried,
+            max(1, keep),
         )
 
     @staticmethod
@@ -2301,6 +2322,29 @@ class ReplicationRun(Command[int]):
     @staticmethod
     def decode_result(raw: Any) -> int:
         return int(raw.get("runs_requested", 0)) if raw else 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationRetry(Command[int]):
+    """Queue a replication rule's dead letters (these `seqs`, or all when None) to be
+    copied again by its runner. Answers how many were queued."""
+
+    op: ClassVar[str] = "replication_retry"
+    rule: str
+    seqs: list[int] | None = None
+    audit: Actor | None = None
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> ReplicationRetry:
+        return cls(_rule_name(args), _retry_seqs(args), _actor(args))
+
+    @staticmethod
+    def encode_result(result: int) -> dict[str, int]:
+        return {"queued": result}
+
+    @staticmethod
+    def decode_result(raw: Any) -> int:
+        return int(raw.get("queued", 0)) if raw else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -2683,6 +2727,7 @@ _COMMAND_CLASSES: tuple[type[Command[Any]], ...] = (
     ReplicationReport,
     ReplicationRun,
     JobLease,
+    ReplicationRetry,
     WebhookRetry,
     ScanClaim,
     ScanFinish,
@@ -3036,6 +3081,11 @@ class Metadata:
 
     async def replication_run(self, rule: str, audit: Actor | None = None) -> int:
         return await self.call(ReplicationRun(rule, audit))
+
+    async def replication_retry(
+        self, rule: str, seqs: list[int] | None = None, audit: Actor | None = None
+    ) -> int:
+        return await self.call(ReplicationRetry(rule, seqs, audit))
 
     async def replication_list(self) -> dict[str, Any]:
         return await self.call(ReplicationList())

@@ -4,11 +4,14 @@
     cargohold admin replication list [--json]             rules the cluster knows
     cargohold admin replication status [NAME] [--json]    progress, lag, last error
     cargohold admin replication run NAME                  one full run, now
+    cargohold admin replication retry NAME [--seq N]..    copy dead letters again (all by default)
 
 Rules are configured on the gateways (`[[replication.rules]]`); a rule is known to the
 cluster once a gateway took its lease and reported it (its definition without
 credentials, in the replicated metadata). `run` is a replicated request (`replication_run`,
-admin role only) that the gateway holding the rule's lease starts at its next round.
+admin role only) that the gateway holding the rule's lease starts at its next round;
+`retry` (`replication_retry`, admin only) queues push events the rule gave up on (its
+dead letters, shown by `status`) for its runner to copy again.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ def add_parser(admin_sub: Any, nodes_default: str) -> argparse.ArgumentParser:
     status.add_argument("name", nargs="?", help="only this rule")
     run = verbs.add_parser("run", help="ask the rule's gateway for one full run now")
     run.add_argument("name")
+    retry = verbs.add_parser("retry", help="queue the rule's dead letters to be copied again")
+    retry.add_argument("name")
+    retry.add_argument("--seq", type=int, action="append", help="only this one (repeatable)")
     for one in (listing, status):
         one.add_argument("--json", action="store_true", help="machine-readable output")
-    for one in (listing, status, run):
+    for one in (listing, status, run, retry):
         one.add_argument("--nodes", default=nodes_default, help="node gRPC addresses")
         one.add_argument("--config", default=argparse.SUPPRESS, help="as `admin --config`")
     return repl
@@ -88,6 +94,19 @@ def format_status(rules: list[dict[str, Any]]) -> str:
             f" lag {row.get('lag_records')} records",
             f"  last error    {_stamp(error.get('time'))} {error.get('message', '-')}",
         ]
+        attempts = st.get("event_attempts")
+        if attempts:
+            lines.append(
+                f"  failing event seq {attempts.get('seq')}: {attempts.get('attempts')} attempts"
+            )
+        if row.get("dead_letters") or row.get("retry"):
+            lines.append(
+                f"  dead letters  {row.get('dead_letters', 0)} (the last"
+                f" {len(row.get('dead_recent') or ())} below),"
+                f" {len(row.get('retry') or ())} queued to retry"
+            )
+            for seq, when, tries, reason in row.get("dead_recent") or ():
+                lines.append(f"    seq {seq} {_stamp(when)} after {tries} attempts: {reason}")
     return "\n".join(lines)
 
 
@@ -99,6 +118,10 @@ def run(args: argparse.Namespace, cfg: Any, nodes: list[str]) -> int:
     if verb == "run":
         asked = asyncio.run(meta.replication_run(args.name, cli_actor()))
         print(f"run {asked} of {args.name} asked for")
+        return 0
+    if verb == "retry":
+        queued = asyncio.run(meta.replication_retry(args.name, args.seq, cli_actor()))
+        print(f"{queued} dead letters of {args.name} queued to be copied again")
         return 0
     rules = rows(asyncio.run(meta.replication_list()))
     if verb == "status" and args.name:

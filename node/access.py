@@ -133,6 +133,8 @@ COMMAND_ROLES: dict[str, frozenset[str]] = {
     "webhook_retry": _ADMIN,
     # A replication rule's run, asked for by the operator (`cargohold admin replication run`).
     "replication_run": _ADMIN,
+    # Its dead letters queued again (`cargohold admin replication retry`).
+    "replication_retry": _ADMIN,
     # The SBOM scanner's queue (node/metadata/scans.py): gateways run the scans; a rescan
     # may come from the operator too.
     "scan_claim": frozenset({"gateway"}),

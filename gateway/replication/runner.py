@@ -19,12 +19,22 @@ The holder's task, in a loop:
   (the log reader of webhook delivery): a matching tag's copy, a referrer pushed by
   digest (its subject's referrers again), in seq order; the cursor moves
   (`replication_report`, fenced by the lease and the cursor read) only past records
-  done, so an event survives gateway and node restarts and is never skipped.
+  done, so an event survives gateway and node restarts and is never skipped (unless it
+  is given up on, below).
 
 A failure (the remote down, refusing, a digest mismatch) is retried with exponential
-back-off (`backoff_seconds` .. `backoff_max_seconds`), for ever; every report carries
-the rule's status (last run, last error, consecutive failures, what was copied), which
-`cargohold admin replication status` shows.
+back-off (`backoff_seconds` .. `backoff_max_seconds`): a full run for ever; a push event
+until its copy failed `event_max_attempts` times, counting only failures that blame the
+event (`blames_event`: not an unreachable or unavailable remote, not the cluster being
+unavailable), after which it becomes one of the rule's **dead letters** (in the
+metadata, with the cursor's move past it, in the same fenced report) and the rule goes
+on with the next event: one event that cannot be copied no longer holds back every
+later one. The attempts so far are kept in the rule's status, so a lease moving to
+another gateway does not start them again. `cargohold admin replication retry` queues
+dead letters again; the runner copies the queue before new events (a retried event
+comes after newer ones, as for webhooks). Every report carries the rule's status (last
+run, last error, consecutive failures, what was copied), which `cargohold admin
+replication status` shows with the dead letters.
 """
 
 from __future__ import annotations
@@ -60,7 +70,7 @@ from cargohold.replication import (
 from cargohold.webhooks import backoff
 from gateway.manifest_format import parse_manifest
 from gateway.mirror.upstream import Upstream, UpstreamFailed, UpstreamNotFound
-from gateway.replication.copy import Copier, Stats
+from gateway.replication.copy import Copier
 from gateway.replication.sides import BlobMismatch, LocalRegistry, Registry, RemoteRegistry
 from gateway.webhooks import LogReader, ReadAll
 
@@ -68,13 +78,18 @@ logger = logging.getLogger("cargohold.gateway.replication")
 
 RUNS = Counter("cargohold_replication_runs_total", "Replication rule runs", ["rule", "outcome"])
 EVENTS = Counter(
-    "cargohold_replication_events_total", "Push events a rule copied", ["rule", "outcome"]
+    "cargohold_replication_events_total",
+    "Push events of a rule by outcome (copied, dead_lettered)",
+    ["rule", "outcome"],
 )
 COPIED = Counter("cargohold_replication_bytes_total", "Blob bytes copied by replication", ["rule"])
 HELD = Gauge("cargohold_replication_lease_held", "1 while this gateway runs the rule", ["rule"])
 
 # Tags of a failed run whose errors the status keeps.
 _FAILED_TAGS_KEPT = 20
+# A remote's answers that say it is unavailable (rate-limited, overloaded, in maintenance,
+# behind a failing proxy) rather than anything about what was asked of it.
+_REMOTE_UNAVAILABLE = (429, 502, 503, 504)
 
 
 class RunIncomplete(Exception):
@@ -92,6 +107,21 @@ _FAILURES = (
     OSError,
     TimeoutError,
 )
+
+
+def blames_event(exc: BaseException) -> bool:
+    """Whether a push event's failed copy counts as one of its attempts: not when the
+    remote could not be reached or said it is unavailable, nor when this cluster is
+    unavailable (every event would fail alike: they wait, they are not given up on)."""
+    if isinstance(exc, UpstreamFailed):
+        return exc.status is not None and exc.status not in _REMOTE_UNAVAILABLE
+    if isinstance(exc, Conflict):  # the lease lost: the next holder tries it
+        return False
+    if isinstance(exc, RegistryError):
+        return exc.status < 500
+    if isinstance(exc, TimeoutError):  # run_timeout_seconds: this event's copy is too long
+        return True
+    return not isinstance(exc, OSError)
 
 
 class ReplicationRunner:
@@ -282,7 +312,13 @@ class RuleRunner:
         else:
             await self._report()
 
-    async def _report(self, after: int | None = None, to: int | None = None) -> int | None:
+    async def _report(
+        self,
+        after: int | None = None,
+        to: int | None = None,
+        dead: list[list[Any]] | None = None,
+        retried: list[int] | None = None,
+    ) -> int | None:
         self.status["holder"] = self.owner.holder
         self.status["reported"] = time.time()
         if len(json.dumps(self.status)) > RULE_STATUS_MAX // 2:  # a rule of very many globs
@@ -291,7 +327,16 @@ class RuleRunner:
             rule["tags"] = rule["tags"][:10]
             self.status["rule"] = rule
             self.status["failed_tags"] = self.status.get("failed_tags", [])[:5]
-        request = ReplicationReport(self.rule.name, self.owner.holder, after, to, self.status)
+        request = ReplicationReport(
+            self.rule.name,
+            self.owner.holder,
+            after,
+            to,
+            self.status,
+            dead or [],
+            retried or [],
+            self.r.dead_letters_max,
+        )
         return await self.owner.meta.replication_report(request)
 
     async def step(self) -> bool:
@@ -301,6 +346,10 @@ class RuleRunner:
         self.runs_requested = int(row.get("runs_requested") or 0)
         if self._run_due():
             await self.full_run()
+            return True
+        retry = [int(seq) for seq in row.get("retry") or ()]
+        if retry:
+            await self.retry_dead_letter(retry[0])
             return True
         if "on_push" in self.rule.triggers:
             return await self.events()
@@ -400,30 +449,87 @@ class RuleRunner:
             )
         if not records:
             return False
-        stats = Stats()
         to = self.cursor
         for record in records:
             if self._wants(record):
-                copier = Copier(self.cfg, self.src, self.dst)
-                async with asyncio.timeout(self.r.run_timeout_seconds or None):
-                    await self._copy_event(copier, record)
-                stats.add(copier.stats)
-                EVENTS.labels(self.rule.name, "copied").inc()
-                self.status["events_copied"] = int(self.status.get("events_copied", 0)) + 1
-                self.status["last_event"] = {
-                    "seq": record["seq"],
-                    "repository": record["repository"],
-                    "reference": record.get("reference") or "",
-                    "copied": time.time(),
-                }
-                COPIED.labels(self.rule.name).inc(copier.stats.bytes_copied)
-                # Each copied event moves the cursor: a failure later in the page does not
-                # copy this one again.
-                self.cursor = await self._report(after=self.cursor, to=record["seq"])
+                try:
+                    await self._copy_record(record)
+                except _FAILURES as exc:
+                    letter = self._attempt_failed(record["seq"], exc)
+                    if letter is None:
+                        raise  # retried after a back-off (the loop's)
+                    # Given up on: the cursor moves past it, the next event's turn.
+                    self.cursor = await self._report(
+                        after=self.cursor, to=record["seq"], dead=[letter]
+                    )
+                else:
+                    # Each copied event moves the cursor: a failure later in the page does
+                    # not copy this one again.
+                    self.cursor = await self._report(after=self.cursor, to=record["seq"])
             to = record["seq"]
         if to != self.cursor:
             self.cursor = await self._report(after=self.cursor, to=to)
         return True
+
+    async def retry_dead_letter(self, seq: int) -> None:
+        """Copy the dead letter `seq` that `admin replication retry` queued; dropped from
+        the queue once copied, or once it is given up on again (a dead letter again)."""
+        record = await self.owner.reader.one(seq)
+        if record is None or not self._wants(record):  # expired by retention since
+            await self._report(retried=[seq])
+            return
+        try:
+            await self._copy_record(record)
+        except _FAILURES as exc:
+            letter = self._attempt_failed(seq, exc)
+            if letter is None:
+                raise
+            await self._report(dead=[letter], retried=[seq])
+        else:
+            await self._report(retried=[seq])
+
+    async def _copy_record(self, record: dict[str, Any]) -> None:
+        """One push event's copy, counted in the status and the metrics."""
+        copier = Copier(self.cfg, self.src, self.dst)
+        async with asyncio.timeout(self.r.run_timeout_seconds or None):
+            await self._copy_event(copier, record)
+        EVENTS.labels(self.rule.name, "copied").inc()
+        self.status.pop("event_attempts", None)
+        self.status["events_copied"] = int(self.status.get("events_copied", 0)) + 1
+        self.status["last_event"] = {
+            "seq": record["seq"],
+            "repository": record["repository"],
+            "reference": record.get("reference") or "",
+            "copied": time.time(),
+        }
+        COPIED.labels(self.rule.name).inc(copier.stats.bytes_copied)
+
+    def _attempt_failed(self, seq: int, exc: BaseException) -> list[Any] | None:
+        """Count a failed copy of event `seq` (when it `blames_event`); the dead letter
+        ([seq, time, attempts, reason]) once it failed `event_max_attempts` times, else
+        None (to be tried again). The count is kept in the status (reported by the loop)."""
+        limit = self.r.event_max_attempts
+        if not limit or not blames_event(exc):
+            return None
+        known = self.status.get("event_attempts") or {}
+        attempts = int(known.get("attempts", 0)) + 1 if known.get("seq") == seq else 1
+        if attempts < limit:
+            self.status["event_attempts"] = {"seq": seq, "attempts": attempts}
+            return None
+        self.status.pop("event_attempts", None)
+        self.status["events_dead"] = int(self.status.get("events_dead", 0)) + 1
+        EVENTS.labels(self.rule.name, "dead_lettered").inc()
+        reason = f"{type(exc).__name__}: {exc}"[:200]
+        log_event(
+            logger,
+            "replication.dead_lettered",
+            logging.WARNING,
+            rule=self.rule.name,
+            seq=seq,
+            attempts=attempts,
+            error=reason,
+        )
+        return [seq, time.time(), attempts, reason]
 
     def _wants(self, record: dict[str, Any]) -> bool:
         repo = record.get("repository") or ""

@@ -543,6 +543,7 @@ class MetadataState:
             api.ReplicationLease: self._replication_lease,
             api.ReplicationReport: self._replication_report,
             api.ReplicationRun: self._replication_run,
+            api.ReplicationRetry: self._replication_retry,
             api.ReplicationList: self._replication_list,
             api.JobLease: self._job_lease,
             api.ScanClaim: self._scan_claim,
@@ -1476,7 +1477,17 @@ class MetadataState:
         return self.webhooks.take_job_lease(req.job, req.holder, req.now, req.ttl)
 
     def _replication_report(self, req: api.ReplicationReport) -> int | None:
-        return self.webhooks.rule_report(req.rule, req.holder, req.after, req.to, req.status)
+        dead = [WebhookDeadLetter(*d) for d in req.dead]
+        return self.webhooks.rule_report(
+            req.rule, req.holder, req.after, req.to, req.status, dead, req.retried, req.keep
+        )
+
+    def _replication_retry(self, req: api.ReplicationRetry) -> int:
+        queued = self.webhooks.queue_rule_retry(req.rule, req.seqs)
+        if queued and req.audit is not None:
+            change = f"retry {queued} dead letters"
+            self._audit(req.audit, "admin", "", f"replication:{req.rule}", "", change)
+        return queued
 
     def _replication_run(self, req: api.ReplicationRun) -> int:
         n = self.webhooks.request_run(req.rule)

@@ -15,14 +15,16 @@ rules (gateway/replication/, docs/mirroring.md "Replication"), kept apart by nam
     rule_cursors  {rule: seq}                the last push record a rule is done with
     rule_status   {rule: status JSON}        what its runner last reported (progress, errors)
     rule_runs     {rule: n}                  runs asked for by `cargohold admin replication run`
+    rule_dead     {rule: [DeadLetter]}       push events a rule gave up on, oldest first, bounded
+    rule_retry    {rule: [seq]}              of those, the ones `admin replication retry` asked for
 
 and the leases of the cluster's other once-at-a-time gateway jobs, by job name, the same
 kind of lease without a cursor (today search's backfill: gateway/search_backfill.py):
 
     job_leases    {job: (holder, expires)}   which gateway runs a job, until when
 
-A rule's cursor and status move only through `rule_report`, fenced like `advance` (its
-rule's lease holder, and the cursor it read).
+A rule's cursor, status and dead letters move only through `rule_report`, fenced like
+`advance` (its rule's lease holder, and the cursor it read).
 
 A cursor only moves through `advance`, which is fenced: it names the lease holder and the
 cursor it read (`after`); a stale deliverer (lease lost, or another one advanced since) is
@@ -43,6 +45,9 @@ from cargohold.replication import RULE_STATUS_MAX
 
 # Longest reason kept with a dead letter.
 REASON_MAX = 200
+# A rule's most recent dead letters listed with it (`replication_list`, read by its runner
+# at every poll: the count covers the rest).
+RULE_DEAD_LISTED = 20
 
 
 class DeadLetter(NamedTuple):
@@ -66,6 +71,8 @@ class WebhookBook:
         self.rule_status: dict[str, str] = {}
         self.rule_runs: dict[str, int] = {}
         self.job_leases: dict[str, tuple[str, float]] = {}
+        self.rule_dead: dict[str, list[DeadLetter]] = {}
+        self.rule_retry: dict[str, list[int]] = {}
 
     def __bool__(self) -> bool:
         return bool(
@@ -79,6 +86,8 @@ class WebhookBook:
             or self.rule_status
             or self.rule_runs
             or self.job_leases
+            or self.rule_dead
+            or self.rule_retry
         )
 
     def __eq__(self, other: object) -> bool:
@@ -149,9 +158,14 @@ class WebhookBook:
         after: int | None,
         to: int | None,
         status: dict[str, Any],
+        dead: list[DeadLetter] | None = None,
+        retried: list[int] | None = None,
+        keep: int = 1000,
     ) -> int | None:
         """Store `rule`'s status and, when `to` is given, move its cursor from `after`;
-        fenced by the rule's lease and its cursor (Conflict). Answers the cursor."""
+        append `dead` to its dead letters (the oldest beyond `keep` dropped) and drop
+        `retried` from its retry queue. Fenced by the rule's lease and its cursor
+        (Conflict). Answers the cursor."""
         lease = self.rule_leases.get(rule)
         if lease is None or lease[0] != holder:
             raise Conflict(f"replication rule {rule}: lease not held by {holder}")
@@ -166,7 +180,16 @@ class WebhookBook:
                 raise RequestInvalid("a rule's cursor never moves back")
             self.rule_cursors[rule] = current = to
         self.rule_status[rule] = raw
+        _drop_retried(self.rule_retry, rule, retried or [])
+        _add_dead(self.rule_dead, rule, dead or [], keep)
         return current
+
+    def queue_rule_retry(self, rule: str, seqs: list[int] | None) -> int:
+        """Move `rule`'s dead letters (these seqs, or all) to its retry queue; answers
+        how many."""
+        if not self.rule_dead.get(rule) and rule not in self.rule_status:
+            raise NotFound(f"no replication rule {rule}")
+        return _queue(self.rule_dead, self.rule_retry, rule, seqs)
 
     def request_run(self, rule: str) -> int:
         """Ask for one more full run of `rule`; answers how many were asked so far."""
@@ -174,11 +197,21 @@ class WebhookBook:
         return self.rule_runs[rule]
 
     def rules_listing(self) -> list[dict[str, Any]]:
-        names = sorted({*self.rule_leases, *self.rule_cursors, *self.rule_status, *self.rule_runs})
+        names = sorted(
+            {
+                *self.rule_leases,
+                *self.rule_cursors,
+                *self.rule_status,
+                *self.rule_runs,
+                *self.rule_dead,
+                *self.rule_retry,
+            }
+        )
         out = []
         for name in names:
             lease = self.rule_leases.get(name)
             status = self.rule_status.get(name)
+            dead = self.rule_dead.get(name, [])
             out.append(
                 {
                     "name": name,
@@ -186,6 +219,9 @@ class WebhookBook:
                     "status": json.loads(status) if status is not None else None,
                     "runs_requested": self.rule_runs.get(name, 0),
                     "lease": None if lease is None else {"holder": lease[0], "expires": lease[1]},
+                    "dead_letters": len(dead),
+                    "dead_recent": [list(d) for d in dead[-RULE_DEAD_LISTED:]],
+                    "retry": list(self.rule_retry.get(name, ())),
                 }
             )
         return out
@@ -210,42 +246,15 @@ class WebhookBook:
         if current is not None and to < current:
             raise RequestInvalid("a webhook cursor never moves back")
         self.cursors[name] = to
-        if retried:
-            done = set(retried)
-            queue = [s for s in self.retry.get(name, ()) if s not in done]
-            if queue:
-                self.retry[name] = queue
-            else:
-                self.retry.pop(name, None)
-        if dead:
-            letters = self.dead.setdefault(name, [])
-            have = {d.seq for d in letters}
-            letters.extend(d for d in dead if d.seq not in have)
-            letters.sort()
-            if len(letters) > keep:
-                del letters[: len(letters) - keep]
+        _drop_retried(self.retry, name, retried)
+        _add_dead(self.dead, name, dead, keep)
         return to
 
     def queue_retry(self, name: str, seqs: list[int] | None) -> int:
         """Move dead letters (these seqs, or all) to the retry queue; answers how many."""
-        letters = self.dead.get(name)
-        if not letters:
-            if name not in self.cursors and name not in self.endpoints:
-                raise NotFound(f"no webhook {name}")
-            return 0
-        wanted = None if seqs is None else set(seqs)
-        moving = [d.seq for d in letters if wanted is None or d.seq in wanted]
-        if not moving:
-            return 0
-        kept = [d for d in letters if wanted is not None and d.seq not in wanted]
-        if kept:
-            self.dead[name] = kept
-        else:
-            del self.dead[name]
-        queue = self.retry.setdefault(name, [])
-        queue.extend(s for s in moving if s not in queue)
-        queue.sort()
-        return len(moving)
+        if not self.dead.get(name) and name not in self.cursors and name not in self.endpoints:
+            raise NotFound(f"no webhook {name}")
+        return _queue(self.dead, self.retry, name, seqs)
 
     # -- queries --------------------------------------------------------------------------
     def listing(self) -> dict[str, Any]:
@@ -284,6 +293,8 @@ class WebhookBook:
         other.rule_status = self.rule_status.copy()
         other.rule_runs = self.rule_runs.copy()
         other.job_leases = self.job_leases.copy()
+        other.rule_dead = {k: v.copy() for k, v in self.rule_dead.items()}
+        other.rule_retry = {k: v.copy() for k, v in self.rule_retry.items()}
         return other
 
     def rows(self) -> Iterator[tuple[Any, ...]]:
@@ -309,6 +320,12 @@ class WebhookBook:
             yield ("rule_runs", name, n)
         for name, (holder, expires) in sorted(self.job_leases.items()):
             yield ("job_lease", name, holder, expires)
+        for name, letters in sorted(self.rule_dead.items()):
+            for d in letters:
+                yield ("rule_dead", name, *d)
+        for name, seqs in sorted(self.rule_retry.items()):
+            for seq in seqs:
+                yield ("rule_retry", name, seq)
 
     def load_row(self, row: tuple[Any, ...]) -> None:
         kind = row[0]
@@ -332,5 +349,58 @@ class WebhookBook:
             self.rule_runs[row[1]] = int(row[2])
         elif kind == "job_lease":
             self.job_leases[row[1]] = (str(row[2]), float(row[3]))
+        elif kind == "rule_dead":
+            self.rule_dead.setdefault(row[1], []).append(DeadLetter(*row[2:6]))
+        elif kind == "rule_retry":
+            self.rule_retry.setdefault(row[1], []).append(int(row[2]))
         else:
             raise ValueError(f"unknown webhooks snapshot row {kind!r}")
+
+
+def _drop_retried(retry: dict[str, list[int]], name: str, retried: list[int]) -> None:
+    if not retried:
+        return
+    done = set(retried)
+    queue = [s for s in retry.get(name, ()) if s not in done]
+    if queue:
+        retry[name] = queue
+    else:
+        retry.pop(name, None)
+
+
+def _add_dead(
+    dead: dict[str, list[DeadLetter]], name: str, new: list[DeadLetter], keep: int
+) -> None:
+    if not new:
+        return
+    letters = dead.setdefault(name, [])
+    have = {d.seq for d in letters}
+    letters.extend(d for d in new if d.seq not in have)
+    letters.sort()
+    if len(letters) > keep:
+        del letters[: len(letters) - keep]
+
+
+def _queue(
+    dead: dict[str, list[DeadLetter]],
+    retry: dict[str, list[int]],
+    name: str,
+    seqs: list[int] | None,
+) -> int:
+    """Move `name`'s dead letters (these seqs, or all) to its retry queue; how many."""
+    letters = dead.get(name)
+    if not letters:
+        return 0
+    wanted = None if seqs is None else set(seqs)
+    moving = [d.seq for d in letters if wanted is None or d.seq in wanted]
+    if not moving:
+        return 0
+    kept = [d for d in letters if wanted is not None and d.seq not in wanted]
+    if kept:
+        dead[name] = kept
+    else:
+        del dead[name]
+    queue = retry.setdefault(name, [])
+    queue.extend(s for s in moving if s not in queue)
+    queue.sort()
+    return len(moving)

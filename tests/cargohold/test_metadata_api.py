@@ -183,6 +183,9 @@ EXAMPLES: list[api.Request[Any]] = [
     api.ReplicationReport("to-dr", "gw1", None, 7, {"state": "ok", "runs_done": 1}),
     api.ReplicationReport("to-dr", "gw1", 7, None, {"state": "retrying"}),
     api.ReplicationRun("to-dr"),
+    api.ReplicationReport("to-dr", "gw1", 7, 9, {"state": "ok"}, [[8, 2.0, 10, "x"]], [5], 50),
+    api.ReplicationRetry("to-dr", [8]),
+    api.ReplicationRetry("to-dr"),
     api.ReplicationList(),
     api.JobLease("search_backfill", "gw1", 1.0, 30.0),
     api.JobLease("search_backfill", "gw1", 2.0, 1.0, release=True),
@@ -404,6 +407,10 @@ async def test_every_facade_method_against_the_state() -> None:
     assert await meta.replication_report(report) == 3
     assert await meta.replication_run("r") == 1
     assert (await meta.replication_list())["rules"][0]["cursor"] == 3
+    dead = api.ReplicationReport("r", "gw1", 3, 4, {"state": "ok"}, [[4, 5.0, 10, "x"]], [], 9)
+    assert await meta.replication_report(dead) == 4
+    assert await meta.replication_retry("r") == 1
+    assert (await meta.replication_list())["rules"][0]["retry"] == [4]
     # A gateway job's lease.
     assert (await meta.job_lease("search_backfill", "gw1", 1.0, 30.0))[0] == "gw1"
     assert (await meta.job_lease("search_backfill", "gw2", 2.0, 30.0))[0] == "gw1"

@@ -16,7 +16,7 @@ Cargohold, run when asked).
   identical, the referrer listed by its referrers API.
 - A push to a repository of the on_push rule appears at Distribution; with Distribution
   stopped, the push event is retried (failures in the rule's status) and copied once it
-  is back.
+  is back, not given up on (no dead letter: `admin replication retry` has none).
 - Last (it kills a gateway): the gateway running the on_push rule dies (SIGKILL, no
   hand-over); a push through the other gateway is copied once that one took the rule's
   lease over, from the cursor in the replicated metadata.
@@ -321,6 +321,12 @@ async def test_on_push_a_pushed_tag_appears_at_the_target_retried_while_it_is_do
             pytest.fail(f"the rule did not report its recovery: {st}")
         await asyncio.sleep(0.2)
     assert st["failures"] == 0 and st["last_event"]["reference"] == "2.0"
+    # An unreachable target blames no event: nothing was given up on, nothing to retry.
+    row = await status(cluster, "live")
+    assert row["dead_letters"] == 0 and "events_dead" not in row["status"], row
+    assert await admin(cluster, "replication", "retry", "live") == (
+        "0 dead letters of live queued to be copied again\n"
+    )
 
 
 async def test_to_a_token_mode_cargohold(

@@ -3,7 +3,8 @@ gateway at a time runs a rule, a rule's lease is handed over when its holder clo
 new on_push rule starts at the activity log's head, and a run asked for that fails is
 reported and retried (its error visible in the status); a full run copies every tag it
 can and fails (to be retried) for those it cannot; a scheduled rule runs again after its
-interval."""
+interval; a push event that fails for good becomes a dead letter after
+`event_max_attempts` and the next events are copied, and `retry` copies it again."""
 
 from __future__ import annotations
 
@@ -18,8 +19,15 @@ from fakeregistry import FakeRegistry, image, remote_side
 
 from cargohold import audit
 from cargohold.config import Config
+from cargohold.errors import Conflict, DigestInvalid, Unavailable
 from cargohold.metadata_api import AuditAppend
-from gateway.replication.runner import ReplicationRunner, RuleRunner, RunIncomplete
+from gateway.mirror.upstream import UpstreamFailed
+from gateway.replication.runner import (
+    ReplicationRunner,
+    RuleRunner,
+    RunIncomplete,
+    blames_event,
+)
 
 
 def config(url: str) -> Config:
@@ -141,3 +149,74 @@ async def test_a_scheduled_rule_runs_again_after_its_interval() -> None:
         await here.close()
         await src.close()
         await dst.close()
+
+
+async def step(rule: RuleRunner) -> None:
+    """One round of the rule's loop: its work, or its failure's report and back-off."""
+    try:
+        await rule.step()
+    except Exception as exc:
+        await rule._failed(exc)
+
+
+async def test_a_push_event_failing_for_good_is_dead_lettered_and_retried() -> None:
+    src = await FakeRegistry().start()  # stands in for this cluster
+    dst = await FakeRegistry().start()
+    fake = FakeCluster()
+    cfg = config(dst.url)
+    cfg.replication.rules = [{"name": "out", "url": dst.url, "repositories": ["team/*"]}]
+    cfg.replication.event_max_attempts = 2
+    owner = ReplicationRunner(cfg, fake.meta_api(), None, fake.read_all, "gw1")  # type: ignore[arg-type]
+    rule = RuleRunner(owner, owner.rules[0])
+    try:
+        fake.state.apply(
+            "replication_lease", {"rule": "out", "holder": "gw1", "now": time.time(), "ttl": 60}
+        )
+        rule.src, rule.dst = remote_side(cfg, src), remote_side(cfg, dst)
+        await rule._load()  # a new on_push rule: from the log's head
+        bad_body, bad = image(src, "team/app", "bad")
+        _, good = image(src, "team/app", "good")
+        src.tags["team/app"] = {"v1": bad, "v2": good}
+        layer = json.loads(bad_body)["layers"][0]["digest"]
+        kept = src.blobs["team/app"][layer]
+        src.blobs["team/app"][layer] = b"x" + kept[1:]  # the target refuses its digest
+        pushes = [
+            audit.event("push", time=2.0, repository="team/app", reference=tag)
+            for tag in ("v1", "v2")
+        ]
+        head = fake.state.execute(AuditAppend(pushes))
+        await step(rule)  # v1's first attempt fails: v2 waits behind it
+        row = rules(fake)["out"]
+        assert row["status"]["event_attempts"] == {"seq": head - 1, "attempts": 1}
+        assert row["cursor"] == head - 2 and "team/app" not in dst.tags
+        await step(rule)  # the second, the last: v1 given up on, v2 copied
+        row = rules(fake)["out"]
+        assert row["cursor"] == head and dst.tags["team/app"] == {"v2": good}
+        assert row["dead_letters"] == 1 and row["retry"] == []
+        ((seq, _, attempts, reason),) = row["dead_recent"]
+        assert (seq, attempts) == (head - 1, 2) and reason.startswith("UpstreamFailed")
+        assert "event_attempts" not in row["status"] and row["status"]["events_dead"] == 1
+
+        src.blobs["team/app"][layer] = kept  # fixed at the source; the operator retries
+        assert fake.state.apply("replication_retry", {"rule": "out", "seqs": None}) == {"queued": 1}
+        await step(rule)
+        row = rules(fake)["out"]
+        assert dst.tags["team/app"] == {"v1": bad, "v2": good}
+        assert (row["dead_letters"], row["retry"], row["cursor"]) == (0, [], head)
+    finally:
+        await rule.remote.close()
+        for side in (rule.src, rule.dst):
+            await side.close()  # type: ignore[attr-defined]
+        await src.close()
+        await dst.close()
+
+
+def test_only_failures_that_blame_the_event_count_as_its_attempts() -> None:
+    assert blames_event(UpstreamFailed("refused the manifest", 400))
+    assert blames_event(DigestInvalid("mismatch"))
+    assert blames_event(TimeoutError())  # run_timeout_seconds
+    assert not blames_event(UpstreamFailed("connection refused"))  # unreachable
+    assert not blames_event(UpstreamFailed("rate limited", 429))
+    assert not blames_event(UpstreamFailed("maintenance", 503))
+    assert not blames_event(Unavailable())  # this cluster
+    assert not blames_event(Conflict("the lease was lost"))

@@ -1,6 +1,6 @@
 """Replication rules in the replicated state (node/metadata/webhooks.py): a lease per rule,
-the fenced cursor and status report, run requests, snapshots; and the lease of a gateway
-job (search's backfill), kept in the same book."""
+the fenced cursor and status report, run requests, dead letters and their retry queue,
+snapshots; and the lease of a gateway job (search's backfill), kept in the same book."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cargohold.errors import Conflict, RequestInvalid
+from cargohold.errors import Conflict, NotFound, RequestInvalid
 from node.metadata.state import MetadataState
 
 
@@ -18,9 +18,16 @@ def lease(st: MetadataState, rule: str, holder: str, now: float, **kw: Any) -> A
     )
 
 
-def report(st: MetadataState, holder: str, after: int | None, to: int | None, **status: Any) -> Any:
+def report(
+    st: MetadataState,
+    holder: str,
+    after: int | None,
+    to: int | None,
+    extra: dict[str, Any] | None = None,
+    **status: Any,
+) -> Any:
     args = {"rule": "r1", "holder": holder, "after": after, "to": to, "status": status}
-    return st.apply("replication_report", args)
+    return st.apply("replication_report", {**args, **(extra or {})})
 
 
 def test_each_rule_has_its_own_lease() -> None:
@@ -69,6 +76,44 @@ def test_runs_asked_are_counted_audited_and_survive_a_snapshot() -> None:
     assert again.webhooks == st.webhooks
     assert again.query("replication_list", {}) == listing
     assert st.audit.head_seq == 1  # only the run that carried an actor
+
+
+def test_dead_letters_are_kept_bounded_queued_again_and_survive_a_snapshot() -> None:
+    st = MetadataState()
+    lease(st, "r1", "gw1", 0.0)
+    report(st, "gw1", None, 2)
+    # Given up on with the cursor's move past it, in one fenced report.
+    letter = [3, 50.0, 10, "DigestInvalid: ..."]
+    assert report(st, "gw1", 2, 3, {"dead": [letter], "keep": 2}) == {"cursor": 3}
+    with pytest.raises(Conflict):  # another gateway's report adds nothing
+        report(st, "gw2", 3, 4, {"dead": [[4, 51.0, 10, "x"]]})
+    report(st, "gw1", 3, 5, {"dead": [[4, 51.0, 10, "x"], [5, 52.0, 10, "y"]], "keep": 2})
+    (row,) = st.query("replication_list", {})["rules"]
+    assert row["dead_letters"] == 2  # the oldest dropped beyond `keep`
+    assert [d[0] for d in row["dead_recent"]] == [4, 5] and row["retry"] == []
+    actor = {"time": 60.0, "actor": "admin", "actor_kind": "user"}
+    assert st.apply("replication_retry", {"rule": "r1", "seqs": [5], "audit": actor}) == {
+        "queued": 1
+    }
+    assert st.apply("replication_retry", {"rule": "r1", "seqs": [5]}) == {"queued": 0}
+    with pytest.raises(NotFound):
+        st.apply("replication_retry", {"rule": "nope", "seqs": None})
+    (row,) = st.query("replication_list", {})["rules"]
+    assert (row["dead_letters"], row["retry"]) == (1, [5])
+    again = MetadataState()
+    again.load(st.dump())
+    assert again.webhooks == st.webhooks
+    assert again.query("replication_list", {}) == st.query("replication_list", {})
+    # Copied again: dropped from the queue (the cursor does not move back).
+    report(st, "gw1", None, None, {"retried": [5]})
+    (row,) = st.query("replication_list", {})["rules"]
+    assert (row["cursor"], row["dead_letters"], row["retry"]) == (5, 1, [])
+    assert st.apply("replication_retry", {"rule": "r1", "seqs": None}) == {"queued": 1}
+    # Given up on again: a dead letter again, off the queue.
+    report(st, "gw1", None, None, {"retried": [4], "dead": [[4, 70.0, 10, "x"]]})
+    (row,) = st.query("replication_list", {})["rules"]
+    assert (row["dead_letters"], row["retry"]) == (1, [])
+    assert st.audit.head_seq == 1  # only the retry that carried an actor
 
 
 def test_a_gateway_job_has_its_own_lease_which_survives_a_snapshot() -> None:
