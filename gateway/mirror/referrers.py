@@ -115,27 +115,24 @@ async def _api_pages(
             return out
         following = urljoin(url, link)
         if urlsplit(following).netloc != urlsplit(up.base).netloc:
-            log_event(
-                logger,
-                "mirror.referrers_truncated",
-                logging.WARNING,
-                repo=repo,
-                digest=digest,
-                pages=page + 1,
-                why="next page on another host",
-            )
+            _log_truncated(repo, digest, page + 1, "next page on another host")
             return out
         url = following
+    _log_truncated(repo, digest, up.cfg.referrers_max_pages, "referrers_max_pages")
+    return out
+
+
+def _log_truncated(repo: str, digest: str, pages: int, why: str) -> None:
+    """The referrers list ends early: `pages` pages read, `why` the rest was not."""
     log_event(
         logger,
         "mirror.referrers_truncated",
         logging.WARNING,
         repo=repo,
         digest=digest,
-        pages=up.cfg.referrers_max_pages,
-        why="referrers_max_pages",
+        pages=pages,
+        why=why,
     )
-    return out
 
 
 async def _read(
