@@ -285,8 +285,9 @@ class GatewayConfig:
     members_refresh_seconds: float = 5.0
     # For this long after the gateway starts, while a node named in `nodes` is not yet in
     # the member list (it is still joining), the list is re-learned every
-    # `members_settle_refresh_seconds` instead: chunks written meanwhile would go to fewer
-    # nodes than the cluster has (0 = off).
+    # `members_settle_refresh_seconds` instead, and a chunk write that would reach fewer
+    # than `cluster.replicas` nodes re-learns it first: chunks written meanwhile would
+    # otherwise go to fewer nodes than the cluster has (0 = off).
     members_settle_seconds: float = 60.0
     members_settle_refresh_seconds: float = 0.5
     # A node that answered a chunk write with StorageFull (or says disk_full when a

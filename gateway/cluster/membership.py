@@ -6,6 +6,10 @@ failure, from the first node that answers the `members` query and `Admin.Status`
 knowing a leader (seeds are `gateway.nodes`). A node that knows no leader (cut off by a
 partition, or an election is running) may hold a stale view: it is used only when no node
 knows a leader.
+While it settles (a configured node missing from the list, within the settle period), a
+chunk write that would reach fewer than `cluster.replicas` nodes re-learns the list first
+(`refresh_shared`): the cluster can be ready, every node joined, before the next periodic
+refresh, and a push meanwhile would be acknowledged with a copy short until repair runs.
 Every other part of the client reads members and leader from here and reports failures
 to `failures` (`RecentFailures`). Each periodic refresh also asks every active member
 whether its disk is full (`Admin.Status.disk_full`) and records the answer in `full`
@@ -78,6 +82,7 @@ class MembershipView:
         self._last_refresh = 0.0
         self._refresh_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._started = time.monotonic()
 
     # -- what the rest of the client reads ----------------------------------------------
     @property
@@ -128,6 +133,7 @@ class MembershipView:
     # -- refreshing ---------------------------------------------------------------------
     def start(self) -> None:
         """Refresh every `gateway.members_refresh_seconds` until `stop`."""
+        self._started = time.monotonic()
         self._refresh_task = asyncio.create_task(self._refresh_loop())
 
     async def stop(self) -> None:
@@ -138,9 +144,8 @@ class MembershipView:
                 await self._refresh_task
 
     async def _refresh_loop(self) -> None:
-        started = time.monotonic()
         while True:
-            await asyncio.sleep(self._next_refresh_in(time.monotonic() - started))
+            await asyncio.sleep(self._next_refresh_in(time.monotonic() - self._started))
             try:
                 await self.refresh()
             except Unavailable:
@@ -154,6 +159,11 @@ class MembershipView:
         if since_start < gw.members_settle_seconds and not self.knows_every_seed():
             return min(gw.members_settle_refresh_seconds, gw.members_refresh_seconds)
         return gw.members_refresh_seconds
+
+    def settling(self) -> bool:
+        """Within the settle period and a configured node is not in the list yet."""
+        settle = self._cfg.gateway.members_settle_seconds
+        return time.monotonic() - self._started < settle and not self.knows_every_seed()
 
     def knows_every_seed(self) -> bool:
         """Every node named in `gateway.nodes` is in the member list (not removed)."""
@@ -189,6 +199,14 @@ class MembershipView:
                 pass  # one already running: wait for it, then judge its result's age
             if time.monotonic() - self._last_refresh >= _REFRESH_GAP_SECONDS:
                 await self.refresh_quietly()
+
+    async def refresh_shared(self) -> None:
+        """`refresh_quietly`, or, when a refresh is already running, its result: callers
+        that arrive together (the chunks of one blob) cause one refresh, not one each."""
+        if self._refresh_lock.locked():
+            async with self._refresh_lock:
+                return
+        await self.refresh_quietly()
 
     async def ensure_members(self) -> None:
         if not self._members:

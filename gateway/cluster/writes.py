@@ -74,6 +74,12 @@ class ChunkWriter(ClusterParts):
             # added): re-learn it once before refusing the write.
             await self.view.refresh_quietly()
             queue = self.placement.write_order(chunk_id)
+        elif len(queue) < replicas and self.view.settling():
+            # Enough for W, short of R, and a configured node is not in the list yet: it
+            # may have joined since the list was learned. Re-learn before writing, or this
+            # chunk keeps a copy fewer than the cluster could hold until repair runs.
+            await self.view.refresh_shared()
+            queue = self.placement.write_order(chunk_id)
         if len(queue) < quorum:
             raise Unavailable(
                 "not enough active storage nodes",

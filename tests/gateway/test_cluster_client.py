@@ -453,3 +453,53 @@ async def test_a_removal_retried_after_a_lost_reply_is_done_not_unknown(
         node.lost_replies = 0
     with pytest.raises(ManifestUnknown):
         await client.command("tag_delete", {"repo": "lost/reply", "tag": "v1"})
+
+
+async def _client_missing_n3(three: FakeNodes, settle_seconds: float) -> ClusterClient:
+    """A client whose list was learned before n3 joined (n3 serves, and is a member)."""
+    cfg = three.config()
+    cfg.gateway.members_settle_seconds = settle_seconds
+    cfg.gateway.members_refresh_seconds = 3600.0  # only the write path re-learns here
+    client = await ClusterClient.connect(cfg)
+    client.view._set_members([m for m in client.members if m.id != "n3"])
+    return client
+
+
+async def test_a_write_while_settling_relearns_a_list_that_lacks_a_joined_node() -> None:
+    """The cluster turned ready between two periodic refreshes: chunks whose write would
+    reach fewer than R nodes re-learn the list first (one refresh for all of them) and
+    land on R nodes, as they would have a moment later."""
+    three = await FakeNodes(3).start()
+    try:
+        client = await _client_missing_n3(three, settle_seconds=60.0)
+        try:
+            chunks = [os.urandom(1000) for _ in range(8)]
+            ids = [chunk_id_of(c) for c in chunks]
+            queries = len(three.state.queries)
+            await asyncio.gather(
+                *(client.store_chunk(i, c) for i, c in zip(ids, chunks, strict=True))
+            )
+            assert "n3" in {m.id for m in client.members}
+            assert three.state.queries[queries:].count("members") == 1
+        finally:
+            await client.close()  # waits for the copies beyond W
+        assert all(len(three.holders(cid)) == 3 for cid in ids)
+    finally:
+        await three.stop()
+
+
+async def test_after_the_settle_period_a_write_uses_the_list_it_has() -> None:
+    """Past `gateway.members_settle_seconds` (0: off) a short list is written to as it
+    is: W copies acknowledge the write, which does not re-learn the list first."""
+    three = await FakeNodes(3).start()
+    try:
+        client = await _client_missing_n3(three, settle_seconds=0.0)
+        data = os.urandom(1000)
+        try:
+            await client.store_chunk(chunk_id_of(data), data)
+            assert "n3" not in {m.id for m in client.members}
+        finally:
+            await client.close()
+        assert sorted(three.holders(chunk_id_of(data))) == ["n1", "n2"]
+    finally:
+        await three.stop()
