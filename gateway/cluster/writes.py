@@ -110,7 +110,7 @@ class ChunkWriter(ClusterParts):
                     if self.view.knows_every_seed():
                         await self.view.refresh_unless_recent()
                     else:  # a configured node is missing: a recent list may be the stale one
-                        await self.view.refresh_quietly()
+                        await self.view.refresh_shared()
                     asked = {m.id for m in owner.values()}
                     queue = [m for m in self.placement.write_order(chunk_id) if m.id not in asked]
                     while queue and len(pending) + acks < quorum:
