@@ -208,6 +208,16 @@ class MembershipView:
                 return
         await self.refresh_quietly()
 
+    async def relearn_for_write(self) -> None:
+        """Re-learn the list for a chunk write that found too few members in it. While a
+        configured node is missing, even a list learned a moment ago may be the stale one
+        (`refresh_shared`); with every configured node listed, one refresh per burst of
+        failing writes is enough (`refresh_unless_recent`)."""
+        if self.knows_every_seed():
+            await self.refresh_unless_recent()
+        else:
+            await self.refresh_shared()
+
     async def ensure_members(self) -> None:
         if not self._members:
             await self.refresh()

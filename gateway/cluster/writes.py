@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
 import logging
 from typing import Any
@@ -69,16 +68,10 @@ class ChunkWriter(ClusterParts):
         await self.view.ensure_members()
         replicas, quorum = self.cfg.cluster.replicas, self.cfg.cluster.write_quorum
         queue = self.placement.write_order(chunk_id)
-        if len(queue) < quorum:
-            # A member list learned while nodes were still joining (or before a node was
-            # added): re-learn it once before refusing the write.
-            await self.view.refresh_quietly()
-            queue = self.placement.write_order(chunk_id)
-        elif len(queue) < replicas and self.view.settling():
-            # Enough for W, short of R, and a configured node is not in the list yet: it
-            # may have joined since the list was learned. Re-learn before writing, or this
-            # chunk keeps a copy fewer than the cluster could hold until repair runs.
-            await self.view.refresh_shared()
+        if len(queue) < quorum or (len(queue) < replicas and self.view.settling()):
+            # Too few members for W, or (shortly after start, a configured node not listed
+            # yet) for R: the list may predate a node's join. Re-learn it before writing.
+            await self.view.relearn_for_write()
             queue = self.placement.write_order(chunk_id)
         if len(queue) < quorum:
             raise Unavailable(
@@ -107,10 +100,7 @@ class ChunkWriter(ClusterParts):
                     # joined since (learned while the cluster was starting). Re-learn it
                     # once and ask the members not asked yet before refusing the write.
                     relearned = True
-                    if self.view.knows_every_seed():
-                        await self.view.refresh_unless_recent()
-                    else:  # a configured node is missing: a recent list may be the stale one
-                        await self.view.refresh_shared()
+                    await self.view.relearn_for_write()
                     asked = {m.id for m in owner.values()}
                     queue = [m for m in self.placement.write_order(chunk_id) if m.id not in asked]
                     while queue and len(pending) + acks < quorum:
@@ -212,16 +202,28 @@ class ChunkWriter(ClusterParts):
         length: int,
         request: bytes,
     ) -> None:
-        """A copy still running after W acks; if it fails, spill it to a spare node."""
+        """A copy still running after W acks; if it fails, spill it to a spare node. When
+        every spare fails too the chunk stays below R copies until repair restores it:
+        say so once, at WARNING (the write itself was acknowledged at W)."""
         try:
             await task
             return
-        except (Unavailable, StorageFull):
-            pass
+        except (Unavailable, StorageFull) as exc:
+            reason = str(exc)
         for member in spare:
-            with contextlib.suppress(Unavailable, StorageFull):
+            try:
                 await self._put_one(member, chunk_id, length, request)
                 return
+            except (Unavailable, StorageFull) as exc:
+                reason = str(exc)
+        log_event(
+            logger,
+            "cluster.background_copy_lost",
+            logging.WARNING,
+            chunk=chunk_id.hex(),
+            spares=len(spare),
+            error=reason,
+        )
 
     async def _put_one(self, member: Member, chunk_id: bytes, length: int, request: bytes) -> None:
         node = self.pool.node(member.grpc)

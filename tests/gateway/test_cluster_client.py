@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -331,6 +332,36 @@ async def test_a_hung_replica_does_not_pile_up_background_writes(nodes: FakeNode
         assert hung.put_calls <= 3
         for cid in owned:
             assert len(nodes.holders(cid)) >= 2
+    finally:
+        hung.hung_puts.set()
+        await client.close()
+
+
+async def test_a_lost_background_copy_is_reported(
+    nodes: FakeNodes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The third copy times out after W acks and the only spare is full: the write was
+    acknowledged, and the missing copy is logged at WARNING for the operator."""
+    cfg = nodes.config()
+    cfg.gateway.rpc_timeout_seconds = 0.3
+    client = await ClusterClient.connect(cfg)
+    data = os.urandom(1000)
+    cid = chunk_id_of(data)
+    owners = [m.id for m in client.placement(cid)]
+    hung = nodes.by_id(owners[2])
+    hung.hung_puts = asyncio.Event()
+    spare = next(n for n in nodes.nodes if n.id not in owners)
+    spare.full = True
+    try:
+        with caplog.at_level(logging.WARNING, logger="cargohold.gateway.cluster"):
+            await client.store_chunk(cid, data)
+            assert sorted(nodes.holders(cid)) == sorted(owners[:2])
+            deadline = time.monotonic() + 30
+            while "cluster.background_copy_lost" not in caplog.text:
+                assert time.monotonic() < deadline, caplog.text
+                await asyncio.sleep(0.05)
+        [record] = [r for r in caplog.records if r.msg == "cluster.background_copy_lost"]
+        assert record.fields["chunk"] == cid.hex()  # type: ignore[attr-defined]
     finally:
         hung.hung_puts.set()
         await client.close()
