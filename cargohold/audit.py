@@ -348,6 +348,30 @@ def blob_size(record: dict[str, Any]) -> int | None:
     return int(match.group(1)) if match else None
 
 
+# A delete record's `detail`: "tag" for a tag deleted by name (the manifest stays),
+# "manifest" or "manifest; tags a,b" for a manifest deleted by digest (with the tags on it).
+TAG_DELETED = "tag"
+_MANIFEST_DELETED = "manifest"
+
+
+def manifest_deleted_detail(tags: list[str]) -> str:
+    """The `detail` of a manifest's delete record, naming the tags that went with it."""
+    return _MANIFEST_DELETED + (f"; tags {','.join(sorted(tags))}" if tags else "")
+
+
+def deleted(record: dict[str, Any]) -> str | None:
+    """What a delete record removed: "tag" or "manifest"; None for a blob's delete (and
+    for any other record)."""
+    if record.get("action") != "delete":
+        return None
+    detail = record.get("detail") or ""
+    if detail == TAG_DELETED:
+        return "tag"
+    if detail == _MANIFEST_DELETED or detail.startswith(_MANIFEST_DELETED + ";"):
+        return "manifest"
+    return None
+
+
 def matches(
     record: dict[str, Any],
     *,

@@ -666,7 +666,8 @@ class ReplicationConfig:
     enabled: bool = True
     # `[[replication.rules]]` tables of {name, direction, url, username, password,
     # password_file, repositories, tags, target_prefix, triggers, interval_seconds,
-    # enabled} (cargohold/replication.py `Rule`); give every gateway the same list.
+    # enabled, replicate_deletes} (cargohold/replication.py `Rule`); give every gateway
+    # the same list.
     rules: list[dict[str, Any]] = field(default_factory=list)
     # A rule's lease: held this long, renewed every third of it.
     lease_seconds: float = 15.0

@@ -8,9 +8,11 @@ optional credentials, repository globs and tag globs (`fnmatch`: `*` also matche
 a prefix put before every name at the target, and its triggers: `on_push` (push rules:
 every push of a matching tag, read from the activity log), `schedule` (a full run every
 `interval_seconds`); with neither, a rule runs when `cargohold admin replication run`
-asks.
+asks. An `on_push` rule with `replicate_deletes` also deletes at the target what is
+deleted here (a tag by name, a manifest by digest; off by default).
 
-Owned here: `Rule` (and `parse_rules`), `wants_repo`, `wants_tag`, `target_name`,
+Owned here: `Rule` (and `parse_rules`), `wants_repo`, `wants_tag`, `wants_tag_delete`,
+`target_name`,
 `referrer_tag` (the tag names of referrers kept by tag: cosign's and the OCI fallback's).
 The copying is gateway/replication/; a rule's lease, cursor and status are in
 node/metadata/webhooks.py.
@@ -53,6 +55,7 @@ class Rule:
     triggers: tuple[str, ...] = ()
     interval_seconds: float = 3600.0
     enabled: bool = True
+    replicate_deletes: bool = False
 
     def describe(self) -> dict[str, Any]:
         """What `cargohold admin replication list` shows (never the credentials)."""
@@ -67,6 +70,7 @@ class Rule:
             "triggers": list(self.triggers),
             "interval_seconds": self.interval_seconds,
             "enabled": self.enabled,
+            "replicate_deletes": self.replicate_deletes,
         }
 
     @classmethod
@@ -87,6 +91,7 @@ class Rule:
             "triggers",
             "interval_seconds",
             "enabled",
+            "replicate_deletes",
         }
         unknown = sorted(set(raw) - known)
         name = raw.get("name")
@@ -119,6 +124,14 @@ class Rule:
         interval = raw.get("interval_seconds", 3600.0)
         if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval < 1:
             raise RequestInvalid(f"replication rule {name}: interval_seconds must be >= 1")
+        deletes = raw.get("replicate_deletes", False)
+        if not isinstance(deletes, bool):
+            raise RequestInvalid(f"replication rule {name}: replicate_deletes is true or false")
+        if deletes and "on_push" not in triggers:
+            # Deletes are read from the activity log, as pushes are: an on_push rule's work.
+            raise RequestInvalid(
+                f"replication rule {name}: replicate_deletes needs the on_push trigger"
+            )
         prefix = raw.get("target_prefix", "")
         if not isinstance(prefix, str) or len(prefix) > 128:
             raise RequestInvalid(f"replication rule {name}: target_prefix must be a string")
@@ -134,6 +147,7 @@ class Rule:
             triggers=tuple(dict.fromkeys(triggers)),
             interval_seconds=float(interval),
             enabled=bool(raw.get("enabled", True)),
+            replicate_deletes=deletes,
         )
 
 
@@ -178,6 +192,15 @@ def wants_tag(rule: Rule, tag: str) -> bool:
 
 def referrer_tag(tag: str) -> bool:
     return bool(_REFERRER_TAG.match(tag))
+
+
+def wants_tag_delete(rule: Rule, tag: str) -> bool:
+    """Does `rule` delete the tag `tag` at the target when it is deleted here? A tag it
+    copies, and cosign's referrer tags (copied with their subject); not the referrers tag
+    schema's `sha256-<hex>` index, which a copy keeps at the target for what it copied."""
+    if referrer_tag(tag):
+        return tag.endswith(COSIGN_SUFFIXES)
+    return wants_tag(rule, tag)
 
 
 def target_name(rule: Rule, repo: str) -> str:

@@ -90,7 +90,8 @@ def format_status(rules: list[dict[str, Any]]) -> str:
             f" {last.get('tags', 0)} tags, {last.get('manifests_copied', 0)} manifests and"
             f" {last.get('blobs_copied', 0)} blobs copied ({last.get('bytes_copied', 0)} bytes),"
             f" {last.get('blobs_present', 0)} blobs already there",
-            f"  push events   {st.get('events_copied', 0)} copied, cursor {row.get('cursor')},"
+            f"  push events   {st.get('events_copied', 0)} copied,"
+            f" {st.get('deletes_sent', 0)} deletes sent, cursor {row.get('cursor')},"
             f" lag {row.get('lag_records')} records",
             f"  last error    {_stamp(error.get('time'))} {error.get('message', '-')}",
         ]

@@ -20,17 +20,22 @@ The holder's task, in a loop:
   digest (its subject's referrers again), in seq order; the cursor moves
   (`replication_report`, fenced by the lease and the cursor read) only past records
   done, so an event survives gateway and node restarts and is never skipped (unless it
-  is given up on, below).
+  is given up on, below). With the rule's `replicate_deletes`, the **delete records** of
+  the log are events too: a tag deleted by name is deleted by name at the target (the
+  manifest stays, as here), a manifest deleted by digest is deleted by digest (its tags
+  with it); a 404 there is done; nothing is deleted when the tag or manifest is here
+  again by then (pushed again since: that push's event copies it).
 
 A failure (the remote down, refusing, a digest mismatch) is retried with exponential
-back-off (`backoff_seconds` .. `backoff_max_seconds`): a full run for ever; a push event
-until its copy failed `event_max_attempts` times, counting only failures that blame the
-event (`blames_event`: not an unreachable or unavailable remote, not the cluster being
-unavailable), after which it becomes one of the rule's **dead letters** (in the
-metadata, with the cursor's move past it, in the same fenced report) and the rule goes
-on with the next event: one event that cannot be copied no longer holds back every
-later one. The attempts so far are kept in the rule's status, so a lease moving to
-another gateway does not start them again. `cargohold admin replication retry` queues
+back-off (`backoff_seconds` .. `backoff_max_seconds`): a full run for ever; a push (or
+delete) event until its copy failed `event_max_attempts` times, counting only failures
+that blame the event (`blames_event`: not an unreachable or unavailable remote, not the
+cluster being unavailable; a remote refusing deletes, `DeleteRefused`, does blame it),
+after which it becomes one of the rule's **dead letters** (in the metadata, with the
+cursor's move past it, in the same fenced report) and the rule goes on with the next
+event: one event that cannot be copied no longer holds back every later one. The
+attempts so far are kept in the rule's status, so a lease moving to another gateway
+does not start them again. `cargohold admin replication retry` queues
 dead letters again; the runner copies the queue before new events (a retried event
 comes after newer ones, as for webhooks). Every report carries the rule's status (last
 run, last error, consecutive failures, what was copied), which `cargohold admin
@@ -51,6 +56,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from cargohold.audit import deleted
 from cargohold.config import Config, ProxyConfig
 from cargohold.errors import Conflict, RegistryError
 from cargohold.log import log_event
@@ -66,6 +72,7 @@ from cargohold.replication import (
     target_name,
     wants_repo,
     wants_tag,
+    wants_tag_delete,
 )
 from cargohold.webhooks import backoff
 from gateway.manifest_format import parse_manifest
@@ -79,7 +86,7 @@ logger = logging.getLogger("cargohold.gateway.replication")
 RUNS = Counter("cargohold_replication_runs_total", "Replication rule runs", ["rule", "outcome"])
 EVENTS = Counter(
     "cargohold_replication_events_total",
-    "Push events of a rule by outcome (copied, dead_lettered)",
+    "Push and delete events of a rule by outcome (copied, deleted, dead_lettered)",
     ["rule", "outcome"],
 )
 COPIED = Counter("cargohold_replication_bytes_total", "Blob bytes copied by replication", ["rule"])
@@ -489,7 +496,11 @@ class RuleRunner:
             await self._report(retried=[seq])
 
     async def _copy_record(self, record: dict[str, Any]) -> None:
-        """One push event's copy, counted in the status and the metrics."""
+        """One push event's copy (or a delete event's delete), counted in the status and
+        the metrics."""
+        if deleted(record) is not None:
+            await self._delete_record(record)
+            return
         copier = Copier(self.cfg, self.src, self.dst)
         async with asyncio.timeout(self.r.run_timeout_seconds or None):
             await self._copy_event(copier, record)
@@ -503,6 +514,42 @@ class RuleRunner:
             "copied": time.time(),
         }
         COPIED.labels(self.rule.name).inc(copier.stats.bytes_copied)
+
+    async def _delete_record(self, record: dict[str, Any]) -> None:
+        async with asyncio.timeout(self.r.run_timeout_seconds or None):
+            sent = await self._delete_event(record)
+        EVENTS.labels(self.rule.name, "deleted").inc()
+        self.status.pop("event_attempts", None)
+        if sent:
+            self.status["deletes_sent"] = int(self.status.get("deletes_sent", 0)) + 1
+        self.status["last_event"] = {
+            "seq": record["seq"],
+            "repository": record["repository"],
+            "reference": record.get("reference") or "",
+            "action": "delete",
+            "done": time.time(),
+        }
+
+    async def _delete_event(self, record: dict[str, Any]) -> bool:
+        """What a delete record removed here, removed at the target the same way: a tag
+        by name (its manifest stays, other tags on it too), a manifest by digest (its
+        tags with it). Answers whether a DELETE was sent (not for a tag the rule does not
+        copy, nor for what is here again by now)."""
+        repo = record["repository"]
+        target = target_name(self.rule, repo)
+        reference = record.get("reference") or ""
+        if deleted(record) == "tag":
+            if not wants_tag_delete(self.rule, reference):
+                return False
+            if await self.src.manifest(repo, reference) is not None:
+                return False  # tagged again since: that push's event copies it
+            await self.remote.delete_manifest(target, reference)
+            return True
+        digest = record.get("digest") or reference
+        if not digest or await self.src.has_manifest(repo, digest):
+            return False  # pushed again since
+        await self.remote.delete_manifest(target, digest)
+        return True
 
     def _attempt_failed(self, seq: int, exc: BaseException) -> list[Any] | None:
         """Count a failed copy of event `seq` (when it `blames_event`); the dead letter
@@ -533,12 +580,12 @@ class RuleRunner:
 
     def _wants(self, record: dict[str, Any]) -> bool:
         repo = record.get("repository") or ""
-        return (
-            record.get("action") == "push"
-            and record.get("result") == "ok"
-            and bool(repo)
-            and wants_repo(self.rule, repo)
-        )
+        if record.get("result") != "ok" or not repo or not wants_repo(self.rule, repo):
+            return False
+        if record.get("action") == "push":
+            return True
+        # A tag's or a manifest's delete (a blob's goes with its manifest at the target).
+        return self.rule.replicate_deletes and deleted(record) is not None
 
     async def _copy_event(self, copier: Copier, record: dict[str, Any]) -> None:
         repo = record["repository"]

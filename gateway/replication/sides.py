@@ -6,7 +6,8 @@ Every manifest read is verified against its digest here; a blob's bytes are veri
 the side that stores them (this cluster hashes them before the commit; a remote registry
 checks the `?digest=` of the upload's last request), so nothing that does not match its
 digest is ever committed at the target. A remote's referrers are asked as the
-pull-through cache asks them (gateway/mirror/referrers.py).
+pull-through cache asks them (gateway/mirror/referrers.py). Deletes go to a remote only
+(`RemoteRegistry.delete_manifest`: push rules' `replicate_deletes`).
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class Registry(Protocol):
 
 class BlobMismatch(Exception):
     """A blob's bytes do not hash to its digest (or are not as many as announced)."""
+
+
+class DeleteRefused(UpstreamFailed):
+    """The remote refuses a delete it will refuse again (deletes disabled, a tag delete
+    by name it cannot do): a failure that blames the event, like any 4xx."""
 
 
 def _verified(body: bytes, digest: str) -> None:
@@ -319,6 +325,29 @@ class RemoteRegistry:
             raise DigestInvalid(
                 f"{repo}:{reference}: the target stored {named}, not {manifest.digest}"
             )
+
+    async def delete_manifest(self, repo: str, reference: str) -> bool:
+        """DELETE a tag (by name: the tag only) or a manifest (by digest: with its tags) at
+        the remote; False when it had none (404). A refusal it will repeat is
+        `DeleteRefused`; other failures are the client's `UpstreamFailed`."""
+        path = f"/v2/{repo}/manifests/{reference}"
+        # Registries ask a token of the `delete` action for it (Distribution, Harbor, us).
+        scope = f"repository:{repo}:delete"
+        try:
+            async with self.up.request("DELETE", path, scope):
+                return True
+        except UpstreamNotFound:
+            return False
+        except UpstreamFailed as exc:
+            # Distribution's answers: 405 UNSUPPORTED with `storage.delete.enabled` off, 400
+            # DIGEST_INVALID for any tag in 2.x (it deletes by digest only).
+            if exc.status == 405:
+                why = "the target allows no deletes (405; Distribution: storage.delete.enabled)"
+            elif exc.status == 400 and not _is_digest(reference):
+                why = "the target deletes no tag by name (400; Distribution 2.x: digests only)"
+            else:
+                raise
+            raise DeleteRefused(f"{why}: {exc}", exc.status) from None
 
     async def has_blob(self, repo: str, digest: str) -> bool:
         try:

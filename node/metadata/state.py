@@ -86,7 +86,7 @@ from itertools import chain, islice
 from typing import Any, BinaryIO, NamedTuple
 
 from cargohold import metadata_api as api
-from cargohold.audit import blob_detail
+from cargohold.audit import TAG_DELETED, blob_detail, manifest_deleted_detail
 from cargohold.errors import (
     BlobUnknown,
     BlobUploadUnknown,
@@ -1147,7 +1147,7 @@ class MetadataState:
             del self.tags[repo]
         _forget(self.tag_pushed, repo, tag)
         if req.audit is not None:
-            self._audit(req.audit, "delete", repo, tag, digest, "tag")
+            self._audit(req.audit, "delete", repo, tag, digest, TAG_DELETED)
         return None
 
     def _manifest_delete(self, req: api.ManifestDelete) -> None:
@@ -1193,7 +1193,7 @@ class MetadataState:
         # The manifest bytes were linked as a blob by manifest_put: gone with the manifest.
         self._unlink(repo, digest)
         if req.audit is not None:
-            detail = "manifest" + (f"; tags {','.join(sorted(dropped))}" if dropped else "")
+            detail = manifest_deleted_detail(dropped)
             self._audit(req.audit, "delete", repo, digest, digest, detail)
         return None
 

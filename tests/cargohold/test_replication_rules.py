@@ -14,6 +14,7 @@ from cargohold.replication import (
     target_name,
     wants_repo,
     wants_tag,
+    wants_tag_delete,
 )
 
 HEX = "ab" * 32
@@ -57,6 +58,10 @@ def test_defaults_filters_and_names() -> None:
         {"name": "a", "url": "http://x", "interval_seconds": 0},
         {"name": "a", "url": "http://x", "repositories": []},
         {"name": "a", "url": "http://x", "colour": "red"},
+        {"name": "a", "url": "http://x", "replicate_deletes": "yes"},
+        # Deletes are read from the activity log: an on_push rule's.
+        {"name": "a", "url": "http://x", "replicate_deletes": True, "triggers": ["schedule"]},
+        {"name": "a", "url": "http://x", "direction": "pull", "replicate_deletes": True},
     ],
 )
 def test_bad_rules_are_refused(raw: dict[str, object]) -> None:
@@ -73,3 +78,17 @@ def test_config_section_and_unique_names(tmp_path: object) -> None:
         load_config(overrides={"replication.rules": [rule, rule]})
     with pytest.raises(ConfigError):
         load_config(overrides={"replication.backoff_seconds": 0})
+
+
+def test_replicate_deletes_is_opt_in_and_filters_tags_like_copies() -> None:
+    plain = Rule.from_json({"name": "a", "url": "http://x"})
+    assert plain.replicate_deletes is False and plain.describe()["replicate_deletes"] is False
+    rule = Rule.from_json(
+        {"name": "a", "url": "http://x", "tags": ["v*"], "replicate_deletes": True}
+    )
+    assert rule.replicate_deletes and rule.describe()["replicate_deletes"] is True
+    assert wants_tag_delete(rule, "v1") and not wants_tag_delete(rule, "latest")
+    # cosign's tags were copied with their subject; the referrers tag schema's index at
+    # the target lists what was copied there: left to the copies.
+    assert wants_tag_delete(rule, f"sha256-{HEX}.sig")
+    assert not wants_tag_delete(rule, f"sha256-{HEX}")

@@ -1,7 +1,9 @@
 """A small in-memory OCI registry (aiohttp) for replication's unit tests: manifests,
 blobs, uploads (monolithic, chunked, cross-repository mount), tags, catalog, optional
-referrers API, optional Docker token auth. It checks every digest like a registry would
-and counts the requests it answered (`calls`)."""
+referrers API, optional Docker token auth, manifest deletes (by digest; by tag unless
+`tag_deletes` is off, as in Distribution 2.x; none with `deletes` off: 405, as
+Distribution without `storage.delete.enabled`). It checks every digest like a registry
+would and counts the requests it answered (`calls`)."""
 
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ class FakeRegistry:
     def __init__(self, referrers_api: bool = True, token: bool = False) -> None:
         self.referrers_api = referrers_api
         self.token = token
+        self.deletes = True
+        self.tag_deletes = True
         self.blobs: dict[str, dict[str, bytes]] = {}  # repo -> digest -> bytes
         self.manifests: dict[str, dict[str, tuple[bytes, str]]] = {}
         self.tags: dict[str, dict[str, str]] = {}
@@ -130,6 +134,8 @@ class FakeRegistry:
                     return web.Response(status=400, text="MANIFEST_BLOB_UNKNOWN")
             self.put_manifest(name, body, request.content_type, None if ":" in ref else ref)
             return web.Response(status=201, headers={"Docker-Content-Digest": digest})
+        if request.method == "DELETE":
+            return self._delete(name, ref)
         digest = ref if ":" in ref else self.tags.get(name, {}).get(ref)
         found = self.manifests.get(name, {}).get(digest or "")
         if found is None:
@@ -139,6 +145,22 @@ class FakeRegistry:
         if request.method == "HEAD":
             return web.Response(headers={**headers, "Content-Length": str(len(body))})
         return web.Response(body=body, headers=headers)
+
+    def _delete(self, name: str, ref: str) -> web.Response:
+        if not self.deletes:
+            return web.Response(status=405, text="UNSUPPORTED")
+        tags = self.tags.get(name, {})
+        if ":" not in ref:
+            if not self.tag_deletes:
+                return web.Response(status=400, text="DIGEST_INVALID")
+            if tags.pop(ref, None) is None:
+                return web.Response(status=404)
+            return web.Response(status=202)
+        if self.manifests.get(name, {}).pop(ref, None) is None:
+            return web.Response(status=404)
+        for tag in [t for t, d in tags.items() if d == ref]:  # its tags go with it
+            del tags[tag]
+        return web.Response(status=202)
 
     async def _blob(self, request: web.Request) -> web.Response:
         name, digest = request.match_info["name"], request.match_info["digest"]
