@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cargohold import metadata_api as api
@@ -46,7 +46,7 @@ from cargohold.log import log_event
 from node import audit_events
 from node.chunkstore import ChunkStore
 from node.metadata.trash import held_blobs
-from node.pacing import PassSchedule, PassStats
+from node.pacing import LoopedPassRole, PassSchedule, PassStats
 
 logger = logging.getLogger("cargohold.node.gc")
 
@@ -129,7 +129,7 @@ def unlinked_blobs(snapshot: dict[str, Any]) -> dict[str, int]:
     return {d: r.size for d, r in snapshot["blobs"].items() if d not in linked}
 
 
-class GcRole:
+class GcRole(LoopedPassRole[GcStats]):
     def __init__(self, cfg: Config, store: ChunkStore, raft: StateSource) -> None:
         self._cfg = cfg
         self._store = store
@@ -138,31 +138,13 @@ class GcRole:
         self.stats = GcStats()
         life = cfg.lifecycle
         self._schedule = PassSchedule(life.gc_interval_seconds or _NEVER)
+        self._logger = logger
         # Leader only: when each unlinked recipe was first seen unlinked (monotonic).
         self._unlinked_since: dict[str, float] = {}
 
-    def progress(self) -> dict[str, Any]:
-        return asdict(self.stats)
-
-    async def trigger(self, wait: bool = False, dry_run: bool = False) -> dict[str, Any]:
-        """Run a pass now (a real one wins over a dry run asked at the same time)."""
-        number = self._schedule.request(dry_run)
-        if wait:
-            await self._schedule.wait_for(number)
-        return self.progress()
-
-    async def run(self) -> None:
-        while True:
-            dry = await self._schedule.next_pass()
-            try:
-                await self.run_pass(dry_run=dry)
-            except Exception as exc:  # a bad pass must not end the role
-                self.stats.failed_passes += 1
-                self.stats.end_pass(completed=False)
-                log_event(logger, "gc.pass_failed", logging.ERROR, error=repr(exc))
-            finally:
-                self.stats.running = False
-            await self._schedule.finish()
+    def _pass_failed(self, exc: Exception) -> None:
+        self.stats.failed_passes += 1
+        self.stats.end_pass(completed=False)
 
     async def run_pass(self, dry_run: bool = False) -> None:
         stats = self.stats

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
+
+from cargohold.log import log_event
 
 
 @dataclass
@@ -102,7 +105,8 @@ class PassRole(Generic[S]):
     """A background role run in passes: what `Admin.Trigger` and `Admin.Status` see of it.
 
     Subclasses set `stats` (a `PassStats`) and `_schedule` (a `PassSchedule`) and run
-    their passes; `trigger` asks for a pass that begins after the call."""
+    their passes; `trigger` asks for a pass that begins after the call (a rehearsal with
+    `dry_run`, for the roles that have one)."""
 
     stats: S
     _schedule: PassSchedule
@@ -110,8 +114,38 @@ class PassRole(Generic[S]):
     def progress(self) -> dict[str, Any]:
         return asdict(self.stats)
 
-    async def trigger(self, wait: bool = False) -> dict[str, Any]:
-        number = self._schedule.request()
+    async def trigger(self, wait: bool = False, dry_run: bool = False) -> dict[str, Any]:
+        """Run a pass now (a real one wins over a dry run asked at the same time)."""
+        number = self._schedule.request(dry_run)
         if wait:
             await self._schedule.wait_for(number)
         return self.progress()
+
+
+class LoopedPassRole(PassRole[S]):
+    """A `PassRole` whose loop is the plain one (repair has its own: it resumes a cursor
+    and re-runs a pass the member list changed under). Subclasses also set `_logger` and
+    implement `run_pass`."""
+
+    _logger: logging.Logger
+
+    async def run(self) -> None:
+        """One pass per interval or trigger, until cancelled. A pass that raises is logged
+        (`<role>.pass_failed`) and recorded (`_pass_failed`); it never ends the role."""
+        role = self._logger.name.rsplit(".", 1)[-1]
+        while True:
+            dry = await self._schedule.next_pass()
+            try:
+                await self.run_pass(dry_run=dry)
+            except Exception as exc:  # a bad pass must not end the role
+                self._pass_failed(exc)
+                log_event(self._logger, f"{role}.pass_failed", logging.ERROR, error=repr(exc))
+            finally:
+                self.stats.running = False
+            await self._schedule.finish()
+
+    async def run_pass(self, dry_run: bool = False) -> None:
+        raise NotImplementedError
+
+    def _pass_failed(self, exc: Exception) -> None:
+        """What a role records of a pass that raised, besides the log line."""

@@ -22,7 +22,7 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from cargohold import metadata_api as api
@@ -41,7 +41,7 @@ from cargohold.retention import (
 )
 from node import audit_events
 from node.gc import StateSource
-from node.pacing import PassSchedule, PassStats
+from node.pacing import LoopedPassRole, PassSchedule, PassStats
 
 logger = logging.getLogger("cargohold.node.retention")
 
@@ -110,40 +110,26 @@ def plan_all(
     return plans, skipped
 
 
-class RetentionRole:
+class RetentionRole(LoopedPassRole[RetentionStats]):
     def __init__(self, cfg: Config, raft: StateSource) -> None:
         self._cfg = cfg
         self._raft = raft
         self._policies = parse_policies(cfg.lifecycle.retention)
         self.stats = RetentionStats()
         self._schedule = PassSchedule(cfg.lifecycle.retention_interval_seconds or _NEVER)
+        self._logger = logger
         self._report: dict[str, Any] = {}
-
-    def progress(self) -> dict[str, Any]:
-        return asdict(self.stats)
 
     async def trigger(self, wait: bool = False, dry_run: bool = False) -> dict[str, Any]:
         """Run a pass now; with `wait`, its progress and its report (`report`: every
         repository's decisions, docs/operations.md "Retention")."""
-        number = self._schedule.request(dry_run)
-        if not wait:
-            return self.progress()
-        await self._schedule.wait_for(number)
-        return {**self.progress(), "report": self._report}
+        progress = await super().trigger(wait, dry_run)
+        return {**progress, "report": self._report} if wait else progress
 
-    async def run(self) -> None:
-        while True:
-            dry = await self._schedule.next_pass()
-            try:
-                await self.run_pass(dry_run=dry)
-            except Exception as exc:  # a bad pass must not end the role
-                self.stats.failed_passes += 1
-                self.stats.end_pass(completed=False)
-                self._report = {"error": repr(exc)}
-                log_event(logger, "retention.pass_failed", logging.ERROR, error=repr(exc))
-            finally:
-                self.stats.running = False
-            await self._schedule.finish()
+    def _pass_failed(self, exc: Exception) -> None:
+        self.stats.failed_passes += 1
+        self.stats.end_pass(completed=False)
+        self._report = {"error": repr(exc)}
 
     async def run_pass(self, dry_run: bool = False) -> None:
         stats = self.stats

@@ -28,7 +28,7 @@ from cargohold.errors import ChunkMissing, RegistryError
 from cargohold.log import log_event
 from cargohold.placement import rank_nodes
 from node.chunkstore import ChunkStore
-from node.pacing import PassRole, PassSchedule, PassStats, RateLimiter
+from node.pacing import LoopedPassRole, PassSchedule, PassStats, RateLimiter
 from node.peers import PeerPool
 from node.repair import MemberSource, read_members
 
@@ -117,7 +117,7 @@ class Refetcher:
                 await task
 
 
-class ScrubRole(PassRole[ScrubStats]):
+class ScrubRole(LoopedPassRole[ScrubStats]):
     def __init__(
         self, cfg: Config, store: ChunkStore, members: MemberSource, peers: PeerPool
     ) -> None:
@@ -127,19 +127,10 @@ class ScrubRole(PassRole[ScrubStats]):
         self.refetcher = Refetcher(cfg, store, members, peers, self.stats)
         self._schedule = PassSchedule(cfg.node.scrub_interval)
         self._rate = RateLimiter(cfg.node.scrub_rate_bytes)
+        self._logger = logger
 
-    async def run(self) -> None:
-        while True:
-            await self._schedule.next_pass()
-            try:
-                await self.run_pass()
-            except Exception as exc:  # a bad pass must not end the role
-                log_event(logger, "scrub.pass_failed", logging.ERROR, error=repr(exc))
-            finally:
-                self.stats.running = False
-            await self._schedule.finish()
-
-    async def run_pass(self) -> None:
+    async def run_pass(self, dry_run: bool = False) -> None:
+        """Verify every chunk once (scrub has no rehearsal: `dry_run` is never asked)."""
         stats = self.stats
         stats.begin_pass()
         page_size = max(1, self._cfg.node.chunk_list_page_size)
