@@ -339,6 +339,13 @@ class GatewayConfig:
     manifest_digest_ttl_seconds: float = 1.0
     # ... and at most this many (repo, digest) records are kept (an LRU).
     manifest_digest_cache_entries: int = 10_000
+    # GET/HEAD of a blob: the same for the (repo, digest) -> recipe link check, which
+    # otherwise costs a linearizable query per pull (gateway/blobs.py); 0 = always confirm.
+    blob_digest_ttl_seconds: float = 1.0
+    # ... at most this many (repo, digest) recipes (an LRU), and only recipes of at most
+    # this many chunks (a large blob's transfer dwarfs its query; its recipe is big).
+    blob_digest_cache_entries: int = 10_000
+    blob_digest_cache_max_chunks: int = 16
     # `Retry-After` seconds sent with 503 and 429 when the error names none.
     retry_after_seconds: int = 1
     # Seconds a SIGTERM'd gateway lets in-flight requests finish before closing them.
@@ -914,6 +921,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("node.grpc_max_frame_size must be between 16 KiB and 16 MiB - 1")
     if cfg.gateway.manifest_digest_ttl_seconds < 0:
         raise ConfigError("gateway.manifest_digest_ttl_seconds must be >= 0")
+    if cfg.gateway.blob_digest_ttl_seconds < 0:
+        raise ConfigError("gateway.blob_digest_ttl_seconds must be >= 0")
     if cfg.gateway.verify_reads not in ("sha256", "xxh3"):
         raise ConfigError("gateway.verify_reads must be sha256 or xxh3")
     if not 1 <= cfg.gateway.search_backfill_batch <= 1000:

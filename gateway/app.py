@@ -146,6 +146,9 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
     app[manifests.RECORDS] = RecordCache(
         ctx.cfg.gateway.manifest_digest_ttl_seconds, ctx.cfg.gateway.manifest_digest_cache_entries
     )
+    app[blobs.BLOB_RECORDS] = RecordCache(
+        ctx.cfg.gateway.blob_digest_ttl_seconds, ctx.cfg.gateway.blob_digest_cache_entries
+    )
     # Vulnerability reports (gateway/vulns/): matched on demand and by a background pass.
     scans = app[SCANS] = Scans(
         ctx.cfg.policy,

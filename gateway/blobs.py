@@ -2,9 +2,15 @@
 
 A blob is readable through a repository only when linked there (`blob_get`, a
 linearizable query, so a blob is visible right after its 201 and 404s right after a
-delete). GET streams the recipe's chunks through `ClusterClient.read_range` (verified,
-read-ahead, hedged); HEAD answers the same status and headers with the real
-`Content-Length` and no body. Responses are never compressed.
+delete through this gateway). A confirmed link is remembered for
+`gateway.blob_digest_ttl_seconds` (1 s; recipes of at most `blob_digest_cache_max_chunks`
+chunks), as manifests by digest are (gateway/manifest_cache.py): repeated pulls of a small
+blob skip the query, and a link deleted through *another* gateway may still be served
+here for up to that long after the delete's 202 (its chunks outlive it: GC spares chunks
+for a grace period far longer). A 404 is never remembered. GET streams the recipe's
+chunks through `ClusterClient.read_range` (verified, read-ahead, hedged); HEAD answers
+the same status and headers with the real `Content-Length` and no body. Responses are
+never compressed.
 
 `Range` (RFC 9110, one range only): `bytes=a-b`, `bytes=a-`, `bytes=-n`; an end past
 the size is clamped; a satisfiable range is 206 with `Content-Range: bytes a-b/total`;
@@ -35,12 +41,15 @@ from cargohold.metadata_api import Recipe
 from cargohold.names import validate_name
 from gateway.activity import blob_actor
 from gateway.context import GatewayContext, context
+from gateway.manifest_cache import RecordCache
 from gateway.mirror.fetch import BlobFetch
 from gateway.mirror.proxy import MIRROR
 from gateway.mirror.upstream import UpstreamFailed, UpstreamNotFound
 from gateway.pull_events import record_pull
 
 logger = logging.getLogger("cargohold.gateway.blobs")
+
+BLOB_RECORDS: web.AppKey[RecordCache[Recipe]] = web.AppKey("cargohold_blob_records", RecordCache)
 
 _RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII)
 # Positions past any blob size; longer digit strings are not converted (Python refuses
@@ -89,7 +98,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     route = mirror.route(request, name) if mirror is not None else None
     if route is None and mirror is not None and mirror.cfg.mirror.root:
         try:
-            recipe = await ctx.meta.blob_get(name, digest)
+            recipe = await _linked(request, ctx, name, digest)
         except (BlobUnknown, NameUnknown):
             route = mirror.root_route(name)
             if route is None:
@@ -98,11 +107,24 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
             return await _serve(request, ctx, name, digest, recipe)
     if mirror is not None and route is not None:
         try:
-            recipe = await ctx.meta.blob_get(route.name, digest)
+            recipe = await _linked(request, ctx, route.name, digest)
         except (BlobUnknown, NameUnknown):
             return await _proxied(request, mirror.join_blob(route, digest), digest)
         return await _serve(request, ctx, name, digest, recipe)
-    return await _serve(request, ctx, name, digest, await ctx.meta.blob_get(name, digest))
+    return await _serve(request, ctx, name, digest, await _linked(request, ctx, name, digest))
+
+
+async def _linked(request: web.Request, ctx: GatewayContext, repo: str, digest: str) -> Recipe:
+    """The recipe of `digest` if linked in `repo`: from this gateway's record cache when
+    the cluster confirmed it less than `blob_digest_ttl_seconds` ago, else asked."""
+    records = request.app[BLOB_RECORDS]
+    recipe = records.get(repo, digest)
+    if recipe is None:
+        sent_at = records.now()
+        recipe = await ctx.meta.blob_get(repo, digest)
+        if len(recipe.get("chunks") or ()) <= ctx.cfg.gateway.blob_digest_cache_max_chunks:
+            records.put(repo, digest, recipe, sent_at)
+    return recipe
 
 
 def _response(
@@ -203,4 +225,5 @@ async def delete_blob(request: web.Request) -> web.StreamResponse:
     digest = request.match_info["digest"]
     parse_digest(digest)
     await ctx.meta.blob_unlink(name, digest, blob_actor(request))
+    request.app[BLOB_RECORDS].discard(name, digest)
     return web.Response(status=202)

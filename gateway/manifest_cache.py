@@ -5,13 +5,15 @@ content-addressed, hence immutable: a cached body can never be stale, only no lo
 wanted. It never answers *whether* a manifest exists in a repository; it only saves
 reading the body's chunks from the nodes.
 
-`RecordCache`: (repo, digest) -> the `manifest_get` record, each valid for `ttl` seconds
+`RecordCache`: (repo, digest) -> a record the cluster confirmed (the `manifest_get`
+record for manifests, the `blob_get` recipe for blobs), each valid for `ttl` seconds
 from the moment the query that confirmed it was *sent* (so the bound holds whatever the
 query's latency). This one does answer existence, for GET/HEAD by digest only, and only
 positively (a 404 is never cached, so a push through any gateway is seen at once); what
-it can serve stale is a manifest deleted through another gateway, for at most `ttl`
-seconds after that delete was acknowledged (gateway/manifests.py). `ttl` 0 disables it.
-Time comes from `RecordCache.clock`, a monotonic clock tests may replace.
+it can serve stale is a manifest or blob link deleted through another gateway, for at
+most `ttl` seconds after that delete was acknowledged (gateway/manifests.py,
+gateway/blobs.py). `ttl` 0 disables it. Time comes from `RecordCache.clock`, a monotonic
+clock tests may replace.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
-from cargohold.metadata_api import ManifestInfo
+V = TypeVar("V")
 
 
 class ManifestCache:
@@ -60,14 +63,14 @@ class ManifestCache:
             self._bytes -= len(old)
 
 
-class RecordCache:
+class RecordCache(Generic[V]):
     def __init__(
         self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.ttl = max(0.0, ttl)
         self.max_entries = max(0, max_entries)
         self.clock = clock
-        self._items: OrderedDict[tuple[str, str], tuple[float, ManifestInfo]] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str], tuple[float, V]] = OrderedDict()
         # A query sent before the latest delete through this gateway may predate it: its
         # answer is not cached (deletes are rare, one timestamp covers every key).
         self._last_discard = float("-inf")
@@ -79,7 +82,7 @@ class RecordCache:
         """The cache's clock: take it just before sending the confirming query."""
         return self.clock()
 
-    def get(self, repo: str, digest: str) -> ManifestInfo | None:
+    def get(self, repo: str, digest: str) -> V | None:
         """The record if confirmed less than `ttl` seconds ago, else None."""
         key = (repo, digest)
         item = self._items.get(key)
@@ -91,7 +94,7 @@ class RecordCache:
         self._items.move_to_end(key)
         return item[1]
 
-    def put(self, repo: str, digest: str, record: ManifestInfo, sent_at: float) -> None:
+    def put(self, repo: str, digest: str, record: V, sent_at: float) -> None:
         """Remember `record`, confirmed by a query sent at `sent_at` (from `now()`)."""
         if self.ttl <= 0 or self.max_entries <= 0:
             return

@@ -96,7 +96,9 @@ logger = logging.getLogger("cargohold.gateway.manifests")
 
 MANIFEST_CACHE: web.AppKey[ManifestCache] = web.AppKey("cargohold_manifest_cache", ManifestCache)
 READS: web.AppKey[Coalescer] = web.AppKey("cargohold_manifest_reads", Coalescer)
-RECORDS: web.AppKey[RecordCache] = web.AppKey("cargohold_manifest_records", RecordCache)
+RECORDS: web.AppKey[RecordCache[ManifestInfo]] = web.AppKey(
+    "cargohold_manifest_records", RecordCache
+)
 _READ_SIZE = 64 * 1024
 # What reading a body raises when the client vanishes or breaks its framing mid-body.
 _BODY_ERRORS = (ConnectionError, ClientPayloadError, http_exceptions.HttpProcessingError)

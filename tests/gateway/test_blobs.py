@@ -12,7 +12,8 @@ from fakenodes import DataPath, data_path, eventually, production_server
 
 from cargohold.digests import digest_of
 from cargohold.errors import RangeInvalid
-from gateway.blobs import parse_range
+from cargohold.metadata_api import BlobUnlink
+from gateway.blobs import BLOB_RECORDS, parse_range
 
 CHUNK = 64 * 1024
 DATA = os.urandom(3 * CHUNK + 1000)
@@ -141,6 +142,68 @@ async def test_delete(dp: DataPath) -> None:
     resp = await dp.http.delete(URL)
     assert resp.status == 404
     assert (await resp.json())["errors"][0]["code"] == "BLOB_UNKNOWN"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _link_checks(dp: DataPath) -> int:
+    return dp.nodes.state.queries.count("blob_get")
+
+
+async def test_repeated_pulls_share_one_link_check(dp: DataPath) -> None:
+    for _ in range(3):
+        assert (await dp.http.get(URL)).status == 200
+        assert (await dp.http.head(URL)).status == 200
+    assert _link_checks(dp) == 1
+
+
+async def test_a_delete_elsewhere_is_served_at_most_the_ttl(dp: DataPath) -> None:
+    """The bound gateway/blobs.py states: a link removed through another gateway (here:
+    straight in the replicated state) is seen once `blob_digest_ttl_seconds` passed."""
+    clock = _Clock()
+    records = dp.http.app[BLOB_RECORDS]
+    records.clock = clock
+    assert (await dp.http.get(URL)).status == 200
+    dp.nodes.state.state.execute(BlobUnlink("lib/app", DIGEST))
+    clock.now += records.ttl * 0.9
+    stale = await dp.http.get(URL)
+    assert stale.status == 200 and await stale.read() == DATA
+    clock.now += records.ttl * 0.1
+    resp = await dp.http.get(URL)
+    assert resp.status == 404
+    assert (await resp.json())["errors"][0]["code"] == "BLOB_UNKNOWN"
+    assert (await dp.http.head(URL)).status == 404  # and the 404 is not remembered either
+    assert _link_checks(dp) == 3
+
+
+async def test_an_unknown_blob_is_never_remembered() -> None:
+    async for dp in data_path(3):
+        assert (await dp.http.get(URL)).status == 404
+        resp = await dp.http.post(f"/v2/lib/app/blobs/uploads/?digest={DIGEST}", data=DATA)
+        assert resp.status == 201
+        assert (await dp.http.get(URL)).status == 200
+
+
+async def test_ttl_zero_and_large_recipes_always_ask() -> None:
+    async for dp in data_path(3, gateway__blob_digest_ttl_seconds=0.0):
+        resp = await dp.http.post(f"/v2/lib/app/blobs/uploads/?digest={DIGEST}", data=DATA)
+        assert resp.status == 201
+        for _ in range(2):
+            assert (await dp.http.head(URL)).status == 200
+        assert _link_checks(dp) == 2
+    # DATA is 4 chunks of 64 KiB: above a 3-chunk limit, its recipe is not kept.
+    async for dp in data_path(3, gateway__blob_digest_cache_max_chunks=3):
+        resp = await dp.http.post(f"/v2/lib/app/blobs/uploads/?digest={DIGEST}", data=DATA)
+        assert resp.status == 201
+        for _ in range(2):
+            assert (await dp.http.head(URL)).status == 200
+        assert _link_checks(dp) == 2
 
 
 async def test_delete_disabled() -> None:
