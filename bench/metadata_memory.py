@@ -7,7 +7,8 @@
 No cluster: the corpus goes through the same commands a gateway sends, applied by the real
 `MetadataState` (the JSON `apply` path the Raft log replays), and each command is also
 appended to a real `RaftJournal` as pysyncobj stores it (`pickle.dumps((funcID, args))`),
-so what the Raft layer holds between two snapshots is counted as well. Memory is
+so what the Raft layer holds between two snapshots is counted as well, and so is the
+search index every node builds from the state at start (one row per tag). Memory is
 `tracemalloc`'s count of live Python allocations (what `RssAnon` grows by, less the
 allocator's slack), split by part.
 
@@ -172,6 +173,16 @@ def state_bytes(images: int, repos: int, shared_layer: bool = False) -> tuple[Me
     return _traced(build)
 
 
+def search_bytes(state: MetadataState) -> int:
+    """Bytes the state's search index holds once built (node/metadata/search_index.py),
+    built as a bare state does at its first search; every node builds it at start."""
+
+    def build() -> None:
+        state.query("search", {"spec": {}})
+
+    return _traced(build)[1]
+
+
 def journal_bytes(images: int, repos: int, shared_layer: bool = False) -> int:
     """Bytes a RaftJournal holds in RAM after the corpus was appended, one command per log
     entry as pysyncobj pickles it (funcID 0 = `_apply`), synced as the tick thread does."""
@@ -264,6 +275,7 @@ def main() -> None:
     opts = parser.parse_args()
     n = manifests_in(opts.images)
     state, sbytes = state_bytes(opts.images, opts.repos, opts.shared_layer)
+    ibytes = search_bytes(state)
     del state
     jbytes = journal_bytes(opts.images, opts.repos, opts.shared_layer)
     result: dict[str, Any] = {
@@ -272,8 +284,9 @@ def main() -> None:
         "repos": opts.repos,
         "layers": "one per repository" if opts.shared_layer else "one per image",
         "state_bytes_per_manifest": round(sbytes / n, 1),
+        "search_index_bytes_per_manifest": round(ibytes / n, 1),
         "journal_bytes_per_manifest": round(jbytes / n, 1),
-        "total_bytes_per_manifest": round((sbytes + jbytes) / n, 1),
+        "total_bytes_per_manifest": round((sbytes + ibytes + jbytes) / n, 1),
     }
     if opts.lists:
         result["listing"] = listing(opts.tags, opts.repos)

@@ -9,38 +9,48 @@ commands change (`touch(repo, tag)` where a tag is set or dropped, `touch_digest
 digest)` where a pull dates a manifest): a search first recomputes the marked rows, so an
 applied command is visible to the next search on that node.
 
-Layout (one row per tag; `key` = repo NUL tag, which sorts like (repo, tag)):
+Layout: every row (one per tag) has a row id, a small integer (a removed row's id is
+reused), and its fields are columns indexed by it, so a row costs a slot per column and no
+object of its own:
 
-    rows      {key: Row}                      what a result shows and the filters read
-    orders    name   SortedNames(key)         walked for sort=name and namespace ranges
-              pushed SortedNames(time NUL key)  fixed-width times and sizes sort as text
-              pulled SortedNames(time NUL key)
-              size   SortedNames(size NUL key)
-    postings  {term: {key, ...}}              m/a NUL media or artifact type, p NUL os/arch
-                                              (and os/arch/variant), l|n NUL key(=value) for
-                                              config labels and manifest annotations
-    tags_of   {(repo, digest): {tag, ...}}    which rows a pull re-dates
-    repo_rows {repo: rows}                    name patterns are matched per repository
+    columns   repo tag digest media_type artifact_type platforms info_json annotations_json
+              (lists of references to the state's own strings and shared tuples)
+              size (array 'q'), pushed pulled (array 'd')
+    orders    name   SortedIds by repo NUL tag        walked for sort=name, namespace ranges,
+                                                      a repository's rows, (repo, tag) -> id
+              pushed SortedIds by time NUL repo NUL tag (fixed-width times and sizes sort
+              pulled SortedIds by time NUL repo NUL tag  as text)
+              size   SortedIds by size NUL repo NUL tag
+              digest SortedIds by digest NUL repo NUL tag   which rows a pull re-dates
+    postings  {term: SortedIds of row ids}            m/a NUL media or artifact type, p NUL
+                                                      os/arch (and os/arch/variant), l|n NUL
+                                                      key(=value) for config labels and
+                                                      manifest annotations
+    repo_rows {repo: rows}                            name patterns are matched per repository
 
-A search intersects the postings its exact filters name (smallest first), with the rows of
-the repositories whose names match its pattern and the rows in its size and time ranges
-when those are narrow (at most `_SORTED_CANDIDATES` rows). When that leaves
-few candidates it sorts them; otherwise it walks the order from the cursor and checks each
-row, stopping after `n` matches or `max_scan` rows (then the page may be short, with a
-`next` cursor). The cursor is the last row's order key, so paging is stable while rows come
-and go. Repository results group tag rows by repository: sorted by name they walk the name
-order; sorted by time or size they walk that order and place a repository at its first
-matching tag (its newest, latest or largest descending; oldest, earliest or smallest
-ascending), then fold its matching tags into the item.
+An order holds 4 bytes per row (node/metadata/sorted_ids.py) and computes a row's order key
+(the string a cursor holds) from the columns when it bisects, instead of storing it. A
+search intersects the postings its exact filters name (smallest first), with the rows of the
+repositories whose names match its pattern and the rows in its size and time ranges when
+those are narrow (at most `_SORTED_CANDIDATES` rows). When that leaves few candidates it
+sorts them; otherwise it walks the order from the cursor and checks each row, stopping after
+`n` matches or `max_scan` rows (then the page may be short, with a `next` cursor). The cursor
+is the last row's order key, so paging is stable while rows come and go. Repository results
+group tag rows by repository: sorted by name they walk the name order; sorted by time or
+size they walk that order and place a repository at its first matching tag (its newest,
+latest or largest descending; oldest, earliest or smallest ascending), then fold its
+matching tags into the item.
 
 Rows keep the state's own strings (repository, tag, digest, the `image_info` and annotation
-JSON) and parse labels only to show them; posting terms are interned. Memory per tag:
-bench/search_latency.py prints it (bench/README.md).
+JSON) and parse labels only to show them; posting terms are interned. Memory per tag
+(docs/metadata.md, "Memory per manifest"): about 150 bytes, fixed by
+tests/node/test_search_memory.py; bench/search_latency.py prints it for its corpus too.
 """
 
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from sys import intern
 from typing import Any, NamedTuple, Protocol
@@ -55,14 +65,17 @@ from cargohold.search import (
     name_matcher,
     parse_term,
 )
-from node.metadata.sorted_names import SortedNames
+from node.metadata.sorted_ids import SortedIds
 
 SEP = "\0"
 _SORTED_CANDIDATES = 4096  # at most this many candidates: sort them instead of walking
 DEFAULT_MAX_SCAN = 200_000
+_LAST = "\U0010ffff"  # above every character of a name
 
 
 class Row(NamedTuple):
+    """One row's fields, made from the columns when a result shows it."""
+
     repo: str
     tag: str
     digest: str
@@ -116,16 +129,34 @@ class SearchIndex:
         `building`, an empty one that `add_tags` fills and `finish` completes."""
         self._state = state
         self.max_scan = max_scan
-        self._rows: dict[str, Row] = {}
-        self._orders = {name: SortedNames() for name in ("name", "pushed", "pulled", "size")}
-        self._postings: dict[str, set[str]] = {}
-        # One tag (the usual case) is kept as itself: a set per manifest would cost 216 B.
-        self._tags_of: dict[tuple[str, str], str | set[str]] = {}
+        # The columns (module docstring); a free row has repo None.
+        self._repo: list[str | None] = []
+        self._tag: list[str | None] = []
+        self._digest: list[str | None] = []
+        self._media: list[str | None] = []
+        self._artifact: list[str | None] = []
+        self._platforms: list[tuple[str, ...]] = []
+        self._info: list[str | None] = []
+        self._annotations: list[str | None] = []
+        self._size = array("q")
+        self._pushed = array("d")
+        self._pulled = array("d")
+        self._free: list[int] = []
+        self._count = 0
+        self._keys_of: dict[str, Callable[[int], str]] = {
+            "name": self._name_key,
+            "pushed": self._pushed_key,
+            "pulled": self._pulled_key,
+            "size": self._size_key,
+            "digest": self._digest_key,
+        }
+        self._orders = {name: SortedIds(key) for name, key in self._keys_of.items()}
+        self._postings: dict[str, SortedIds] = {}
         self._repo_rows: dict[str, int] = {}
         self._dirty: set[tuple[str, str]] = set()
         self._dirty_digests: set[tuple[str, str]] = set()
-        # Built in bulk: each order sorted once (at `finish`), not grown one key at a time.
-        self._bulk: dict[str, list[str]] | None = {name: [] for name in self._orders}
+        # Built in bulk: the orders are sorted once (at `finish`), not grown row by row.
+        self._bulk = True
         self.ready = False
         if not building:
             for repo, tags in state.tags.items():
@@ -134,23 +165,65 @@ class SearchIndex:
             self.ready = True
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._count
+
+    # -- order keys (what a cursor holds), computed from the columns ------------------------
+    def _name_key(self, row: int) -> str:
+        return f"{self._repo[row]}{SEP}{self._tag[row]}"
+
+    def _pushed_key(self, row: int) -> str:
+        return f"{self._pushed[row]:017.6f}{SEP}{self._repo[row]}{SEP}{self._tag[row]}"
+
+    def _pulled_key(self, row: int) -> str:
+        return f"{self._pulled[row]:017.6f}{SEP}{self._repo[row]}{SEP}{self._tag[row]}"
+
+    def _size_key(self, row: int) -> str:
+        return f"{self._size[row]:020d}{SEP}{self._repo[row]}{SEP}{self._tag[row]}"
+
+    def _digest_key(self, row: int) -> str:
+        return f"{self._digest[row]}{SEP}{self._repo[row]}{SEP}{self._tag[row]}"
+
+    def order_key(self, sort: str, row: int) -> str:
+        """The row's key in the order `sort` (name, pushed, pulled, size)."""
+        return self._keys_of[sort](row)
+
+    def row(self, row: int) -> Row:
+        repo, tag, digest, media = (
+            self._repo[row],
+            self._tag[row],
+            self._digest[row],
+            self._media[row],
+        )
+        assert repo is not None and tag is not None and digest is not None and media is not None
+        return Row(
+            repo,
+            tag,
+            digest,
+            media,
+            self._artifact[row],
+            self._size[row],
+            self._pushed[row],
+            self._pulled[row],
+            self._platforms[row],
+            self._info[row],
+            self._annotations[row],
+        )
 
     # -- building (node/metadata/search_build.py drives it in slices) -----------------------
     def add_tags(self, repo: str, tags: Iterable[str]) -> int:
         """Add the rows of these tags of `repo` that the state holds now; how many were
         added. The caller holds the state's lock. Rows changed afterwards were touched
         (`touch`) and are recomputed by the `sync` after `finish`; a tag gone meanwhile adds
-        none, one added meanwhile was touched."""
-        assert self._bulk is not None, "add_tags after finish"
+        none, one added meanwhile was touched. A tag given twice in one build keeps one row
+        (`finish` drops the other)."""
+        assert self._bulk, "add_tags after finish"
         present = self._state.tags.get(repo)
         if not present:
             return 0
         added = 0
         for tag in tags:
-            key = repo + SEP + tag
-            if tag in present and key not in self._rows:
-                self._add(repo, tag, key, self._bulk)
+            if tag in present:
+                self._add(repo, tag)
                 added += 1
         return added
 
@@ -158,9 +231,21 @@ class SearchIndex:
         """Sort the orders of the rows added so far. Needs no lock: until `ready` is set
         (by the caller, after a `sync` under the lock) only this index's builder reads them,
         and the commands applied meanwhile only mark rows dirty."""
-        assert self._bulk is not None, "finish twice"
-        self._orders = {name: SortedNames(keys) for name, keys in self._bulk.items()}
-        self._bulk = None
+        assert self._bulk, "finish twice"
+        by_name = sorted(
+            (row for row, repo in enumerate(self._repo) if repo is not None), key=self._name_key
+        )
+        kept: list[int] = []
+        for row in by_name:
+            if kept and self._name_key(kept[-1]) == self._name_key(row):
+                self._remove(row)  # added twice: one row per tag
+            else:
+                kept.append(row)
+        del by_name
+        self._orders["name"] = SortedIds(self._name_key, kept)
+        for name in ("pushed", "pulled", "size", "digest"):
+            self._orders[name] = SortedIds(self._keys_of[name], kept)
+        self._bulk = False
 
     # -- upkeep ------------------------------------------------------------------------------
     def touch(self, repo: str, tag: str) -> None:
@@ -174,20 +259,23 @@ class SearchIndex:
     def sync(self) -> None:
         """Recompute the rows touched since the last sync (after `finish` only)."""
         for repo, digest in self._dirty_digests:
-            tags = self._tags_of.get((repo, digest), ())
-            for tag in (tags,) if isinstance(tags, str) else tags:
+            for row in self._orders["digest"].walk(digest + SEP + repo + SEP):
+                if self._digest[row] != digest or self._repo[row] != repo:
+                    break
+                tag = self._tag[row]
+                assert tag is not None
                 self._dirty.add((repo, tag))
         self._dirty_digests.clear()
+        names = self._orders["name"]
         for repo, tag in self._dirty:
-            key = repo + SEP + tag
-            old = self._rows.get(key)
+            old = names.get(repo + SEP + tag)
             if old is not None:
-                self._remove(key, old)
+                self._remove(old)
             if tag in self._state.tags.get(repo, ()):
-                self._add(repo, tag, key)
+                self._add(repo, tag)
         self._dirty.clear()
 
-    def _row(self, repo: str, tag: str) -> Row:
+    def _add(self, repo: str, tag: str) -> None:
         st = self._state
         digest = st.tags[repo][tag]
         present = st.manifests.get(repo, {})
@@ -217,106 +305,130 @@ class SearchIndex:
                     recipe = blobs.get(blob)
                     size += recipe.size if recipe is not None else 0
         pushed = st.tag_pushed.get(repo, {}).get(tag) or st.pushed.get(repo, {}).get(digest)
-        return Row(
-            repo,
-            tag,
-            digest,
-            record.media_type,
-            record.artifact_type,
-            size,
-            pushed or 0.0,
-            st.pulled.get(repo, {}).get(digest, 0.0),
-            _shared(tuple(sorted(platforms))),
-            info_json,
-            record.annotations_json,
-        )
-
-    def _add(self, repo: str, tag: str, key: str, bulk: dict[str, list[str]] | None = None) -> None:
-        row = self._rows[key] = self._row(repo, tag)
-        keys = {
-            "name": key,
-            "pushed": _time_key(row.pushed) + SEP + key,
-            "pulled": _time_key(row.pulled) + SEP + key,
-            "size": _size_key(row.size) + SEP + key,
-        }
-        for name, order_key in keys.items():
-            if bulk is not None:
-                bulk[name].append(order_key)
-            else:
-                self._orders[name].add(order_key)
-        for term in _terms(row):
-            self._postings.setdefault(term, set()).add(key)
-        held = self._tags_of.get((repo, row.digest))
-        if held is None:
-            self._tags_of[(repo, row.digest)] = tag
-        elif isinstance(held, str):
-            self._tags_of[(repo, row.digest)] = {held, tag}
+        shown = _shared(tuple(sorted(platforms)))
+        if self._free:
+            row = self._free.pop()
         else:
-            held.add(tag)
+            row = len(self._repo)
+            for column in self._lists():
+                column.append(None)
+            self._size.append(0)
+            self._pushed.append(0.0)
+            self._pulled.append(0.0)
+        self._repo[row] = repo
+        self._tag[row] = tag
+        self._digest[row] = digest
+        self._media[row] = record.media_type
+        self._artifact[row] = record.artifact_type
+        self._platforms[row] = shown
+        self._info[row] = info_json
+        self._annotations[row] = record.annotations_json
+        self._size[row] = size
+        self._pushed[row] = pushed or 0.0
+        self._pulled[row] = st.pulled.get(repo, {}).get(digest, 0.0)
+        self._count += 1
+        if not self._bulk:
+            for order in self._orders.values():
+                order.add(row)
+        for term in self._terms(row):
+            posting = self._postings.get(term)
+            if posting is None:
+                posting = self._postings[term] = SortedIds()
+            posting.add(row)
         self._repo_rows[repo] = self._repo_rows.get(repo, 0) + 1
 
-    def _remove(self, key: str, row: Row) -> None:
-        del self._rows[key]
-        self._orders["name"].discard(key)
-        self._orders["pushed"].discard(_time_key(row.pushed) + SEP + key)
-        self._orders["pulled"].discard(_time_key(row.pulled) + SEP + key)
-        self._orders["size"].discard(_size_key(row.size) + SEP + key)
-        for term in _terms(row):
-            keys = self._postings.get(term)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
+    def _lists(self) -> tuple[list[Any], ...]:
+        return (
+            self._repo,
+            self._tag,
+            self._digest,
+            self._media,
+            self._artifact,
+            self._platforms,
+            self._info,
+            self._annotations,
+        )
+
+    def _remove(self, row: int) -> None:
+        if not self._bulk:
+            for order in self._orders.values():
+                order.discard(row)
+        for term in self._terms(row):
+            posting = self._postings.get(term)
+            if posting is not None:
+                posting.discard(row)
+                if not posting:
                     del self._postings[term]
-        left = self._repo_rows[row.repo] - 1
+        repo = self._repo[row]
+        assert repo is not None
+        left = self._repo_rows[repo] - 1
         if left:
-            self._repo_rows[row.repo] = left
+            self._repo_rows[repo] = left
         else:
-            del self._repo_rows[row.repo]
-        pair = (row.repo, row.digest)
-        held = self._tags_of.get(pair)
-        if isinstance(held, str):
-            if held == row.tag:
-                del self._tags_of[pair]
-        elif held is not None:
-            held.discard(row.tag)
-            if not held:
-                del self._tags_of[pair]
+            del self._repo_rows[repo]
+        for column in self._lists():
+            column[row] = None
+        self._platforms[row] = ()
+        self._free.append(row)
+        self._count -= 1
+
+    def _terms(self, row: int) -> Iterator[str]:
+        """The posting terms of a row, interned (rows sharing a label share its term)."""
+        yield intern("m" + SEP + str(self._media[row]))
+        artifact = self._artifact[row]
+        if artifact:
+            yield intern("a" + SEP + artifact)
+        for platform in self._platforms[row]:
+            yield intern("p" + SEP + platform)
+            os_arch = "/".join(platform.split("/")[:2])
+            if os_arch != platform:
+                yield intern("p" + SEP + os_arch)
+        info_json, annotations_json = self._info[row], self._annotations[row]
+        labels = _info(info_json).get("labels") or {}
+        annotations = json.loads(annotations_json) if annotations_json else {}
+        for prefix, values in (("l", labels), ("n", annotations)):
+            for k, v in values.items():
+                if not isinstance(v, str):
+                    continue
+                yield intern(prefix + SEP + k)
+                yield intern(prefix + SEP + k + "=" + v)
+
+    def _repo_ids(self, repo: str) -> Iterator[int]:
+        """The rows of `repo`, in name order."""
+        for row in self._orders["name"].walk(repo + SEP):
+            if self._repo[row] != repo:
+                return
+            yield row
 
     # -- queries -----------------------------------------------------------------------------
-    def order_key(self, sort: str, key: str) -> str:
-        row = self._rows[key]
-        if sort == "name":
-            return key
-        if sort == "size":
-            return _size_key(row.size) + SEP + key
-        return _time_key(row.pushed if sort == "pushed" else row.pulled) + SEP + key
-
     def search(self, spec: SearchSpec) -> SearchPage:
         self.sync()
-        check = _Filter(spec)
+        check = _Filter(spec, self)
         candidates = self._candidates(spec)
         if spec.kind == "repository":
             return self._repositories(spec, check, candidates)
         after = decode_cursor(spec.cursor) if spec.cursor else None
         items: list[dict[str, Any]] = []
-        last: str | None = None
+        last: int | None = None
         scanned = 0
         more = False
-        for order_key, key in self._keys(spec, candidates, after):
+        for row in self._keys(spec, candidates, after):
             scanned += 1
-            row = self._rows[key]
             if check(row):
                 if len(items) == spec.n:
                     more = True
                     break
-                items.append(tag_item(row))
-                last = order_key
+                items.append(tag_item(self.row(row)))
+                last = row
             if scanned >= self.max_scan:
-                more, last = True, order_key
+                more, last = True, row
                 break
-        return SearchPage(items, encode_cursor(last) if more and last else None, scanned)
+        cursor = (
+            encode_cursor(self.order_key(spec.sort, last)) if more and last is not None else None
+        )
+        return SearchPage(items, cursor, scanned)
 
-    def _candidates(self, spec: SearchSpec) -> set[str] | None:
+    def _candidates(self, spec: SearchSpec) -> set[int] | None:
         """The rows the exact filters allow (None: no such filter, or too many to list)."""
         terms: list[str] = []
         if spec.media_type:
@@ -329,7 +441,7 @@ class SearchIndex:
             terms.append("l" + SEP + raw)
         for raw in spec.annotations:
             terms.append("n" + SEP + raw)
-        sets = [self._postings.get(t, set()) for t in terms]
+        sets: list[SortedIds | set[int]] = [self._postings.get(t) or set() for t in terms]
         # A name pattern is matched against repository names (far fewer than tags); ranges
         # of size and time are read off their orders. Each is used only when it is narrow.
         for narrowed in (
@@ -345,62 +457,66 @@ class SearchIndex:
         sets.sort(key=len)
         out = set(sets[0])
         for other in sets[1:]:
-            out &= other
+            if isinstance(other, set):
+                out &= other
+            elif len(out) * 16 < len(other):
+                out = {row for row in out if row in other}
+            else:
+                out &= set(other)
         return out
 
-    def _by_repository_name(self, spec: SearchSpec) -> set[str] | None:
+    def _by_repository_name(self, spec: SearchSpec) -> set[int] | None:
         match = name_matcher(spec.q)
         if match is None:
             return None
         repos = [r for r in self._repo_rows if match(r)]
         if sum(self._repo_rows[r] for r in repos) > _SORTED_CANDIDATES:
             return None
-        out: set[str] = set()
+        out: set[int] = set()
         for repo in repos:
-            for key in self._orders["name"].walk(repo + SEP):
-                if not key.startswith(repo + SEP):
-                    break
-                out.add(key)
+            out.update(self._repo_ids(repo))
         return out
 
     def _in_range(
         self, order: str, lo: float | None, hi: float | None, fmt: Callable[[Any], str]
-    ) -> set[str] | None:
+    ) -> set[int] | None:
         if lo is None and hi is None:
             return None
         start = fmt(lo) if lo is not None else None
         stop = fmt(hi) if hi is not None else None
-        out: set[str] = set()
+        key = self._keys_of[order]
+        out: set[int] = set()
         # walk() starts after its argument: step back to include `lo` itself.
         walk = self._orders[order].walk(fmt_before(start) if start is not None else None)
-        for order_key in walk:
-            if stop is not None and order_key >= stop:
+        for row in walk:
+            if stop is not None and key(row) >= stop:
                 break
-            out.add(order_key.split(SEP, 1)[1])
+            out.add(row)
             if len(out) > _SORTED_CANDIDATES:
                 return None
         return out
 
     def _keys(
-        self, spec: SearchSpec, candidates: set[str] | None, after: str | None
-    ) -> Iterator[tuple[str, str]]:
-        """(order key, row key) in the requested order, after the cursor."""
+        self, spec: SearchSpec, candidates: set[int] | None, after: str | None
+    ) -> Iterator[int]:
+        """The rows in the requested order, after the cursor."""
         sort, desc = spec.sort, spec.desc
         if candidates is not None and len(candidates) <= _SORTED_CANDIDATES:
-            ordered = sorted((self.order_key(sort, k), k) for k in candidates)
+            key = self._keys_of[sort]
+            ordered = sorted((key(row), row) for row in candidates)
             if desc:
                 ordered.reverse()
-            for order_key, key in ordered:
+            for order_key, row in ordered:
                 if after is not None and (order_key >= after if desc else order_key <= after):
                     continue
-                yield order_key, key
+                yield row
             return
         order = self._orders[sort]
         start = after
         stop: str | None = None
         if sort == "name" and (spec.repository or spec.namespace):
             if spec.repository:
-                low, high = spec.repository + SEP, spec.repository + SEP + "\U0010ffff"
+                low, high = spec.repository + SEP, spec.repository + SEP + _LAST
             else:
                 assert spec.namespace is not None
                 low, high = spec.namespace + SEP, spec.namespace + "0"  # "/" + 1 == "0"
@@ -410,16 +526,13 @@ class SearchIndex:
             else:
                 start = low if after is None or after < low else after
                 stop = high
-        for order_key in order.walk(start, desc):
-            if stop is not None and (order_key < stop if desc else order_key > stop):
-                return
-            key = order_key if sort == "name" else order_key.split(SEP, 1)[1]
-            if candidates is not None and key not in candidates:
+        for row in order.walk(start, desc, stop):
+            if candidates is not None and row not in candidates:
                 continue
-            yield order_key, key
+            yield row
 
     def _repositories(
-        self, spec: SearchSpec, check: _Filter, candidates: set[str] | None
+        self, spec: SearchSpec, check: _Filter, candidates: set[int] | None
     ) -> SearchPage:
         """Repositories with at least one matching tag, with their matching tags' figures."""
         after = decode_cursor(spec.cursor) if spec.cursor else None
@@ -437,17 +550,16 @@ class SearchIndex:
             )
             cursor = None
             if after is not None:
-                cursor = after + ("" if spec.desc else SEP + "\U0010ffff")
+                cursor = after + ("" if spec.desc else SEP + _LAST)
             items: list[dict[str, Any]] = []
             more = False
-            for _, key in self._keys(by_name, candidates, cursor):
+            for row in self._keys(by_name, candidates, cursor):
                 scanned += 1
-                row = self._rows[key]
-                if row.repo not in groups and len(groups) == spec.n and check(row):
+                if self._repo[row] not in groups and len(groups) == spec.n and check(row):
                     more = True
                     break
                 if check(row):
-                    _fold(groups, row)
+                    self._fold(groups, row)
                 if scanned >= self.max_scan:
                     more = True
                     break
@@ -467,34 +579,34 @@ class SearchIndex:
             n=spec.n,
         )
         seen: set[str] = set()
-        picked: list[tuple[str, str]] = []
+        picked: list[tuple[int, str]] = []
         more = False
-        for order_key, key in self._keys(walk_spec, candidates, after):
+        for row in self._keys(walk_spec, candidates, after):
             scanned += 1
             if scanned >= self.max_scan:
                 more = True
                 break
-            row = self._rows[key]
-            if row.repo in seen or not check(row):
+            repo = self._repo[row]
+            assert repo is not None
+            if repo in seen or not check(row):
                 continue
-            seen.add(row.repo)
-            if after is not None and self._matches_before(row.repo, spec, check, candidates, after):
+            seen.add(repo)
+            if after is not None and self._matches_before(repo, spec, check, candidates, after):
                 continue
             if len(picked) == spec.n:
                 more = True
                 break
-            picked.append((order_key, row.repo))
+            picked.append((row, repo))
         items = []
         for _, repo in picked:
             group: dict[str, dict[str, Any]] = {}
-            for key in self._orders["name"].walk(repo + SEP):
-                if not key.startswith(repo + SEP):
-                    break
-                row = self._rows[key]
-                if check(row) and (candidates is None or key in candidates):
-                    _fold(group, row)
+            for row in self._repo_ids(repo):
+                if check(row) and (candidates is None or row in candidates):
+                    self._fold(group, row)
             items.append(group[repo])
-        cursor = encode_cursor(picked[-1][0]) if more and picked else None
+        cursor = (
+            encode_cursor(self.order_key(spec.sort, picked[-1][0])) if more and picked else None
+        )
         return SearchPage(items, cursor, scanned)
 
     def _matches_before(
@@ -502,47 +614,47 @@ class SearchIndex:
         repo: str,
         spec: SearchSpec,
         check: _Filter,
-        candidates: set[str] | None,
+        candidates: set[int] | None,
         cursor: str,
     ) -> bool:
         """Has `repo` a matching tag at or before `cursor` in the walk's order?"""
-        for key in self._orders["name"].walk(repo + SEP):
-            if not key.startswith(repo + SEP):
-                return False
-            row = self._rows[key]
-            if not check(row) or (candidates is not None and key not in candidates):
+        key = self._keys_of[spec.sort]
+        for row in self._repo_ids(repo):
+            if not check(row) or (candidates is not None and row not in candidates):
                 continue
-            order_key = self.order_key(spec.sort, key)
+            order_key = key(row)
             if (order_key >= cursor) if spec.desc else (order_key <= cursor):
                 return True
         return False
 
+    def _fold(self, groups: dict[str, dict[str, Any]], row: int) -> None:
+        repo = self._repo[row]
+        assert repo is not None
+        group = groups.get(repo)
+        if group is None:
+            group = groups[repo] = {
+                "repository": repo,
+                "tags": 0,
+                "size": 0,
+                "pushed": None,
+                "pulled": None,
+                "platforms": [],
+            }
+        group["tags"] += 1
+        group["size"] = max(group["size"], self._size[row])
+        pushed, pulled = self._pushed[row], self._pulled[row]
+        if pushed and (group["pushed"] is None or pushed > group["pushed"]):
+            group["pushed"] = pushed
+        if pulled and (group["pulled"] is None or pulled > group["pulled"]):
+            group["pulled"] = pulled
+        for platform in self._platforms[row]:
+            if platform not in group["platforms"]:
+                group["platforms"].append(platform)
+
 
 def fmt_before(text: str) -> str:
     """A key just before every order key that starts with `text` (they continue with NUL)."""
-    return text[:-1] + chr(ord(text[-1]) - 1) + "\U0010ffff"
-
-
-def _fold(groups: dict[str, dict[str, Any]], row: Row) -> None:
-    group = groups.get(row.repo)
-    if group is None:
-        group = groups[row.repo] = {
-            "repository": row.repo,
-            "tags": 0,
-            "size": 0,
-            "pushed": None,
-            "pulled": None,
-            "platforms": [],
-        }
-    group["tags"] += 1
-    group["size"] = max(group["size"], row.size)
-    if row.pushed and (group["pushed"] is None or row.pushed > group["pushed"]):
-        group["pushed"] = row.pushed
-    if row.pulled and (group["pulled"] is None or row.pulled > group["pulled"]):
-        group["pulled"] = row.pulled
-    for platform in row.platforms:
-        if platform not in group["platforms"]:
-            group["platforms"].append(platform)
+    return text[:-1] + chr(ord(text[-1]) - 1) + _LAST
 
 
 def tag_item(row: Row) -> dict[str, Any]:
@@ -563,24 +675,6 @@ def tag_item(row: Row) -> dict[str, Any]:
     return item
 
 
-def _terms(row: Row) -> Iterator[str]:
-    """The posting terms of a row, interned (rows sharing a label share its term string)."""
-    yield intern("m" + SEP + row.media_type)
-    if row.artifact_type:
-        yield intern("a" + SEP + row.artifact_type)
-    for platform in row.platforms:
-        yield intern("p" + SEP + platform)
-        os_arch = "/".join(platform.split("/")[:2])
-        if os_arch != platform:
-            yield intern("p" + SEP + os_arch)
-    for prefix, values in (("l", row.labels), ("n", row.annotations)):
-        for k, v in values.items():
-            if not isinstance(v, str):
-                continue
-            yield intern(prefix + SEP + k)
-            yield intern(prefix + SEP + k + "=" + v)
-
-
 _TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
@@ -599,31 +693,33 @@ def _info(raw: str | None) -> dict[str, Any]:
 
 
 class _Filter:
-    """The row checks a search needs beyond its postings (names, times, sizes, access)."""
+    """The row checks a search needs beyond its postings (names, times, sizes, access),
+    reading the index's columns by row id."""
 
-    def __init__(self, spec: SearchSpec) -> None:
+    def __init__(self, spec: SearchSpec, index: SearchIndex) -> None:
         for raw in (*spec.labels, *spec.annotations):
             parse_term(raw, "term")
-        checks: list[Callable[[Row], bool]] = []
+        repos, tags = index._repo, index._tag
+        checks: list[Callable[[int], bool]] = []
         repo_match = name_matcher(spec.q)
         if repo_match is not None:
-            checks.append(lambda row: bool(repo_match(row.repo)))
+            checks.append(lambda row: bool(repo_match(repos[row])))
         tag_match = name_matcher(spec.tag)
         if tag_match is not None:
-            checks.append(lambda row: bool(tag_match(row.tag)))
+            checks.append(lambda row: bool(tag_match(tags[row])))
         repository = spec.repository
         if repository:
-            checks.append(lambda row: row.repo == repository)
+            checks.append(lambda row: repos[row] == repository)
         ns = spec.namespace
         if ns:
             prefix = ns + "/"
-            checks.append(lambda row: row.repo == ns or row.repo.startswith(prefix))
-        for lo, hi, attr in (
-            (spec.pushed_after, spec.pushed_before, "pushed"),
-            (spec.pulled_after, spec.pulled_before, "pulled"),
+            checks.append(lambda row: repos[row] == ns or str(repos[row]).startswith(prefix))
+        for lo, hi, column in (
+            (spec.pushed_after, spec.pushed_before, index._pushed),
+            (spec.pulled_after, spec.pulled_before, index._pulled),
         ):
             if lo is not None or hi is not None:
-                checks.append(_between(attr, lo, hi))
+                checks.append(_between(column, lo, hi, when=True))
         if spec.min_size is not None or spec.max_size is not None:
             if (
                 spec.min_size is not None
@@ -631,21 +727,26 @@ class _Filter:
                 and spec.min_size > spec.max_size
             ):
                 raise RequestInvalid("min_size is larger than max_size")
-            checks.append(_between("size", spec.min_size, spec.max_size))
+            checks.append(_between(index._size, spec.min_size, spec.max_size, when=False))
         access: PullAccess | None = spec.access
         if access is not None:
             may_pull = access.checker()
-            checks.append(lambda row: bool(may_pull(row.repo)))
+            checks.append(lambda row: bool(may_pull(str(repos[row]))))
         self._checks = checks
 
-    def __call__(self, row: Row) -> bool:
+    def __call__(self, row: int) -> bool:
         return all(check(row) for check in self._checks)
 
 
-def _between(attr: str, lo: float | None, hi: float | None) -> Callable[[Row], bool]:
-    def check(row: Row) -> bool:
-        value = getattr(row, attr)
-        if attr != "size" and not value:
+def _between(
+    column: array[Any], lo: float | None, hi: float | None, when: bool
+) -> Callable[[int], bool]:
+    """A range check on a column; `when`: a time column, where 0 is "never" and matches no
+    range."""
+
+    def check(row: int) -> bool:
+        value = column[row]
+        if when and not value:
             return False  # never pushed-with-a-time / never pulled: no time to compare
         return (lo is None or value >= lo) and (hi is None or value < hi)
 
