@@ -3,7 +3,8 @@
 `Distribution` runs CNCF Distribution (`/usr/bin/docker-registry`) on a free loopback
 port with its access log on (optionally behind an htpasswd file: HTTP Basic), so a test
 can count the requests the proxy sent it (`requests(method, path_part)`), and can be
-stopped and started again on the same port and storage. `push_image` pushes an
+stopped and started again on the same port and storage (with deletes enabled or not:
+`set_deletes`, for the next start). `push_image` pushes an
 `ImageSpec` to any registry with plain HTTP; `push_referrer` a signature of a manifest
 the way clients do to a registry without the referrers API.
 """
@@ -32,22 +33,29 @@ _ACCESS = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (\S+) HTTP/[0-9.]+" (\d
 
 
 class Distribution:
-    """CNCF Distribution, anonymous, its access log in `workdir/registry.log`."""
+    """CNCF Distribution, anonymous, its access log in `workdir/registry.log`; manifest
+    deletes enabled unless `deletes` is off (then every DELETE is 405 UNSUPPORTED)."""
 
-    def __init__(self, workdir: Path, htpasswd: Path | None = None) -> None:
+    def __init__(self, workdir: Path, htpasswd: Path | None = None, deletes: bool = True) -> None:
         if not shutil.which(DISTRIBUTION_BIN):
             pytest.fail(f"{DISTRIBUTION_BIN} missing: make system-deps")
         self.workdir = workdir
         self.port = free_port()
         self.log = workdir / "registry.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.htpasswd = htpasswd
         workdir.mkdir(parents=True, exist_ok=True)
+        self.set_deletes(deletes)
+
+    def set_deletes(self, enabled: bool) -> None:
+        """Write the config with manifest deletes enabled or not (read at the next start)."""
+        htpasswd = self.htpasswd
         auth = f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n" if htpasswd else ""
-        (workdir / "config.yml").write_text(
+        (self.workdir / "config.yml").write_text(
             "version: 0.1\n"
             "log:\n  level: error\n  accesslog:\n    disabled: false\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'storage'}\n"
-            "  delete:\n    enabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.workdir / 'storage'}\n"
+            f"  delete:\n    enabled: {'true' if enabled else 'false'}\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth
         )
 
