@@ -190,15 +190,17 @@ async def test_an_unknown_blob_is_never_remembered() -> None:
         assert (await dp.http.get(URL)).status == 200
 
 
-async def test_ttl_zero_and_large_recipes_always_ask() -> None:
-    async for dp in data_path(3, gateway__blob_digest_ttl_seconds=0.0):
-        resp = await dp.http.post(f"/v2/lib/app/blobs/uploads/?digest={DIGEST}", data=DATA)
-        assert resp.status == 201
-        for _ in range(2):
-            assert (await dp.http.head(URL)).status == 200
-        assert _link_checks(dp) == 2
-    # DATA is 4 chunks of 64 KiB: above a 3-chunk limit, its recipe is not kept.
-    async for dp in data_path(3, gateway__blob_digest_cache_max_chunks=3):
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"gateway__blob_digest_ttl_seconds": 0.0},
+        # DATA is 4 chunks of 64 KiB: above a 3-chunk limit its recipe is not kept.
+        {"gateway__blob_digest_cache_max_chunks": 3},
+    ],
+    ids=["ttl-zero", "large-recipe"],
+)
+async def test_ttl_zero_and_large_recipes_always_ask(overrides: dict[str, float]) -> None:
+    async for dp in data_path(3, **overrides):
         resp = await dp.http.post(f"/v2/lib/app/blobs/uploads/?digest={DIGEST}", data=DATA)
         assert resp.status == 201
         for _ in range(2):
