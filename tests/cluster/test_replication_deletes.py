@@ -1,6 +1,7 @@
 """Replicated deletes (`replicate_deletes`) and dead letters between real registries: a
-Cargohold cluster (the source), a second Cargohold (a target that deletes tags by name)
-and Debian's `docker-registry` (CNCF Distribution 2.8) started with deletes disabled.
+Cargohold cluster (the source), a second Cargohold in token mode (a target that deletes
+tags by name; the rule's DELETEs ask its token service for the `delete` action) and
+Debian's `docker-registry` (CNCF Distribution 2.8) started with deletes disabled.
 
 One source cluster (1 node, 1 gateway) has two on_push rules with `replicate_deletes`:
 `to-cargohold` (`del/*`) and `to-dist` (`dl/*`), `event_max_attempts` 3.
@@ -31,11 +32,13 @@ from cargohold_cli.devcluster import LocalCluster
 from cluster.admin_kit import admin, admin_run
 from cluster.images import MANIFEST_TYPE, ImageSpec
 from cluster.shapes import CHUNK, QUIET_ROLES
+from cluster.token_client import TokenClient, token_auth
 from cluster.upstreams import Distribution, push_image
 
 pytestmark = pytest.mark.cluster
 
 MAX_ATTEMPTS = 3
+USERS = {"alice": "alice-pw"}
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +47,18 @@ def registries(
 ) -> Iterator[tuple[LocalCluster, LocalCluster, Distribution]]:
     dist = Distribution(tmp_path_factory.mktemp("distribution"), deletes=False).start()
     small = {"nodes": 1, "gateways": 1, "replicas": 1, "write_quorum": 1, "chunk_size": CHUNK}
+    token_dir = tmp_path_factory.mktemp("target-cluster")
     target = LocalCluster(
-        tmp_path_factory.mktemp("target-cluster"), extra={"node": dict(QUIET_ROLES)}, **small
+        token_dir / "cluster",
+        extra={"node": dict(QUIET_ROLES), "auth": token_auth(token_dir, USERS)},
+        **small,
     )
     rules: list[dict[str, Any]] = [
         {
             "name": "to-cargohold",
             "url": target.gateway_url,
+            "username": "alice",
+            "password": USERS["alice"],
             "repositories": ["del/*"],
             "replicate_deletes": True,
         },
@@ -106,6 +114,16 @@ async def manifest_at(http: aiohttp.ClientSession, base: str, repo: str, ref: st
         return r.headers["Docker-Content-Digest"]
 
 
+async def token_manifest_at(alice: TokenClient, repo: str, ref: str) -> str | None:
+    """`manifest_at` at the token-mode target."""
+    path = f"/v2/{repo}/manifests/{ref}"
+    status, headers, body = await alice.request("GET", path, headers={"Accept": MANIFEST_TYPE})
+    if status == 404:
+        return None
+    assert status == 200, body
+    return headers["Docker-Content-Digest"]
+
+
 async def delete_at(http: aiohttp.ClientSession, base: str, repo: str, ref: str) -> None:
     async with http.delete(f"{base}/v2/{repo}/manifests/{ref}") as r:
         assert r.status == 202, await r.text()
@@ -141,34 +159,36 @@ async def test_deleted_tag_and_manifest_follow_to_the_target(
     registries: tuple[LocalCluster, LocalCluster, Distribution], http: aiohttp.ClientSession
 ) -> None:
     source, target, _ = registries
-    src, dst = source.gateway_url, target.gateway_url
+    src = source.gateway_url
+    alice = TokenClient(http, target.gateway_url, "alice", USERS["alice"])
     image = ImageSpec("del/app", "v1", 11, (3000, CHUNK + 5))
     await push_image(http, src, image)
     await tag_too(http, src, image, "v2")
     for tag in ("v1", "v2"):
-        at = functools.partial(manifest_at, http, dst, "del/app", tag)
+        at = functools.partial(token_manifest_at, alice, "del/app", tag)
         await wait_for(f"del/app:{tag} at the target", at, source)
 
     # A tag deleted by name: gone there, the manifest and its other tag stay.
     await delete_at(http, src, "del/app", "v1")
     await wait_for(
         "v1 deleted at the target",
-        lambda: _gone(manifest_at(http, dst, "del/app", "v1")),
+        lambda: _gone(token_manifest_at(alice, "del/app", "v1")),
         source,
     )
-    assert await manifest_at(http, dst, "del/app", "v2") == image.digest
-    assert await manifest_at(http, dst, "del/app", image.digest) == image.digest
-    async with http.get(f"{dst}/v2/del/app/blobs/{image.blobs()[1][1]}") as r:
-        assert r.status == 200  # still pulls: its layers are there
+    assert await token_manifest_at(alice, "del/app", "v2") == image.digest
+    assert await token_manifest_at(alice, "del/app", image.digest) == image.digest
+    for _media, digest, data in image.blobs():  # still pulls: its blobs are there
+        code, _, body = await alice.request("GET", f"/v2/del/app/blobs/{digest}")
+        assert code == 200 and body == data
 
     # The manifest by digest: gone there, with the tag on it.
     await delete_at(http, src, "del/app", image.digest)
     await wait_for(
         "the manifest deleted at the target",
-        lambda: _gone(manifest_at(http, dst, "del/app", image.digest)),
+        lambda: _gone(token_manifest_at(alice, "del/app", image.digest)),
         source,
     )
-    assert await manifest_at(http, dst, "del/app", "v2") is None
+    assert await token_manifest_at(alice, "del/app", "v2") is None
     row = await status(source, "to-cargohold")
     assert row["status"]["deletes_sent"] == 2 and row["dead_letters"] == 0, row
 

@@ -7,6 +7,7 @@ one stands in for this cluster, the other is the target.
   (its tags with it); a 404 at the target is done; a tag the rule does not copy, a tag or
   manifest here again by now, a blob's delete send nothing.
 - Without `replicate_deletes` the delete records are passed over.
+- A DELETE asks a token for the `delete` action.
 - A target refusing deletes (405) fails the event like a refused push: after
   `event_max_attempts` it is a dead letter naming the cause, the next events go on, and
   `retry` deletes it once the target allows deletes.
@@ -226,3 +227,17 @@ async def test_the_loop_runs_delete_events_like_push_events() -> None:
                 break
             await asyncio.sleep(0.02)
         assert s.row()["cursor"] == head and s.dst.tags[REPO] == {"v2": x}
+
+
+async def test_a_delete_asks_the_token_service_for_the_delete_action() -> None:
+    dst = await FakeRegistry(token=True).start()
+    side = remote_side(Config(), dst)
+    try:
+        _, x = image(dst, REPO, "x")
+        dst.tags[REPO] = {"v1": x}
+        assert await side.delete_manifest(REPO, "v1") is True
+        assert dst.token_scopes == [f"repository:{REPO}:delete"] and dst.tags[REPO] == {}
+        assert await side.delete_manifest(REPO, "v1") is False  # 404: nothing there
+    finally:
+        await side.close()
+        await dst.close()
