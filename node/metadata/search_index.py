@@ -232,19 +232,22 @@ class SearchIndex:
         (by the caller, after a `sync` under the lock) only this index's builder reads them,
         and the commands applied meanwhile only mark rows dirty."""
         assert self._bulk, "finish twice"
-        by_name = sorted(
-            (row for row, repo in enumerate(self._repo) if repo is not None), key=self._name_key
+        named = sorted(
+            (self._name_key(row), row) for row, repo in enumerate(self._repo) if repo is not None
         )
         kept: list[int] = []
-        for row in by_name:
-            if kept and self._name_key(kept[-1]) == self._name_key(row):
+        last = None
+        for name, row in named:
+            if name == last:
                 self._remove(row)  # added twice: one row per tag
             else:
                 kept.append(row)
-        del by_name
-        self._orders["name"] = SortedIds(self._name_key, kept)
+                last = name
+        del named
+        self._orders["name"] = SortedIds(self._name_key, kept, ordered=True)
         for name in ("pushed", "pulled", "size", "digest"):
-            self._orders[name] = SortedIds(self._keys_of[name], kept)
+            key = self._keys_of[name]
+            self._orders[name] = SortedIds(key, sorted(kept, key=key), ordered=True)
         self._bulk = False
 
     # -- upkeep ------------------------------------------------------------------------------

@@ -29,9 +29,18 @@ class SortedIds:
 
     __slots__ = ("_chunks", "_key", "_len", "_maxes")
 
-    def __init__(self, key: Callable[[int], Any] | None = None, ids: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        key: Callable[[int], Any] | None = None,
+        ids: Iterable[int] = (),
+        ordered: bool = False,
+    ) -> None:
+        """The set of `ids`; `ordered`: they are distinct and in order already."""
         self._key = key
-        ordered = sorted(set(ids), key=key)
+        ordered_ids = list(ids) if ordered else sorted(set(ids), key=key)
+        self._fill(ordered_ids)
+
+    def _fill(self, ordered: list[int]) -> None:
         self._chunks = [array("I", ordered[i : i + _LOAD]) for i in range(0, len(ordered), _LOAD)]
         self._maxes: list[Any] = [self._k(chunk[-1]) for chunk in self._chunks]
         self._len = len(ordered)

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from cargohold.errors import RequestInvalid
+from cargohold.search import SearchSpec
+from node.metadata.search_index import SearchIndex
 from node.metadata.state import MetadataState
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
@@ -415,3 +417,27 @@ def test_image_info_backfill_records_what_old_pushes_lack(st: MetadataState) -> 
     copy.load(st.dump())
     assert copy.image_info == st.image_info
     assert search(copy, platform="linux/amd64") == search(st, platform="linux/amd64")
+
+
+def test_a_build_given_a_tag_twice_keeps_one_row_and_reuses_freed_ids(st: MetadataState) -> None:
+    index = SearchIndex(st, building=True)
+    assert index.add_tags("team/web", ["1.0", "2.0", "gone"]) == 2
+    assert index.add_tags("team/web", ["2.0"]) == 1  # the builder never does; finish copes
+    index.add_tags("team/api", ["latest"])
+    index.finish()
+    index.sync()
+    index.ready = True
+    page = index.search(SearchSpec(n=10))
+    assert [(i["repository"], i["tag"]) for i in page.items] == [
+        ("team/api", "latest"),
+        ("team/web", "1.0"),
+        ("team/web", "2.0"),
+    ]
+    assert len(index) == 3
+    # A moved tag's row is dropped and made again under a freed id; orders stay consistent.
+    for now in (400.0, 500.0):
+        push(st, "team/web", "web1", "2.0", now=now, blobs=[dg("web1-config"), dg("web1-layer")])
+        index.touch("team/web", "2.0")
+        by_push = index.search(SearchSpec(sort="pushed", desc=True, n=1))
+        assert [(i["tag"], i["pushed"]) for i in by_push.items] == [("2.0", now)]
+    assert len(index) == 3
