@@ -372,6 +372,27 @@ def deleted(record: dict[str, Any]) -> str | None:
     return None
 
 
+# A restore record's `detail`: "from the trash", then "; tags a,b" with the tags it
+# brought back, then "; forced" when it was forced.
+_RESTORED = "from the trash"
+
+
+def restore_detail(tags: list[str], forced: bool) -> str:
+    """The `detail` of a restore record."""
+    detail = _RESTORED + (f"; tags {','.join(tags)}" if tags else "")
+    return detail + ("; forced" if forced else "")
+
+
+def restored_tags(record: dict[str, Any]) -> list[str]:
+    """The tags a restore record brought back (none for another record)."""
+    if record.get("action") != "restore":
+        return []
+    for part in (record.get("detail") or "").split("; "):
+        if part.startswith("tags "):
+            return [t for t in part[len("tags ") :].split(",") if t]
+    return []
+
+
 def matches(
     record: dict[str, Any],
     *,

@@ -9,7 +9,8 @@ a prefix put before every name at the target, and its triggers: `on_push` (push 
 every push of a matching tag, read from the activity log), `schedule` (a full run every
 `interval_seconds`); with neither, a rule runs when `cargohold admin replication run`
 asks. An `on_push` rule with `replicate_deletes` also deletes at the target what is
-deleted here (a tag by name, a manifest by digest; off by default).
+deleted here (a tag by name, a manifest by digest; off by default), and copies again
+what a restore from the trash brings back.
 
 Owned here: `Rule` (and `parse_rules`), `wants_repo`, `wants_tag`, `wants_tag_delete`,
 `target_name`,

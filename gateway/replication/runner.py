@@ -24,7 +24,8 @@ The holder's task, in a loop:
   the log are events too: a tag deleted by name is deleted by name at the target (the
   manifest stays, as here), a manifest deleted by digest is deleted by digest (its tags
   with it); a 404 there is done; nothing is deleted when the tag or manifest is here
-  again by then (pushed again since: that push's event copies it).
+  again by then (pushed again since: that push's event copies it). A restore from the
+  trash is then an event too: the tags it brought back are copied again.
 
 A failure (the remote down, refusing, a digest mismatch) is retried with exponential
 back-off (`backoff_seconds` .. `backoff_max_seconds`): a full run for ever; a push (or
@@ -56,7 +57,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from cargohold.audit import deleted
+from cargohold.audit import deleted, restored_tags
 from cargohold.config import Config, ProxyConfig
 from cargohold.errors import Conflict, RegistryError
 from cargohold.log import log_event
@@ -584,12 +585,20 @@ class RuleRunner:
             return False
         if record.get("action") == "push":
             return True
-        # A tag's or a manifest's delete (a blob's goes with its manifest at the target).
-        return self.rule.replicate_deletes and deleted(record) is not None
+        if not self.rule.replicate_deletes:
+            return False
+        # A tag's or a manifest's delete (a blob's goes with its manifest at the target),
+        # and a restore from the trash (what a replicated delete removed there, back).
+        return deleted(record) is not None or record.get("action") == "restore"
 
     async def _copy_event(self, copier: Copier, record: dict[str, Any]) -> None:
         repo = record["repository"]
         target = target_name(self.rule, repo)
+        if record.get("action") == "restore":  # the tags it brought back, copied again
+            for tag in restored_tags(record):
+                if wants_tag(self.rule, tag) or referrer_tag(tag):
+                    await self._copy_tag(copier, repo, target, tag)
+            return
         reference = record.get("reference") or ""
         if reference and ":" not in reference:  # a tag
             if wants_tag(self.rule, reference) or referrer_tag(reference):

@@ -86,7 +86,7 @@ from itertools import chain, islice
 from typing import Any, BinaryIO, NamedTuple
 
 from cargohold import metadata_api as api
-from cargohold.audit import TAG_DELETED, blob_detail, manifest_deleted_detail
+from cargohold.audit import TAG_DELETED, blob_detail, manifest_deleted_detail, restore_detail
 from cargohold.errors import (
     BlobUnknown,
     BlobUploadUnknown,
@@ -1537,8 +1537,7 @@ class MetadataState:
         self.trash.take(repo, plan)
         if req.audit is not None:
             ref = req.digest if req.tag is None else req.tag
-            detail = "from the trash" + (f"; tags {','.join(plan.tags)}" if plan.tags else "")
-            detail += "; forced" if req.force else ""
+            detail = restore_detail(plan.tags, req.force)
             self._audit(req.audit, "restore", repo, ref or "", plan.digest, detail)
         return api.TrashRestored(sorted(d for d, _ in plan.manifests), plan.tags)
 

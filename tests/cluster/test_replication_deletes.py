@@ -7,7 +7,8 @@ One source cluster (1 node, 1 gateway) has two on_push rules with `replicate_del
 `to-cargohold` (`del/*`) and `to-dist` (`dl/*`), `event_max_attempts` 3.
 
 - A tag deleted at the source is deleted by name at the target (the other tag on the
-  same manifest still pulls); the manifest deleted by digest is gone there too.
+  same manifest still pulls); the manifest deleted by digest is gone there too; restored
+  from the trash at the source, it is copied back.
 - Dead letters end to end: Distribution refuses the replicated manifest delete (405,
   deletes disabled); after 3 attempts it is a dead letter in `admin replication status`
   and the push after it is copied all the same; Distribution restarted with deletes
@@ -191,6 +192,11 @@ async def test_deleted_tag_and_manifest_follow_to_the_target(
     assert await token_manifest_at(alice, "del/app", "v2") is None
     row = await status(source, "to-cargohold")
     assert row["status"]["deletes_sent"] == 2 and row["dead_letters"] == 0, row
+
+    # Restored from the trash here: copied back there, with the tag it brought back.
+    await admin(source, "trash", "restore", f"del/app@{image.digest}")
+    at = functools.partial(token_manifest_at, alice, "del/app", "v2")
+    assert await wait_for("v2 restored at the target", at, source) == image.digest
 
 
 async def _gone(answer: Awaitable[str | None]) -> bool:

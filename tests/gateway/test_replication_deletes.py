@@ -7,6 +7,7 @@ one stands in for this cluster, the other is the target.
   (its tags with it); a 404 at the target is done; a tag the rule does not copy, a tag or
   manifest here again by now, a blob's delete send nothing.
 - Without `replicate_deletes` the delete records are passed over.
+- A restore from the trash copies the tags it brought back.
 - A DELETE asks a token for the `delete` action.
 - A target refusing deletes (405) fails the event like a refused push: after
   `event_max_attempts` it is a dead letter naming the cause, the next events go on, and
@@ -241,3 +242,17 @@ async def test_a_delete_asks_the_token_service_for_the_delete_action() -> None:
     finally:
         await side.close()
         await dst.close()
+
+
+async def test_a_restore_from_the_trash_copies_its_tags_back() -> None:
+    async with Setup() as s:
+        x = same_image(s, "x")
+        s.src.tags[REPO] = {"v1": x, "dev": x}  # restored here (with a tag not copied)
+        s.dst.tags[REPO] = {}  # the replicated delete took them there
+        detail = audit.restore_detail(["dev", "v1"], forced=True)
+        assert audit.restored_tags({"action": "restore", "detail": detail}) == ["dev", "v1"]
+        head = s.log(
+            audit.event("restore", time=2.0, repository=REPO, reference=x, digest=x, detail=detail)
+        )
+        await s.step()
+        assert s.row()["cursor"] == head and s.dst.tags[REPO] == {"v1": x}
