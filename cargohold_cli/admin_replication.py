@@ -10,8 +10,8 @@ Rules are configured on the gateways (`[[replication.rules]]`); a rule is known 
 cluster once a gateway took its lease and reported it (its definition without
 credentials, in the replicated metadata). `run` is a replicated request (`replication_run`,
 admin role only) that the gateway holding the rule's lease starts at its next round;
-`retry` (`replication_retry`, admin only) queues push events the rule gave up on (its
-dead letters, shown by `status`) for its runner to copy again.
+`retry` (`replication_retry`, admin only) queues push (and delete) events the rule gave
+up on (its dead letters, shown by `status`) for its runner to copy again.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def format_list(rules: list[dict[str, Any]]) -> str:
     for row in rules:
         rule = (row.get("status") or {}).get("rule") or {}
         triggers = ",".join(rule.get("triggers") or []) or "manual"
+        if rule.get("replicate_deletes"):
+            triggers += "+deletes"
         repos = ",".join(rule.get("repositories") or [])
         lines.append(
             f"{row['name']:<20} {rule.get('direction', '?'):<5} {triggers:<18} "
