@@ -7,7 +7,9 @@ briefly (node/metadata/search_build.py: `building`, `add_tags`, `finish`); a bar
 builds it whole at its first search. From its creation on, the state marks what its
 commands change (`touch(repo, tag)` where a tag is set or dropped, `touch_digest(repo,
 digest)` where a pull dates a manifest): a search first recomputes the marked rows, so an
-applied command is visible to the next search on that node.
+applied command is visible to the next search on that node. A ready index lets at most
+`_PENDING_LIMIT` marks wait: past that, the state has it recompute two after each command
+(`settle`).
 
 Layout: every row (one per tag) has a row id, a small integer (a removed row's id is
 reused), and its fields are columns indexed by it, so a row costs a slot per column and no
@@ -71,6 +73,9 @@ SEP = "\0"
 _SORTED_CANDIDATES = 4096  # at most this many candidates: sort them instead of walking
 DEFAULT_MAX_SCAN = 200_000
 _LAST = "\U0010ffff"  # above every character of a name
+# Marks (rows to recompute) a ready index lets wait for the next search; past it, each new
+# mark recomputes two (`SearchIndex.settle`).
+_PENDING_LIMIT = 1024
 
 
 class Row(NamedTuple):
@@ -259,24 +264,47 @@ class SearchIndex:
         """The manifest's pull time changed: recompute the rows of its tags."""
         self._dirty_digests.add((repo, digest))
 
+    def pending(self) -> int:
+        """How many marks wait for a recompute."""
+        return len(self._dirty) + len(self._dirty_digests)
+
+    def settle(self) -> None:
+        """Past `_PENDING_LIMIT` marks on a ready index, recompute two marks (O(log n)
+        each). The state calls it after every command it applied (never inside one: a row
+        is recomputed from a state that no command is halfway through), so on a node that
+        nobody searches the marks (a tuple and a set slot each, ~100 bytes) stay bounded
+        instead of growing with every push, and so does the next search's `sync`."""
+        if not self.ready or self.pending() <= _PENDING_LIMIT:
+            return
+        for _ in range(2):
+            if self._dirty_digests:
+                self._dirty.update(self._digest_marks(*self._dirty_digests.pop()))
+            elif self._dirty:
+                self._recompute(*self._dirty.pop())
+
     def sync(self) -> None:
         """Recompute the rows touched since the last sync (after `finish` only)."""
         for repo, digest in self._dirty_digests:
-            for row in self._orders["digest"].walk(digest + SEP + repo + SEP):
-                if self._digest[row] != digest or self._repo[row] != repo:
-                    break
-                tag = self._tag[row]
-                assert tag is not None
-                self._dirty.add((repo, tag))
+            self._dirty.update(self._digest_marks(repo, digest))
         self._dirty_digests.clear()
-        names = self._orders["name"]
         for repo, tag in self._dirty:
-            old = names.get(repo + SEP + tag)
-            if old is not None:
-                self._remove(old)
-            if tag in self._state.tags.get(repo, ()):
-                self._add(repo, tag)
+            self._recompute(repo, tag)
         self._dirty.clear()
+
+    def _digest_marks(self, repo: str, digest: str) -> Iterator[tuple[str, str]]:
+        """(repo, tag) of the rows of `digest` in `repo` (a pull re-dates them)."""
+        for row in self._orders["digest"].walk(digest + SEP + repo + SEP):
+            tag = self._tag[row]
+            if self._digest[row] != digest or self._repo[row] != repo or tag is None:
+                return
+            yield repo, tag
+
+    def _recompute(self, repo: str, tag: str) -> None:
+        old = self._orders["name"].get(repo + SEP + tag)
+        if old is not None:
+            self._remove(old)
+        if tag in self._state.tags.get(repo, ()):
+            self._add(repo, tag)
 
     def _add(self, repo: str, tag: str) -> None:
         st = self._state

@@ -586,7 +586,10 @@ class MetadataState:
     def apply(self, op: str, args: dict[str, Any]) -> Any:
         """Apply one command as it travels and sits in the Raft log; its JSON result."""
         command = api.decode_command(op, args)
-        return command.encode_result(self.execute(command))
+        result = command.encode_result(self.execute(command))
+        if self._search is not None:
+            self._search.settle()  # bounded marks (search_index.py), once the command is done
+        return result
 
     def query(self, op: str, args: dict[str, Any]) -> Any:
         """Answer one query as it travels; its JSON result."""

@@ -11,6 +11,7 @@ import pytest
 
 from cargohold.errors import RequestInvalid
 from cargohold.search import SearchSpec
+from node.metadata import search_index
 from node.metadata.search_index import SearchIndex
 from node.metadata.state import MetadataState
 
@@ -441,3 +442,24 @@ def test_a_build_given_a_tag_twice_keeps_one_row_and_reuses_freed_ids(st: Metada
         by_push = index.search(SearchSpec(sort="pushed", desc=True, n=1))
         assert [(i["tag"], i["pushed"]) for i in by_push.items] == [("2.0", now)]
     assert len(index) == 3
+
+
+def test_marks_stay_bounded_on_a_node_nobody_searches(
+    st: MetadataState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(search_index, "_PENDING_LIMIT", 3)
+    search(st)  # the index is built and ready: from now on commands mark rows
+    index = st.search_index()
+    assert index is not None
+    for i in range(30):
+        push(st, f"team/r{i % 4}", f"x{i}", f"t{i % 7}", now=1000.0 + i, layer=i + 1)
+        if i % 5 == 0:
+            pulls = [[f"team/r{i % 4}", dg(f"x{i}"), f"t{i % 7}", 2000.0 + i, None, None, None]]
+            st.apply("pull_record", {"pulls": pulls})
+        assert index.pending() <= 3 + 1
+    st.apply("tag_delete", {"repo": "team/r1", "tag": "t1"})
+    # What was recomputed early agrees with an index built from the state now.
+    copy = MetadataState()
+    copy.load(st.dump())
+    for spec in ({}, {"sort": "pulled", "desc": True}, {"sort": "size"}, {"kind": "repository"}):
+        assert search(st, n=100, **spec) == search(copy, n=100, **spec)
