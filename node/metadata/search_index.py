@@ -45,8 +45,9 @@ matching tags into the item.
 
 Rows keep the state's own strings (repository, tag, digest, the `image_info` and annotation
 JSON) and parse labels only to show them; posting terms are interned. Memory per tag
-(docs/metadata.md, "Memory per manifest"): about 150 bytes, fixed by
-tests/node/test_search_memory.py; bench/search_latency.py prints it for its corpus too.
+(docs/metadata.md, "Memory per manifest"): 127 bytes for one-tag images without labels,
+fixed by tests/node/test_metadata_memory.py (bound 160); about 208 with a platform and three
+labels each (bench/search_latency.py prints it for its corpus).
 """
 
 from __future__ import annotations
