@@ -29,6 +29,7 @@ from bench import machine
 from bench.blobdata import BlobSpec, digest_of
 from bench.procstats import CpuMeter, peak_rss_bytes
 from bench.profiles import QUICK
+from bench.rawhttp import RawBlobReader
 from bench.systems import Cargohold
 from bench.workloads.common import Context, pick, sessions
 
@@ -133,6 +134,36 @@ async def _phase(
     }
 
 
+async def _pull_phase(system: Cargohold, digests: list[str]) -> dict[str, Any]:
+    """Every pushed blob pulled once, 8 at a time: the memory a pull adds (with local
+    reads the gateway maps its node's LMDB, so its RssFile grows with what it reads)."""
+    pids = system.processes()
+    sampler = _RssSampler(pids)
+    readers = [RawBlobReader(system.urls[0]) for _ in range(8)]
+    pool: asyncio.Queue[RawBlobReader] = asyncio.Queue()
+    for reader in readers:
+        pool.put_nowait(reader)
+
+    async def pull(digest: str) -> None:
+        reader = await pool.get()
+        try:
+            await reader.get(f"/v2/bench/pushconc/blobs/{digest}")
+        finally:
+            pool.put_nowait(reader)
+
+    try:
+        await asyncio.gather(*(pull(d) for d in digests))
+    finally:
+        for reader in readers:
+            reader.close()
+    return {
+        "phase": "pull",
+        "blobs": len(digests),
+        "peak_rss_MiB": {p: round((peak_rss_bytes(pid) or 0) / MiB) for p, pid in pids.items()},
+        "peak_rss_sampled_MiB": sampler.stop(),
+    }
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     system = Cargohold(
         workdir,
@@ -160,6 +191,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 phase = await _phase(system, ctx, specs[take], digests[take], conc)
                 print(json.dumps(phase), flush=True)
                 phases.append(phase)
+        if args.pull:
+            phases.append(await _pull_phase(system, digests[1:at]))
+            print(json.dumps(phases[-1]), flush=True)
         return {
             "nodes": args.nodes,
             "size_mib": args.size_mib,
@@ -185,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gateway-setting", action="append", default=[])
     parser.add_argument("--node-setting", action="append", default=[])
     parser.add_argument("--label", default="")
+    parser.add_argument("--pull", action="store_true", help="then pull every blob once")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     import uvloop
