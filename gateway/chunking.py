@@ -9,9 +9,9 @@ digest the caller passes in, piece by piece while each piece is hot in cache (th
 chunk of a blob is hashed once: its id is the running sha256 after it) — and then
 copied once, straight into the encoded PutChunkRequest (`cargohold.wire.encode_put`)
 that goes to all R replicas. Up to `gateway.upload_writes_in_flight` chunk writes per upload, and
-`gateway.chunk_writes_in_flight_total` across the gateway, run while reading goes on, so
-memory is bounded by about (in-flight + 1) chunks per upload and by the total; a layer is
-never buffered.
+`gateway.chunk_writes_in_flight_total` across the gateway (a write holds its slot until W
+replicas acknowledged), run while reading goes on, so memory is bounded by about
+(in-flight + 1) chunks per upload and by the total; a layer is never buffered.
 
 Hashing runs off the event loop for all but small chunks (`cargohold.concurrency`), so
 hashing a chunk overlaps the loop instead of stalling every other request for that long.

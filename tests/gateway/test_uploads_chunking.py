@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import random
@@ -9,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.chunking import cut_chunks, encode_chunk
+from gateway.chunking import cut_chunks, encode_chunk, ingest
 
 
 class _Stream:
@@ -70,3 +71,45 @@ async def test_first_chunk_id_read_off_a_fresh_running_digest() -> None:
         assert b"".join(pieces) in request
     assert running.digest() == hashlib.sha256(data).digest()
     assert ids == [hashlib.sha256(data[i : i + 65536]).digest() for i in range(0, len(data), 65536)]
+
+
+class _CountingCluster:
+    """Records how many chunk writes run at once; each write yields to the loop a few
+    times, so writes of several uploads overlap when nothing bounds them."""
+
+    def __init__(self, slots: int) -> None:
+        self.write_slots = asyncio.Semaphore(slots)
+        self.active = 0
+        self.most = 0
+        self.stored: list[bytes] = []
+
+    async def store_encoded(self, chunk_id: bytes, length: int, request: bytes) -> None:
+        self.active += 1
+        self.most = max(self.most, self.active)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        self.stored.append(chunk_id)
+        self.active -= 1
+
+
+async def test_writes_across_uploads_stay_under_the_gateway_wide_bound() -> None:
+    """`gateway.chunk_writes_in_flight_total`: eight uploads, each allowed four writes in
+    flight, never have more than the gateway-wide number running at once."""
+    cluster = _CountingCluster(slots=3)
+    bodies = [os.urandom(6 * 4096 + 1 + i) for i in range(8)]
+
+    async def upload(body: bytes) -> list[list[object]]:
+        chunks, total = await ingest(
+            cluster,  # type: ignore[arg-type]
+            _Stream([body]),
+            hashlib.sha256(),
+            4096,
+            in_flight=4,
+        )
+        assert total == len(body)
+        return chunks
+
+    recipes = await asyncio.gather(*(upload(b) for b in bodies))
+    assert cluster.most == 3  # the bound was reached, and never passed
+    assert cluster.active == 0 and cluster.write_slots._value == 3  # every slot came back
+    assert len(cluster.stored) == sum(len(r) for r in recipes) == 8 * 7
