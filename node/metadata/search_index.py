@@ -487,14 +487,15 @@ class SearchIndex:
         if not sets:
             return None
         sets.sort(key=len)
-        out = set(sets[0])
+        first = sets[0]
+        out = set(first) if isinstance(first, set) else first.to_set()
         for other in sets[1:]:
             if isinstance(other, set):
                 out &= other
             elif len(out) * 16 < len(other):
                 out = {row for row in out if row in other}
             else:
-                out &= set(other)
+                out &= other.to_set()
         return out
 
     def _by_repository_name(self, spec: SearchSpec) -> set[int] | None:

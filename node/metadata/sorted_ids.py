@@ -18,7 +18,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 _LOAD = 512
@@ -52,8 +52,10 @@ class SortedIds:
         return self._len
 
     def __iter__(self) -> Iterator[int]:
-        for chunk in self._chunks:
-            yield from chunk
+        return chain.from_iterable(self._chunks)
+
+    def to_set(self) -> set[int]:
+        return set(chain.from_iterable(self._chunks))
 
     def _find(self, k: Any) -> tuple[int, int] | None:
         """(chunk, position) of the id whose key is `k`."""
