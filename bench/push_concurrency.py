@@ -7,6 +7,9 @@ phase of `--c8-count` pushes 8 at a time. Each phase records MB/s, the CPU-secon
 of every process (/proc, up to the `sync` after it), and every process's peak RSS during
 the phase (VmHWM, reset before the phase through /proc/PID/clear_refs). The same cluster
 runs both concurrencies in alternation, so a load change on a shared machine hits both.
+With `--pull`, every pushed blob is then pulled once, 8 at a time (MB/s and RSS): with
+short-circuit local reads the gateway maps its node's LMDB, so its RssFile grows with
+what it reads, and with `node.drop_written_pages` those reads go to the disk.
 
 The JSON goes to `--out` (default: stdout only). For an A/B of code, run it once per tree
 (PYTHONPATH) in alternation; for an A/B of a setting, `--gateway-setting` /
@@ -134,7 +137,7 @@ async def _phase(
     }
 
 
-async def _pull_phase(system: Cargohold, digests: list[str]) -> dict[str, Any]:
+async def _pull_phase(system: Cargohold, digests: list[str], size: int) -> dict[str, Any]:
     """Every pushed blob pulled once, 8 at a time: the memory a pull adds (with local
     reads the gateway maps its node's LMDB, so its RssFile grows with what it reads)."""
     pids = system.processes()
@@ -151,14 +154,17 @@ async def _pull_phase(system: Cargohold, digests: list[str]) -> dict[str, Any]:
         finally:
             pool.put_nowait(reader)
 
+    started = time.perf_counter()
     try:
         await asyncio.gather(*(pull(d) for d in digests))
+        elapsed = time.perf_counter() - started
     finally:
         for reader in readers:
             reader.close()
     return {
         "phase": "pull",
         "blobs": len(digests),
+        "MB_per_s": round(size * len(digests) / elapsed / 1e6, 1),
         "peak_rss_MiB": {p: round((peak_rss_bytes(pid) or 0) / MiB) for p, pid in pids.items()},
         "peak_rss_sampled_MiB": sampler.stop(),
     }
@@ -192,7 +198,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 print(json.dumps(phase), flush=True)
                 phases.append(phase)
         if args.pull:
-            phases.append(await _pull_phase(system, digests[1:at]))
+            phases.append(await _pull_phase(system, digests[1:at], size))
             print(json.dumps(phases[-1]), flush=True)
         return {
             "nodes": args.nodes,
