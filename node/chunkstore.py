@@ -31,6 +31,11 @@ them. Reads run in executor threads inside read transactions (`buffers=True`): t
 is checked on the mapped bytes and the data copied out once. sha256 of incoming data is
 computed in an executor thread too, so the event loop never hashes megabytes.
 
+With `node.drop_written_pages`, each commit that stored chunks is followed (after its
+acknowledgements) by `posix_fadvise(DONTNEED)` on data.mdb: written chunks leave the page
+cache, so writes recycle its memory instead of growing it (cheaper on hosts where fresh
+memory is costly, see bench/README.md) and reads of them go to the disk.
+
 No space raises `StorageFull` for the puts that do not fit, and the store keeps serving
 reads and deletes: a put that would eat into the disk reserve (`node/disk.py`, checked
 before the write), a full LMDB map, or a commit that fails for lack of disk space (ENOSPC;
@@ -329,6 +334,7 @@ class LmdbChunkStore:
         batch_max_items: int,
         batch_max_bytes: int,
         space: DiskSpace | None = None,
+        drop_written_pages: bool = False,
     ) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
@@ -363,6 +369,10 @@ class LmdbChunkStore:
         self.touches = ChunkTouches()
         # Told the seconds of each write transaction, fsync included (node/metrics.py).
         self.commit_observer: Callable[[float], None] | None = None
+        # `node.drop_written_pages`: data.mdb opened once more, to drop its cached pages.
+        self._drop_fd: int | None = None
+        if drop_written_pages and hasattr(os, "posix_fadvise"):
+            self._drop_fd = os.open(os.path.join(path, "data.mdb"), os.O_RDONLY)
         self._writer = threading.Thread(
             target=self._write_loop, name="chunkstore-writer", daemon=True
         )
@@ -487,6 +497,9 @@ class LmdbChunkStore:
             self._closed = True
             self._queue.put(_STOP)
         self._writer.join()
+        if self._drop_fd is not None:
+            os.close(self._drop_fd)
+            self._drop_fd = None
         with self._lock:
             self._lock.wait_for(lambda: self._readers == 0)
             self._env.close()
@@ -624,6 +637,19 @@ class LmdbChunkStore:
         self._charge(ops, results)
         for op, result in zip(ops, results, strict=True):
             op.future.set_result(result)
+        if self._drop_fd is not None and any(op.kind == "put" for op in ops):
+            self._drop_cached_pages()
+
+    def _drop_cached_pages(self) -> None:
+        """`node.drop_written_pages`: after a commit (its pages fsynced, so clean) and its
+        acknowledgements, ask the kernel to drop data.mdb's cached pages. Pages mapped by a
+        reader stay; the next write reuses the freed memory instead of growing the page
+        cache. Advice only: a failure changes nothing stored."""
+        assert self._drop_fd is not None
+        try:
+            os.posix_fadvise(self._drop_fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError as exc:
+            log_event(logger, "chunkstore.drop_pages_failed", logging.DEBUG, error=str(exc))
 
     def _charge(self, ops: list[_Op], results: list[int]) -> None:
         """Tell the disk view about the bytes just written (puts of new chunks)."""

@@ -206,6 +206,7 @@ async def _run_locked(cfg: Config) -> None:
         node.commit_batch_max_items,
         node.commit_batch_max_bytes,
         space=space,
+        drop_written_pages=node.drop_written_pages,
     )
     raft: RaftMember | None = None
     search: SearchIndexBuilder | None = None
