@@ -36,7 +36,7 @@ from bench import machine
 from bench.blobdata import BlobSpec, digest_of
 from bench.procstats import CpuMeter
 from bench.profiles import QUICK
-from bench.rawhttp import RawBlobReader
+from bench.rawhttp import RawReaderPool
 from bench.systems import Cargohold
 from bench.workloads.common import Context, pick, sessions
 
@@ -168,17 +168,10 @@ async def _measure(system: Cargohold, args: argparse.Namespace, workdir: Path) -
             system, args, workdir, "push", size * args.count,
             lambda: asyncio.gather(*(push(i) for i in range(args.count))),
         )  # fmt: skip
-    readers = [RawBlobReader(url) for _ in range(args.concurrency)]
-    pool: asyncio.Queue[RawBlobReader] = asyncio.Queue()
-    for reader in readers:
-        pool.put_nowait(reader)
+    pool = RawReaderPool([url], args.concurrency)
 
     async def pull(i: int) -> None:
-        reader = await pool.get()
-        try:
-            await reader.get(f"/v2/{repo}/blobs/{digests[i % args.count]}")
-        finally:
-            pool.put_nowait(reader)
+        await pool.get(f"/v2/{repo}/blobs/{digests[i % args.count]}")
 
     try:
         out["pull"] = await _phase(
@@ -186,8 +179,7 @@ async def _measure(system: Cargohold, args: argparse.Namespace, workdir: Path) -
             lambda: asyncio.gather(*(pull(i) for i in range(2 * args.count))),
         )  # fmt: skip
     finally:
-        for reader in readers:
-            reader.close()
+        pool.close()
     out["load_after"] = machine.load_average()
     return out
 

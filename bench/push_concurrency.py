@@ -32,7 +32,7 @@ from bench import machine
 from bench.blobdata import BlobSpec, digest_of
 from bench.procstats import CpuMeter, peak_rss_bytes
 from bench.profiles import QUICK
-from bench.rawhttp import RawBlobReader
+from bench.rawhttp import RawReaderPool
 from bench.systems import Cargohold
 from bench.workloads.common import Context, pick, sessions
 
@@ -142,25 +142,13 @@ async def _pull_phase(system: Cargohold, digests: list[str], size: int) -> dict[
     reads the gateway maps its node's LMDB, so its RssFile grows with what it reads)."""
     pids = system.processes()
     sampler = _RssSampler(pids)
-    readers = [RawBlobReader(system.urls[0]) for _ in range(8)]
-    pool: asyncio.Queue[RawBlobReader] = asyncio.Queue()
-    for reader in readers:
-        pool.put_nowait(reader)
-
-    async def pull(digest: str) -> None:
-        reader = await pool.get()
-        try:
-            await reader.get(f"/v2/bench/pushconc/blobs/{digest}")
-        finally:
-            pool.put_nowait(reader)
-
+    pool = RawReaderPool(system.urls[:1], 8)
     started = time.perf_counter()
     try:
-        await asyncio.gather(*(pull(d) for d in digests))
+        await asyncio.gather(*(pool.get(f"/v2/bench/pushconc/blobs/{d}") for d in digests))
         elapsed = time.perf_counter() - started
     finally:
-        for reader in readers:
-            reader.close()
+        pool.close()
     return {
         "phase": "pull",
         "blobs": len(digests),

@@ -10,6 +10,7 @@ It checks the status and that `Docker-Content-Digest` is present, nothing else.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 
@@ -231,3 +232,29 @@ class RawBlobReader:
             self._received += self.proto.received
             self.proto.transport.close()
             self.proto = None
+
+
+class RawReaderPool:
+    """`count` `RawBlobReader`s over `urls` (round robin), each lent to one GET at a time:
+    concurrent pulls, each on a connection no other pull is using."""
+
+    def __init__(self, urls: Sequence[str], count: int) -> None:
+        self.readers = [RawBlobReader(urls[i % len(urls)]) for i in range(count)]
+        self._idle: asyncio.Queue[RawBlobReader] = asyncio.Queue()
+        for reader in self.readers:
+            self._idle.put_nowait(reader)
+
+    async def get(self, path: str) -> int:
+        reader = await self._idle.get()
+        try:
+            return await reader.get(path)
+        finally:
+            self._idle.put_nowait(reader)
+
+    @property
+    def received(self) -> int:
+        return sum(reader.received for reader in self.readers)
+
+    def close(self) -> None:
+        for reader in self.readers:
+            reader.close()

@@ -23,7 +23,7 @@ from bench.blobdata import BlobSpec, digest_of
 from bench.driver import drive
 from bench.procstats import CpuMeter, cpu_s_per_gb
 from bench.profiles import BlobCell
-from bench.rawhttp import RawBlobReader
+from bench.rawhttp import RawReaderPool
 from bench.workloads.common import (
     NS_BLOBS,
     Context,
@@ -129,25 +129,17 @@ async def _run_cell(
                 push["verified_pull"] = False
                 push["verify_error"] = f"{type(exc).__name__}: {exc}"[:300]
         available = pushed.ops
-    readers = [RawBlobReader(ctx.urls[i % len(ctx.urls)]) for i in range(cell.concurrency)]
-    pool: asyncio.Queue[RawBlobReader] = asyncio.Queue()
-    for reader in readers:
-        pool.put_nowait(reader)
+    pool = RawReaderPool(ctx.urls, cell.concurrency)
 
     async def pull_one(i: int) -> int:
-        reader = await pool.get()
-        try:
-            return await reader.get(f"/v2/{REPO}/blobs/{digests[i % available]}")
-        finally:
-            pool.put_nowait(reader)
+        return await pool.get(f"/v2/{REPO}/blobs/{digests[i % available]}")
 
     meter.reset()
     try:
         pulled = await drive(cell.concurrency, pull_one, available * rounds, seconds)
     finally:
-        for reader in readers:
-            reader.close()
-    pulled.moved = sum(reader.received for reader in readers)
+        pool.close()
+    pulled.moved = pool.received
     pull = pulled.to_json("bytes") | {"size": cell.size} | _efficiency(meter, pulled.moved)
     await settle()
     ctx.advance(f"pull {key}")
