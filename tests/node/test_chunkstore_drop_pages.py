@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
@@ -41,6 +42,11 @@ async def test_a_commit_with_puts_drops_the_data_files_pages(
     try:
         chunk_id, data = _chunk(256 * 1024)
         assert await store.put(chunk_id, data) is False
+        # The writer thread advises after it has acknowledged the put: wait for it.
+        for _ in range(500):
+            if advice:
+                break
+            await asyncio.sleep(0.01)
         assert advice, "no advice after a put"
         fd, offset, length, how = advice[-1]
         assert (offset, length, how) == (0, 0, os.POSIX_FADV_DONTNEED)
