@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import json
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from aiohttp import web
 from cargohold_cli.devcluster import LocalCluster, free_port
 from cluster.chunkcheck import cluster_query
 from cluster.images import MANIFEST_TYPE, ImageSpec
+from cluster.polling import eventually
 from cluster.shapes import CHUNK, QUIET_ROLES
 from cluster.token_client import TokenClient, token_auth
 from cluster.upstreams import INDEX_TYPE, Distribution, push_image, push_referrer
@@ -89,25 +89,35 @@ def has_blob(cluster: LocalCluster, repo: str, digest: str) -> bool:
 
 async def wait_stored(cluster: LocalCluster, repo: str, tag: str, digest: str) -> None:
     """Until the proxy stored the tag (the manifest is stored once its blobs are)."""
-    deadline = time.monotonic() + 30
-    while stored_tag(cluster, repo, tag) != digest:
-        assert time.monotonic() < deadline, f"{repo}:{tag} never stored as {digest}"
-        await asyncio.sleep(0.2)
+
+    async def stored() -> bool:
+        return await asyncio.to_thread(stored_tag, cluster, repo, tag) == digest
+
+    await eventually(stored, f"{repo}:{tag} stored as {digest}", limit=30)
+
+
+def referrer_digests(cluster: LocalCluster, repo: str, subject: str) -> list[str]:
+    """The digests the cluster's metadata lists as referrers of `subject` in `repo`."""
+    try:
+        found = cluster_query(cluster, "referrers", {"repo": repo, "digest": subject}, 5)
+    except grpc.RpcError:
+        return []
+    return [d["digest"] for d in found["manifests"]]
 
 
 async def wait_referrer(cluster: LocalCluster, repo: str, subject: str, digest: str) -> None:
     """Until the proxy stored `digest` as a referrer of `subject` in `repo`."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            query = {"repo": repo, "digest": subject}
-            found = cluster_query(cluster, "referrers", query, 5)["manifests"]
-        except grpc.RpcError:
-            found = []
-        if digest in [d["digest"] for d in found]:
-            return
-        assert time.monotonic() < deadline, f"{digest} never stored as a referrer of {subject}"
-        await asyncio.sleep(0.2)
+
+    async def stored() -> bool:
+        return digest in await asyncio.to_thread(referrer_digests, cluster, repo, subject)
+
+    await eventually(stored, f"{digest} stored as a referrer of {subject}", limit=30)
+
+
+async def served(http: aiohttp.ClientSession, url: str) -> bytes | None:
+    """The body of a GET of `url` when it answers 200, else None."""
+    async with http.get(url) as r:
+        return await r.read() if r.status == 200 else None
 
 
 async def test_single_flight_offline_and_moved_tag(
@@ -361,14 +371,8 @@ async def test_corrupt_upstream_blob_refused_and_not_stored(
         async with http.get(path) as r:
             assert r.status == 200 and hashlib.sha256(await r.read()).hexdigest() == layer[7:]
         fake.mode = "down"
-        deadline = time.monotonic() + 30
-        while True:
-            async with http.get(path) as r:
-                if r.status == 200:
-                    assert await r.read() == data
-                    break
-            assert time.monotonic() < deadline, "the verified blob was never stored"
-            await asyncio.sleep(0.2)
+        stored = await eventually(lambda: served(http, path), "the verified blob stored", 30)
+        assert stored == data
         # A manifest that does not match its digest is refused too.
         assert json.loads(image.manifest())["layers"][0]["digest"] == layer
     finally:
@@ -403,14 +407,7 @@ async def test_streamed_while_downloading_and_a_client_leaving_cancels_nothing(
         assert fake.blob_gets == 1
         # Stored: served with the upstream down.
         fake.mode = "down"
-        deadline = time.monotonic() + 30
-        while True:
-            async with http.get(path) as r:
-                if r.status == 200:
-                    assert await r.read() == data
-                    break
-            assert time.monotonic() < deadline, "the blob was never stored"
-            await asyncio.sleep(0.2)
+        assert await eventually(lambda: served(http, path), "the blob stored", 30) == data
         assert fake.blob_gets == 1
     finally:
         await fake.stop()

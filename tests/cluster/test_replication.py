@@ -24,10 +24,8 @@ Cargohold, run when asked).
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,6 +35,7 @@ import pytest
 from cargohold_cli.devcluster import LocalCluster
 from cluster.admin_kit import admin
 from cluster.images import MANIFEST_TYPE, ImageSpec, sha256
+from cluster.polling import eventually
 from cluster.shapes import CHUNK, QUIET_ROLES
 from cluster.token_client import TokenClient, token_auth
 from cluster.upstreams import Distribution, push_image
@@ -202,30 +201,32 @@ async def status(cluster: LocalCluster, rule: str) -> dict[str, Any]:
     return row
 
 
+async def rule_status_when(
+    cluster: LocalCluster, rule: str, wanted: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any] | None:
+    """The rule's status when `wanted` holds of it, else None."""
+    st: dict[str, Any] = (await status(cluster, rule))["status"]
+    return st if wanted(st) else None
+
+
 async def run_and_wait(cluster: LocalCluster, rule: str) -> dict[str, Any]:
     """`admin replication run RULE`, then its status once the run is done."""
     before = int(((await status(cluster, rule)).get("status") or {}).get("runs_done", 0))
     await admin(cluster, "replication", "run", rule)
-    deadline = time.monotonic() + 60
-    while True:
+
+    async def finished() -> dict[str, Any] | None:
         row = await status(cluster, rule)
-        st = row.get("status") or {}
-        if int(st.get("runs_done", 0)) > before:
-            return row
-        if time.monotonic() > deadline:
-            pytest.fail(f"rule {rule} did not finish a run: {row}")
-        await asyncio.sleep(0.3)
+        return row if int((row.get("status") or {}).get("runs_done", 0)) > before else None
+
+    return await eventually(finished, f"rule {rule} finishing a run", interval=0.3)
 
 
 async def wait_rule_known(cluster: LocalCluster, rule: str) -> None:
-    deadline = time.monotonic() + 30
-    while True:
+    async def known() -> list[dict[str, Any]] | None:
         rows = json.loads(await admin(cluster, "replication", "list", "--json"))
-        if any(r["name"] == rule and r.get("status") for r in rows):
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"no gateway took rule {rule}: {rows}")
-        await asyncio.sleep(0.3)
+        return rows if any(r["name"] == rule and r.get("status") for r in rows) else None
+
+    await eventually(known, f"a gateway taking rule {rule}", limit=30, interval=0.3)
 
 
 async def test_a_signed_multi_arch_image_to_distribution_and_back(
@@ -282,12 +283,11 @@ async def test_a_signed_multi_arch_image_to_distribution_and_back(
 async def wait_at(
     dist: Distribution, http: aiohttp.ClientSession, cluster: LocalCluster, repo: str, tag: str
 ) -> tuple[bytes, str]:
-    deadline = time.monotonic() + 60
-    while (found := await get_manifest(http, dist.url, repo, tag)) is None:
-        if time.monotonic() > deadline:
-            pytest.fail(f"{repo}:{tag} never reached Distribution: {await status(cluster, 'live')}")
-        await asyncio.sleep(0.2)
-    return found
+    return await eventually(
+        lambda: get_manifest(http, dist.url, repo, tag),
+        f"{repo}:{tag} reaching Distribution",
+        explain=lambda: status(cluster, "live"),
+    )
 
 
 async def test_on_push_a_pushed_tag_appears_at_the_target_retried_while_it_is_down(
@@ -306,20 +306,21 @@ async def test_on_push_a_pushed_tag_appears_at_the_target_retried_while_it_is_do
     try:
         later = ImageSpec("live/app", "2.0", 8, (2000,))
         await push_image(http, cluster.gateway_url, later)
-        deadline = time.monotonic() + 60
-        while (st := (await status(cluster, "live"))["status"]).get("failures", 0) < 2:
-            if time.monotonic() > deadline:
-                pytest.fail(f"no failed attempt reported: {st}")
-            await asyncio.sleep(0.2)
+        st = await eventually(
+            lambda: rule_status_when(cluster, "live", lambda st: st.get("failures", 0) >= 2),
+            "two failed attempts reported",
+            explain=lambda: status(cluster, "live"),
+        )
         assert st["state"] == "retrying" and "UpstreamFailed" in st["last_error"]["message"]
     finally:
         dist.start()
     assert await wait_at(dist, http, cluster, "live/app", "2.0") == (later.manifest(), later.digest)
-    deadline = time.monotonic() + 30
-    while (st := (await status(cluster, "live"))["status"])["state"] != "ok":
-        if time.monotonic() > deadline:
-            pytest.fail(f"the rule did not report its recovery: {st}")
-        await asyncio.sleep(0.2)
+    st = await eventually(
+        lambda: rule_status_when(cluster, "live", lambda st: st["state"] == "ok"),
+        "the rule reporting its recovery",
+        limit=30,
+        explain=lambda: status(cluster, "live"),
+    )
     assert st["failures"] == 0 and st["last_event"]["reference"] == "2.0"
     # An unreachable target blames no event: nothing was given up on, nothing to retry.
     row = await status(cluster, "live")

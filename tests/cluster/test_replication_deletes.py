@@ -18,7 +18,6 @@ One source cluster (1 node, 1 gateway) has two on_push rules with `replicate_del
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import time
@@ -32,6 +31,7 @@ import pytest
 from cargohold_cli.devcluster import LocalCluster
 from cluster.admin_kit import admin, admin_run
 from cluster.images import MANIFEST_TYPE, ImageSpec
+from cluster.polling import eventually
 from cluster.shapes import CHUNK, QUIET_ROLES
 from cluster.token_client import TokenClient, token_auth
 from cluster.upstreams import Distribution, push_image
@@ -147,13 +147,9 @@ async def status(cluster: LocalCluster, rule: str) -> dict[str, Any]:
 
 async def wait_for(what: str, check: Callable[[], Awaitable[Any]], cluster: LocalCluster) -> Any:
     """Poll `check` until it answers something true (60 s at most); its answer."""
-    deadline = time.monotonic() + 60
-    while not (found := await check()):
-        if time.monotonic() > deadline:
-            rows = await admin(cluster, "replication", "status", "--json")
-            pytest.fail(f"{what} never happened: {rows}")
-        await asyncio.sleep(0.2)
-    return found
+    return await eventually(
+        check, what, explain=lambda: admin(cluster, "replication", "status", "--json")
+    )
 
 
 async def test_deleted_tag_and_manifest_follow_to_the_target(

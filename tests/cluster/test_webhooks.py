@@ -22,6 +22,7 @@ from aiohttp import web
 from cargohold.webhooks import MEDIA_TYPE, event_id
 from cargohold_cli.devcluster import LocalCluster, free_port
 from cluster.images import ImageSpec
+from cluster.polling import eventually
 from cluster.registry_client import RegistryClient, Retryable
 from cluster.shapes import CHUNK, QUIET_ROLES
 
@@ -172,13 +173,6 @@ class Workload:
                 await self.pull(repo)
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], limit: float, what: str) -> None:
-    deadline = time.monotonic() + limit
-    while not await check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(1.0)
-
-
 def lease_holder_gateway(cluster: LocalCluster, holder: str) -> int:
     for j, url in enumerate(cluster.gateway_urls):
         if f"/{url.removeprefix('http://')}/" in holder:
@@ -222,8 +216,10 @@ async def test_webhooks_survive_a_dead_receiver_a_gateway_and_the_leader(
             work = Workload(cluster, RegistryClient(session, timeout=30))
             await work.setup()
             await work.round(50)
-            await wait_for(
-                lambda: _has(receiver, sum(map(len, work.pushed.values()))), 60, "first events"
+            await eventually(
+                lambda: _has(receiver, sum(map(len, work.pushed.values()))),
+                "first events",
+                interval=1.0,
             )
 
             # The receiver goes down for DOWN_SECONDS; meanwhile 100 operations, the
@@ -243,7 +239,9 @@ async def test_webhooks_survive_a_dead_receiver_a_gateway_and_the_leader(
                 lease = (await admin_json(cluster, "webhooks", "list"))["lease"]
                 return lease_holder_gateway(cluster, lease["holder"]) != victim
 
-            await wait_for(taken_over, 60, "the other gateway to take the delivery lease")
+            await eventually(
+                taken_over, "the other gateway to take the delivery lease", interval=1.0
+            )
             leader = cluster.leader_index()
             assert leader is not None
             cluster.kill_node(leader)
@@ -282,7 +280,9 @@ async def test_webhooks_survive_a_dead_receiver_a_gateway_and_the_leader(
                 assert got <= logged, f"events not in the log: {sorted(got - logged)[:5]}"
                 return logged <= got
 
-            await wait_for(log_and_receiver_agree, 180, "every event of the log, only those")
+            await eventually(
+                log_and_receiver_agree, "every event of the log, only those", 180, interval=1.0
+            )
     finally:
         if receiver.runner is not None:
             await receiver.down()
