@@ -312,6 +312,10 @@ class GatewayConfig:
     # ... and across all uploads of this gateway (bounds its write-buffer memory to about
     # this many chunks, plus one being cut per upload).
     chunk_writes_in_flight_total: int = 64
+    # Replica copies still running after W acks, per node: past this many on one node (a
+    # hung or slow node) new ones are given up (repair restores them) and that node is
+    # written around for a while. Each holds its chunk's encoded request in memory.
+    background_copies_per_node: int = 64
     # Chunks at least this large are offered with Chunks.Has first, so a node that
     # already holds one is not sent the bytes again. The default offers full-size chunks
     # only: a short chunk (a blob's tail, a small blob) costs a round trip per replica to
@@ -960,6 +964,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("lifecycle.retention_interval_seconds must be >= 0")
     if cfg.gateway.upload_writes_in_flight < 1 or cfg.gateway.metadata_attempts < 1:
         raise ConfigError("gateway.upload_writes_in_flight and metadata_attempts must be >= 1")
+    if cfg.gateway.chunk_writes_in_flight_total < 1 or cfg.gateway.background_copies_per_node < 1:
+        raise ConfigError(
+            "gateway.chunk_writes_in_flight_total and background_copies_per_node must be >= 1"
+        )
     if cfg.gateway.metadata_retry_seconds < 0:
         raise ConfigError("gateway.metadata_retry_seconds must be >= 0")
     for cidr in cfg.gateway.trusted_proxies:

@@ -5,7 +5,7 @@ All R replicas of a chunk are written at once from one serialized request
 is replaced by the next node in write order (`Placement.write_order`), so one dead node
 does not fail writes when more nodes exist. Copies still running after W acks finish in
 the background (spilling over too if they fail), bounded per node: past
-`gateway.chunk_writes_in_flight_total` of them on one node (a hung node) new ones are
+`gateway.background_copies_per_node` of them on one node (a hung node) new ones are
 given up for repair and that node is tried last for a while. A node that answers
 `StorageFull` is marked full (`FullNodes`: no chunk writes for a while, reads as before)
 and its copy spills over like a failed one. When W acks are impossible the write raises
@@ -55,7 +55,7 @@ class ChunkWriter(ClusterParts):
         # Replica writes still running after their chunk reached W acks, per node address.
         self._lagging: collections.Counter[str] = collections.Counter()
         # Gateway-wide bound on chunk writes in flight (see `gateway.chunking.ingest`).
-        self.write_slots = asyncio.Semaphore(max(1, self.cfg.gateway.chunk_writes_in_flight_total))
+        self.write_slots = asyncio.Semaphore(self.cfg.gateway.chunk_writes_in_flight_total)
 
     async def store_chunk(self, chunk_id: bytes, data: bytes) -> None:
         """Write one chunk to its R replicas; return once W fsynced it."""
@@ -178,7 +178,7 @@ class ChunkWriter(ClusterParts):
         request: bytes,
     ) -> None:
         address = member.grpc
-        if self._lagging[address] >= self.cfg.gateway.chunk_writes_in_flight_total:
+        if self._lagging[address] >= self.cfg.gateway.background_copies_per_node:
             # Copies beyond W pile up behind a hung node, each holding a chunk: give this
             # one up (repair restores it) and write around that node for a while.
             task.cancel()

@@ -45,6 +45,8 @@ def test_file_env_and_overrides_layer(tmp_path) -> None:
         "[node]\ngrpc_max_frame_size = 16777216\n",
         "[node]\ngrpc_max_frame_size = 1024\n",
         "[gateway]\nmanifest_digest_ttl_seconds = -1.0\n",
+        "[gateway]\nchunk_writes_in_flight_total = 0\n",
+        "[gateway]\nbackground_copies_per_node = 0\n",
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, text: str) -> None:

@@ -315,7 +315,7 @@ async def test_metadata_calls_give_up_after_the_retry_period(nodes: FakeNodes) -
 
 async def test_a_hung_replica_does_not_pile_up_background_writes(nodes: FakeNodes) -> None:
     cfg = nodes.config()
-    cfg.gateway.chunk_writes_in_flight_total = 2
+    cfg.gateway.background_copies_per_node = 2
     client = await ClusterClient.connect(cfg)
     hung = nodes.by_id("n2")
     hung.hung_puts = asyncio.Event()
