@@ -14,7 +14,9 @@ immutable and shaped for size:
   chunk size: configs, manifests, small layers). Only its size is kept, an `int` subclass
   of 28 bytes; the chunk list is rebuilt from the digest it is filed under
   (`chunks_for(digest)`). `make_recipe` picks the form, so equal chunk lists always make
-  equal records.
+  equal records. Records are immutable and a size says all of one, so every `OneChunk` of
+  a size below `SHARED_SIZES` is one object, however it was built (a command, a snapshot
+  of any version): a blob costs its table slot, not 48 more bytes of its own.
 - `Manifest` is a tuple subclass: an image manifest (no children, subject or annotations)
   is `(media_type, recipe, artifact_type, *blobs)`, one object; any other is
   `(media_type, recipe, artifact_type, blobs, children, subject, annotations_json)` with the
@@ -27,7 +29,8 @@ version wrote (`row()`, `from_row()`), so such a snapshot loads in any version. 
 format (version 5, node/metadata/state.py) pickles the records themselves: a `Manifest`
 through `restore_manifest` (its tuple as it is), a recipe through its base type's
 constructor (`OneChunk(size)`, `Recipe(packed)`), so a load builds each record in one call
-and shares every string the way the state in RAM did.
+and shares every string the way the state in RAM did (a shared `OneChunk` is pickled once,
+then referenced through the memo).
 """
 
 from __future__ import annotations
@@ -64,9 +67,19 @@ class Recipe(bytes):
 
 
 class OneChunk(int):
-    """A one-chunk blob whose chunk id is its own sha256: its size (module docstring)."""
+    """A one-chunk blob whose chunk id is its own sha256: its size (module docstring).
+
+    Records of the same size below `SHARED_SIZES` are one object (module docstring)."""
 
     __slots__ = ()
+
+    def __new__(cls, size: int = 0) -> OneChunk:
+        record = _ONE_CHUNKS.get(size)
+        if record is None:
+            record = int.__new__(cls, size)
+            if 0 <= size < SHARED_SIZES and cls is OneChunk:
+                _ONE_CHUNKS[size] = record
+        return record
 
     @property
     def size(self) -> int:
@@ -82,6 +95,11 @@ class OneChunk(int):
 
 
 AnyRecipe = Recipe | OneChunk
+# Sizes whose `OneChunk` is one shared object. Configs and manifests are a few hundred
+# bytes to some tens of KiB, so at a million images almost every size below this bound
+# recurs; the table holds at most this many records (~6 MB if every size occurred).
+SHARED_SIZES = 1 << 16
+_ONE_CHUNKS: dict[int, OneChunk] = {}
 _SHA256 = "sha256:"
 _SHA256_LEN = len(_SHA256)
 

@@ -6,7 +6,15 @@ from __future__ import annotations
 import pickle
 import random
 
-from node.metadata.records import CHUNK, Manifest, OneChunk, Recipe, make_recipe, recipe_from_row
+from node.metadata.records import (
+    CHUNK,
+    SHARED_SIZES,
+    Manifest,
+    OneChunk,
+    Recipe,
+    make_recipe,
+    recipe_from_row,
+)
 from node.metadata.sorted_names import SortedNames
 
 
@@ -44,6 +52,21 @@ def test_a_self_addressed_chunk_keeps_only_its_size() -> None:
     assert type(make_recipe(CHUNK.pack(bytes(32), 300), digest)) is Recipe
     assert type(make_recipe(packed + packed, digest)) is Recipe
     assert type(make_recipe(packed, "sha512:" + "01" * 64)) is Recipe
+
+
+def test_one_chunk_records_of_a_size_are_one_object() -> None:
+    """However a record is built (a command, a row, a pickle of any protocol), a size below
+    `SHARED_SIZES` makes one object: a blob costs its table slot, not a record of its own."""
+    first, second = "sha256:" + "02" * 32, "sha256:" + "03" * 32
+    a = make_recipe(CHUNK.pack(bytes([2]) * 32, 4321), first)
+    b = recipe_from_row((4321, CHUNK.pack(bytes([3]) * 32, 4321)), second)
+    assert type(a) is OneChunk and a is b and OneChunk(4321) is a
+    assert a.chunks_for(first) != b.chunks_for(second)  # the digest still makes the list
+    for protocol in (2, 5):
+        assert pickle.loads(pickle.dumps(a, protocol=protocol)) is a
+    # Beyond the bound each record is its own object, equal all the same.
+    big = OneChunk(SHARED_SIZES + 1)
+    assert big == OneChunk(SHARED_SIZES + 1) and big.size == SHARED_SIZES + 1
 
 
 def test_manifest_reads_like_the_named_tuple_it_replaces() -> None:

@@ -128,6 +128,9 @@ def test_a_loaded_compact_snapshot_shares_each_string_once() -> None:
     assert type(again.manifests[repo]["sha256:" + "0" * 64]) is type(
         st.manifests[repo]["sha256:" + "0" * 64]
     )
+    # Records of one size are one object in RAM, so written once and loaded as one.
+    sizes = [again.blobs[d] for d in again.manifests[repo]]
+    assert sizes == [10, 11, 12] and sizes[0] is st.blobs["sha256:" + "0" * 64]
 
 
 def _one(digest: str, size: int) -> dict[str, Any]:
