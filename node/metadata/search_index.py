@@ -15,8 +15,9 @@ Layout: every row (one per tag) has a row id, a small integer (a removed row's i
 reused), and its fields are columns indexed by it, so a row costs a slot per column and no
 object of its own:
 
-    columns   repo tag digest media_type artifact_type platforms info_json annotations_json
-              (lists of references to the state's own strings and shared tuples)
+    columns   repo tag digest kind info_json annotations_json
+              (lists of references to the state's own strings and shared tuples; kind is
+              (media_type, artifact_type, platforms), one tuple per distinct kind)
               size (array 'q'), pushed pulled (array 'd')
     orders    name   SortedIds by repo NUL tag        walked for sort=name, namespace ranges,
                                                       a repository's rows, (repo, tag) -> id
@@ -46,8 +47,9 @@ matching tags into the item.
 Rows keep the state's own strings (repository, tag, digest, the `image_info` and annotation
 JSON) and parse labels only to show them; posting terms are interned. Memory per tag
 (docs/metadata.md, "Memory per manifest"): 127 bytes for one-tag images without labels,
-fixed by tests/node/test_metadata_memory.py (bound 160); about 208 with a platform and three
-labels each (bench/search_latency.py prints it for its corpus).
+fixed by tests/node/test_metadata_memory.py; about 208 with a platform and three labels
+each (bench/search_latency.py prints it for its corpus), both before the kind column took
+the place of three.
 """
 
 from __future__ import annotations
@@ -77,6 +79,11 @@ _LAST = "\U0010ffff"  # above every character of a name
 # Marks (rows to recompute) a ready index lets wait for the next search; past it, each new
 # mark recomputes two (`SearchIndex.settle`).
 _PENDING_LIMIT = 1024
+
+
+# A row's media type, artifact type and platforms: one column (8 bytes a row) instead of
+# three, the tuple shared by every row of that kind.
+Kind = tuple[str, str | None, tuple[str, ...]]
 
 
 class Row(NamedTuple):
@@ -139,9 +146,7 @@ class SearchIndex:
         self._repo: list[str | None] = []
         self._tag: list[str | None] = []
         self._digest: list[str | None] = []
-        self._media: list[str | None] = []
-        self._artifact: list[str | None] = []
-        self._platforms: list[tuple[str, ...]] = []
+        self._kind: list[Kind | None] = []
         self._info: list[str | None] = []
         self._annotations: list[str | None] = []
         self._size = array("q")
@@ -194,23 +199,24 @@ class SearchIndex:
         return self._keys_of[sort](row)
 
     def row(self, row: int) -> Row:
-        repo, tag, digest, media = (
+        repo, tag, digest, kind = (
             self._repo[row],
             self._tag[row],
             self._digest[row],
-            self._media[row],
+            self._kind[row],
         )
-        assert repo is not None and tag is not None and digest is not None and media is not None
+        assert repo is not None and tag is not None and digest is not None and kind is not None
+        media, artifact, platforms = kind
         return Row(
             repo,
             tag,
             digest,
             media,
-            self._artifact[row],
+            artifact,
             self._size[row],
             self._pushed[row],
             self._pulled[row],
-            self._platforms[row],
+            platforms,
             self._info[row],
             self._annotations[row],
         )
@@ -337,7 +343,7 @@ class SearchIndex:
                     recipe = blobs.get(blob)
                     size += recipe.size if recipe is not None else 0
         pushed = st.tag_pushed.get(repo, {}).get(tag) or st.pushed.get(repo, {}).get(digest)
-        shown = _shared(tuple(sorted(platforms)))
+        kind = _shared_kind(record.media_type, record.artifact_type, tuple(sorted(platforms)))
         if self._free:
             row = self._free.pop()
         else:
@@ -350,9 +356,7 @@ class SearchIndex:
         self._repo[row] = repo
         self._tag[row] = tag
         self._digest[row] = digest
-        self._media[row] = record.media_type
-        self._artifact[row] = record.artifact_type
-        self._platforms[row] = shown
+        self._kind[row] = kind
         self._info[row] = info_json
         self._annotations[row] = record.annotations_json
         self._size[row] = size
@@ -374,9 +378,7 @@ class SearchIndex:
             self._repo,
             self._tag,
             self._digest,
-            self._media,
-            self._artifact,
-            self._platforms,
+            self._kind,
             self._info,
             self._annotations,
         )
@@ -400,17 +402,18 @@ class SearchIndex:
             del self._repo_rows[repo]
         for column in self._lists():
             column[row] = None
-        self._platforms[row] = ()
         self._free.append(row)
         self._count -= 1
 
     def _terms(self, row: int) -> Iterator[str]:
         """The posting terms of a row, interned (rows sharing a label share its term)."""
-        yield intern("m" + SEP + str(self._media[row]))
-        artifact = self._artifact[row]
+        kind = self._kind[row]
+        assert kind is not None
+        media, artifact, platforms = kind
+        yield intern("m" + SEP + media)
         if artifact:
             yield intern("a" + SEP + artifact)
-        for platform in self._platforms[row]:
+        for platform in platforms:
             yield intern("p" + SEP + platform)
             os_arch = "/".join(platform.split("/")[:2])
             if os_arch != platform:
@@ -680,7 +683,9 @@ class SearchIndex:
             group["pushed"] = pushed
         if pulled and (group["pulled"] is None or pulled > group["pulled"]):
             group["pulled"] = pulled
-        for platform in self._platforms[row]:
+        kind = self._kind[row]
+        assert kind is not None
+        for platform in kind[2]:
             if platform not in group["platforms"]:
                 group["platforms"].append(platform)
 
@@ -708,14 +713,16 @@ def tag_item(row: Row) -> dict[str, Any]:
     return item
 
 
-_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_KINDS: dict[Kind, Kind] = {}
 
 
-def _shared(platforms: tuple[str, ...]) -> tuple[str, ...]:
-    """One tuple object per distinct platform list (a handful in any registry)."""
-    if len(_TUPLES) > 4096:
-        return platforms
-    return _TUPLES.setdefault(platforms, platforms)
+def _shared_kind(media_type: str, artifact_type: str | None, platforms: tuple[str, ...]) -> Kind:
+    """One tuple object per distinct kind (a handful in any registry; past 4,096 distinct
+    ones, a row keeps its own)."""
+    kind = (media_type, artifact_type, platforms)
+    if len(_KINDS) > 4096:
+        return kind
+    return _KINDS.setdefault(kind, kind)
 
 
 def _info(raw: str | None) -> dict[str, Any]:
