@@ -746,6 +746,11 @@ def load_main(data_dir: str, raft: str, peers: str = "", add: str = "") -> None:
                 "rss_anon": rss_anon(os.getpid()),
                 "loadavg": os.getloadavg(),
             }
+            if not add:
+                # All included: the search index every node builds from its state once it
+                # serves (a bare member builds it whole at its first search).
+                await asyncio.to_thread(member.local_query, "search", {"spec": {"n": 1}})
+                result["rss_anon_with_search"] = rss_anon(os.getpid())
             if add:
                 member.addNodeToCluster(add)
                 await asyncio.sleep(0.5)
@@ -874,6 +879,9 @@ def offline(
             "serving_cpu_seconds": round(loaded["cpu_seconds"], 2),
             "load_loadavg": loaded["loadavg"],
             "loaded_rss_anon_per_manifest": round(loaded["rss_anon"] / manifests, 1),
+            "loaded_with_search_rss_anon_per_manifest": round(
+                loaded["rss_anon_with_search"] / manifests, 1
+            ),
             "loadavg": os.getloadavg(),
         }
         if catch_up:
@@ -1031,8 +1039,8 @@ def markdown_offline(report: dict[str, Any]) -> str:
         "",
         "| images | manifests | load avg | state B/manifest | snapshot MiB | snapshot s "
         "| Raft pause ms | load s | load MB/s | restart to serving s | its CPU s "
-        "| loaded B/manifest | catch-up s | its CPU s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| loaded B/manifest | + search index | catch-up s | its CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["offline"]:
         lines.append(
@@ -1042,6 +1050,7 @@ def markdown_offline(report: dict[str, Any]) -> str:
             f"| {fmt(row['load_seconds'])} | {fmt(row['load_mb_per_s'])} "
             f"| {fmt(row['serving_seconds'])} | {fmt(row.get('serving_cpu_seconds'))} "
             f"| {fmt(row.get('loaded_rss_anon_per_manifest'))} "
+            f"| {fmt(row.get('loaded_with_search_rss_anon_per_manifest'))} "
             f"| {fmt(row.get('catch_up_seconds'))} | {fmt(row.get('catch_up_cpu_seconds'))} |"
         )
     return "\n".join(lines) + "\n"
