@@ -25,15 +25,17 @@ import pytest
 from bench.metadata_memory import manifests_in
 
 # Bytes per manifest: all of the state's containers, records, strings and listing orders.
-# Measured 1,135 on CPython 3.11 at this size (1,236 while every closed upload session was
-# kept for `upload_expire_after`, 1,532 before the compact records). Dicts
-# grow in steps, so the figure moves by ±15 % with the number of images (875 at 20,000),
-# and by up to ~90 with what the process interned before (the interpreter's table).
-STATE_BOUND = 1260
+# Measured 1,039 on CPython 3.11 at this size (1,135 before one `OneChunk` was shared per
+# size, 1,236 while every closed upload session was kept for `upload_expire_after`, 1,532
+# before the compact records). Dicts grow in steps, so the figure moves by ±15 % with the
+# number of images (781 at 20,000), and by up to ~90 with what the process interned before
+# (the interpreter's table).
+STATE_BOUND = 1150
 # Bytes per tag of the search index built from that state: its columns, orders, postings
-# and counts. Measured 127 (787 before rows had ids and columns: a NamedTuple per row in a
-# dict by "repo NUL tag", four sorted lists of order-key strings, sets of keys as postings).
-SEARCH_BOUND = 160
+# and counts. Measured 110 (127 before one kind column took the place of media type,
+# artifact type and platforms; 787 before rows had ids and columns: a NamedTuple per row in
+# a dict by "repo NUL tag", four sorted lists of order-key strings, sets of keys as postings).
+SEARCH_BOUND = 130
 IMAGES = 10_000
 
 
