@@ -14,6 +14,12 @@ reserved bytes it reported, else `Unavailable` (503). Chunks of
 `gateway.has_check_min_bytes` or more are first offered with `Chunks.Has`, so a node that
 holds one already is not sent the bytes again.
 
+`cargohold_gateway_replica_copies_in_flight` counts the copies still being written after
+their chunk was acknowledged (spill-overs included): while it is above zero some chunks
+have fewer than R copies yet. An operator reads it as replication lag; the benchmark
+waits for it to reach zero before it measures pulls (bench/README.md), so a pull cell
+does not pay for its own push's last copies.
+
 Contract with garbage collection: between a chunk write (or a Has that answered
 "present") and the `upload_append`/`blob_commit` that references it, nothing in Raft
 references the chunk. GC must spare unreferenced chunks younger than a grace period
@@ -33,6 +39,7 @@ import logging
 from typing import Any
 
 import grpc.aio
+from prometheus_client import Gauge
 
 from cargohold.concurrency import hash_off_loop
 from cargohold.digests import checksum_of, chunk_id_of
@@ -46,6 +53,13 @@ from gateway.cluster.parts import ClusterParts, log_chunk_event
 from protos import registry_pb2
 
 logger = logging.getLogger("cargohold.gateway.cluster")
+
+COPIES_IN_FLIGHT = Gauge(
+    "cargohold_gateway_replica_copies_in_flight",
+    "Chunk copies still being written after their chunk reached W acknowledgements "
+    "(including spill-overs to spare nodes); 0 once every chunk has its R copies or was "
+    "left to repair",
+)
 
 
 class ChunkWriter(ClusterParts):
@@ -187,9 +201,10 @@ class ChunkWriter(ClusterParts):
             return
         self._lagging[address] += 1
         task.add_done_callback(functools.partial(self._copy_done, address))
-        self.background.track(
-            asyncio.create_task(self._finish_copy(task, list(spare), chunk_id, length, request))
-        )
+        copy = asyncio.create_task(self._finish_copy(task, list(spare), chunk_id, length, request))
+        COPIES_IN_FLIGHT.inc()
+        copy.add_done_callback(_copy_finished)
+        self.background.track(copy)
 
     def _copy_done(self, address: str, _task: asyncio.Task[None]) -> None:
         self._lagging.subtract([address])
@@ -266,3 +281,8 @@ class ChunkWriter(ClusterParts):
             "size": len(data),
             "chunks": [[i.hex(), len(p)] for i, p in zip(ids, pieces, strict=True)],
         }
+
+
+def _copy_finished(_task: asyncio.Task[None]) -> None:
+    """A background copy ended (written, spilled over, lost or cancelled)."""
+    COPIES_IN_FLIGHT.dec()

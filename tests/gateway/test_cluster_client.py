@@ -9,7 +9,8 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from fakenodes import FakeNodes
+from fakenodes import FakeNodes, eventually
+from prometheus_client import REGISTRY
 
 from cargohold.digests import chunk_id_of
 from cargohold.errors import BlobUnknown, ManifestUnknown, RangeInvalid, Unavailable
@@ -365,6 +366,33 @@ async def test_a_lost_background_copy_is_reported(
     finally:
         hung.hung_puts.set()
         await client.close()
+
+
+def _copies_in_flight() -> float:
+    return REGISTRY.get_sample_value("cargohold_gateway_replica_copies_in_flight") or 0.0
+
+
+async def test_copies_past_w_are_counted_until_written(nodes: FakeNodes) -> None:
+    """The third copy, held up after W acks, shows in the in-flight gauge (what the
+    benchmark waits on before pulls) and leaves it once written."""
+    client = await ClusterClient.connect(nodes.config())
+    data = os.urandom(1000)
+    cid = chunk_id_of(data)
+    owners = [m.id for m in client.placement(cid)]
+    slow = nodes.by_id(owners[2])
+    slow.hung_puts = asyncio.Event()
+    before = _copies_in_flight()
+    try:
+        await client.store_chunk(cid, data)
+        assert slow.id not in nodes.holders(cid)
+        assert _copies_in_flight() == before + 1
+        slow.hung_puts.set()
+        await eventually(lambda: slow.id in nodes.holders(cid), "the third copy")
+        await eventually(lambda: _copies_in_flight() == before, "the gauge at rest")
+    finally:
+        slow.hung_puts.set()
+        await client.close()
+    assert sorted(nodes.holders(cid)) == sorted(owners)
 
 
 async def test_connect_before_the_cluster_answers(nodes: FakeNodes) -> None:
