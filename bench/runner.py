@@ -28,7 +28,7 @@ from bench.systems import (
     remove_workdir,
 )
 from bench.workloads import ALL, blobs, cell_count, manifests
-from bench.workloads.common import Context, settle
+from bench.workloads.common import Context, settle_writes
 
 SYSTEM_NAMES = ("distribution", "cargohold-r1", "cargohold-r3")
 # Variants run only when named in --systems: the same cluster with its Raft log unsynced
@@ -104,7 +104,7 @@ async def _run_workloads(
     results: dict[str, Any] = {}
     for name in names:
         try:
-            await settle()
+            await settle_writes(ctx)
             results.update(await ALL[name](ctx))
         except Exception as exc:
             on_error(name, f"{type(exc).__name__}: {exc}")

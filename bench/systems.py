@@ -14,7 +14,11 @@
 
 A system reports the bytes it stores (`stored_bytes`) for the dedup workload, whether it
 exposes Cargohold's gRPC metadata service (`raft_addresses`), and its server processes
-(`processes`: name -> PID), whose CPU and peak RSS the harness reads from /proc.
+(`processes`: name -> PID), whose CPU and peak RSS the harness reads from /proc. It also
+says how many replica copies it is still writing after acknowledged pushes
+(`copies_in_flight`: always 0 for Distribution, which has written everything when it
+answers) and how it read chunks (`read_counts`: Cargohold's gateway counters, empty for
+the others), both from bench/cluster_counters.py.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from bench import cluster_counters
+from bench.cluster_counters import ReadCounts
 from cargohold_cli.devcluster import LocalCluster, free_port, signal_process
 
 DISTRIBUTION_BIN = "/usr/bin/docker-registry"
@@ -57,6 +63,14 @@ class SystemUnderTest(Protocol):
     async def stop(self) -> None: ...
 
     async def stored_bytes(self) -> int | None: ...
+
+    async def copies_in_flight(self) -> int:
+        """Replica copies still being written after acknowledged writes (0: none)."""
+        ...
+
+    async def read_counts(self) -> ReadCounts:
+        """Counters of how chunks were read (bench/cluster_counters.py); {} if none."""
+        ...
 
     def processes(self) -> dict[str, int]:
         """PID of every server process of the system by name (bench/procstats.py)."""
@@ -172,6 +186,12 @@ class Distribution:
     async def stored_bytes(self) -> int | None:
         return await asyncio.to_thread(_dir_bytes, self.storage_dir)
 
+    async def copies_in_flight(self) -> int:
+        return 0
+
+    async def read_counts(self) -> ReadCounts:
+        return {}
+
     def processes(self) -> dict[str, int]:
         return _running({"docker-registry": self.proc})
 
@@ -283,6 +303,16 @@ class Cargohold:
         """Chunk bytes on all nodes together (every replica counted)."""
         return await asyncio.to_thread(self._chunk_bytes)
 
+    def _gateway_metrics(self) -> list[str]:
+        assert self.cluster is not None
+        return [self.cluster.gateway_metrics(j) for j in range(self.cluster.gateway_count)]
+
+    async def copies_in_flight(self) -> int:
+        return await asyncio.to_thread(cluster_counters.copies_in_flight, self._gateway_metrics())
+
+    async def read_counts(self) -> ReadCounts:
+        return await asyncio.to_thread(cluster_counters.read_counts, self._gateway_metrics())
+
     def processes(self) -> dict[str, int]:
         if self.cluster is None:
             return {}
@@ -332,6 +362,12 @@ class Trivial:
 
     async def stored_bytes(self) -> int | None:
         return None
+
+    async def copies_in_flight(self) -> int:
+        return 0
+
+    async def read_counts(self) -> ReadCounts:
+        return {}
 
     def processes(self) -> dict[str, int]:
         return _running({"trivial": self.proc})

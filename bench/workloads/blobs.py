@@ -8,9 +8,17 @@ reused buffer and counted, not hashed (`bench.rawhttp.RawBlobReader`: the client
 the kernel's copy, so it does not cap a fast registry).
 Digests are computed before the clock starts.
 
+Between the push and the pull the harness waits, untimed, until the system writes no
+replica copies any more (`settle_writes`: Cargohold at R=3 W=2 acknowledges a chunk at two
+copies and writes the third in the background; Distribution has nothing left to wait
+for), then flushes dirty pages. The push records how long that took (`settle_s`).
+
 Each cell also records the server's cost (bench/procstats.py): CPU-seconds of all of the
-system's processes during the push (up to the flush after it, so copies written after the
-acknowledgement count) and during the pull, per process and per GB moved.
+system's processes during the push (up to the end of that wait, so copies written after
+the acknowledgement count against the push, not the pull) and during the pull, per
+process and per GB moved; and, for Cargohold, how the pull read its chunks
+(`chunk_reads`: local LMDB hits and misses, gRPC `Chunks/Get` and `Metadata/Query` calls;
+bench/cluster_counters.py).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import shutil
 from typing import Any
 
 from bench.blobdata import BlobSpec, digest_of
+from bench.cluster_counters import difference
 from bench.driver import drive
 from bench.procstats import CpuMeter, cpu_s_per_gb
 from bench.profiles import BlobCell
@@ -31,6 +40,7 @@ from bench.workloads.common import (
     pick,
     sessions,
     settle,
+    settle_writes,
     size_label,
 )
 
@@ -115,7 +125,7 @@ async def _run_cell(
         pushed.moved = sent[0]
         push = pushed.to_json("bytes") | {"size": cell.size}
         ctx.advance(f"push {key}")
-        await settle()
+        push["settle_s"] = round(await settle_writes(ctx), 3)
         # After the settle: copies written after the acknowledgement count too.
         push |= _efficiency(meter, pushed.moved)
         if pushed.ops == 0:
@@ -134,6 +144,7 @@ async def _run_cell(
     async def pull_one(i: int) -> int:
         return await pool.get(f"/v2/{REPO}/blobs/{digests[i % available]}")
 
+    reads_before = await ctx.system.read_counts()
     meter.reset()
     try:
         pulled = await drive(cell.concurrency, pull_one, available * rounds, seconds)
@@ -141,6 +152,9 @@ async def _run_cell(
         pool.close()
     pulled.moved = pool.received
     pull = pulled.to_json("bytes") | {"size": cell.size} | _efficiency(meter, pulled.moved)
+    reads = difference(reads_before, await ctx.system.read_counts())
+    if reads:
+        pull["chunk_reads"] = reads
     await settle()
     ctx.advance(f"pull {key}")
     return push, pull

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,10 @@ from bench.profiles import Profile
 from bench.systems import SystemUnderTest
 
 MiB = 1024 * 1024
+# The longest wait for a system's replica copies after a push phase (a copy that never
+# ends is left to repair; the measurement then goes on and says it waited this long).
+SETTLE_LIMIT_SECONDS = 120.0
+_SETTLE_POLL_SECONDS = 0.05
 
 # Nonce namespaces, so that no two workloads ever produce the same bytes by accident.
 NS_BLOBS, NS_STORM, NS_PUSH_STORM, NS_DEDUP, NS_MANIFESTS = 1, 2, 3, 4, 5
@@ -82,3 +87,20 @@ async def settle() -> None:
     fsync (Distribution's filesystem driver) leaves its writes to the kernel's writeback,
     which would otherwise slow down whatever is measured next, on any system."""
     await asyncio.to_thread(os.sync)
+
+
+async def settle_writes(ctx: Context, limit: float = SETTLE_LIMIT_SECONDS) -> float:
+    """After a push phase (untimed): wait until the system writes no replica copies any
+    more (`copies_in_flight`), then `settle`. Returns the seconds it took.
+
+    Every system gets the same call; only one that acknowledges a push before its last
+    copy is written (Cargohold at R=3 W=2) waits at all. Without it, a pull measured right
+    after a push also pays for the copies of that push still being written, which
+    Distribution, having written everything when it answers, never does."""
+    started = time.monotonic()
+    while await ctx.system.copies_in_flight() > 0:
+        if time.monotonic() - started > limit:
+            break
+        await asyncio.sleep(_SETTLE_POLL_SECONDS)
+    await settle()
+    return time.monotonic() - started

@@ -3,7 +3,9 @@
 Pull storm: one multi-layer image; `storm_clients` independent clients (each its own
 connections, 3 blobs in parallel like docker) are released together and each pulls the
 whole image (HEAD by tag and GET by digest through aiohttp, every blob through the cheap
-`RawBlobReader`, so that 50 clients do not cost the machine more than the bytes).
+`RawBlobReader`, so that 50 clients do not cost the machine more than the bytes). The
+image's push is followed, untimed, by `settle_writes` (its replica copies finish first),
+as the blob workload's pulls are.
 Reported: time per client p50/p99/max and aggregate MB/s.
 
 Push storm: `push_storm_images` small images (config and two unique layers each) pushed
@@ -32,6 +34,7 @@ from bench.workloads.common import (
     nonce,
     pick,
     sessions,
+    settle_writes,
 )
 
 STORM_REPO = "bench/storm"
@@ -46,6 +49,7 @@ async def run_pull_storm(ctx: Context) -> dict[str, Any]:
     image = await in_thread(Image.build, "storm", layers)
     async with sessions(ctx, 4) as clients:
         await push_image(clients[0], STORM_REPO, "v1", image)
+    await settle_writes(ctx)
 
     start_gate = asyncio.Event()
     times: list[float] = []
