@@ -1,5 +1,6 @@
-"""`SortedIds` (node/metadata/sorted_ids.py) against a sorted list: adds, discards, lookups
-and walks in both directions with bounds, with chunks small enough to split and empty."""
+"""`SortedIds` and `SortedNames` (node/metadata/sorted_chunks.py's set, with array and list
+chunks) against a sorted list: adds, discards, lookups, pages and walks in both directions
+with bounds, with chunks small enough to split and empty."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import random
 
 import pytest
 
-from node.metadata import sorted_ids
+from node.metadata import sorted_chunks
 from node.metadata.sorted_ids import SortedIds
+from node.metadata.sorted_names import SortedNames
 
 
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sorted_ids, "_LOAD", 3)
+    monkeypatch.setattr(sorted_chunks, "_LOAD", 3)
 
 
 def _model_walk(keys: list[str], after: str | None, reverse: bool, stop: str | None) -> list[str]:
@@ -61,3 +63,27 @@ def test_plain_ids_sort_by_value_and_empty_out() -> None:
         ids.add(row)
     assert list(ids) == list(range(1, 21))
     assert list(ids.walk(10, True, 7)) == [9, 8, 7]
+
+
+def test_names_are_the_same_container_with_list_chunks() -> None:
+    """`SortedNames` (the listing orders) is the same chunked set: pages and walks match a
+    sorted list across chunk splits and emptied chunks."""
+    rng = random.Random(11)
+    names = SortedNames(f"t{i:03d}" for i in range(0, 40, 3))
+    model = {f"t{i:03d}" for i in range(0, 40, 3)}
+    for _ in range(300):
+        name = f"t{rng.randrange(60):03d}"
+        if rng.random() < 0.4:
+            names.discard(name)
+            model.discard(name)
+        else:
+            names.add(name)
+            model.add(name)
+        ordered = sorted(model)
+        assert list(names) == ordered and len(names) == len(model)
+        assert (name in names) == (name in model) and 3 not in names
+        for last in (None, "", name, "t0", "u"):
+            start = sum(1 for x in ordered if last and x <= last)
+            assert names.page(4, last) == (ordered[start : start + 4], start + 4 < len(ordered))
+        for reverse in (False, True):
+            assert list(names.walk(name, reverse)) == _model_walk(ordered, name, reverse, None)
