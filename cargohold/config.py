@@ -378,6 +378,9 @@ class GatewayConfig:
     # Search (docs/search.md): a pushed image's config blob up to this size is read at
     # manifest PUT for its platform and labels (larger ones are indexed without them).
     search_config_max_bytes: int = 256 * 1024
+    # ... and what it found is kept by config digest (immutable: gateway/config_infos.py)
+    # for this many configs (an LRU), so a config pushed again is not read again.
+    config_info_cache_entries: int = 4096
     # Manifests stored before search recorded platforms and labels get them from a pass
     # each gateway runs once, this long after it started (gateway/search_backfill.py),
     # `search_backfill_batch` manifests per read and per command; one gateway of the

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from cargohold.config import Config
 from cargohold.metadata_api import Metadata
+from gateway.config_infos import ConfigInfos
 from gateway.hash_cache import HashCache
 from gateway.quotas import QuotaView
 
@@ -33,11 +34,14 @@ class GatewayContext:
     upload_hashes: HashCache = field(init=False)
     # The namespace quotas, for refusing an upload before reading it (gateway/quotas.py).
     quotas: QuotaView = field(init=False)
+    # What search read from image config blobs, by config digest (gateway/config_infos.py).
+    config_infos: ConfigInfos = field(init=False)
 
     def __post_init__(self) -> None:
         self.meta = Metadata(self.cluster)
         self.upload_hashes = HashCache(self.cfg.gateway.upload_hash_cache_entries)
         self.quotas = QuotaView(self.meta, self.cfg.lifecycle.quota_refresh_seconds)
+        self.config_infos = ConfigInfos(self.cfg.gateway.config_info_cache_entries)
 
 
 CONTEXT: web.AppKey[GatewayContext] = web.AppKey("cargohold_context", GatewayContext)

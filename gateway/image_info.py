@@ -5,7 +5,10 @@ config blob, so at manifest PUT the gateway reads that blob (when it is an image
 at most `gateway.search_config_max_bytes`) and sends them with the command; an index's
 platforms are its `manifests[].platform` entries. Anything that cannot be read or parsed
 leaves `info` out: the push never fails for it (search then lacks those fields for that
-manifest). Values are cut to the contract's bounds (cargohold/metadata_api.py `image_info`).
+manifest). The config's recipe is looked up without a Raft barrier (`_config_bytes` says
+why that is safe) and what a config yields is kept by its digest (gateway/config_infos.py),
+so a manifest pushed again under another tag costs no config read at all. Values are cut
+to the contract's bounds (cargohold/metadata_api.py `image_info`).
 Manifests stored before this existed get theirs from gateway/search_backfill.py, through
 `stored_manifest_info`.
 """
@@ -16,13 +19,14 @@ import json
 import logging
 from typing import Any
 
-from cargohold.errors import RegistryError
+from cargohold.errors import RegistryError, Unavailable
 from cargohold.log import log_event
 from cargohold.metadata_api import (
     MAX_INFO_JSON,
     MAX_INFO_LABEL,
     MAX_INFO_LABELS,
     MAX_INFO_PLATFORMS,
+    Metadata,
 )
 from gateway.context import GatewayContext
 from gateway.manifest_format import IMAGE_TYPES, INDEX_TYPES
@@ -93,9 +97,16 @@ def index_info(doc: dict[str, Any]) -> dict[str, Any] | None:
 async def manifest_info(
     ctx: GatewayContext, repo: str, body: bytes, media_type: str
 ) -> dict[str, Any] | None:
-    """The `info` of a pushed manifest (module docstring); None when there is none."""
+    """The `info` of a manifest being pushed (module docstring); None when there is none."""
     try:
-        return await stored_manifest_info(ctx, repo, body, media_type)
+        digest = _config_digest(ctx, body, media_type)
+        if not isinstance(digest, str):
+            return digest
+        known, info = ctx.config_infos.lookup(digest)
+        if not known:
+            info = config_info(await _config_bytes(ctx, repo, digest))
+            ctx.config_infos.put(digest, info)
+        return info
     except RegistryError as exc:
         # A missing config is refused by manifest_put itself (MANIFEST_BLOB_UNKNOWN).
         log_event(logger, "search.config_unread", logging.DEBUG, repo=repo, error=exc.message)
@@ -106,7 +117,20 @@ async def stored_manifest_info(
     ctx: GatewayContext, repo: str, body: bytes, media_type: str
 ) -> dict[str, Any] | None:
     """The `info` of a manifest whose body parses (None: nothing to index); the
-    RegistryError of reading its config blob when that fails."""
+    RegistryError of reading its config blob when that fails. The config is read through
+    a linearizable lookup, whose link check is the only one (no command re-checks it)."""
+    digest = _config_digest(ctx, body, media_type)
+    if not isinstance(digest, str):
+        return digest
+    recipe = await ctx.meta.blob_get(repo, digest)
+    return config_info(await ctx.cluster.read_all(dict(recipe)))
+
+
+def _config_digest(
+    ctx: GatewayContext, body: bytes, media_type: str
+) -> str | dict[str, Any] | None:
+    """The digest of the config blob to read; else the `info` itself (an index's, or None:
+    nothing to index)."""
     if media_type not in IMAGE_TYPES and media_type not in INDEX_TYPES:
         return None
     doc = json.loads(body)
@@ -120,7 +144,26 @@ async def stored_manifest_info(
     size = config.get("size")
     if config.get("mediaType") not in CONFIG_TYPES or not isinstance(size, int):
         return None
-    if size > ctx.cfg.gateway.search_config_max_bytes or not isinstance(config.get("digest"), str):
+    digest = config.get("digest")
+    if size > ctx.cfg.gateway.search_config_max_bytes or not isinstance(digest, str):
         return None
-    recipe = await ctx.meta.blob_get(repo, config["digest"])
-    return config_info(await ctx.cluster.read_all(dict(recipe)))
+    return digest
+
+
+async def _config_bytes(ctx: GatewayContext, repo: str, digest: str) -> bytes:
+    """The config blob's bytes, its recipe read without a Raft barrier first.
+
+    The `manifest_put` this feeds checks, in its apply, that the repository may use the
+    config, so a barrier here would only order a read whose answer the command decides
+    anyway. A recipe is a way to read bytes of a known sha256 (the chunks are verified as
+    read), so a node's applied state, even one behind, serves: a node that does not know
+    the blob yet, or a recipe whose chunks are gone, falls back to the linearizable read.
+    """
+    local = Metadata(ctx.meta.transport, linearizable=False)
+    try:
+        return await ctx.cluster.read_all(dict(await local.blob_get(repo, digest)))
+    except Unavailable:
+        raise
+    except RegistryError:
+        pass
+    return await ctx.cluster.read_all(dict(await ctx.meta.blob_get(repo, digest)))

@@ -7,8 +7,11 @@ algorithm when pushed by digest, which must then match: `DIGEST_INVALID`), store
 bytes as chunks (`cluster.store_bytes`) and commits ONE `manifest_put` command, which
 checks that the referenced blobs and child manifests exist (`MANIFEST_BLOB_UNKNOWN`) and
 moves the tag when pushed by tag.
-Before the commit an image's config blob is read for its platform and labels (search
-indexes them: gateway/image_info.py), which never fails the push.
+While the chunks are written, an image's config blob is read for its platform and labels
+(search indexes them: gateway/image_info.py), which never fails the push. So a PUT by tag
+waits for two things in turn: the chunk writes (W fsynced copies), then the one Raft
+commit; no linearizable read precedes the command, whose apply is where every check that
+must be linearizable happens (docs/architecture.md, "A push, step by step").
 
 GET/HEAD by tag ask a linearizable `tag_get`: one small query per request, so a tag
 pushed, moved or deleted through any gateway is seen at once (docs/architecture.md,
@@ -184,9 +187,15 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
         digest = await _digest(body, ref.algorithm)
         if ref.digest is not None and digest != ref.digest:
             raise DigestInvalid(detail={"reference": ref.digest, "digest": digest})
-        recipe = await ctx.cluster.store_bytes(body)
-    # Platform and labels for search (gateway/image_info.py): never fails the push.
-    info = await manifest_info(ctx, name, body, parsed.media_type)
+        # Platform and labels for search (gateway/image_info.py; never fails the push) are
+        # read while the body's chunks are written: neither needs the other.
+        reading = asyncio.ensure_future(manifest_info(ctx, name, body, parsed.media_type))
+        try:
+            recipe = await ctx.cluster.store_bytes(body)
+        except BaseException:
+            reading.cancel()
+            raise
+    info = await reading
     # One manifest_put per tag (the first also stores the manifest; the others only move
     # their tag, the command being idempotent): each is atomic, together they are not.
     tags: list[str | None] = [ref.tag] if ref.tag is not None else []

@@ -57,6 +57,10 @@ class FakeCluster:
         self.chunks: dict[str, bytes] = {}
         self.metadata = InProcessMetadata()
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
+        # (op, linearizable) of every query, in order (a real node barriers the True ones).
+        self.query_modes: list[tuple[str, bool]] = []
+        # A test may answer a non-linearizable query itself (a node behind): op -> error.
+        self.stale_reads: dict[str, Exception] = {}
         self.fail_next: Exception | None = None
 
     @property
@@ -106,7 +110,10 @@ class FakeCluster:
 
     async def query(self, op: str, args: dict[str, Any], linearizable: bool = True) -> Any:
         self.calls.append(("query", op, _wire(args)))
+        self.query_modes.append((op, linearizable))
         self._maybe_fail()
+        if not linearizable and op in self.stale_reads:
+            raise self.stale_reads[op]
         return self.metadata.query(op, args)
 
     def _maybe_fail(self) -> None:
