@@ -27,9 +27,12 @@ commit, so a `has` answering "present" is never followed by that chunk's deletio
 Writes go through one writer thread that drains a queue: concurrent puts, deletes and
 quarantine moves are grouped into one write transaction (group commit, at most
 `batch_max_items` ops / `batch_max_bytes` bytes) whose fsynced commit acknowledges all of
-them. Reads run in executor threads inside read transactions (`buffers=True`): the checksum
-is checked on the mapped bytes and the data copied out once. sha256 of incoming data is
-computed in an executor thread too, so the event loop never hashes megabytes.
+them. A batch that changes nothing (puts of chunks held intact already, as when a manifest
+is pushed again under another tag: small chunks are put, not offered with `Has` first)
+leaves its transaction clean, and LMDB commits that without a write or a sync. Reads run
+in executor threads inside read transactions (`buffers=True`): the checksum is checked on
+the mapped bytes and the data copied out once. sha256 of incoming data is computed in an
+executor thread too, so the event loop never hashes megabytes.
 
 With `node.drop_written_pages`, each commit that stored chunks is followed (after its
 acknowledgements) by `posix_fadvise(DONTNEED)` on data.mdb: written chunks leave the page
@@ -233,8 +236,15 @@ class _Batch:
         self.count = store._read_counter(txn, _META_COUNT)
         self.bytes = store._read_counter(txn, _META_BYTES)
         self.quarantined = store._read_counter(txn, _META_QUARANTINED)
+        self._read = (self.count, self.bytes, self.quarantined)
 
-    def save_counters(self) -> None:
+    def save_counters(self, always: bool = False) -> None:
+        """Write the counters back; unless `always`, only when they changed, so a batch that
+        wrote nothing (puts of chunks already held) leaves the transaction clean and LMDB
+        commits it without writing or syncing anything: what it found was made durable by
+        the commit that stored it."""
+        if not always and (self.count, self.bytes, self.quarantined) == self._read:
+            return
         meta = self.store._meta
         self.txn.put(_META_COUNT, _U64.pack(self.count), db=meta)
         self.txn.put(_META_BYTES, _U64.pack(self.bytes), db=meta)
@@ -719,7 +729,8 @@ class LmdbChunkStore:
             with self._env.begin(write=True, buffers=True) as txn:
                 batch = _Batch(self, txn)
                 results = [op.apply(batch) for op in ops]
-                batch.save_counters()
+                # An empty transaction must still write (`_commit_when_full` relies on it).
+                batch.save_counters(always=not ops)
         self._commits += 1
         if self.commit_observer is not None:
             self.commit_observer(time.perf_counter() - start)

@@ -360,6 +360,22 @@ async def test_lmdb_value_layout_is_checksum_then_data(lmdb_chunk_store: LmdbChu
         assert txn.get(b"count", db=lmdb_chunk_store._meta) == (1).to_bytes(8, "big")
 
 
+async def test_lmdb_put_of_a_held_chunk_writes_nothing(lmdb_chunk_store: LmdbChunkStore) -> None:
+    """Re-putting a chunk already held (a manifest pushed again under another tag) leaves
+    the write transaction clean: LMDB commits no new transaction and syncs nothing. A put
+    that stores something still commits, and the counters stay right."""
+    store = lmdb_chunk_store
+    cid, data = random_chunk(2 * KiB)
+    await store.put(cid, data)
+    before = store._env.info()["last_txnid"]
+    assert await store.put(cid, data) is True
+    assert store._env.info()["last_txnid"] == before
+    other, more = random_chunk(KiB)
+    assert await asyncio.gather(store.put(cid, data), store.put(other, more)) == [True, False]
+    assert store._env.info()["last_txnid"] == before + 1
+    assert await store.stats() == ChunkStats(count=2, bytes=3 * KiB, quarantined=0)
+
+
 async def test_lmdb_concurrent_puts_share_commits(open_lmdb_store: LmdbOpener) -> None:
     store = open_lmdb_store(batch_max_items=64)
     chunks = [random_chunk(512) for _ in range(64)]
