@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextvars
 import functools
+import os
 import statistics
 import sys
 import tempfile
@@ -35,6 +36,7 @@ import aiohttp
 from bench.blobdata import BlobSpec
 from bench.images import Image, push_image
 from bench.oci import OciClient
+from bench.procstats import CpuMeter
 from cargohold.config import load_config
 from cargohold_cli.devcluster import LocalCluster
 
@@ -111,13 +113,13 @@ async def _serve_gateway(config: Path, stop: asyncio.Event) -> None:
         app.middlewares.insert(0, _middleware())
         return app
 
-    server.build_app = build_traced  # type: ignore[assignment]
+    server.build_app = build_traced
     cfg = load_config(config)
     cfg.role = "gateway"
     await server.serve(cfg, stop)
 
 
-async def _client(url: str, count: int, images: bool) -> list[float]:
+async def _client(url: str, count: int, images: bool, conns: int = 1) -> list[float]:
     """`count` sequential tag PUTs of one manifest, or (`images`) pushes of small images
     like the push storm's (a config and two 16 KiB layers each); the client's seconds each."""
     base = await asyncio.to_thread(Image.build, "trace", [BlobSpec.unique(0x7A6, 64 * 1024)])
@@ -136,13 +138,18 @@ async def _client(url: str, count: int, images: bool) -> list[float]:
                 for i in range(count)
             ]
         _REQUESTS.clear()
-        for i in range(count):
-            t0 = time.perf_counter()
-            if images:
-                await push_image(oci, f"trace/images-{i % 10}", f"t{i}", built[i])
-            else:
-                await oci.put_manifest("trace/tags", f"t{i}", base.manifest)
-            latencies.append(time.perf_counter() - t0)
+        left = iter(range(count))
+
+        async def worker() -> None:
+            for i in left:
+                t0 = time.perf_counter()
+                if images:
+                    await push_image(oci, f"trace/images-{i % 10}", f"t{i}", built[i])
+                else:
+                    await oci.put_manifest("trace/tags", f"t{i}", base.manifest)
+                latencies.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(worker() for _ in range(conns)))
     return latencies
 
 
@@ -201,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--images", action="store_true", help="push small images (the push storm's) instead"
     )
+    parser.add_argument("--conns", type=int, default=1, help="operations in flight")
     args = parser.parse_args(argv)
     _instrument()
     with tempfile.TemporaryDirectory(prefix="bench-trace-") as tmp:
@@ -222,11 +230,21 @@ def main(argv: list[str] | None = None) -> int:
                 server = asyncio.create_task(_serve_gateway(cluster.gateway_config_path(0), stop))
                 await _wait(cluster.gateway_url)
                 before = {n: await asyncio.to_thread(_raft_metrics, a) for n, a in nodes.items()}
-                latencies = await _client(cluster.gateway_url, args.count, args.images)
+                pids = {"gateway+client": os.getpid()}
+                pids |= {cluster.node_id(i): p.pid for i, p in enumerate(cluster.node_procs) if p}
+                meter = CpuMeter(pids)
+                t0 = time.perf_counter()
+                latencies = await _client(cluster.gateway_url, args.count, args.images, args.conns)
+                elapsed = time.perf_counter() - t0
+                cpu = meter.used()
                 after = {n: await asyncio.to_thread(_raft_metrics, a) for n, a in nodes.items()}
                 stop.set()
                 await server
-                return _report(latencies, before, after)
+                per_op = ", ".join(f"{k} {v / args.count * 1e3:.2f}" for k, v in cpu.items())
+                return (
+                    f"{args.count / elapsed:.1f} operations/s at {args.conns} in flight; CPU ms"
+                    f" per operation: {per_op}\n" + _report(latencies, before, after)
+                )
 
             import uvloop
 
