@@ -47,9 +47,8 @@ matching tags into the item.
 Rows keep the state's own strings (repository, tag, digest, the `image_info` and annotation
 JSON) and parse labels only to show them; posting terms are interned. Memory per tag
 (docs/metadata.md, "Memory per manifest"): 109 bytes for one-tag images without labels,
-fixed by tests/node/test_metadata_memory.py; about 208 with a platform and three labels
-each (bench/search_latency.py prints it for its corpus; measured before one kind column took
-the place of three).
+fixed by tests/node/test_metadata_memory.py; about 184 with a platform and three labels
+each (bench/search_latency.py prints it for its corpus).
 """
 
 from __future__ import annotations
