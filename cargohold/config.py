@@ -659,6 +659,13 @@ class MirrorConfig:
     # (and the cluster write) near the download's front are sent them from there, with no
     # re-read of the spool.
     stream_memory_bytes: int = 8 * MiB
+    # A download whose size the upstream announced, at most `memory_blob_bytes`, is kept
+    # whole in memory instead of being spooled, while all such downloads of this gateway
+    # (until their last reader is done) fit in `memory_pool_bytes`; the others are spooled
+    # (gateway/mirror/pool.py). 0 turns it off. Filling a spool file's fresh page-cache
+    # pages costs more CPU than the download's sha256.
+    memory_pool_bytes: int = 256 * MiB
+    memory_blob_bytes: int = 64 * MiB
     # A download's cluster write yields to clients: while any client of this gateway has
     # proxied bytes waiting to be sent, it pauses, at most this long in all per download
     # (then it goes on regardless). On a busy gateway clients come first; the commit
@@ -1096,6 +1103,8 @@ def _validate_mirror(m: MirrorConfig) -> None:
         raise ConfigError("mirror.referrers_max_pages must be >= 1")
     if m.stream_memory_bytes < 0 or m.store_yield_seconds < 0:
         raise ConfigError("mirror.stream_memory_bytes and store_yield_seconds must be >= 0")
+    if m.memory_pool_bytes < 0 or m.memory_blob_bytes < 0:
+        raise ConfigError("mirror.memory_pool_bytes and memory_blob_bytes must be >= 0")
 
 
 def _validate_scanner(sc: ScannerConfig) -> None:

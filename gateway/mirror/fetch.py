@@ -8,7 +8,12 @@ and appended to a spool file (an unlinked temporary file in `mirror.spool_dir`),
 which every waiting client streams at its own pace (`BlobFetch.stream`), so the first
 bytes reach clients while the download goes on. The last `mirror.stream_memory_bytes` of
 the download are kept in memory too: readers near its front (the usual case) are sent
-those bytes as they are, with no re-read of the spool. One more reader of the spool feeds
+those bytes as they are, with no re-read of the spool. A download whose announced size
+fits in the gateway's memory pool (`mirror.memory_pool_bytes`, at most
+`mirror.memory_blob_bytes` each; gateway/mirror/pool.py) is not spooled at all: all its
+pieces stay in memory until its last reader is done, and every reader is sent them (the
+pieces the upstream socket handed over, shared by every reader, never copied). One more
+reader of the download feeds
 `gateway.chunking.ingest`, which cuts, hashes and writes the bytes into the cluster like
 a pushed blob; a slow cluster write delays the commit, never the download or the
 clients.
@@ -34,7 +39,6 @@ most N times (docs/mirroring.md).
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import tempfile
@@ -44,6 +48,7 @@ from typing import Any
 
 import aiohttp
 
+from cargohold.concurrency import hash_off_loop
 from cargohold.config import Config
 from cargohold.digests import new_hasher, parse_digest
 from cargohold.errors import SizeInvalid
@@ -52,11 +57,13 @@ from cargohold.metadata_api import Recipe
 from gateway.chunking import ingest
 from gateway.cluster import ClusterClient
 from gateway.mirror.metrics import BLOB_FETCHES, FETCHED_BYTES, FETCHES_IN_FLIGHT
+from gateway.mirror.pieces import Pieces
+from gateway.mirror.pool import MemoryPool
 from gateway.mirror.upstream import Upstream, UpstreamFailed
 
 logger = logging.getLogger("cargohold.gateway.mirror")
 
-# Largest piece read from the upstream at once (and appended to the spool in one write).
+# Largest piece read from the upstream at once when spooling (appended in one write).
 _PIECE = 1024 * 1024
 # Largest piece a client is sent from the spool at once.
 _SEND = 256 * 1024
@@ -100,7 +107,14 @@ class Streams:
 class BlobFetch:
     """One upstream download of one blob, spooled for its readers and stored."""
 
-    def __init__(self, repo: str, digest: str, streams: Streams, memory_bytes: int) -> None:
+    def __init__(
+        self,
+        repo: str,
+        digest: str,
+        streams: Streams,
+        memory_bytes: int,
+        pool: MemoryPool | None = None,
+    ) -> None:
         self.repo = repo
         self.digest = digest
         self.size: int | None = None  # the upstream's Content-Length, once answered
@@ -117,9 +131,11 @@ class BlobFetch:
         self._streams = streams
         # The download's last pieces (offset, bytes), at most `_memory_bytes` beyond the
         # newest one: readers near the front are sent these without reading the spool.
-        self._recent: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._recent_bytes = 0
-        self._memory_bytes = memory_bytes
+        self._recent = Pieces(keep=memory_bytes)
+        # Whole in memory (`_held` bytes reserved in `_pool`): every piece stays in
+        # `_recent`, nothing is spooled (gateway/mirror/pool.py).
+        self._pool = pool
+        self._held = 0
         self.task: asyncio.Task[None] | None = None
 
     # The writer side (the download task).
@@ -128,14 +144,27 @@ class BlobFetch:
         event, self._progress = self._progress, asyncio.Event()
         event.set()
 
+    @property
+    def in_memory(self) -> bool:
+        """The download is kept whole in memory, not spooled."""
+        return self._held > 0
+
+    def _hold(self, size: int | None) -> None:
+        """Keep the download in memory if the pool has room for its announced size."""
+        if size and self._pool is not None and self._pool.reserve(size):
+            self._held = size
+            self._recent = Pieces(keep=None)
+
     async def _append(self, data: bytes, hasher: Any) -> None:
-        if self._fd is None:
-            self._fd = await asyncio.to_thread(_spool_fd, self._spool_dir)
-        await asyncio.to_thread(_spool_write, self._fd, data, self.written, hasher)
-        self._recent.append((self.written, data))
-        self._recent_bytes += len(data)
-        while len(self._recent) > 1 and self._recent_bytes > self._memory_bytes:
-            self._recent_bytes -= len(self._recent.popleft()[1])
+        if self.in_memory:
+            if self.written + len(data) > self._held:
+                raise UpstreamFailed(f"blob download: more bytes than the {self._held} announced")
+            await hash_off_loop(len(data), hasher.update, data)
+        else:
+            if self._fd is None:
+                self._fd = await asyncio.to_thread(_spool_fd, self._spool_dir)
+            await asyncio.to_thread(_spool_write, self._fd, data, self.written, hasher)
+        self._recent.append(self.written, data)
         self.written += len(data)
         FETCHED_BYTES.labels(self.proxy).inc(len(data))
         self._notify()
@@ -184,8 +213,8 @@ class BlobFetch:
                 raise
         finally:
             self._finished = True
-            self._recent.clear()  # late readers read the spool
-            self._recent_bytes = 0
+            if not self.in_memory:
+                self._recent.clear()  # late readers read the spool
             if not self.done.done():
                 self.done.set_result(None)
             self._notify()
@@ -212,9 +241,14 @@ class BlobFetch:
         try:
             async with upstream.open_blob(self.repo_upstream, self.digest) as resp:
                 self.size = resp.content_length
+                self._hold(self.size)
                 self.headers.set_result(self.size)
                 try:
-                    async for data in resp.content.iter_chunked(_PIECE):
+                    # Held in memory: the pieces as the socket reads made them (no join
+                    # into 1 MiB pieces, one copy less). Spooled: 1 MiB per worker hop.
+                    body = resp.content
+                    pieces = body.iter_any() if self.in_memory else body.iter_chunked(_PIECE)
+                    async for data in pieces:
                         if limit is not None and self.written + len(data) > limit:
                             raise SizeInvalid(
                                 "blob exceeds the size limit", detail={"limit": limit}
@@ -285,12 +319,7 @@ class BlobFetch:
 
     def _in_memory(self, pos: int, readable: int) -> memoryview | None:
         """Bytes from `pos` (short of `readable`) out of the recent pieces, if there."""
-        for offset, piece in reversed(self._recent):
-            if offset <= pos:
-                if pos >= offset + len(piece):
-                    return None
-                return memoryview(piece)[pos - offset : readable - offset]
-        return None
+        return self._recent.view(pos, readable)
 
     async def yield_to_clients(self, deadline: float) -> None:
         """The cluster write's pause: until no client is behind, or `deadline`."""
@@ -307,9 +336,16 @@ class BlobFetch:
         self._maybe_close()
 
     def _maybe_close(self) -> None:
-        if self._finished and self._readers == 0 and self._fd is not None:
+        if not self._finished or self._readers > 0:
+            return
+        if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._held:
+            assert self._pool is not None
+            self._pool.free(self._held)
+            self._held = 0
+            self._recent.clear()
 
 
 class _SpoolBody:
@@ -359,6 +395,7 @@ class Fetches:
         self.slots = asyncio.Semaphore(cfg.mirror.max_concurrent_fetches)
         self.running: dict[tuple[str, str], BlobFetch] = {}
         self.streams = Streams()
+        self.pool = MemoryPool.from_config(cfg.mirror)
         self.started = 0  # downloads begun (tests, metrics)
 
     def join(self, upstream: Upstream, repo: str, upstream_repo: str, digest: str) -> BlobFetch:
@@ -366,7 +403,9 @@ class Fetches:
         fetch = self.running.get(key)
         if fetch is not None:
             return fetch
-        fetch = BlobFetch(repo, digest, self.streams, self.cfg.mirror.stream_memory_bytes)
+        fetch = BlobFetch(
+            repo, digest, self.streams, self.cfg.mirror.stream_memory_bytes, self.pool
+        )
         fetch.repo_upstream = upstream_repo
         fetch.proxy = upstream.proxy.namespace
         self.running[key] = fetch

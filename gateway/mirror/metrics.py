@@ -24,3 +24,7 @@ FETCHED_BYTES = Counter(
 FETCHES_IN_FLIGHT = Gauge(
     "cargohold_mirror_fetches_in_flight", "Upstream blob downloads running or waiting now"
 )
+MEMORY_HELD = Gauge(
+    "cargohold_mirror_memory_held_bytes",
+    "Bytes reserved by downloads kept whole in memory (at most mirror.memory_pool_bytes)",
+)
