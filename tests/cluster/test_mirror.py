@@ -55,6 +55,10 @@ def proxy_cluster(
     )
 
 
+def _pool(pool: int | None) -> dict[str, int]:
+    return {} if pool is None else {"memory_pool_bytes": pool}
+
+
 async def pull(
     http: aiohttp.ClientSession, base: str, repo: str, ref: str, image: ImageSpec
 ) -> str:
@@ -329,14 +333,19 @@ class FlippingUpstream:
             await self.runner.cleanup()
 
 
+# Held whole in memory (the default for a blob this size) and spooled (the pool off).
+HOLDING = pytest.mark.parametrize("pool", [None, 0], ids=["in_memory", "spooled"])
+
+
+@HOLDING
 async def test_corrupt_upstream_blob_refused_and_not_stored(
-    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession, pool: int | None
 ) -> None:
     image = ImageSpec("evil/app", "v1", seed=51, layer_sizes=(4 * CHUNK + 11,))
     fake = FlippingUpstream(image)
     url = await fake.start()
     try:
-        cluster = proxy_cluster(make_cluster, [f"flip={url}"])
+        cluster = proxy_cluster(make_cluster, [f"flip={url}"], **_pool(pool))
         base = cluster.gateway_url
         _media, layer, data = image.blobs()[1]
         path = f"{base}/v2/flip/evil/app/blobs/{layer}"
@@ -379,15 +388,16 @@ async def test_corrupt_upstream_blob_refused_and_not_stored(
         await fake.stop()
 
 
+@HOLDING
 async def test_streamed_while_downloading_and_a_client_leaving_cancels_nothing(
-    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession, pool: int | None
 ) -> None:
     image = ImageSpec("slow/app", "v1", seed=61, layer_sizes=(6 * CHUNK + 3,))
     fake = FlippingUpstream(image)
     fake.mode = "held"
     url = await fake.start()
     try:
-        cluster = proxy_cluster(make_cluster, [f"slow={url}"])
+        cluster = proxy_cluster(make_cluster, [f"slow={url}"], **_pool(pool))
         _media, layer, data = image.blobs()[1]
         path = f"{cluster.gateway_url}/v2/slow/slow/app/blobs/{layer}"
         async with aiohttp.ClientSession() as leaver:
