@@ -10,6 +10,17 @@ alternating order: direct from the upstream, cold through the proxy, warm throug
 proxy (stored by then), and from Cargohold's own repository. Medians over the rounds,
 with the load average before and after (the machine is shared).
 
+`--ab-mirror KEY=VALUE` measures a change instead: a second gateway whose `[mirror]` has
+KEY=VALUE (the other arm, e.g. `memory_pool_bytes=0`, every download spooled), or with
+`--ab-tree DIR` a second gateway running the code checked out in DIR (e.g. main's, from
+`git archive main | tar -x -C DIR`), and each
+round cold-pulls a fresh image through each gateway (and one direct), in alternating
+order, recording every process's CPU-seconds (/proc, bench/procstats.py) from the pull's
+start until its cluster write is over (`--settle` seconds after it): CPU per cold-pulled
+GB, which the shared machine's load distorts far less than wall time. An idle window of
+the same length is measured too (heartbeats, the bench's own polling), and a push of the
+same image through gateway 1 (the cluster write's own cost, as a client's push).
+
 `--link-mib-s N` puts a relay limited to N MiB/s (bench/link.py) between Distribution and
 both of its clients (the bench's direct pulls and the proxy): the slow or shared link a
 pull-through cache sits behind, instead of loopback, where a cold pull is bound by CPU.
@@ -35,6 +46,7 @@ import aiohttp
 import yarl
 
 from bench.link import Link
+from bench.procstats import GB, CpuMeter
 from bench.systems import Distribution
 from cargohold_cli.devcluster import LocalCluster
 
@@ -162,15 +174,153 @@ async def run(
     }
 
 
+class _ABCluster(LocalCluster):
+    """A LocalCluster whose second gateway's `[mirror]` has `other` applied."""
+
+    other: dict[str, Any] = {}
+    other_tree: str = ""
+
+    def start_gateway(self, j: int) -> None:
+        proc = self.gateway_procs[j]
+        if j != 1 or not self.other_tree or (proc is not None and proc.poll() is None):
+            super().start_gateway(j)
+            return
+        # `python -m` puts the working directory first on sys.path: run from the tree.
+        prefix = ["sh", "-c", 'cd "$0" && exec "$@"', self.other_tree]
+        self.gateway_procs[j] = self._spawn(
+            "gateway", self.gateway_config_path(j), "gateway-2", prefix
+        )
+
+    def gateway_config_path(self, j: int) -> Path:
+        if j != 1:
+            return super().gateway_config_path(j)
+        mirror = self.layout.extra["mirror"]
+        self.layout.extra["mirror"] = {**mirror, **self.other}
+        try:
+            return super().gateway_config_path(j)
+        finally:
+            self.layout.extra["mirror"] = mirror
+
+
+def _pids(cluster: LocalCluster, upstream: Distribution) -> dict[str, int]:
+    pids = dict(upstream.processes())
+    for i, proc in enumerate(cluster.node_procs):
+        if proc is not None:
+            pids[f"n{i + 1}"] = proc.pid
+    for j, proc in enumerate(cluster.gateway_procs):
+        if proc is not None:
+            pids[f"gateway-{j + 1}"] = proc.pid
+    pids["bench-client"] = os.getpid()
+    return pids
+
+
+async def run_ab(
+    rounds: int,
+    layers: int,
+    layer_mib: int,
+    workdir: Path,
+    other: dict[str, Any],
+    settle: float,
+    other_tree: str = "",
+) -> dict[str, Any]:
+    """Cold pulls through gateway 1 (this branch's defaults) and gateway 2 (`other`),
+    with every process's CPU-seconds per cold pull."""
+    upstream = Distribution(workdir / "distribution")
+    await upstream.start()
+    mirror = {"proxies": [f"up={upstream.urls[0]}"], "tag_ttl_seconds": 300.0}
+    cluster = _ABCluster(workdir / "cluster", nodes=3, gateways=2, extra={"mirror": mirror})
+    cluster.other = other
+    cluster.other_tree = other_tree
+    arms = ["direct", "cold-a", "cold-b", "push", "idle"]
+    times: dict[str, list[float]] = {k: [] for k in arms[:4]}
+    cpu: dict[str, list[dict[str, float]]] = {k: [] for k in arms}
+    load = {"before": os.getloadavg()}
+    size = 0
+    try:
+        await asyncio.to_thread(cluster.start, 90)
+        meter = CpuMeter(_pids(cluster, upstream))
+        urls = cluster.gateway_urls
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as http:
+            for i in range(rounds):
+                for arm in ("a", "b"):
+                    blobs, manifest = _image(layers, layer_mib * MiB)
+                    await _push(http, upstream.urls[0], f"bench/img{i}{arm}", blobs, manifest)
+                order = arms if i % 2 == 0 else arms[::-1]
+                for kind in order:
+                    meter.reset()
+                    if kind == "direct":
+                        seconds, size = await _timed(http, upstream.urls[0], f"bench/img{i}a")
+                    elif kind == "idle":
+                        seconds = 0.0
+                    elif kind == "push":  # the cluster write alone, as a client's push
+                        # A third image: chunks already stored by a cold pull cost less.
+                        image = _image(layers, layer_mib * MiB)
+                        meter.reset()
+                        start = time.perf_counter()
+                        await _push(http, urls[0], f"local/img{i}", *image)
+                        seconds = time.perf_counter() - start
+                    else:
+                        arm = kind[-1]
+                        base = urls[0] if arm == "a" else urls[1]
+                        seconds, size = await _timed(http, base, f"up/bench/img{i}{arm}")
+                    if kind != "direct":
+                        await asyncio.sleep(settle)  # the cluster write and the commit
+                    cpu[kind].append({k: round(v, 3) for k, v in meter.used().items()})
+                    if kind in times:
+                        times[kind].append(seconds)
+    finally:
+        await asyncio.to_thread(cluster.stop)
+        await upstream.stop()
+    load["after"] = os.getloadavg()
+
+    def per_gb(kind: str, names: tuple[str, ...]) -> float:
+        return statistics.median(
+            sum(v for k, v in c.items() if k.startswith(names)) / (size / GB) for c in cpu[kind]
+        )
+
+    groups = {
+        "gateway-1": ("gateway-1",),
+        "gateway-2": ("gateway-2",),
+        "nodes": ("n",),
+        "upstream": ("docker-registry",),
+        "client": ("bench-client",),
+    }
+    return {
+        "image_bytes": size,
+        "rounds": rounds,
+        "other_arm_mirror": other,
+        "other_arm_tree": other_tree or None,
+        "settle_seconds": settle,
+        "seconds": times,
+        "median_seconds": {k: statistics.median(v) for k, v in times.items()},
+        "cpu_s": cpu,
+        "median_cpu_s_per_gb": {
+            kind: {g: round(per_gb(kind, names), 3) for g, names in groups.items()} for kind in arms
+        },
+        "loadavg": load,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--layer-mib", type=int, default=16)
     parser.add_argument("--link-mib-s", type=float, default=0.0)
+    parser.add_argument("--ab-mirror", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--ab-tree", default="", metavar="DIR")
+    parser.add_argument("--settle", type=float, default=2.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cargohold-mirror-bench-") as tmp:
-        work = run(args.rounds, args.layers, args.layer_mib, Path(tmp), args.link_mib_s)
+        if args.ab_mirror or args.ab_tree:
+            other = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.ab_mirror)}
+            tree = str(Path(args.ab_tree).resolve()) if args.ab_tree else ""
+            work = run_ab(
+                args.rounds, args.layers, args.layer_mib, Path(tmp), other, args.settle, tree
+            )
+        else:
+            work = run(args.rounds, args.layers, args.layer_mib, Path(tmp), args.link_mib_s)
         result = asyncio.run(work)
     print(json.dumps(result, indent=2))
 
