@@ -652,8 +652,9 @@ class MirrorConfig:
     referrers_max_pages: int = 10
     # Where a download is spooled while clients stream it (empty: the system temp dir).
     spool_dir: str = ""
-    # A finished download stays joinable (its spool kept) this long, for pulls that looked
-    # for the blob in the cluster just before it was stored: they do not fetch it again.
+    # A finished download stays joinable this long, for pulls that looked for the blob in
+    # the cluster just before it was stored: they do not fetch it again (they read the
+    # cluster once its bytes are released, with its last reader).
     fetch_linger_seconds: float = 5.0
     # The last bytes of each download kept in memory as well as in the spool: clients
     # (and the cluster write) near the download's front are sent them from there, with no

@@ -109,7 +109,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         try:
             recipe = await _linked(request, ctx, route.name, digest)
         except (BlobUnknown, NameUnknown):
-            return await _proxied(request, mirror.join_blob(route, digest), digest)
+            return await _proxied(request, ctx, name, mirror.join_blob(route, digest), digest)
         return await _serve(request, ctx, name, digest, recipe)
     return await _serve(request, ctx, name, digest, await _linked(request, ctx, name, digest))
 
@@ -190,12 +190,18 @@ async def _serve(
     return await _send(request, response, digest, ctx.cluster.read_range(dict(recipe), start, end))
 
 
-async def _proxied(request: web.Request, fetch: BlobFetch, digest: str) -> web.StreamResponse:
+async def _proxied(
+    request: web.Request, ctx: GatewayContext, name: str, fetch: BlobFetch, digest: str
+) -> web.StreamResponse:
     """A blob of a proxy namespace not stored yet: streamed from its single-flight
     download (gateway/mirror/fetch.py) while that download is stored; a download that
-    fails before the response started is an error, after it a response cut short."""
+    fails before the response started is an error, after it a response cut short. A
+    download joined after it was stored and its bytes released is read from the cluster."""
     fetch.acquire()
     try:
+        recipe = fetch.stored()
+        if recipe is not None:
+            return await _serve(request, ctx, name, digest, recipe)
         try:
             size = await asyncio.shield(fetch.headers)
         except UpstreamNotFound:

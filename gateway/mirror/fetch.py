@@ -32,6 +32,11 @@ download that fails or mismatches ends every client's response short (the connec
 closed), so a client never receives a complete wrong blob; the chunks already written are
 unreferenced garbage for GC.
 
+A stored download stays joinable for `mirror.fetch_linger_seconds` (pulls that missed the
+blob in the cluster just before the commit join it rather than fetch again), but its
+bytes go as soon as its last client is done: a pull joining it after that is handed the
+committed recipe and reads the cluster (`BlobFetch.stored`).
+
 Single flight is per gateway: N gateways pulling the same cold blob at once fetch it at
 most N times (docs/mirroring.md).
 """
@@ -121,6 +126,8 @@ class BlobFetch:
         self.written = 0  # bytes in the spool
         self.verified = False  # the digest matched: the whole spool may be read
         self.committed = False
+        self.recipe: Recipe | None = None  # what was committed
+        self._closed = False  # finished and its last reader gone: its bytes are released
         self.error: BaseException | None = None
         self.headers: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -267,7 +274,9 @@ class BlobFetch:
             storing.cancel()
             await asyncio.gather(storing, return_exceptions=True)
             raise
-        await commit(self.repo, self.digest, Recipe(size=total, chunks=chunks))
+        recipe = Recipe(size=total, chunks=chunks)
+        await commit(self.repo, self.digest, recipe)
+        self.recipe = recipe
         self.committed = True
 
     repo_upstream: str = ""
@@ -331,6 +340,11 @@ class BlobFetch:
         """A reader holds the spool open until `release` (take it before awaiting)."""
         self._readers += 1
 
+    def stored(self) -> Recipe | None:
+        """The committed recipe once the download's bytes are released (every reader
+        done): a pull that joins it then (while it lingers) reads the cluster instead."""
+        return self.recipe if self._closed else None
+
     def release(self) -> None:
         self._readers -= 1
         self._maybe_close()
@@ -346,6 +360,7 @@ class BlobFetch:
             self._pool.free(self._held)
             self._held = 0
             self._recent.clear()
+        self._closed = True
 
 
 class _SpoolBody:
@@ -412,7 +427,8 @@ class Fetches:
         self.started += 1
 
         async def drive() -> None:
-            fetch.acquire()  # the spool stays readable while the download is joinable
+            fetch.acquire()  # the bytes stay readable while the download runs
+            holding = True
             FETCHES_IN_FLIGHT.inc()
             try:
                 try:
@@ -420,13 +436,19 @@ class Fetches:
                 finally:
                     FETCHES_IN_FLIGHT.dec()
                 if fetch.committed:
-                    # A pull that found no blob in the cluster just before the commit joins
-                    # this download rather than start another one.
+                    # The bytes are in the cluster now: the memory (or spool) goes with the
+                    # last client still reading it, not after the linger. A pull that found
+                    # no blob in the cluster just before the commit joins this download
+                    # rather than start another one, and reads the cluster
+                    # (`BlobFetch.stored`) if its bytes are gone by then.
+                    holding = False
+                    fetch.release()
                     await asyncio.sleep(self.cfg.mirror.fetch_linger_seconds)
             finally:
                 if self.running.get(key) is fetch:
                     del self.running[key]
-                fetch.release()
+                if holding:
+                    fetch.release()
 
         fetch.task = asyncio.create_task(drive())
         return fetch

@@ -1,20 +1,29 @@
-"""gateway/mirror/fetch.py without a cluster: a client is sent the download's recent bytes
-from memory and older ones from the spool, never the last byte before the digest is
-verified, and the cluster write (`yield_to_clients`) waits while a client is behind; a
-download that fits in the memory pool is kept whole in memory (never spooled) until its
-last reader is done, one that does not is spooled."""
+"""gateway/mirror/fetch.py without a real cluster or upstream: a client is sent the
+download's recent bytes from memory and older ones from the spool, never the last byte
+before the digest is verified, and the cluster write (`yield_to_clients`) waits while a
+client is behind; a download that fits in the memory pool is kept whole in memory (never
+spooled) until its last reader is done, one that does not is spooled; a stored download
+lets its bytes go with its last client and, while it lingers, sends joiners to the
+cluster."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
-from gateway.mirror.fetch import BlobFetch, Streams
+from cargohold.config import Config
+from cargohold.metadata_api import Recipe
+from gateway.cluster import ClusterClient
+from gateway.mirror.fetch import BlobFetch, Fetches, Streams
 from gateway.mirror.pool import MemoryPool
-from gateway.mirror.upstream import UpstreamFailed
+from gateway.mirror.upstream import Upstream, UpstreamFailed
 
 DATA = b"01234567"
 DIGEST = "sha256:" + hashlib.sha256(DATA).hexdigest()
@@ -120,3 +129,86 @@ async def test_more_bytes_than_announced_fail_an_in_memory_download() -> None:
     with pytest.raises(UpstreamFailed):
         await fetch._append(DATA, hashlib.sha256())
     assert fetch.written == 0
+
+
+async def test_a_stored_download_releases_its_bytes_with_its_last_reader() -> None:
+    pool = MemoryPool(limit=100, blob_limit=100)
+    fetch = BlobFetch("up/app", DIGEST, Streams(), memory_bytes=1, pool=pool)
+    fetch.proxy = "up"
+    fetch._hold(len(DATA))
+    fetch.acquire()  # the download's own hold (Fetches.join)
+    await fetch._append(DATA, hashlib.sha256())
+    fetch.verified = True
+    fetch.acquire()  # a client still reading
+    fetch.recipe = Recipe(size=len(DATA), chunks=[["ab" * 32, len(DATA)]])
+    fetch.committed = True
+    fetch._finished = True
+    fetch.release()  # stored: the download lets go while it lingers
+    assert fetch.stored() is None and pool.held == len(DATA)  # the client still reads
+    assert b"".join([bytes(p) async for p in fetch.stream(0, None)]) == DATA
+    fetch.release()  # the client is done
+    # Gone from memory; a pull joining it now is given the recipe to read the cluster.
+    assert pool.held == 0 and fetch.stored() == fetch.recipe
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for i in range(0, len(self._data), 3):
+            yield self._data[i : i + 3]
+
+    def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
+        return self.iter_any()
+
+
+class _Upstream:
+    """`Upstream.open_blob` answering one blob (its size announced)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.proxy = SimpleNamespace(namespace="up")
+        self.data = data
+        self.gets = 0
+
+    @contextlib.asynccontextmanager
+    async def open_blob(self, repo: str, digest: str) -> AsyncIterator[Any]:
+        self.gets += 1
+        yield SimpleNamespace(content_length=len(self.data), content=_Body(self.data))
+
+
+class _Cluster:
+    """The cluster client as `ingest` uses it: writes kept by chunk id."""
+
+    def __init__(self) -> None:
+        self.write_slots = asyncio.Semaphore(8)
+        self.chunks: dict[bytes, int] = {}
+
+    async def store_encoded(self, chunk_id: bytes, length: int, request: bytes) -> None:
+        self.chunks[chunk_id] = length
+
+
+async def test_a_lingering_stored_download_is_joined_but_read_from_the_cluster() -> None:
+    cfg = Config()
+    cfg.mirror.fetch_linger_seconds = 60.0
+    committed: list[tuple[str, str, Recipe]] = []
+
+    async def commit(repo: str, digest: str, recipe: Recipe) -> None:
+        committed.append((repo, digest, recipe))
+
+    cluster = _Cluster()
+    fetches = Fetches(cfg, cast(ClusterClient, cluster), commit)
+    upstream = _Upstream(DATA)
+    fetch = fetches.join(cast(Upstream, upstream), "up/app", "app", DIGEST)
+    try:
+        await fetch.done
+        assert fetch.error is None and fetch.committed
+        ((repo, digest, recipe),) = committed
+        assert (repo, digest) == ("up/app", DIGEST) and recipe["size"] == len(DATA)
+        assert list(cluster.chunks) == [hashlib.sha256(DATA).digest()]  # verified, stored
+        # It lingers, joinable (one upstream GET), with its memory already released.
+        assert fetches.join(cast(Upstream, upstream), "up/app", "app", DIGEST) is fetch
+        assert upstream.gets == 1
+        assert fetches.pool.held == 0 and fetch.stored() == recipe
+    finally:
+        await fetches.close()
