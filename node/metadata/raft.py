@@ -118,6 +118,7 @@ from cargohold.errors import (
     Unavailable,
 )
 from cargohold.log import log_event
+from cargohold.memtune import release_memory
 from cargohold.metadata_api import AccessFence, Barrier
 from node.metadata.access_leases import AccessLeases
 from node.metadata.journal import JournalSpace, RaftJournal, fsync_dir
@@ -648,13 +649,25 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
                 self._on_fatal()
             raise
         _freeze_heap()
+        # The load's transient objects (the unpickler's stack and memo, argument tuples)
+        # left free heap pages behind that glibc keeps (up to `malloc_retain_bytes` here):
+        # give them back, so RssAnon after a load is the state's (docs/metadata.md).
+        trim_started = time.monotonic()
+        release_memory()
+        trim_ms = round((time.monotonic() - trim_started) * 1000, 1)
         self._finish_interrupted_compaction(raft_data[1], raft_data[0])
         # Loading took this thread a while: an election timer that ran out meanwhile would
         # depose a healthy leader (a follower installing the leader's snapshot).
         self._postpone_election()
         seconds = time.monotonic() - started
         self._snapshot_load_seconds = seconds
-        log_event(logger, "raft.dump_loaded", index=raft_data[0][1], seconds=round(seconds, 3))
+        log_event(
+            logger,
+            "raft.dump_loaded",
+            index=raft_data[0][1],
+            seconds=round(seconds, 3),
+            trim_ms=trim_ms,
+        )
         return tuple(raft_data)
 
     def _finish_interrupted_compaction(

@@ -137,3 +137,25 @@ def test_wait_ready_is_bounded() -> None:
     assert builder.build()
     asyncio.run(asyncio.wait_for(builder.wait_ready(), _HANG))
     assert len(search(st, n=1000)["items"]) == 18
+
+
+def test_a_finished_build_gives_its_free_heap_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build's transient lists and sort keys are freed once it is done; the builder then
+    trims the heap (malloc_trim) so RssAnon holds the index, not the build's leftovers. A
+    build a snapshot load interrupted does not trim (the next one will)."""
+    trims: list[bool] = []
+    monkeypatch.setattr("node.metadata.search_build.release_memory", lambda: trims.append(True))
+    st = corpus()
+    lock = threading.Lock()
+    builder = PausingBuilder(st, lock, 2, 0.0)
+    thread, outcome = run_build(builder)
+    assert builder.paused.wait(_HANG)
+    with lock:  # a snapshot load replaces the index midway
+        st.load(MetadataState().dump())
+    builder.resume.set()
+    thread.join(_HANG)
+    assert outcome == [False] and trims == []
+    push(st, "elsewhere/app", "e1", "1.0", now=10)
+    assert SearchIndexBuilder(st, lock, 4, 0.0).build()
+    assert trims == [True]
+    assert names(search(st)) == ["elsewhere/app:1.0"]
