@@ -723,6 +723,7 @@ def load_main(data_dir: str, raft: str, peers: str = "", add: str = "") -> None:
     prints its figures and serves until its stdin closes (the leader of a catch-up)."""
     start = time.monotonic()
     cpu = time.process_time()
+    from cargohold.memtune import release_memory
     from node.metadata.raft import RaftMember
 
     async def serve() -> dict[str, Any]:
@@ -750,6 +751,10 @@ def load_main(data_dir: str, raft: str, peers: str = "", add: str = "") -> None:
                 # All included: the search index every node builds from its state once it
                 # serves (a bare member builds it whole at its first search).
                 await asyncio.to_thread(member.local_query, "search", {"spec": {"n": 1}})
+                # A node's builder thread gives the build's free heap back to the kernel
+                # when it is done (node/metadata/search_build.py); this bare member built
+                # inline, so do what the builder does before reading RssAnon.
+                release_memory()
                 result["rss_anon_with_search"] = rss_anon(os.getpid())
             if add:
                 member.addNodeToCluster(add)
