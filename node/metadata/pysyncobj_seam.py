@@ -24,6 +24,11 @@ module is the only one that touches them (pinned by `pysyncobj==0.3.17`). It pro
   without it, followers whose disks filled before the leader's took every entry the
   leader appended to no commit, and commands waited out `raft_command_timeout` (a 503)
   instead of a prompt 507.
+- snapshot transfers restarted on a disconnect (`SyncingTransport`): the pieces of a
+  snapshot in flight to a follower are lost with its connection, and the transport
+  reconnects at once, so pysyncobj (which drops a transfer only when it finds the node
+  disconnected at its next send) could go on after a hole; the follower then installed a
+  file it cannot load. The transfer is dropped on the disconnect itself and starts over.
 - leadership stamps (`SyncingTransport`, read by `RaftInternals._lease_confirmed_at`):
   every `append_entries` the leader sends carries `stamp` (its monotonic clock when sent);
   a follower that accepts the message (its term is not above the message's, so it has not
@@ -239,6 +244,38 @@ class SyncingTransport(TCPTransport):
             callback(node, message)
 
         super().setOnMessageReceivedCallback(received)
+
+    def setOnNodeDisconnectedCallback(self, callback: Any) -> None:
+        if callback is None:
+            super().setOnNodeDisconnectedCallback(None)
+            return
+
+        def disconnected(node: Any) -> None:  # tick thread
+            self._restart_snapshot_transfer(node)
+            callback(node)
+
+        super().setOnNodeDisconnectedCallback(disconnected)
+
+    def _restart_snapshot_transfer(self, node: Any) -> None:
+        """A snapshot being sent to `node` lost the pieces in flight with the connection:
+        send it again from its first piece. pysyncobj drops a transfer only when it next
+        finds the node disconnected, and the transport reconnects at once: after a quick
+        reconnect the transfer went on from where the lost pieces ended, and the follower
+        installed a file with a hole in it (seen at 1 M manifests: 128 KiB short), which
+        it cannot load."""
+        serializer = self._raft._SyncObj__serializer
+        transfer = serializer._Serializer__transmissions.pop(node, None)
+        if transfer is None:
+            return
+        if "file" in transfer:
+            transfer["file"].close()
+        log_event(
+            logger,
+            "raft.snapshot_transfer_restarted",
+            logging.INFO,
+            node=node.id,
+            sent_bytes=transfer.get("transmitted", 0),
+        )
 
     def _note_echo(self, node_id: str, term: int, stamp: float) -> None:
         last = self.peer_echo.get(node_id)

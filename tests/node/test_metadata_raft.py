@@ -313,6 +313,39 @@ async def test_a_snapshot_load_gives_its_free_heap_back(
     assert len(tags) == 40
 
 
+async def test_a_disconnect_restarts_a_snapshot_transfer_from_its_first_piece(
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
+    """The pieces of a snapshot in flight to a follower go with its connection; the
+    transport reconnects at once, so the transfer must start over on the disconnect itself,
+    or the follower installs a file with a hole (pysyncobj_seam.SyncingTransport)."""
+    from pysyncobj.node import TCPNode
+
+    cfg = member_config(tmp_path, raft_compaction_min_entries=20, raft_compaction_min_time=1.0)
+    member = members(cfg)
+    for i in range(40):
+        await member.command("manifest_put", tag_cmd(i))
+    serializer = member._SyncObj__serializer  # type: ignore[attr-defined]
+    await wait_until(
+        lambda: os.path.exists(member.dump_path) and serializer._Serializer__pid == 0,
+        "a finished compaction",
+    )
+    transport = member._SyncObj__transport  # type: ignore[attr-defined]
+    serializer._Serializer__transmissionBatchSize = 512  # a small dump in several pieces
+    follower = TCPNode(f"127.0.0.1:{free_port()}")  # not a member: the tick leaves it alone
+    first = serializer.getTransmissionData(follower)
+    assert first is not None and first[1] is True  # the first piece
+    transfers = serializer._Serializer__transmissions
+    opened = transfers[follower]["file"]
+    second = serializer.getTransmissionData(follower)
+    assert second is not None and second[1] is False  # going on
+    transport._onNodeDisconnected(follower)
+    assert follower not in transfers and opened.closed
+    again = serializer.getTransmissionData(follower)
+    assert again is not None and again[1] is True and again[0] == first[0]
+    serializer.cancelTransmisstion(follower)
+
+
 def _dump_version(path: str) -> int:
     """The metadata snapshot version in a raft dump file (magic, head length, head, state)."""
     with open(path, "rb") as f:
