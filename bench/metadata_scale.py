@@ -932,6 +932,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sizes": sizes,
         "steps": {s.name: [] for s in systems},
     }
+    if args.preloaded:
+        from bench.metadata_preloaded import preloaded
+
+        try:
+            report["preloaded"] = preloaded(
+                sizes, repos, work, args.push, args.concurrency, args.rounds, args.settle
+            )
+        finally:
+            if not args.keep:
+                import shutil
+
+                shutil.rmtree(work, ignore_errors=True)
+        report["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        return report
     if args.offline:
         try:
             report["offline"] = offline(sizes, repos, work, not args.no_catch_up)
@@ -1062,6 +1076,10 @@ def markdown_offline(report: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
+    if "preloaded" in report:
+        from bench.metadata_preloaded import markdown_preloaded
+
+        return markdown_preloaded(report)
     if "offline" in report:
         return markdown_offline(report)
     lines = [
@@ -1155,6 +1173,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="no cluster: build the state in this process, snapshot and reload it",
     )
+    parser.add_argument(
+        "--preloaded",
+        action="store_true",
+        help="per size: a 3-node cluster preloaded offline with that many images, then "
+        "--push more pushed through HTTP (bench/metadata_preloaded.py)",
+    )
+    parser.add_argument("--push", type=int, default=5000, help="images pushed (--preloaded)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per size (--preloaded)")
+    parser.add_argument("--settle", type=float, default=10.0, help="s before the push")
     parser.add_argument("--load-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--load-raft", default="", help=argparse.SUPPRESS)
     parser.add_argument("--load-peers", default="", help=argparse.SUPPRESS)
@@ -1165,7 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     report = run(args)
     day = dt.date.today().isoformat()
-    kind = "-offline" if args.offline else ""
+    kind = "-preloaded" if args.preloaded else "-offline" if args.offline else ""
     stem = f"{day}-metadata-scale{kind}{'' if args.full else '-quick'}{args.tag}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,325 @@
+"""Push rate on a cluster whose metadata already holds N images (issue 20's "push rate at
+1 M >= 90 % of the rate at 10 k"), without pushing N images through HTTP first.
+
+Pushing a million images through the gateway takes hours on a 2-core VM, so the state is
+built offline instead (`metadata_scale.apply_group`: the commands a push of the same
+corpus commits, applied to a `MetadataState`) and snapshotted through a `RaftMember`
+bound to the Raft address node 1 of the cluster will have (the snapshot's member set
+names it). Per run:
+
+1. a `LocalCluster` layout of one node on a fixed base port (so node 1's Raft address is
+   the template's), node 1's `raft/` directory copied from the template;
+2. node 1 and a gateway started: node 1 loads the snapshot as a one-member group and
+   joins the member list;
+3. nodes 2 and 3 added the way an operator adds members (`LocalCluster.add_node`, then
+   `AddMember` on the leader): each installs the leader's snapshot (pysyncobj's transfer)
+   before it serves; the gateway restarted so it writes to all three (R=3, W=2);
+4. after `settle` seconds, `push` more images of the same corpus (new group numbers: new
+   configs, manifests, tags, indexes; the layers exist already, as in a registry that
+   holds them) pushed through the gateway with `metadata_scale.push_groups`: images/s,
+   PUT p50/p99, each node's CPU seconds during the push, and the snapshots any node took
+   while it ran (a snapshot is a node's own decision: log size and age).
+
+The preloaded images have metadata but no chunks: the push of new images never reads an
+old chunk (a manifest PUT checks its blobs in the metadata; the shared layer's blob is
+committed there), so that is enough. Runs alternate between the sizes (`rounds`) so the
+machine's shared load falls on each alike; the load average is recorded per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.metadata_scale import (
+    GROUP,
+    Corpus,
+    PushStats,
+    _member_config,
+    _recipe,
+    _snapshot_once,
+    apply_group,
+    leader,
+    ms,
+    pct,
+    push_groups,
+    sha,
+    snapshot_role,
+    wait_node_serving,
+)
+
+
+def schedule(sizes: list[int], rounds: int) -> list[int]:
+    """The order of the runs: every size once per round, smallest first in even rounds and
+    largest first in odd ones, so neither size always follows the other."""
+    ordered = sorted(sizes)
+    out: list[int] = []
+    for r in range(rounds):
+        out += ordered if r % 2 == 0 else ordered[::-1]
+    return out
+
+
+def snapshots_between(
+    recent: list[dict[str, Any]], start_wall: float, end_wall: float
+) -> list[dict[str, Any]]:
+    """The snapshots of a node's `recent` list whose writing overlapped [start, end] (wall
+    time; one still being written has no `seconds` yet and counts from its start)."""
+    out = []
+    for snap in recent:
+        began = float(snap.get("started_at", 0.0))
+        ended = began + float(snap.get("seconds", 0.0))
+        if began <= end_wall and ended >= start_wall:
+            out.append(snap)
+    return out
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per preloaded size: its runs' images/s (each, and the median), and the ratio of
+    each larger size's median to the smallest size's."""
+    by_size: dict[int, list[float]] = {}
+    for run in runs:
+        rate = run["push"]["images_per_s"]
+        if rate:
+            by_size.setdefault(run["preloaded_images"], []).append(rate)
+    medians = {size: sorted(rates)[len(rates) // 2] for size, rates in by_size.items()}
+    out: dict[str, Any] = {"rates": by_size, "median_images_per_s": medians}
+    if medians:
+        base = min(medians)
+        out["ratio_to_smallest"] = {
+            size: round(rate / medians[base], 3) for size, rate in medians.items()
+        }
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def build_template(
+    state: Any, corpus: Corpus, groups: int, done: int, raft: str, path: Path
+) -> int:
+    """Apply groups [done, groups) to `state`, snapshot it as a one-member group at `raft`
+    into `path` (a node data directory whose raft/ is copied later). Returns `groups`."""
+    for group in range(done, groups):
+        apply_group(state, corpus, group)
+    from node.metadata.raft import RaftMember
+
+    member = RaftMember(_member_config(path, raft), state=state)
+    asyncio.run(_snapshot_once(member))
+    del member
+    return groups
+
+
+def new_state(corpus: Corpus, repos: int) -> Any:
+    """An empty state with every repository's shared layer committed (push_layers' work)."""
+    from node.metadata.state import MetadataState
+
+    state = MetadataState()
+    for k in range(repos):
+        layer = corpus.layer(corpus.repo(k))
+        state.apply(
+            "blob_commit",
+            {"repo": corpus.repo(k), "digest": sha(layer), "recipe": _recipe(layer), "now": 1.0},
+        )
+    return state
+
+
+def _add_member(cluster: Any, repo: str, tag: str) -> dict[str, Any]:
+    """One more node, added on the leader as an operator does; seconds until it serves a
+    linearizable read of `tag` (it installs the leader's snapshot first)."""
+    from cargohold_cli import admin
+
+    i = cluster.add_node()
+    cluster.wait_answering(i, timeout=120)
+    admin.member_change(
+        cluster.node_grpc_addresses,
+        "AddMember",
+        cluster.node_id(i),
+        cluster.node_grpc(i),
+        cluster.node_raft(i),
+        timeout=120,
+        attempts=30,
+        cfg=cluster.client_config("admin"),
+    )
+    seconds = wait_node_serving(cluster, i, repo, tag, limit=600)
+    received = cluster.node_data_dir(i) / "raft" / "state.dump"
+    return {
+        "node": cluster.node_id(i),
+        "serving_seconds": round(seconds, 2),
+        "by_snapshot": received.exists(),
+        "load_seconds": snapshot_role(cluster, i, trigger=False).get("load_seconds"),
+    }
+
+
+def run_one(
+    template: Path,
+    images: int,
+    corpus: Corpus,
+    base_port: int,
+    work: Path,
+    push: int,
+    concurrency: int,
+    settle: float,
+) -> dict[str, Any]:
+    """One cluster preloaded from `template` (holding `images` images), `push` more pushed."""
+    from cargohold_cli.devcluster import LocalCluster
+
+    groups = images // GROUP
+    newest = groups * GROUP - 1
+    repo, tag = corpus.image(newest)[0], f"v{newest}"
+    base = work / f"cluster-{images}-{int(time.time())}"
+    cluster = LocalCluster(
+        base,
+        nodes=1,
+        gateways=1,
+        replicas=3,
+        write_quorum=2,
+        node_base_port=base_port,
+        local_reads=True,
+    )
+    row: dict[str, Any] = {"preloaded_images": images, "loadavg_before": os.getloadavg()}
+    shutil.copytree(template / "raft", cluster.node_data_dir(0) / "raft")
+    try:
+        t0 = time.monotonic()
+        cluster.start(timeout=600)
+        row["node1_serving_seconds"] = round(wait_node_serving(cluster, 0, repo, tag, 600), 2)
+        row["added"] = [_add_member(cluster, repo, tag) for _ in range(2)]
+        cluster.restart_gateway(0)  # its node list: all three
+        cluster.wait_ready(120)
+        row["setup_seconds"] = round(time.monotonic() - t0, 1)
+        time.sleep(settle)
+        row["push"] = _push(cluster, corpus, groups, push, concurrency)
+        row["leader"] = cluster.node_id(leader(cluster))
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    return row
+
+
+def _push(cluster: Any, corpus: Corpus, first: int, push: int, concurrency: int) -> dict[str, Any]:
+    nodes = range(cluster.node_count)
+    pids = [p.pid for p in cluster.node_procs if p is not None]
+    cpu0 = [_cpu_seconds(pid) for pid in pids]
+    taken0 = [snapshot_role(cluster, i, trigger=False).get("taken", 0) for i in nodes]
+    stats = PushStats()
+    load = os.getloadavg()
+    wall0, start = time.time(), time.monotonic()
+    asyncio.run(
+        push_groups(cluster.gateway_urls, corpus, first, first + push // GROUP, concurrency, stats)
+    )
+    elapsed = time.monotonic() - start
+    wall1 = time.time()
+    durations = [e - s for s, e in stats.puts]
+    snaps = []
+    for i in nodes:
+        role = snapshot_role(cluster, i, trigger=False)
+        during = snapshots_between(role.get("recent", []), wall0, wall1)
+        snaps += [{"node": cluster.node_id(i), **snap} for snap in during]
+        if role.get("taken", 0) > taken0[i] and not during:  # taken, but not in `recent`
+            snaps.append({"node": cluster.node_id(i), "taken_since": role["taken"] - taken0[i]})
+    return {
+        "images": stats.images,
+        "manifests": stats.manifests,
+        "seconds": round(elapsed, 2),
+        "images_per_s": round(stats.images / elapsed, 1) if elapsed else None,
+        "put_p50_ms": ms(pct(durations, 0.5)),
+        "put_p99_ms": ms(pct(durations, 0.99)),
+        "errors": stats.errors,
+        "first_errors": stats.first_errors,
+        "loadavg_at_start": load,
+        "loadavg_at_end": os.getloadavg(),
+        "node_cpu_seconds": [
+            round(_cpu_seconds(p) - c, 1) for p, c in zip(pids, cpu0, strict=True)
+        ],
+        "snapshots_during": snaps,
+    }
+
+
+def preloaded(
+    sizes: list[int],
+    repos: int,
+    work: Path,
+    push: int,
+    concurrency: int,
+    rounds: int,
+    settle: float,
+) -> dict[str, Any]:
+    """Templates for every size (built up in one growing state), then the runs."""
+    from cargohold.memtune import release_memory
+    from cargohold_cli.devcluster import free_port
+
+    corpus = Corpus(repos)
+    base_port = free_port()
+    raft = f"127.0.0.1:{base_port + 100}"  # node 1's Raft address in every layout
+    state = new_state(corpus, repos)
+    templates: dict[int, Path] = {}
+    builds: dict[int, float] = {}
+    done = 0
+    for size in sorted(sizes):
+        t0 = time.monotonic()
+        path = work / f"template-{size}"
+        done = build_template(state, corpus, size // GROUP, done, raft, path)
+        templates[size] = path
+        builds[size] = round(time.monotonic() - t0, 1)
+        print(f"template {size}: {builds[size]} s", flush=True)
+    del state
+    release_memory()
+    runs = []
+    for size in schedule(sizes, rounds):
+        row = run_one(templates[size], size, corpus, base_port, work, push, concurrency, settle)
+        print(row, flush=True)
+        runs.append(row)
+    return {"build_seconds": builds, "runs": runs, "summary": summarize(runs)}
+
+
+def markdown_preloaded(report: dict[str, Any]) -> str:
+    data = report["preloaded"]
+    lines = [
+        f"# Push rate on a preloaded cluster ({report['mode']}), {report['started']}",
+        "",
+        f"Host `{report['host']}`, {report['cpus']} CPUs, shared (load average per run). "
+        f"Corpus: {report['repos']} repositories, images in groups of {GROUP} with an index "
+        "each. Each run: node 1 started from a snapshot of that many images built offline "
+        "(the same commands a push commits), nodes 2 and 3 added as members (each installs "
+        "the leader's snapshot), 3 nodes R=3 W=2, one gateway; then "
+        f"{report['concurrency']} connections push new images of the same corpus (configs, "
+        "manifests, tags, indexes; the repositories' layers exist). Build s per size: "
+        f"{data['build_seconds']}.",
+        "",
+        "| preloaded images | load avg (before push / after) | setup s | n2, n3 serving s "
+        "(by snapshot) | pushed | images/s | PUT p50 / p99 ms | node CPU s during push "
+        "| snapshots during push | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in data["runs"]:
+        push = run["push"]
+        added = ", ".join(
+            f"{a['serving_seconds']}{'' if a['by_snapshot'] else ' (log)'}" for a in run["added"]
+        )
+        snaps = (
+            "; ".join(f"{s['node']} {s.get('seconds', '?')} s" for s in push["snapshots_during"])
+            or "none"
+        )
+        lines.append(
+            f"| {run['preloaded_images']:,} | {push['loadavg_at_start'][0]:.1f} / "
+            f"{push['loadavg_at_end'][0]:.1f} | {run['setup_seconds']} | {added} "
+            f"| {push['images']:,} | {push['images_per_s']} | {push['put_p50_ms']} / "
+            f"{push['put_p99_ms']} | {' / '.join(str(c) for c in push['node_cpu_seconds'])} "
+            f"| {snaps} | {push['errors']} |"
+        )
+    summary = data["summary"]
+    lines += [
+        "",
+        f"Median images/s per size: {summary['median_images_per_s']}; "
+        f"ratio to the smallest: {summary.get('ratio_to_smallest')}.",
+    ]
+    return "\n".join(lines) + "\n"
