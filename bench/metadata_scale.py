@@ -4,6 +4,12 @@ API into a 3-node R=3 dev cluster and into CNCF Distribution, side by side.
     .venv/bin/python -m bench.metadata_scale              # quick: 1k,10k images
     .venv/bin/python -m bench.metadata_scale 10k,100k --concurrency 32
     .venv/bin/python -m bench.metadata_scale 1m --full    # 1,000 repositories, as issue 20
+    .venv/bin/python -m bench.metadata_scale 10k,1m --full --offline    # no cluster
+    .venv/bin/python -m bench.metadata_scale 10k,1m --full --preloaded  # push rate at 1 M
+
+`--offline` builds the state in this process and measures snapshots, restarts and
+catch-up; `--preloaded` starts a real cluster from such a state per size and measures the
+push rate on it (bench/metadata_preloaded.py).
 
 The corpus: images spread over repositories in groups of ten (a group lives in one
 repository); each image is a distinct config blob (~150 B) and one layer shared by its
