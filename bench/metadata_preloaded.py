@@ -208,8 +208,10 @@ def run_one(
     push: int,
     concurrency: int,
     settle: float,
+    nodes: int = 3,
 ) -> dict[str, Any]:
-    """One cluster preloaded from `template` (holding `images` images), `push` more pushed."""
+    """One cluster preloaded from `template` (holding `images` images), `push` more pushed:
+    3 nodes R=3 W=2 (2 added as members), or 1 node R=1."""
     from cargohold_cli.devcluster import LocalCluster
 
     groups = images // GROUP
@@ -220,8 +222,8 @@ def run_one(
         base,
         nodes=1,
         gateways=1,
-        replicas=3,
-        write_quorum=2,
+        replicas=min(3, nodes),
+        write_quorum=min(2, nodes),
         node_base_port=base_port,
         local_reads=True,
         # The offline state's manifests carry no search info (a push records it with its
@@ -230,13 +232,17 @@ def run_one(
         # backfill, so the pass is off in every run, small and large alike.
         extra={"gateway": {"search_backfill": False}},
     )
-    row: dict[str, Any] = {"preloaded_images": images, "loadavg_before": os.getloadavg()}
+    row: dict[str, Any] = {
+        "preloaded_images": images,
+        "nodes": nodes,
+        "loadavg_before": os.getloadavg(),
+    }
     shutil.copytree(template / "raft", cluster.node_data_dir(0) / "raft")
     try:
         t0 = time.monotonic()
         cluster.start(timeout=600)
         row["node1_serving_seconds"] = round(wait_node_serving(cluster, 0, repo, tag, 600), 2)
-        row["added"] = [_add_member(cluster, repo, tag) for _ in range(2)]
+        row["added"] = [_add_member(cluster, repo, tag) for _ in range(nodes - 1)]
         cluster.restart_gateway(0)  # its node list: all three
         cluster.wait_ready(120)
         row["setup_seconds"] = round(time.monotonic() - t0, 1)
@@ -296,6 +302,7 @@ def preloaded(
     concurrency: int,
     rounds: int,
     settle: float,
+    nodes: int = 3,
 ) -> dict[str, Any]:
     """Templates for every size (built up in one growing state), then the runs."""
     from cargohold.memtune import release_memory
@@ -319,7 +326,9 @@ def preloaded(
     release_memory()
     runs = []
     for size in schedule(sizes, rounds):
-        row = run_one(templates[size], size, corpus, base_port, work, push, concurrency, settle)
+        row = run_one(
+            templates[size], size, corpus, base_port, work, push, concurrency, settle, nodes
+        )
         print(row, flush=True)
         runs.append(row)
     return {"build_seconds": builds, "runs": runs, "summary": summarize(runs)}
@@ -333,28 +342,35 @@ def markdown_preloaded(report: dict[str, Any]) -> str:
         f"Host `{report['host']}`, {report['cpus']} CPUs, shared (load average per run). "
         f"Corpus: {report['repos']} repositories, images in groups of {GROUP} with an index "
         "each. Each run: node 1 started from a snapshot of that many images built offline "
-        "(the same commands a push commits), nodes 2 and 3 added as members (each installs "
-        "the leader's snapshot), 3 nodes R=3 W=2, one gateway; then "
+        "(the same commands a push commits); with 3 nodes, nodes 2 and 3 added as members "
+        "(each installs the leader's snapshot), R=3 W=2; with 1 node, R=1; one gateway "
+        "(its search backfill off: the offline manifests have no search info); then "
         f"{report['concurrency']} connections push new images of the same corpus (configs, "
         "manifests, tags, indexes; the repositories' layers exist). Build s per size: "
         f"{data['build_seconds']}.",
         "",
-        "| preloaded images | load avg (before push / after) | setup s | n2, n3 serving s "
-        "(by snapshot) | pushed | images/s | PUT p50 / p99 ms | node CPU s during push "
+        "| preloaded images | nodes | load avg (push start / end) | setup s | n2, n3 serving s "
+        "(failed installs) | pushed | images/s | PUT p50 / p99 ms | node CPU s during push "
         "| snapshots during push | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in data["runs"]:
         push = run["push"]
-        added = ", ".join(
-            f"{a['serving_seconds']}{'' if a['by_snapshot'] else ' (log)'}" for a in run["added"]
+        added = (
+            ", ".join(
+                f"{a['serving_seconds']}{'' if a['by_snapshot'] else ' by log'}"
+                f" ({len(a.get('failed_installs', []))})"
+                for a in run["added"]
+            )
+            or "-"
         )
         snaps = (
             "; ".join(f"{s['node']} {s.get('seconds', '?')} s" for s in push["snapshots_during"])
             or "none"
         )
         lines.append(
-            f"| {run['preloaded_images']:,} | {push['loadavg_at_start'][0]:.1f} / "
+            f"| {run['preloaded_images']:,} | {run.get('nodes', 3)} "
+            f"| {push['loadavg_at_start'][0]:.1f} / "
             f"{push['loadavg_at_end'][0]:.1f} | {run['setup_seconds']} | {added} "
             f"| {push['images']:,} | {push['images_per_s']} | {push['put_p50_ms']} / "
             f"{push['put_p99_ms']} | {' / '.join(str(c) for c in push['node_cpu_seconds'])} "

@@ -943,7 +943,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         try:
             report["preloaded"] = preloaded(
-                sizes, repos, work, args.push, args.concurrency, args.rounds, args.settle
+                sizes,
+                repos,
+                work,
+                args.push,
+                args.concurrency,
+                args.rounds,
+                args.settle,
+                args.preloaded_nodes,
             )
         finally:
             if not args.keep:
@@ -1187,6 +1194,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--push", type=int, default=5000, help="images pushed (--preloaded)")
     parser.add_argument("--rounds", type=int, default=1, help="runs per size (--preloaded)")
+    parser.add_argument(
+        "--preloaded-nodes", type=int, choices=(1, 3), default=3, help="1: R=1; 3: R=3 W=2"
+    )
     parser.add_argument("--settle", type=float, default=10.0, help="s before the push")
     parser.add_argument("--load-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--load-raft", default="", help=argparse.SUPPRESS)

@@ -74,5 +74,5 @@ def test_summary_ratio_of_medians_to_the_smallest_size() -> None:
             "preloaded": {"build_seconds": {}, "runs": runs[:2], "summary": summary},
         }
     )
-    assert "| 1,000,000 | 1.0 / 2.0 |" in text
+    assert "| 1,000,000 | 3 | 1.0 / 2.0 |" in text
     assert "n2 4.5 s" in text
