@@ -107,6 +107,25 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def quiet(cpu_deltas: list[float], window: float, threshold: float) -> bool:
+    """Every process used under `threshold` of a core over the last `window` seconds."""
+    return all(delta / window < threshold for delta in cpu_deltas)
+
+
+def _wait_quiet(pids: list[int], limit: float, threshold: float = 0.15) -> float:
+    """Seconds until the nodes are idle (after a load a node builds its search index: at
+    1 M that runs well past `settle`), at most `limit`."""
+    start = time.monotonic()
+    before = [_cpu_seconds(pid) for pid in pids]
+    while time.monotonic() - start < limit:
+        time.sleep(1.0)
+        now = [_cpu_seconds(pid) for pid in pids]
+        if quiet([b - a for a, b in zip(before, now, strict=True)], 1.0, threshold):
+            break
+        before = now
+    return round(time.monotonic() - start, 1)
+
+
 def build_template(
     state: Any, corpus: Corpus, groups: int, done: int, raft: str, path: Path
 ) -> int:
@@ -209,6 +228,7 @@ def run_one(
     concurrency: int,
     settle: float,
     nodes: int = 3,
+    quiet_limit: float = 0.0,
 ) -> dict[str, Any]:
     """One cluster preloaded from `template` (holding `images` images), `push` more pushed:
     3 nodes R=3 W=2 (2 added as members), or 1 node R=1."""
@@ -247,6 +267,9 @@ def run_one(
         cluster.wait_ready(120)
         row["setup_seconds"] = round(time.monotonic() - t0, 1)
         time.sleep(settle)
+        if quiet_limit > 0:
+            pids = [p.pid for p in cluster.node_procs if p is not None]
+            row["quiet_wait_seconds"] = _wait_quiet(pids, quiet_limit)
         row["push"] = _push(cluster, corpus, groups, push, concurrency)
         row["leader"] = cluster.node_id(leader(cluster))
     finally:
@@ -303,6 +326,7 @@ def preloaded(
     rounds: int,
     settle: float,
     nodes: int = 3,
+    quiet_limit: float = 0.0,
 ) -> dict[str, Any]:
     """Templates for every size (built up in one growing state), then the runs."""
     from cargohold.memtune import release_memory
@@ -327,7 +351,16 @@ def preloaded(
     runs = []
     for size in schedule(sizes, rounds):
         row = run_one(
-            templates[size], size, corpus, base_port, work, push, concurrency, settle, nodes
+            templates[size],
+            size,
+            corpus,
+            base_port,
+            work,
+            push,
+            concurrency,
+            settle,
+            nodes,
+            quiet_limit,
         )
         print(row, flush=True)
         runs.append(row)

@@ -951,6 +951,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.rounds,
                 args.settle,
                 args.preloaded_nodes,
+                args.quiet_limit,
             )
         finally:
             if not args.keep:
@@ -1196,6 +1197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="runs per size (--preloaded)")
     parser.add_argument(
         "--preloaded-nodes", type=int, choices=(1, 3), default=3, help="1: R=1; 3: R=3 W=2"
+    )
+    parser.add_argument(
+        "--quiet-limit",
+        type=float,
+        default=0.0,
+        help="after --settle, wait up to this many s until every node is idle (--preloaded)",
     )
     parser.add_argument("--settle", type=float, default=10.0, help="s before the push")
     parser.add_argument("--load-child", default=None, help=argparse.SUPPRESS)

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.metadata_preloaded import markdown_preloaded, schedule, snapshots_between, summarize
+from bench.metadata_preloaded import (
+    markdown_preloaded,
+    quiet,
+    schedule,
+    snapshots_between,
+    summarize,
+)
 
 
 def test_schedule_alternates_which_size_goes_first() -> None:
@@ -76,3 +82,9 @@ def test_summary_ratio_of_medians_to_the_smallest_size() -> None:
     )
     assert "| 1,000,000 | 3 | 1.0 / 2.0 |" in text
     assert "n2 4.5 s" in text
+
+
+def test_quiet_means_every_node_under_the_threshold() -> None:
+    assert quiet([0.01, 0.1], window=1.0, threshold=0.15)
+    assert not quiet([0.01, 0.5], window=1.0, threshold=0.15)  # one node still building
+    assert quiet([0.2, 0.2], window=2.0, threshold=0.15)
