@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         rate = run["push"]["images_per_s"]
         if rate:
             by_size.setdefault(run["preloaded_images"], []).append(rate)
-    medians = {size: sorted(rates)[len(rates) // 2] for size, rates in by_size.items()}
+    medians = {size: statistics.median(rates) for size, rates in by_size.items()}
     out: dict[str, Any] = {"rates": by_size, "median_images_per_s": medians}
     if medians:
         base = min(medians)

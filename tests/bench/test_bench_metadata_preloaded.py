@@ -62,11 +62,14 @@ def test_summary_ratio_of_medians_to_the_smallest_size() -> None:
         _run(10_000, 100.0),
         _run(1_000_000, 90.0),
         _run(1_000_000, 80.0),
+        _run(1_000_000, 100.0),
         _run(10_000, 120.0),
         _run(10_000, 110.0),
         _run(1_000_000, None),  # a run that pushed nothing is not a rate
     ]
     summary = summarize(runs)
+    two = summarize([_run(10_000, 100.0), _run(10_000, 120.0)])
+    assert two["median_images_per_s"] == {10_000: 110.0}  # of two runs: their mean
     assert summary["median_images_per_s"] == {10_000: 110.0, 1_000_000: 90.0}
     assert summary["ratio_to_smallest"] == {10_000: 1.0, 1_000_000: round(90 / 110, 3)}
     text = markdown_preloaded(
