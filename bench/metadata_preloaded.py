@@ -398,6 +398,8 @@ def markdown_preloaded(report: dict[str, Any]) -> str:
             )
             or "-"
         )
+        waited = run.get("quiet_wait_seconds")
+        quiet_wait = f" (+{waited} to idle)" if waited is not None else ""
         snaps = (
             "; ".join(f"{s['node']} {s.get('seconds', '?')} s" for s in push["snapshots_during"])
             or "none"
@@ -405,7 +407,7 @@ def markdown_preloaded(report: dict[str, Any]) -> str:
         lines.append(
             f"| {run['preloaded_images']:,} | {run.get('nodes', 3)} "
             f"| {push['loadavg_at_start'][0]:.1f} / "
-            f"{push['loadavg_at_end'][0]:.1f} | {run['setup_seconds']} | {added} "
+            f"{push['loadavg_at_end'][0]:.1f} | {run['setup_seconds']}{quiet_wait} | {added} "
             f"| {push['images']:,} | {push['images_per_s']} | {push['put_p50_ms']} / "
             f"{push['put_p99_ms']} | {' / '.join(str(c) for c in push['node_cpu_seconds'])} "
             f"| {snaps} | {push['errors']} |"
