@@ -16,6 +16,7 @@ from node.metadata.records import (
     recipe_from_row,
 )
 from node.metadata.sorted_names import SortedNames
+from tests.node.churn import churn_step
 
 
 def _packed(*lengths: int) -> bytes:
@@ -94,12 +95,7 @@ def test_sorted_names_pages_like_a_sorted_list() -> None:
     model: set[str] = set()
     for step in range(6000):
         name = f"t{rng.randrange(3000):05d}"
-        if rng.random() < 0.3:
-            names.discard(name)
-            model.discard(name)
-        else:
-            names.add(name)
-            model.add(name)
+        churn_step(rng, names, model, name, discard=0.3)
         if step % 500 == 0:
             assert list(names) == sorted(model) and len(names) == len(model)
     ordered = sorted(model)

@@ -11,6 +11,7 @@ import pytest
 from node.metadata import sorted_chunks
 from node.metadata.sorted_ids import SortedIds
 from node.metadata.sorted_names import SortedNames
+from tests.node.churn import churn_step
 
 
 @pytest.fixture(autouse=True)
@@ -33,12 +34,7 @@ def test_keyed_ids_follow_a_sorted_list() -> None:
     live = set(range(0, 200, 2))
     for step in range(600):
         row = rng.randrange(200)
-        if rng.random() < 0.5:
-            ids.add(row)
-            live.add(row)
-        else:
-            ids.discard(row)
-            live.discard(row)
+        churn_step(rng, ids, live, row, discard=0.5)
         keys = sorted(names[i] for i in live)
         assert len(ids) == len(live)
         assert [names[i] for i in ids] == keys
@@ -73,12 +69,7 @@ def test_names_are_the_same_container_with_list_chunks() -> None:
     model = {f"t{i:03d}" for i in range(0, 40, 3)}
     for _ in range(300):
         name = f"t{rng.randrange(60):03d}"
-        if rng.random() < 0.4:
-            names.discard(name)
-            model.discard(name)
-        else:
-            names.add(name)
-            model.add(name)
+        churn_step(rng, names, model, name, discard=0.4)
         ordered = sorted(model)
         assert list(names) == ordered and len(names) == len(model)
         assert (name in names) == (name in model) and 3 not in names
