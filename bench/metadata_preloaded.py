@@ -47,9 +47,7 @@ from bench.metadata_scale import (
     _snapshot_once,
     apply_group,
     leader,
-    ms,
     node_serves,
-    pct,
     push_groups,
     sha,
     snapshot_role,
@@ -292,7 +290,6 @@ def _push(cluster: Any, corpus: Corpus, first: int, push: int, concurrency: int)
     )
     elapsed = time.monotonic() - start
     wall1 = time.time()
-    durations = [e - s for s, e in stats.puts]
     snaps = []
     for i in nodes:
         role = snapshot_role(cluster, i, trigger=False)
@@ -301,14 +298,7 @@ def _push(cluster: Any, corpus: Corpus, first: int, push: int, concurrency: int)
         if role.get("taken", 0) > taken0[i] and not during:  # taken, but not in `recent`
             snaps.append({"node": cluster.node_id(i), "taken_since": role["taken"] - taken0[i]})
     return {
-        "images": stats.images,
-        "manifests": stats.manifests,
-        "seconds": round(elapsed, 2),
-        "images_per_s": round(stats.images / elapsed, 1) if elapsed else None,
-        "put_p50_ms": ms(pct(durations, 0.5)),
-        "put_p99_ms": ms(pct(durations, 0.99)),
-        "errors": stats.errors,
-        "first_errors": stats.first_errors,
+        **stats.summary(elapsed),
         "loadavg_at_start": load,
         "loadavg_at_end": os.getloadavg(),
         "node_cpu_seconds": [

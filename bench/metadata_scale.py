@@ -245,6 +245,20 @@ class PushStats:
         if len(self.first_errors) < 5:
             self.first_errors.append(text[:300])
 
+    def summary(self, elapsed: float) -> dict[str, Any]:
+        """What a push of `elapsed` seconds did: counts, rate, PUT p50/p99, errors."""
+        durations = [e - s for s, e in self.puts]
+        return {
+            "images": self.images,
+            "manifests": self.manifests,
+            "seconds": round(elapsed, 2),
+            "images_per_s": round(self.images / elapsed, 1) if elapsed else None,
+            "put_p50_ms": ms(pct(durations, 0.5)),
+            "put_p99_ms": ms(pct(durations, 0.99)),
+            "errors": self.errors,
+            "first_errors": self.first_errors,
+        }
+
 
 async def push_blob(client: Http, repo: str, data: bytes) -> tuple[int, bytes]:
     """POST an upload session, then PUT the whole blob with its digest (docker's
@@ -988,18 +1002,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 asyncio.run(
                     push_groups(sut.urls, corpus, done_groups, groups, args.concurrency, stats)
                 )
-                elapsed = time.monotonic() - start
-                durations = [e - s for s, e in stats.puts]
-                step["push"] = {
-                    "images": stats.images,
-                    "manifests": stats.manifests,
-                    "seconds": round(elapsed, 2),
-                    "images_per_s": round(stats.images / elapsed, 1) if elapsed else None,
-                    "put_p50_ms": ms(pct(durations, 0.5)),
-                    "put_p99_ms": ms(pct(durations, 0.99)),
-                    "errors": stats.errors,
-                    "first_errors": stats.first_errors,
-                }
+                step["push"] = stats.summary(time.monotonic() - start)
                 mem = memory(sut)
                 total_manifests = groups * (GROUP + 1)
                 step["rss_anon"] = mem

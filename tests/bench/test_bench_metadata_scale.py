@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.metadata_scale import GROUP, Corpus, markdown, offline, parse_size, sha
+import pytest
+
+from bench.metadata_scale import GROUP, Corpus, PushStats, markdown, offline, parse_size, sha
 
 
 def test_sizes_parse() -> None:
@@ -51,3 +53,14 @@ def test_offline_snapshots_and_reloads(tmp_path: Path) -> None:
         }
     )
     assert "| 20 | 22 |" in text
+
+
+def test_a_push_summary_counts_the_rate_and_the_put_percentiles() -> None:
+    stats = PushStats(images=10, manifests=11)
+    stats.puts = [(0.0, 0.001 * (i + 1)) for i in range(100)]  # 1 .. 100 ms
+    stats.error("HTTP 500 on PUT")
+    got = stats.summary(2.0)
+    assert got["images_per_s"] == 5.0 and got["seconds"] == 2.0
+    assert got["put_p50_ms"] == pytest.approx(50.5, abs=1) and got["put_p99_ms"] >= 99
+    assert got["errors"] == 1 and got["first_errors"] == ["HTTP 500 on PUT"]
+    assert PushStats().summary(0.0)["images_per_s"] is None
