@@ -53,6 +53,7 @@ from bench.metadata_scale import (
     snapshot_role,
     wait_node_serving,
 )
+from bench.procstats import cpu_seconds
 
 
 def schedule(sizes: list[int], rounds: int) -> list[int]:
@@ -98,12 +99,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """A node's CPU seconds so far, as every bench figure counts them (bench/procstats.py:
+    its reaped children, the snapshot writers, included); 0 when it is gone."""
+    return cpu_seconds(pid) or 0.0
 
 
 def quiet(cpu_deltas: list[float], window: float, threshold: float) -> bool:
