@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import bcrypt
@@ -36,6 +37,27 @@ VENDOR = "org.opencontainers.image.vendor"
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+def page_left(old: Any) -> Callable[[Any], bool]:
+    """A wait condition: the page that held `old` (an element) is gone. Like selenium's
+    `staleness_of`, but chromium may answer a check made while the new page replaces the
+    old one with "does not belong to the document" instead of a stale-element error: that
+    too says the old page is gone."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    def left(_driver: Any) -> bool:
+        try:
+            old.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    return left
 
 
 @pytest.fixture
@@ -149,7 +171,7 @@ async def test_ui_in_a_real_browser(
         (reading the old page's elements meanwhile would find stale ones)."""
         old = driver.find_element(By.TAG_NAME, "html")
         element.click()
-        wait.until(ec.staleness_of(old))
+        wait.until(page_left(old))
 
     # Anonymous: only the public namespace.
     driver.get(base + "/ui/")
@@ -219,7 +241,7 @@ async def test_ui_in_a_real_browser(
     old = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, "confirm-delete").click()
     wait.until(ec.alert_is_present()).accept()
-    wait.until(ec.staleness_of(old))
+    wait.until(page_left(old))
     assert "Deleted 1.0" in wait.until(ec.presence_of_element_located((By.ID, "deleted"))).text
     tags = [
         r.get_attribute("data-tag") for r in driver.find_elements(By.CSS_SELECTOR, "#tags tbody tr")
@@ -299,7 +321,7 @@ async def test_htpasswd_login_in_a_real_browser(
     def submit() -> None:
         old = driver.find_element(By.TAG_NAME, "html")
         driver.find_element(By.ID, "login-submit").click()
-        wait.until(ec.staleness_of(old))
+        wait.until(page_left(old))
 
     # Anonymous: the list is empty and offers a login.
     driver.get(one + "/ui/")
