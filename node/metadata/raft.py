@@ -332,6 +332,7 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
         self._dump_ok: bool | None = None
         self._snapshot_fork = node.raft_snapshot_fork and hasattr(os, "fork")
         self._snapshot_compact = node.raft_snapshot_compact
+        self._snapshot_compact_version = node.raft_snapshot_compact_version
         self._snapshot_child_timeout = node.raft_snapshot_child_timeout
         self._compaction_bytes = node.raft_compaction_log_bytes
         self._compaction_entries = node.raft_compaction_min_entries
@@ -522,7 +523,11 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
             f.write(_DUMP_MAGIC)
             f.write(len(head).to_bytes(8, "big"))
             f.write(head)
-            for piece in MetadataState.encode_snapshot(snap, compact=self._snapshot_compact):
+            for piece in MetadataState.encode_snapshot(
+                snap,
+                compact=self._snapshot_compact,
+                compact_version=self._snapshot_compact_version,
+            ):
                 f.write(piece)
                 size += len(piece)
             f.flush()

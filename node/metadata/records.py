@@ -284,6 +284,41 @@ def reduce_one_chunk(r: OneChunk) -> tuple[Any, ...]:
     return OneChunk, args
 
 
+def flat_manifests(entries: dict[str, Manifest]) -> list[Any]:
+    """{digest: Manifest} as one flat list, how the compact snapshot format of version 6
+    writes a piece of a repository: per record its digest, its item count (negative for a
+    manifest with children, a subject or annotations) and its items. Pickled as one list,
+    it loads with no object per record beyond the record itself and what it holds
+    (`manifests_from_flat`); version 5 pickled an argument tuple per record, which the
+    unpickler's memo kept until the load ended (docs/metadata.md)."""
+    flat: list[Any] = []
+    extend = flat.extend
+    for digest, m in entries.items():
+        extend((digest, -len(m) if type(m) is _FullManifest else len(m)))
+        extend(m)
+    return flat
+
+
+def manifests_from_flat(flat: list[Any]) -> dict[str, Manifest]:
+    """The records of `flat_manifests`, in its order; `flat` is emptied (the unpickler's
+    memo keeps the list object to the end of the load, not what it held)."""
+    out: dict[str, Manifest] = {}
+    new = tuple.__new__
+    i, end = 0, len(flat)
+    while i < end:
+        count = flat[i + 1]
+        if count >= 0:
+            out[flat[i]] = new(Manifest, flat[i + 2 : i + 2 + count])
+            i += 2 + count
+        else:
+            out[flat[i]] = new(_FullManifest, flat[i + 2 : i + 2 - count])
+            i += 2 - count
+    if i != end:
+        raise ValueError("a flat manifest list ends inside a record")
+    flat.clear()
+    return out
+
+
 class _FullManifest(Manifest):
     """A manifest with children, a subject or annotations (module docstring)."""
 

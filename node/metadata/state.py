@@ -114,7 +114,9 @@ from node.metadata.records import (
     Manifest,
     OneChunk,
     Recipe,
+    flat_manifests,
     make_recipe,
+    manifests_from_flat,
     recipe_from_row,
 )
 from node.metadata.scans import ScanBook
@@ -196,13 +198,20 @@ _OPTIONAL_V4 = frozenset(
         *_VULN_SECTIONS,
     }
 )
-# The compact format (version 5): the sections of version 4, but the big containers are
-# written as pieces of themselves, records and all, through one pickler whose memo spans
-# the whole file, so each string is written once and loads as one shared object.
-SNAPSHOT_COMPACT = 5
+# The compact formats (versions 5 and 6): the sections of version 4, but the big containers
+# are written as pieces of themselves, records and all, through one pickler whose memo
+# spans the whole file, so each string is written once and loads as one shared object.
+# Version 6 (the newest, written by default) leaves no per-record object alive until the
+# load ends: manifests go as one flat list per piece, `image_info` as dict pieces, the
+# other row sections as flat lists of rows (`_encode_compact`).
+SNAPSHOT_COMPACT_V5 = 5
+SNAPSHOT_COMPACT = 6
+COMPACT_VERSIONS = (SNAPSHOT_COMPACT_V5, SNAPSHOT_COMPACT)
 # {key: record} sections, written as dicts of at most a batch of entries.
 _FLAT_PARTS = frozenset({"blobs", "uploads"})
-# {repo: container} sections, written as lists of (repo, piece of its container).
+_FLAT_PARTS_V6 = frozenset({*_FLAT_PARTS, "image_info"})
+# {repo: container} sections, written as lists of (repo, piece of its container)
+# (version 6: `manifests` pieces as `records.flat_manifests` lists).
 _REPO_PARTS = frozenset({"links", "manifests", "tags", "referrers", *_TIME_SECTIONS})
 
 OPEN, CLOSED, CANCELLED = "open", "closed", "cancelled"
@@ -636,7 +645,10 @@ class MetadataState:
 
     @staticmethod
     def encode_snapshot(
-        snap: dict[str, Any], batch: int = _SNAPSHOT_BATCH, compact: bool = False
+        snap: dict[str, Any],
+        batch: int = _SNAPSHOT_BATCH,
+        compact: bool = False,
+        compact_version: int = SNAPSHOT_COMPACT,
     ) -> Iterator[bytes]:
         """A `snapshot()` as a stream of pickles (protocol 5, no compression): a header, then
         per section its batches and a None. Each batch is one short C call (no batch holds
@@ -644,10 +656,11 @@ class MetadataState:
         in between.
 
         The row formats (versions 2-4, the default) flatten each section into plain-tuple
-        rows that every earlier version reads. `compact` writes version 5 (module
-        `_encode_compact`): about half the bytes, and a load several times faster."""
+        rows that every earlier version reads. `compact` writes a compact version,
+        `compact_version` (6 by default, or 5 which nodes before version 6 read; module
+        `_encode_compact`): about a third of the bytes, and a load several times faster."""
         if compact:
-            yield from _encode_compact(snap, batch)
+            yield from _encode_compact(snap, batch, compact_version)
             return
         # The oldest version that holds everything is written, so earlier code reads it
         # (a cluster that never used registry users nor pushed since can still roll back).
@@ -690,7 +703,7 @@ class MetadataState:
             names: tuple[str, ...] = _SECTIONS_V2
         elif version == 3:
             names = _SECTIONS_V3
-        elif version in (_SNAPSHOT_VERSION, SNAPSHOT_COMPACT) and set(
+        elif version in (_SNAPSHOT_VERSION, *COMPACT_VERSIONS) and set(
             header.get("sections", ())
         ) <= set(_SECTIONS):
             names = tuple(header["sections"])
@@ -702,10 +715,14 @@ class MetadataState:
             )
         if list(names) != [n for n in _SECTIONS if n in names]:
             raise ValueError(f"metadata snapshot sections out of order: {names}")
-        load = _SnapshotUnpickler(stream).load if version == SNAPSHOT_COMPACT else None
+        load = _SnapshotUnpickler(stream).load if version in COMPACT_VERSIONS else None
         sections = {name: _batches(stream, load) for name in names}
+        if version == SNAPSHOT_COMPACT:
+            for name in names:
+                if name not in _FLAT_PARTS_V6 and name not in _REPO_PARTS:
+                    sections[name] = _rows_from_flat(sections[name])
         sections.update({name: iter(()) for name in _SECTIONS if name not in names})
-        self._load_rows(int(header["blob_bytes"]), sections, parts=load is not None)
+        self._load_rows(int(header["blob_bytes"]), sections, version=version)
 
     def _load_v1(self, snap: dict[str, Any]) -> None:
         """Version 1 snapshots (one pickle of the whole state) are still read."""
@@ -718,10 +735,12 @@ class MetadataState:
         )
 
     def _load_rows(
-        self, blob_bytes: int, sections: dict[str, Iterator[Any]], parts: bool = False
+        self, blob_bytes: int, sections: dict[str, Iterator[Any]], version: int = 1
     ) -> None:
-        """Replace the state with the sections' batches: rows (versions 1-4), or with
-        `parts` the pieces of containers of the compact format for its big sections."""
+        """Replace the state with the sections' batches: rows (versions 1-4), or for the
+        big sections of a compact `version` the pieces of their containers."""
+        parts = version in COMPACT_VERSIONS
+        flat_parts = _FLAT_PARTS_V6 if version == SNAPSHOT_COMPACT else _FLAT_PARTS
         self._access_changes += 1  # a loaded snapshot may change anything
         blobs: dict[str, AnyRecipe] = {}
         links: dict[str, set[str]] = {}
@@ -751,16 +770,20 @@ class MetadataState:
             "manifests": manifests,
             "tags": tags,
             "referrers": referrers,
+            "image_info": image_info,
             **times,
         }
         # Sections are consumed in order: a stream holds them one after the other.
         for name in _SECTIONS:
-            if parts and name in _FLAT_PARTS:
+            if parts and name in flat_parts:
                 for piece in sections[name]:
                     whole[name].update(piece)
                 continue
             if parts and name in _REPO_PARTS:
-                _merge_repo_parts(whole[name], sections[name])
+                batches = sections[name]
+                if name == "manifests" and version == SNAPSHOT_COMPACT:
+                    batches = _manifest_parts(batches)
+                _merge_repo_parts(whole[name], batches)
                 continue
             for chunk in sections[name]:
                 if name == "blobs":
@@ -1945,7 +1968,7 @@ def _batches(stream: BinaryIO, load: Callable[[], Any] | None = None) -> Iterato
         yield chunk
 
 
-# -- the compact snapshot format (version 5) --------------------------------------------------
+# -- the compact snapshot formats (versions 5 and 6) ------------------------------------------
 _UPLOAD_CLASSES = (OpenUpload, ClosedUpload, CancelledUpload)
 _SNAPSHOT_GLOBALS: dict[tuple[str, str], Any] = {
     **_RECORD_GLOBALS,
@@ -1963,16 +1986,28 @@ class _SnapshotUnpickler(pickle.Unpickler):
         return found
 
 
-def _encode_compact(snap: dict[str, Any], batch: int) -> Iterator[bytes]:
+def _encode_compact(snap: dict[str, Any], batch: int, version: int) -> Iterator[bytes]:
     """Version 5: the header (version, blob_bytes, the sections present), then through one
     pickler per section: the big containers in pieces (`_FLAT_PARTS`: dicts of at most
     `batch` entries; `_REPO_PARTS`: lists of (repo, piece) of at most `batch` entries in
     all), the small ones as the rows of version 4, each section ended by a None. The
     pickler's memo spans the whole file: a digest is written once, every later mention is
     a reference, and the load shares one string object as the state in RAM did (strings
-    from the Raft log are interned)."""
+    from the Raft log are interned).
+
+    Version 6 is version 5 with no object per record that the load keeps to its end (the
+    unpickler's memo holds every tuple and list it built, so a per-record temporary stays
+    allocated among the records, and the pymalloc arenas it sits in cannot be given back):
+    a manifest piece is a `records.flat_manifests` list instead of a dict of records
+    reduced one argument tuple each, `image_info` goes as dict pieces, and every other row
+    section as flat lists (`_flat_rows`: each row's length, then its fields). The loader
+    empties each list once read; the memo keeps only the empty list objects."""
+    if version not in COMPACT_VERSIONS:
+        raise ValueError(f"no compact snapshot version {version} (known: {COMPACT_VERSIONS})")
+    v6 = version == SNAPSHOT_COMPACT
+    flat_parts = _FLAT_PARTS_V6 if v6 else _FLAT_PARTS
     names = tuple(n for n in _SECTIONS if n not in _OPTIONAL_V4 or snap.get(n))
-    header = {"version": SNAPSHOT_COMPACT, "blob_bytes": snap["blob_bytes"], "sections": names}
+    header = {"version": version, "blob_bytes": snap["blob_bytes"], "sections": names}
     yield pickle.dumps(header, protocol=5)
     out = io.BytesIO()
     pickler = pickle.Pickler(out, protocol=5)
@@ -1987,18 +2022,59 @@ def _encode_compact(snap: dict[str, Any], batch: int) -> Iterator[bytes]:
 
     for name in names:
         section = snap[name]
-        if name in _FLAT_PARTS:
+        if name in flat_parts:
             items = iter(section.items())
             while piece := dict(islice(items, batch)):
                 yield emit(piece)
         elif name in _REPO_PARTS:
             for pieces in _repo_parts(section, batch):
-                yield emit(pieces)
+                if v6 and name == "manifests":
+                    flats = [(repo, flat_manifests(piece)) for repo, piece in pieces]
+                    yield emit(flats)
+                    for _, flat in flats:  # the pickler's memo keeps the lists: empty them
+                        flat.clear()
+                else:
+                    yield emit(pieces)
         else:
             rows = _flatten(name, section)
             while chunk := list(islice(rows, batch)):
-                yield emit(chunk)
+                if v6:
+                    flat = _flat_rows(chunk)
+                    yield emit(flat)
+                    flat.clear()
+                else:
+                    yield emit(chunk)
         yield emit(None)
+
+
+def _flat_rows(rows: list[tuple[Any, ...]]) -> list[Any]:
+    """Version 6's rows of a small section: each row's length, then its fields."""
+    flat: list[Any] = []
+    for row in rows:
+        flat.append(len(row))
+        flat.extend(row)
+    return flat
+
+
+def _rows_from_flat(batches: Iterator[Any]) -> Iterator[list[tuple[Any, ...]]]:
+    """The rows of `_flat_rows` batches, as the row formats' batches (each list emptied)."""
+    for flat in batches:
+        rows = []
+        i, end = 0, len(flat)
+        while i < end:
+            count = flat[i]
+            rows.append(tuple(flat[i + 1 : i + 1 + count]))
+            i += 1 + count
+        if i != end:
+            raise ValueError("a flat row list ends inside a row")
+        flat.clear()
+        yield rows
+
+
+def _manifest_parts(batches: Iterator[Any]) -> Iterator[list[tuple[str, Any]]]:
+    """Version 6's manifest pieces as version 5's: (repo, {digest: Manifest})."""
+    for pieces in batches:
+        yield [(repo, manifests_from_flat(flat)) for repo, flat in pieces]
 
 
 def _repo_parts(section: dict[str, Any], batch: int) -> Iterator[list[tuple[str, Any]]]:

@@ -37,7 +37,7 @@ from cargohold.errors import (
 from cargohold_cli.devcluster import LocalCluster, free_port, to_toml
 from node.metadata.journal import RaftJournal
 from node.metadata.raft import RaftMember, raft_utility
-from node.metadata.state import SNAPSHOT_COMPACT
+from node.metadata.state import SNAPSHOT_COMPACT, SNAPSHOT_COMPACT_V5
 from node.server import housekeeping, join_cluster
 from protos import registry_pb2, registry_pb2_grpc
 
@@ -358,9 +358,11 @@ def _dump_version(path: str) -> int:
 async def test_a_row_format_snapshot_upgrades_to_the_compact_format(
     tmp_path: Path, members: Callable[..., RaftMember]
 ) -> None:
-    """A rolling upgrade: a node that wrote the row format (`raft_snapshot_compact` off, as
-    versions before the compact format) restarts with it on, loads the old snapshot, and
-    its next snapshot is compact; everything acknowledged is there after each restart."""
+    """Rolling upgrades: a node that wrote the row format (`raft_snapshot_compact` off, as
+    versions before the compact format) restarts with it on but version 5
+    (`raft_snapshot_compact_version`, as versions before version 6), loads the old
+    snapshot, and its next snapshot is version 5; restarted with the default, it loads that
+    and writes version 6. Everything acknowledged is there after each restart."""
     cfg = member_config(tmp_path, raft_compaction_min_entries=20, raft_compaction_min_time=1.0)
     cfg.node.raft_snapshot_compact = False
     member = members(cfg)
@@ -377,18 +379,22 @@ async def test_a_row_format_snapshot_upgrades_to_the_compact_format(
     await member.close()
     assert _dump_version(member.dump_path) == 4
     cfg.node.raft_snapshot_compact = True
-    again = members(cfg)
-    await again.barrier()
-    taken = again.snapshots_taken
-    for i in range(40, 80):
-        await again.command("manifest_put", tag_cmd(i))
-    await wait_until(lambda: again.snapshots_taken > taken, "a compact snapshot")
-    await again.close()
-    assert _dump_version(again.dump_path) == SNAPSHOT_COMPACT
+    written = 80
+    for version in (SNAPSHOT_COMPACT_V5, SNAPSHOT_COMPACT):
+        cfg.node.raft_snapshot_compact_version = version
+        again = members(cfg)
+        await again.barrier()
+        taken = again.snapshots_taken
+        for i in range(written - 40, written):
+            await again.command("manifest_put", tag_cmd(i))
+        await wait_until(lambda m=again, t=taken: m.snapshots_taken > t, "a compact snapshot")
+        await again.close()
+        assert _dump_version(again.dump_path) == version
+        written += 40
     third = members(cfg)
     await third.barrier()
     tags = (await third.query("tags_list", {"repo": REPO}, linearizable=True))["tags"]
-    assert sorted(tags) == sorted(f"t{i}" for i in range(80))
+    assert sorted(tags) == sorted(f"t{i}" for i in range(written - 40))
 
 
 async def test_the_log_size_alone_starts_a_snapshot(

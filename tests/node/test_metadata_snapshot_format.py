@@ -1,10 +1,12 @@
-"""The compact snapshot format (version 5, node/metadata/state.py `_encode_compact`).
+"""The compact snapshot formats (versions 5 and 6, node/metadata/state.py `_encode_compact`).
 
-It must hold exactly what the row format (versions 2-4) holds: a state loaded from either
-answers the same and snapshots to the same rows. Its records share strings as the state in
-RAM did, a container larger than a batch is written in pieces and merged back, and its
+Each must hold exactly what the row format (versions 2-4) holds: a state loaded from either
+answers the same and snapshots to the same rows. Their records share strings as the state
+in RAM did, a container larger than a batch is written in pieces and merged back, and their
 unpickler resolves nothing but the record types (a snapshot naming anything else is
-refused before it runs). Nothing is timed (bench/metadata_scale.py measures the load).
+refused before it runs). Version 6 pickles no tuple per record (what the load's memo would
+keep to its end), and a version-5 file written before version 6 existed still loads.
+Nothing is timed (bench/snapshot_format.py measures the load).
 """
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from node.metadata.state import SNAPSHOT_COMPACT, MetadataState, _flatten
+from node.metadata.state import (
+    COMPACT_VERSIONS,
+    SNAPSHOT_COMPACT,
+    SNAPSHOT_COMPACT_V5,
+    MetadataState,
+    _flatten,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 A = "sha256:" + "a" * 64
@@ -56,6 +65,18 @@ def _rich_state() -> MetadataState:
     return st
 
 
+def _with_image_info(st: MetadataState) -> MetadataState:
+    """`st` with the `image_info` of its manifests recorded (search's platforms)."""
+    entries = [
+        [repo, digest, {"platforms": ["linux/amd64"]} if i % 2 else None]
+        for repo, present in st.manifests.items()
+        for i, digest in enumerate(present)
+    ]
+    st.apply("image_info_backfill", {"entries": entries})
+    assert st.image_info
+    return st
+
+
 def _rows(st: MetadataState) -> dict[str, list[str]]:
     """Every section as sorted rows (set order differs between two equal states)."""
     snap = st.snapshot()
@@ -66,15 +87,21 @@ def _rows(st: MetadataState) -> dict[str, list[str]]:
     } | {"blob_bytes": [repr(snap["blob_bytes"])]}
 
 
-def _compact(st: MetadataState, batch: int = 4096) -> bytes:
-    return b"".join(MetadataState.encode_snapshot(st.snapshot(), batch=batch, compact=True))
+def _compact(st: MetadataState, batch: int = 4096, version: int = SNAPSHOT_COMPACT) -> bytes:
+    return b"".join(
+        MetadataState.encode_snapshot(
+            st.snapshot(), batch=batch, compact=True, compact_version=version
+        )
+    )
 
 
-def test_compact_snapshot_holds_what_the_row_format_holds() -> None:
-    st = _rich_state()
+@pytest.mark.parametrize("version", COMPACT_VERSIONS)
+def test_compact_snapshot_holds_what_the_row_format_holds(version: int) -> None:
+    st = _with_image_info(_rich_state())
     assert st.trash.tags and st.quotas.limits and st.audit.copy().rows()  # sections covered
-    data = _compact(st)
-    assert pickle.load(io.BytesIO(data))["version"] == SNAPSHOT_COMPACT
+    assert st.image_info and any(type(m).__name__ == "_FullManifest" for m in _records(st))
+    data = _compact(st, version=version)
+    assert pickle.load(io.BytesIO(data))["version"] == version
     from_compact, from_rows = MetadataState(), MetadataState()
     from_compact.load(data)
     from_rows.load(st.dump())
@@ -98,7 +125,85 @@ def test_compact_snapshot_holds_what_the_row_format_holds() -> None:
     assert pickle.load(io.BytesIO(st.dump()))["version"] == 4
 
 
-def test_a_loaded_compact_snapshot_shares_each_string_once() -> None:
+def _records(st: MetadataState) -> list[Any]:
+    return [m for entries in st.manifests.values() for m in entries.values()]
+
+
+def test_version_6_round_trips_the_exact_state() -> None:
+    """Every container equal, dicts in the same order, records of the same types."""
+    st = _with_image_info(_rich_state())
+    again = MetadataState()
+    again.load(_compact(st))
+    loaded = again.snapshot()
+    for name, section in st.snapshot().items():
+        _same(loaded[name], section, name)
+    for got, want in zip(_records(again), _records(st), strict=True):
+        assert type(got) is type(want) and tuple(got) == tuple(want)
+        assert type(got.recipe) is type(want.recipe)
+
+
+def _same(got: Any, want: Any, where: str) -> None:
+    assert type(got) is type(want) and got == want, where
+    if isinstance(want, dict):
+        assert list(got) == list(want), where
+        for key, value in want.items():
+            _same(got[key], value, f"{where}/{key}")
+
+
+def test_a_version_5_file_written_before_version_6_still_loads() -> None:
+    """fixtures/metadata_state_v5.dump: `_rich_state()` as the code before version 6
+    wrote it (compact on, PYTHONHASHSEED=0); it loads into the same state."""
+    data = (FIXTURES / "metadata_state_v5.dump").read_bytes()
+    assert pickle.load(io.BytesIO(data))["version"] == SNAPSHOT_COMPACT_V5
+    st, again = _rich_state(), MetadataState()
+    again.load(data)
+    assert _rows(again) == _rows(st)
+    for got, want in zip(_records(again), _records(st), strict=True):
+        assert type(got) is type(want) and tuple(got) == tuple(want)
+    # and what it loaded writes version 6 by default, which loads the same again
+    newer = MetadataState()
+    newer.load(_compact(again))
+    assert _rows(newer) == _rows(st)
+
+
+def _tuples_built(data: bytes) -> int:
+    """Tuples a load of `data` builds from its opcodes (each one memoized to the end)."""
+    stream, count = io.BytesIO(data), 0
+    while stream.tell() < len(data):
+        for op, _, _ in pickletools.genops(stream):
+            count += op.name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3")
+    return count
+
+
+def test_version_6_builds_no_tuple_per_record() -> None:
+    """Version 5 pickled an argument tuple per manifest, which the unpickler's memo keeps
+    until the load ends (docs/metadata.md): version 6 builds a few per piece, none per
+    record, whatever the count."""
+    st = MetadataState()
+    st.apply("blob_commit", {"repo": "r0", "digest": A, "recipe": _one(A, 3), "now": 1.0})
+    count = 600
+    for i in range(count):
+        repo, digest = f"r{i % 3}", f"sha256:{i:064x}"
+        st.apply(
+            "manifest_put",
+            {
+                "repo": repo,
+                "digest": digest,
+                "media_type": "application/vnd.oci.image.manifest.v1+json",
+                "recipe": _one(digest, 10 + i % 2),
+                "blobs": [A] if repo == "r0" else [],
+                "tag": f"v{i}",
+                "now": 2.0,
+                "info": {"platforms": ["linux/amd64"]},
+            },
+        )
+    assert len(st.image_info) == count
+    assert _tuples_built(_compact(st, version=SNAPSHOT_COMPACT_V5)) > 2 * count
+    assert _tuples_built(_compact(st)) < 40
+
+
+@pytest.mark.parametrize("version", COMPACT_VERSIONS)
+def test_a_loaded_compact_snapshot_shares_each_string_once(version: int) -> None:
     st = MetadataState()
     repo = "team/app"
     st.apply("blob_commit", {"repo": repo, "digest": A, "recipe": _one(A, 3), "now": 1.0})
@@ -117,7 +222,7 @@ def test_a_loaded_compact_snapshot_shares_each_string_once() -> None:
             },
         )
     again = MetadataState()
-    again.load(_compact(st))
+    again.load(_compact(st, version=version))
     (blob_key,) = (d for d in again.blobs if d == A)
     assert all(m.blobs[0] is blob_key for m in again.manifests[repo].values())
     (linked,) = (d for d in again.links[repo] if d == A)
@@ -137,8 +242,9 @@ def _one(digest: str, size: int) -> dict[str, Any]:
     return {"size": size, "chunks": [[digest.removeprefix("sha256:"), size]]}
 
 
+@pytest.mark.parametrize("version", COMPACT_VERSIONS)
 @pytest.mark.parametrize("batch", [1, 2, 3, 7])
-def test_containers_larger_than_a_batch_are_written_in_pieces(batch: int) -> None:
+def test_containers_larger_than_a_batch_are_written_in_pieces(batch: int, version: int) -> None:
     st = MetadataState()
     for repo, count in (("big", 10), ("small", 1), ("mid", 4)):
         for i in range(count):
@@ -160,7 +266,7 @@ def test_containers_larger_than_a_batch_are_written_in_pieces(batch: int) -> Non
                 },
             )
     again = MetadataState()
-    again.load(_compact(st, batch=batch))
+    again.load(_compact(st, batch=batch, version=version))
     assert _rows(again) == _rows(st)
 
 
@@ -186,5 +292,5 @@ class _Evil:
 
 def test_a_newer_version_is_refused_with_what_reads_it() -> None:
     header = pickle.dumps({"version": SNAPSHOT_COMPACT + 1, "blob_bytes": 0}, protocol=5)
-    with pytest.raises(ValueError, match="reads versions 1-5"):
+    with pytest.raises(ValueError, match="reads versions 1-6"):
         MetadataState().load(header)
