@@ -30,7 +30,9 @@ format (version 5, node/metadata/state.py) pickles the records themselves: a `Ma
 through `restore_manifest` (its tuple as it is), a recipe through its base type's
 constructor (`OneChunk(size)`, `Recipe(packed)`), so a load builds each record in one call
 and shares every string the way the state in RAM did (a shared `OneChunk` is pickled once,
-then referenced through the memo).
+then referenced through the memo). Version 6 pickles a repository's manifests as one
+flat list of their items (`flat_manifests`, `manifests_from_flat`): a version-5 load kept
+one argument tuple per manifest in the unpickler's memo until it ended.
 """
 
 from __future__ import annotations

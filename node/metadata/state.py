@@ -66,8 +66,9 @@ A repository exists while it has a linked blob or a manifest (no empty container
 upload id absent from `uploads` is "new". Unlinking only removes `links`; only `gc_prune`
 (garbage collection) forgets recipes. `apply` is deterministic (`now` comes from the
 caller), validates before it mutates, and is idempotent as docs/metadata.md says.
-Snapshots are a stream of pickled plain-tuple rows (the layout of every earlier version);
-the sorted catalogue, the sorted tag lists, the search index (node/metadata/search_index.py)
+Snapshots are a stream of pickled plain-tuple rows (the layout of every earlier version),
+or of pieces of the containers in the compact versions 5 and 6 (`_encode_compact`); the
+sorted catalogue, the sorted tag lists, the search index (node/metadata/search_index.py)
 and the `status` counters are derived and never snapshotted. This module holds no lock:
 `node/metadata/raft.py` serialises `apply` and `query`.
 """
