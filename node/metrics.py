@@ -128,6 +128,13 @@ class NodeCollector(Collector):
             st.has_quorum,
         )
         yield g("cargohold_node_raft_members", "Raft members this node knows", len(st.members))
+        rejected = getattr(self._raft, "snapshots_rejected", None)
+        if isinstance(rejected, int):
+            yield self._counter(
+                "cargohold_node_raft_snapshots_rejected",
+                "Snapshots received from the leader and discarded as damaged (sent again)",
+                rejected,
+            )
 
     def _store_metrics(self) -> Iterator[Any]:
         try:

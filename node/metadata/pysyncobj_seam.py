@@ -41,6 +41,13 @@ module is the only one that touches them (pinned by `pysyncobj==0.3.17`). It pro
 - read-only accessors (`RaftInternals`) the member needs: the log, the peers, the
   leader's last contact with each follower (a barrier without a log append), the wake-up
   pipe and the tick thread.
+- `CheckedSerializer`: pysyncobj's snapshot serializer, but a snapshot received from the
+  leader is checked (the member's `_check_received_dump`, docs/raft.md trap 8) and fsynced
+  before it replaces the follower's own dump; a file that fails the check is deleted and
+  nothing is acknowledged, so the follower keeps its state and the leader, finding it still
+  behind at its next append, sends the snapshot again. pysyncobj renamed whatever it had
+  received over the dump first and then loaded it, so a damaged transfer left a node that
+  could neither load it nor start again.
 - `ConflictTruncation`, a fix for a follower with a divergent log suffix (below).
 - `SizedCompaction`: when to snapshot. pysyncobj's own rule (`logCompactionSplit`) lets a
   member compact only in its slot of a `logCompactionMinTime` period (a 60 s window every
@@ -77,6 +84,7 @@ smaller index, so the walk back converges.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -86,6 +94,7 @@ import pysyncobj.syncobj as _syncobj
 from pysyncobj import SyncObj
 from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.journal import Journal
+from pysyncobj.serializer import Serializer
 from pysyncobj.transport import TCPTransport
 
 from cargohold.log import log_event
@@ -189,6 +198,87 @@ def install_journal() -> None:
 
 
 install_journal()
+
+
+# -- the received-snapshot check ------------------------------------------------------------------
+class CheckedSerializer(Serializer):
+    """pysyncobj's `Serializer`, whose `setTransmissionData` (a follower receiving the
+    leader's snapshot piece by piece, tick thread) checks and fsyncs the complete file
+    before it replaces the dump. The check is the deserializer's owner's
+    `_check_received_dump(path) -> bool` (a bound method's `__self__`); without one, or
+    without a dump file, pysyncobj's own behaviour is kept."""
+
+    def __init__(
+        self,
+        fileName: Any,
+        transmissionBatchSize: Any,
+        tryUseFork: Any,
+        serializer: Any,
+        deserializer: Any,
+        serializeChecker: Any,
+    ) -> None:
+        super().__init__(
+            fileName, transmissionBatchSize, tryUseFork, serializer, deserializer, serializeChecker
+        )
+        owner = getattr(deserializer, "__self__", None)
+        self._check_received: Any = getattr(owner, "_check_received_dump", None)
+
+    def setTransmissionData(self, data: Any) -> bool:
+        """One piece `(bytes, is_first, is_last)`; True once a complete, checked file has
+        replaced the dump (pysyncobj then loads it and acknowledges the install)."""
+        dump_path = self._Serializer__fileName
+        if data is None or dump_path is None or self._check_received is None:
+            return bool(super().setTransmissionData(data))
+        piece, is_first, is_last = data
+        tmp_path = dump_path + ".1.tmp"  # pysyncobj's name for it
+        incoming = self._Serializer__incomingTransmissionFile  # type: ignore[has-type]
+        if is_first:
+            if incoming is not None:
+                incoming.close()
+            try:
+                incoming = open(tmp_path, "wb")  # kept open across pieces
+            except OSError as exc:
+                log_event(logger, "raft.snapshot_receive_failed", logging.ERROR, error=repr(exc))
+                incoming = None
+            self._Serializer__incomingTransmissionFile = incoming
+            if incoming is None:
+                return False
+        elif incoming is None:
+            return False  # a piece of a transfer whose start this node never saw
+        try:
+            incoming.write(piece)
+            if is_last:
+                incoming.flush()
+                os.fsync(incoming.fileno())
+        except OSError as exc:
+            log_event(logger, "raft.snapshot_receive_failed", logging.ERROR, error=repr(exc))
+            incoming.close()
+            self._Serializer__incomingTransmissionFile = None
+            return False
+        if not is_last:
+            return False
+        incoming.close()
+        self._Serializer__incomingTransmissionFile = None
+        if not self._check_received(tmp_path):
+            try:
+                os.unlink(tmp_path)
+            except OSError:
+                pass
+            return False
+        try:
+            os.replace(tmp_path, dump_path)
+        except OSError as exc:
+            log_event(logger, "raft.snapshot_receive_failed", logging.ERROR, error=repr(exc))
+            return False
+        return True
+
+
+def install_serializer() -> None:
+    """Make every `SyncObj` of this process build a `CheckedSerializer`."""
+    _syncobj.Serializer = CheckedSerializer
+
+
+install_serializer()
 
 
 class SyncingTransport(TCPTransport):

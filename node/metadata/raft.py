@@ -20,7 +20,9 @@ Configuration (docs/raft.md is the reasoning; every number comes from NodeConfig
   calls the serializer on its tick thread with `data[1:]` (the last two applied log entries
   and the member set; `data[0]`, its own pickled attributes, is None with custom hooks),
   so our snapshot file `<data_dir>/raft/state.dump` holds that tuple and the state:
-  `CHRAFT2\n`, u64 length, pickle(data[1:]), then `MetadataState.encode_snapshot`. The
+  `CHRAFT2\n`, u64 length, pickle(data[1:] + a check flag), then
+  `MetadataState.encode_snapshot`, then a trailer with the length and xxh3_128 of all
+  before it (node/metadata/dump_file.py). The
   hook forks (`raft_snapshot_fork`): the child writes and fsyncs `state.dump.writing`
   from its copy-on-write view of the state and exits, so the tick thread pauses only for
   the fork. With the setting off it takes `MetadataState.snapshot()` (a copy of the
@@ -38,6 +40,13 @@ deserializer finishes the interrupted truncation itself when the journal still h
 dump's two head entries, so pysyncobj finds a matching head and keeps the rest. A snapshot
 that cannot be read sets `fatal_error` and calls `on_fatal` (the node exits) where
 pysyncobj would carry on with an empty state.
+
+A snapshot received from the leader is checked (its trailer's length and checksum,
+`_check_received_dump`) before it replaces this node's dump (pysyncobj_seam.py
+`CheckedSerializer`): a damaged transfer is discarded, logged (`raft.snapshot_rejected`)
+and counted (`snapshots_rejected`); the node keeps its state and the leader sends the
+snapshot again (docs/raft.md, trap 8). A node's own dump is checked the same way at start,
+and one that fails is fatal as before.
 
 A healed ex-leader whose uncommitted entries conflict with the new leader's log caught up
 never in pysyncobj when the new entries spanned more than one append batch (its replies
@@ -97,7 +106,6 @@ import ctypes
 import gc
 import logging
 import os
-import pickle
 import signal
 import threading
 import time
@@ -121,6 +129,7 @@ from cargohold.log import log_event
 from cargohold.memtune import release_memory
 from cargohold.metadata_api import AccessFence, Barrier
 from node.metadata.access_leases import AccessLeases
+from node.metadata.dump_file import DumpWriter, check_dump, head_bytes, read_head
 from node.metadata.journal import JournalSpace, RaftJournal, fsync_dir
 from node.metadata.pysyncobj_seam import (
     NO_SPACE,
@@ -134,9 +143,6 @@ from node.metadata.state import COMMANDS, QUERIES, MetadataState
 
 logger = logging.getLogger("cargohold.node.raft")
 
-_DUMP_MAGIC = b"CHRAFT2\n"
-# Version 1 (one pickle of the whole state) is still read; the header layout is the same.
-_DUMP_MAGICS = (_DUMP_MAGIC, b"CHRAFT1\n")
 _FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
 _FAIL_NAMES[NO_SPACE] = "NO_SPACE"
 # pysyncobj's node states, as RaftStatus.role names them.
@@ -341,6 +347,12 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
         self.snapshots_taken = 0
         # Snapshots whose writer failed (a `snapshot` role waiting for one stops at a failure).
         self.snapshots_failed = 0
+        # Snapshots received from the leader and discarded by the check (damaged transfers;
+        # the metric cargohold_node_raft_snapshots_rejected_total).
+        self.snapshots_rejected = 0
+        self.last_rejection: dict[str, Any] = {}
+        # Set by `_check_received_dump` for the file `_read_dump` loads next (not checked twice).
+        self._received_checked = False
         self.snapshot_history: collections.deque[dict[str, float]] = collections.deque(
             maxlen=_SNAPSHOT_HISTORY
         )
@@ -467,7 +479,7 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
         then fails harmlessly; `_check_dump` renames our own file into place once it is
         complete and fsynced.
         """
-        head = pickle.dumps(raft_data, protocol=5)
+        head = head_bytes(raft_data)
         index = int(raft_data[0][1])
         # Every call gets an answer from the checker (pysyncobj starts no other snapshot,
         # and sends none to a follower, until it hears SUCCESS or FAILED).
@@ -517,19 +529,17 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
         self.last_snapshot["pause_seconds"] = time.monotonic() - self._dump_started
 
     def _write_file(self, head: bytes, snap: dict[str, Any]) -> int:
-        """Encode `snap` into `state.dump.writing` and fsync it; its size in bytes."""
-        size = len(_DUMP_MAGIC) + 8 + len(head)
+        """Encode `snap` into `state.dump.writing` (with its trailer: node/metadata/dump_file.py)
+        and fsync it; its size in bytes."""
         with open(self._dump_writing, "wb") as f:
-            f.write(_DUMP_MAGIC)
-            f.write(len(head).to_bytes(8, "big"))
-            f.write(head)
+            writer = DumpWriter(f, head)
             for piece in MetadataState.encode_snapshot(
                 snap,
                 compact=self._snapshot_compact,
                 compact_version=self._snapshot_compact_version,
             ):
-                f.write(piece)
-                size += len(piece)
+                writer.write(piece)
+            size = writer.finish()
             f.flush()
             os.fsync(f.fileno())
         return size
@@ -614,27 +624,65 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
         return {
             "taken": self.snapshots_taken,
             "failed": self.snapshots_failed,
+            "rejected": self.snapshots_rejected,
+            "last_rejection": dict(self.last_rejection),
             "writing": self._dump_pending,
             "fork": self._snapshot_fork,
             "load_seconds": self._snapshot_load_seconds,
             "recent": list(self.snapshot_history),
         }
 
+    def _check_received_dump(self, path: str) -> bool:
+        """Tick thread (pysyncobj_seam.CheckedSerializer): whether the complete snapshot
+        received from the leader at `path` may replace this node's dump and be loaded.
+
+        A damaged file (truncated, a hole, flipped bytes, pieces of two snapshots) fails
+        its trailer's length or checksum: it is discarded, logged and counted, and the node
+        goes on with its state; the leader finds it still behind at its next append and
+        sends the snapshot again. A file from a leader of a version before the trailer
+        cannot be verified; it is loaded as before (and a load failure is fatal)."""
+        check = check_dump(path)
+        if not check.ok:
+            self.snapshots_rejected += 1
+            self.last_rejection = {"at": time.time(), "reason": check.reason, "bytes": check.size}
+            log_event(
+                logger,
+                "raft.snapshot_rejected",
+                logging.WARNING,
+                reason=check.reason,
+                bytes=check.size,
+                rejected=self.snapshots_rejected,
+            )
+            return False
+        if not check.verified:
+            log_event(
+                logger,
+                "raft.snapshot_unverified",
+                logging.WARNING,
+                bytes=check.size,
+                reason="written by a node without snapshot checksums",
+            )
+        self._received_checked = True
+        return True
+
     def _read_dump(self, path: str) -> tuple[Any, ...]:
         """pysyncobj's deserializer hook (tick thread): load the state, hand back the raft
-        head tuple. A dump of ours still being written is now older than this: dropped."""
+        head tuple. A dump of ours still being written is now older than this: dropped.
+        Our own dump (at start) is checked first; a received one was checked already."""
         self._dump_superseded = self._dump_thread is not None or self._dump_pid != 0
         started = time.monotonic()
+        checked, self._received_checked = self._received_checked, False
         try:
+            if not checked:
+                check = check_dump(path)
+                if not check.ok:
+                    raise ValueError(f"{path} failed its check: {check.reason}")
             with open(path, "rb") as f:
-                # A snapshot received from the leader was renamed into place unsynced; it
-                # must be durable before the journal is cleared and the install acknowledged.
+                # A received snapshot was fsynced before its rename; the rename must be
+                # durable before the journal is cleared and the install acknowledged.
                 os.fsync(f.fileno())
                 fsync_dir(self._raft_dir)
-                if f.read(len(_DUMP_MAGIC)) not in _DUMP_MAGICS:
-                    raise ValueError(f"{path} is not a cargohold raft snapshot")
-                head_len = int.from_bytes(f.read(8), "big")
-                raft_data = pickle.loads(f.read(head_len))
+                raft_data = read_head(f)
                 # The cyclic collector off while millions of tuples are built: each full
                 # collection would traverse the whole growing state (it holds no cycles,
                 # and is frozen right after, `_freeze_heap`).

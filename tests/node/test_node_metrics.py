@@ -40,6 +40,7 @@ DISK_GAUGES = (
 
 class FakeRaft:
     command_observer: Any = None
+    snapshots_rejected = 2
 
     def status(self) -> RaftStatus:
         return RaftStatus(
@@ -86,6 +87,7 @@ def test_node_metrics_names_labels_and_values(tmp_path: Path) -> None:
         assert set(roles) == set(RAFT_ROLES) and roles["follower"] == 1 and roles["leader"] == 0
         assert ours["cargohold_node_raft_term"][0][1] == 7
         assert ours["cargohold_node_raft_apply_lag"][0][1] == 3
+        assert ours["cargohold_node_raft_snapshots_rejected_total"][0][1] == 2
         assert ours["cargohold_node_chunks"][0][1] == 5
         assert ours["cargohold_node_lmdb_map_used_bytes"][0][1] == 1 << 20
         assert ours["cargohold_node_scrub_chunks_total"][0][1] == 9
