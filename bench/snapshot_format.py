@@ -14,6 +14,10 @@ of the heap after the load (`sys._debugmallocstats()`): the unused pools inside 
 still in use are what the load's transient small objects left behind that the trim cannot
 return (docs/metadata.md, "The heap a load leaves behind, given back").
 
+`--recipe-blobs N` adds N distinct blobs of `--recipe-chunks` chunks each (layers bigger
+than a chunk: `Recipe` records, the chunk list kept whole), spread over the repositories;
+the figures stay per manifest.
+
 The figures are absolute (the whole process, the interpreter and imports included, as
 bench/metadata_scale.py reports them) and above the process's RssAnon before the load.
 Results: `bench/results/<date>-snapshot-format[-<tag>].{json,md}`.
@@ -102,8 +106,12 @@ def load_child(path: str, manifests: int) -> dict[str, Any]:
     }
 
 
-def build(images: int, repos: int) -> tuple[Any, int, float]:
+def build(
+    images: int, repos: int, recipe_blobs: int = 0, recipe_chunks: int = 3
+) -> tuple[Any, int, float]:
     """The offline corpus of bench/metadata_scale.py: (state, manifests, seconds)."""
+    import hashlib
+
     from bench.metadata_scale import GROUP, Corpus, _recipe, apply_group, sha
     from node.metadata.state import MetadataState
 
@@ -118,6 +126,21 @@ def build(images: int, repos: int) -> tuple[Any, int, float]:
         )
     for group in range(groups):
         apply_group(state, corpus, group)
+    chunk = 4 << 20
+    for i in range(recipe_blobs):
+        chunks = [
+            [hashlib.sha256(f"chunk {i}/{k}".encode()).hexdigest(), chunk]
+            for k in range(recipe_chunks)
+        ]
+        state.apply(
+            "blob_commit",
+            {
+                "repo": corpus.repo(i % max(1, min(repos, groups))),
+                "digest": sha(f"big layer {i}".encode()),
+                "recipe": {"size": chunk * recipe_chunks, "chunks": chunks},
+                "now": 1.0,
+            },
+        )
     return state, groups * (GROUP + 1), time.monotonic() - started
 
 
@@ -147,12 +170,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "images": args.images,
         "repos": args.repos,
+        "recipe_blobs": args.recipe_blobs,
+        "recipe_chunks": args.recipe_chunks,
         "loadavg_start": os.getloadavg(),
         "versions": {},
     }
     with tempfile.TemporaryDirectory(prefix="snapfmt-") as work:
         gc.disable()  # building millions of tuples: as a node applies, the state holds no cycles
-        state, manifests, seconds = build(args.images, args.repos)
+        state, manifests, seconds = build(
+            args.images, args.repos, args.recipe_blobs, args.recipe_chunks
+        )
         gc.freeze()
         gc.enable()
         report.update(manifests=manifests, build_seconds=round(seconds, 1))
@@ -191,7 +218,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Snapshot formats: what a load leaves in RAM, {report['started']}",
         "",
         f"{report['images']:,} images ({report['manifests']:,} manifests) of the offline "
-        f"corpus over {report['repos']} repositories, {report['cpus']} CPUs (shared); load "
+        f"corpus over {report['repos']} repositories"
+        + (
+            f", {report['recipe_blobs']:,} more blobs of {report['recipe_chunks']} chunks"
+            if report.get("recipe_blobs")
+            else ""
+        )
+        + f", {report['cpus']} CPUs (shared); load "
         f"average {report['loadavg_start'][0]:.1f} at the start, "
         f"{report['loadavg_end'][0]:.1f} at the end. Medians of the fresh loading processes "
         "(B per manifest: RssAnon of the whole process after the load and malloc_trim; "
@@ -221,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=200_000)
     parser.add_argument("--repos", type=int, default=1000)
+    parser.add_argument("--recipe-blobs", type=int, default=0, help="blobs of several chunks")
+    parser.add_argument("--recipe-chunks", type=int, default=3, help="chunks per such blob")
     parser.add_argument("--versions", default="5,6", help="compact versions, comma-separated")
     parser.add_argument("--rounds", type=int, default=3, help="loads per version")
     parser.add_argument("--out", default=str(RESULTS))

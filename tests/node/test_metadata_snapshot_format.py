@@ -197,9 +197,21 @@ def test_version_6_builds_no_tuple_per_record() -> None:
                 "info": {"platforms": ["linux/amd64"]},
             },
         )
+    layers = 300  # chunk lists of several chunks: `Recipe` records
+    for i in range(layers):
+        digest = "sha256:" + hashlib.sha256(f"layer{i}".encode()).hexdigest()
+        chunks = [[hashlib.sha256(f"{i}/{k}".encode()).hexdigest(), 1 << 20] for k in range(3)]
+        recipe = {"size": 3 << 20, "chunks": chunks}
+        st.apply("blob_commit", {"repo": "r1", "digest": digest, "recipe": recipe, "now": 1.0})
     assert len(st.image_info) == count
-    assert _tuples_built(_compact(st, version=SNAPSHOT_COMPACT_V5)) > 2 * count
+    assert sum(type(r).__name__ == "Recipe" for r in st.blobs.values()) == layers
+    assert _tuples_built(_compact(st, version=SNAPSHOT_COMPACT_V5)) > 2 * count + layers
     assert _tuples_built(_compact(st)) < 40
+    for batch in (4096, 7):  # pieces of blobs with and without recipes, in their order
+        again = MetadataState()
+        again.load(_compact(st, batch=batch))
+        _same(again.snapshot()["blobs"], st.snapshot()["blobs"], "blobs")
+        assert [type(r) for r in again.blobs.values()] == [type(r) for r in st.blobs.values()]
 
 
 @pytest.mark.parametrize("version", COMPACT_VERSIONS)
