@@ -46,11 +46,17 @@ from bench.metadata_scale import (
     _recipe,
     _snapshot_once,
     apply_group,
+    catch_up,
     leader,
     node_serves,
     push_groups,
+    read_latencies,
+    restart_cluster,
+    restart_node,
+    rss_anon,
     sha,
     snapshot_role,
+    snapshot_under_load,
     wait_node_serving,
 )
 from bench.procstats import cpu_seconds
@@ -226,9 +232,11 @@ def run_one(
     settle: float,
     nodes: int = 3,
     quiet_limit: float = 0.0,
+    scale_steps: bool = False,
 ) -> dict[str, Any]:
     """One cluster preloaded from `template` (holding `images` images), `push` more pushed:
-    3 nodes R=3 W=2 (2 added as members), or 1 node R=1."""
+    3 nodes R=3 W=2 (2 added as members), or 1 node R=1; with `scale_steps` (3 nodes),
+    then the rest of issue 20's measures on that cluster (`_scale_steps`)."""
     from cargohold_cli.devcluster import LocalCluster
 
     groups = images // GROUP
@@ -269,10 +277,55 @@ def run_one(
             row["quiet_wait_seconds"] = _wait_quiet(pids, quiet_limit)
         row["push"] = _push(cluster, corpus, groups, push, concurrency)
         row["leader"] = cluster.node_id(leader(cluster))
+        if scale_steps:
+            row["scale"] = _scale_steps(cluster, corpus, images, push, concurrency)
     finally:
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
     return row
+
+
+def node_memory(cluster: Any, manifests: int) -> dict[str, Any]:
+    """Each node's RssAnon: bytes, GiB and bytes per manifest held (everything the process
+    holds, the interpreter and the serving parts included)."""
+    out: dict[str, Any] = {}
+    for i, proc in enumerate(cluster.node_procs):
+        anon = rss_anon(proc.pid) if proc is not None else 0
+        out[cluster.node_id(i)] = {
+            "bytes": anon,
+            "gib": round(anon / 2**30, 3),
+            "per_manifest": round(anon / manifests, 1) if manifests else None,
+        }
+    return out
+
+
+def _scale_steps(
+    cluster: Any, corpus: Corpus, preloaded_images: int, pushed: int, concurrency: int
+) -> dict[str, Any]:
+    """The rest of issue 20's measures on the preloaded cluster once the push is done (its
+    preloaded manifests have no stored bytes, so every manifest read and tag PUT here uses
+    the pushed images): each node's RssAnon; list-page and manifest-GET latency; a
+    snapshot forced on every node under tag PUTs; restart to serving of the leader and of
+    the whole cluster (SIGKILL); a follower caught up by snapshot transfer; RssAnon again
+    at the end (every node then restarted or caught up, its search index rebuilt)."""
+    urls = cluster.gateway_urls
+    total = preloaded_images + pushed
+    manifests = total // GROUP * (GROUP + 1)
+    newest = total - 1
+    repo, tag = corpus.image(newest)[0], f"v{newest}"
+    out: dict[str, Any] = {"manifests": manifests, "rss_anon": node_memory(cluster, manifests)}
+    out["reads"] = asyncio.run(read_latencies(urls[0], corpus, total, 200, preloaded_images))
+    out["snapshot"] = snapshot_under_load(
+        cluster, urls, corpus, pushed, concurrency, preloaded_images
+    )
+    out["restart_node"] = restart_node(cluster, repo, tag)
+    out["restart_cluster"] = restart_cluster(cluster, urls[0], repo, tag)
+    out["catch_up"] = catch_up(cluster, urls, corpus, total // GROUP, PushStats(), preloaded_images)
+    newest_manifests = (total // GROUP + 1) * (GROUP + 1)
+    _wait_quiet([p.pid for p in cluster.node_procs if p is not None], 120.0)
+    out["rss_anon_end"] = node_memory(cluster, newest_manifests)
+    out["loadavg_end"] = os.getloadavg()
+    return out
 
 
 def _push(cluster: Any, corpus: Corpus, first: int, push: int, concurrency: int) -> dict[str, Any]:
@@ -316,6 +369,7 @@ def preloaded(
     settle: float,
     nodes: int = 3,
     quiet_limit: float = 0.0,
+    scale_steps: bool = False,
 ) -> dict[str, Any]:
     """Templates for every size (built up in one growing state), then the runs."""
     from cargohold.memtune import release_memory
@@ -350,6 +404,7 @@ def preloaded(
             settle,
             nodes,
             quiet_limit,
+            scale_steps and nodes == 3,
         )
         print(row, flush=True)
         runs.append(row)
@@ -406,4 +461,53 @@ def markdown_preloaded(report: dict[str, Any]) -> str:
         f"Median images/s per size: {summary['median_images_per_s']}; "
         f"ratio to the smallest: {summary.get('ratio_to_smallest')}.",
     ]
+    scaled = [run for run in data["runs"] if "scale" in run]
+    if scaled:
+        lines += ["", *markdown_scale_steps(scaled)]
     return "\n".join(lines) + "\n"
+
+
+def _memory_cell(memory: dict[str, Any]) -> str:
+    return " / ".join(f"{m['gib']} GiB ({m['per_manifest']:,.0f} B)" for m in memory.values())
+
+
+def markdown_scale_steps(runs: list[dict[str, Any]]) -> list[str]:
+    """The table of `_scale_steps`, a row per run."""
+    lines = [
+        "After the push, on the same cluster (`--scale-steps`): RssAnon per node (GiB, and "
+        "bytes per manifest held: the whole process), after the push and at the end (every "
+        "node by then restarted or caught up, idle); p50 / p99 ms of a `tags/list?n=1000` "
+        "page, a `_catalog?n=1000` page and a manifest GET by tag; a snapshot forced on "
+        "every node at once under 16 connections of tag PUTs (p99 of the PUTs overlapping "
+        "it ÷ p99 of the others); the leader SIGKILLed and restarted, then every node: s "
+        "until a linearizable read (node) or the gateway (cluster) serves the newest tag; a "
+        "follower stopped, a group pushed, the others snapshotted, the follower started: s "
+        "until it serves the newest tag (by snapshot transfer).",
+        "",
+        "| preloaded images | manifests | RssAnon after push | RssAnon at end | tags page "
+        "| catalog page | manifest GET | snapshot s (MiB) | PUT p99 during / outside ms "
+        "(ratio) | node restart s | cluster restart s | catch-up s (reads served / failed) "
+        "| load avg at end |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        sc = run["scale"]
+        reads = sc["reads"]
+        snap = sc["snapshot"]
+        catch = sc["catch_up"]
+
+        def pp(name: str, reads: dict[str, Any] = reads) -> str:
+            return f"{reads[name]['p50_ms']} / {reads[name]['p99_ms']}"
+
+        lines.append(
+            f"| {run['preloaded_images']:,} | {sc['manifests']:,} "
+            f"| {_memory_cell(sc['rss_anon'])} | {_memory_cell(sc['rss_anon_end'])} "
+            f"| {pp('tags_list_page')} | {pp('catalog_page')} | {pp('manifest_get')} "
+            f"| {snap['seconds']:.1f} ({snap['bytes'] / 2**20:.0f}) "
+            f"| {snap['put_p99_during_ms']} / {snap['put_p99_outside_ms']} ({snap['ratio']}) "
+            f"| {sc['restart_node']['seconds']} | {sc['restart_cluster']['seconds']} "
+            f"| {catch['seconds']}{'' if catch['by_snapshot'] else ' by log'} "
+            f"({catch['reads_served_meanwhile']} / "
+            f"{catch['read_errors_meanwhile']}) | {sc['loadavg_end'][0]:.1f} |"
+        )
+    return lines

@@ -370,7 +370,11 @@ async def push_group(client: Http, corpus: Corpus, group: int, stats: PushStats)
 
 
 # -- reads ------------------------------------------------------------------------------------
-async def read_latencies(url: str, corpus: Corpus, images: int, samples: int) -> dict[str, Any]:
+async def read_latencies(
+    url: str, corpus: Corpus, images: int, samples: int, first: int = 0
+) -> dict[str, Any]:
+    """p50/p99 of a `tags/list` page, a `_catalog` page and a manifest GET by tag (of an
+    image in [first, images)), one connection, sequential."""
     client = Http(url)
     rng = random.Random(7)
     out: dict[str, Any] = {}
@@ -387,7 +391,7 @@ async def read_latencies(url: str, corpus: Corpus, images: int, samples: int) ->
         used = min(corpus.repos, max(1, images // GROUP))
 
         def manifest() -> tuple[str, dict[str, str] | None]:
-            i = rng.randrange(images)
+            i = rng.randrange(first, images)
             return f"/v2/{corpus.image(i)[0]}/manifests/v{i}", {"Accept": ACCEPT}
 
         cases: dict[str, Any] = {
@@ -491,9 +495,15 @@ def leader(cluster: Any, limit: float = 60.0) -> int:
 
 
 async def put_load(
-    urls: list[str], corpus: Corpus, images: int, seconds: float, concurrency: int
+    urls: list[str],
+    corpus: Corpus,
+    images: int,
+    seconds: float,
+    concurrency: int,
+    first: int = 0,
 ) -> list[tuple[float, float]]:
-    """Tag PUTs (an existing manifest under a new tag) for `seconds`: (start, end) each."""
+    """Tag PUTs (an existing manifest, image `first` + k of `images`, under a new tag) for
+    `seconds`: (start, end) each."""
     spans: list[tuple[float, float]] = []
     stop = time.monotonic() + seconds
     counter = 0
@@ -503,7 +513,7 @@ async def put_load(
         client = Http(url)
         try:
             while time.monotonic() < stop:
-                i = counter % images
+                i = first + counter % images
                 counter += 1
                 repo, _, manifest = corpus.image(i)
                 start = time.monotonic()
@@ -526,17 +536,16 @@ async def put_load(
 
 
 def snapshot_under_load(
-    sut: Cargohold, corpus: Corpus, images: int, concurrency: int
+    cluster: Any, urls: list[str], corpus: Corpus, images: int, concurrency: int, first: int = 0
 ) -> dict[str, Any]:
-    """Force a snapshot on every node at once while tag PUTs run; compare the p99 of PUTs
-    overlapping a snapshot with the p99 of the others."""
-    cluster = sut.cluster
-    assert cluster is not None
+    """Force a snapshot on every node at once while tag PUTs (of images `first` + k of
+    `images`) run; compare the p99 of PUTs overlapping a snapshot with the p99 of the
+    others."""
     wall0, mono0 = time.time(), time.monotonic()
     before = [snapshot_role(cluster, i, trigger=False).get("taken", 0) for i in range(3)]
 
     async def run() -> list[tuple[float, float]]:
-        load = asyncio.create_task(put_load(sut.urls, corpus, images, 2.0, concurrency))
+        load = asyncio.create_task(put_load(urls, corpus, images, 2.0, concurrency, first))
         await asyncio.sleep(0.7)
         load2 = asyncio.create_task(
             asyncio.to_thread(lambda: [snapshot_role(cluster, i, trigger=True) for i in range(3)])
@@ -550,8 +559,8 @@ def snapshot_under_load(
             )
             if all(s.get("taken", 0) > before[i] for i, s in enumerate(states)):
                 break
-            spans += await put_load(sut.urls, corpus, images, 0.5, concurrency)
-        spans += await put_load(sut.urls, corpus, images, 1.0, concurrency)
+            spans += await put_load(urls, corpus, images, 0.5, concurrency, first)
+        spans += await put_load(urls, corpus, images, 1.0, concurrency, first)
         return spans
 
     spans = asyncio.run(run())
@@ -580,9 +589,7 @@ def snapshot_under_load(
     }
 
 
-def restart_node(sut: Cargohold, repo: str, tag: str) -> dict[str, Any]:
-    cluster = sut.cluster
-    assert cluster is not None
+def restart_node(cluster: Any, repo: str, tag: str) -> dict[str, Any]:
     victim = leader(cluster)
     cluster.kill_node(victim, signal.SIGKILL)
     cluster.start_node(victim)
@@ -591,32 +598,29 @@ def restart_node(sut: Cargohold, repo: str, tag: str) -> dict[str, Any]:
     return {"node": victim, "seconds": round(seconds, 2), "load_seconds": stats.get("load_seconds")}
 
 
-def restart_cluster(sut: Cargohold, repo: str, tag: str) -> dict[str, Any]:
-    cluster = sut.cluster
-    assert cluster is not None
+def restart_cluster(cluster: Any, url: str, repo: str, tag: str) -> dict[str, Any]:
     for i in range(3):
         cluster.kill_node(i, signal.SIGKILL)
     for i in range(3):
         cluster.start_node(i)
     start = min(cluster.spawned_at[cluster.node_id(i)] for i in range(3))
-    wait_serving_http(sut.urls[0], repo, tag)
+    wait_serving_http(url, repo, tag)
     seconds = time.monotonic() - start
     loads = [snapshot_role(cluster, i, trigger=False).get("load_seconds") for i in range(3)]
     return {"seconds": round(seconds, 2), "load_seconds": loads}
 
 
 def catch_up(
-    sut: Cargohold, corpus: Corpus, group: int, concurrency: int, stats: PushStats
+    cluster: Any, urls: list[str], corpus: Corpus, group: int, stats: PushStats, first: int = 0
 ) -> dict[str, Any]:
     """A follower behind by more than a snapshot: stopped, one group pushed, a snapshot
     forced on the others (their logs then start after the follower's last entry), started:
-    seconds until it serves the newest tag; manifest GETs through the gateway meanwhile."""
-    cluster = sut.cluster
-    assert cluster is not None
+    seconds until it serves the newest tag; manifest GETs (of images from `first` on)
+    through the gateway meanwhile."""
     lead = leader(cluster)
     follower = (lead + 1) % 3
     cluster.kill_node(follower, signal.SIGKILL)
-    asyncio.run(push_groups(sut.urls, corpus, group, group + 1, 1, stats))
+    asyncio.run(push_groups(urls, corpus, group, group + 1, 1, stats))
     for i in range(3):
         if i != follower:
             snapshot_role(cluster, i, trigger=True, wait=True)
@@ -627,8 +631,8 @@ def catch_up(
     async def reads(stop: asyncio.Event) -> None:
         nonlocal errors, served
         while not stop.is_set():
-            i = random.randrange(newest + 1)
-            if await serves(sut.urls[0], corpus.image(i)[0], f"v{i}"):
+            i = random.randrange(first, newest + 1)
+            if await serves(urls[0], corpus.image(i)[0], f"v{i}"):
                 served += 1
             else:
                 errors += 1
@@ -966,6 +970,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.settle,
                 args.preloaded_nodes,
                 args.quiet_limit,
+                args.scale_steps,
             )
         finally:
             if not args.keep:
@@ -1016,14 +1021,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 newest = groups * GROUP - 1
                 repo = corpus.image(newest)[0]
                 if isinstance(sut, Cargohold):
+                    assert sut.cluster is not None
                     step["snapshot"] = snapshot_under_load(
-                        sut, corpus, groups * GROUP, args.concurrency
+                        sut.cluster, sut.urls, corpus, groups * GROUP, args.concurrency
                     )
-                    step["restart_node"] = restart_node(sut, repo, f"v{newest}")
-                    step["restart_cluster"] = restart_cluster(sut, repo, f"v{newest}")
+                    step["restart_node"] = restart_node(sut.cluster, repo, f"v{newest}")
+                    step["restart_cluster"] = restart_cluster(
+                        sut.cluster, sut.urls[0], repo, f"v{newest}"
+                    )
                     if not args.no_catch_up:
                         catch = PushStats()
-                        step["catch_up"] = catch_up(sut, corpus, groups, args.concurrency, catch)
+                        step["catch_up"] = catch_up(sut.cluster, sut.urls, corpus, groups, catch)
                         # that extra group is part of the corpus from now on
                         groups_pushed = groups + 1
                     else:
@@ -1206,6 +1214,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="after --settle, wait up to this many s until every node is idle (--preloaded)",
+    )
+    parser.add_argument(
+        "--scale-steps",
+        action="store_true",
+        help="after the push (3 nodes): memory, reads, snapshot under load, restarts, "
+        "catch-up on the preloaded cluster (--preloaded)",
     )
     parser.add_argument("--settle", type=float, default=10.0, help="s before the push")
     parser.add_argument("--load-child", default=None, help=argparse.SUPPRESS)

@@ -91,3 +91,49 @@ def test_quiet_means_every_node_under_the_threshold() -> None:
     assert quiet([0.01, 0.1], window=1.0, threshold=0.15)
     assert not quiet([0.01, 0.5], window=1.0, threshold=0.15)  # one node still building
     assert quiet([0.2, 0.2], window=2.0, threshold=0.15)
+
+
+def _scale(gib: float) -> dict[str, Any]:
+    memory = {"n1": {"bytes": 1, "gib": gib, "per_manifest": 950.4}}
+    reads = {"p50_ms": 1.0, "p99_ms": 2.0}
+    return {
+        "manifests": 1_105_500,
+        "rss_anon": memory,
+        "rss_anon_end": memory,
+        "reads": {"tags_list_page": reads, "catalog_page": reads, "manifest_get": reads},
+        "snapshot": {
+            "seconds": 6.5,
+            "bytes": 255 * 2**20,
+            "put_p99_during_ms": 300.0,
+            "put_p99_outside_ms": 150.0,
+            "ratio": 2.0,
+        },
+        "restart_node": {"seconds": 4.1},
+        "restart_cluster": {"seconds": 7.9},
+        "catch_up": {
+            "seconds": 33.0,
+            "by_snapshot": True,
+            "reads_served_meanwhile": 900,
+            "read_errors_meanwhile": 0,
+        },
+        "loadavg_end": (3.0, 2.0, 1.0),
+    }
+
+
+def test_scale_steps_get_a_row_per_run_that_has_them() -> None:
+    runs = [_run(10_000, 100.0), {**_run(1_000_000, 90.0), "scale": _scale(0.98)}]
+    text = markdown_preloaded(
+        {
+            "mode": "full",
+            "started": "now",
+            "host": "h",
+            "cpus": 2,
+            "repos": 1000,
+            "concurrency": 16,
+            "preloaded": {"build_seconds": {}, "runs": runs, "summary": summarize(runs)},
+        }
+    )
+    row = next(line for line in text.splitlines() if line.startswith("| 1,000,000 | 1,105,500"))
+    assert "0.98 GiB (950 B)" in row
+    assert "| 300.0 / 150.0 (2.0) | 4.1 | 7.9 | 33.0 (900 / 0) | 3.0 |" in row
+    assert not any(line.startswith("| 10,000 | 11,") for line in text.splitlines())
