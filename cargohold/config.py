@@ -148,6 +148,10 @@ class NodeConfig:
     # snapshot counted as failed (retried later): a child of a process with gRPC threads
     # can hang on a lock one of them held at the fork. 1 M manifests take ~20-30 s here.
     raft_snapshot_child_timeout: float = 600.0
+    # The forked snapshot child's niceness above the node's (0-19): it writes at a lower
+    # CPU priority, so the node's serving threads and its peers go first and the PUTs that
+    # overlap a snapshot keep their latency (a snapshot then takes longer on a busy host).
+    raft_snapshot_nice: int = 10
     # Attempts (one a second) to bind the Raft port before the node gives up and exits.
     raft_bind_retries: int = 10
     # How long a metadata command or barrier may wait for Raft before failing.
@@ -1040,6 +1044,8 @@ def _validate_raft(n: NodeConfig) -> None:
         )
     if n.raft_compaction_log_bytes < 1:
         raise ConfigError("node.raft_compaction_log_bytes must be >= 1")
+    if not 0 <= n.raft_snapshot_nice <= 19:
+        raise ConfigError("node.raft_snapshot_nice must be 0-19")
     if n.raft_command_timeout <= 0 or n.raft_snapshot_child_timeout <= 0:
         raise ConfigError("node.raft_command_timeout and raft_snapshot_child_timeout must be > 0")
     if n.raft_batch_max_commands < 1 or n.raft_batches_in_flight < 1:

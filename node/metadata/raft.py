@@ -290,14 +290,19 @@ def _resolve_all(
             fut.set_result((results[i] if ok and results is not None else None, error))
 
 
-def _child_init(parent: int) -> None:
+def _child_init(parent: int, nice: int = 0) -> None:
     """In a forked snapshot child: die with the parent, take no signal meant for the node
     (its asyncio wakeup fd is the parent's), leave the collector off (it would touch, and
-    so copy, every page of the shared heap)."""
+    so copy, every page of the shared heap), and yield the CPU to the serving processes
+    by `nice` (a snapshot at 1 M manifests is seconds of CPU; PUTs meanwhile must not wait
+    for it: docs/raft.md)."""
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)
+    if nice > 0:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     gc.disable()
     with contextlib.suppress(ValueError, OSError):
         signal.set_wakeup_fd(-1)
@@ -340,6 +345,7 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
         self._snapshot_compact = node.raft_snapshot_compact
         self._snapshot_compact_version = node.raft_snapshot_compact_version
         self._snapshot_child_timeout = node.raft_snapshot_child_timeout
+        self._snapshot_nice = node.raft_snapshot_nice
         self._compaction_bytes = node.raft_compaction_log_bytes
         self._compaction_entries = node.raft_compaction_min_entries
         self._compaction_time = node.raft_compaction_min_time
@@ -517,7 +523,7 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
         if pid == 0:  # the child: no logging, no locks, no return
             code = 1
             try:
-                _child_init(parent)
+                _child_init(parent, self._snapshot_nice)
                 self._write_file(head, self.state.snapshot())
                 code = 0
             except BaseException as exc:

@@ -941,3 +941,25 @@ async def test_a_hung_snapshot_child_is_killed_and_the_snapshot_retried_later(
     assert progress["failed"] == 1 and progress["taken"] == 0
     assert not member.snapshot_stats()["writing"]
     assert member._dump_pid == 0  # reaped, not left running
+
+
+async def test_the_snapshot_child_runs_below_the_node_cpu_priority(
+    tmp_path: Path, members: Callable[..., RaftMember]
+) -> None:
+    """`raft_snapshot_nice`: the forked child that writes a snapshot yields the CPU to the
+    node's serving threads (PUTs overlapping a snapshot at 1 M manifests)."""
+    from node.metadata.snapshot_role import SnapshotRole
+
+    member = members(member_config(tmp_path, raft_snapshot_fork=True, raft_snapshot_nice=7))
+    await member.command("manifest_put", tag_cmd(1))
+    seen = tmp_path / "child-nice"
+    write = member._write_file
+
+    def recording(head: bytes, snap: dict[str, Any]) -> int:
+        seen.write_text(str(os.nice(0)))  # in the child
+        return write(head, snap)
+
+    member._write_file = recording  # type: ignore[method-assign]
+    progress = await asyncio.wait_for(SnapshotRole(member).trigger(wait=True), 30)
+    assert progress["taken"] == 1
+    assert int(seen.read_text()) == min(19, os.nice(0) + 7)
