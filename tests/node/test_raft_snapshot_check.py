@@ -6,25 +6,32 @@ three-member group in this process: the leader sends a snapshot to a follower th
 down, its first transfer damaged on the way (the leader's outgoing pieces are altered; the
 follower's receive path, pysyncobj_seam.CheckedSerializer and RaftMember, is untouched).
 The follower must discard it, keep its old state and dump, stay up, and install the
-snapshot sent again.
+snapshot sent again. Last, the same with three node processes (marker `cluster`): the
+leader's dump is damaged on its disk, so every copy it sends fails the check until it
+takes a new snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
 import os
 import pickle
+import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from cargohold.config import Config
 from cargohold.errors import Unavailable
-from cargohold_cli.devcluster import free_port
+from cargohold_cli.devcluster import LocalCluster, free_port
 from node.metadata.dump_file import (
     DUMP_MAGIC,
     TRAILER_BYTES,
@@ -35,7 +42,15 @@ from node.metadata.dump_file import (
 )
 from node.metadata.raft import RaftMember
 from node.metadata.state import MetadataState
-from tests.node.test_metadata_raft import REPO, member_config, tag_cmd, wait_until
+from protos import registry_pb2, registry_pb2_grpc
+from tests.node.test_metadata_raft import (
+    REPO,
+    Writers,
+    listed_tags,
+    member_config,
+    tag_cmd,
+    wait_until,
+)
 
 # -- the file format --------------------------------------------------------------------------
 
@@ -265,6 +280,9 @@ def _three_configs(tmp_path: Path) -> list[Config]:
             tmp_path / f"m{i}",
             raft_compaction_min_entries=20,
             raft_compaction_min_time=600.0,  # snapshots by entries only: dumps stay put
+            # Three members' threads in one process: a forked writer could inherit a lock
+            # another member's thread held (the node itself runs one member per process).
+            raft_snapshot_fork=False,
         )
         cfg.node.raft_listen = cfg.node.raft_advertise = addresses[i]
         cfg.node.peers = [a for a in addresses if a != addresses[i]]
@@ -355,3 +373,70 @@ async def test_a_damaged_snapshot_transfer_is_discarded_and_sent_again(
     assert received.ok and received.verified
     await _put(leader, 100)
     await wait_until(lambda: "t100" in _tags(again), "the follower following again")
+
+
+# -- real node processes ---------------------------------------------------------------------------
+def _snapshot_stats(cluster: LocalCluster, i: int) -> dict[str, Any]:
+    return dict(json.loads(cluster.node_status(i, timeout=5).extra).get("snapshot", {}))
+
+
+def _until(predicate: Callable[[], bool], what: str, limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while True:
+        with contextlib.suppress(grpc.RpcError):
+            if predicate():
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.cluster
+def test_a_node_rejects_a_damaged_snapshot_and_installs_the_next(
+    make_cluster: Callable[..., LocalCluster],
+) -> None:
+    """Three node processes: a follower far behind is sent the leader's dump, damaged on
+    the leader's disk (one byte flipped, so every transfer of it arrives damaged). The
+    follower rejects each one and keeps running; once the leader takes a new snapshot the
+    follower installs it and serves every acknowledged command."""
+    settings = {
+        "raft_compaction_min_entries": 200,
+        "raft_compaction_min_time": 600.0,  # the damaged dump stays until the test replaces it
+        "raft_command_timeout": 3.0,
+    }
+    cluster = make_cluster(nodes=3, gateways=0, extra={"node": settings})
+    leader = cluster.leader_index()
+    assert leader is not None
+    behind = (leader + 1) % 3
+    cluster.kill_node(behind, signal.SIGKILL)
+    with Writers(cluster, "far") as writers:
+        writers.wait_for(300)
+        _until(lambda: _snapshot_stats(cluster, leader).get("taken", 0) > 0, "a leader snapshot")
+    acked = writers.acked
+    _until(lambda: not _snapshot_stats(cluster, leader)["writing"], "the snapshot written")
+    dump = cluster.node_data_dir(leader) / "raft" / "state.dump"
+    with open(dump, "r+b") as f:
+        f.seek(dump.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x40]))
+
+    cluster.start_node(behind)
+    _until(
+        lambda: _snapshot_stats(cluster, behind).get("rejected", 0) >= 2,
+        "the damaged snapshot rejected (twice: it is sent again)",
+    )
+    assert behind in cluster.running_nodes(), "the follower exited on a damaged snapshot"
+    stats = _snapshot_stats(cluster, behind)
+    assert stats["last_rejection"]["reason"] == "checksum mismatch"
+    received = cluster.node_data_dir(behind) / "raft" / "state.dump"
+    assert not received.exists() or check_dump(str(received)).verified
+    assert not (received.parent / "state.dump.1.tmp").exists()
+
+    with cluster.channel(leader) as channel:
+        registry_pb2_grpc.AdminStub(channel).Trigger(
+            registry_pb2.TriggerRequest(role="snapshot", wait=True), timeout=120
+        )
+    assert acked <= listed_tags(cluster, cluster.node_grpc(behind), limit=60.0)
+    assert behind in cluster.running_nodes()
+    assert received.exists() and check_dump(str(received)).verified
