@@ -285,6 +285,10 @@ def run_one(
     return row
 
 
+def _node_pids(cluster: Any) -> list[int]:
+    return [p.pid for p in cluster.node_procs if p is not None]
+
+
 def node_memory(cluster: Any, manifests: int) -> dict[str, Any]:
     """Each node's RssAnon: bytes, GiB and bytes per manifest held (everything the process
     holds, the interpreter and the serving parts included)."""
@@ -320,9 +324,11 @@ def _scale_steps(
     )
     out["restart_node"] = restart_node(cluster, repo, tag)
     out["restart_cluster"] = restart_cluster(cluster, urls[0], repo, tag)
+    _wait_quiet(_node_pids(cluster), 120.0)
+    out["rss_anon_restarted"] = node_memory(cluster, manifests)
     out["catch_up"] = catch_up(cluster, urls, corpus, total // GROUP, PushStats(), preloaded_images)
     newest_manifests = (total // GROUP + 1) * (GROUP + 1)
-    _wait_quiet([p.pid for p in cluster.node_procs if p is not None], 120.0)
+    _wait_quiet(_node_pids(cluster), 120.0)
     out["rss_anon_end"] = node_memory(cluster, newest_manifests)
     out["loadavg_end"] = os.getloadavg()
     return out
@@ -475,8 +481,9 @@ def markdown_scale_steps(runs: list[dict[str, Any]]) -> list[str]:
     """The table of `_scale_steps`, a row per run."""
     lines = [
         "After the push, on the same cluster (`--scale-steps`): RssAnon per node (GiB, and "
-        "bytes per manifest held: the whole process), after the push and at the end (every "
-        "node by then restarted or caught up, idle); p50 / p99 ms of a `tags/list?n=1000` "
+        "bytes per manifest held: the whole process), after the push, after the cluster "
+        "restart (idle: search index built) and at the end (after the catch-up: the follower "
+        "named, idle); p50 / p99 ms of a `tags/list?n=1000` "
         "page, a `_catalog?n=1000` page and a manifest GET by tag; a snapshot forced on "
         "every node at once under 16 connections of tag PUTs (p99 of the PUTs overlapping "
         "it ÷ p99 of the others); the leader SIGKILLed and restarted, then every node: s "
@@ -484,11 +491,12 @@ def markdown_scale_steps(runs: list[dict[str, Any]]) -> list[str]:
         "follower stopped, a group pushed, the others snapshotted, the follower started: s "
         "until it serves the newest tag (by snapshot transfer).",
         "",
-        "| preloaded images | manifests | RssAnon after push | RssAnon at end | tags page "
+        "| preloaded images | manifests | RssAnon after push | after cluster restart "
+        "| at end | tags page "
         "| catalog page | manifest GET | snapshot s (MiB) | PUT p99 during / outside ms "
         "(ratio) | node restart s | cluster restart s | catch-up s (reads served / failed) "
         "| load avg at end |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         sc = run["scale"]
@@ -501,7 +509,9 @@ def markdown_scale_steps(runs: list[dict[str, Any]]) -> list[str]:
 
         lines.append(
             f"| {run['preloaded_images']:,} | {sc['manifests']:,} "
-            f"| {_memory_cell(sc['rss_anon'])} | {_memory_cell(sc['rss_anon_end'])} "
+            f"| {_memory_cell(sc['rss_anon'])} "
+            f"| {_memory_cell(sc.get('rss_anon_restarted', {}))} "
+            f"| {_memory_cell(sc['rss_anon_end'])} (follower {catch.get('follower', '?')}) "
             f"| {pp('tags_list_page')} | {pp('catalog_page')} | {pp('manifest_get')} "
             f"| {snap['seconds']:.1f} ({snap['bytes'] / 2**20:.0f}) "
             f"| {snap['put_p99_during_ms']} / {snap['put_p99_outside_ms']} ({snap['ratio']}) "

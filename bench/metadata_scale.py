@@ -650,6 +650,8 @@ def catch_up(
     seconds = asyncio.run(run())
     received = cluster.node_data_dir(follower) / "raft" / "state.dump"
     return {
+        "follower": cluster.node_id(follower),
+        "leader": cluster.node_id(lead),
         "seconds": round(seconds, 2),
         "by_snapshot": received.exists(),
         "snapshot_bytes": received.stat().st_size if received.exists() else 0,

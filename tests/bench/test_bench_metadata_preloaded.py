@@ -99,6 +99,7 @@ def _scale(gib: float) -> dict[str, Any]:
     return {
         "manifests": 1_105_500,
         "rss_anon": memory,
+        "rss_anon_restarted": memory,
         "rss_anon_end": memory,
         "reads": {"tags_list_page": reads, "catalog_page": reads, "manifest_get": reads},
         "snapshot": {
@@ -112,6 +113,7 @@ def _scale(gib: float) -> dict[str, Any]:
         "restart_cluster": {"seconds": 7.9},
         "catch_up": {
             "seconds": 33.0,
+            "follower": "n2",
             "by_snapshot": True,
             "reads_served_meanwhile": 900,
             "read_errors_meanwhile": 0,
@@ -134,6 +136,6 @@ def test_scale_steps_get_a_row_per_run_that_has_them() -> None:
         }
     )
     row = next(line for line in text.splitlines() if line.startswith("| 1,000,000 | 1,105,500"))
-    assert "0.98 GiB (950 B)" in row
+    assert "0.98 GiB (950 B) | 0.98 GiB (950 B) | 0.98 GiB (950 B) (follower n2) |" in row
     assert "| 300.0 / 150.0 (2.0) | 4.1 | 7.9 | 33.0 (900 / 0) | 3.0 |" in row
     assert not any(line.startswith("| 10,000 | 11,") for line in text.splitlines())
