@@ -367,6 +367,15 @@ class GatewayConfig:
     retry_after_seconds: int = 1
     # Seconds a SIGTERM'd gateway lets in-flight requests finish before closing them.
     shutdown_grace_seconds: float = 10.0
+    # Gateway processes serving `listen` together (SO_REUSEPORT; gateway/workers.py). 1 =
+    # this process serves. N > 1 = this process only supervises N worker processes, each a
+    # whole gateway; the kernel spreads connections over them. Each keeps its own metrics,
+    # so N > 1 needs `metrics_address` "host:P": worker k (1..N) serves /metrics on port
+    # P + k - 1. A worker that exits is logged and restarted after
+    # `worker_restart_delay_seconds`; one that fails before the first start completes
+    # stops the gateway with its exit status.
+    workers: int = 1
+    worker_restart_delay_seconds: float = 1.0
     # Freed memory this process keeps for reuse (cargohold/memtune.py); 0 = glibc defaults.
     malloc_retain_bytes: int = 256 * MiB
     # Prometheus metrics (`/metrics`): empty = served on `listen` next to `/v2/`, with
@@ -991,6 +1000,7 @@ def validate(cfg: Config) -> None:
         )
     if cfg.gateway.metadata_retry_seconds < 0:
         raise ConfigError("gateway.metadata_retry_seconds must be >= 0")
+    _validate_gateway_workers(cfg.gateway)
     for cidr in cfg.gateway.trusted_proxies:
         try:
             ipaddress.ip_network(cidr, strict=False)
@@ -1011,6 +1021,26 @@ def validate(cfg: Config) -> None:
     _validate_mirror(cfg.mirror)
     _validate_replication(cfg.replication)
     _validate_scanner(cfg.scanner)
+
+
+def _validate_gateway_workers(g: GatewayConfig) -> None:
+    """`workers` >= 1; more than one needs a metrics port per worker (`metrics_address`)."""
+    if g.workers < 1:
+        raise ConfigError("gateway.workers must be >= 1")
+    if g.worker_restart_delay_seconds < 0:
+        raise ConfigError("gateway.worker_restart_delay_seconds must be >= 0")
+    if g.workers == 1:
+        return
+    if not g.metrics_address:
+        raise ConfigError(
+            "gateway.workers > 1 needs gateway.metrics_address (each worker serves its own "
+            "/metrics on that port + its index)"
+        )
+    _host, port = split_hostport(g.metrics_address)
+    if port == 0 or port + g.workers - 1 > 65535:
+        raise ConfigError(
+            "gateway.metrics_address: its port + gateway.workers - 1 must be a port (1..65535)"
+        )
 
 
 def _validate_raft(n: NodeConfig) -> None:

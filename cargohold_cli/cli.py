@@ -691,7 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             from gateway.server import main as gateway_main
 
-            gateway_main(cfg)
+            return gateway_main(cfg)
         return 0
     except CargoholdError as exc:
         # One line, no traceback; the status says which kind (cargohold_cli/exits.py).

@@ -11,7 +11,9 @@ Layout under `base_dir`:
                               on later starts so Raft identities and data stay valid
     config/node-<i>.toml      one config file per process
     config/gateway-<j>.toml    (each node serves /metrics on a port of its own, each
-                              gateway on its listener: `metrics_addresses`)
+                              gateway on its listener: `metrics_addresses`; a gateway
+                              with `gateway_workers` > 1 is a supervisor whose workers
+                              each serve /metrics on a port of their own)
     nodes/n<i>/               each node's data directory (LMDB, Raft journal and dump)
     logs/<name>.log           each process's stderr/stdout
 
@@ -122,6 +124,41 @@ def free_port(host: str = "127.0.0.1") -> int:
     return port
 
 
+def free_port_run(host: str, count: int) -> int:
+    """The first of `count` consecutive ports nothing listens on now (a gateway's worker
+    metrics ports: `gateway.metrics_address`'s port + k - 1)."""
+    for _ in range(200):
+        base = free_port(host)
+        if base + count - 1 > 65535:
+            continue
+        if all(_bindable(host, base + k) for k in range(1, count)):
+            _HANDED_OUT.update(range(base, base + count))
+            return base
+    raise RuntimeError(f"no run of {count} free ports on {host}")
+
+
+def _bindable(host: str, port: int) -> bool:
+    if port in _HANDED_OUT:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid` (Linux /proc; empty where it cannot tell)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+                found += [int(c) for c in text.split()]
+    return found
+
+
 @dataclass
 class ClusterLayout:
     """Addresses and cluster-wide settings, persisted as cluster.toml."""
@@ -225,8 +262,13 @@ class LocalCluster:
         orphan_grace: float = 3.0,
         mtls: bool = False,
         local_reads: bool = False,
+        gateway_workers: int = 1,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
+        # Worker processes per gateway (`gateway.workers`, gateway/workers.py); with more
+        # than one, gateway j's workers serve /metrics on gateway_metrics_ports[j] + k - 1
+        # (chosen here, not persisted: gateways are stateless).
+        self.gateway_workers = gateway_workers
         # Gateway j reads chunks from node j's LMDB (mod the node count) before gRPC, as a
         # gateway on a node's host may (gateway.local_node_data_dir); not persisted.
         self.local_reads = local_reads
@@ -250,6 +292,11 @@ class LocalCluster:
         self.node_exec_prefixes = node_exec_prefixes or [[] for _ in range(self.node_count)]
         self.node_procs: list[subprocess.Popen[bytes] | None] = [None] * self.node_count
         self.gateway_procs: list[subprocess.Popen[bytes] | None] = [None] * self.gateway_count
+        self.gateway_metrics_ports: list[int] = (
+            [free_port_run(self.layout.host, gateway_workers) for _ in range(self.gateway_count)]
+            if gateway_workers > 1
+            else []
+        )
         # monotonic time each process (by name) was last spawned.
         self.spawned_at: dict[str, float] = {}
 
@@ -365,15 +412,30 @@ class LocalCluster:
         return f"{self.node_host(i)}:{self.layout.node_metrics_ports[i]}"
 
     def gateway_metrics(self, j: int) -> str:
-        """Gateway j's metrics address: its own listener (`/metrics` next to `/v2/`)."""
+        """Gateway j's metrics address: its own listener (`/metrics` next to `/v2/`); with
+        several workers, its first worker's (see `gateway_worker_metrics`)."""
+        if self.gateway_workers > 1:
+            return self.gateway_worker_metrics(j)[0]
         return f"{self.layout.host}:{self.layout.gateway_ports[j]}"
+
+    def gateway_worker_metrics(self, j: int) -> list[str]:
+        """The metrics address of each of gateway j's processes (one without workers)."""
+        if self.gateway_workers == 1:
+            return [self.gateway_metrics(j)]
+        base = self.gateway_metrics_ports[j]
+        return [f"{self.layout.host}:{base + k}" for k in range(self.gateway_workers)]
 
     @property
     def metrics_addresses(self) -> dict[str, str]:
-        """Every process's metrics address by process name (n1.., gateway-1..)."""
+        """Every process's metrics address by process name (n1.., gateway-1.., or
+        gateway-1-w1.. for a gateway's workers)."""
         found = {self.node_id(i): self.node_metrics(i) for i in range(self.node_count)}
         for j in range(self.gateway_count):
-            found[f"gateway-{j + 1}"] = self.gateway_metrics(j)
+            if self.gateway_workers == 1:
+                found[f"gateway-{j + 1}"] = self.gateway_metrics(j)
+                continue
+            for k, address in enumerate(self.gateway_worker_metrics(j)):
+                found[f"gateway-{j + 1}-w{k + 1}"] = address
         return found
 
     def node_id(self, i: int) -> str:
@@ -442,7 +504,7 @@ class LocalCluster:
 
     def gateway_config_path(self, j: int) -> Path:
         path = self.base_dir / "config" / f"gateway-{j + 1}.toml"
-        gateway = {
+        gateway: dict[str, Any] = {
             "listen": f"{self.layout.host}:{self.layout.gateway_ports[j]}",
             "nodes": self.node_grpc_addresses,
         }
@@ -450,6 +512,9 @@ class LocalCluster:
             local = j % self.node_count
             gateway["local_node_data_dir"] = str(self.node_data_dir(local))
             gateway["local_node_id"] = self.node_id(local)
+        if self.gateway_workers > 1:
+            gateway["workers"] = self.gateway_workers
+            gateway["metrics_address"] = f"{self.layout.host}:{self.gateway_metrics_ports[j]}"
         gateway.update(self.layout.extra.get("gateway", {}))
         # A gateway holds its role's key, not the cluster secret (least privilege).
         cluster = self._cluster_section("gateway")
@@ -695,6 +760,11 @@ class LocalCluster:
             except urllib.error.HTTPError as exc:
                 status = exc.code  # 401: [auth] is on, the gateway answers
             assert status in (200, 401), f"gateway {j} answered {status}"
+            if self.gateway_workers > 1:
+                # Every worker is up (the listener answers as soon as one is).
+                for address in self.gateway_worker_metrics(j):
+                    with urllib.request.urlopen(f"http://{address}/healthz", timeout=2) as r:
+                        assert r.status == 200, f"gateway {j} worker at {address}: {r.status}"
         self._check_own_listeners()
 
     def _check_own_listeners(self) -> None:
@@ -711,8 +781,15 @@ class LocalCluster:
             for j, p in enumerate(self.gateway_procs)
         ]
         for name, proc, port in owned:
-            if proc is not None and proc.poll() is None:
-                assert listens(proc.pid, port), f"{name} (pid {proc.pid}) not listening on {port}"
+            if proc is None or proc.poll() is not None:
+                continue
+            if name.startswith("gateway-") and self.gateway_workers > 1:
+                # A supervisor listens through its workers.
+                assert any(listens(c, port) for c in child_pids(proc.pid)), (
+                    f"{name} (pid {proc.pid}) has no worker listening on {port}"
+                )
+                continue
+            assert listens(proc.pid, port), f"{name} (pid {proc.pid}) not listening on {port}"
 
     def _raise_if_exited(self) -> None:
         for name, proc in self._named_procs():

@@ -8,7 +8,9 @@ the cluster client closes. The connection rules (timeouts, parser errors as OCI 
 per-client limits) are `gateway.connection`'s; the access log (`gateway.access_log`, on
 by default) is `gateway.access_log`'s. With `gateway.metrics_address` set, `/metrics`
 (and `/healthz`, `/readyz`) are served on that address by a second aiohttp site in the
-same loop (gateway/app.py `build_metrics_app`).
+same loop (gateway/app.py `build_metrics_app`). With `gateway.workers` > 1 this process
+only supervises that many worker processes, each running `serve` on the shared listen
+address with SO_REUSEPORT (gateway/workers.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import logging
 import signal
 import ssl
+from collections.abc import Callable
 
 import uvloop
 from aiohttp import web
@@ -69,13 +72,22 @@ def make_runner(app: web.Application, cfg: Config) -> web.AppRunner:
     )
 
 
-async def serve(cfg: Config, stop: asyncio.Event) -> None:
+async def serve(
+    cfg: Config,
+    stop: asyncio.Event,
+    worker: int = 0,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
     """Serve until `stop` is set; everything started here is closed before returning.
 
     A taken listen address is an `AddressInUse` naming its holder, checked before the
-    cluster is contacted; unreadable TLS files a `StartupError`.
+    cluster is contacted; unreadable TLS files a `StartupError`. `worker` k > 0: worker k
+    of a supervised gateway (gateway/workers.py): the listen address is shared with its
+    siblings (SO_REUSEPORT; the supervisor checked it was free before starting them).
+    `on_listening` is called once the listen address is bound.
     """
-    await asyncio.to_thread(ensure_bindable, cfg.gateway.listen, "HTTP")
+    if not worker:
+        await asyncio.to_thread(ensure_bindable, cfg.gateway.listen, "HTTP")
     if cfg.gateway.metrics_address:
         await asyncio.to_thread(ensure_bindable, cfg.gateway.metrics_address, "metrics HTTP")
     try:
@@ -92,7 +104,14 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
             if cfg.gateway.metrics_address:
                 metrics_runner = await _start_metrics_site(build_metrics_app(app[READINESS]), cfg)
             host, port = split_hostport(cfg.gateway.listen)
-            site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+            site = web.TCPSite(
+                runner,
+                host,
+                port,
+                ssl_context=ssl_context,
+                reuse_address=True,
+                reuse_port=True if worker else None,
+            )
             try:
                 await site.start()
             except OSError as exc:
@@ -105,7 +124,10 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
                 address=cfg.gateway.listen,
                 tls=bool(cfg.gateway.tls_cert),
                 metrics=cfg.gateway.metrics_address or cfg.gateway.listen,
+                worker=worker,
             )
+            if on_listening is not None:
+                on_listening()
             await stop.wait()
             log_event(logger, "gateway.stopping")
         finally:
@@ -132,18 +154,35 @@ async def _start_metrics_site(app: web.Application, cfg: Config) -> web.AppRunne
     return runner
 
 
-async def _main(cfg: Config) -> None:
+async def _main(
+    cfg: Config, worker: int = 0, on_listening: Callable[[], None] | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(cfg, stop)
+    await serve(cfg, stop, worker, on_listening)
 
 
-def main(cfg: Config) -> None:
-    """Run one gateway until SIGTERM or SIGINT (called by `cargohold gateway`); malloc is
-    tuned for chunk-sized buffers first (cargohold/memtune.py)."""
-    require_secret(cfg, "gateway")
+def run_gateway(
+    cfg: Config, worker: int = 0, on_listening: Callable[[], None] | None = None
+) -> None:
+    """Serve in this process until SIGTERM or SIGINT; malloc is tuned for chunk-sized
+    buffers first (cargohold/memtune.py)."""
     cfg.role = "gateway"
     tune_malloc(cfg.gateway.malloc_retain_bytes)
-    uvloop.run(_main(cfg))
+    uvloop.run(_main(cfg, worker, on_listening))
+
+
+def main(cfg: Config) -> int:
+    """Run the gateway until SIGTERM or SIGINT (called by `cargohold gateway`): in this
+    process, or with `gateway.workers` > 1 as the supervisor of that many worker processes.
+    Returns the exit status."""
+    require_secret(cfg, "gateway")
+    cfg.role = "gateway"
+    if cfg.gateway.workers > 1:
+        from gateway.workers import supervise
+
+        return supervise(cfg, logging.getLevelName(logging.getLogger().level).lower())
+    run_gateway(cfg)
+    return 0

@@ -47,6 +47,10 @@ def test_file_env_and_overrides_layer(tmp_path) -> None:
         "[gateway]\nmanifest_digest_ttl_seconds = -1.0\n",
         "[gateway]\nchunk_writes_in_flight_total = 0\n",
         "[gateway]\nbackground_copies_per_node = 0\n",
+        "[gateway]\nworkers = 0\n",
+        "[gateway]\nworkers = 2\n",  # without a metrics_address for the workers
+        '[gateway]\nworkers = 3\nmetrics_address = "127.0.0.1:65534"\n',
+        "[gateway]\nworker_restart_delay_seconds = -1.0\n",
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, text: str) -> None:
@@ -54,6 +58,14 @@ def test_bad_config_is_a_clear_error(tmp_path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError):
         load_config(path, environ={})
+
+
+def test_gateway_workers_from_a_file(tmp_path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[gateway]\nworkers = 4\nmetrics_address = "127.0.0.1:9102"\n')
+    cfg = load_config(path, environ={})
+    assert cfg.gateway.workers == 4
+    assert cfg.gateway.worker_restart_delay_seconds == 1.0
 
 
 def test_split_hostport() -> None:
