@@ -256,3 +256,30 @@ def test_a_taken_worker_metrics_port_is_refused_before_any_worker_starts() -> No
         taken.listen()
         with pytest.raises(AddressInUse, match="worker 2 metrics"):
             workers.check_addresses(cfg)
+
+
+def test_a_worker_failing_at_start_is_the_gateways_exit_status(tmp_path: Any) -> None:
+    """The real command: both workers fail on an unreadable TLS certificate (status 5,
+    StartupError); the supervisor stops and exits 5, and no process stays behind."""
+    import sys
+
+    from cargohold_cli.devcluster import free_port, free_port_run
+
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "[cluster]\n"
+        'secret = "0123456789abcdef0123456789abcdef"\n'
+        "[gateway]\n"
+        f'listen = "127.0.0.1:{free_port()}"\n'
+        f'metrics_address = "127.0.0.1:{free_port_run("127.0.0.1", 2)}"\n'
+        "workers = 2\n"
+        f'tls_cert = "{tmp_path}/missing.pem"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "cargohold_cli", "gateway", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 5, done.stderr
+    assert "cannot read the TLS files" in done.stderr
