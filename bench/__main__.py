@@ -58,6 +58,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="gateways per Cargohold cluster (default: the profile's)",
     )
     parser.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=0,
+        help="worker processes per Cargohold gateway (gateway.workers; default 1)",
+    )
+    parser.add_argument(
         "--no-calibration",
         action="store_true",
         help="skip the client-ceiling run against the trivial server",
@@ -83,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES[args.profile]
     if args.gateways > 0:
         profile = dataclasses.replace(profile, gateways=args.gateways)
+    if args.gateway_workers > 0:
+        profile = dataclasses.replace(profile, gateway_workers=args.gateway_workers)
     systems = [s for s in args.systems.split(",") if s]
     workloads = [w for w in args.workloads.split(",") if w]
     unknown = [w for w in workloads if w not in ALL]

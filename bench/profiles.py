@@ -51,6 +51,8 @@ class Profile:
     # A blob cell is skipped (and says so) unless its data, every replica, fits on the disk
     # with this much to spare: the machine may be shared.
     disk_margin: int = 8 * GiB
+    # Worker processes per Cargohold gateway (`gateway.workers`, gateway/workers.py).
+    gateway_workers: int = 1
 
 
 QUICK = Profile(

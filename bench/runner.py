@@ -89,8 +89,10 @@ def make_system(name: str, workdir: Path, profile: Profile) -> SystemUnderTest:
         replicas_=shape.nodes,
         write_quorum=shape.write_quorum,
         gateways=profile.gateways,
+        gateway_workers=profile.gateway_workers,
         name=name,
-        label=shape.label,
+        label=shape.label
+        + (f", {profile.gateway_workers} gateway workers" if profile.gateway_workers > 1 else ""),
         node_settings=dict(shape.node_settings),
         gateway_settings=dict(shape.gateway_settings),
         auth=shape.auth,

@@ -5,7 +5,9 @@
   listening on a free 127.0.0.1 port; never the system service on port 5000.
 - `Cargohold`: a `cargohold_cli.devcluster.LocalCluster` of real node and gateway processes
   (1 node R=1 W=1, or 3 nodes R=3 W=2), with one or more gateways; the client spreads its
-  connections over the gateways as a load balancer would.
+  connections over the gateways as a load balancer would. `gateway_workers` > 1 runs each
+  gateway as that many worker processes on one port (`gateway.workers`), each of them
+  counted as a process of its own.
   The `auth` variant runs it in token mode (the gateways' built-in token service, a
   cluster-admin user `bench` created after start) and gives the client its `credentials`,
   so requests carry Bearer tokens as docker's do (bench/auth.py).
@@ -40,7 +42,7 @@ from typing import Protocol
 
 from bench import cluster_counters
 from bench.cluster_counters import ReadCounts
-from cargohold_cli.devcluster import LocalCluster, free_port, signal_process
+from cargohold_cli.devcluster import LocalCluster, child_pids, free_port, signal_process
 
 DISTRIBUTION_BIN = "/usr/bin/docker-registry"
 
@@ -205,6 +207,9 @@ class Cargohold:
     replicas_: int
     write_quorum: int
     gateways: int = 1
+    # Worker processes per gateway (`gateway.workers`: a supervisor and N workers sharing
+    # the listen address with SO_REUSEPORT; gateway/workers.py).
+    gateway_workers: int = 1
     name: str = "cargohold"
     label: str = "Cargohold"
     cluster: LocalCluster | None = None
@@ -260,6 +265,7 @@ class Cargohold:
             write_quorum=self.write_quorum,
             extra=self._extra(),
             local_reads=self.local_reads,
+            gateway_workers=self.gateway_workers,
         )
         try:
             self.cluster.start(timeout=90)
@@ -305,7 +311,8 @@ class Cargohold:
 
     def _gateway_metrics(self) -> list[str]:
         assert self.cluster is not None
-        return [self.cluster.gateway_metrics(j) for j in range(self.cluster.gateway_count)]
+        c = self.cluster
+        return [a for j in range(c.gateway_count) for a in c.gateway_worker_metrics(j)]
 
     async def copies_in_flight(self) -> int:
         return await asyncio.to_thread(cluster_counters.copies_in_flight, self._gateway_metrics())
@@ -319,7 +326,15 @@ class Cargohold:
         c = self.cluster
         named = {c.node_id(i): p for i, p in enumerate(c.node_procs)}
         named |= {f"gateway-{j + 1}": p for j, p in enumerate(c.gateway_procs)}
-        return _running(named)
+        running = _running(named)
+        if self.gateway_workers > 1:
+            # A supervisor's workers are alive: their CPU is not in its cutime; count each.
+            for j in range(c.gateway_count):
+                supervisor = running.get(f"gateway-{j + 1}")
+                if supervisor is not None:
+                    for k, pid in enumerate(sorted(child_pids(supervisor))):
+                        running[f"gateway-{j + 1}-w{k + 1}"] = pid
+        return running
 
 
 @dataclass
