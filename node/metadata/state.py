@@ -618,6 +618,13 @@ class MetadataState:
         self.trash = Trash()
         self._catalog = None
         self._tag_order = {}
+        self._drop_search()
+
+    def _drop_search(self) -> None:
+        """No search index until the next build; the old one's rows let go at once
+        (`SearchIndex.discard`: a frozen cycle otherwise)."""
+        if self._search is not None:
+            self._search.discard()
         self._search = None
 
     # -- snapshots -----------------------------------------------------------------------------
@@ -896,7 +903,7 @@ class MetadataState:
         self.blob_bytes = blob_bytes
         self._catalog = None
         self._tag_order = {}
-        self._search = None
+        self._drop_search()
         if self.on_search_dropped is not None:
             self.on_search_dropped()
         self._recount()
@@ -1897,6 +1904,7 @@ class MetadataState:
         """Start a background build (the caller holds the lock): an empty index installed
         as this state's, so every command applied from now on marks the rows it changes,
         and the repositories to fill it with (node/metadata/search_build.py)."""
+        self._drop_search()
         index = self._search = SearchIndex(self, building=True)
         return index, list(self.tags)
 
