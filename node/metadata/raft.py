@@ -292,6 +292,31 @@ def _resolve_all(
             fut.set_result((results[i] if ok and results is not None else None, error))
 
 
+class Pacer:
+    """Keeps a snapshot writer busy at most `duty` of the time: after each piece of work,
+    `pause` sleeps so long that work / (work + sleep) = duty. A snapshot child that ran flat
+    out slowed the node's PUTs although it ran at a lower priority (its memory traffic,
+    not its CPU share: docs/raft.md, "Snapshots at 1 M and the PUTs beside them")."""
+
+    def __init__(
+        self,
+        duty: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._duty = duty
+        self._clock = clock
+        self._sleep = sleep
+        self._mark = clock()
+
+    def pause(self) -> None:
+        """After a piece of work: sleep its share, then start timing the next one."""
+        if self._duty < 1.0:
+            worked = self._clock() - self._mark
+            self._sleep(worked * (1.0 - self._duty) / self._duty)
+        self._mark = self._clock()
+
+
 def _child_init(parent: int, nice: int = 0) -> None:
     """In a forked snapshot child: die with the parent, take no signal meant for the node
     (its asyncio wakeup fd is the parent's), leave the collector off (it would touch, and
@@ -348,6 +373,7 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
         self._snapshot_compact_version = node.raft_snapshot_compact_version
         self._snapshot_child_timeout = node.raft_snapshot_child_timeout
         self._snapshot_nice = node.raft_snapshot_nice
+        self._snapshot_duty = node.raft_snapshot_duty_cycle
         self._compaction_bytes = node.raft_compaction_log_bytes
         self._compaction_entries = node.raft_compaction_min_entries
         self._compaction_time = node.raft_compaction_min_time
@@ -539,6 +565,7 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
     def _write_file(self, head: bytes, snap: dict[str, Any]) -> int:
         """Encode `snap` into `state.dump.writing` (with its trailer: node/metadata/dump_file.py)
         and fsync it; its size in bytes."""
+        pacer = Pacer(self._snapshot_duty)
         with open(self._dump_writing, "wb") as f:
             writer = DumpWriter(f, head)
             for piece in MetadataState.encode_snapshot(
@@ -547,6 +574,7 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
                 compact_version=self._snapshot_compact_version,
             ):
                 writer.write(piece)
+                pacer.pause()
             size = writer.finish()
             f.flush()
             os.fsync(f.fileno())

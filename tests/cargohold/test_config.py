@@ -169,6 +169,8 @@ def test_pysyncobj_connection_timeout_is_the_one_pinned() -> None:
         ({"node.raft_leader_fallback_timeout": "0.05"}, "must exceed the heartbeat period"),
         ({"node.raft_connection_retry": "-1"}, "raft_connection_retry must be >= 0"),
         ({"node.raft_compaction_min_entries": "1"}, "raft_compaction_min_entries must be >= 2"),
+        ({"node.raft_snapshot_duty_cycle": "0"}, "raft_snapshot_duty_cycle must be > 0"),
+        ({"node.raft_snapshot_duty_cycle": "1.5"}, "raft_snapshot_duty_cycle must be > 0"),
         ({"node.raft_snapshot_nice": "20"}, "raft_snapshot_nice must be 0-19"),
         ({"node.raft_snapshot_nice": "-1"}, "raft_snapshot_nice must be 0-19"),
         ({"node.raft_compaction_min_time": "0"}, "raft_compaction_min_time > 0"),

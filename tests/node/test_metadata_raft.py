@@ -963,3 +963,27 @@ async def test_the_snapshot_child_runs_below_the_node_cpu_priority(
     progress = await asyncio.wait_for(SnapshotRole(member).trigger(wait=True), 30)
     assert progress["taken"] == 1
     assert int(seen.read_text()) == min(19, os.nice(0) + 7)
+
+
+def test_the_snapshot_pacer_keeps_the_writer_busy_its_duty_share() -> None:
+    """`raft_snapshot_duty_cycle`: after each piece the writer sleeps so that it works that
+    share of the time (a fake clock: nothing is timed)."""
+    from node.metadata.raft import Pacer
+
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    pacer = Pacer(0.25, clock=lambda: now[0], sleep=sleep)
+    for work in (0.1, 0.3, 0.0):
+        now[0] += work
+        pacer.pause()
+    assert slept == pytest.approx([0.3, 0.9, 0.0])
+    flat_out: list[float] = []
+    full = Pacer(1.0, clock=lambda: now[0], sleep=flat_out.append)
+    now[0] += 5.0
+    full.pause()
+    assert flat_out == []  # duty 1: never sleeps
