@@ -1,15 +1,18 @@
-"""Fixtures shared by the node tests: ready-made chunk stores, closed after each test."""
+"""Fixtures shared by the node tests: ready-made chunk stores and in-process Raft members,
+closed after each test."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cargohold.config import NodeConfig
+from cargohold.config import Config, NodeConfig
 from node.chunkstore import LmdbChunkStore
 from node.memstore import MemoryChunkStore
+from node.metadata.raft import RaftMember
 
 # Large enough for every test's chunks; LMDB maps it sparsely, so it costs no disk.
 TEST_MAP_SIZE = 256 * 1024 * 1024
@@ -57,3 +60,20 @@ def memory_chunk_store() -> Iterator[MemoryChunkStore]:
         yield store
     finally:
         store.close()
+
+
+@pytest.fixture
+async def members() -> AsyncIterator[Callable[..., RaftMember]]:
+    """Factory of in-process RaftMembers; every one is closed at teardown."""
+    started: list[RaftMember] = []
+
+    def start(cfg: Config, cls: type[RaftMember] = RaftMember, **kwargs: Any) -> RaftMember:
+        member = cls(cfg, **kwargs)
+        started.append(member)
+        return member
+
+    try:
+        yield start
+    finally:
+        for member in started:
+            await member.close()

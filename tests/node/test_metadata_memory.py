@@ -57,15 +57,21 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def measured() -> dict[str, Any]:
+    result: dict[str, Any] = in_fresh_interpreter(_MEASURE, str(IMAGES))
+    return result
+
+
+def in_fresh_interpreter(script: str, *args: str) -> Any:
+    """Run `script` in a new interpreter (no thread of an earlier test is counted) and
+    return the JSON of its last line of output."""
     done = subprocess.run(
-        [sys.executable, "-c", _MEASURE, str(IMAGES)],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=True,
     )
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_state_memory_per_manifest_stays_bounded(measured: dict[str, Any]) -> None:
@@ -82,37 +88,8 @@ def test_search_index_memory_per_tag_stays_bounded(measured: dict[str, Any]) -> 
     assert per_tag <= SEARCH_BOUND, f"{per_tag:.0f} B per tag"
 
 
-_RELOAD = """
-import io, json, tracemalloc
-from bench.metadata_memory import state_bytes
-from node.metadata.state import MetadataState
-state, _ = state_bytes(2000, repos=100, shared_layer=True)
-blob = b"".join(MetadataState.encode_snapshot(state.snapshot(), compact=True))
-del state
-tracemalloc.start()
-target = MetadataState()
-target.load_stream(io.BytesIO(blob))
-held = tracemalloc.get_traced_memory()[0]
-tracemalloc.reset_peak()
-target.load_stream(io.BytesIO(blob))
-current, peak = tracemalloc.get_traced_memory()
-print(json.dumps({"held": held, "again": current, "peak": peak}))
-"""
-
-
-def test_a_load_over_a_whole_state_lets_the_old_one_go_first() -> None:
-    """A follower installing the leader's snapshot over its own state: the peak is one
-    state plus the load's transients (the unpickler's memo: ~0.55 of the state here), not
-    two states (2.1 of it measured before the old containers were released first)."""
-    done = subprocess.run(
-        [sys.executable, "-c", _RELOAD], capture_output=True, text=True, timeout=300, check=True
-    )
-    got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert abs(got["again"] - got["held"]) < 0.1 * got["held"]
-    assert got["peak"] < 1.8 * got["held"], got
-
-
-_RELOAD_SEARCHED = """
+# A snapshot of 2,000 images in `blob`, tracemalloc started, an empty state in `target`.
+_LOADS = """
 import gc, io, json, tracemalloc
 from bench.metadata_memory import state_bytes
 from node.metadata.state import MetadataState
@@ -121,6 +98,33 @@ blob = b"".join(MetadataState.encode_snapshot(state.snapshot(), compact=True))
 del state
 tracemalloc.start()
 target = MetadataState()
+"""
+
+_RELOAD = (
+    _LOADS
+    + """
+target.load_stream(io.BytesIO(blob))
+held = tracemalloc.get_traced_memory()[0]
+tracemalloc.reset_peak()
+target.load_stream(io.BytesIO(blob))
+current, peak = tracemalloc.get_traced_memory()
+print(json.dumps({"held": held, "again": current, "peak": peak}))
+"""
+)
+
+
+def test_a_load_over_a_whole_state_lets_the_old_one_go_first() -> None:
+    """A follower installing the leader's snapshot over its own state: the peak is one
+    state plus the load's transients (the unpickler's memo: ~0.55 of the state here), not
+    two states (2.1 of it measured before the old containers were released first)."""
+    got = in_fresh_interpreter(_RELOAD)
+    assert abs(got["again"] - got["held"]) < 0.1 * got["held"]
+    assert got["peak"] < 1.8 * got["held"], got
+
+
+_RELOAD_SEARCHED = (
+    _LOADS
+    + """
 held = []
 for _ in range(3):
     target.load_stream(io.BytesIO(blob))
@@ -129,6 +133,7 @@ for _ in range(3):
     held.append(tracemalloc.get_traced_memory()[0])
 print(json.dumps(held))
 """
+)
 
 
 def test_a_load_lets_the_frozen_search_index_of_the_old_state_go() -> None:
@@ -136,12 +141,5 @@ def test_a_load_lets_the_frozen_search_index_of_the_old_state_go() -> None:
     with the heap after a load, it was never collected once a later load dropped it, and
     it kept the old state's strings: each load of a node that had searched (every node
     builds its index at start) added about a third of the state."""
-    done = subprocess.run(
-        [sys.executable, "-c", _RELOAD_SEARCHED],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    held = json.loads(done.stdout.strip().splitlines()[-1])
+    held = in_fresh_interpreter(_RELOAD_SEARCHED)
     assert held[2] - held[0] < 0.05 * held[0], held

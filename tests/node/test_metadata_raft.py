@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,23 +78,6 @@ async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 20
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what}")
         await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def members() -> AsyncIterator[Callable[..., RaftMember]]:
-    """Factory of in-process RaftMembers; every one is closed at teardown."""
-    started: list[RaftMember] = []
-
-    def start(cfg: Config, cls: type[RaftMember] = RaftMember, **kwargs: Any) -> RaftMember:
-        member = cls(cfg, **kwargs)
-        started.append(member)
-        return member
-
-    try:
-        yield start
-    finally:
-        for member in started:
-            await member.close()
 
 
 async def test_command_and_query_through_the_bridge(

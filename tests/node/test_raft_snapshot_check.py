@@ -22,7 +22,7 @@ import pickle
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,22 +166,6 @@ def test_a_node_before_the_trailer_reads_the_new_file() -> None:
 
 
 # -- a member's own dump at start ----------------------------------------------------------------
-
-
-@pytest.fixture
-async def members() -> AsyncIterator[Callable[..., RaftMember]]:
-    started: list[RaftMember] = []
-
-    def start(cfg: Config, **kwargs: Any) -> RaftMember:
-        member = RaftMember(cfg, **kwargs)
-        started.append(member)
-        return member
-
-    try:
-        yield start
-    finally:
-        for member in started:
-            await member.close()
 
 
 async def _one_member_dump(tmp_path: Path, members: Callable[..., RaftMember]) -> Config:
