@@ -57,6 +57,19 @@ def _run(images: int, rate: float | None) -> dict[str, Any]:
     }
 
 
+def _report(runs: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    """A preloaded report around `runs`, as `metadata_scale.run` writes it."""
+    return {
+        "mode": "full",
+        "started": "now",
+        "host": "h",
+        "cpus": 2,
+        "repos": 1000,
+        "concurrency": 16,
+        "preloaded": {"build_seconds": {}, "runs": runs, "summary": summary},
+    }
+
+
 def test_summary_ratio_of_medians_to_the_smallest_size() -> None:
     runs = [
         _run(10_000, 100.0),
@@ -72,17 +85,7 @@ def test_summary_ratio_of_medians_to_the_smallest_size() -> None:
     assert two["median_images_per_s"] == {10_000: 110.0}  # of two runs: their mean
     assert summary["median_images_per_s"] == {10_000: 110.0, 1_000_000: 90.0}
     assert summary["ratio_to_smallest"] == {10_000: 1.0, 1_000_000: round(90 / 110, 3)}
-    text = markdown_preloaded(
-        {
-            "mode": "full",
-            "started": "now",
-            "host": "h",
-            "cpus": 2,
-            "repos": 1000,
-            "concurrency": 16,
-            "preloaded": {"build_seconds": {}, "runs": runs[:2], "summary": summary},
-        }
-    )
+    text = markdown_preloaded(_report(runs[:2], summary))
     assert "| 1,000,000 | 3 | 1.0 / 2.0 |" in text
     assert "n2 4.5 s" in text
 
@@ -124,17 +127,7 @@ def _scale(gib: float) -> dict[str, Any]:
 
 def test_scale_steps_get_a_row_per_run_that_has_them() -> None:
     runs = [_run(10_000, 100.0), {**_run(1_000_000, 90.0), "scale": _scale(0.98)}]
-    text = markdown_preloaded(
-        {
-            "mode": "full",
-            "started": "now",
-            "host": "h",
-            "cpus": 2,
-            "repos": 1000,
-            "concurrency": 16,
-            "preloaded": {"build_seconds": {}, "runs": runs, "summary": summarize(runs)},
-        }
-    )
+    text = markdown_preloaded(_report(runs, summarize(runs)))
     row = next(line for line in text.splitlines() if line.startswith("| 1,000,000 | 1,105,500"))
     assert "0.98 GiB (950 B) | 0.98 GiB (950 B) | 0.98 GiB (950 B) (follower n2) |" in row
     assert "| 300.0 / 150.0 (2.0) | 4.1 | 7.9 | 33.0 (900 / 0) | 3.0 |" in row
