@@ -377,10 +377,12 @@ class GatewayConfig:
     # whole gateway; the kernel spreads connections over them. Each keeps its own metrics,
     # so N > 1 needs `metrics_address` "host:P": worker k (1..N) serves /metrics on port
     # P + k - 1. A worker that exits is logged and restarted after
-    # `worker_restart_delay_seconds`; one that fails before the first start completes
-    # stops the gateway with its exit status.
+    # `worker_restart_delay_seconds`, doubled for each further exit of a worker that ran
+    # less than `worker_restart_max_delay_seconds`, up to that; one that fails before the
+    # first start completes stops the gateway with its exit status.
     workers: int = 1
     worker_restart_delay_seconds: float = 1.0
+    worker_restart_max_delay_seconds: float = 60.0
     # Freed memory this process keeps for reuse (cargohold/memtune.py); 0 = glibc defaults.
     malloc_retain_bytes: int = 256 * MiB
     # Prometheus metrics (`/metrics`): empty = served on `listen` next to `/v2/`, with
@@ -1034,6 +1036,10 @@ def _validate_gateway_workers(g: GatewayConfig) -> None:
         raise ConfigError("gateway.workers must be >= 1")
     if g.worker_restart_delay_seconds < 0:
         raise ConfigError("gateway.worker_restart_delay_seconds must be >= 0")
+    if g.worker_restart_max_delay_seconds < g.worker_restart_delay_seconds:
+        raise ConfigError(
+            "gateway.worker_restart_max_delay_seconds must be >= worker_restart_delay_seconds"
+        )
     if g.workers == 1:
         return
     if not g.metrics_address:

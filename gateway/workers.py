@@ -25,7 +25,11 @@ serves nothing itself:
   worker's status (a config, TLS or cluster problem, the same statuses as one process:
   cargohold_cli/exits.py). Later, a worker that exits (a crash, the OOM killer, a
   SIGKILL) is logged (`gateway.worker_exited`) and started again after
-  `gateway.worker_restart_delay_seconds`; its siblings keep serving meanwhile.
+  `gateway.worker_restart_delay_seconds`; its siblings keep serving meanwhile. A worker
+  that keeps exiting soon after its start (a worker that ran less than
+  `gateway.worker_restart_max_delay_seconds`) waits twice as long each time, up to that
+  maximum, so a crash loop costs a start a minute, not ten a second; one that ran longer
+  starts the count over.
 - SIGTERM/SIGINT: every worker gets SIGTERM (each gives in-flight requests
   `gateway.shutdown_grace_seconds`); one still there `_STOP_MARGIN_SECONDS` after that is
   killed. The supervisor exits 0.
@@ -135,6 +139,9 @@ class Worker:
     listening: bool = False
     restart_at: float | None = None
     restarts: int = 0
+    started_at: float = 0.0
+    # Exits in a row, each soon after its start (see `restart_delay`).
+    quick_exits: int = 0
 
 
 class Supervisor:
@@ -175,6 +182,7 @@ class Supervisor:
         worker.ready_r = ready_r
         worker.listening = False
         worker.restart_at = None
+        worker.started_at = self._clock()
         log_event(
             logger,
             "gateway.worker_started",
@@ -225,6 +233,7 @@ class Supervisor:
                 )
                 worker.proc = None
                 return status if status > 0 else _FAILED
+            delay = self.restart_delay(worker, now)
             log_event(
                 logger,
                 "gateway.worker_exited",
@@ -232,11 +241,12 @@ class Supervisor:
                 worker=worker.index,
                 pid=worker.proc.pid,
                 status=status,
-                restart_in_seconds=self.cfg.gateway.worker_restart_delay_seconds,
+                ran_seconds=round(now - worker.started_at, 3),
+                restart_in_seconds=delay,
             )
             worker.proc = None
             worker.listening = False
-            worker.restart_at = now + self.cfg.gateway.worker_restart_delay_seconds
+            worker.restart_at = now + delay
         if not self.started and all(w.listening for w in self.workers):
             self.started = True
             log_event(
@@ -246,6 +256,17 @@ class Supervisor:
                 address=self.cfg.gateway.listen,
             )
         return None
+
+    def restart_delay(self, worker: Worker, now: float) -> float:
+        """Seconds before an exited worker starts again: the base delay, doubled for each
+        exit in a row of a worker that ran less than the maximum delay, up to it."""
+        g = self.cfg.gateway
+        if now - worker.started_at >= g.worker_restart_max_delay_seconds:
+            worker.quick_exits = 0
+        worker.quick_exits += 1
+        doublings = min(worker.quick_exits - 1, 32)
+        delay = g.worker_restart_delay_seconds * 2**doublings
+        return min(g.worker_restart_max_delay_seconds, delay)
 
     def stop(self) -> None:
         """SIGTERM every worker; kill those still there after the grace and the margin."""

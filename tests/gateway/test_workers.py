@@ -43,6 +43,7 @@ def test_one_worker_is_the_default_and_needs_nothing() -> None:
         (2, "127.0.0.1:65535", 1.0, "must be a port"),
         (2, "127.0.0.1:0", 1.0, "must be a port"),
         (2, "127.0.0.1:9300", -1.0, "worker_restart_delay_seconds must be >= 0"),
+        (2, "127.0.0.1:9300", 90.0, "worker_restart_max_delay_seconds must be >="),
     ],
 )
 def test_bad_worker_settings_are_refused(n: int, metrics: str, delay: float, error: str) -> None:
@@ -211,12 +212,48 @@ def test_a_worker_that_dies_later_is_restarted_after_the_delay(harness: Harness)
     payload, proc = harness.spawned[2]
     assert payload.index == 2 and payload.cfg.gateway.metrics_address == "127.0.0.1:9301"
     assert harness.sup.workers[1].restarts == 1
-    # A restarted worker that fails is restarted again: the gateway already serves.
+    # A restarted worker that fails is restarted again: the gateway already serves. It
+    # ran 0 s (< the 60 s maximum), so its delay doubles: 3 s, not 1.5.
     proc.exit(5)
     assert harness.sup.poll() is None
     harness.clock.now += 2.0
     assert harness.sup.poll() is None
+    assert len(harness.spawned) == 3
+    harness.clock.now += 1.0
+    assert harness.sup.poll() is None
     assert len(harness.spawned) == 4 and harness.sup.workers[1].restarts == 2
+
+
+def _crash_after(harness: Harness, ran: float) -> float:
+    """Worker 2 exits `ran` seconds after its (re)start; the delay before its next start."""
+    harness.clock.now += ran
+    harness.sup.workers[1].proc.exit(1)  # type: ignore[union-attr]
+    assert harness.sup.poll() is None
+    restart_at = harness.sup.workers[1].restart_at
+    assert restart_at is not None
+    delay = restart_at - harness.clock.now
+    harness.clock.now = restart_at
+    assert harness.sup.poll() is None and harness.sup.workers[1].proc is not None
+    return delay
+
+
+def test_a_worker_in_a_crash_loop_backs_off_up_to_the_maximum() -> None:
+    cfg = _cfg(2, delay=1.0)
+    cfg.gateway.worker_restart_max_delay_seconds = 10.0
+    harness = Harness(cfg)
+    try:
+        harness.sup.start_all()
+        for _, proc in harness.spawned:
+            proc.listen()
+        assert harness.sup.poll() is None and harness.sup.started
+        delays = [_crash_after(harness, 0.5) for _ in range(6)]
+        assert delays == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+        # A worker that ran at least the maximum before exiting starts the count over.
+        assert _crash_after(harness, 10.0) == 1.0
+        assert _crash_after(harness, 0.1) == 2.0
+        assert harness.sup.workers[1].restarts == 8
+    finally:
+        harness.close()
 
 
 def test_stop_terms_every_worker_and_kills_one_that_stays(harness: Harness) -> None:
