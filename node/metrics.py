@@ -135,6 +135,14 @@ class NodeCollector(Collector):
                 "Snapshots received from the leader and discarded as damaged (sent again)",
                 rejected,
             )
+        damaged = getattr(self._raft, "own_snapshots_damaged", None)
+        if isinstance(damaged, int):
+            yield self._counter(
+                "cargohold_node_raft_own_snapshots_damaged",
+                "Times this node's own snapshot failed its check before being sent to a "
+                "follower (not sent; a new snapshot is written)",
+                damaged,
+            )
 
     def _store_metrics(self) -> Iterator[Any]:
         try:

@@ -47,7 +47,9 @@ module is the only one that touches them (pinned by `pysyncobj==0.3.17`). It pro
   nothing is acknowledged, so the follower keeps its state and the leader, finding it still
   behind at its next append, sends the snapshot again. pysyncobj renamed whatever it had
   received over the dump first and then loaded it, so a damaged transfer left a node that
-  could neither load it nor start again.
+  could neither load it nor start again. The leader checks its own dump too before it
+  starts sending it (`_check_outgoing_dump`): a damaged one is not sent, and the member
+  writes a new snapshot instead.
 - `ConflictTruncation`, a fix for a follower with a divergent log suffix (below).
 - `SizedCompaction`: when to snapshot. pysyncobj's own rule (`logCompactionSplit`) lets a
   member compact only in its slot of a `logCompactionMinTime` period (a 60 s window every
@@ -222,6 +224,24 @@ class CheckedSerializer(Serializer):
         )
         owner = getattr(deserializer, "__self__", None)
         self._check_received: Any = getattr(owner, "_check_received_dump", None)
+        self._check_outgoing: Any = getattr(owner, "_check_outgoing_dump", None)
+
+    def getTransmissionData(self, transmissionID: Any) -> Any:
+        """The next piece of this node's dump for a follower (leader, tick thread). Before
+        the first piece of a transfer the dump is checked (`_check_outgoing_dump(path)`):
+        a damaged file is not sent (None: pysyncobj asks again at the next append), so a
+        leader whose own dump went bad does not send every follower a copy that the
+        follower's check will refuse."""
+        dump_path = self._Serializer__fileName
+        if (
+            dump_path is not None
+            and self._check_outgoing is not None
+            and self._Serializer__pid == 0
+            and transmissionID not in self._Serializer__transmissions
+            and not self._check_outgoing(dump_path)
+        ):
+            return None
+        return super().getTransmissionData(transmissionID)
 
     def setTransmissionData(self, data: Any) -> bool:
         """One piece `(bytes, is_first, is_last)`; True once a complete, checked file has

@@ -46,7 +46,10 @@ A snapshot received from the leader is checked (its trailer's length and checksu
 `CheckedSerializer`): a damaged transfer is discarded, logged (`raft.snapshot_rejected`)
 and counted (`snapshots_rejected`); the node keeps its state and the leader sends the
 snapshot again (docs/raft.md, trap 8). A node's own dump is checked the same way at start,
-and one that fails is fatal as before.
+and one that fails is fatal as before. A leader checks its dump before it starts sending it
+to a follower (`_check_outgoing_dump`, once per file): a dump damaged on its disk since it
+was written is not sent; the leader logs `raft.own_snapshot_damaged`, counts it
+(`own_snapshots_damaged`) and writes a new snapshot, which it then sends.
 
 A healed ex-leader whose uncommitted entries conflict with the new leader's log caught up
 never in pysyncobj when the new entries spanned more than one append batch (its replies
@@ -385,6 +388,11 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
         # the metric cargohold_node_raft_snapshots_rejected_total).
         self.snapshots_rejected = 0
         self.last_rejection: dict[str, Any] = {}
+        # This node's own dump found damaged before it was sent to a follower (a new one is
+        # written; the metric cargohold_node_raft_own_snapshots_damaged_total), and the
+        # identity of the file last checked with its verdict (each file is checked once).
+        self.own_snapshots_damaged = 0
+        self._outgoing_checked: tuple[tuple[int, ...], bool] | None = None
         # Set by `_check_received_dump` for the file `_read_dump` loads next (not checked twice).
         self._received_checked = False
         self.snapshot_history: collections.deque[dict[str, float]] = collections.deque(
@@ -661,6 +669,7 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
             "taken": self.snapshots_taken,
             "failed": self.snapshots_failed,
             "rejected": self.snapshots_rejected,
+            "own_damaged": self.own_snapshots_damaged,
             "last_rejection": dict(self.last_rejection),
             "writing": self._dump_pending,
             "fork": self._snapshot_fork,
@@ -700,6 +709,37 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
             )
         self._received_checked = True
         return True
+
+    def _check_outgoing_dump(self, path: str) -> bool:
+        """Tick thread (pysyncobj_seam.CheckedSerializer): whether this node's dump may be
+        sent to a follower. Each file (device, inode, size, mtime) is checked once. A file
+        that fails (a bad sector, a write to it from outside) is not sent: the failure is
+        logged and counted, and a new snapshot is forced even when no command was applied
+        since the last one, so the next transfer sends a good file. A file without a
+        trailer (written before checksums) cannot be checked and is sent as before."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return True  # pysyncobj's own open fails and is handled there
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._outgoing_checked is not None and self._outgoing_checked[0] == identity:
+            return self._outgoing_checked[1]
+        check = check_dump(path)
+        self._outgoing_checked = (identity, check.ok)
+        if check.ok:
+            return True
+        self.own_snapshots_damaged += 1
+        log_event(
+            logger,
+            "raft.own_snapshot_damaged",
+            logging.ERROR,
+            reason=check.reason,
+            bytes=check.size,
+            damaged=self.own_snapshots_damaged,
+        )
+        self._SyncObj__forceLogCompaction = True
+        self._SyncObj__lastSerializedEntry = None  # a snapshot even with nothing new applied
+        return False
 
     def _read_dump(self, path: str) -> tuple[Any, ...]:
         """pysyncobj's deserializer hook (tick thread): load the state, hand back the raft

@@ -6,9 +6,9 @@ three-member group in this process: the leader sends a snapshot to a follower th
 down, its first transfer damaged on the way (the leader's outgoing pieces are altered; the
 follower's receive path, pysyncobj_seam.CheckedSerializer and RaftMember, is untouched).
 The follower must discard it, keep its old state and dump, stay up, and install the
-snapshot sent again. Last, the same with three node processes (marker `cluster`): the
-leader's dump is damaged on its disk, so every copy it sends fails the check until it
-takes a new snapshot.
+snapshot sent again. Last, three node processes (marker `cluster`): the leader's dump is
+damaged on its disk; the leader's own check before sending finds it, and it writes a new
+snapshot instead of sending a copy every follower would refuse.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from node.metadata.dump_file import (
 )
 from node.metadata.raft import RaftMember
 from node.metadata.state import MetadataState
-from protos import registry_pb2, registry_pb2_grpc
 from tests.node.test_metadata_raft import (
     REPO,
     Writers,
@@ -376,16 +375,18 @@ def _until(predicate: Callable[[], bool], what: str, limit: float = 60.0) -> Non
 
 
 @pytest.mark.cluster
-def test_a_node_rejects_a_damaged_snapshot_and_installs_the_next(
+def test_a_leader_with_a_damaged_dump_writes_a_new_one_instead_of_sending_it(
     make_cluster: Callable[..., LocalCluster],
 ) -> None:
-    """Three node processes: a follower far behind is sent the leader's dump, damaged on
-    the leader's disk (one byte flipped, so every transfer of it arrives damaged). The
-    follower rejects each one and keeps running; once the leader takes a new snapshot the
-    follower installs it and serves every acknowledged command."""
+    """Three node processes: a follower far behind needs the leader's dump, and that dump
+    was damaged on the leader's disk (one byte flipped) after it was written. The leader
+    checks it before the first piece goes out, does not send it, counts and logs it, and
+    writes a new snapshot by itself (nothing new was applied, and the compaction timer is
+    far off); the follower installs that one, rejects nothing, and serves every
+    acknowledged command. (A copy damaged on the way is the in-process test above.)"""
     settings = {
         "raft_compaction_min_entries": 200,
-        "raft_compaction_min_time": 600.0,  # the damaged dump stays until the test replaces it
+        "raft_compaction_min_time": 600.0,  # no snapshot by time: only the forced one
         "raft_command_timeout": 3.0,
     }
     cluster = make_cluster(nodes=3, gateways=0, extra={"node": settings})
@@ -398,29 +399,31 @@ def test_a_node_rejects_a_damaged_snapshot_and_installs_the_next(
         _until(lambda: _snapshot_stats(cluster, leader).get("taken", 0) > 0, "a leader snapshot")
     acked = writers.acked
     _until(lambda: not _snapshot_stats(cluster, leader)["writing"], "the snapshot written")
+    taken = _snapshot_stats(cluster, leader)["taken"]
     dump = cluster.node_data_dir(leader) / "raft" / "state.dump"
     with open(dump, "r+b") as f:
         f.seek(dump.stat().st_size // 2)
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0x40]))
+    assert not check_dump(str(dump)).ok
 
     cluster.start_node(behind)
     _until(
-        lambda: _snapshot_stats(cluster, behind).get("rejected", 0) >= 2,
-        "the damaged snapshot rejected (twice: it is sent again)",
+        lambda: _snapshot_stats(cluster, leader).get("own_damaged", 0) >= 1,
+        "the leader noticing its damaged dump",
     )
-    assert behind in cluster.running_nodes(), "the follower exited on a damaged snapshot"
-    stats = _snapshot_stats(cluster, behind)
-    assert stats["last_rejection"]["reason"] == "checksum mismatch"
-    received = cluster.node_data_dir(behind) / "raft" / "state.dump"
-    assert not received.exists() or check_dump(str(received)).verified
-    assert not (received.parent / "state.dump.1.tmp").exists()
-
-    with cluster.channel(leader) as channel:
-        registry_pb2_grpc.AdminStub(channel).Trigger(
-            registry_pb2.TriggerRequest(role="snapshot", wait=True), timeout=120
-        )
+    _until(
+        lambda: _snapshot_stats(cluster, leader)["taken"] > taken,
+        "a new snapshot written by the leader on its own",
+    )
+    assert check_dump(str(dump)).verified
     assert acked <= listed_tags(cluster, cluster.node_grpc(behind), limit=60.0)
     assert behind in cluster.running_nodes()
-    assert received.exists() and check_dump(str(received)).verified
+    stats = _snapshot_stats(cluster, behind)
+    assert stats.get("rejected", 0) == 0, stats  # the damaged file never left the leader
+    received = cluster.node_data_dir(behind) / "raft" / "state.dump"
+    _until(received.exists, "the follower's installed dump")
+    assert check_dump(str(received)).verified
+    assert not (received.parent / "state.dump.1.tmp").exists()
+    assert _snapshot_stats(cluster, leader)["own_damaged"] == 1  # the new file is not refused
