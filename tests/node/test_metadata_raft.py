@@ -970,3 +970,45 @@ def test_the_snapshot_pacer_keeps_the_writer_busy_its_duty_share() -> None:
     now[0] += 5.0
     full.pause()
     assert flat_out == []  # duty 1: never sleeps
+
+
+async def test_the_snapshot_writer_pauses_after_every_piece_it_writes(
+    tmp_path: Path, members: Callable[..., RaftMember], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pacer is used where it matters: `_write_file` builds one with the configured
+    duty and calls `pause` once after each encoded piece goes to the file (so no piece of
+    the encoding runs unpaced), and the file it writes is a complete, checked dump."""
+    from node.metadata import raft as raft_module
+    from node.metadata.dump_file import check_dump, head_bytes
+    from node.metadata.state import MetadataState
+
+    built: list[float] = []
+    events: list[str] = []
+
+    class RecordingPacer:
+        def __init__(self, duty: float) -> None:
+            built.append(duty)
+
+        def pause(self) -> None:
+            events.append("pause")
+
+    encode = MetadataState.encode_snapshot
+
+    def counting_encode(*args: Any, **kwargs: Any) -> Iterator[bytes]:
+        for piece in encode(*args, **kwargs):
+            events.append("piece")
+            yield piece
+
+    monkeypatch.setattr(raft_module, "Pacer", RecordingPacer)
+    monkeypatch.setattr(MetadataState, "encode_snapshot", staticmethod(counting_encode))
+    member = members(member_config(tmp_path, raft_snapshot_duty_cycle=0.3))
+    for i in range(300):
+        member.state.apply("manifest_put", tag_cmd(i))
+    head = head_bytes((("entry-b", 2, 1), ("entry-a", 1, 1), {"127.0.0.1:1"}))
+    size = member._write_file(head, member.state.snapshot())
+    assert built == [0.3]
+    pieces = events.count("piece")
+    assert pieces > 1
+    assert events == ["piece", "pause"] * pieces  # a pause after every piece, no other
+    check = check_dump(member._dump_writing)
+    assert check.verified and check.size == size
