@@ -691,11 +691,22 @@ class MirrorConfig:
     # pages costs more CPU than the download's sha256.
     memory_pool_bytes: int = 256 * MiB
     memory_blob_bytes: int = 64 * MiB
-    # A download's cluster write yields to clients: while any client of this gateway has
-    # proxied bytes waiting to be sent, it pauses, at most this long in all per download
-    # (then it goes on regardless). On a busy gateway clients come first; the commit
-    # comes later.
+    # A download's cluster write comes after its clients: it starts once the download is
+    # verified (every byte can reach the clients by then) and this gateway has no other
+    # download running and no client with proxied bytes waiting to be sent, and pauses
+    # while it has; at most this long in all after the download ends (then it goes on
+    # regardless). On a busy gateway clients come first; the commit comes later.
     store_yield_seconds: float = 30.0
+    # A download's cluster write starts (or resumes) only once this gateway has been idle
+    # (no download running, no client with proxied bytes waiting) this long: a client
+    # pulling an image leaves short gaps between its blob requests.
+    store_quiet_seconds: float = 0.2
+    # Verified downloads whose cluster write waits to start hold at most this many bytes
+    # in all (in the memory pool or spooled); a download that would go beyond starts its
+    # write at once.
+    store_defer_bytes: int = 512 * MiB
+    # Cluster writes of downloads running at once in this gateway (more wait their turn).
+    max_concurrent_stores: int = 8
     # Upstream manifests fetched and not yet stored (waiting for their blobs) kept in
     # memory per gateway, as bytes.
     pending_manifest_bytes: int = 64 * MiB
@@ -1161,6 +1172,11 @@ def _validate_mirror(m: MirrorConfig) -> None:
         raise ConfigError("mirror.stream_memory_bytes and store_yield_seconds must be >= 0")
     if m.memory_pool_bytes < 0 or m.memory_blob_bytes < 0:
         raise ConfigError("mirror.memory_pool_bytes and memory_blob_bytes must be >= 0")
+    if m.store_defer_bytes < 0 or m.store_quiet_seconds < 0 or m.max_concurrent_stores < 1:
+        raise ConfigError(
+            "mirror.store_defer_bytes and store_quiet_seconds must be >= 0, "
+            "max_concurrent_stores >= 1"
+        )
 
 
 def _validate_scanner(sc: ScannerConfig) -> None:

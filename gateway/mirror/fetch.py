@@ -12,25 +12,30 @@ those bytes as they are, with no re-read of the spool. A download whose announce
 fits in the gateway's memory pool (`mirror.memory_pool_bytes`, at most
 `mirror.memory_blob_bytes` each; gateway/mirror/pool.py) is not spooled at all: all its
 pieces stay in memory until its last reader is done, and every reader is sent them (the
-pieces the upstream socket handed over, shared by every reader, never copied). One more
-reader of the download feeds
-`gateway.chunking.ingest`, which cuts, hashes and writes the bytes into the cluster like
-a pushed blob; a slow cluster write delays the commit, never the download or the
-clients.
+pieces the upstream socket handed over, shared by every reader, never copied).
 
-Clients come first: the cluster write is the gateway's (and the nodes') biggest CPU cost
-of a cold pull, so it pauses while any client of this gateway has proxied bytes waiting
-to be sent (`Streams`), at most `mirror.store_yield_seconds` in all per download. When the
-upstream link is the bottleneck, clients wait at the download's front and the write goes
-on beside them; when the CPU is, the clients are served first and the commit follows.
+Clients first, the cluster after: once the download is verified (every byte may reach
+the clients), one more reader of it feeds `gateway.chunking.ingest`, which cuts, hashes
+and writes the bytes into the cluster like a pushed blob, and the recipe is committed.
+That write is the gateway's (and the nodes') biggest CPU cost of a cold pull, several
+times a direct pull's, so it never runs beside the download or the clients if it can
+wait: it starts once this gateway has had no download running and no client with
+proxied bytes waiting to be sent for `mirror.store_quiet_seconds` (`Streams`; a client
+pulling an image leaves gaps between its blob requests), and pauses while it has, at most
+`mirror.store_yield_seconds` in all after the download's end. The bytes it will write
+stay where they are meanwhile (in the memory pool or the spool), the downloads waiting
+to start their write at most `mirror.store_defer_bytes` in all (one beyond that writes at
+once), at most `mirror.max_concurrent_stores` writes at a time. A pull that joins the
+download meanwhile is served from those bytes; a gateway that dies before the commit
+leaves unreferenced chunks at most, and the next pull fetches the blob again.
 
 Nothing is visible before the digest is verified: the recipe is committed (`blob_commit`,
 linking the blob into the proxy repository, so retention and GC treat it like pushed
 content) only when the bytes hash to the digest asked for (and their count matches the
 upstream's Content-Length). Clients are never handed the last byte before that check: a
 download that fails or mismatches ends every client's response short (the connection is
-closed), so a client never receives a complete wrong blob; the chunks already written are
-unreferenced garbage for GC.
+closed), so a client never receives a complete wrong blob; and nothing of it has been
+written to the cluster (the write starts after the check).
 
 A stored download stays joinable for `mirror.fetch_linger_seconds` (pulls that missed the
 blob in the cluster just before the commit join it rather than fetch again), but its
@@ -61,7 +66,12 @@ from cargohold.log import log_event
 from cargohold.metadata_api import Recipe
 from gateway.chunking import ingest
 from gateway.cluster import ClusterClient
-from gateway.mirror.metrics import BLOB_FETCHES, FETCHED_BYTES, FETCHES_IN_FLIGHT
+from gateway.mirror.metrics import (
+    BLOB_FETCHES,
+    FETCHED_BYTES,
+    FETCHES_IN_FLIGHT,
+    STORES_DEFERRED,
+)
 from gateway.mirror.pieces import Pieces
 from gateway.mirror.pool import MemoryPool
 from gateway.mirror.upstream import Upstream, UpstreamFailed
@@ -81,13 +91,22 @@ class DigestMismatch(Exception):
 
 
 class Streams:
-    """How many client responses of this gateway have proxied bytes ready and not yet sent
-    (`BlobFetch.stream`); cluster writes of downloads wait for none to be left."""
+    """This gateway's proxied traffic: upstream blob downloads running (`downloading`) and
+    client responses with proxied bytes ready and not yet sent (`behind`). Cluster writes
+    of downloads wait for neither to be left, and for that to have lasted `quiet`
+    seconds (`wait_idle`: a client pulling an image leaves gaps between its blob requests),
+    and a finished download's write waits to start (`defer`) with at most `defer_limit`
+    bytes of such downloads."""
 
-    def __init__(self) -> None:
+    def __init__(self, defer_limit: int = 0, quiet: float = 0.0) -> None:
         self.behind = 0
+        self.downloading = 0
+        self.defer_limit = defer_limit
+        self.quiet = quiet
+        self.deferred = 0  # bytes of finished downloads whose cluster write waits to start
         self._idle = asyncio.Event()
         self._idle.set()
+        self._idle_since = float("-inf")  # monotonic time the traffic last ended
 
     def enter(self) -> None:
         self.behind += 1
@@ -95,18 +114,56 @@ class Streams:
 
     def leave(self) -> None:
         self.behind -= 1
-        if self.behind == 0:
+        self._check()
+
+    def download_started(self) -> None:
+        self.downloading += 1
+        self._idle.clear()
+
+    def download_ended(self) -> None:
+        self.downloading -= 1
+        self._check()
+
+    def _check(self) -> None:
+        if self.behind == 0 and self.downloading == 0:
+            self._idle_since = time.monotonic()
             self._idle.set()
 
     async def wait_idle(self, seconds: float) -> None:
-        """Return when no client is behind, or after `seconds`."""
-        if self.behind == 0:
-            return
+        """Return when no download has run and no client has been behind for `quiet`
+        seconds, or after `seconds`."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if not self._idle.is_set():
+                try:
+                    async with asyncio.timeout(left):
+                        await self._idle.wait()
+                except TimeoutError:
+                    return
+                continue
+            idle = time.monotonic() - self._idle_since
+            if idle >= self.quiet:
+                return
+            await asyncio.sleep(min(self.quiet - idle, left))
+
+    async def defer(self, size: int, deadline: float) -> bool:
+        """A finished download of `size` bytes waits to start its cluster write: until
+        this gateway is idle or `deadline` (monotonic). False, at once, if the downloads
+        already waiting and this one would hold more than `defer_limit` bytes: then the
+        write must not pause at all (the held bytes stay bounded)."""
+        if self.deferred + size > self.defer_limit:
+            return False
+        self.deferred += size
+        STORES_DEFERRED.set(self.deferred)
         try:
-            async with asyncio.timeout(seconds):
-                await self._idle.wait()
-        except TimeoutError:
-            pass
+            await self.wait_idle(deadline - time.monotonic())
+        finally:
+            self.deferred -= size
+            STORES_DEFERRED.set(self.deferred)
+        return True
 
 
 class BlobFetch:
@@ -183,12 +240,15 @@ class BlobFetch:
         cfg: Config,
         commit: Commit,
         slots: asyncio.Semaphore,
+        stores: asyncio.Semaphore,
     ) -> None:
         self._spool_dir = cfg.mirror.spool_dir or None
         started = time.monotonic()
         try:
             async with slots:
-                await self._download(upstream, cluster, cfg, commit)
+                await self._download(upstream, cfg)
+            downloaded = time.monotonic()
+            await self._store(cluster, cfg, commit, stores)
             BLOB_FETCHES.labels(self.proxy, "stored").inc()
             log_event(
                 logger,
@@ -197,6 +257,7 @@ class BlobFetch:
                 digest=self.digest,
                 size=self.written,
                 seconds=round(time.monotonic() - started, 3),
+                download_seconds=round(downloaded - started, 3),
             )
         except BaseException as exc:
             self.error = exc
@@ -227,24 +288,12 @@ class BlobFetch:
             self._notify()
             self._maybe_close()
 
-    async def _download(
-        self, upstream: Upstream, cluster: ClusterClient, cfg: Config, commit: Commit
-    ) -> None:
+    async def _download(self, upstream: Upstream, cfg: Config) -> None:
+        """Download, hash and hold the blob (clients stream it meanwhile) until verified."""
         algorithm, _ = parse_digest(self.digest)
         hasher = new_hasher(algorithm)
         limit = cfg.gateway.max_blob_size or None
-        # The cluster is written from the spool, beside the clients: a slow cluster write
-        # never holds back the download (or the clients), only the commit.
-        storing = asyncio.create_task(
-            ingest(
-                cluster,
-                _SpoolBody(self, cfg.mirror.store_yield_seconds),
-                _NO_DIGEST,
-                cfg.cluster.chunk_size,
-                cfg.gateway.upload_writes_in_flight,
-                limit=limit,
-            )
-        )
+        self._streams.download_started()
         try:
             async with upstream.open_blob(self.repo_upstream, self.digest) as resp:
                 self.size = resp.content_length
@@ -263,17 +312,34 @@ class BlobFetch:
                         await self._append(data, hasher)
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     raise UpstreamFailed(f"blob download: {type(exc).__name__}: {exc}") from None
-            got = f"{algorithm}:{hasher.hexdigest()}"
-            if got != self.digest or (self.size is not None and self.written != self.size):
-                raise DigestMismatch(f"upstream sent {self.written} bytes hashing to {got}")
-            self.size = self.written
-            self.verified = True
-            self._notify()
-            chunks, total = await storing
-        except BaseException:
-            storing.cancel()
-            await asyncio.gather(storing, return_exceptions=True)
-            raise
+        finally:
+            self._streams.download_ended()
+        got = f"{algorithm}:{hasher.hexdigest()}"
+        if got != self.digest or (self.size is not None and self.written != self.size):
+            raise DigestMismatch(f"upstream sent {self.written} bytes hashing to {got}")
+        self.size = self.written
+        self.verified = True
+        self._notify()
+
+    async def _store(
+        self, cluster: ClusterClient, cfg: Config, commit: Commit, stores: asyncio.Semaphore
+    ) -> None:
+        """Write the verified bytes into the cluster and commit the recipe. Clients have
+        every byte by now (or read them from memory or the spool at their pace): the write
+        waits for this gateway's downloads and clients (`Streams.defer`), pauses for them
+        while it runs, both within `store_yield_seconds` of the download's end."""
+        deadline = time.monotonic() + cfg.mirror.store_yield_seconds
+        if not await self._streams.defer(self.written, deadline):
+            deadline = 0.0  # beyond `store_defer_bytes`: written now, without pauses
+        async with stores:
+            chunks, total = await ingest(
+                cluster,
+                _SpoolBody(self, deadline),
+                _NO_DIGEST,
+                cfg.cluster.chunk_size,
+                cfg.gateway.upload_writes_in_flight,
+                limit=cfg.gateway.max_blob_size or None,
+            )
         recipe = Recipe(size=total, chunks=chunks)
         await commit(self.repo, self.digest, recipe)
         self.recipe = recipe
@@ -331,7 +397,8 @@ class BlobFetch:
         return self._recent.view(pos, readable)
 
     async def yield_to_clients(self, deadline: float) -> None:
-        """The cluster write's pause: until no client is behind, or `deadline`."""
+        """The cluster write's pause: until no download runs and no client is behind in
+        this gateway, or `deadline`."""
         left = deadline - time.monotonic()
         if left > 0:
             await self._streams.wait_idle(left)
@@ -367,14 +434,13 @@ class _SpoolBody:
     """The spool as `ingest` reads it: the bytes as they arrive, the last one once the
     digest matched (a bad download ends it with the download's error)."""
 
-    def __init__(self, fetch: BlobFetch, yield_seconds: float) -> None:
+    def __init__(self, fetch: BlobFetch, deadline: float) -> None:
         self._fetch = fetch
-        self._yield_seconds = yield_seconds
+        self._deadline = deadline
 
     async def iter_any(self) -> AsyncIterator[bytes | memoryview]:
-        deadline = time.monotonic() + self._yield_seconds
         async for data in self._fetch.stream(0, None, client=False):
-            await self._fetch.yield_to_clients(deadline)
+            await self._fetch.yield_to_clients(self._deadline)
             yield data
 
 
@@ -408,8 +474,9 @@ class Fetches:
         self.cluster = cluster
         self.commit = commit
         self.slots = asyncio.Semaphore(cfg.mirror.max_concurrent_fetches)
+        self.stores = asyncio.Semaphore(cfg.mirror.max_concurrent_stores)
         self.running: dict[tuple[str, str], BlobFetch] = {}
-        self.streams = Streams()
+        self.streams = Streams(cfg.mirror.store_defer_bytes, cfg.mirror.store_quiet_seconds)
         self.pool = MemoryPool.from_config(cfg.mirror)
         self.started = 0  # downloads begun (tests, metrics)
 
@@ -432,7 +499,9 @@ class Fetches:
             FETCHES_IN_FLIGHT.inc()
             try:
                 try:
-                    await fetch.run(upstream, self.cluster, self.cfg, self.commit, self.slots)
+                    await fetch.run(
+                        upstream, self.cluster, self.cfg, self.commit, self.slots, self.stores
+                    )
                 finally:
                     FETCHES_IN_FLIGHT.dec()
                 if fetch.committed:

@@ -28,3 +28,8 @@ MEMORY_HELD = Gauge(
     "cargohold_mirror_memory_held_bytes",
     "Bytes reserved by downloads kept whole in memory (at most mirror.memory_pool_bytes)",
 )
+STORES_DEFERRED = Gauge(
+    "cargohold_mirror_store_deferred_bytes",
+    "Bytes of verified downloads (clients served) whose cluster write waits for the gateway "
+    "to be idle (at most mirror.store_defer_bytes)",
+)

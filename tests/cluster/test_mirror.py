@@ -12,15 +12,21 @@
   -> token -> retry) with its configured credentials; wrong ones are 503, never content.
 - A test upstream (aiohttp, here) that flips a byte of a layer: the pull is refused (the
   response is cut short, never a complete wrong blob) and nothing is stored.
+- Clients before the cluster write: while another download runs, a client pulls a whole
+  layer (verified) and its cluster write waits; once the gateway is idle it is stored
+  (hash-correct, served with the upstream down, fetched once). A gateway SIGKILLed after
+  serving a layer and before storing it leaves nothing visible; the next pull fetches it
+  again and stores it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -285,8 +291,11 @@ class FlippingUpstream:
         self.image = image
         self.mode = "flip"
         self.blob_gets = 0
-        # "held" mode: the layer's first half is sent, the rest once this is set.
+        self.gets: collections.Counter[str] = collections.Counter()  # by digest
+        # "held" mode: the layer's first half is sent, the rest once this is set; only
+        # the blob `hold_only` names, when it names one (the others are sent whole).
         self.release = asyncio.Event()
+        self.hold_only: str | None = None
         self.port = free_port()
         self.runner: web.AppRunner | None = None
 
@@ -299,6 +308,7 @@ class FlippingUpstream:
 
     async def _blob(self, request: web.Request) -> web.StreamResponse:
         self.blob_gets += 1
+        self.gets[request.match_info["digest"]] += 1
         if self.mode == "down":
             return web.Response(status=503)
         blobs = {d: data for _m, d, data in self.image.blobs()}
@@ -307,7 +317,8 @@ class FlippingUpstream:
             return web.Response(status=404)
         if self.mode == "flip" and len(data) > 1000:
             data = data[:-10] + bytes([data[-10] ^ 0x01]) + data[-9:]
-        if self.mode != "held":
+        held = self.mode == "held" and self.hold_only in (None, request.match_info["digest"])
+        if not held:
             return web.Response(body=data, headers={"Content-Type": "application/octet-stream"})
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         response.content_length = len(data)
@@ -420,4 +431,110 @@ async def test_streamed_while_downloading_and_a_client_leaving_cancels_nothing(
         assert await eventually(lambda: served(http, path), "the blob stored", 30) == data
         assert fake.blob_gets == 1
     finally:
+        await fake.stop()
+
+
+async def deferred_bytes(http: aiohttp.ClientSession, base: str) -> float:
+    """The gateway's bytes of served downloads whose cluster write waits to start."""
+    async with http.get(f"{base}/metrics") as r:
+        text = await r.text()
+    found = re.search(r"^cargohold_mirror_store_deferred_bytes (\S+)$", text, re.M)
+    assert found, text
+    return float(found.group(1))
+
+
+async def _served_while_another_download_runs(
+    http: aiohttp.ClientSession, base: str, path: str, data: bytes, holding: str
+) -> aiohttp.ClientResponse:
+    """Start a download of `holding` (the upstream holds its second half), then pull
+    `path` whole; return once its cluster write waits (the holding response, unread)."""
+    other = await http.get(holding)
+    assert other.status == 200
+    assert len(await other.content.readexactly(CHUNK)) == CHUNK
+    async with http.get(path) as r:
+        assert r.status == 200 and await r.read() == data  # whole and verified
+    await eventually(
+        lambda: _equal(deferred_bytes(http, base), len(data)), "the cluster write waiting"
+    )
+    return other
+
+
+async def _equal(got: Awaitable[float], want: float) -> bool:
+    return await got == want
+
+
+def _deferring_image(seed: int) -> tuple[ImageSpec, FlippingUpstream, str, bytes, str, bytes]:
+    image = ImageSpec("defer/app", "v1", seed=seed, layer_sizes=(2 * CHUNK + 5, 6 * CHUNK + 3))
+    (_m, small, small_data), (_n, big, big_data) = image.blobs()[1:]
+    fake = FlippingUpstream(image)
+    fake.mode = "held"
+    fake.hold_only = big
+    return image, fake, small, small_data, big, big_data
+
+
+@HOLDING
+async def test_a_client_is_served_before_the_cluster_write(
+    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession, pool: int | None
+) -> None:
+    _image, fake, small, small_data, big, big_data = _deferring_image(71)
+    url = await fake.start()
+    try:
+        cluster = proxy_cluster(
+            make_cluster, [f"defer={url}"], store_yield_seconds=600.0, **_pool(pool)
+        )
+        base, repo = cluster.gateway_url, "defer/defer/app"
+        path = f"{base}/v2/{repo}/blobs/{small}"
+        other = await _served_while_another_download_runs(
+            http, base, path, small_data, f"{base}/v2/{repo}/blobs/{big}"
+        )
+        # The client has every byte; the blob is not in the cluster yet.
+        assert not has_blob(cluster, repo, small)
+        fake.release.set()  # the other download ends: the gateway is idle, both are written
+        assert big_data[:CHUNK] + await other.read() == big_data
+        other.release()
+        fake.mode = "down"
+        for digest, data in ((small, small_data), (big, big_data)):
+            await eventually(
+                lambda d=digest: asyncio.to_thread(has_blob, cluster, repo, d), f"{digest} stored"
+            )
+            async with http.get(f"{base}/v2/{repo}/blobs/{digest}") as r:
+                assert r.status == 200
+                stored = await r.read()
+            assert hashlib.sha256(stored).hexdigest() == digest[7:] and stored == data
+        assert fake.gets[small] == 1 and fake.gets[big] == 1
+        assert await deferred_bytes(http, base) == 0
+    finally:
+        await fake.stop()
+
+
+async def test_a_gateway_killed_after_serving_and_before_storing_leaves_nothing(
+    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+) -> None:
+    _image, fake, small, small_data, big, _big_data = _deferring_image(72)
+    url = await fake.start()
+    try:
+        cluster = proxy_cluster(make_cluster, [f"defer={url}"], store_yield_seconds=600.0)
+        base, repo = cluster.gateway_url, "defer/defer/app"
+        path = f"{base}/v2/{repo}/blobs/{small}"
+        other = await _served_while_another_download_runs(
+            http, base, path, small_data, f"{base}/v2/{repo}/blobs/{big}"
+        )
+        cluster.kill_gateway(0)  # SIGKILL: served, not stored
+        other.close()
+        assert not has_blob(cluster, repo, small)
+        cluster.start_gateway(0)
+        await asyncio.to_thread(cluster.wait_ready, 60)
+        assert not has_blob(cluster, repo, small)  # nothing half-visible after the restart
+        # The next pull fetches it again, verifies and stores it.
+        fake.mode = "good"
+        async with http.get(path) as r:
+            assert r.status == 200 and await r.read() == small_data
+        assert fake.gets[small] == 2
+        await eventually(lambda: asyncio.to_thread(has_blob, cluster, repo, small), "stored")
+        fake.mode = "down"
+        async with http.get(path) as r:
+            assert r.status == 200
+            assert hashlib.sha256(await r.read()).hexdigest() == small[7:]
+    finally:
+        fake.release.set()
         await fake.stop()

@@ -4,7 +4,9 @@ before the digest is verified, and the cluster write (`yield_to_clients`) waits 
 client is behind; a download that fits in the memory pool is kept whole in memory (never
 spooled) until its last reader is done, one that does not is spooled; a stored download
 lets its bytes go with its last client and, while it lingers, sends joiners to the
-cluster."""
+cluster. The cluster write comes after the clients: a client has the whole verified blob
+while its write still waits for the gateway's other downloads (within
+`store_defer_bytes`, else it writes at once), and a download that fails writes nothing."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import pytest
 from cargohold.config import Config
 from cargohold.metadata_api import Recipe
 from gateway.cluster import ClusterClient
-from gateway.mirror.fetch import BlobFetch, Fetches, Streams
+from gateway.mirror.fetch import BlobFetch, DigestMismatch, Fetches, Streams
 from gateway.mirror.pool import MemoryPool
 from gateway.mirror.upstream import Upstream, UpstreamFailed
 
@@ -157,6 +159,7 @@ class _Body:
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         for i in range(0, len(self._data), 3):
+            await asyncio.sleep(0)  # a socket read: other tasks run between pieces
             yield self._data[i : i + 3]
 
     def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
@@ -212,3 +215,98 @@ async def test_a_lingering_stored_download_is_joined_but_read_from_the_cluster()
         assert fetches.pool.held == 0 and fetch.stored() == recipe
     finally:
         await fetches.close()
+
+
+async def _until(check: Any) -> None:
+    """Let the loop run until `check()` holds (bounded in turns, not time)."""
+    for _ in range(10_000):
+        if check():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("never held")
+
+
+def _fetches(cfg: Config) -> tuple[Fetches, _Cluster, list[tuple[str, str, Recipe]]]:
+    committed: list[tuple[str, str, Recipe]] = []
+
+    async def commit(repo: str, digest: str, recipe: Recipe) -> None:
+        committed.append((repo, digest, recipe))
+
+    cluster = _Cluster()
+    return Fetches(cfg, cast(ClusterClient, cluster), commit), cluster, committed
+
+
+async def test_a_client_has_the_whole_blob_before_its_cluster_write_starts() -> None:
+    cfg = Config()
+    cfg.mirror.store_yield_seconds = 600.0
+    fetches, cluster, committed = _fetches(cfg)
+    fetches.streams.download_started()  # another download of this gateway is running
+    upstream = _Upstream(DATA)
+    try:
+        fetch = fetches.join(cast(Upstream, upstream), "up/app", "app", DIGEST)
+        assert b"".join([bytes(p) async for p in fetch.stream(0, None)]) == DATA
+        # The client is done; the write waits for the gateway to be idle: nothing in the
+        # cluster, nothing committed, the bytes still held for pulls that join it.
+        await _until(lambda: fetches.streams.deferred == len(DATA))
+        assert fetch.verified and not fetch.committed and not fetch.done.done()
+        assert cluster.chunks == {} and committed == []
+        assert fetches.join(cast(Upstream, upstream), "up/app", "app", DIGEST) is fetch
+        assert b"".join([bytes(p) async for p in fetch.stream(0, None)]) == DATA
+        assert upstream.gets == 1
+        fetches.streams.download_ended()  # the gateway is idle: the write goes
+        await fetch.done
+        assert fetch.error is None and fetch.committed and fetches.streams.deferred == 0
+        ((_repo, digest, recipe),) = committed
+        assert digest == DIGEST and recipe["size"] == len(DATA)
+        assert list(cluster.chunks) == [hashlib.sha256(DATA).digest()]
+    finally:
+        await fetches.close()
+
+
+async def test_a_write_beyond_store_defer_bytes_starts_at_once() -> None:
+    cfg = Config()
+    cfg.mirror.store_yield_seconds = 600.0
+    cfg.mirror.store_defer_bytes = len(DATA) - 1
+    fetches, cluster, committed = _fetches(cfg)
+    fetches.streams.download_started()  # never idle during this test
+    try:
+        fetch = fetches.join(cast(Upstream, _Upstream(DATA)), "up/app", "app", DIGEST)
+        async with asyncio.timeout(30):  # a guard against a hang, not a timed assert
+            await fetch.done
+        # Written beside the running download, without pausing for it.
+        assert fetch.committed and len(committed) == 1 and fetches.streams.deferred == 0
+        assert list(cluster.chunks) == [hashlib.sha256(DATA).digest()]
+    finally:
+        await fetches.close()
+
+
+async def test_a_download_that_does_not_match_writes_nothing_to_the_cluster() -> None:
+    cfg = Config()
+    cfg.cluster.chunk_size = 16  # several chunks' worth: none may be written
+    fetches, cluster, committed = _fetches(cfg)
+    try:
+        bad = DATA * 16  # not the bytes DIGEST names
+        fetch = fetches.join(cast(Upstream, _Upstream(bad)), "up/app", "app", DIGEST)
+        client = fetch.stream(0, None)
+        got = b""
+        with pytest.raises(DigestMismatch):
+            async for piece in client:
+                got += bytes(piece)
+        assert len(got) < len(bad) and bad.startswith(got)  # never the last byte
+        await fetch.done
+        assert not fetch.committed and committed == [] and cluster.chunks == {}
+    finally:
+        await fetches.close()
+
+
+async def test_the_cluster_write_waits_for_the_gateway_to_stay_quiet() -> None:
+    streams = Streams(quiet=600.0)
+    streams.download_started()
+    streams.download_ended()  # idle now, but only just: a client's next request may follow
+    waiting = asyncio.create_task(streams.wait_idle(600.0))
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    await Streams(quiet=0.0).wait_idle(600.0)  # never busy: at once
