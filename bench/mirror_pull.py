@@ -7,8 +7,10 @@ The upstream is CNCF Distribution (bench.systems.Distribution); Cargohold is a l
 pushes a fresh image (random, incompressible layers) to the upstream and to Cargohold,
 then pulls it the way docker does (the manifest, then the blobs, three at a time), in
 alternating order: direct from the upstream, cold through the proxy, warm through the
-proxy (stored by then), and from Cargohold's own repository. Medians over the rounds,
-with the load average before and after (the machine is shared).
+proxy (stored by then), and from Cargohold's own repository. After a cold pull the bench
+waits until the gateway has no download in flight (its blobs stored; `stored` is that
+time from the pull's start), so no timed pull runs beside a cache fill. Medians over the
+rounds, with the load average before and after (the machine is shared).
 
 `--ab-mirror KEY=VALUE` measures a change instead: a second gateway whose `[mirror]` has
 KEY=VALUE (the other arm, e.g. `memory_pool_bytes=0`, every download spooled), or with
@@ -119,6 +121,19 @@ async def _timed(http: aiohttp.ClientSession, base: str, repo: str) -> tuple[flo
     return time.perf_counter() - start, size
 
 
+async def _stored(http: aiohttp.ClientSession, base: str) -> None:
+    """Until the gateway has no blob download in flight: every cold-pulled blob is
+    stored (or failed), so the cache fill does not run beside the next timed pull."""
+    while True:
+        async with http.get(f"{base}/metrics") as r:
+            text = await r.text()
+        for line in text.splitlines():
+            if line.startswith("cargohold_mirror_fetches_in_flight "):
+                if float(line.split()[1]) == 0:
+                    return
+        await asyncio.sleep(0.02)
+
+
 async def run(
     rounds: int, layers: int, layer_mib: int, workdir: Path, link_mib_s: float = 0.0
 ) -> dict[str, Any]:
@@ -130,11 +145,22 @@ async def run(
     pull_url = link.url if link is not None else upstream.urls[0]  # pushes go direct
     mirror = {"proxies": [f"up={pull_url}"], "tag_ttl_seconds": 300.0}
     cluster = LocalCluster(workdir / "cluster", nodes=3, gateways=1, extra={"mirror": mirror})
-    times: dict[str, list[float]] = {"direct": [], "cold": [], "warm": [], "cargohold": []}
+    # "stored": from a cold pull's start until its blobs are stored (the cache fill).
+    times: dict[str, list[float]] = {
+        "direct": [],
+        "cold": [],
+        "stored": [],
+        "warm": [],
+        "cargohold": [],
+    }
+    # CPU-seconds per process: of each direct and cold pull (client's start to end), and
+    # of the cache fill after a cold pull ("store": from its end until stored).
+    cpu: dict[str, list[dict[str, float]]] = {"direct": [], "cold": [], "store": []}
     load = {"before": os.getloadavg()}
     size = 0
     try:
         await asyncio.to_thread(cluster.start, 90)
+        meter = CpuMeter(_pids(cluster, upstream))
         base = cluster.gateway_url
         timeout = aiohttp.ClientTimeout(total=600)
         async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as http:
@@ -146,8 +172,16 @@ async def run(
                 order = ["direct", "cold"] if i % 2 == 0 else ["cold", "direct"]
                 for kind in order:
                     url, name = (pull_url, repo) if kind == "direct" else (base, f"up/{repo}")
+                    start = time.perf_counter()
+                    meter.reset()
                     seconds, size = await _timed(http, url, name)
+                    cpu[kind].append(_rounded(meter.used()))
                     times[kind].append(seconds)
+                    if kind == "cold":
+                        meter.reset()
+                        await _stored(http, base)
+                        times["stored"].append(time.perf_counter() - start)
+                        cpu["store"].append(_rounded(meter.used()))
                 await asyncio.sleep(1.0)  # the manifest is stored once its blobs are
                 order = ["warm", "cargohold"] if i % 2 == 0 else ["cargohold", "warm"]
                 for kind in order:
@@ -170,8 +204,34 @@ async def run(
         "median_mib_s": {k: size / MiB / v for k, v in med.items()},
         "cold_over_direct": med["cold"] / med["direct"],
         "warm_over_cargohold": med["warm"] / med["cargohold"],
+        "cpu_s": cpu,
+        "median_cpu_s": {
+            kind: {
+                group: round(statistics.median(_group(c, names) for c in rows), 3)
+                for group, names in _GROUPS.items()
+            }
+            for kind, rows in cpu.items()
+        },
         "loadavg": load,
     }
+
+
+# Processes by group in the CPU figures (bench-client: the client, and the link's relay).
+_GROUPS = {
+    "gateway": ("gateway",),
+    "nodes": ("n",),
+    "upstream": ("docker-registry",),
+    "client": ("bench-client",),
+    "all": ("",),
+}
+
+
+def _group(cpu: dict[str, float], names: tuple[str, ...]) -> float:
+    return sum(v for k, v in cpu.items() if k.startswith(names))
+
+
+def _rounded(cpu: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in cpu.items()}
 
 
 class _ABCluster(LocalCluster):
@@ -234,6 +294,9 @@ async def run_ab(
     arms = ["direct", "cold-a", "cold-b", "push", "idle"]
     times: dict[str, list[float]] = {k: [] for k in arms[:4]}
     cpu: dict[str, list[dict[str, float]]] = {k: [] for k in arms}
+    # CPU-seconds per process: of each direct and cold pull (client's start to end), and
+    # of the cache fill after a cold pull ("store": from its end until stored).
+    cpu: dict[str, list[dict[str, float]]] = {"direct": [], "cold": [], "store": []}
     load = {"before": os.getloadavg()}
     size = 0
     try:

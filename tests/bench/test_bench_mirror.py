@@ -19,5 +19,5 @@ async def test_mirror_pull_bench_runs(tmp_path: Path) -> None:
     )
     assert result["link_mib_s"] == 64.0
     assert result["image_bytes"] > 2 * mirror_pull.MiB
-    assert set(result["median_seconds"]) == {"direct", "cold", "warm", "cargohold"}
+    assert set(result["median_seconds"]) == {"direct", "cold", "stored", "warm", "cargohold"}
     assert result["cold_over_direct"] > 0 and result["warm_over_cargohold"] > 0
