@@ -1,16 +1,19 @@
 """The pull-through cache's cost: a cold pull through a proxy namespace against a direct
 pull from the upstream, and a warm pull against a pull of the same image pushed to
-Cargohold (its normal pull speed).
+Cargohold (its normal pull speed). With `--relay`, also a pull through bench/relay.py (a
+process that only relays and verifies: the least a cold pull costs, with no cache fill).
 
 The upstream is CNCF Distribution (bench.systems.Distribution); Cargohold is a local
 3-node cluster with one gateway whose `up` proxy namespace points at it. Each round
-pushes a fresh image (random, incompressible layers) to the upstream and to Cargohold,
-then pulls it the way docker does (the manifest, then the blobs, three at a time), in
+pushes a fresh image (random, incompressible layers) to the upstream, then pulls it the
+way docker does (the manifest, then the blobs, three at a time), in
 alternating order: direct from the upstream, cold through the proxy, warm through the
 proxy (stored by then), and from Cargohold's own repository. After a cold pull the bench
 waits until the gateway has no download in flight (its blobs stored; `stored` is that
 time from the pull's start), so no timed pull runs beside a cache fill. Medians over the
-rounds, with the load average before and after (the machine is shared).
+rounds, with the load average before and after (the machine is shared). The image is
+pushed to Cargohold's own repository only after the cold pull, so that the cold pull's
+cluster write stores new chunks (chunks stored already cost a fraction).
 
 `--ab-mirror KEY=VALUE` measures a change instead: a second gateway whose `[mirror]` has
 KEY=VALUE (the other arm, e.g. `memory_pool_bytes=0`, every download spooled), or with
@@ -28,7 +31,7 @@ both of its clients (the bench's direct pulls and the proxy): the slow or shared
 pull-through cache sits behind, instead of loopback, where a cold pull is bound by CPU.
 
     .venv/bin/python -m bench.mirror_pull [--rounds 5] [--layer-mib 16] [--layers 4]
-                                          [--link-mib-s 0]
+                                          [--link-mib-s 0] [--relay]
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ import hashlib
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,7 +55,7 @@ import yarl
 from bench.link import Link
 from bench.procstats import GB, CpuMeter
 from bench.systems import Distribution
-from cargohold_cli.devcluster import LocalCluster
+from cargohold_cli.devcluster import LocalCluster, free_port
 
 MiB = 1024 * 1024
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -92,11 +97,21 @@ async def _push(
         assert r.status == 201, await r.text()
 
 
-async def _pull(http: aiohttp.ClientSession, base: str, repo: str, parallel: int = 3) -> int:
-    """Pull like docker: the manifest, then its blobs `parallel` at a time; bytes read."""
+async def _pull(
+    http: aiohttp.ClientSession,
+    base: str,
+    repo: str,
+    parallel: int = 3,
+    manifest_seconds: list[float] | None = None,
+) -> int:
+    """Pull like docker: the manifest, then its blobs `parallel` at a time; bytes read.
+    The manifest's time (request to body read) is appended to `manifest_seconds`."""
+    start = time.perf_counter()
     async with http.get(f"{base}/v2/{repo}/manifests/v1", headers={"Accept": MANIFEST}) as r:
         assert r.status == 200, await r.text()
         doc = json.loads(await r.read())
+    if manifest_seconds is not None:
+        manifest_seconds.append(time.perf_counter() - start)
     digests = [doc["config"]["digest"], *(layer["digest"] for layer in doc["layers"])]
     slots = asyncio.Semaphore(parallel)
     total = 0
@@ -115,10 +130,24 @@ async def _pull(http: aiohttp.ClientSession, base: str, repo: str, parallel: int
     return total
 
 
-async def _timed(http: aiohttp.ClientSession, base: str, repo: str) -> tuple[float, int]:
+async def _timed(
+    http: aiohttp.ClientSession, base: str, repo: str, manifest: list[float] | None = None
+) -> tuple[float, int]:
     start = time.perf_counter()
-    size = await _pull(http, base, repo)
+    size = await _pull(http, base, repo, manifest_seconds=manifest)
     return time.perf_counter() - start, size
+
+
+async def _listening(url: str) -> None:
+    """Until `url` answers (the relay's process is up)."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(500):
+            try:
+                async with http.get(f"{url}/v2/"):
+                    return
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.02)
+    raise RuntimeError(f"{url} never answered")
 
 
 async def _stored(http: aiohttp.ClientSession, base: str) -> None:
@@ -135,7 +164,12 @@ async def _stored(http: aiohttp.ClientSession, base: str) -> None:
 
 
 async def run(
-    rounds: int, layers: int, layer_mib: int, workdir: Path, link_mib_s: float = 0.0
+    rounds: int,
+    layers: int,
+    layer_mib: int,
+    workdir: Path,
+    link_mib_s: float = 0.0,
+    relay: bool = False,
 ) -> dict[str, Any]:
     upstream = Distribution(workdir / "distribution")
     await upstream.start()
@@ -143,6 +177,12 @@ async def run(
     if link is not None:
         await link.start()
     pull_url = link.url if link is not None else upstream.urls[0]  # pushes go direct
+    relay_proc: subprocess.Popen[bytes] | None = None
+    if relay:
+        relay_port = free_port()
+        relay_url = f"http://127.0.0.1:{relay_port}"
+        command = [sys.executable, "-m", "bench.relay", pull_url, str(relay_port)]
+        relay_proc = await asyncio.to_thread(subprocess.Popen, command)
     mirror = {"proxies": [f"up={pull_url}"], "tag_ttl_seconds": 300.0}
     cluster = LocalCluster(workdir / "cluster", nodes=3, gateways=1, extra={"mirror": mirror})
     # "stored": from a cold pull's start until its blobs are stored (the cache fill).
@@ -152,15 +192,23 @@ async def run(
         "stored": [],
         "warm": [],
         "cargohold": [],
+        "relay": [],
     }
+    # The manifest's part of each pull (cold: the tag's HEAD and the manifest's GET
+    # upstream, served before it is stored).
+    manifests: dict[str, list[float]] = {"direct": [], "cold": [], "relay": []}
     # CPU-seconds per process: of each direct and cold pull (client's start to end), and
     # of the cache fill after a cold pull ("store": from its end until stored).
-    cpu: dict[str, list[dict[str, float]]] = {"direct": [], "cold": [], "store": []}
+    cpu: dict[str, list[dict[str, float]]] = {"direct": [], "cold": [], "store": [], "relay": []}
     load = {"before": os.getloadavg()}
     size = 0
     try:
         await asyncio.to_thread(cluster.start, 90)
-        meter = CpuMeter(_pids(cluster, upstream))
+        pids = _pids(cluster, upstream)
+        if relay_proc is not None:
+            pids["relay"] = relay_proc.pid
+            await _listening(relay_url)
+        meter = CpuMeter(pids)
         base = cluster.gateway_url
         timeout = aiohttp.ClientTimeout(total=600)
         async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as http:
@@ -168,13 +216,17 @@ async def run(
                 blobs, manifest = _image(layers, layer_mib * MiB)
                 repo = f"bench/img{i}"
                 await _push(http, upstream.urls[0], repo, blobs, manifest)
-                await _push(http, base, f"local/img{i}", blobs, manifest)
-                order = ["direct", "cold"] if i % 2 == 0 else ["cold", "direct"]
+                order = ["direct", "cold"] + (["relay"] if relay else [])
+                order = order[i % len(order) :] + order[: i % len(order)]
                 for kind in order:
-                    url, name = (pull_url, repo) if kind == "direct" else (base, f"up/{repo}")
+                    url, name = {
+                        "direct": (pull_url, repo),
+                        "cold": (base, f"up/{repo}"),
+                        "relay": (relay_url, repo) if relay else ("", ""),
+                    }[kind]
                     start = time.perf_counter()
                     meter.reset()
-                    seconds, size = await _timed(http, url, name)
+                    seconds, size = await _timed(http, url, name, manifests[kind])
                     cpu[kind].append(_rounded(meter.used()))
                     times[kind].append(seconds)
                     if kind == "cold":
@@ -183,18 +235,24 @@ async def run(
                         times["stored"].append(time.perf_counter() - start)
                         cpu["store"].append(_rounded(meter.used()))
                 await asyncio.sleep(1.0)  # the manifest is stored once its blobs are
+                # Pushed only now: the cold pull's cluster write met none of its chunks
+                # stored already (a write of chunks the cluster has costs far less).
+                await _push(http, base, f"local/img{i}", blobs, manifest)
                 order = ["warm", "cargohold"] if i % 2 == 0 else ["cargohold", "warm"]
                 for kind in order:
                     name = f"up/{repo}" if kind == "warm" else f"local/img{i}"
                     seconds, size = await _timed(http, base, name)
                     times[kind].append(seconds)
     finally:
+        if relay_proc is not None:
+            relay_proc.terminate()
+            await asyncio.to_thread(relay_proc.wait)
         await asyncio.to_thread(cluster.stop)
         await upstream.stop()
         if link is not None:
             await link.stop()
     load["after"] = os.getloadavg()
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items() if v}
     return {
         "image_bytes": size,
         "rounds": rounds,
@@ -204,6 +262,9 @@ async def run(
         "median_mib_s": {k: size / MiB / v for k, v in med.items()},
         "cold_over_direct": med["cold"] / med["direct"],
         "warm_over_cargohold": med["warm"] / med["cargohold"],
+        "relay_over_direct": med["relay"] / med["direct"] if relay else None,
+        "manifest_seconds": manifests,
+        "median_manifest_seconds": {k: statistics.median(v) for k, v in manifests.items() if v},
         "cpu_s": cpu,
         "median_cpu_s": {
             kind: {
@@ -211,6 +272,7 @@ async def run(
                 for group, names in _GROUPS.items()
             }
             for kind, rows in cpu.items()
+            if rows
         },
         "loadavg": load,
     }
@@ -219,6 +281,7 @@ async def run(
 # Processes by group in the CPU figures (bench-client: the client, and the link's relay).
 _GROUPS = {
     "gateway": ("gateway",),
+    "relay": ("relay",),
     "nodes": ("n",),
     "upstream": ("docker-registry",),
     "client": ("bench-client",),
@@ -294,9 +357,6 @@ async def run_ab(
     arms = ["direct", "cold-a", "cold-b", "push", "idle"]
     times: dict[str, list[float]] = {k: [] for k in arms[:4]}
     cpu: dict[str, list[dict[str, float]]] = {k: [] for k in arms}
-    # CPU-seconds per process: of each direct and cold pull (client's start to end), and
-    # of the cache fill after a cold pull ("store": from its end until stored).
-    cpu: dict[str, list[dict[str, float]]] = {"direct": [], "cold": [], "store": []}
     load = {"before": os.getloadavg()}
     size = 0
     try:
@@ -371,6 +431,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--layer-mib", type=int, default=16)
     parser.add_argument("--link-mib-s", type=float, default=0.0)
+    parser.add_argument("--relay", action="store_true")
     parser.add_argument("--ab-mirror", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--ab-tree", default="", metavar="DIR")
     parser.add_argument("--settle", type=float, default=2.0)
@@ -383,7 +444,9 @@ def main() -> None:
                 args.rounds, args.layers, args.layer_mib, Path(tmp), other, args.settle, tree
             )
         else:
-            work = run(args.rounds, args.layers, args.layer_mib, Path(tmp), args.link_mib_s)
+            work = run(
+                args.rounds, args.layers, args.layer_mib, Path(tmp), args.link_mib_s, args.relay
+            )
         result = asyncio.run(work)
     print(json.dumps(result, indent=2))
 
