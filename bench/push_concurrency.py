@@ -11,6 +11,12 @@ With `--pull`, every pushed blob is then pulled once, 8 at a time (MB/s and RSS)
 short-circuit local reads the gateway maps its node's LMDB, so its RssFile grows with
 what it reads, and with `node.drop_written_pages` those reads go to the disk.
 
+Each phase also gives every process's CPU split into user and kernel time per GB and its
+minor page faults (/proc/PID/stat): memory a process touches for the first time, or
+again after giving it back, is a fault and a zero-filled page each. `--gap-seconds`
+waits that long before every phase (idle between bursts, as between real pushes: a
+gateway gives memory back a second after a burst that filled its body budget).
+
 The JSON goes to `--out` (default: stdout only). For an A/B of code, run it once per tree
 (PYTHONPATH) in alternation; for an A/B of a setting, `--gateway-setting` /
 `--node-setting`.
@@ -86,6 +92,34 @@ class _RssSampler:
         }
 
 
+def _kernel_counters(pid: int) -> tuple[float, float, int] | None:
+    """(user CPU-s, kernel CPU-s, minor faults) of `pid` so far; None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # fields[0] is field 3 (state)
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks, int(fields[7])
+
+
+def _counters_used(
+    before: dict[str, tuple[float, float, int] | None], pids: dict[str, int], gb: float
+) -> dict[str, dict[str, float]]:
+    """Per process: user and kernel CPU-s per GB and minor faults since `before`."""
+    out: dict[str, dict[str, float]] = {}
+    for name, pid in pids.items():
+        start, now = before.get(name), _kernel_counters(pid)
+        if start is None or now is None:
+            continue
+        out[name] = {
+            "user_s_per_GB": round((now[0] - start[0]) / gb, 2),
+            "sys_s_per_GB": round((now[1] - start[1]) / gb, 2),
+            "minor_faults": now[2] - start[2],
+        }
+    return out
+
+
 def _setting(text: str) -> tuple[str, object]:
     key, _, raw = text.partition("=")
     value: object = raw
@@ -101,13 +135,20 @@ def _setting(text: str) -> tuple[str, object]:
 
 
 async def _phase(
-    system: Cargohold, ctx: Context, specs: list[BlobSpec], digests: list[str], conc: int
+    system: Cargohold,
+    ctx: Context,
+    specs: list[BlobSpec],
+    digests: list[str],
+    conc: int,
+    gap: float = 0.0,
 ) -> dict[str, Any]:
     pids = system.processes()
+    await asyncio.sleep(gap)
     await asyncio.to_thread(os.sync)
     _reset_peaks(pids)
     load = machine.load_average()
     meter = CpuMeter(pids)
+    counters = {name: _kernel_counters(pid) for name, pid in pids.items()}
     sampler = _RssSampler(pids)
     async with sessions(ctx, conc) as clients:
         sem = asyncio.Semaphore(conc)
@@ -130,6 +171,7 @@ async def _phase(
         "MB_per_s": round(moved / elapsed / 1e6, 1),
         "cpu_s_per_GB": {p: round(v / gb, 2) for p, v in used.items()},
         "cpu_s_per_GB_total": round(sum(used.values()) / gb, 2),
+        "kernel_counters": _counters_used(counters, pids, gb),
         "peak_rss_MiB": {p: round((peak_rss_bytes(pid) or 0) / MiB) for p, pid in pids.items()},
         "peak_rss_sampled_MiB": rss,
         "load_before": load,
@@ -182,7 +224,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             for conc, count in ((1, args.c1_count), (8, args.c8_count)):
                 take = slice(at, at + count)
                 at += count
-                phase = await _phase(system, ctx, specs[take], digests[take], conc)
+                phase = await _phase(
+                    system, ctx, specs[take], digests[take], conc, args.gap_seconds
+                )
                 print(json.dumps(phase), flush=True)
                 phases.append(phase)
         if args.pull:
@@ -191,6 +235,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         return {
             "nodes": args.nodes,
             "size_mib": args.size_mib,
+            "gap_seconds": args.gap_seconds,
             "gateway_settings": args.gateway_setting,
             "node_settings": args.node_setting,
             "label": args.label,
@@ -209,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--c1-count", type=int, default=3)
     parser.add_argument("--c8-count", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--gap-seconds", type=float, default=0.0, help="idle before each phase")
     parser.add_argument("--seed", type=int, default=int(time.time()) & 0xFFFFFF)
     parser.add_argument("--gateway-setting", action="append", default=[])
     parser.add_argument("--node-setting", action="append", default=[])
