@@ -223,6 +223,10 @@ class NodeConfig:
     # Freed memory this process keeps for reuse, so chunk-sized buffers are recycled
     # instead of freshly mapped and zero-filled (cargohold/memtune.py); 0 = glibc defaults.
     malloc_retain_bytes: int = 256 * MiB
+    # glibc malloc arenas (M_ARENA_MAX) this process's threads share: 1 = all of them
+    # recycle the memory kept above; 0 = glibc's default (an arena per thread, up to 8 per
+    # core), which made bursts of concurrent pushes fault in fresh pages.
+    malloc_arenas: int = 1
     # HTTP endpoint of this node's Prometheus metrics (`/metrics`), liveness (`/healthz`)
     # and readiness (`/readyz`: a Raft leader with a majority is known), served by a
     # thread of its own (node/metrics_http.py). "host:port" on the node's own host address
@@ -292,6 +296,10 @@ class GatewayConfig:
     # long a body may send nothing before the request is ended (408; an upload keeps what
     # was stored, resumable).
     max_buffered_bytes: int = 256 * MiB
+    # Once the budget drains, freed memory goes back to the kernel (malloc_trim) if the
+    # burst made a body wait for the budget or buffered at least this much (0 = after
+    # every burst); smaller bursts keep it for the next one (gateway/body.py).
+    body_trim_after_bytes: int = 256 * MiB
     # Unread body bytes a connection buffers before its socket is no longer read (about
     # twice this, plus one socket read); a body being read under the budget uses
     # `body_read_bytes` instead.
@@ -385,6 +393,8 @@ class GatewayConfig:
     worker_restart_max_delay_seconds: float = 60.0
     # Freed memory this process keeps for reuse (cargohold/memtune.py); 0 = glibc defaults.
     malloc_retain_bytes: int = 256 * MiB
+    # glibc malloc arenas shared by this process's threads (as node.malloc_arenas).
+    malloc_arenas: int = 1
     # Prometheus metrics (`/metrics`): empty = served on `listen` next to `/v2/`, with
     # `/healthz` and `/readyz`; "host:port" = served only on that separate listener (plain
     # HTTP; keep it on an internal network), with `/healthz` and `/readyz` on both.
@@ -1018,6 +1028,10 @@ def validate(cfg: Config) -> None:
         )
     if cfg.gateway.metadata_retry_seconds < 0:
         raise ConfigError("gateway.metadata_retry_seconds must be >= 0")
+    if cfg.gateway.body_trim_after_bytes < 0:
+        raise ConfigError("gateway.body_trim_after_bytes must be >= 0")
+    if cfg.gateway.malloc_arenas < 0 or cfg.node.malloc_arenas < 0:
+        raise ConfigError("gateway.malloc_arenas and node.malloc_arenas must be >= 0")
     _validate_gateway_workers(cfg.gateway)
     for cidr in cfg.gateway.trusted_proxies:
         try:

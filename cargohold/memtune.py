@@ -14,6 +14,16 @@ the kernel, then unmapped again on free. Keeping freed memory for reuse avoids t
 - M_TOP_PAD = retain / 4: the heap grows in large steps.
 `retain` 0 leaves glibc's defaults. Not glibc (musl, macOS): nothing happens.
 
+`tune_malloc(retain, arenas)` with `arenas` > 0 also sets M_ARENA_MAX: by default glibc
+gives each new thread an arena of its own (up to 8 per core), and the trim threshold and
+top pad above govern the main arena only. A chunk's buffers are made and freed on
+different threads (gRPC's, the hashing executor's, the LMDB writer's), so memory freed in
+one arena was not reused by an allocation in another, and other arenas give emptied heaps
+back to the kernel: a burst of concurrent pushes faulted in fresh, zero-filled pages
+over and over. One arena makes all of them recycle the same retained memory (measured in
+bench/README.md, "Push at c8 vs c1"); the price is one lock for malloc across threads,
+most of whose allocations run under the GIL anyway.
+
 The trim threshold only returns free memory at the top of the heap. After a burst that
 left free memory scattered through it (many clients' buffers freed at once), callers ask
 `release_memory()` (`malloc_trim(0)`: every arena, every free page); gateway/body.py does
@@ -32,6 +42,7 @@ logger = logging.getLogger("cargohold.memtune")
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 MMAP_THRESHOLD = 32 * 1024 * 1024
 
 
@@ -48,8 +59,9 @@ def release_memory() -> bool:
     return True
 
 
-def tune_malloc(retain: int) -> bool:
-    """Apply the settings above; True when glibc accepted all of them."""
+def tune_malloc(retain: int, arenas: int = 0) -> bool:
+    """Apply the settings above (call it before starting threads: a thread keeps the
+    arena it got); True when glibc accepted all of them."""
     if retain <= 0:
         return False
     try:
@@ -59,13 +71,20 @@ def tune_malloc(retain: int) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     limit = 2**31 - 1
-    settings = (
+    settings: list[tuple[int, int]] = [
         (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
         (M_TRIM_THRESHOLD, min(retain, limit)),
         (M_TOP_PAD, min(retain // 4, limit)),
-    )
+    ]
+    if arenas > 0:
+        settings.append((M_ARENA_MAX, min(arenas, limit)))
     ok = all(mallopt(option, value) == 1 for option, value in settings)
     log_event(
-        logger, "malloc.tuned", logging.DEBUG if ok else logging.WARNING, retain=retain, accepted=ok
+        logger,
+        "malloc.tuned",
+        logging.DEBUG if ok else logging.WARNING,
+        retain=retain,
+        arenas=arenas,
+        accepted=ok,
     )
     return ok

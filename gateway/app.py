@@ -120,7 +120,9 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
     lease = app[AUTH].lease
     if lease is not None:
         _for_the_app_lifetime(app, lease.start, lease.stop)
-    app[BUDGET] = BodyBudget(ctx.cfg.gateway.max_buffered_bytes)
+    app[BUDGET] = BodyBudget(
+        ctx.cfg.gateway.max_buffered_bytes, ctx.cfg.gateway.body_trim_after_bytes
+    )
     metrics.watch_budget(app[BUDGET])
     readiness = health.Readiness(ctx.cfg, ctx.meta)
     app[health.READINESS] = readiness

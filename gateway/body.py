@@ -16,10 +16,14 @@ A body that sends nothing for `gateway.body_idle_timeout_seconds` ends the reque
 408 (`RequestTimeout`): nothing of that request is committed, and an upload stays at its
 last acknowledged size, resumable from the `Range` the 408 carries.
 
-When the budget drains after holding at least `_TRIM_AFTER_BYTES`, freed memory is given
-back to the kernel (`cargohold.memtune.release_memory`, off the event loop): the malloc
-tuning keeps up to `malloc_retain_bytes` free at the top of the heap only, and a burst of
-stalled clients leaves free memory scattered through it.
+When the budget drains after a burst that filled it (a reader had to wait) or held at
+least `gateway.body_trim_after_bytes`, freed memory is given back to the kernel
+(`cargohold.memtune.release_memory`, off the event loop): the malloc tuning keeps up to
+`malloc_retain_bytes` free at the top of the heap only, and a burst of stalled clients
+leaves free memory scattered through it. A smaller burst (8 uploads of large blobs hold
+about 160 MiB of windows) keeps its freed memory for the next one: giving it back made
+every such burst fault ~170 MiB in again, each page zero-filled by the kernel
+(bench/README.md, "Push at c8 vs c1").
 """
 
 from __future__ import annotations
@@ -40,8 +44,7 @@ logger = logging.getLogger("cargohold.gateway.body")
 
 # Read at most this much per read call (aiohttp hands over what is buffered, up to it).
 _READ_BYTES = 1024 * 1024
-# A drained budget that held this much triggers a trim; trims are this far apart at least.
-_TRIM_AFTER_BYTES = 64 * 1024 * 1024
+# A drained budget trims this long after it drained (and not if used again meanwhile).
 _TRIM_DELAY_SECONDS = 1.0
 
 
@@ -50,12 +53,17 @@ class BodyTimeout(Exception):
 
 
 class BodyBudget:
-    """Bytes reserved for request bodies, at most `limit` (0 = no limit), FIFO waiters."""
+    """Bytes reserved for request bodies, at most `limit` (0 = no limit), FIFO waiters.
 
-    def __init__(self, limit: int) -> None:
+    Once drained, memory is given back after a burst that made a reader wait or reached
+    `trim_after` bytes (0 = after every burst)."""
+
+    def __init__(self, limit: int, trim_after: int = 256 * 1024 * 1024) -> None:
         self.limit = limit
+        self.trim_after = trim_after
         self.used = 0
         self._peak_since_trim = 0
+        self._waited_since_trim = False
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._trim: asyncio.TimerHandle | None = None
 
@@ -65,6 +73,7 @@ class BodyBudget:
         if not self._waiters and self._fits(size):
             self._take(size)
             return
+        self._waited_since_trim = True
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (size, future)
         self._waiters.append(entry)
@@ -82,8 +91,13 @@ class BodyBudget:
     def release(self, size: int) -> None:
         self.used -= size
         self._wake()
-        if self.used == 0 and self._peak_since_trim >= _TRIM_AFTER_BYTES:
+        if self.used == 0 and self._burst_to_trim():
             self._schedule_trim()
+
+    def _burst_to_trim(self) -> bool:
+        if self._waited_since_trim:
+            return True
+        return self._peak_since_trim > 0 and self._peak_since_trim >= self.trim_after
 
     @contextlib.asynccontextmanager
     async def hold(self, size: int) -> AsyncIterator[None]:
@@ -123,13 +137,16 @@ class BodyBudget:
         if self.used != 0:
             return
         peak, self._peak_since_trim = self._peak_since_trim, 0
+        waited, self._waited_since_trim = self._waited_since_trim, False
         # Buffers of failed requests often sit in reference cycles (exception -> traceback
         # -> frame -> buffer) that only the cyclic collector frees, and after a burst too
         # little is allocated for it to run by itself.
         collected = gc.collect()  # a backstop: the known cycles are broken where they form
         log_event(logger, "body.gc", logging.DEBUG, collected=collected)
         task = asyncio.get_running_loop().run_in_executor(None, release_memory)
-        task.add_done_callback(lambda _: log_event(logger, "body.memory_released", peak=peak))
+        task.add_done_callback(
+            lambda _: log_event(logger, "body.memory_released", peak=peak, waited=waited)
+        )
 
 
 class BudgetedBody:

@@ -170,7 +170,7 @@ def run_gateway(
     """Serve in this process until SIGTERM or SIGINT; malloc is tuned for chunk-sized
     buffers first (cargohold/memtune.py)."""
     cfg.role = "gateway"
-    tune_malloc(cfg.gateway.malloc_retain_bytes)
+    tune_malloc(cfg.gateway.malloc_retain_bytes, cfg.gateway.malloc_arenas)
     uvloop.run(_main(cfg, worker, on_listening))
 
 

@@ -332,5 +332,5 @@ async def _run_locked(cfg: Config) -> None:
 
 def main(cfg: Config) -> None:
     """Entry point of `cargohold node`: run the node on uvloop until a signal stops it."""
-    tune_malloc(cfg.node.malloc_retain_bytes)
+    tune_malloc(cfg.node.malloc_retain_bytes, cfg.node.malloc_arenas)
     uvloop.run(run_node(cfg))

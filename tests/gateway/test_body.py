@@ -17,6 +17,7 @@ from fakenodes import DataPath, data_path
 from gateway import body
 from gateway.body import BodyBudget
 
+MiB = 1024 * 1024
 # Every wait below is bounded by this: a hang guard, not a timing assertion.
 _GUARD = 10.0
 
@@ -57,18 +58,56 @@ async def test_a_cancelled_waiter_takes_nothing_and_blocks_nobody() -> None:
     assert budget.used == 95
 
 
-async def test_a_drained_budget_gives_memory_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[int] = []
-    monkeypatch.setattr(body, "release_memory", lambda: calls.append(1) or True)
-    monkeypatch.setattr(body, "_TRIM_DELAY_SECONDS", 0.0)
-    budget = BodyBudget(0)
-    await budget.acquire(body._TRIM_AFTER_BYTES)
-    budget.release(body._TRIM_AFTER_BYTES)
+async def _trims(calls: list[int]) -> list[int]:
+    """The trims seen once the (zero-delay) timer had its chance: a hang guard only."""
     for _ in range(100):
         if calls:
             break
         await asyncio.sleep(0.05)
-    assert calls == [1]
+    return calls
+
+
+@pytest.fixture
+def trims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    monkeypatch.setattr(body, "release_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(body, "_TRIM_DELAY_SECONDS", 0.0)
+    return calls
+
+
+async def test_a_drained_budget_that_held_the_threshold_gives_memory_back(
+    trims: list[int],
+) -> None:
+    budget = BodyBudget(0, trim_after=64 * MiB)
+    await budget.acquire(64 * MiB)
+    budget.release(64 * MiB)
+    assert await _trims(trims) == [1]
+
+
+async def test_a_burst_that_had_to_wait_gives_memory_back(trims: list[int]) -> None:
+    budget = BodyBudget(100, trim_after=10**9)
+    await budget.acquire(60)
+    second = asyncio.create_task(budget.acquire(60))
+    await asyncio.sleep(0)
+    budget.release(60)
+    await asyncio.wait_for(second, _GUARD)
+    budget.release(60)
+    assert await _trims(trims) == [1]
+
+
+async def test_a_smaller_burst_keeps_its_memory_for_the_next(trims: list[int]) -> None:
+    # 8 uploads of large blobs, each holding (4 writes in flight + 1) 4 MiB windows: 160 MiB
+    # of a 256 MiB budget, nobody waited. Giving that memory back made the next burst fault
+    # it all in again.
+    budget = BodyBudget(256 * MiB, trim_after=256 * MiB)
+    windows = 8 * 5
+    for _ in range(windows):
+        await budget.acquire(4 * MiB)
+    for _ in range(windows):
+        budget.release(4 * MiB)
+    assert budget.used == 0
+    assert budget._trim is None  # no trim was scheduled
+    assert trims == []
 
 
 # -- idle bodies ------------------------------------------------------------------------
