@@ -225,7 +225,7 @@ class NodeConfig:
     malloc_retain_bytes: int = 256 * MiB
     # glibc malloc arenas (M_ARENA_MAX) this process's threads share: 1 = all of them
     # recycle the memory kept above; 0 = glibc's default (an arena per thread, up to 8 per
-    # core), which made bursts of concurrent pushes fault in fresh pages.
+    # core), under which bursts of concurrent pushes faulted in more fresh pages.
     malloc_arenas: int = 1
     # HTTP endpoint of this node's Prometheus metrics (`/metrics`), liveness (`/healthz`)
     # and readiness (`/readyz`: a Raft leader with a majority is known), served by a

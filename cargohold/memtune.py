@@ -20,9 +20,11 @@ top pad above govern the main arena only. A chunk's buffers are made and freed o
 different threads (gRPC's, the hashing executor's, the LMDB writer's), so memory freed in
 one arena was not reused by an allocation in another, and other arenas give emptied heaps
 back to the kernel: a burst of concurrent pushes faulted in fresh, zero-filled pages
-over and over. One arena makes all of them recycle the same retained memory (measured in
-bench/README.md, "Push at c8 vs c1"); the price is one lock for malloc across threads,
-most of whose allocations run under the GIL anyway.
+over and over. One arena lets all of them recycle the same retained memory (bench/README.md,
+"Push at c8 vs c1": fewer faults on average, the first burst's cost not reliably lower);
+the price is one lock for malloc across threads, most of whose allocations run under the
+GIL anyway. A thread that allocated before M_ARENA_MAX was set keeps an arena of its own
+that later threads share: cargohold_cli tunes malloc before it starts any thread.
 
 The trim threshold only returns free memory at the top of the heap. After a burst that
 left free memory scattered through it (many clients' buffers freed at once), callers ask

@@ -51,6 +51,7 @@ from cargohold.cluster_auth import format_credential, require_secret
 from cargohold.config import Config, load_config
 from cargohold.errors import CargoholdError, ConfigError, RegistryError
 from cargohold.log import setup_logging
+from cargohold.memtune import tune_malloc
 from cargohold.metadata_api import ROLES, VISIBILITIES
 from cargohold_cli import (
     admin_replication,
@@ -673,10 +674,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.admin_verb in ("vulndb", "scan"):
                 return admin_vulns.run(args, _admin_cfg(args), _addresses(args.nodes))
             return 2
-        if args.lifeline_fd is not None:
-            from cargohold_cli.lifeline import watch
-
-            watch(args.lifeline_fd, args.lifeline_grace)
         overrides: dict[str, Any] = {}
         if args.verb == "node":
             overrides = {"node.id": args.id, "node.data_dir": args.data_dir}
@@ -684,6 +681,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides = {"gateway.listen": args.listen, "gateway.nodes": args.nodes}
         cfg = load_config(args.config, overrides)
         setup_logging(args.log_level or cfg.log_level)
+        # Before any thread: a thread that allocates before M_ARENA_MAX is set gets an
+        # arena of its own, which later threads then share (cargohold/memtune.py).
+        section = cfg.node if args.verb == "node" else cfg.gateway
+        tune_malloc(section.malloc_retain_bytes, section.malloc_arenas)
+        if args.lifeline_fd is not None:
+            from cargohold_cli.lifeline import watch
+
+            watch(args.lifeline_fd, args.lifeline_grace)
         if args.verb == "node":
             from node.server import main as node_main
 
