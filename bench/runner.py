@@ -37,13 +37,17 @@ SYSTEM_NAMES = ("distribution", "cargohold-r1", "cargohold-r3")
 # the 3-node cluster with token auth on (the gateways' token service, the client sending
 # Bearer tokens like docker; the activity log is on by default), to measure what auth costs.
 # The 1- and 3-node clusters with every chunk read over gRPC (no short-circuit local reads,
-# gateway/cluster/local_reads.py), to measure what reading the local LMDB gains.
+# gateway/cluster/local_reads.py), to measure what reading the local LMDB gains; and with
+# local chunks copied out of the map instead of sent by sendfile (gateway.local_sendfile off),
+# to measure what the zero-copy send gains.
 VARIANT_NAMES = (
     "cargohold-r3-nofsync",
     "cargohold-r1-noaccesslog",
     "cargohold-r3-auth",
     "cargohold-r1-grpcreads",
     "cargohold-r3-grpcreads",
+    "cargohold-r1-copyreads",
+    "cargohold-r3-copyreads",
 )
 
 
@@ -74,6 +78,12 @@ CARGOHOLD_SHAPES: dict[str, _Shape] = {
     "cargohold-r3-auth": _Shape(3, f"{_R3}, token auth", auth=True),
     "cargohold-r1-grpcreads": _Shape(1, f"{_R1}, reads over gRPC only", local_reads=False),
     "cargohold-r3-grpcreads": _Shape(3, f"{_R3}, reads over gRPC only", local_reads=False),
+    "cargohold-r1-copyreads": _Shape(
+        1, f"{_R1}, local chunks copied (no sendfile)", gateway_settings={"local_sendfile": False}
+    ),
+    "cargohold-r3-copyreads": _Shape(
+        3, f"{_R3}, local chunks copied (no sendfile)", gateway_settings={"local_sendfile": False}
+    ),
 }
 
 

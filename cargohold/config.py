@@ -355,6 +355,15 @@ class GatewayConfig:
     # read quarantines the copy and re-fetches a good one); empty = unknown.
     local_node_data_dir: str = ""
     local_node_id: str = ""
+    # With local reads on: a local chunk of a blob GET on a plain-HTTP connection leaves
+    # by sendfile(2) straight from the node's data.mdb (no copy in user space), verified
+    # first; off: copied out of the map and written by the event loop.
+    local_sendfile: bool = True
+    # Longest a sendfile may hold its LMDB read transaction (pinning the node's free
+    # pages) for one chunk; a client too slow for that gets the rest of the chunk copied.
+    sendfile_hold_seconds: float = 1.0
+    # Threads doing those sends (each waits on its client's socket while it is full).
+    sendfile_threads: int = 16
     # Largest blob an upload may commit (bytes); 0 means no limit.
     max_blob_size: int = 0
     # Manifest bodies are immutable by digest: an LRU of this many bytes in each gateway.
@@ -988,6 +997,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("gateway.manifest_digest_ttl_seconds must be >= 0")
     if cfg.gateway.blob_digest_ttl_seconds < 0:
         raise ConfigError("gateway.blob_digest_ttl_seconds must be >= 0")
+    if not 0 < cfg.gateway.sendfile_hold_seconds <= 60:
+        raise ConfigError("gateway.sendfile_hold_seconds must be in (0, 60]")
+    if not 1 <= cfg.gateway.sendfile_threads <= 1024:
+        raise ConfigError("gateway.sendfile_threads must be in 1..1024")
     if cfg.gateway.verify_reads not in ("sha256", "xxh3"):
         raise ConfigError("gateway.verify_reads must be sha256 or xxh3")
     if not 1 <= cfg.gateway.search_backfill_batch <= 1000:

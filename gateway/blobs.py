@@ -10,7 +10,8 @@ here for up to that long after the delete's 202 (its chunks outlive it: GC spare
 for a grace period far longer). A 404 is never remembered. GET streams the recipe's
 chunks through `ClusterClient.read_range` (verified, read-ahead, hedged); HEAD answers
 the same status and headers with the real `Content-Length` and no body. Responses are
-never compressed.
+never compressed. Chunks the gateway's host's node holds go out by sendfile(2) from its
+LMDB file where the connection allows (gateway/local_send.py), in recipe order with the rest.
 
 `Range` (RFC 9110, one range only): `bytes=a-b`, `bytes=a-`, `bytes=-n`; an end past
 the size is clamped; a satisfiable range is 206 with `Content-Range: bytes a-b/total`;
@@ -40,7 +41,9 @@ from cargohold.log import log_event
 from cargohold.metadata_api import Recipe
 from cargohold.names import validate_name
 from gateway.activity import blob_actor
+from gateway.cluster.reads import LocalSlice
 from gateway.context import GatewayContext, context
+from gateway.local_send import DirectSender
 from gateway.manifest_cache import RecordCache
 from gateway.mirror.fetch import BlobFetch
 from gateway.mirror.proxy import MIRROR
@@ -150,15 +153,21 @@ async def _send(
     request: web.Request,
     response: web.StreamResponse,
     digest: str,
-    pieces: AsyncIterator[bytes | memoryview],
+    pieces: AsyncIterator[bytes | memoryview | LocalSlice],
+    direct: DirectSender | None = None,
 ) -> web.StreamResponse:
-    """Stream the body (not for HEAD); a client going away mid-body is only logged."""
+    """Stream the body (not for HEAD); a client going away mid-body is only logged.
+    `LocalSlice` pieces (only asked for with a `direct` sender) go out by it."""
     sent = 0
     try:
         async with contextlib.aclosing(pieces) as body:  # type: ignore[type-var]
             async for piece in body:
-                await response.write(piece)
-                sent += len(piece)
+                if isinstance(piece, LocalSlice):
+                    assert direct is not None
+                    sent += await direct.send(piece)
+                else:
+                    await response.write(piece)
+                    sent += len(piece)
     except (ConnectionError, OSError) as exc:
         # The client went away mid-body; nothing to answer any more.
         log_event(
@@ -180,14 +189,20 @@ async def _serve(
     """A stored blob, from the cluster's chunks."""
     size = int(recipe["size"])
     response, start, end = _response(request, digest, size)
-    await response.prepare(request)
+    writer = await response.prepare(request)
     if request.method == "HEAD" or end is None or end <= start:
         await response.write_eof()
         return response
     audit = ctx.cfg.audit
     if start == 0 and audit.enabled and audit.blob_events:  # not a pull resumed by range
         record_pull(request, name, digest, None, size)
-    return await _send(request, response, digest, ctx.cluster.read_range(dict(recipe), start, end))
+    direct = DirectSender.for_response(request, response, writer, ctx)
+    if direct is None:
+        return await _send(
+            request, response, digest, ctx.cluster.read_range(dict(recipe), start, end)
+        )
+    pieces = ctx.cluster.read_range_marked(dict(recipe), start, end)
+    return await _send(request, response, digest, pieces, direct)
 
 
 async def _proxied(

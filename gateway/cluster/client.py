@@ -19,10 +19,11 @@ from cargohold.errors import Unavailable
 from cargohold.grpc_channels import ChannelPool
 from cargohold.log import log_event
 from gateway.cluster.background import BackgroundTasks
+from gateway.cluster.local_reads import LocalChunkStore
 from gateway.cluster.membership import Member, MembershipView
 from gateway.cluster.metadata import MetadataClient
 from gateway.cluster.placement import Placement
-from gateway.cluster.reads import ChunkReader
+from gateway.cluster.reads import ChunkReader, LocalSlice
 from gateway.cluster.writes import ChunkWriter
 
 logger = logging.getLogger("cargohold.gateway.cluster")
@@ -116,15 +117,28 @@ class ClusterClient:
         """Chunk and replicate a small buffer (a manifest body); return its recipe."""
         return await self.writer.store_bytes(data)
 
-    async def read_chunk(self, chunk_hex: str, length: int | None = None) -> memoryview:
+    async def read_chunk(
+        self, chunk_hex: str, length: int | None = None, *, local_corrupt: bool = False
+    ) -> memoryview:
         """The verified bytes of one chunk (see `ChunkReader.read_chunk`)."""
-        return await self.reader.read_chunk(chunk_hex, length)
+        return await self.reader.read_chunk(chunk_hex, length, local_corrupt=local_corrupt)
 
     def read_range(
         self, recipe: dict[str, Any], start: int, end: int
     ) -> AsyncGenerator[memoryview, None]:
         """Verified bytes [start, end) of a recipe, with read-ahead; pieces in order."""
         return self.reader.read_range(recipe, start, end)
+
+    def read_range_marked(
+        self, recipe: dict[str, Any], start: int, end: int
+    ) -> AsyncGenerator[memoryview | LocalSlice, None]:
+        """`read_range` with `LocalSlice`s for chunks to send from the local store."""
+        return self.reader.read_range_marked(recipe, start, end)
+
+    @property
+    def local_store(self) -> LocalChunkStore | None:
+        """The co-located node's chunk store (gateway.local_node_data_dir), if any."""
+        return self.reader.local
 
     async def read_all(self, recipe: dict[str, Any]) -> bytes:
         """The whole content of a (small) recipe."""

@@ -18,10 +18,22 @@ What holds, whatever the node does meanwhile:
 - **No torn or recycled byte.** A read transaction is an MVCC snapshot: a chunk deleted by
   garbage collection (or quarantined) while it is read stays intact in this snapshot, and
   its pages are not reused until the transaction ends. Transactions are short: one chunk
-  lookup, one checksum, one copy, in a worker thread — never held across a socket write
-  (a slow client would pin the node's free pages). So the bytes leave the map by one
+  lookup, one checksum, one copy, in a worker thread. So the bytes leave the map by one
   memcpy (about 0.5 ms per 4 MiB chunk), instead of the node's copy, gRPC's framing, two
   loopback copies and the gateway's receive path.
+- **Zero-copy sends, bounded holds** (`send`; `gateway.local_sendfile`, on by default,
+  used by blob GETs on plain-HTTP connections: gateway/local_send.py). LMDB keeps a value
+  bigger than a page in contiguous overflow pages, so a chunk's bytes are one range of
+  `data.mdb`; its file offset is the value's address minus the start of this process's
+  mapping of the file (gateway/cluster/map_offsets.py), confirmed per send by reading its
+  first 32 bytes back with `pread` (a mismatch, or any doubt, copies instead). Inside the
+  read transaction the chunk is verified as above, then `sendfile(2)` moves it from the
+  page cache to the client's socket with no copy in user space, in a worker thread
+  waiting (`poll`) while the socket is full. This transaction *is* held across socket
+  writes, so a slow client pins the node's free pages (and, with garbage collection
+  running, grows its file) for at most `gateway.sendfile_hold_seconds` (1 s) per chunk:
+  then the rest of the chunk is copied out, the transaction ends and the copy is written
+  the usual way.
 - **A dead node changes nothing.** Committed LMDB data is consistent on disk whatever
   happens to the writer (SIGKILL included), so reads go on from the snapshot each new
   transaction sees; a chunk not there (missing, or written later) is read over gRPC.
@@ -36,17 +48,22 @@ reader table), i.e. to run as the node's user or group (docs/operations.md).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import os
+import select
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import lmdb
 from prometheus_client import Counter
 
 from cargohold.digests import checksum_of
 from cargohold.log import log_event
+from gateway.cluster.map_offsets import FileMaps, buffer_address
 
 logger = logging.getLogger("cargohold.gateway.cluster")
 
@@ -68,6 +85,30 @@ READ_BYTES = Counter(
     "cargohold_gateway_local_chunk_read_bytes_total",
     "Chunk bytes served from the co-located node's LMDB",
 )
+SENDS = Counter(
+    "cargohold_gateway_local_sendfile_total",
+    "Local chunk sends by sendfile (gateway.local_sendfile), by result: whole (every byte "
+    "by sendfile), cut (the client was slower than gateway.sendfile_hold_seconds allows: "
+    "the rest copied), copied (no usable file offset for the value: copied)",
+    ["result"],
+)
+SENDFILE_BYTES = Counter(
+    "cargohold_gateway_local_sendfile_bytes_total",
+    "Chunk bytes sent from the co-located node's data.mdb by sendfile (no user-space copy)",
+)
+# Bytes compared by `pread` at a computed file offset before any sendfile from it.
+CONFIRM_BYTES = 32
+# Longest one wait for room in the client's socket (the closed-connection check between).
+POLL_SLICE_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class LocalSend:
+    """What `LocalChunkStore.send` did: `sent` bytes went out by sendfile; `rest` (the
+    remainder of the requested slice, verified and copied) is the caller's to write."""
+
+    sent: int
+    rest: bytes
 
 
 class LocalCopyCorrupt(Exception):
@@ -82,23 +123,44 @@ class _Handle:
     """One open environment and the reads using it: closed once retired and unused
     (closing an LMDB environment invalidates its transactions and unmaps their bytes)."""
 
-    def __init__(self, env: lmdb.Environment, db: lmdb._Database, file_id: object) -> None:
+    def __init__(
+        self, env: lmdb.Environment, db: lmdb._Database, file_id: object, path: str
+    ) -> None:
         self.env, self.db, self.file_id = env, db, file_id
         self.users = 0
         self.retired = False
+        self.path = path
+        # data.mdb opened for sendfile and its mappings; on first use (not every gateway
+        # sends files).
+        self.data_fd: int | None = None
+        self.maps: FileMaps | None = None
+
+    def file(self) -> tuple[int, FileMaps]:
+        """data.mdb's descriptor and mappings (caller holds a use of this handle)."""
+        if self.data_fd is None or self.maps is None:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            st = os.fstat(fd)
+            self.data_fd, self.maps = fd, FileMaps(self.path, st.st_dev, st.st_ino)
+        return self.data_fd, self.maps
 
     def release_if_done(self) -> None:
         if self.retired and self.users == 0:
             self.env.close()
+            if self.data_fd is not None:
+                os.close(self.data_fd)
+                self.data_fd = None
 
 
 class LocalChunkStore:
     """Read-only view of one node's chunk LMDB; see the module docstring."""
 
-    def __init__(self, data_dir: str, verify: str = "xxh3") -> None:
+    def __init__(self, data_dir: str, verify: str = "xxh3", send_threads: int = 16) -> None:
         self.path = os.path.join(data_dir, "chunks")
         self.verify = verify
         self._lock = threading.Lock()
+        self._file_lock = threading.Lock()
+        self._send_threads = send_threads
+        self._sender: concurrent.futures.ThreadPoolExecutor | None = None
         self._handle: _Handle | None = None
         self._next_open = 0.0
         self._next_check = 0.0
@@ -112,21 +174,10 @@ class LocalChunkStore:
             READS.labels("unavailable").inc()
             return None
         except LocalCopyCorrupt:
-            READS.labels("corrupt").inc()
-            log_event(
-                logger,
-                "cluster.local_chunk_corrupt",
-                logging.WARNING,
-                path=self.path,
-                chunk=chunk_id.hex(),
-            )
+            self._count_corrupt(chunk_id)
             raise
         except lmdb.Error as exc:
-            READS.labels("error").inc()
-            log_event(
-                logger, "cluster.local_read_failed", logging.WARNING, path=self.path, error=str(exc)
-            )
-            self.close()
+            self._count_error(exc)
             return None
         if data is None:
             READS.labels("miss").inc()
@@ -135,11 +186,85 @@ class LocalChunkStore:
         READ_BYTES.inc(len(data))
         return data
 
+    async def holds(self, chunk_id: bytes) -> bool:
+        """Whether the store holds the chunk now (a lookup, no check): a cheap probe
+        before `send`. False when the store cannot be read."""
+        try:
+            return await asyncio.to_thread(self._holds, chunk_id)
+        except (_Unavailable, lmdb.Error):
+            return False
+
+    async def send(
+        self,
+        chunk_id: bytes,
+        length: int | None,
+        lo: int,
+        hi: int,
+        sock_fd: int,
+        hold_seconds: float,
+        closing: Callable[[], bool],
+    ) -> LocalSend | None:
+        """Send bytes [lo, hi) of a local chunk to the socket `sock_fd` (non-blocking,
+        nothing buffered ahead of it) by sendfile, verified first (module docstring);
+        None when not held (or the store cannot be read now): nothing was sent. Raises
+        LocalCopyCorrupt (nothing sent), or OSError when the client went away (`closing()`
+        turned true, or the socket failed) after part was sent."""
+        # The worker uses its own descriptor of the socket: should the connection be
+        # closed meanwhile, its number may be reused by another connection at once.
+        fd = os.dup(sock_fd)
+        try:
+            loop = asyncio.get_running_loop()
+            done = await loop.run_in_executor(
+                self._send_executor(),
+                self._send,
+                fd,
+                (chunk_id, length, lo, hi, hold_seconds, closing),
+            )
+        except _Unavailable:
+            READS.labels("unavailable").inc()
+            return None
+        except LocalCopyCorrupt:
+            self._count_corrupt(chunk_id)
+            raise
+        except lmdb.Error as exc:
+            self._count_error(exc)
+            return None
+        if done is None:
+            READS.labels("miss").inc()
+            return None
+        READS.labels("hit").inc()
+        READ_BYTES.inc(hi - lo)
+        return done
+
     def close(self) -> None:
         """Let go of the environment (closed once the reads using it end); a later read
         opens it again."""
         with self._lock:
             self._retire_locked()
+            sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.shutdown(wait=False)
+
+    def _send_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._sender is None:
+            self._sender = concurrent.futures.ThreadPoolExecutor(
+                self._send_threads, thread_name_prefix="local-sendfile"
+            )
+        return self._sender
+
+    def _count_corrupt(self, chunk_id: bytes) -> None:
+        READS.labels("corrupt").inc()
+        log_event(
+            logger, "cluster.local_chunk_corrupt", logging.WARNING, path=self.path,
+            chunk=chunk_id.hex(),
+        )  # fmt: skip
+
+    def _count_error(self, exc: lmdb.Error) -> None:
+        READS.labels("error").inc()
+        log_event(
+            logger, "cluster.local_read_failed", logging.WARNING, path=self.path, error=str(exc)
+        )
+        self.close()
 
     # --- worker threads ---------------------------------------------------------------
 
@@ -155,27 +280,137 @@ class LocalChunkStore:
                 handle.release_if_done()
 
     def _read_in(self, handle: _Handle, chunk_id: bytes, length: int | None) -> bytes | None:
-        try:
-            txn = handle.env.begin(db=handle.db, buffers=True)
-        except lmdb.MapResizedError:
-            handle.env.set_mapsize(0)  # the node grew its map: adopt its meta page's size
-            txn = handle.env.begin(db=handle.db, buffers=True)
-        with txn:
-            value = txn.get(chunk_id)
+        with self._begin(handle) as txn:
+            value = self._verified(txn, chunk_id, length)
             if value is None:
                 return None
-            view = memoryview(value)
-            data = view[CHECKSUM_LEN:]
-            if len(view) < CHECKSUM_LEN or (length is not None and len(data) != length):
-                raise LocalCopyCorrupt
-            if self.verify == "sha256":
-                ok = hashlib.sha256(data).digest() == chunk_id
-            else:
-                ok = checksum_of(data) == bytes(view[:CHECKSUM_LEN])
-            if not ok:
-                raise LocalCopyCorrupt
             # The one copy: the map's pages are this snapshot's only inside the txn.
-            return bytes(data)
+            return bytes(value[CHECKSUM_LEN:])
+
+    def _holds(self, chunk_id: bytes) -> bool:
+        handle = self._acquire()
+        if handle is None:
+            raise _Unavailable
+        try:
+            with self._begin(handle) as txn:
+                return txn.get(chunk_id) is not None
+        finally:
+            with self._lock:
+                handle.users -= 1
+                handle.release_if_done()
+
+    def _send(
+        self,
+        sock_fd: int,
+        args: tuple[bytes, int | None, int, int, float, Callable[[], bool]],
+    ) -> LocalSend | None:
+        try:
+            handle = self._acquire()
+            if handle is None:
+                raise _Unavailable
+            try:
+                return self._send_in(handle, sock_fd, *args)
+            finally:
+                with self._lock:
+                    handle.users -= 1
+                    handle.release_if_done()
+        finally:
+            os.close(sock_fd)
+
+    def _send_in(
+        self,
+        handle: _Handle,
+        sock_fd: int,
+        chunk_id: bytes,
+        length: int | None,
+        lo: int,
+        hi: int,
+        hold_seconds: float,
+        closing: Callable[[], bool],
+    ) -> LocalSend | None:
+        deadline = time.monotonic() + hold_seconds
+        with self._begin(handle) as txn:
+            value = self._verified(txn, chunk_id, length)
+            if value is None:
+                return None
+            size = len(value) - CHECKSUM_LEN
+            if not 0 <= lo <= hi <= size:
+                raise ValueError(f"slice [{lo}, {hi}) of a {size}-byte chunk")
+            piece = value[CHECKSUM_LEN + lo : CHECKSUM_LEN + hi]
+            found = self._file_offset(handle, value)
+            if found is None:
+                SENDS.labels("copied").inc()
+                return LocalSend(0, bytes(piece))
+            data_fd, offset = found
+            sent = send_file(
+                sock_fd, data_fd, offset + CHECKSUM_LEN + lo, hi - lo, deadline, closing
+            )
+            SENDFILE_BYTES.inc(sent)
+            if sent == hi - lo:
+                SENDS.labels("whole").inc()
+                return LocalSend(sent, b"")
+            # Held as long as allowed: copy the rest out and let the snapshot go.
+            SENDS.labels("cut").inc()
+            log_event(
+                logger, "cluster.local_sendfile_cut", logging.DEBUG, chunk=chunk_id.hex(),
+                sent=sent, rest=hi - lo - sent,
+            )  # fmt: skip
+            return LocalSend(sent, bytes(piece[sent:]))
+
+    def _file_offset(self, handle: _Handle, value: memoryview) -> tuple[int, int] | None:
+        """(data.mdb's descriptor, offset of `value` in it), confirmed by reading its first
+        bytes back; None when that cannot be had (then the caller copies)."""
+        try:
+            with self._file_lock:
+                data_fd, maps = handle.file()
+            address = buffer_address(value)
+            for _attempt in range(2):
+                offset = maps.offset_of(address, len(value))
+                if offset is None:
+                    return None
+                head = min(CONFIRM_BYTES, len(value))
+                if (
+                    offset + len(value) <= os.fstat(data_fd).st_size
+                    and os.pread(data_fd, head, offset) == value[:head]
+                ):
+                    return data_fd, offset
+                maps.forget()  # a stale mapping (the map moved): look again, once
+        except (OSError, BufferError) as exc:
+            log_event(
+                logger, "cluster.local_sendfile_unavailable", logging.WARNING, path=self.path,
+                error=str(exc),
+            )  # fmt: skip
+        return None
+
+    @staticmethod
+    def _begin(handle: _Handle) -> lmdb.Transaction:
+        try:
+            return handle.env.begin(db=handle.db, buffers=True)
+        except lmdb.MapResizedError:
+            handle.env.set_mapsize(0)  # the node grew its map: adopt its meta page's size
+            if handle.maps is not None:
+                handle.maps.forget()
+            return handle.env.begin(db=handle.db, buffers=True)
+
+    def _verified(
+        self, txn: lmdb.Transaction, chunk_id: bytes, length: int | None
+    ) -> memoryview | None:
+        """The stored value (`checksum || data`) once its data passed the check; None when
+        not held. Valid only inside `txn`."""
+        value = txn.get(chunk_id)
+        if value is None:
+            return None
+        view = memoryview(value)
+        data = view[CHECKSUM_LEN:]
+        if len(view) < CHECKSUM_LEN or (length is not None and len(data) != length):
+            raise LocalCopyCorrupt
+        if self.verify == "sha256":
+            ok = hashlib.sha256(data).digest() == chunk_id
+        else:
+            ok = checksum_of(data) == bytes(view[:CHECKSUM_LEN])
+        if not ok:
+            raise LocalCopyCorrupt
+        return view
 
     def _acquire(self) -> _Handle | None:
         now = time.monotonic()
@@ -225,7 +460,7 @@ class LocalChunkStore:
             )  # fmt: skip
             return None
         log_event(logger, "cluster.local_store_open", path=self.path)
-        return _Handle(env, db, file_id)
+        return _Handle(env, db, file_id, os.path.join(self.path, "data.mdb"))
 
     def _current_file_id(self) -> tuple[int, int] | None:
         try:
@@ -239,3 +474,42 @@ class LocalChunkStore:
         if handle is not None:
             handle.retired = True
             handle.release_if_done()
+
+
+def send_file(
+    sock_fd: int,
+    file_fd: int,
+    offset: int,
+    count: int,
+    deadline: float,
+    closing: Callable[[], bool],
+) -> int:
+    """sendfile(2) `count` bytes of `file_fd` from `offset` to the non-blocking socket,
+    waiting for room while it is full, until all went out or `deadline` (monotonic) has
+    passed; the number of bytes sent. A file shorter than expected stops it early (the
+    caller copies the rest). Raises ConnectionResetError once `closing()` is true, and
+    OSError (EPIPE, ECONNRESET...) when the client went away."""
+    sent = 0
+    poller: select.poll | None = None
+    while sent < count:
+        if closing():
+            raise ConnectionResetError("the connection is closing")
+        try:
+            n = os.sendfile(sock_fd, file_fd, offset + sent, count - sent)
+        except BlockingIOError:
+            n = -1
+        if n == 0:
+            return sent  # past the end of the file
+        if n > 0:
+            sent += n
+            if sent < count and time.monotonic() >= deadline:
+                return sent
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return sent
+        if poller is None:
+            poller = select.poll()
+            poller.register(sock_fd, select.POLLOUT)
+        poller.poll(min(left, POLL_SLICE_SECONDS) * 1000)
+    return sent

@@ -22,6 +22,11 @@ a chunk the co-located node holds is read from its LMDB, verified, before any gR
 miss, or a local read slower than the hedge delay, goes the usual way, and a local copy
 that fails its check is never served: the replicas are asked with the local node first,
 so it notices the corruption itself.
+
+For a zero-copy send (`read_range(..., local_marks=True)`, gateway/local_send.py), a chunk
+the local store holds (a lookup, in the read-ahead) is not read at all: a `LocalSlice`
+stands in its place in the sequence, and the caller sends it from the store itself
+(`LocalChunkStore.send`), or reads it with `read_chunk` when that finds it gone.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncGenerator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc.aio
@@ -51,6 +57,16 @@ from protos import registry_pb2
 logger = logging.getLogger("cargohold.gateway.cluster")
 
 
+@dataclass(frozen=True)
+class LocalSlice:
+    """Bytes [lo, hi) of a chunk the local store held when looked up (not read yet)."""
+
+    chunk_hex: str
+    length: int
+    lo: int
+    hi: int
+
+
 class ChunkReader(ClusterParts):
     """Verified chunk reads; see the module docstring."""
 
@@ -59,7 +75,7 @@ class ChunkReader(ClusterParts):
         self._reads: dict[tuple[str, int | None], asyncio.Task[memoryview]] = {}
         gw = self.cfg.gateway
         self.local: LocalChunkStore | None = (
-            LocalChunkStore(gw.local_node_data_dir, gw.verify_reads)
+            LocalChunkStore(gw.local_node_data_dir, gw.verify_reads, gw.sendfile_threads)
             if gw.local_node_data_dir
             else None
         )
@@ -68,19 +84,23 @@ class ChunkReader(ClusterParts):
         if self.local is not None:
             self.local.close()
 
-    async def read_chunk(self, chunk_hex: str, length: int | None = None) -> memoryview:
+    async def read_chunk(
+        self, chunk_hex: str, length: int | None = None, *, local_corrupt: bool = False
+    ) -> memoryview:
         """The verified bytes of one chunk from the first healthy replica, hedged.
 
         A read-only memoryview into the received message (no copy); bytes-like
         everywhere a `bytes` is (hashlib, `b"".join`, aiohttp's `write`). Concurrent
         callers for the same chunk share one read (and its result or error).
+        `local_corrupt`: the local copy just failed its check (a `LocalChunkStore.send`),
+        so the local store is not read again and the local node is asked first.
         """
         if not self.cfg.gateway.share_chunk_reads:
-            return await self._read_chunk(chunk_hex, length)
+            return await self._read_chunk(chunk_hex, length, local_corrupt)
         key = (chunk_hex, length)
         task = self._reads.get(key)
         if task is None:
-            task = asyncio.create_task(self._read_chunk(chunk_hex, length))
+            task = asyncio.create_task(self._read_chunk(chunk_hex, length, local_corrupt))
             self._reads[key] = task
             task.add_done_callback(functools.partial(self._read_done, key))
             self.background.track(task)
@@ -90,10 +110,11 @@ class ChunkReader(ClusterParts):
         if self._reads.get(key) is task:
             del self._reads[key]
 
-    async def _read_chunk(self, chunk_hex: str, length: int | None) -> memoryview:
+    async def _read_chunk(
+        self, chunk_hex: str, length: int | None, local_corrupt: bool = False
+    ) -> memoryview:
         chunk_id = bytes.fromhex(chunk_hex)
-        local_corrupt = False
-        if self.local is not None:
+        if self.local is not None and not local_corrupt:
             try:
                 data = await self._read_local(self.local, chunk_id, length)
             except LocalCopyCorrupt:
@@ -217,18 +238,39 @@ class ChunkReader(ClusterParts):
         Callers that may stop early should close it (`contextlib.aclosing`) so that the
         reads in flight are cancelled at once rather than at garbage collection.
         """
+        async for piece in self._pieces(recipe, start, end, local_marks=False):
+            assert isinstance(piece, memoryview)
+            yield piece
+
+    def read_range_marked(
+        self, recipe: dict[str, Any], start: int, end: int
+    ) -> AsyncGenerator[memoryview | LocalSlice, None]:
+        """`read_range`, with a `LocalSlice` in place of each piece of a chunk the local
+        store holds (module docstring); like `read_range` without a local store."""
+        return self._pieces(recipe, start, end, local_marks=self.local is not None)
+
+    async def _pieces(
+        self, recipe: dict[str, Any], start: int, end: int, local_marks: bool
+    ) -> AsyncGenerator[memoryview | LocalSlice, None]:
         wanted = list(_slices(_recipe_chunks(recipe), start, end))
         ahead = max(1, self.cfg.gateway.read_ahead_chunks)
-        tasks: collections.deque[asyncio.Task[memoryview]] = collections.deque()
+        tasks: collections.deque[asyncio.Task[memoryview | None]] = collections.deque()
         scheduled = 0
         try:
-            for _chunk_hex, length, lo, hi in wanted:
+            for chunk_hex, length, lo, hi in wanted:
                 while scheduled < len(wanted) and len(tasks) < ahead:
-                    chunk_hex, chunk_len = wanted[scheduled][:2]
-                    tasks.append(asyncio.create_task(self.read_chunk(chunk_hex, chunk_len)))
+                    next_hex, next_len = wanted[scheduled][:2]
+                    read = (
+                        self._read_unless_local(next_hex, next_len)
+                        if local_marks
+                        else self.read_chunk(next_hex, next_len)
+                    )
+                    tasks.append(asyncio.create_task(read))
                     scheduled += 1
                 data = await tasks.popleft()
-                if lo == 0 and hi == length:
+                if data is None:
+                    yield LocalSlice(chunk_hex, length, lo, hi)
+                elif lo == 0 and hi == length:
                     yield data
                 else:
                     yield data[lo:hi]
@@ -237,6 +279,14 @@ class ChunkReader(ClusterParts):
                 task.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read_unless_local(self, chunk_hex: str, length: int) -> memoryview | None:
+        """None when the local store holds the chunk (to be sent from there), else its
+        bytes as `read_chunk` reads them."""
+        assert self.local is not None
+        if await self.local.holds(bytes.fromhex(chunk_hex)):
+            return None
+        return await self.read_chunk(chunk_hex, length)
 
     async def read_all(self, recipe: dict[str, Any]) -> bytes:
         """The whole content of a (small) recipe."""

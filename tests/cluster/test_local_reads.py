@@ -2,7 +2,9 @@
 
 Three nodes with R=2 (so node n1, the gateway's local node, holds about two thirds of the
 chunks: hits and gRPC fallbacks both happen), 256 KiB chunks. The gateway's
-`cargohold_gateway_local_chunk_reads_total` counter proves which path served.
+`cargohold_gateway_local_chunk_reads_total` counter proves which path served, and
+`cargohold_gateway_local_sendfile_bytes_total` how much left by sendfile (gateway/local_send.py,
+`gateway.local_sendfile`; the tests that pull run with it on and off).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ pytestmark = [pytest.mark.cluster]
 REPO = "local/reads"
 
 
-def start(make_cluster: Callable[..., LocalCluster]) -> LocalCluster:
+def start(make_cluster: Callable[..., LocalCluster], sendfile: bool = True) -> LocalCluster:
     return make_cluster(
         nodes=3,
         replicas=2,
@@ -44,7 +46,10 @@ def start(make_cluster: Callable[..., LocalCluster]) -> LocalCluster:
         # No hedging on this loaded test machine: a local read queued behind others for
         # 0.5 s would be overtaken by gRPC and the exact hit/miss counts would blur (the
         # hedge itself is tested in tests/gateway/test_cluster_client.py).
-        extra={"node": dict(QUIET_ROLES), "gateway": {"hedge_after_seconds": 10.0}},
+        extra={
+            "node": dict(QUIET_ROLES),
+            "gateway": {"hedge_after_seconds": 10.0, "local_sendfile": sendfile},
+        },
         local_reads=True,
     )
 
@@ -58,6 +63,10 @@ async def local_reads(http: aiohttp.ClientSession, cluster: LocalCluster) -> dic
     counts = {result: float(value) for result, value in found}
     served = re.search(r"^cargohold_gateway_local_chunk_read_bytes_total ([0-9.e+]+)$", text, re.M)
     counts["bytes"] = float(served.group(1)) if served else 0.0
+    zero_copy = re.search(
+        r"^cargohold_gateway_local_sendfile_bytes_total ([0-9.e+]+)$", text, re.M
+    )  # fmt: skip
+    counts["sendfile"] = float(zero_copy.group(1)) if zero_copy else 0.0
     return counts
 
 
@@ -84,10 +93,11 @@ async def push_a_mixed_blob(
         await asyncio.sleep(2)
 
 
+@pytest.mark.parametrize("sendfile", [True, False])
 async def test_pulls_are_served_from_the_local_lmdb(
-    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession, sendfile: bool
 ) -> None:
-    cluster = start(make_cluster)
+    cluster = start(make_cluster, sendfile)
     base = cluster.gateway_url
     data, digest, held = await push_a_mixed_blob(http, cluster)
     ids = chunk_ids(data, CHUNK)
@@ -101,6 +111,7 @@ async def test_pulls_are_served_from_the_local_lmdb(
         len(data[i * CHUNK : (i + 1) * CHUNK]) for i, h in enumerate(held) if h
     )  # fmt: skip
     assert delta(after, before, "bytes") == local_bytes
+    assert delta(after, before, "sendfile") == (local_bytes if sendfile else 0)
     # A range inside a local chunk is served from it too, bytes exact.
     first_local = held.index(True)
     lo = first_local * CHUNK + 100
@@ -109,12 +120,20 @@ async def test_pulls_are_served_from_the_local_lmdb(
     ) as resp:
         assert resp.status == 206
         assert await resp.read() == data[lo : lo + 1000]
+    # A range across local and remote chunks, in order.
+    lo, hi = CHUNK // 2, len(data) - CHUNK // 3
+    async with http.get(
+        f"{base}/v2/{REPO}/blobs/{digest}", headers={"Range": f"bytes={lo}-{hi - 1}"}
+    ) as resp:
+        assert resp.status == 206
+        assert hashlib.sha256(await resp.read()).digest() == hashlib.sha256(data[lo:hi]).digest()
 
 
+@pytest.mark.parametrize("sendfile", [True, False])
 async def test_a_corrupt_local_copy_is_refused_and_repaired(
-    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+    make_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession, sendfile: bool
 ) -> None:
-    cluster = start(make_cluster)
+    cluster = start(make_cluster, sendfile)
     base = cluster.gateway_url
     data = os.urandom(8 * CHUNK)
     digest = await push_blob(http, base, REPO, data)

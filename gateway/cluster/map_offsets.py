@@ -1,0 +1,130 @@
+"""Where a buffer inside a memory-mapped file lies in that file: its file offset.
+
+A zero-copy send (gateway/cluster/local_reads.py) hands the kernel a file descriptor and
+an offset instead of the bytes, so it needs the offset of an LMDB value inside
+`data.mdb`. LMDB maps the file from offset 0, but py-lmdb does not tell where:
+`Environment.info()["map_addr"]` is only set for MDB_FIXEDMAP and is 0 otherwise. So:
+
+- `buffer_address` reads a buffer's start address with the C buffer protocol
+  (`PyObject_GetBuffer`, released at once), which works on read-only views too.
+- `FileMaps` finds the mapping of the file that contains that address in
+  `/proc/self/maps` (matched by device and inode, or by path: on overlay or btrfs file
+  systems the table may name another device than `stat` does), with its file offset, and
+  remembers it; an address outside the remembered ones reads the table again.
+
+A remembered mapping can go stale when its environment is unmapped (closed or resized)
+and something else is mapped there; callers therefore compare a few bytes read at the
+computed offset (`os.pread`) with the buffer before trusting it, and `forget` on a
+mismatch. Linux only (`/proc/self/maps`); elsewhere every lookup is None and callers
+copy instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from dataclasses import dataclass
+
+
+class _PyBuffer(ctypes.Structure):
+    """CPython's `Py_buffer` (Include/pybuffer.h)."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+_release_buffer.restype = None
+_PYBUF_SIMPLE = 0
+
+
+def buffer_address(obj: object) -> int:
+    """The address of the first byte of a (contiguous) buffer such as a memoryview."""
+    view = _PyBuffer()
+    if _get_buffer(obj, ctypes.byref(view), _PYBUF_SIMPLE) != 0:
+        raise BufferError("no simple buffer")
+    try:
+        return int(view.buf or 0)
+    finally:
+        _release_buffer(ctypes.byref(view))
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One mapped range [start, end) of a file, mapped from `file_offset`."""
+
+    start: int
+    end: int
+    file_offset: int
+
+
+class FileMaps:
+    """File offsets of addresses inside this process's mappings of one file."""
+
+    def __init__(self, path: str, dev: int, ino: int, maps_path: str = "/proc/self/maps") -> None:
+        self.path, self.dev, self.ino = os.path.realpath(path), dev, ino
+        self._maps_path = maps_path
+        self._known: list[Mapping] = []
+        self._lock = threading.Lock()
+
+    def offset_of(self, address: int, length: int) -> int | None:
+        """The file offset of [address, address + length), or None when no mapping of
+        the file holds all of it."""
+        with self._lock:
+            found = self._find(address, length)
+            if found is None:
+                self._known = self._read_maps()
+                found = self._find(address, length)
+        if found is None:
+            return None
+        return address - found.start + found.file_offset
+
+    def forget(self) -> None:
+        """Drop the remembered mappings (after a mismatch): the next lookup re-reads."""
+        with self._lock:
+            self._known = []
+
+    def _find(self, address: int, length: int) -> Mapping | None:
+        for m in self._known:
+            if m.start <= address and address + length <= m.end:
+                return m
+        return None
+
+    def _read_maps(self) -> list[Mapping]:
+        found = []
+        try:
+            with open(self._maps_path, encoding="ascii", errors="replace") as f:
+                for line in f:
+                    # start-end perms offset major:minor inode [path]
+                    fields = line.split(maxsplit=5)
+                    if len(fields) < 5 or not self._is_the_file(fields):
+                        continue
+                    lo, _, hi = fields[0].partition("-")
+                    found.append(Mapping(int(lo, 16), int(hi, 16), int(fields[2], 16)))
+        except (OSError, ValueError):
+            return []
+        return found
+
+    def _is_the_file(self, fields: list[str]) -> bool:
+        if len(fields) == 6 and fields[5].rstrip("\n") == self.path:
+            return True
+        if int(fields[4]) != self.ino:
+            return False
+        major, _, minor = fields[3].partition(":")
+        return os.makedev(int(major, 16), int(minor, 16)) == self.dev

@@ -1,0 +1,151 @@
+"""Blob GETs with local chunks sent by sendfile (gateway/local_send.py) through the real app:
+fake nodes hold every chunk, a real node chunk store written by another process
+(test_local_reads.Writer) holds some of them, so bodies mix local and remote pieces."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from fakenodes import DataPath, data_path, eventually, production_server
+from test_local_reads import Writer
+
+from cargohold.digests import checksum_of, digest_of
+from gateway.cluster.local_reads import READS, SENDFILE_BYTES, LocalChunkStore
+
+CHUNK = 64 * 1024
+DATA = os.urandom(6 * CHUNK + 1000)
+DIGEST = digest_of(DATA)
+URL = f"/v2/lib/app/blobs/{DIGEST}"
+PIECES = [DATA[i : i + CHUNK] for i in range(0, len(DATA), CHUNK)]
+LOCAL = [0, 1, 3, 6]  # chunks the local node holds (6: the short last one)
+
+
+def local_value(index: int, rotten: bool = False) -> str:
+    data = PIECES[index]
+    stored = bytearray(data)
+    if rotten:
+        stored[len(stored) // 2] ^= 0x01
+    return (checksum_of(data) + bytes(stored)).hex()
+
+
+async def start(tmp_path: Path, sendfile: bool) -> AsyncIterator[DataPath]:
+    async for dp in data_path(
+        3,
+        gateway__local_node_data_dir=str(tmp_path),
+        gateway__local_sendfile=sendfile,
+        gateway__hedge_after_seconds=10.0,  # counts below are exact, not raced by hedges
+    ):
+        resp = await dp.http.post(f"/v2/lib/app/blobs/uploads/?digest={DIGEST}", data=DATA)
+        assert resp.status == 201
+        yield dp
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> AsyncIterator[Writer]:
+    w = Writer(tmp_path)
+    for index in LOCAL:
+        w.do("raw", digest_of(PIECES[index]).removeprefix("sha256:"), local_value(index))
+    try:
+        yield w  # type: ignore[misc]
+    finally:
+        w.close()
+
+
+def sent_by_sendfile() -> float:
+    return float(SENDFILE_BYTES._value.get())
+
+
+RANGES = [
+    (100, 1100),  # inside a local chunk
+    (CHUNK - 10, 4 * CHUNK + 10),  # local, remote, local, remote
+    (2 * CHUNK + 5, 2 * CHUNK + 50),  # inside a remote chunk
+    (len(DATA) - 500, len(DATA)),  # the tail, local
+]
+
+
+@pytest.mark.parametrize("sendfile", [True, False])
+async def test_whole_and_ranged_gets_are_exact_in_order(
+    tmp_path: Path, writer: Writer, sendfile: bool
+) -> None:
+    async for dp in start(tmp_path, sendfile):
+        before = sent_by_sendfile()
+        resp = await dp.http.get(URL)
+        assert resp.status == 200
+        assert await resp.read() == DATA
+        local_bytes = sum(len(PIECES[i]) for i in LOCAL)
+        assert sent_by_sendfile() - before == (local_bytes if sendfile else 0)
+        for lo, hi in RANGES:
+            resp = await dp.http.get(URL, headers={"Range": f"bytes={lo}-{hi - 1}"})
+            assert resp.status == 206
+            assert await resp.read() == DATA[lo:hi]
+        # Keep-alive survives bytes sent beside aiohttp: the same connection serves again.
+        resp = await dp.http.get(URL)
+        assert await resp.read() == DATA
+
+
+@pytest.mark.parametrize("sendfile", [True, False])
+async def test_a_corrupt_local_chunk_is_served_from_a_replica(
+    tmp_path: Path, writer: Writer, sendfile: bool
+) -> None:
+    rotten = 3
+    writer.do("raw", digest_of(PIECES[rotten]).removeprefix("sha256:"), local_value(rotten, True))
+    async for dp in start(tmp_path, sendfile):
+        corrupt, before = READS.labels("corrupt")._value.get(), sent_by_sendfile()
+        resp = await dp.http.get(URL)
+        assert await resp.read() == DATA
+        assert READS.labels("corrupt")._value.get() == corrupt + 1
+        good = sum(len(PIECES[i]) for i in LOCAL if i != rotten)
+        assert sent_by_sendfile() - before == (good if sendfile else 0)
+
+
+async def test_a_chunk_gone_after_its_lookup_is_read_from_the_nodes(
+    tmp_path: Path, writer: Writer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lookup in the read-ahead said held, the send found nothing (deleted meanwhile):
+    the chunk is read as usual, in its place."""
+
+    async def always(self: LocalChunkStore, chunk_id: bytes) -> bool:
+        return True
+
+    monkeypatch.setattr(LocalChunkStore, "holds", always)
+    async for dp in start(tmp_path, True):
+        resp = await dp.http.get(URL)
+        assert await resp.read() == DATA
+        resp = await dp.http.get(URL, headers={"Range": f"bytes={CHUNK - 10}-{3 * CHUNK}"})
+        assert await resp.read() == DATA[CHUNK - 10 : 3 * CHUNK + 1]
+
+
+async def test_a_client_gone_mid_body_is_only_logged(
+    tmp_path: Path, writer: Writer, caplog: pytest.LogCaptureFixture
+) -> None:
+    big = os.urandom(64 * CHUNK)
+    async for dp in start(tmp_path, True):
+        resp = await dp.http.post(f"/v2/lib/app/blobs/uploads/?digest={digest_of(big)}", data=big)
+        assert resp.status == 201
+        for i in range(0, len(big), CHUNK):
+            piece = big[i : i + CHUNK]
+            writer.do(
+                "raw", digest_of(piece).removeprefix("sha256:"), (checksum_of(piece) + piece).hex()
+            )
+        caplog.set_level(logging.DEBUG, logger="cargohold.gateway.blobs")
+        async for url in production_server(dp.cfg, dp.cluster):
+            host, port = url.removeprefix("http://").split(":")
+            reader, conn = await asyncio.open_connection(host, int(port))
+            conn.write(
+                f"GET /v2/lib/app/blobs/{digest_of(big)} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
+            await conn.drain()
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            conn.transport.abort()  # vanish without reading the body
+            await eventually(
+                lambda: any(r.getMessage() == "blob.client_gone" for r in caplog.records),
+                "gateway saw the lost client",
+            )
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        resp = await dp.http.get(f"/v2/lib/app/blobs/{digest_of(big)}")
+        assert await resp.read() == big
