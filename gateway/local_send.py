@@ -109,8 +109,8 @@ class DirectSender:
             data = await self.cluster.read_chunk(piece.chunk_hex, piece.length, local_corrupt=True)
             await self.response.write(data[piece.lo : piece.hi])
             return piece.hi - piece.lo
-        if done is None:  # gone since the lookup (deleted meanwhile): read it as usual
-            data = await self.cluster.read_chunk(piece.chunk_hex, piece.length)
+        if done is None:  # not held (not looked up, or deleted since): read it as usual
+            data = await self.cluster.read_chunk(piece.chunk_hex, piece.length, local_missing=True)
             await self.response.write(data[piece.lo : piece.hi])
             return piece.hi - piece.lo
         self._count(done.sent)

@@ -118,10 +118,17 @@ class ClusterClient:
         return await self.writer.store_bytes(data)
 
     async def read_chunk(
-        self, chunk_hex: str, length: int | None = None, *, local_corrupt: bool = False
+        self,
+        chunk_hex: str,
+        length: int | None = None,
+        *,
+        local_missing: bool = False,
+        local_corrupt: bool = False,
     ) -> memoryview:
         """The verified bytes of one chunk (see `ChunkReader.read_chunk`)."""
-        return await self.reader.read_chunk(chunk_hex, length, local_corrupt=local_corrupt)
+        return await self.reader.read_chunk(
+            chunk_hex, length, local_missing=local_missing, local_corrupt=local_corrupt
+        )
 
     def read_range(
         self, recipe: dict[str, Any], start: int, end: int

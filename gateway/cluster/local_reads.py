@@ -213,13 +213,17 @@ class LocalChunkStore:
         # closed meanwhile, its number may be reused by another connection at once.
         fd = os.dup(sock_fd)
         try:
-            loop = asyncio.get_running_loop()
-            done = await loop.run_in_executor(
+            work = asyncio.get_running_loop().run_in_executor(
                 self._send_executor(),
                 self._send,
                 fd,
                 (chunk_id, length, lo, hi, hold_seconds, closing),
             )
+        except RuntimeError:  # the executor shut down by a concurrent close()
+            os.close(fd)
+            return None  # the caller reads the chunk the usual way
+        try:
+            done = await work
         except _Unavailable:
             READS.labels("unavailable").inc()
             return None

@@ -23,10 +23,10 @@ miss, or a local read slower than the hedge delay, goes the usual way, and a loc
 that fails its check is never served: the replicas are asked with the local node first,
 so it notices the corruption itself.
 
-For a zero-copy send (`read_range(..., local_marks=True)`, gateway/local_send.py), a chunk
-the local store holds (a lookup, in the read-ahead) is not read at all: a `LocalSlice`
-stands in its place in the sequence, and the caller sends it from the store itself
-(`LocalChunkStore.send`), or reads it with `read_chunk` when that finds it gone.
+For a zero-copy send (`read_range_marked`, gateway/local_send.py), a chunk the local store
+holds (a lookup, in the read-ahead; the first chunk goes unlooked-up) is not read at all: a
+`LocalSlice` stands in its place in the sequence, and the caller sends it from the store
+itself (`LocalChunkStore.send`), or reads it with `read_chunk` when that finds it missing.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import collections
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,22 +85,31 @@ class ChunkReader(ClusterParts):
             self.local.close()
 
     async def read_chunk(
-        self, chunk_hex: str, length: int | None = None, *, local_corrupt: bool = False
+        self,
+        chunk_hex: str,
+        length: int | None = None,
+        *,
+        local_missing: bool = False,
+        local_corrupt: bool = False,
     ) -> memoryview:
         """The verified bytes of one chunk from the first healthy replica, hedged.
 
         A read-only memoryview into the received message (no copy); bytes-like
         everywhere a `bytes` is (hashlib, `b"".join`, aiohttp's `write`). Concurrent
         callers for the same chunk share one read (and its result or error).
-        `local_corrupt`: the local copy just failed its check (a `LocalChunkStore.send`),
-        so the local store is not read again and the local node is asked first.
+        After a `LocalChunkStore.send` the local store is not read again: it just found
+        no copy (`local_missing`) or one that failed its check (`local_corrupt`: then the
+        local node is asked first).
         """
+        skip_local = local_missing or local_corrupt
         if not self.cfg.gateway.share_chunk_reads:
-            return await self._read_chunk(chunk_hex, length, local_corrupt)
+            return await self._read_chunk(chunk_hex, length, skip_local, local_corrupt)
         key = (chunk_hex, length)
         task = self._reads.get(key)
         if task is None:
-            task = asyncio.create_task(self._read_chunk(chunk_hex, length, local_corrupt))
+            task = asyncio.create_task(
+                self._read_chunk(chunk_hex, length, skip_local, local_corrupt)
+            )
             self._reads[key] = task
             task.add_done_callback(functools.partial(self._read_done, key))
             self.background.track(task)
@@ -111,10 +120,14 @@ class ChunkReader(ClusterParts):
             del self._reads[key]
 
     async def _read_chunk(
-        self, chunk_hex: str, length: int | None, local_corrupt: bool = False
+        self,
+        chunk_hex: str,
+        length: int | None,
+        skip_local: bool = False,
+        local_corrupt: bool = False,
     ) -> memoryview:
         chunk_id = bytes.fromhex(chunk_hex)
-        if self.local is not None and not local_corrupt:
+        if self.local is not None and not skip_local:
             try:
                 data = await self._read_local(self.local, chunk_id, length)
             except LocalCopyCorrupt:
@@ -260,11 +273,16 @@ class ChunkReader(ClusterParts):
             for chunk_hex, length, lo, hi in wanted:
                 while scheduled < len(wanted) and len(tasks) < ahead:
                     next_hex, next_len = wanted[scheduled][:2]
-                    read = (
-                        self._read_unless_local(next_hex, next_len)
-                        if local_marks
-                        else self.read_chunk(next_hex, next_len)
-                    )
+                    read: Coroutine[Any, Any, memoryview | None]
+                    if not local_marks:
+                        read = self.read_chunk(next_hex, next_len)
+                    elif scheduled == 0:
+                        # Wanted at once: no lookup first (a thread hop of latency on
+                        # every small blob); the send itself finds out, and reads it
+                        # the usual way when it is not held.
+                        read = _marked()
+                    else:
+                        read = self._read_unless_local(next_hex, next_len)
                     tasks.append(asyncio.create_task(read))
                     scheduled += 1
                 data = await tasks.popleft()
@@ -294,6 +312,11 @@ class ChunkReader(ClusterParts):
             self.read_range(recipe, 0, int(recipe.get("size", 0)))
         ) as pieces:
             return b"".join([p async for p in pieces])
+
+
+async def _marked() -> None:
+    """A `LocalSlice` without a lookup (see `_pieces`)."""
+    return None
 
 
 def _drop_result(task: asyncio.Future[bytes | None]) -> None:

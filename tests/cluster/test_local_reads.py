@@ -48,7 +48,11 @@ def start(make_cluster: Callable[..., LocalCluster], sendfile: bool = True) -> L
         # hedge itself is tested in tests/gateway/test_cluster_client.py).
         extra={
             "node": dict(QUIET_ROLES),
-            "gateway": {"hedge_after_seconds": 10.0, "local_sendfile": sendfile},
+            "gateway": {
+                "hedge_after_seconds": 10.0,
+                "local_sendfile": sendfile,
+                "sendfile_hold_seconds": 60.0,  # no send cut short on a loaded machine
+            },
         },
         local_reads=True,
     )
@@ -72,6 +76,21 @@ async def local_reads(http: aiohttp.ClientSession, cluster: LocalCluster) -> dic
 
 def delta(after: dict[str, float], before: dict[str, float], key: str) -> float:
     return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+async def reads_after(
+    http: aiohttp.ClientSession, cluster: LocalCluster, before: dict[str, float], chunks: int
+) -> dict[str, float]:
+    """The counters once every chunk of a pull is counted (hit, miss or corrupt): a chunk
+    sent by sendfile is counted when its send returns, which can be a moment after the
+    client has the body."""
+    deadline = time.monotonic() + 30
+    while True:
+        after = await local_reads(http, cluster)
+        if sum(delta(after, before, k) for k in ("hit", "miss", "corrupt")) >= chunks:
+            return after
+        assert time.monotonic() < deadline, f"never counted {chunks} chunk reads: {after}"
+        await asyncio.sleep(0.1)
 
 
 async def push_a_mixed_blob(
@@ -103,7 +122,7 @@ async def test_pulls_are_served_from_the_local_lmdb(
     ids = chunk_ids(data, CHUNK)
     before = await local_reads(http, cluster)
     assert await pull_blob(http, base, REPO, digest) == data
-    after = await local_reads(http, cluster)
+    after = await reads_after(http, cluster, before, len(ids))
     assert delta(after, before, "hit") == sum(held)
     assert delta(after, before, "miss") == len(ids) - sum(held)
     assert delta(after, before, "corrupt") == 0
@@ -145,7 +164,7 @@ async def test_a_corrupt_local_copy_is_refused_and_repaired(
     before = await local_reads(http, cluster)
     # Served from the other replica, byte-exact; the damaged local copy never left.
     assert await pull_blob(http, base, REPO, digest) == data
-    after = await local_reads(http, cluster)
+    after = await reads_after(http, cluster, before, len(ids))
     assert delta(after, before, "corrupt") == 1
     # The local node was asked first: its own check quarantined the copy, and its
     # re-fetch restores a good one.
@@ -157,7 +176,7 @@ async def test_a_corrupt_local_copy_is_refused_and_repaired(
     # Now the local path serves it again.
     before = await local_reads(http, cluster)
     assert await pull_blob(http, base, REPO, digest) == data
-    after = await local_reads(http, cluster)
+    after = await reads_after(http, cluster, before, len(ids))
     assert delta(after, before, "corrupt") == 0
     assert delta(after, before, "hit") == sum(has(cluster, 0, ids))
 
