@@ -82,8 +82,9 @@ class DirectSender:
             return None
         if not isinstance(writer, StreamWriter) or writer.chunked or writer._compress:
             return None
-        if transport.get_extra_info("sslcontext") is not None:
-            return None
+        tls = ("sslcontext", "ssl_object")
+        if any(transport.get_extra_info(key) is not None for key in tls):
+            return None  # the socket carries TLS records: plain bytes would break them
         sock = transport.get_extra_info("socket")
         fd = sock.fileno() if sock is not None else -1
         if fd < 0:

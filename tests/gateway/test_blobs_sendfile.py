@@ -7,15 +7,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 from fakenodes import DataPath, data_path, eventually, production_server
 from test_local_reads import Writer
 
 from cargohold.digests import checksum_of, digest_of
+from gateway.app import build_app
 from gateway.cluster.local_reads import READS, SENDFILE_BYTES, LocalChunkStore
+from gateway.context import GatewayContext
+from gateway.server import _ssl_context, make_runner
 
 CHUNK = 64 * 1024
 DATA = os.urandom(6 * CHUNK + 1000)
@@ -156,3 +163,45 @@ async def test_a_client_gone_mid_body_is_only_logged(
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
         resp = await dp.http.get(f"/v2/lib/app/blobs/{digest_of(big)}")
         assert await resp.read() == big
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_tls_connections_are_written_as_before(
+    tmp_path: Path, writer: Writer, self_signed: tuple[Path, Path]
+) -> None:
+    """Bytes sent beside a TLS transport would be plaintext inside its record stream: a
+    TLS connection never takes the sendfile path, and its body is exact."""
+    cert, key = self_signed
+    async for dp in start(tmp_path, True):
+        dp.cfg.gateway.tls_cert, dp.cfg.gateway.tls_key = str(cert), str(key)
+        runner = make_runner(build_app(GatewayContext(cfg=dp.cfg, cluster=dp.cluster)), dp.cfg)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=_ssl_context(dp.cfg))
+        await site.start()
+        try:
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            client_ctx = ssl.create_default_context(cafile=str(cert))
+            before = sent_by_sendfile()
+            async with aiohttp.ClientSession() as session:
+                url = f"https://127.0.0.1:{port}{URL}"
+                async with session.get(url, ssl=client_ctx) as resp:
+                    assert resp.status == 200
+                    assert await resp.read() == DATA
+            assert sent_by_sendfile() == before
+            # The same gateway over plain HTTP does send them (the switch is on).
+            resp = await dp.http.get(URL)
+            assert await resp.read() == DATA
+            await counted(before, sum(len(PIECES[i]) for i in LOCAL))
+        finally:
+            await runner.cleanup()
