@@ -55,8 +55,9 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import lmdb
 from prometheus_client import Counter
@@ -64,6 +65,8 @@ from prometheus_client import Counter
 from cargohold.digests import checksum_of
 from cargohold.log import log_event
 from gateway.cluster.map_offsets import FileMaps, buffer_address
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger("cargohold.gateway.cluster")
 
@@ -168,22 +171,9 @@ class LocalChunkStore:
     async def read(self, chunk_id: bytes, length: int | None) -> bytes | None:
         """The verified bytes of a chunk held locally; None when not held (or the store
         cannot be read now). Raises LocalCopyCorrupt for a copy that fails its check."""
-        try:
-            data = await asyncio.to_thread(self._read, chunk_id, length)
-        except _Unavailable:
-            READS.labels("unavailable").inc()
-            return None
-        except LocalCopyCorrupt:
-            self._count_corrupt(chunk_id)
-            raise
-        except lmdb.Error as exc:
-            self._count_error(exc)
-            return None
-        if data is None:
-            READS.labels("miss").inc()
-            return None
-        READS.labels("hit").inc()
-        READ_BYTES.inc(len(data))
+        data = await self._counted(asyncio.to_thread(self._read, chunk_id, length), chunk_id)
+        if data is not None:
+            READ_BYTES.inc(len(data))
         return data
 
     async def holds(self, chunk_id: bytes) -> bool:
@@ -222,6 +212,14 @@ class LocalChunkStore:
         except RuntimeError:  # the executor shut down by a concurrent close()
             os.close(fd)
             return None  # the caller reads the chunk the usual way
+        done = await self._counted(work, chunk_id)
+        if done is not None:
+            READ_BYTES.inc(hi - lo)
+        return done
+
+    async def _counted(self, work: Awaitable[_T | None], chunk_id: bytes) -> _T | None:
+        """The outcome of one local read or send, counted by result: None when the store
+        cannot be read now or does not hold the chunk; LocalCopyCorrupt raised on."""
         try:
             done = await work
         except _Unavailable:
@@ -233,11 +231,7 @@ class LocalChunkStore:
         except lmdb.Error as exc:
             self._count_error(exc)
             return None
-        if done is None:
-            READS.labels("miss").inc()
-            return None
-        READS.labels("hit").inc()
-        READ_BYTES.inc(hi - lo)
+        READS.labels("miss" if done is None else "hit").inc()
         return done
 
     def close(self) -> None:
