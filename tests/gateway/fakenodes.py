@@ -288,6 +288,22 @@ async def production_server(cfg: Config, cluster: ClusterClient) -> AsyncIterato
         await runner.cleanup()
 
 
+async def vanish_mid_body(url: str, path: str, records: list[Any]) -> None:
+    """GET `path` from the server at `url`, read the status line, then drop the connection
+    without reading the body; return once the gateway logged `blob.client_gone` (among the
+    captured `records`)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+    writer.transport.abort()  # vanish without reading the body
+    await eventually(
+        lambda: any(r.getMessage() == "blob.client_gone" for r in records),
+        "gateway saw the lost client",
+    )
+
+
 async def eventually(predicate: Callable[[], bool], what: str, limit: float = 30.0) -> None:
     """Wait until `predicate()` holds; fail (not hang) if it never does."""
     loop = asyncio.get_running_loop()

@@ -4,7 +4,6 @@ fake nodes hold every chunk, a real node chunk store written by another process
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import ssl
@@ -15,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from fakenodes import DataPath, data_path, eventually, production_server
+from fakenodes import DataPath, data_path, eventually, production_server, vanish_mid_body
 from test_local_reads import Writer
 
 from cargohold.digests import checksum_of, digest_of
@@ -148,18 +147,7 @@ async def test_a_client_gone_mid_body_is_only_logged(
             )
         caplog.set_level(logging.DEBUG, logger="cargohold.gateway.blobs")
         async for url in production_server(dp.cfg, dp.cluster):
-            host, port = url.removeprefix("http://").split(":")
-            reader, conn = await asyncio.open_connection(host, int(port))
-            conn.write(
-                f"GET /v2/lib/app/blobs/{digest_of(big)} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-            )
-            await conn.drain()
-            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
-            conn.transport.abort()  # vanish without reading the body
-            await eventually(
-                lambda: any(r.getMessage() == "blob.client_gone" for r in caplog.records),
-                "gateway saw the lost client",
-            )
+            await vanish_mid_body(url, f"/v2/lib/app/blobs/{digest_of(big)}", caplog.records)
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
         resp = await dp.http.get(f"/v2/lib/app/blobs/{digest_of(big)}")
         assert await resp.read() == big

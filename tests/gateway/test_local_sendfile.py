@@ -13,6 +13,7 @@ from pathlib import Path
 import lmdb
 import pytest
 from test_local_reads import Writer, blob
+from test_local_reads import writer as writer  # the same fixture: a real node's store
 
 from cargohold.digests import checksum_of
 from gateway.cluster.local_reads import (
@@ -25,15 +26,6 @@ from gateway.cluster.local_reads import (
 from gateway.cluster.map_offsets import FileMaps, buffer_address
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def writer(tmp_path: Path) -> Iterator[Writer]:
-    w = Writer(tmp_path)
-    try:
-        yield w
-    finally:
-        w.close()
 
 
 @pytest.fixture
