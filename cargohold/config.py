@@ -58,6 +58,10 @@ class ClusterConfig:
     # each; a full cache refuses calls rather than forget one: 2 M is 33 k calls/s).
     auth_max_skew: float = 30.0
     auth_nonce_cache_max: int = 2_000_000
+    # How the Raft port seals its messages (node/metadata/raft_cipher.py): "aes-gcm", or
+    # "fernet" (pysyncobj's own) while a rolling upgrade from a release that reads only
+    # Fernet is under way. Every node opens both; set it back once all run this release.
+    raft_cipher: str = "aes-gcm"
     # How many copies of each chunk are kept (R) and how many fsynced copies
     # acknowledge a write (W).
     replicas: int = 3
@@ -144,6 +148,10 @@ class NodeConfig:
     # RssAnon per manifest after a restart) or 5, which nodes before version 6 read. Set 5
     # while a rolling upgrade from such a version is under way (docs/metadata.md).
     raft_snapshot_compact_version: int = 6
+    # Raft messages (pickled) shorter than this are sealed without zlib: compressing a
+    # few hundred bytes cost more CPU than sealing them (docs/raft.md). Only with
+    # cluster.raft_cipher "aes-gcm" (every node of such a release reads both forms).
+    raft_compress_min_bytes: int = 16 * 1024
     # A forked snapshot child still running after this many seconds is killed and the
     # snapshot counted as failed (retried later): a child of a process with gRPC threads
     # can hang on a lock one of them held at the fork. 1 M manifests take ~20-30 s here.
@@ -1013,6 +1021,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("node.search_ready_wait must be >= 0")
     if cfg.node.raft_snapshot_compact_version not in (5, 6):
         raise ConfigError("node.raft_snapshot_compact_version must be 5 or 6")
+    if cfg.node.raft_compress_min_bytes < 0:
+        raise ConfigError("node.raft_compress_min_bytes must be >= 0")
+    if cfg.cluster.raft_cipher not in ("aes-gcm", "fernet"):
+        raise ConfigError("cluster.raft_cipher must be aes-gcm or fernet")
     if not 0.0 <= cfg.node.disk_reserve_fraction < 1.0 or cfg.node.disk_reserve_max_bytes < 0:
         raise ConfigError(
             "node.disk_reserve_fraction must be in [0, 1) and disk_reserve_max_bytes >= 0"

@@ -108,6 +108,7 @@ class Membership:
                     self._cfg.cluster.secret,
                     ["transfer", ""],
                     timeout=node.raft_command_timeout,
+                    cipher=self._cfg.cluster.raft_cipher,
                 )
             )
 

@@ -51,6 +51,17 @@ module is the only one that touches them (pinned by `pysyncobj==0.3.17`). It pro
   starts sending it (`_check_outgoing_dump`): a damaged one is not sent, and the member
   writes a new snapshot instead.
 - `ConflictTruncation`, a fix for a follower with a divergent log suffix (below).
+- `install_cipher`: pysyncobj builds the Raft port's message cipher with
+  `getEncryptor(conf.password)` (in `syncobj` and in `utility` for `TcpUtility`); the
+  patched factory builds our AES-256-GCM `TransportCipher` (node/metadata/raft_cipher.py)
+  instead of Fernet, from the cluster secret or a `RaftPassword`.
+- small messages uncompressed (`install_cipher` too): pysyncobj's `TcpConnection.send`
+  compresses every pickled message with zlib (level 3) before sealing it, ~7-10 µs for a
+  few hundred bytes that shrink by a few dozen. With an AES-GCM `TransportCipher`, a
+  pickle shorter than its `compress_min` is sealed as it is; the receiving side's `zlib`
+  (`_TransportZlib`) passes such a pickle through (a protocol-2 pickle starts with 0x80,
+  a zlib stream never does) and decompresses the rest. With `fernet` every message is
+  compressed as before, so a node of an older release can read it.
 - `SizedCompaction`: when to snapshot. pysyncobj's own rule (`logCompactionSplit`) lets a
   member compact only in its slot of a `logCompactionMinTime` period (a 60 s window every
   600 s by default), so under load the log, and the replay after a restart, grew with
@@ -88,18 +99,26 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import struct
 import threading
 import time
+import zlib
 from typing import Any
 
+import pysyncobj.pickle as _pickle
 import pysyncobj.syncobj as _syncobj
+import pysyncobj.tcp_connection as _tcp_connection
+import pysyncobj.utility as _utility
 from pysyncobj import SyncObj
 from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.journal import Journal
+from pysyncobj.monotonic import monotonic as _monotonic
 from pysyncobj.serializer import Serializer
+from pysyncobj.tcp_connection import TcpConnection
 from pysyncobj.transport import TCPTransport
 
 from cargohold.log import log_event
+from node.metadata.raft_cipher import AES_GCM, TransportCipher, encryptor_for
 
 logger = logging.getLogger("cargohold.node.raft")
 
@@ -200,6 +219,54 @@ def install_journal() -> None:
 
 
 install_journal()
+
+
+# -- the message cipher -------------------------------------------------------------------------
+_PICKLE_START = b"\x80"  # pysyncobj pickles with protocol 2: PROTO 0x80 0x02
+_tcp_send = TcpConnection.send
+
+
+class _TransportZlib:
+    """`zlib` as pysyncobj's tcp_connection module sees it: `decompress` passes an
+    uncompressed pickle through (module docstring)."""
+
+    compress = staticmethod(zlib.compress)
+
+    @staticmethod
+    def decompress(data: bytes) -> bytes:
+        if data[:1] == _PICKLE_START:
+            return data
+        return zlib.decompress(data)
+
+
+def _send(self: Any, message: Any) -> None:
+    """`TcpConnection.send`, but with an AES-GCM `TransportCipher` a pickle shorter than
+    its `compress_min` is sealed uncompressed (the rest is pysyncobj's, line for line)."""
+    encryptor = self.encryptor
+    if not isinstance(encryptor, TransportCipher) or encryptor.cipher != AES_GCM:
+        _tcp_send(self, message)
+        return
+    if self.sendRandKey:
+        message = (self.sendRandKey, message)
+    data = _pickle.dumps(message)
+    if len(data) >= encryptor.compress_min:
+        data = zlib.compress(data, 3)
+    data = encryptor.encrypt_at_time(data, int(_monotonic()))
+    self._TcpConnection__writeBuffer += struct.pack("i", len(data)) + data
+    self._TcpConnection__trySendBuffer()
+
+
+def install_cipher() -> None:
+    """Make every `SyncObj` and `TcpUtility` of this process seal its messages with a
+    `TransportCipher` built from its password (node/metadata/raft_cipher.py), small ones
+    uncompressed."""
+    _syncobj.getEncryptor = encryptor_for
+    _utility.getEncryptor = encryptor_for
+    _tcp_connection.zlib = _TransportZlib
+    TcpConnection.send = _send
+
+
+install_cipher()
 
 
 # -- the received-snapshot check ------------------------------------------------------------------

@@ -142,6 +142,7 @@ from node.metadata.pysyncobj_seam import (
     SizedCompaction,
     SyncingTransport,
 )
+from node.metadata.raft_cipher import AES_GCM, RaftPassword
 from node.metadata.state import COMMANDS, QUERIES, MetadataState
 
 logger = logging.getLogger("cargohold.node.raft")
@@ -211,18 +212,22 @@ def resent_truncations() -> int:
     return _ResendFilter.count
 
 
-def raft_utility(address: str, secret: str, command: list[str], timeout: float = 10.0) -> Any:
+def raft_utility(
+    address: str, secret: str, command: list[str], timeout: float = 10.0, cipher: str = AES_GCM
+) -> Any:
     """Run one pysyncobj utility command on a member's Raft port: `["status"]`,
     `["add", raft_addr]`, `["remove", raft_addr]`, `["transfer", raft_addr]`.
 
     This is how Raft membership changes (one at a time, sent to the leader): start the new
     node with `peers` = the current members, `add` its Raft address, and its own
-    `member_join` then commits. Authenticated with the cluster secret. Blocking: call it
+    `member_join` then commits. Authenticated with the cluster secret, sealed with `cipher`
+    (`cluster.raft_cipher`, node/metadata/raft_cipher.py). Blocking: call it
     from a CLI or a thread, never from the event loop or the tick thread.
     """
     from pysyncobj.utility import TcpUtility
 
-    return TcpUtility(password=secret, timeout=timeout).executeCommand(address, command)
+    password = RaftPassword(secret, cipher)
+    return TcpUtility(password=password, timeout=timeout).executeCommand(address, command)
 
 
 def _freeze_heap() -> None:
@@ -429,7 +434,9 @@ class RaftMember(DurableTicks, ConflictTruncation, SizedCompaction, RaftInternal
             deserializer=self._read_dump,
             serializeChecker=self._check_dump,
             bindAddress=node.raft_listen,
-            password=cfg.cluster.secret,
+            password=RaftPassword(
+                cfg.cluster.secret, cfg.cluster.raft_cipher, node.raft_compress_min_bytes
+            ),
             appendEntriesUseBatch=False,
             appendEntriesPeriod=node.raft_heartbeat_period,
             logCompactionSplit=True,
