@@ -108,6 +108,7 @@ async def ingest(
     limit: int | None = None,
     stored: Callable[[int], None] | None = None,
     fresh: bool = False,
+    first: Callable[[bytes, list[memoryview]], None] | None = None,
 ) -> tuple[list[list[Any]], int]:
     """Store a body as chunks; return ([[chunk_hex, length], ...], total bytes).
 
@@ -116,7 +117,8 @@ async def ingest(
     the running digest after it (one sha256 pass over that chunk). `limit`, when set,
     is the most bytes this body may add (SizeInvalid beyond it). `stored(length)` is
     called when a chunk's write ended (its buffer is no longer held for the body budget,
-    gateway/body.py).
+    gateway/body.py). `first(chunk_id, pieces)` sees a `fresh` body's first chunk (its id
+    is then the sha256 of exactly those bytes) before its write starts.
     """
     chunks: list[list[Any]] = []
     total = 0
@@ -128,6 +130,8 @@ async def ingest(
             if limit is not None and total > limit:
                 raise SizeInvalid("blob exceeds the size limit", detail={"limit": limit})
             chunk_id, request = await encode_chunk(running, pieces, length, fresh and not chunks)
+            if first is not None and fresh and not chunks:
+                first(chunk_id, pieces)
             del pieces
             chunks.append([chunk_id.hex(), length])
             while len(writes) >= in_flight:

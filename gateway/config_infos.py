@@ -4,7 +4,9 @@ At manifest PUT the gateway reads the image's config blob for its platform and l
 (gateway/image_info.py). What it derives depends on the config's bytes only, and a config
 is addressed by the sha256 of its bytes, so an entry can never be stale: this cache only
 saves the lookup and the chunk read when the same config is pushed again (a manifest
-pushed under another tag, an image rebuilt with the same config, a multi-tag push). It
+pushed under another tag, an image rebuilt with the same config, a multi-tag push), or
+when the config's own upload went through this gateway (parsed as it arrived,
+`image_info.note_pushed_config`, keyed by the sha256 of the bytes it parsed). It
 never answers whether a repository may use the config: the `manifest_put` command checks
 that, atomically, whatever this cache holds. `None` (the blob is not an image config we
 can read) is cached like any other answer; a failed read is not.

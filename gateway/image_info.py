@@ -7,7 +7,9 @@ platforms are its `manifests[].platform` entries. Anything that cannot be read o
 leaves `info` out: the push never fails for it (search then lacks those fields for that
 manifest). The config's recipe is looked up without a Raft barrier (`_config_bytes` says
 why that is safe) and what a config yields is kept by its digest (gateway/config_infos.py),
-so a manifest pushed again under another tag costs no config read at all. Values are cut
+so a manifest pushed again under another tag costs no config read at all; a config pushed
+through this gateway (in one request body) is parsed as it arrives (`note_pushed_config`),
+so the manifest PUT that follows costs no config read either. Values are cut
 to the contract's bounds (cargohold/metadata_api.py `image_info`).
 Manifests stored before this existed get theirs from gateway/search_backfill.py, through
 `stored_manifest_info`.
@@ -111,6 +113,24 @@ async def manifest_info(
         # A missing config is refused by manifest_put itself (MANIFEST_BLOB_UNKNOWN).
         log_event(logger, "search.config_unread", logging.DEBUG, repo=repo, error=exc.message)
         return None
+
+
+def note_pushed_config(ctx: GatewayContext, chunk_id: bytes, pieces: list[memoryview]) -> None:
+    """An upload body's first chunk, `chunk_id` being the sha256 of exactly these bytes
+    (gateway/chunking.py `ingest`): when it may be an image config (JSON naming an
+    architecture, at most `gateway.search_config_max_bytes`), what search reads of it is
+    kept under that digest now, as a manifest PUT naming it would keep it after reading it
+    back (two round trips fewer, a lookup and a chunk read). Whatever becomes of the upload
+    the entry is right: it is keyed by the digest of the bytes it was read from, and
+    whether a repository may use that blob is still the `manifest_put` apply's to decide."""
+    if not pieces or pieces[0][:1] != b"{":
+        return
+    if sum(len(p) for p in pieces) > ctx.cfg.gateway.search_config_max_bytes:
+        return
+    data = b"".join(pieces)
+    if b'"architecture"' not in data:
+        return
+    ctx.config_infos.put("sha256:" + chunk_id.hex(), config_info(data))
 
 
 async def stored_manifest_info(

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import secrets
@@ -86,6 +87,7 @@ from gateway.body import BodyTimeout, BudgetedBody, budget
 from gateway.chunking import ingest
 from gateway.context import GatewayContext, context
 from gateway.hash_cache import rebuild
+from gateway.image_info import note_pushed_config
 from gateway.quotas import Room
 from gateway.upload_ids import UploadId, new_upload_id, parse_upload_id
 
@@ -295,6 +297,7 @@ async def _ingest(
             stored=body.chunk_stored,
             # A body that starts a sha256 blob: its first chunk's id is the running digest.
             fresh=size == 0 and getattr(hasher, "name", "") == "sha256",
+            first=functools.partial(note_pushed_config, ctx),
         )
     except SizeInvalid:
         if quota is not None and by_quota:
