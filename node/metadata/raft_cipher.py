@@ -141,16 +141,19 @@ class TransportCipher:
             raise SealError("short Raft message")
         _, sender, timestamp, nonce = _HEADER.unpack_from(token)
         opener = self._openers.get(sender)
+        known = opener is not None
         if opener is None:
             opener = _sender_key(self._master, sender)
-            with self._lock:
-                if len(self._openers) >= _SENDERS_KEPT:
-                    self._openers.clear()
-                self._openers[sender] = opener
         try:
             plaintext = opener.decrypt(nonce, token[_HEADER.size :], token[:_AAD_LEN])
         except Exception as exc:  # cryptography's InvalidTag
             raise SealError("Raft message failed authentication") from exc
+        if not known:
+            # Kept only once a message from it checked: forged senders fill no cache.
+            with self._lock:
+                if len(self._openers) >= _SENDERS_KEPT:
+                    self._openers.clear()
+                self._openers[sender] = opener
         return int(timestamp), plaintext
 
     def _legacy(self) -> Any:

@@ -68,6 +68,22 @@ def test_every_changed_byte_and_a_truncation_are_refused() -> None:
         receiver.decrypt(token[:20])
 
 
+def test_a_forged_sender_leaves_no_key_behind() -> None:
+    """Keys of unknown senders are kept only once one of their messages checked, so a peer
+    without the secret cannot fill the cache with senders of its own making."""
+    receiver, stranger = TransportCipher(SECRET), TransportCipher("another-secret")
+    for _ in range(3):
+        with pytest.raises(SealError):
+            receiver.extract_timestamp(
+                TransportCipher("another-secret").encrypt_at_time(MESSAGE, 1)
+            )
+    with pytest.raises(SealError):
+        receiver.extract_timestamp(stranger.encrypt_at_time(MESSAGE, 1))
+    assert receiver._openers == {}
+    receiver.extract_timestamp(TransportCipher(SECRET).encrypt_at_time(MESSAGE, 1))
+    assert len(receiver._openers) == 1
+
+
 def test_a_forged_timestamp_is_refused() -> None:
     sender, receiver = TransportCipher(SECRET), TransportCipher(SECRET)
     token = sender.encrypt_at_time(MESSAGE, 7)
