@@ -35,9 +35,13 @@ the mapped bytes and the data copied out once. sha256 of incoming data is comput
 executor thread too, so the event loop never hashes megabytes.
 
 With `node.drop_written_pages`, each commit that stored chunks is followed (after its
-acknowledgements) by `posix_fadvise(DONTNEED)` on data.mdb: written chunks leave the page
-cache, so writes recycle its memory instead of growing it (cheaper on hosts where fresh
-memory is costly, see bench/README.md) and reads of them go to the disk.
+acknowledgements) by `posix_fadvise(DONTNEED)` on the file ranges of the values it just
+wrote (found from their addresses in this process's map of data.mdb,
+cargohold/map_offsets.py, widened to whole folios and unmapped here first): written
+chunks leave the page cache, so writes recycle its memory instead of growing it (cheaper
+on hosts where fresh memory is costly, see bench/README.md) and reads of them go to the
+disk. Other cached pages of the file are left alone: the cost is per byte written, not
+per byte of the file.
 
 No space raises `StorageFull` for the puts that do not fit, and the store keeps serving
 reads and deletes: a put that would eat into the disk reserve (`node/disk.py`, checked
@@ -80,6 +84,8 @@ from cargohold.errors import (
     Unavailable,
 )
 from cargohold.log import log_event
+from cargohold.map_offsets import FileMaps
+from cargohold.mapped_pages import FOLIO_BYTES, buffer_address, release_folios
 from node.chunk_touch import ChunkTouches
 from node.disk import DiskSpace
 
@@ -334,6 +340,17 @@ class _Op:
 _STOP = object()
 
 
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or touching [lo, hi) ranges joined, in order."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
 class LmdbChunkStore:
     """Chunks in one LMDB environment at `path` (a directory, created when missing)."""
 
@@ -379,10 +396,16 @@ class LmdbChunkStore:
         self.touches = ChunkTouches()
         # Told the seconds of each write transaction, fsync included (node/metrics.py).
         self.commit_observer: Callable[[float], None] | None = None
-        # `node.drop_written_pages`: data.mdb opened once more, to drop its cached pages.
+        # `node.drop_written_pages`: data.mdb opened once more, to drop the cached pages
+        # of values just written. This process's mappings of it give their file offsets
+        # (the environment is never remapped while open: what is remembered stays true).
         self._drop_fd: int | None = None
+        self._maps: FileMaps | None = None
         if drop_written_pages and hasattr(os, "posix_fadvise"):
-            self._drop_fd = os.open(os.path.join(path, "data.mdb"), os.O_RDONLY)
+            data_mdb = os.path.join(path, "data.mdb")
+            self._drop_fd = os.open(data_mdb, os.O_RDONLY)
+            st = os.fstat(self._drop_fd)
+            self._maps = FileMaps(data_mdb, st.st_dev, st.st_ino)
         self._writer = threading.Thread(
             target=self._write_loop, name="chunkstore-writer", daemon=True
         )
@@ -647,18 +670,44 @@ class LmdbChunkStore:
         self._charge(ops, results)
         for op, result in zip(ops, results, strict=True):
             op.future.set_result(result)
-        if self._drop_fd is not None and any(op.kind == "put" for op in ops):
-            self._drop_cached_pages()
+        if self._drop_fd is not None:
+            written = [
+                op.chunk_id
+                for op, res in zip(ops, results, strict=True)
+                if op.kind == "put" and not res
+            ]
+            if written:
+                self._drop_cached_pages(written)
 
-    def _drop_cached_pages(self) -> None:
+    def _drop_cached_pages(self, ids: list[bytes]) -> None:
         """`node.drop_written_pages`: after a commit (its pages fsynced, so clean) and its
-        acknowledgements, ask the kernel to drop data.mdb's cached pages. Pages mapped by a
-        reader stay; the next write reuses the freed memory instead of growing the page
-        cache. Advice only: a failure changes nothing stored."""
-        assert self._drop_fd is not None
+        acknowledgements, ask the kernel to drop the cached pages of the values it wrote:
+        each value's file range (from its address in this process's map), widened to whole
+        folios (a large folio is dropped whole or not at all), after unmapping those folios
+        here: LMDB's lookup of a big value reads its first page, and that fault maps the
+        folio, which the kernel then would not drop. Pages mapped by another process stay.
+        The next write reuses the freed memory instead of growing the page cache. Advice
+        only: a failure changes nothing stored."""
+        assert self._drop_fd is not None and self._maps is not None
+        ranges: list[tuple[int, int]] = []
         try:
-            os.posix_fadvise(self._drop_fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        except OSError as exc:
+            with self._env.begin(db=self._chunks, buffers=True) as txn:
+                for chunk_id in ids:
+                    value = txn.get(chunk_id)
+                    if value is None:
+                        continue  # deleted since
+                    address = buffer_address(value)
+                    mapping = self._maps.mapping_of(address, len(value))
+                    if mapping is None:
+                        continue
+                    offset = address - mapping.start + mapping.file_offset
+                    lo = offset // FOLIO_BYTES * FOLIO_BYTES
+                    hi = -(-(offset + len(value)) // FOLIO_BYTES) * FOLIO_BYTES
+                    release_folios(value, mapping)
+                    ranges.append((lo, hi))
+            for lo, hi in _merged(ranges):
+                os.posix_fadvise(self._drop_fd, lo, hi - lo, os.POSIX_FADV_DONTNEED)
+        except (OSError, BufferError, ValueError, lmdb.Error) as exc:
             log_event(logger, "chunkstore.drop_pages_failed", logging.DEBUG, error=str(exc))
 
     def _charge(self, ops: list[_Op], results: list[int]) -> None:

@@ -25,7 +25,7 @@ What holds, whatever the node does meanwhile:
   used by blob GETs on plain-HTTP connections: gateway/local_send.py). LMDB keeps a value
   bigger than a page in contiguous overflow pages, so a chunk's bytes are one range of
   `data.mdb`; its file offset is the value's address minus the start of this process's
-  mapping of the file (gateway/cluster/map_offsets.py), confirmed per send by reading its
+  mapping of the file (cargohold/map_offsets.py), confirmed per send by reading its
   first 32 bytes back with `pread` (a mismatch, or any doubt, copies instead). Inside the
   read transaction the chunk is verified as above, then `sendfile(2)` moves it from the
   page cache to the client's socket with no copy in user space, in a worker thread
@@ -64,7 +64,7 @@ from prometheus_client import Counter
 
 from cargohold.digests import checksum_of
 from cargohold.log import log_event
-from gateway.cluster.map_offsets import FileMaps, buffer_address
+from cargohold.map_offsets import FileMaps, buffer_address
 
 _T = TypeVar("_T")
 

@@ -1,4 +1,4 @@
-"""Zero-copy local sends (gateway/cluster/local_reads.py `send`, map_offsets.py) against a
+"""Zero-copy local sends (gateway/cluster/local_reads.py `send`, cargohold/map_offsets.py) against a
 real node chunk store written by another process (test_local_reads.Writer), to real
 loopback TCP sockets."""
 
@@ -16,6 +16,7 @@ from test_local_reads import Writer, blob
 from test_local_reads import writer as writer  # the same fixture: a real node's store
 
 from cargohold.digests import checksum_of
+from cargohold.map_offsets import FileMaps, buffer_address
 from gateway.cluster.local_reads import (
     CHECKSUM_LEN,
     SENDFILE_BYTES,
@@ -23,7 +24,6 @@ from gateway.cluster.local_reads import (
     LocalChunkStore,
     LocalCopyCorrupt,
 )
-from gateway.cluster.map_offsets import FileMaps, buffer_address
 
 MiB = 1024 * 1024
 

@@ -1,5 +1,6 @@
-"""`node.drop_written_pages`: a commit that stored chunks drops data.mdb's cached pages
-(posix_fadvise DONTNEED, after the acknowledgements), and nothing stored changes."""
+"""`node.drop_written_pages`: a commit that stored chunks drops the cached pages of the
+values it wrote (posix_fadvise DONTNEED on their file ranges, after the acknowledgements),
+no other page of data.mdb, and nothing stored changes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from node.chunkstore import LmdbChunkStore
+from cargohold.mapped_pages import FOLIO_BYTES, PAGE_SIZE
+from node.chunkstore import CHECKSUM_LEN, LmdbChunkStore
+from tests.page_state import cached_pages, file_offset_of, read_at
 
 MiB = 1024 * 1024
 
@@ -20,6 +23,15 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="Linux 
 def _chunk(size: int) -> tuple[bytes, bytes]:
     data = os.urandom(size)
     return hashlib.sha256(data).digest(), data
+
+
+async def _advised(advice: list[tuple[int, int, int, int]], calls: int) -> None:
+    """Wait for the writer thread, which advises after it has acknowledged the put."""
+    for _ in range(500):
+        if len(advice) >= calls:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(advice)} advice calls, not {calls}")
 
 
 @pytest.fixture
@@ -35,26 +47,28 @@ def advice(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int, int]]:
     return calls
 
 
-async def test_a_commit_with_puts_drops_the_data_files_pages(
+async def test_a_commit_with_puts_drops_the_pages_it_wrote(
     tmp_path: Path, advice: list[tuple[int, int, int, int]]
 ) -> None:
     store = LmdbChunkStore(str(tmp_path / "c"), 64 * MiB, 16, 16 * MiB, drop_written_pages=True)
+    data_mdb = tmp_path / "c" / "data.mdb"
     try:
         chunk_id, data = _chunk(256 * 1024)
         assert await store.put(chunk_id, data) is False
-        # The writer thread advises after it has acknowledged the put: wait for it.
-        for _ in range(500):
-            if advice:
-                break
-            await asyncio.sleep(0.01)
-        assert advice, "no advice after a put"
+        await _advised(advice, 1)
         fd, offset, length, how = advice[-1]
-        assert (offset, length, how) == (0, 0, os.POSIX_FADV_DONTNEED)
-        assert os.fstat(fd).st_ino == os.stat(tmp_path / "c" / "data.mdb").st_ino
+        # The value's range (checksum || data) widened to whole folios, not the file.
+        start = file_offset_of(data_mdb, data[:4096]) - CHECKSUM_LEN
+        assert how == os.POSIX_FADV_DONTNEED and (offset, length) != (0, 0)
+        assert offset % FOLIO_BYTES == 0 and length % FOLIO_BYTES == 0
+        assert offset <= start and start + CHECKSUM_LEN + len(data) <= offset + length
+        assert length <= CHECKSUM_LEN + len(data) + 2 * FOLIO_BYTES
+        assert os.fstat(fd).st_ino == os.stat(data_mdb).st_ino
         assert await store.get(chunk_id) == data  # read back (from the disk if dropped)
         before = len(advice)
+        assert await store.put(chunk_id, data) is True  # held already: nothing written
         assert await store.delete([chunk_id]) == 1
-        assert len(advice) == before  # a commit without puts leaves the cache alone
+        assert len(advice) == before  # commits that store nothing leave the cache alone
     finally:
         store.close()
     reopened = LmdbChunkStore(str(tmp_path / "c"), 64 * MiB, 16, 16 * MiB)
@@ -62,6 +76,36 @@ async def test_a_commit_with_puts_drops_the_data_files_pages(
         assert (await reopened.stats()).count == 0
     finally:
         reopened.close()
+
+
+async def test_a_commit_leaves_other_cached_pages_alone(
+    tmp_path: Path, advice: list[tuple[int, int, int, int]]
+) -> None:
+    store = LmdbChunkStore(str(tmp_path / "c"), 64 * MiB, 16, 16 * MiB, drop_written_pages=True)
+    data_mdb = tmp_path / "c" / "data.mdb"
+    try:
+        old_id, old = _chunk(1 * MiB)
+        await store.put(old_id, old)
+        await _advised(advice, 1)
+        # Read the old chunk back into the page cache (it was dropped after its commit).
+        at = file_offset_of(data_mdb, old[:4096])
+        assert read_at(data_mdb, at, len(old)) == old
+        whole = cached_pages(data_mdb, at, len(old))
+        assert whole >= len(old) // PAGE_SIZE
+        # A chunk between them, so the old and new ones share no folio.
+        await store.put(*_chunk(2 * FOLIO_BYTES))
+        await _advised(advice, 2)
+        new_id, new = _chunk(1 * MiB)
+        await store.put(new_id, new)
+        await _advised(advice, 3)
+        assert cached_pages(data_mdb, at, len(old)) == whole  # still all cached
+        # The new chunk's pages are gone from the cache, and that range holds it.
+        _, new_at, length, _ = advice[-1]
+        assert cached_pages(data_mdb, new_at, length) == 0
+        assert new in read_at(data_mdb, new_at, length)
+        assert await store.get(new_id) == new and await store.get(old_id) == old
+    finally:
+        store.close()
 
 
 async def test_off_by_default(tmp_path: Path, advice: list[tuple[int, int, int, int]]) -> None:

@@ -5,8 +5,7 @@ an offset instead of the bytes, so it needs the offset of an LMDB value inside
 `data.mdb`. LMDB maps the file from offset 0, but py-lmdb does not tell where:
 `Environment.info()["map_addr"]` is only set for MDB_FIXEDMAP and is 0 otherwise. So:
 
-- `buffer_address` reads a buffer's start address with the C buffer protocol
-  (`PyObject_GetBuffer`, released at once), which works on read-only views too.
+- `buffer_address` (cargohold/mapped_pages.py) reads a buffer's start address.
 - `FileMaps` finds the mapping of the file that contains that address in
   `/proc/self/maps` (matched by device and inode, or by path: on overlay or btrfs file
   systems the table may name another device than `stat` does), with its file offset, and
@@ -21,48 +20,13 @@ copy instead.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
 from dataclasses import dataclass
 
+from cargohold.mapped_pages import buffer_address
 
-class _PyBuffer(ctypes.Structure):
-    """CPython's `Py_buffer` (Include/pybuffer.h)."""
-
-    _fields_ = [
-        ("buf", ctypes.c_void_p),
-        ("obj", ctypes.c_void_p),
-        ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t),
-        ("readonly", ctypes.c_int),
-        ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p),
-        ("shape", ctypes.c_void_p),
-        ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p),
-        ("internal", ctypes.c_void_p),
-    ]
-
-
-_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
-_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
-_get_buffer.restype = ctypes.c_int
-_release_buffer = ctypes.pythonapi.PyBuffer_Release
-_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
-_release_buffer.restype = None
-_PYBUF_SIMPLE = 0
-
-
-def buffer_address(obj: object) -> int:
-    """The address of the first byte of a (contiguous) buffer such as a memoryview."""
-    view = _PyBuffer()
-    if _get_buffer(obj, ctypes.byref(view), _PYBUF_SIMPLE) != 0:
-        raise BufferError("no simple buffer")
-    try:
-        return int(view.buf or 0)
-    finally:
-        _release_buffer(ctypes.byref(view))
+__all__ = ["FileMaps", "Mapping", "buffer_address"]
 
 
 @dataclass(frozen=True)
@@ -86,14 +50,19 @@ class FileMaps:
     def offset_of(self, address: int, length: int) -> int | None:
         """The file offset of [address, address + length), or None when no mapping of
         the file holds all of it."""
+        found = self.mapping_of(address, length)
+        if found is None:
+            return None
+        return address - found.start + found.file_offset
+
+    def mapping_of(self, address: int, length: int) -> Mapping | None:
+        """The mapping of the file holding [address, address + length), or None."""
         with self._lock:
             found = self._find(address, length)
             if found is None:
                 self._known = self._read_maps()
                 found = self._find(address, length)
-        if found is None:
-            return None
-        return address - found.start + found.file_offset
+        return found
 
     def forget(self) -> None:
         """Drop the remembered mappings (after a mismatch): the next lookup re-reads."""
