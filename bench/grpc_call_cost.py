@@ -4,7 +4,7 @@ A server child process (grpc.aio on uvloop, the node's server options) answers c
 with a trivial handler that parses the request and stores nothing, so the figures are the
 transport's own cost. The client (this process, uvloop too) sends the same serialized
 PutChunkRequest (`cargohold.wire.encode_put`) of 256 B, 16 KiB or 1 MiB of data, 1, 8 or
-32 at a time, four ways:
+32 at a time, five ways:
 
 - `unary`: `NodeChannel.put_serialized` as gateway/cluster/writes.py calls it: a channel
   from `cargohold.grpc_channels.open_channel` (per-call signing, latency histogram), the
@@ -15,6 +15,8 @@ PutChunkRequest (`cargohold.wire.encode_put`) of 256 B, 16 KiB or 1 MiB of data,
 - `stream`: one bidirectional stream per run, each request framed with an integer id
   (`frame`), a writer task sending, a reader task matching replies to futures by id; the
   server answers each message in order on the same stream;
+- `stream_batch`: the same stream, its writer packing every frame queued by the time it
+  wakes into one message (`pack_batch`), the server answering each pack with one pack;
 - `batch`: one unary call carrying N requests (`pack_batch`), one reply per request
   (N = the in-flight figure; skipped at 1, where it is `bare`).
 
@@ -59,10 +61,11 @@ from protos import registry_pb2 as pb
 SECRET = "bench-grpc-call-cost"
 PUT = "/cargohold.v1.Chunks/Put"
 STREAM = "/cargohold.bench.Mux/Stream"
+STREAM_BATCH = "/cargohold.bench.Mux/StreamBatch"
 BATCH = "/cargohold.bench.Mux/Batch"
 SIZES = (256, 16 * 1024, 1024 * 1024)
 IN_FLIGHT = (1, 8, 32)
-MODES = ("unary", "bare", "stream", "batch")
+MODES = ("unary", "bare", "stream", "stream_batch", "batch")
 _REPLY = pb.PutChunkReply(existed=False).SerializeToString()
 
 
@@ -139,6 +142,14 @@ async def _stream(
         yield frame(call_id, _handle(body))
 
 
+async def _stream_batch(
+    requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+) -> AsyncIterator[bytes]:
+    async for raw in requests:
+        frames = (unframe(one) for one in unpack_batch(raw))
+        yield pack_batch([frame(call_id, _handle(body)) for call_id, body in frames])
+
+
 async def _batch(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return pack_batch([_handle(body) for body in unpack_batch(raw)])
 
@@ -158,6 +169,9 @@ def _handlers(put: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
             {
                 "Stream": grpc.stream_stream_rpc_method_handler(
                     _stream, request_deserializer=_identity, response_serializer=_identity
+                ),
+                "StreamBatch": grpc.stream_stream_rpc_method_handler(
+                    _stream_batch, request_deserializer=_identity, response_serializer=_identity
                 ),
                 "Batch": grpc.unary_unary_rpc_method_handler(
                     _batch, request_deserializer=_identity, response_serializer=_identity
@@ -208,10 +222,15 @@ def _config() -> Config:
 
 class Multiplexer:
     """Requests over one bidirectional stream: ids allocated here, a writer task sending
-    in order, a reader task resolving each request's future with the reply of its id."""
+    in order, a reader task resolving each request's future with the reply of its id.
 
-    def __init__(self, call: Any) -> None:
+    With `coalesce`, the writer packs every frame queued by the time it wakes into one
+    stream message (`pack_batch`), and each message read is such a pack of replies.
+    """
+
+    def __init__(self, call: Any, coalesce: bool = False) -> None:
         self._call = call
+        self._coalesce = coalesce
         self._ids = itertools.count()
         self._pending: dict[int, asyncio.Future[memoryview]] = {}
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -225,18 +244,32 @@ class Multiplexer:
         return await future
 
     async def _write(self) -> None:
-        while (message := await self._queue.get()) is not None:
+        closing = False
+        while not closing and (message := await self._queue.get()) is not None:
+            if self._coalesce:
+                frames = [message]
+                while not self._queue.empty():
+                    queued = self._queue.get_nowait()
+                    if queued is None:
+                        closing = True
+                        break
+                    frames.append(queued)
+                message = pack_batch(frames)
             await self._call.write(message)
         await self._call.done_writing()
+
+    def _resolve(self, raw: bytes | memoryview) -> None:
+        call_id, body = unframe(raw)
+        future = self._pending.pop(call_id, None)
+        if future is not None and not future.done():
+            future.set_result(body)
 
     async def _read(self) -> None:
         error: Exception = ConnectionError("stream ended")
         try:
             async for raw in self._call:
-                call_id, body = unframe(raw)
-                future = self._pending.pop(call_id, None)
-                if future is not None and not future.done():
-                    future.set_result(body)
+                for one in unpack_batch(raw) if self._coalesce else (raw,):
+                    self._resolve(one)
         except Exception as exc:
             error = exc
         finally:
@@ -318,8 +351,10 @@ async def _cell(
             return 1
 
         workers = in_flight
-    elif mode == "stream":
-        stream = mux = Multiplexer(bare.stream_stream(STREAM)())
+    elif mode in ("stream", "stream_batch"):
+        coalesce = mode == "stream_batch"
+        method = STREAM_BATCH if coalesce else STREAM
+        stream = mux = Multiplexer(bare.stream_stream(method)(), coalesce)
 
         async def one() -> int:
             pb.PutChunkReply.FromString(await stream.request(request))

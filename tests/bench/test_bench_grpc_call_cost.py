@@ -107,3 +107,29 @@ def test_multiplexer_fails_pending_requests_when_the_stream_ends() -> None:
         await mux.close()
 
     asyncio.run(run())
+
+
+class _PackEchoCall(_ReversingCall):
+    """A stream call answering each written pack of frames with one pack, reversed."""
+
+    async def write(self, message: bytes) -> None:
+        self.written.append(message)
+        frames = [gcc.unframe(raw) for raw in gcc.unpack_batch(message)]
+        replies = [gcc.frame(i, b"re:" + bytes(body)) for i, body in reversed(frames)]
+        self._replies.put_nowait(gcc.pack_batch(replies))
+
+
+def test_coalescing_multiplexer_packs_queued_requests_into_one_message() -> None:
+    async def run() -> tuple[list[bytes], _PackEchoCall]:
+        call = _PackEchoCall()
+        mux = gcc.Multiplexer(call, coalesce=True)
+        # All five are queued before the writer task first runs: one message carries them.
+        replies = await asyncio.gather(*(mux.request(b"r%d" % i) for i in range(5)))
+        await mux.close()
+        return [bytes(r) for r in replies], call
+
+    replies, call = asyncio.run(run())
+    assert replies == [b"re:r%d" % i for i in range(5)]
+    assert len(call.written) == 1
+    assert len(gcc.unpack_batch(call.written[0])) == 5
+    assert call.done
