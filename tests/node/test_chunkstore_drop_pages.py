@@ -40,8 +40,10 @@ def advice(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int, int]]:
     real = os.posix_fadvise
 
     def record(fd: int, offset: int, length: int, how: int) -> None:
-        calls.append((fd, offset, length, how))
+        # Recorded once the advice has been given: the tests wait for the record and then
+        # look at the page cache, which must not race the writer thread's call.
         real(fd, offset, length, how)
+        calls.append((fd, offset, length, how))
 
     monkeypatch.setattr(os, "posix_fadvise", record)
     return calls
