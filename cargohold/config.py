@@ -376,6 +376,10 @@ class GatewayConfig:
     max_blob_size: int = 0
     # Manifest bodies are immutable by digest: an LRU of this many bytes in each gateway.
     manifest_cache_bytes: int = 64 * MiB
+    # A manifest PUT of a body in that cache (this gateway stored or served it) writes no
+    # chunks: its `manifest_put` says so and the state accepts only if the digest's recipe
+    # is recorded (else the gateway writes them and commits again; gateway/manifests.py).
+    reuse_stored_manifests: bool = True
     # Concurrent identical manifest/tag reads share one linearizable query (see
     # gateway/coalesce.py); off: one query per request.
     coalesce_manifest_reads: bool = True

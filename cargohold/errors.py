@@ -272,6 +272,18 @@ class RecipeConflict(
     (gateway/uploads.py, docs/security.md)."""
 
 
+# Internal, never shown to a client: a `manifest_put` sent with `reuse_stored` (the gateway
+# did not write the bytes, believing them stored) whose digest is not recorded in `blobs`
+# with the recipe sent. The gateway then writes the chunks and sends the command again
+# without the flag (gateway/manifests.py); the state is unchanged.
+class ManifestBytesNotStored(
+    RegistryError,
+    code="UNKNOWN",
+    status=500,
+    message="the manifest's bytes are not stored with this recipe",
+): ...
+
+
 # Chunk store (node side): a chunk this node does not hold, a stored copy that failed its
 # checksum (quarantined, to be repaired from another replica).
 class ChunkMissing(
@@ -367,12 +379,18 @@ def grpc_status_name(err: RegistryError) -> str:
     """The gRPC status code name (grpc.StatusCode member) a node answers `err` with.
 
     The table of protos/README.md: NOT_FOUND for ...Unknown and NotFound, FAILED_PRECONDITION
-    for Conflict and RangeInvalid, INVALID_ARGUMENT for ...Invalid, UNAVAILABLE for
-    Unavailable (outcome unknown, retry), DATA_LOSS for a corrupt chunk copy,
+    for Conflict, RangeInvalid and ManifestBytesNotStored, INVALID_ARGUMENT for ...Invalid,
+    UNAVAILABLE for Unavailable (outcome unknown, retry), DATA_LOSS for a corrupt chunk copy,
     RESOURCE_EXHAUSTED for no space (StorageFull and its metadata counterpart).
     """
     name = type(err).__name__
-    if name in ("Conflict", "RangeInvalid", "RecipeConflict", "TrashConflict"):
+    if name in (
+        "Conflict",
+        "RangeInvalid",
+        "RecipeConflict",
+        "TrashConflict",
+        "ManifestBytesNotStored",
+    ):
         return "FAILED_PRECONDITION"
     if name == "Unavailable":
         return "UNAVAILABLE"

@@ -163,7 +163,8 @@ class Request(Generic[R]):
         """The JSON object that travels (and is journalled) for this request. An absent
         actor context (`audit` None) is left out, so such commands travel as before."""
         args = {key: getattr(self, name) for name, key in wire_keys(type(self))}
-        for optional in ("audit", "expect", "info", "scan"):  # absent likewise: older entries
+        # Absent likewise: older entries.
+        for optional in ("audit", "expect", "info", "scan", "reuse_stored"):
             if args.get(optional, True) is None:
                 del args[optional]
         return args
@@ -461,6 +462,11 @@ class ManifestPut(Command[None]):
     # Queue the manifest for the SBOM scanner (node/metadata/scans.py); None (left out of
     # the JSON, as in logs written before scanning existed) = no.
     scan: bool | None = None
+    # True: the gateway did not write the bytes (it believes them stored) and the apply
+    # refuses (`ManifestBytesNotStored`, state unchanged) unless `digest` is recorded in
+    # `blobs` with exactly `recipe`. None (left out of the JSON, as in older log entries) =
+    # the bytes were written for this command, as always before.
+    reuse_stored: bool | None = None
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> ManifestPut:
@@ -493,6 +499,7 @@ class ManifestPut(Command[None]):
             _actor(args),
             image_info(args.get("info")),
             _field(args, "scan", bool, optional=True),
+            _field(args, "reuse_stored", bool, optional=True),
         )
 
 

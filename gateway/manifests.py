@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from aiohttp import ClientPayloadError, http_exceptions, web
 from multidict import CIMultiDict
@@ -62,6 +63,7 @@ from cargohold.concurrency import hash_off_loop
 from cargohold.digests import digest_of, is_digest, parse_digest
 from cargohold.errors import (
     DigestInvalid,
+    ManifestBytesNotStored,
     ManifestInvalid,
     ManifestTooLarge,
     ManifestUnknown,
@@ -77,6 +79,7 @@ from cargohold.metadata_api import (
     ManifestDelete,
     ManifestGet,
     ManifestInfo,
+    ManifestPut,
     Recipe,
     TagDelete,
     TagGet,
@@ -190,8 +193,17 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
         # Platform and labels for search (gateway/image_info.py; never fails the push) are
         # read while the body's chunks are written: neither needs the other.
         reading = asyncio.ensure_future(manifest_info(ctx, name, body, parsed.media_type))
+        # A body this gateway stored or served lately is stored already: no chunk writes,
+        # the commands below say so and the state checks it (module docstring).
+        reuse = (
+            ctx.cfg.gateway.reuse_stored_manifests
+            and request.app[MANIFEST_CACHE].get(digest) is not None
+        )
         try:
-            recipe = await ctx.cluster.store_bytes(body)
+            if reuse:
+                recipe = await ctx.cluster.recipe_of(body)
+            else:
+                recipe = await ctx.cluster.store_bytes(body)
         except BaseException:
             reading.cancel()
             raise
@@ -205,21 +217,35 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     actor = actor_context(request, ctx.cfg.audit.enabled)
     # An image manifest is queued for the SBOM scanner in the same command (gateway/scanner/).
     scan = True if ctx.cfg.scanner.enabled and parsed.scannable else None
-    for tag in tags or [None]:
-        await ctx.meta.manifest_put(
-            put_command(
-                name,
-                digest,
-                parsed.media_type,
-                recipe,
-                parsed,
-                tag,
-                immutable=immutable if tag is not None else (),
-                audit=actor,
-                info=info,
-                scan=scan,
-            )
+
+    def command(tag: str | None, recipe: dict[str, Any], reuse: bool) -> ManifestPut:
+        return put_command(
+            name,
+            digest,
+            parsed.media_type,
+            recipe,
+            parsed,
+            tag,
+            immutable=immutable if tag is not None else (),
+            audit=actor,
+            info=info,
+            scan=scan,
+            reuse_stored=True if reuse else None,
         )
+
+    for tag in tags or [None]:
+        try:
+            await ctx.meta.manifest_put(command(tag, recipe, reuse))
+        except ManifestBytesNotStored:
+            if not reuse:
+                raise
+            # Not recorded (deleted and collected since, or a body only fetched, never
+            # stored): write the chunks as any push does and commit again, unflagged.
+            log_event(logger, "manifest.reuse_refused", logging.DEBUG, repo=name, digest=digest)
+            reuse = False
+            async with budget(request).hold(len(body)):
+                recipe = await ctx.cluster.store_bytes(body)
+            await ctx.meta.manifest_put(command(tag, recipe, reuse))
     request.app[MANIFEST_CACHE].put(digest, body)
     scanner = request.app.get(SCANNER)
     if scan and scanner is not None:

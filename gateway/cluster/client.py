@@ -117,6 +117,10 @@ class ClusterClient:
         """Chunk and replicate a small buffer (a manifest body); return its recipe."""
         return await self.writer.store_bytes(data)
 
+    async def recipe_of(self, data: bytes) -> dict[str, Any]:
+        """The recipe `store_bytes(data)` returns, computed without writing anything."""
+        return await self.writer.recipe_of(data)
+
     async def read_chunk(
         self,
         chunk_hex: str,

@@ -272,15 +272,29 @@ class ChunkWriter(ClusterParts):
 
     async def store_bytes(self, data: bytes) -> dict[str, Any]:
         """Chunk and replicate a small buffer (a manifest body); return its recipe."""
-        size = self.cfg.cluster.chunk_size
-        view = memoryview(data)
-        pieces = [bytes(view[i : i + size]) for i in range(0, len(data), size)]
-        ids = [await hash_off_loop(len(p), chunk_id_of, p) for p in pieces]
-        await asyncio.gather(*(self.store_chunk(i, p) for i, p in zip(ids, pieces, strict=True)))
-        return {
-            "size": len(data),
-            "chunks": [[i.hex(), len(p)] for i, p in zip(ids, pieces, strict=True)],
-        }
+        pieces, recipe = await split_bytes(data, self.cfg.cluster.chunk_size)
+        await asyncio.gather(*(self.store_chunk(i, p) for i, p in pieces))
+        return recipe
+
+    async def recipe_of(self, data: bytes) -> dict[str, Any]:
+        """The recipe `store_bytes(data)` returns, computed without writing anything."""
+        _, recipe = await split_bytes(data, self.cfg.cluster.chunk_size)
+        return recipe
+
+
+async def split_bytes(
+    data: bytes, chunk_size: int
+) -> tuple[list[tuple[bytes, bytes]], dict[str, Any]]:
+    """A small buffer cut as `store_bytes` stores it: (chunk id, piece) pairs, and the
+    recipe (`{"size", "chunks": [[id hex, length], ...]}`) that names them."""
+    view = memoryview(data)
+    pieces = [bytes(view[i : i + chunk_size]) for i in range(0, len(data), chunk_size)]
+    ids = [await hash_off_loop(len(p), chunk_id_of, p) for p in pieces]
+    recipe = {
+        "size": len(data),
+        "chunks": [[i.hex(), len(p)] for i, p in zip(ids, pieces, strict=True)],
+    }
+    return list(zip(ids, pieces, strict=True)), recipe
 
 
 def _copy_finished(_task: asyncio.Task[None]) -> None:

@@ -93,6 +93,7 @@ from cargohold.errors import (
     BlobUploadUnknown,
     Conflict,
     ManifestBlobUnknown,
+    ManifestBytesNotStored,
     ManifestUnknown,
     NameUnknown,
     NotFound,
@@ -1088,6 +1089,12 @@ class MetadataState:
     def _manifest_put(self, req: api.ManifestPut) -> None:
         repo, digest, subject, tag = req.repo, req.digest, req.subject, req.tag
         recipe = _pack_recipe(req.recipe, digest)
+        if req.reuse_stored and self.blobs.get(digest) != recipe:
+            # The gateway wrote no chunks: only a recipe recorded here proves they exist
+            # (a recorded recipe's chunks are marked by every GC pass: node/gc.py).
+            raise ManifestBytesNotStored(
+                f"{digest} is not stored with this recipe", detail={"digest": digest}
+            )
         self._check_recipe(digest, recipe)
         recipe = self.blobs.get(digest, recipe)  # the recorded one (equal): one copy
         linked = self.links.get(repo, ())

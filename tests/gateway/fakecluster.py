@@ -62,6 +62,7 @@ class FakeCluster:
         # A test may answer a non-linearizable query itself (a node behind): op -> error.
         self.stale_reads: dict[str, Exception] = {}
         self.fail_next: Exception | None = None
+        self.stored_bytes = 0  # store_bytes calls (each writes a body's chunks)
 
     @property
     def state(self) -> MetadataState:
@@ -96,8 +97,13 @@ class FakeCluster:
         return None
 
     async def store_bytes(self, data: bytes) -> dict[str, Any]:
+        self.stored_bytes += 1
         chunk = hashlib.sha256(data).hexdigest()
         self.chunks[chunk] = bytes(data)
+        return await self.recipe_of(data)
+
+    async def recipe_of(self, data: bytes) -> dict[str, Any]:
+        chunk = hashlib.sha256(data).hexdigest()
         return {"size": len(data), "chunks": [[chunk, len(data)]] if data else []}
 
     async def read_all(self, recipe: dict[str, Any]) -> bytes:

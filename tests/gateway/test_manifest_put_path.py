@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from cargohold.errors import BlobUnknown, Unavailable
 from gateway.config_infos import ConfigInfos
+from gateway.manifests import MANIFEST_CACHE
 from tests.gateway.fakecluster import FakeCluster
 from tests.gateway.test_search_api import found, push_image, sha
 
@@ -96,10 +97,85 @@ async def test_a_failed_chunk_write_fails_the_put_before_any_command(
         raise Unavailable("write quorum not reachable")
 
     fake.store_bytes = refuse  # type: ignore[method-assign]
+    # A body this gateway does not hold (else it writes nothing: the tests below).
+    gw.server.app[MANIFEST_CACHE].discard(digest)
     resp = await gw.put("/v2/acme/web/manifests/2", data=body, headers={"Content-Type": OCI})
     assert resp.status == 503
     assert "manifest_put" not in fake.ops("command")
     assert "2" not in fake.state.tags["acme/web"]
+
+
+def _flags(fake: FakeCluster) -> list[tuple[str | None, bool | None]]:
+    """(tag, reuse_stored) of each manifest_put command sent, in order."""
+    return [
+        (args.get("tag"), args.get("reuse_stored"))
+        for kind, op, args in fake.calls
+        if (kind, op) == ("command", "manifest_put")
+    ]
+
+
+async def test_a_manifest_put_again_writes_no_chunks(gw: TestClient, fake_cluster) -> None:
+    """Stored through this gateway: the PUT under new tags (and by digest) writes nothing
+    and flags its commands; the state accepts, since the recipe is recorded as sent."""
+    fake: FakeCluster = fake_cluster
+    digest = await push_image(gw, fake, "acme/web", "1", "arm64", {"tier": "web"})
+    assert _flags(fake) == [("1", None)]
+    body = _manifest_of(fake, digest)
+    fake.calls.clear()
+    stored = fake.stored_bytes
+    resp = await gw.put(
+        "/v2/acme/web/manifests/2?tag=3&tag=4", data=body, headers={"Content-Type": OCI}
+    )
+    assert resp.status == 201, await resp.text()
+    assert resp.headers.getall("OCI-Tag") == ["3", "4"]
+    resp = await gw.put(
+        f"/v2/acme/web/manifests/{digest}", data=body, headers={"Content-Type": OCI}
+    )
+    assert resp.status == 201, await resp.text()
+    assert fake.stored_bytes == stored
+    assert _flags(fake) == [("2", True), ("3", True), ("4", True), (None, True)]
+    assert fake.state.tags["acme/web"] == {t: digest for t in ("1", "2", "3", "4")}
+    for tag in ("2", "4"):
+        resp = await gw.get(f"/v2/acme/web/manifests/{tag}", headers={"Accept": OCI})
+        assert await resp.read() == body
+
+
+async def test_a_refused_reuse_writes_the_chunks_and_commits_again(
+    gw: TestClient, fake_cluster
+) -> None:
+    """Deleted (through another gateway) and collected since this gateway cached the body:
+    the flagged command is refused, the chunks are written and the tags committed."""
+    fake: FakeCluster = fake_cluster
+    digest = await push_image(gw, fake, "acme/web", "1", "arm64", {"tier": "web"})
+    body = _manifest_of(fake, digest)
+    fake.delete_manifest("acme/web", digest)
+    fake.state.apply("gc_prune", {"blobs": [digest]})
+    assert digest not in fake.state.blobs
+    fake.chunks.clear()  # the sweep took its chunks
+    fake.calls.clear()
+    stored = fake.stored_bytes
+    resp = await gw.put("/v2/acme/web/manifests/2?tag=3", data=body, headers={"Content-Type": OCI})
+    assert resp.status == 201, await resp.text()
+    assert fake.stored_bytes == stored + 1
+    # Refused once, then unflagged for this tag and the next.
+    assert _flags(fake) == [("2", True), ("2", None), ("3", None)]
+    assert fake.state.tags["acme/web"] == {"2": digest, "3": digest}
+    gw.server.app[MANIFEST_CACHE].discard(digest)  # read it from the (fake) nodes
+    resp = await gw.get("/v2/acme/web/manifests/3", headers={"Accept": OCI})
+    assert resp.status == 200 and await resp.read() == body
+    assert sha(body) == digest
+
+
+async def test_reuse_can_be_turned_off(gw: TestClient, fake_cluster, gateway_cfg) -> None:
+    fake: FakeCluster = fake_cluster
+    gateway_cfg.gateway.reuse_stored_manifests = False
+    digest = await push_image(gw, fake, "acme/web", "1", "arm64", {"tier": "web"})
+    body = _manifest_of(fake, digest)
+    stored = fake.stored_bytes
+    resp = await gw.put("/v2/acme/web/manifests/2", data=body, headers={"Content-Type": OCI})
+    assert resp.status == 201, await resp.text()
+    assert fake.stored_bytes == stored + 1
+    assert _flags(fake)[-1] == ("2", None)
 
 
 def test_config_infos_is_a_bounded_lru() -> None:
