@@ -13,6 +13,27 @@ waits for two things in turn: the chunk writes (W fsynced copies), then the one 
 commit; no linearizable read precedes the command, whose apply is where every check that
 must be linearizable happens (docs/architecture.md, "A push, step by step").
 
+A body this gateway's `ManifestCache` holds (it stored or served those bytes lately: the
+`docker tag` + push and CI re-tag case) is not written again: the gateway computes the
+recipe as `store_bytes` would (`split_bytes`: same chunk size, same sha256 ids) and flags
+each command `reuse_stored`. The apply accepts that only when the digest is recorded in
+`blobs` with exactly that recipe; otherwise it refuses (`ManifestBytesNotStored`, state
+unchanged) and the gateway writes the chunks and sends the command again unflagged (for
+that tag and the next ones), so the response is the one of an ordinary push. A cached
+body is no proof of anything (a mirror caches bodies it never stored; another gateway may
+have deleted the manifest and GC collected it): only the state's check is. Why a recipe
+in `blobs` at apply time proves its chunks are there (node/gc.py): `blobs` shrinks only by
+`gc_prune`, which re-checks links and the trash in its apply, and every GC pass marks
+every chunk of every recipe in `blobs` of the state it copied after a barrier, sweeping
+nothing else marked. So a pass that can delete those chunks copied a state without the
+digest, which then entered `blobs` again before our apply only by a command whose own
+chunks were written (or found present: a touch) within a request of its commit, hence
+after the pass's cutoff (the grace contract every push relies on, gateway/cluster/
+writes.py); a flagged command cannot add the digest itself. The W fsynced copies were
+made when the bytes were first stored, and repair keeps R. Every check that must be
+linearizable (blobs linked, immutable tags, quotas) and the activity-log record still
+happen in the one apply; `gateway.reuse_stored_manifests` = false turns this off.
+
 GET/HEAD by tag ask a linearizable `tag_get`: one small query per request, so a tag
 pushed, moved or deleted through any gateway is seen at once (docs/architecture.md,
 invariant 2).
