@@ -1,8 +1,8 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -21,6 +21,32 @@ class PutChunkReply(_message.Message):
     EXISTED_FIELD_NUMBER: _ClassVar[int]
     existed: bool
     def __init__(self, existed: _Optional[bool] = ...) -> None: ...
+
+class PutManyRequest(_message.Message):
+    __slots__ = ("puts", "request_ids")
+    PUTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    puts: _containers.RepeatedScalarFieldContainer[bytes]
+    request_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, puts: _Optional[_Iterable[bytes]] = ..., request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PackReply(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[PackItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[PackItem, _Mapping]]] = ...) -> None: ...
+
+class PackItem(_message.Message):
+    __slots__ = ("code", "details", "detail", "reply")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    details: str
+    detail: str
+    reply: bytes
+    def __init__(self, code: _Optional[int] = ..., details: _Optional[str] = ..., detail: _Optional[str] = ..., reply: _Optional[bytes] = ...) -> None: ...
 
 class GetChunkRequest(_message.Message):
     __slots__ = ("id",)
@@ -93,6 +119,14 @@ class MetadataReply(_message.Message):
     RESULT_FIELD_NUMBER: _ClassVar[int]
     result: bytes
     def __init__(self, result: _Optional[bytes] = ...) -> None: ...
+
+class MetadataPack(_message.Message):
+    __slots__ = ("commands", "request_ids")
+    COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_IDS_FIELD_NUMBER: _ClassVar[int]
+    commands: _containers.RepeatedCompositeFieldContainer[MetadataRequest]
+    request_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, commands: _Optional[_Iterable[_Union[MetadataRequest, _Mapping]]] = ..., request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AccessPing(_message.Message):
     __slots__ = ("seq", "seen")

@@ -39,6 +39,11 @@ class ChunksStub:
                 request_serializer=protos_dot_registry__pb2.PutChunkRequest.SerializeToString,
                 response_deserializer=protos_dot_registry__pb2.PutChunkReply.FromString,
                 _registered_method=True)
+        self.PutMany = channel.unary_unary(
+                '/cargohold.v1.Chunks/PutMany',
+                request_serializer=protos_dot_registry__pb2.PutManyRequest.SerializeToString,
+                response_deserializer=protos_dot_registry__pb2.PackReply.FromString,
+                _registered_method=True)
         self.Get = channel.unary_unary(
                 '/cargohold.v1.Chunks/Get',
                 request_serializer=protos_dot_registry__pb2.GetChunkRequest.SerializeToString,
@@ -70,6 +75,19 @@ class ChunksServicer:
         data against it and trusts the id (the sender, a cluster member, computed it from the
         data; NodeConfig.verify_put_sha256 re-checks it); without one it checks sha256(data)
         == id. Either mismatch is INVALID_ARGUMENT (DigestInvalid).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutMany(self, request, context):
+        """Many small Puts in one call (a gateway packs the Puts queued for this node while its
+        earlier calls to it are in flight: gateway/cluster/packing.py). Each item is stored
+        exactly as `Put` stores it, concurrently, so the chunk store's group commit puts
+        them under one fsync; each answers its own PackItem (its code and details are what
+        `Put` would have ended with). The call itself fails only as a whole (authentication,
+        a malformed pack). A node that does not know it answers UNIMPLEMENTED: the gateway
+        then sends that node single Puts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +129,11 @@ def add_ChunksServicer_to_server(servicer, server):
                     servicer.Put,
                     request_deserializer=protos_dot_registry__pb2.PutChunkRequest.FromString,
                     response_serializer=protos_dot_registry__pb2.PutChunkReply.SerializeToString,
+            ),
+            'PutMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutMany,
+                    request_deserializer=protos_dot_registry__pb2.PutManyRequest.FromString,
+                    response_serializer=protos_dot_registry__pb2.PackReply.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
@@ -160,6 +183,33 @@ class Chunks:
             '/cargohold.v1.Chunks/Put',
             protos_dot_registry__pb2.PutChunkRequest.SerializeToString,
             protos_dot_registry__pb2.PutChunkReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cargohold.v1.Chunks/PutMany',
+            protos_dot_registry__pb2.PutManyRequest.SerializeToString,
+            protos_dot_registry__pb2.PackReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -293,6 +343,11 @@ class MetadataStub:
                 request_serializer=protos_dot_registry__pb2.MetadataRequest.SerializeToString,
                 response_deserializer=protos_dot_registry__pb2.MetadataReply.FromString,
                 _registered_method=True)
+        self.Commands = channel.unary_unary(
+                '/cargohold.v1.Metadata/Commands',
+                request_serializer=protos_dot_registry__pb2.MetadataPack.SerializeToString,
+                response_deserializer=protos_dot_registry__pb2.PackReply.FromString,
+                _registered_method=True)
         self.Query = channel.unary_unary(
                 '/cargohold.v1.Metadata/Query',
                 request_serializer=protos_dot_registry__pb2.MetadataRequest.SerializeToString,
@@ -310,6 +365,19 @@ class MetadataServicer:
 
     def Command(self, request, context):
         """A replicated command: committed in Raft on a majority and applied before the reply.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Commands(self, request, context):
+        """Many commands in one call (a gateway packs the commands queued for this node while
+        its earlier calls to it are in flight). Each runs exactly as `Command`, concurrently,
+        so Raft's group commit puts them in one log entry; each answers its own PackItem
+        (reply: its MetadataReply). Every command's op must be allowed for the caller's role,
+        else the whole pack is refused (PERMISSION_DENIED). Commands are idempotent, so a
+        gateway whose pack failed as a whole retries each command on its own. A node that
+        does not know it answers UNIMPLEMENTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -339,6 +407,11 @@ def add_MetadataServicer_to_server(servicer, server):
                     servicer.Command,
                     request_deserializer=protos_dot_registry__pb2.MetadataRequest.FromString,
                     response_serializer=protos_dot_registry__pb2.MetadataReply.SerializeToString,
+            ),
+            'Commands': grpc.unary_unary_rpc_method_handler(
+                    servicer.Commands,
+                    request_deserializer=protos_dot_registry__pb2.MetadataPack.FromString,
+                    response_serializer=protos_dot_registry__pb2.PackReply.SerializeToString,
             ),
             'Query': grpc.unary_unary_rpc_method_handler(
                     servicer.Query,
@@ -378,6 +451,33 @@ class Metadata:
             '/cargohold.v1.Metadata/Command',
             protos_dot_registry__pb2.MetadataRequest.SerializeToString,
             protos_dot_registry__pb2.MetadataReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Commands(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cargohold.v1.Metadata/Commands',
+            protos_dot_registry__pb2.MetadataPack.SerializeToString,
+            protos_dot_registry__pb2.PackReply.FromString,
             options,
             channel_credentials,
             insecure,
