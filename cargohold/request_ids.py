@@ -6,7 +6,9 @@ the request's task (tasks it starts inherit it). Every log line carries it as
 `request_id=` (cargohold/log.py). The gateway's calls to nodes carry it as gRPC metadata
 `x-request-id` (`call_metadata()`, at the call sites of gateway/cluster/); a node sets it
 again for the call it serves (`adopt`, in its metadata and chunk services), so its log
-lines name the HTTP request that caused them.
+lines name the HTTP request that caused them. A packed call (`Chunks.PutMany`,
+`Metadata.Commands`) carries one id per request in its message instead (`request_ids`),
+set in each request's task on the node (`adopt_id`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from cargohold.log import REQUEST_ID
 
-__all__ = ["REQUEST_ID", "accept_or_new", "adopt", "call_metadata"]
+__all__ = ["REQUEST_ID", "accept_or_new", "adopt", "adopt_id", "call_metadata"]
 
 HEADER = "X-Request-Id"
 METADATA_KEY = "x-request-id"
@@ -48,3 +50,10 @@ def adopt(context: Any) -> None:
         if key == METADATA_KEY and isinstance(value, str) and _SANE.fullmatch(value):
             REQUEST_ID.set(value)
             return
+
+
+def adopt_id(request_id: str) -> None:
+    """Set `REQUEST_ID` to a packed request's id (`request_ids` of a packed call: a pack
+    has no single `x-request-id`), when it is sane; call it in that request's own task."""
+    if request_id and _SANE.fullmatch(request_id):
+        REQUEST_ID.set(request_id)

@@ -12,7 +12,7 @@ the protobuf runtime (tests/cargohold/test_wire.py, tests/node/test_chunk_servic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 
 def varint(value: int) -> bytes:
@@ -57,14 +57,13 @@ def encode_bytes_fields(fields: Sequence[tuple[int, Sequence[bytes | memoryview]
     return b"".join(out)
 
 
-def decode_bytes_fields(raw: bytes | memoryview) -> dict[int, memoryview]:
-    """{field number: view of its bytes} of the length-delimited fields of a message.
+def _length_delimited(raw: bytes | memoryview) -> Iterator[tuple[int, memoryview]]:
+    """(field number, view of its bytes) of each length-delimited field, in wire order.
 
     Varint fields are skipped; any other wire type is ValueError (none of the chunk
-    messages has one). A repeated field keeps its last value, like a singular field.
+    messages has one).
     """
     view = memoryview(raw)
-    found: dict[int, memoryview] = {}
     pos = 0
     while pos < len(view):
         key, pos = read_varint(view, pos)
@@ -75,10 +74,27 @@ def decode_bytes_fields(raw: bytes | memoryview) -> dict[int, memoryview]:
             size, pos = read_varint(view, pos)
             if pos + size > len(view):
                 raise ValueError("truncated field")
-            found[number] = view[pos : pos + size]
+            yield number, view[pos : pos + size]
             pos += size
         else:
             raise ValueError(f"unexpected wire type {wire}")
+
+
+def decode_bytes_fields(raw: bytes | memoryview) -> dict[int, memoryview]:
+    """{field number: view of its bytes} of the length-delimited fields of a message.
+
+    Varint fields are skipped; any other wire type is ValueError (none of the chunk
+    messages has one). A repeated field keeps its last value, like a singular field.
+    """
+    return dict(_length_delimited(raw))
+
+
+def decode_repeated_fields(raw: bytes | memoryview) -> dict[int, list[memoryview]]:
+    """{field number: views of its values, in order}: `decode_bytes_fields` for repeated
+    `bytes`/`string` fields (a PutManyRequest's puts stay views of the received bytes)."""
+    found: dict[int, list[memoryview]] = {}
+    for number, value in _length_delimited(raw):
+        found.setdefault(number, []).append(value)
     return found
 
 
@@ -95,3 +111,18 @@ def decode_get_reply(raw: bytes | memoryview) -> tuple[memoryview, bytes]:
     """(data, checksum) of a serialized GetChunkReply; `data` is a view, not a copy."""
     fields = decode_bytes_fields(raw)
     return fields.get(1, memoryview(b"")), bytes(fields.get(2, b""))
+
+
+def encode_put_many(puts: Sequence[bytes], request_ids: Sequence[str]) -> bytes:
+    """A serialized PutManyRequest{puts, request_ids} framing already serialized
+    PutChunkRequests (`encode_put`): one copy of each into the pack, none by protobuf.
+    Unlike `encode_bytes_fields`, empty values are kept (a repeated field's place counts).
+    """
+    out: list[bytes] = []
+    for number, values in ((1, puts), (2, [r.encode() for r in request_ids])):
+        tag = varint(number << 3 | 2)
+        for value in values:
+            out.append(tag)
+            out.append(varint(len(value)))
+            out.append(value)
+    return b"".join(out)

@@ -10,11 +10,13 @@ and reason (`access.refused`), not once per call.
 The matrix (docs/security.md renders it):
 
     RPC                         gateway   node   admin
-    Chunks.Put/Has              yes       yes    yes (`admin vulndb import` stores the index)
+    Chunks.Put/PutMany/Has      yes       yes    yes (`admin vulndb import` stores the index)
     Chunks.Get                  yes       yes    yes (audit verify reads sealed segments)
     Chunks.List/Delete          -         yes    -
     Metadata.Query              yes       yes    yes
     Metadata.Command            registry  internal  internal  (by `op`, `_COMMAND_ROLES`)
+    Metadata.Commands           as Command, for EVERY command of the pack (one refused op
+                                refuses the whole pack)
     Admin.Status                yes       yes    yes
     Admin.Trigger               -         yes    yes
     Admin.Add/SetState/RemoveMember  -    -      yes
@@ -46,6 +48,8 @@ _ADMIN = frozenset({"admin"})
 RPC_ROLES: dict[str, frozenset[str]] = {
     # The admin CLI stores the vulnerability database's index (`cargohold admin vulndb`).
     "/cargohold.v1.Chunks/Put": _ALL,
+    # A pack of Puts (protos/README.md, "Packed calls"): Put's roles.
+    "/cargohold.v1.Chunks/PutMany": _ALL,
     # The admin CLI reads the activity log's sealed segments (`cargohold admin audit`).
     "/cargohold.v1.Chunks/Get": _ALL,
     "/cargohold.v1.Chunks/Has": _ALL,
@@ -53,6 +57,8 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     "/cargohold.v1.Chunks/Delete": _NODE,
     "/cargohold.v1.Metadata/Query": _ALL,
     "/cargohold.v1.Metadata/Command": _ALL,
+    # A pack of commands: each command's op is checked as Command's (`_checker`).
+    "/cargohold.v1.Metadata/Commands": _ALL,
     # A gateway's access lease on the leader (node/metadata/access_leases.py).
     "/cargohold.v1.Metadata/WatchAccess": frozenset({"gateway"}),
     "/cargohold.v1.Admin/Status": _ALL,
@@ -62,6 +68,8 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     "/cargohold.v1.Admin/RemoveMember": _ADMIN,
 }
 _COMMAND = "/cargohold.v1.Metadata/Command"
+_COMMANDS = "/cargohold.v1.Metadata/Commands"
+_BY_OP = frozenset({_COMMAND, _COMMANDS})
 # Metadata commands by `op`: registry changes come from gateways (nodes apply their own
 # internal commands through Raft directly, not over gRPC); membership and housekeeping from
 # nodes or the operator. An op missing here is refused.
@@ -190,7 +198,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"role {role} may not call {method}",
             )
-        if method == _COMMAND:
+        if method in _BY_OP:
             return _wrap(handler, self._checker(method, allowed, role))
         return handler
 
@@ -211,14 +219,20 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                         grpc.StatusCode.PERMISSION_DENIED,
                         f"role {who} may not call {method}",
                     )
-            if method == _COMMAND:
-                op = getattr(request, "op", "")
-                if who not in COMMAND_ROLES.get(op, frozenset()):
-                    await self.refuse(
-                        context,
-                        grpc.StatusCode.PERMISSION_DENIED,
-                        f"role {who} may not run command {op}",
-                    )
+            if method in _BY_OP:
+                ops = (
+                    [getattr(request, "op", "")]
+                    if method == _COMMAND
+                    else [command.op for command in getattr(request, "commands", ())]
+                )
+                for op in ops:
+                    if who not in COMMAND_ROLES.get(op, frozenset()):
+                        # One forbidden op refuses the whole pack: nothing of it runs.
+                        await self.refuse(
+                            context,
+                            grpc.StatusCode.PERMISSION_DENIED,
+                            f"role {who} may not run command {op}",
+                        )
 
         return check
 

@@ -21,10 +21,16 @@ the xxh3 checksum the gateway sent against the bytes and trusts the sha256 id th
 computed from them (gateways are trusted cluster members: cluster network/mTLS); with
 `NodeConfig.verify_put_sha256`, or when no checksum is sent, it re-hashes the id too.
 Copies a node fetches itself (scrub re-fetch) always go through the full sha256 check.
+
+`PutMany` (a gateway's pack of small Puts, protos/README.md "Packed calls") runs each put
+through the same code as `Put`, all at once so the store's writer thread commits them
+under one fsync, and answers a PackItem per put: the status `abort_with` would have ended
+that put's own call with (`cargohold.pack_items`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,9 +46,11 @@ from cargohold.errors import (
 )
 from cargohold.grpc_status import abort_with
 from cargohold.log import log_event
-from cargohold.request_ids import adopt
-from cargohold.wire import decode_bytes_fields, encode_bytes_fields
+from cargohold.pack_items import error_item, ok_item, status_item
+from cargohold.request_ids import adopt, adopt_id
+from cargohold.wire import decode_bytes_fields, decode_repeated_fields, encode_bytes_fields
 from node.chunkstore import ChunkStore
+from node.metrics import PackCounts
 from protos import registry_pb2 as pb
 from protos import registry_pb2_grpc as pb_grpc
 
@@ -57,6 +65,14 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception)
     log_event(logger, "chunks.rpc_failed", logging.ERROR, method=method, error=repr(exc))
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
     raise AssertionError("unreachable: context.abort raises")
+
+
+def _failure_item(method: str, exc: Exception) -> pb.PackItem:
+    """The PackItem of a packed request that failed: what `_abort` would have sent."""
+    if isinstance(exc, RegistryError):
+        return error_item(exc)
+    log_event(logger, "chunks.rpc_failed", logging.ERROR, method=method, error=repr(exc))
+    return status_item(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
 
 
 async def _call(
@@ -77,8 +93,11 @@ class ChunksServicer(pb_grpc.ChunksServicer):
         page_max: int = NodeConfig.chunk_list_page_max,
         on_corrupt: Callable[[bytes], None] | None = None,
         verify_put_sha256: bool = NodeConfig.verify_put_sha256,
+        packs: PackCounts | None = None,
     ) -> None:
         self._store = store
+        # Packed calls served and the puts they carried (node/metrics.py reads them).
+        self._packs = packs
         self._verify_put_sha256 = verify_put_sha256
         # Called with the id of a copy Get found corrupt (scrub's re-fetch from a replica).
         self._on_corrupt = on_corrupt
@@ -102,21 +121,50 @@ class ChunksServicer(pb_grpc.ChunksServicer):
 
     async def PutRaw(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.PutChunkReply:
         """`Put` on the serialized request: the chunk stays a view of the received bytes."""
+        existed = await _call(context, "Put", lambda: self._put_serialized(raw))
+        return pb.PutChunkReply(existed=existed)
+
+    async def PutManyRaw(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.PackReply:
+        """`PutMany` on the serialized PutManyRequest: each put runs as `PutRaw` runs it,
+        all at once (the store's writer thread commits them together), and answers its
+        own PackItem; the chunks stay views of the received bytes."""
+        adopt(context)
+        try:
+            fields = decode_repeated_fields(raw)
+        except ValueError:
+            await _abort(context, "PutMany", DigestInvalid("malformed PutManyRequest"))
+        puts, ids = fields.get(1, []), fields.get(2, [])
+        if self._packs is not None:
+            self._packs.record("Chunks/PutMany", len(puts))
+        items = await asyncio.gather(
+            *(
+                self._pack_put(put, bytes(ids[i]).decode(errors="replace") if i < len(ids) else "")
+                for i, put in enumerate(puts)
+            )
+        )
+        return pb.PackReply(items=items)
+
+    async def _pack_put(self, raw: memoryview, request_id: str) -> pb.PackItem:
+        """One put of a pack, in a task of its own (its log lines name `request_id`)."""
+        adopt_id(request_id)
+        try:
+            existed = await self._put_serialized(raw)
+        except Exception as exc:
+            return _failure_item("PutMany", exc)
+        return ok_item(pb.PutChunkReply(existed=existed).SerializeToString())
+
+    async def _put_serialized(self, raw: bytes | memoryview) -> bool:
+        """Store the chunk of a serialized PutChunkRequest; whether it existed already."""
         try:
             fields = decode_bytes_fields(raw)
         except ValueError:
-            await _abort(context, "Put", DigestInvalid("malformed PutChunkRequest"))
+            raise DigestInvalid("malformed PutChunkRequest") from None
         empty = memoryview(b"")
         chunk_id = bytes(fields.get(1, empty))
         checksum = bytes(fields.get(3, empty)) or None
-        existed = await _call(
-            context,
-            "Put",
-            lambda: self._store.put(
-                chunk_id, fields.get(2, empty), checksum, verify_id=self._verify_put_sha256
-            ),
+        return await self._store.put(
+            chunk_id, fields.get(2, empty), checksum, verify_id=self._verify_put_sha256
         )
-        return pb.PutChunkReply(existed=existed)
 
     async def Get(
         self, request: pb.GetChunkRequest, context: grpc.aio.ServicerContext
@@ -188,11 +236,12 @@ def add_to_server(
     store: ChunkStore,
     config: NodeConfig | None = None,
     on_corrupt: Callable[[bytes], None] | None = None,
+    packs: PackCounts | None = None,
 ) -> ChunksServicer:
     """Register the Chunks service for `store` on `server`; returns the servicer.
 
-    The generated registration, except that Put and Get use the raw handlers (same
-    messages on the wire, no protobuf copies of the chunk bytes).
+    The generated registration, except that Put, PutMany and Get use the raw handlers
+    (same messages on the wire, no protobuf copies of the chunk bytes).
     """
     cfg = config or NodeConfig()
     servicer = ChunksServicer(
@@ -201,12 +250,18 @@ def add_to_server(
         page_max=cfg.chunk_list_page_max,
         on_corrupt=on_corrupt,
         verify_put_sha256=cfg.verify_put_sha256,
+        packs=packs,
     )
     handlers = {
         "Put": grpc.unary_unary_rpc_method_handler(
             servicer.PutRaw,
             request_deserializer=_identity,
             response_serializer=pb.PutChunkReply.SerializeToString,
+        ),
+        "PutMany": grpc.unary_unary_rpc_method_handler(
+            servicer.PutManyRaw,
+            request_deserializer=_identity,
+            response_serializer=pb.PackReply.SerializeToString,
         ),
         "Get": grpc.unary_unary_rpc_method_handler(
             servicer.GetRaw,

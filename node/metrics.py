@@ -10,12 +10,19 @@ size against the pages its data holds. Nothing
 is counted on the hot paths for these. Two histograms are observed as things happen:
 `cargohold_node_raft_command_seconds` (per command op, a fixed set) and
 `cargohold_node_chunk_commit_seconds` (one per LMDB write transaction, fsync included:
-one observe per group commit, not per chunk). Every series carries `node` (the node id);
-no label takes a repository name, digest or chunk id.
+one observe per group commit, not per chunk). Packed calls (`Chunks/PutMany`,
+`Metadata/Commands`: a gateway's small requests to this node carried in one call) are
+counted by method as plain integers the servicers bump (`PackCounts`), read at scrape
+time: `cargohold_node_packed_calls` and `cargohold_node_packed_requests` (their items;
+requests / calls is the mean pack size). Each packed command is still observed in the
+command histogram under its own op, and packed puts share the commit histogram's
+transactions like single puts. Every series carries `node` (the node id); no label takes
+a repository name, digest or chunk id.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -43,6 +50,24 @@ CHUNK_COMMIT_SECONDS = Histogram(
 RAFT_ROLES = ("follower", "candidate", "leader")
 
 
+# The packed calls a node serves (protos/README.md, "Packed calls").
+PACKED_METHODS = ("Chunks/PutMany", "Metadata/Commands")
+
+
+class PackCounts:
+    """Packed calls served and the requests they carried, by method: plain counters bumped
+    on the event loop and read at scrape time by the metrics thread (every key exists from
+    the start, so the dicts never change size under its iteration)."""
+
+    def __init__(self) -> None:
+        self.calls = collections.Counter(dict.fromkeys(PACKED_METHODS, 0))
+        self.requests = collections.Counter(dict.fromkeys(PACKED_METHODS, 0))
+
+    def record(self, method: str, requests: int) -> None:
+        self.calls[method] += 1
+        self.requests[method] += requests
+
+
 class _Raft(Protocol):
     def status(self) -> Any: ...
 
@@ -68,8 +93,10 @@ class NodeCollector(Collector):
         scrub: _Role,
         gc: _Role | None = None,
         retention: _Role | None = None,
+        packs: PackCounts | None = None,
     ) -> None:
         self._node = node_id
+        self._packs = packs
         self._raft = raft
         self._store = store
         self._space = space
@@ -96,6 +123,23 @@ class NodeCollector(Collector):
         yield from self._scrub_metrics()
         yield from self._gc_metrics()
         yield from self._retention_metrics()
+        yield from self._pack_metrics()
+
+    def _pack_metrics(self) -> Iterator[Any]:
+        if self._packs is None:
+            return
+        for name, doc, counts in (
+            ("cargohold_node_packed_calls", "Packed calls served, by method", self._packs.calls),
+            (
+                "cargohold_node_packed_requests",
+                "Requests carried by packed calls, by method",
+                self._packs.requests,
+            ),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["node", "method"])
+            for method in PACKED_METHODS:
+                family.add_metric([self._node, method], counts[method])
+            yield family
 
     def _raft_metrics(self) -> Iterator[Any]:
         try:
@@ -316,6 +360,7 @@ def node_metrics(
     scrub: _Role,
     gc: _Role | None = None,
     retention: _Role | None = None,
+    packs: PackCounts | None = None,
 ) -> Iterator[NodeCollector]:
     """Register the collector and the latency observers for the node's lifetime."""
     commands: dict[str, Any] = {}
@@ -326,7 +371,7 @@ def node_metrics(
             child = commands[op] = RAFT_COMMAND_SECONDS.labels(node_id, op)
         child.observe(seconds)
 
-    collector = NodeCollector(node_id, raft, store, space, repair, scrub, gc, retention)
+    collector = NodeCollector(node_id, raft, store, space, repair, scrub, gc, retention, packs)
     raft.command_observer = observe_command
     store.commit_observer = CHUNK_COMMIT_SECONDS.labels(node_id).observe
     REGISTRY.register(collector)

@@ -73,7 +73,7 @@ from node.metadata.raft import RaftMember
 from node.metadata.search_build import SearchIndexBuilder
 from node.metadata.service import MetadataServicer
 from node.metadata.snapshot_role import SnapshotRole
-from node.metrics import node_metrics
+from node.metrics import PackCounts, node_metrics
 from node.metrics_http import MetricsServer
 from node.peers import PeerPool
 from node.repair import RepairRole
@@ -248,9 +248,12 @@ async def _run_locked(cfg: Config) -> None:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        chunk_service.add_to_server(server, store, node, on_corrupt=scrub.refetcher.schedule)
+        packs = PackCounts()
+        chunk_service.add_to_server(
+            server, store, node, on_corrupt=scrub.refetcher.schedule, packs=packs
+        )
         registry_pb2_grpc.add_MetadataServicer_to_server(
-            MetadataServicer(raft, search, node.search_ready_wait), server
+            MetadataServicer(raft, search, node.search_ready_wait, packs=packs), server
         )
         registry_pb2_grpc.add_AdminServicer_to_server(
             AdminServicer(
@@ -281,7 +284,7 @@ async def _run_locked(cfg: Config) -> None:
         await server.start()
         if node.metrics_address:
             exits.enter_context(
-                node_metrics(node.id, raft, store, space, repair, scrub, gc, retention)
+                node_metrics(node.id, raft, store, space, repair, scrub, gc, retention, packs)
             )
             metrics_server = MetricsServer(node.metrics_address, _ready_check(raft))
             metrics_server.start()

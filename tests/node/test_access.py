@@ -29,6 +29,7 @@ ROLES = ("gateway", "node", "admin")
 # Every RPC with a request that reaches it: (service stub, method, request factory).
 CALLS: dict[str, tuple[str, Callable[[], Any]]] = {
     "/cargohold.v1.Chunks/Put": ("ChunksStub", lambda: pb.PutChunkRequest(id=b"x" * 32)),
+    "/cargohold.v1.Chunks/PutMany": ("ChunksStub", lambda: pb.PutManyRequest(puts=[b"x"])),
     "/cargohold.v1.Chunks/Get": ("ChunksStub", lambda: pb.GetChunkRequest(id=b"x" * 32)),
     "/cargohold.v1.Chunks/Has": ("ChunksStub", lambda: pb.HasChunksRequest(ids=[b"x" * 32])),
     "/cargohold.v1.Chunks/List": ("ChunksStub", lambda: pb.ListChunksRequest()),
@@ -37,6 +38,11 @@ CALLS: dict[str, tuple[str, Callable[[], Any]]] = {
     "/cargohold.v1.Metadata/Command": (
         "MetadataStub",
         lambda: pb.MetadataRequest(op="barrier"),
+    ),
+    # A pack of one op every role may run: the RPC matrix alone decides.
+    "/cargohold.v1.Metadata/Commands": (
+        "MetadataStub",
+        lambda: pb.MetadataPack(commands=[pb.MetadataRequest(op="barrier")]),
     ),
     "/cargohold.v1.Metadata/WatchAccess": ("MetadataStub", lambda: pb.AccessPing(seq=1)),
     "/cargohold.v1.Admin/Status": ("AdminStub", lambda: pb.StatusRequest()),
@@ -183,6 +189,30 @@ async def test_every_cell_of_the_command_matrix(serve: Serve) -> None:
     assert COMMAND_ROLES["vulndb_put"] == {"admin"}
 
 
+def _pack(*ops: str) -> pb.MetadataPack:
+    return pb.MetadataPack(commands=[pb.MetadataRequest(op=op, args=b"{}") for op in ops])
+
+
+async def test_a_pack_of_commands_is_refused_whole_for_one_forbidden_op(serve: Serve) -> None:
+    address = await serve()
+    method = "/cargohold.v1.Metadata/Commands"
+    gateway_ops = ("blob_commit", "upload_append", "barrier")
+    async with open_channel(address, cfg_with(), role="gateway") as channel:
+        assert await call(channel, method, _pack(*gateway_ops)) == grpc.StatusCode.OK
+        # One op the gateway may not run, anywhere in the pack: nothing of it runs.
+        for forbidden in ("member_join", "trash_purge", "no_such_op"):
+            for at in range(len(gateway_ops) + 1):
+                ops = [*gateway_ops[:at], forbidden, *gateway_ops[at:]]
+                got = await call(channel, method, _pack(*ops))
+                assert got == grpc.StatusCode.PERMISSION_DENIED, (forbidden, at)
+    # Every op against every role, each alone in a pack, as Command's matrix says.
+    for role in ROLES:
+        async with open_channel(address, cfg_with(), role=role) as channel:
+            for op in COMMAND_ROLES:
+                got = await call(channel, method, _pack(op))
+                assert got == expected(role, "/cargohold.v1.Metadata/Command", op), (role, op)
+
+
 async def test_calls_without_valid_credentials_are_unauthenticated(
     serve: Serve, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -254,6 +284,12 @@ async def test_mtls_roles_come_from_certificates(serve: Serve, ca: Path) -> None
                     assert await call(channel, method) == expected(role, method), (role, method)
             got = await call(
                 channel, "/cargohold.v1.Metadata/Command", pb.MetadataRequest(op="member_join")
+            )
+            assert got == expected(role, "/cargohold.v1.Metadata/Command", "member_join")
+            # A pack mixing an op every role may run with member_join: refused whole
+            # unless the certificate's role may run member_join.
+            got = await call(
+                channel, "/cargohold.v1.Metadata/Commands", _pack("barrier", "member_join")
             )
             assert got == expected(role, "/cargohold.v1.Metadata/Command", "member_join")
 

@@ -21,8 +21,11 @@ from cargohold.errors import (
     StorageFull,
     from_grpc_details,
 )
+from cargohold.pack_items import item_error
+from cargohold.wire import encode_put
 from node.chunk_service import add_to_server
 from node.chunkstore import ChunkStore, LmdbChunkStore
+from node.metrics import PackCounts
 from protos import registry_pb2 as pb
 from protos import registry_pb2_grpc as pb_grpc
 
@@ -34,21 +37,25 @@ OPTIONS = [
 ]
 
 Serve = Callable[..., Awaitable[pb_grpc.ChunksStub]]
+ServeChannel = Callable[..., Awaitable[grpc.aio.Channel]]
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """Start a Chunks server for a store on 127.0.0.1:0; stopped (with its channel) after."""
+async def serve_channel() -> AsyncIterator[ServeChannel]:
+    """Start a Chunks server for a store on 127.0.0.1:0 and answer a channel to it; both
+    stopped after."""
     running: list[tuple[grpc.aio.Server, grpc.aio.Channel]] = []
 
-    async def start(store: ChunkStore, cfg: NodeConfig = CFG) -> pb_grpc.ChunksStub:
+    async def start(
+        store: ChunkStore, cfg: NodeConfig = CFG, packs: PackCounts | None = None
+    ) -> grpc.aio.Channel:
         server = grpc.aio.server(options=OPTIONS)
-        add_to_server(server, store, cfg)
+        add_to_server(server, store, cfg, packs=packs)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=OPTIONS)
         running.append((server, channel))
-        return pb_grpc.ChunksStub(channel)
+        return channel
 
     try:
         yield start
@@ -56,6 +63,16 @@ async def serve() -> AsyncIterator[Serve]:
         for server, channel in running:
             await channel.close()
             await server.stop(None)
+
+
+@pytest.fixture
+def serve(serve_channel: ServeChannel) -> Serve:
+    """`serve_channel`, answering the Chunks stub on that channel."""
+
+    async def start(store: ChunkStore, cfg: NodeConfig = CFG) -> pb_grpc.ChunksStub:
+        return pb_grpc.ChunksStub(await serve_channel(store, cfg))
+
+    return start
 
 
 @pytest.fixture
@@ -233,3 +250,75 @@ async def test_a_probe_only_has_is_no_use_for_gc(
     assert lmdb_chunk_store.touches.last(cid) == written
     assert list((await stub.Has(pb.HasChunksRequest(ids=[cid]))).present) == [True]
     assert lmdb_chunk_store.touches.last(cid) > written
+
+
+async def test_put_many_stores_each_put_and_answers_each_as_its_own_put(
+    serve_channel: ServeChannel, lmdb_chunk_store: LmdbChunkStore
+) -> None:
+    """Items in order: stored, stored before, bad checksum, malformed, id not the data's;
+    each error item is what the single Put answers (code, details, detail trailer)."""
+    packs = PackCounts()
+    channel = await serve_channel(lmdb_chunk_store, packs=packs)
+    stub = pb_grpc.ChunksStub(channel)
+    put_raw = channel.unary_unary(
+        "/cargohold.v1.Chunks/Put", response_deserializer=pb.PutChunkReply.FromString
+    )
+    fresh = [random_chunk(size) for size in (1, 1000, 64 * 1024)]
+    known_id, known = random_chunk(10)
+    await stub.Put(pb.PutChunkRequest(id=known_id, data=known))
+    puts = [
+        *(encode_put(cid, [data], checksum_of(data)) for cid, data in fresh),
+        encode_put(known_id, [known], checksum_of(known)),
+        encode_put(fresh[0][0], [fresh[0][1]], b"\1" * 16),  # a wrong checksum
+        b"\xff\xff",  # not a PutChunkRequest
+        encode_put(hashlib.sha256(b"x").digest(), [known], b""),  # not the data's id
+    ]
+    reply = await stub.PutMany(pb.PutManyRequest(puts=puts, request_ids=["req-1"]))
+    assert len(reply.items) == len(puts)
+    assert [item.code for item in reply.items[:4]] == [0, 0, 0, 0]
+    oks = [pb.PutChunkReply.FromString(item.reply) for item in reply.items[:4]]
+    assert [r.existed for r in oks] == [False, False, False, True]
+    for cid, data in fresh:
+        assert (await stub.Get(pb.GetChunkRequest(id=cid))).data == data
+    for item, single in zip(reply.items[4:], puts[4:], strict=True):
+        packed = item_error(item)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await put_raw(single)
+        assert packed.code() == info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert packed.details() == info.value.details()
+        assert isinstance(decoded(packed), DigestInvalid)
+    assert packs.calls["Chunks/PutMany"] == 1
+    assert packs.requests["Chunks/PutMany"] == len(puts)
+
+
+async def test_put_many_on_a_full_node_carries_the_storage_full_detail(
+    serve: Serve, open_lmdb_store: Callable[..., LmdbChunkStore]
+) -> None:
+    stub = await serve(open_lmdb_store(map_size=2 * MiB))
+    chunks = [random_chunk(256 * 1024) for _ in range(16)]
+    reply = await stub.PutMany(
+        pb.PutManyRequest(puts=[encode_put(c, [d], checksum_of(d)) for c, d in chunks])
+    )
+    full = [item for item in reply.items if item.code]
+    assert full, "a 2 MiB map cannot take 4 MiB of chunks"
+    err = item_error(full[0])
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    refused = from_grpc_details(err.details(), err.trailing_metadata())
+    assert isinstance(refused, StorageFull)
+    # The single call's trailer carries the same detail (the node's disk figures).
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Put(pb.PutChunkRequest(id=chunks[-1][0], data=chunks[-1][1]))
+    single = from_grpc_details(info.value.details(), info.value.trailing_metadata())
+    assert isinstance(single, StorageFull)
+    assert isinstance(refused.detail, dict) and isinstance(single.detail, dict)
+    assert set(refused.detail) == set(single.detail)
+
+
+async def test_a_malformed_put_many_fails_as_a_whole(
+    serve_channel: ServeChannel, lmdb_chunk_store: LmdbChunkStore
+) -> None:
+    channel = await serve_channel(lmdb_chunk_store)
+    put_many = channel.unary_unary("/cargohold.v1.Chunks/PutMany")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await put_many(b"\x0a\xff")  # a puts field longer than the message
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

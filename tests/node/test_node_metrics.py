@@ -23,7 +23,7 @@ from node.chunkstore import LmdbChunkStore, StoreUsage
 from node.disk import DiskSpace
 from node.gc import GcStats
 from node.metadata.raft import RaftStatus
-from node.metrics import RAFT_ROLES, node_metrics
+from node.metrics import RAFT_ROLES, PackCounts, node_metrics
 from node.metrics_http import MetricsServer
 from node.repair import RepairStats
 from node.retention import RetentionStats
@@ -74,7 +74,10 @@ def test_node_metrics_names_labels_and_values(tmp_path: Path) -> None:
     raft, store = FakeRaft(), FakeStore()
     gc = FakeRole(GcStats(passes=3, reclaimed_bytes_total=4096))
     retention = FakeRole(RetentionStats(passes=1, tags_deleted_total=5, skipped_changed=1))
-    with node_metrics("n7", raft, store, space, repair, scrub, gc, retention):
+    packs = PackCounts()
+    packs.record("Metadata/Commands", 5)
+    packs.record("Metadata/Commands", 3)
+    with node_metrics("n7", raft, store, space, repair, scrub, gc, retention, packs):
         raft.command_observer("manifest_put", 0.003)
         store.commit_observer(0.0004)
         got = scrape()
@@ -82,7 +85,7 @@ def test_node_metrics_names_labels_and_values(tmp_path: Path) -> None:
         for name, series in ours.items():
             for labels, _ in series:
                 assert labels.get("node") == "n7", name
-                assert set(labels) <= {"node", "role", "op", "le"}, (name, labels)
+                assert set(labels) <= {"node", "role", "op", "le", "method"}, (name, labels)
         roles = {lbl["role"]: v for lbl, v in ours["cargohold_node_raft_role"]}
         assert set(roles) == set(RAFT_ROLES) and roles["follower"] == 1 and roles["leader"] == 0
         assert ours["cargohold_node_raft_term"][0][1] == 7
@@ -103,6 +106,11 @@ def test_node_metrics_names_labels_and_values(tmp_path: Path) -> None:
         )
         assert command == {"manifest_put": 1}
         assert ours["cargohold_node_chunk_commit_seconds_count"][0][1] == 1
+        # Packed calls by method, and the requests they carried (every method, from 0).
+        calls = {lbl["method"]: v for lbl, v in ours["cargohold_node_packed_calls_total"]}
+        carried = {lbl["method"]: v for lbl, v in ours["cargohold_node_packed_requests_total"]}
+        assert calls == {"Chunks/PutMany": 0, "Metadata/Commands": 2}
+        assert carried == {"Chunks/PutMany": 0, "Metadata/Commands": 8}
         # Before any finished repair pass there is no chunks-below-R figure (not a false 0).
         assert "cargohold_node_repair_chunks_below_replicas" not in ours
         repair.stats.last_below_replicas = 4
