@@ -350,6 +350,18 @@ class GatewayConfig:
     # only: a short chunk (a blob's tail, a small blob) costs a round trip per replica to
     # save sending at most a few MiB that are rarely held already (bench/README.md).
     has_check_min_bytes: int = 4 * MiB
+    # Packed calls (gateway/cluster/packing.py, protos/README.md "Packed calls"): while
+    # `packs_in_flight_per_node` calls of one kind (chunk Puts; Metadata commands) are in
+    # flight to a node, further small requests to it queue, and each call that returns
+    # sends everything queued in one call (`Chunks.PutMany` / `Metadata.Commands`), at
+    # most `pack_max_items` requests and `pack_max_bytes` of them; a lone request goes as
+    # today's single call. Only chunks up to `pack_chunk_max_bytes` are packed (packing
+    # copies a chunk once more). `pack_calls = false`: one call per request.
+    pack_calls: bool = True
+    packs_in_flight_per_node: int = 2
+    pack_max_items: int = 64
+    pack_max_bytes: int = 1 * MiB
+    pack_chunk_max_bytes: int = 64 * 1024
     # Running upload hashes kept per gateway (an LRU; a miss rebuilds from stored bytes).
     upload_hash_cache_entries: int = 1024
     # How a gateway verifies chunk bytes read from a node: "xxh3" (the checksum the node
@@ -1055,6 +1067,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "gateway.chunk_writes_in_flight_total and background_copies_per_node must be >= 1"
         )
+    gw = cfg.gateway
+    if gw.packs_in_flight_per_node < 1 or gw.pack_max_items < 1 or gw.pack_max_bytes < 1:
+        raise ConfigError(
+            "gateway.packs_in_flight_per_node, pack_max_items and pack_max_bytes must be >= 1"
+        )
+    if gw.pack_chunk_max_bytes < 0:
+        raise ConfigError("gateway.pack_chunk_max_bytes must be >= 0")
     if cfg.gateway.metadata_retry_seconds < 0:
         raise ConfigError("gateway.metadata_retry_seconds must be >= 0")
     if cfg.gateway.body_trim_after_bytes < 0:

@@ -191,9 +191,10 @@ def open_sync_channel(address: str, cfg: Config, role: str | None = None) -> grp
 class NodeChannel:
     """One node's channel and the stubs every client side uses on it.
 
-    Besides the generated stubs, two raw Chunks calls skip the protobuf runtime for the
+    Besides the generated stubs, three raw Chunks calls skip the protobuf runtime for the
     chunk bytes (`cargohold.wire`): `put_serialized` takes an already serialized
-    PutChunkRequest (a chunk is encoded once and the same bytes go to all R replicas) and
+    PutChunkRequest (a chunk is encoded once and the same bytes go to all R replicas),
+    `put_many_serialized` a PutManyRequest framing such requests (`encode_put_many`), and
     `get_serialized` answers the serialized GetChunkReply for `decode_get_reply`.
     """
 
@@ -207,6 +208,12 @@ class NodeChannel:
             "/cargohold.v1.Chunks/Put",
             request_serializer=None,
             response_deserializer=registry_pb2.PutChunkReply.FromString,
+        )
+        # A pack of serialized PutChunkRequests (`cargohold.wire.encode_put_many`).
+        self.put_many_serialized = channel.unary_unary(
+            "/cargohold.v1.Chunks/PutMany",
+            request_serializer=None,
+            response_deserializer=registry_pb2.PackReply.FromString,
         )
         self.get_serialized = channel.unary_unary(
             "/cargohold.v1.Chunks/Get",

@@ -14,6 +14,13 @@ A removal is idempotent in effect but not in answer: when an attempt's outcome i
 SIGKILLed between its commit and its reply) and a later attempt answers "unknown"
 (404), the earlier attempt removed it, or another client did meanwhile: either way it is
 gone, and the removal succeeded (`_REMOVALS`).
+
+Commands to a node that already has calls in flight are packed into one
+`Metadata.Commands` (gateway/cluster/packing.py). Each command still answers, fails and is
+retried on its own: a pack that fails as a whole (UNAVAILABLE, a timeout) fails every
+command in it with that error, so each takes the retry path above, outcome unknown
+included (some of the pack may have been committed: safe, commands are idempotent, and a
+removal is settled by `_REMOVALS` as after a single call).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from cargohold.grpc_channels import RETRYABLE, ChannelPool
 from cargohold.log import log_event
 from cargohold.request_ids import call_metadata
 from gateway.cluster.membership import MembershipView
+from gateway.cluster.packing import CallPacker, MetadataCommands
 from protos import registry_pb2
 
 logger = logging.getLogger("cargohold.gateway.cluster")
@@ -56,6 +64,10 @@ class MetadataClient:
         self._cfg = cfg
         self._pool = pool
         self._view = view
+        # Commands to a node with calls in flight ride one Metadata.Commands (packing.py).
+        self._commands = CallPacker(
+            MetadataCommands(), cfg.gateway, item_max_bytes=cfg.gateway.pack_max_bytes
+        )
 
     async def command(self, op: str, args: dict[str, Any]) -> Any:
         """A replicated Metadata.Command; retried across nodes (commands are idempotent)."""
@@ -75,6 +87,7 @@ class MetadataClient:
         request = registry_pb2.MetadataRequest(
             op=op, args=json.dumps(args, separators=(",", ":")).encode(), linearizable=linearizable
         )
+        size = len(request.args) + len(op)
         started = time.monotonic()
         deadline = started + gw.rpc_timeout_seconds
         retry_until = started + gw.metadata_retry_seconds
@@ -89,12 +102,18 @@ class MetadataClient:
             targets = self._targets()
             address = targets[attempt % len(targets)]
             node = self._pool.node(address)
-            call = node.metadata.Command if is_command else node.metadata.Query
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                reply = await call(request, timeout=remaining, metadata=call_metadata())
+                if is_command:
+                    reply = await self._commands.call(
+                        node, request, size, remaining, call_metadata()
+                    )
+                else:
+                    reply = await node.metadata.Query(
+                        request, timeout=remaining, metadata=call_metadata()
+                    )
             except grpc.aio.AioRpcError as exc:
                 err = from_grpc_details(exc.details(), exc.trailing_metadata())
                 if exc.code() in RETRYABLE or isinstance(err, Unavailable):

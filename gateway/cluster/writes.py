@@ -12,7 +12,9 @@ and its copy spills over like a failed one. When W acks are impossible the write
 `StorageFull` (507) if full nodes are why, naming every full node with the free and
 reserved bytes it reported, else `Unavailable` (503). Chunks of
 `gateway.has_check_min_bytes` or more are first offered with `Chunks.Has`, so a node that
-holds one already is not sent the bytes again.
+holds one already is not sent the bytes again. Small chunks' Puts to a node that already
+has calls in flight are packed into one `Chunks.PutMany` (gateway/cluster/packing.py);
+each still fails or succeeds on its own, as its single Put would.
 
 `cargohold_gateway_replica_copies_in_flight` counts the copies still being written after
 their chunk was acknowledged (spill-overs included): while it is above zero some chunks
@@ -49,6 +51,7 @@ from cargohold.log import log_event
 from cargohold.request_ids import call_metadata
 from cargohold.wire import encode_put
 from gateway.cluster.membership import Member
+from gateway.cluster.packing import CallPacker, ChunkPuts
 from gateway.cluster.parts import ClusterParts, log_chunk_event
 from protos import registry_pb2
 
@@ -70,6 +73,10 @@ class ChunkWriter(ClusterParts):
         self._lagging: collections.Counter[str] = collections.Counter()
         # Gateway-wide bound on chunk writes in flight (see `gateway.chunking.ingest`).
         self.write_slots = asyncio.Semaphore(self.cfg.gateway.chunk_writes_in_flight_total)
+        # Small chunks' Puts to a node with calls in flight ride one PutMany (packing.py).
+        self.puts = CallPacker(
+            ChunkPuts(), self.cfg.gateway, item_max_bytes=self.cfg.gateway.pack_chunk_max_bytes
+        )
 
     async def store_chunk(self, chunk_id: bytes, data: bytes) -> None:
         """Write one chunk to its R replicas; return once W fsynced it."""
@@ -253,7 +260,7 @@ class ChunkWriter(ClusterParts):
                 )
                 if has.present and has.present[0]:
                     return
-            await node.put_serialized(request, timeout=timeout, metadata=metadata)
+            await self.puts.call(node, request, length, timeout, metadata)
             self.view.full.clear(member.grpc)  # it took a chunk: it has space again
         except grpc.aio.AioRpcError as exc:
             err = from_grpc_details(exc.details(), exc.trailing_metadata())

@@ -6,7 +6,8 @@ real `MetadataState` behind fakecluster.InProcessMetadata). Each node keeps its
 own chunk dict and can be told to misbehave: `down` (UNAVAILABLE), `corrupt` (flipped
 bytes), `missing` (NOT_FOUND), `slow` (an `asyncio.Event` its Get waits on), `full`
 (its disk above the watermark: Put answers StorageFull with its figures, Status says
-`disk_full`). So the real
+`disk_full`), `packs = False` (a node from before `PutMany`/`Commands`: UNIMPLEMENTED);
+each request of a pack runs through the same handler as its single call. So the real
 `ClusterClient`, the upload pipeline and the handlers are exercised end to end without
 processes.
 """
@@ -28,6 +29,7 @@ from fakecluster import InProcessMetadata
 from cargohold.config import Config
 from cargohold.digests import checksum_of, chunk_id_of
 from cargohold.errors import (
+    DETAIL_TRAILER,
     ChunkMissing,
     RegistryError,
     StorageFull,
@@ -35,6 +37,7 @@ from cargohold.errors import (
 )
 from cargohold.grpc_status import abort_with
 from cargohold.metadata_api import MemberJoin
+from cargohold.pack_items import ok_item, status_item
 from gateway.app import build_app
 from gateway.cluster import ClusterClient
 from gateway.context import GatewayContext
@@ -80,6 +83,9 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
         self.full = False
         self.lost_replies = 0  # Commands applied whose reply is lost (node died after commit)
         self.free_bytes = 1000  # what a full node reports (its reserve is 4000)
+        self.packs = True  # serves PutMany/Commands (False: a node from before packs)
+        self.put_many_calls = 0
+        self.command_packs = 0
         self.puts = 0
         self.put_calls = 0
         self.gets = 0
@@ -109,6 +115,29 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
         existed = request.id in self.chunks
         self.chunks[request.id] = bytes(request.data)
         return pb.PutChunkReply(existed=existed)
+
+    async def PutMany(
+        self, request: pb.PutManyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PackReply:
+        """Each put as `Put` would answer it (a node that predates packs: UNIMPLEMENTED)."""
+        await self._packs_gate(context)
+        self.put_many_calls += 1
+        return await _each(
+            [self.Put(pb.PutChunkRequest.FromString(raw), _ItemContext()) for raw in request.puts]
+        )
+
+    async def Commands(
+        self, request: pb.MetadataPack, context: grpc.aio.ServicerContext
+    ) -> pb.PackReply:
+        """Each command as `Command` would answer it."""
+        await self._packs_gate(context)
+        self.command_packs += 1
+        return await _each([self.Command(command, _ItemContext()) for command in request.commands])
+
+    async def _packs_gate(self, context: grpc.aio.ServicerContext) -> None:
+        await self._gate(context)
+        if not self.packs:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
 
     def disk_figures(self) -> dict[str, Any]:
         return {"node": self.id, "free_bytes": self.free_bytes, "reserve_bytes": 4000}
@@ -176,6 +205,33 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
             disk_reserve_bytes=4000,
             disk_capacity_bytes=100_000,
         )
+
+
+class _ItemAbort(Exception):
+    def __init__(self, item: pb.PackItem) -> None:
+        super().__init__(item.details)
+        self.item = item
+
+
+class _ItemContext:
+    """The context one request of a pack runs its single call's handler with: `abort`
+    ends that request only, with the status the single call would have ended with."""
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing: Any = ()) -> None:
+        detail = "".join(v for k, v in trailing or () if k == DETAIL_TRAILER)
+        raise _ItemAbort(status_item(code, details, detail))
+
+
+async def _each(calls: list[Any]) -> pb.PackReply:
+    """The PackReply of a pack's single-call handlers, run at once."""
+
+    async def one(call: Any) -> pb.PackItem:
+        try:
+            return ok_item((await call).SerializeToString())
+        except _ItemAbort as abort:
+            return abort.item
+
+    return pb.PackReply(items=await asyncio.gather(*(one(c) for c in calls)))
 
 
 class FakeNodes:
