@@ -6,6 +6,10 @@ Key layout of the one LMDB environment per node, `<data_dir>/chunks/` (named DBs
     ├── db "chunks"                  the healthy copies this node serves
     │     key   chunk id             32 B, sha256(data): addressing, dedup, key order = list order
     │     value checksum || data     16 B xxh3-128(data), then the chunk's bytes (0 B allowed)
+    ├── db "index"                   one small entry per key of "chunks", written in the
+    │     key   chunk id             same write txn: what `has` and `list_ids` read, so a
+    │     value u64 big-endian       probe never touches a chunk's own pages (below)
+    │           data length
     ├── db "quarantine"              copies that failed their checksum, kept for forensics,
     │     key   chunk id             never served; the id is gone from "chunks", so has() says
     │     value checksum || data     False and repair puts a fresh copy from another replica
@@ -13,6 +17,24 @@ Key layout of the one LMDB environment per node, `<data_dir>/chunks/` (named DBs
           key   b"count"             u64 big-endian: entries in "chunks"
           key   b"bytes"             u64 big-endian: sum of data lengths in "chunks"
           key   b"quarantined"       u64 big-endian: entries in "quarantine"
+          key   b"indexed"           b"1" once "index" covers every key of "chunks"
+          key   b"indexed_txn"       u64: the id of the last write txn that kept the index
+
+**Why the index.** py-lmdb touches every page of a value it returns (it pre-faults them
+with the GIL released), and even a cursor stepping over keys makes LMDB read a big value's
+first page, where the kernel's read-around brings in up to `read_ahead_kb` of the file
+around it (8 MiB on some hosts). Answered from "chunks", every `Has` read the whole chunk
+and every `list_ids` step read-around its first page: each repair pass (every
+`repair_interval`, asking every peer about every chunk) read the whole store, several
+times over, cached or from the disk, and kept it mapped. The index keeps probes and
+listings in small pages; a chunk's pages are read when its bytes are (get, verify, a copy).
+A store written before the index existed is indexed by the writer thread in steps of
+`_INDEX_STEP` chunks between other writes (reading each chunk once); until `indexed` is
+set, probes and listings read "chunks" as before. Every write transaction that changes
+anything records its id in `indexed_txn`; a store opened with another id there than
+LMDB's last committed one was written since by something that does not keep the index (a
+rollback to an older release, a repair tool), so its index is rebuilt the same way rather
+than trusted: a stale "present" would let a gateway skip writing a chunk that is gone.
 
 Other processes may read this environment: a gateway on the same host opens it read-only
 (gateway/cluster/local_reads.py), each of its read transactions a slot in the reader
@@ -95,6 +117,9 @@ CHECKSUM_LEN = 16
 CHUNK_ID_LEN = 32
 _U64 = struct.Struct(">Q")
 _META_COUNT, _META_BYTES, _META_QUARANTINED = b"count", b"bytes", b"quarantined"
+_META_INDEXED, _META_INDEX_TXN = b"indexed", b"indexed_txn"
+# Chunks indexed per write transaction while a store written before the index is indexed.
+_INDEX_STEP = 256
 # At most this often, a write first clears the reader slots of dead processes.
 READER_CHECK_SECONDS = 10.0
 
@@ -243,15 +268,21 @@ class _Batch:
         self.bytes = store._read_counter(txn, _META_BYTES)
         self.quarantined = store._read_counter(txn, _META_QUARANTINED)
         self._read = (self.count, self.bytes, self.quarantined)
+        self.wrote = False  # any change at all, counters or not
 
     def save_counters(self, always: bool = False) -> None:
         """Write the counters back; unless `always`, only when they changed, so a batch that
         wrote nothing (puts of chunks already held) leaves the transaction clean and LMDB
         commits it without writing or syncing anything: what it found was made durable by
         the commit that stored it."""
-        if not always and (self.count, self.bytes, self.quarantined) == self._read:
+        if (
+            not always
+            and not self.wrote
+            and (self.count, self.bytes, self.quarantined) == self._read
+        ):
             return
         meta = self.store._meta
+        self.txn.put(_META_INDEX_TXN, _U64.pack(self.txn.id()), db=meta)
         self.txn.put(_META_COUNT, _U64.pack(self.count), db=meta)
         self.txn.put(_META_BYTES, _U64.pack(self.bytes), db=meta)
         self.txn.put(_META_QUARANTINED, _U64.pack(self.quarantined), db=meta)
@@ -263,7 +294,9 @@ class _Batch:
         if current is None or is_sound(chunk_id, current):
             return False
         value = bytes(current)
+        self.wrote = True
         txn.delete(chunk_id, db=s._chunks)
+        txn.delete(chunk_id, db=s._index)
         if txn.get(chunk_id, db=s._quarantine) is None:
             self.quarantined += 1
         txn.put(chunk_id, value, db=s._quarantine)
@@ -281,7 +314,9 @@ class _Batch:
             # A silently corrupted copy is replaced by the good bytes we were just sent.
             self.quarantine(chunk_id)
         self.store.touches.touch((chunk_id,))
+        self.wrote = True
         self.txn.put(chunk_id, value, db=self.store._chunks)
+        self.txn.put(chunk_id, _U64.pack(len(value) - CHECKSUM_LEN), db=self.store._index)
         self.count += 1
         self.bytes += len(value) - CHECKSUM_LEN
         return False
@@ -291,11 +326,12 @@ class _Batch:
         for chunk_id in ids:
             if len(chunk_id) != CHUNK_ID_LEN:
                 continue
-            current = self.txn.get(chunk_id, db=self.store._chunks)
-            if current is None:
+            size = self.store._size_of(self.txn, chunk_id)
+            if size is None:
                 continue
-            size = max(0, len(current) - CHECKSUM_LEN)
+            self.wrote = True
             self.txn.delete(chunk_id, db=self.store._chunks)
+            self.txn.delete(chunk_id, db=self.store._index)
             self.count -= 1
             self.bytes -= size
             deleted += 1
@@ -372,7 +408,7 @@ class LmdbChunkStore:
                 path,
                 map_size=map_size,
                 subdir=True,
-                max_dbs=3,
+                max_dbs=4,
                 sync=True,
                 metasync=True,
                 writemap=False,
@@ -384,6 +420,19 @@ class LmdbChunkStore:
         self._chunks = self._env.open_db(b"chunks")
         self._quarantine = self._env.open_db(b"quarantine")
         self._meta = self._env.open_db(b"meta")
+        self._index = self._env.open_db(b"index")
+        with self._env.begin(db=self._meta) as txn:
+            marked = txn.get(_META_INDEXED) == b"1"
+            kept_by = txn.get(_META_INDEX_TXN)
+        last = int(self._env.info()["last_txnid"])
+        # Read by reader threads, set once by the writer thread.
+        self._indexed = marked and kept_by is not None and _U64.unpack(kept_by)[0] == last
+        # Entries that may disagree with "chunks": committed to since by a writer that does
+        # not keep the index (a partial build of ours left the id as its last commit).
+        self._index_stale = not self._indexed and (
+            kept_by is None or _U64.unpack(kept_by)[0] != last
+        )
+        self._index_after: bytes | None = b""  # None: indexing gave up (logged)
         self._max_items = max(1, batch_max_items)
         self._max_bytes = max(1, batch_max_bytes)
         self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
@@ -586,18 +635,35 @@ class LmdbChunkStore:
         if touch:
             with self.touches.lock:
                 self.touches.touch(i for i in ids if len(i) == CHUNK_ID_LEN)
+        # The flag is read before the transaction begins: once it is set, every
+        # transaction begun after sees the complete index.
+        db = self._index if self._indexed else self._chunks
         with self._reading() as txn:
-            return [len(i) == CHUNK_ID_LEN and txn.get(i, db=self._chunks) is not None for i in ids]
+            return [len(i) == CHUNK_ID_LEN and txn.get(i, db=db) is not None for i in ids]
+
+    def _size_of(self, txn: lmdb.Transaction, chunk_id: bytes) -> int | None:
+        """A held chunk's data length: from the index once it is complete, else from the
+        value itself; None when not held. Writer thread (which completes the index)."""
+        if self._indexed:
+            raw = txn.get(chunk_id, db=self._index)
+            return None if raw is None else int(_U64.unpack(raw)[0])
+        value = txn.get(chunk_id, db=self._chunks)
+        return None if value is None else max(0, len(value) - CHECKSUM_LEN)
 
     def _list(self, after: bytes, limit: int) -> list[tuple[bytes, int]]:
         out: list[tuple[bytes, int]] = []
+        indexed = self._indexed
         with self._reading() as txn:
-            cursor = txn.cursor(db=self._chunks)
+            cursor = txn.cursor(db=self._index if indexed else self._chunks)
             more = cursor.set_range(after) if after else cursor.first()
             while more and len(out) < limit:
                 key = bytes(cursor.key())
                 if key != after:
-                    out.append((key, max(0, len(cursor.value()) - CHECKSUM_LEN)))
+                    value = cursor.value()
+                    if indexed:
+                        out.append((key, int(_U64.unpack(value)[0])))
+                    else:
+                        out.append((key, max(0, len(value) - CHECKSUM_LEN)))
                 more = cursor.next()
         return out
 
@@ -629,8 +695,16 @@ class LmdbChunkStore:
     def _write_loop(self) -> None:
         held: _Op | object | None = None
         while True:
-            first = held if held is not None else self._queue.get()
-            held = None
+            if held is not None:
+                first, held = held, None
+            elif not self._indexed and self._index_after is not None:
+                try:
+                    first = self._queue.get_nowait()
+                except queue.Empty:
+                    self._index_step()  # only while nothing else waits
+                    continue
+            else:
+                first = self._queue.get()
             if first is _STOP:
                 break
             assert isinstance(first, _Op)
@@ -678,6 +752,46 @@ class LmdbChunkStore:
             ]
             if written:
                 self._drop_cached_pages(written)
+
+    def _index_step(self) -> None:
+        """Index up to `_INDEX_STEP` more chunks of a store written before the index, in one
+        write transaction; the last step marks the store indexed. Writes meanwhile keep
+        the index of what they change, so a step adds only entries still missing."""
+        after = self._index_after
+        assert after is not None
+        try:
+            with self._env.begin(write=True, buffers=True) as txn:
+                if self._index_stale:
+                    txn.drop(self._index, delete=False)
+                    after = b""
+                cursor = txn.cursor(db=self._chunks)
+                more = cursor.set_range(after) if after else cursor.first()
+                seen = 0
+                while more and seen < _INDEX_STEP:
+                    key = bytes(cursor.key())
+                    if key != after:
+                        seen += 1
+                        after = key
+                        if txn.get(key, db=self._index) is None:
+                            size = max(0, len(cursor.value()) - CHECKSUM_LEN)
+                            txn.put(key, _U64.pack(size), db=self._index)
+                    more = cursor.next()
+                if not more:
+                    txn.put(_META_INDEXED, b"1", db=self._meta)
+                txn.put(_META_INDEX_TXN, _U64.pack(txn.id()), db=self._meta)
+        except lmdb.Error as exc:
+            # No room, most likely: probes and listings keep reading "chunks" (correct,
+            # slower); a restart tries again.
+            self._index_after = None
+            log_event(logger, "chunkstore.index_failed", logging.WARNING, error=str(exc))
+            return
+        if self._index_stale:
+            self._index_stale = False
+            log_event(logger, "chunkstore.index_rebuilt", logging.WARNING, path=self.path)
+        self._index_after = after
+        if not more:
+            self._indexed = True
+            log_event(logger, "chunkstore.indexed", logging.DEBUG, path=self.path)
 
     def _drop_cached_pages(self, ids: list[bytes]) -> None:
         """`node.drop_written_pages`: after a commit (its pages fsynced, so clean) and its
