@@ -99,6 +99,13 @@ def answer_pack(call: Pending) -> None:
     call.answer.set_result(pb.PackReply(items=[ok_item(f"ok:{i}".encode()) for i in call.items]))
 
 
+async def blocked(calls: CallPacker[str, str], kind: FakeKind) -> tuple[asyncio.Task[str], Pending]:
+    """A request "first" in flight (its call held unanswered): with one call in flight
+    per node allowed, the next requests queue behind it."""
+    blocker = asyncio.create_task(calls.call(node(), "first", 1, 5.0, None))
+    return blocker, await kind.calls.get()
+
+
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -150,8 +157,7 @@ async def test_requests_queue_behind_the_bound_and_go_as_one_pack() -> None:
 async def test_packs_keep_to_their_item_and_byte_limits() -> None:
     kind = FakeKind()
     calls = packer(kind, packs_in_flight_per_node=1, pack_max_items=3, pack_max_bytes=25)
-    blocker = asyncio.create_task(calls.call(node(), "first", 1, 5.0, None))
-    held = await kind.calls.get()
+    blocker, held = await blocked(calls, kind)
     sizes = [1, 1, 1, 1, 10, 10, 10, 40]
     queued = [
         asyncio.create_task(calls.call(node(), f"i{n}", size, 5.0, None))
@@ -181,8 +187,7 @@ async def test_packs_keep_to_their_item_and_byte_limits() -> None:
 async def test_each_item_fails_as_its_single_call_would() -> None:
     kind = FakeKind()
     calls = packer(kind, packs_in_flight_per_node=1)
-    blocker = asyncio.create_task(calls.call(node(), "first", 1, 5.0, None))
-    held = await kind.calls.get()
+    blocker, held = await blocked(calls, kind)
     queued = [asyncio.create_task(calls.call(node(), x, 1, 5.0, None)) for x in ("ok", "full")]
     await settle()
     held.answer.set_result("F")
@@ -202,8 +207,7 @@ async def test_each_item_fails_as_its_single_call_would() -> None:
 async def test_a_pack_failing_as_a_whole_fails_each_of_its_requests() -> None:
     kind = FakeKind()
     calls = packer(kind, packs_in_flight_per_node=1)
-    blocker = asyncio.create_task(calls.call(node(), "first", 1, 5.0, None))
-    held = await kind.calls.get()
+    blocker, held = await blocked(calls, kind)
     queued = [asyncio.create_task(calls.call(node(), x, 1, 5.0, None)) for x in "abc"]
     await settle()
     held.answer.set_result("F")
@@ -219,8 +223,7 @@ async def test_a_pack_failing_as_a_whole_fails_each_of_its_requests() -> None:
     assert len({id(e) for e in errors}) == 3  # a copy each
     assert await blocker == "F"
     # A pack answering the wrong number of items fails each request too (INTERNAL).
-    blocker = asyncio.create_task(calls.call(node(), "first", 1, 5.0, None))
-    held = await kind.calls.get()
+    blocker, held = await blocked(calls, kind)
     queued = [asyncio.create_task(calls.call(node(), x, 1, 5.0, None)) for x in "ab"]
     await settle()
     held.answer.set_result("F")
@@ -235,8 +238,7 @@ async def test_a_pack_failing_as_a_whole_fails_each_of_its_requests() -> None:
 async def test_a_node_without_packs_gets_single_calls_and_the_pack_is_resent() -> None:
     kind, clock = FakeKind(), Clock()
     calls = packer(kind, clock, packs_in_flight_per_node=1)
-    blocker = asyncio.create_task(calls.call(node(), "first", 1, 5.0, None))
-    held = await kind.calls.get()
+    blocker, held = await blocked(calls, kind)
     queued = [asyncio.create_task(calls.call(node(), x, 1, 5.0, None)) for x in "ab"]
     await settle()
     held.answer.set_result("F")
@@ -258,8 +260,7 @@ async def test_a_node_without_packs_gets_single_calls_and_the_pack_is_resent() -
     assert calls.stats.unimplemented == 1
     # Until the retry time has passed: then packs are tried again.
     clock.now += UNPACKED_RETRY_SECONDS + 1
-    blocker = asyncio.create_task(calls.call(node(), "first", 1, 5.0, None))
-    held = await kind.calls.get()
+    blocker, held = await blocked(calls, kind)
     queued = [asyncio.create_task(calls.call(node(), x, 1, 5.0, None)) for x in "ef"]
     await settle()
     held.answer.set_result("F")
@@ -272,8 +273,7 @@ async def test_a_node_without_packs_gets_single_calls_and_the_pack_is_resent() -
 async def test_cancelled_callers_leave_the_queue_or_have_their_answer_dropped() -> None:
     kind = FakeKind()
     calls = packer(kind, packs_in_flight_per_node=1)
-    blocker = asyncio.create_task(calls.call(node(), "first", 1, 5.0, None))
-    held = await kind.calls.get()
+    blocker, held = await blocked(calls, kind)
     queued = {x: asyncio.create_task(calls.call(node(), x, 1, 5.0, None)) for x in "abc"}
     await settle()
     queued["b"].cancel()  # while queued: it never leaves
@@ -300,8 +300,7 @@ async def test_cancelled_callers_leave_the_queue_or_have_their_answer_dropped() 
 async def test_a_request_out_of_time_while_queued_is_deadline_exceeded() -> None:
     kind = FakeKind()
     calls = packer(kind, packs_in_flight_per_node=1)
-    blocker = asyncio.create_task(calls.call(node(), "first", 1, 5.0, None))
-    held = await kind.calls.get()
+    blocker, held = await blocked(calls, kind)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await calls.call(node(), "late", 1, 0.05, None)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
