@@ -330,8 +330,9 @@ class _Batch:
             if size is None:
                 continue
             self.wrote = True
-            self.txn.delete(chunk_id, db=self.store._chunks)
             self.txn.delete(chunk_id, db=self.store._index)
+            if not self.txn.delete(chunk_id, db=self.store._chunks):
+                continue  # a stale index entry: nothing stored to count
             self.count -= 1
             self.bytes -= size
             deleted += 1
@@ -558,7 +559,7 @@ class LmdbChunkStore:
         with self._reading() as txn:
             psize = int(self._env.stat()["psize"])
             pages = 0
-            for db in (None, self._chunks, self._quarantine, self._meta):
+            for db in (None, self._chunks, self._quarantine, self._meta, self._index):
                 st = txn.stat(db) if db is not None else self._env.stat()
                 pages += int(st["branch_pages"]) + int(st["leaf_pages"])
                 pages += int(st["overflow_pages"])
@@ -762,7 +763,10 @@ class LmdbChunkStore:
         try:
             with self._env.begin(write=True, buffers=True) as txn:
                 if self._index_stale:
+                    # Unmarked in the same commit: a rebuild cut short resumes at the next
+                    # open rather than trusting half an index.
                     txn.drop(self._index, delete=False)
+                    txn.delete(_META_INDEXED, db=self._meta)
                     after = b""
                 cursor = txn.cursor(db=self._chunks)
                 more = cursor.set_range(after) if after else cursor.first()

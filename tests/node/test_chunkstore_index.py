@@ -185,3 +185,59 @@ async def test_an_index_written_to_behind_its_back_is_rebuilt(tmp_path: Path) ->
         assert await store.list_ids(b"", 10) == sorted([(kept[0], 4096), (added[0], 4096)])
     finally:
         store.close()
+
+
+async def test_a_rebuild_cut_short_resumes_and_is_never_trusted_half_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback detected, then the node stops after the first rebuild step: the next
+    open must not answer from the half-built index."""
+    monkeypatch.setattr(chunkstore, "_INDEX_STEP", 2)
+    chunks = dict(_chunk(4096 + i) for i in range(7))
+    store = _open(tmp_path / "c")
+    try:
+        await _indexed(store)
+        for chunk_id, data in chunks.items():
+            await store.put(chunk_id, data)
+    finally:
+        store.close()
+    added = _chunk(4096)
+    env = lmdb.open(str(tmp_path / "c"), max_dbs=4, subdir=True)
+    try:  # the older release writes "chunks" only
+        chunks_db = env.open_db(b"chunks")  # its own write txn: not inside the one below
+        with env.begin(write=True) as txn:
+            txn.put(added[0], checksum_of(added[1]) + added[1], db=chunks_db)
+    finally:
+        env.close()
+    chunks[added[0]] = added[1]
+
+    real_step = LmdbChunkStore._index_step
+    steps = 0
+
+    def one_step_then_stop(self: LmdbChunkStore) -> None:
+        nonlocal steps
+        steps += 1
+        real_step(self)
+        self._index_after = None  # as if the process died here
+
+    monkeypatch.setattr(LmdbChunkStore, "_index_step", one_step_then_stop)
+    store = _open(tmp_path / "c")
+    try:
+        for _ in range(500):
+            if steps:
+                break
+            await asyncio.sleep(0.01)
+        assert steps == 1 and not store._indexed
+    finally:
+        store.close()
+    monkeypatch.setattr(LmdbChunkStore, "_index_step", real_step)
+    store = _open(tmp_path / "c")
+    try:
+        assert not store._indexed  # two of eight entries are there: not trusted
+        expected = sorted((i, len(d)) for i, d in chunks.items())
+        assert await store.list_ids(b"", 100) == expected
+        await _indexed(store)
+        assert await store.list_ids(b"", 100) == expected
+        assert await store.has(list(chunks)) == [True] * len(chunks)
+    finally:
+        store.close()
