@@ -108,11 +108,13 @@ class NodeConfig:
     # Group commit: at most this many puts or bytes per LMDB transaction.
     commit_batch_max_items: int = 64
     commit_batch_max_bytes: int = 64 * MiB
-    # After each group commit that stored chunks, drop data.mdb's cached pages (fsynced,
-    # clean): pushes recycle page-cache memory instead of growing it, reads of recent
-    # chunks go to the disk. On the bench VM, where a fresh page costs a host fault, it
-    # cut push CPU per GB 15-40 % and slowed pulls of just-pushed blobs (bench/README.md).
-    drop_written_pages: bool = False
+    # After each group commit that stored chunks, drop the written values' cached pages
+    # (fsynced, clean): pushes recycle page-cache memory instead of growing it, reads of
+    # those chunks go to the disk. "unread" (default): only while no gateway on this host
+    # reads the store directly (it sends fresh pushes from those pages); "always";
+    # "never". true/false read as always/never. On the bench VM, where a fresh page costs
+    # a host fault, dropping cut push CPU per GB 15-40 % (bench/README.md).
+    drop_written_pages: str = "unread"
     # Raft timings (docs/raft.md says why these values).
     raft_min_timeout: float = 0.3
     raft_max_timeout: float = 0.9
@@ -1003,7 +1005,21 @@ def _read_secret_files(c: ClusterConfig) -> None:
         setattr(c, name, value)
 
 
+_DROP_MODES = {"never": "never", "always": "always", "unread": "unread"}
+_DROP_MODES |= dict.fromkeys(("false", "0", "no", "off"), "never")
+_DROP_MODES |= dict.fromkeys(("true", "1", "yes", "on"), "always")
+
+
+def _drop_mode(value: str) -> str:
+    """`node.drop_written_pages` normalised (the booleans it took before read as modes)."""
+    mode = _DROP_MODES.get(str(value).strip().lower())
+    if mode is None:
+        raise ConfigError("node.drop_written_pages must be unread, always or never")
+    return mode
+
+
 def validate(cfg: Config) -> None:
+    cfg.node.drop_written_pages = _drop_mode(cfg.node.drop_written_pages)
     c = cfg.cluster
     if c.replicas < 1:
         raise ConfigError("cluster.replicas must be >= 1")

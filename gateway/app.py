@@ -120,6 +120,9 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
     lease = app[AUTH].lease
     if lease is not None:
         _for_the_app_lifetime(app, lease.start, lease.stop)
+    local = ctx.cluster.local_store if isinstance(ctx.cluster, ClusterClient) else None
+    if local is not None:  # open from the start: its mark keeps the node's writes cached
+        _for_the_app_lifetime(app, local.start, local.stop)
     app[BUDGET] = BodyBudget(
         ctx.cfg.gateway.max_buffered_bytes, ctx.cfg.gateway.body_trim_after_bytes
     )

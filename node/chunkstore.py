@@ -63,7 +63,12 @@ cargohold/map_offsets.py, widened to whole folios and unmapped here first): writ
 chunks leave the page cache, so writes recycle its memory instead of growing it (cheaper
 on hosts where fresh memory is costly, see bench/README.md) and reads of them go to the
 disk. Other cached pages of the file are left alone: the cost is per byte written, not
-per byte of the file.
+per byte of the file. The default mode, "unread", does so only while no gateway on this
+host reads the store directly (its shared lock on `local-readers.lock`,
+cargohold/local_readers.py): a co-located gateway sends fresh pushes from these very
+pages, while a node nobody here reads from (a storage-only host, or the replicas of a
+one-host cluster beside the gateway's own node) would only grow the page cache with them
+(HDFS datanodes call this dropping the cache behind writes).
 
 No space raises `StorageFull` for the puts that do not fit, and the store keeps serving
 reads and deletes: a put that would eat into the disk reserve (`node/disk.py`, checked
@@ -105,6 +110,7 @@ from cargohold.errors import (
     StorageFull,
     Unavailable,
 )
+from cargohold.local_readers import LocalReaders
 from cargohold.log import log_event
 from cargohold.map_offsets import FileMaps
 from cargohold.mapped_pages import FOLIO_BYTES, buffer_address, release_folios
@@ -118,6 +124,9 @@ CHUNK_ID_LEN = 32
 _U64 = struct.Struct(">Q")
 _META_COUNT, _META_BYTES, _META_QUARANTINED = b"count", b"bytes", b"quarantined"
 _META_INDEXED, _META_INDEX_TXN = b"indexed", b"indexed_txn"
+# `node.drop_written_pages`: never; after every commit that stored chunks; or after those
+# only while no gateway on this host reads the store directly (cargohold/local_readers.py).
+DROP_MODES = ("never", "always", "unread")
 # Chunks indexed per write transaction while a store written before the index is indexed.
 _INDEX_STEP = 256
 # At most this often, a write first clears the reader slots of dead processes.
@@ -398,8 +407,10 @@ class LmdbChunkStore:
         batch_max_items: int,
         batch_max_bytes: int,
         space: DiskSpace | None = None,
-        drop_written_pages: bool = False,
+        drop_written_pages: str = "never",
     ) -> None:
+        if drop_written_pages not in DROP_MODES:
+            raise ValueError(f"drop_written_pages: {drop_written_pages!r} not in {DROP_MODES}")
         os.makedirs(path, exist_ok=True)
         self.path = path
         # The data dir's free space and reserve; None: only the map size limits puts.
@@ -451,11 +462,15 @@ class LmdbChunkStore:
         # (the environment is never remapped while open: what is remembered stays true).
         self._drop_fd: int | None = None
         self._maps: FileMaps | None = None
-        if drop_written_pages and hasattr(os, "posix_fadvise"):
+        # "unread": whether a gateway on this host sends from this store's page cache.
+        self._local_readers: LocalReaders | None = None
+        if drop_written_pages != "never" and hasattr(os, "posix_fadvise"):
             data_mdb = os.path.join(path, "data.mdb")
             self._drop_fd = os.open(data_mdb, os.O_RDONLY)
             st = os.fstat(self._drop_fd)
             self._maps = FileMaps(data_mdb, st.st_dev, st.st_ino)
+            if drop_written_pages == "unread":
+                self._local_readers = LocalReaders(path)
         self._writer = threading.Thread(
             target=self._write_loop, name="chunkstore-writer", daemon=True
         )
@@ -583,6 +598,8 @@ class LmdbChunkStore:
         if self._drop_fd is not None:
             os.close(self._drop_fd)
             self._drop_fd = None
+        if self._local_readers is not None:
+            self._local_readers.close()
         with self._lock:
             self._lock.wait_for(lambda: self._readers == 0)
             self._env.close()
@@ -745,7 +762,7 @@ class LmdbChunkStore:
         self._charge(ops, results)
         for op, result in zip(ops, results, strict=True):
             op.future.set_result(result)
-        if self._drop_fd is not None:
+        if self._drop_fd is not None and not self._read_locally():
             written = [
                 op.chunk_id
                 for op, res in zip(ops, results, strict=True)
@@ -796,6 +813,10 @@ class LmdbChunkStore:
         if not more:
             self._indexed = True
             log_event(logger, "chunkstore.indexed", logging.DEBUG, path=self.path)
+
+    def _read_locally(self) -> bool:
+        """With "unread": a gateway on this host sends from this store (keep the pages)."""
+        return self._local_readers is not None and self._local_readers.present()
 
     def _drop_cached_pages(self, ids: list[bytes]) -> None:
         """`node.drop_written_pages`: after a commit (its pages fsynced, so clean) and its

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import os
@@ -63,6 +64,7 @@ import lmdb
 from prometheus_client import Counter
 
 from cargohold.digests import checksum_of
+from cargohold.local_readers import ReaderMark
 from cargohold.log import log_event
 from cargohold.map_offsets import FileMaps, buffer_address
 
@@ -127,9 +129,16 @@ class _Handle:
     (closing an LMDB environment invalidates its transactions and unmaps their bytes)."""
 
     def __init__(
-        self, env: lmdb.Environment, db: lmdb._Database, file_id: object, path: str
+        self,
+        env: lmdb.Environment,
+        db: lmdb._Database,
+        file_id: object,
+        path: str,
+        mark: ReaderMark,
     ) -> None:
         self.env, self.db, self.file_id = env, db, file_id
+        # Tells the node a gateway reads this store (cargohold/local_readers.py).
+        self.mark = mark
         self.users = 0
         self.retired = False
         self.path = path
@@ -149,6 +158,7 @@ class _Handle:
     def release_if_done(self) -> None:
         if self.retired and self.users == 0:
             self.env.close()
+            self.mark.close()
             if self.data_fd is not None:
                 os.close(self.data_fd)
                 self.data_fd = None
@@ -167,6 +177,7 @@ class LocalChunkStore:
         self._handle: _Handle | None = None
         self._next_open = 0.0
         self._next_check = 0.0
+        self._keeper: asyncio.Task[None] | None = None
 
     async def read(self, chunk_id: bytes, length: int | None) -> bytes | None:
         """The verified bytes of a chunk held locally; None when not held (or the store
@@ -233,6 +244,37 @@ class LocalChunkStore:
             return None
         READS.labels("miss" if done is None else "hit").inc()
         return done
+
+    def start(self) -> None:
+        """Keep the store open from the start, not from the first read: its mark tells the
+        node to keep what it writes cached for the sends (cargohold/local_readers.py)."""
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep_open())
+
+    async def stop(self) -> None:
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        self.close()
+
+    async def _keep_open(self) -> None:
+        while True:
+            await asyncio.to_thread(self.ensure_open)
+            await asyncio.sleep(RECHECK_FILE_SECONDS)
+
+    def ensure_open(self) -> bool:
+        """Open the store (or notice it was replaced) and mark it read; whether it is open."""
+        handle = self._acquire()
+        if handle is None:
+            return False
+        with self._lock:
+            if not handle.mark.held and not handle.retired:
+                handle.mark = ReaderMark(self.path)  # the node made the file after we opened
+            handle.users -= 1
+            handle.release_if_done()
+        return True
 
     def close(self) -> None:
         """Let go of the environment (closed once the reads using it end); a later read
@@ -457,8 +499,9 @@ class LocalChunkStore:
                 error=str(exc),
             )  # fmt: skip
             return None
-        log_event(logger, "cluster.local_store_open", path=self.path)
-        return _Handle(env, db, file_id, os.path.join(self.path, "data.mdb"))
+        mark = ReaderMark(self.path)
+        log_event(logger, "cluster.local_store_open", path=self.path, marked=mark.held)
+        return _Handle(env, db, file_id, os.path.join(self.path, "data.mdb"), mark)
 
     def _current_file_id(self) -> tuple[int, int] | None:
         try:

@@ -208,3 +208,20 @@ def test_raft_settings_pysyncobj_accepts_at_the_limits(tmp_path) -> None:
         logCompactionMinTime=n.raft_compaction_min_time,
         fullDumpFile=str(tmp_path / "dump"),
     ).validate()
+
+
+def test_drop_written_pages_modes_and_the_booleans_it_took_before(tmp_path) -> None:
+    assert load_config(environ={}).node.drop_written_pages == "unread"
+    path = tmp_path / "c.toml"
+    path.write_text("[node]\ndrop_written_pages = true\n")
+    assert load_config(path, environ={}).node.drop_written_pages == "always"
+    env = {"CARGOHOLD_NODE_DROP_WRITTEN_PAGES": "false"}
+    assert load_config(environ=env).node.drop_written_pages == "never"
+    assert (
+        load_config(
+            overrides={"node.drop_written_pages": "Always"}, environ={}
+        ).node.drop_written_pages
+        == "always"
+    )
+    with pytest.raises(ConfigError, match="drop_written_pages must be unread"):
+        load_config(overrides={"node.drop_written_pages": "sometimes"}, environ={})

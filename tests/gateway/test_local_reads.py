@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from cargohold import local_readers
 from cargohold.digests import checksum_of
 from gateway.cluster import local_reads
 from gateway.cluster.local_reads import READS, LocalChunkStore, LocalCopyCorrupt
+from node.chunkstore import LmdbChunkStore
 
 WRITER = textwrap.dedent(
     """
@@ -212,3 +214,30 @@ async def test_concurrent_reads_while_the_node_writes_and_deletes(
 
     await asyncio.gather(reads(), reads(), churn())
     local.close()
+
+
+async def test_the_store_is_opened_and_marked_from_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`start` opens the store before any read and holds the mark that tells the node to
+    keep fresh writes cached; `stop` lets it go."""
+    monkeypatch.setattr(local_readers, "RECHECK_SECONDS", 0.0)
+    made = LmdbChunkStore(
+        str(tmp_path / "chunks"), 1 << 26, 8, 1 << 24, drop_written_pages="unread"
+    )
+    made.close()  # the node's files, as a node leaves them (its lock file included)
+    readers = local_readers.LocalReaders(str(tmp_path / "chunks"))
+    store = LocalChunkStore(str(tmp_path))
+    try:
+        assert readers.present() is False
+        store.start()
+        for _ in range(200):
+            if readers.present():
+                break
+            await asyncio.sleep(0.01)
+        assert readers.present() is True
+        await store.stop()
+        assert readers.present() is False
+    finally:
+        await store.stop()
+        readers.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cargohold import local_readers
 from cargohold.mapped_pages import FOLIO_BYTES, PAGE_SIZE
 from node.chunkstore import CHECKSUM_LEN, LmdbChunkStore
 from tests.page_state import cached_pages, file_offset_of, read_at
@@ -52,7 +53,7 @@ def advice(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int, int]]:
 async def test_a_commit_with_puts_drops_the_pages_it_wrote(
     tmp_path: Path, advice: list[tuple[int, int, int, int]]
 ) -> None:
-    store = LmdbChunkStore(str(tmp_path / "c"), 64 * MiB, 16, 16 * MiB, drop_written_pages=True)
+    store = LmdbChunkStore(str(tmp_path / "c"), 64 * MiB, 16, 16 * MiB, drop_written_pages="always")
     data_mdb = tmp_path / "c" / "data.mdb"
     try:
         chunk_id, data = _chunk(256 * 1024)
@@ -83,7 +84,7 @@ async def test_a_commit_with_puts_drops_the_pages_it_wrote(
 async def test_a_commit_leaves_other_cached_pages_alone(
     tmp_path: Path, advice: list[tuple[int, int, int, int]]
 ) -> None:
-    store = LmdbChunkStore(str(tmp_path / "c"), 64 * MiB, 16, 16 * MiB, drop_written_pages=True)
+    store = LmdbChunkStore(str(tmp_path / "c"), 64 * MiB, 16, 16 * MiB, drop_written_pages="always")
     data_mdb = tmp_path / "c" / "data.mdb"
     try:
         old_id, old = _chunk(1 * MiB)
@@ -122,7 +123,7 @@ async def test_off_by_default(tmp_path: Path, advice: list[tuple[int, int, int, 
 
 
 async def test_chunks_survive_a_reopen_with_pages_dropped(tmp_path: Path) -> None:
-    store = LmdbChunkStore(str(tmp_path / "c"), 64 * MiB, 16, 16 * MiB, drop_written_pages=True)
+    store = LmdbChunkStore(str(tmp_path / "c"), 64 * MiB, 16, 16 * MiB, drop_written_pages="always")
     chunks = [_chunk(100_000 + i) for i in range(5)]
     try:
         for chunk_id, data in chunks:
@@ -135,3 +136,30 @@ async def test_chunks_survive_a_reopen_with_pages_dropped(tmp_path: Path) -> Non
             assert await reopened.get(chunk_id) == data
     finally:
         reopened.close()
+
+
+async def test_unread_keeps_the_pages_while_a_gateway_here_reads_the_store(
+    tmp_path: Path, advice: list[tuple[int, int, int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default mode: a co-located gateway's mark keeps fresh writes cached for its
+    sends; once it lets go (it stopped, or died), writes are dropped behind again."""
+    monkeypatch.setattr(local_readers, "RECHECK_SECONDS", 0.0)
+    store = LmdbChunkStore(str(tmp_path / "c"), 64 * MiB, 16, 16 * MiB, drop_written_pages="unread")
+    data_mdb = tmp_path / "c" / "data.mdb"
+    mark = local_readers.ReaderMark(str(tmp_path / "c"))
+    try:
+        assert mark.held
+        kept_id, kept = _chunk(1 * MiB)
+        await store.put(kept_id, kept)
+        # The writer thread checks for the mark after acknowledging: wait on a later
+        # commit, which is advised in order, were the first one advised at all.
+        mark.close()
+        await store.put(*_chunk(2 * FOLIO_BYTES))
+        await _advised(advice, 1)
+        assert len(advice) == 1  # only the write after the mark went away
+        at = file_offset_of(data_mdb, kept[:4096])
+        assert cached_pages(data_mdb, at, len(kept)) >= len(kept) // PAGE_SIZE
+        assert await store.get(kept_id) == kept
+    finally:
+        mark.close()
+        store.close()
