@@ -110,11 +110,14 @@ class NodeConfig:
     commit_batch_max_bytes: int = 64 * MiB
     # After each group commit that stored chunks, drop the written values' cached pages
     # (fsynced, clean): pushes recycle page-cache memory instead of growing it, reads of
-    # those chunks go to the disk. "unread" (default): only while no gateway on this host
-    # reads the store directly (it sends fresh pushes from those pages); "always";
+    # those chunks go to the disk. "unread" (default): only while nobody reads the store
+    # (no gateway on this host reading it directly, no chunk served lately); "always";
     # "never". true/false read as always/never. On the bench VM, where a fresh page costs
     # a host fault, dropping cut push CPU per GB 15-40 % (bench/README.md).
     drop_written_pages: str = "unread"
+    # With "unread": a node that served a chunk read within this many seconds keeps what
+    # it writes cached, as one a gateway on its host reads does.
+    drop_written_pages_read_seconds: float = 300.0
     # Raft timings (docs/raft.md says why these values).
     raft_min_timeout: float = 0.3
     raft_max_timeout: float = 0.9
@@ -1020,6 +1023,8 @@ def _drop_mode(value: str) -> str:
 
 def validate(cfg: Config) -> None:
     cfg.node.drop_written_pages = _drop_mode(cfg.node.drop_written_pages)
+    if cfg.node.drop_written_pages_read_seconds < 0:
+        raise ConfigError("node.drop_written_pages_read_seconds must be >= 0")
     c = cfg.cluster
     if c.replicas < 1:
         raise ConfigError("cluster.replicas must be >= 1")

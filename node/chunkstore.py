@@ -63,12 +63,14 @@ cargohold/map_offsets.py, widened to whole folios and unmapped here first): writ
 chunks leave the page cache, so writes recycle its memory instead of growing it (cheaper
 on hosts where fresh memory is costly, see bench/README.md) and reads of them go to the
 disk. Other cached pages of the file are left alone: the cost is per byte written, not
-per byte of the file. The default mode, "unread", does so only while no gateway on this
-host reads the store directly (its shared lock on `local-readers.lock`,
-cargohold/local_readers.py): a co-located gateway sends fresh pushes from these very
-pages, while a node nobody here reads from (a storage-only host, or the replicas of a
-one-host cluster beside the gateway's own node) would only grow the page cache with them
-(HDFS datanodes call this dropping the cache behind writes).
+per byte of the file. The default mode, "unread", does so only while nobody reads this
+store: no chunk served (`get*`: a gateway's or a peer's read over gRPC) for
+`read_recently_seconds`, and no gateway on this host reading it directly (its shared lock
+on `local-readers.lock`, cargohold/local_readers.py). A reader would soon want these very
+pages (a co-located gateway sends fresh pushes from them); a node nobody reads (the
+replicas of a one-host cluster beside the gateway's own node, a storage-only host whose
+copies are only read when another fails) would only grow the page cache with them. HDFS
+datanodes call this dropping the cache behind writes.
 
 No space raises `StorageFull` for the puts that do not fit, and the store keeps serving
 reads and deletes: a put that would eat into the disk reserve (`node/disk.py`, checked
@@ -408,6 +410,7 @@ class LmdbChunkStore:
         batch_max_bytes: int,
         space: DiskSpace | None = None,
         drop_written_pages: str = "never",
+        read_recently_seconds: float = 300.0,
     ) -> None:
         if drop_written_pages not in DROP_MODES:
             raise ValueError(f"drop_written_pages: {drop_written_pages!r} not in {DROP_MODES}")
@@ -462,8 +465,12 @@ class LmdbChunkStore:
         # (the environment is never remapped while open: what is remembered stays true).
         self._drop_fd: int | None = None
         self._maps: FileMaps | None = None
-        # "unread": whether a gateway on this host sends from this store's page cache.
+        # "unread": whether a gateway on this host sends from this store's page cache, or
+        # this node served a chunk read within `read_recently_seconds` (monotonic time of
+        # the last, set by the readers and read by the writer thread).
         self._local_readers: LocalReaders | None = None
+        self._read_recently = read_recently_seconds
+        self._served_at = float("-inf")
         if drop_written_pages != "never" and hasattr(os, "posix_fadvise"):
             data_mdb = os.path.join(path, "data.mdb")
             self._drop_fd = os.open(data_mdb, os.O_RDONLY)
@@ -505,6 +512,7 @@ class LmdbChunkStore:
         return data
 
     async def get_with_checksum(self, chunk_id: bytes) -> tuple[bytes, bytes]:
+        self._served_at = time.monotonic()
         try:
             data, checksum = await asyncio.to_thread(self._read, chunk_id, True)
         except _Corrupt:
@@ -516,6 +524,7 @@ class LmdbChunkStore:
     async def get_encoded(
         self, chunk_id: bytes, encode: Callable[[memoryview, bytes], bytes]
     ) -> bytes:
+        self._served_at = time.monotonic()
         try:
             return await asyncio.to_thread(self._read_encoded, chunk_id, encode)
         except _Corrupt:
@@ -815,8 +824,13 @@ class LmdbChunkStore:
             log_event(logger, "chunkstore.indexed", logging.DEBUG, path=self.path)
 
     def _read_locally(self) -> bool:
-        """With "unread": a gateway on this host sends from this store (keep the pages)."""
-        return self._local_readers is not None and self._local_readers.present()
+        """With "unread": whether this store's fresh pages are read (keep them): it served
+        a chunk lately, or a gateway on this host sends from it."""
+        if self._local_readers is None:
+            return False
+        if time.monotonic() - self._served_at < self._read_recently:
+            return True
+        return self._local_readers.present()
 
     def _drop_cached_pages(self, ids: list[bytes]) -> None:
         """`node.drop_written_pages`: after a commit (its pages fsynced, so clean) and its

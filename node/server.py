@@ -207,6 +207,7 @@ async def _run_locked(cfg: Config) -> None:
         node.commit_batch_max_bytes,
         space=space,
         drop_written_pages=node.drop_written_pages,
+        read_recently_seconds=node.drop_written_pages_read_seconds,
     )
     raft: RaftMember | None = None
     search: SearchIndexBuilder | None = None

@@ -163,3 +163,31 @@ async def test_unread_keeps_the_pages_while_a_gateway_here_reads_the_store(
     finally:
         mark.close()
         store.close()
+
+
+async def test_unread_keeps_the_pages_while_the_node_serves_reads(
+    tmp_path: Path, advice: list[tuple[int, int, int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No gateway here, but chunks served over gRPC lately: the store is read, so its
+    fresh pages stay cached; once no read came for `read_recently_seconds`, they go."""
+    store = LmdbChunkStore(
+        str(tmp_path / "c"),
+        64 * MiB,
+        16,
+        16 * MiB,
+        drop_written_pages="unread",
+        read_recently_seconds=3600.0,
+    )
+    try:
+        chunk_id, data = _chunk(1 * MiB)
+        await store.put(chunk_id, data)
+        await _advised(advice, 1)  # nobody read it: dropped behind
+        assert await store.get(chunk_id) == data  # a read served
+        await store.put(*_chunk(1 * MiB))
+        await store.put(*_chunk(4096))
+        assert len(advice) == 1  # kept while reads come
+        store._read_recently = 0.0  # an hour later
+        await store.put(*_chunk(1 * MiB))
+        await _advised(advice, 2)
+    finally:
+        store.close()
