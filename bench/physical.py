@@ -6,13 +6,21 @@
   harness's work dir (the node's durable write path);
 - `loopback_copy_mb_s`: one TCP stream over 127.0.0.1, 1 MiB sends, receiver in another
   thread (sockets release the GIL);
-- `memcpy_mb_s`: copy between two preallocated 64 MiB buffers.
+- `memcpy_mb_s`: copy between two preallocated 64 MiB buffers;
+- `page_cache_write_mb_s`: pwrite of 4 MiB buffers into a new file in the work dir, then
+  again over the same still-cached range, as bytes per CPU-second of the writing thread.
+  The first (`page_cache_fresh_write`) is what each replica's chunk bytes cost when they
+  land in page cache memory the guest has not touched lately: on a VM whose kernel reports
+  free pages to the host (virtio_balloon free page reporting) every first touch of such a
+  page is a host fault, so this is CPU-bound by the hypervisor, not by the disk. The second
+  (`page_cache_rewrite`) is the kernel's copy alone.
 Each is bounded in bytes; all are blocking and run in a worker thread.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import tempfile
 import threading
@@ -25,6 +33,22 @@ import lmdb
 from cargohold.digests import checksum_of
 
 MiB = 1024 * 1024
+
+# Before its fresh write, `page_cache_write_mb_s` waits until the memory freed before it
+# (LMDB's deleted files, the memcpy buffers) has been reported to the host: with free page
+# reporting, the allocator hands out free pages not yet reported first, and a fresh write
+# into them costs little more than a rewrite. At least FRESH_PAGE_PAUSE_S; where the kernel
+# counts reported memory (REPORTED_KIB), also until it has grown by less than
+# REPORTING_QUIET_KIB in the last REPORTING_QUIET_S (a reporting pass runs every ~2 s and
+# reports only part of a large free, 46-260 MiB a pass here; other processes' frees add a
+# few MiB every few seconds), at most FRESH_PAGE_PAUSE_MAX_S. 2026-12-05 on the 2-core
+# VM, 128 MiB written after 512 MiB freed: 5.2 and 2.0 GB per CPU-s after 3 s, 0.33-0.53
+# after 5-9 s.
+FRESH_PAGE_PAUSE_S = 3.0
+REPORTING_QUIET_S = 2.5
+REPORTING_QUIET_KIB = 32 * 1024
+FRESH_PAGE_PAUSE_MAX_S = 15.0
+REPORTED_KIB = Path("/sys/module/page_reporting/parameters/reported_kib")
 
 
 def sha256_mb_s(total: int) -> float:
@@ -81,6 +105,66 @@ def lmdb_fsync_write_mb_s(total: int, workdir: Path) -> float:
     return done / elapsed / 1e6
 
 
+def _reported_kib() -> int | None:
+    try:
+        return int(REPORTED_KIB.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_for_free_page_reporting(pause_s: float = FRESH_PAGE_PAUSE_S) -> float:
+    """Sleep at least `pause_s`, and until free page reporting is quiet (see REPORTED_KIB);
+    returns the seconds waited."""
+    start = time.monotonic()
+    samples = [(start, _reported_kib())]
+    while True:
+        time.sleep(0.1)
+        now, current = time.monotonic(), _reported_kib()
+        samples.append((now, current))
+        waited = now - start
+        if waited >= FRESH_PAGE_PAUSE_MAX_S:
+            return waited
+        if waited < pause_s:
+            continue
+        before = next(v for t, v in samples if t >= now - REPORTING_QUIET_S)
+        if current is None or before is None or current - before < REPORTING_QUIET_KIB:
+            return waited
+
+
+def _pwrite_cpu_s(fd: int, buf: bytes, total: int) -> tuple[int, float]:
+    """pwrite `buf` at successive offsets from 0 up to `total` bytes; (bytes, thread CPU-s)."""
+    start = time.thread_time()
+    done = 0
+    while done < total:
+        done += os.pwrite(fd, buf, done)
+    return done, time.thread_time() - start
+
+
+def page_cache_write_mb_s(
+    total: int, workdir: Path, pause_s: float = FRESH_PAGE_PAUSE_S
+) -> tuple[float, float]:
+    """(fresh write, rewrite) of `total` bytes into the page cache, MB per CPU-second.
+
+    Both are pwrites of 4 MiB buffers into one new file in `workdir`, no fsync: the fresh
+    write comes after `wait_for_free_page_reporting(pause_s)` (so the kernel has reported
+    the memory freed before to the host), the rewrite goes over the same range,
+    still cached. The figure is bytes over the calling thread's CPU time (user + system):
+    the fresh write is CPU-bound by the host fault on each first-touched page, not by the
+    disk, and the rewrite is the kernel's copy into cached pages alone. The file is
+    deleted afterwards without being synced.
+    """
+    buf = hashlib.sha256(b"page cache").digest() * (4 * MiB // 32)
+    fd, name = tempfile.mkstemp(prefix="page-cache-", dir=workdir)
+    try:
+        wait_for_free_page_reporting(pause_s)
+        fresh_bytes, fresh_cpu = _pwrite_cpu_s(fd, buf, total)
+        rewrite_bytes, rewrite_cpu = _pwrite_cpu_s(fd, buf, total)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return fresh_bytes / fresh_cpu / 1e6, rewrite_bytes / rewrite_cpu / 1e6
+
+
 def loopback_copy_mb_s(total: int) -> float:
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.bind(("127.0.0.1", 0))
@@ -116,13 +200,20 @@ def loopback_copy_mb_s(total: int) -> float:
 
 
 def measure(workdir: Path, scale: int) -> dict[str, Any]:
-    """All bounds; `scale` bytes per measurement (LMDB gets a quarter: it hits the disk)."""
-    return {
+    """All bounds; `scale` bytes per measurement (LMDB and the page cache writes get a
+    quarter: LMDB hits the disk, the page cache writes pause and leave dirty pages).
+
+    The page cache writes come last, after LMDB's files were deleted, and wait for free
+    page reporting (3-15 s) before writing."""
+    quarter = max(scale // 4, 16 * MiB)
+    bounds = {
         "sha256_MB_per_s": round(sha256_mb_s(scale), 1),
         "xxh3_MB_per_s": round(xxh3_mb_s(scale), 1),
         "memcpy_MB_per_s": round(memcpy_mb_s(scale), 1),
         "loopback_copy_MB_per_s": round(loopback_copy_mb_s(scale), 1),
-        "lmdb_fsync_write_MB_per_s": round(
-            lmdb_fsync_write_mb_s(max(scale // 4, 16 * MiB), workdir), 1
-        ),
+        "lmdb_fsync_write_MB_per_s": round(lmdb_fsync_write_mb_s(quarter, workdir), 1),
     }
+    fresh, rewrite = page_cache_write_mb_s(quarter, workdir)
+    bounds["page_cache_fresh_write_MB_per_s"] = round(fresh, 1)
+    bounds["page_cache_rewrite_MB_per_s"] = round(rewrite, 1)
+    return bounds

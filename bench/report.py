@@ -379,8 +379,16 @@ def markdown(run: dict[str, Any], charts: list[str]) -> str:
         "| measure | MB/s |",
         "|---|---|",
     ]
-    for key, value in run.get("physical", {}).items():
+    physical = run.get("physical", {})
+    for key, value in physical.items():
         lines.append(f"| {key.replace('_MB_per_s', '')} | {_fmt(value)} |")
+    if any(key.startswith("page_cache_") for key in physical):
+        lines += [
+            "",
+            "page_cache_*: MB per CPU-second of the writing thread, not per second "
+            "(a fresh write pays a host fault per first-touched page on a VM with free "
+            "page reporting; see bench/README.md).",
+        ]
     ceiling = run.get("client_ceiling")
     if ceiling:
         lines += [

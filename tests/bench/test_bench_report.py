@@ -119,6 +119,20 @@ def test_missing_baseline_gives_no_value() -> None:
     assert all(t.status == "n/a" for t in report.targets(run))
 
 
+def test_physical_table_lists_page_cache_figures_per_cpu_second(tmp_path: Path) -> None:
+    run = _run()
+    run["physical"]["page_cache_fresh_write_MB_per_s"] = 436.6
+    run["physical"]["page_cache_rewrite_MB_per_s"] = 9953.7
+    md = report.write(run, tmp_path, "stem", [])[1].read_text()
+    assert "| sha256 | 2,000.0 |" in md
+    assert "| page_cache_fresh_write | 436.6 |" in md
+    assert "| page_cache_rewrite | 9,953.7 |" in md
+    assert "page_cache_*: MB per CPU-second of the writing thread" in md
+    # Without them, no note.
+    plain = report.write(_run(), tmp_path, "plain", [])[1].read_text()
+    assert "page_cache_*" not in plain
+
+
 def test_files_written(tmp_path: Path) -> None:
     run = _run()
     pngs = charts.write(run, tmp_path, "stem")
