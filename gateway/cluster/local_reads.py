@@ -66,7 +66,8 @@ from prometheus_client import Counter
 from cargohold.digests import checksum_of
 from cargohold.local_readers import ReaderMark
 from cargohold.log import log_event
-from cargohold.map_offsets import FileMaps, buffer_address
+from cargohold.map_offsets import FileMaps, Mapping, buffer_address
+from cargohold.mapped_pages import release_folios
 
 _T = TypeVar("_T")
 
@@ -381,39 +382,44 @@ class LocalChunkStore:
             if found is None:
                 SENDS.labels("copied").inc()
                 return LocalSend(0, bytes(piece))
-            data_fd, offset = found
-            sent = send_file(
-                sock_fd, data_fd, offset + CHECKSUM_LEN + lo, hi - lo, deadline, closing
-            )
-            SENDFILE_BYTES.inc(sent)
-            if sent == hi - lo:
-                SENDS.labels("whole").inc()
-                return LocalSend(sent, b"")
-            # Held as long as allowed: copy the rest out and let the snapshot go.
-            SENDS.labels("cut").inc()
-            log_event(
-                logger, "cluster.local_sendfile_cut", logging.DEBUG, chunk=chunk_id.hex(),
-                sent=sent, rest=hi - lo - sent,
-            )  # fmt: skip
-            return LocalSend(sent, bytes(piece[sent:]))
+            data_fd, offset, mapping = found
+            try:
+                sent = send_file(
+                    sock_fd, data_fd, offset + CHECKSUM_LEN + lo, hi - lo, deadline, closing
+                )
+                SENDFILE_BYTES.inc(sent)
+                if sent == hi - lo:
+                    SENDS.labels("whole").inc()
+                    return LocalSend(sent, b"")
+                # Held as long as allowed: copy the rest out and let the snapshot go.
+                SENDS.labels("cut").inc()
+                log_event(
+                    logger, "cluster.local_sendfile_cut", logging.DEBUG, chunk=chunk_id.hex(),
+                    sent=sent, rest=hi - lo - sent,
+                )  # fmt: skip
+                return LocalSend(sent, bytes(piece[sent:]))
+            finally:
+                _unmap(value, mapping)
 
-    def _file_offset(self, handle: _Handle, value: memoryview) -> tuple[int, int] | None:
-        """(data.mdb's descriptor, offset of `value` in it), confirmed by reading its first
-        bytes back; None when that cannot be had (then the caller copies)."""
+    def _file_offset(self, handle: _Handle, value: memoryview) -> tuple[int, int, Mapping] | None:
+        """(data.mdb's descriptor, offset of `value` in it, the mapping holding it),
+        confirmed by reading its first bytes back; None when that cannot be had (then the
+        caller copies)."""
         try:
             with self._file_lock:
                 data_fd, maps = handle.file()
             address = buffer_address(value)
             for _attempt in range(2):
-                offset = maps.offset_of(address, len(value))
-                if offset is None:
+                mapping = maps.mapping_of(address, len(value))
+                if mapping is None:
                     return None
+                offset = address - mapping.start + mapping.file_offset
                 head = min(CONFIRM_BYTES, len(value))
                 if (
                     offset + len(value) <= os.fstat(data_fd).st_size
                     and os.pread(data_fd, head, offset) == value[:head]
                 ):
-                    return data_fd, offset
+                    return data_fd, offset, mapping
                 maps.forget()  # a stale mapping (the map moved): look again, once
         except (OSError, BufferError) as exc:
             log_event(
@@ -515,6 +521,17 @@ class LocalChunkStore:
         if handle is not None:
             handle.retired = True
             handle.release_if_done()
+
+
+def _unmap(value: memoryview, mapping: Mapping) -> None:
+    """After a send: let go of this process's mapping of the value's pages, which its
+    check (and the lookup before it) faulted in. The pages stay in the page cache (the
+    sends read them there); only this gateway's page tables and resident size shrink,
+    instead of growing towards every chunk it ever sent."""
+    try:
+        release_folios(value, mapping)
+    except (OSError, ValueError, BufferError):
+        pass  # advice only
 
 
 def send_file(

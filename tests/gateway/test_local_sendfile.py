@@ -17,6 +17,7 @@ from test_local_reads import writer as writer  # the same fixture: a real node's
 
 from cargohold.digests import checksum_of
 from cargohold.map_offsets import FileMaps, buffer_address
+from cargohold.mapped_pages import FOLIO_BYTES, PAGE_SIZE
 from gateway.cluster.local_reads import (
     CHECKSUM_LEN,
     SENDFILE_BYTES,
@@ -24,6 +25,7 @@ from gateway.cluster.local_reads import (
     LocalChunkStore,
     LocalCopyCorrupt,
 )
+from tests.page_state import cached_pages, file_offset_of, mapped_rss
 
 MiB = 1024 * 1024
 
@@ -128,6 +130,31 @@ async def test_whole_chunks_and_ranges_go_out_by_sendfile(
     assert await store.send(blob(99)[0], None, 0, 10, sender.fileno(), 1.0, never) is None
     assert nothing_waiting(receiver)
     store.close()
+
+
+async def test_sent_chunks_do_not_stay_mapped_in_the_gateway(
+    tmp_path: Path, writer: Writer, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """The check before each send reads the chunk through the map; once sent, its pages
+    are let go, so the gateway's resident size does not grow with every chunk it sends
+    (they stay in the page cache)."""
+    sender, receiver = pair
+    size, count = 2 * MiB, 6
+    chunks = [blob(40 + i, size) for i in range(count)]
+    for i in range(count):
+        writer.do("put", 40 + i, size)
+    store = LocalChunkStore(str(tmp_path))
+    data_mdb = tmp_path / "chunks" / "data.mdb"
+    try:
+        for chunk_id, data in chunks:
+            sent, got = await send_and_receive(store, receiver, chunk_id, size, 0, size, sender)
+            assert (sent, got) == (size, data)
+        # At most the folios of LMDB's own pages around the last lookups stay mapped.
+        assert mapped_rss(data_mdb) <= 2 * FOLIO_BYTES, mapped_rss(data_mdb)
+        first = file_offset_of(data_mdb, chunks[0][1][:4096])
+        assert cached_pages(data_mdb, first, size) >= size // PAGE_SIZE  # still cached
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("verify", ["xxh3", "sha256"])
