@@ -443,9 +443,11 @@ class LmdbChunkStore:
         # Read by reader threads, set once by the writer thread.
         self._indexed = marked and kept_by is not None and _U64.unpack(kept_by)[0] == last
         # Entries that may disagree with "chunks": committed to since by a writer that does
-        # not keep the index (a partial build of ours left the id as its last commit).
-        self._index_stale = not self._indexed and (
-            kept_by is None or _U64.unpack(kept_by)[0] != last
+        # not keep the index (a partial build of ours left the id as its last commit). No
+        # id at all: nothing of ours ever wrote here (a new store, or one from before the
+        # index), so the index is empty and only needs building.
+        self._index_stale = (
+            not self._indexed and kept_by is not None and _U64.unpack(kept_by)[0] != last
         )
         self._index_after: bytes | None = b""  # None: indexing gave up (logged)
         self._max_items = max(1, batch_max_items)

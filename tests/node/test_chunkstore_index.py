@@ -241,3 +241,15 @@ async def test_a_rebuild_cut_short_resumes_and_is_never_trusted_half_done(
         assert await store.has(list(chunks)) == [True] * len(chunks)
     finally:
         store.close()
+
+
+async def test_a_new_store_is_built_not_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fresh store has nothing to distrust: no 'rebuilt' warning at every new node."""
+    store = _open(tmp_path / "c")
+    try:
+        await _indexed(store)
+    finally:
+        store.close()
+    assert "chunkstore.index_rebuilt" not in caplog.text
