@@ -367,6 +367,9 @@ class GatewayConfig:
     pack_max_items: int = 64
     pack_max_bytes: int = 1 * MiB
     pack_chunk_max_bytes: int = 64 * 1024
+    # A node that answers UNIMPLEMENTED to a pack (it predates packs: a rolling upgrade)
+    # gets single calls this long before packs are tried again.
+    pack_unimplemented_retry_seconds: float = 300.0
     # Running upload hashes kept per gateway (an LRU; a miss rebuilds from stored bytes).
     upload_hash_cache_entries: int = 1024
     # How a gateway verifies chunk bytes read from a node: "xxh3" (the checksum the node
@@ -1089,6 +1092,8 @@ def validate(cfg: Config) -> None:
             "gateway.chunk_writes_in_flight_total and background_copies_per_node must be >= 1"
         )
     gw = cfg.gateway
+    if gw.pack_unimplemented_retry_seconds < 0:
+        raise ConfigError("gateway.pack_unimplemented_retry_seconds must be >= 0")
     if gw.packs_in_flight_per_node < 1 or gw.pack_max_items < 1 or gw.pack_max_bytes < 1:
         raise ConfigError(
             "gateway.packs_in_flight_per_node, pack_max_items and pack_max_bytes must be >= 1"

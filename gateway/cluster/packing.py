@@ -22,8 +22,8 @@ single call would have raised, with the same details and detail trailer. A pack 
 as a whole raises its error to every request in it (a copy each): chunk writes spill
 over, metadata commands are retried one by one by their caller (idempotent). A node that
 answers UNIMPLEMENTED (it predates packs: a rolling upgrade) gets single calls for
-`UNPACKED_RETRY_SECONDS`, and the requests of that pack are sent again singly. Each
-request keeps its deadline (one that runs out while queued or packed raises
+`gateway.pack_unimplemented_retry_seconds`, and the requests of that pack are sent
+again singly. Each request keeps its deadline (one that runs out while queued or packed raises
 DEADLINE_EXCEEDED; the pack's deadline is its latest request's) and its request id (the
 pack's `request_ids`: a pack carries no `x-request-id` of its own; the call token is added
 by the channel as for every call). A caller cancelled while queued leaves the queue; one
@@ -57,10 +57,6 @@ logger = logging.getLogger("cargohold.gateway.cluster")
 ItemT = TypeVar("ItemT")
 ReplyT = TypeVar("ReplyT")
 Metadata = tuple[tuple[str, str], ...] | None
-
-# How long a node that answered UNIMPLEMENTED to a pack gets single calls before packs
-# are tried again (it may have been upgraded meanwhile).
-UNPACKED_RETRY_SECONDS = 300.0
 
 
 class PackKind(ABC, Generic[ItemT, ReplyT]):
@@ -186,6 +182,7 @@ class CallPacker(Generic[ItemT, ReplyT]):
         self._max_items = max(1, gw.pack_max_items)
         self._max_bytes = max(1, gw.pack_max_bytes)
         self._item_max = item_max_bytes
+        self._unpacked_seconds = gw.pack_unimplemented_retry_seconds
         self._clock = clock
         self._nodes: dict[str, _Node[ItemT, ReplyT]] = {}
         # Node address -> until when it gets single calls (it answered UNIMPLEMENTED).
@@ -314,7 +311,7 @@ class CallPacker(Generic[ItemT, ReplyT]):
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                self._unpacked[node.address] = self._clock() + UNPACKED_RETRY_SECONDS
+                self._unpacked[node.address] = self._clock() + self._unpacked_seconds
                 self.stats.unimplemented += 1
                 log_event(
                     logger,

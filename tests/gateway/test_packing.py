@@ -23,7 +23,7 @@ from cargohold.digests import digest_of
 from cargohold.errors import StorageFull, from_grpc_details
 from cargohold.grpc_channels import NodeChannel
 from cargohold.pack_items import error_item, item_error, ok_item, status_item
-from gateway.cluster.packing import UNPACKED_RETRY_SECONDS, CallPacker, PackKind
+from gateway.cluster.packing import CallPacker, PackKind
 from protos import registry_pb2 as pb
 
 
@@ -259,7 +259,7 @@ async def test_a_node_without_packs_gets_single_calls_and_the_pack_is_resent() -
     assert await asyncio.gather(blocker, *queued, *later) == ["F", "A", "B", "C", "D"]
     assert calls.stats.unimplemented == 1
     # Until the retry time has passed: then packs are tried again.
-    clock.now += UNPACKED_RETRY_SECONDS + 1
+    clock.now += GatewayConfig().pack_unimplemented_retry_seconds + 1
     blocker, held = await blocked(calls, kind)
     queued = [asyncio.create_task(calls.call(node(), x, 1, 5.0, None)) for x in "ef"]
     await settle()
