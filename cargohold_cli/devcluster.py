@@ -89,7 +89,8 @@ _HANDED_OUT: set[int] = set()
 _LOWEST_PORT = 15000
 
 
-def _ephemeral_low() -> int:
+def ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections' local ports (0: unknown)."""
     try:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -104,7 +105,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     connecting somewhere could take it ("address in use"). Below that range only listeners
     bind, so the window is shared with nothing but other listeners. Falls back to `bind(0)`
     where the range leaves no room below it."""
-    top = _ephemeral_low() - 1
+    top = ephemeral_low() - 1
     if top - _LOWEST_PORT >= 1000:
         for _ in range(200):
             port = random.randint(_LOWEST_PORT, top)

@@ -13,6 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+from cargohold_cli.devcluster import ephemeral_low
+
 
 def bindable(port: int) -> bool:
     with socket.socket() as sock:
@@ -26,10 +28,15 @@ def bindable(port: int) -> bool:
 
 
 def free_node_base() -> int:
+    """A `--node-base-port` whose gRPC (+0), Raft (+100) and metrics (+200) ports of three
+    nodes are free, all below the kernel's ephemeral range: a port in it may be taken at
+    any moment as the local port of some outgoing connection (a CI run failed so, on a
+    metrics port at 35178)."""
     rng = random.Random()
+    top = min(40000, ephemeral_low() - 203) if ephemeral_low() > 20300 else 40000
     for _ in range(200):
-        base = rng.randrange(20000, 40000)
-        ports = [base + i for i in range(3)] + [base + 100 + i for i in range(3)]
+        base = rng.randrange(20000, top)
+        ports = [base + offset + i for offset in (0, 100, 200) for i in range(3)]
         if all(bindable(p) for p in ports):
             return base
     raise RuntimeError("no free port range")

@@ -5,23 +5,17 @@ restart keeps the same password and key."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from cargohold_cli.devcluster import free_port
 from cluster.devprocess import DevProcess, free_node_base
 from cluster.images import ImageSpec
 from cluster.token_client import TokenClient
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _push_and_pull(base: str, password: str, image: ImageSpec) -> None:
@@ -48,7 +42,7 @@ async def _push_and_pull(base: str, password: str, image: ImageSpec) -> None:
 
 def test_dev_auth_creates_an_admin(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    port, node_base = _free_port(), free_node_base()
+    port, node_base = free_port(), free_node_base()
     base = f"http://127.0.0.1:{port}"
     dev = DevProcess(data, port, node_base, "--auth")
     try:

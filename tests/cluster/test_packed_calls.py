@@ -25,10 +25,12 @@ IMAGES = 32
 IN_FLIGHT = 16
 
 
-async def packed_requests(http: aiohttp.ClientSession, cluster: LocalCluster) -> dict[str, float]:
-    """Requests carried by packed calls, by method, summed over the nodes."""
+async def packed_requests(
+    http: aiohttp.ClientSession, cluster: LocalCluster, nodes: list[int] | None = None
+) -> dict[str, float]:
+    """Requests carried by packed calls, by method, summed over `nodes` (default: all)."""
     total: dict[str, float] = {}
-    for i in range(cluster.node_count):
+    for i in range(cluster.node_count) if nodes is None else nodes:
         async with http.get(f"http://{cluster.node_metrics(i)}/metrics") as resp:
             text = await resp.text()
         for family in text_string_to_metric_families(text):
@@ -39,23 +41,28 @@ async def packed_requests(http: aiohttp.ClientSession, cluster: LocalCluster) ->
     return total
 
 
+def small_images(repo: str, count: int, seed: int) -> list[ImageSpec]:
+    """Images whose config and layers are all under `gateway.pack_chunk_max_bytes` (64 KiB):
+    every chunk packable."""
+    rng = random.Random(seed)
+    return [
+        ImageSpec(
+            f"{repo}{i % 4}",
+            f"v{i}",
+            rng.getrandbits(48),
+            (rng.randint(100, 4000), rng.randint(4000, 60_000)),
+        )
+        for i in range(count)
+    ]
+
+
 async def test_concurrent_small_pushes_ride_packs_and_pull_back_intact(
     quiet_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
 ) -> None:
     cluster = quiet_cluster(nodes=3, gateways=1)
     base = cluster.gateway_url
     client = RegistryClient(http)
-    rng = random.Random(13)
-    # Config and layers all under `gateway.pack_chunk_max_bytes` (64 KiB): every chunk packable.
-    images = [
-        ImageSpec(
-            f"packs/app{i % 4}",
-            f"v{i}",
-            rng.getrandbits(48),
-            (rng.randint(100, 4000), rng.randint(4000, 60_000)),
-        )
-        for i in range(IMAGES)
-    ]
+    images = small_images("packs/app", IMAGES, seed=13)
     before = await packed_requests(http, cluster)
     slots = asyncio.Semaphore(IN_FLIGHT)
 
@@ -74,3 +81,53 @@ async def test_concurrent_small_pushes_ride_packs_and_pull_back_intact(
     # has every command).
     assert packed["Chunks/PutMany"] > 0, packed
     assert packed["Metadata/Commands"] > 0, packed
+
+
+@pytest.mark.chaos
+async def test_a_leader_killed_mid_burst_loses_no_acknowledged_image(
+    quiet_cluster: Callable[..., LocalCluster], http: aiohttp.ClientSession
+) -> None:
+    """SIGKILL of the Raft leader while sixteen pushes ride packs: calls of a pack in flight
+    fail with it, the gateway retries or the client gets an error, and every image whose
+    push was acknowledged reads back byte for byte, before and after the node returns."""
+    cluster = quiet_cluster(nodes=3, gateways=1)
+    base = cluster.gateway_url
+    client = RegistryClient(http)
+    images = small_images("packs/kill", IMAGES * 2, seed=29)
+    leader = cluster.leader_index()
+    assert leader is not None
+    survivors = [i for i in range(cluster.node_count) if i != leader]
+    before = await packed_requests(http, cluster, survivors)
+    slots = asyncio.Semaphore(IN_FLIGHT)
+    done = asyncio.Event()
+    finished = 0
+
+    async def push(image: ImageSpec) -> ImageSpec | None:
+        nonlocal finished
+        async with slots:
+            try:
+                digest = await client.push_image(base, image, CHUNK)
+            except Exception:  # the client saw an error: not acknowledged, may be lost
+                return None
+            finally:
+                finished += 1
+                if finished >= IN_FLIGHT // 2:
+                    done.set()
+        assert digest == image.digest
+        return image
+
+    pushes = [asyncio.create_task(push(image)) for image in images]
+    await done.wait()
+    await asyncio.to_thread(cluster.kill_node, leader)
+    assert finished < len(images) - IN_FLIGHT  # killed with a full window of pushes going
+    acknowledged = [image for image in await asyncio.gather(*pushes) if image is not None]
+    after = await packed_requests(http, cluster, survivors)
+    assert after.get("Chunks/PutMany", 0.0) > before.get("Chunks/PutMany", 0.0)
+    # W=2 of R=3 with two nodes left: the burst goes on after the kill.
+    assert len(acknowledged) >= len(images) // 2, len(acknowledged)
+    for image in acknowledged:
+        await check_image(client, base, image)
+    await asyncio.to_thread(cluster.start_node, leader)
+    await asyncio.to_thread(cluster.wait_answering, leader)
+    for image in acknowledged:
+        await check_image(client, base, image)
