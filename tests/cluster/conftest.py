@@ -32,12 +32,18 @@ def quiet_cluster(
     """`make_cluster` with 256 KiB chunks and repair/scrub passes only when triggered."""
 
     def start(
-        nodes: int = 3, gateways: int = 1, gateway: dict[str, Any] | None = None
+        nodes: int = 3,
+        gateways: int = 1,
+        gateway: dict[str, Any] | None = None,
+        **cluster: Any,
     ) -> LocalCluster:
+        """`cluster`: further LocalCluster arguments (replicas, local_reads...)."""
         extra: dict[str, dict[str, Any]] = {"node": dict(QUIET_ROLES)}
         if gateway:
             extra["gateway"] = dict(gateway)
-        return make_cluster(nodes=nodes, gateways=gateways, chunk_size=CHUNK, extra=extra)
+        return make_cluster(
+            nodes=nodes, gateways=gateways, chunk_size=CHUNK, extra=extra, **cluster
+        )
 
     return start
 

@@ -16,7 +16,7 @@ import pytest
 from cargohold.mapped_pages import PAGE_SIZE
 from cargohold_cli.devcluster import LocalCluster
 from cluster.chunkcheck import chunk_ids, has, node_chunk, pull_blob, push_blob
-from cluster.shapes import CHUNK, QUIET_ROLES
+from cluster.shapes import CHUNK
 from tests.page_state import cached_pages
 
 pytestmark = [pytest.mark.cluster]
@@ -40,16 +40,9 @@ async def all_held(cluster: LocalCluster, ids: list[bytes]) -> None:
 
 
 async def test_only_nodes_nobody_reads_drop_what_they_write(
-    make_cluster: Callable[..., LocalCluster],
+    quiet_cluster: Callable[..., LocalCluster],
 ) -> None:
-    cluster = make_cluster(
-        nodes=3,
-        replicas=3,
-        write_quorum=2,
-        chunk_size=CHUNK,
-        extra={"node": dict(QUIET_ROLES)},
-        local_reads=True,
-    )
+    cluster = quiet_cluster(nodes=3, replicas=3, write_quorum=2, local_reads=True)
     base = cluster.gateway_urls[0]
     data = os.urandom(BLOB)
     async with aiohttp.ClientSession() as http:
