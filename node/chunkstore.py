@@ -127,7 +127,8 @@ _U64 = struct.Struct(">Q")
 _META_COUNT, _META_BYTES, _META_QUARANTINED = b"count", b"bytes", b"quarantined"
 _META_INDEXED, _META_INDEX_TXN = b"indexed", b"indexed_txn"
 # `node.drop_written_pages`: never; after every commit that stored chunks; or after those
-# only while no gateway on this host reads the store directly (cargohold/local_readers.py).
+# only while nobody reads the store: no chunk served lately, no gateway on this host
+# reading it directly (cargohold/local_readers.py).
 DROP_MODES = ("never", "always", "unread")
 # Chunks indexed per write transaction while a store written before the index is indexed.
 _INDEX_STEP = 256
