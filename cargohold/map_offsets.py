@@ -37,6 +37,10 @@ class Mapping:
     end: int
     file_offset: int
 
+    def offset_at(self, address: int) -> int:
+        """The file offset of `address`, an address inside this mapping."""
+        return address - self.start + self.file_offset
+
 
 class FileMaps:
     """File offsets of addresses inside this process's mappings of one file."""
@@ -53,7 +57,7 @@ class FileMaps:
         found = self.mapping_of(address, length)
         if found is None:
             return None
-        return address - found.start + found.file_offset
+        return found.offset_at(address)
 
     def mapping_of(self, address: int, length: int) -> Mapping | None:
         """The mapping of the file holding [address, address + length), or None."""

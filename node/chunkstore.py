@@ -856,7 +856,7 @@ class LmdbChunkStore:
                     mapping = self._maps.mapping_of(address, len(value))
                     if mapping is None:
                         continue
-                    offset = address - mapping.start + mapping.file_offset
+                    offset = mapping.offset_at(address)
                     lo = offset // FOLIO_BYTES * FOLIO_BYTES
                     hi = -(-(offset + len(value)) // FOLIO_BYTES) * FOLIO_BYTES
                     release_folios(value, mapping)

@@ -273,8 +273,7 @@ class LocalChunkStore:
         with self._lock:
             if not handle.mark.held and not handle.retired:
                 handle.mark = ReaderMark(self.path)  # the node made the file after we opened
-            handle.users -= 1
-            handle.release_if_done()
+        self._release(handle)
         return True
 
     def close(self) -> None:
@@ -316,9 +315,7 @@ class LocalChunkStore:
         try:
             return self._read_in(handle, chunk_id, length)
         finally:
-            with self._lock:
-                handle.users -= 1
-                handle.release_if_done()
+            self._release(handle)
 
     def _read_in(self, handle: _Handle, chunk_id: bytes, length: int | None) -> bytes | None:
         with self._begin(handle) as txn:
@@ -336,9 +333,7 @@ class LocalChunkStore:
             with self._begin(handle) as txn:
                 return txn.get(chunk_id) is not None
         finally:
-            with self._lock:
-                handle.users -= 1
-                handle.release_if_done()
+            self._release(handle)
 
     def _send(
         self,
@@ -352,9 +347,7 @@ class LocalChunkStore:
             try:
                 return self._send_in(handle, sock_fd, *args)
             finally:
-                with self._lock:
-                    handle.users -= 1
-                    handle.release_if_done()
+                self._release(handle)
         finally:
             os.close(sock_fd)
 
@@ -413,7 +406,7 @@ class LocalChunkStore:
                 mapping = maps.mapping_of(address, len(value))
                 if mapping is None:
                     return None
-                offset = address - mapping.start + mapping.file_offset
+                offset = mapping.offset_at(address)
                 head = min(CONFIRM_BYTES, len(value))
                 if (
                     offset + len(value) <= os.fstat(data_fd).st_size
@@ -457,6 +450,12 @@ class LocalChunkStore:
         if not ok:
             raise LocalCopyCorrupt
         return view
+
+    def _release(self, handle: _Handle) -> None:
+        """One use of `handle` (from `_acquire`) ended."""
+        with self._lock:
+            handle.users -= 1
+            handle.release_if_done()
 
     def _acquire(self) -> _Handle | None:
         now = time.monotonic()

@@ -33,7 +33,8 @@ def free_node_base() -> int:
     any moment as the local port of some outgoing connection (a CI run failed so, on a
     metrics port at 35178)."""
     rng = random.Random()
-    top = min(40000, ephemeral_low() - 203) if ephemeral_low() > 20300 else 40000
+    low = ephemeral_low()
+    top = min(40000, low - 203) if low > 20300 else 40000
     for _ in range(200):
         base = rng.randrange(20000, top)
         ports = [base + offset + i for offset in (0, 100, 200) for i in range(3)]

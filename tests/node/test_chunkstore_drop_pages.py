@@ -151,8 +151,9 @@ async def test_unread_keeps_the_pages_while_a_gateway_here_reads_the_store(
         assert mark.held
         kept_id, kept = _chunk(1 * MiB)
         await store.put(kept_id, kept)
-        # The writer thread checks for the mark after acknowledging: wait on a later
-        # commit, which is advised in order, were the first one advised at all.
+        # The writer thread looks for the mark after acknowledging a commit: a later put
+        # returns only once that look (and any advice) is done, so the mark can go.
+        await store.put(*_chunk(4096))
         mark.close()
         await store.put(*_chunk(2 * FOLIO_BYTES))
         await _advised(advice, 1)
