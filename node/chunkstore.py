@@ -59,7 +59,7 @@ executor thread too, so the event loop never hashes megabytes.
 With `node.drop_written_pages`, each commit that stored chunks is followed (after its
 acknowledgements) by `posix_fadvise(DONTNEED)` on the file ranges of the values it just
 wrote (found from their addresses in this process's map of data.mdb,
-cargohold/map_offsets.py, widened to whole folios and unmapped here first): written
+cargohold/map_offsets.py; each value's own overflow pages, unmapped here first): written
 chunks leave the page cache, so writes recycle its memory instead of growing it (cheaper
 on hosts where fresh memory is costly, see bench/README.md) and reads of them go to the
 disk. Other cached pages of the file are left alone: the cost is per byte written, not
@@ -115,7 +115,7 @@ from cargohold.errors import (
 from cargohold.local_readers import LocalReaders
 from cargohold.log import log_event
 from cargohold.map_offsets import FileMaps
-from cargohold.mapped_pages import FOLIO_BYTES, buffer_address, release_folios
+from cargohold.mapped_pages import PAGE_SIZE, buffer_address, release_folios
 from node.chunk_touch import ChunkTouches
 from node.disk import DiskSpace
 
@@ -387,6 +387,14 @@ class _Op:
 
 
 _STOP = object()
+
+
+def _own_pages(offset: int, length: int) -> tuple[int, int]:
+    """The file range of the whole pages a value of `length` (at least `PAGE_SIZE`) bytes
+    at file `offset` lies in. LMDB stores a value that large on overflow pages of its own
+    (the page header before it, unused bytes after it): they hold nothing else, unlike the
+    B-tree pages around them, which the next commit reads."""
+    return offset // PAGE_SIZE * PAGE_SIZE, -(-(offset + length) // PAGE_SIZE) * PAGE_SIZE
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -838,29 +846,30 @@ class LmdbChunkStore:
     def _drop_cached_pages(self, ids: list[bytes]) -> None:
         """`node.drop_written_pages`: after a commit (its pages fsynced, so clean) and its
         acknowledgements, ask the kernel to drop the cached pages of the values it wrote:
-        each value's file range (from its address in this process's map), widened to whole
-        folios (a large folio is dropped whole or not at all), after unmapping those folios
-        here: LMDB's lookup of a big value reads its first page, and that fault maps the
-        folio, which the kernel then would not drop. Pages mapped by another process stay.
-        The next write reuses the freed memory instead of growing the page cache. Advice
-        only: a failure changes nothing stored."""
+        the whole pages each value lies in (from its address in this process's map), after
+        unmapping its folios here: LMDB's lookup of a big value reads its first page, and
+        that fault maps the folio, which the kernel then would not drop. The kernel drops
+        the folios wholly inside those ranges; a large folio that also holds B-tree pages
+        stays (widening the ranges to whole folios dropped the B-tree pages the next commit
+        reads, and each small put then waited for the disk: bench/README.md). Values
+        smaller than a page sit in B-tree pages and are left alone. Pages mapped by another
+        process stay. The next write reuses the freed memory instead of growing the page
+        cache. Advice only: a failure changes nothing stored."""
         assert self._drop_fd is not None and self._maps is not None
         ranges: list[tuple[int, int]] = []
         try:
             with self._env.begin(db=self._chunks, buffers=True) as txn:
                 for chunk_id in ids:
                     value = txn.get(chunk_id)
-                    if value is None:
-                        continue  # deleted since
+                    if value is None or len(value) < PAGE_SIZE:
+                        continue  # deleted since, or kept in a B-tree page with others
                     address = buffer_address(value)
                     mapping = self._maps.mapping_of(address, len(value))
                     if mapping is None:
                         continue
                     offset = mapping.offset_at(address)
-                    lo = offset // FOLIO_BYTES * FOLIO_BYTES
-                    hi = -(-(offset + len(value)) // FOLIO_BYTES) * FOLIO_BYTES
                     release_folios(value, mapping)
-                    ranges.append((lo, hi))
+                    ranges.append(_own_pages(offset, len(value)))
             for lo, hi in _merged(ranges):
                 os.posix_fadvise(self._drop_fd, lo, hi - lo, os.POSIX_FADV_DONTNEED)
         except (OSError, BufferError, ValueError, lmdb.Error) as exc:
