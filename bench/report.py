@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -353,6 +354,75 @@ def _efficiency(run: dict[str, Any]) -> list[str]:
     ]
 
 
+def copies_of(name: str, record: dict[str, Any]) -> int:
+    """How many copies of a pushed byte the system writes: its recorded `copies`, else
+    (runs before it was recorded) the R in its label, else 1."""
+    if isinstance(record.get("copies"), int):
+        return int(record["copies"])
+    found = re.search(r"R=(\d+)", str(record.get("label", "")))
+    return int(found.group(1)) if found else 1
+
+
+def push_floor(run: dict[str, Any], copies: int) -> float | None:
+    """The least server CPU-seconds per GB pushed on this machine for `copies` copies:
+    one sha256 pass over the bytes and each copy written into fresh page cache (physical
+    figures of the same run), nothing else. None without those figures."""
+    physical = run.get("physical") or {}
+    sha = physical.get("sha256_MB_per_s")
+    fresh = physical.get("page_cache_fresh_write_MB_per_s")
+    if not sha or not fresh:
+        return None
+    return 1000.0 / float(sha) + copies * 1000.0 / float(fresh)
+
+
+def _push_floor_table(run: dict[str, Any]) -> list[str]:
+    """Each push cell's cost against the machine's floor, the cores it kept busy, and
+    (for Cargohold) the most its ratio could be where both systems are CPU-bound."""
+    systems = run.get("systems") or {}
+    cores = int((run.get("machine") or {}).get("cores") or 0)
+    base = _results(run, "distribution").get("blob_push") or {}
+    rows = []
+    for name, record in systems.items():
+        copies = copies_of(name, record)
+        floor = push_floor(run, copies)
+        if floor is None:
+            return []
+        for cell, data in (_results(run, name).get("blob_push") or {}).items():
+            cost, rate = data.get("server_cpu_s_per_GB"), data.get("MB_per_s")
+            if not isinstance(cost, (int, float)) or not isinstance(rate, (int, float)):
+                continue
+            server = rate * cost / 1000.0
+            client = float(data.get("client_cpu_pct") or 0.0) / 100.0
+            their = (base.get(cell) or {}).get("server_cpu_s_per_GB")
+            bound = "—"
+            if name != "distribution" and isinstance(their, (int, float)):
+                bound = f"{their / floor:.2f}x"
+            rows.append(
+                f"| {name} | {cell} | {copies} | {_fmt(rate)} | {cost:.2f} | {floor:.2f} | "
+                f"{cost / floor:.2f} | {server:.2f} + {client:.2f} of {cores} | {bound} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "## Push cost against this machine's floor",
+        "",
+        "The floor is the least a push can cost here: one sha256 pass and each copy written "
+        "into fresh page cache (`1000/sha256 + copies * 1000/page_cache_fresh_write` "
+        "CPU-s per GB, physical figures above; replicas on one host each write a copy). "
+        "Cores busy = MB/s * CPU-s per GB (server) + the client's share: a cell near "
+        f"{cores} cores is CPU-bound, and there a system's MB/s is at most (cores - "
+        "client) / CPU-s per GB. Best ratio = Distribution's CPU-s per GB in that cell / "
+        "this system's floor: the most Cargohold / Distribution could be in a CPU-bound "
+        "cell even at the floor (bench/README.md).",
+        "",
+        "| system | cell | copies | MB/s | CPU-s per GB | floor | cost / floor | cores busy "
+        "(server + client) | best ratio if CPU-bound |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
 def markdown(run: dict[str, Any], charts: list[str]) -> str:
     m = run["machine"]
     lines = [
@@ -390,6 +460,7 @@ def markdown(run: dict[str, Any], charts: list[str]) -> str:
             "page reporting; see bench/README.md).",
         ]
     ceiling = run.get("client_ceiling")
+    lines += _push_floor_table(run)
     if ceiling:
         lines += [
             "",

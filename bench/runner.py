@@ -148,7 +148,11 @@ async def bench_system(
 ) -> dict[str, Any]:
     system = make_system(name, make_workdir(root, name), profile)
     errors: dict[str, str] = {}
-    record: dict[str, Any] = {"label": system.label, "load_average_before": machine.load_average()}
+    record: dict[str, Any] = {
+        "label": system.label,
+        "copies": system.replicas,  # copies of each pushed byte (bench/report.py's floor)
+        "load_average_before": machine.load_average(),
+    }
     has_raft = name.startswith("cargohold") and "raft" in workloads
     bar = Progress(cell_count(profile, has_raft), name)
     started = time.perf_counter()

@@ -152,3 +152,41 @@ def test_files_written(tmp_path: Path) -> None:
         assert pngs == []
     else:
         assert pngs and all((tmp_path / p).stat().st_size > 0 for p in pngs)
+
+
+def test_push_cells_are_set_against_the_machines_floor(tmp_path: Path) -> None:
+    run = _run()
+    run["physical"]["page_cache_fresh_write_MB_per_s"] = 500.0
+    # Floor: 1000/2000 (sha256) + copies * 1000/500 (fresh page cache) CPU-s per GB.
+    assert report.push_floor(run, 1) == 2.5
+    assert report.push_floor(run, 3) == 6.5
+    base = run["systems"]["distribution"]["results"]["blob_push"]["64MiB_c8"]
+    base |= {"server_cpu_s_per_GB": 5.0, "client_cpu_pct": 10.0}
+    ours = run["systems"]["cargohold-r1"]
+    ours["copies"] = 1
+    ours["results"]["blob_push"]["64MiB_c8"] |= {"server_cpu_s_per_GB": 4.0}
+    r3 = _system(100.0, 1000.0, 1000.0, 1000.0, 100.0)
+    r3["label"] = "Cargohold 3 nodes R=3 W=2"  # a run from before `copies` was recorded
+    r3["results"]["blob_push"]["64MiB_c8"] |= {"server_cpu_s_per_GB": 13.0}
+    run["systems"]["cargohold-r3"] = r3
+    assert report.copies_of("cargohold-r3", r3) == 3
+    assert report.copies_of("distribution", run["systems"]["distribution"]) == 1
+    md = report.write(run, tmp_path, "stem", [])[1].read_text()
+    assert "## Push cost against this machine's floor" in md
+    # Distribution: 200 MB/s at 5.0 CPU-s per GB = 1.00 core, its client 0.10.
+    assert (
+        "| distribution | 64MiB_c8 | 1 | 200.0 | 5.00 | 2.50 | 2.00 | 1.00 + 0.10 of 2 | — |" in md
+    )
+    # Cargohold at R=1 could at best be 5.0 / 2.5 = 2x where both are CPU-bound, at R=3 0.77x.
+    assert (
+        "| cargohold-r1 | 64MiB_c8 | 1 | 400.0 | 4.00 | 2.50 | 1.60 | 1.60 + 0.00 of 2 | 2.00x |"
+        in md
+    )
+    assert (
+        "| cargohold-r3 | 64MiB_c8 | 3 | 200.0 | 13.00 | 6.50 | 2.00 | 2.60 + 0.00 of 2 | 0.77x |"
+        in md
+    )
+    # Cells without a CPU figure are left out; no physical page-cache figure, no section.
+    assert "| distribution | 1MiB_c1 |" not in md
+    plain = report.write(_run(), tmp_path, "plain", [])[1].read_text()
+    assert "floor" not in plain
