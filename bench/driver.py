@@ -1,7 +1,9 @@
 """Closed-loop load driver: N workers repeat one operation, bounded in count and time.
 
 Every operation returns how many "units" it moved (bytes, or 1 for a request). A worker
-starts no new operation once `max_ops` were started or `max_seconds` passed; operations
+starts no new operation once `max_ops` were started or `max_seconds` passed; with
+`min_seconds`, it goes on past `max_ops` (indices keep counting up) until that much time
+has passed, so a cell whose operations are fast still lasts long enough to measure. Operations
 still in flight are given `grace_seconds` more and then cancelled (the result is marked
 `timed_out`). Failures are counted, the first few messages kept; after `max_errors` the run
 stops. Nothing here sleeps or polls: throughput is completed units over wall time.
@@ -80,19 +82,25 @@ async def drive(
     grace_seconds: float = 60.0,
     max_errors: int = 20,
     on_done: Callable[[int], None] | None = None,
+    min_seconds: float = 0.0,
 ) -> DriveResult:
-    """Run `op(i)` for i in 0..max_ops-1 on `workers` concurrent workers."""
+    """Run `op(i)` for i in 0..max_ops-1 on `workers` concurrent workers (and on, while
+    `min_seconds` have not passed; `max_seconds` bounds both)."""
     result = DriveResult(workers=workers)
     next_index = 0
     start = time.perf_counter()
     cpu_start = time.process_time()
     deadline = start + max_seconds
+    at_least = start + min(min_seconds, max_seconds)
+
+    def more() -> bool:
+        now = time.perf_counter()
+        wanted = next_index < max_ops or now < at_least
+        return wanted and now < deadline and result.errors < max_errors
 
     async def worker() -> None:
         nonlocal next_index
-        while (
-            next_index < max_ops and time.perf_counter() < deadline and result.errors < max_errors
-        ):
+        while more():
             index = next_index
             next_index += 1
             t0 = time.perf_counter()

@@ -53,6 +53,10 @@ class Profile:
     disk_margin: int = 8 * GiB
     # Worker processes per Cargohold gateway (`gateway.workers`, gateway/workers.py).
     gateway_workers: int = 1
+    # A blob pull cell goes on past its `pull_rounds` until it has lasted this long: a
+    # large blob pulled at a few GB/s is over in a fraction of a second otherwise, and a
+    # single hiccup then moves the cell's rate by tens of percent (bench/README.md).
+    pull_min_seconds: float = 0.0
 
 
 QUICK = Profile(
@@ -87,6 +91,7 @@ QUICK = Profile(
     calibration_blob=BlobCell(64 * MiB, 8, 8),
     physical_bytes=512 * MiB,
     gateways=1,
+    pull_min_seconds=2.0,
 )
 
 FULL = Profile(
@@ -123,6 +128,7 @@ FULL = Profile(
     calibration_blob=BlobCell(64 * MiB, 8, 24),
     physical_bytes=2 * GiB,
     gateways=1,
+    pull_min_seconds=3.0,
 )
 
 # A few seconds per system: for the harness's own tests, not for numbers.

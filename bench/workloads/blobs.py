@@ -3,7 +3,8 @@
 Push: `count` unique blobs of `size`, `concurrency` at a time, each docker-style
 (POST, one streamed PATCH, PUT ?digest=). Then one blob of the cell is pulled back and
 hashed (untimed) to check the system returns the right bytes. Pull: the cell's blobs,
-`pull_rounds` times each, on `concurrency` persistent connections, bodies read into one
+`pull_rounds` times each and on in turn until the cell has lasted `pull_min_seconds`, on
+`concurrency` persistent connections, bodies read into one
 reused buffer and counted, not hashed (`bench.rawhttp.RawBlobReader`: the client costs only
 the kernel's copy, so it does not cap a fast registry).
 Digests are computed before the clock starts.
@@ -147,7 +148,13 @@ async def _run_cell(
     reads_before = await ctx.system.read_counts()
     meter.reset()
     try:
-        pulled = await drive(cell.concurrency, pull_one, available * rounds, seconds)
+        pulled = await drive(
+            cell.concurrency,
+            pull_one,
+            available * rounds,
+            seconds,
+            min_seconds=ctx.profile.pull_min_seconds,
+        )
     finally:
         pool.close()
     pulled.moved = pool.received

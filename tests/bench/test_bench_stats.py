@@ -38,6 +38,25 @@ async def test_drive_runs_exactly_max_ops_and_counts_units() -> None:
     assert len(result.latencies) == 25
 
 
+async def test_drive_goes_on_past_max_ops_until_min_seconds() -> None:
+    seen: list[int] = []
+
+    async def op(i: int) -> int:
+        seen.append(i)
+        await asyncio.sleep(0.01)
+        return 1
+
+    started = asyncio.get_running_loop().time()
+    result = await drive(2, op, max_ops=4, max_seconds=30, min_seconds=0.2)
+    assert asyncio.get_running_loop().time() - started >= 0.2
+    # Past the 4 asked for, indices counting on; each op started before the bound ended.
+    assert result.ops == len(seen) > 4 and sorted(seen) == list(range(len(seen)))
+    assert not result.timed_out
+    # max_seconds bounds it too.
+    bounded = await drive(2, op, max_ops=1000, max_seconds=0.05, min_seconds=10)
+    assert bounded.elapsed < 5 and bounded.ops < 1000 and not bounded.timed_out
+
+
 async def test_drive_counts_errors_and_stops_after_max_errors() -> None:
     async def op(i: int) -> int:
         raise RuntimeError(f"boom {i}")
