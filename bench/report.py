@@ -354,7 +354,7 @@ def _efficiency(run: dict[str, Any]) -> list[str]:
     ]
 
 
-def copies_of(name: str, record: dict[str, Any]) -> int:
+def copies_of(record: dict[str, Any]) -> int:
     """How many copies of a pushed byte the system writes: its recorded `copies`, else
     (runs before it was recorded) the R in its label, else 1."""
     if isinstance(record.get("copies"), int):
@@ -378,15 +378,15 @@ def push_floor(run: dict[str, Any], copies: int) -> float | None:
 def _push_floor_table(run: dict[str, Any]) -> list[str]:
     """Each push cell's cost against the machine's floor, the cores it kept busy, and
     (for Cargohold) the most its ratio could be where both systems are CPU-bound."""
-    systems = run.get("systems") or {}
+    if push_floor(run, 1) is None:
+        return []  # a run without the physical figures it needs
     cores = int((run.get("machine") or {}).get("cores") or 0)
-    base = _results(run, "distribution").get("blob_push") or {}
+    base = _results(run, BASELINE).get("blob_push") or {}
     rows = []
-    for name, record in systems.items():
-        copies = copies_of(name, record)
+    for name, record in (run.get("systems") or {}).items():
+        copies = copies_of(record)
         floor = push_floor(run, copies)
-        if floor is None:
-            return []
+        assert floor is not None  # the figures are there (checked above)
         for cell, data in (_results(run, name).get("blob_push") or {}).items():
             cost, rate = data.get("server_cpu_s_per_GB"), data.get("MB_per_s")
             if not isinstance(cost, (int, float)) or not isinstance(rate, (int, float)):
@@ -395,7 +395,7 @@ def _push_floor_table(run: dict[str, Any]) -> list[str]:
             client = float(data.get("client_cpu_pct") or 0.0) / 100.0
             their = (base.get(cell) or {}).get("server_cpu_s_per_GB")
             bound = "—"
-            if name != "distribution" and isinstance(their, (int, float)):
+            if name != BASELINE and isinstance(their, (int, float)):
                 bound = f"{their / floor:.2f}x"
             rows.append(
                 f"| {name} | {cell} | {copies} | {_fmt(rate)} | {cost:.2f} | {floor:.2f} | "
@@ -459,8 +459,8 @@ def markdown(run: dict[str, Any], charts: list[str]) -> str:
             "(a fresh write pays a host fault per first-touched page on a VM with free "
             "page reporting; see bench/README.md).",
         ]
-    ceiling = run.get("client_ceiling")
     lines += _push_floor_table(run)
+    ceiling = run.get("client_ceiling")
     if ceiling:
         lines += [
             "",

@@ -169,8 +169,8 @@ def test_push_cells_are_set_against_the_machines_floor(tmp_path: Path) -> None:
     r3["label"] = "Cargohold 3 nodes R=3 W=2"  # a run from before `copies` was recorded
     r3["results"]["blob_push"]["64MiB_c8"] |= {"server_cpu_s_per_GB": 13.0}
     run["systems"]["cargohold-r3"] = r3
-    assert report.copies_of("cargohold-r3", r3) == 3
-    assert report.copies_of("distribution", run["systems"]["distribution"]) == 1
+    assert report.copies_of(r3) == 3
+    assert report.copies_of(run["systems"]["distribution"]) == 1
     md = report.write(run, tmp_path, "stem", [])[1].read_text()
     assert "## Push cost against this machine's floor" in md
     # Distribution: 200 MB/s at 5.0 CPU-s per GB = 1.00 core, its client 0.10.
