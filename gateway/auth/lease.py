@@ -103,9 +103,11 @@ class AccessLease:
         finally:
             self._expires = float("-inf")
             writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
             call.cancel()
+            # The writer's end (its cancellation, a broken stream) is collected, not raised;
+            # a cancellation of *this* task while waiting here still propagates (a
+            # suppress(CancelledError) would swallow it, and `stop` would wait forever).
+            await asyncio.gather(writer, return_exceptions=True)
 
     def _receive(
         self, message: registry_pb2.AccessLease, sent: dict[int, float], answer: asyncio.Event

@@ -220,3 +220,22 @@ async def test_the_directory_trusts_a_fresh_lease_and_reads_without_one() -> Non
     assert meta.reads == 2 and meta.lists == 3
     await directory.confirm()
     assert meta.reads == 3 and meta.lists == 3
+
+
+async def test_stop_ends_the_lease_loop_whenever_it_lands() -> None:
+    """A stop may land while a session that just broke collects its ping writer: the
+    cancellation must end the loop there too, not be taken for the writer's own."""
+
+    def broken_stream(address: str) -> FakeCall:
+        call = FakeCall()
+        call.end(Broken())  # every stream breaks at once: sessions end and start again
+        return call
+
+    for steps in range(40):
+        lease = AccessLease(lambda: ["n1", "n2"], broken_stream, 0.0001, Clock())
+        lease.start()
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        stopping = asyncio.ensure_future(lease.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=5)
+        assert stopping in done, f"stop hung after {steps} steps"
