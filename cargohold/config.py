@@ -417,6 +417,13 @@ class GatewayConfig:
     # this many chunks (a large blob's transfer dwarfs its query; its recipe is big).
     blob_digest_cache_entries: int = 10_000
     blob_digest_cache_max_chunks: int = 16
+    # Both caches above trust an entry, past its TTL, while this gateway holds the lease on
+    # the Raft leader's unlink revision and it has not moved since the entry was confirmed
+    # (gateway/manifest_cache.py; the lease is the access lease, gateway/auth/lease.py,
+    # renewed every `auth.revocation_lease_renew_seconds`). A removal through any gateway
+    # is then seen by every gateway at once. Off: the TTLs alone (and no lease is held
+    # unless auth uses one).
+    lease_record_caches: bool = True
     # `Retry-After` seconds sent with 503 and 429 when the error names none.
     retry_after_seconds: int = 1
     # Seconds a SIGTERM'd gateway lets in-flight requests finish before closing them.

@@ -1794,12 +1794,34 @@ class AccessRevision(Query[str]):
 
 
 @dataclass(frozen=True, slots=True)
+class UnlinkRevision(Query[str]):
+    """The answering node's unlink revision: an opaque string that changes whenever a blob
+    link or a manifest was removed there (`UNLINKS`). A gateway holding an access lease
+    trusts the links and manifests it confirmed while the leader's unlink revision stays
+    what it was then (gateway/manifest_cache.py `RecordCache`)."""
+
+    op: ClassVar[str] = "unlink_revision"
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> UnlinkRevision:
+        return cls()
+
+    @staticmethod
+    def encode_result(result: str) -> dict[str, str]:
+        return {"revision": result}
+
+    @staticmethod
+    def decode_result(raw: Any) -> str:
+        return str(raw["revision"]) if raw else ""
+
+
+@dataclass(frozen=True, slots=True)
 class AccessFence(Query[None]):
-    """Answered by the Raft leader once every access change acknowledged before it is
-    applied there and every gateway holding an access lease has been told (or its lease has
-    run out): node/metadata/access_leases.py. `Metadata.call` runs it after each access
-    change before returning, so "acknowledged" means "enforced by every gateway". A node
-    without leases (a lone state) answers at once."""
+    """Answered by the Raft leader once every access change and unlink acknowledged before
+    it is applied there and every gateway holding an access lease has been told (or its
+    lease has run out): node/metadata/access_leases.py. `Metadata.call` runs it after each
+    access change and unlink before returning, so "acknowledged" means "enforced by every
+    gateway". A node without leases (a lone state) answers at once."""
 
     op: ClassVar[str] = "access_fence"
 
@@ -2702,6 +2724,11 @@ ACCESS_CHANGES: tuple[type[Command[Any]], ...] = (
     RobotDelete,
 )
 ACCESS_CHANGE_OPS = frozenset(kind.op for kind in ACCESS_CHANGES)
+# The commands that remove a blob link or a manifest (they move `unlink_revision`); each is
+# acknowledged only after an `access_fence` too, so no gateway serves a removed link or
+# manifest from its cache after the acknowledgement (gateway/manifest_cache.py).
+UNLINKS: tuple[type[Command[Any]], ...] = (BlobUnlink, ManifestDelete)
+FENCED_OPS = ACCESS_CHANGE_OPS | frozenset(kind.op for kind in UNLINKS)
 _COMMAND_CLASSES: tuple[type[Command[Any]], ...] = (
     Barrier,
     UploadAppend,
@@ -2759,6 +2786,7 @@ QUERY_TYPES: dict[str, type[Query[Any]]] = {
         Status,
         AccessList,
         AccessRevision,
+        UnlinkRevision,
         AccessFence,
         AuditHead,
         AuditTail,
@@ -2824,7 +2852,7 @@ class Metadata:
     async def call(self, request: Request[R]) -> R:
         if request.is_command:
             raw = await self._transport.command(request.op, request.to_args())
-            if request.op in ACCESS_CHANGE_OPS:
+            if request.op in FENCED_OPS:
                 # Not acknowledged until every gateway enforces it (AccessFence).
                 try:
                     await self._transport.query(AccessFence.op, {}, linearizable=False)
@@ -3024,6 +3052,9 @@ class Metadata:
 
     async def access_revision(self) -> str:
         return await self.call(AccessRevision())
+
+    async def unlink_revision(self) -> str:
+        return await self.call(UnlinkRevision())
 
     async def access_fence(self) -> None:
         await self.call(AccessFence())

@@ -85,10 +85,10 @@ def _for_the_app_lifetime(
 
 
 def access_lease(ctx: GatewayContext) -> AccessLease | None:
-    """The lease on the leader's access revision (gateway/auth/lease.py), over the cluster
-    client's channels, trying the nodes in its probe order (the leader first when known).
-    None over anything but a real cluster client (in-process test clusters have no leader
-    to hold a lease from: their gateways use the revision reads)."""
+    """The lease on the leader's access and unlink revisions (gateway/auth/lease.py), over
+    the cluster client's channels, trying the nodes in its probe order (the leader first
+    when known). None over anything but a real cluster client (in-process test clusters
+    have no leader to hold a lease from: their gateways use the revision reads)."""
     cluster = ctx.cluster
     if not isinstance(cluster, ClusterClient):
         return None
@@ -116,10 +116,14 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
     )
     app[CONTEXT] = ctx
     app[TRUSTED_PROXIES] = TrustedProxies(ctx.cfg.gateway.trusted_proxies)
-    app[AUTH] = AuthState(ctx.cfg.auth, ctx.meta, access_lease(ctx))
-    lease = app[AUTH].lease
+    offered = access_lease(ctx)
+    app[AUTH] = AuthState(ctx.cfg.auth, ctx.meta, offered)
+    # The record caches below trust entries under the same lease (its unlink revision).
+    records_lease = offered if ctx.cfg.gateway.lease_record_caches else None
+    lease = app[AUTH].lease or records_lease
     if lease is not None:
         _for_the_app_lifetime(app, lease.start, lease.stop)
+    unlinks = records_lease.unlinks if records_lease is not None else None
     local = ctx.cluster.local_store if isinstance(ctx.cluster, ClusterClient) else None
     if local is not None:  # open from the start: its mark keeps the node's writes cached
         _for_the_app_lifetime(app, local.start, local.stop)
@@ -149,10 +153,16 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
     app[manifests.MANIFEST_CACHE] = ManifestCache(ctx.cfg.gateway.manifest_cache_bytes)
     app[manifests.READS] = Coalescer()
     app[manifests.RECORDS] = RecordCache(
-        ctx.cfg.gateway.manifest_digest_ttl_seconds, ctx.cfg.gateway.manifest_digest_cache_entries
+        ctx.cfg.gateway.manifest_digest_ttl_seconds,
+        ctx.cfg.gateway.manifest_digest_cache_entries,
+        unlinks=unlinks,
+        record="manifest",
     )
     app[blobs.BLOB_RECORDS] = RecordCache(
-        ctx.cfg.gateway.blob_digest_ttl_seconds, ctx.cfg.gateway.blob_digest_cache_entries
+        ctx.cfg.gateway.blob_digest_ttl_seconds,
+        ctx.cfg.gateway.blob_digest_cache_entries,
+        unlinks=unlinks,
+        record="blob",
     )
     # Vulnerability reports (gateway/vulns/): matched on demand and by a background pass.
     scans = app[SCANS] = Scans(

@@ -2,16 +2,18 @@
 
 A blob is readable through a repository only when linked there (`blob_get`, a
 linearizable query, so a blob is visible right after its 201 and 404s right after a
-delete through this gateway). A confirmed link is remembered for
-`gateway.blob_digest_ttl_seconds` (1 s; recipes of at most `blob_digest_cache_max_chunks`
-chunks), as manifests by digest are (gateway/manifest_cache.py): repeated pulls of a small
-blob skip the query, and a link deleted through *another* gateway may still be served
-here for up to that long after the delete's 202 (its chunks outlive it: GC spares chunks
-for a grace period far longer). A 404 is never remembered. GET streams the recipe's
-chunks through `ClusterClient.read_range` (verified, read-ahead, hedged); HEAD answers
-the same status and headers with the real `Content-Length` and no body. Responses are
-never compressed. Chunks the gateway's host's node holds go out by sendfile(2) from its
-LMDB file where the connection allows (gateway/local_send.py), in recipe order with the rest.
+delete through this gateway). A confirmed link (recipes of at most
+`blob_digest_cache_max_chunks` chunks) is remembered as manifests by digest are
+(gateway/manifest_cache.py): repeated pulls skip the query. A link deleted through
+*another* gateway is seen at once while this gateway holds the lease on the leader's unlink
+revision (`gateway.lease_record_caches`); without a fresh lease it may still be served here
+for up to `gateway.blob_digest_ttl_seconds` (1 s) after the delete's 202 (its chunks
+outlive it: GC spares chunks for a grace period far longer). A 404 is never remembered.
+GET streams the recipe's chunks through `ClusterClient.read_range` (verified, read-ahead,
+hedged); HEAD answers the same status and headers with the real `Content-Length` and no
+body. Responses are never compressed. Chunks the gateway's host's node holds go out by
+sendfile(2) from its LMDB file where the connection allows (gateway/local_send.py), in
+recipe order with the rest.
 
 `Range` (RFC 9110, one range only): `bytes=a-b`, `bytes=a-`, `bytes=-n`; an end past
 the size is clamped; a satisfiable range is 206 with `Content-Range: bytes a-b/total`;
@@ -118,15 +120,15 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
 
 
 async def _linked(request: web.Request, ctx: GatewayContext, repo: str, digest: str) -> Recipe:
-    """The recipe of `digest` if linked in `repo`: from this gateway's record cache when
-    the cluster confirmed it less than `blob_digest_ttl_seconds` ago, else asked."""
+    """The recipe of `digest` if linked in `repo`: from this gateway's record cache while
+    it trusts what the cluster confirmed (gateway/manifest_cache.py), else asked."""
     records = request.app[BLOB_RECORDS]
     recipe = records.get(repo, digest)
     if recipe is None:
-        sent_at = records.now()
+        stamp = records.stamp()
         recipe = await ctx.meta.blob_get(repo, digest)
         if len(recipe.get("chunks") or ()) <= ctx.cfg.gateway.blob_digest_cache_max_chunks:
-            records.put(repo, digest, recipe, sent_at)
+            records.put(repo, digest, recipe, stamp)
     return recipe
 
 

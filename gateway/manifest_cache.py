@@ -6,14 +6,24 @@ wanted. It never answers *whether* a manifest exists in a repository; it only sa
 reading the body's chunks from the nodes.
 
 `RecordCache`: (repo, digest) -> a record the cluster confirmed (the `manifest_get`
-record for manifests, the `blob_get` recipe for blobs), each valid for `ttl` seconds
-from the moment the query that confirmed it was *sent* (so the bound holds whatever the
-query's latency). This one does answer existence, for GET/HEAD by digest only, and only
-positively (a 404 is never cached, so a push through any gateway is seen at once); what
-it can serve stale is a manifest or blob link deleted through another gateway, for at
-most `ttl` seconds after that delete was acknowledged (gateway/manifests.py,
-gateway/blobs.py). `ttl` 0 disables it. Time comes from `RecordCache.clock`, a monotonic
-clock tests may replace.
+record for manifests, the `blob_get` recipe for blobs). This one does answer existence, for
+GET/HEAD by digest only, and only positively (a 404 is never cached, so a push through any
+gateway is seen at once). What it could serve stale is a manifest or blob link removed
+through another gateway; two rules keep that bounded:
+
+- **Under the lease** (gateway/auth/lease.py, while `unlinks()` is fresh): an entry is
+  trusted while the leader's unlink revision is the one it was confirmed at (read just
+  before the confirming query was sent). Every removal moves it, and is acknowledged only
+  once every gateway holding a lease has the new one (node/metadata/access_leases.py): a
+  removal acknowledged to anyone is never served from here after, however old the entry.
+- **Without a fresh lease** (none held, a leader change, a node from before it): an entry
+  is trusted for `ttl` seconds from the moment its confirming query was *sent* (so the
+  bound holds whatever the query's latency); a removal through another gateway may be
+  served for at most that long after its acknowledgement. `ttl` 0: never without a lease.
+
+The lookups are counted by how they were answered (`cargohold_gateway_record_lookups_total`,
+source lease, ttl or query). Time comes from `RecordCache.clock`, a monotonic clock tests
+may replace.
 """
 
 from __future__ import annotations
@@ -21,7 +31,9 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
+
+from gateway.metrics import RECORD_LOOKUPS
 
 V = TypeVar("V")
 
@@ -63,46 +75,72 @@ class ManifestCache:
             self._bytes -= len(old)
 
 
+class Stamp(NamedTuple):
+    """When a confirming query was sent, and the leased unlink revision then (or None)."""
+
+    time: float
+    unlinks: str | None
+
+
 class RecordCache(Generic[V]):
     def __init__(
-        self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic
+        self,
+        ttl: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+        unlinks: Callable[[], str | None] | None = None,
+        record: str = "record",
     ) -> None:
         self.ttl = max(0.0, ttl)
         self.max_entries = max(0, max_entries)
         self.clock = clock
-        self._items: OrderedDict[tuple[str, str], tuple[float, V]] = OrderedDict()
+        # The leased unlink revision (gateway/auth/lease.py `AccessLease.unlinks`), if any.
+        self._unlinks = unlinks or (lambda: None)
+        # (expires, unlink revision at confirmation or None, record)
+        self._items: OrderedDict[tuple[str, str], tuple[float, str | None, V]] = OrderedDict()
         # A query sent before the latest delete through this gateway may predate it: its
         # answer is not cached (deletes are rare, one timestamp covers every key).
         self._last_discard = float("-inf")
+        self._by_lease = RECORD_LOOKUPS.labels(record=record, source="lease")
+        self._by_ttl = RECORD_LOOKUPS.labels(record=record, source="ttl")
+        self._by_query = RECORD_LOOKUPS.labels(record=record, source="query")
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def now(self) -> float:
-        """The cache's clock: take it just before sending the confirming query."""
-        return self.clock()
+    def stamp(self) -> Stamp:
+        """Take it just before sending the confirming query; `put` the answer with it."""
+        return Stamp(self.clock(), self._unlinks())
 
     def get(self, repo: str, digest: str) -> V | None:
-        """The record if confirmed less than `ttl` seconds ago, else None."""
+        """The record while trusted (see the module docstring), else None: the caller asks
+        the cluster (and the lookup counts as a query)."""
         key = (repo, digest)
         item = self._items.get(key)
-        if item is None:
-            return None
-        if self.clock() >= item[0]:
-            del self._items[key]
-            return None
-        self._items.move_to_end(key)
-        return item[1]
+        if item is not None:
+            expires, confirmed_at, record = item
+            leased = self._unlinks()
+            if leased is not None:
+                trusted, source = confirmed_at == leased, self._by_lease
+            else:
+                trusted, source = self.clock() < expires, self._by_ttl
+            if trusted:
+                self._items.move_to_end(key)
+                source.inc()
+                return record
+            del self._items[key]  # a revision that moved never comes back; time neither
+        self._by_query.inc()
+        return None
 
-    def put(self, repo: str, digest: str, record: V, sent_at: float) -> None:
-        """Remember `record`, confirmed by a query sent at `sent_at` (from `now()`)."""
-        if self.ttl <= 0 or self.max_entries <= 0:
+    def put(self, repo: str, digest: str, record: V, stamp: Stamp) -> None:
+        """Remember `record`, confirmed by a query sent at `stamp` (from `stamp()`)."""
+        if self.max_entries <= 0 or stamp.time <= self._last_discard:
             return
-        expires = sent_at + self.ttl
-        if sent_at <= self._last_discard or expires <= self.clock():
+        expires = stamp.time + self.ttl
+        if stamp.unlinks is None and expires <= self.clock():
             return
         key = (repo, digest)
-        self._items[key] = (expires, record)
+        self._items[key] = (expires, stamp.unlinks, record)
         self._items.move_to_end(key)
         while len(self._items) > self.max_entries:
             self._items.popitem(last=False)

@@ -38,16 +38,18 @@ GET/HEAD by tag ask a linearizable `tag_get`: one small query per request, so a 
 pushed, moved or deleted through any gateway is seen at once (docs/architecture.md,
 invariant 2).
 GET/HEAD by digest ask a linearizable `manifest_get` too, but its answer is kept in the
-gateway's `RecordCache` for `gateway.manifest_digest_ttl_seconds` (default 1 s; 0 = ask
-every time) counted from when the confirming query was sent (by digest a manifest is
-immutable, so docs/architecture.md lets a gateway cache it). What that may serve stale:
+gateway's `RecordCache` (gateway/manifest_cache.py; by digest a manifest is immutable, so
+docs/architecture.md lets a gateway cache it). What that may serve stale:
 - a manifest pushed anywhere is seen at once (only found records are cached, never 404s);
 - a delete through THIS gateway is seen at once (the entry is dropped, and answers to
   queries sent before the delete are not cached);
-- a delete through ANOTHER gateway: GET/HEAD by digest here may still answer 200 (with
-  the old record and body) until at most `manifest_digest_ttl_seconds` after that delete
-  was acknowledged (202); a request arriving later than that gets 404. Pulls by tag are
-  never affected (the tag is gone at once; the digest is only reachable by digest).
+- a delete through ANOTHER gateway: seen at once while this gateway holds the lease on
+  the leader's unlink revision (`gateway.lease_record_caches`: the delete is acknowledged
+  only after every leaseholder has the new revision); without a fresh lease GET/HEAD by
+  digest here may still answer 200 (the old record and body) until at most
+  `gateway.manifest_digest_ttl_seconds` (1 s; 0 = ask every time) after that delete was
+  acknowledged (202). Pulls by tag are never affected (the tag is gone at once; the
+  digest is only reachable by digest).
 Identical concurrent lookups share one query that started after each of them arrived
 (`gateway.coalesce`, `gateway.coalesce_manifest_reads`), which keeps them linearizable
 and turns a herd of pulls of one tag into at most two queries in flight.
@@ -293,9 +295,9 @@ async def _lookup(
     records = request.app[RECORDS]
     record = records.get(name, ref.digest)
     if record is None:
-        sent_at = records.now()
+        stamp = records.stamp()
         record = await _query(request, ctx, ManifestGet(name, ref.digest))
-        records.put(name, ref.digest, record, sent_at)
+        records.put(name, ref.digest, record, stamp)
     return record
 
 

@@ -90,6 +90,15 @@ AUTH_REVISIONS = Counter(
 AUTH_REVISION_LEASED = AUTH_REVISIONS.labels(source="lease")
 AUTH_REVISION_READ = AUTH_REVISIONS.labels(source="read")
 
+# GET/HEAD by digest of a manifest or blob (`record`): existence answered from the
+# gateway's cache under the lease's unlink revision, within the TTL without a lease, or
+# by a linearizable query (gateway/manifest_cache.py `RecordCache`).
+RECORD_LOOKUPS = Counter(
+    "cargohold_gateway_record_lookups_total",
+    "Blob and manifest lookups by digest, by record and how they were answered",
+    ["record", "source"],
+)
+
 
 def watch_budget(budget: BodyBudget) -> None:
     """Report this gateway's body budget (read at scrape time, on the loop)."""

@@ -243,7 +243,18 @@ class RetentionRole(LoopedPassRole[RetentionStats]):
                 )
                 continue
             self._count(request, counts_tags)
+        if not dry_run and any(isinstance(r, api.ManifestDelete) for r, _ in requests):
+            await self._fence(repo)
         return refused
+
+    async def _fence(self, repo: str) -> None:
+        """Once the gateways' caches can no longer serve what was just deleted (the access
+        fence covers removals, docs/metadata.md): the pass reports only what every gateway
+        enforces. A fence that fails is logged; the leases bound it anyway (one lease)."""
+        try:
+            await self._raft.query(api.AccessFence.op, {}, linearizable=False)
+        except RegistryError as exc:
+            log_event(logger, "retention.fence_failed", logging.WARNING, repo=repo, error=str(exc))
 
     def _count(self, request: api.Command[None], tags: int) -> None:
         if isinstance(request, api.ManifestDelete):

@@ -129,26 +129,30 @@ class MetadataPack(_message.Message):
     def __init__(self, commands: _Optional[_Iterable[_Union[MetadataRequest, _Mapping]]] = ..., request_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AccessPing(_message.Message):
-    __slots__ = ("seq", "seen")
+    __slots__ = ("seq", "seen", "seen_unlinks")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SEEN_FIELD_NUMBER: _ClassVar[int]
+    SEEN_UNLINKS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     seen: str
-    def __init__(self, seq: _Optional[int] = ..., seen: _Optional[str] = ...) -> None: ...
+    seen_unlinks: str
+    def __init__(self, seq: _Optional[int] = ..., seen: _Optional[str] = ..., seen_unlinks: _Optional[str] = ...) -> None: ...
 
 class AccessLease(_message.Message):
-    __slots__ = ("seq", "revision", "lease_seconds", "leader", "term")
+    __slots__ = ("seq", "revision", "lease_seconds", "leader", "term", "unlinks")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LEADER_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
+    UNLINKS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     revision: str
     lease_seconds: float
     leader: str
     term: int
-    def __init__(self, seq: _Optional[int] = ..., revision: _Optional[str] = ..., lease_seconds: _Optional[float] = ..., leader: _Optional[str] = ..., term: _Optional[int] = ...) -> None: ...
+    unlinks: str
+    def __init__(self, seq: _Optional[int] = ..., revision: _Optional[str] = ..., lease_seconds: _Optional[float] = ..., leader: _Optional[str] = ..., term: _Optional[int] = ..., unlinks: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

@@ -394,7 +394,8 @@ class MetadataServicer:
         """The Raft leader's access-directory revision under a lease (docs/security.md
         "Revocation at once"): the gateway pings, the leader answers each ping once a majority
         has confirmed its leadership after the ping arrived, and pushes a new revision before
-        an access change is acknowledged (`access_fence`). Followers refuse (UNAVAILABLE).
+        an access change or an unlink (a blob link or manifest removed; docs/metadata.md) is
+        acknowledged (`access_fence`). Followers refuse (UNAVAILABLE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -15,6 +15,12 @@ only after that (or after this lease ran out).
 (gateway/auth/revision.py), whenever the lease is not fresh: no stream yet, the stream
 ended (the leader stepped down or went away: the session ends and the lease with it),
 or no answer came within the lease (a slow or partitioned leader).
+
+`unlinks()` is the leader's unlink revision under the same lease and the same rules (it
+moves when a blob link or a manifest is removed, and the leader acknowledges a removal only
+once every leaseholder has it): the caches of confirmed links and manifests
+(gateway/manifest_cache.py `RecordCache`) trust an entry while it stays the revision the
+entry was confirmed at. None also when the leader sends none (a node from before it).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class AccessLease:
         self._renew = renew_seconds
         self._clock = clock
         self._revision = ""
+        self._unlinks = ""
         self._expires = float("-inf")
         self._task: asyncio.Task[None] | None = None
         # Streams opened and ended so far (tests and the log look at them).
@@ -60,6 +67,12 @@ class AccessLease:
         """The leader's access revision while the lease is fresh, else None."""
         if self._clock() < self._expires:
             return self._revision
+        return None
+
+    def unlinks(self) -> str | None:
+        """The leader's unlink revision while the lease is fresh, else None."""
+        if self._unlinks and self._clock() < self._expires:
+            return self._unlinks
         return None
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -112,8 +125,8 @@ class AccessLease:
     def _receive(
         self, message: registry_pb2.AccessLease, sent: dict[int, float], answer: asyncio.Event
     ) -> None:
-        if message.revision != self._revision:
-            self._revision = message.revision
+        if message.revision != self._revision or message.unlinks != self._unlinks:
+            self._revision, self._unlinks = message.revision, message.unlinks
             answer.set()  # the leader waits for our acknowledgement before its own
         self.leader = message.leader
         if message.seq:
@@ -130,7 +143,9 @@ class AccessLease:
             sent[seq] = self._clock()
             if len(sent) > _UNANSWERED_MAX:  # the session ends soon anyway (no answers)
                 del sent[min(sent)]
-            await call.write(registry_pb2.AccessPing(seq=seq, seen=self._revision))
+            await call.write(
+                registry_pb2.AccessPing(seq=seq, seen=self._revision, seen_unlinks=self._unlinks)
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(answer.wait(), self._renew)
             answer.clear()

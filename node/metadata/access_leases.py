@@ -6,16 +6,19 @@ milliseconds. The leader answers a ping only once its leadership is confirmed *a
 ping arrived* (`RaftMember.confirm_leadership`: a majority accepted a message it sent
 later, and it applied everything committed before), with its access revision and
 `node.access_lease_seconds`; the gateway trusts that revision, with no round trip, until
-that long after it *sent* the ping. Two things keep a trusted revision from hiding an
-acknowledged access change:
+that long after it *sent* the ping. Each message carries two revisions: the access
+revision (users, grants, robots...: the gateway's directory cache) and the unlink revision
+(blob links and manifests removed: the gateway's caches of confirmed links and manifests,
+gateway/manifest_cache.py). Two things keep a trusted revision from hiding an acknowledged
+access change or unlink:
 
-- **This leader's changes.** Every access change is acknowledged only after an
+- **This leader's changes.** Every access change and unlink is acknowledged only after an
   `access_fence` query answered by the leader (cargohold/metadata_api.py runs it after each
-  access command): a barrier (the change is applied here), then `fence` pushes the current
-  revision to every watcher and waits until each has acknowledged it (its next ping says it
-  `seen` it) or its lease has run out (the leader's bound: the time the ping was received
-  plus lease plus `node.access_lease_guard_seconds`). A watcher whose stream ended is
-  waited out the same way.
+  such command, `FENCED_OPS`): a barrier (the change is applied here), then `fence` pushes
+  the current revisions to every watcher and waits until each has acknowledged them (its
+  next ping says it `seen` them) or its lease has run out (the leader's bound: the time the
+  ping was received plus lease plus `node.access_lease_guard_seconds`). A watcher whose
+  stream ended is waited out the same way.
 - **Another leader's changes.** A leader answers a ping only with a majority's
   confirmation after the ping arrived, so any later-term leader was elected after every
   ping it answered was sent (node/metadata/pysyncobj_seam.py, leadership stamps). A
@@ -38,6 +41,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cargohold import metadata_api as api
 from cargohold.errors import Unavailable
 from cargohold.log import log_event
 from protos import registry_pb2
@@ -86,10 +90,11 @@ class Leader(Protocol):
 
 @dataclass
 class _Watcher:
-    """One gateway's stream: the revision it last said it saw, and until when (leader
+    """One gateway's stream: the revisions it last said it saw, and until when (leader
     clock, guard included) it may be trusting one of ours."""
 
     seen: str = ""
+    seen_unlinks: str = ""
     trusted_until: float = float("-inf")
     open: bool = True
 
@@ -104,12 +109,16 @@ class AccessLeases:
         self._pushes: dict[int, Callable[[registry_pb2.AccessLease], None]] = {}
 
     def revision(self) -> str:
-        return str(self._raft.local_query("access_revision", {}))
+        return api.AccessRevision.decode_result(self._raft.local_query("access_revision", {}))
+
+    def unlinks(self) -> str:
+        return api.UnlinkRevision.decode_result(self._raft.local_query("unlink_revision", {}))
 
     def _message(self, seq: int) -> registry_pb2.AccessLease:
         return registry_pb2.AccessLease(
             seq=seq,
             revision=self.revision(),
+            unlinks=self.unlinks(),
             lease_seconds=self.lease_seconds,
             leader=self._raft.leader_address() or "",
             term=int(self._raft.raftCurrentTerm),
@@ -149,7 +158,8 @@ class AccessLeases:
         grants: set[asyncio.Task[None]] = set()
         try:
             async for ping in pings:
-                watcher.seen = ping.seen  # an acknowledgement counts at once, before the grant
+                # An acknowledgement counts at once, before the grant.
+                watcher.seen, watcher.seen_unlinks = ping.seen, ping.seen_unlinks
                 task = asyncio.ensure_future(self._grant(ping.seq, watcher, out))
                 grants.add(task)
                 task.add_done_callback(grants.discard)
@@ -184,8 +194,8 @@ class AccessLeases:
     # -- the fence (before an access change is acknowledged) ---------------------------------
     async def fence(self, within: float) -> None:
         """On the leader, after a barrier: wait until lease plus guard after this node took
-        office, then push the current revision to every watcher and wait until each has
-        acknowledged it or can no longer be trusting an older one."""
+        office, then push the current revisions to every watcher and wait until each has
+        acknowledged them or can no longer be trusting older ones."""
         since = self._raft.leader_since
         if not self._raft.is_leader() or since is None:
             raise Unavailable("raft: access fence runs on the leader; retry there")
@@ -193,14 +203,19 @@ class AccessLeases:
         office = since + self.lease_seconds + self.guard_seconds - time.monotonic()
         if office > 0:
             await asyncio.sleep(office)
-        revision = self.revision()
+        revision, unlinks = self.revision(), self.unlinks()
+
+        def told(watcher: _Watcher) -> bool:
+            return at_least(watcher.seen, revision) and at_least(watcher.seen_unlinks, unlinks)
+
         for wid, push in list(self._pushes.items()):
             watcher = self._watchers.get(wid)
-            if watcher is not None and not at_least(watcher.seen, revision):
+            if watcher is not None and not told(watcher):
                 push(
                     registry_pb2.AccessLease(
                         seq=0,
                         revision=revision,
+                        unlinks=unlinks,
                         leader=self._raft.leader_address() or "",
                         term=int(self._raft.raftCurrentTerm),
                     )
@@ -213,7 +228,7 @@ class AccessLeases:
                     if not watcher.open:
                         del self._watchers[wid]  # closed and run out: forget it
                     continue
-                if not watcher.open or not at_least(watcher.seen, revision):
+                if not watcher.open or not told(watcher):
                     waiting = True
             if not waiting:
                 return

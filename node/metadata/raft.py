@@ -159,7 +159,7 @@ _SNAPSHOT_HISTORY = 32
 # append: answered by the leader only (it applies a command before anyone is told it
 # committed; a follower may not have yet). A follower answers Unavailable, and the gateway
 # asks the next node. Used by the per-request revocation check (gateway/auth/revision.py).
-_LEADER_READS = frozenset({"access_revision"})
+_LEADER_READS = frozenset({"access_revision", "unlink_revision"})
 # prctl(PR_SET_PDEATHSIG), resolved before any fork: a snapshot child must not outlive the
 # node (a restarted node would find it still writing into its raft directory).
 _PR_SET_PDEATHSIG = 1

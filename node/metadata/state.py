@@ -499,6 +499,9 @@ class MetadataState:
         # comparable, only "the same as before" is meaningful (gateway/auth/revision.py).
         self._access_epoch = secrets.token_hex(8)
         self._access_changes = 0
+        # The same for removed blob links and manifests (`unlink_revision`, api.UNLINKS):
+        # what a gateway confirmed at one stays true while it does (gateway/manifest_cache.py).
+        self._unlinks = 0
         # Dispatch by request type: one handler per op of the catalogue.
         self._handlers: dict[type[api.Request[Any]], Callable[[Any], Any]] = {
             api.Barrier: self._barrier,
@@ -573,16 +576,21 @@ class MetadataState:
             api.Status: self._status,
             api.Search: self._search_page,
             api.AccessRevision: self._access_revision,
+            api.UnlinkRevision: self._unlink_revision,
             # Answered by the Raft member itself (access leases); a lone state has none.
             api.AccessFence: lambda req: None,
         }
         for kind in _ACCESS_COMMANDS:
-            self._handlers[kind] = self._counting_access_change(self._handlers[kind])
+            self._handlers[kind] = self._counting(self._handlers[kind], "_access_changes")
+        for kind in api.UNLINKS:
+            self._handlers[kind] = self._counting(self._handlers[kind], "_unlinks")
 
-    def _counting_access_change(self, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def _counting(self, handler: Callable[[Any], Any], counter: str) -> Callable[[Any], Any]:
+        """`handler`, adding one to the revision count `counter` when it succeeds."""
+
         def counted(request: Any) -> Any:
             result = handler(request)
-            self._access_changes += 1
+            setattr(self, counter, getattr(self, counter) + 1)
             return result
 
         return counted
@@ -767,6 +775,7 @@ class MetadataState:
         parts = version in COMPACT_VERSIONS
         flat_parts = _FLAT_PARTS_V6 if version == SNAPSHOT_COMPACT else _FLAT_PARTS
         self._access_changes += 1  # a loaded snapshot may change anything
+        self._unlinks += 1
         self._release_bulk()
         blobs: dict[str, AnyRecipe] = {}
         links: dict[str, set[str]] = {}
@@ -1708,6 +1717,9 @@ class MetadataState:
 
     def _access_revision(self, req: api.AccessRevision) -> str:
         return f"{self._access_epoch}.{self._access_changes}"
+
+    def _unlink_revision(self, req: api.UnlinkRevision) -> str:
+        return f"{self._access_epoch}.{self._unlinks}"
 
     def _access_list(self, req: api.AccessList) -> api.AccessData:
         namespaces = []

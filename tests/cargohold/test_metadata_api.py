@@ -121,6 +121,7 @@ EXAMPLES: list[api.Request[Any]] = [
     api.Status(),
     api.AccessList(),
     api.AccessRevision(),
+    api.UnlinkRevision(),
     api.AccessFence(),
     api.Search(SearchSpec(q="app", labels=("a=b",), platform="linux/amd64", n=5)),
     api.Search(SearchSpec(kind="repository", access=PullAccess(False, (("team", True),)))),
@@ -311,7 +312,10 @@ async def test_every_facade_method_against_the_state() -> None:
     assert await meta.blob_get(repo, layer) == {"size": 3, "chunks": [chunk]}
     assert await meta.blob_recipe(layer) == {"size": 3, "chunks": [chunk]}
     assert await meta.blob_mount("lib/other", layer, repo) is True
+    unlinks = await meta.unlink_revision()
     await meta.blob_unlink("lib/other", layer)
+    moved = await meta.unlink_revision()
+    assert moved != unlinks  # a removal moves it
     put = api.ManifestPut(repo, m, "application/x", RECIPE, (layer,), subject=layer, tag="v1")
     await meta.manifest_put(put)
     info = await meta.tag_get(repo, "v1")
@@ -324,7 +328,9 @@ async def test_every_facade_method_against_the_state() -> None:
     pull = api.PullEvent(repo, m, "v1", 9.0, None, "127.0.0.1", "ua")
     assert await meta.pull_record((pull, pull._replace(repo="lib/none"))) == 1
     await meta.tag_delete(repo, "v1")
+    assert await meta.unlink_revision() == moved  # a tag is not a link
     await meta.manifest_delete(repo, m)
+    assert await meta.unlink_revision() != moved
     await meta.upload_cancel("u2", 3.0)
     assert await meta.expire_uploads(100.0, 10.0) == 2
     await meta.member_join("n1", "h:1", "h:2")

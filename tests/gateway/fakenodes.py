@@ -190,6 +190,12 @@ class FakeNode(pb_grpc.ChunksServicer, pb_grpc.MetadataServicer, pb_grpc.AdminSe
             await abort_with(context, err)
         return pb.MetadataReply(result=json.dumps(result).encode())
 
+    async def WatchAccess(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        # No leader to hold a lease from (as a follower answers): gateways over these fakes
+        # fall back to the TTLs and revision reads.
+        await abort_with(context, Unavailable("fake nodes grant no access lease"))
+        yield  # pragma: no cover - a generator, as the real servicer
+
     async def Status(
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatusReply:

@@ -1,5 +1,5 @@
-"""The gateway's lease on the leader's access revision (gateway/auth/lease.py) and the
-directory's use of it (gateway/auth/directory.py): a fresh lease is trusted without a
+"""The gateway's lease on the leader's access and unlink revisions (gateway/auth/lease.py)
+and the directory's use of it (gateway/auth/directory.py): a fresh lease is trusted without a
 read, a stale one is not; a pushed revision replaces the trusted one at once and is
 acknowledged by the next ping; a stream that ends (the leader stepped down or died) ends
 the lease, and the directory falls back to leader reads; a new leader's lease starts only
@@ -51,13 +51,17 @@ class FakeCall:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def answer(self, seq: int, revision: str, leader: str = "n1") -> None:
+    def answer(self, seq: int, revision: str, leader: str = "n1", unlinks: str = "") -> None:
         self._inbox.put_nowait(
-            pb.AccessLease(seq=seq, revision=revision, lease_seconds=LEASE, leader=leader)
+            pb.AccessLease(
+                seq=seq, revision=revision, lease_seconds=LEASE, leader=leader, unlinks=unlinks
+            )
         )
 
-    def push(self, revision: str) -> None:
-        self._inbox.put_nowait(pb.AccessLease(seq=0, revision=revision, leader="n1"))
+    def push(self, revision: str, unlinks: str = "") -> None:
+        self._inbox.put_nowait(
+            pb.AccessLease(seq=0, revision=revision, leader="n1", unlinks=unlinks)
+        )
 
     def end(self, error: BaseException | None = None) -> None:
         self._inbox.put_nowait(error if error is not None else grpc.aio.EOF)
@@ -135,6 +139,26 @@ async def test_a_pushed_revision_replaces_the_trusted_one_and_is_acknowledged_at
     assert lease.revision() == "e.2"  # trusted at once; a push does not extend the lease
     clock.now += LEASE
     assert lease.revision() is None
+    call.end()
+    await session
+
+
+async def test_the_unlink_revision_rides_the_same_lease_and_is_acknowledged_too() -> None:
+    clock = Clock()
+    lease = _lease(clock)
+    call = FakeCall()
+    session = asyncio.ensure_future(lease.session(call))
+    ping = await call.next_ping()
+    call.answer(ping.seq, "e.1")  # a leader from before unlink revisions sends none
+    await _settle()
+    assert lease.revision() == "e.1" and lease.unlinks() is None  # nothing to trust
+    call.pinged.clear()
+    call.push("e.1", unlinks="e.7")  # a removal about to be acknowledged
+    ack = await call.next_ping()
+    assert (ack.seen, ack.seen_unlinks) == ("e.1", "e.7")
+    assert lease.unlinks() == "e.7"
+    clock.now += LEASE  # the same lease: stale together
+    assert lease.revision() is None and lease.unlinks() is None
     call.end()
     await session
 

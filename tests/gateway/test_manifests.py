@@ -15,7 +15,7 @@ from cargohold.config import Config
 from cargohold.metadata_api import TrashList, TrashRestore
 from gateway.app import build_app
 from gateway.context import GatewayContext
-from gateway.manifest_cache import ManifestCache, RecordCache
+from gateway.manifest_cache import ManifestCache, RecordCache, Stamp
 from gateway.manifest_format import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -632,25 +632,51 @@ async def test_client_vanishing_mid_body_is_not_a_server_error(
 def test_record_cache_expiry_bound_and_discard() -> None:
     clock = FakeClock()
     cache = RecordCache(ttl=1.0, max_entries=2, clock=clock)
-    sent = cache.now()
+    sent = cache.stamp()
     clock.now += 0.4  # the confirming query took 0.4 s: the entry lives 0.6 s more
     cache.put("r", "d1", {"n": 1}, sent)
     assert cache.get("r", "d1") == {"n": 1}
     clock.now += 0.6
     assert cache.get("r", "d1") is None and len(cache) == 0
     for i in range(3):
-        cache.put("r", f"x{i}", {"n": i}, cache.now())
+        cache.put("r", f"x{i}", {"n": i}, cache.stamp())
     assert len(cache) == 2 and cache.get("r", "x0") is None
     # An answer to a query sent before a delete through this gateway is not cached.
-    sent = cache.now()
+    sent = cache.stamp()
     cache.discard("r", "x1")
     cache.put("r", "x1", {"n": 1}, sent)
     assert cache.get("r", "x1") is None
-    cache.put("r", "x1", {"n": 1}, cache.now() + 0.001)
+    cache.put("r", "x1", {"n": 1}, Stamp(clock.now + 0.001, None))
     assert cache.get("r", "x1") == {"n": 1}
 
 
-def test_record_cache_ttl_zero_keeps_nothing() -> None:
+def test_record_cache_under_the_lease_trusts_the_unlink_revision_not_the_clock() -> None:
+    clock = FakeClock()
+    leased: list[str | None] = ["e.1"]
+    cache = RecordCache(ttl=1.0, max_entries=10, clock=clock, unlinks=lambda: leased[0])
+    cache.put("r", "d", {"n": 1}, cache.stamp())
+    clock.now += 3600  # an hour past the TTL: still the revision it was confirmed at
+    assert cache.get("r", "d") == {"n": 1}
+    leased[0] = "e.2"  # a removal somewhere, acknowledged after this gateway had it
+    assert cache.get("r", "d") is None and len(cache) == 0
+    # Confirmed at e.2, then the lease lapses (a leader change): the TTL rules again...
+    cache.put("r", "d", {"n": 1}, cache.stamp())
+    leased[0] = None
+    assert cache.get("r", "d") == {"n": 1}
+    clock.now += 1.0
+    assert cache.get("r", "d") is None
+    # ... and an entry confirmed without a lease is not trusted under one.
+    cache.put("r", "d", {"n": 1}, cache.stamp())
+    leased[0] = "f.0"
+    assert cache.get("r", "d") is None
+    # A revision moving between the stamp and the answer: the entry is never trusted.
+    stamp = cache.stamp()
+    leased[0] = "f.1"
+    cache.put("r", "d", {"n": 1}, stamp)
+    assert cache.get("r", "d") is None
+
+
+def test_record_cache_ttl_zero_keeps_nothing_without_a_lease() -> None:
     cache = RecordCache(ttl=0.0, max_entries=10)
-    cache.put("r", "d", {"n": 1}, cache.now())
+    cache.put("r", "d", {"n": 1}, cache.stamp())
     assert cache.get("r", "d") is None and len(cache) == 0

@@ -1,8 +1,9 @@
 """The leader's access leases (node/metadata/access_leases.py): a ping is answered only once
-leadership is confirmed after it arrived; the fence pushes the revision to every gateway
-holding a lease and returns once each acknowledged it (or its lease ran out), never for a
-gateway that holds none; a new leader's fence waits out its predecessors' leases; a
-follower refuses the stream and a leader that cannot confirm its office ends it."""
+leadership is confirmed after it arrived; the fence pushes the revisions (access and
+unlink) to every gateway holding a lease and returns once each acknowledged them (or its
+lease ran out), never for a gateway that holds none; a new leader's fence waits out its
+predecessors' leases; a follower refuses the stream and a leader that cannot confirm its
+office ends it."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class FakeLeader:
         self.leader_since: float | None = time.monotonic() - 2 * HOUR  # long in office
         self.raftCurrentTerm = 3
         self.revision = "e.1"
+        self.unlinks = "e.0"
         self.confirmed = asyncio.Event()
         self.confirmed.set()
         self.refuse = False
@@ -42,8 +44,8 @@ class FakeLeader:
         await self.confirmed.wait()
 
     def local_query(self, op: str, args: dict[str, Any]) -> Any:
-        assert op == "access_revision"
-        return self.revision
+        assert op in ("access_revision", "unlink_revision")
+        return {"revision": self.revision if op == "access_revision" else self.unlinks}
 
 
 class Gateway:
@@ -69,9 +71,9 @@ class Gateway:
         except Unavailable as exc:
             self.received.put_nowait(exc)
 
-    def ping(self, seen: str = "") -> int:
+    def ping(self, seen: str = "", seen_unlinks: str = "e.0") -> int:
         self.seq += 1
-        self._pings.put_nowait(pb.AccessPing(seq=self.seq, seen=seen))
+        self._pings.put_nowait(pb.AccessPing(seq=self.seq, seen=seen, seen_unlinks=seen_unlinks))
         return self.seq
 
     def close(self) -> None:
@@ -116,6 +118,25 @@ async def test_the_fence_pushes_and_waits_for_the_gateways_acknowledgement() -> 
     await _settle()
     assert not fence.done()  # the gateway has not acknowledged it yet
     gw.ping(seen="e.2")
+    await fence
+    await gw.stop()
+
+
+async def test_an_unlink_is_fenced_like_an_access_change() -> None:
+    leader = FakeLeader()
+    leases = AccessLeases(leader, HOUR, 0.0)
+    gw = Gateway(leases)
+    gw.ping(seen="e.1")
+    assert (await gw.received.get()).unlinks == "e.0"
+    leader.unlinks = "e.1"  # a blob link or manifest removed on the leader
+    fence = asyncio.ensure_future(leases.fence(HOUR))
+    pushed = await gw.received.get()
+    assert (pushed.seq, pushed.revision, pushed.unlinks) == (0, "e.1", "e.1")
+    gw.ping(seen="e.1")  # the access revision alone does not acknowledge the unlink
+    await gw.received.get()
+    await _settle()
+    assert not fence.done()
+    gw.ping(seen="e.1", seen_unlinks="e.1")
     await fence
     await gw.stop()
 

@@ -29,6 +29,7 @@ class FakeRaft:
         self.state = state
         self.leader = leader
         self.ops: list[str] = []
+        self.queries: list[str] = []
         self.after_snapshot: Callable[[], None] | None = None
 
     async def barrier(self) -> None:
@@ -48,6 +49,7 @@ class FakeRaft:
         return self.state.apply(op, json.loads(json.dumps(args)))
 
     async def query(self, op: str, args: dict[str, Any], linearizable: bool = True) -> Any:
+        self.queries.append(op)
         return self.state.query(op, args)
 
 
@@ -89,6 +91,7 @@ async def test_dry_run_reports_and_a_real_pass_deletes() -> None:
     r = role(raft, delete_protected=["vault"])
     await r.run_pass(dry_run=True)
     assert raft.ops == [] and set(st.tags[REPO]) == {"v1", "old"}
+    assert "access_fence" not in raft.queries
     assert (r.stats.tags_deleted, r.stats.manifests_deleted) == (1, 2)
     dry_report = r._report
     assert dry_report["protected"] == [
@@ -97,6 +100,9 @@ async def test_dry_run_reports_and_a_real_pass_deletes() -> None:
     await r.run_pass()
     # The deletions, then one summary command for the pass (node/audit_events.py).
     assert raft.ops == ["manifest_delete", "manifest_delete", "audit_append"]
+    # The pass reports its deletions once no gateway's cache can serve them (one fence
+    # for the repository).
+    assert raft.queries.count("access_fence") == 1
     assert st.tags[REPO] == {"v1": dg("keep")}
     assert set(st.manifests[REPO]) == {dg("keep")}
     assert set(st.manifests["vault/x"]) == {dg("vaulted")}
