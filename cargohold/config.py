@@ -387,6 +387,10 @@ class GatewayConfig:
     # by sendfile(2) straight from the node's data.mdb (no copy in user space), verified
     # first; off: copied out of the map and written by the event loop.
     local_sendfile: bool = True
+    # ... and for clients on this host's loopback (127.0.0.0/8, ::1), where which path
+    # costs less depends on the kernel and CPU: "on" (sendfile), "off" (the copy path), or
+    # "auto": measured once at start, in a worker thread (gateway/send_probe.py).
+    local_sendfile_loopback: str = "auto"
     # Longest a sendfile may hold its LMDB read transaction (pinning the node's free
     # pages) for one chunk; a client too slow for that gets the rest of the chunk copied.
     sendfile_hold_seconds: float = 1.0
@@ -1052,6 +1056,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("gateway.manifest_digest_ttl_seconds must be >= 0")
     if cfg.gateway.blob_digest_ttl_seconds < 0:
         raise ConfigError("gateway.blob_digest_ttl_seconds must be >= 0")
+    if cfg.gateway.local_sendfile_loopback not in ("auto", "on", "off"):
+        raise ConfigError("gateway.local_sendfile_loopback must be auto, on or off")
     if not 0 < cfg.gateway.sendfile_hold_seconds <= 60:
         raise ConfigError("gateway.sendfile_hold_seconds must be in (0, 60]")
     if not 1 <= cfg.gateway.sendfile_threads <= 1024:

@@ -54,6 +54,7 @@ from gateway.cluster import ClusterClient
 from gateway.coalesce import Coalescer
 from gateway.context import CONTEXT, GatewayContext
 from gateway.errors import add_api_version_header, error_middleware
+from gateway.local_send import LOOPBACK_SENDS
 from gateway.manifest_cache import ManifestCache, RecordCache
 from gateway.mirror.proxy import MIRROR, Mirror
 from gateway.pull_events import PULLS, PullRecorder, pull_recorder_ctx
@@ -61,6 +62,7 @@ from gateway.replication.runner import ReplicationRunner
 from gateway.replication.sides import LocalRegistry
 from gateway.scanner import SCANNER, Scanner, scanner_ctx
 from gateway.search_backfill import InfoBackfill
+from gateway.send_probe import LoopbackSends
 from gateway.signatures.policy import POLICY, PullPolicy
 from gateway.vulns.gate import VulnGate
 from gateway.vulns.scans import SCANS, Rematcher, Scans
@@ -127,6 +129,9 @@ def build_app(ctx: GatewayContext, client_max_size: int | None = None) -> web.Ap
     local = ctx.cluster.local_store if isinstance(ctx.cluster, ClusterClient) else None
     if local is not None:  # open from the start: its mark keeps the node's writes cached
         _for_the_app_lifetime(app, local.start, local.stop)
+        if ctx.cfg.gateway.local_sendfile:
+            sends = app[LOOPBACK_SENDS] = LoopbackSends(ctx.cfg.gateway.local_sendfile_loopback)
+            _for_the_app_lifetime(app, sends.start, sends.stop)
     app[BUDGET] = BodyBudget(
         ctx.cfg.gateway.max_buffered_bytes, ctx.cfg.gateway.body_trim_after_bytes
     )

@@ -22,6 +22,8 @@ writing to the connection's socket beside aiohttp and the event loop's transport
   `write_eof` and keep-alive work as after `response.write`. aiohttp's own FileResponse
   does the same (prepare, sendfile, write_eof) where the loop implements
   `loop.sendfile`; uvloop does not (aiohttp then falls back to reads and writes).
+- **Loopback clients** get sendfile only where it costs this host less than the copy
+  (`gateway.local_sendfile_loopback`, measured at start by default: gateway/send_probe.py).
 - **A client gone mid-send** is an OSError (EPIPE, ECONNRESET, or the transport closing
   while the worker waits), handled as any write failure (`blob.client_gone`).
 """
@@ -39,6 +41,10 @@ from gateway.cluster import ClusterClient
 from gateway.cluster.local_reads import LocalChunkStore, LocalCopyCorrupt
 from gateway.cluster.reads import LocalSlice
 from gateway.context import GatewayContext
+from gateway.send_probe import LoopbackSends
+
+# What clients on this host's loopback get (gateway/send_probe.py); absent: sendfile.
+LOOPBACK_SENDS: web.AppKey[LoopbackSends] = web.AppKey("cargohold_loopback_sends", LoopbackSends)
 
 # While waiting for the transport's buffer to empty without a pause to wait on.
 EMPTY_POLL_SECONDS = 0.001
@@ -85,6 +91,9 @@ class DirectSender:
         tls = ("sslcontext", "ssl_object")
         if any(transport.get_extra_info(key) is not None for key in tls):
             return None  # the socket carries TLS records: plain bytes would break them
+        sends = request.app.get(LOOPBACK_SENDS)
+        if sends is not None and not sends.use_sendfile(transport.get_extra_info("peername")):
+            return None  # a loopback client, where copying costs this host less
         sock = transport.get_extra_info("socket")
         fd = sock.fileno() if sock is not None else -1
         if fd < 0:

@@ -51,6 +51,8 @@ def start(make_cluster: Callable[..., LocalCluster], sendfile: bool = True) -> L
             "gateway": {
                 "hedge_after_seconds": 10.0,
                 "local_sendfile": sendfile,
+                # The test's client is on loopback: sendfile whatever the probe would choose.
+                "local_sendfile_loopback": "on",
                 "sendfile_hold_seconds": 60.0,  # no send cut short on a loaded machine
             },
         },
