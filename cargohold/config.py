@@ -388,8 +388,9 @@ class GatewayConfig:
     # first; off: copied out of the map and written by the event loop.
     local_sendfile: bool = True
     # ... and for clients on this host's loopback (127.0.0.0/8, ::1), where which path
-    # costs less depends on the kernel and CPU: "on" (sendfile), "off" (the copy path), or
-    # "auto": measured once at start, in a worker thread (gateway/send_probe.py).
+    # costs less depends on the kernel and CPU: "on" (sendfile), "off" (written from the
+    # LMDB map by the same send threads), or "auto": measured once at start, in a worker
+    # thread (gateway/send_probe.py).
     local_sendfile_loopback: str = "auto"
     # Longest a sendfile may hold its LMDB read transaction (pinning the node's free
     # pages) for one chunk; a client too slow for that gets the rest of the chunk copied.

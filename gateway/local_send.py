@@ -22,8 +22,9 @@ writing to the connection's socket beside aiohttp and the event loop's transport
   `write_eof` and keep-alive work as after `response.write`. aiohttp's own FileResponse
   does the same (prepare, sendfile, write_eof) where the loop implements
   `loop.sendfile`; uvloop does not (aiohttp then falls back to reads and writes).
-- **Loopback clients** get sendfile only where it costs this host less than the copy
-  (`gateway.local_sendfile_loopback`, measured at start by default: gateway/send_probe.py).
+- **Loopback clients** get sendfile only where it costs this host less than writing the
+  chunk from the LMDB map (one kernel copy, on the same send threads):
+  `gateway.local_sendfile_loopback`, measured at start by default (gateway/send_probe.py).
 - **A client gone mid-send** is an OSError (EPIPE, ECONNRESET, or the transport closing
   while the worker waits), handled as any write failure (`blob.client_gone`).
 """
@@ -67,6 +68,8 @@ class DirectSender:
         self.sock_fd = sock_fd
         self.cluster, self.store = cluster, store
         self.hold_seconds = hold_seconds
+        # Local chunks written from the LMDB map instead of by sendfile (a loopback client).
+        self.mapped = False
         # Bytes of this body that went out by sendfile.
         self.direct_bytes = 0
 
@@ -91,15 +94,17 @@ class DirectSender:
         tls = ("sslcontext", "ssl_object")
         if any(transport.get_extra_info(key) is not None for key in tls):
             return None  # the socket carries TLS records: plain bytes would break them
+        # A loopback client where writing from the map costs this host less than sendfile.
         sends = request.app.get(LOOPBACK_SENDS)
-        if sends is not None and not sends.use_sendfile(transport.get_extra_info("peername")):
-            return None  # a loopback client, where copying costs this host less
+        mapped = sends is not None and not sends.use_sendfile(transport.get_extra_info("peername"))
         sock = transport.get_extra_info("socket")
         fd = sock.fileno() if sock is not None else -1
         if fd < 0:
             return None
         # (uvloop's transports are not asyncio.Transport subclasses: no isinstance here.)
-        return cls(response, writer, transport, fd, ctx.cluster, store, gw.sendfile_hold_seconds)
+        sender = cls(response, writer, transport, fd, ctx.cluster, store, gw.sendfile_hold_seconds)
+        sender.mapped = mapped
+        return sender
 
     async def send(self, piece: LocalSlice) -> int:
         """Send one local slice (from the store, or read as usual when the store no longer
@@ -114,6 +119,7 @@ class DirectSender:
                 self.sock_fd,
                 self.hold_seconds,
                 self.transport.is_closing,
+                self.mapped,
             )
         except LocalCopyCorrupt:
             data = await self.cluster.read_chunk(piece.chunk_hex, piece.length, local_corrupt=True)

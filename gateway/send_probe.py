@@ -5,18 +5,19 @@ To a client on another host that saves work. To a client on this host's loopback
 (127.0.0.0/8, ::1: a containerd or a CI job pulling through the gateway beside it) the
 receiving side is this host's work too (the kernel even runs part of it in the sender's
 context), and sendfile moves work to the receiver, whose copy then reads page-cache pages
-instead of freshly written ones. Which path costs this host less depends on the kernel and
-the CPU: measured on two 2-core VMs with the same kernel, the gateway's pulls took 0.44
-CPU-s per GB with sendfile against the copy's 0.70 on an AMD EPYC, and 0.73 against 0.45
-on an Intel Xeon, where a single connection's pulls ran at 1.4 against 2.3 GB/s
-(bench/README.md, "Sendfile on loopback").
+instead of freshly written ones. The other way is a write(2) straight from the LMDB map
+(one kernel copy into the socket, on the same send threads). Which costs this host less
+depends on the kernel and the CPU: on this session's 2-core Intel Xeon VM one
+connection's 64 MiB pulls ran at 1.3 GB/s by sendfile and 2.3 by writes (8 connections:
+2.3 and 2.8), while on the AMD EPYC VM of earlier sessions sendfile beat the old copy path
+by 20-80 % (bench/README.md, "Sendfile on loopback").
 
 `gateway.local_sendfile_loopback` says what loopback clients get: `on` (sendfile), `off`
-(the copy path), or `auto` (the default): `LoopbackSends.start` sends 8 rounds of 32 MiB
-each way over a loopback connection in a worker thread (the gateway's own sendfile on a
-non-blocking socket; a copy then non-blocking sends), counts the CPU of the sending and
-the receiving thread (on loopback both are this host's), and keeps sendfile unless the
-copy's median round costs less than `COPY_MUST_SAVE` of sendfile's
+(writes from the map), or `auto` (the default): `LoopbackSends.start` sends 8 rounds of
+32 MiB each way over a loopback connection in a worker thread (the gateway's own
+`send_file` and `send_buffer` on a non-blocking socket), counts the CPU of the sending
+and the receiving thread (on loopback both are this host's), and keeps sendfile unless
+the writes' median round costs less than `WRITE_MUST_SAVE` of sendfile's
 (`gateway.loopback_send_probe` in the log, with both figures). Until the probe has
 answered, loopback clients get sendfile; a probe that fails leaves it so. Clients on other
 addresses always get sendfile (with `local_sendfile`).
@@ -27,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import mmap
 import os
-import select
 import socket
 import statistics
 import tempfile
@@ -37,7 +38,7 @@ import time
 from dataclasses import dataclass
 
 from cargohold.log import log_event
-from gateway.cluster.local_reads import send_file
+from gateway.cluster.local_reads import send_buffer, send_file
 
 logger = logging.getLogger("cargohold.gateway")
 
@@ -48,21 +49,20 @@ PROBE_ROUND_BYTES = 32 * MiB
 PROBE_ROUNDS = 8
 # The send size of one call (a chunk's, by default).
 PROBE_CALL_BYTES = 4 * MiB
-# sendfile keeps its place unless the copy costs less than this share of it: a near tie
-# is not worth leaving the zero-copy path for. (Measured at the start of a loaded 2-core
-# Intel VM: the copy at 0.63-0.89 of sendfile's cost, every time; idle AMD: ~1.6.)
-COPY_MUST_SAVE = 0.95
+# sendfile keeps its place unless writing costs less than this share of it: a near tie is
+# not worth leaving the zero-copy path for.
+WRITE_MUST_SAVE = 0.95
 
 
 @dataclass(frozen=True)
 class SendCosts:
-    """CPU-seconds of the sending thread per GB, each way."""
+    """CPU-seconds per GB (sending and receiving thread), each way."""
 
     sendfile: float
-    copy: float
+    write: float
 
     def sendfile_pays(self) -> bool:
-        return not self.copy < COPY_MUST_SAVE * self.sendfile
+        return not self.write < WRITE_MUST_SAVE * self.sendfile
 
 
 def is_loopback(peer: object) -> bool:
@@ -78,37 +78,49 @@ def is_loopback(peer: object) -> bool:
 def measure_loopback_sends(
     round_bytes: int = PROBE_ROUND_BYTES, rounds: int = PROBE_ROUNDS
 ) -> SendCosts:
-    """Send `round_bytes` over a loopback TCP connection by sendfile and by read + send,
-    `rounds` times each (alternated, in turns), from a file in the temp directory; the
-    median round's CPU per GB (sending and receiving thread) each way: one round disturbed
-    by other work does not decide. Blocking: run it in a worker thread."""
-    rounds_cpu: dict[str, list[float]] = {"sendfile": [], "copy": []}
+    """Send `round_bytes` over a loopback TCP connection by sendfile and by writes from a
+    map of the file, `rounds` times each (alternated, in turns), from a file in the temp
+    directory; the median round's CPU per GB (sending and receiving thread) each way: one
+    round disturbed by other work does not decide. Blocking: run it in a worker thread."""
+    rounds_cpu: dict[str, list[float]] = {"sendfile": [], "write": []}
     with tempfile.TemporaryFile(prefix="cargohold-send-probe-") as file:
         file.write(os.urandom(PROBE_FILE_BYTES))
         file.flush()
         fd = file.fileno()
-        with socket.create_server(("127.0.0.1", 0)) as server:
-            with socket.create_connection(server.getsockname()[:2]) as receiver:
-                sender, _ = server.accept()
-                sender.setblocking(False)  # as the event loop's sockets
-                with sender:
-                    for turn in range(rounds):
-                        order = ("sendfile", "copy") if turn % 2 == 0 else ("copy", "sendfile")
-                        for method in order:
-                            cpu = _send_round(sender, receiver, fd, method, round_bytes)
-                            rounds_cpu[method].append(cpu)
+        with mmap.mmap(fd, PROBE_FILE_BYTES, prot=mmap.PROT_READ) as region:
+            mapped = memoryview(region)
+            try:
+                with socket.create_server(("127.0.0.1", 0)) as server:
+                    with socket.create_connection(server.getsockname()[:2]) as receiver:
+                        sender, _ = server.accept()
+                        sender.setblocking(False)  # as the event loop's sockets
+                        with sender:
+                            for turn in range(rounds):
+                                order = ("sendfile", "write")[:: 1 if turn % 2 == 0 else -1]
+                                for method in order:
+                                    cpu = _send_round(
+                                        sender, receiver, fd, mapped, method, round_bytes
+                                    )
+                                    rounds_cpu[method].append(cpu)
+            finally:
+                mapped.release()
     gb = round_bytes / 1e9
     return SendCosts(
-        statistics.median(rounds_cpu["sendfile"]) / gb, statistics.median(rounds_cpu["copy"]) / gb
+        statistics.median(rounds_cpu["sendfile"]) / gb, statistics.median(rounds_cpu["write"]) / gb
     )
 
 
 def _send_round(
-    sender: socket.socket, receiver: socket.socket, fd: int, method: str, total: int
+    sender: socket.socket,
+    receiver: socket.socket,
+    fd: int,
+    mapped: memoryview,
+    method: str,
+    total: int,
 ) -> float:
     """One round: `total` bytes out of `sender`, drained by a thread; the CPU of both (on
-    loopback the receiver's copy is this host's work too, and its speed differs by path:
-    sendfile leaves the receiver reading page-cache pages, the copy hands it fresh ones)."""
+    loopback the receiver's copy is this host's work too, and its cost differs by path:
+    sendfile leaves the receiver reading page-cache pages, a write hands it fresh ones)."""
     receiver_cpu: list[float] = []
     drained = threading.Thread(target=_drain, args=(receiver, total, receiver_cpu), daemon=True)
     drained.start()
@@ -116,10 +128,11 @@ def _send_round(
     sent = offset = 0
     while sent < total:
         count = min(PROBE_CALL_BYTES, total - sent, PROBE_FILE_BYTES - offset)
-        if method == "sendfile":  # the gateway's own send, on its non-blocking socket
-            send_file(sender.fileno(), fd, offset, count, time.monotonic() + 60, _never)
-        else:  # a copy out, then non-blocking sends as the event loop's writes
-            _send_all(sender, os.pread(fd, count, offset))
+        deadline = time.monotonic() + 60
+        if method == "sendfile":  # the gateway's own two sends, on a non-blocking socket
+            send_file(sender.fileno(), fd, offset, count, deadline, _never)
+        else:
+            send_buffer(sender.fileno(), mapped[offset : offset + count], deadline, _never)
         sent += count
         offset = (offset + count) % PROBE_FILE_BYTES
     used = time.thread_time() - started
@@ -129,17 +142,6 @@ def _send_round(
 
 def _never() -> bool:
     return False
-
-
-def _send_all(sender: socket.socket, data: bytes) -> None:
-    view = memoryview(data)
-    poller = select.poll()
-    poller.register(sender.fileno(), select.POLLOUT)
-    while view:
-        try:
-            view = view[sender.send(view) :]
-        except BlockingIOError:
-            poller.poll(100)
 
 
 def _drain(receiver: socket.socket, total: int, cpu: list[float]) -> None:
@@ -188,6 +190,6 @@ class LoopbackSends:
             logger,
             "gateway.loopback_send_probe",
             sendfile_cpu_s_per_gb=round(costs.sendfile, 3),
-            copy_cpu_s_per_gb=round(costs.copy, 3),
-            loopback_clients="sendfile" if self.sendfile else "copy",
+            write_cpu_s_per_gb=round(costs.write, 3),
+            loopback_clients="sendfile" if self.sendfile else "write",
         )

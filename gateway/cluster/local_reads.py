@@ -94,13 +94,19 @@ READ_BYTES = Counter(
 SENDS = Counter(
     "cargohold_gateway_local_sendfile_total",
     "Local chunk sends by sendfile (gateway.local_sendfile), by result: whole (every byte "
-    "by sendfile), cut (the client was slower than gateway.sendfile_hold_seconds allows: "
-    "the rest copied), copied (no usable file offset for the value: copied)",
+    "by sendfile), written (every byte written from the map: a loopback client, "
+    "gateway.local_sendfile_loopback), cut (the client was slower than "
+    "gateway.sendfile_hold_seconds allows: the rest copied), copied (no usable file offset "
+    "for the value: copied)",
     ["result"],
 )
 SENDFILE_BYTES = Counter(
     "cargohold_gateway_local_sendfile_bytes_total",
     "Chunk bytes sent from the co-located node's data.mdb by sendfile (no user-space copy)",
+)
+WRITTEN_BYTES = Counter(
+    "cargohold_gateway_local_written_bytes_total",
+    "Chunk bytes written to loopback clients straight from the LMDB map (one kernel copy)",
 )
 # Bytes compared by `pread` at a computed file offset before any sendfile from it.
 CONFIRM_BYTES = 32
@@ -205,9 +211,11 @@ class LocalChunkStore:
         sock_fd: int,
         hold_seconds: float,
         closing: Callable[[], bool],
+        mapped: bool = False,
     ) -> LocalSend | None:
         """Send bytes [lo, hi) of a local chunk to the socket `sock_fd` (non-blocking,
-        nothing buffered ahead of it) by sendfile, verified first (module docstring);
+        nothing buffered ahead of it) by sendfile (`mapped`: written from the LMDB map,
+        gateway/send_probe.py), verified first (module docstring);
         None when not held (or the store cannot be read now): nothing was sent. Raises
         LocalCopyCorrupt (nothing sent), or OSError when the client went away (`closing()`
         turned true, or the socket failed) after part was sent."""
@@ -219,7 +227,7 @@ class LocalChunkStore:
                 self._send_executor(),
                 self._send,
                 fd,
-                (chunk_id, length, lo, hi, hold_seconds, closing),
+                (chunk_id, length, lo, hi, hold_seconds, closing, mapped),
             )
         except RuntimeError:  # the executor shut down by a concurrent close()
             os.close(fd)
@@ -338,7 +346,7 @@ class LocalChunkStore:
     def _send(
         self,
         sock_fd: int,
-        args: tuple[bytes, int | None, int, int, float, Callable[[], bool]],
+        args: tuple[bytes, int | None, int, int, float, Callable[[], bool], bool],
     ) -> LocalSend | None:
         try:
             handle = self._acquire()
@@ -361,6 +369,7 @@ class LocalChunkStore:
         hi: int,
         hold_seconds: float,
         closing: Callable[[], bool],
+        mapped: bool,
     ) -> LocalSend | None:
         deadline = time.monotonic() + hold_seconds
         with self._begin(handle) as txn:
@@ -377,12 +386,16 @@ class LocalChunkStore:
                 return LocalSend(0, bytes(piece))
             data_fd, offset, mapping = found
             try:
-                sent = send_file(
-                    sock_fd, data_fd, offset + CHECKSUM_LEN + lo, hi - lo, deadline, closing
-                )
-                SENDFILE_BYTES.inc(sent)
+                if mapped:
+                    sent = send_buffer(sock_fd, piece, deadline, closing)
+                    WRITTEN_BYTES.inc(sent)
+                else:
+                    sent = send_file(
+                        sock_fd, data_fd, offset + CHECKSUM_LEN + lo, hi - lo, deadline, closing
+                    )
+                    SENDFILE_BYTES.inc(sent)
                 if sent == hi - lo:
-                    SENDS.labels("whole").inc()
+                    SENDS.labels("written" if mapped else "whole").inc()
                     return LocalSend(sent, b"")
                 # Held as long as allowed: copy the rest out and let the snapshot go.
                 SENDS.labels("cut").inc()
@@ -546,13 +559,39 @@ def send_file(
     passed; the number of bytes sent. A file shorter than expected stops it early (the
     caller copies the rest). Raises ConnectionResetError once `closing()` is true, and
     OSError (EPIPE, ECONNRESET...) when the client went away."""
+    return _push(
+        sock_fd,
+        count,
+        deadline,
+        closing,
+        lambda sent: os.sendfile(sock_fd, file_fd, offset + sent, count - sent),
+    )
+
+
+def send_buffer(
+    sock_fd: int, data: memoryview, deadline: float, closing: Callable[[], bool]
+) -> int:
+    """write(2) `data` (here: a value in the LMDB map, so the kernel copies it from the page
+    cache into the socket) to the non-blocking socket, as `send_file` does otherwise."""
+    return _push(sock_fd, len(data), deadline, closing, lambda sent: os.write(sock_fd, data[sent:]))
+
+
+def _push(
+    sock_fd: int,
+    count: int,
+    deadline: float,
+    closing: Callable[[], bool],
+    step: Callable[[int], int],
+) -> int:
+    """`step(sent)` (one non-blocking send of what is left) until `count` bytes went out,
+    waiting for room while the socket is full, or until `deadline`; a step of 0 ends it."""
     sent = 0
     poller: select.poll | None = None
     while sent < count:
         if closing():
             raise ConnectionResetError("the connection is closing")
         try:
-            n = os.sendfile(sock_fd, file_fd, offset + sent, count - sent)
+            n = step(sent)
         except BlockingIOError:
             n = -1
         if n == 0:

@@ -22,6 +22,7 @@ from gateway.cluster.local_reads import (
     CHECKSUM_LEN,
     SENDFILE_BYTES,
     SENDS,
+    WRITTEN_BYTES,
     LocalChunkStore,
     LocalCopyCorrupt,
 )
@@ -70,11 +71,12 @@ def never() -> bool:
 
 async def send_and_receive(
     store: LocalChunkStore, receiver: socket.socket, chunk_id: bytes, length: int, lo: int,
-    hi: int, sender: socket.socket,
+    hi: int, sender: socket.socket, mapped: bool = False,
 ) -> tuple[int, bytes]:  # fmt: skip
-    """(bytes sent by sendfile, everything for [lo, hi): received + the copied rest)."""
+    """(bytes sent by sendfile, or written from the map when `mapped`; everything for
+    [lo, hi): received + the copied rest)."""
     reading = asyncio.get_running_loop().run_in_executor(None, receive, receiver, hi - lo)
-    done = await store.send(chunk_id, length, lo, hi, sender.fileno(), 10.0, never)
+    done = await store.send(chunk_id, length, lo, hi, sender.fileno(), 10.0, never, mapped)
     assert done is not None
     sender.setblocking(True)
     sender.sendall(done.rest)
@@ -129,6 +131,27 @@ async def test_whole_chunks_and_ranges_go_out_by_sendfile(
     # A chunk not held: nothing sent, a miss.
     assert await store.send(blob(99)[0], None, 0, 10, sender.fileno(), 1.0, never) is None
     assert nothing_waiting(receiver)
+    store.close()
+
+
+async def test_loopback_writes_from_the_map_are_exact_and_counted_apart(
+    tmp_path: Path, writer: Writer, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """`mapped` (a loopback client where writes cost this host less: gateway/send_probe.py):
+    the same verified bytes, written from the LMDB map, none by sendfile."""
+    sender, receiver = pair
+    size = 4 * MiB
+    chunk_id, data = blob(31, size)
+    writer.do("put", 31, size)
+    store = LocalChunkStore(str(tmp_path))
+    by_sendfile, written = SENDFILE_BYTES._value.get(), WRITTEN_BYTES._value.get()
+    for lo, hi in [(0, size), (size // 3, size // 2 + 1), (size - 1, size)]:
+        sent, got = await send_and_receive(
+            store, receiver, chunk_id, size, lo, hi, sender, mapped=True
+        )
+        assert got == data[lo:hi] and sent == hi - lo
+    assert WRITTEN_BYTES._value.get() - written == size + size // 2 + 1 - size // 3 + 1
+    assert SENDFILE_BYTES._value.get() == by_sendfile
     store.close()
 
 
