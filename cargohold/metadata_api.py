@@ -1773,15 +1773,11 @@ class AccessList(Query[AccessData]):
 
 
 @dataclass(frozen=True, slots=True)
-class AccessRevision(Query[str]):
-    """The answering node's access-directory revision: an opaque string that changes
-    whenever what `access_list` answers may have changed there (gateway/auth/revision.py
-    compares it with the revision its cached directory was read at)."""
-
-    op: ClassVar[str] = "access_revision"
+class _Revision(Query[str]):
+    """A node's revision of something: an opaque "<epoch>.<count>" string, no arguments."""
 
     @classmethod
-    def from_args(cls, args: dict[str, Any]) -> AccessRevision:
+    def from_args(cls, args: dict[str, Any]) -> Self:
         return cls()
 
     @staticmethod
@@ -1794,25 +1790,22 @@ class AccessRevision(Query[str]):
 
 
 @dataclass(frozen=True, slots=True)
-class UnlinkRevision(Query[str]):
+class AccessRevision(_Revision):
+    """The answering node's access-directory revision: an opaque string that changes
+    whenever what `access_list` answers may have changed there (gateway/auth/revision.py
+    compares it with the revision its cached directory was read at)."""
+
+    op: ClassVar[str] = "access_revision"
+
+
+@dataclass(frozen=True, slots=True)
+class UnlinkRevision(_Revision):
     """The answering node's unlink revision: an opaque string that changes whenever a blob
     link or a manifest was removed there (`UNLINKS`). A gateway holding an access lease
     trusts the links and manifests it confirmed while the leader's unlink revision stays
     what it was then (gateway/manifest_cache.py `RecordCache`)."""
 
     op: ClassVar[str] = "unlink_revision"
-
-    @classmethod
-    def from_args(cls, args: dict[str, Any]) -> UnlinkRevision:
-        return cls()
-
-    @staticmethod
-    def encode_result(result: str) -> dict[str, str]:
-        return {"revision": result}
-
-    @staticmethod
-    def decode_result(raw: Any) -> str:
-        return str(raw["revision"]) if raw else ""
 
 
 @dataclass(frozen=True, slots=True)
