@@ -409,14 +409,16 @@ class GatewayConfig:
     # gateway/coalesce.py); off: one query per request.
     coalesce_manifest_reads: bool = True
     # GET/HEAD of a manifest by digest answer from this gateway's cache of (repo, digest)
-    # -> record+body for this many seconds after the cluster last confirmed it (a delete
-    # through this gateway drops it at once); 0 = always confirm (linearizable).
+    # -> record+body: under the lease as long as nothing was removed (lease_record_caches
+    # below), else for this many seconds after the cluster last confirmed it (a delete
+    # through this gateway drops it at once); 0 = without a fresh lease, always confirm.
     # See gateway/manifests.py for the staleness bound across gateways.
     manifest_digest_ttl_seconds: float = 1.0
     # ... and at most this many (repo, digest) records are kept (an LRU).
     manifest_digest_cache_entries: int = 10_000
     # GET/HEAD of a blob: the same for the (repo, digest) -> recipe link check, which
-    # otherwise costs a linearizable query per pull (gateway/blobs.py); 0 = always confirm.
+    # otherwise costs a linearizable query per pull (gateway/blobs.py); 0 = without a
+    # fresh lease, always confirm.
     blob_digest_ttl_seconds: float = 1.0
     # ... at most this many (repo, digest) recipes (an LRU), and only recipes of at most
     # this many chunks (a large blob's transfer dwarfs its query; its recipe is big).

@@ -70,7 +70,7 @@ class DirectSender:
         self.hold_seconds = hold_seconds
         # Local chunks written from the LMDB map instead of by sendfile (a loopback client).
         self.mapped = False
-        # Bytes of this body that went out by sendfile.
+        # Bytes of this body that went out beside aiohttp (by sendfile or from the map).
         self.direct_bytes = 0
 
     @classmethod

@@ -128,7 +128,9 @@ class RecordCache(Generic[V]):
                 self._items.move_to_end(key)
                 source.inc()
                 return record
-            del self._items[key]  # a revision that moved never comes back; time neither
+            # Not trusted now, nor later: a revision that moved never comes back, time only
+            # runs on (and an entry confirmed without a lease is not trusted under one).
+            del self._items[key]
         self._by_query.inc()
         return None
 

@@ -7,10 +7,10 @@ receiving side is this host's work too (the kernel even runs part of it in the s
 context), and sendfile moves work to the receiver, whose copy then reads page-cache pages
 instead of freshly written ones. The other way is a write(2) straight from the LMDB map
 (one kernel copy into the socket, on the same send threads). Which costs this host less
-depends on the kernel and the CPU: on this session's 2-core Intel Xeon VM one
-connection's 64 MiB pulls ran at 1.3 GB/s by sendfile and 2.3 by writes (8 connections:
-2.3 and 2.8), while on the AMD EPYC VM of earlier sessions sendfile beat the old copy path
-by 20-80 % (bench/README.md, "Sendfile on loopback").
+depends on the kernel and the CPU: on a 2-core Intel Xeon VM one connection's 64 MiB
+pulls ran at 1.3 GB/s by sendfile and 2.3 by writes (8 connections: 2.3 and 2.8), while on
+a 2-core AMD EPYC VM with the same kernel sendfile beat the old copy path by 20-80 %
+(bench/README.md, "Link checks under a lease, loopback pulls written from the map").
 
 `gateway.local_sendfile_loopback` says what loopback clients get: `on` (sendfile), `off`
 (writes from the map), or `auto` (the default): `LoopbackSends.start` sends 8 rounds of
