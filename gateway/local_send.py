@@ -63,13 +63,14 @@ class DirectSender:
         cluster: ClusterClient,
         store: LocalChunkStore,
         hold_seconds: float,
+        mapped: bool = False,
     ) -> None:
         self.response, self.writer, self.transport = response, writer, transport
         self.sock_fd = sock_fd
         self.cluster, self.store = cluster, store
         self.hold_seconds = hold_seconds
         # Local chunks written from the LMDB map instead of by sendfile (a loopback client).
-        self.mapped = False
+        self.mapped = mapped
         # Bytes of this body that went out beside aiohttp (by sendfile or from the map).
         self.direct_bytes = 0
 
@@ -102,9 +103,8 @@ class DirectSender:
         if fd < 0:
             return None
         # (uvloop's transports are not asyncio.Transport subclasses: no isinstance here.)
-        sender = cls(response, writer, transport, fd, ctx.cluster, store, gw.sendfile_hold_seconds)
-        sender.mapped = mapped
-        return sender
+        hold = gw.sendfile_hold_seconds
+        return cls(response, writer, transport, fd, ctx.cluster, store, hold, mapped)
 
     async def send(self, piece: LocalSlice) -> int:
         """Send one local slice (from the store, or read as usual when the store no longer
