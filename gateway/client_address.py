@@ -45,7 +45,7 @@ def parse_networks(cidrs: Iterable[str]) -> list[_Network]:
     return networks
 
 
-def _parse(entry: str) -> _Address | None:
+def parse_address(entry: str) -> _Address | None:
     """An XFF entry or peer address -> an IP address, or None. Accepts `1.2.3.4:80`,
     `[::1]:80`, `[::1]` and a zone-less IPv6 address; an IPv4-mapped IPv6 address is
     read as the IPv4 one."""
@@ -75,13 +75,13 @@ class TrustedProxies:
         (in the order received; each may hold a comma-separated list)."""
         if not peer:
             return "-"
-        peer_address = _parse(peer)
+        peer_address = parse_address(peer)
         if not self.networks or not self.trusts(peer_address):
             return str(peer_address) if peer_address is not None else peer
         entries = [e for value in forwarded_for for e in value.split(",") if e.strip()]
         client: _Address = peer_address  # type: ignore[assignment]  # trusted: not None
         for entry in reversed(entries):
-            address = _parse(entry)
+            address = parse_address(entry)
             if address is None:
                 break
             client = address

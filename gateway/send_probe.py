@@ -26,7 +26,6 @@ addresses always get sendfile (with `local_sendfile`).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import mmap
 import os
@@ -38,6 +37,7 @@ import time
 from dataclasses import dataclass
 
 from cargohold.log import log_event
+from gateway.client_address import parse_address
 from gateway.cluster.local_reads import send_buffer, send_file
 
 logger = logging.getLogger("cargohold.gateway")
@@ -66,13 +66,12 @@ class SendCosts:
 
 
 def is_loopback(peer: object) -> bool:
-    """Whether a transport's `peername` is a loopback address (None/unix: False)."""
+    """Whether a transport's `peername` is a loopback address (None/unix: False). An
+    IPv4-mapped peer (a dual-stack listener) is its IPv4 address: the same loopback path."""
     if not isinstance(peer, tuple) or not peer:
         return False
-    try:
-        return ipaddress.ip_address(str(peer[0]).split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
+    address = parse_address(str(peer[0]))
+    return address is not None and address.is_loopback
 
 
 def measure_loopback_sends(

@@ -32,7 +32,8 @@ def test_writes_must_save_a_twentieth_to_replace_sendfile() -> None:
         (("127.0.0.1", 5000), True),
         (("127.3.4.5", 1), True),
         (("::1", 5000, 0, 0), True),
-        (("::ffff:127.0.0.1", 1, 0, 0), False),  # mapped: the kernel path is IPv6's
+        (("::ffff:127.0.0.1", 1, 0, 0), True),  # a dual-stack listener's IPv4 client
+        (("::ffff:10.0.0.7", 1, 0, 0), False),
         (("10.0.0.7", 5000), False),
         (("fe80::1%eth0", 1, 0, 2), False),
         (None, False),
