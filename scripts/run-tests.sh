@@ -33,7 +33,7 @@ declare -A marker=(
 )
 # Upper bounds in seconds (a hung test must not eat CI's budget), overridable.
 declare -A limit=(
-  [unit]="${TEST_TIMEOUT_UNIT:-300}"
+  [unit]="${TEST_TIMEOUT_UNIT:-600}"
   [cluster]="${TEST_TIMEOUT_CLUSTER:-1500}"
   [clients]="${TEST_TIMEOUT_CLIENTS:-1500}"
 )

@@ -8,14 +8,35 @@ their own with `make_cluster` so that they never disturb the shared one.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hang_watch import HangWatch
 
 from cargohold_cli.devcluster import LocalCluster
+
+_HANG_WATCH = HangWatch()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Output capture is off while plugins configure: this is the real stderr, kept past
+    # the capture of each test (as pytest's faulthandler keeps it).
+    stderr = os.dup(2)
+    _HANG_WATCH.write = lambda text: os.write(stderr, text.encode(errors="replace")) and None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Each test (set-up and teardown included) is timed by the hang watch (hang_watch.py)."""
+    _HANG_WATCH.begin(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        _HANG_WATCH.end()
 
 
 @pytest.fixture(scope="session")
