@@ -31,6 +31,7 @@ async def run_every(
         try:
             await step()
         except Exception as exc:  # the loop must outlive any one failed step
+            raise_if_cancelling()  # ... but not its own cancellation, whatever it became
             log_event(
                 logger,
                 failed_event,
@@ -41,10 +42,32 @@ async def run_every(
         wait = pause()
 
 
+# How often `cancel_and_wait` asks again while a task has not ended.
+RECANCEL_SECONDS = 0.5
+
+
+def raise_if_cancelling() -> None:
+    """Raise CancelledError when the running task has been asked to cancel.
+
+    For `except` clauses of background loops: grpc.aio turns a cancellation that lands
+    inside a call into `AioRpcError(CANCELLED)` (an Exception), so a loop that catches
+    errors and goes on would swallow its own cancellation and never end, and whoever
+    awaits it on shutdown waits forever. `Task.cancelling()` still counts the request."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def cancel_and_wait(task: asyncio.Task[object] | None) -> None:
-    """Cancel a background task (None: nothing) and wait until it has ended."""
+    """Cancel a background task (None: nothing) and wait until it has ended; a task that
+    swallowed the cancellation (see `raise_if_cancelling`) is asked again every
+    `RECANCEL_SECONDS` until it ends."""
     if task is None:
         return
     task.cancel()
+    while not task.done():
+        await asyncio.wait({task}, timeout=RECANCEL_SECONDS)
+        if not task.done():
+            task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -35,6 +35,7 @@ from typing import Any
 import grpc
 
 from cargohold.log import log_event
+from cargohold.periodic import cancel_and_wait, raise_if_cancelling
 from protos import registry_pb2
 
 logger = logging.getLogger("cargohold.gateway")
@@ -83,10 +84,7 @@ class AccessLease:
     async def stop(self) -> None:
         task, self._task = self._task, None
         self._expires = float("-inf")
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:
@@ -94,6 +92,7 @@ class AccessLease:
                 try:
                     await self.session(self._open(address))
                 except (grpc.RpcError, OSError, ValueError) as exc:
+                    raise_if_cancelling()  # a stop() that landed in the call
                     code = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else repr(exc)
                     log_event(
                         logger, "auth.lease_stream_ended", logging.DEBUG, node=address, error=code

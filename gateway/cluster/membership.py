@@ -32,6 +32,7 @@ from cargohold.errors import Unavailable
 from cargohold.grpc_channels import ChannelPool
 from cargohold.log import log_event
 from cargohold.metadata_api import Members
+from cargohold.periodic import cancel_and_wait, raise_if_cancelling
 from gateway.cluster.background import BackgroundTasks
 from gateway.cluster.failures import RecentFailures
 from gateway.cluster.fullness import FullNodes
@@ -138,13 +139,11 @@ class MembershipView:
 
     async def stop(self) -> None:
         self._closed = True
-        if self._refresh_task is not None:
-            self._refresh_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresh_task
+        await cancel_and_wait(self._refresh_task)
 
     async def _refresh_loop(self) -> None:
         while True:
+            raise_if_cancelling()  # a close() that landed in a call (refresh catches those)
             await asyncio.sleep(self._next_refresh_in(time.monotonic() - self._started))
             try:
                 await self.refresh()

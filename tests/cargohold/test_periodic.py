@@ -1,5 +1,6 @@
 """cargohold/periodic.py: the loop pauses, runs its step, survives a failed step (logged
-once as a structured warning) and ends when cancelled."""
+once as a structured warning) and ends when cancelled, even when the cancellation landed
+in a call that reported it as an error (as grpc.aio does)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 
 import pytest
 
-from cargohold.periodic import run_every
+from cargohold.periodic import cancel_and_wait, run_every
 
 
 async def test_a_failed_step_is_logged_and_the_loop_goes_on(
@@ -41,3 +42,43 @@ async def test_a_failed_step_is_logged_and_the_loop_goes_on(
     (record,) = [r for r in caplog.records if r.getMessage() == "test.step_failed"]
     fields = record.fields  # type: ignore[attr-defined]
     assert fields["error"] == "RuntimeError" and len(fields["message"]) == 200
+
+
+async def test_a_cancellation_reported_as_an_error_still_ends_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """grpc.aio turns a cancellation inside a call into AioRpcError (an Exception): the
+    loop must not take it for a failed step and go on."""
+    started = asyncio.Event()
+
+    async def step() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise RuntimeError("CANCELLED") from None
+
+    task = asyncio.ensure_future(run_every(lambda: 0.0, step, logging.getLogger("t"), "t.failed"))
+    await started.wait()
+    await asyncio.wait_for(cancel_and_wait(task), 5)
+    assert task.cancelled()
+    assert "t.failed" not in caplog.text
+
+
+async def test_cancel_and_wait_asks_again_a_task_that_swallowed_the_cancellation() -> None:
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed += 1  # once, as a loop catching a converted cancellation would
+
+    task = asyncio.ensure_future(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(task), 5)
+    assert task.cancelled() and swallowed == 1

@@ -263,3 +263,28 @@ async def test_stop_ends_the_lease_loop_whenever_it_lands() -> None:
         stopping = asyncio.ensure_future(lease.stop())
         done, _ = await asyncio.wait({stopping}, timeout=5)
         assert stopping in done, f"stop hung after {steps} steps"
+
+
+class ConvertingCall(FakeCall):
+    """A call whose read turns the task's cancellation into AioRpcError(CANCELLED), as
+    grpc.aio does for a cancellation that lands inside a call."""
+
+    async def read(self) -> Any:
+        try:
+            return await super().read()
+        except asyncio.CancelledError:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(), "cancelled"
+            ) from None
+
+
+async def test_stop_ends_the_lease_loop_when_grpc_turned_the_cancellation_into_an_error() -> None:
+    """The loop catches stream errors and goes on; a cancellation grpc reported as one must
+    still end it (before: the loop slept and opened streams forever, and stop() waited)."""
+    lease = AccessLease(lambda: ["n1"], lambda address: ConvertingCall(), 0.01, Clock())
+    lease.start()
+    await asyncio.sleep(0.05)  # inside a session, waiting in read()
+    stopping = asyncio.ensure_future(lease.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=5)
+    assert stopping in done, "stop hung"
+    assert lease.revision() is None
