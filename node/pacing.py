@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
 from cargohold.log import log_event
+from cargohold.periodic import raise_if_cancelling
 
 
 @dataclass
@@ -138,6 +139,7 @@ class LoopedPassRole(PassRole[S]):
             try:
                 await self.run_pass(dry_run=dry)
             except Exception as exc:  # a bad pass must not end the role
+                raise_if_cancelling()  # ... but its cancellation, grpc's error or not, does
                 self._pass_failed(exc)
                 log_event(self._logger, f"{role}.pass_failed", logging.ERROR, error=repr(exc))
             finally:

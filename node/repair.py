@@ -64,6 +64,7 @@ from cargohold.config import Config
 from cargohold.errors import ChunkCorrupt, ChunkMissing, RegistryError, StorageFull
 from cargohold.log import log_event
 from cargohold.metadata_api import LocalQueries, Members, local
+from cargohold.periodic import raise_if_cancelling
 from cargohold.placement import replicas_for
 from node.chunkstore import ChunkStore
 from node.pacing import PassRole, PassSchedule, PassStats, RateLimiter
@@ -186,6 +187,7 @@ class RepairRole(PassRole[RepairStats]):
                 finished = False
                 self._schedule.request()
             except Exception as exc:  # a bad pass must not end the role
+                raise_if_cancelling()  # ... but its cancellation, grpc's error or not, does
                 log_event(logger, "repair.pass_failed", logging.ERROR, error=repr(exc))
             finally:
                 self.stats.running = False

@@ -49,6 +49,7 @@ from cargohold.metadata_api import (
     Recipe,
     VulnDbInfo,
 )
+from cargohold.periodic import cancel_and_wait, raise_if_cancelling
 from cargohold.vulns import report as rep
 from cargohold.vulns.match import match, sbom_packages
 from cargohold.vulns.osv import decode_index
@@ -316,11 +317,8 @@ class Rematcher:
             self._task = asyncio.create_task(self._run(), name="vulns-rematch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         passed_at = 0.0
@@ -336,8 +334,10 @@ class Rematcher:
                     self._last_generation = generation
                     passed_at = time.monotonic()
             except RegistryError as exc:
+                raise_if_cancelling()  # a stop() that landed in a call
                 log_event(logger, "vulns.rematch_failed", logging.WARNING, error=exc.code)
             except Exception as exc:  # a bug must not end the pass for good: log, go on
+                raise_if_cancelling()
                 log_event(logger, "vulns.rematch_crashed", logging.ERROR, error=repr(exc)[:300])
 
     async def run_pass(self) -> dict[str, int]:

@@ -57,3 +57,33 @@ async def test_a_failed_pass_is_logged_counted_and_the_role_goes_on(
         loop.cancel()
         with pytest.raises(asyncio.CancelledError):
             await loop
+
+
+class _CallingRole(_FlakyRole):
+    """Its pass waits in a 'call' that reports a cancellation as an error (as grpc.aio's
+    AioRpcError(CANCELLED) does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_call = asyncio.Event()
+
+    async def run_pass(self, dry_run: bool = False) -> None:
+        self.stats.begin_pass()
+        self.in_call.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise RuntimeError("CANCELLED") from None
+
+
+async def test_a_cancellation_inside_a_pass_ends_the_role_not_the_pass() -> None:
+    """Before: the role logged the 'failed pass' and waited an interval for the next one,
+    and the node's shutdown waited with it."""
+    role = _CallingRole()
+    loop = asyncio.create_task(role.run())
+    role._schedule.request()
+    await asyncio.wait_for(role.in_call.wait(), 30)
+    loop.cancel()
+    done, _ = await asyncio.wait({loop}, timeout=5)
+    assert loop in done and loop.cancelled()
+    assert role.stats.failed_passes == 0
