@@ -269,7 +269,10 @@ class ConvertingCall(FakeCall):
     """A call whose read turns the task's cancellation into AioRpcError(CANCELLED), as
     grpc.aio does for a cancellation that lands inside a call."""
 
+    reading = asyncio.Event()  # set once any such call waits in read() (one test's loop)
+
     async def read(self) -> Any:
+        self.reading.set()
         try:
             return await super().read()
         except asyncio.CancelledError:
@@ -281,9 +284,10 @@ class ConvertingCall(FakeCall):
 async def test_stop_ends_the_lease_loop_when_grpc_turned_the_cancellation_into_an_error() -> None:
     """The loop catches stream errors and goes on; a cancellation grpc reported as one must
     still end it (before: the loop slept and opened streams forever, and stop() waited)."""
+    ConvertingCall.reading = asyncio.Event()
     lease = AccessLease(lambda: ["n1"], lambda address: ConvertingCall(), 0.01, Clock())
     lease.start()
-    await asyncio.sleep(0.05)  # inside a session, waiting in read()
+    await asyncio.wait_for(ConvertingCall.reading.wait(), 5)  # the stop lands in read()
     stopping = asyncio.ensure_future(lease.stop())
     done, _ = await asyncio.wait({stopping}, timeout=5)
     assert stopping in done, "stop hung"
