@@ -316,10 +316,16 @@ async def test_a_damaged_snapshot_transfer_is_discarded_and_sent_again(
     leader = next(m for m in group if m.is_leader())
     for i in range(40):
         await _put(leader, i)
-    behind = next(m for m in group if m is not leader)
-    await wait_until(
-        lambda: behind.snapshots_taken > 0 and len(_tags(behind)) == 40, "the follower's dump"
-    )
+    # The follower to stop is one that wrote a dump of its own. (A follower that connected
+    # late may have been sent the leader's snapshot instead, and takes none of its own
+    # until its log grows again; the other one was appended to all along.)
+    followers = [m for m in group if m is not leader]
+
+    def own_dump(m: RaftMember) -> bool:
+        return m.snapshots_taken > 0 and len(_tags(m)) == 40
+
+    await wait_until(lambda: any(own_dump(m) for m in followers), "a follower's own dump")
+    behind = next(m for m in followers if own_dump(m))
     behind_cfg = configs[group.index(behind)]
     behind_last = behind._raft_log()[-1][1]
     await behind.close()
