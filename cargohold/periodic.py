@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from cargohold.log import log_event
 
@@ -71,3 +72,9 @@ async def cancel_and_wait(task: asyncio.Task[object] | None) -> None:
             task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def cancel_all_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
+    """`cancel_and_wait` for several tasks at once; what they raised is dropped (they are
+    being stopped: their failures were theirs to report)."""
+    await asyncio.gather(*(cancel_and_wait(t) for t in tasks), return_exceptions=True)

@@ -32,6 +32,7 @@ from prometheus_client import Counter
 
 from cargohold.log import log_event
 from cargohold.metadata_api import Metadata, PullEvent
+from cargohold.periodic import cancel_and_wait, raise_if_cancelling
 from gateway.access_log import USER_KEY
 from gateway.client_address import client_address
 
@@ -110,6 +111,7 @@ class PullRecorder:
                 try:
                     await self._meta.pull_record(tuple(batch))
                 except Exception as exc:
+                    raise_if_cancelling()  # a stop that landed in the call, as grpc's error
                     _FLUSH_FAILED.inc()
                     room = self._queue_max - len(self._queue)
                     kept = batch[-room:] if room > 0 else []
@@ -176,8 +178,7 @@ def pull_recorder_ctx(
         try:
             yield
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
             try:
                 async with asyncio.timeout(stop_grace):
                     await recorder.flush()

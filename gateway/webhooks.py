@@ -53,7 +53,7 @@ from cargohold.config import Config, WebhooksConfig
 from cargohold.errors import Conflict, ManifestUnknown, NameUnknown, RegistryError
 from cargohold.log import log_event
 from cargohold.metadata_api import Metadata, WebhookAdvance
-from cargohold.periodic import cancel_and_wait, run_every
+from cargohold.periodic import cancel_and_wait, raise_if_cancelling, run_every
 from cargohold.webhooks import (
     MEDIA_TYPE,
     Endpoint,
@@ -245,9 +245,7 @@ class WebhookDeliverer:
 
     async def _cancel(self, name: str) -> None:
         _, task = self._tasks.pop(name)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         with contextlib.suppress(KeyError):  # only the delivering gateway reports a lag
             LAG.remove(name)
 
@@ -294,6 +292,7 @@ class WebhookDeliverer:
                 cursor = None
                 await asyncio.sleep(self.cfg.poll_seconds)
             except _METADATA_ERRORS as exc:
+                raise_if_cancelling()  # a stop that landed in a call
                 failures += 1
                 log_event(
                     logger,
@@ -307,6 +306,7 @@ class WebhookDeliverer:
                     backoff(failures, self.cfg.backoff_seconds, self.cfg.backoff_max_seconds)
                 )
             except Exception as exc:  # a bug must not silently end this endpoint's delivery
+                raise_if_cancelling()
                 failures += 1
                 log_event(
                     logger,

@@ -19,13 +19,13 @@ same chunk are coalesced. `progress()` is `Admin.Status.extra["scrub"]`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
 from cargohold.config import Config
 from cargohold.errors import ChunkMissing, RegistryError
 from cargohold.log import log_event
+from cargohold.periodic import cancel_all_and_wait
 from cargohold.placement import rank_nodes
 from node.chunkstore import ChunkStore
 from node.pacing import LoopedPassRole, PassSchedule, PassStats, RateLimiter
@@ -109,12 +109,7 @@ class Refetcher:
         return False
 
     async def close(self) -> None:
-        tasks = list(self._inflight.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all_and_wait(list(self._inflight.values()))
 
 
 class ScrubRole(LoopedPassRole[ScrubStats]):

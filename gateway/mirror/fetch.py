@@ -64,6 +64,7 @@ from cargohold.digests import new_hasher, parse_digest
 from cargohold.errors import SizeInvalid
 from cargohold.log import log_event
 from cargohold.metadata_api import Recipe
+from cargohold.periodic import cancel_all_and_wait
 from gateway.chunking import ingest
 from gateway.cluster import ClusterClient
 from gateway.mirror.metrics import (
@@ -523,7 +524,4 @@ class Fetches:
         return fetch
 
     async def close(self) -> None:
-        tasks = [f.task for f in self.running.values() if f.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all_and_wait([f.task for f in self.running.values()])

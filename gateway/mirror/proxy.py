@@ -52,6 +52,7 @@ from cargohold.errors import (
 )
 from cargohold.log import log_event
 from cargohold.metadata_api import Metadata, Page
+from cargohold.periodic import cancel_all_and_wait
 from gateway.cluster import ClusterClient
 from gateway.manifest_cache import ManifestCache
 from gateway.manifest_format import ParsedManifest, parse_manifest, put_command
@@ -120,10 +121,7 @@ class Mirror:
         )
 
     async def close(self) -> None:
-        tasks = [*self._stores.values(), *self._background]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all_and_wait([*self._stores.values(), *self._background])
         await self.fetches.close()
         for upstream in self.upstreams.values():
             await upstream.close()

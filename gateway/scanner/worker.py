@@ -34,6 +34,7 @@ from aiohttp import web
 from cargohold import metadata_api as api
 from cargohold.errors import ScanError
 from cargohold.log import log_event
+from cargohold.periodic import cancel_all_and_wait, cancel_and_wait, raise_if_cancelling
 from gateway.context import GatewayContext
 from gateway.scanner.layer_cache import LayerCache
 from gateway.scanner.scan import scan_image
@@ -82,15 +83,9 @@ class Scanner:
             await asyncio.sleep(min(calm_at, limit) - now)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         running = dict(self._running)
-        for task in running.values():
-            task.cancel()
-        if running:
-            await asyncio.gather(*running.values(), return_exceptions=True)
+        await cancel_all_and_wait(running.values())
         for repo, digest in running:  # hand them back at once (best effort)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(_REPORT_TIMEOUT):
@@ -110,9 +105,8 @@ class Scanner:
                     if oldest is not None:
                         await self.quiet(time.monotonic() - max(0.0, time.time() - oldest))
                         await self._claim(free)
-                except asyncio.CancelledError:
-                    raise
                 except Exception as exc:
+                    raise_if_cancelling()  # a close() that landed in a call
                     log_event(logger, "scanner.claim_failed", logging.WARNING, error=repr(exc))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._cfg.poll_seconds):

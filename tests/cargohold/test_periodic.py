@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from cargohold.periodic import cancel_and_wait, run_every
+from cargohold.periodic import cancel_all_and_wait, cancel_and_wait, run_every
 
 
 async def test_a_failed_step_is_logged_and_the_loop_goes_on(
@@ -82,3 +82,19 @@ async def test_cancel_and_wait_asks_again_a_task_that_swallowed_the_cancellation
     await asyncio.sleep(0)
     await asyncio.wait_for(cancel_and_wait(task), 5)
     assert task.cancelled() and swallowed == 1
+
+
+async def test_cancel_all_and_wait_ends_every_task_and_drops_their_errors() -> None:
+    async def failing() -> None:
+        raise RuntimeError("its own failure")
+
+    async def converting() -> None:  # a cancellation reported as an error, once
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise RuntimeError("CANCELLED") from None
+
+    tasks = [asyncio.ensure_future(failing()), asyncio.ensure_future(converting()), None]
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_all_and_wait(tasks), 5)
+    assert all(t.done() for t in tasks if t is not None)
