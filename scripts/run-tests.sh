@@ -11,8 +11,9 @@
 # from the start (debootstrap, wheels, docker build: minutes of mostly network and disk
 # wait that the unit and cluster phases do not need), and the clients phase waits for it;
 # its output goes to build/test-reports/images.log, and a failed build fails the run.
-# Rerun: in the cluster and clients phases (real processes on a shared machine), tests that
-# failed run once more, alone. One that passes then is reported as FLAKY by name, here and
+# Rerun: in every phase (the unit phase too runs in-process Raft groups, threads and real
+# sockets on a shared machine, beside the image build), tests that failed run once more,
+# alone. One that passes then is reported as FLAKY by name, here and
 # in the total line, and does not fail the phase; one that fails again does. More than
 # TEST_RERUN_MAX failures (default 3) in a phase is not flakiness: no rerun then.
 #   usage: PHASES="unit cluster clients" scripts/run-tests.sh [extra pytest args]
@@ -39,7 +40,7 @@ declare -A limit=(
 )
 
 RERUN_MAX="${TEST_RERUN_MAX:-3}"
-declare -A rerun=([cluster]=1 [clients]=1)
+declare -A rerun=([unit]=1 [cluster]=1 [clients]=1)
 
 failed_phases=()
 images_pid=""
