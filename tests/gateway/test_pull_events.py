@@ -9,12 +9,12 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 from fakecluster import FakeCluster
+from stuck_call import StuckCall, assert_one_cancel_ends
 from test_manifests import OCI_MANIFEST, encode, image, link_all, put
 
 from cargohold.config import Config
 from cargohold.errors import Unavailable
 from cargohold.metadata_api import PullEvent
-from cargohold.periodic import cancel_and_wait
 from gateway import pull_events
 from gateway.app import build_app
 from gateway.context import GatewayContext
@@ -133,32 +133,11 @@ async def test_pull_recording_off() -> None:
     assert app.get(PULLS) is None
 
 
-class _StuckMeta(_Meta):
-    """A `pull_record` that waits until it is cancelled and then reports the cancellation
-    as an error, as a grpc.aio call does (the metadata client maps it to Unavailable)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.called = asyncio.Event()
-
-    async def pull_record(self, pulls: tuple[PullEvent, ...]) -> int:
-        self.called.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            raise Unavailable("CANCELLED: locally cancelled") from None
-        return 0
-
-
 async def test_a_stop_that_lands_in_a_flush_ends_the_flush_loop() -> None:
-    meta = _StuckMeta()
+    meta = _Meta()
+    stuck = StuckCall()
+    meta.pull_record = stuck  # type: ignore[method-assign]
     rec = _recorder(meta, batch=1)
     task = asyncio.create_task(rec.run())
     _record(rec, 1)  # a full batch: the loop flushes at once
-    await asyncio.wait_for(meta.called.wait(), 10)
-    task.cancel()  # once: the loop must not take it for a failed flush and go on
-    try:
-        done, _ = await asyncio.wait({task}, timeout=10)
-        assert task in done and task.cancelled()
-    finally:
-        await cancel_and_wait(task)  # ended all the same should the assertion fail
+    await assert_one_cancel_ends(task, stuck)

@@ -14,10 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from fakecluster import FakeCluster
 from prometheus_client import REGISTRY
+from stuck_call import StuckCall, assert_one_cancel_ends
 
 from cargohold import audit
 from cargohold.config import Config
-from cargohold.errors import Unavailable
 from cargohold.metadata_api import (
     Actor,
     AuditAppend,
@@ -28,7 +28,6 @@ from cargohold.metadata_api import (
     PullRecord,
     Recipe,
 )
-from cargohold.periodic import cancel_and_wait
 from cargohold.webhooks import MEDIA_TYPE, Endpoint, wants
 from gateway.activity import AuditSealer
 from gateway.webhooks import WebhookDeliverer
@@ -305,28 +304,8 @@ async def test_a_stop_that_lands_in_a_metadata_call_ends_the_delivery_loop() -> 
     Unavailable); the delivery loop retries those, but not its own cancellation."""
     fake = FakeCluster()
     d = WebhookDeliverer(config("http://127.0.0.1:9/hook"), fake.meta_api(), fake.read_all, "gw1")
-    called = asyncio.Event()
-    converted = 0
-
-    async def cursor(name: str) -> int:  # the loop's first metadata call
-        nonlocal converted
-        called.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            if converted:  # (only once: a failing test still ends)
-                raise
-            converted += 1
-            raise Unavailable("CANCELLED: locally cancelled") from None
-        return 0
-
-    d._cursor = cursor  # type: ignore[method-assign]
+    stuck = StuckCall()
+    d._cursor = stuck  # type: ignore[method-assign]  # the loop's first metadata call
     d._lease_until = time.monotonic() + 3600  # holding: the loop runs until stopped
     task = asyncio.create_task(d._deliver_loop(Endpoint("ci", "http://127.0.0.1:9/hook")))
-    await asyncio.wait_for(called.wait(), 10)
-    task.cancel()  # once
-    try:
-        done, _ = await asyncio.wait({task}, timeout=10)
-        assert task in done and task.cancelled()
-    finally:
-        await cancel_and_wait(task)  # ended all the same should the assertion fail
+    await assert_one_cancel_ends(task, stuck)
