@@ -49,7 +49,7 @@ from cargohold.config import AuditConfig
 from cargohold.errors import RegistryError, RequestInvalid
 from cargohold.log import log_event
 from cargohold.metadata_api import ROBOT_PREFIX, Actor, Metadata, Recipe
-from cargohold.periodic import cancel_and_wait, run_every
+from cargohold.periodic import cancel_and_wait, raise_if_cancelling, run_every
 from gateway.access_log import USER_KEY
 from gateway.client_address import client_address
 from gateway.context import context
@@ -197,6 +197,7 @@ class ActivityRecorder:
                     self._pending.popleft()
                 continue
             except (RegistryError, OSError, TimeoutError) as exc:
+                raise_if_cancelling()  # a stop that landed in the call: close() sends it
                 if not self._failing:
                     log_event(
                         logger,

@@ -63,7 +63,7 @@ from cargohold.errors import Conflict, RegistryError
 from cargohold.log import log_event
 from cargohold.metadata_api import Metadata, ReplicationReport
 from cargohold.names import validate_name, validate_tag
-from cargohold.periodic import cancel_and_wait, run_every
+from cargohold.periodic import cancel_and_wait, raise_if_cancelling, run_every
 from cargohold.replication import (
     RULE_STATUS_MAX,
     Rule,
@@ -265,8 +265,10 @@ class RuleRunner:
                     await asyncio.sleep(self.r.poll_seconds)
                     await self._load()
                 except _FAILURES as exc:
+                    raise_if_cancelling()  # a stop that landed in a metadata call
                     await self._failed(exc)
                 except Exception as exc:  # a bug must not silently end the rule's work
+                    raise_if_cancelling()
                     log_event(
                         logger,
                         "replication.rule_crashed",

@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from authkit import basic, start_gateway, token_config
 from fakecluster import FakeCluster
+from stuck_call import StuckCall, assert_one_cancel_ends
 from test_manifests import OCI_MANIFEST, encode, image, link_all, sha
 
 from cargohold import audit
@@ -175,3 +176,20 @@ async def test_recorder_bounds_what_waits_and_the_log_can_be_off(tmp_path: Path)
     for i in range(5):
         rec.record(audit.event("pull", time=float(i)))
     assert rec.pending == 2
+
+
+async def test_a_stop_that_lands_in_a_flush_ends_the_recorder_and_keeps_the_batch() -> None:
+    """grpc.aio reports a cancellation inside a call as an error; the flusher takes such
+    errors for a failed flush (kept for later), but not its own stop."""
+    from gateway.activity import ActivityRecorder
+
+    cfg = Config().audit
+    cfg.max_batch = 1
+    stuck = StuckCall()
+    meta = type("Meta", (), {"audit_append": staticmethod(stuck)})()
+    rec = ActivityRecorder(cfg, meta)
+    rec.start()
+    rec.record(audit.event("pull", time=1.0))  # a full batch: the flusher sends at once
+    assert rec._task is not None
+    await assert_one_cancel_ends(rec._task, stuck)
+    assert rec.pending == 1  # still there for close()'s last flush
