@@ -48,7 +48,6 @@ reader table), i.e. to run as the node's user or group (docs/operations.md).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import hashlib
 import logging
@@ -68,6 +67,7 @@ from cargohold.local_readers import ReaderMark
 from cargohold.log import log_event
 from cargohold.map_offsets import FileMaps, Mapping, buffer_address
 from cargohold.mapped_pages import release_folios
+from cargohold.warm_pool import WarmThreadPool
 
 _T = TypeVar("_T")
 
@@ -180,7 +180,7 @@ class LocalChunkStore:
         self._lock = threading.Lock()
         self._file_lock = threading.Lock()
         self._send_threads = send_threads
-        self._sender: concurrent.futures.ThreadPoolExecutor | None = None
+        self._sender: WarmThreadPool | None = None
         self._handle: _Handle | None = None
         self._next_open = 0.0
         self._next_check = 0.0
@@ -293,11 +293,9 @@ class LocalChunkStore:
         if sender is not None:
             sender.shutdown(wait=False)
 
-    def _send_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+    def _send_executor(self) -> WarmThreadPool:
         if self._sender is None:
-            self._sender = concurrent.futures.ThreadPoolExecutor(
-                self._send_threads, thread_name_prefix="local-sendfile"
-            )
+            self._sender = WarmThreadPool(self._send_threads, thread_name_prefix="local-sendfile")
         return self._sender
 
     def _count_corrupt(self, chunk_id: bytes) -> None:
