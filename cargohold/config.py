@@ -395,7 +395,8 @@ class GatewayConfig:
     # Longest a sendfile may hold its LMDB read transaction (pinning the node's free
     # pages) for one chunk; a client too slow for that gets the rest of the chunk copied.
     sendfile_hold_seconds: float = 1.0
-    # Threads doing those sends (each waits on its client's socket while it is full).
+    # Threads doing those sends (each waits on its client's socket while it is full); a
+    # send starting while none runs always takes the same one (cargohold/warm_pool.py).
     sendfile_threads: int = 16
     # Largest blob an upload may commit (bytes); 0 means no limit.
     max_blob_size: int = 0
