@@ -59,7 +59,7 @@ from cargohold.errors import (
 )
 from cargohold.log import log_event
 from cargohold.memtune import tune_malloc
-from cargohold.periodic import cancel_and_wait
+from cargohold.periodic import cancel_all_and_wait
 from cargohold.ports import ensure_bindable
 from node import chunk_service
 from node.access import AccessInterceptor
@@ -312,8 +312,8 @@ async def _run_locked(cfg: Config) -> None:
         log_event(logger, "node.stopping", id=node.id)
     finally:
         # Roles whose pass was in a call when cancelled may have swallowed it (grpc reports
-        # it as an error): cancel_and_wait asks again until each has ended.
-        await asyncio.gather(*(cancel_and_wait(task) for task in tasks))
+        # it as an error): cancel_all_and_wait asks again until each has ended.
+        await cancel_all_and_wait(tasks)
         if metrics_server is not None:
             await asyncio.to_thread(metrics_server.stop)
         exits.close()
