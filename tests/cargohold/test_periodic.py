@@ -10,6 +10,7 @@ import logging
 import pytest
 
 from cargohold.periodic import cancel_all_and_wait, cancel_and_wait, run_every
+from tests.cancel_fakes import converted_cancel
 
 
 async def test_a_failed_step_is_logged_and_the_loop_goes_on(
@@ -53,10 +54,7 @@ async def test_a_cancellation_reported_as_an_error_still_ends_the_loop(
 
     async def step() -> None:
         started.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            raise RuntimeError("CANCELLED") from None
+        await converted_cancel(RuntimeError("CANCELLED"))
 
     task = asyncio.ensure_future(run_every(lambda: 0.0, step, logging.getLogger("t"), "t.failed"))
     await started.wait()
@@ -89,10 +87,7 @@ async def test_cancel_all_and_wait_ends_every_task_and_drops_their_errors() -> N
         raise RuntimeError("its own failure")
 
     async def converting() -> None:  # a cancellation reported as an error, once
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            raise RuntimeError("CANCELLED") from None
+        await converted_cancel(RuntimeError("CANCELLED"))
 
     tasks = [asyncio.ensure_future(failing()), asyncio.ensure_future(converting()), None]
     await asyncio.sleep(0)

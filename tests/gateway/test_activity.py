@@ -11,7 +11,6 @@ import pytest
 from aiohttp.test_utils import TestClient
 from authkit import basic, start_gateway, token_config
 from fakecluster import FakeCluster
-from stuck_call import StuckCall, assert_one_cancel_ends
 from test_manifests import OCI_MANIFEST, encode, image, link_all, sha
 
 from cargohold import audit
@@ -19,6 +18,7 @@ from cargohold.config import Config
 from cargohold.metadata_api import AuditHeadInfo
 from gateway.activity import ACTIVITY, AuditSealer
 from gateway.pull_events import PULLS
+from tests.cancel_fakes import StuckCall, assert_one_cancel_ends
 
 USERS = {"alice": "alice-secret"}
 UA = {"User-Agent": "docker/27.0 go/1.22"}

@@ -17,6 +17,7 @@ from cargohold.metadata_api import AccessData, UserInfo
 from gateway.auth.directory import Directory
 from gateway.auth.lease import AccessLease
 from protos import registry_pb2 as pb
+from tests.cancel_fakes import converted_cancel
 
 LEASE = 0.25
 
@@ -273,12 +274,10 @@ class ConvertingCall(FakeCall):
 
     async def read(self) -> Any:
         self.reading.set()
-        try:
-            return await super().read()
-        except asyncio.CancelledError:
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(), "cancelled"
-            ) from None
+        cancelled = grpc.aio.AioRpcError(
+            grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(), "cancelled"
+        )
+        return await converted_cancel(cancelled, super().read())
 
 
 async def test_stop_ends_the_lease_loop_when_grpc_turned_the_cancellation_into_an_error() -> None:

@@ -9,7 +9,6 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 from fakecluster import FakeCluster
-from stuck_call import StuckCall, assert_one_cancel_ends
 from test_manifests import OCI_MANIFEST, encode, image, link_all, put
 
 from cargohold.config import Config
@@ -19,6 +18,7 @@ from gateway import pull_events
 from gateway.app import build_app
 from gateway.context import GatewayContext
 from gateway.pull_events import PULLS, PullRecorder
+from tests.cancel_fakes import StuckCall, assert_one_cancel_ends
 
 REPO = "library/app"
 

@@ -6,11 +6,11 @@ retries)."""
 from __future__ import annotations
 
 from fakecluster import FakeCluster
-from stuck_call import StuckCall, assert_one_cancel_ends
 
 from cargohold.config import Config
 from gateway.context import GatewayContext
 from gateway.scanner.worker import Scanner
+from tests.cancel_fakes import StuckCall, assert_one_cancel_ends
 
 
 async def test_a_stop_that_lands_in_a_metadata_call_ends_the_claim_loop() -> None:

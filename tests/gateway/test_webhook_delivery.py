@@ -14,7 +14,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from fakecluster import FakeCluster
 from prometheus_client import REGISTRY
-from stuck_call import StuckCall, assert_one_cancel_ends
 
 from cargohold import audit
 from cargohold.config import Config
@@ -31,6 +30,7 @@ from cargohold.metadata_api import (
 from cargohold.webhooks import MEDIA_TYPE, Endpoint, wants
 from gateway.activity import AuditSealer
 from gateway.webhooks import WebhookDeliverer
+from tests.cancel_fakes import StuckCall, assert_one_cancel_ends
 
 D = "sha256:" + "cd" * 32
 OCI = "application/vnd.oci.image.manifest.v1+json"

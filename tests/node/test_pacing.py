@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from node.pacing import LoopedPassRole, PassSchedule, PassStats
+from tests.cancel_fakes import converted_cancel
 
 
 @dataclass
@@ -70,10 +71,7 @@ class _CallingRole(_FlakyRole):
     async def run_pass(self, dry_run: bool = False) -> None:
         self.stats.begin_pass()
         self.in_call.set()
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            raise RuntimeError("CANCELLED") from None
+        await converted_cancel(RuntimeError("CANCELLED"))
 
 
 async def test_a_cancellation_inside_a_pass_ends_the_role_not_the_pass() -> None:
