@@ -15,7 +15,11 @@
   free pages to the host (virtio_balloon free page reporting) every first touch of such a
   page is a host fault, so this is CPU-bound by the hypervisor, not by the disk. The second
   (`page_cache_rewrite`) is the kernel's copy alone.
-Each is bounded in bytes; all are blocking and run in a worker thread.
+Each is bounded in bytes; all are blocking and run in a worker thread. The one-core
+figures (sha256, xxh3, memcpy, loopback) are the best of `ROUNDS` runs of a third of the
+bytes each: a bound is what the machine can do, and one run that another process or the
+host preempted read 10.6 GB/s for xxh3 where the same VM build read 26.1 in the next run
+(runs u and w of 2026-12-05).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +210,15 @@ def loopback_copy_mb_s(total: int) -> float:
     return received / elapsed / 1e6
 
 
+ROUNDS = 3
+
+
+def best_of(rate: Callable[[int], float], total: int, rounds: int = ROUNDS) -> float:
+    """The highest of `rounds` runs of `rate`, each over an equal share of `total` bytes."""
+    share = max(total // max(rounds, 1), 1)
+    return max(rate(share) for _ in range(max(rounds, 1)))
+
+
 def measure(workdir: Path, scale: int) -> dict[str, Any]:
     """All bounds; `scale` bytes per measurement (LMDB and the page cache writes get a
     quarter: LMDB hits the disk, the page cache writes pause and leave dirty pages).
@@ -213,10 +227,10 @@ def measure(workdir: Path, scale: int) -> dict[str, Any]:
     page reporting (3-15 s) before writing."""
     quarter = max(scale // 4, 16 * MiB)
     bounds = {
-        "sha256_MB_per_s": round(sha256_mb_s(scale), 1),
-        "xxh3_MB_per_s": round(xxh3_mb_s(scale), 1),
-        "memcpy_MB_per_s": round(memcpy_mb_s(scale), 1),
-        "loopback_copy_MB_per_s": round(loopback_copy_mb_s(scale), 1),
+        "sha256_MB_per_s": round(best_of(sha256_mb_s, scale), 1),
+        "xxh3_MB_per_s": round(best_of(xxh3_mb_s, scale), 1),
+        "memcpy_MB_per_s": round(best_of(memcpy_mb_s, scale), 1),
+        "loopback_copy_MB_per_s": round(best_of(loopback_copy_mb_s, scale), 1),
         "lmdb_fsync_write_MB_per_s": round(lmdb_fsync_write_mb_s(quarter, workdir), 1),
     }
     fresh, rewrite = page_cache_write_mb_s(quarter, workdir)

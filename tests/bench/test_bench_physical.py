@@ -36,3 +36,17 @@ def test_wait_lasts_while_reporting_goes_on(monkeypatch: pytest.MonkeyPatch) -> 
     busy = itertools.count(0, 64 * 1024)
     monkeypatch.setattr(physical, "_reported_kib", lambda: next(busy))
     assert physical.wait_for_free_page_reporting(0.3) >= 0.8
+
+
+def test_one_core_bounds_are_the_best_of_their_rounds() -> None:
+    """A bound is what the machine can do: a round slowed by someone else does not count,
+    and the rounds share the bytes."""
+    rates = iter([900.0, 2500.0, 1200.0])
+    asked: list[int] = []
+
+    def rate(total: int) -> float:
+        asked.append(total)
+        return next(rates)
+
+    assert physical.best_of(rate, 3 * MiB, rounds=3) == 2500.0
+    assert asked == [MiB, MiB, MiB]
