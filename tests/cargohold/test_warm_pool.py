@@ -1,7 +1,7 @@
 """cargohold/warm_pool.py: results and errors come back; a lone stream of jobs stays on
-one thread even after a burst started many;
-concurrent jobs run side by side; one worker runs everything in order; cancelled and
-failed jobs are counted out; shutdown refuses new jobs; asyncio can use it."""
+one thread even after a burst started many; concurrent jobs run side by side; one worker
+runs everything in order; cancelled and failed jobs are counted out; shutdown refuses new
+jobs; asyncio can use it."""
 
 from __future__ import annotations
 
