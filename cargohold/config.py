@@ -218,8 +218,19 @@ class NodeConfig:
     repair_view_refresh: float = 15.0
     # Deadline of one node->node chunk RPC (repair copies, scrub re-fetches).
     peer_rpc_timeout: float = 30.0
-    # gRPC message limit (a chunk plus headroom).
+    # gRPC message limit (a chunk plus headroom); also the largest bulk put frame.
     grpc_max_message: int = 64 * MiB
+    # Bulk put port (cargohold/bulk_wire.py: chunk Puts framed on plain TCP, about a third
+    # of a gRPC Put's CPU per byte at both ends), advertised to gateways by
+    # `Chunks.BulkAddress`. "auto": the `grpc_listen` host on a free port; "host:port":
+    # fixed (open it where the gRPC port is open); "" = off. Never with TLS configured
+    # (`cluster.tls_cert`): chunk bytes then keep to the encrypted gRPC channel.
+    bulk_listen: str = "auto"
+    # Open bulk connections at most (more are closed on accept); each holds at most one
+    # chunk frame in memory.
+    bulk_max_connections: int = 256
+    # A bulk connection that reads nothing for this long is closed (mid-frame included).
+    bulk_idle_seconds: float = 120.0
     # Chunks.List: ids per streamed page when the caller asks for 0, and the largest page.
     chunk_list_page_size: int = 1000
     chunk_list_page_max: int = 10_000
@@ -367,6 +378,14 @@ class GatewayConfig:
     pack_max_items: int = 64
     pack_max_bytes: int = 1 * MiB
     pack_chunk_max_bytes: int = 64 * 1024
+    # Bulk puts (cargohold/bulk_wire.py): chunks larger than `pack_chunk_max_bytes` go to a
+    # node's bulk port when it advertises one (`node.bulk_listen`), else as gRPC Puts.
+    # A node whose bulk port cannot be reached is sent gRPC Puts and asked for its bulk
+    # address again after `bulk_retry_seconds`. At most `bulk_idle_connections` idle
+    # connections are kept per node. `bulk_puts = false`: gRPC only.
+    bulk_puts: bool = True
+    bulk_retry_seconds: float = 10.0
+    bulk_idle_connections: int = 16
     # A node that answers UNIMPLEMENTED to a pack (it predates packs: a rolling upgrade)
     # gets single calls this long before packs are tried again.
     pack_unimplemented_retry_seconds: float = 300.0
@@ -1054,6 +1073,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("node.grpc_max_message must exceed cluster.chunk_size by 1 MiB")
     if cfg.gateway.max_manifest_size < 1024:
         raise ConfigError("gateway.max_manifest_size is too small")
+    bulk = cfg.node.bulk_listen
+    if bulk not in ("", "auto") and not bulk.rpartition(":")[2].isdigit():
+        raise ConfigError('node.bulk_listen must be "auto", "" or host:port')
+    if cfg.node.bulk_max_connections < 1 or cfg.node.bulk_idle_seconds <= 0:
+        raise ConfigError("node.bulk_max_connections and node.bulk_idle_seconds must be > 0")
     if not 16 * 1024 <= cfg.node.grpc_max_frame_size <= 16 * MiB - 1:
         raise ConfigError("node.grpc_max_frame_size must be between 16 KiB and 16 MiB - 1")
     if cfg.gateway.manifest_digest_ttl_seconds < 0:

@@ -11,6 +11,8 @@ The matrix (docs/security.md renders it):
 
     RPC                         gateway   node   admin
     Chunks.Put/PutMany/Has      yes       yes    yes (`admin vulndb import` stores the index)
+    Chunks.BulkAddress          yes       yes    -
+    bulk port hello             yes       yes    -   (`BULK_ROLES`, node/bulk_puts.py)
     Chunks.Get                  yes       yes    yes (audit verify reads sealed segments)
     Chunks.List/Delete          -         yes    -
     Metadata.Query              yes       yes    yes
@@ -45,6 +47,10 @@ _NODE = frozenset({"node"})
 _OPERATORS = frozenset({"node", "admin"})
 _ADMIN = frozenset({"admin"})
 
+# Who may open a bulk put connection (cargohold/bulk_wire.py; not a gRPC method): the
+# chunk writers, gateways and nodes.
+BULK_ROLES = _DATA
+
 RPC_ROLES: dict[str, frozenset[str]] = {
     # The admin CLI stores the vulnerability database's index (`cargohold admin vulndb`).
     "/cargohold.v1.Chunks/Put": _ALL,
@@ -53,6 +59,8 @@ RPC_ROLES: dict[str, frozenset[str]] = {
     # The admin CLI reads the activity log's sealed segments (`cargohold admin audit`).
     "/cargohold.v1.Chunks/Get": _ALL,
     "/cargohold.v1.Chunks/Has": _ALL,
+    # Where the bulk put port is (cargohold/bulk_wire.py): asked by whoever may use it.
+    "/cargohold.v1.Chunks/BulkAddress": _DATA,
     "/cargohold.v1.Chunks/List": _NODE,
     "/cargohold.v1.Chunks/Delete": _NODE,
     "/cargohold.v1.Metadata/Query": _ALL,

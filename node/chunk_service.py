@@ -103,6 +103,8 @@ class ChunksServicer(pb_grpc.ChunksServicer):
         self._on_corrupt = on_corrupt
         self._page_size = max(1, page_size)
         self._page_max = max(1, page_max)
+        # Where this node takes bulk puts (node/bulk_puts.py), once listening; "" = nowhere.
+        self.bulk_address = ""
 
     async def Put(
         self, request: pb.PutChunkRequest, context: grpc.aio.ServicerContext
@@ -165,6 +167,16 @@ class ChunksServicer(pb_grpc.ChunksServicer):
         return await self._store.put(
             chunk_id, fields.get(2, empty), checksum, verify_id=self._verify_put_sha256
         )
+
+    async def BulkAddress(
+        self, request: pb.BulkAddressRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BulkAddressReply:
+        return pb.BulkAddressReply(address=self.bulk_address)
+
+    async def put_value(self, chunk_id: bytes, value: memoryview) -> bool:
+        """A bulk put (node/bulk_puts.py): `checksum || data` as received, checked as `Put`
+        checks its chunk."""
+        return await self._store.put_value(chunk_id, value, verify_id=self._verify_put_sha256)
 
     async def Get(
         self, request: pb.GetChunkRequest, context: grpc.aio.ServicerContext
@@ -278,6 +290,12 @@ def add_to_server(
             pb.DeleteChunksReply,
         ),
         ("List", grpc.unary_stream_rpc_method_handler, pb.ListChunksRequest, pb.ListChunksReply),
+        (
+            "BulkAddress",
+            grpc.unary_unary_rpc_method_handler,
+            pb.BulkAddressRequest,
+            pb.BulkAddressReply,
+        ),
     ):
         handlers[name] = kind(
             getattr(servicer, name),

@@ -175,6 +175,13 @@ class ChunkStore(Protocol):
         data), StorageFull."""
         ...
 
+    async def put_value(
+        self, chunk_id: bytes, value: bytes | bytearray | memoryview, verify_id: bool = True
+    ) -> bool:
+        """`put` of `checksum || data` laid out as stored (the sender's checksum in front),
+        checked in place (`check_value`) and stored without joining the two."""
+        ...
+
     async def get(self, chunk_id: bytes) -> bytes:
         """The verified bytes. Raises ChunkMissing, ChunkCorrupt."""
         ...
@@ -222,15 +229,11 @@ class ChunkStore(Protocol):
     def close(self) -> None: ...
 
 
-def prepare_value(
-    chunk_id: bytes, data: bytes | memoryview, checksum: bytes | None, verify_id: bool = True
+def _checked(
+    chunk_id: bytes, data: bytes | memoryview, checksum: bytes | None, verify_id: bool
 ) -> bytes:
-    """Check `data` against its id and the sender's checksum; return `checksum || data`.
-
-    The sha256 id check is skipped only when `verify_id` is False AND a checksum came
-    with the data: then the sender (a gateway, a trusted cluster member that computed
-    the id from these bytes) vouches for the id and xxh3 catches transport corruption.
-    """
+    """The data's checksum, once `data` matched its id and the sender's checksum (the
+    checks `prepare_value` documents); DigestInvalid when either does not."""
     if len(chunk_id) != CHUNK_ID_LEN:
         raise DigestInvalid("chunk id is not a sha256 digest", detail={"chunk": chunk_id.hex()})
     if (verify_id or not checksum) and hashlib.sha256(data).digest() != chunk_id:
@@ -242,7 +245,31 @@ def prepare_value(
         raise DigestInvalid(
             "chunk checksum does not match its data", detail={"chunk": chunk_id.hex()}
         )
-    return actual + data
+    return actual
+
+
+def prepare_value(
+    chunk_id: bytes, data: bytes | memoryview, checksum: bytes | None, verify_id: bool = True
+) -> bytes:
+    """Check `data` against its id and the sender's checksum; return `checksum || data`.
+
+    The sha256 id check is skipped only when `verify_id` is False AND a checksum came
+    with the data: then the sender (a gateway, a trusted cluster member that computed
+    the id from these bytes) vouches for the id and xxh3 catches transport corruption.
+    """
+    return _checked(chunk_id, data, checksum, verify_id) + data
+
+
+def check_value(
+    chunk_id: bytes, value: bytes | bytearray | memoryview, verify_id: bool = True
+) -> None:
+    """`prepare_value`'s checks on a value already laid out as stored, `checksum || data`
+    (a bulk put's buffer as received, cargohold/bulk_wire.py), with the sender's checksum
+    in front."""
+    if len(value) < CHECKSUM_LEN:
+        raise DigestInvalid("chunk value shorter than its checksum")
+    view = memoryview(value)  # slices of it are views: the data is not copied
+    _checked(chunk_id, view[CHECKSUM_LEN:], bytes(view[:CHECKSUM_LEN]), verify_id)
 
 
 def is_intact(value: bytes | memoryview) -> bool:
@@ -317,7 +344,7 @@ class _Batch:
         log_event(logger, "chunk.quarantined", logging.WARNING, chunk=chunk_id.hex())
         return True
 
-    def put(self, chunk_id: bytes, value: bytes) -> bool:
+    def put(self, chunk_id: bytes, value: bytes | bytearray | memoryview) -> bool:
         existing = self.txn.get(chunk_id, db=self.store._chunks)
         if existing is not None:
             if is_intact(existing):
@@ -365,7 +392,7 @@ class _Op:
     kind: str
     future: concurrent.futures.Future[int]
     chunk_id: bytes = b""
-    value: bytes = b""
+    value: bytes | bytearray | memoryview = b""
     ids: tuple[bytes, ...] = ()
     cutoff: float = 0.0
     freed: int = 0  # sweep: bytes removed
@@ -504,15 +531,34 @@ class LmdbChunkStore:
         checksum: bytes | None = None,
         verify_id: bool = True,
     ) -> bool:
-        if self._space is not None:
-            try:
-                self._space.admit(len(data) + CHECKSUM_LEN)
-            except StorageFull:
-                # A put is idempotent: a chunk already held needs no space.
-                if len(chunk_id) == CHUNK_ID_LEN and (await self.has([chunk_id]))[0]:
-                    return True
-                raise
+        if await self._held_when_full(chunk_id, len(data)):
+            return True
         value = await prepare_value_async(chunk_id, data, checksum, verify_id)
+        return await self._put_value(chunk_id, value)
+
+    async def put_value(
+        self, chunk_id: bytes, value: bytes | bytearray | memoryview, verify_id: bool = True
+    ) -> bool:
+        if await self._held_when_full(chunk_id, len(value) - CHECKSUM_LEN):
+            return True
+        await hash_off_loop(len(value), check_value, chunk_id, value, verify_id)
+        return await self._put_value(chunk_id, value)
+
+    async def _held_when_full(self, chunk_id: bytes, size: int) -> bool:
+        """Admit `size` more bytes, or, with no space left, whether the chunk is held
+        already (a put is idempotent: a chunk already held needs no space); StorageFull
+        when it is not."""
+        if self._space is None:
+            return False
+        try:
+            self._space.admit(size + CHECKSUM_LEN)
+        except StorageFull:
+            if len(chunk_id) == CHUNK_ID_LEN and (await self.has([chunk_id]))[0]:
+                return True
+            raise
+        return False
+
+    async def _put_value(self, chunk_id: bytes, value: bytes | bytearray | memoryview) -> bool:
         result = await self._submit(
             _Op("put", concurrent.futures.Future(), chunk_id=chunk_id, value=value)
         )

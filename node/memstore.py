@@ -54,6 +54,12 @@ class MemoryChunkStore:
         self._bytes += len(data)
         return False
 
+    async def put_value(
+        self, chunk_id: bytes, value: bytes | bytearray | memoryview, verify_id: bool = True
+    ) -> bool:
+        view = memoryview(value)
+        return await self.put(chunk_id, view[CHECKSUM_LEN:], bytes(view[:CHECKSUM_LEN]), verify_id)
+
     async def get(self, chunk_id: bytes) -> bytes:
         data, _ = await self.get_with_checksum(chunk_id)
         return data

@@ -16,7 +16,9 @@ counted by method as plain integers the servicers bump (`PackCounts`), read at s
 time: `cargohold_node_packed_calls` and `cargohold_node_packed_requests` (their items;
 requests / calls is the mean pack size). Each packed command is still observed in the
 command histogram under its own op, and packed puts share the commit histogram's
-transactions like single puts. Every series carries `node` (the node id); no label takes
+transactions like single puts. Bulk puts (node/bulk_puts.py) are counted the same way
+(`BulkCounters`): `cargohold_node_bulk_puts`, `_bulk_put_bytes`, `_bulk_refused`, and the
+open connections. Every series carries `node` (the node id); no label takes
 a repository name, digest or chunk id.
 """
 
@@ -32,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from cargohold.errors import RegistryError
+from node.bulk_puts import BulkCounters
 from node.chunkstore import StoreUsage
 from node.disk import DiskSpace
 
@@ -94,9 +97,11 @@ class NodeCollector(Collector):
         gc: _Role | None = None,
         retention: _Role | None = None,
         packs: PackCounts | None = None,
+        bulk: BulkCounters | None = None,
     ) -> None:
         self._node = node_id
         self._packs = packs
+        self._bulk = bulk
         self._raft = raft
         self._store = store
         self._space = space
@@ -124,6 +129,23 @@ class NodeCollector(Collector):
         yield from self._gc_metrics()
         yield from self._retention_metrics()
         yield from self._pack_metrics()
+        yield from self._bulk_metrics()
+
+    def _bulk_metrics(self) -> Iterator[Any]:
+        b = self._bulk
+        if b is None:
+            return
+        c = self._counter
+        yield c("cargohold_node_bulk_puts", "Chunk puts stored from the bulk port", b.puts)
+        yield c("cargohold_node_bulk_put_bytes", "Chunk bytes stored from the bulk port", b.bytes)
+        yield c(
+            "cargohold_node_bulk_refused",
+            "Bulk connections or frames refused (authentication, role, framing, limits)",
+            b.refused,
+        )
+        yield self._gauge(
+            "cargohold_node_bulk_connections", "Open bulk port connections", b.connections
+        )
 
     def _pack_metrics(self) -> Iterator[Any]:
         if self._packs is None:
@@ -361,6 +383,7 @@ def node_metrics(
     gc: _Role | None = None,
     retention: _Role | None = None,
     packs: PackCounts | None = None,
+    bulk: BulkCounters | None = None,
 ) -> Iterator[NodeCollector]:
     """Register the collector and the latency observers for the node's lifetime."""
     commands: dict[str, Any] = {}
@@ -371,7 +394,9 @@ def node_metrics(
             child = commands[op] = RAFT_COMMAND_SECONDS.labels(node_id, op)
         child.observe(seconds)
 
-    collector = NodeCollector(node_id, raft, store, space, repair, scrub, gc, retention, packs)
+    collector = NodeCollector(
+        node_id, raft, store, space, repair, scrub, gc, retention, packs, bulk
+    )
     raft.command_observer = observe_command
     store.commit_observer = CHUNK_COMMIT_SECONDS.labels(node_id).observe
     REGISTRY.register(collector)

@@ -15,7 +15,8 @@
    when `cluster.tls_cert`/`tls_key` are set, mTLS when `cluster.tls_ca` is set too),
    every call authenticated and checked against the role matrix (node/access.py): by
    the client certificate under mTLS, else by the per-call token; a node without
-   `cluster.secret` refuses to start;
+   `cluster.secret` refuses to start; with plaintext gRPC it also takes bulk chunk puts
+   on `node.bulk_listen` (node/bulk_puts.py), advertised by `Chunks.BulkAddress`;
 3. joins the member list (`member_join`, retried until a leader commits it);
 4. runs leader housekeeping: every `housekeeping_interval` the leader expires upload
    sessions untouched for `upload_expire_after` (the catalogue's `expire_uploads`);
@@ -26,7 +27,7 @@
    membership changes arrive through Admin (node/membership.py);
 5. serves Prometheus metrics, `/healthz` and `/readyz` on `node.metrics_address` when set
    (node/metrics.py, node/metrics_http.py: a thread of its own, off the gRPC loop);
-6. on SIGTERM/SIGINT: stops gRPC with `shutdown_grace`, stops Raft, closes LMDB.
+6. on SIGTERM/SIGINT: stops the bulk port, gRPC with `shutdown_grace`, Raft, closes LMDB.
 
 `main(cfg)` tunes malloc for chunk-sized buffers (cargohold/memtune.py) and runs it on
 uvloop; `cargohold node --config F` calls it.
@@ -62,8 +63,9 @@ from cargohold.memtune import tune_malloc
 from cargohold.periodic import cancel_all_and_wait
 from cargohold.ports import ensure_bindable
 from node import chunk_service
-from node.access import AccessInterceptor
+from node.access import BULK_ROLES, AccessInterceptor
 from node.admin_service import AdminServicer
+from node.bulk_puts import BulkPutServer, advertise_host
 from node.chunkstore import LmdbChunkStore
 from node.disk import DiskSpace
 from node.dry_run import DryRunTrigger
@@ -213,6 +215,7 @@ async def _run_locked(cfg: Config) -> None:
     raft: RaftMember | None = None
     search: SearchIndexBuilder | None = None
     server: grpc.aio.Server | None = None
+    bulk: BulkPutServer | None = None
     tasks: list[asyncio.Task[None]] = []
     peers = PeerPool(cfg)
     scrub: ScrubRole | None = None
@@ -251,7 +254,7 @@ async def _run_locked(cfg: Config) -> None:
             ],
         )
         packs = PackCounts()
-        chunk_service.add_to_server(
+        chunks = chunk_service.add_to_server(
             server, store, node, on_corrupt=scrub.refetcher.schedule, packs=packs
         )
         registry_pb2_grpc.add_MetadataServicer_to_server(
@@ -283,10 +286,32 @@ async def _run_locked(cfg: Config) -> None:
                 server.add_secure_port(node.grpc_listen, creds)
         except RuntimeError:
             raise AddressInUse(f"cannot listen on {node.grpc_listen} (gRPC)") from None
+        if node.bulk_listen and creds is None:
+            # Plaintext gRPC only: with TLS, chunk bytes keep to the encrypted channel.
+            bulk = BulkPutServer(
+                cfg, chunks.put_value, BULK_ROLES, advertise_host(node.grpc_advertise)
+            )
+            try:
+                chunks.bulk_address = await bulk.start()
+            except OSError as exc:
+                raise AddressInUse(
+                    f"cannot listen on {node.bulk_listen} (bulk puts): {exc}"
+                ) from None
         await server.start()
         if node.metrics_address:
             exits.enter_context(
-                node_metrics(node.id, raft, store, space, repair, scrub, gc, retention, packs)
+                node_metrics(
+                    node.id,
+                    raft,
+                    store,
+                    space,
+                    repair,
+                    scrub,
+                    gc,
+                    retention,
+                    packs,
+                    bulk.counters if bulk is not None else None,
+                )
             )
             metrics_server = MetricsServer(node.metrics_address, _ready_check(raft))
             metrics_server.start()
@@ -317,6 +342,8 @@ async def _run_locked(cfg: Config) -> None:
         if metrics_server is not None:
             await asyncio.to_thread(metrics_server.stop)
         exits.close()
+        if bulk is not None:
+            await bulk.stop()
         if server is not None:
             await server.stop(node.shutdown_grace)
         if scrub is not None:

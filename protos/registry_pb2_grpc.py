@@ -64,6 +64,11 @@ class ChunksStub:
                 request_serializer=protos_dot_registry__pb2.ListChunksRequest.SerializeToString,
                 response_deserializer=protos_dot_registry__pb2.ListChunksReply.FromString,
                 _registered_method=True)
+        self.BulkAddress = channel.unary_unary(
+                '/cargohold.v1.Chunks/BulkAddress',
+                request_serializer=protos_dot_registry__pb2.BulkAddressRequest.SerializeToString,
+                response_deserializer=protos_dot_registry__pb2.BulkAddressReply.FromString,
+                _registered_method=True)
 
 
 class ChunksServicer:
@@ -122,6 +127,16 @@ class ChunksServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BulkAddress(self, request, context):
+        """Where this node takes bulk chunk puts: the same Put, framed on a plain TCP connection
+        instead of gRPC (protos/README.md, "Bulk puts"; cargohold/bulk_wire.py). Empty when
+        it takes none (gRPC with TLS, or `node.bulk_listen` empty). A node that predates it
+        answers UNIMPLEMENTED: the gateway then sends that node gRPC Puts only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChunksServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +169,11 @@ def add_ChunksServicer_to_server(servicer, server):
                     servicer.List,
                     request_deserializer=protos_dot_registry__pb2.ListChunksRequest.FromString,
                     response_serializer=protos_dot_registry__pb2.ListChunksReply.SerializeToString,
+            ),
+            'BulkAddress': grpc.unary_unary_rpc_method_handler(
+                    servicer.BulkAddress,
+                    request_deserializer=protos_dot_registry__pb2.BulkAddressRequest.FromString,
+                    response_serializer=protos_dot_registry__pb2.BulkAddressReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -318,6 +338,33 @@ class Chunks:
             '/cargohold.v1.Chunks/List',
             protos_dot_registry__pb2.ListChunksRequest.SerializeToString,
             protos_dot_registry__pb2.ListChunksReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BulkAddress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cargohold.v1.Chunks/BulkAddress',
+            protos_dot_registry__pb2.BulkAddressRequest.SerializeToString,
+            protos_dot_registry__pb2.BulkAddressReply.FromString,
             options,
             channel_credentials,
             insecure,

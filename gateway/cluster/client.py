@@ -69,6 +69,7 @@ class ClusterClient:
         await self.background.close(self._cfg.gateway.rpc_timeout_seconds)
         await self.pool.close()
         self.reader.close()
+        self.writer.bulk.close()
 
     # -- membership -----------------------------------------------------------------------
     @property

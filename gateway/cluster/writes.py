@@ -14,7 +14,8 @@ reserved bytes it reported, else `Unavailable` (503). Chunks of
 `gateway.has_check_min_bytes` or more are first offered with `Chunks.Has`, so a node that
 holds one already is not sent the bytes again. Small chunks' Puts to a node that already
 has calls in flight are packed into one `Chunks.PutMany` (gateway/cluster/packing.py);
-each still fails or succeeds on its own, as its single Put would.
+each still fails or succeeds on its own, as its single Put would. Larger ones go to the
+node's bulk port when it has one (gateway/cluster/bulk_puts.py), else as gRPC Puts.
 
 `cargohold_gateway_replica_copies_in_flight` counts the copies still being written after
 their chunk was acknowledged (spill-overs included): while it is above zero some chunks
@@ -50,6 +51,7 @@ from cargohold.grpc_channels import RETRYABLE
 from cargohold.log import log_event
 from cargohold.request_ids import call_metadata
 from cargohold.wire import encode_put
+from gateway.cluster.bulk_puts import BulkPuts
 from gateway.cluster.membership import Member
 from gateway.cluster.packing import CallPacker, ChunkPuts
 from gateway.cluster.parts import ClusterParts, log_chunk_event
@@ -77,6 +79,8 @@ class ChunkWriter(ClusterParts):
         self.puts = CallPacker(
             ChunkPuts(), self.cfg.gateway, item_max_bytes=self.cfg.gateway.pack_chunk_max_bytes
         )
+        # Chunks too large to pack go to the node's bulk port when it has one (bulk_puts.py).
+        self.bulk = BulkPuts(self.cfg)
 
     async def store_chunk(self, chunk_id: bytes, data: bytes) -> None:
         """Write one chunk to its R replicas; return once W fsynced it."""
@@ -260,7 +264,10 @@ class ChunkWriter(ClusterParts):
                 )
                 if has.present and has.present[0]:
                     return
-            await self.puts.call(node, request, length, timeout, metadata)
+            if length <= self.cfg.gateway.pack_chunk_max_bytes or (
+                await self.bulk.put(node, request, timeout) is None
+            ):
+                await self.puts.call(node, request, length, timeout, metadata)
             self.view.full.clear(member.grpc)  # it took a chunk: it has space again
         except grpc.aio.AioRpcError as exc:
             err = from_grpc_details(exc.details(), exc.trailing_metadata())

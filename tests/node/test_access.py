@@ -34,6 +34,7 @@ CALLS: dict[str, tuple[str, Callable[[], Any]]] = {
     "/cargohold.v1.Chunks/Has": ("ChunksStub", lambda: pb.HasChunksRequest(ids=[b"x" * 32])),
     "/cargohold.v1.Chunks/List": ("ChunksStub", lambda: pb.ListChunksRequest()),
     "/cargohold.v1.Chunks/Delete": ("ChunksStub", lambda: pb.DeleteChunksRequest(ids=[b"x"])),
+    "/cargohold.v1.Chunks/BulkAddress": ("ChunksStub", lambda: pb.BulkAddressRequest()),
     "/cargohold.v1.Metadata/Query": ("MetadataStub", lambda: pb.MetadataRequest(op="members")),
     "/cargohold.v1.Metadata/Command": (
         "MetadataStub",
@@ -159,9 +160,9 @@ async def test_every_cell_of_the_rpc_matrix(serve: Serve) -> None:
                 refused += got == grpc.StatusCode.PERMISSION_DENIED
     # The gateway: List, Delete, Trigger and the three membership RPCs; node: the three and
     # WatchAccess; admin: Chunks.List and Delete (it reads the activity log's sealed
-    # segments and stores the vulnerability database's index) and WatchAccess (the access
-    # leases are the gateways').
-    assert refused == 6 + 4 + 3
+    # segments and stores the vulnerability database's index), WatchAccess (the access
+    # leases are the gateways') and BulkAddress (only chunk writers use the bulk port).
+    assert refused == 6 + 4 + 4
 
 
 async def test_every_cell_of_the_command_matrix(serve: Serve) -> None:
