@@ -18,7 +18,11 @@ PutChunkRequest (`cargohold.wire.encode_put`) of 256 B, 16 KiB or 1 MiB of data,
 - `stream_batch`: the same stream, its writer packing every frame queued by the time it
   wakes into one message (`pack_batch`), the server answering each pack with one pack;
 - `batch`: one unary call carrying N requests (`pack_batch`), one reply per request
-  (N = the in-flight figure; skipped at 1, where it is `bare`).
+  (N = the in-flight figure; skipped at 1, where it is `bare`);
+- `bulk`: the same put on a node's bulk port (cargohold/bulk_wire.py), the product's
+  server (node/bulk_puts.py: token-checked hello, frames read into their buffer, the
+  PackItem reply) with a handler that stores nothing, sent by the gateway's client
+  (gateway/cluster/bulk_puts.py) over one pooled connection per request in flight.
 
 Per cell: ops/s, and CPU-µs per op of the client (`time.process_time`, all its threads)
 and of the server (/proc/PID/stat, bench/procstats.py). Modes alternate inside each
@@ -26,7 +30,8 @@ repetition, so load from other processes hits all alike; the figure is the media
 repetitions. Run it alone on the machine:
 
     flock /tmp/cargohold-bench.lock .venv/bin/python -m bench.grpc_call_cost \
-        [--seconds 1.5] [--repeats 3] [--json out.json]
+        [--seconds 1.5] [--repeats 3] [--json out.json] [--sizes 1048576,4194304] \
+        [--modes unary,bulk] [--in-flight 1,8]
 """
 
 from __future__ import annotations
@@ -55,7 +60,9 @@ from cargohold.digests import checksum_of, chunk_id_of
 from cargohold.grpc_channels import NodeChannel, channel_options, open_channel
 from cargohold.request_ids import REQUEST_ID, adopt, call_metadata
 from cargohold.wire import decode_bytes_fields, encode_put, read_varint, varint
-from node.access import AccessInterceptor
+from gateway.cluster.bulk_puts import BulkPuts
+from node.access import BULK_ROLES, AccessInterceptor
+from node.bulk_puts import BulkPutServer
 from protos import registry_pb2 as pb
 
 SECRET = "bench-grpc-call-cost"
@@ -65,7 +72,7 @@ STREAM_BATCH = "/cargohold.bench.Mux/StreamBatch"
 BATCH = "/cargohold.bench.Mux/Batch"
 SIZES = (256, 16 * 1024, 1024 * 1024)
 IN_FLIGHT = (1, 8, 32)
-MODES = ("unary", "bare", "stream", "stream_batch", "batch")
+MODES = ("unary", "bare", "stream", "stream_batch", "batch", "bulk")
 _REPLY = pb.PutChunkReply(existed=False).SerializeToString()
 
 
@@ -191,9 +198,14 @@ def _server_options(cfg: Config) -> list[tuple[str, int]]:
     ]
 
 
+async def _store_nothing(chunk_id: bytes, value: memoryview) -> bool:
+    """The bulk port's handler: the frame was read and split; store nothing."""
+    return False
+
+
 async def _serve() -> None:
-    """Two servers on loopback: the product's (token check, `adopt`) and a bare one.
-    Prints their ports, then serves until stdin closes."""
+    """Three servers on loopback: the product's gRPC (token check, `adopt`), a bare gRPC
+    one and the product's bulk port. Prints their ports, then serves until stdin closes."""
     cfg = _config()
     product = grpc.aio.server(
         interceptors=[AccessInterceptor(cfg, mtls=False)], options=_server_options(cfg)
@@ -204,8 +216,12 @@ async def _serve() -> None:
     ports = [s.add_insecure_port("127.0.0.1:0") for s in (product, bare)]
     for server in (product, bare):
         await server.start()
+    cfg.node.bulk_listen = "127.0.0.1:0"
+    bulk = BulkPutServer(cfg, _store_nothing, BULK_ROLES, "127.0.0.1")
+    ports.append(int((await bulk.start()).rpartition(":")[2]))
     print(json.dumps(ports), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await bulk.stop()
     for server in (product, bare):
         await server.stop(None)
 
@@ -283,6 +299,19 @@ class Multiplexer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+class _BulkNode:
+    """What the gateway's bulk client asks of a node channel: its address, and where its
+    bulk port is (`Chunks.BulkAddress`)."""
+
+    def __init__(self, address: str, bulk: str) -> None:
+        self.address = address
+        self.chunks = self
+        self._bulk = bulk
+
+    async def BulkAddress(self, request: Any, **_: Any) -> pb.BulkAddressReply:
+        return pb.BulkAddressReply(address=self._bulk)
+
+
 @dataclass(frozen=True)
 class Cell:
     mode: str
@@ -329,6 +358,7 @@ async def _cell(
     product: NodeChannel,
     bare: grpc.aio.Channel,
     server_pid: int,
+    bulk: tuple[BulkPuts, _BulkNode] | None = None,
 ) -> Cell:
     data = os.urandom(size)
     request = encode_put(chunk_id_of(data), [data], checksum_of(data))
@@ -361,6 +391,16 @@ async def _cell(
             return 1
 
         workers = in_flight
+    elif mode == "bulk":
+        assert bulk is not None
+        sender, node = bulk
+
+        async def one() -> int:
+            if await sender.put(node, request, timeout) is None:  # type: ignore[arg-type]
+                raise RuntimeError("the bulk port refused the put")
+            return 1
+
+        workers = in_flight
     else:
         batch = bare.unary_unary(BATCH)
 
@@ -387,12 +427,19 @@ async def _cell(
 
 
 async def measure(
-    seconds: float, repeats: int, server_pid: int, ports: list[int]
+    seconds: float,
+    repeats: int,
+    server_pid: int,
+    ports: list[int],
+    sizes: Sequence[int] = SIZES,
+    modes: Sequence[str] = MODES,
+    in_flights: Sequence[int] = IN_FLIGHT,
 ) -> list[list[Cell]]:
-    """Every cell `repeats` times against the `--serve` child's two ports; inside a
+    """Every cell `repeats` times against the `--serve` child's three ports; inside a
     repetition the modes alternate per cell."""
-    product_port, bare_port = ports
+    product_port, bare_port, bulk_port = ports
     cfg = _config()
+    bulk = (BulkPuts(cfg), _BulkNode("bench", f"127.0.0.1:{bulk_port}"))
     address = f"127.0.0.1:{product_port}"
     product = NodeChannel(address, open_channel(address, cfg))
     bare = grpc.aio.insecure_channel(f"127.0.0.1:{bare_port}", options=channel_options(cfg))
@@ -401,18 +448,27 @@ async def measure(
     try:
         for _ in range(repeats):
             cells = []
-            for size, in_flight, mode in itertools.product(SIZES, IN_FLIGHT, MODES):
+            for size, in_flight, mode in itertools.product(sizes, in_flights, modes):
                 if mode == "batch" and in_flight == 1:
                     continue
-                cells.append(await _cell(mode, size, in_flight, seconds, product, bare, server_pid))
+                cells.append(
+                    await _cell(mode, size, in_flight, seconds, product, bare, server_pid, bulk)
+                )
             runs.append(cells)
     finally:
+        bulk[0].close()
         await product.channel.close()
         await bare.close()
     return runs
 
 
-def run(seconds: float, repeats: int) -> list[list[Cell]]:
+def run(
+    seconds: float,
+    repeats: int,
+    sizes: Sequence[int] = SIZES,
+    modes: Sequence[str] = MODES,
+    in_flights: Sequence[int] = IN_FLIGHT,
+) -> list[list[Cell]]:
     """Start the server child, measure, stop it."""
     server = subprocess.Popen(
         [sys.executable, "-m", "bench.grpc_call_cost", "--serve"],
@@ -422,7 +478,7 @@ def run(seconds: float, repeats: int) -> list[list[Cell]]:
     assert server.stdout is not None
     try:
         ports = json.loads(server.stdout.readline())
-        return uvloop.run(measure(seconds, repeats, server.pid, ports))
+        return uvloop.run(measure(seconds, repeats, server.pid, ports, sizes, modes, in_flights))
     finally:
         with contextlib.suppress(OSError):
             server.communicate(b"", timeout=30)
@@ -468,13 +524,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.5, help="per cell")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write every run's cells here")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="payload bytes")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--in-flight", default=",".join(map(str, IN_FLIGHT)))
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         uvloop.run(_serve())
         return
     load_before = os.getloadavg()
-    runs = run(args.seconds, args.repeats)
+    modes = args.modes.split(",")
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; known: {', '.join(MODES)}")
+    sizes = [int(x) for x in args.sizes.split(",")]
+    in_flights = [int(x) for x in args.in_flight.split(",")]
+    runs = run(args.seconds, args.repeats, sizes, modes, in_flights)
     load_after = os.getloadavg()
     print(f"load average before {load_before}, after {load_after}")
     print(table(median_cells(runs)))

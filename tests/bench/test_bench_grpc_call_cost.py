@@ -133,3 +133,12 @@ def test_coalescing_multiplexer_packs_queued_requests_into_one_message() -> None
     assert len(call.written) == 1
     assert len(gcc.unpack_batch(call.written[0])) == 5
     assert call.done
+
+
+def test_a_short_run_measures_the_bulk_port_beside_grpc() -> None:
+    """The whole tool, briefly: its server child, one gRPC mode and the bulk port."""
+    runs = gcc.run(0.2, 1, sizes=[64 * 1024], modes=["bare", "bulk"], in_flights=[2])
+    cells = {c.mode: c for c in runs[0]}
+    assert set(cells) == {"bare", "bulk"}
+    for cell in cells.values():
+        assert cell.ops_per_s > 0 and cell.server_us_per_op > 0
