@@ -56,6 +56,15 @@ def gateway_config(secret: str = SECRET) -> Config:
     return cfg
 
 
+async def connect(
+    servers: Callable[..., BulkPutServer], put_value: object, cfg: Config | None = None
+) -> tuple[BulkPutServer, BulkPuts, FakeNode]:
+    """A bulk port storing with `put_value`, a gateway client (`cfg`, else the cluster's
+    gateway config) and a node channel that names the port."""
+    server = await servers(put_value)
+    return server, BulkPuts(cfg or gateway_config()), FakeNode("n1:7001", bulk=server.address)
+
+
 async def raw_connection(address: str, role: str = "gateway") -> socket.socket:
     host, _, port = address.rpartition(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
@@ -96,9 +105,9 @@ async def closed_by_peer(sock: socket.socket) -> bool:
 async def test_a_put_is_stored_checked_and_answers_whether_it_existed(
     store: LmdbChunkStore, servers: Callable[..., BulkPutServer]
 ) -> None:
-    server = await servers(lambda cid, value: store.put_value(cid, value, verify_id=True))
-    client = BulkPuts(gateway_config())
-    node = FakeNode("n1:7001", bulk=server.address)
+    server, client, node = await connect(
+        servers, lambda cid, value: store.put_value(cid, value, verify_id=True)
+    )
     chunk_id, data, request = chunk(3 * MiB + 5)
     first = await client.put(node, request, 10.0)  # type: ignore[arg-type]
     again = await client.put(node, request, 10.0)  # type: ignore[arg-type]
@@ -114,9 +123,9 @@ async def test_a_put_is_stored_checked_and_answers_whether_it_existed(
 async def test_a_wrong_checksum_or_id_is_refused_as_the_grpc_put_refuses_it(
     store: LmdbChunkStore, servers: Callable[..., BulkPutServer]
 ) -> None:
-    server = await servers(lambda cid, value: store.put_value(cid, value, verify_id=True))
-    client = BulkPuts(gateway_config())
-    node = FakeNode("n1:7001", bulk=server.address)
+    _server, client, node = await connect(
+        servers, lambda cid, value: store.put_value(cid, value, verify_id=True)
+    )
     chunk_id, data, _ = chunk(MiB)
     bad_checksum = encode_put(chunk_id, [data], checksum_of(data[1:]))
     bad_id = encode_put(bytes(32), [data], checksum_of(data))
@@ -134,9 +143,7 @@ async def test_a_wrong_checksum_or_id_is_refused_as_the_grpc_put_refuses_it(
 
 async def test_a_full_store_answers_storage_full(servers: Callable[..., BulkPutServer]) -> None:
     store = MemoryChunkStore(capacity_bytes=MiB)
-    server = await servers(store.put_value)
-    client = BulkPuts(gateway_config())
-    node = FakeNode("n1:7001", bulk=server.address)
+    _server, client, node = await connect(servers, store.put_value)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await client.put(node, chunk(2 * MiB)[2], 10.0)  # type: ignore[arg-type]
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -156,12 +163,10 @@ async def test_a_hello_the_matrix_refuses_sends_grpc_puts_instead(
     role: str,
     reason: str,
 ) -> None:
-    server = await servers(store.put_value)
     cfg = gateway_config(secret)
     if role != "gateway":
         cfg.cluster.credential = f"{role}:{role_key(SECRET, role).hex()}"
-    client = BulkPuts(cfg)
-    node = FakeNode("n1:7001", bulk=server.address)
+    server, client, node = await connect(servers, store.put_value, cfg)
     assert await client.put(node, chunk(MiB)[2], 10.0) is None  # type: ignore[arg-type]
     assert client.fallbacks == 1 and server.counters.refused == 1
     assert server.counters.puts == 0
@@ -217,11 +222,9 @@ async def test_silent_and_surplus_connections_are_closed(
 async def test_a_connection_the_node_dropped_sends_that_put_by_grpc_and_asks_again_later(
     store: LmdbChunkStore, servers: Callable[..., BulkPutServer]
 ) -> None:
-    server = await servers(store.put_value)
     cfg = gateway_config()
     cfg.gateway.bulk_retry_seconds = 0.2
-    client = BulkPuts(cfg)
-    node = FakeNode("n1:7001", bulk=server.address)
+    server, client, node = await connect(servers, store.put_value, cfg)
     assert await client.put(node, chunk(MiB)[2], 10.0) is not None  # type: ignore[arg-type]
     await server.stop()  # a restart: the pooled connection is gone
     restarted = await servers(store.put_value)
@@ -243,9 +246,7 @@ async def test_a_put_without_a_reply_in_time_is_a_failed_put(
         await release.wait()
         return False
 
-    server = await servers(stuck)
-    client = BulkPuts(gateway_config())
-    node = FakeNode("n1:7001", bulk=server.address)
+    _server, client, node = await connect(servers, stuck)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await client.put(node, chunk(MiB)[2], 0.3)  # type: ignore[arg-type]
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
