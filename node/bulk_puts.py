@@ -16,8 +16,9 @@ would have ended with. What holds:
 - **Bounded.** A frame larger than `node.grpc_max_message` (the gRPC limit) or a request
   id longer than `REQUEST_ID_MAX` ends the connection; at most `node.bulk_max_connections`
   are open (more are closed at once); one frame per connection is in memory at a time
-  (reading pauses while it is stored); a connection silent for `node.bulk_idle_seconds`
-  is closed, mid-frame included.
+  (reading pauses while it is stored), and idle connections hold none (buffers free
+  again wait for the next frame node-wide, at most `SPARE_BUFFERS`); a connection silent
+  for `node.bulk_idle_seconds` is closed, mid-frame included.
 - **Off with TLS.** The node listens only when its gRPC port is plaintext
   (node/server.py): with TLS configured, chunk bytes keep to the encrypted channel.
 """
@@ -55,6 +56,9 @@ from protos import registry_pb2 as pb
 
 logger = logging.getLogger("cargohold.node.bulk_puts")
 
+# Frame buffers kept for reuse, node-wide (`FrameBuffers`).
+SPARE_BUFFERS = 8
+
 # Stores one put: (chunk id, `checksum || data`) -> whether a healthy copy existed.
 PutValue = Callable[[bytes, memoryview], Awaitable[bool]]
 
@@ -81,7 +85,6 @@ class _Connection(asyncio.BufferedProtocol):
         self._filled = 0
         self._state = "hello"
         self._request_id_len = 0
-        self._spare: bytearray | None = None
         self._peer = "-"
         self.last_read = time.monotonic()
         self._task: asyncio.Task[None] | None = None
@@ -140,14 +143,7 @@ class _Connection(asyncio.BufferedProtocol):
                 )
             self._request_id_len = rid_len
             size = rid_len + CHUNK_ID_LEN + CHECKSUM_LEN + length
-            # The last frame's buffer is free again once its put returned (the store
-            # copied it into LMDB): chunks are mostly one size, so reuse it.
-            spare, self._spare = self._spare, None
-            self._expect(
-                "frame",
-                spare if spare is not None and len(spare) == size else bytearray(size),
-                size,
-            )
+            self._expect("frame", self._server.buffers.take(size), size)
         else:
             frame = self._buffer
             assert isinstance(frame, bytearray)
@@ -189,7 +185,7 @@ class _Connection(asyncio.BufferedProtocol):
             log_event(logger, "bulk.put_failed", logging.ERROR, error=repr(exc))
             item = status_item(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
         del view
-        self._spare = frame
+        self._server.buffers.give(frame)
         self._write(item)
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
@@ -216,6 +212,28 @@ class _Connection(asyncio.BufferedProtocol):
             self._transport.abort()
 
 
+class FrameBuffers:
+    """Frame buffers free again once their put returned (the store copied them into
+    LMDB), kept for the next frame of the same size: chunks are mostly one size, and a
+    fresh 4 MiB bytearray is zero-filled (and, on some hosts, freshly faulted memory).
+    At most `keep` are kept, node-wide, so idle connections hold none."""
+
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self._free: list[bytearray] = []
+
+    def take(self, size: int) -> bytearray:
+        for i, buffer in enumerate(self._free):
+            if len(buffer) == size:
+                return self._free.pop(i)
+        return bytearray(size)
+
+    def give(self, buffer: bytearray) -> None:
+        if len(self._free) >= self._keep:
+            self._free.pop(0)
+        self._free.append(buffer)
+
+
 class _Refused(Exception):
     def __init__(self, item: pb.PackItem, reason: str) -> None:
         super().__init__(reason)
@@ -240,6 +258,7 @@ class BulkPutServer:
         self.put_value = put_value
         self.max_message = node.grpc_max_message
         self.counters = BulkCounters()
+        self.buffers = FrameBuffers(SPARE_BUFFERS)
         self._listen = bulk_listen_address(node.bulk_listen, node.grpc_listen)
         self._advertise_host = advertise_host
         self._max_connections = node.bulk_max_connections

@@ -20,7 +20,7 @@ from cargohold.digests import checksum_of
 from cargohold.errors import DigestInvalid, StorageFull, from_grpc_details
 from cargohold.wire import encode_put
 from gateway.cluster.bulk_puts import BulkPuts
-from node.bulk_puts import BulkPutServer
+from node.bulk_puts import BulkPutServer, FrameBuffers
 from node.chunkstore import LmdbChunkStore
 from node.memstore import MemoryChunkStore
 from protos import registry_pb2 as pb
@@ -267,3 +267,16 @@ async def test_no_bulk_path_sends_grpc_puts(store: LmdbChunkStore) -> None:
         node = FakeNode("n3:7001", bulk="127.0.0.1:1")
         assert await BulkPuts(cfg).put(node, chunk(MiB)[2], 10.0) is None  # type: ignore[arg-type]
         assert node.chunks.asked == 0
+
+
+def test_frame_buffers_are_reused_by_size_and_few_are_kept() -> None:
+    buffers = FrameBuffers(keep=2)
+    first = buffers.take(MiB)
+    buffers.give(first)
+    assert buffers.take(MiB) is first
+    assert buffers.take(MiB) is not first  # taken: a new one
+    given = [bytearray(size) for size in (1, 2, 3)]
+    for buffer in given:
+        buffers.give(buffer)
+    assert buffers.take(2) is given[1] and buffers.take(3) is given[2]
+    assert buffers.take(1) is not given[0]  # the oldest was dropped: a new one
