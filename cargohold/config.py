@@ -380,11 +380,14 @@ class GatewayConfig:
     pack_chunk_max_bytes: int = 64 * 1024
     # Bulk puts (cargohold/bulk_wire.py): chunks larger than `pack_chunk_max_bytes` go to a
     # node's bulk port when it advertises one (`node.bulk_listen`), else as gRPC Puts.
-    # A node whose bulk port cannot be reached is sent gRPC Puts and asked for its bulk
-    # address again after `bulk_retry_seconds`. At most `bulk_idle_connections` idle
-    # connections are kept per node. `bulk_puts = false`: gRPC only.
+    # A node whose bulk port cannot be reached (not within `bulk_connect_seconds`) is
+    # sent gRPC Puts and asked for its bulk address again after `bulk_retry_seconds`,
+    # doubled for each failed connection in a row (up to 10 minutes). At most
+    # `bulk_idle_connections` idle connections are kept per node. `bulk_puts = false`:
+    # gRPC only.
     bulk_puts: bool = True
     bulk_retry_seconds: float = 10.0
+    bulk_connect_seconds: float = 2.0
     bulk_idle_connections: int = 16
     # A node that answers UNIMPLEMENTED to a pack (it predates packs: a rolling upgrade)
     # gets single calls this long before packs are tried again.

@@ -66,6 +66,8 @@ _SENT, _GRPC = BULK_PUTS.labels("sent"), BULK_PUTS.labels("grpc")
 
 # An idle pooled connection older than this is closed rather than reused.
 IDLE_KEEP_SECONDS = 30.0
+# The longest wait before a node whose bulk port keeps failing to connect is tried again.
+RETRY_MAX_SECONDS = 600.0
 
 
 class BulkFailed(Exception):
@@ -76,6 +78,7 @@ class BulkFailed(Exception):
 class _Node:
     address: str | None = None  # the node's bulk "host:port"; None: not known
     retry_at: float = 0.0  # monotonic time before which the node gets gRPC Puts only
+    failures: int = 0  # connections in a row its bulk port refused or never answered
     idle: list[tuple[socket.socket, float]] = field(default_factory=list)
     lookup: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -89,6 +92,7 @@ class BulkPuts:
         # Plaintext gRPC only: with TLS configured chunk bytes keep to the encrypted channel.
         self.enabled = gw.bulk_puts and not cfg.cluster.tls_ca
         self._retry = gw.bulk_retry_seconds
+        self._connect_seconds = gw.bulk_connect_seconds
         self._idle_max = gw.bulk_idle_connections
         self._nodes: dict[str, _Node] = {}
         # Puts sent, and puts that went to gRPC because no bulk path was usable.
@@ -198,11 +202,15 @@ class BulkPuts:
         else:
             sock.close()
 
-    def _forget(self, state: _Node) -> None:
+    def _forget(self, state: _Node, refused: bool = False) -> None:
         """No bulk puts to this node until `bulk_retry_seconds` have passed; then ask
-        it again where its bulk port is."""
+        it again where its bulk port is. Each connection in a row that its port
+        `refused` (or never answered: a firewall dropping it) doubles the wait, up to
+        `RETRY_MAX_SECONDS`, so a blocked port stalls one put now and then, not often."""
         state.address = None
-        state.retry_at = time.monotonic() + self._retry
+        state.failures = state.failures + 1 if refused else 0
+        wait = min(self._retry * 2 ** max(0, state.failures - 1), RETRY_MAX_SECONDS)
+        state.retry_at = time.monotonic() + max(self._retry, wait)
         for sock, _ in state.idle:
             sock.close()
         state.idle.clear()
@@ -222,7 +230,7 @@ class BulkPuts:
             sock = socket.socket(family, kind, proto)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            async with asyncio.timeout(seconds):
+            async with asyncio.timeout(min(seconds, self._connect_seconds)):
                 await loop.sock_connect(sock, target)
                 item = await _exchange(sock, hello(sign(self._credential, BULK_METHOD)), b"")
         except (OSError, BulkFailed, ValueError, TimeoutError) as exc:
@@ -231,7 +239,7 @@ class BulkPuts:
             log_event(
                 logger, "bulk.connect_failed", logging.INFO, node=node.address, error=repr(exc)
             )
-            self._forget(state)
+            self._forget(state, refused=True)
             return None
         except BaseException:
             if sock is not None:
@@ -242,8 +250,9 @@ class BulkPuts:
             log_event(
                 logger, "bulk.refused", logging.WARNING, node=node.address, details=item.details
             )
-            self._forget(state)
+            self._forget(state, refused=True)
             return None
+        state.failures = 0
         return sock
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -280,3 +281,24 @@ def test_frame_buffers_are_reused_by_size_and_few_are_kept() -> None:
         buffers.give(buffer)
     assert buffers.take(2) is given[1] and buffers.take(3) is given[2]
     assert buffers.take(1) is not given[0]  # the oldest was dropped: a new one
+
+
+async def test_a_port_that_keeps_refusing_is_tried_less_and_less_often() -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: every connection is refused
+    cfg = gateway_config()
+    cfg.gateway.bulk_retry_seconds = 10.0
+    client = BulkPuts(cfg)
+    node = FakeNode("n1:7001", bulk=f"127.0.0.1:{port}")
+    request = chunk(64 * 1024 + 1)[2]
+    waits = []
+    for _ in range(8):
+        assert await client.put(node, request, 10.0) is None  # type: ignore[arg-type]
+        state = client._nodes[node.address]
+        waits.append(round(state.retry_at - time.monotonic()))
+        state.retry_at = 0.0  # as if the wait had passed
+    # Doubled for each refusal in a row, up to RETRY_MAX_SECONDS.
+    assert waits == [10, 20, 40, 80, 160, 320, 600, 600]
+    assert node.chunks.asked == 8 and client.fallbacks == 8
