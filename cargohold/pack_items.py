@@ -42,6 +42,11 @@ def item_code(item: pb.PackItem) -> grpc.StatusCode:
     return _CODES.get(item.code, grpc.StatusCode.UNKNOWN)
 
 
+def status_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    """The `AioRpcError` of a call that ended with `code` and `details`, no metadata."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
 def item_error(item: pb.PackItem) -> grpc.aio.AioRpcError:
     """The `AioRpcError` the item's single call would have raised."""
     trailer = grpc.aio.Metadata((DETAIL_TRAILER, item.detail)) if item.detail else None

@@ -167,6 +167,23 @@ def _peer_host(context: grpc.aio.ServicerContext) -> str:
     return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
+class FirstSeen:
+    """Keys seen so far, to log a refusal once per (peer host, reason) rather than per
+    call; forgets everything past `_SEEN_MAX` keys, so a scanner cannot grow it."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, str]] = set()
+
+    def first(self, key: tuple[str, str]) -> bool:
+        """Whether `key` is new (and remember it)."""
+        if key in self._seen:
+            return False
+        if len(self._seen) > _SEEN_MAX:
+            self._seen.clear()
+        self._seen.add(key)
+        return True
+
+
 class AccessInterceptor(grpc.aio.ServerInterceptor):
     """Authenticate every call and apply the role matrix; see the module docstring."""
 
@@ -175,7 +192,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         self._tokens = TokenVerifier(
             cfg.cluster.secret, cfg.cluster.auth_max_skew, cfg.cluster.auth_nonce_cache_max
         )
-        self._logged: set[tuple[str, str]] = set()
+        self._logged = FirstSeen()
         self._cert_roles: dict[bytes, str | None] = {}
 
     async def intercept_service(
@@ -262,10 +279,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         """End the call with `code`; log it the first time this peer host gets this reason."""
         key = (_peer_host(context), reason)
-        if key not in self._logged:
-            if len(self._logged) > _SEEN_MAX:
-                self._logged.clear()
-            self._logged.add(key)
+        if self._logged.first(key):
             log_event(
                 logger,
                 "access.refused",

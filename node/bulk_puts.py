@@ -48,10 +48,12 @@ from cargohold.bulk_wire import (
 )
 from cargohold.cluster_auth import AuthError, TokenVerifier
 from cargohold.config import Config
-from cargohold.errors import DigestInvalid, RegistryError
+from cargohold.errors import DigestInvalid
 from cargohold.log import log_event
 from cargohold.pack_items import error_item, ok_item, status_item
 from cargohold.request_ids import adopt_id
+from node.access import FirstSeen
+from node.chunk_service import failure_item
 from protos import registry_pb2 as pb
 
 logger = logging.getLogger("cargohold.node.bulk_puts")
@@ -70,7 +72,6 @@ class BulkCounters:
         self.puts = 0
         self.bytes = 0
         self.refused = 0
-        self.connections = 0
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -179,11 +180,8 @@ class _Connection(asyncio.BufferedProtocol):
             item = ok_item(pb.PutChunkReply(existed=existed).SerializeToString())
             self._server.counters.puts += 1
             self._server.counters.bytes += len(view) - rid_end - CHUNK_ID_LEN - CHECKSUM_LEN
-        except RegistryError as exc:
-            item = error_item(exc)
-        except Exception as exc:  # a bug must answer, not strand the caller
-            log_event(logger, "bulk.put_failed", logging.ERROR, error=repr(exc))
-            item = status_item(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+        except Exception as exc:  # answered as the gRPC Put would have been
+            item = failure_item("BulkPut", exc)
         del view
         self._server.buffers.give(frame)
         self._write(item)
@@ -266,7 +264,7 @@ class BulkPutServer:
         self._connections: set[_Connection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._logged: set[tuple[str, str]] = set()
+        self._logged = FirstSeen()
         self.address = ""
 
     async def start(self) -> str:
@@ -301,21 +299,19 @@ class BulkPutServer:
             self.refused("-", "too many connections")
             return False
         self._connections.add(connection)
-        self.counters.connections = len(self._connections)
         return True
 
     def forget(self, connection: _Connection) -> None:
         self._connections.discard(connection)
-        self.counters.connections = len(self._connections)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
 
     def refused(self, peer: str, reason: str) -> None:
         """Count a refusal; log it the first time this peer host gets this reason."""
         self.counters.refused += 1
-        key = (peer, reason)
-        if key not in self._logged:
-            if len(self._logged) > 1024:
-                self._logged.clear()
-            self._logged.add(key)
+        if self._logged.first((peer, reason)):
             log_event(logger, "bulk.refused", logging.WARNING, peer=peer, reason=reason)
 
     async def _sweep_idle(self) -> None:

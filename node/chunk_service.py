@@ -67,8 +67,9 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception)
     raise AssertionError("unreachable: context.abort raises")
 
 
-def _failure_item(method: str, exc: Exception) -> pb.PackItem:
-    """The PackItem of a packed request that failed: what `_abort` would have sent."""
+def failure_item(method: str, exc: Exception) -> pb.PackItem:
+    """The PackItem of a packed request (or a bulk put, node/bulk_puts.py) that failed:
+    what `_abort` would have sent."""
     if isinstance(exc, RegistryError):
         return error_item(exc)
     log_event(logger, "chunks.rpc_failed", logging.ERROR, method=method, error=repr(exc))
@@ -152,7 +153,7 @@ class ChunksServicer(pb_grpc.ChunksServicer):
         try:
             existed = await self._put_serialized(raw)
         except Exception as exc:
-            return _failure_item("PutMany", exc)
+            return failure_item("PutMany", exc)
         return ok_item(pb.PutChunkReply(existed=existed).SerializeToString())
 
     async def _put_serialized(self, raw: bytes | memoryview) -> bool:

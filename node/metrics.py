@@ -17,8 +17,8 @@ time: `cargohold_node_packed_calls` and `cargohold_node_packed_requests` (their 
 requests / calls is the mean pack size). Each packed command is still observed in the
 command histogram under its own op, and packed puts share the commit histogram's
 transactions like single puts. Bulk puts (node/bulk_puts.py) are counted the same way
-(`BulkCounters`): `cargohold_node_bulk_puts`, `_bulk_put_bytes`, `_bulk_refused`, and the
-open connections. Every series carries `node` (the node id); no label takes
+(`BulkCounters`): `cargohold_node_bulk_puts`, `_bulk_put_bytes`, `_bulk_refused`, and
+the port's open connections. Every series carries `node` (the node id); no label takes
 a repository name, digest or chunk id.
 """
 
@@ -34,7 +34,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from cargohold.errors import RegistryError
-from node.bulk_puts import BulkCounters
 from node.chunkstore import StoreUsage
 from node.disk import DiskSpace
 
@@ -83,6 +82,15 @@ class _Role(Protocol):
     stats: Any
 
 
+class _Bulk(Protocol):
+    """The bulk put port (node/bulk_puts.py `BulkPutServer`)."""
+
+    counters: Any
+
+    @property
+    def open_connections(self) -> int: ...
+
+
 class NodeCollector(Collector):
     """Everything a node reports at scrape time; see the module docstring."""
 
@@ -97,7 +105,7 @@ class NodeCollector(Collector):
         gc: _Role | None = None,
         retention: _Role | None = None,
         packs: PackCounts | None = None,
-        bulk: BulkCounters | None = None,
+        bulk: _Bulk | None = None,
     ) -> None:
         self._node = node_id
         self._packs = packs
@@ -135,16 +143,16 @@ class NodeCollector(Collector):
         b = self._bulk
         if b is None:
             return
-        c = self._counter
-        yield c("cargohold_node_bulk_puts", "Chunk puts stored from the bulk port", b.puts)
-        yield c("cargohold_node_bulk_put_bytes", "Chunk bytes stored from the bulk port", b.bytes)
+        c, n = self._counter, b.counters
+        yield c("cargohold_node_bulk_puts", "Chunk puts stored from the bulk port", n.puts)
+        yield c("cargohold_node_bulk_put_bytes", "Chunk bytes stored from the bulk port", n.bytes)
         yield c(
             "cargohold_node_bulk_refused",
             "Bulk connections or frames refused (authentication, role, framing, limits)",
-            b.refused,
+            n.refused,
         )
         yield self._gauge(
-            "cargohold_node_bulk_connections", "Open bulk port connections", b.connections
+            "cargohold_node_bulk_connections", "Open bulk port connections", b.open_connections
         )
 
     def _pack_metrics(self) -> Iterator[Any]:
@@ -383,7 +391,7 @@ def node_metrics(
     gc: _Role | None = None,
     retention: _Role | None = None,
     packs: PackCounts | None = None,
-    bulk: BulkCounters | None = None,
+    bulk: _Bulk | None = None,
 ) -> Iterator[NodeCollector]:
     """Register the collector and the latency observers for the node's lifetime."""
     commands: dict[str, Any] = {}

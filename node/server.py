@@ -310,7 +310,7 @@ async def _run_locked(cfg: Config) -> None:
                     gc,
                     retention,
                     packs,
-                    bulk.counters if bulk is not None else None,
+                    bulk,
                 )
             )
             metrics_server = MetricsServer(node.metrics_address, _ready_check(raft))

@@ -49,7 +49,7 @@ from cargohold.cluster_auth import client_credential, sign
 from cargohold.config import Config
 from cargohold.grpc_channels import NodeChannel
 from cargohold.log import log_event
-from cargohold.pack_items import item_error
+from cargohold.pack_items import item_error, status_error
 from cargohold.request_ids import REQUEST_ID, call_metadata
 from cargohold.wire import decode_bytes_fields
 from protos import registry_pb2 as pb
@@ -140,7 +140,9 @@ class BulkPuts:
         except TimeoutError:
             sock.close()
             self._forget(state)
-            raise _unavailable(f"bulk put to {address} timed out") from None
+            raise status_error(
+                grpc.StatusCode.UNAVAILABLE, f"bulk put to {address} timed out"
+            ) from None
         except BulkFailed as exc:
             # Broken before its reply (the node restarted, or closed an idle connection):
             # the put is idempotent, so it goes once more, as a gRPC Put.
@@ -281,9 +283,3 @@ async def _read(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int)
             raise BulkFailed("connection closed by the node")
         got += n
     return bytes(buffer)
-
-
-def _unavailable(details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details
-    )

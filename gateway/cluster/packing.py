@@ -48,7 +48,7 @@ import grpc.aio
 from cargohold.config import GatewayConfig
 from cargohold.grpc_channels import NodeChannel
 from cargohold.log import REQUEST_ID, log_event
-from cargohold.pack_items import copy_error, item_error
+from cargohold.pack_items import copy_error, item_error, status_error
 from cargohold.wire import encode_put_many
 from protos import registry_pb2 as pb
 
@@ -281,7 +281,7 @@ class CallPacker(Generic[ItemT, ReplyT]):
                 await self._pack(node, batch)
         except asyncio.CancelledError:
             for waiter in batch:
-                _fail(waiter, _status_error(grpc.StatusCode.CANCELLED, "Locally cancelled"))
+                _fail(waiter, status_error(grpc.StatusCode.CANCELLED, "Locally cancelled"))
             raise
         finally:
             state.in_flight -= 1
@@ -335,7 +335,7 @@ class CallPacker(Generic[ItemT, ReplyT]):
         if len(reply.items) != len(live):
             details = f"pack of {len(live)} answered with {len(reply.items)} items"
             for waiter in live:
-                _fail(waiter, _status_error(grpc.StatusCode.INTERNAL, details))
+                _fail(waiter, status_error(grpc.StatusCode.INTERNAL, details))
             return
         for waiter, item in zip(live, reply.items, strict=True):
             if item.code:
@@ -345,10 +345,6 @@ class CallPacker(Generic[ItemT, ReplyT]):
                     _resolve(waiter, self._kind.reply(item.reply))
                 except Exception as exc:  # an undecodable reply: as the single call's
                     _fail(waiter, exc)
-
-
-def _status_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
 def _resolve(waiter: _Waiter[Any, ReplyT], reply: ReplyT) -> None:
