@@ -125,6 +125,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     return port
 
 
+def claim_ports(ports: list[int]) -> bool:
+    """Hand out all of `ports` (as `free_port` would) when none of them was handed out
+    already; False, handing out none, when one was. Whether they are bindable is the
+    caller's to check: this only keeps two choices of this process apart."""
+    if _HANDED_OUT.intersection(ports):
+        return False
+    _HANDED_OUT.update(ports)
+    return True
+
+
 def free_port_run(host: str, count: int) -> int:
     """The first of `count` consecutive ports nothing listens on now (a gateway's worker
     metrics ports: `gateway.metrics_address`'s port + k - 1)."""

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from cargohold_cli.devcluster import ephemeral_low
+from cargohold_cli.devcluster import claim_ports, ephemeral_low
 
 
 def bindable(port: int) -> bool:
@@ -31,14 +31,15 @@ def free_node_base() -> int:
     """A `--node-base-port` whose gRPC (+0), Raft (+100) and metrics (+200) ports of three
     nodes are free, all below the kernel's ephemeral range: a port in it may be taken at
     any moment as the local port of some outgoing connection (a CI run failed so, on a
-    metrics port at 35178)."""
+    metrics port at 35178). None of them is a port `free_port` handed out in this process
+    (a test's gateway port once fell among them), nor handed out by it later."""
     rng = random.Random()
     low = ephemeral_low()
     top = min(40000, low - 203) if low > 20300 else 40000
     for _ in range(200):
         base = rng.randrange(20000, top)
         ports = [base + offset + i for offset in (0, 100, 200) for i in range(3)]
-        if all(bindable(p) for p in ports):
+        if all(bindable(p) for p in ports) and claim_ports(ports):
             return base
     raise RuntimeError("no free port range")
 
