@@ -156,10 +156,10 @@ async def test_a_corrupt_local_copy_is_refused_and_repaired(
 ) -> None:
     cluster = start(make_cluster, sendfile)
     base = cluster.gateway_url
-    data = os.urandom(8 * CHUNK)
-    digest = await push_blob(http, base, REPO, data)
+    # A blob n1 holds in part: one of its chunks there is damaged below.
+    data, digest, held = await push_a_mixed_blob(http, cluster)
     ids = chunk_ids(data, CHUNK)
-    index = has(cluster, 0, ids).index(True)
+    index = held.index(True)
     chunk = data[index * CHUNK : (index + 1) * CHUNK]
     chunk_id = hashlib.sha256(chunk).digest()
     assert flip_stored_bytes(cluster, 0, chunk) >= 1
