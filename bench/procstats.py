@@ -34,6 +34,23 @@ def cpu_seconds(pid: int) -> float | None:
     return sum(int(v) for v in fields[11:15]) / _TICKS
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """Each thread of `pid`: tid -> (its name, utime+stime in seconds); {} when gone. The
+    thread whose tid is `pid` is the main thread (a node's or gateway's event loop)."""
+    out: dict[int, tuple[str, float]] = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                text = (task / "stat").read_text()
+                head, tail = text.rsplit(")", 1)
+                fields = tail.split()
+                out[int(task.name)] = (
+                    head.split("(", 1)[1],
+                    sum(int(v) for v in fields[11:13]) / _TICKS,
+                )
+    return out
+
+
 def peak_rss_bytes(pid: int) -> int | None:
     """VmHWM of `pid` in bytes; None when it is gone (or a kernel thread)."""
     with contextlib.suppress(OSError):

@@ -7,6 +7,9 @@ twice, and reports for each phase:
 
 - the CPU-seconds per GB of each process (gateway, nodes) from /proc
   (bench/procstats.py): which process pays;
+- with `--threads`, the busiest threads of each process (share of the phase's wall time
+  each was on a CPU; "main" is the process's event loop): a thread near 100 % is the
+  phase's serial bound, whatever the other core does;
 - with `--perf` (root, `perf` installed), a system-wide `perf record` (no call graphs,
   499 Hz) filtered to the cluster's processes, its samples grouped by what the CPU was
   doing (percent of those processes' samples): sha256, xxh3, user-space memcpy, kernel
@@ -34,7 +37,7 @@ from typing import Any
 
 from bench import machine
 from bench.blobdata import BlobSpec, digest_of
-from bench.procstats import CpuMeter
+from bench.procstats import CpuMeter, thread_cpu_seconds
 from bench.profiles import QUICK
 from bench.rawhttp import RawReaderPool
 from bench.systems import Cargohold
@@ -188,11 +191,14 @@ async def _phase(
     system: Cargohold, args: argparse.Namespace, workdir: Path, name: str, moved: int, work: Any
 ) -> dict[str, Any]:
     processes = system.processes()
+    threads_of = {**processes, "client": os.getpid()} if args.threads else processes
     recorder = PerfRecorder(workdir / f"{name}.perf") if args.perf else None
     meter = CpuMeter(processes)
+    threads_before = {p: thread_cpu_seconds(pid) for p, pid in threads_of.items()}
     started = time.perf_counter()
     await work()
     elapsed = time.perf_counter() - started
+    threads = _busy_threads(threads_of, threads_before, elapsed)
     if name == "push":
         await asyncio.to_thread(os.sync)  # copies after the acknowledgement count too
     used = meter.used()
@@ -204,6 +210,8 @@ async def _phase(
         "cpu_s_per_GB": {p: round(v / gb, 3) for p, v in used.items()},
         "cpu_s_per_GB_total": round(sum(used.values()) / gb, 3),
     }
+    if args.threads:
+        result["threads"] = threads
     if recorder is not None:
         rows = await asyncio.to_thread(perf_rows, recorder.out, list(processes.values()))
         result["perf_percent"] = {
@@ -211,6 +219,22 @@ async def _phase(
         }
         result["perf_top"] = [f"{p:.1f}% {d} {s}" for p, d, s in rows[:15]]
     return result
+
+
+def _busy_threads(
+    processes: dict[str, int], before: dict[str, dict[int, tuple[str, float]]], elapsed: float
+) -> list[tuple[str, str, float]]:
+    """(process, thread, percent of `elapsed` on a CPU) of threads busy at least 2 %,
+    busiest first; a thread started during the phase counts from zero."""
+    rows: list[tuple[str, str, float]] = []
+    for process, pid in processes.items():
+        for tid, (comm, now) in thread_cpu_seconds(pid).items():
+            start = before.get(process, {}).get(tid, (comm, 0.0))[1]
+            percent = 100 * (now - start) / elapsed
+            if percent >= 2:
+                label = "main" if tid == pid else f"{comm} {tid}"
+                rows.append((process, label, round(percent, 1)))
+    return sorted(rows, key=lambda row: -row[2])
 
 
 def markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
@@ -233,6 +257,13 @@ def markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
             *(f"| {p} | {v} |" for p, v in r["cpu_s_per_GB"].items()),
             "",
         ]
+        if "threads" in r:
+            lines += [
+                "| process | thread | on a CPU, % of the phase |",
+                "|---|---|---|",
+                *(f"| {p} | {t} | {v} |" for p, t, v in r["threads"]),
+                "",
+            ]
         if "perf_percent" in r:
             lines += [
                 "| what the CPU did (perf samples of these processes) | % |",
@@ -257,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--grpc-reads", action="store_true", help="no short-circuit reads")
     parser.add_argument("--perf", action="store_true", help="perf record each phase (root)")
+    parser.add_argument("--threads", action="store_true", help="report the busiest threads")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     import uvloop

@@ -7,7 +7,9 @@ every metadata command and query (op, and whether it is linearizable: a Raft bar
 the node), every chunk write and every chunk read is timed and tagged with the HTTP request
 it belongs to. Then it pushes one small image and PUTs its manifest under `count` fresh
 tags, one at a time (the bench's `tag_puts`), or with `--images` pushes `count` small
-images one at a time (the push storm's: a config and two 16 KiB layers each), and prints,
+images one at a time (the push storm's: a config and two 16 KiB layers each), or with
+`--blob-kib N` pushes `count` blobs of N KiB docker-style (POST, one streamed PATCH, PUT:
+the bench's blob push), and prints,
 per kind of request (POST/PATCH/PUT of an upload, PUT of a manifest), the median request's
 round trips in order with their own times, and how often each kind of round trip occurred
 per request. The nodes' own view (how long a Raft command took in the gRPC handler) comes
@@ -33,7 +35,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.blobdata import BlobSpec
+from bench.blobdata import BlobSpec, digest_of
 from bench.images import Image, push_image
 from bench.oci import OciClient
 from bench.procstats import CpuMeter
@@ -119,9 +121,12 @@ async def _serve_gateway(config: Path, stop: asyncio.Event) -> None:
     await server.serve(cfg, stop)
 
 
-async def _client(url: str, count: int, images: bool, conns: int = 1) -> list[float]:
+async def _client(
+    url: str, count: int, images: bool, conns: int = 1, blob_kib: int = 0
+) -> list[float]:
     """`count` sequential tag PUTs of one manifest, or (`images`) pushes of small images
-    like the push storm's (a config and two 16 KiB layers each); the client's seconds each."""
+    like the push storm's (a config and two 16 KiB layers each), or (`blob_kib`) blob
+    pushes of that size, docker-style like the bench's; the client's seconds each."""
     base = await asyncio.to_thread(Image.build, "trace", [BlobSpec.unique(0x7A6, 64 * 1024)])
     latencies: list[float] = []
     async with aiohttp.ClientSession() as session:
@@ -137,13 +142,19 @@ async def _client(url: str, count: int, images: bool, conns: int = 1) -> list[fl
                 )
                 for i in range(count)
             ]
+        blobs = [
+            BlobSpec.unique(0x7B0 + i, blob_kib * 1024) for i in range(count if blob_kib else 0)
+        ]
+        digests = [await asyncio.to_thread(digest_of, spec) for spec in blobs]
         _REQUESTS.clear()
         left = iter(range(count))
 
         async def worker() -> None:
             for i in left:
                 t0 = time.perf_counter()
-                if images:
+                if blob_kib:
+                    await oci.push_blob("trace/blobs", blobs[i], digests[i])
+                elif images:
                     await push_image(oci, f"trace/images-{i % 10}", f"t{i}", built[i])
                 else:
                     await oci.put_manifest("trace/tags", f"t{i}", base.manifest)
@@ -209,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         "--images", action="store_true", help="push small images (the push storm's) instead"
     )
     parser.add_argument("--conns", type=int, default=1, help="operations in flight")
+    parser.add_argument(
+        "--blob-kib", type=int, default=0, help="push blobs of this size instead (bench-style)"
+    )
     args = parser.parse_args(argv)
     _instrument()
     with tempfile.TemporaryDirectory(prefix="bench-trace-") as tmp:
@@ -234,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                 pids |= {cluster.node_id(i): p.pid for i, p in enumerate(cluster.node_procs) if p}
                 meter = CpuMeter(pids)
                 t0 = time.perf_counter()
-                latencies = await _client(cluster.gateway_url, args.count, args.images, args.conns)
+                latencies = await _client(
+                    cluster.gateway_url, args.count, args.images, args.conns, args.blob_kib
+                )
                 elapsed = time.perf_counter() - t0
                 cpu = meter.used()
                 after = {n: await asyncio.to_thread(_raft_metrics, a) for n, a in nodes.items()}

@@ -46,3 +46,40 @@ def test_own_process_and_per_gb() -> None:
     assert (procstats.cpu_seconds(os.getpid()) or 0) > 0
     assert procstats.cpu_s_per_gb(2.0, 4 * 10**9) == 0.5
     assert procstats.cpu_s_per_gb(1.0, 0) is None
+
+
+def test_threads_are_read_one_by_one() -> None:
+    import threading
+
+    from bench.profile_datapath import _busy_threads
+
+    stop = threading.Event()
+    tids: list[int] = []
+
+    def spin() -> None:
+        tids.append(threading.get_native_id())
+        while not stop.is_set():
+            pass
+
+    before = {"me": procstats.thread_cpu_seconds(os.getpid())}
+    started = time.perf_counter()
+    worker = threading.Thread(target=spin)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (
+            not tids or procstats.thread_cpu_seconds(os.getpid()).get(tids[0], ("", 0.0))[1] < 0.2
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        threads = procstats.thread_cpu_seconds(os.getpid())
+        # The main thread's tid is the pid; the spinning thread has its own, and its time.
+        assert os.getpid() in threads and tids[0] in threads
+        assert threads[tids[0]][1] >= 0.2
+        busy = _busy_threads({"me": os.getpid()}, before, time.perf_counter() - started)
+    finally:
+        stop.set()
+        worker.join()
+    # The spinner, started after `before`, counts from zero and is labelled by name and tid.
+    assert any(p == "me" and label.endswith(f" {tids[0]}") and pct > 2 for p, label, pct in busy)
+    assert procstats.thread_cpu_seconds(2**22 + 12345) == {}
