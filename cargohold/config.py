@@ -365,6 +365,7 @@ class GatewayConfig:
     # already holds one is not sent the bytes again. The default offers full-size chunks
     # only: a short chunk (a blob's tail, a small blob) costs a round trip per replica to
     # save sending at most a few MiB that are rarely held already (bench/README.md).
+    # Within one upload body, offers stop at the first "absent" (gateway/cluster/writes.py).
     has_check_min_bytes: int = 4 * MiB
     # Packed calls (gateway/cluster/packing.py, protos/README.md "Packed calls"): while
     # `packs_in_flight_per_node` calls of one kind (chunk Puts; Metadata commands) are in

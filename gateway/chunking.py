@@ -8,7 +8,9 @@ hashed in one worker-thread hop — its sha256 id, its xxh3 checksum and the run
 digest the caller passes in, piece by piece while each piece is hot in cache (the first
 chunk of a blob is hashed once: its id is the running sha256 after it) — and then
 copied once, straight into the encoded PutChunkRequest (`cargohold.wire.encode_put`)
-that goes to all R replicas. Up to `gateway.upload_writes_in_flight` chunk writes per upload, and
+that goes to all R replicas. A full-size chunk is offered with `Has` first only until
+one of the body's offers finds it missing (gateway/cluster/writes.py). Up to
+`gateway.upload_writes_in_flight` chunk writes per upload, and
 `gateway.chunk_writes_in_flight_total` across the gateway (a write holds its slot until W
 replicas acknowledged), run while reading goes on, so memory is bounded by about
 (in-flight + 1) chunks per upload and by the total; a layer is never buffered.
@@ -35,6 +37,7 @@ from cargohold.concurrency import hash_off_loop
 from cargohold.errors import SizeInvalid
 from cargohold.wire import encode_put
 from gateway.cluster import ClusterClient
+from gateway.cluster.writes import Offers
 
 Pieces = list[memoryview]
 
@@ -123,6 +126,7 @@ async def ingest(
     chunks: list[list[Any]] = []
     total = 0
     writes: collections.deque[asyncio.Task[None]] = collections.deque()
+    offers = Offers()  # full-size chunks offered with Has until one is missing somewhere
     try:
         async for pieces in cut_chunks(stream, chunk_size):
             length = sum(len(p) for p in pieces)
@@ -137,7 +141,7 @@ async def ingest(
             while len(writes) >= in_flight:
                 await writes.popleft()
             await cluster.write_slots.acquire()
-            task = asyncio.create_task(cluster.store_encoded(chunk_id, length, request))
+            task = asyncio.create_task(cluster.store_encoded(chunk_id, length, request, offers))
             task.add_done_callback(lambda _: cluster.write_slots.release())
             if stored is not None:
                 task.add_done_callback(_after(stored, length))

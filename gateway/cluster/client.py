@@ -24,7 +24,7 @@ from gateway.cluster.membership import Member, MembershipView
 from gateway.cluster.metadata import MetadataClient
 from gateway.cluster.placement import Placement
 from gateway.cluster.reads import ChunkReader, LocalSlice
-from gateway.cluster.writes import ChunkWriter
+from gateway.cluster.writes import ChunkWriter, Offers
 
 logger = logging.getLogger("cargohold.gateway.cluster")
 
@@ -110,9 +110,12 @@ class ClusterClient:
         """Write one chunk to its R replicas; return once W fsynced it."""
         await self.writer.store_chunk(chunk_id, data)
 
-    async def store_encoded(self, chunk_id: bytes, length: int, request: bytes) -> None:
-        """`store_chunk` for a chunk already encoded as a PutChunkRequest (`encode_put`)."""
-        await self.writer.store_encoded(chunk_id, length, request)
+    async def store_encoded(
+        self, chunk_id: bytes, length: int, request: bytes, offers: Offers | None = None
+    ) -> None:
+        """`store_chunk` for a chunk already encoded as a PutChunkRequest (`encode_put`);
+        `offers`: its upload body's `Has` offers (gateway/cluster/writes.py)."""
+        await self.writer.store_encoded(chunk_id, length, request, offers)
 
     async def store_bytes(self, data: bytes) -> dict[str, Any]:
         """Chunk and replicate a small buffer (a manifest body); return its recipe."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -14,6 +15,7 @@ from prometheus_client import REGISTRY
 
 from cargohold.digests import chunk_id_of
 from cargohold.errors import BlobUnknown, ManifestUnknown, RangeInvalid, Unavailable
+from gateway.chunking import ingest
 from gateway.cluster import ClusterClient
 from gateway.cluster.local_reads import LocalCopyCorrupt
 from gateway.cluster.reads import _slices
@@ -562,3 +564,70 @@ async def test_after_the_settle_period_a_write_uses_the_list_it_has() -> None:
         assert sorted(three.holders(chunk_id_of(data))) == ["n1", "n2"]
     finally:
         await three.stop()
+
+
+class _Body:
+    """An upload body in the pieces `gateway.chunking.ingest` reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        for i in range(0, len(self.data), 10_000):
+            yield self.data[i : i + 10_000]
+
+
+async def _ingest(client: ClusterClient, data: bytes) -> None:
+    # One write in flight: each chunk's offers are answered before the next is written.
+    await ingest(client, _Body(data), hashlib.sha256(), 64 * 1024, in_flight=1, fresh=True)
+
+
+def _counts(nodes: FakeNodes) -> tuple[int, int]:
+    return sum(n.has_calls for n in nodes.nodes), sum(n.puts for n in nodes.nodes)
+
+
+async def test_a_body_is_offered_with_has_only_until_its_first_miss(nodes: FakeNodes) -> None:
+    """New content: its first full-size chunk is offered to its 3 replicas, every one of
+    them answers "absent", and the body's 5 later chunks go without an offer."""
+    client = await ClusterClient.connect(nodes.config())
+    try:
+        await _ingest(client, os.urandom(6 * 64 * 1024))
+    finally:
+        await client.close()  # the copies beyond W too
+    assert _counts(nodes) == (3, 6 * 3)
+
+
+async def test_a_body_pushed_again_is_offered_chunk_by_chunk_and_sends_nothing(
+    nodes: FakeNodes,
+) -> None:
+    data = os.urandom(6 * 64 * 1024)
+    client = await ClusterClient.connect(nodes.config())
+    try:
+        await _ingest(client, data)
+        await client.close()
+        first = _counts(nodes)
+        client = await ClusterClient.connect(nodes.config())
+        await _ingest(client, data)
+    finally:
+        await client.close()
+    has_calls, puts = _counts(nodes)
+    # Every replica of every chunk answered "present": all offered, no bytes sent again.
+    assert (has_calls - first[0], puts - first[1]) == (6 * 3, 0)
+
+
+async def test_offers_stop_at_the_first_chunk_held_nowhere(nodes: FakeNodes) -> None:
+    """A body whose first chunk is held (a blob resumed in a new session, say) and whose
+    next is new: both are offered, the rest go without an offer."""
+    chunk = 64 * 1024
+    known = os.urandom(chunk)
+    client = await ClusterClient.connect(nodes.config())
+    try:
+        await client.store_chunk(chunk_id_of(known), known)
+        await client.close()
+        before = _counts(nodes)
+        client = await ClusterClient.connect(nodes.config())
+        await _ingest(client, known + os.urandom(4 * chunk))
+    finally:
+        await client.close()
+    has_calls, puts = _counts(nodes)
+    assert (has_calls - before[0], puts - before[1]) == (2 * 3, 4 * 3)

@@ -187,7 +187,9 @@ class _Cluster:
         self.write_slots = asyncio.Semaphore(8)
         self.chunks: dict[bytes, int] = {}
 
-    async def store_encoded(self, chunk_id: bytes, length: int, request: bytes) -> None:
+    async def store_encoded(
+        self, chunk_id: bytes, length: int, request: bytes, offers: object = None
+    ) -> None:
         self.chunks[chunk_id] = length
 
 

@@ -83,7 +83,9 @@ class _CountingCluster:
         self.most = 0
         self.stored: list[bytes] = []
 
-    async def store_encoded(self, chunk_id: bytes, length: int, request: bytes) -> None:
+    async def store_encoded(
+        self, chunk_id: bytes, length: int, request: bytes, offers: object = None
+    ) -> None:
         self.active += 1
         self.most = max(self.most, self.active)
         for _ in range(5):
