@@ -51,6 +51,23 @@ def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
+def busy_threads(
+    processes: Mapping[str, int], before: Mapping[str, dict[int, tuple[str, float]]], elapsed: float
+) -> list[tuple[str, str, float]]:
+    """(process, thread, percent of `elapsed` on a CPU) of each thread busy at least 2 %
+    since `before` (`thread_cpu_seconds` of each process), busiest first; a thread started
+    since counts from zero. The main thread is labelled "main", others "name tid"."""
+    rows: list[tuple[str, str, float]] = []
+    for process, pid in processes.items():
+        for tid, (comm, now) in thread_cpu_seconds(pid).items():
+            start = before.get(process, {}).get(tid, (comm, 0.0))[1]
+            percent = 100 * (now - start) / elapsed
+            if percent >= 2:
+                label = "main" if tid == pid else f"{comm} {tid}"
+                rows.append((process, label, round(percent, 1)))
+    return sorted(rows, key=lambda row: -row[2])
+
+
 def peak_rss_bytes(pid: int) -> int | None:
     """VmHWM of `pid` in bytes; None when it is gone (or a kernel thread)."""
     with contextlib.suppress(OSError):

@@ -37,7 +37,7 @@ from typing import Any
 
 from bench import machine
 from bench.blobdata import BlobSpec, digest_of
-from bench.procstats import CpuMeter, thread_cpu_seconds
+from bench.procstats import CpuMeter, busy_threads, thread_cpu_seconds
 from bench.profiles import QUICK
 from bench.rawhttp import RawReaderPool
 from bench.systems import Cargohold
@@ -191,14 +191,15 @@ async def _phase(
     system: Cargohold, args: argparse.Namespace, workdir: Path, name: str, moved: int, work: Any
 ) -> dict[str, Any]:
     processes = system.processes()
-    threads_of = {**processes, "client": os.getpid()} if args.threads else processes
+    # With --threads, every thread of the cluster's processes and of this client.
+    threads_of = {**processes, "client": os.getpid()} if args.threads else {}
     recorder = PerfRecorder(workdir / f"{name}.perf") if args.perf else None
     meter = CpuMeter(processes)
     threads_before = {p: thread_cpu_seconds(pid) for p, pid in threads_of.items()}
     started = time.perf_counter()
     await work()
     elapsed = time.perf_counter() - started
-    threads = _busy_threads(threads_of, threads_before, elapsed)
+    threads = busy_threads(threads_of, threads_before, elapsed)
     if name == "push":
         await asyncio.to_thread(os.sync)  # copies after the acknowledgement count too
     used = meter.used()
@@ -219,22 +220,6 @@ async def _phase(
         }
         result["perf_top"] = [f"{p:.1f}% {d} {s}" for p, d, s in rows[:15]]
     return result
-
-
-def _busy_threads(
-    processes: dict[str, int], before: dict[str, dict[int, tuple[str, float]]], elapsed: float
-) -> list[tuple[str, str, float]]:
-    """(process, thread, percent of `elapsed` on a CPU) of threads busy at least 2 %,
-    busiest first; a thread started during the phase counts from zero."""
-    rows: list[tuple[str, str, float]] = []
-    for process, pid in processes.items():
-        for tid, (comm, now) in thread_cpu_seconds(pid).items():
-            start = before.get(process, {}).get(tid, (comm, 0.0))[1]
-            percent = 100 * (now - start) / elapsed
-            if percent >= 2:
-                label = "main" if tid == pid else f"{comm} {tid}"
-                rows.append((process, label, round(percent, 1)))
-    return sorted(rows, key=lambda row: -row[2])
 
 
 def markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:

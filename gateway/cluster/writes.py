@@ -281,7 +281,8 @@ class ChunkWriter(ClusterParts):
         timeout = self.cfg.gateway.rpc_timeout_seconds
         metadata = call_metadata()
         try:
-            if length >= self.cfg.gateway.has_check_min_bytes and not (offers and offers.missed):
+            offered = offers is None or not offers.missed  # this body still offers
+            if length >= self.cfg.gateway.has_check_min_bytes and offered:
                 has = await node.chunks.Has(
                     registry_pb2.HasChunksRequest(ids=[chunk_id]),
                     timeout=timeout,

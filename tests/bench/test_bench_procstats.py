@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 from bench import procstats
@@ -49,10 +50,6 @@ def test_own_process_and_per_gb() -> None:
 
 
 def test_threads_are_read_one_by_one() -> None:
-    import threading
-
-    from bench.profile_datapath import _busy_threads
-
     stop = threading.Event()
     tids: list[int] = []
 
@@ -76,7 +73,7 @@ def test_threads_are_read_one_by_one() -> None:
         # The main thread's tid is the pid; the spinning thread has its own, and its time.
         assert os.getpid() in threads and tids[0] in threads
         assert threads[tids[0]][1] >= 0.2
-        busy = _busy_threads({"me": os.getpid()}, before, time.perf_counter() - started)
+        busy = procstats.busy_threads({"me": os.getpid()}, before, time.perf_counter() - started)
     finally:
         stop.set()
         worker.join()
