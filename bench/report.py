@@ -375,6 +375,19 @@ def push_floor(run: dict[str, Any], copies: int) -> float | None:
     return 1000.0 / float(sha) + copies * 1000.0 / float(fresh)
 
 
+def handover_cost(run: dict[str, Any]) -> float | None:
+    """CPU-seconds per GB to hand bytes from one process to another over loopback (both
+    ends, physical figures of the same run); None in runs from before it was measured."""
+    value = (run.get("physical") or {}).get("loopback_handover_cpu_s_per_GB")
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def handovers_of(name: str, copies: int) -> int:
+    """Hand-overs of each pushed byte between processes: the client's request body to the
+    server, then, in Cargohold, the gateway's send of it to each of `copies` nodes."""
+    return 1 if name == BASELINE else 1 + copies
+
+
 def _push_floor_table(run: dict[str, Any]) -> list[str]:
     """Each push cell's cost against the machine's floor, the cores it kept busy, and
     (for Cargohold) the most its ratio could be where both systems are CPU-bound."""
@@ -382,11 +395,13 @@ def _push_floor_table(run: dict[str, Any]) -> list[str]:
         return []  # a run without the physical figures it needs
     cores = int((run.get("machine") or {}).get("cores") or 0)
     base = _results(run, BASELINE).get("blob_push") or {}
+    handover = handover_cost(run)
     rows = []
     for name, record in (run.get("systems") or {}).items():
         copies = copies_of(record)
         floor = push_floor(run, copies)
         assert floor is not None  # the figures are there (checked above)
+        moved = floor + handovers_of(name, copies) * handover if handover else None
         for cell, data in (_results(run, name).get("blob_push") or {}).items():
             cost, rate = data.get("server_cpu_s_per_GB"), data.get("MB_per_s")
             if not isinstance(cost, (int, float)) or not isinstance(rate, (int, float)):
@@ -394,15 +409,27 @@ def _push_floor_table(run: dict[str, Any]) -> list[str]:
             server = rate * cost / 1000.0
             client = float(data.get("client_cpu_pct") or 0.0) / 100.0
             their = (base.get(cell) or {}).get("server_cpu_s_per_GB")
-            bound = "—"
+            bound = moved_bound = "—"
             if name != BASELINE and isinstance(their, (int, float)):
                 bound = f"{their / floor:.2f}x"
-            rows.append(
+                if moved:
+                    moved_bound = f"{their / moved:.2f}x"
+            row = (
                 f"| {name} | {cell} | {copies} | {_fmt(rate)} | {cost:.2f} | {floor:.2f} | "
                 f"{cost / floor:.2f} | {server:.2f} + {client:.2f} of {cores} | {bound} |"
             )
+            rows.append(row + (f" {moved_bound} |" if handover else ""))
     if not rows:
         return []
+    moved_head, moved_rule, moved_text = "", "", ""
+    if handover:
+        moved_head, moved_rule = " best ratio with hand-overs |", "---|"
+        moved_text = (
+            " With hand-overs: the same against the floor plus each hand-over of the bytes "
+            f"between processes at loopback_handover ({handover:.2f} CPU-s per GB): the "
+            "request body's receive, and in Cargohold the gateway's send to each copy's "
+            "node, which no design that keeps a replica in another process avoids."
+        )
     return [
         "",
         "## Push cost against this machine's floor",
@@ -414,11 +441,11 @@ def _push_floor_table(run: dict[str, Any]) -> list[str]:
         f"{cores} cores is CPU-bound, and there a system's MB/s is at most (cores - "
         "client) / CPU-s per GB. Best ratio = Distribution's CPU-s per GB in that cell / "
         "this system's floor: the most Cargohold / Distribution could be in a CPU-bound "
-        "cell even at the floor (bench/README.md).",
+        "cell even at the floor (bench/README.md)." + moved_text,
         "",
         "| system | cell | copies | MB/s | CPU-s per GB | floor | cost / floor | cores busy "
-        "(server + client) | best ratio if CPU-bound |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(server + client) | best ratio if CPU-bound |" + moved_head,
+        "|---|---|---|---|---|---|---|---|---|" + moved_rule,
         *rows,
     ]
 
@@ -451,7 +478,11 @@ def markdown(run: dict[str, Any], charts: list[str]) -> str:
     ]
     physical = run.get("physical", {})
     for key, value in physical.items():
-        lines.append(f"| {key.replace('_MB_per_s', '')} | {_fmt(value)} |")
+        if key.endswith("_cpu_s_per_GB"):
+            label = key.replace("_cpu_s_per_GB", "") + " (CPU-s per GB, not MB/s)"
+            lines.append(f"| {label} | {_fmt(value, 3)} |")
+        else:
+            lines.append(f"| {key.replace('_MB_per_s', '')} | {_fmt(value)} |")
     if any(key.startswith("page_cache_") for key in physical):
         lines += [
             "",

@@ -1,5 +1,6 @@
 """bench.physical's page cache writes: both figures measured, the file gone, and the wait
-for free page reporting (at least the pause, longer while the host is still being told)."""
+for free page reporting (at least the pause, longer while the host is still being told);
+the loopback stream's rate and the CPU its two ends spent."""
 
 from __future__ import annotations
 
@@ -50,3 +51,10 @@ def test_one_core_bounds_are_the_best_of_their_rounds() -> None:
 
     assert physical.best_of(rate, 3 * MiB, rounds=3) == 2500.0
     assert asked == [MiB, MiB, MiB]
+
+
+def test_a_loopback_stream_reports_its_rate_and_both_ends_cpu() -> None:
+    rate, cpu_s_per_gb = physical.loopback_stream(32 * MiB)
+    assert rate > 0
+    # Both ends copy every byte at least once: some CPU, and not absurdly much.
+    assert 0 < cpu_s_per_gb < 100

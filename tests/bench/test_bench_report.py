@@ -188,5 +188,34 @@ def test_push_cells_are_set_against_the_machines_floor(tmp_path: Path) -> None:
     )
     # Cells without a CPU figure are left out; no physical page-cache figure, no section.
     assert "| distribution | 1MiB_c1 |" not in md
+    assert "hand-overs" not in md  # a run from before the hand-over cost was measured
     plain = report.write(_run(), tmp_path, "plain", [])[1].read_text()
     assert "floor" not in plain
+
+
+def test_hand_overs_between_processes_are_counted_when_measured(tmp_path: Path) -> None:
+    run = _run()
+    run["physical"] |= {
+        "page_cache_fresh_write_MB_per_s": 500.0,
+        "loopback_handover_cpu_s_per_GB": 0.5,
+    }
+    base = run["systems"]["distribution"]["results"]["blob_push"]["64MiB_c8"]
+    base |= {"server_cpu_s_per_GB": 5.0, "client_cpu_pct": 10.0}
+    ours = run["systems"]["cargohold-r1"]
+    ours["copies"] = 3
+    ours["results"]["blob_push"]["64MiB_c8"] |= {"server_cpu_s_per_GB": 8.0}
+    assert report.handover_cost(run) == 0.5
+    assert report.handovers_of("distribution", 1) == 1
+    assert report.handovers_of("cargohold-r1", 3) == 4
+    md = report.write(run, tmp_path, "moved", [])[1].read_text()
+    assert "| loopback_handover (CPU-s per GB, not MB/s) | 0.500 |" in md
+    assert "| best ratio if CPU-bound | best ratio with hand-overs |" in md
+    # Floor 0.5 + 3 * 2.0 = 6.5; with 1 + 3 hand-overs at 0.5 it is 8.5: 5.0 / 8.5 = 0.59x.
+    assert (
+        "| cargohold-r1 | 64MiB_c8 | 3 | 400.0 | 8.00 | 6.50 | 1.23 | 3.20 + 0.00 of 2 | 0.77x "
+        "| 0.59x |" in md
+    )
+    assert (
+        "| distribution | 64MiB_c8 | 1 | 200.0 | 5.00 | 2.50 | 2.00 | 1.00 + 0.10 of 2 | — | — |"
+        in md
+    )
